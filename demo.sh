@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole pipeline on an offline demo: a synthetic data set and tiny random-weight models,
+# all built here (no network), so the four stages run on a laptop CPU in a few minutes.
+# The models are random, so the demo's metrics are noise: it shows the plumbing, not a result.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Where the demo's data, models and outputs go
+DEMO_DIR="${DEMO_DIR:-output/demo}"
+
+python -m rerank_distill.toy "$DEMO_DIR"
+
+MODEL="$DEMO_DIR/models/teacher-tiny-qwen3" \
+INPUTS="$DEMO_DIR/data/train.jsonl $DEMO_DIR/data/test.jsonl" \
+OUTPUT_DIR="$DEMO_DIR/scores" \
+INSTRUCTION="Retrieve questions about the same problem" \
+BACKEND=hf \
+BATCH_SIZE=16 \
+MAX_LENGTH=512 \
+    bash generate_logits.sh
+
+INPUT="$DEMO_DIR/scores/train_scores.jsonl" \
+OUTPUT="$DEMO_DIR/triplets/train_triplets.jsonl" \
+    bash create_triplets.sh
+
+MODEL="$DEMO_DIR/models/student-tiny-bert" \
+TRAIN_DATA="$DEMO_DIR/triplets/train_triplets.jsonl" \
+OUTPUT_DIR="$DEMO_DIR/model" \
+MAX_LENGTH=128 \
+BATCH_SIZE=16 \
+LEARNING_RATE=1e-3 \
+EPOCHS=2 \
+    bash train.sh
+
+MODEL_BEFORE="$DEMO_DIR/models/student-tiny-bert" \
+MODEL_AFTER="$DEMO_DIR/model" \
+DATASET="$DEMO_DIR/data/test.jsonl" \
+TEACHER_SCORES="$DEMO_DIR/scores/test_scores.jsonl" \
+OUTPUT="$DEMO_DIR/evaluation.json" \
+    bash evaluation.sh
+
+echo "demo finished: $DEMO_DIR/evaluation.json"

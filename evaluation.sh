@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Stage 4: MAP, MRR@10 and NDCG@10 of the model before and after distillation (and of the teacher).
+# Each setting can be set from the environment (MODEL_AFTER=path ./evaluation.sh) and extra
+# arguments are passed on: ./evaluation.sh --protocol sentence-transformers --batch_size 128
+set -euo pipefail
+
+# The student before distillation: a CrossEncoder folder or hub id
+MODEL_BEFORE="${MODEL_BEFORE:-BAAI/bge-reranker-v2-m3}"
+# The distilled student written by train.sh
+MODEL_AFTER="${MODEL_AFTER:-output/model}"
+# Labelled test data (MTEB reranking JSONL, graded rows, or a hub data set owner/name[:split])
+DATASET="${DATASET:-data/test.jsonl}"
+# Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
+TEACHER_SCORES="${TEACHER_SCORES:-}"
+# Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
+OUTPUT="${OUTPUT:-output/evaluation.json}"
+
+# The flag is passed only when set; the odd expansion below keeps an empty array safe under set -u in bash 3
+teacher_flag=()
+if [[ -n "$TEACHER_SCORES" ]]; then
+    teacher_flag=(--teacher_scores "$TEACHER_SCORES")
+fi
+
+python "$(dirname "$0")/evaluation.py" \
+    --model_before_path "$MODEL_BEFORE" \
+    --model_after_path "$MODEL_AFTER" \
+    --dataset_path "$DATASET" \
+    --output_path "$OUTPUT" \
+    ${teacher_flag[@]+"${teacher_flag[@]}"} \
+    "$@"

@@ -1,0 +1,97 @@
+"""What every stage script does the same way: parse its dataclass arguments, set up logging,
+record the resolved arguments beside its output, and turn user mistakes into one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rerank_distill.errors import InputError
+
+logger = logging.getLogger("rerank_distill")
+
+
+def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[str] | None = None) -> tuple:
+    """Parse the command line into one instance of each dataclass (``--help`` lists every field's help)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, description=description)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO,
+        stream=sys.stderr,
+    )
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int)):  # enums
+        return value.value
+    return str(value)
+
+
+def write_run_args(path: str | Path, **sections: Any) -> Path:
+    """Write the resolved arguments of this run, the command line and library versions as JSON.
+
+    Each keyword becomes one section (``script=..., training=...``). Returns the path written.
+    """
+    import torch
+    import transformers
+
+    record = {
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+    try:
+        import sentence_transformers
+
+        record["versions"]["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:  # pragma: no cover - a hard requirement, but args.json must not fail on it
+        pass
+    for name, value in sections.items():
+        record[name] = _to_jsonable(value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake,
+    130 on Ctrl-C (resumable stages say how to continue before they get here)."""
+    setup_logging()
+    try:
+        main()
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,17 @@
+"""The one exception type for mistakes a user can fix (bad input, bad flag, missing file)."""
+
+
+class InputError(Exception):
+    """A problem with the user's input or arguments.
+
+    Stage scripts print its message without a traceback and exit with status 2. The message
+    says what is wrong, where (``file:line`` and field where there is one) and what to do.
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+        self.path = path
+        self.line = line

@@ -1,0 +1,239 @@
+"""The data-set formats every stage reads, detected from a record's fields or named with
+``--input_format``:
+
+- ``mteb``: MTEB reranking, one query a line: ``{"query", "positive": [...], "negative": [...]}``
+- ``pos_neg``: labelled pairs, one query a line: ``{"query", "pos": [...], "neg": [...]}``
+- ``graded``: one (query, passage) a row with a relevance label, in JSONL or Parquet:
+  ``{"query", "item_text" | "passage" | "content", "esci_label" | "label" | "grade" | "relevance"}``;
+  ESCI letters E/S/C/I (or the words) are grades 3/2/1/0
+- ``scores``: teacher scores, one (query, passage) a row: ``{"query", "passage" | "content", "score"}``
+  with ``score`` a number or numeric string; stage 1's own output is this format plus ``label``
+
+A source is a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, or a hub data set
+``owner/name[:split]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rerank_distill.errors import InputError
+from rerank_distill.jsonl import get_number, get_text, get_text_list, read_jsonl
+
+INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
+PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc")
+LABEL_FIELDS = ("esci_label", "label", "grade", "relevance")
+ESCI_GRADES = {
+    "e": 3.0, "exact": 3.0,
+    "s": 2.0, "substitute": 2.0,
+    "c": 1.0, "complement": 1.0,
+    "i": 0.0, "irrelevant": 0.0,
+}  # fmt: skip
+
+
+@dataclass
+class RankingQuery:
+    """One query with its candidate passages and a relevance grade for each (1/0 for binary data)."""
+
+    query: str
+    passages: list[str]
+    labels: list[float]
+    location: str = ""  # "file:line" of the record, for messages
+
+    @property
+    def positives(self) -> list[str]:
+        return [p for p, label in zip(self.passages, self.labels) if label > 0]
+
+    @property
+    def negatives(self) -> list[str]:
+        return [p for p, label in zip(self.passages, self.labels) if label <= 0]
+
+
+@dataclass
+class ScoredPair:
+    """One teacher-scored (query, passage) pair: a line of stage 1's output."""
+
+    query: str
+    passage: str
+    score: float  # the teacher's logit-scale score
+    label: float | None = None  # the gold grade when the source had one
+    extra: dict[str, Any] = field(default_factory=dict)  # other fields, kept as they came
+    line: int = 0
+
+
+def is_local_source(source: str) -> bool:
+    return os.path.exists(source) or not _looks_like_hub_dataset(source)
+
+
+def _looks_like_hub_dataset(source: str) -> bool:
+    from rerank_distill.hub import looks_like_hub_id
+
+    return looks_like_hub_id(source.split(":", 1)[0])
+
+
+def source_stem(source: str) -> str:
+    """A file-name stem for a source: ``data/train.jsonl.gz`` -> ``train``;
+    ``mteb/stackoverflowdupquestions-reranking:test`` -> ``stackoverflowdupquestions-reranking_test``."""
+    if os.path.exists(source) or not _looks_like_hub_dataset(source):
+        name = os.path.basename(source)
+        for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        return name
+    name, _, split = source.partition(":")
+    return name.split("/")[-1] + (f"_{split}" if split else "")
+
+
+def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
+    """Yield ``(path, row_number, record)`` for every record of a JSONL, Parquet or hub source."""
+    if source.endswith(".parquet"):
+        yield from _iter_parquet(source)
+    elif os.path.exists(source) or not _looks_like_hub_dataset(source):
+        for line, record in read_jsonl(source):
+            yield source, line, record
+    else:
+        from rerank_distill.hub import load_hub_dataset
+
+        name, _, split = source.partition(":")
+        for row_number, record in enumerate(load_hub_dataset(name, split or None, hub, cache_dir), start=1):
+            yield source, row_number, dict(record)
+
+
+def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
+    if not os.path.isfile(path):
+        raise InputError("file not found; check the path", path)
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise InputError(f"cannot be read as Parquet ({error})", path) from None
+    row_number = 0
+    for batch in parquet.iter_batches(batch_size=10_000):
+        for record in batch.to_pylist():
+            row_number += 1
+            yield path, row_number, record
+    if row_number == 0:
+        raise InputError("contains no records (the file is empty)", path)
+
+
+def detect_format(record: dict, path: str, line: int) -> str:
+    """Name the format of one record from its fields, or raise InputError saying what was expected."""
+    if "query" in record and ("positive" in record or "negative" in record):
+        return "mteb"
+    if "query" in record and ("pos" in record or "neg" in record):
+        return "pos_neg"
+    has_passage = any(name in record for name in PASSAGE_FIELDS)
+    if "query" in record and has_passage and "score" in record:
+        return "scores"
+    if "query" in record and has_passage and any(name in record for name in LABEL_FIELDS):
+        return "graded"
+    raise InputError(
+        f"cannot tell the format from the fields {sorted(record)}; expected "
+        '{"query", "positive", "negative"} (MTEB reranking), {"query", "pos", "neg"}, '
+        '{"query", "passage"|"content", "score"} (teacher scores) or '
+        '{"query", "item_text"|"passage", "esci_label"|"label"} (graded labels)',
+        path,
+        line,
+    )
+
+
+def passage_of(record: dict, path: str, line: int) -> str:
+    for name in PASSAGE_FIELDS:
+        if name in record:
+            return get_text(record, name, path, line)
+    raise InputError(f"missing the passage field (one of {', '.join(PASSAGE_FIELDS)})", path, line)
+
+
+def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
+    """A relevance grade from an ESCI letter or word, or a finite number (bools count as 1/0)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in ESCI_GRADES:
+            return ESCI_GRADES[key]
+        try:
+            number = float(key)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    raise InputError(
+        f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {value!r}', path, line
+    )
+
+
+def label_of(record: dict, path: str, line: int) -> tuple[str, float] | None:
+    """``(field, grade)`` of the record's relevance label, or None when it has none."""
+    for name in LABEL_FIELDS:
+        if name in record and record[name] is not None:
+            return name, grade_of(record[name], path, line, name)
+    return None
+
+
+def iter_ranking_queries(
+    source: str, input_format: str = "auto", hub: str = "huggingface", cache_dir: str | None = None
+) -> Iterator[RankingQuery]:
+    """Yield each query with its labelled candidates, in the order the source gives them.
+
+    One-query-a-line formats stream. Row-per-pair formats (graded, scores with labels) are
+    grouped by query text in first-appearance order, which holds one source's queries in memory.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise InputError(f"unknown --input_format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
+    grouped: dict[str, RankingQuery] = {}
+    chosen = None if input_format == "auto" else input_format
+    for path, line, record in iter_rows(source, hub, cache_dir):
+        record_format = chosen or detect_format(record, path, line)
+        chosen = chosen or record_format  # a file holds one format; the first record decides it
+        location = f"{path}:{line}"
+        if record_format in ("mteb", "pos_neg"):
+            pos_name, neg_name = ("positive", "negative") if record_format == "mteb" else ("pos", "neg")
+            query = get_text(record, "query", path, line)
+            if pos_name not in record and neg_name not in record:
+                raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
+            positives = get_text_list(record, pos_name, path, line, required=False)
+            negatives = get_text_list(record, neg_name, path, line, required=False)
+            yield RankingQuery(query, positives + negatives, [1.0] * len(positives) + [0.0] * len(negatives), location)
+        else:
+            query = get_text(record, "query", path, line)
+            passage = passage_of(record, path, line)
+            label = label_of(record, path, line)
+            if label is None:
+                raise InputError(
+                    "this row has no relevance label (esci_label, label, grade or relevance), "
+                    "so it cannot be used as a labelled ranking data set",
+                    path,
+                    line,
+                )
+            entry = grouped.setdefault(query, RankingQuery(query, [], [], location))
+            entry.passages.append(passage)
+            entry.labels.append(label[1])
+    yield from grouped.values()
+
+
+def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
+    """Yield teacher-scored pairs from stage 1's output or another tool's
+    ``{"query", "passage"|"content", "score"}`` file, validating every field."""
+    for path, line, record in iter_rows(source):
+        query = get_text(record, "query", path, line)
+        passage = passage_of(record, path, line)
+        if "score" not in record:
+            raise InputError(
+                f'missing field "score" (fields present: {sorted(record)}); is this a teacher-scores file '
+                "written by generate_logits.py?",
+                path,
+                line,
+            )
+        score = get_number(record, "score", path, line)
+        label = label_of(record, path, line)
+        known = {"query", "score", *PASSAGE_FIELDS, *LABEL_FIELDS}
+        extra = {k: v for k, v in record.items() if k not in known}
+        yield ScoredPair(query, passage, score, None if label is None else label[1], extra, line)

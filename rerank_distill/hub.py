@@ -1,0 +1,98 @@
+"""Models and data sets named by hub id: fetched through Hugging Face or ModelScope into a cache
+the user chooses; offline, the run stops at once with a message that says what to download."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+from rerank_distill.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Hub = Literal["huggingface", "modelscope"]
+HUBS = ("huggingface", "modelscope")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for ``owner/name`` (or a bare ``name``), false for anything shaped like a file path."""
+    if not name or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    if name.endswith((".json", ".jsonl", ".gz", ".parquet", ".tsv", ".csv")):
+        return False
+    if "/" in name and os.path.isdir(name.split("/", 1)[0]):
+        return False  # output/model before training has made it: a path, not an "output" organisation
+    return name.count("/") <= 1
+
+
+def _offline_message(kind: str, name: str, hub: str, reason: str) -> str:
+    if hub == "modelscope":
+        how = f"modelscope download --{kind} {name} --local_dir DIR"
+    else:
+        how = f"hf download {name}{' --repo-type dataset' if kind == 'dataset' else ''} --local-dir DIR"
+    return (
+        f"could not fetch {kind} '{name}' from {hub} ({reason}). On a machine with internet run "
+        f"`{how}`, copy DIR here and pass its path instead of the hub id "
+        f"(or point the cache at a copy with --cache_dir)."
+    )
+
+
+def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | None = None) -> str:
+    """Return a local folder for a model: the path itself if it exists, else a hub download.
+
+    Raises InputError for a path that does not exist, and for a hub id that cannot be fetched
+    (offline, unknown id, missing ``modelscope`` package).
+    """
+    if os.path.exists(name_or_path):
+        return name_or_path
+    if not looks_like_hub_id(name_or_path):
+        raise InputError(f"model path '{name_or_path}' does not exist")
+    if hub not in HUBS:
+        raise InputError(f"unknown hub '{hub}'; choose one of {', '.join(HUBS)}")
+    logger.info("fetching model %s from %s (cache: %s)", name_or_path, hub, cache_dir or "default")
+    if hub == "modelscope":
+        try:
+            from modelscope import snapshot_download as modelscope_download
+        except ImportError:
+            raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
+        try:
+            return modelscope_download(name_or_path, cache_dir=cache_dir)
+        except Exception as error:  # modelscope raises many unrelated types for network problems
+            raise InputError(_offline_message("model", name_or_path, hub, str(error).splitlines()[0])) from None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return snapshot_download(name_or_path, cache_dir=cache_dir)
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(_offline_message("model", name_or_path, hub, reason)) from None
+
+
+def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):
+    """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``).
+
+    With no split, the data set's only split is used; with several, InputError lists them.
+    """
+    if hub == "modelscope":
+        try:
+            from modelscope.msdatasets import MsDataset
+        except ImportError:
+            raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
+        try:
+            return MsDataset.load(name, split=split or "test", cache_dir=cache_dir).to_hf_dataset()
+        except Exception as error:
+            raise InputError(_offline_message("dataset", name, hub, str(error).splitlines()[0])) from None
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(_offline_message("dataset", name, hub, reason)) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise InputError(f"data set '{name}' has splits {sorted(loaded)}; name one as {name}:SPLIT")
+        loaded = next(iter(loaded.values()))
+    return loaded

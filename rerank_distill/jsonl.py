@@ -1,0 +1,141 @@
+"""Reading and writing JSON-lines files: gzip-aware, errors that name file and line, and writes
+that never leave a truncated file under the final name."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from rerank_distill.errors import InputError
+
+
+def open_text(path: str | Path, mode: str = "r", gzipped: bool | None = None) -> IO[str]:
+    """Open a text file for reading or writing, through gzip when the name ends in ``.gz``
+    (or when ``gzipped`` says so)."""
+    path = str(path)
+    if path.endswith(".gz") if gzipped is None else gzipped:
+        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
+
+    Raises InputError naming the file and line for a missing file, a line that is not a JSON
+    object, or a file with no records at all.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError("file not found; check the path", path)
+    found_any = False
+    with open_text(path) as lines:
+        try:
+            for line_number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InputError(f"not valid JSON ({error.msg} at column {error.colno})", path, line_number) from None
+                if not isinstance(record, dict):
+                    raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
+                found_any = True
+                yield line_number, record
+        except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
+            raise InputError(f"cannot be read ({error}); is it truncated or not UTF-8?", path) from None
+    if not found_any:
+        raise InputError("contains no records (the file is empty)", path)
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One record as one JSON line (UTF-8 kept as is, no trailing newline)."""
+    return json.dumps(record, ensure_ascii=False)
+
+
+def get_text(record: dict, name: str, path: str, line: int) -> str:
+    """The string field ``name`` of a record, or an InputError naming file, line and field."""
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
+    value = record[name]
+    if not isinstance(value, str):
+        raise InputError(f'field "{name}" must be a string, got {type(value).__name__}', path, line)
+    return value
+
+
+def get_text_list(record: dict, name: str, path: str, line: int, required: bool = True) -> list[str]:
+    """The list-of-strings field ``name`` (a lone string counts as a list of one)."""
+    if name not in record:
+        if not required:
+            return []
+        raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
+    value = record[name]
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InputError(f'field "{name}" must be a list of strings', path, line)
+    return value
+
+
+def get_number(record: dict, name: str, path: str, line: int) -> float:
+    """The finite numeric field ``name``; numeric strings such as ``"0.75"`` are accepted."""
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
+    value = record[name]
+    if isinstance(value, bool):
+        raise InputError(f'field "{name}" must be a number, got a boolean', path, line)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InputError(f'field "{name}" must be a number, got the string {record[name]!r}', path, line) from None
+    if not isinstance(value, (int, float)):
+        raise InputError(f'field "{name}" must be a number, got {type(value).__name__}', path, line)
+    if not math.isfinite(value):
+        raise InputError(f'field "{name}" is {value}; scores must be finite numbers', path, line)
+    return float(value)
+
+
+class AtomicWriter:
+    """Write a file under a temporary name and move it to its final name only when the ``with``
+    block finishes without error, so a crash never leaves a truncated file that looks complete."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open_text(self.tmp_path, "w", gzipped=self.path.name.endswith(".gz"))
+        return self._file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._file is not None
+        if exc_type is None:
+            self._file.flush()
+            if hasattr(self._file, "fileno"):
+                try:
+                    os.fsync(self._file.fileno())
+                except (OSError, io.UnsupportedOperation):
+                    pass
+            self._file.close()
+            os.replace(self.tmp_path, self.path)
+        else:
+            self._file.close()
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def write_jsonl(path: str | Path, records) -> int:
+    """Write records atomically (see AtomicWriter); returns how many lines were written."""
+    count = 0
+    with AtomicWriter(path) as out:
+        for record in records:
+            out.write(dumps(record) + "\n")
+            count += 1
+    return count

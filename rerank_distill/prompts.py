@@ -1,0 +1,90 @@
+"""The LLM-judge prompt: Qwen3-Reranker's official chat layout, tokenized so that only the
+query/document text is ever truncated.
+
+Layout (from the Qwen3-Reranker model card)::
+
+    <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n            <- prefix
+    <Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}      <- body (truncated)
+    <|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n          <- suffix
+
+The model's next-token logits after the suffix hold the judgement ("yes"/"no", or a graded label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rerank_distill.errors import InputError
+
+YES_NO_SYSTEM = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    'Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def labels_system(label_words: list[str]) -> str:
+    """System text for a judge that answers with one graded label word."""
+    quoted = ", ".join(f'"{word}"' for word in label_words)
+    return (
+        "Judge how well the Document meets the requirements based on the Query and the Instruct provided. "
+        f"Note that the answer can only be one of {quoted}."
+    )
+
+
+def prompt_prefix(system: str) -> str:
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+
+
+def format_body(instruction: str, query: str, document: str) -> str:
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+
+
+def single_token_id(tokenizer, word: str, model_path: str = "the teacher") -> int:
+    """The vocabulary id of ``word``; InputError if the tokenizer does not keep it as one token."""
+    token_id = tokenizer.convert_tokens_to_ids(word)
+    pieces = tokenizer.encode(word, add_special_tokens=False)
+    if token_id is None or token_id == tokenizer.unk_token_id or pieces != [token_id]:
+        raise InputError(
+            f"the tokenizer of {model_path} splits the answer word '{word}' into {len(pieces)} tokens "
+            f"{pieces}; every answer word must be exactly one token. Choose other words (flags "
+            "--label_words / the model's own yes/no) or another teacher."
+        )
+    return token_id
+
+
+@dataclass
+class JudgePrompt:
+    """Builds token ids for (query, document) pairs in the judge layout above."""
+
+    tokenizer: object
+    system: str = YES_NO_SYSTEM
+    instruction: str = DEFAULT_INSTRUCTION
+    max_length: int = 8192
+
+    def __post_init__(self) -> None:
+        self.prefix_ids = self.tokenizer.encode(prompt_prefix(self.system), add_special_tokens=False)
+        self.suffix_ids = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
+        self.body_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if self.body_budget < 16:
+            raise InputError(
+                f"--max_length {self.max_length} leaves {self.body_budget} tokens for the query and document "
+                f"after the {len(self.prefix_ids) + len(self.suffix_ids)} prompt tokens; raise it"
+            )
+
+    def encode(self, queries: list[str], documents: list[str]) -> tuple[list[list[int]], int]:
+        """Token ids of each full prompt, and how many bodies were cut to ``max_length``.
+
+        The body is tokenized as one string and cut from its end, as the official code does
+        (``truncation='longest_first'`` on a single sequence), so a long document loses its tail.
+        """
+        bodies = [format_body(self.instruction, q, d) for q, d in zip(queries, documents)]
+        body_ids = self.tokenizer(bodies, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        prompts, truncated = [], 0
+        for ids in body_ids:
+            if len(ids) > self.body_budget:
+                ids = ids[: self.body_budget]
+                truncated += 1
+            prompts.append(self.prefix_ids + ids + self.suffix_ids)
+        return prompts, truncated

@@ -1,0 +1,312 @@
+"""Scoring a data set with teachers, safe to interrupt.
+
+The input streams a chunk of whole queries at a time (``--chunk_size`` pairs); each chunk's
+distinct pairs are scored once, its lines appended to ``OUT.partial`` and flushed to disk, and
+only then is ``OUT.progress.json`` updated with the byte offset and counts. A rerun of the same
+command truncates the partial file to that offset and continues with the next query, so no pair
+is lost or written twice, and because chunk boundaries depend only on the input, the finished
+file equals an uninterrupted run's. The final name appears only when every pair is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerank_distill.errors import InputError
+from rerank_distill.formats import RankingQuery, iter_ranking_queries, source_stem
+from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Shard:
+    """This process's share: queries whose position in the input is ``index`` modulo ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        if not text:
+            return cls()
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise InputError(f"--shard must look like I/N (for example 0/4), got '{text}'") from None
+        if not 0 <= index < count:
+            raise InputError(f"--shard {text}: I must be between 0 and N-1")
+        return cls(index, count)
+
+    def takes(self, query_position: int) -> bool:
+        return query_position % self.count == self.index
+
+    def suffix(self) -> str:
+        return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
+
+
+def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard()) -> Path:
+    """``DIR/{stem}_scores.jsonl`` (``train.jsonl`` -> ``train_scores.jsonl``), with a shard suffix."""
+    return Path(output_dir) / f"{source_stem(source)}_scores{shard.suffix()}.jsonl"
+
+
+@dataclass
+class InputSummary:
+    queries: int = 0
+    pairs: int = 0
+    queries_without_passages: int = 0
+
+
+def validate_source(source: str, input_format: str, shard: Shard, **hub_args) -> InputSummary:
+    """Read the whole input once (checking every record) and count this shard's queries and pairs."""
+    summary = InputSummary()
+    for position, query in enumerate(iter_ranking_queries(source, input_format, **hub_args)):
+        if not shard.takes(position):
+            continue
+        summary.queries += 1
+        summary.pairs += len(query.passages)
+        summary.queries_without_passages += not query.passages
+    return summary
+
+
+def iter_chunks(queries: Iterator[RankingQuery], chunk_size: int) -> Iterator[list[RankingQuery]]:
+    """Whole queries, gathered until a chunk holds at least ``chunk_size`` pairs."""
+    chunk, pairs = [], 0
+    for query in queries:
+        chunk.append(query)
+        pairs += len(query.passages)
+        if pairs >= chunk_size:
+            yield chunk
+            chunk, pairs = [], 0
+    if chunk:
+        yield chunk
+
+
+def zscore_by_query(scores: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+    """Scores standardised within each query (mean 0, std 1; a query whose scores are all equal gets 0)."""
+    out = np.zeros_like(scores, dtype=np.float64)
+    for query_id in np.unique(query_ids):
+        rows = query_ids == query_id
+        values = scores[rows]
+        spread = values.std()
+        out[rows] = 0.0 if spread == 0 else (values - values.mean()) / spread
+    return out
+
+
+@dataclass
+class ScoringStats:
+    queries: int = 0
+    pairs: int = 0
+    distinct_pairs_scored: int = 0
+    duplicate_pairs_reused: int = 0
+    truncated: int = 0
+    resumed_at_pair: int = 0
+    seconds: float = 0.0
+    already_complete: bool = False
+
+    @property
+    def pairs_per_second(self) -> float:
+        return (self.pairs - self.resumed_at_pair) / self.seconds if self.seconds else 0.0
+
+
+def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard) -> str:
+    described = {
+        "source": os.path.abspath(source) if os.path.exists(source) else source,
+        "teachers": teacher_configs,
+        "input_format": input_format,
+        "chunk_size": chunk_size,
+        "shard": asdict(shard),
+    }
+    if os.path.exists(source):
+        stat = os.stat(source)
+        described["source_size"], described["source_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _check_scores_vary(scores: np.ndarray, teacher_name: str) -> None:
+    if len(scores) < 2:
+        return
+    if np.ptp(scores) == 0:
+        raise InputError(
+            f"teacher {teacher_name} gave every pair of the first chunk the same score ({scores[0]:.6g}); "
+            "the model or its prompt is broken (some vLLM releases did this for Qwen3-Reranker-8B: try "
+            "--backend hf on a few queries to compare)"
+        )
+    if scores.std() < 0.05:
+        logger.warning(
+            "teacher %s's scores barely vary (std %.4f on the first chunk): a collapsed or mis-prompted teacher "
+            "teaches little; check the instruction and model",
+            teacher_name,
+            scores.std(),
+        )
+
+
+def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_variation: bool) -> tuple[list[str], ScoringStats]:
+    """Score a chunk's distinct pairs with every teacher and return its output lines."""
+    stats = ScoringStats()
+    index_of: dict[tuple[str, str], int] = {}
+    pair_rows, query_ids = [], []
+    for query_number, query in enumerate(chunk):
+        for passage in query.passages:
+            pair_rows.append(index_of.setdefault((query.query, passage), len(index_of)))
+            query_ids.append(query_number)
+    distinct = list(index_of)
+    queries, passages = [q for q, _ in distinct], [p for _, p in distinct]
+    stats.distinct_pairs_scored = len(distinct)
+    stats.duplicate_pairs_reused = len(pair_rows) - len(distinct)
+    results = []
+    for teacher in teachers:
+        result = teacher.score(queries, passages, progress if len(teachers) == 1 else lambda n: None)
+        stats.truncated = max(stats.truncated, result.truncated)
+        if check_variation:
+            _check_scores_vary(result.scores, teacher.name)
+        results.append(result)
+    rows = np.asarray(pair_rows)
+    if len(teachers) == 1:
+        combined = results[0].scores[rows]
+    else:
+        # Teachers' scales differ (logits, cosines, grades): standardise each within its query first.
+        per_query = np.asarray(query_ids)
+        combined = np.mean([zscore_by_query(r.scores[rows], per_query) for r in results], axis=0)
+        progress(len(distinct))
+    lines, line_number = [], 0
+    for query in chunk:
+        for label, passage in zip(query.labels, query.passages):
+            row = pair_rows[line_number]
+            record = {"query": query.query, "passage": passage, "score": float(combined[line_number]), "label": label}
+            if len(teachers) > 1:
+                record["teacher_scores"] = {t.name: float(r.scores[row]) for t, r in zip(teachers, results)}
+            for teacher, result in zip(teachers, results):
+                for name, values in result.fields.items():
+                    key = name if len(teachers) == 1 else f"{teacher.name}/{name}"
+                    record[key] = values[row]
+            lines.append(dumps(record) + "\n")
+            line_number += 1
+    progress(stats.duplicate_pairs_reused)
+    stats.queries, stats.pairs = len(chunk), len(lines)
+    return lines, stats
+
+
+def _write_progress(path: Path, progress: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(progress), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def score_source(
+    source: str,
+    output_path: Path,
+    teachers: list,
+    expected: InputSummary,
+    input_format: str = "auto",
+    chunk_size: int = 20_000,
+    shard: Shard = Shard(),
+    overwrite: bool = False,
+    hub_args: dict | None = None,
+    show_progress: bool = True,
+) -> ScoringStats:
+    """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
+    previous run of the same command where it stopped. Returns the counts of the whole file."""
+    from tqdm.auto import tqdm
+
+    output_path = Path(output_path)
+    partial = output_path.with_name(output_path.name + ".partial")
+    progress_path = output_path.with_name(output_path.name + ".progress.json")
+    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for stale in (output_path, partial, progress_path):
+            stale.unlink(missing_ok=True)
+    if output_path.exists() and not partial.exists():
+        logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
+        return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
+
+    done = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
+    if partial.exists() and progress_path.exists():
+        saved = json.loads(progress_path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != fingerprint:
+            raise InputError(
+                f"{partial} holds an unfinished run with other settings (model, input, instruction, max_length "
+                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
+            )
+        done = saved["done"]
+        logger.info("resuming %s after %d queries (%d pairs)", output_path, done["queries"], done["pairs"])
+    with open(partial, "a+b") as out:
+        out.truncate(done["bytes"])  # drops a chunk that was half written when the run stopped
+    stats = ScoringStats(resumed_at_pair=done["pairs"])
+    started = time.perf_counter()
+    queries = (
+        query
+        for position, query in enumerate(iter_ranking_queries(source, input_format, **(hub_args or {})))
+        if shard.takes(position)
+    )
+    bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
+    checked = done["pairs"] > 0
+    with open(partial, "a", encoding="utf-8") as out:
+        for chunk_number, chunk in enumerate(iter_chunks(queries, chunk_size)):
+            if chunk_number < done.get("chunks", 0):
+                continue
+            lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked)
+            checked = checked or chunk_stats.distinct_pairs_scored > 1
+            out.write("".join(lines))
+            out.flush()
+            os.fsync(out.fileno())
+            done = {
+                "chunks": chunk_number + 1,
+                "queries": done["queries"] + chunk_stats.queries,
+                "pairs": done["pairs"] + chunk_stats.pairs,
+                "bytes": out.tell(),
+                "truncated": done["truncated"] + chunk_stats.truncated,
+                "distinct": done["distinct"] + chunk_stats.distinct_pairs_scored,
+                "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
+            }
+            _write_progress(progress_path, {"fingerprint": fingerprint, "done": done})
+    bar.close()
+    if done["pairs"] != expected.pairs:
+        raise InputError(f"{source} changed while it was being scored ({done['pairs']} of {expected.pairs} pairs)")
+    os.replace(partial, output_path)
+    progress_path.unlink(missing_ok=True)
+    stats.seconds = time.perf_counter() - started
+    stats.queries, stats.pairs, stats.truncated = done["queries"], done["pairs"], done["truncated"]
+    stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]
+    return stats
+
+
+def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", hub_args=None) -> tuple[Path, int]:
+    """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``.
+
+    Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
+    """
+    shards = [Shard(i, num_shards) for i in range(num_shards)]
+    paths = [output_path_for(source, output_dir, shard) for shard in shards]
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
+    readers = [read_jsonl(path) for path in paths]
+    merged = output_path_for(source, output_dir)
+    lines = 0
+    with AtomicWriter(merged) as out:
+        for position, query in enumerate(iter_ranking_queries(source, input_format, **(hub_args or {}))):
+            reader, path = readers[position % num_shards], paths[position % num_shards]
+            for _ in query.passages:
+                try:
+                    line_number, record = next(reader)
+                except StopIteration:
+                    raise InputError(f"ends early: it does not match {source}", str(path)) from None
+                if record.get("query") != query.query:
+                    raise InputError(f"holds another query than {query.location}; were shards made from another input?", str(path), line_number)
+                out.write(dumps(record) + "\n")
+                lines += 1
+    for reader, path in zip(readers, paths):
+        if next(reader, None) is not None:
+            raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
+    return merged, lines

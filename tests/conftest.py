@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random-weight models and a synthetic data set, built locally once per
+test session (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from rerank_distill.toy import (  # noqa: E402
+    build_tiny_cross_encoder,
+    build_tiny_qwen3,
+    synthetic_ranking_data,
+    write_jsonl_records,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A random-weight Qwen3 causal LM with a chat-marker tokenizer (yes/no are single tokens)."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A random-weight BERT cross-encoder with one output logit."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-cross-encoder")
+
+
+@pytest.fixture
+def ranking_file(tmp_path) -> Path:
+    """Twelve synthetic queries in MTEB reranking format (one without positives, one without negatives)."""
+    return write_jsonl_records(tmp_path / "train.jsonl", synthetic_ranking_data(12, docs_per_query=6, seed=3))

@@ -1,0 +1,220 @@
+"""Stage 1 as a whole: output contract, resuming after a crash, deduplication, shards, bad input."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import generate_logits
+from rerank_distill import scoring
+from rerank_distill.errors import InputError
+from rerank_distill.hub import resolve_model
+from rerank_distill.scoring import Shard, merge_shards, output_path_for, score_source, validate_source
+from rerank_distill.teachers import TeacherScores, choose_backend
+
+
+class CountingTeacher:
+    """A stand-in teacher: score = length of the passage minus length of the query, and a record
+    of every pair it was asked to score."""
+
+    name = "counting"
+    config = {"teacher_type": "counting"}
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.calls: list[tuple[str, str]] = []
+        self.fail_on_call = fail_on_call
+        self.call_count = 0
+
+    def score(self, queries, passages, progress=lambda n: None):
+        self.call_count += 1
+        if self.call_count == self.fail_on_call:
+            raise KeyboardInterrupt
+        self.calls.extend(zip(queries, passages))
+        progress(len(queries))
+        return TeacherScores(np.array([len(p) - len(q) + 0.5 * i for i, (q, p) in enumerate(zip(queries, passages))]))
+
+
+def write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run_scoring(source, output, teacher, chunk_size=5, **kwargs):
+    expected = validate_source(str(source), "auto", Shard())
+    return score_source(str(source), output, [teacher], expected, chunk_size=chunk_size, show_progress=False, **kwargs)
+
+
+def test_end_to_end_writes_one_line_per_pair_with_label(tiny_qwen3, ranking_file, tmp_path):
+    summary = generate_logits.main([
+        "--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "scores"),
+        "--batch_size", "4", "--no_show_progress",
+    ])  # fmt: skip
+    output = tmp_path / "scores" / "train_scores.jsonl"
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    records = [json.loads(line) for line in ranking_file.read_text().splitlines()]
+    expected_pairs = [(r["query"], p, 1.0) for r in records for p in r["positive"]]
+    expected_pairs += [(r["query"], n, 0.0) for r in records for n in r["negative"]]
+    assert sorted((l["query"], l["passage"], l["label"]) for l in lines) == sorted(expected_pairs)
+    assert all(set(line) == {"query", "passage", "score", "label"} for line in lines)
+    assert len({line["score"] for line in lines}) > 1
+    assert summary[str(output)]["pairs"] == len(expected_pairs)
+    args = json.loads((tmp_path / "scores" / "args.json").read_text())
+    assert args["script"]["model_path"] == [str(tiny_qwen3)] and args["resolved"]["backend"] == "hf"
+
+
+def test_gzipped_input_gives_the_same_output_name_and_scores(tmp_path, ranking_file):
+    gz = tmp_path / "train.jsonl.gz"
+    gz.write_bytes(gzip.compress(ranking_file.read_bytes()))
+    run_scoring(ranking_file, tmp_path / "a" / "train_scores.jsonl", CountingTeacher())
+    run_scoring(gz, output_path_for(str(gz), tmp_path / "b"), CountingTeacher())
+    assert (tmp_path / "b" / "train_scores.jsonl").read_bytes() == (tmp_path / "a" / "train_scores.jsonl").read_bytes()
+
+
+def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):
+    source = write_lines(tmp_path / "dup.jsonl", [
+        {"query": "q1", "positive": ["a", "b"], "negative": ["a", "c"]},
+        {"query": "q1", "positive": ["b"], "negative": []},
+    ])  # fmt: skip
+    teacher = CountingTeacher()
+    stats = run_scoring(source, tmp_path / "dup_scores.jsonl", teacher, chunk_size=100)
+    assert sorted(teacher.calls) == [("q1", "a"), ("q1", "b"), ("q1", "c")]
+    lines = [json.loads(l) for l in (tmp_path / "dup_scores.jsonl").read_text().splitlines()]
+    assert [(l["passage"], l["label"]) for l in lines] == [("a", 1.0), ("b", 1.0), ("a", 0.0), ("c", 0.0), ("b", 1.0)]
+    assert lines[0]["score"] == lines[2]["score"] and lines[1]["score"] == lines[4]["score"]
+    assert stats.duplicate_pairs_reused == 2
+
+
+def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranking_file):
+    whole = tmp_path / "whole" / "train_scores.jsonl"
+    run_scoring(ranking_file, whole, CountingTeacher())
+    resumed = tmp_path / "resumed" / "train_scores.jsonl"
+    first = CountingTeacher(fail_on_call=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, resumed, first)
+    assert not resumed.exists()
+    partial = resumed.with_name(resumed.name + ".partial")
+    with open(partial, "a", encoding="utf-8") as out:  # a chunk half written when the crash came
+        out.write('{"query": "half a li')
+    second = CountingTeacher()
+    stats = run_scoring(ranking_file, resumed, second)
+    assert resumed.read_bytes() == whole.read_bytes()
+    assert not partial.exists()
+    assert set(first.calls).isdisjoint(second.calls)  # nothing scored twice
+    assert stats.resumed_at_pair == len(first.calls)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=2))
+    with pytest.raises(InputError, match="other settings"):
+        run_scoring(ranking_file, output, CountingTeacher(), chunk_size=7)
+    run_scoring(ranking_file, output, CountingTeacher(), chunk_size=7, overwrite=True)
+    assert output.exists()
+
+
+def test_a_finished_output_is_not_scored_again(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    run_scoring(ranking_file, output, CountingTeacher())
+    again = CountingTeacher()
+    stats = run_scoring(ranking_file, output, again)
+    assert stats.already_complete and again.calls == []
+
+
+def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
+    single = tmp_path / "single"
+    run_scoring(ranking_file, output_path_for(str(ranking_file), single), CountingTeacher())
+    sharded = tmp_path / "sharded"
+    for index in range(3):
+        shard = Shard(index, 3)
+        expected = validate_source(str(ranking_file), "auto", shard)
+        score_source(str(ranking_file), output_path_for(str(ranking_file), sharded, shard), [CountingTeacher()],
+                     expected, chunk_size=5, shard=shard, show_progress=False)  # fmt: skip
+    merged, lines = merge_shards(str(ranking_file), sharded, 3)
+    single_lines = (single / "train_scores.jsonl").read_text().splitlines()
+    # A shard sees other chunk neighbours, so the stand-in's position-dependent scores differ;
+    # compare everything else line by line.
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "score"}  # noqa: E731
+    assert [strip(l) for l in merged.read_text().splitlines()] == [strip(l) for l in single_lines]
+    assert lines == len(single_lines)
+
+
+def test_merging_before_every_shard_finished_is_refused(tmp_path, ranking_file):
+    with pytest.raises(InputError, match="shard file"):
+        merge_shards(str(ranking_file), tmp_path, 2)
+
+
+def test_shard_flag_is_checked():
+    assert Shard.parse("1/4") == Shard(1, 4)
+    with pytest.raises(InputError):
+        Shard.parse("4/4")
+    with pytest.raises(InputError):
+        Shard.parse("half")
+
+
+def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ranking_file):
+    class ConstantTeacher(CountingTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            return TeacherScores(np.full(len(queries), 0.73))
+
+    with pytest.raises(InputError, match="same score"):
+        run_scoring(ranking_file, tmp_path / "out.jsonl", ConstantTeacher())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"query": "q", "positive": ["a"], "negative": ["b"]}\n{"query": "q2", "positive": [\n', ":2: not valid JSON"),
+        ('{"query": "q", "positive": ["a"], "negative": ["b"]}\n{"positive": ["a"], "negative": []}\n', ':2: missing field "query"'),
+        ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
+        ("", "contains no records"),
+    ],
+)
+def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, content, message):
+    source = tmp_path / "bad.jsonl"
+    source.write_text(content, encoding="utf-8")
+    monkeypatch.setattr(generate_logits, "build_teacher", lambda *a: pytest.fail("model loaded before input was checked"))
+    with pytest.raises(InputError, match=message.replace("[", r"\[")) as error:
+        generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
+    assert str(source) in str(error.value)
+    assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
+
+
+def test_a_missing_model_path_is_named(tmp_path, ranking_file):
+    with pytest.raises(InputError, match="does not exist"):
+        generate_logits.main(["--model_path", "./no/such/model", "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])
+
+
+def test_a_hub_id_offline_says_what_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="hf download someone/some-reranker"):
+        resolve_model("someone/some-reranker")
+
+
+def test_modelscope_without_its_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modelscope", None)
+    with pytest.raises(InputError, match="pip install modelscope"):
+        resolve_model("someone/some-reranker", hub="modelscope")
+
+
+def test_auto_backend_is_hf_without_vllm_or_gpu(monkeypatch):
+    monkeypatch.setattr("rerank_distill.teachers.vllm_installed", lambda: False)
+    assert choose_backend("auto") == "hf"
+    with pytest.raises(InputError, match="requirements-gpu"):
+        choose_backend("vllm")
+
+
+def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text("not json\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "generate_logits.py", "--model_path", "x", "--input_path", str(source), "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=os.path.dirname(generate_logits.__file__),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"error: {source}:1: not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,127 @@
+"""Ranking metrics: each against a hand computation on a few candidates, ties broken by position,
+and equality with sklearn (which sentence-transformers' reranking evaluator calls) on tie-free scores."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, ndcg_score
+
+from rerank_distill.metrics import (
+    average_precision,
+    evaluate_rankings,
+    ndcg,
+    ranking_order,
+    reciprocal_rank,
+    skip_reason,
+)
+
+LOG2_3 = math.log2(3)
+
+
+def test_ranking_order_is_descending_score_with_ties_in_input_order():
+    assert ranking_order([0.5, 0.9, 0.5, 0.9]).tolist() == [1, 3, 0, 2]
+
+
+def test_ties_are_broken_by_position_in_the_data_set():
+    # two candidates with the same score: the one listed first ranks first
+    assert reciprocal_rank([0.5, 0.5], [0, 1]) == 0.5
+    assert reciprocal_rank([0.5, 0.5], [1, 0]) == 1.0
+    assert ndcg([0.5, 0.5], [0, 1]) == pytest.approx(1 / LOG2_3)
+
+
+def test_average_precision_is_mean_precision_at_each_relevant_rank():
+    # relevant at ranks 1 and 3: (1/1 + 2/3) / 2
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    # ranked order is 1, 3, 0, 2, so the relevant 3 and 0 sit at ranks 2 and 3: (1/2 + 2/3) / 2
+    assert average_precision([0.7, 0.9, 0.6, 0.8], [1, 0, 0, 1]) == pytest.approx(7 / 12)
+
+
+def test_average_precision_counts_any_positive_grade_as_relevant():
+    # grades 2 and 1 are both relevant: ranks 1 (grade 1) and 3 (grade 2)
+    assert average_precision([0.1, 0.5, 0.9], [2, 0, 1]) == pytest.approx(5 / 6)
+
+
+def test_average_precision_without_relevant_candidates_is_zero():
+    assert average_precision([0.3, 0.2], [0, 0]) == 0.0
+
+
+def test_reciprocal_rank_is_one_over_first_relevant_rank_within_k():
+    scores, labels = [0.1, 0.2, 0.9, 0.8], [1, 0, 0, 0]  # the relevant candidate ranks 4th
+    assert reciprocal_rank(scores, labels, k=10) == 0.25
+    assert reciprocal_rank(scores, labels, k=3) == 0.0
+
+
+def test_ndcg_uses_grades_as_linear_gains_and_log2_discounts():
+    # ranked gains 0, 2, 1 against the ideal 2, 1, 0
+    expected = (0 + 2 / LOG2_3 + 1 / 2) / (2 + 1 / LOG2_3 + 0)
+    assert ndcg([0.9, 0.5, 0.1], [0, 2, 1]) == pytest.approx(expected)
+
+
+def test_ndcg_counts_only_the_top_k():
+    assert ndcg([3, 2, 1], [0, 0, 1], k=2) == 0.0
+    assert ndcg([3, 2, 1], [0, 0, 1], k=3) == pytest.approx(1 / 2)
+
+
+def test_ndcg_without_gain_is_zero_and_negative_gains_are_refused():
+    assert ndcg([0.3, 0.2], [0, 0]) == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        ndcg([0.3, 0.2], [1, -1])
+
+
+def test_metrics_equal_sklearn_on_random_tie_free_scores():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = int(rng.integers(2, 30))
+        scores = rng.normal(size=size)  # continuous: no ties
+        binary = rng.integers(0, 2, size=size)
+        binary[rng.integers(size)] = 1
+        grades = rng.integers(0, 4, size=size).astype(float)
+        grades[rng.integers(size)] = 3.0
+        assert average_precision(scores, binary) == pytest.approx(average_precision_score(binary, scores), abs=1e-12)
+        for k in (5, 10):
+            assert ndcg(scores, grades, k) == pytest.approx(ndcg_score([grades], [scores], k=k), abs=1e-12)
+
+
+def test_skip_reason_names_what_the_query_lacks():
+    assert skip_reason([1, 0]) is None
+    assert skip_reason([0, 0]) == "no_positive"
+    assert skip_reason([2, 1]) == "no_negative"
+    assert skip_reason([]) == "no_positive"
+
+
+# A: perfect; B: the positive second (AP 1/2, RR 1/2, NDCG 1/log2(3)); C: no positive; D: no negative
+QUERIES = [
+    ([0.9, 0.1], [1, 0]),
+    ([0.1, 0.9], [1, 0]),
+    ([0.3, 0.2], [0, 0]),
+    ([0.3, 0.2], [1, 1]),
+]
+
+
+def test_mteb_protocol_skips_queries_without_positive_or_negative_and_counts_why():
+    result = evaluate_rankings(QUERIES, protocol="mteb")
+    assert result["map"] == pytest.approx((1 + 1 / 2) / 2)
+    assert result["mrr@10"] == pytest.approx((1 + 1 / 2) / 2)
+    assert result["ndcg@10"] == pytest.approx((1 + 1 / LOG2_3) / 2)
+    assert result["queries_evaluated"] == 2
+    assert result["queries_skipped"] == 2
+    assert result["queries_skipped_by_reason"] == {"no_positive": 1, "no_negative": 1}
+    assert result["queries_scored_zero"] == 0
+
+
+def test_sentence_transformers_protocol_counts_no_positive_as_zero_and_scores_no_negative():
+    result = evaluate_rankings(QUERIES, protocol="sentence-transformers")
+    assert result["map"] == pytest.approx((1 + 1 / 2 + 0 + 1) / 4)
+    assert result["mrr@10"] == pytest.approx((1 + 1 / 2 + 0 + 1) / 4)
+    assert result["ndcg@10"] == pytest.approx((1 + 1 / LOG2_3 + 0 + 1) / 4)
+    assert result["queries_evaluated"] == 4
+    assert result["queries_skipped"] == 0
+    assert result["queries_scored_zero"] == 1
+
+
+def test_evaluate_rankings_refuses_an_empty_mean_and_an_unknown_protocol():
+    with pytest.raises(ValueError, match="no query left"):
+        evaluate_rankings([([0.3, 0.2], [0, 0])], protocol="mteb")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluate_rankings(QUERIES, protocol="trec")

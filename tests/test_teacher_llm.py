@@ -1,0 +1,144 @@
+"""The LLM judge: prompt layout, the yes/no score, and that the fast paths change no score."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rerank_distill.errors import InputError
+from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, JudgePrompt, single_token_id
+from rerank_distill.teachers.llm_hf import HFJudge, common_prefix_length
+from rerank_distill.teachers.llm_judge import YesNoJudge
+from rerank_distill.teachers.llm_vllm import token_prompts, vllm_hf_overrides
+
+QUERIES = ["how do i fix git rebase", "how do i fix git rebase", "how do i fix git rebase", "bake bread at home"]
+DOCS = ["use git rebase --abort", "commit branch merge", "the oven is hot", "flour sugar butter and a hot oven"]
+INSTRUCTION = "Retrieve duplicate questions"
+
+
+def official_scores(model_dir, queries, docs, instruction, max_length):
+    """The Qwen3-Reranker model card's recipe, written out plainly: format each pair, tokenize
+    the body with truncation, wrap it in the prefix/suffix tokens, and take
+    logit(yes) - logit(no) at the last position of the full model's output."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prefix = (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    )
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+    suffix_ids = tokenizer.encode(suffix, add_special_tokens=False)
+    yes_id = tokenizer.convert_tokens_to_ids("yes")
+    no_id = tokenizer.convert_tokens_to_ids("no")
+    prompts, scores = [], []
+    for query, doc in zip(queries, docs):
+        body = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+        body_ids = tokenizer(
+            body, truncation=True, max_length=max_length - len(prefix_ids) - len(suffix_ids), add_special_tokens=False
+        )["input_ids"]
+        ids = prefix_ids + body_ids + suffix_ids
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        prompts.append(ids)
+        scores.append((last[yes_id] - last[no_id]).item())
+    return prompts, np.array(scores)
+
+
+@pytest.mark.parametrize("max_length", [512, 120])
+def test_hf_backend_matches_the_official_formula(tiny_qwen3, max_length):
+    expected_prompts, expected_scores = official_scores(tiny_qwen3, QUERIES, DOCS, INSTRUCTION, max_length)
+    judge = YesNoJudge(str(tiny_qwen3), "hf", INSTRUCTION, max_length, batch_size=2, device="cpu")
+    prompts, _ = judge.prompt.encode(QUERIES, DOCS)
+    assert prompts == expected_prompts
+    scores = judge.score(QUERIES, DOCS).scores
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_prompt_has_exactly_one_end_of_turn_marker_after_the_document(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    ids, _ = prompt.encode(["q"], ["the document"])
+    text = tokenizer.decode(ids[0])
+    after_document = text.split("<Document>: the document", 1)[1]
+    assert after_document == SUFFIX
+    assert after_document.count("<|im_end|>") == 1
+
+
+def test_truncation_cuts_the_text_and_keeps_prefix_and_suffix(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=160)
+    long_doc = "commit branch merge " * 100
+    (ids, short_ids), truncated = prompt.encode(["q", "q"], [long_doc, "short"])
+    assert truncated == 1
+    assert len(ids) == 160
+    assert ids[: len(prompt.prefix_ids)] == prompt.prefix_ids
+    assert ids[-len(prompt.suffix_ids) :] == prompt.suffix_ids
+    assert len(short_ids) < 160
+
+
+def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    with pytest.raises(InputError, match="max_length"):
+        JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=20)
+
+
+def test_prefix_cache_and_plain_batches_give_the_same_scores(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    answer_ids = [single_token_id(tokenizer, "yes"), single_token_id(tokenizer, "no")]
+    queries = QUERIES * 3
+    docs = [f"{d} {i}" for i, d in enumerate(DOCS * 3)]
+    cached = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=4, device="cpu", prefix_cache=True)
+    plain = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=1, device="cpu", prefix_cache=False)
+    np.testing.assert_allclose(cached.answer_logits(queries, docs)[0], plain.answer_logits(queries, docs)[0], atol=1e-5)
+
+
+def test_common_prefix_length():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[7, 8], [9]]) == 0
+
+
+def test_an_answer_word_that_is_not_one_token_is_refused(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    with pytest.raises(InputError, match="exactly one token"):
+        single_token_id(tokenizer, "substitutions")
+
+
+def test_vllm_requests_carry_the_hf_backends_token_ids(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    ids, _ = prompt.encode(QUERIES, DOCS)
+    requests = token_prompts(ids)
+    assert [r["prompt_token_ids"] for r in requests] == ids
+    expected_prompts, _ = official_scores(tiny_qwen3, QUERIES, DOCS, INSTRUCTION, 512)
+    assert [r["prompt_token_ids"] for r in requests] == expected_prompts
+
+
+def test_vllm_overrides_follow_the_documented_qwen3_reranker_conversion():
+    overrides = vllm_hf_overrides(["yes", "no"])
+    assert overrides["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert overrides["classifier_from_token"] == ["no", "yes"]
+    assert overrides["is_original_qwen3_reranker"] is True
+
+
+def _vllm_and_gpu():
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _vllm_and_gpu(), reason="needs vLLM and a CUDA GPU")
+def test_vllm_scores_equal_hf_scores(tiny_qwen3):
+    hf = YesNoJudge(str(tiny_qwen3), "hf", INSTRUCTION, 512, batch_size=4, device="cuda", dtype="float32")
+    vllm = YesNoJudge(str(tiny_qwen3), "vllm", INSTRUCTION, 512, batch_size=4, dtype="float32")
+    np.testing.assert_allclose(vllm.score(QUERIES, DOCS).scores, hf.score(QUERIES, DOCS).scores, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hf_backend_on_gpu_matches_cpu(tiny_qwen3):
+    cpu = YesNoJudge(str(tiny_qwen3), "hf", INSTRUCTION, 512, batch_size=4, device="cpu")
+    gpu = YesNoJudge(str(tiny_qwen3), "hf", INSTRUCTION, 512, batch_size=4, device="cuda", dtype="float32")
+    np.testing.assert_allclose(gpu.score(QUERIES, DOCS).scores, cpu.score(QUERIES, DOCS).scores, atol=1e-3)
