@@ -1,35 +1,42 @@
-"""Stage 2: turn teacher scores into hard-negative triplets for margin distillation.
+"""Stage 2: turn teacher scores into training records for distillation.
 
 Reads stage 1's ``{"query", "passage", "score", "label"}`` lines (or another tool's
-``{"query", "content", "score"}``), ranks each query's passages by teacher score, pairs each
-of the ``--top_k`` best with the ``--num_negatives`` passages ranked just below it, and writes
-``{"query", "positive", "negative", "score"}`` lines where ``score`` is the teacher margin
-score(positive) - score(negative) in logit units. Writes TRIPLETS.args.json beside the output.
+``{"query", "content", "score"}``) and ranks each query's passages by teacher score. Positives
+are the ``--top_k`` best (``--positives teacher``), the gold-labelled ones (``labels``) or both;
+each is paired with ``--num_negatives`` passages ranked below it (``--negatives hardest``: just
+below; ``random``: a seeded draw; ``mixed``: half each). Pairs with identical text or a margin
+not above zero (or below ``--min_margin``) are skipped and counted. ``--format`` writes
+``triplets`` ``{"query", "positive", "negative", "score"}`` (score = teacher margin in logits),
+``ntuples`` ``{"query", "positive", "negatives", "scores"}`` or ``listwise``
+``{"query", "passages", "scores"[, "labels"]}`` groups of up to ``--group_size`` with the positive
+first. Writes OUTPUT.args.json beside the output.
 """
 
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import iter_scored_pairs
+from rerank_distill.formats import ScoredPair, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter, dumps
 from rerank_distill.triplets import (
-    SKIP_IDENTICAL_TEXT,
-    SKIP_NON_POSITIVE_MARGIN,
     SKIP_REASONS,
-    SKIP_TOO_FEW_PASSAGES,
+    NegativeRule,
+    OutputFormat,
+    PositiveRule,
     QueriesNotGrouped,
     QueryGroup,
+    SelectionRules,
+    format_records,
     iter_query_groups,
     iter_query_groups_indexed,
-    select_triplets,
-    triplet_record,
+    query_rng,
+    select,
 )
 
 logger = logging.getLogger("rerank_distill.create_triplets")
@@ -40,20 +47,54 @@ class TripletArguments:
     input_path: str = field(
         metadata={
             "help": 'Teacher scores from generate_logits.py: JSONL (or .jsonl.gz) lines {"query", '
-            '"passage"|"content", "score"}; score may be a number or a numeric string.'
+            '"passage"|"content", "score"[, "label"]}; score may be a number or a numeric string.'
         }
     )
     output_path: str = field(
+        metadata={"help": "Where to write the records (JSONL); the run's arguments go beside it as <name>.args.json."}
+    )
+    format: OutputFormat = field(
+        default="triplets",
         metadata={
-            "help": 'Where to write the triplets, JSONL {"query", "positive", "negative", "score"} '
-            "with score = teacher margin; the run's arguments go beside it as <name>.args.json."
-        }
+            "help": 'triplets: {"query", "positive", "negative", "score"} with score = teacher margin; '
+            'ntuples: {"query", "positive", "negatives": [...], "scores": [positive, negative_1, ...]} '
+            'with raw teacher scores, one per positive; listwise: {"query", "passages", "scores"'
+            '[, "labels"]}, one group per positive: the positive first, then its negatives.'
+        },
     )
-    top_k: int = field(default=8, metadata={"help": "How many of each query's best-scored passages act as positives."})
+    positives: PositiveRule = field(
+        default="teacher",
+        metadata={
+            "help": "teacher: the --top_k best-scored passages; labels: the passages whose gold label is > 0 "
+            "(needs labels on every input line); both: the union. Margins are always the teacher's."
+        },
+    )
+    top_k: int = field(
+        default=8, metadata={"help": "How many of each query's best-scored passages the teacher rule takes."}
+    )
+    negatives: NegativeRule = field(
+        default="hardest",
+        metadata={
+            "help": "hardest: the passages ranked just below the positive; random: drawn uniformly from all "
+            "passages ranked below it (seeded by --seed and the query); mixed: half hardest (the odd one), "
+            "half random from those below them."
+        },
+    )
     num_negatives: int = field(
-        default=4,
-        metadata={"help": "Hard negatives per positive: the passages ranked just below it (ranks i+1..i+N)."},
+        default=4, metadata={"help": "Negatives per positive for triplets and ntuples (listwise uses --group_size)."}
     )
+    group_size: int = field(
+        default=8,
+        metadata={"help": "listwise only: passages per group, the positive included (so group_size - 1 negatives)."},
+    )
+    min_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "Skip pairs whose teacher margin is below this (logit units): near-ties that are mostly "
+            "teacher noise. 0 keeps every positive margin; tied scores are always skipped."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for random and mixed negatives (same seed, same output)."})
 
 
 def args_path_for(output_path: str) -> str:
@@ -65,23 +106,49 @@ def args_path_for(output_path: str) -> str:
     return stem + ".args.json"
 
 
-def write_triplets(groups: Iterable[QueryGroup], out: IO[str], args: TripletArguments) -> Counter:
-    """Select and write the triplets of every group; returns counts of queries, pairs, triplets
-    and skips by reason. Raises InputError when not one triplet could be made."""
+def rules_from(args: TripletArguments) -> SelectionRules:
+    """The selection rules the flags ask for; listwise groups take ``group_size - 1`` negatives."""
+    num_negatives = args.group_size - 1 if args.format == "listwise" else args.num_negatives
+    return SelectionRules(args.top_k, num_negatives, args.positives, args.negatives, args.min_margin, args.seed)
+
+
+def require_labels(pairs: Iterable[ScoredPair], args: TripletArguments) -> Iterator[ScoredPair]:
+    """Pass the pairs on, stopping at the first one without a gold label."""
+    for pair in pairs:
+        if pair.label is None:
+            raise InputError(
+                f'--positives {args.positives} needs a gold label on every line, but this one has no "label" '
+                "(or it is null). Stage 1 keeps labels when its input has them (e.g. MTEB positive/negative "
+                "lists); for unlabelled data use --positives teacher",
+                args.input_path,
+                pair.line,
+            )
+        yield pair
+
+
+def write_records(groups: Iterable[QueryGroup], out: IO[str], args: TripletArguments) -> Counter:
+    """Select and write every group's records; returns counts of queries, pairs, records, the
+    (positive, negative) pairs in them and skips by reason. Raises InputError when not one record
+    could be made."""
+    rules = rules_from(args)
     counts: Counter = Counter()
     for group in groups:
-        triplets, skipped = select_triplets(group.passages, group.scores, args.top_k, args.num_negatives)
-        for triplet in triplets:
-            out.write(dumps(triplet_record(group.query, triplet)) + "\n")
-        counts.update(queries=1, pairs=len(group.passages), triplets=len(triplets))
+        selections, skipped = select(
+            group.passages, group.scores, group.labels, rules, query_rng(rules.seed, group.query)
+        )
+        records = format_records(args.format, group.query, group.passages, group.scores, group.labels, selections)
+        for record in records:
+            out.write(dumps(record) + "\n")
+        counts.update(queries=1, pairs=len(group.passages), records=len(records))
+        counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
         counts.update(skipped)
-    if counts["triplets"] == 0:
+    if counts["records"] == 0:
         # raised inside the AtomicWriter, so no empty file that looks complete is left behind
+        reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])
         raise InputError(
-            f"no triplets could be made from {counts['queries']} queries ({counts['pairs']} pairs): "
-            f"{counts[SKIP_TOO_FEW_PASSAGES]} queries have fewer than 2 passages, "
-            f"{counts[SKIP_IDENTICAL_TEXT]} pairs had identical texts, {counts[SKIP_NON_POSITIVE_MARGIN]} "
-            "pairs had tied scores; each query needs at least two different passages with different teacher scores",
+            f"no {args.format} could be made from {counts['queries']} queries ({counts['pairs']} pairs); "
+            f"skipped: {reasons or 'nothing'}. Each query needs at least two different passages with "
+            "different teacher scores (and, with --min_margin, scores further apart than it)",
             args.input_path,
         )
     return counts
@@ -89,24 +156,27 @@ def write_triplets(groups: Iterable[QueryGroup], out: IO[str], args: TripletArgu
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((TripletArguments,), __doc__, argv)
-    if args.top_k < 1:
-        raise InputError(f"--top_k must be at least 1, got {args.top_k}")
-    if args.num_negatives < 1:
-        raise InputError(f"--num_negatives must be at least 1, got {args.num_negatives}")
+    for name, minimum in (("top_k", 1), ("num_negatives", 1), ("group_size", 2)):
+        if getattr(args, name) < minimum:
+            raise InputError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+    if not args.min_margin >= 0:
+        raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
     if os.path.abspath(args.input_path) == os.path.abspath(args.output_path):
         raise InputError("--output_path is the same file as --input_path; choose another output path")
 
+    def scored_pairs() -> Iterator[ScoredPair]:
+        pairs = iter_scored_pairs(args.input_path)
+        return pairs if args.positives == "teacher" else require_labels(pairs, args)
+
     start = time.perf_counter()
-    logger.info(
-        "Reading teacher scores from %s (top_k=%d, num_negatives=%d)", args.input_path, args.top_k, args.num_negatives
-    )
+    logger.info("Reading teacher scores from %s (%s)", args.input_path, rules_from(args))
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
     # input has been read and validated (AtomicWriter).
     input_grouped = True
     try:
         with AtomicWriter(args.output_path) as out:
-            counts = write_triplets(iter_query_groups(iter_scored_pairs(args.input_path)), out, args)
+            counts = write_records(iter_query_groups(scored_pairs()), out, args)
     except QueriesNotGrouped as error:
         input_grouped = False
         logger.info(
@@ -118,32 +188,32 @@ def main(argv: list[str] | None = None) -> dict:
         )
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
-            groups = iter_query_groups_indexed(iter_scored_pairs(args.input_path), spill_dir)
-            counts = write_triplets(groups, out, args)
+            counts = write_records(iter_query_groups_indexed(scored_pairs(), spill_dir), out, args)
     seconds = time.perf_counter() - start
 
     summary = {
+        "format": args.format,
         "queries": counts["queries"],
         "pairs": counts["pairs"],
-        "triplets": counts["triplets"],
+        "records": counts["records"],
+        "pairs_kept": counts["pairs_kept"],
         "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
         "input_grouped": input_grouped,
         "seconds": round(seconds, 3),
     }
     write_run_args(args_path_for(args.output_path), script=args, summary=summary)
-    skipped = summary["skipped"]
     logger.info(
-        "Wrote %d triplets from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; skipped: %d pairs with "
-        "identical text, %d pairs with a non-positive margin, %d queries with fewer than 2 passages",
-        summary["triplets"],
+        "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
+        "skipped: %s",
+        summary["records"],
+        args.format,
+        summary["pairs_kept"],
         summary["queries"],
         summary["pairs"],
         summary["pairs"] / max(seconds, 1e-9),
         args.output_path,
         seconds,
-        skipped[SKIP_IDENTICAL_TEXT],
-        skipped[SKIP_NON_POSITIVE_MARGIN],
-        skipped[SKIP_TOO_FEW_PASSAGES],
+        ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()),
     )
     return summary
 

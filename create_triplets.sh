@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Stage 2: turn teacher scores into (query, positive, hard negative, margin) triplets.
+# Stage 2: turn teacher scores into training records: (query, positive, hard negative, margin)
+# triplets by default, or n-tuples / listwise groups (FORMAT).
 # Each setting can be set from the environment (TOP_K=16 ./create_triplets.sh) and extra
 # arguments are passed on: ./create_triplets.sh --num_negatives 8
+# The defaults are the first recipe; the best configuration from the quality benchmark replaces them.
 set -euo pipefail
 
 # Teacher scores written by generate_logits.sh
 INPUT="${INPUT:-output/scores/train_scores.jsonl}"
-# Where the triplets go (the run's arguments are written beside it as train_triplets.args.json)
+# Where the records go (the run's arguments are written beside it as train_triplets.args.json)
 OUTPUT="${OUTPUT:-output/triplets/train_triplets.jsonl}"
-# How many of each query's best-scored passages act as positives
+# Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)
+# or listwise (the positive first, then GROUP_SIZE - 1 negatives, raw scores and gold labels)
+FORMAT="${FORMAT:-triplets}"
+# Positives: teacher (the TOP_K best-scored), labels (gold label > 0; the input needs labels) or both
+POSITIVES="${POSITIVES:-teacher}"
+# How many of each query's best-scored passages the teacher rule takes as positives
 TOP_K="${TOP_K:-8}"
-# Hard negatives per positive: the passages ranked just below it
+# Negatives: hardest (ranked just below the positive), random (seeded draw from all below) or mixed (half each)
+NEGATIVES="${NEGATIVES:-hardest}"
+# Negatives per positive for triplets and ntuples
 NUM_NEGATIVES="${NUM_NEGATIVES:-4}"
+# Listwise only: passages per group, the positive included
+GROUP_SIZE="${GROUP_SIZE:-8}"
+# Skip pairs whose teacher margin is below this many logits (near-ties); 0 keeps every positive margin
+MIN_MARGIN="${MIN_MARGIN:-0}"
+# Seed for random and mixed negatives: the same seed gives the same output
+SEED="${SEED:-42}"
 
 python "$(dirname "$0")/create_triplets.py" \
     --input_path "$INPUT" \
     --output_path "$OUTPUT" \
+    --format "$FORMAT" \
+    --positives "$POSITIVES" \
     --top_k "$TOP_K" \
+    --negatives "$NEGATIVES" \
     --num_negatives "$NUM_NEGATIVES" \
+    --group_size "$GROUP_SIZE" \
+    --min_margin "$MIN_MARGIN" \
+    --seed "$SEED" \
     "$@"

@@ -25,6 +25,7 @@ OUTPUT="$DEMO_DIR/triplets/train_triplets.jsonl" \
 
 MODEL="$DEMO_DIR/models/student-tiny-bert" \
 TRAIN_DATA="$DEMO_DIR/triplets/train_triplets.jsonl" \
+SELECTION_DATA="$DEMO_DIR/scores/train_scores.jsonl" \
 OUTPUT_DIR="$DEMO_DIR/model" \
 MAX_LENGTH=128 \
 BATCH_SIZE=16 \

@@ -1,7 +1,9 @@
 """Stage 4: measure how well a cross-encoder reranks a labelled data set, before and after distillation.
 
 Reports MAP, MRR@10 and NDCG@10 for each model (and for the teacher's own scores with
---teacher_scores), the change from before to after, as a table on stdout and as JSON.
+--teacher_scores), the change from before to after, as a table on stdout and as JSON. With graded
+labels (more than two grades, e.g. ESCI's E/S/C/I = 3/2/1/0) it adds each model's mean score per
+true grade and, for a teacher that predicts label words (label_probs), its label accuracy.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import numpy as np
 
 from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, iter_scored_pairs
+from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import AtomicWriter
-from rerank_distill.metrics import PROTOCOL_RULES, evaluate_rankings, skip_reason
-from rerank_distill.student import load_cross_encoder, score_ranking_queries
+from rerank_distill.metrics import PROTOCOL_RULES, evaluate_rankings, graded_summary, scores_needed, skip_reason
+from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
 AT_K = 10
@@ -56,6 +58,20 @@ class EvaluationArguments:
     input_format: str = field(
         default="auto", metadata={"help": f"Format of --dataset_path: {', '.join(INPUT_FORMATS)}."}
     )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "The grade column of row-per-pair data (default: esci_label, label, grade or relevance)."},
+    )
+    label_words: list[str] | None = field(
+        default=None,
+        metadata={"help": "A graded-label teacher's label words, best first (default: the keys of its label_probs, "
+                  "which must then be ESCI's exact/substitute/complement/irrelevant)."},
+    )
+    label_grades: list[float] | None = field(
+        default=None,
+        metadata={"help": "The grade of each --label_words word, same order (default: ESCI's 3/2/1/0 for ESCI "
+                  "words, else len-1 down to 0)."},
+    )
     hub: Literal["huggingface", "modelscope"] = field(
         default="huggingface", metadata={"help": "Where hub ids of models and data sets are fetched from."}
     )
@@ -64,11 +80,18 @@ class EvaluationArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate each pair to this many tokens; unset keeps the model's own limit."}
     )
+    dtype: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={"help": "bfloat16 runs the students under bf16 autocast (head in float32): several times faster on "
+                  "GPUs and CPUs with bf16 units, but scores change by ~1e-3 and metrics can move in the 4th decimal."},
+    )
 
 
 def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     """The whole data set, validated, so bad input fails before any model is loaded."""
-    queries = list(iter_ranking_queries(args.dataset_path, args.input_format, args.hub, args.cache_dir))
+    queries = list(iter_ranking_queries(
+        args.dataset_path, args.input_format, args.hub, args.cache_dir, label_column=args.label_column
+    ))  # fmt: skip
     for query in queries:
         if any(label < 0 for label in query.labels):
             raise InputError("relevance grades must be >= 0 (they are NDCG gains)", query.location)
@@ -78,24 +101,6 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     return queries
 
 
-def teacher_scores_for(queries: list[RankingQuery], source: str) -> list[np.ndarray]:
-    """The teacher's score for every candidate of every query; InputError for a pair it never scored."""
-    scores: dict[tuple[str, str], float] = {}
-    for pair in iter_scored_pairs(source):
-        scores.setdefault((pair.query, pair.passage), pair.score)  # a repeated pair keeps its first score
-    per_query = []
-    for query in queries:
-        missing = [passage for passage in query.passages if (query.query, passage) not in scores]
-        if missing:
-            raise InputError(
-                f"{source} has no teacher score for passage {missing[0][:80]!r} of query {query.query[:80]!r} "
-                f"({len(missing)} of this query's passages unscored); score this data set with generate_logits.py",
-                query.location,
-            )
-        per_query.append(np.array([scores[(query.query, passage)] for passage in query.passages]))
-    return per_query
-
-
 def change(before: dict, after: dict) -> dict:
     """Absolute and relative change per metric (relative is null when the before value is 0)."""
     deltas = {name: after[name] - before[name] for name in METRICS}
@@ -103,7 +108,8 @@ def change(before: dict, after: dict) -> dict:
 
 
 def format_table(report: dict) -> str:
-    """The report as a few lines for the terminal: one row per metric, one column per model."""
+    """The report as a few lines for the terminal: one row per metric, one column per model, and
+    for graded data one row per grade with each model's mean score."""
     columns = [name for name in ("before", "after", "teacher") if name in report]
     header = "metric    " + "".join(f"{name:>10}" for name in columns)
     lines = [header + ("    change  relative" if "change" in report else "")]
@@ -119,6 +125,18 @@ def format_table(report: dict) -> str:
         f"evaluated, {report['queries_skipped']} skipped ({skipped['no_positive']} no positive, "
         f"{skipped['no_negative']} no negative), {report['queries_scored_zero']} scored 0 for having no positive"
     )
+    if "graded" in report:
+        graded = report["graded"]
+        lines += [f"\nmean score per true grade (all {report['pairs']} pairs)", "grade         pairs" + header[10:]]
+        for grade, pairs in graded["pairs_per_grade"].items():
+            means = "".join(f"{graded['mean_score_per_grade'][column][grade]:>10.4f}" for column in columns)
+            lines.append(f"{grade:<9}{pairs:>10}{means}")
+        if "label_accuracy" in graded:
+            accuracy = graded["label_accuracy"]["teacher"]
+            lines.append(
+                f"teacher label accuracy {accuracy['accuracy']:.4f}: its most probable label has the true grade "
+                f"for {accuracy['correct']} of {accuracy['pairs']} pairs"
+            )
     return "\n".join(lines)
 
 
@@ -127,20 +145,29 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
-    teacher = teacher_scores_for(queries, args.teacher_scores) if args.teacher_scores else None
+    teacher = None
+    if args.teacher_scores:
+        teacher = teacher_scores_for(queries, args.teacher_scores, args.label_words, args.label_grades)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     for path in models.values():  # a missing model fails now, not after minutes spent scoring the other one
         resolve_model(path, args.hub, args.cache_dir)
 
-    results = {}
+    grades = [grade for query in queries for grade in query.labels]
+    graded = len(set(grades)) > 2 or (teacher is not None and teacher.label_probs is not None)
+    # the metrics never read the scores of queries the protocol skips; the graded means use every pair
+    wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]
+    scores = {}
     for name, path in models.items():
-        logger.info("scoring %d queries of %s with %s (%s)", len(queries), args.dataset_path, path, name)
+        logger.info("scoring %d of %d queries of %s with %s (%s); the protocol reads no scores of the others",
+                    sum(wanted), len(queries), args.dataset_path, path, name)  # fmt: skip
         model = load_cross_encoder(path, args.hub, args.cache_dir, args.max_length)
-        scores = score_ranking_queries(model, queries, args.batch_size)
-        results[name] = evaluate_rankings(zip(scores, labels), args.protocol, AT_K)
+        if args.dtype == "bfloat16" and not bfloat16_is_fast(model.device):
+            logger.warning("%s has no bfloat16 units: --dtype bfloat16 is emulated and may be slower", model.device)
+        scores[name] = score_ranking_queries(model, queries, args.batch_size, dtype=args.dtype, wanted=wanted)
         del model  # one model in memory at a time
     if teacher is not None:
-        results["teacher"] = evaluate_rankings(zip(teacher, labels), args.protocol, AT_K)
+        scores["teacher"] = teacher.per_query
+    results = {name: evaluate_rankings(zip(by_query, labels), args.protocol, AT_K) for name, by_query in scores.items()}
 
     counts = ("queries_evaluated", "queries_skipped", "queries_skipped_by_reason", "queries_scored_zero")
     report = {
@@ -150,21 +177,27 @@ def main(argv: list[str] | None = None) -> dict:
         "teacher_scores": args.teacher_scores,
         "queries": len(queries),
         "pairs": sum(len(query.passages) for query in queries),
+        "pairs_scored": sum(len(query.passages) for query, keep in zip(queries, wanted) if keep),
         **{key: results["before"][key] for key in counts},
         **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
     }
     if "after" in results:
         report["change"] = change(report["before"], report["after"])
+    if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
+        flat = {name: np.concatenate(per_query) for name, per_query in scores.items()}
+        teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
+        report["graded"] = graded_summary(grades, flat, *teacher_labels)
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))
     with AtomicWriter(args.output_path) as out:
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_run_args(Path(args.output_path).with_suffix(".args.json"), script=args)
+    scored = report["pairs_scored"] * len(models)
     logger.info(
-        "wrote %s: %d queries (%d evaluated, %d skipped), %d pairs x %d models in %.1fs (%.0f pairs/s)",
-        args.output_path, len(queries), report["queries_evaluated"], report["queries_skipped"], report["pairs"],
-        len(models), report["seconds"], report["pairs"] * len(models) / max(report["seconds"], 1e-9),
+        "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored x %d models in %.1fs (%.0f pairs/s)",
+        args.output_path, len(queries), report["queries_evaluated"], report["queries_skipped"], report["pairs_scored"],
+        report["pairs"], len(models), report["seconds"], scored / max(report["seconds"], 1e-9),
     )  # fmt: skip
     return report
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Stage 4: MAP, MRR@10 and NDCG@10 of the model before and after distillation (and of the teacher).
+# Stage 4: MAP, MRR@10 and NDCG@10 of the model before and after distillation (and of the teacher);
+# graded data (e.g. ESCI's E/S/C/I) adds each model's mean score per grade and a label teacher's accuracy.
 # Each setting can be set from the environment (MODEL_AFTER=path ./evaluation.sh) and extra
-# arguments are passed on: ./evaluation.sh --protocol sentence-transformers --batch_size 128
+# arguments are passed on: ./evaluation.sh --protocol sentence-transformers --dtype bfloat16
 set -euo pipefail
 
 # The student before distillation: a CrossEncoder folder or hub id
 MODEL_BEFORE="${MODEL_BEFORE:-BAAI/bge-reranker-v2-m3}"
 # The distilled student written by train.sh
 MODEL_AFTER="${MODEL_AFTER:-output/model}"
-# Labelled test data (MTEB reranking JSONL, graded rows, or a hub data set owner/name[:split])
+# Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
 DATASET="${DATASET:-data/test.jsonl}"
 # Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
 TEACHER_SCORES="${TEACHER_SCORES:-}"

@@ -4,8 +4,12 @@
 # arguments are passed on: ./generate_logits.sh --backend hf --batch_size 8
 set -euo pipefail
 
-# Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed)
+# Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
+# Several, space-separated, ensemble their scores (mean of per-query z-scores).
 MODEL="${MODEL:-Qwen/Qwen3-Reranker-8B}"
+# Kind of teacher: llm_yesno (Qwen3-Reranker), llm_labels, cross_encoder or embedding;
+# one for every model, or space-separated, one per model in the same order
+TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
 # Data sets to score, space-separated: MTEB reranking JSONL(.gz) or hub data sets NAME[:SPLIT].
 # Score the test split too, so evaluation can report the teacher's own metrics.
 INPUTS="${INPUTS:-data/train.jsonl data/test.jsonl}"
@@ -15,17 +19,30 @@ OUTPUT_DIR="${OUTPUT_DIR:-output/scores}"
 INSTRUCTION="${INSTRUCTION:-Retrieve duplicate questions from StackOverflow forum}"
 # auto (vLLM on a GPU when installed, else transformers), vllm or hf
 BACKEND="${BACKEND:-auto}"
-# Prompts per forward pass on the hf backend (vLLM batches by itself)
+# Inputs per forward pass (vLLM batches by itself)
 BATCH_SIZE="${BATCH_SIZE:-32}"
-# Longest prompt in tokens; only the query/document text is cut
+# Longest input in tokens; only the query/document text is cut (other teachers: capped at the model's own limit)
 MAX_LENGTH="${MAX_LENGTH:-2048}"
 # Download source for hub ids: huggingface or modelscope
 HUB="${HUB:-huggingface}"
 
 read -r -a input_paths <<< "$INPUTS"
+read -r -a model_paths <<< "$MODEL"
+read -r -a teacher_types <<< "$TEACHER_TYPE"
+# The script adds repeated --model_path/--teacher_type flags together (several teachers), so one
+# given on this command line replaces MODEL/TEACHER_TYPE instead of adding a teacher to them.
+model_args=(--model_path "${model_paths[@]}")
+type_args=(--teacher_type "${teacher_types[@]}")
+for arg in "$@"; do
+    case "$arg" in
+        --model_path | --model_path=* | --model-path | --model-path=*) model_args=() ;;
+        --teacher_type | --teacher_type=* | --teacher-type | --teacher-type=*) type_args=() ;;
+    esac
+done
 
 python "$(dirname "$0")/generate_logits.py" \
-    --model_path "$MODEL" \
+    "${model_args[@]}" \
+    "${type_args[@]}" \
     --input_path "${input_paths[@]}" \
     --output_dir "$OUTPUT_DIR" \
     --instruction "$INSTRUCTION" \

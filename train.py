@@ -1,13 +1,17 @@
-"""Stage 3: train the student cross-encoder on the teacher's margins (MarginMSE).
+"""Stage 3: train the student cross-encoder on the teacher's scores (or on gold labels).
 
-Reads triplets {"query", "positive", "negative", "score"} (score = teacher margin, from
-create_triplets.py) and fine-tunes a one-logit CrossEncoder so that its margin
-logit(query, positive) - logit(query, negative) matches the teacher's. Every Hugging Face
-training flag works (--learning_rate, --bf16, --resume_from_checkpoint, ...). Unless you pass
-them, train.py evaluates and saves on one schedule (--eval_steps/--save_steps 0.1, i.e. 10
-times per run), keeps the checkpoint with the lowest eval_loss as the final model
-(--load_best_model_at_end) and keeps 2 checkpoints (--save_total_limit). Evaluation uses
---eval_data, or else a held-out share of the training queries (never the test set).
+--loss picks what the one-logit student learns, and so which file --train_data is:
+  margin_mse   triplets or n-tuples (create_triplets.py): margins s(q,pos) - s(q,neg) match the teacher's
+  mse          stage 1's scores file: the logit s(q,p) matches the teacher's score
+  bce_soft     stage 1's scores file: sigmoid(s(q,p)) matches sigmoid(teacher score / T)
+  listwise_kl  listwise groups (create_triplets.py --format listwise): softmax over a query's list matches the teacher's
+  bce_labels   labelled ranking data (MTEB, pos/neg, graded rows) or a scores file's gold labels; no teacher
+  infonce      triplets or n-tuples: the positive wins the softmax over its group; no teacher scores
+--teacher_temperature T divides teacher scores and margins by T first. Every Hugging Face training flag
+works (--learning_rate, --bf16, --resume_from_checkpoint last, ...). Unless you pass them, train.py
+evaluates and saves 10 times per run, keeps 2 checkpoints and makes the best the final model: best by MAP
+on held-out training queries with gold labels (--selection_data, or the training file's own labels), else
+by eval loss; --early_stopping_patience N stops after N evaluations without a better one. Never the test set.
 Several GPUs: torchrun --nproc_per_node N train.py ...
 """
 
@@ -21,21 +25,26 @@ from pathlib import Path
 from typing import Literal
 
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
-from transformers import TrainerState
+from transformers import EarlyStoppingCallback, TrainerState
 
 from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
+from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.training import (
+    COUNT_KEYS,
     DistillationTrainer,
-    FusedMarginMSELoss,
     LengthGroupedBatchSampler,
-    TrackedMarginMSELoss,
+    Selection,
+    SelectionEvaluator,
     default_training_flags,
     passed_flags,
-    read_triplets,
-    split_by_query,
-    triplets_dataset,
+    plan_selection,
+    read_training_data,
+    resolve_checkpoint,
+    set_best_metric,
+    teacher_spread_warning,
+    track_padding,
 )
 
 logger = logging.getLogger("train")
@@ -46,16 +55,41 @@ class ScriptArguments:
     model_name_or_path: str = field(
         metadata={"help": "Student model: a local folder or a hub id, e.g. BAAI/bge-reranker-v2-m3."}
     )
-    train_data: str = field(metadata={"help": "Triplets JSONL from create_triplets.py (.gz works)."})
+    train_data: str = field(metadata={"help": "Training JSONL (.gz, .parquet work) of the kind --loss trains on."})
+    loss: Literal[tuple(LOSSES)] = field(
+        default="margin_mse",
+        metadata={"help": "What the student learns: " + "; ".join(f"{name}: {spec.optimises}"
+                                                                 for name, spec in LOSSES.items()) + "."},
+    )
+    teacher_temperature: float = field(
+        default=1.0,
+        metadata={"aliases": ["--temperature"],
+                  "help": "Divide teacher scores (logits) and margins by this before the loss: above 1 softens "
+                  "the targets, e.g. for a teacher far more confident than the student can be."},
+    )
+    selection_data: str | None = field(
+        default=None,
+        metadata={"help": "Candidate lists with gold labels to pick the best checkpoint by MAP: stage 1's scores "
+                  "file of the training data (--eval_share of the queries it shares with training are held out "
+                  "and never trained on) or a labelled dev file with queries of its own."},
+    )
+    selection_metric: Literal["auto", "map", "loss"] = field(
+        default="auto",
+        metadata={"help": "What picks the best checkpoint: map (held-out MAP), loss (held-out eval loss) or auto "
+                  "(map when gold labels are at hand, else loss)."},
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint; 0: never."}
+    )
     eval_data: str | None = field(
         default=None,
-        metadata={"help": "Triplets JSONL for checkpoint selection (a dev split, never the test set). "
-                  "Empty: hold out --eval_share of the training queries."},
+        metadata={"help": "Training-kind data for the eval loss (a dev split, never the test set). Empty: the "
+                  "held-out training queries' own rows."},
     )
     eval_share: float = field(
         default=0.05,
-        metadata={"help": "Share of distinct training queries held out for evaluation when there is no "
-                  "--eval_data (at least one query; all its triplets go to eval)."},
+        metadata={"help": "Share of distinct training queries held out for checkpoint selection (at least one "
+                  "query; all its rows leave training)."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Tokens per (query, passage) pair; longer pairs are truncated."}
@@ -66,47 +100,40 @@ class ScriptArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub models."})
     fused_forward: bool = field(
         default=True,
-        metadata={"help": "One forward pass over positive and negative pairs together (same loss, faster). "
-                  "--no_fused_forward runs sentence-transformers' MarginMSELoss as is."},
+        metadata={"help": "margin_mse: one forward pass over positive and negative pairs together (same loss, "
+                  "faster). --no_fused_forward runs sentence-transformers' MarginMSELoss as is."},
     )
     group_by_length_batches: bool = field(
         default=True,
-        metadata={"help": "Batch triplets of similar length to cut padding (ignored if you pass --batch_sampler)."},
+        metadata={"help": "Batch examples of similar length to cut padding (ignored if you pass --batch_sampler)."},
     )
 
 
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if value is None:
-        return None
-    if value.lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if last is None:
-            raise InputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
-        return last
-    if not (Path(value) / "trainer_state.json").is_file():
-        raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
-    return value
-
-
-def load_data(script: ScriptArguments, evaluate: bool, seed: int):
-    """(train, eval) triplet data sets; eval is --eval_data, held-out training queries, or None."""
-    train_set = triplets_dataset(read_triplets(script.train_data))
+def load_data(script: ScriptArguments, evaluate: bool, seed: int) -> tuple[str, Selection]:
+    """The training data's kind, and the train / eval / selection split (see plan_selection)."""
+    data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward)
+    if warning := teacher_spread_warning(data, script.train_data):
+        logger.warning(warning)
     if not evaluate:
-        logger.info("--eval_strategy no: no evaluation, the last step is the final model")
-        return train_set, None
-    if not script.eval_data:
-        return split_by_query(train_set, script.eval_share, seed)
-    eval_set = triplets_dataset(read_triplets(script.eval_data))
-    if overlap := set(train_set["query"]) & set(eval_set["query"]):
+        return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
+    eval_set = None
+    if script.eval_data:
+        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature).to_dataset()
+    selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
+                               script.selection_metric, eval_set, script.eval_share, seed)
+    if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
-    return train_set, eval_set
+    return data.kind, selection
 
 
-def triplet_and_query_count(dataset) -> tuple[int, int]:
-    return (len(dataset), len(set(dataset["query"]))) if dataset is not None else (0, 0)
+def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | None:
+    """Mean of the last ``share`` of the logged training losses: where training ended up, less
+    noisy than the last batch alone."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    if not losses:
+        return None
+    tail = losses[-max(1, round(share * len(losses))) :]
+    return float(sum(tail) / len(tail))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,51 +150,65 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
+    evaluate = training.eval_strategy != "no"
+    if script.early_stopping_patience > 0 and not evaluate:
+        raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
 
     # Data first: a bad line fails in seconds, before any model download.
-    train_set, eval_set = load_data(script, evaluate=training.eval_strategy != "no", seed=training.seed)
-    count = {"train": triplet_and_query_count(train_set), "eval": triplet_and_query_count(eval_set)}
-    logger.info("train: %d triplets of %d queries; eval: %d triplets of %d queries", *count["train"], *count["eval"])
+    kind, selection = load_data(script, evaluate, training.seed)
+    if evaluate:
+        set_best_metric(training, passed, selection.metric)
+    count = selection.counts()
+    logger.info("--loss %s on %s: train %d rows of %d queries; eval loss on %d rows of %d queries; best checkpoint "
+                "%s", script.loss, kind, *(count[k] for k in COUNT_KEYS), selection.note)
 
     model_path = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
     model = CrossEncoder(model_path, num_labels=1, max_length=script.max_length)
-    loss = (FusedMarginMSELoss if script.fused_forward else TrackedMarginMSELoss)(model)
+    padding = track_padding(model)
+    loss = build_loss(script.loss, model, script.fused_forward)
+    evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
+    callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", script=script, training=training)
 
-    trainer = DistillationTrainer(model=model, args=training, train_dataset=train_set, eval_dataset=eval_set, loss=loss)
+    trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
+                                  eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks)
     start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
     logger.info("training %s for %s", script.model_name_or_path,
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 
     state = trainer.state
-    triplets_trained = loss.padding_stats.triplets * training.world_size  # this process's count, scaled
+    examples_trained = trainer.examples_trained * training.world_size  # this process's count, scaled
     summary = {
-        "train_triplets": count["train"][0],
-        "train_queries": count["train"][1],
-        "eval_triplets": count["eval"][0],
-        "eval_queries": count["eval"][1],
+        "loss": script.loss,
+        "data_kind": kind,
+        **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
         "steps": state.global_step,
+        "stopped_early": bool(callbacks) and state.global_step < state.max_steps,
         "resumed_from_step": start_step,
-        "triplets_trained": triplets_trained,
+        "examples_trained": examples_trained,
         "seconds": round(seconds, 1),
-        "triplets_per_second": round(triplets_trained / max(seconds, 1e-9), 1),
+        "examples_per_second": round(examples_trained / max(seconds, 1e-9), 1),
+        "train_loss": result.training_loss,
+        "final_loss": final_logged_loss(state.log_history),
+        "metric_for_best_model": training.metric_for_best_model if evaluate else None,
         "best_checkpoint": state.best_model_checkpoint,
-        "best_eval_loss": state.best_metric,
-        **loss.padding_stats.summary(),  # mean real and padded tokens per pair: what the speed levers change
+        "best_metric": state.best_metric,
+        **padding.summary(),  # mean real and padded tokens per pair: what the speed levers change
     }
     logger.info(
-        "done: %d steps (%d this run) in %.1f s, %.1f triplets/s; tokens per pair %.1f real of %.1f padded "
-        "(%.0f%% padding); final model %s%s", summary["steps"], state.global_step - start_step, seconds,
-        summary["triplets_per_second"], summary["mean_real_tokens"], summary["mean_padded_tokens"],
-        100 * summary["padding_share"], training.output_dir,
-        f" = best checkpoint {state.best_model_checkpoint} (eval_loss {state.best_metric:.4g})"
+        "done: %d steps (%d this run%s) in %.1f s, %.1f examples/s; tokens per pair %.1f real of %.1f padded "
+        "(%.0f%% padding); final model %s%s", summary["steps"], state.global_step - start_step,
+        ", stopped early" if summary["stopped_early"] else "", seconds, summary["examples_per_second"],
+        summary["mean_real_tokens"], summary["mean_padded_tokens"], 100 * summary["padding_share"],
+        training.output_dir,
+        f" = best checkpoint {state.best_model_checkpoint} ({summary['metric_for_best_model']} {state.best_metric:.4g})"
         if state.best_model_checkpoint and training.load_best_model_at_end else " (last step)",
     )
     return summary

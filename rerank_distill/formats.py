@@ -5,7 +5,7 @@
 - ``pos_neg``: labelled pairs, one query a line: ``{"query", "pos": [...], "neg": [...]}``
 - ``graded``: one (query, passage) a row with a relevance label, in JSONL or Parquet:
   ``{"query", "item_text" | "passage" | "content", "esci_label" | "label" | "grade" | "relevance"}``;
-  ESCI letters E/S/C/I (or the words) are grades 3/2/1/0
+  ESCI letters E/S/C/I (or the words) are grades 3/2/1/0; ``label_column`` names another column
 - ``scores``: teacher scores, one (query, passage) a row: ``{"query", "passage" | "content", "score"}``
   with ``score`` a number or numeric string; stage 1's own output is this format plus ``label``
 
@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.jsonl import get_number, get_text, get_text_list, read_jsonl
@@ -121,8 +123,9 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
         raise InputError("contains no records (the file is empty)", path)
 
 
-def detect_format(record: dict, path: str, line: int) -> str:
-    """Name the format of one record from its fields, or raise InputError saying what was expected."""
+def detect_format(record: dict, path: str, line: int, label_column: str | None = None) -> str:
+    """Name the format of one record from its fields, or raise InputError saying what was expected.
+    ``label_column`` replaces the usual label fields when telling graded rows apart."""
     if "query" in record and ("positive" in record or "negative" in record):
         return "mteb"
     if "query" in record and ("pos" in record or "neg" in record):
@@ -130,7 +133,7 @@ def detect_format(record: dict, path: str, line: int) -> str:
     has_passage = any(name in record for name in PASSAGE_FIELDS)
     if "query" in record and has_passage and "score" in record:
         return "scores"
-    if "query" in record and has_passage and any(name in record for name in LABEL_FIELDS):
+    if "query" in record and has_passage and any(name in record for name in _label_fields(label_column)):
         return "graded"
     raise InputError(
         f"cannot tell the format from the fields {sorted(record)}; expected "
@@ -170,28 +173,39 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
     )
 
 
-def label_of(record: dict, path: str, line: int) -> tuple[str, float] | None:
-    """``(field, grade)`` of the record's relevance label, or None when it has none."""
-    for name in LABEL_FIELDS:
+def _label_fields(label_column: str | None) -> tuple[str, ...]:
+    return (label_column,) if label_column else LABEL_FIELDS
+
+
+def label_of(record: dict, path: str, line: int, label_column: str | None = None) -> tuple[str, float] | None:
+    """``(field, grade)`` of the record's relevance label, or None when it has none. With
+    ``label_column`` only that field is read."""
+    for name in _label_fields(label_column):
         if name in record and record[name] is not None:
             return name, grade_of(record[name], path, line, name)
     return None
 
 
 def iter_ranking_queries(
-    source: str, input_format: str = "auto", hub: str = "huggingface", cache_dir: str | None = None
+    source: str,
+    input_format: str = "auto",
+    hub: str = "huggingface",
+    cache_dir: str | None = None,
+    label_column: str | None = None,
 ) -> Iterator[RankingQuery]:
     """Yield each query with its labelled candidates, in the order the source gives them.
 
     One-query-a-line formats stream. Row-per-pair formats (graded, scores with labels) are
     grouped by query text in first-appearance order, which holds one source's queries in memory.
+    ``label_column`` names the grade column of row-per-pair sources (default: the first of
+    esci_label, label, grade, relevance that a row has).
     """
     if input_format not in INPUT_FORMATS:
         raise InputError(f"unknown --input_format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
     grouped: dict[str, RankingQuery] = {}
     chosen = None if input_format == "auto" else input_format
     for path, line, record in iter_rows(source, hub, cache_dir):
-        record_format = chosen or detect_format(record, path, line)
+        record_format = chosen or detect_format(record, path, line, label_column)
         chosen = chosen or record_format  # a file holds one format; the first record decides it
         location = f"{path}:{line}"
         if record_format in ("mteb", "pos_neg"):
@@ -205,11 +219,17 @@ def iter_ranking_queries(
         else:
             query = get_text(record, "query", path, line)
             passage = passage_of(record, path, line)
-            label = label_of(record, path, line)
+            label = label_of(record, path, line, label_column)
             if label is None:
+                names = f'"{label_column}" (--label_column)' if label_column else ", ".join(LABEL_FIELDS)
+                hint = (
+                    "; a teacher-scores file without labels skips stage 1: pass it to create_triplets.py"
+                    if "score" in record
+                    else ""
+                )
                 raise InputError(
-                    "this row has no relevance label (esci_label, label, grade or relevance), "
-                    "so it cannot be used as a labelled ranking data set",
+                    f"this row has no relevance label ({names}), so it cannot be used as a labelled ranking "
+                    f"data set{hint}",
                     path,
                     line,
                 )
@@ -237,3 +257,99 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
         known = {"query", "score", *PASSAGE_FIELDS, *LABEL_FIELDS}
         extra = {k: v for k, v in record.items() if k not in known}
         yield ScoredPair(query, passage, score, None if label is None else label[1], extra, line)
+
+
+def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
+    """A graded-label teacher's ``label_probs`` field, ``{label word: probability}``, validated:
+    a non-empty object of finite numbers."""
+    if not isinstance(value, dict) or not value:
+        raise InputError('field "label_probs" must be a non-empty object {label word: probability}', path, line)
+    probs = {}
+    for word, probability in value.items():
+        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not math.isfinite(probability):
+            raise InputError(
+                f'field "label_probs" must map each label word to a finite number; "{word}" has {probability!r}',
+                path,
+                line,
+            )
+        probs[word] = float(probability)
+    return probs
+
+
+def label_word_grades(words: list[str], grades: list[float] | None = None) -> dict[str, float]:
+    """``{label word: grade}`` for a graded-label teacher's words. Without ``grades``: the ESCI
+    grades when every word is an ESCI label (exact/substitute/complement/irrelevant or E/S/C/I),
+    else ``len(words) - 1`` down to 0 in the order given (best first). InputError when the
+    lengths differ or a word repeats."""
+    if len(set(words)) != len(words):
+        raise InputError(f"label words must be distinct, got {words}")
+    if grades is None:
+        if all(word.strip().lower() in ESCI_GRADES for word in words):
+            return {word: ESCI_GRADES[word.strip().lower()] for word in words}
+        return {word: float(len(words) - 1 - i) for i, word in enumerate(words)}
+    if len(grades) != len(words):
+        raise InputError(f"{len(words)} label words {words} but {len(grades)} grades {grades}; give one grade per word")
+    return {word: float(grade) for word, grade in zip(words, grades)}
+
+
+@dataclass
+class TeacherScores:
+    """A teacher's scores for the candidates of a ranking data set."""
+
+    per_query: list[np.ndarray]  # each query's candidate scores, in its passages' order
+    label_probs: list[dict[str, float]] | None = None  # one per pair in data-set order (graded-label teachers)
+    label_grades: dict[str, float] | None = None  # {label word: grade} for label_probs' words
+
+
+def teacher_scores_for(
+    queries: list[RankingQuery],
+    source: str,
+    label_words: list[str] | None = None,
+    label_grades: list[float] | None = None,
+) -> TeacherScores:
+    """Look up each candidate of each query in a teacher-scores file (stage 1's output or any
+    ``{"query", "passage"|"content", "score"}`` file; a repeated pair keeps its first score).
+
+    Where the file has ``label_probs`` (a graded-label teacher), they come along with their words'
+    grades: ``label_words``/``label_grades`` when given, else label_probs' own words, which must then
+    be ESCI's. Raises InputError for a pair the file never scored, a line without label_probs
+    where others have them, and a label word with no grade.
+    """
+    scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
+    for pair in iter_scored_pairs(source):
+        probs = label_probs_of(pair.extra["label_probs"], source, pair.line) if "label_probs" in pair.extra else None
+        scored.setdefault((pair.query, pair.passage), (pair.score, probs, pair.line))
+    per_query = []
+    for query in queries:
+        missing = [passage for passage in query.passages if (query.query, passage) not in scored]
+        if missing:
+            raise InputError(
+                f"{source} has no teacher score for passage {missing[0][:80]!r} of query {query.query[:80]!r} "
+                f"({len(missing)} of this query's passages unscored); score this data set with generate_logits.py",
+                query.location,
+            )
+        per_query.append(np.array([scored[(query.query, passage)][0] for passage in query.passages]))
+    used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
+    with_probs = [probs for _, probs, _ in used if probs is not None]
+    if not with_probs:
+        return TeacherScores(per_query)
+    words = label_words or list(with_probs[0])
+    if not label_words and not label_grades and not all(word.strip().lower() in ESCI_GRADES for word in words):
+        raise InputError(
+            f"the teacher's label_probs use the words {words}, which are not ESCI's; name them best first with "
+            "--label_words (and their grades with --label_grades, default len-1 down to 0)",
+            source,
+        )
+    word_grades = label_word_grades(words, label_grades)
+    for _, probs, line in used:
+        if probs is None:
+            raise InputError('missing field "label_probs", which other lines of this file have', source, line)
+        unknown = sorted(set(probs) - set(word_grades))
+        if unknown:
+            raise InputError(
+                f'field "label_probs": the label word {unknown[0]!r} is not among {list(word_grades)}; name the '
+                "teacher's words with --label_words and --label_grades",
+                source,
+                line,
+            )
+    return TeacherScores(per_query, [probs for _, probs, _ in used], word_grades)

@@ -15,7 +15,8 @@ refuses; here such a query scores like any other.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -79,6 +80,13 @@ def skip_reason(labels: Sequence[float]) -> str | None:
     return None
 
 
+def scores_needed(labels: Sequence[float], protocol: str) -> bool:
+    """Whether a query's metrics under ``protocol`` read its scores: not for a query the MTEB
+    protocol skips, nor for a no-positive query that sentence-transformers' counts as 0."""
+    reason = skip_reason(labels)
+    return reason is None or (protocol == "sentence-transformers" and reason == "no_negative")
+
+
 def evaluate_rankings(
     queries: Iterable[tuple[Sequence[float], Sequence[float]]], protocol: str = "mteb", k: int = 10
 ) -> dict:
@@ -120,3 +128,71 @@ def evaluate_rankings(
         "queries_skipped_by_reason": skipped,
         "queries_scored_zero": scored_zero,
     }
+
+
+def grade_name(grade: float) -> str:
+    """A grade as a JSON key: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"``."""
+    return f"{grade:g}"
+
+
+def mean_score_per_grade(scores: Sequence[float], grades: Sequence[float]) -> dict[str, float]:
+    """The mean score of the candidates of each true grade, best grade first:
+    ``{"3": 1.2, "2": 0.4, ...}`` (keys from ``grade_name``; the unit is the scores' own, e.g. logits).
+    A model that orders grades well shows means that fall with the grade."""
+    scores, grades = np.asarray(scores, dtype=np.float64), np.asarray(grades, dtype=np.float64)
+    if scores.shape != grades.shape:
+        raise ValueError(f"{scores.size} scores but {grades.size} grades")
+    return {grade_name(g): float(scores[grades == g].mean()) for g in sorted(set(grades.tolist()), reverse=True)}
+
+
+def label_accuracy(
+    label_probs: Sequence[Mapping[str, float]], grades: Sequence[float], word_grades: Mapping[str, float]
+) -> dict:
+    """How often a graded-label teacher's most probable label word has the true grade.
+
+    ``label_probs`` holds one ``{word: probability}`` per candidate and ``word_grades`` maps each
+    word to its grade; a tie in probability goes to the word listed first in ``word_grades``.
+    Returns ``{"accuracy", "correct", "pairs", "confusion": {true grade: {predicted grade: count}}}``
+    (grades named by ``grade_name``). Raises ValueError for a word ``word_grades`` lacks.
+    """
+    if len(label_probs) != len(grades):
+        raise ValueError(f"{len(label_probs)} label_probs but {len(grades)} grades")
+    rank = {word: i for i, word in enumerate(word_grades)}
+    confusion: dict[str, dict[str, int]] = {}
+    correct = 0
+    for probs, grade in zip(label_probs, grades):
+        unknown = [word for word in probs if word not in word_grades]
+        if unknown:
+            raise ValueError(f"label word {unknown[0]!r} has no grade (known: {', '.join(word_grades)})")
+        predicted = word_grades[min(probs, key=lambda word: (-probs[word], rank[word]))]
+        correct += predicted == grade
+        row = confusion.setdefault(grade_name(grade), {})
+        row[grade_name(predicted)] = row.get(grade_name(predicted), 0) + 1
+    order = sorted(confusion, key=float, reverse=True)
+    return {
+        "accuracy": correct / len(grades) if len(grades) else 0.0,
+        "correct": int(correct),
+        "pairs": len(grades),
+        "confusion": {true: dict(sorted(confusion[true].items(), key=lambda kv: -float(kv[0]))) for true in order},
+    }
+
+
+def graded_summary(
+    grades: Sequence[float],
+    scores_by_model: Mapping[str, Sequence[float]],
+    label_probs: Sequence[Mapping[str, float]] | None = None,
+    word_grades: Mapping[str, float] | None = None,
+) -> dict:
+    """What graded labels add to a report, over every pair (one grade and one score per pair):
+    ``{"pairs_per_grade", "mean_score_per_grade": {model: {grade: mean}}}`` and, for a teacher
+    that predicts label words (``label_probs`` with ``word_grades``), ``"label_accuracy":
+    {"teacher": label_accuracy(...) + {"label_grades"}}``."""
+    counts = Counter(grade_name(grade) for grade in grades)
+    summary = {
+        "pairs_per_grade": {name: counts[name] for name in sorted(counts, key=float, reverse=True)},
+        "mean_score_per_grade": {name: mean_score_per_grade(s, grades) for name, s in scores_by_model.items()},
+    }
+    if label_probs is not None and word_grades is not None:
+        accuracy = label_accuracy(label_probs, grades, word_grades)
+        summary["label_accuracy"] = {"teacher": {**accuracy, "label_grades": dict(word_grades)}}
+    return summary

@@ -218,6 +218,8 @@ def score_source(
     previous run of the same command where it stopped. Returns the counts of the whole file."""
     from tqdm.auto import tqdm
 
+    if len({teacher.name for teacher in teachers}) != len(teachers):
+        raise ValueError("teacher names must differ, or their teacher_scores overwrite each other (see unique_names)")
     output_path = Path(output_path)
     partial = output_path.with_name(output_path.name + ".partial")
     progress_path = output_path.with_name(output_path.name + ".progress.json")

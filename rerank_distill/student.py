@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -35,35 +36,144 @@ def load_cross_encoder(
     return model
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def pair_token_lengths(
+    tokenizer, pairs: Sequence[Sequence[str]], max_length: int | None, chunk: int = 4096
+) -> np.ndarray:
+    """Tokens in each (query, passage) pair after truncation to ``max_length``, as the model will
+    see them; tokenized a chunk at a time so only the lengths stay in memory."""
+    lengths = []
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        encoded = tokenizer(
+            [query for query, _ in part],
+            [passage for _, passage in part],
+            truncation="longest_first",
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        lengths.extend(len(ids) for ids in encoded)
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices split into batches of similar length, longest first (ties in input order), so
+    each batch pads to little more than its own pairs and an out-of-memory batch fails at once."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def bfloat16_is_fast(device) -> bool:
+    """Whether this device multiplies bfloat16 in hardware (CPUs with AVX512-BF16 or AMX, GPUs from
+    Ampere on); elsewhere bfloat16 is emulated and can be slower than float32."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+@contextmanager
+def bfloat16_autocast(model):
+    """Run the transformer in bfloat16 (autocast: matmuls in bf16, norms and softmax in float32)
+    but its classification head in float32. A bf16 logit has 8 significant bits (steps of 0.03
+    near a logit of 5), so a bf16 head ties candidates that float32 tells apart, and ties decide
+    rankings by data-set position, which lists positives first."""
+    import torch
+
+    hf_model = getattr(model, "model", None)
+    head = getattr(hf_model, "classifier", None) or getattr(hf_model, "score", None)
+    device_type = model.device.type
+    if head is not None:
+        forward, own_forward = head.forward, head.__dict__.get("forward")  # a hook may have set its own
+
+        def float32_forward(*args, **kwargs):
+            args = tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+            with torch.autocast(device_type, enabled=False):
+                return forward(*args, **kwargs)
+
+        head.forward = float32_forward
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        if head is not None:
+            if own_forward is None:
+                del head.forward
+            else:
+                head.forward = own_forward
+
+
 def score_pairs_with_cross_encoder(
-    model, pairs: Sequence[tuple[str, str]], batch_size: int = 64, show_progress_bar: bool = True
+    model,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 64,
+    show_progress_bar: bool = True,
+    dtype: str = "float32",
+    sort_by_tokens: bool = True,
 ) -> np.ndarray:
     """One raw logit per (query, passage) pair, float32, in the order given.
 
     Each distinct pair goes through the model once. Logits, not sigmoid probabilities: the ranking
     is the same, and logits are on the teacher's scale, so the two can be compared.
+
+    Batches hold pairs of similar token length (``sort_by_tokens``): CrossEncoder.predict sorts by
+    characters, which on SemEval-2016 dev at batch 64 padded 37% above the real tokens, against 15%
+    by tokens. The scores equal predict's own within float noise (padding moves logits by ~1e-7).
+    ``dtype="bfloat16"`` runs the transformer under bf16 autocast (see ``bfloat16_autocast``):
+    several times faster on CPUs with bf16 units, but scores move by ~1e-3 and metrics can change
+    in the fourth decimal.
     """
     import torch
+    from tqdm.auto import tqdm
 
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     index: dict[tuple[str, str], int] = {}
     positions = [index.setdefault((query, passage), len(index)) for query, passage in pairs]
     if not index:
         return np.zeros(0, dtype=np.float32)
-    logits = model.predict(
-        [list(pair) for pair in index],
-        batch_size=batch_size,
-        activation_fn=torch.nn.Identity(),
-        convert_to_numpy=True,
-        show_progress_bar=show_progress_bar,
-    )
+    distinct = [list(pair) for pair in index]
+    identity = torch.nn.Identity()
+    with bfloat16_autocast(model) if dtype == "bfloat16" else nullcontext():
+        if not sort_by_tokens:
+            logits = model.predict(distinct, batch_size=batch_size, activation_fn=identity,
+                                   convert_to_numpy=True, show_progress_bar=show_progress_bar)  # fmt: skip
+        else:
+            logits = np.empty(len(distinct), dtype=np.float32)
+            lengths = pair_token_lengths(model.tokenizer, distinct, model.max_seq_length)
+            batches = length_sorted_batches(lengths, batch_size)
+            for batch in tqdm(batches, desc="scoring", disable=not show_progress_bar):
+                # one batch per call, so predict's own character sort cannot regroup the pairs
+                logits[batch] = model.predict(
+                    [distinct[i] for i in batch], batch_size=len(batch), activation_fn=identity,
+                    convert_to_numpy=True, show_progress_bar=False,
+                )  # fmt: skip
     return np.asarray(logits, dtype=np.float32).reshape(-1)[positions]
 
 
 def score_ranking_queries(
-    model, queries: Sequence[RankingQuery], batch_size: int = 64, show_progress_bar: bool = True
+    model,
+    queries: Sequence[RankingQuery],
+    batch_size: int = 64,
+    show_progress_bar: bool = True,
+    dtype: str = "float32",
+    sort_by_tokens: bool = True,
+    wanted: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
     """Each query's candidate logits (an array per query, in its passages' order), scoring all
-    queries' distinct pairs in one pass."""
-    pairs = [(query.query, passage) for query in queries for passage in query.passages]
-    flat = score_pairs_with_cross_encoder(model, pairs, batch_size, show_progress_bar)
-    return np.split(flat, np.cumsum([len(query.passages) for query in queries])[:-1])
+    queries' distinct pairs in one pass (see ``score_pairs_with_cross_encoder``). A query whose
+    ``wanted`` flag is False is not scored: its array is NaN."""
+    wanted = [True] * len(queries) if wanted is None else list(wanted)
+    pairs = [(query.query, passage) for query, keep in zip(queries, wanted) if keep for passage in query.passages]
+    flat = score_pairs_with_cross_encoder(model, pairs, batch_size, show_progress_bar, dtype, sort_by_tokens)
+    scored = iter(np.split(flat, np.cumsum([len(q.passages) for q, keep in zip(queries, wanted) if keep])[:-1]))
+    unscored = np.float32(np.nan)
+    return [next(scored) if keep else np.full(len(q.passages), unscored) for q, keep in zip(queries, wanted)]

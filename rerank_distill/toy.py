@@ -218,6 +218,41 @@ def build_demo(out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def build_tiny_embedding_model(out_dir: str | Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Save a random-weight BERT with mean pooling that ``SentenceTransformer(out_dir)`` loads, with
+    E5-style prompts (``"query: "`` before queries, ``"passage: "`` before documents) so the prompt
+    path of an embedding teacher is exercised."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_wordpiece_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3,  # wider than BERT's 0.02 so random embeddings differ visibly between texts
+    )
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as backbone:
+        BertModel(config).save_pretrained(backbone)
+        tokenizer.save_pretrained(backbone)
+        model = SentenceTransformer(
+            modules=[Transformer(backbone), Pooling(hidden_size, "mean")],
+            prompts={"query": "query: ", "document": "passage: "},
+        )
+        out_dir = Path(out_dir)
+        model.save(str(out_dir))
+    return out_dir
+
+
 if __name__ == "__main__":
     import sys
 

@@ -1,33 +1,80 @@
-"""Triplet selection: turn one query's teacher-scored passages into (positive, hard negative,
-margin) triplets, and group a stream of scored pairs by query without holding the file in memory.
+"""Pair selection for stage 2: turn one query's teacher-scored passages into training records
+(triplets, n-tuples or listwise groups), and group a stream of scored pairs by query without
+holding the file in memory.
 
-The selection is a chain of small rules so that later options can replace one link:
+Selection is a chain of small pure functions, each replaceable on its own:
 
 1. ``rank_by_score``: order the passages by teacher score, best first (ties: input order);
-2. ``top_k_positive_ranks``: which ranks act as positives (the ``top_k`` best);
-3. ``next_lower_ranks``: which ranks act as each positive's hard negatives (the next few below it);
-4. ``skip_reason``: whether a (positive, negative) pair is usable (different text, positive margin).
+2. ``choose_positive_ranks``: which ranks act as positives (``teacher``: the ``top_k`` best;
+   ``labels``: those with a gold label > 0; ``both``: the union);
+3. ``choose_negative_ranks``: which ranks below a positive act as its negatives (``hardest``: the
+   ones just below it; ``random``: a seeded uniform draw from all below it; ``mixed``: half each);
+4. ``skip_reason``: whether a (positive, negative) pair is usable (different texts, a margin > 0
+   and >= ``min_margin``); a skipped negative is not replaced by another one;
+5. ``format_records``: the output lines (``triplets``, ``ntuples`` or ``listwise``).
 
-Margins are in the teacher's logit units: ``score(positive) - score(negative)``.
+``select`` runs steps 1-4 for one query. Margins are always the teacher's, in its logit units:
+``score(positive) - score(negative)``, whichever rule chose the positive.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from rerank_distill.formats import ScoredPair
 
-# Reasons a candidate pair or a whole query gives no triplet; the keys of the skip Counter.
-SKIP_IDENTICAL_TEXT = "identical_text"
-SKIP_NON_POSITIVE_MARGIN = "non_positive_margin"
+OutputFormat = Literal["triplets", "ntuples", "listwise"]
+PositiveRule = Literal["teacher", "labels", "both"]
+NegativeRule = Literal["hardest", "random", "mixed"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+POSITIVE_RULES: tuple[str, ...] = get_args(PositiveRule)
+NEGATIVE_RULES: tuple[str, ...] = get_args(NegativeRule)
+
+# Why a candidate pair, a positive or a whole query gives nothing; the keys of the skip Counter.
+SKIP_IDENTICAL_TEXT = "identical_text"  # pairs
+SKIP_NON_POSITIVE_MARGIN = "non_positive_margin"  # pairs whose scores tie
+SKIP_BELOW_MIN_MARGIN = "below_min_margin"  # pairs with 0 < margin < --min_margin
+SKIP_POSITIVE_WITHOUT_NEGATIVES = "positives_without_negatives"  # nothing usable ranked below
+SKIP_NO_POSITIVES = "queries_without_positives"  # --positives labels: no passage labelled > 0
 SKIP_TOO_FEW_PASSAGES = "queries_with_fewer_than_2_passages"
-SKIP_REASONS = (SKIP_IDENTICAL_TEXT, SKIP_NON_POSITIVE_MARGIN, SKIP_TOO_FEW_PASSAGES)
+SKIP_REASONS = (
+    SKIP_IDENTICAL_TEXT,
+    SKIP_NON_POSITIVE_MARGIN,
+    SKIP_BELOW_MIN_MARGIN,
+    SKIP_POSITIVE_WITHOUT_NEGATIVES,
+    SKIP_NO_POSITIVES,
+    SKIP_TOO_FEW_PASSAGES,
+)
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """How one query's positives and negatives are chosen; the defaults are the first recipe
+    (the 8 best, each with the 4 passages ranked just below it)."""
+
+    top_k: int = 8  # positives under the teacher rule
+    num_negatives: int = 4  # negatives per positive (a listwise group's size minus one)
+    positives: PositiveRule = "teacher"
+    negatives: NegativeRule = "hardest"
+    min_margin: float = 0.0  # in the teacher's logit units
+    seed: int = 42  # for random and mixed negatives
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One positive and the negatives kept for it, as indices into the query's passages;
+    negatives are ordered best-scored first, and each scores strictly below the positive."""
+
+    positive: int
+    negatives: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -41,45 +88,99 @@ class Triplet:
 
 def rank_by_score(scores: Sequence[float]) -> list[int]:
     """Indices of ``scores`` from the highest score to the lowest; equal scores keep input order,
-    so the ranking (and every triplet after it) is the same on every run."""
+    so the ranking (and every record after it) is the same on every run."""
     return sorted(range(len(scores)), key=lambda index: -scores[index])  # sorted() is stable
 
 
-def top_k_positive_ranks(num_passages: int, top_k: int) -> range:
-    """The ranks (0 = best) used as positives: the ``top_k`` best, or all when there are fewer."""
-    return range(min(top_k, num_passages))
+def choose_positive_ranks(
+    order: Sequence[int], labels: Sequence[float | None] | None, top_k: int, rule: PositiveRule
+) -> list[int]:
+    """The ranks (0 = best, positions in ``order``) that act as positives, best first.
+
+    ``teacher``: the ``top_k`` best, never the last-ranked passage (nothing lies below it to pair
+    with). ``labels``: every passage whose gold label is > 0, wherever the teacher ranks it
+    (``top_k`` is not used). ``both``: the union of the two. ``labels[i]`` is passage i's grade;
+    the label rules need one for every passage (ValueError otherwise; the stage checks first).
+    """
+    teacher = set(range(min(top_k, len(order) - 1))) if rule in ("teacher", "both") else set()
+    labelled: set[int] = set()
+    if rule in ("labels", "both"):
+        if labels is None or any(labels[index] is None for index in order):
+            raise ValueError(f"--positives {rule} needs a gold label for every passage")
+        labelled = {rank for rank, index in enumerate(order) if labels[index] > 0}
+    return sorted(teacher | labelled)
 
 
 def next_lower_ranks(positive_rank: int, num_passages: int, num_negatives: int) -> range:
-    """The ranks used as hard negatives for the positive at ``positive_rank``: the
-    ``num_negatives`` ranks just below it (fewer near the bottom of the list)."""
+    """The ``num_negatives`` ranks just below ``positive_rank`` (fewer near the bottom of the list)."""
     return range(positive_rank + 1, min(positive_rank + 1 + num_negatives, num_passages))
 
 
-def skip_reason(positive: str, negative: str, margin: float) -> str | None:
-    """Why a (positive, negative) pair must not become a triplet, or None when it is usable.
+def choose_negative_ranks(
+    positive_rank: int,
+    num_passages: int,
+    num_negatives: int,
+    rule: NegativeRule,
+    rng: random.Random | None = None,
+) -> list[int]:
+    """The ranks that act as negatives for the positive at ``positive_rank``, best first; all of
+    them lie below it, and there are ``num_negatives`` or, near the bottom, all that lie below.
+
+    ``hardest``: the ranks just below the positive. ``random``: drawn uniformly without
+    replacement from every rank below it, with ``rng``. ``mixed``: the hardest
+    ``num_negatives - num_negatives // 2`` (hard negatives carry most of the signal, so they
+    get the odd one), then ``num_negatives // 2`` drawn from the ranks below those.
+    """
+    hardest_count = {"hardest": num_negatives, "random": 0, "mixed": num_negatives - num_negatives // 2}[rule]
+    hardest = list(next_lower_ranks(positive_rank, num_passages, hardest_count))
+    rest = range(positive_rank + 1 + len(hardest), num_passages)
+    draw_count = min(num_negatives - hardest_count, len(rest))
+    if draw_count == 0:
+        return hardest
+    if rng is None:
+        raise ValueError(f"--negatives {rule} needs a random generator")
+    return hardest + sorted(rng.sample(rest, draw_count))
+
+
+def query_rng(seed: int, query: str) -> random.Random:
+    """The random generator for one query's draws, seeded from ``(seed, query)``: a query gets the
+    same negatives on every run and whatever other queries the file holds or in which order."""
+    digest = hashlib.blake2b(f"{seed}\n{query}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+def skip_reason(positive: str, negative: str, margin: float, min_margin: float = 0.0) -> str | None:
+    """Why a (positive, negative) pair must not be used, or None when it is usable.
 
     Identical texts are checked first: a passage duplicated in a query's candidates teaches
     nothing whatever the two scores are. A margin of zero or less (tied scores) has no
-    direction for the student to learn.
+    direction for the student to learn; a margin below ``min_margin`` (logit units) is a
+    near-tie that is mostly the teacher's noise.
     """
     if positive == negative:
         return SKIP_IDENTICAL_TEXT
     if not margin > 0:
         return SKIP_NON_POSITIVE_MARGIN
+    if margin < min_margin:
+        return SKIP_BELOW_MIN_MARGIN
     return None
 
 
-def select_triplets(
-    passages: Sequence[str], scores: Sequence[float], top_k: int, num_negatives: int
-) -> tuple[list[Triplet], Counter]:
-    """Hard-negative triplets for one query from its passages and their teacher scores.
+def select(
+    passages: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[float | None] | None,
+    rules: SelectionRules,
+    rng: random.Random | None = None,
+) -> tuple[list[Selection], Counter]:
+    """Positives and their usable negatives for one query.
 
-    Each of the ``top_k`` best-scored passages is paired with the ``num_negatives`` passages
-    ranked just below it. Returns the triplets, ordered by the positive's rank then the
-    negative's, and a Counter of skips keyed by ``SKIP_*``: candidate pairs with identical
-    text or a non-positive margin, and ``SKIP_TOO_FEW_PASSAGES`` = 1 for a query with fewer
-    than two passages. Margins are in the teacher's logit units.
+    ``scores`` are the teacher's logits, ``labels`` the gold grades (None when the input has
+    none), ``rng`` the query's generator for random and mixed negatives (see ``query_rng``).
+    Returns the selections ordered by the positive's rank, and a Counter of skips keyed by
+    ``SKIP_*``: pairs with identical text or a margin that is not positive or below
+    ``rules.min_margin``; positives left without a negative; and 1 for a query with fewer than
+    two passages or with no positive.
     """
     if len(passages) != len(scores):
         raise ValueError(f"{len(passages)} passages but {len(scores)} scores")
@@ -88,24 +189,113 @@ def select_triplets(
         skipped[SKIP_TOO_FEW_PASSAGES] += 1
         return [], skipped
     order = rank_by_score(scores)
-    triplets = []
-    for positive_rank in top_k_positive_ranks(len(order), top_k):
+    positive_ranks = choose_positive_ranks(order, labels, rules.top_k, rules.positives)
+    if not positive_ranks:
+        skipped[SKIP_NO_POSITIVES] += 1
+        return [], skipped
+    selections = []
+    for positive_rank in positive_ranks:
         positive = order[positive_rank]
-        for negative_rank in next_lower_ranks(positive_rank, len(order), num_negatives):
+        kept = []
+        for negative_rank in choose_negative_ranks(
+            positive_rank, len(order), rules.num_negatives, rules.negatives, rng
+        ):
             negative = order[negative_rank]
             margin = scores[positive] - scores[negative]
-            reason = skip_reason(passages[positive], passages[negative], margin)
+            reason = skip_reason(passages[positive], passages[negative], margin, rules.min_margin)
             if reason is not None:
                 skipped[reason] += 1
-                continue
-            triplets.append(Triplet(passages[positive], passages[negative], margin))
+            else:
+                kept.append(negative)
+        if kept:
+            selections.append(Selection(positive, tuple(kept)))
+        else:
+            skipped[SKIP_POSITIVE_WITHOUT_NEGATIVES] += 1
+    return selections, skipped
+
+
+def select_triplets(
+    passages: Sequence[str], scores: Sequence[float], top_k: int, num_negatives: int
+) -> tuple[list[Triplet], Counter]:
+    """The first recipe's triplets for one query: each of the ``top_k`` best-scored passages
+    paired with the ``num_negatives`` ranked just below it, ordered by the positive's rank then
+    the negative's, with ``select``'s skip Counter. Margins are in the teacher's logit units."""
+    selections, skipped = select(passages, scores, None, SelectionRules(top_k=top_k, num_negatives=num_negatives))
+    triplets = [
+        Triplet(passages[s.positive], passages[n], scores[s.positive] - scores[n])
+        for s in selections
+        for n in s.negatives
+    ]
     return triplets, skipped
 
 
-def triplet_record(query: str, triplet: Triplet) -> dict:
-    """The output line for one triplet: ``{"query", "positive", "negative", "score"}`` where
-    ``score`` is the teacher margin (logit units)."""
-    return {"query": query, "positive": triplet.positive, "negative": triplet.negative, "score": triplet.margin}
+# --- output records ---
+
+
+def triplet_records(query: str, passages: Sequence[str], scores: Sequence[float], selection: Selection) -> list[dict]:
+    """One ``{"query", "positive", "negative", "score"}`` line per negative, where ``score`` is
+    the teacher margin score(positive) - score(negative) in logit units."""
+    positive = selection.positive
+    return [
+        {"query": query, "positive": passages[positive], "negative": passages[n], "score": scores[positive] - scores[n]}
+        for n in selection.negatives
+    ]
+
+
+def ntuple_record(query: str, passages: Sequence[str], scores: Sequence[float], selection: Selection) -> dict:
+    """``{"query", "positive", "negatives": [...], "scores": [s_pos, s_neg1, ...]}`` with the raw
+    teacher logits (training takes the margins), negatives best-scored first. A tuple holds
+    fewer than ``num_negatives`` negatives near the bottom of the ranking or after skips."""
+    return {
+        "query": query,
+        "positive": passages[selection.positive],
+        "negatives": [passages[n] for n in selection.negatives],
+        "scores": [scores[selection.positive], *(scores[n] for n in selection.negatives)],
+    }
+
+
+def listwise_record(
+    query: str,
+    passages: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[float | None] | None,
+    selection: Selection,
+) -> dict:
+    """``{"query", "passages": [...], "scores": [...], "labels": [...]}``: the positive first, then
+    its negatives best-scored first, with raw teacher logits and, when every passage of the
+    group has one, the gold grades (``labels`` is left out otherwise)."""
+    group = [selection.positive, *selection.negatives]
+    record = {
+        "query": query,
+        "passages": [passages[i] for i in group],
+        "scores": [scores[i] for i in group],
+    }
+    if labels is not None and all(labels[i] is not None for i in group):
+        record["labels"] = [labels[i] for i in group]
+    return record
+
+
+def format_records(
+    output_format: OutputFormat,
+    query: str,
+    passages: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[float | None] | None,
+    selections: Iterable[Selection],
+) -> list[dict]:
+    """The output lines of one query's selections in ``output_format``: a triplet per (positive,
+    negative) pair, or an n-tuple or a listwise group per positive, in the selections' order."""
+    records: list[dict] = []
+    for selection in selections:
+        if output_format == "triplets":
+            records.extend(triplet_records(query, passages, scores, selection))
+        elif output_format == "ntuples":
+            records.append(ntuple_record(query, passages, scores, selection))
+        elif output_format == "listwise":
+            records.append(listwise_record(query, passages, scores, labels, selection))
+        else:
+            raise ValueError(f"unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}")
+    return records
 
 
 # --- grouping a stream of scored pairs by query ---
@@ -118,6 +308,7 @@ class QueryGroup:
     query: str
     passages: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)  # teacher logits, parallel to passages
+    labels: list[float | None] = field(default_factory=list)  # gold grades (None: the line had none)
     line: int = 0  # input line of the query's first pair, for messages
 
 
@@ -156,6 +347,7 @@ def iter_query_groups(pairs: Iterable[ScoredPair]) -> Iterator[QueryGroup]:
             group = QueryGroup(pair.query, line=pair.line)
         group.passages.append(pair.passage)
         group.scores.append(pair.score)
+        group.labels.append(pair.label)
     if group is not None:
         yield group
 
@@ -176,7 +368,7 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
         for pair in pairs:
             index.setdefault(query_key(pair.query), array("q")).append(offset)
             # floats round-trip exactly through JSON (repr), so scores come back unchanged
-            line = json.dumps([pair.query, pair.passage, pair.score, pair.line], ensure_ascii=False)
+            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line], ensure_ascii=False)
             encoded = line.encode("utf-8") + b"\n"
             spill.write(encoded)
             offset += len(encoded)
@@ -184,8 +376,9 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
             group: QueryGroup | None = None
             for offset in offsets:
                 spill.seek(offset)
-                query, passage, score, line_number = json.loads(spill.readline())
+                query, passage, score, label, line_number = json.loads(spill.readline())
                 group = group or QueryGroup(query, line=line_number)
                 group.passages.append(passage)
                 group.scores.append(score)
+                group.labels.append(label)
             yield group

@@ -35,3 +35,11 @@ def tiny_cross_encoder(tmp_path_factory) -> Path:
 def ranking_file(tmp_path) -> Path:
     """Twelve synthetic queries in MTEB reranking format (one without positives, one without negatives)."""
     return write_jsonl_records(tmp_path / "train.jsonl", synthetic_ranking_data(12, docs_per_query=6, seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_model(tmp_path_factory) -> Path:
+    """A random-weight BERT SentenceTransformer (mean pooling) with "query: " / "passage: " prompts."""
+    from rerank_distill.toy import build_tiny_embedding_model
+
+    return build_tiny_embedding_model(tmp_path_factory.mktemp("models") / "tiny-embedding")

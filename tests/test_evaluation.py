@@ -1,6 +1,7 @@
 """Stage 4 (evaluation.py): the report's fields and values on the tiny cross-encoder, the skip
 protocols, the teacher's own metrics, equality with sentence-transformers' reranking evaluator,
-and bad input failing with file:line before any model is loaded."""
+graded labels (mean score per grade, a label-predicting teacher's accuracy), the scoring speed
+levers changing no score, and bad input failing with file:line before any model is loaded."""
 
 import json
 import math
@@ -9,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import evaluation
 from rerank_distill.errors import InputError
-from rerank_distill.toy import build_tiny_cross_encoder, write_jsonl_records
+from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("map", "mrr@10", "ndcg@10")
@@ -77,6 +79,7 @@ def test_report_holds_each_models_metrics_and_the_change(
         assert report["change"][name]["absolute"] == pytest.approx(after - before)
         assert report["change"][name]["relative"] == pytest.approx((after - before) / before)
     assert report["before"] != report["after"]  # two different random models rank differently
+    assert "graded" not in report  # binary labels: MAP, MRR and NDCG say it all
     table = capsys.readouterr().out
     assert f"MAP{report['before']['map']:>17.4f}{report['after']['map']:>10.4f}" in table
     assert "10 of 12 queries evaluated" in table
@@ -103,6 +106,24 @@ def test_sentence_transformers_protocol_keeps_every_query(tiny_cross_encoder, ra
     assert report["queries_evaluated"] == 12
     assert report["queries_skipped"] == 0
     assert report["queries_scored_zero"] == 1
+
+
+@pytest.mark.parametrize(
+    "protocol, unscored", [("mteb", {"no positive", "no negative"}), ("sentence-transformers", {"no positive"})]
+)
+def test_queries_whose_metrics_ignore_scores_are_not_scored(
+    tiny_cross_encoder, ranking_file, tmp_path, monkeypatch, protocol, unscored
+):
+    seen = []
+    score = evaluation.score_ranking_queries
+    monkeypatch.setattr(evaluation, "score_ranking_queries", lambda model, queries, *a, wanted, **k: seen.append(
+        [q for q, keep in zip(queries, wanted) if keep]) or score(model, queries, *a, wanted=wanted, **k))
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--protocol", protocol)
+    (scored,) = seen
+    kinds = {"no positive" if not q.positives else "no negative" if not q.negatives else "both" for q in scored}
+    assert kinds == {"both", "no negative", "no positive"} - unscored
+    assert len(scored) == {"mteb": 10, "sentence-transformers": 11}[protocol]
+    assert report["queries_evaluated"] - report["queries_scored_zero"] == len(scored)
 
 
 @pytest.mark.parametrize("protocol", ["mteb", "sentence-transformers"])
@@ -234,3 +255,235 @@ def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: {missing}: file not found; check the path"
     assert "Traceback" not in done.stderr
+
+
+# --- graded labels -------------------------------------------------------------------------------
+
+ESCI_ROWS = [  # two queries, grades 3/2/1/0 from ESCI letters
+    {"query": "usb cable", "item_text": "usb-c cable one metre", "esci_label": "E"},
+    {"query": "usb cable", "item_text": "hdmi cable", "esci_label": "S"},
+    {"query": "usb cable", "item_text": "usb wall charger", "esci_label": "C"},
+    {"query": "usb cable", "item_text": "garden hose", "esci_label": "I"},
+    {"query": "red shoes", "item_text": "red running shoes", "esci_label": "E"},
+    {"query": "red shoes", "item_text": "shoe polish", "esci_label": "C"},
+    {"query": "red shoes", "item_text": "blue hat", "esci_label": "I"},
+]
+# a graded-label teacher's output: score = expected grade, label_probs over the ESCI words
+TEACHER_PROBS = [  # most probable label per row: E, C (wrong, true S), C, I, S (wrong, true E), C, I
+    {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1},
+    {"exact": 0.1, "substitute": 0.3, "complement": 0.5, "irrelevant": 0.1},
+    {"exact": 0.0, "substitute": 0.2, "complement": 0.7, "irrelevant": 0.1},
+    {"exact": 0.0, "substitute": 0.0, "complement": 0.1, "irrelevant": 0.9},
+    {"exact": 0.3, "substitute": 0.6, "complement": 0.1, "irrelevant": 0.0},
+    {"exact": 0.0, "substitute": 0.1, "complement": 0.8, "irrelevant": 0.1},
+    {"exact": 0.1, "substitute": 0.0, "complement": 0.0, "irrelevant": 0.9},
+]
+GRADES = [3.0, 2.0, 1.0, 0.0, 3.0, 1.0, 0.0]
+
+
+def expected_grade(probs: dict) -> float:
+    return 3 * probs.get("exact", 0) + 2 * probs.get("substitute", 0) + probs.get("complement", 0)
+
+
+def write_label_teacher(path: Path, rows=ESCI_ROWS, probs=TEACHER_PROBS) -> Path:
+    lines = [
+        {"query": r["query"], "passage": r["item_text"], "score": expected_grade(p), "label": grade, "label_probs": p}
+        for r, p, grade in zip(rows, probs, GRADES)
+    ]
+    return write_jsonl_records(path, lines)
+
+
+def test_graded_data_reports_each_models_mean_score_per_true_grade(tiny_cross_encoder, tmp_path, capsys):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": row["query"], "content": row["item_text"], "score": str(10 * grade)}
+        for row, grade in zip(ESCI_ROWS, GRADES)
+    ])  # fmt: skip
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+
+    graded = report["graded"]
+    assert graded["pairs_per_grade"] == {"3": 2, "2": 1, "1": 2, "0": 2}
+    assert graded["mean_score_per_grade"]["teacher"] == {"3": 30.0, "2": 20.0, "1": 10.0, "0": 0.0}
+    model = CrossEncoder(str(tiny_cross_encoder), activation_fn=torch.nn.Identity())
+    logits = model.predict([[row["query"], row["item_text"]] for row in ESCI_ROWS], batch_size=1)
+    for grade in (3.0, 2.0, 1.0, 0.0):
+        expected = logits[[g == grade for g in GRADES]].mean()
+        assert graded["mean_score_per_grade"]["before"][f"{grade:g}"] == pytest.approx(expected, abs=1e-5)
+    assert "label_accuracy" not in graded  # these teacher scores carry no label_probs
+    table = capsys.readouterr().out
+    assert "mean score per true grade (all 7 pairs)" in table
+    lines = table.splitlines()
+    below = lines[lines.index("grade         pairs    before   teacher") + 1 :]
+    rows = {line.split()[0]: line.split()[1:] for line in below}
+    assert rows["3"] == ["2", f"{graded['mean_score_per_grade']['before']['3']:.4f}", "30.0000"]
+    assert list(rows) == ["3", "2", "1", "0"]
+
+
+def test_label_predicting_teacher_reports_its_label_accuracy_and_confusion(tiny_cross_encoder, tmp_path, capsys):
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    teacher = write_label_teacher(tmp_path / "scores.jsonl")
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+
+    accuracy = report["graded"]["label_accuracy"]["teacher"]
+    assert (accuracy["accuracy"], accuracy["correct"], accuracy["pairs"]) == (pytest.approx(5 / 7), 5, 7)
+    assert accuracy["confusion"] == {"3": {"3": 1, "2": 1}, "2": {"1": 1}, "1": {"1": 2}, "0": {"0": 2}}
+    assert accuracy["label_grades"] == {"exact": 3.0, "substitute": 2.0, "complement": 1.0, "irrelevant": 0.0}
+    means = report["graded"]["mean_score_per_grade"]["teacher"]
+    assert means["3"] == pytest.approx((expected_grade(TEACHER_PROBS[0]) + expected_grade(TEACHER_PROBS[4])) / 2)
+    expected = "teacher label accuracy 0.7143: its most probable label has the true grade for 5 of 7 pairs"
+    assert expected in capsys.readouterr().out
+
+
+def test_label_probs_on_binary_data_still_add_the_graded_section(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]}])
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": "a", "score": 0.8, "label_probs": {"yes": 0.8, "no": 0.2}},
+        {"query": "q", "passage": "b", "score": 0.6, "label_probs": {"yes": 0.6, "no": 0.4}},
+    ])  # fmt: skip
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_words", "yes", "no")
+    accuracy = report["graded"]["label_accuracy"]["teacher"]
+    assert accuracy["label_grades"] == {"yes": 1.0, "no": 0.0}  # len-1 down to 0, best first
+    assert (accuracy["correct"], accuracy["pairs"]) == (1, 2)  # "b" is predicted "yes" but is a negative
+
+
+def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "graded.jsonl", [
+        {"query": "q", "passage": p, "grade": g} for p, g in (("a", 2), ("b", 1), ("c", 0))
+    ])  # fmt: skip
+    probs = [{"good": 0.8, "ok": 0.1, "bad": 0.1}, *[{"good": 0.1, "ok": 0.1, "bad": 0.8}] * 2]
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": p, "score": i, "label_probs": pr} for i, (p, pr) in enumerate(zip("abc", probs))
+    ])  # fmt: skip
+    with pytest.raises(InputError, match=rf"{teacher}: the teacher's label_probs use the words \['good', 'ok', 'b"):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher),
+                 "--label_words", "good", "ok", "bad", "--label_grades", "2", "1", "0")  # fmt: skip
+    assert report["graded"]["label_accuracy"]["teacher"]["confusion"] == {"2": {"2": 1}, "1": {"0": 1}, "0": {"0": 1}}
+
+
+def test_teacher_line_without_label_probs_among_lines_with_them_fails_at_its_line(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    teacher = write_label_teacher(tmp_path / "scores.jsonl")
+    lines = teacher.read_text().splitlines()
+    broken = json.loads(lines[2])
+    del broken["label_probs"]
+    teacher.write_text("\n".join([*lines[:2], json.dumps(broken), *lines[3:]]) + "\n")
+    with pytest.raises(InputError, match=f'{teacher}:3: missing field "label_probs"'):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+
+
+def test_teacher_label_word_without_a_grade_fails_at_its_line(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    probs = [*TEACHER_PROBS[:5], {"exact": 0.5, "maybe": 0.5}, TEACHER_PROBS[6]]
+    teacher = write_label_teacher(tmp_path / "scores.jsonl", probs=probs)
+    with pytest.raises(InputError, match=f"{teacher}:6: field \"label_probs\": the label word 'maybe'"):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+
+
+def test_graded_parquet_with_a_named_label_column_is_evaluated(tiny_cross_encoder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset = tmp_path / "esci.parquet"
+    pq.write_table(pa.table({
+        "query": [row["query"] for row in ESCI_ROWS],
+        "passage": [row["item_text"] for row in ESCI_ROWS],
+        "esci_label": ["ignored"] * len(ESCI_ROWS),
+        "stars": [int(grade) for grade in GRADES],
+    }), dataset)  # fmt: skip
+    teacher = write_label_teacher(tmp_path / "scores.jsonl")
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--label_column", "stars", "--teacher_scores", str(teacher))
+    assert report["queries"] == 2 and report["pairs"] == 7
+    assert report["graded"]["pairs_per_grade"] == {"3": 2, "2": 1, "1": 2, "0": 2}
+    # the teacher's expected grades, 2.4 1.4 1.1 0.1 and 2.2 1.0 0.3, follow the "stars" order: NDCG 1
+    assert report["teacher"]["ndcg@10"] == pytest.approx(1.0)
+
+
+# --- speed levers change no score ----------------------------------------------------------------
+
+
+def test_length_sorted_batches_put_similar_lengths_together_longest_first():
+    from rerank_distill.student import length_sorted_batches
+
+    batches = length_sorted_batches([3, 9, 5, 9, 1], batch_size=2)
+    assert [batch.tolist() for batch in batches] == [[1, 3], [2, 0], [4]]
+
+
+def test_pair_token_lengths_count_tokens_after_truncation(tiny_cross_encoder):
+    from rerank_distill.student import load_cross_encoder, pair_token_lengths
+
+    tokenizer = load_cross_encoder(str(tiny_cross_encoder)).tokenizer
+    pairs = [("query one", "a short passage"), ("q", "word " * 100)]
+    expected = [len(tokenizer(q, p)["input_ids"]) for q, p in pairs]
+    assert pair_token_lengths(tokenizer, pairs, max_length=None).tolist() == expected
+    assert pair_token_lengths(tokenizer, pairs, max_length=16, chunk=1).tolist() == [min(expected[0], 16), 16]
+
+
+@pytest.fixture(scope="module")
+def scored_one_at_a_time(tiny_cross_encoder):
+    """The tiny model, the fixture data's pairs, and their logits scored one pair at a time (no padding)."""
+    import torch
+
+    from rerank_distill.student import load_cross_encoder
+
+    model = load_cross_encoder(str(tiny_cross_encoder))
+    records = synthetic_ranking_data(12, docs_per_query=6, seed=3)  # the ranking_file fixture's data
+    pairs = [(r["query"], p) for r in records for p in r["positive"] + r["negative"]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        logits = model.predict([list(pair) for pair in pairs], batch_size=1, activation_fn=torch.nn.Identity())
+    finally:
+        torch.set_num_threads(threads)
+    return model, pairs, logits
+
+
+@pytest.mark.parametrize("batch_size, sort_by_tokens", [(5, True), (64, True), (5, False)])
+def test_every_batching_gives_the_scores_of_one_pair_at_a_time(
+    scored_one_at_a_time, batch_size, sort_by_tokens, one_torch_thread
+):
+    from rerank_distill.student import score_pairs_with_cross_encoder
+
+    model, pairs, one_at_a_time = scored_one_at_a_time
+    scores = score_pairs_with_cross_encoder(model, pairs, batch_size, False, sort_by_tokens=sort_by_tokens)
+    assert scores.dtype == np.float32 and scores.shape == (len(pairs),)
+    np.testing.assert_allclose(scores, one_at_a_time, rtol=0, atol=1e-5)
+
+
+def test_a_repeated_pair_goes_through_the_model_once_and_gets_its_score_at_every_position(tiny_cross_encoder):
+    from rerank_distill.student import load_cross_encoder, score_pairs_with_cross_encoder
+
+    model = load_cross_encoder(str(tiny_cross_encoder))
+    seen = []
+    predict = model.predict
+    model.predict = lambda inputs, **kwargs: seen.extend(map(tuple, inputs)) or predict(inputs, **kwargs)
+    pairs = [("q", "a"), ("q", "b"), ("q", "a"), ("r", "a")]
+    scores = score_pairs_with_cross_encoder(model, pairs, batch_size=2, show_progress_bar=False)
+    assert sorted(seen) == [("q", "a"), ("q", "b"), ("r", "a")]
+    assert scores[0] == scores[2] and scores[0] != scores[3]
+
+
+def test_bfloat16_scores_stay_close_keep_a_float32_head_and_restore_the_model(scored_one_at_a_time, one_torch_thread):
+    import torch
+
+    from rerank_distill.student import score_pairs_with_cross_encoder
+
+    model, pairs, exact = scored_one_at_a_time
+    fast = score_pairs_with_cross_encoder(model, pairs, 8, False, dtype="bfloat16")
+    assert 0 < np.abs(fast - exact).max() < 0.1 * np.ptp(exact)
+    # a float32 head: the scores are not rounded to bfloat16's 8 significant bits
+    rounded = torch.tensor(fast).to(torch.bfloat16).float().numpy()
+    assert (rounded != fast).mean() > 0.9
+    assert "forward" not in vars(model.model.classifier)  # the head's float32 wrapper is gone afterwards
+    np.testing.assert_allclose(score_pairs_with_cross_encoder(model, pairs, 8, False), exact, rtol=0, atol=1e-5)
+
+
+def test_dtype_bfloat16_is_recorded_and_changes_metrics_only_slightly(tiny_cross_encoder, ranking_file, tmp_path):
+    exact = run(tmp_path, tiny_cross_encoder, ranking_file)
+    fast = run(tmp_path, tiny_cross_encoder, ranking_file, "--dtype", "bfloat16")
+    for name in METRICS:
+        assert fast["before"][name] == pytest.approx(exact["before"][name], abs=0.1)
+    assert json.loads((tmp_path / "report" / "evaluation.args.json").read_text())["script"]["dtype"] == "bfloat16"

@@ -177,7 +177,7 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
 def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, content, message):
     source = tmp_path / "bad.jsonl"
     source.write_text(content, encoding="utf-8")
-    monkeypatch.setattr(generate_logits, "build_teacher", lambda *a: pytest.fail("model loaded before input was checked"))
+    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
     with pytest.raises(InputError, match=message.replace("[", r"\[")) as error:
         generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert str(source) in str(error.value)
@@ -218,3 +218,14 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2
     assert f"error: {source}:1: not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwen3, ranking_file, tmp_path):
+    common = ["--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--batch_size", "4", "--no_show_progress"]
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "one")])
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2"])
+    single = [json.loads(l) for l in (tmp_path / "one" / "train_scores.jsonl").read_text().splitlines()]
+    joined = [json.loads(l) for l in (tmp_path / "two" / "train_scores.jsonl").read_text().splitlines()]
+    assert [(l["query"], l["passage"], l["label"]) for l in joined] == [(l["query"], l["passage"], l["label"]) for l in single]
+    np.testing.assert_allclose([l["score"] for l in joined], [l["score"] for l in single], atol=1e-5)
+    assert (tmp_path / "two" / "logs" / "shard-1-of-2.log").exists()

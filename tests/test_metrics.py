@@ -1,5 +1,6 @@
 """Ranking metrics: each against a hand computation on a few candidates, ties broken by position,
-and equality with sklearn (which sentence-transformers' reranking evaluator calls) on tie-free scores."""
+and equality with sklearn (which sentence-transformers' reranking evaluator calls) on tie-free scores;
+and what graded labels add: mean score per true grade and a label-predicting teacher's accuracy."""
 
 import math
 
@@ -10,9 +11,13 @@ from sklearn.metrics import average_precision_score, ndcg_score
 from rerank_distill.metrics import (
     average_precision,
     evaluate_rankings,
+    graded_summary,
+    label_accuracy,
+    mean_score_per_grade,
     ndcg,
     ranking_order,
     reciprocal_rank,
+    scores_needed,
     skip_reason,
 )
 
@@ -90,6 +95,12 @@ def test_skip_reason_names_what_the_query_lacks():
     assert skip_reason([]) == "no_positive"
 
 
+def test_scores_are_needed_only_for_queries_the_protocol_ranks():
+    assert scores_needed([1, 0], "mteb") and scores_needed([1, 0], "sentence-transformers")
+    assert not scores_needed([0, 0], "mteb") and not scores_needed([0, 0], "sentence-transformers")  # skipped / 0
+    assert not scores_needed([1, 1], "mteb") and scores_needed([1, 1], "sentence-transformers")
+
+
 # A: perfect; B: the positive second (AP 1/2, RR 1/2, NDCG 1/log2(3)); C: no positive; D: no negative
 QUERIES = [
     ([0.9, 0.1], [1, 0]),
@@ -125,3 +136,70 @@ def test_evaluate_rankings_refuses_an_empty_mean_and_an_unknown_protocol():
         evaluate_rankings([([0.3, 0.2], [0, 0])], protocol="mteb")
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate_rankings(QUERIES, protocol="trec")
+
+
+# --- graded labels ---------------------------------------------------------------------------------
+
+ESCI = {"exact": 3.0, "substitute": 2.0, "complement": 1.0, "irrelevant": 0.0}
+
+
+def probs(exact: float, substitute: float, complement: float, irrelevant: float) -> dict:
+    return {"exact": exact, "substitute": substitute, "complement": complement, "irrelevant": irrelevant}
+
+
+def test_mean_score_per_grade_averages_each_grade_and_lists_the_best_grade_first():
+    result = mean_score_per_grade([1.0, 3.0, 0.5, -1.0, 2.0], [3, 3, 1, 0, 1])
+    assert result == {"3": 2.0, "1": 1.25, "0": -1.0}
+    assert list(result) == ["3", "1", "0"]
+    assert mean_score_per_grade([0.2, 0.4], [0.5, 0.5]) == {"0.5": pytest.approx(0.3)}
+    with pytest.raises(ValueError, match="3 scores but 2 grades"):
+        mean_score_per_grade([1, 2, 3], [1, 0])
+
+
+def test_label_accuracy_compares_the_most_probable_labels_grade_with_the_true_grade():
+    label_probs = [
+        probs(0.7, 0.1, 0.1, 0.1),  # true 3, predicted exact (3): right
+        probs(0.2, 0.5, 0.2, 0.1),  # true 3, predicted substitute (2): wrong
+        probs(0.1, 0.1, 0.2, 0.6),  # true 0, predicted irrelevant (0): right
+        probs(0.4, 0.4, 0.1, 0.1),  # true 2, a tie goes to the word listed first: exact (3): wrong
+    ]
+    result = label_accuracy(label_probs, [3, 3, 0, 2], ESCI)
+    assert result == {
+        "accuracy": 0.5,
+        "correct": 2,
+        "pairs": 4,
+        "confusion": {"3": {"3": 1, "2": 1}, "2": {"3": 1}, "0": {"0": 1}},
+    }
+
+
+def test_label_accuracy_refuses_a_word_without_grade_and_mismatched_lengths():
+    with pytest.raises(ValueError, match="label word 'maybe' has no grade"):
+        label_accuracy([{"yes": 0.5, "maybe": 0.5}], [1], {"yes": 1.0, "no": 0.0})
+    with pytest.raises(ValueError, match="1 label_probs but 2 grades"):
+        label_accuracy([probs(1, 0, 0, 0)], [3, 0], ESCI)
+
+
+def test_graded_summary_counts_pairs_per_grade_and_means_each_models_scores():
+    grades = [3, 0, 2, 0]
+    summary = graded_summary(grades, {"before": [4.0, 2.0, 1.0, 0.0], "teacher": [2.5, 0.5, 2.0, 0.1]})
+    assert summary == {
+        "pairs_per_grade": {"3": 1, "2": 1, "0": 2},
+        "mean_score_per_grade": {
+            "before": {"3": 4.0, "2": 1.0, "0": 1.0},
+            "teacher": {"3": 2.5, "2": 2.0, "0": pytest.approx(0.3)},
+        },
+    }
+
+
+def test_graded_summary_adds_the_teachers_label_accuracy_and_the_grades_it_used():
+    label_probs = [probs(0.9, 0, 0, 0.1), probs(0.1, 0, 0, 0.9), probs(0.1, 0.2, 0.6, 0.1), probs(0.6, 0, 0, 0.4)]
+    summary = graded_summary([3, 0, 2, 0], {"teacher": [2.7, 0.3, 1.2, 1.8]}, label_probs, ESCI)
+    assert summary["label_accuracy"] == {
+        "teacher": {
+            "accuracy": 0.5,
+            "correct": 2,
+            "pairs": 4,
+            "confusion": {"3": {"3": 1}, "2": {"1": 1}, "0": {"3": 1, "0": 1}},
+            "label_grades": ESCI,
+        }
+    }

@@ -1,5 +1,6 @@
-"""train.py and rerank_distill.training: the student trains on teacher margins, checkpoints are
-picked on held-out queries only, runs resume, and the speed levers change no loss value."""
+"""train.py and rerank_distill.training: each kind of training file is read into what its loss
+takes, checkpoints are picked by MAP (or loss) on held-out queries that are never trained on,
+early stopping stops, runs resume, and the speed levers change no loss value."""
 
 from __future__ import annotations
 
@@ -15,16 +16,21 @@ import torch
 
 import train
 from rerank_distill.errors import InputError
+from rerank_distill.losses import FusedMarginMSELoss
 from rerank_distill.training import (
-    FusedMarginMSELoss,
+    MIN_TEACHER_SPREAD,
     LengthGroupedBatchSampler,
-    TrackedMarginMSELoss,
+    SelectionEvaluator,
+    TrainingData,
     default_training_flags,
     held_out_queries,
     length_grouped_batches,
     passed_flags,
+    plan_selection,
+    read_training_data,
     split_by_query,
-    triplets_dataset,
+    teacher_spread_warning,
+    track_padding,
 )
 
 QUERIES = {
@@ -62,6 +68,15 @@ def hand_written_triplets() -> list[dict]:
     return rows
 
 
+def hand_written_scores() -> list[dict]:
+    """Stage 1's output for the queries above: every candidate with a teacher score and its gold label."""
+    rows = []
+    for query, (positives, negatives) in QUERIES.items():
+        rows += [{"query": query, "passage": p, "score": 3.0 - i, "label": 1} for i, p in enumerate(positives)]
+        rows += [{"query": query, "passage": n, "score": -1.0 - j, "label": 0} for j, n in enumerate(negatives)]
+    return rows
+
+
 def write_lines(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -81,6 +96,11 @@ def triplets_file(tmp_path) -> Path:
     return write_lines(tmp_path / "train_triplets.jsonl", hand_written_triplets())
 
 
+@pytest.fixture
+def scores_file(tmp_path) -> Path:
+    return write_lines(tmp_path / "train_scores.jsonl", hand_written_scores())
+
+
 def run_train(model, train_data, output_dir, *flags) -> dict:
     return train.main([
         "--model_name_or_path", str(model), "--train_data", str(train_data), "--output_dir", str(output_dir),
@@ -95,10 +115,32 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
+def eval_history(output_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every evaluation, from the last checkpoint's trainer state."""
+    last_checkpoint = max(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((last_checkpoint / "trainer_state.json").read_text())["log_history"]
+    return [(entry["step"], entry[metric]) for entry in history if metric in entry]
+
+
+@pytest.fixture
+def trained_queries(monkeypatch) -> set[str]:
+    """Every query the loss sees in a training step (not in evaluation) of runs in this test."""
+    seen: set[str] = set()
+    original = train.DistillationTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.update(inputs["query"])
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(train.DistillationTrainer, "compute_loss", spy)
+    return seen
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
-def test_training_saves_the_best_checkpoint_as_a_model_crossencoder_loads(
+def test_without_gold_labels_the_best_checkpoint_by_eval_loss_becomes_the_model(
     tiny_cross_encoder, triplets_file, tmp_path
 ):
     from sentence_transformers import CrossEncoder
@@ -107,25 +149,24 @@ def test_training_saves_the_best_checkpoint_as_a_model_crossencoder_loads(
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3")
 
     # Only the required flags and a step count: one query held out, eval and save every step.
-    assert summary["eval_queries"] == 1
-    assert summary["train_triplets"] + summary["eval_triplets"] == len(hand_written_triplets())
+    assert summary["eval_queries"] == 1 and summary["held_out_queries"] == [summary["held_out_queries"][0]]
+    assert summary["train_examples"] + summary["eval_examples"] == len(hand_written_triplets())
     assert summary["steps"] == 3
     record = json.loads((out / "args.json").read_text())
-    assert record["script"]["train_data"] == str(triplets_file)
+    assert record["script"]["train_data"] == str(triplets_file) and record["script"]["loss"] == "margin_mse"
     training = record["training"]
     assert (training["eval_strategy"], training["save_strategy"]) == ("steps", "steps")
     assert training["eval_steps"] == training["save_steps"]
     assert training["load_best_model_at_end"] is True and training["metric_for_best_model"] == "loss"
+    assert training["greater_is_better"] is False
     assert training["batch_sampler"].endswith("LengthGroupedBatchSampler'>")
 
     # The final model is the checkpoint with the lowest held-out eval_loss.
-    state = json.loads((Path(summary["best_checkpoint"]) / "trainer_state.json").read_text())
-    last_checkpoint = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    last_state = json.loads((last_checkpoint / "trainer_state.json").read_text())
-    eval_losses = [entry["eval_loss"] for entry in last_state["log_history"] if "eval_loss" in entry]
-    assert len(eval_losses) == 3
-    assert summary["best_eval_loss"] == pytest.approx(min(eval_losses))
-    assert state["global_step"] == 1 + eval_losses.index(min(eval_losses))
+    eval_losses = eval_history(out, "eval_loss")
+    assert [step for step, _ in eval_losses] == [1, 2, 3]
+    best_step, best_loss = min(eval_losses, key=lambda entry: entry[1])
+    assert summary["best_metric"] == pytest.approx(best_loss)
+    assert summary["best_checkpoint"] == str(out / f"checkpoint-{best_step}")
     final, best = weights(out), weights(Path(summary["best_checkpoint"]))
     assert all(torch.equal(final[name], best[name]) for name in final)
 
@@ -134,6 +175,68 @@ def test_training_saves_the_best_checkpoint_as_a_model_crossencoder_loads(
     untrained = CrossEncoder(str(tiny_cross_encoder)).predict(pairs)
     assert scores.shape == (2,) and np.isfinite(scores).all()
     assert not np.allclose(scores, untrained)
+
+
+def test_the_checkpoint_with_the_best_held_out_map_becomes_the_model_and_its_queries_are_never_trained_on(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, trained_queries
+):
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    out = tmp_path / "model"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
+                        "--eval_share", "0.4", "--max_steps", "6", "--learning_rate", "5e-3")
+
+    held_out = summary["held_out_queries"]
+    assert len(held_out) == 2 == summary["selection_queries"]  # 40% of the 5 training queries
+    assert trained_queries == set(QUERIES) - set(held_out)
+    assert summary["metric_for_best_model"] == "eval_selection_map"
+
+    maps = eval_history(out, "eval_selection_map")
+    assert [step for step, _ in maps] == [1, 2, 3, 4, 5, 6]
+    best_step, best_map = max(maps, key=lambda entry: entry[1])  # the first of equal bests, as the Trainer keeps
+    assert best_step != 6  # so the final model is not simply the last step's
+    assert summary["best_checkpoint"] == str(out / f"checkpoint-{best_step}")
+    final, best, last = weights(out), weights(out / f"checkpoint-{best_step}"), weights(out / "checkpoint-6")
+    assert all(torch.equal(final[name], best[name]) for name in final)
+    assert not all(torch.equal(final[name], last[name]) for name in final)
+
+    # The final model's MAP on the held-out queries, by sentence-transformers' own evaluator.
+    samples = [{"query": q, "positive": QUERIES[q][0], "negative": QUERIES[q][1]} for q in held_out]
+    assert CrossEncoderRerankingEvaluator(samples)(CrossEncoder(str(out)))["map"] == pytest.approx(best_map, abs=1e-6)
+    assert summary["best_metric"] == pytest.approx(best_map)
+
+
+def test_early_stopping_stops_at_the_first_evaluations_without_a_better_map(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path
+):
+    out = tmp_path / "model"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
+                        "--eval_share", "0.4", "--max_steps", "40", "--eval_steps", "1",
+                        "--early_stopping_patience", "2", "--learning_rate", "5e-3")
+
+    maps = [value for _, value in eval_history(out, "eval_selection_map")]
+    assert summary["stopped_early"] and summary["steps"] == len(maps) < 40
+    best_before = [max(maps[: i + 1]) for i in range(len(maps))]
+    # Each of the last two evaluations failed to beat the best before it; no earlier two in a row did.
+    assert maps[-1] <= best_before[-2] and maps[-2] <= best_before[-3]
+    assert not any(maps[i] <= best_before[i - 1] and maps[i + 1] <= best_before[i] for i in range(1, len(maps) - 2))
+
+
+def test_labelled_training_data_holds_out_its_own_queries_for_map(
+    tiny_cross_encoder, ranking_file, tmp_path, trained_queries
+):
+    from rerank_distill.formats import iter_ranking_queries
+
+    summary = run_train(tiny_cross_encoder, ranking_file, tmp_path / "model", "--loss", "bce_labels",
+                        "--eval_share", "0.25", "--per_device_train_batch_size", "32", "--num_train_epochs", "1")
+
+    queries = list(iter_ranking_queries(str(ranking_file)))
+    rankable = {q.query for q in queries if q.positives and q.negatives}
+    assert len(rankable) == 10 and len(summary["held_out_queries"]) == round(0.25 * 10)
+    assert set(summary["held_out_queries"]) <= rankable
+    assert trained_queries == {q.query for q in queries} - set(summary["held_out_queries"])
+    assert summary["metric_for_best_model"] == "eval_selection_map" and summary["data_kind"] == "labelled"
 
 
 def test_resume_from_checkpoint_ends_with_the_same_model_as_an_uninterrupted_run(
@@ -150,8 +253,8 @@ def test_resume_from_checkpoint_ends_with_the_same_model_as_an_uninterrupted_run
         "--resume_from_checkpoint", "last", *flags,
     )
 
-    assert (resumed["resumed_from_step"], resumed["steps"], resumed["triplets_trained"]) == (5, 6, 4)
-    assert straight["train_triplets"] == len(hand_written_triplets())  # no evaluation: nothing held out
+    assert (resumed["resumed_from_step"], resumed["steps"], resumed["examples_trained"]) == (5, 6, 4)
+    assert straight["train_examples"] == len(hand_written_triplets())  # no evaluation: nothing held out
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
     assert not torch.equal(a["classifier.weight"], weights(tiny_cross_encoder)["classifier.weight"])
@@ -162,7 +265,7 @@ def test_eval_data_replaces_the_held_out_split(tiny_cross_encoder, triplets_file
     summary = run_train(
         tiny_cross_encoder, triplets_file, tmp_path / "model", "--eval_data", str(dev), "--max_steps", "1"
     )
-    assert (summary["train_triplets"], summary["eval_triplets"]) == (len(hand_written_triplets()), 3)
+    assert (summary["train_examples"], summary["eval_examples"]) == (len(hand_written_triplets()), 3)
 
 
 # --- defaults the user did not pass -----------------------------------------------------------
@@ -211,20 +314,139 @@ def test_defaults_follow_the_half_of_a_pair_the_user_set(passed, expected):
     assert {name: defaults[name] for name in expected} == expected
 
 
-# --- held-out split ---------------------------------------------------------------------------
+# --- reading each kind of training file --------------------------------------------------------
+
+
+def triplets_dataset(rows: list[dict]):
+    return TrainingData("triplets", {"query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
+                                     "negative": [r["negative"] for r in rows],
+                                     "label": [r["score"] for r in rows]}).to_dataset()
+
+
+def test_triplets_become_margin_labels_divided_by_the_teacher_temperature(tmp_path):
+    path = write_lines(tmp_path / "t.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 3.0},
+                                              {"query": "q", "positive": "p", "negative": "m", "score": "1.5"}])
+    data = read_training_data(str(path), "margin_mse", teacher_temperature=2.0)
+    assert data.kind == "triplets" and not data.ragged
+    assert data.columns == {"query": ["q", "q"], "positive": ["p", "p"], "negative": ["n", "m"], "label": [1.5, 0.75]}
+    assert list(data.to_dataset().column_names) == ["query", "positive", "negative", "label"]
+
+
+def test_ntuples_become_one_column_per_negative_and_their_margins(tmp_path):
+    path = write_lines(tmp_path / "n.jsonl", [
+        {"query": "q1", "positive": "p1", "negatives": ["a", "b", "c"], "scores": [4.0, 3.0, 1.0, 0.0]},
+        {"query": "q2", "positive": "p2", "negatives": ["d"], "scores": [2.0, 2.5]},
+    ])
+    data = read_training_data(str(path), "margin_mse")
+    assert data.kind == "ntuples" and data.ragged
+    assert list(data.columns) == ["query", "positive", "negative_1", "negative_2", "negative_3", "label"]
+    assert (data.columns["negative_1"], data.columns["negative_3"]) == (["a", "d"], ["c", ""])  # "" for missing
+    first, second = data.columns["label"]
+    assert first == [1.0, 3.0, 4.0] and second[0] == -0.5 and np.isnan(second[1:]).all()
+
+
+def test_listwise_groups_keep_their_scores_divided_by_the_temperature(tmp_path):
+    path = write_lines(tmp_path / "l.jsonl", [
+        {"query": "q", "passages": ["p", "a", "b"], "scores": [3.0, 1.0, -1.0], "labels": [1, 0, 0]},
+    ])
+    data = read_training_data(str(path), "listwise_kl", teacher_temperature=0.5)
+    assert data.columns == {"query": ["q"], "passages": [["p", "a", "b"]], "label": [[6.0, 2.0, -2.0]]}
+
+
+@pytest.mark.parametrize("loss, temperature, labels", [
+    ("mse", 2.0, [1.0, -2.0, 0.0]),
+    ("bce_soft", 2.0, [1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(2.0)), 0.5]),
+    ("bce_labels", 2.0, [1.0, 0.0, 1.0]),  # gold grades: 2 counts as relevant
+])
+def test_a_scores_file_becomes_pairs_with_the_target_of_each_pointwise_loss(tmp_path, loss, temperature, labels):
+    path = write_lines(tmp_path / "s.jsonl", [
+        {"query": "q", "passage": "p", "score": 2.0, "label": 1},
+        {"query": "q", "passage": "n", "score": -4.0, "label": 0},
+        {"query": "r", "passage": "x", "score": 0.0, "label": 2},
+    ])
+    data = read_training_data(str(path), loss, temperature)
+    assert (data.kind, data.columns["query"], data.columns["passage"]) == ("scores", ["q", "q", "r"], ["p", "n", "x"])
+    assert data.columns["label"] == pytest.approx(labels)
+
+
+@pytest.mark.parametrize("rows", [
+    [{"query": "q", "positive": ["p"], "negative": ["n", "m"]}],
+    [{"query": "q", "pos": ["p"], "neg": ["n", "m"]}],
+    [{"query": "q", "passage": "p", "label": 2}, {"query": "q", "passage": "n", "label": 0},
+     {"query": "q", "passage": "m", "label": "I"}],  # graded rows, an ESCI letter among them
+])
+def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, rows):
+    data = read_training_data(str(write_lines(tmp_path / "d.jsonl", rows)), "bce_labels")
+    assert data.kind == "labelled" and data.teacher_spread is None
+    assert data.columns == {"query": ["q"] * 3, "passage": ["p", "n", "m"], "label": [1.0, 0.0, 0.0]}
+
+
+@pytest.mark.parametrize("loss, record, found", [
+    ("mse", {"query": "q", "positive": "p", "negative": "n", "score": 1.0}, "triplets"),
+    ("margin_mse", {"query": "q", "passage": "p", "score": 1.0}, "teacher scores"),
+    ("listwise_kl", {"query": "q", "positive": "p", "negatives": ["n"], "scores": [1.0, 0.0]}, "n-tuples"),
+    ("bce_soft", {"query": "q", "positive": ["p"], "negative": ["n"]}, "labelled ranking data"),
+    ("bce_labels", {"query": "q", "passages": ["p", "n"], "scores": [1.0, 0.0]}, "listwise groups"),
+])
+def test_a_file_of_the_wrong_kind_names_what_it_holds_and_what_the_loss_needs(tmp_path, loss, record, found):
+    path = write_lines(tmp_path / "data.jsonl", [record])
+    with pytest.raises(InputError) as error:
+        run_train(tmp_path / "no-such-model", path, tmp_path / "out", "--loss", loss)
+    message = str(error.value)
+    assert message.startswith(f"{path}: --loss {loss} trains on ") and f"this file holds {found}" in message
+
+
+def test_bce_labels_on_a_scores_file_without_gold_labels_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [{"query": "q", "passage": "p", "score": 1.0, "label": 1},
+                                              {"query": "q", "passage": "n", "score": 0.0}])
+    with pytest.raises(InputError, match=r's.jsonl:2: no gold "label"'):
+        read_training_data(str(path), "bce_labels")
+
+
+def test_an_ntuple_needs_one_score_per_passage(tmp_path):
+    path = write_lines(tmp_path / "n.jsonl", [{"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0]}])
+    with pytest.raises(InputError, match=r"n.jsonl:1: .*3 numbers for 2 negatives, got 2"):
+        read_training_data(str(path), "margin_mse")
+
+
+def test_differing_negative_counts_need_the_fused_loss(tmp_path):
+    path = write_lines(tmp_path / "n.jsonl", [
+        {"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0, 0.5]},
+        {"query": "r", "positive": "p", "negatives": ["a"], "scores": [1.0, 0.0]},
+    ])
+    with pytest.raises(InputError, match="drop --no_fused_forward"):
+        run_train(tmp_path / "no-such-model", path, tmp_path / "out", "--no_fused_forward")
+
+
+def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
+    flat = write_lines(tmp_path / "flat.jsonl", [
+        {"query": "q", "passage": p, "score": -3.0 + 0.01 * i, "label": 0} for i, p in enumerate("abcd")
+    ] + [{"query": "r", "passage": "e", "score": 5.0, "label": 1}])  # far from q's scores, but alone in its query
+    warning = teacher_spread_warning(read_training_data(str(flat), "mse"), str(flat))
+    assert warning.startswith(f"{flat}: the teacher's scores within a query barely vary")
+    good = write_lines(tmp_path / "good.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 2.0}])
+    assert teacher_spread_warning(read_training_data(str(good), "margin_mse"), str(good)) is None
+    tiny = write_lines(tmp_path / "tiny.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.05}])
+    assert MIN_TEACHER_SPREAD > 0.05 and "margins barely vary" in teacher_spread_warning(
+        read_training_data(str(tiny), "margin_mse"), str(tiny))
+
+
+def test_the_teacher_temperature_must_be_positive(triplets_file, tmp_path):
+    with pytest.raises(InputError, match="--teacher_temperature must be positive"):
+        run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--temperature", "0")
+
+
+# --- held-out queries and checkpoint selection ------------------------------------------------
 
 
 def test_held_out_split_puts_whole_queries_on_one_side():
     rows = hand_written_triplets()
-    train_set, eval_set = split_by_query(triplets_dataset(
-        {"query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
-         "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows]}
-    ), share=0.4, seed=7)
+    train_set, eval_set = split_by_query(triplets_dataset(rows), share=0.4, seed=7)
 
     assert set(train_set["query"]).isdisjoint(eval_set["query"])
     assert len(set(eval_set["query"])) == 2  # 40% of 5 queries
     for query in set(eval_set["query"]):
-        assert eval_set["query"].count(query) == sum(r["query"] == query for r in rows)
+        assert list(eval_set["query"]).count(query) == sum(r["query"] == query for r in rows)
     assert len(train_set) + len(eval_set) == len(rows)
 
 
@@ -245,68 +467,98 @@ def test_held_out_split_keeps_at_least_one_query_on_each_side():
         held_out_queries(["only one query"] * 5, 0.05, seed=0)
 
 
-# --- speed lever 1: one forward pass ----------------------------------------------------------
+def plan(train_rows, selection_data, metric="auto", kind="triplets", train_source="train.jsonl"):
+    return plan_selection(triplets_dataset(train_rows), kind, train_source, selection_data, metric, None, 0.4, 7)
 
 
-def loss_and_grads(loss_fn, model, inputs, labels):
-    model.zero_grad()
-    loss = loss_fn(inputs, labels)
-    loss.backward()
-    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+def test_selection_by_map_holds_out_queries_of_the_scores_file_and_their_candidate_lists(scores_file):
+    selection = plan(hand_written_triplets(), str(scores_file))
+    assert selection.metric == "eval_selection_map" and len(selection.held_out) == 2
+    assert [query.query for query in selection.queries] == selection.held_out
+    for query in selection.queries:  # every candidate of the query, with its gold label
+        positives, negatives = QUERIES[query.query]
+        assert (query.positives, query.negatives) == (positives, negatives)
+    assert set(selection.train["query"]) == set(QUERIES) - set(selection.held_out)
+    assert set(selection.eval["query"]) == set(selection.held_out)  # their triplets give eval_loss
 
 
-@pytest.mark.parametrize(
-    "inputs, labels",
-    [
-        (
-            [["undo a git commit", "cook rice", "why does the socket hang"],
-             ["git reset --soft HEAD~1", "rinse the rice and boil it with a pinch of salt", "the peer never closed it"],
-             ["bake bread", "kernel", "the dentist clinic opens at nine every weekday morning"]],
-            torch.tensor([2.0, -0.5, 3.25]),
-        ),
-        (   # two negative columns, labels as raw teacher scores [positive, negative_1, negative_2]
-            [["undo a git commit", "cook rice"], ["git reset", "boil the rice"], ["flour", "dns"], ["tcp port", "visa"]],
-            torch.tensor([[5.0, 1.0, 0.5], [4.0, 3.5, -1.0]]),
-        ),
-    ],
-)
-def test_fused_loss_equals_margin_mse_loss_and_its_gradients(tiny_cross_encoder, inputs, labels):
+def test_selection_skips_queries_without_a_positive_or_a_negative(tmp_path):
+    rows = hand_written_scores() + [{"query": "no positive here", "passage": "x", "score": 1.0, "label": 0},
+                                    {"query": "only positives", "passage": "y", "score": 1.0, "label": 1}]
+    triplets = hand_written_triplets() + [{"query": q, "positive": "a", "negative": "b", "score": 1.0}
+                                          for q in ("no positive here", "only positives")]
+    selection = plan(triplets, str(write_lines(tmp_path / "s.jsonl", rows)))
+    assert "1 without a positive and 1 without a negative skipped" in selection.note
+    assert {"no positive here", "only positives"} <= set(selection.train["query"])  # never held out
+
+
+def test_a_dev_file_with_queries_of_its_own_is_ranked_whole_and_removes_nothing_from_training(tmp_path):
+    dev = write_lines(tmp_path / "dev.jsonl", [{"query": "a dev question", "positive": ["p"], "negative": ["n", "m"]},
+                                               {"query": "another", "positive": [], "negative": ["n"]}])
+    selection = plan(hand_written_triplets(), str(dev))
+    assert selection.metric == "eval_selection_map" and selection.held_out == [] and selection.eval is None
+    assert [query.query for query in selection.queries] == ["a dev question"]
+    assert len(selection.train) == len(hand_written_triplets())
+
+
+def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
+    unlabelled = write_lines(tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"}
+                                                    for r in hand_written_scores()])
+    selection = plan(hand_written_triplets(), str(unlabelled))
+    assert selection.metric == "loss" and selection.queries == [] and 'no gold "label"' in selection.note
+    assert len(selection.held_out) == 2 and set(selection.eval["query"]) == set(selection.held_out)
+    with pytest.raises(InputError, match='--selection_metric map needs gold-labelled .*no gold "label"'):
+        plan(hand_written_triplets(), str(unlabelled), metric="map")
+    assert "no --selection_data" in plan(hand_written_triplets(), None).note
+
+
+def test_selection_metric_loss_ignores_the_selection_data(scores_file):
+    selection = plan(hand_written_triplets(), str(scores_file), metric="loss")
+    assert selection.metric == "loss" and selection.queries == []
+
+
+def test_selection_evaluator_equals_sentence_transformers_reranking_evaluator(tiny_cross_encoder, ranking_file):
     from sentence_transformers import CrossEncoder
-    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    from rerank_distill.formats import iter_ranking_queries
+
+    queries = [q for q in iter_ranking_queries(str(ranking_file)) if q.positives and q.negatives]
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1)
+    ours = SelectionEvaluator(queries)(model)
+    theirs = CrossEncoderRerankingEvaluator(
+        [{"query": q.query, "positive": q.positives, "negative": q.negatives} for q in queries], write_csv=False
+    )(model)
+    for name in ("map", "mrr@10", "ndcg@10"):
+        assert ours[f"selection_{name}"] == pytest.approx(theirs[name], abs=1e-6)
+
+
+def test_early_stopping_without_evaluation_is_an_error(triplets_file, tmp_path):
+    with pytest.raises(InputError, match="--early_stopping_patience needs evaluations"):
+        run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--early_stopping_patience", "2",
+                  "--eval_strategy", "no")
+
+
+# --- padding statistics ---------------------------------------------------------------------------
+
+
+def test_padding_stats_count_real_and_padded_tokens_of_training_forward_passes_only(tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
 
     model = CrossEncoder(str(tiny_cross_encoder), num_labels=1)
-    # No dropout, so both see the same network; float64, so that float32 rounding, which differs
-    # between the two padded batch shapes (about 1e-6 relative), cannot blur the comparison.
-    model.eval().to(torch.float64)
-    reference, reference_grads = loss_and_grads(MarginMSELoss(model), model, inputs, labels)
-    fused, fused_grads = loss_and_grads(FusedMarginMSELoss(model), model, inputs, labels)
-
-    assert fused == pytest.approx(reference, abs=1e-6)
-    assert reference_grads.keys() == fused_grads.keys() and reference_grads
-    for name, grad in reference_grads.items():
-        torch.testing.assert_close(fused_grads[name], grad, msg=name)
-
-
-# --- speed lever 3: padding statistics -----------------------------------------------------------
-
-
-def test_padding_stats_count_real_and_padded_tokens_of_training_batches(tiny_cross_encoder):
-    from sentence_transformers import CrossEncoder
-
-    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1)
+    stats = track_padding(model)
     inputs = [["git", "how do i cook rice"], ["git reset --soft", "rice"], ["flour", "a passport lasts ten years"]]
     pairs = [(q, d) for column in inputs[1:] for q, d in zip(inputs[0], column)]
     lengths = [int(model.preprocess([pair])["attention_mask"].sum()) for pair in pairs]
 
-    for loss_fn, padded in [(FusedMarginMSELoss(model), 4 * max(lengths)),
-                            (TrackedMarginMSELoss(model), 2 * max(lengths[:2]) + 2 * max(lengths[2:]))]:
-        model.train()
-        loss_fn(inputs, torch.tensor([1.0, 2.0]))
-        model.eval()
-        loss_fn(inputs, torch.tensor([1.0, 2.0]))  # evaluation is not counted
-        stats = loss_fn.padding_stats
-        assert (stats.triplets, stats.pairs, stats.real_tokens, stats.padded_tokens) == (2, 4, sum(lengths), padded)
-        assert stats.summary()["mean_padded_tokens"] == round(padded / 4, 1)
+    loss_fn = FusedMarginMSELoss(model)
+    model.train()
+    loss_fn(inputs, torch.tensor([1.0, 2.0]))
+    model.eval()
+    loss_fn(inputs, torch.tensor([1.0, 2.0]))  # evaluation is not counted
+    model.predict(pairs)
+    assert (stats.pairs, stats.real_tokens, stats.padded_tokens) == (4, sum(lengths), 4 * max(lengths))
+    assert stats.summary()["mean_padded_tokens"] == round(max(lengths), 1)
 
 
 # --- speed lever 2: length-grouped batches ------------------------------------------------------
@@ -340,8 +592,7 @@ def test_length_grouped_batches_pad_far_less_than_random_batches():
 
 def test_sampler_reshuffles_each_epoch_and_reports_its_length():
     rows = hand_written_triplets()
-    dataset = triplets_dataset({"query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
-                                "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows]})
+    dataset = triplets_dataset(rows)
     sampler = LengthGroupedBatchSampler(dataset, batch_size=4, drop_last=False, seed=5)
     first = list(sampler)
     sampler.set_epoch(1)
@@ -350,6 +601,17 @@ def test_sampler_reshuffles_each_epoch_and_reports_its_length():
     assert sorted(i for b in second for i in b) == list(range(len(rows))) and second != first
     sampler.set_epoch(0)
     assert list(sampler) == first
+
+
+def test_example_length_is_the_query_plus_its_longest_document_of_any_kind():
+    from rerank_distill.training import example_lengths
+
+    dataset = TrainingData("ntuples", {"query": ["ab", "abc"], "positive": ["x", "xyz12"],
+                                       "negative_1": ["12345", "1"], "negative_2": ["1", ""],
+                                       "label": [[1.0, 1.0], [1.0, float("nan")]]}).to_dataset()
+    assert example_lengths(dataset) == [2 + 5, 3 + 5]
+    groups = TrainingData("listwise", {"query": ["q"], "passages": [["a", "abcd", "ab"]], "label": [[1.0, 0.0, 0.0]]})
+    assert example_lengths(groups.to_dataset()) == [1 + 4]
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -13,14 +13,24 @@ import create_triplets
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
 from rerank_distill.triplets import (
+    SKIP_BELOW_MIN_MARGIN,
     SKIP_IDENTICAL_TEXT,
+    SKIP_NO_POSITIVES,
     SKIP_NON_POSITIVE_MARGIN,
+    SKIP_POSITIVE_WITHOUT_NEGATIVES,
+    SKIP_REASONS,
     SKIP_TOO_FEW_PASSAGES,
     QueriesNotGrouped,
+    SelectionRules,
     Triplet,
+    choose_negative_ranks,
+    choose_positive_ranks,
+    format_records,
     iter_query_groups,
     iter_query_groups_indexed,
+    query_rng,
     rank_by_score,
+    select,
     select_triplets,
 )
 
@@ -48,6 +58,27 @@ def run(tmp_path: Path, input_path: Path, *flags: str, name: str = "triplets.jso
     output = tmp_path / "out" / name
     summary = create_triplets.main(["--input_path", str(input_path), "--output_path", str(output), *flags])
     return summary, output
+
+
+def labelled_file(path: Path, queries: dict[str, list[tuple[str, float, float | None]]]) -> Path:
+    """Stage 1's format with gold labels: (passage, score, label) per line, grouped by query."""
+    records = [
+        {"query": query, "passage": passage, "score": score, "label": label}
+        for query, rows in queries.items()
+        for passage, score, label in rows
+    ]
+    return write_lines(path, records)
+
+
+def skips(**counts: int) -> dict[str, int]:
+    """The summary's skip counts: every reason, zero unless given."""
+    return {reason: counts.get(reason, 0) for reason in SKIP_REASONS}
+
+
+def chosen(passages, scores, labels=None, seed=0, **rules) -> tuple[list[tuple[str, list[str]]], Counter]:
+    """``select``'s choice as (positive, [negatives]) texts, for readable expectations."""
+    selections, skipped = select(passages, scores, labels, SelectionRules(**rules), query_rng(seed, "q"))
+    return [(passages[s.positive], [passages[n] for n in s.negatives]) for s in selections], skipped
 
 
 # --- the selection rule ---
@@ -79,7 +110,7 @@ def test_defaults_use_eight_positives_with_four_negatives_each(tmp_path):
     expected = [(f"p{i}", f"p{j}") for i in range(8) for j in range(i + 1, min(i + 5, 10))]
     assert pairs == expected
     assert len(expected) == 6 * 4 + 3 + 2
-    assert summary["triplets"] == len(expected)
+    assert summary["records"] == len(expected)
 
 
 def test_equal_scores_keep_input_order():
@@ -97,7 +128,11 @@ def test_pairs_with_identical_text_are_skipped_and_counted():
 
 
 def test_identical_text_is_the_reason_even_when_the_scores_also_tie():
-    assert select_triplets(["x", "x"], [1.0, 1.0], top_k=8, num_negatives=4) == ([], Counter({SKIP_IDENTICAL_TEXT: 1}))
+    # the one positive (the last-ranked passage never is one) is left without a negative, and counted
+    assert select_triplets(["x", "x"], [1.0, 1.0], top_k=8, num_negatives=4) == (
+        [],
+        Counter({SKIP_IDENTICAL_TEXT: 1, SKIP_POSITIVE_WITHOUT_NEGATIVES: 1}),
+    )
 
 
 def test_tied_scores_are_skipped_as_non_positive_margins():
@@ -143,19 +178,28 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         {"query": "q1", "positive": "high", "negative": "dup", "score": 2.0},
         {"query": "q1", "positive": "dup", "negative": "low", "score": 2.5},
     ]
-    assert {k: summary[k] for k in ("queries", "pairs", "triplets", "skipped", "input_grouped")} == {
+    counts = ("format", "queries", "pairs", "records", "pairs_kept", "skipped", "input_grouped")
+    assert {k: summary[k] for k in counts} == {
+        "format": "triplets",
         "queries": 2,
         "pairs": 5,
-        "triplets": 3,
-        "skipped": {SKIP_IDENTICAL_TEXT: 1, SKIP_NON_POSITIVE_MARGIN: 0, SKIP_TOO_FEW_PASSAGES: 1},
+        "records": 3,
+        "pairs_kept": 3,
+        "skipped": skips(**{SKIP_IDENTICAL_TEXT: 1, SKIP_TOO_FEW_PASSAGES: 1}),
         "input_grouped": True,
     }
     run_args = json.loads((tmp_path / "out" / "triplets.args.json").read_text())
     assert run_args["script"] == {
         "input_path": str(scores),
         "output_path": str(output),
+        "format": "triplets",
+        "positives": "teacher",
         "top_k": 2,
+        "negatives": "hardest",
         "num_negatives": 2,
+        "group_size": 8,
+        "min_margin": 0.0,
+        "seed": 42,
     }
 
 
@@ -183,6 +227,315 @@ def test_numeric_string_scores_from_a_content_file(tmp_path):
     assert read_lines(output) == [{"query": "q", "positive": "good", "negative": "bad", "score": 3.5}]
 
 
+# --- the first recipe stays the default ---
+
+CAFE_SCORES = [
+    {"query": "which café?", "passage": "north", "score": 1.5, "label": 1},
+    {"query": "which café?", "passage": "south", "score": -0.5, "label": 0},
+    {"query": "which café?", "passage": "east", "score": 3.0, "label": 0},
+    {"query": "which café?", "passage": "west", "score": 1.5, "label": 1},
+    {"query": "which café?", "passage": "north", "score": 0.25, "label": 0},
+    {"query": "which café?", "passage": "centre", "score": -2.0, "label": 0},
+    {"query": "ünïcode ✓", "passage": "only one", "score": 1.0, "label": 1},
+    {"query": "q3", "passage": "x", "score": 0.1, "label": 0},
+    {"query": "q3", "passage": "y", "score": 0.3, "label": 1},
+]
+
+
+def test_default_flags_write_the_first_recipes_bytes(tmp_path):
+    # Ranked: east 3.0, north 1.5, west 1.5 (tie: input order), north 0.25, south -0.5, centre -2.0.
+    # Positives are ranks 0-4 (top_k 8, but never the last), each with the 4 ranks below it;
+    # north(1.5)-west ties and north-north is one text, so both are skipped. The bytes below are
+    # what the first version of this stage wrote for this input.
+    _, output = run(tmp_path, write_lines(tmp_path / "scores.jsonl", CAFE_SCORES))
+
+    assert output.read_text(encoding="utf-8") == (
+        '{"query": "which café?", "positive": "east", "negative": "north", "score": 1.5}\n'
+        '{"query": "which café?", "positive": "east", "negative": "west", "score": 1.5}\n'
+        '{"query": "which café?", "positive": "east", "negative": "north", "score": 2.75}\n'
+        '{"query": "which café?", "positive": "east", "negative": "south", "score": 3.5}\n'
+        '{"query": "which café?", "positive": "north", "negative": "south", "score": 2.0}\n'
+        '{"query": "which café?", "positive": "north", "negative": "centre", "score": 3.5}\n'
+        '{"query": "which café?", "positive": "west", "negative": "north", "score": 1.25}\n'
+        '{"query": "which café?", "positive": "west", "negative": "south", "score": 2.0}\n'
+        '{"query": "which café?", "positive": "west", "negative": "centre", "score": 3.5}\n'
+        '{"query": "which café?", "positive": "north", "negative": "south", "score": 0.75}\n'
+        '{"query": "which café?", "positive": "north", "negative": "centre", "score": 2.25}\n'
+        '{"query": "which café?", "positive": "south", "negative": "centre", "score": 1.5}\n'
+        '{"query": "q3", "positive": "y", "negative": "x", "score": 0.19999999999999998}\n'
+    )
+
+
+# --- which passages are positives ---
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected", "positives_without_negatives"),
+    [
+        # teacher: the top_k=1 best, east
+        ("teacher", [("east", "north", 1.5), ("east", "west", 1.5), ("y", "x", 0.19999999999999998)], 0),
+        # labels: north(1.5) and west, wherever the teacher ranks them; north's two next ranks are
+        # its tie (west) and its own text, so it gets no negative
+        ("labels", [("west", "north", 1.25), ("west", "south", 2.0), ("y", "x", 0.19999999999999998)], 1),
+        # both: the union, in rank order
+        (
+            "both",
+            [("east", "north", 1.5), ("east", "west", 1.5), ("west", "north", 1.25), ("west", "south", 2.0),
+             ("y", "x", 0.19999999999999998)],
+            1,
+        ),
+    ],
+)  # fmt: skip
+def test_positives_from_the_teacher_the_gold_labels_or_both(tmp_path, rule, expected, positives_without_negatives):
+    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+
+    summary, output = run(tmp_path, scores, "--positives", rule, "--top_k", "1", "--num_negatives", "2")
+
+    assert [(t["positive"], t["negative"], t["score"]) for t in read_lines(output)] == expected
+    assert summary["skipped"][SKIP_POSITIVE_WITHOUT_NEGATIVES] == positives_without_negatives
+
+
+def test_any_grade_above_zero_is_a_labelled_positive_and_top_k_does_not_limit_them():
+    order = rank_by_score([5.0, 4.0, 3.0, 2.0, 1.0])
+    labels = [0.0, 2.0, 0.0, 0.5, 1.0]
+
+    assert choose_positive_ranks(order, labels, top_k=1, rule="labels") == [1, 3, 4]
+    assert choose_positive_ranks(order, labels, top_k=1, rule="both") == [0, 1, 3, 4]
+    assert choose_positive_ranks(order, labels, top_k=8, rule="teacher") == [0, 1, 2, 3]  # never the last
+
+
+def test_a_query_without_a_labelled_positive_is_counted(tmp_path):
+    scores = labelled_file(
+        tmp_path / "scores.jsonl",
+        {"all negative": [("a", 2.0, 0), ("b", 1.0, 0)], "one positive": [("c", 0.0, 0), ("d", 1.0, 1)]},
+    )
+
+    summary, output = run(tmp_path, scores, "--positives", "labels")
+
+    assert read_lines(output) == [{"query": "one positive", "positive": "d", "negative": "c", "score": 1.0}]
+    assert summary["skipped"] == skips(**{SKIP_NO_POSITIVES: 1})
+
+
+@pytest.mark.parametrize("rule", ["labels", "both"])
+def test_label_positives_on_input_without_labels_stop_with_a_clear_message(tmp_path, rule):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})  # "label": null
+
+    with pytest.raises(InputError) as raised:
+        run(tmp_path, scores, "--positives", rule)
+
+    assert str(raised.value).startswith(f"{scores}:1: --positives {rule} needs a gold label on every line")
+    assert "--positives teacher" in str(raised.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_line_missing_its_label_is_named(tmp_path):
+    scores = write_lines(
+        tmp_path / "scores.jsonl",
+        [{"query": "q", "passage": "a", "score": 2.0, "label": 1}, {"query": "q", "content": "b", "score": "1"}],
+    )
+
+    with pytest.raises(InputError, match=f"^{scores}:2: --positives labels needs a gold label"):
+        run(tmp_path, scores, "--positives", "labels")
+
+
+# --- margins ---
+
+
+def test_min_margin_drops_near_ties_and_counts_them():
+    # a-b differ by 0.1 (below 0.5), a-c by exactly 1.0 (kept at min_margin 1), b-c tie
+    passages, scores = ["a", "b", "c", "d"], [3.0, 2.9, 2.9, 1.0]
+
+    assert chosen(passages, scores, top_k=2, num_negatives=3, min_margin=0.5) == (
+        [("a", ["d"]), ("b", ["d"])],
+        Counter({SKIP_BELOW_MIN_MARGIN: 2, SKIP_NON_POSITIVE_MARGIN: 1}),
+    )
+    assert chosen(["a", "b", "c"], [3.0, 2.0, 1.0], top_k=1, num_negatives=2, min_margin=1.0)[0] == [("a", ["b", "c"])]
+
+
+def test_min_margin_zero_keeps_every_positive_margin(tmp_path):
+    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+
+    _, default = run(tmp_path, scores, name="default.jsonl")
+    _, explicit = run(tmp_path, scores, "--min_margin", "0", name="explicit.jsonl")
+
+    assert explicit.read_bytes() == default.read_bytes()
+
+
+def test_the_margin_is_the_teachers_even_when_labels_choose_the_positive():
+    # the gold positive b is the teacher's second: its margin over c is 2.0 - 0.5, whatever its grade
+    passages, scores, labels = ["a", "b", "c"], [3.0, 2.0, 0.5], [0.0, 3.0, 0.0]
+
+    selections, _ = select(passages, scores, labels, SelectionRules(positives="labels"))
+
+    assert format_records("triplets", "q", passages, scores, labels, selections) == [
+        {"query": "q", "positive": "b", "negative": "c", "score": 1.5}
+    ]
+
+
+# --- which passages are negatives ---
+
+TWELVE = [f"p{i}" for i in range(12)]  # p0 scores 11, p11 scores 0: rank i is p{i}
+TWELVE_SCORES = [float(11 - i) for i in range(12)]
+
+
+def test_random_negatives_are_a_seeded_draw_from_everything_below_the_positive():
+    first, _ = chosen(TWELVE, TWELVE_SCORES, seed=1, top_k=2, num_negatives=3, negatives="random")
+    again, _ = chosen(TWELVE, TWELVE_SCORES, seed=1, top_k=2, num_negatives=3, negatives="random")
+    other, _ = chosen(TWELVE, TWELVE_SCORES, seed=2, top_k=2, num_negatives=3, negatives="random")
+
+    assert first == again
+    assert first != other
+    for (positive, negatives), rank in zip(first + other, [0, 1, 0, 1]):
+        assert positive == f"p{rank}"
+        ranks = [int(n[1:]) for n in negatives]
+        assert len(ranks) == 3 and ranks == sorted(set(ranks)) and ranks[0] > rank  # best first, all below
+
+
+def test_random_negatives_reach_every_lower_rank_about_equally():
+    # one positive above four candidates, one negative each, over 400 seeds: ~100 draws per rank
+    draws = Counter(
+        choose_negative_ranks(0, num_passages=5, num_negatives=1, rule="random", rng=query_rng(seed, "q"))[0]
+        for seed in range(400)
+    )
+
+    assert sorted(draws) == [1, 2, 3, 4]
+    assert all(60 <= count <= 140 for count in draws.values()), draws
+
+
+def test_mixed_negatives_are_the_hardest_half_then_a_seeded_draw_from_below_them():
+    one, _ = chosen(TWELVE, TWELVE_SCORES, seed=1, top_k=1, num_negatives=5, negatives="mixed")
+    two, _ = chosen(TWELVE, TWELVE_SCORES, seed=2, top_k=1, num_negatives=5, negatives="mixed")
+
+    for [(positive, negatives)] in (one, two):
+        assert positive == "p0"
+        assert negatives[:3] == ["p1", "p2", "p3"]  # 5 - 5 // 2 hardest: the odd one goes to them
+        drawn = [int(n[1:]) for n in negatives[3:]]
+        assert len(drawn) == 2 and drawn == sorted(set(drawn)) and drawn[0] >= 4
+    assert one != two
+    assert one == chosen(TWELVE, TWELVE_SCORES, seed=1, top_k=1, num_negatives=5, negatives="mixed")[0]
+
+
+def test_near_the_bottom_every_rule_takes_all_that_lie_below():
+    for rule in ("hardest", "random", "mixed"):
+        assert choose_negative_ranks(2, num_passages=5, num_negatives=4, rule=rule, rng=query_rng(0, "q")) == [3, 4]
+    assert choose_negative_ranks(0, num_passages=5, num_negatives=1, rule="mixed") == [1]  # one: the hardest
+
+
+def test_random_negatives_give_the_same_bytes_for_a_seed_and_others_for_another(tmp_path):
+    queries = {f"q{q}": [(f"passage {q}-{p}", float((q * 7 + p * 3) % 11)) for p in range(12)] for q in range(4)}
+    scores = scores_file(tmp_path / "scores.jsonl", queries)
+    flags = ("--negatives", "random", "--top_k", "2", "--num_negatives", "3")
+
+    _, first = run(tmp_path, scores, *flags, "--seed", "7", name="first.jsonl")
+    _, again = run(tmp_path, scores, *flags, "--seed", "7", name="again.jsonl")
+    _, other = run(tmp_path, scores, *flags, "--seed", "8", name="other.jsonl")
+
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+
+
+def test_a_querys_random_negatives_do_not_depend_on_the_other_queries(tmp_path):
+    q1 = {"q1": [(f"a{p}", float(-p)) for p in range(10)]}
+    alone = scores_file(tmp_path / "alone.jsonl", q1)
+    among = scores_file(tmp_path / "among.jsonl", {"q0": [(f"b{p}", float(p)) for p in range(10)], **q1})
+
+    _, from_alone = run(tmp_path, alone, "--negatives", "random", name="alone.out.jsonl")
+    _, from_among = run(tmp_path, among, "--negatives", "random", name="among.out.jsonl")
+
+    assert read_lines(from_alone) == [t for t in read_lines(from_among) if t["query"] == "q1"]
+
+
+# --- n-tuples and listwise groups ---
+
+
+def test_ntuples_hold_one_positive_its_negatives_and_raw_teacher_scores(tmp_path):
+    # ranked: a 4.5, b 3.0, c 1.25, d -0.5, e -2.0 (input order is shuffled)
+    scores = scores_file(
+        tmp_path / "scores.jsonl", {"q": [("c", 1.25), ("a", 4.5), ("e", -2.0), ("b", 3.0), ("d", -0.5)]}
+    )
+
+    summary, output = run(tmp_path, scores, "--format", "ntuples", "--top_k", "2", "--num_negatives", "2")
+
+    assert read_lines(output) == [
+        {"query": "q", "positive": "a", "negatives": ["b", "c"], "scores": [4.5, 3.0, 1.25]},
+        {"query": "q", "positive": "b", "negatives": ["c", "d"], "scores": [3.0, 1.25, -0.5]},
+    ]
+    assert (summary["records"], summary["pairs_kept"]) == (2, 4)
+
+
+def test_ntuples_leave_out_skipped_negatives(tmp_path):
+    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+
+    _, output = run(tmp_path, scores, "--format", "ntuples", "--top_k", "2", "--num_negatives", "3")
+
+    # north(1.5)'s next ranks are its tie (west) and its own text, so only south is left
+    assert read_lines(output) == [
+        {"query": "which café?", "positive": "east", "negatives": ["north", "west", "north"],
+         "scores": [3.0, 1.5, 1.5, 0.25]},
+        {"query": "which café?", "positive": "north", "negatives": ["south"], "scores": [1.5, -0.5]},
+        {"query": "q3", "positive": "y", "negatives": ["x"], "scores": [0.3, 0.1]},
+    ]  # fmt: skip
+
+
+def test_listwise_groups_put_the_positive_first_with_its_gold_labels(tmp_path):
+    scores = labelled_file(
+        tmp_path / "scores.jsonl",
+        {"q": [("c", 1.25, 0), ("a", 4.5, 2), ("e", -2.0, 0), ("b", 3.0, 1), ("d", -0.5, 0)]},
+    )
+
+    summary, output = run(tmp_path, scores, "--format", "listwise", "--positives", "labels", "--group_size", "3")
+
+    # labelled positives a and b; each group is the positive, then its group_size - 1 hardest
+    assert read_lines(output) == [
+        {"query": "q", "passages": ["a", "b", "c"], "scores": [4.5, 3.0, 1.25], "labels": [2.0, 1.0, 0.0]},
+        {"query": "q", "passages": ["b", "c", "d"], "scores": [3.0, 1.25, -0.5], "labels": [1.0, 0.0, 0.0]},
+    ]
+    assert (summary["records"], summary["pairs_kept"]) == (2, 4)
+
+
+def test_listwise_groups_have_no_labels_when_the_input_has_none(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+
+    _, output = run(tmp_path, scores, "--format", "listwise")
+
+    assert read_lines(output) == [{"query": "q", "passages": ["a", "b"], "scores": [2.0, 1.0]}]
+
+
+def test_group_size_caps_a_listwise_group_and_num_negatives_does_not(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [(f"p{i}", float(9 - i)) for i in range(10)]})
+
+    summary, output = run(
+        tmp_path, scores, "--format", "listwise", "--group_size", "4", "--num_negatives", "1", "--top_k", "9"
+    )
+
+    groups = [record["passages"] for record in read_lines(output)]
+    # one group per positive (ranks 0-8), each the positive and up to 3 ranked below it
+    assert groups == [[f"p{j}" for j in range(i, min(i + 4, 10))] for i in range(9)]
+    assert max(map(len, groups)) == 4 and [len(g) for g in groups[-3:]] == [4, 3, 2]
+    assert summary["records"] == 9
+
+
+def test_an_interleaved_labelled_file_gives_the_same_groups_as_its_grouped_version(tmp_path):
+    rows = [("q1", "a", 1.0, 1), ("q2", "x", 0.5, 0), ("q1", "b", 3.0, 0), ("q2", "y", 1.5, 1), ("q1", "c", 2.0, 0)]
+    interleaved = write_lines(
+        tmp_path / "interleaved.jsonl", [{"query": q, "passage": p, "score": s, "label": l} for q, p, s, l in rows]
+    )
+    grouped = write_lines(
+        tmp_path / "grouped.jsonl",
+        [{"query": q, "passage": p, "score": s, "label": l} for q, p, s, l in sorted(rows, key=lambda r: r[0])],
+    )
+    flags = ("--format", "listwise", "--positives", "both", "--top_k", "1")
+
+    from_interleaved, interleaved_output = run(tmp_path, interleaved, *flags, name="i.jsonl")
+    _, grouped_output = run(tmp_path, grouped, *flags, name="g.jsonl")
+
+    assert from_interleaved["input_grouped"] is False
+    assert interleaved_output.read_bytes() == grouped_output.read_bytes()
+    assert read_lines(grouped_output)[0] == {
+        "query": "q1", "passages": ["b", "c", "a"], "scores": [3.0, 2.0, 1.0], "labels": [0.0, 0.0, 1.0]
+    }  # fmt: skip
+
+
 # --- input not grouped by query ---
 
 
@@ -208,9 +561,8 @@ def test_an_interleaved_file_gives_the_same_triplets_as_its_grouped_version(tmp_
     assert interleaved_output.read_bytes() == grouped_output.read_bytes()
     assert [t["query"] for t in read_lines(grouped_output)] == ["q1"] * 3 + ["q2"] * 3
     assert (from_grouped["input_grouped"], from_interleaved["input_grouped"]) == (True, False)
-    assert from_interleaved["skipped"] == from_grouped["skipped"] == {
-        SKIP_IDENTICAL_TEXT: 0, SKIP_NON_POSITIVE_MARGIN: 2, SKIP_TOO_FEW_PASSAGES: 0,
-    }  # fmt: skip
+    q3_tie = skips(**{SKIP_NON_POSITIVE_MARGIN: 2, SKIP_POSITIVE_WITHOUT_NEGATIVES: 1})  # q3's two passages tie
+    assert from_interleaved["skipped"] == from_grouped["skipped"] == q3_tie
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["g.args.json", "g.jsonl", "i.args.json", "i.jsonl"]
 
 
@@ -225,15 +577,17 @@ def test_a_query_that_reappears_stops_the_streaming_grouper():
 
 def test_the_indexed_grouper_gathers_each_query_in_order_of_first_appearance(tmp_path):
     pairs = [
-        ScoredPair("q2", "b", 0.5, line=1),
+        ScoredPair("q2", "b", 0.5, label=1.0, line=1),
         ScoredPair("q1", "a", 1.0, line=2),
-        ScoredPair("q2", "d", -0.1, line=3),
-        ScoredPair("q1", "c", 2.0, line=4),
+        ScoredPair("q2", "d", -0.1, label=0.0, line=3),
+        ScoredPair("q1", "c", 2.0, label=2.0, line=4),
     ]
 
-    groups = [(g.query, g.passages, g.scores, g.line) for g in iter_query_groups_indexed(pairs, str(tmp_path))]
+    groups = [
+        (g.query, g.passages, g.scores, g.labels, g.line) for g in iter_query_groups_indexed(pairs, str(tmp_path))
+    ]
 
-    assert groups == [("q2", ["b", "d"], [0.5, -0.1], 1), ("q1", ["a", "c"], [1.0, 2.0], 2)]
+    assert groups == [("q2", ["b", "d"], [0.5, -0.1], [1.0, 0.0], 1), ("q1", ["a", "c"], [1.0, 2.0], [None, 2.0], 2)]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -279,17 +633,27 @@ def test_input_without_any_usable_triplet_is_an_error_not_an_empty_file(tmp_path
     with pytest.raises(InputError, match="no triplets could be made from 2 queries") as raised:
         run(tmp_path, scores)
 
-    assert "1 queries have fewer than 2 passages" in str(raised.value)
-    assert "1 pairs had tied scores" in str(raised.value)
+    assert "1 non_positive_margin, 1 positives_without_negatives, 1 queries_with_fewer_than_2_passages" in str(
+        raised.value
+    )
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.parametrize("flag", ["--top_k", "--num_negatives"])
-def test_counts_below_one_are_rejected(tmp_path, flag):
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--top_k", "0", "--top_k must be at least 1"),
+        ("--num_negatives", "0", "--num_negatives must be at least 1"),
+        ("--group_size", "1", "--group_size must be at least 2"),
+        ("--min_margin", "-0.5", "--min_margin must be 0 or more"),
+        ("--min_margin", "nan", "--min_margin must be 0 or more"),
+    ],
+)
+def test_out_of_range_settings_are_rejected(tmp_path, flag, value, message):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 1.0), ("b", 0.0)]})
 
-    with pytest.raises(InputError, match=f"{flag} must be at least 1"):
-        run(tmp_path, scores, flag, "0")
+    with pytest.raises(InputError, match=message):
+        run(tmp_path, scores, flag, value)
 
 
 def test_the_command_line_exits_2_with_a_one_line_message(tmp_path):

@@ -1,23 +1,31 @@
-"""Teachers: models that give every (query, passage) pair a score on a logit scale.
+"""Teachers: models that give every (query, passage) pair a score.
 
-``build_teacher`` turns the stage-1 flags into one; every teacher has ``name``, ``config``
-(what makes its scores what they are, for resuming safely) and
-``score(queries, passages, progress) -> TeacherScores``.
+``build_teachers`` turns the stage-1 flags into a list of them, one per ``--model_path``; every
+teacher has ``name``, ``config`` (what makes its scores what they are, for resuming safely) and
+``score(queries, passages, progress) -> TeacherScores``. One module per kind:
+
+- ``llm_judge``: an LLM asked the Qwen3-Reranker question (``llm_yesno``: logit(yes) - logit(no))
+  or asked for a graded label word (``llm_labels``: expected grade), on transformers or vLLM;
+- ``cross_encoder``: a sentence-transformers CrossEncoder's raw output logit;
+- ``embedding``: a SentenceTransformer's cosine similarity of query and document, scaled.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+
+from rerank_distill.errors import InputError
 
 
 @dataclass
 class TeacherScores:
     """Scores for a list of pairs, in the order given."""
 
-    scores: np.ndarray  # float64, one per pair: the teacher's logit-scale score
+    scores: np.ndarray  # float64, one per pair: the teacher's score (logit, expected grade or scaled cosine)
     fields: dict[str, list] = field(default_factory=dict)  # extra per-pair output fields
     truncated: int = 0  # inputs cut to --max_length
 
@@ -49,8 +57,6 @@ def vllm_installed() -> bool:
 
 def choose_backend(backend: str) -> str:
     """``auto`` -> ``vllm`` when vLLM is installed and a CUDA GPU is present, else ``hf``."""
-    from rerank_distill.errors import InputError
-
     if backend == "auto":
         return "vllm" if vllm_installed() and cuda_available() else "hf"
     if backend == "vllm" and not vllm_installed():
@@ -62,30 +68,94 @@ def choose_backend(backend: str) -> str:
     return backend
 
 
-TEACHER_TYPES = ("llm_yesno",)
+LLM_TEACHER_TYPES = ("llm_yesno", "llm_labels")
+TEACHER_TYPES = (*LLM_TEACHER_TYPES, "cross_encoder", "embedding")
+DEFAULT_TEACHER_TYPE = "llm_yesno"
+
+
+def teacher_types_for(model_paths: list[str], teacher_types: list[str] | None) -> list[str]:
+    """The teacher type of each model: no type means ``llm_yesno`` for all, one type applies to
+    every model, several are matched to the models in order."""
+    types = list(teacher_types or [DEFAULT_TEACHER_TYPE])
+    for teacher_type in types:
+        if teacher_type not in TEACHER_TYPES:
+            raise InputError(f"unknown --teacher_type '{teacher_type}'; choose from {', '.join(TEACHER_TYPES)}")
+    if len(types) == 1:
+        return types * len(model_paths)
+    if len(types) != len(model_paths):
+        raise InputError(
+            f"--teacher_type has {len(types)} values for {len(model_paths)} --model_path values; give one type "
+            "for every model, or one type per model in the same order"
+        )
+    return types
+
+
+def check_teacher_options(teacher_types: list[str], options) -> None:
+    """Refuse flag values the chosen teacher types cannot use, before any input is read."""
+    if "llm_labels" in teacher_types:
+        words, grades = options.label_words, options.label_grades
+        if len(words) < 2 or len(set(words)) != len(words):
+            raise InputError(f"--label_words needs at least two different words, got {words}")
+        if len(grades) != len(words):
+            raise InputError(
+                f"--label_grades has {len(grades)} values for {len(words)} --label_words; give one grade per word, "
+                "in the same order"
+            )
+    if "embedding" in teacher_types and not options.score_scale > 0:
+        raise InputError(f"--score_scale must be positive, got {options.score_scale}")
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The names with repeats numbered from the second on: ``[m, m, x] -> [m, m-2, x]``."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        candidate, number = name, 1
+        while candidate in taken:
+            number += 1
+            candidate = f"{name}-{number}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def build_teacher(teacher_type: str, model_path: str, backend: str, options) -> Teacher:
     """A teacher of the given type. ``options`` is stage 1's argument dataclass (instruction,
-    max_length, batch_size, device, dtype, prefix_cache, vLLM parallelism)."""
-    from rerank_distill.errors import InputError
+    max_length, batch_size, device, dtype, prefix_cache, vLLM parallelism, label words and
+    grades, score scale, query prompt)."""
+    common = {"max_length": options.max_length, "batch_size": options.batch_size, "device": options.device, "dtype": options.dtype}
+    if teacher_type in LLM_TEACHER_TYPES:
+        from rerank_distill.teachers.llm_judge import LabelJudge, YesNoJudge
 
-    if teacher_type == "llm_yesno":
-        from rerank_distill.teachers.llm_judge import YesNoJudge
-
-        return YesNoJudge(
-            model_path,
-            backend,
-            instruction=options.instruction,
-            max_length=options.max_length,
-            batch_size=options.batch_size,
-            device=options.device,
-            dtype=options.dtype,
-            prefix_cache=options.prefix_cache,
-            vllm_options={
+        llm = {
+            **common,
+            "instruction": options.instruction,
+            "prefix_cache": options.prefix_cache,
+            "vllm_options": {
                 "tensor_parallel_size": options.tensor_parallel_size,
-                "data_parallel_size": options.data_parallel_size,
                 "gpu_memory_utilization": options.gpu_memory_utilization,
             },
-        )
-    raise InputError(f"unknown --teacher_type '{teacher_type}'; choose one of {', '.join(TEACHER_TYPES)}")
+        }
+        if teacher_type == "llm_yesno":
+            return YesNoJudge(model_path, backend, **llm)
+        return LabelJudge(model_path, backend, label_words=options.label_words, label_grades=options.label_grades, **llm)
+    if teacher_type == "cross_encoder":
+        from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
+
+        return CrossEncoderTeacher(model_path, **common)
+    if teacher_type == "embedding":
+        from rerank_distill.teachers.embedding import EmbeddingTeacher
+
+        return EmbeddingTeacher(model_path, score_scale=options.score_scale, query_prompt=options.query_prompt, **common)
+    raise InputError(f"unknown --teacher_type '{teacher_type}'; choose from {', '.join(TEACHER_TYPES)}")
+
+
+def build_teachers(model_paths: list[str], teacher_types: list[str], backend: str, options) -> list[Teacher]:
+    """One teacher per model (``teacher_types`` as from ``teacher_types_for``), each named after its
+    folder; teachers that share a folder name are numbered (``model``, ``model-2``) so every
+    ``teacher_scores`` entry is kept."""
+    teachers = [build_teacher(kind, path, backend, options) for kind, path in zip(teacher_types, model_paths)]
+    names = unique_names([os.path.basename(os.path.normpath(path)) for path in model_paths])
+    for teacher, name in zip(teachers, names):
+        teacher.name = name
+    return teachers

@@ -1,18 +1,52 @@
-"""LLM judges: a causal LM asked the Qwen3-Reranker question, scored from its answer-token logits."""
+"""LLM judges: a causal LM asked about each (query, document) in the Qwen3-Reranker prompt layout,
+scored from the logits of its possible answer tokens at the last prompt position.
+
+- ``YesNoJudge`` (``llm_yesno``): score = logit("yes") - logit("no"), Qwen3-Reranker's recipe.
+- ``LabelJudge`` (``llm_labels``): the answer is one of several graded label words (by default
+  the Amazon ESCI shopping-relevance labels exact/substitute/complement/irrelevant, grades
+  3/2/1/0); score = the expected grade under the softmax over those label tokens only.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, single_token_id
+import numpy as np
+
+from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
 from rerank_distill.teachers import TeacherScores, yes_minus_no
+
+ESCI_LABEL_WORDS = ["exact", "substitute", "complement", "irrelevant"]
+ESCI_LABEL_GRADES = [3.0, 2.0, 1.0, 0.0]
 
 
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
+
+
+def label_probabilities(answer_logits: np.ndarray) -> np.ndarray:
+    """Softmax over the label tokens only (each row of ``[pairs, labels]`` logits sums to 1)."""
+    logits = answer_logits.astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def expected_grade(probabilities: np.ndarray, grades: list[float]) -> np.ndarray:
+    """Sum over labels of P(label) * grade, one per pair: on the grades' scale (0..3 for ESCI)."""
+    return probabilities @ np.asarray(grades, dtype=np.float64)
+
+
+def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options):
+    if backend == "vllm":
+        from rerank_distill.teachers.llm_vllm import VllmJudge
+
+        return VllmJudge(model_path, prompt, words, token_ids, dtype, vllm_options or {})
+    from rerank_distill.teachers.llm_hf import HFJudge
+
+    return HFJudge(model_path, prompt, token_ids, batch_size, device, dtype, prefix_cache)
 
 
 class YesNoJudge:
@@ -42,14 +76,9 @@ class YesNoJudge:
             "backend": backend,
             "dtype": dtype,
         }
-        if backend == "vllm":
-            from rerank_distill.teachers.llm_vllm import VllmJudge
-
-            self.engine = VllmJudge(model_path, self.prompt, ["yes", "no"], yes_no_ids, dtype, vllm_options or {})
-        else:
-            from rerank_distill.teachers.llm_hf import HFJudge
-
-            self.engine = HFJudge(model_path, self.prompt, yes_no_ids, batch_size, device, dtype, prefix_cache)
+        self.engine = _judge_engine(
+            model_path, backend, self.prompt, ["yes", "no"], yes_no_ids, batch_size, device, dtype, prefix_cache, vllm_options
+        )
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         if hasattr(self.engine, "yes_minus_no"):
@@ -57,3 +86,47 @@ class YesNoJudge:
             return TeacherScores(scores, truncated=truncated)
         logits, truncated = self.engine.answer_logits(queries, passages, progress)
         return TeacherScores(yes_minus_no(logits), truncated=truncated)
+
+
+class LabelJudge:
+    """A judge that answers with one graded label word: score = expected grade under the softmax
+    over the label tokens; the output also keeps each label's probability (``label_probs``)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        backend: str,
+        instruction: str,
+        max_length: int,
+        batch_size: int,
+        label_words: list[str] = ESCI_LABEL_WORDS,
+        label_grades: list[float] = ESCI_LABEL_GRADES,
+        device: str | None = None,
+        dtype: str = "auto",
+        prefix_cache: bool = True,
+        vllm_options: dict | None = None,
+    ):
+        tokenizer = load_tokenizer(model_path)
+        self.words, self.grades = list(label_words), [float(grade) for grade in label_grades]
+        self.prompt = JudgePrompt(tokenizer, labels_system(self.words), instruction, max_length)
+        token_ids = [single_token_id(tokenizer, word, model_path) for word in self.words]
+        self.name = os.path.basename(os.path.normpath(model_path))
+        self.config = {
+            "teacher_type": "llm_labels",
+            "model_path": model_path,
+            "instruction": instruction,
+            "max_length": max_length,
+            "label_words": self.words,
+            "label_grades": self.grades,
+            "backend": backend,
+            "dtype": dtype,
+        }
+        self.engine = _judge_engine(
+            model_path, backend, self.prompt, self.words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options
+        )
+
+    def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
+        logits, truncated = self.engine.answer_logits(queries, passages, progress)
+        probabilities = label_probabilities(logits)
+        label_probs = [dict(zip(self.words, row.tolist())) for row in probabilities]
+        return TeacherScores(expected_grade(probabilities, self.grades), {"label_probs": label_probs}, truncated)

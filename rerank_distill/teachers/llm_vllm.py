@@ -2,10 +2,13 @@
 sequence classifier over its answer tokens, fed pre-tokenized prompts a chunk at a time.
 
 For yes/no this is Qwen3-Reranker's documented conversion (``hf_overrides`` with
-``classifier_from_token=["no", "yes"]`` and ``is_original_qwen3_reranker``): vLLM folds the two
-output-layer rows into one weight ``W[yes] - W[no]``, so the one output *is*
-logit(yes) - logit(no). We ask for it without the sigmoid (``use_activation=False``): inverting
-a saturated sigmoid loses exactly the most confident pairs.
+``classifier_from_token=["no", "yes"]`` and ``is_original_qwen3_reranker``, which selects vLLM's
+``from_2_way_softmax`` weight loading): vLLM folds the two output-layer rows into one weight
+``W[yes] - W[no]``, so the one output *is* logit(yes) - logit(no). Graded label words use the
+``no_post_processing`` loading (documented for bge-reranker-v2-gemma): the classifier's rows are
+the label words' output-layer rows, so its outputs are the raw label logits, in word order. We
+ask for outputs without activation (``use_activation=False``): inverting a saturated sigmoid
+loses exactly the most confident pairs, and the label softmax is taken by the caller.
 
 Prompts are the same token ids the hf backend builds (``JudgePrompt.encode``); a query's
 documents stay contiguous so vLLM's prefix cache serves the shared system/instruction/query part.
@@ -23,20 +26,41 @@ from rerank_distill.prompts import JudgePrompt
 logger = logging.getLogger(__name__)
 
 
-def vllm_hf_overrides(answer_words: list[str]) -> dict:
+def classifier_architecture(causal_architecture: str) -> str:
+    """vLLM's sequence-classifier form of a causal LM (``Qwen3ForCausalLM`` -> ``Qwen3ForSequenceClassification``)."""
+    from rerank_distill.errors import InputError
+
+    if not causal_architecture.endswith("ForCausalLM"):
+        raise InputError(
+            f"--backend vllm turns *ForCausalLM judges into classifiers; this model is {causal_architecture}. "
+            "Use --backend hf."
+        )
+    return causal_architecture.removesuffix("ForCausalLM") + "ForSequenceClassification"
+
+
+def vllm_hf_overrides(answer_words: list[str], causal_architecture: str = "Qwen3ForCausalLM") -> dict:
     """``hf_overrides`` that turn a causal LM into a classifier over ``answer_words``.
 
     Two words ``[yes, no]``: one output, logit(yes) - logit(no) (the documented Qwen3-Reranker
-    conversion, which wants the order ``[no, yes]``). More words: one raw logit per word.
+    conversion, which wants the order ``[no, yes]``; other model families name its loading method,
+    as vLLM's convert_model_to_seq_cls example does for mxbai-rerank-v2). More words: one raw
+    logit per word.
     """
-    if answer_words == ["yes", "no"]:
+    architecture = classifier_architecture(causal_architecture)
+    if answer_words == ["yes", "no"] and architecture == "Qwen3ForSequenceClassification":
         return {
-            "architectures": ["Qwen3ForSequenceClassification"],
+            "architectures": [architecture],
             "classifier_from_token": ["no", "yes"],
             "is_original_qwen3_reranker": True,
         }
+    if answer_words == ["yes", "no"]:
+        return {
+            "architectures": [architecture],
+            "classifier_from_token": ["no", "yes"],
+            "method": "from_2_way_softmax",
+        }
     return {
-        "architectures": ["Qwen3ForSequenceClassification"],
+        "architectures": [architecture],
         "classifier_from_token": list(answer_words),
         "method": "no_post_processing",
     }
@@ -57,19 +81,20 @@ class VllmJudge:
         dtype: str,
         options: dict,
     ):
+        from transformers import AutoConfig
         from vllm import LLM, PoolingParams
 
         self.prompt = prompt
         self.answer_words = answer_words
+        architecture = (AutoConfig.from_pretrained(model_path).architectures or ["Qwen3ForCausalLM"])[0]
         self.llm = LLM(
             model=model_path,
             runner="pooling",
-            hf_overrides=vllm_hf_overrides(answer_words),
+            hf_overrides=vllm_hf_overrides(answer_words, architecture),
             dtype="auto" if dtype == "auto" else dtype,
             max_model_len=prompt.max_length,
             enable_prefix_caching=True,
             tensor_parallel_size=options.get("tensor_parallel_size", 1),
-            data_parallel_size=options.get("data_parallel_size", 1),
             gpu_memory_utilization=options.get("gpu_memory_utilization", 0.9),
         )
         self.params = PoolingParams(use_activation=False)

@@ -1,0 +1,100 @@
+"""Peak memory of the streaming stages against input size: teacher scoring (generate_logits.py)
+and triplet building (create_triplets.py) on an input and on the same input repeated ten times
+(queries made distinct), each in a fresh process. Streaming holds one chunk of queries at a time,
+so the 10x peak should stay within 1.5x of the 1x peak.
+
+    python bench/memory.py                       # tiny local teacher: measures data handling, fast
+    python bench/memory.py --model_path output/bench_models/smollm2-135m-instruct --times 5
+
+Prints peak resident memory (MiB) for each stage and size and the ratio; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import SHARED_DATA, machine, write_results  # noqa: E402
+
+# Runs one stage's main() in this fresh process and prints its own peak RSS (Linux: KiB).
+PEAK_RSS_RUNNER = """
+import resource, sys
+sys.path.insert(0, {root!r})
+import importlib
+stage = importlib.import_module({stage!r})
+stage.main({argv!r})
+print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def repeated_input(source: Path, times: int, target: Path) -> Path:
+    """The source's records ``times`` over, each copy's queries suffixed so none repeats."""
+    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with open(target, "w", encoding="utf-8") as out:
+        for copy in range(times):
+            for record in records:
+                out.write(json.dumps({**record, "query": f"{record['query']} (copy {copy})"}, ensure_ascii=False) + "\n")
+    return target
+
+
+def peak_rss_mib(stage: str, argv: list[str]) -> float:
+    code = PEAK_RSS_RUNNER.format(root=str(ROOT), stage=stage, argv=argv)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"{stage} failed:\n{result.stderr[-3000:]}")
+    line = next(l for l in result.stdout.splitlines() if l.startswith("PEAK_RSS_KIB"))
+    return int(line.split()[1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", default=None, help="Teacher (causal LM); default: a tiny random Qwen3 built here.")
+    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"))
+    parser.add_argument("--times", type=int, default=10, help="How many copies make the large input.")
+    parser.add_argument("--chunk_size", type=int, default=2000, help="Pairs per scoring chunk.")
+    parser.add_argument("--output_json", default="bench/results/memory.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = args.model_path
+        if model is None:
+            from rerank_distill.toy import build_tiny_qwen3
+
+            model = str(build_tiny_qwen3(tmp / "tiny-qwen3", hidden_size=64))
+        inputs = {1: repeated_input(Path(args.data), 1, tmp / "x1.jsonl"), args.times: repeated_input(Path(args.data), args.times, tmp / f"x{args.times}.jsonl")}
+        peaks: dict[str, dict[int, float]] = {"generate_logits": {}, "create_triplets": {}}
+        for times, source in inputs.items():
+            out_dir = tmp / f"scores{times}"
+            peaks["generate_logits"][times] = peak_rss_mib("generate_logits", [
+                "--model_path", model, "--input_path", str(source), "--output_dir", str(out_dir),
+                "--backend", "hf", "--batch_size", "16", "--max_length", "512", "--chunk_size", str(args.chunk_size),
+                "--no_show_progress",
+            ])  # fmt: skip
+            scores = out_dir / f"{source.stem}_scores.jsonl"
+            peaks["create_triplets"][times] = peak_rss_mib("create_triplets", [
+                "--input_path", str(scores), "--output_path", str(tmp / f"triplets{times}.jsonl"),
+            ])  # fmt: skip
+            pairs = sum(1 for _ in open(scores, encoding="utf-8"))
+            print(f"{times:>3}x input: {pairs} pairs; peak RSS generate_logits {peaks['generate_logits'][times]:.0f} MiB, "
+                  f"create_triplets {peaks['create_triplets'][times]:.0f} MiB")
+    ratios = {stage: values[args.times] / values[1] for stage, values in peaks.items()}
+    for stage, ratio in ratios.items():
+        print(f"{stage}: peak RSS at {args.times}x input = {ratio:.3f} x the 1x peak (target <= 1.5)")
+    write_results(args.output_json, {
+        "benchmark": "memory", "machine": machine(), "model": Path(model).name if args.model_path else "tiny random Qwen3 (hidden 64)",
+        "data": args.data, "times": args.times, "chunk_size": args.chunk_size,
+        "peak_rss_mib": {stage: {f"{k}x": v for k, v in values.items()} for stage, values in peaks.items()},
+        "ratio": ratios,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

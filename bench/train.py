@@ -1,0 +1,179 @@
+"""Student training throughput: our train.py against the plain original recipe
+(CrossEncoderTrainer + sentence-transformers' MarginMSELoss, default batching, fp32), same
+student, same triplets, same number of steps and batch size, alternating runs in one process.
+
+Speed must not be bought with a worse model, so each run also reports its final training loss
+(mean of the last 10% of steps) and the MarginMSE loss of the trained model on a fixed set of
+held-out triplets, computed the same way (fp32, plain MarginMSELoss) for every run.
+
+    python bench/train.py                       # builds teacher scores and triplets on first use
+    python bench/train.py --max_steps 60 --repetitions 3
+
+Triplets come from --triplets, or are made once from SemEval train with the all-MiniLM
+embedding teacher (cosine x 10) and create_triplets.py's default rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import SHARED_DATA, alternate, machine, median, print_table, write_results  # noqa: E402
+
+
+def make_triplets(work: Path, teacher: str) -> Path:
+    import create_triplets
+    import generate_logits
+
+    triplets = work / "train_triplets.jsonl"
+    if not triplets.exists():
+        generate_logits.main(["--teacher_type", "embedding", "--model_path", teacher, "--score_scale", "10",
+                              "--input_path", str(SHARED_DATA / "train.jsonl"), "--output_dir", str(work), "--no_show_progress"])
+        create_triplets.main(["--input_path", str(work / "train_scores.jsonl"), "--output_path", str(triplets)])
+    return triplets
+
+
+def split_triplets(path: Path, held_out_share: float, work: Path) -> tuple[Path, list[dict]]:
+    """Hold out whole queries for the fixed quality check; the rest is the training file."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    queries = sorted({row["query"] for row in rows})
+    held_out = set(random.Random(0).sample(queries, max(1, int(held_out_share * len(queries)))))
+    train_path = work / "bench_train_triplets.jsonl"
+    train_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["query"] not in held_out), encoding="utf-8")
+    return train_path, [r for r in rows if r["query"] in held_out]
+
+
+@torch.no_grad()
+def held_out_loss(model_path: str, rows: list[dict], max_length: int) -> float:
+    """Plain MarginMSELoss (fp32, eval mode) of a saved model on fixed triplets."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    model = CrossEncoder(model_path, max_length=max_length, device="cpu")
+    model.eval()
+    loss = MarginMSELoss(model)
+    total = 0.0
+    for start in range(0, len(rows), 32):
+        batch = rows[start : start + 32]
+        inputs = [[r["query"] for r in batch], [r["positive"] for r in batch], [r["negative"] for r in batch]]
+        total += loss(inputs, torch.tensor([r["score"] for r in batch])).item() * len(batch)
+    return total / len(rows)
+
+
+def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int) -> dict:
+    """The original recipe as written: CrossEncoder, MarginMSELoss, CrossEncoderTrainer, defaults."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    rows = [json.loads(line) for line in train_path.read_text(encoding="utf-8").splitlines()]
+    dataset = Dataset.from_dict({
+        "query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
+        "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows],
+    })  # fmt: skip
+    model = CrossEncoder(student, num_labels=1, max_length=max_length)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-5,
+        warmup_steps=0.1, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", seed=12,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=MarginMSELoss(model))
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.save_model(str(out))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {"seconds": seconds, "examples": steps * batch_size, "train_loss": result.training_loss, "final_loss": sum(tail) / len(tail)}
+
+
+def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int, bf16: bool) -> dict:
+    import train
+
+    summary = train.main([
+        "--model_name_or_path", student, "--train_data", str(train_path), "--output_dir", str(out),
+        "--max_length", str(max_length), "--per_device_train_batch_size", str(batch_size), "--max_steps", str(steps),
+        "--learning_rate", "2e-5", "--warmup_steps", "0.1", "--logging_steps", "1", "--eval_strategy", "no",
+        "--save_strategy", "no", "--report_to", "none", "--seed", "12", "--bf16", str(bf16).lower(),
+        *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),
+    ])  # fmt: skip
+    return {"seconds": summary["seconds"], "examples": summary["examples_trained"], "train_loss": summary["train_loss"],
+            "final_loss": summary["final_loss"], "mean_real_tokens": summary["mean_real_tokens"],
+            "mean_padded_tokens": summary["mean_padded_tokens"]}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder")
+    parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2", help="Embedding teacher used to make triplets when --triplets is not given.")
+    parser.add_argument("--triplets", default=None)
+    parser.add_argument("--work_dir", default="output/bench/train")
+    parser.add_argument("--max_steps", type=int, default=40)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--output_json", default="bench/results/train_cpu.json")
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.WARNING)
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    triplets = Path(args.triplets) if args.triplets else make_triplets(work, args.teacher)
+    train_path, held_out = split_triplets(triplets, 0.1, work)
+    bf16 = not torch.cuda.is_available() and cpu_has_bf16() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    runs_detail: dict[str, list[dict]] = {}
+
+    def run(name, function):
+        def timed_run():
+            with tempfile.TemporaryDirectory(dir=work) as out:
+                result = function(Path(out))
+                result["held_out_loss"] = held_out_loss(out, held_out, args.max_length)
+            runs_detail.setdefault(name, []).append(result)
+            return result["examples"] / result["seconds"]
+        return timed_run
+
+    common = (args.student, train_path)
+    shape = (args.max_steps, args.batch_size, args.max_length)
+    runs = {
+        "original recipe (fp32)": run("original", lambda out: original_recipe(*common, out, *shape)),
+        "ours, fp32": run("ours_fp32", lambda out: ours(*common, out, *shape, bf16=False)),
+    }
+    if bf16:
+        runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, bf16=True))
+    rates = alternate(runs, args.repetitions)
+    rows = [(name, median(values)) for name, values in rates.items()]
+    print_table(f"student training, {Path(args.student).name}, {args.max_steps} steps x {args.batch_size} triplets",
+                rows, "triplets/s", "original recipe (fp32)")
+    print(f"\n{'run':<34} {'final train loss':>17} {'held-out loss':>14}")
+    for (name, _), details in zip(rows, runs_detail.values()):
+        print(f"{name:<34} {median([d['final_loss'] for d in details]):>17.4f} {median([d['held_out_loss'] for d in details]):>14.4f}")
+    write_results(args.output_json, {
+        "benchmark": "train", "machine": machine(), "student": Path(args.student).name, "steps": args.max_steps,
+        "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
+        "triplets_per_second": rates, "median_triplets_per_second": dict(rows),
+        "ratio_to_original": {name: rate / dict(rows)["original recipe (fp32)"] for name, rate in rows},
+        "runs": runs_detail,
+    })  # fmt: skip
+    print("wrote", args.output_json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""One teacher replica per GPU: stage 1 re-launches itself as N processes, each scoring a
+deterministic share of the queries (``--shard i/N``) on its own GPU(s), then joins the shards
+in input order. Every worker resumes its own shard, so rerunning the command after a crash
+continues all of them. (vLLM's own data parallelism needs a multi-process launch as well:
+``LLM(data_parallel_size>1)`` refuses single-process use.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rerank_distill.errors import InputError
+from rerank_distill.scoring import Shard, output_path_for
+
+logger = logging.getLogger(__name__)
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``--flag VALUE`` / ``--flag=VALUE``."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == flag:
+            skip = True
+        elif not token.startswith(flag + "="):
+            kept.append(token)
+    return kept
+
+
+def visible_gpus() -> list[str]:
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [gpu for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def gpu_groups(num_replicas: int, gpus_per_replica: int) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES value of each replica (None everywhere on a machine without GPUs)."""
+    gpus = visible_gpus()
+    if not gpus:
+        logger.warning("no GPU found: running %d replicas on the CPU", num_replicas)
+        return [None] * num_replicas
+    needed = num_replicas * gpus_per_replica
+    if len(gpus) < needed:
+        raise InputError(
+            f"--data_parallel_size {num_replicas} x --tensor_parallel_size {gpus_per_replica} needs {needed} GPUs, "
+            f"but {len(gpus)} are visible ({','.join(gpus)})"
+        )
+    return [",".join(gpus[i * gpus_per_replica : (i + 1) * gpus_per_replica]) for i in range(num_replicas)]
+
+
+def _pairs_done(sources: list[str], output_dir: str, shards: list[Shard], finished: dict) -> int:
+    done = 0
+    for source in sources:
+        for shard in shards:
+            path = output_path_for(source, output_dir, shard)
+            progress = path.with_name(path.name + ".progress.json")
+            if (source, shard.index) in finished:
+                done += finished[(source, shard.index)]
+            elif path.exists() and not progress.exists():
+                with open(path, "rb") as lines:
+                    finished[(source, shard.index)] = sum(1 for _ in lines)
+                done += finished[(source, shard.index)]
+            elif progress.exists():
+                try:
+                    done += json.loads(progress.read_text(encoding="utf-8"))["done"]["pairs"]
+                except (OSError, ValueError, KeyError):  # being replaced at this moment
+                    pass
+    return done
+
+
+def run_replicas(
+    script: str, argv: list[str], num_replicas: int, gpus_per_replica: int, output_dir: str,
+    sources: list[str], total_pairs: int, show_progress: bool = True,
+) -> None:
+    """Run ``script`` once per replica with ``--shard i/N`` and its own GPUs, showing one progress
+    bar over all of them; raise InputError naming the log of any replica that failed."""
+    from tqdm.auto import tqdm
+
+    worker_argv = without_flag(argv, "--data_parallel_size") + ["--no_show_progress"]
+    log_dir = Path(output_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    shards = [Shard(i, num_replicas) for i in range(num_replicas)]
+    workers = []
+    for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica)):
+        env = dict(os.environ)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+        log_path = log_dir / f"shard-{shard.index}-of-{shard.count}.log"
+        log = open(log_path, "a", encoding="utf-8")
+        command = [sys.executable, script, *worker_argv, "--shard", f"{shard.index}/{shard.count}"]
+        workers.append((shard, log_path, log, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        logger.info("replica %d/%d on GPU %s, log %s", shard.index, shard.count, gpus or "none (CPU)", log_path)
+    finished: dict = {}
+    bar = tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas", disable=not show_progress)
+    while any(process.poll() is None for _, _, _, process in workers):
+        bar.n = _pairs_done(sources, output_dir, shards, finished)
+        bar.refresh()
+        time.sleep(2)
+    bar.n = _pairs_done(sources, output_dir, shards, finished)
+    bar.close()
+    failed = []
+    for shard, log_path, log, process in workers:
+        log.close()
+        if process.returncode != 0:
+            failed.append(f"replica {shard.index} (exit {process.returncode}, see {log_path})")
+    if failed:
+        raise InputError(
+            "these replicas stopped: " + "; ".join(failed) + ". The others' work is kept; rerun the same command to resume."
+        )

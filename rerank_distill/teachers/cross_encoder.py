@@ -1,0 +1,48 @@
+"""A sentence-transformers CrossEncoder as teacher (e.g. bge-reranker-v2-m3 teaching a MiniLM
+student): the score is its raw output logit, not the sigmoid ``predict`` applies by default,
+so a confident teacher's margins are not squashed towards 0 and 1."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from rerank_distill.errors import InputError
+from rerank_distill.teachers import TeacherScores
+from rerank_distill.teachers.sentence_models import limit_length, load_model, too_long
+
+
+class CrossEncoderTeacher:
+    """score = the cross-encoder's one output logit for the pair (query, passage)."""
+
+    def __init__(self, model_path: str, max_length: int, batch_size: int, device: str | None = None, dtype: str = "auto"):
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        self.model = load_model(CrossEncoder, model_path, device, dtype, activation_fn=torch.nn.Identity())
+        if self.model.num_labels != 1:
+            raise InputError(
+                f"cross-encoder '{model_path}' has {self.model.num_labels} outputs; a teacher needs a reranker "
+                "with one relevance logit"
+            )
+        self.max_length = limit_length(self.model, max_length)
+        self.batch_size = batch_size
+        self.name = os.path.basename(os.path.normpath(model_path))
+        self.config = {"teacher_type": "cross_encoder", "model_path": model_path, "max_length": self.max_length, "dtype": dtype}
+
+    def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
+        import torch
+
+        # predict sorts the pairs by length into batches, so batches carry little padding.
+        logits = self.model.predict(
+            list(zip(queries, passages)),
+            batch_size=self.batch_size,
+            activation_fn=torch.nn.Identity(),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        truncated = sum(too_long(self.model.tokenizer, queries, passages, self.max_length))
+        progress(len(queries))
+        return TeacherScores(np.asarray(logits, dtype=np.float64).reshape(-1), truncated=truncated)

@@ -1,0 +1,41 @@
+"""Loading sentence-transformers models (CrossEncoder, SentenceTransformer) as teachers: the
+device and dtype flags, the input length limit, and counting the inputs that limit cuts."""
+
+from __future__ import annotations
+
+from rerank_distill.errors import InputError
+
+
+def load_model(model_class, model_path: str, device: str | None, dtype: str, **kwargs):
+    """``model_class(model_path)`` on ``device`` in ``dtype`` (auto: bfloat16 on a GPU, float32 on
+    the CPU); InputError when the folder holds no such model."""
+    import torch
+
+    from rerank_distill.teachers.llm_hf import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    try:
+        return model_class(
+            model_path,
+            device=str(torch_device),
+            model_kwargs={"dtype": resolve_dtype(dtype, torch_device)},
+            **kwargs,
+        )
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({reason})") from None
+
+
+def limit_length(model, max_length: int) -> int:
+    """Set and return the model's input limit in tokens: ``max_length`` or the model's own limit
+    (its tokenizer's, capped at its position embeddings), whichever is smaller."""
+    own = model.max_seq_length
+    limit = max_length if own is None else min(max_length, own)
+    model.max_seq_length = limit
+    return limit
+
+
+def too_long(tokenizer, texts: list[str], pairs_with: list[str] | None = None, max_length: int = 512) -> list[bool]:
+    """Whether each text (or text pair) is longer than ``max_length`` tokens, special tokens included."""
+    encoded = tokenizer(texts, pairs_with, add_special_tokens=True, return_attention_mask=False, verbose=False)
+    return [len(ids) > max_length for ids in encoded["input_ids"]]

@@ -1,0 +1,316 @@
+"""The data-set formats (rerank_distill/formats.py): each format read from a tiny file written here,
+format detection from the fields, --input_format forcing, --label_column, and bad input failing
+with file:line and the field."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rerank_distill.errors import InputError
+from rerank_distill.formats import (
+    detect_format,
+    iter_ranking_queries,
+    iter_scored_pairs,
+    label_probs_of,
+    label_word_grades,
+)
+
+
+def write_lines(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, columns: dict[str, list]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def as_tuples(source, **kwargs) -> list[tuple[str, list[str], list[float]]]:
+    return [(q.query, q.passages, q.labels) for q in iter_ranking_queries(str(source), **kwargs)]
+
+
+# ESCI-style graded rows: two queries, interleaved, letters and words mixed
+GRADED_ROWS = [
+    {"query": "usb cable", "item_text": "usb-c cable 1m", "esci_label": "E"},
+    {"query": "red shoes", "item_text": "red running shoes", "esci_label": "E"},
+    {"query": "usb cable", "item_text": "usb charger", "esci_label": "C"},
+    {"query": "usb cable", "item_text": "hdmi cable", "esci_label": "S"},
+    {"query": "red shoes", "item_text": "blue hat", "esci_label": "I"},
+]
+GRADED_QUERIES = [
+    ("usb cable", ["usb-c cable 1m", "usb charger", "hdmi cable"], [3.0, 1.0, 2.0]),
+    ("red shoes", ["red running shoes", "blue hat"], [3.0, 0.0]),
+]
+
+
+# --- each format -------------------------------------------------------------------------------
+
+
+def test_mteb_records_list_positives_then_negatives_with_labels_one_and_zero(tmp_path):
+    source = write_lines(tmp_path / "test.jsonl", [
+        {"query": "q1", "positive": ["p1", "p2"], "negative": ["n1"]},
+        {"query": "q2", "positive": "lone positive", "negative": []},
+    ])  # fmt: skip
+    queries = list(iter_ranking_queries(str(source)))
+    assert [(q.query, q.passages, q.labels) for q in queries] == [
+        ("q1", ["p1", "p2", "n1"], [1.0, 1.0, 0.0]),
+        ("q2", ["lone positive"], [1.0]),
+    ]
+    assert queries[1].location == f"{source}:2"
+    assert (queries[0].positives, queries[0].negatives) == (["p1", "p2"], ["n1"])
+
+
+def test_pos_neg_records_read_like_mteb(tmp_path):
+    source = write_lines(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}])
+    assert as_tuples(source) == [("q", ["p", "n1", "n2"], [1.0, 0.0, 0.0])]
+
+
+def test_graded_rows_map_esci_letters_to_grades_and_group_by_query_in_first_appearance_order(tmp_path):
+    source = write_lines(tmp_path / "esci.jsonl", GRADED_ROWS)
+    queries = list(iter_ranking_queries(str(source)))
+    assert [(q.query, q.passages, q.labels) for q in queries] == GRADED_QUERIES
+    assert [q.location for q in queries] == [f"{source}:1", f"{source}:2"]  # each query's first row
+
+
+def test_graded_rows_accept_esci_words_numbers_numeric_strings_and_the_passage_field(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [
+        {"query": "q", "passage": "a", "label": "Exact"},
+        {"query": "q", "passage": "b", "label": " irrelevant "},
+        {"query": "q", "passage": "c", "label": 2},
+        {"query": "q", "passage": "d", "label": "1"},
+        {"query": "q", "passage": "e", "label": True},
+    ])  # fmt: skip
+    assert as_tuples(source) == [("q", ["a", "b", "c", "d", "e"], [3.0, 0.0, 2.0, 1.0, 1.0])]
+
+
+def test_graded_parquet_reads_like_the_same_rows_in_jsonl(tmp_path):
+    columns = {name: [row[name] for row in GRADED_ROWS] for name in ("query", "item_text", "esci_label")}
+    source = write_parquet(tmp_path / "esci.parquet", columns)
+    queries = list(iter_ranking_queries(str(source)))
+    assert [(q.query, q.passages, q.labels) for q in queries] == GRADED_QUERIES
+    assert queries[1].location == f"{source}:2"  # row numbers count from 1, as lines do
+
+
+def test_mteb_parquet_with_list_columns_is_read(tmp_path):
+    source = write_parquet(tmp_path / "test.parquet", {"query": ["q"], "positive": [["p"]], "negative": [["n1", "n2"]]})
+    assert as_tuples(source) == [("q", ["p", "n1", "n2"], [1.0, 0.0, 0.0])]
+
+
+def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(tmp_path):
+    source = write_lines(tmp_path / "scores.jsonl", [
+        {"query": "q", "content": "a", "score": "0.75"},
+        {"query": "q", "content": "b", "score": -2, "source": "bm25"},
+    ])  # fmt: skip
+    pairs = list(iter_scored_pairs(str(source)))
+    assert [(p.query, p.passage, p.score, p.label, p.line) for p in pairs] == [
+        ("q", "a", 0.75, None, 1),
+        ("q", "b", -2.0, None, 2),
+    ]
+    assert pairs[1].extra == {"source": "bm25"}  # unknown fields are kept, not dropped
+
+
+def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
+    probs = {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1}
+    source = write_lines(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": "a", "score": 1.5, "label": 3, "label_probs": probs},
+    ])  # fmt: skip
+    (pair,) = iter_scored_pairs(str(source))
+    assert (pair.score, pair.label, pair.extra) == (1.5, 3.0, {"label_probs": probs})
+
+
+def test_stage_one_output_with_labels_is_also_a_ranking_data_set(tmp_path):
+    source = write_lines(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": "a", "score": 1.5, "label": 1},
+        {"query": "q", "passage": "b", "score": 0.5, "label": 0},
+    ])  # fmt: skip
+    assert as_tuples(source) == [("q", ["a", "b"], [1.0, 0.0])]
+
+
+# --- detection and forcing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"query": "q", "positive": ["p"], "negative": ["n"]}, "mteb"),
+        ({"query": "q", "negative": ["n"]}, "mteb"),
+        ({"query": "q", "pos": ["p"], "neg": ["n"]}, "pos_neg"),
+        ({"query": "q", "content": "c", "score": "0.3"}, "scores"),
+        ({"query": "q", "passage": "p", "score": 1.0, "label": 1}, "scores"),
+        ({"query": "q", "item_text": "t", "esci_label": "E"}, "graded"),
+        ({"query": "q", "passage": "p", "relevance": 2}, "graded"),
+    ],
+)
+def test_format_is_detected_from_the_fields(record, expected):
+    assert detect_format(record, "data.jsonl", 1) == expected
+
+
+def test_unrecognised_fields_fail_naming_file_line_fields_and_the_formats_expected(tmp_path):
+    source = write_lines(tmp_path / "odd.jsonl", [{"question": "q", "answers": ["a"]}])
+    with pytest.raises(InputError, match=rf"{source}:1: cannot tell the format from the fields \['answers', 'q"):
+        list(iter_ranking_queries(str(source)))
+
+
+def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
+    # a record carrying both spellings: detection picks MTEB, --input_format pos_neg reads pos/neg
+    record = {"query": "q", "positive": ["P"], "negative": [], "pos": ["p"], "neg": ["n"]}
+    source = write_lines(tmp_path / "both.jsonl", [record])
+    assert as_tuples(source) == [("q", ["P"], [1.0])]
+    assert as_tuples(source, input_format="pos_neg") == [("q", ["p", "n"], [1.0, 0.0])]
+
+
+def test_forced_format_that_does_not_match_the_file_fails_at_the_first_record(tmp_path):
+    source = write_lines(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+    with pytest.raises(InputError, match=f'{source}:1: record has neither "positive" nor "negative"'):
+        as_tuples(source, input_format="mteb")
+
+
+def test_unknown_input_format_lists_the_choices(tmp_path):
+    source = write_lines(tmp_path / "test.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+    with pytest.raises(InputError, match="unknown --input_format 'trec'; choose one of auto, mteb, pos_neg, graded"):
+        as_tuples(source, input_format="trec")
+
+
+def test_first_record_decides_the_format_and_a_later_record_of_another_format_fails_at_its_line(tmp_path):
+    mteb_record = {"query": "q", "positive": ["p"], "negative": ["n"]}
+    source = write_lines(tmp_path / "mixed.jsonl", [GRADED_ROWS[0], mteb_record])
+    with pytest.raises(InputError, match=rf"{source}:2: missing the passage field"):
+        as_tuples(source)
+
+
+# --- label_column -------------------------------------------------------------------------------
+
+
+def test_label_column_names_the_grade_column_and_wins_over_the_usual_label_fields(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [
+        {"query": "q", "passage": "a", "label": "product", "my_grade": 2},
+        {"query": "q", "passage": "b", "label": "product", "my_grade": "I"},
+    ])  # fmt: skip
+    assert as_tuples(source, label_column="my_grade") == [("q", ["a", "b"], [2.0, 0.0])]
+
+
+def test_label_column_lets_detection_recognise_rows_with_an_unusual_label_name(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [{"query": "q", "item_text": "a", "stars": 4}])
+    with pytest.raises(InputError, match="cannot tell the format"):
+        as_tuples(source)
+    assert as_tuples(source, label_column="stars") == [("q", ["a"], [4.0])]
+
+
+def test_row_missing_the_named_label_column_fails_naming_it(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [
+        {"query": "q", "passage": "a", "stars": 4},
+        {"query": "q", "passage": "b", "label": 1},
+    ])  # fmt: skip
+    with pytest.raises(InputError, match=rf'{source}:2: this row has no relevance label \("stars" \(--label_column'):
+        as_tuples(source, label_column="stars")
+
+
+# --- errors name file:line ---------------------------------------------------------------------
+
+
+def test_bad_grade_fails_with_file_line_field_and_the_value(tmp_path):
+    source = write_lines(tmp_path / "esci.jsonl", [GRADED_ROWS[0], {**GRADED_ROWS[1], "esci_label": "X"}])
+    message = r"field \"esci_label\" must be a number or an ESCI label \(E, S, C, I\), got 'X'"
+    with pytest.raises(InputError, match=rf"{source}:2: {message}"):
+        as_tuples(source)
+
+
+def test_non_finite_grade_is_refused(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [{"query": "q", "passage": "a", "grade": "nan"}])
+    with pytest.raises(InputError, match=rf'{source}:1: field "grade" must be a number'):
+        as_tuples(source)
+
+
+def test_bad_grade_in_parquet_names_the_file_and_row(tmp_path):
+    columns = {"query": ["q", "q"], "item_text": ["a", "b"], "esci_label": ["E", "maybe"]}
+    source = write_parquet(tmp_path / "esci.parquet", columns)
+    with pytest.raises(InputError, match=rf"{source}:2: field \"esci_label\""):
+        as_tuples(source)
+
+
+def test_missing_passage_field_fails_naming_the_accepted_fields(tmp_path):
+    source = write_lines(tmp_path / "graded.jsonl", [GRADED_ROWS[0], {"query": "q", "esci_label": "E"}])
+    with pytest.raises(InputError, match=rf"{source}:2: missing the passage field \(one of passage, item_text"):
+        as_tuples(source)
+
+
+def test_graded_row_without_any_label_fails_at_its_line(tmp_path):
+    unlabelled = {"query": "q", "item_text": "b", "esci_label": None}
+    source = write_lines(tmp_path / "graded.jsonl", [GRADED_ROWS[0], unlabelled])
+    with pytest.raises(InputError, match=rf"{source}:2: this row has no relevance label"):
+        as_tuples(source)
+
+
+def test_scores_without_labels_as_a_ranking_data_set_say_they_go_to_stage_two(tmp_path):
+    source = write_lines(tmp_path / "scores.jsonl", [{"query": "q", "content": "a", "score": "0.3"}])
+    with pytest.raises(InputError, match=rf"{source}:1: this row has no relevance label .*create_triplets.py"):
+        as_tuples(source)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_jsonl_file_fails_saying_so(tmp_path, content):
+    source = tmp_path / "empty.jsonl"
+    source.write_text(content)
+    with pytest.raises(InputError, match=rf"{source}: contains no records"):
+        as_tuples(source)
+    with pytest.raises(InputError, match=rf"{source}: contains no records"):
+        list(iter_scored_pairs(str(source)))
+
+
+def test_parquet_file_with_no_rows_fails_saying_so(tmp_path):
+    source = write_parquet(tmp_path / "empty.parquet", {"query": [], "item_text": [], "esci_label": []})
+    with pytest.raises(InputError, match=rf"{source}: contains no records"):
+        as_tuples(source)
+
+
+@pytest.mark.parametrize("score", ["NaN", "Infinity", '"nan"', '"-inf"'])
+def test_non_finite_score_fails_with_file_line_and_field(tmp_path, score):
+    source = tmp_path / "scores.jsonl"
+    lines = ['{"query": "q", "content": "a", "score": 1.0}', f'{{"query": "q", "content": "b", "score": {score}}}']
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf'{source}:2: field "score" is -?(nan|inf)'):
+        list(iter_scored_pairs(str(source)))
+
+
+@pytest.mark.parametrize(
+    "score, message", [('"high"', "got the string 'high'"), ("true", "got a boolean"), ("[1]", "got list")]
+)
+def test_score_that_is_not_a_number_fails_with_file_line_and_field(tmp_path, score, message):
+    source = tmp_path / "scores.jsonl"
+    source.write_text(f'{{"query": "q", "content": "a", "score": {score}}}\n')
+    with pytest.raises(InputError, match=rf'{source}:1: field "score" must be a number, {message}'):
+        list(iter_scored_pairs(str(source)))
+
+
+def test_scores_file_missing_the_score_says_what_it_expected(tmp_path):
+    source = write_lines(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "label": 1}])
+    with pytest.raises(InputError, match=rf'{source}:1: missing field "score".*generate_logits.py'):
+        list(iter_scored_pairs(str(source)))
+
+
+# --- graded-label teachers' label_probs ----------------------------------------------------------
+
+
+def test_label_probs_must_be_a_non_empty_object_of_finite_numbers():
+    assert label_probs_of({"exact": 0.9, "irrelevant": 0.1}, "s.jsonl", 3) == {"exact": 0.9, "irrelevant": 0.1}
+    with pytest.raises(InputError, match=r's.jsonl:3: field "label_probs" must be a non-empty object'):
+        label_probs_of({}, "s.jsonl", 3)
+    with pytest.raises(InputError, match=r's.jsonl:3: .*"exact" has nan'):
+        label_probs_of({"exact": float("nan")}, "s.jsonl", 3)
+
+
+def test_label_words_get_esci_grades_else_descending_grades_in_the_order_given():
+    assert label_word_grades(["irrelevant", "exact", "complement", "substitute"]) == {
+        "irrelevant": 0.0, "exact": 3.0, "complement": 1.0, "substitute": 2.0,
+    }  # fmt: skip
+    assert label_word_grades(["good", "ok", "bad"]) == {"good": 2.0, "ok": 1.0, "bad": 0.0}
+    assert label_word_grades(["yes", "no"], [1, 0]) == {"yes": 1.0, "no": 0.0}
+    with pytest.raises(InputError, match="give one grade per word"):
+        label_word_grades(["yes", "no"], [1])
+    with pytest.raises(InputError, match="distinct"):
+        label_word_grades(["yes", "yes"])

@@ -1,0 +1,463 @@
+"""Teacher types other than the yes/no judge, several teachers at once, and what every type shares
+(resuming, flag checks). Each score is checked against a computation written out here with the
+plain transformers model, independent of the teacher's code."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import generate_logits
+from rerank_distill.cli import parse_args
+from rerank_distill.errors import InputError
+from rerank_distill.scoring import Shard, score_source, validate_source
+from rerank_distill.teachers import TeacherScores, build_teachers, check_teacher_options, teacher_types_for, unique_names
+from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
+from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
+from rerank_distill.teachers.llm_judge import LabelJudge, label_probabilities
+from rerank_distill.teachers.llm_vllm import vllm_hf_overrides
+
+QUERIES = ["how do i fix git rebase", "how do i fix git rebase", "how do i fix git rebase", "bake bread at home"]
+DOCS = ["use git rebase --abort", "commit branch merge", "the oven is hot", "flour sugar butter and a hot oven"]
+ESCI = ["exact", "substitute", "complement", "irrelevant"]
+
+
+# --- independent computations -------------------------------------------------------------------
+
+
+def cross_encoder_logits(model_dir, queries, docs, max_length=512):
+    """The BERT classifier's one output logit for "[CLS] q [SEP] d [SEP]", pair by pair."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    logits = []
+    for query, doc in zip(queries, docs):
+        encoded = tokenizer(query, doc, truncation="longest_first", max_length=max_length, return_tensors="pt")
+        with torch.no_grad():
+            logits.append(model(**encoded).logits[0, 0].item())
+    return np.array(logits)
+
+
+def mean_pooled_cosines(model_dir, queries, docs, query_prompt, document_prompt):
+    """cos(mean of token states of prompt+query, mean of token states of prompt+doc), text by text."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+
+    def embed(text):
+        with torch.no_grad():
+            states = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        vector = states.mean(dim=0).double()
+        return vector / vector.norm()
+
+    return np.array([(embed(query_prompt + q) @ embed(document_prompt + d)).item() for q, d in zip(queries, docs)])
+
+
+def label_judge_by_hand(model_dir, queries, docs, instruction, words, grades):
+    """The judge prompt written out, the full model's next-token logits of the label words,
+    softmax over those words only, and the probabilities dotted with the grades."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    quoted = ", ".join(f'"{word}"' for word in words)
+    system = (
+        "Judge how well the Document meets the requirements based on the Query and the Instruct provided. "
+        f"Note that the answer can only be one of {quoted}."
+    )
+    word_ids = [tokenizer.convert_tokens_to_ids(word) for word in words]
+    probabilities = []
+    for query, doc in zip(queries, docs):
+        text = (
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+            f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+            "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        )
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([tokenizer.encode(text, add_special_tokens=False)])).logits[0, -1]
+        probabilities.append(torch.softmax(last[word_ids].double(), dim=0).numpy())
+    probabilities = np.array(probabilities)
+    return probabilities @ np.array(grades, dtype=np.float64), probabilities
+
+
+def options(*argv):
+    """Stage 1's parsed arguments, as build_teachers receives them."""
+    base = ["--model_path", "unused", "--input_path", "unused", "--output_dir", "unused", "--device", "cpu", "--batch_size", "3"]
+    (args,) = parse_args((generate_logits.GenerateLogitsArguments,), "", [*base, *argv])
+    return args
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def input_pairs(ranking_file):
+    """(query, passage) in the order stage 1 writes them: each record's positives, then negatives."""
+    records = [json.loads(line) for line in ranking_file.read_text().splitlines()]
+    return [(r["query"], p) for r in records for p in r["positive"] + r["negative"]]
+
+
+# --- cross_encoder ---------------------------------------------------------------------------------
+
+
+def test_cross_encoder_score_is_the_models_raw_logit_not_its_sigmoid(tiny_cross_encoder):
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_length=512, batch_size=3, device="cpu")
+    result = teacher.score(QUERIES, DOCS)
+    np.testing.assert_allclose(result.scores, cross_encoder_logits(tiny_cross_encoder, QUERIES, DOCS), atol=1e-5)
+    assert result.truncated == 0
+
+
+def test_cross_encoder_cuts_pairs_to_max_length_and_counts_them(tiny_cross_encoder):
+    docs = [DOCS[0], "commit branch merge rebase remote push pull stash tag checkout conflict history " * 3]
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_length=40, batch_size=2, device="cpu")
+    result = teacher.score(QUERIES[:2], docs)
+    np.testing.assert_allclose(result.scores, cross_encoder_logits(tiny_cross_encoder, QUERIES[:2], docs, 40), atol=1e-5)
+    assert result.truncated == 1
+
+
+def test_max_length_above_the_models_own_limit_is_capped(tiny_cross_encoder):
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_length=100_000, batch_size=2, device="cpu")
+    assert teacher.max_length == 512  # the tiny BERT's position embeddings
+    assert teacher.config["max_length"] == 512
+
+
+def test_a_cross_encoder_with_several_outputs_is_refused(tiny_cross_encoder, tmp_path):
+    config = AutoConfig.from_pretrained(tiny_cross_encoder)
+    config.num_labels = 3
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "three-labels")
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(tmp_path / "three-labels")
+    with pytest.raises(InputError, match="3 outputs"):
+        CrossEncoderTeacher(str(tmp_path / "three-labels"), max_length=512, batch_size=2, device="cpu")
+
+
+def test_a_folder_without_a_model_is_named(tmp_path):
+    with pytest.raises(InputError, match=f"cannot load a CrossEncoder from '{tmp_path}'"):
+        CrossEncoderTeacher(str(tmp_path), max_length=512, batch_size=2, device="cpu")
+
+
+# --- embedding -------------------------------------------------------------------------------------
+
+
+def test_embedding_score_is_scaled_cosine_with_the_models_own_prompts(tiny_embedding_model):
+    teacher = EmbeddingTeacher(str(tiny_embedding_model), max_length=512, batch_size=3, score_scale=7.5, device="cpu")
+    assert (teacher.query_prompt, teacher.document_prompt) == ("query: ", "passage: ")
+    expected = 7.5 * mean_pooled_cosines(tiny_embedding_model, QUERIES, DOCS, "query: ", "passage: ")
+    np.testing.assert_allclose(teacher.score(QUERIES, DOCS).scores, expected, atol=1e-5)
+
+
+def test_query_prompt_flag_replaces_the_models_query_prompt(tiny_embedding_model):
+    teacher = EmbeddingTeacher(str(tiny_embedding_model), 512, 3, score_scale=1.0, query_prompt="search: ", device="cpu")
+    expected = mean_pooled_cosines(tiny_embedding_model, QUERIES, DOCS, "search: ", "passage: ")
+    np.testing.assert_allclose(teacher.score(QUERIES, DOCS).scores, expected, atol=1e-5)
+    assert teacher.config["query_prompt"] == "search: "
+
+
+def test_embedding_teacher_embeds_each_distinct_text_once(tiny_embedding_model):
+    teacher = EmbeddingTeacher(str(tiny_embedding_model), 512, 3, device="cpu")
+    seen = {"query": [], "document": []}
+    for kind in seen:
+        encode = getattr(teacher.model, f"encode_{kind}")
+        setattr(teacher.model, f"encode_{kind}", lambda texts, _e=encode, _k=kind, **kw: seen[_k].extend(texts) or _e(texts, **kw))
+    teacher.score(QUERIES + QUERIES[:1], DOCS + DOCS[:1])
+    assert sorted(seen["query"]) == sorted(set(QUERIES))
+    assert sorted(seen["document"]) == sorted(set(DOCS))
+
+
+def test_model_prompts_take_the_query_prompt_and_the_first_document_prompt():
+    assert model_prompts({"query": "q: ", "passage": "p: ", "corpus": "c: "}) == ("q: ", "p: ")
+    assert model_prompts({"query": None, "document": None}) == ("", "")
+    assert model_prompts({"query": "q: "}, query_prompt="") == ("", "")
+
+
+# --- llm_labels ------------------------------------------------------------------------------------
+
+
+def test_label_judge_score_is_the_expected_grade_over_the_label_tokens(tiny_qwen3):
+    judge = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, batch_size=2, device="cpu")
+    result = judge.score(QUERIES, DOCS)
+    grades, probabilities = label_judge_by_hand(tiny_qwen3, QUERIES, DOCS, "Find the product", ESCI, [3, 2, 1, 0])
+    np.testing.assert_allclose(result.scores, grades, atol=1e-5)
+    assert [list(p) for p in result.fields["label_probs"]] == [ESCI] * len(QUERIES)
+    np.testing.assert_allclose([[p[w] for w in ESCI] for p in result.fields["label_probs"]], probabilities, atol=1e-5)
+
+
+def test_label_words_and_grades_are_flags(tiny_qwen3):
+    judge = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, ["irrelevant", "exact"], [-1.0, 5.0], device="cpu")
+    grades, _ = label_judge_by_hand(tiny_qwen3, QUERIES, DOCS, "Find the product", ["irrelevant", "exact"], [-1, 5])
+    np.testing.assert_allclose(judge.score(QUERIES, DOCS).scores, grades, atol=1e-5)
+
+
+def test_label_probabilities_are_a_softmax_over_the_given_logits_only():
+    probabilities = label_probabilities(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]]))
+    np.testing.assert_allclose(probabilities, [[0.25, 0.75], [0.5, 0.5]])
+
+
+def test_a_label_word_that_is_not_one_token_stops_the_run(tiny_qwen3, ranking_file, tmp_path):
+    with pytest.raises(InputError, match="'substitutions' into .* exactly one token"):
+        generate_logits.main([
+            "--model_path", str(tiny_qwen3), "--teacher_type", "llm_labels", "--label_words", "exact", "substitutions",
+            "--label_grades", "1", "0", "--input_path", str(ranking_file), "--output_dir", str(tmp_path),
+        ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--label_words", "exact", "irrelevant", "--label_grades", "3", "2", "0"], "3 values for 2 --label_words"),
+        (["--label_words", "exact", "exact", "--label_grades", "1", "0"], "two different words"),
+        (["--label_words", "exact", "--label_grades", "1"], "two different words"),
+    ],
+)
+def test_label_flags_are_checked_before_anything_is_read(flags, message):
+    with pytest.raises(InputError, match=message):
+        check_teacher_options(["llm_labels"], options(*flags))
+
+
+def test_score_scale_must_be_positive():
+    with pytest.raises(InputError, match="--score_scale"):
+        check_teacher_options(["embedding"], options("--score_scale", "0"))
+
+
+class FakeVllm:
+    """Stands in for vLLM's LLM (not installed here) and does what its documented sequence-classifier
+    conversion does with our ``hf_overrides`` (vllm/model_executor/models/adapters.py, 0.33):
+    ``no_post_processing`` makes the classifier rows the output-layer rows of
+    ``classifier_from_token`` (looked up with ``convert_tokens_to_ids``); ``from_2_way_softmax``
+    (what ``is_original_qwen3_reranker`` selects) makes one row W[true] - W[false], tokens ordered
+    [false, true]. The pooled state is the last prompt token's."""
+
+    created: list = []
+
+    def __init__(self, model, runner, hf_overrides, **kwargs):
+        assert runner == "pooling"
+        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        ids = [tokenizer.convert_tokens_to_ids(token) for token in hf_overrides["classifier_from_token"]]
+        rows = self.model.lm_head.weight[ids].detach()
+        method = hf_overrides.get("method") or ("from_2_way_softmax" if hf_overrides.get("is_original_qwen3_reranker") else None)
+        self.weight = (rows[1] - rows[0])[None] if method == "from_2_way_softmax" else rows
+        self.requests = []
+        FakeVllm.created.append(self)
+
+    def classify(self, prompts, pooling_params, use_tqdm):
+        assert pooling_params.use_activation is False
+        outputs = []
+        for prompt in prompts:
+            self.requests.append(prompt["prompt_token_ids"])
+            with torch.no_grad():
+                hidden = self.model.model(input_ids=torch.tensor([prompt["prompt_token_ids"]])).last_hidden_state[0, -1]
+            outputs.append(types.SimpleNamespace(outputs=types.SimpleNamespace(probs=(self.weight @ hidden).tolist())))
+        return outputs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.SimpleNamespace(LLM=FakeVllm, PoolingParams=lambda **kw: types.SimpleNamespace(**kw))
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeVllm.created = []
+    return FakeVllm
+
+
+def test_vllm_label_judge_sends_the_hf_prompts_and_reads_the_label_logits_in_word_order(tiny_qwen3, fake_vllm):
+    hf = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu")
+    vllm = LabelJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2)
+    vllm_result = vllm.score(QUERIES, DOCS)
+    assert fake_vllm.created[0].requests == hf.prompt.encode(QUERIES, DOCS)[0]
+    np.testing.assert_allclose(vllm_result.scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
+
+
+def test_vllm_overrides_for_label_words_keep_their_order():
+    assert vllm_hf_overrides(["irrelevant", "exact"]) == {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["irrelevant", "exact"],
+        "method": "no_post_processing",
+    }
+    assert vllm_hf_overrides(ESCI, "LlamaForCausalLM")["architectures"] == ["LlamaForSequenceClassification"]
+    with pytest.raises(InputError, match="--backend hf"):
+        vllm_hf_overrides(ESCI, "Gemma3ForConditionalGeneration")
+
+
+def test_vllm_yes_no_for_other_model_families_names_the_two_way_method():
+    assert vllm_hf_overrides(["yes", "no"], "LlamaForCausalLM") == {
+        "architectures": ["LlamaForSequenceClassification"],
+        "classifier_from_token": ["no", "yes"],
+        "method": "from_2_way_softmax",
+    }
+
+
+# --- several teachers ------------------------------------------------------------------------------
+
+
+def test_one_teacher_type_applies_to_every_model_and_a_list_is_matched_in_order():
+    assert teacher_types_for(["a", "b"], None) == ["llm_yesno", "llm_yesno"]
+    assert teacher_types_for(["a", "b"], ["embedding"]) == ["embedding", "embedding"]
+    assert teacher_types_for(["a", "b"], ["llm_yesno", "cross_encoder"]) == ["llm_yesno", "cross_encoder"]
+    with pytest.raises(InputError, match="3 values for 2 --model_path"):
+        teacher_types_for(["a", "b"], ["llm_yesno", "cross_encoder", "embedding"])
+    with pytest.raises(InputError, match="unknown --teacher_type 'bm25'"):
+        teacher_types_for(["a"], ["bm25"])
+
+
+def test_teachers_sharing_a_folder_name_get_numbered_names():
+    assert unique_names(["m", "m", "x", "m"]) == ["m", "m-2", "x", "m-3"]
+    assert unique_names(["m", "m-2", "m"]) == ["m", "m-2", "m-3"]
+
+
+class FixedTeacher:
+    """Scores each passage with a number given in the test."""
+
+    def __init__(self, name, by_passage):
+        self.name, self.by_passage, self.config = name, by_passage, {"teacher_type": "fixed", "scores": by_passage}
+
+    def score(self, queries, passages, progress=lambda n: None):
+        return TeacherScores(np.array([self.by_passage[p] for p in passages], dtype=np.float64))
+
+
+def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path):
+    source = tmp_path / "two.jsonl"
+    source.write_text(
+        '{"query": "q1", "positive": ["a"], "negative": ["b", "c"]}\n{"query": "q2", "positive": ["d"], "negative": ["e"]}\n'
+    )
+    first = FixedTeacher("first", {"a": 1, "b": 2, "c": 3, "d": 0, "e": 10})
+    second = FixedTeacher("second", {"a": 10, "b": 10, "c": 40, "d": 5, "e": 5})
+    output = tmp_path / "two_scores.jsonl"
+    score_source(str(source), output, [first, second], validate_source(str(source), "auto", Shard()), show_progress=False)
+    lines = read_lines(output)
+    # first, q1: mean 2, std sqrt(2/3) -> -sqrt(1.5), 0, sqrt(1.5); q2: mean 5, std 5 -> -1, 1.
+    # second, q1: mean 20, std sqrt(200) -> -sqrt(0.5), -sqrt(0.5), sqrt(2); q2: equal scores -> 0, 0.
+    expected = [(-np.sqrt(1.5) - np.sqrt(0.5)) / 2, -np.sqrt(0.5) / 2, (np.sqrt(1.5) + np.sqrt(2)) / 2, -0.5, 0.5]
+    np.testing.assert_allclose([line["score"] for line in lines], expected)
+    assert [line["teacher_scores"] for line in lines] == [
+        {"first": 1, "second": 10}, {"first": 2, "second": 10}, {"first": 3, "second": 40},
+        {"first": 0, "second": 5}, {"first": 10, "second": 5},
+    ]  # fmt: skip
+
+
+def test_a_constant_teacher_among_several_stops_the_run_and_is_named(tmp_path, ranking_file):
+    passages = {p for _, p in input_pairs(ranking_file)}
+    varied = FixedTeacher("varied", {p: float(len(p)) for p in passages})
+    constant = FixedTeacher("constant", {p: 0.5 for p in passages})
+    expected = validate_source(str(ranking_file), "auto", Shard())
+    with pytest.raises(InputError, match="teacher constant gave every pair"):
+        score_source(str(ranking_file), tmp_path / "out.jsonl", [varied, constant], expected, show_progress=False)
+
+
+# --- through the stage script ----------------------------------------------------------------------
+
+
+def run_stage(tmp_path, ranking_file, *argv):
+    out = tmp_path / "scores"
+    generate_logits.main([*argv, "--input_path", str(ranking_file), "--output_dir", str(out), "--device", "cpu",
+                          "--batch_size", "4", "--no_show_progress", "--overwrite"])  # fmt: skip
+    return read_lines(out / "train_scores.jsonl"), json.loads((out / "args.json").read_text())
+
+
+def test_cross_encoder_teacher_end_to_end(tiny_cross_encoder, ranking_file, tmp_path):
+    lines, args = run_stage(tmp_path, ranking_file, "--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))
+    pairs = input_pairs(ranking_file)
+    assert [(l["query"], l["passage"]) for l in lines] == pairs
+    assert all(set(line) == {"query", "passage", "score", "label"} for line in lines)
+    expected = cross_encoder_logits(tiny_cross_encoder, *zip(*pairs))
+    np.testing.assert_allclose([line["score"] for line in lines], expected, atol=1e-5)
+    assert args["resolved"]["teachers"]["tiny-cross-encoder"]["teacher_type"] == "cross_encoder"
+
+
+def test_embedding_teacher_end_to_end(tiny_embedding_model, ranking_file, tmp_path):
+    lines, args = run_stage(tmp_path, ranking_file, "--teacher_type", "embedding", "--model_path", str(tiny_embedding_model))
+    pairs = input_pairs(ranking_file)
+    assert [(l["query"], l["passage"]) for l in lines] == pairs
+    assert all(set(line) == {"query", "passage", "score", "label"} for line in lines)
+    expected = 10.0 * mean_pooled_cosines(tiny_embedding_model, *zip(*pairs), "query: ", "passage: ")
+    np.testing.assert_allclose([line["score"] for line in lines], expected, atol=1e-5)
+    assert args["resolved"]["teachers"]["tiny-embedding"]["score_scale"] == 10.0
+
+
+def test_label_judge_end_to_end(tiny_qwen3, ranking_file, tmp_path):
+    lines, _ = run_stage(tmp_path, ranking_file, "--teacher_type", "llm_labels", "--model_path", str(tiny_qwen3))
+    pairs = input_pairs(ranking_file)
+    assert [(l["query"], l["passage"]) for l in lines] == pairs
+    assert all(set(line) == {"query", "passage", "score", "label", "label_probs"} for line in lines)
+    grades, probabilities = label_judge_by_hand(tiny_qwen3, *zip(*pairs), generate_logits.DEFAULT_INSTRUCTION, ESCI, [3, 2, 1, 0])
+    np.testing.assert_allclose([line["score"] for line in lines], grades, atol=1e-5)
+    np.testing.assert_allclose([[line["label_probs"][w] for w in ESCI] for line in lines], probabilities, atol=1e-5)
+
+
+def test_several_teachers_end_to_end_keep_each_score_and_combine_them(tiny_qwen3, tiny_cross_encoder, ranking_file, tmp_path):
+    yes_no, _ = run_stage(tmp_path / "a", ranking_file, "--model_path", str(tiny_qwen3))
+    cross, _ = run_stage(tmp_path / "b", ranking_file, "--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))
+    labels, _ = run_stage(tmp_path / "c", ranking_file, "--teacher_type", "llm_labels", "--model_path", str(tiny_qwen3))
+    lines, args = run_stage(
+        tmp_path / "all", ranking_file, "--model_path", str(tiny_qwen3), "--model_path", str(tiny_cross_encoder), str(tiny_qwen3),
+        "--teacher_type", "llm_yesno", "cross_encoder", "llm_labels",
+    )  # fmt: skip
+    names = ["tiny-qwen3", "tiny-cross-encoder", "tiny-qwen3-2"]
+    assert list(args["resolved"]["teachers"]) == names
+    assert all(list(line["teacher_scores"]) == names for line in lines)
+    for name, single in zip(names, (yes_no, cross, labels)):
+        np.testing.assert_allclose([l["teacher_scores"][name] for l in lines], [l["score"] for l in single], atol=1e-6)
+    assert [l["tiny-qwen3-2/label_probs"] for l in lines] == pytest.approx([l["label_probs"] for l in labels])
+    records = [json.loads(line) for line in ranking_file.read_text().splitlines()]
+    start = 0
+    for record in records:  # each record's lines are contiguous; combine them by hand
+        size = len(record["positive"]) + len(record["negative"])
+        group = lines[start : start + size]
+        z_scores = []
+        for name in names:
+            values = np.array([l["teacher_scores"][name] for l in group])
+            z_scores.append((values - values.mean()) / values.std() if values.std() > 0 else np.zeros(size))
+        np.testing.assert_allclose([l["score"] for l in group], np.mean(z_scores, axis=0), atol=1e-9)
+        start += size
+
+
+def test_teacher_types_that_do_not_match_the_models_stop_before_any_model_is_loaded(ranking_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before flags were checked"))
+    with pytest.raises(InputError, match="2 values for 3 --model_path"):
+        generate_logits.main(["--model_path", "a", "b", "c", "--teacher_type", "llm_yesno", "embedding",
+                              "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])  # fmt: skip
+
+
+# --- resuming --------------------------------------------------------------------------------------
+
+
+class CrashOnCall:
+    """Wraps a teacher and raises KeyboardInterrupt (as Ctrl-C would) on its n-th chunk."""
+
+    def __init__(self, teacher, call):
+        self.teacher, self.call, self.calls = teacher, call, 0
+        self.name, self.config = teacher.name, teacher.config
+
+    def score(self, queries, passages, progress=lambda n: None):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        return self.teacher.score(queries, passages, progress)
+
+
+@pytest.mark.parametrize(
+    "teacher_type, model, other_settings",
+    [
+        ("llm_yesno", "tiny_qwen3", ["--instruction", "Find duplicates"]),
+        ("llm_labels", "tiny_qwen3", ["--label_grades", "3", "2", "1", "-1"]),
+        ("cross_encoder", "tiny_cross_encoder", ["--max_length", "64"]),
+        ("embedding", "tiny_embedding_model", ["--score_scale", "5"]),
+    ],
+)
+def test_every_teacher_type_resumes_after_a_crash_and_refuses_other_settings(request, ranking_file, tmp_path, teacher_type, model, other_settings):
+    model_path = str(request.getfixturevalue(model))
+    expected = validate_source(str(ranking_file), "auto", Shard())
+
+    def run(output, teacher):
+        return score_source(str(ranking_file), output, [teacher], expected, chunk_size=10, show_progress=False)
+
+    def teacher(*argv):
+        return build_teachers([model_path], [teacher_type], "hf", options(*argv))[0]
+
+    whole, resumed = tmp_path / "whole" / "train_scores.jsonl", tmp_path / "resumed" / "train_scores.jsonl"
+    run(whole, teacher())
+    with pytest.raises(KeyboardInterrupt):
+        run(resumed, CrashOnCall(teacher(), call=3))
+    with pytest.raises(InputError, match="other settings"):
+        run(resumed, teacher(*other_settings))
+    stats = run(resumed, teacher())
+    assert stats.resumed_at_pair > 0
+    assert resumed.read_bytes() == whole.read_bytes()
