@@ -28,6 +28,16 @@ def machine() -> dict:
     return info
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), where bf16 pays off."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def alternate(runs: dict[str, Callable[[], float]], repetitions: int) -> dict[str, list[float]]:
     """Call each run ``repetitions`` times, interleaved (A B A B ...; the order flips every
     repetition so neither side always runs on a warmer machine). Each run returns its own

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SHARED_DATA, alternate, machine, median, print_table, timed, write_results  # noqa: E402
+from bench.common import SHARED_DATA, cpu_has_bf16, alternate, machine, median, print_table, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
 
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--random_qwen3_8b", action="store_true", help="Use a random model of Qwen3-8B's shape (GPU) instead of --model_path; --model_path lends its tokenizer.")
     parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"), help="MTEB reranking JSONL to take queries from.")
     parser.add_argument("--num_queries", type=int, default=8, help="Queries to score per run (all their passages).")
+    parser.add_argument("--candidates_per_query", type=int, default=0, help="If > 0, give each query this many candidates, adding other queries' passages after its own (StackOverflowDupQuestions has about 30 a query, SemEval about 10).")
     parser.add_argument("--repetitions", type=int, default=3, help="Timed runs of each path, alternated; the median is reported.")
     parser.add_argument("--batch_size", type=int, default=32, help="Our hf backend's batch size (the original is fixed at 8).")
     parser.add_argument("--max_length", type=int, default=2048, help="Prompt length limit for both paths.")
@@ -92,40 +93,52 @@ def main() -> None:
     from rerank_distill.teachers.llm_judge import YesNoJudge
 
     model_path = str(random_qwen3_8b(Path("output/bench_models/random-qwen3-8b"), args.model_path)) if args.random_qwen3_8b else args.model_path
-    queries = list(iter_ranking_queries(args.data))[: args.num_queries]
+    queries = list(iter_ranking_queries(args.data))
+    pool = [p for q in queries for p in q.passages]
+    queries = queries[: args.num_queries]
+    if args.candidates_per_query:
+        for number, query in enumerate(queries):
+            extra = [p for p in pool[number * 7 :] if p not in query.passages]
+            query.passages = (query.passages + extra)[: args.candidates_per_query]
     pair_queries = [q.query for q in queries for _ in q.passages]
     pair_docs = [p for q in queries for p in q.passages]
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    on_gpu = args.device.startswith("cuda")
+    # Both paths run in the same precision: bfloat16 on a GPU; on a CPU float32 (exact), plus
+    # bfloat16 rows where the CPU has native bf16 (it changes scores by more than float noise).
+    dtypes = ["bfloat16"] if on_gpu else ["float32"] + (["bfloat16"] if cpu_has_bf16() else [])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    original_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(args.device).eval()
-    ours = YesNoJudge(model_path, "hf", args.instruction, args.max_length, args.batch_size, args.device, "auto")
-    ours_no_prefix_cache = YesNoJudge(model_path, "hf", args.instruction, args.max_length, args.batch_size, args.device, "auto", prefix_cache=False)
-    prompt_ids, _ = ours.prompt.encode(pair_queries, pair_docs)
+    original_models = {dtype: AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(args.device).eval() for dtype in dtypes}
+    judges = {dtype: YesNoJudge(model_path, "hf", args.instruction, args.max_length, args.batch_size, args.device, dtype) for dtype in dtypes}
+    judge_no_prefix_cache = YesNoJudge(model_path, "hf", args.instruction, args.max_length, args.batch_size, args.device, dtypes[0], prefix_cache=False)
+    prompt_ids, _ = judges[dtypes[0]].prompt.encode(pair_queries, pair_docs)
     print(f"{len(queries)} queries, {len(pair_docs)} pairs, mean prompt {np.mean([len(p) for p in prompt_ids]):.0f} tokens, device {args.device}")
 
     outputs: dict[str, np.ndarray] = {}
 
     def run(name, function):
         def timed_run():
-            if args.device.startswith("cuda"):
+            if on_gpu:
                 torch.cuda.synchronize()
             seconds, scores = timed(function)
-            if args.device.startswith("cuda"):
+            if on_gpu:
                 torch.cuda.synchronize()
             outputs[name] = scores
             return len(pair_docs) / seconds
         return timed_run
 
-    runs = {
-        "original loop (batch 8)": run("original", lambda: original_scores(original_model, tokenizer, pair_queries, pair_docs, args.instruction, args.max_length, args.device)),
-        "ours, no prefix cache": run("ours_plain", lambda: ours_no_prefix_cache.score(pair_queries, pair_docs).scores),
-        "ours (hf backend)": run("ours", lambda: ours.score(pair_queries, pair_docs).scores),
-    }
+    baseline = f"original loop (batch 8, {dtypes[0]})"
+    runs = {}
+    for dtype in dtypes:
+        model = original_models[dtype]
+        runs[f"original loop (batch 8, {dtype})"] = run(f"original {dtype}", lambda model=model: original_scores(model, tokenizer, pair_queries, pair_docs, args.instruction, args.max_length, args.device))
+        if dtype == dtypes[0]:
+            runs[f"ours, no prefix cache ({dtype})"] = run(f"ours plain {dtype}", lambda: judge_no_prefix_cache.score(pair_queries, pair_docs).scores)
+        runs[f"ours (hf backend, {dtype})"] = run(f"ours {dtype}", lambda judge=judges[dtype]: judge.score(pair_queries, pair_docs).scores)
     try:
         import vllm  # noqa: F401
 
-        if args.device.startswith("cuda"):
-            del original_model
+        if on_gpu:
+            original_models.clear()
             vllm_judge = YesNoJudge(model_path, "vllm", args.instruction, args.max_length, args.batch_size)
             runs["ours (vLLM backend)"] = run("vllm", lambda: vllm_judge.score(pair_queries, pair_docs).scores)
     except ImportError:
@@ -133,18 +146,21 @@ def main() -> None:
     run_list = list(runs.items())
     rates = alternate({name: fn for name, fn in run_list}, args.repetitions)
     rows = [(name, median(values)) for name, values in rates.items()]
-    print_table(f"teacher scoring, {Path(model_path).name}, {args.device}", rows, "pairs/s", "original loop (batch 8)")
-    differences = {name: float(np.abs(scores - outputs["original"]).max()) for name, scores in outputs.items() if name != "original"}
-    print("largest |score - original score|:", {k: f"{v:.2e}" for k, v in differences.items()})
+    print_table(f"teacher scoring, {Path(model_path).name}, {args.device}", rows, "pairs/s", baseline)
+    reference = outputs[f"original {dtypes[0]}"]
+    differences = {name: float(np.abs(scores - reference).max()) for name, scores in outputs.items() if scores is not reference}
+    print(f"largest |score - original {dtypes[0]} score|:", {k: f"{v:.2e}" for k, v in differences.items()})
     results = {
         "benchmark": "teacher", "machine": machine(), "device": args.device, "model": Path(model_path).name,
-        "queries": len(queries), "pairs": len(pair_docs), "repetitions": args.repetitions, "batch_size": args.batch_size,
+        "queries": len(queries), "pairs": len(pair_docs), "candidates_per_query": args.candidates_per_query or "as in the data", "repetitions": args.repetitions, "batch_size": args.batch_size,
         "pairs_per_second": {name: values for name, values in rates.items()},
         "median_pairs_per_second": dict(rows),
-        "ratio_to_original": {name: rate / dict(rows)["original loop (batch 8)"] for name, rate in rows},
-        "max_abs_score_difference_from_original": differences,
+        "baseline": baseline,
+        "ratio_to_baseline": {name: rate / dict(rows)[baseline] for name, rate in rows},
+        "max_abs_score_difference_from_baseline": differences,
     }  # fmt: skip
-    print("wrote", write_results(args.output_json or f"bench/results/teacher_{args.device.split(':')[0]}.json", results))
+    default_name = f"teacher_{args.device.split(':')[0]}" + (f"_{args.candidates_per_query}_candidates" if args.candidates_per_query else "")
+    print("wrote", write_results(args.output_json or f"bench/results/{default_name}.json", results))
 
 
 if __name__ == "__main__":

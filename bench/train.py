@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, alternate, machine, median, print_table, write_results  # noqa: E402
+from bench.common import SHARED_DATA, cpu_has_bf16, alternate, machine, median, print_table, write_results  # noqa: E402
 
 
 def make_triplets(work: Path, teacher: str) -> Path:
@@ -110,14 +110,6 @@ def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int,
     return {"seconds": summary["seconds"], "examples": summary["examples_trained"], "train_loss": summary["train_loss"],
             "final_loss": summary["final_loss"], "mean_real_tokens": summary["mean_real_tokens"],
             "mean_padded_tokens": summary["mean_padded_tokens"]}
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def main() -> None:

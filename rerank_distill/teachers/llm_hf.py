@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Below this many shared tokens a separate prefix pass costs more than it saves.
 MIN_SHARED_PREFIX = 8
+# Pairs per wave, in batches: enough for full, length-sorted batches across queries.
+WAVE_PAIRS_PER_BATCH = 8
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -121,31 +123,80 @@ class HFJudge:
         return ids.to(self.device), lengths
 
     @torch.inference_mode()
-    def _score_plain(self, prompts: list[list[int]], out: np.ndarray, indices: list[int], progress) -> None:
-        order = sorted(indices, key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            ids, lengths = self._padded([prompts[i] for i in batch])
-            out[batch] = self._last_logits(ids, lengths).cpu().numpy()
-            progress(len(batch))
-
-    @torch.inference_mode()
-    def _score_shared_prefix(self, prompts: list[list[int]], out: np.ndarray, indices: list[int], shared: int, progress) -> None:
+    def _prefix_states(self, prefixes: list[list[int]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per-layer (keys, values) of each prefix, ``[kv_heads, length, head_dim]`` each; prefixes
+        are run in length-sorted, right-padded batches (padding after a sequence cannot touch it)."""
         from transformers import DynamicCache
 
-        prefix = torch.tensor([prompts[indices[0]][:shared]], device=self.device)
-        prefix_cache = DynamicCache(config=self.model.config)
-        self.decoder(input_ids=prefix, use_cache=True, **{self.cache_kwarg: prefix_cache})
-        layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
-        order = sorted(indices, key=lambda i: len(prompts[i]))
+        states: list = [None] * len(prefixes)
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            ids, lengths = self._padded([prompts[i][shared:] for i in batch])
-            rows = len(batch)
-            cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers])
-            positions = torch.arange(shared, shared + ids.shape[1], device=self.device).expand(rows, -1)
-            cache_args = {self.cache_kwarg: cache, "position_ids": positions, "use_cache": True}
-            out[batch] = self._last_logits(ids, lengths, **cache_args).cpu().numpy()
+            ids, lengths = self._padded([prefixes[i] for i in batch])
+            cache = DynamicCache(config=self.model.config)
+            self.decoder(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
+            for row, index in enumerate(batch):
+                length = int(lengths[row])
+                states[index] = [(layer.keys[row, :, :length], layer.values[row, :, :length]) for layer in cache.layers]
+        return states
+
+    @torch.inference_mode()
+    def _score_rows(self, suffixes: list[list[int]], states: list, prefix_lengths: list[int]) -> torch.Tensor:
+        """Answer logits for rows that each continue their own cached prefix.
+
+        Prefixes of different lengths are left-padded into one cache, and a mask lets each row
+        see its own prefix and its own earlier tokens only; position ids continue each row's
+        prefix. A row with no prefix (length 0) is a whole prompt.
+        """
+        from transformers import DynamicCache
+
+        ids, lengths = self._padded(suffixes)
+        rows, width = ids.shape
+        longest_prefix = max(prefix_lengths)
+        prefix_lengths_t = torch.tensor(prefix_lengths, device=self.device)
+        positions = prefix_lengths_t[:, None] + torch.arange(width, device=self.device)[None, :]
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        if longest_prefix == 0:
+            return self._last_logits(ids, lengths, position_ids=positions)
+        mask = torch.zeros(rows, 1, width, longest_prefix + width, dtype=torch.bool, device=self.device)
+        mask[:, 0, :, longest_prefix:] = causal
+        layers = []
+        for layer, (keys, values) in enumerate(next(s for s in states if s is not None)):
+            padded_keys = keys.new_zeros(rows, keys.shape[0], longest_prefix, keys.shape[-1])
+            padded_values = values.new_zeros(rows, values.shape[0], longest_prefix, values.shape[-1])
+            for row, (state, length) in enumerate(zip(states, prefix_lengths)):
+                if length:
+                    padded_keys[row, :, longest_prefix - length :] = state[layer][0]
+                    padded_values[row, :, longest_prefix - length :] = state[layer][1]
+            layers.append((padded_keys, padded_values))
+        for row, length in enumerate(prefix_lengths):
+            mask[row, 0, :, longest_prefix - length : longest_prefix] = True
+        cache = DynamicCache(ddp_cache_data=layers)
+        return self._last_logits(
+            ids, lengths, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache}
+        )
+
+    def _score_wave(self, prompts: list[list[int]], groups: list[list[int]], out: np.ndarray, progress) -> None:
+        """Score a few queries' prompts: each query's shared prefix once, then all their
+        documents in one length-sorted order, so batches are full and carry little padding."""
+        shared = []
+        for group in groups:
+            sequences = [prompts[i] for i in group]
+            # Every prompt keeps at least its last token out of the prefix, to read the answer from.
+            length = min(common_prefix_length(sequences), min(len(s) for s in sequences) - 1)
+            worth_it = self.prefix_cache and len(group) > 1 and length >= MIN_SHARED_PREFIX
+            shared.append(length if worth_it else 0)
+        with_prefix = [g for g, length in enumerate(shared) if length]
+        computed = self._prefix_states([prompts[groups[g][0]][: shared[g]] for g in with_prefix])
+        states = dict(zip(with_prefix, computed))
+        rows = [(index, g) for g, group in enumerate(groups) for index in group]
+        rows.sort(key=lambda row: len(prompts[row[0]]) - shared[row[1]])
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            logits = self._score_rows(
+                [prompts[i][shared[g] :] for i, g in batch], [states.get(g) for _, g in batch], [shared[g] for _, g in batch]
+            )
+            out[[i for i, _ in batch]] = logits.cpu().numpy()
             progress(len(batch))
 
     def answer_logits(self, queries: list[str], documents: list[str], progress=lambda n: None) -> tuple[np.ndarray, int]:
@@ -156,16 +207,14 @@ class HFJudge:
         by_query: dict[str, list[int]] = defaultdict(list)
         for index, query in enumerate(queries):
             by_query[query].append(index)
-        unshared: list[int] = []
-        for indices in by_query.values():
-            group = [prompts[i] for i in indices]
-            # Every prompt keeps at least its last token out of the shared prefix, so it has a
-            # position of its own to read the answer logits from.
-            shared = min(common_prefix_length(group), min(len(p) for p in group) - 1)
-            if self.prefix_cache and len(indices) > 1 and shared >= MIN_SHARED_PREFIX:
-                self._score_shared_prefix(prompts, out, indices, shared, progress)
-            else:
-                unshared.extend(indices)
-        if unshared:
-            self._score_plain(prompts, out, unshared, progress)
+        # A wave of queries shares the length-sorted batching; its size bounds the prefix
+        # key/value states held at once.
+        wave: list[list[int]] = []
+        for group in by_query.values():
+            wave.append(group)
+            if sum(len(g) for g in wave) >= WAVE_PAIRS_PER_BATCH * self.batch_size:
+                self._score_wave(prompts, wave, out, progress)
+                wave = []
+        if wave:
+            self._score_wave(prompts, wave, out, progress)
         return out, truncated
