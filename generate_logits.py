@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
     resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
-    write_run_args(Path(args.output_dir) / "args.json", script=args, resolved=resolved)
+    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}.json", script=args, resolved=resolved)
 
     summary = {}
     for source, output in zip(args.input_path, outputs):
