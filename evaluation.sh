@@ -10,7 +10,7 @@ MODEL_BEFORE="${MODEL_BEFORE:-BAAI/bge-reranker-v2-m3}"
 # The distilled student written by train.sh
 MODEL_AFTER="${MODEL_AFTER:-output/model}"
 # Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
-DATASET="${DATASET:-data/test.jsonl}"
+DATASET="${DATASET:-data/test.jsonl.gz}"
 # Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
 TEACHER_SCORES="${TEACHER_SCORES:-}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)

@@ -10,9 +10,9 @@ MODEL="${MODEL:-Qwen/Qwen3-Reranker-8B}"
 # Kind of teacher: llm_yesno (Qwen3-Reranker), llm_labels, cross_encoder or embedding;
 # one for every model, or space-separated, one per model in the same order
 TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
-# Data sets to score, space-separated: MTEB reranking JSONL(.gz) or hub data sets NAME[:SPLIT].
+# Data sets to score, space-separated: MTEB reranking JSONL(.gz) or hub data sets NAME[:SPLIT] (data/README.md says how to get the reference task).
 # Score the test split too, so evaluation can report the teacher's own metrics.
-INPUTS="${INPUTS:-data/train.jsonl data/test.jsonl}"
+INPUTS="${INPUTS:-data/train.jsonl.gz data/test.jsonl.gz}"
 # Where {name}_scores.jsonl files go
 OUTPUT_DIR="${OUTPUT_DIR:-output/scores}"
 # The task's own instruction (this one is MTEB's for StackOverflowDupQuestions)

@@ -177,23 +177,31 @@ def build_wordpiece_tokenizer():
     )
 
 
-def build_tiny_cross_encoder(out_dir: str | Path, seed: int = 0, hidden_size: int = 32) -> Path:
-    """Save a random-weight BERT with a one-logit head that ``CrossEncoder(out_dir)`` loads."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_bert_config(tokenizer, hidden_size: int, **overrides):
+    """A two-layer BERT configuration for ``tokenizer``. Its initializer range is wider than
+    BERT's 0.02 so random scores differ visibly between pairs."""
+    from transformers import BertConfig
 
-    tokenizer = build_wordpiece_tokenizer()
-    config = BertConfig(
+    return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=hidden_size * 2,
         max_position_embeddings=512,
-        num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.3,  # wider than BERT's 0.02 so random scores differ visibly between pairs
+        initializer_range=0.3,
+        **overrides,
     )
+
+
+def build_tiny_cross_encoder(out_dir: str | Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Save a random-weight BERT with a one-logit head that ``CrossEncoder(out_dir)`` loads."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    tokenizer = build_wordpiece_tokenizer()
+    config = tiny_bert_config(tokenizer, hidden_size, num_labels=1)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)
     out_dir = Path(out_dir)
@@ -227,19 +235,10 @@ def build_tiny_embedding_model(out_dir: str | Path, seed: int = 0, hidden_size: 
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     tokenizer = build_wordpiece_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=hidden_size * 2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.3,  # wider than BERT's 0.02 so random embeddings differ visibly between texts
-    )
+    config = tiny_bert_config(tokenizer, hidden_size)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as backbone:
         BertModel(config).save_pretrained(backbone)

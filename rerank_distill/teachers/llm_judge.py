@@ -49,8 +49,36 @@ def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, dev
     return HFJudge(model_path, prompt, token_ids, batch_size, device, dtype, prefix_cache)
 
 
-class YesNoJudge:
+class _Judge:
+    """What both judges share: the prompt, the answer words' token ids, the engine (hf or vLLM),
+    and ``config`` (what makes the scores what they are, for resuming safely)."""
+
+    teacher_type = ""
+
+    def __init__(self, model_path, backend, system, words, instruction, max_length, batch_size, device,
+                 dtype, prefix_cache, vllm_options, extra_config=None):  # fmt: skip
+        tokenizer = load_tokenizer(model_path)
+        self.prompt = JudgePrompt(tokenizer, system, instruction, max_length)
+        token_ids = [single_token_id(tokenizer, word, model_path) for word in words]
+        self.name = os.path.basename(os.path.normpath(model_path))
+        self.config = {
+            "teacher_type": self.teacher_type,
+            "model_path": model_path,
+            "instruction": instruction,
+            "max_length": max_length,
+            **(extra_config or {}),
+            "backend": backend,
+            "dtype": dtype,
+        }
+        self.engine = _judge_engine(
+            model_path, backend, self.prompt, words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options
+        )
+
+
+class YesNoJudge(_Judge):
     """Qwen3-Reranker style: score = logit("yes") - logit("no") at the last prompt position."""
+
+    teacher_type = "llm_yesno"
 
     def __init__(
         self,
@@ -64,21 +92,8 @@ class YesNoJudge:
         prefix_cache: bool = True,
         vllm_options: dict | None = None,
     ):
-        tokenizer = load_tokenizer(model_path)
-        self.prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, instruction, max_length)
-        yes_no_ids = [single_token_id(tokenizer, "yes", model_path), single_token_id(tokenizer, "no", model_path)]
-        self.name = os.path.basename(os.path.normpath(model_path))
-        self.config = {
-            "teacher_type": "llm_yesno",
-            "model_path": model_path,
-            "instruction": instruction,
-            "max_length": max_length,
-            "backend": backend,
-            "dtype": dtype,
-        }
-        self.engine = _judge_engine(
-            model_path, backend, self.prompt, ["yes", "no"], yes_no_ids, batch_size, device, dtype, prefix_cache, vllm_options
-        )
+        super().__init__(model_path, backend, YES_NO_SYSTEM, ["yes", "no"], instruction, max_length, batch_size,
+                         device, dtype, prefix_cache, vllm_options)  # fmt: skip
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         if hasattr(self.engine, "yes_minus_no"):
@@ -88,9 +103,11 @@ class YesNoJudge:
         return TeacherScores(yes_minus_no(logits), truncated=truncated)
 
 
-class LabelJudge:
+class LabelJudge(_Judge):
     """A judge that answers with one graded label word: score = expected grade under the softmax
     over the label tokens; the output also keeps each label's probability (``label_probs``)."""
+
+    teacher_type = "llm_labels"
 
     def __init__(
         self,
@@ -106,24 +123,10 @@ class LabelJudge:
         prefix_cache: bool = True,
         vllm_options: dict | None = None,
     ):
-        tokenizer = load_tokenizer(model_path)
         self.words, self.grades = list(label_words), [float(grade) for grade in label_grades]
-        self.prompt = JudgePrompt(tokenizer, labels_system(self.words), instruction, max_length)
-        token_ids = [single_token_id(tokenizer, word, model_path) for word in self.words]
-        self.name = os.path.basename(os.path.normpath(model_path))
-        self.config = {
-            "teacher_type": "llm_labels",
-            "model_path": model_path,
-            "instruction": instruction,
-            "max_length": max_length,
-            "label_words": self.words,
-            "label_grades": self.grades,
-            "backend": backend,
-            "dtype": dtype,
-        }
-        self.engine = _judge_engine(
-            model_path, backend, self.prompt, self.words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options
-        )
+        super().__init__(model_path, backend, labels_system(self.words), self.words, instruction, max_length,
+                         batch_size, device, dtype, prefix_cache, vllm_options,
+                         extra_config={"label_words": self.words, "label_grades": self.grades})  # fmt: skip
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         logits, truncated = self.engine.answer_logits(queries, passages, progress)
