@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_parallel_size > 1 and shard.count == 1:
         total = sum(summary.pairs for summary in expected.values())
         run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
-                     args.input_path, total, args.show_progress)
+                     args.input_path, total, args.show_progress, on_cpu=args.device == "cpu")
         return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
 
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)

@@ -12,6 +12,7 @@ works (--learning_rate, --bf16, --resume_from_checkpoint last, ...). Unless you 
 evaluates and saves 10 times per run, keeps 2 checkpoints and makes the best the final model: best by MAP
 on held-out training queries with gold labels (--selection_data, or the training file's own labels), else
 by eval loss; --early_stopping_patience N stops after N evaluations without a better one. Never the test set.
+--max_train_seconds S stops after S seconds, with the learning-rate schedule fitted to them.
 Several GPUs: torchrun --nproc_per_node N train.py ...
 """
 
@@ -37,6 +38,7 @@ from rerank_distill.training import (
     LengthGroupedBatchSampler,
     Selection,
     SelectionEvaluator,
+    TimeBudget,
     default_training_flags,
     passed_flags,
     plan_selection,
@@ -78,6 +80,12 @@ class ScriptArguments:
         metadata={"help": "What picks the best checkpoint: map (held-out MAP), loss (held-out eval loss) or auto "
                   "(map when gold labels are at hand, else loss)."},
     )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Stop training after this many seconds of wall time (evaluations and checkpoints count), "
+                  "with a last evaluation and checkpoint; the learning-rate schedule follows whichever runs out "
+                  "first, these seconds or the planned steps, so it still decays to its end. Unset: no limit."},
+    )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint; 0: never."}
     )
@@ -102,6 +110,13 @@ class ScriptArguments:
         default=True,
         metadata={"help": "margin_mse: one forward pass over positive and negative pairs together (same loss, "
                   "faster). --no_fused_forward runs sentence-transformers' MarginMSELoss as is."},
+    )
+    pairs_per_forward: int = field(
+        default=0,
+        metadata={"help": "margin_mse (fused), listwise_kl, infonce: score a batch's (query, document) pairs in "
+                  "forward passes of this many, sorted by length so each pads only to its own longest (same loss, "
+                  "less padding: faster on CPUs, or where whole candidate lists mix short and long passages). "
+                  "0: one forward pass per batch."},
     )
     group_by_length_batches: bool = field(
         default=True,
@@ -154,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     if script.early_stopping_patience > 0 and not evaluate:
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
 
+    budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
+
     # Data first: a bad line fails in seconds, before any model download.
     kind, selection = load_data(script, evaluate, training.seed)
     if evaluate:
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
     model = CrossEncoder(model_path, num_labels=1, max_length=script.max_length)
     padding = track_padding(model)
-    loss = build_loss(script.loss, model, script.fused_forward)
+    loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
     callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
@@ -174,23 +191,28 @@ def main(argv: list[str] | None = None) -> dict:
         write_run_args(Path(training.output_dir) / "args.json", script=script, training=training)
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
-                                  eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks)
+                                  eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
+                                  time_budget=budget)
     start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
     logger.info("training %s for %s", script.model_name_or_path,
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")
     started = time.perf_counter()
+    if budget is not None:
+        budget.start()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 
     state = trainer.state
+    stopped_by_time = budget is not None and budget.stopped_training
     examples_trained = trainer.examples_trained * training.world_size  # this process's count, scaled
     summary = {
         "loss": script.loss,
         "data_kind": kind,
         **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
         "steps": state.global_step,
-        "stopped_early": bool(callbacks) and state.global_step < state.max_steps,
+        "stopped_early": bool(callbacks) and state.global_step < state.max_steps and not stopped_by_time,
+        "stopped_by_time": stopped_by_time,
         "resumed_from_step": start_step,
         "examples_trained": examples_trained,
         "seconds": round(seconds, 1),
@@ -205,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(
         "done: %d steps (%d this run%s) in %.1f s, %.1f examples/s; tokens per pair %.1f real of %.1f padded "
         "(%.0f%% padding); final model %s%s", summary["steps"], state.global_step - start_step,
-        ", stopped early" if summary["stopped_early"] else "", seconds, summary["examples_per_second"],
+        ", stopped early" if summary["stopped_early"] else ", time budget spent" if stopped_by_time else "",
+        seconds, summary["examples_per_second"],
         summary["mean_real_tokens"], summary["mean_padded_tokens"], 100 * summary["padding_share"],
         training.output_dir,
         f" = best checkpoint {state.best_model_checkpoint} ({summary['metric_for_best_model']} {state.best_metric:.4g})"

@@ -29,16 +29,17 @@ from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
 
 
-def original_scores(model, tokenizer, queries, documents, instruction, max_length, device) -> np.ndarray:
-    """The original recipe's loop, kept as it was (minus its doubled end-of-turn marker)."""
+def original_scores(model, tokenizer, queries, documents, instruction, max_length, device, batch_size=8) -> np.ndarray:
+    """The original recipe's loop, kept as it was (minus its doubled end-of-turn marker); other
+    batch sizes only to show how far its bf16 scores move with the batch's padding alone."""
     yes_id, no_id = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
     prefix_ids = tokenizer.encode(prompt_prefix(YES_NO_SYSTEM), add_special_tokens=False)
     suffix_ids = tokenizer.encode(SUFFIX, add_special_tokens=False)
     tokenizer.padding_side = "left"
     scores = []
-    for start in range(0, len(queries), 8):
+    for start in range(0, len(queries), batch_size):
         batch = []
-        for query, document in zip(queries[start : start + 8], documents[start : start + 8]):
+        for query, document in zip(queries[start : start + batch_size], documents[start : start + batch_size]):
             body = tokenizer(
                 format_body(instruction, query, document),
                 truncation=True,
@@ -53,24 +54,35 @@ def original_scores(model, tokenizer, queries, documents, instruction, max_lengt
     return np.array(scores)
 
 
-def random_qwen3_8b(folder: Path, tokenizer_from: str) -> Path:
-    """A randomly initialised model of Qwen3-8B's shape (36 layers, hidden 4096, GQA 32/8), saved
-    with a borrowed tokenizer: real 8B work per token without downloading the weights."""
+def random_qwen3_8b(folder: Path, tokenizer_from: str, device: str):
+    """A randomly initialised model of Qwen3-8B's shape (36 layers, hidden 4096, GQA 32/8) in
+    bf16 on ``device``, and a folder with its config and a borrowed tokenizer: real 8B work per
+    token without downloading the weights. Nothing is saved: every path shares this one model."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    if (folder / "config.json").exists():
-        return folder
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     config = Qwen3Config(
         vocab_size=151_669, hidden_size=4096, intermediate_size=12_288, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40_960,
         tie_word_embeddings=False, rope_theta=1_000_000,
     )  # fmt: skip
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: 16 GB, not 32 then 16
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return folder, model
+
+
+def share_model(model) -> None:
+    """Make every ``AutoModelForCausalLM.from_pretrained`` (the hf backend's too) return ``model``."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained = staticmethod(lambda *args, **kwargs: model)
 
 
 def main() -> None:
@@ -92,7 +104,11 @@ def main() -> None:
 
     from rerank_distill.teachers.llm_judge import YesNoJudge
 
-    model_path = str(random_qwen3_8b(Path("output/bench_models/random-qwen3-8b"), args.model_path)) if args.random_qwen3_8b else args.model_path
+    model_path = args.model_path
+    if args.random_qwen3_8b:
+        folder, shared_model = random_qwen3_8b(Path("output/bench_models/random-qwen3-8b"), args.model_path, args.device)
+        model_path = str(folder)
+        share_model(shared_model)
     queries = list(iter_ranking_queries(args.data))
     pool = [p for q in queries for p in q.passages]
     queries = queries[: args.num_queries]
@@ -131,6 +147,8 @@ def main() -> None:
     for dtype in dtypes:
         model = original_models[dtype]
         runs[f"original loop (batch 8, {dtype})"] = run(f"original {dtype}", lambda model=model: original_scores(model, tokenizer, pair_queries, pair_docs, args.instruction, args.max_length, args.device))
+        if dtype == "bfloat16" and on_gpu:  # its scores' distance from batch 8's is bf16's own noise
+            runs[f"original loop (batch 16, {dtype})"] = run(f"original batch 16 {dtype}", lambda model=model: original_scores(model, tokenizer, pair_queries, pair_docs, args.instruction, args.max_length, args.device, 16))
         if dtype == dtypes[0]:
             runs[f"ours, no prefix cache ({dtype})"] = run(f"ours plain {dtype}", lambda: judge_no_prefix_cache.score(pair_queries, pair_docs).scores)
         runs[f"ours (hf backend, {dtype})"] = run(f"ours {dtype}", lambda judge=judges[dtype]: judge.score(pair_queries, pair_docs).scores)
@@ -150,6 +168,7 @@ def main() -> None:
     reference = outputs[f"original {dtypes[0]}"]
     differences = {name: float(np.abs(scores - reference).max()) for name, scores in outputs.items() if scores is not reference}
     print(f"largest |score - original {dtypes[0]} score|:", {k: f"{v:.2e}" for k, v in differences.items()})
+    print(f"original scores: standard deviation {reference.std():.3g}, range {np.ptp(reference):.3g} (the scale those differences sit on)")
     results = {
         "benchmark": "teacher", "machine": machine(), "device": args.device, "model": Path(model_path).name,
         "queries": len(queries), "pairs": len(pair_docs), "candidates_per_query": args.candidates_per_query or "as in the data", "repetitions": args.repetitions, "batch_size": args.batch_size,
@@ -158,6 +177,7 @@ def main() -> None:
         "baseline": baseline,
         "ratio_to_baseline": {name: rate / dict(rows)[baseline] for name, rate in rows},
         "max_abs_score_difference_from_baseline": differences,
+        "baseline_score_std": float(reference.std()), "baseline_score_range": float(np.ptp(reference)),
     }  # fmt: skip
     default_name = f"teacher_{args.device.split(':')[0]}" + (f"_{args.candidates_per_query}_candidates" if args.candidates_per_query else "")
     print("wrote", write_results(args.output_json or f"bench/results/{default_name}.json", results))

@@ -293,7 +293,7 @@ def label_word_grades(words: list[str], grades: list[float] | None = None) -> di
 
 
 @dataclass
-class TeacherScores:
+class TeacherRanking:
     """A teacher's scores for the candidates of a ranking data set."""
 
     per_query: list[np.ndarray]  # each query's candidate scores, in its passages' order
@@ -306,7 +306,7 @@ def teacher_scores_for(
     source: str,
     label_words: list[str] | None = None,
     label_grades: list[float] | None = None,
-) -> TeacherScores:
+) -> TeacherRanking:
     """Look up each candidate of each query in a teacher-scores file (stage 1's output or any
     ``{"query", "passage"|"content", "score"}`` file; a repeated pair keeps its first score).
 
@@ -332,7 +332,7 @@ def teacher_scores_for(
     used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
     with_probs = [probs for _, probs, _ in used if probs is not None]
     if not with_probs:
-        return TeacherScores(per_query)
+        return TeacherRanking(per_query)
     words = label_words or list(with_probs[0])
     if not label_words and not label_grades and not all(word.strip().lower() in ESCI_GRADES for word in words):
         raise InputError(
@@ -352,4 +352,4 @@ def teacher_scores_for(
                 source,
                 line,
             )
-    return TeacherScores(per_query, [probs for _, probs, _ in used], word_grades)
+    return TeacherRanking(per_query, [probs for _, probs, _ in used], word_grades)

@@ -62,18 +62,21 @@ LOSSES = {
 }
 
 
-def build_loss(name: str, model, fused_forward: bool = True) -> nn.Module:
-    """The loss module for ``--loss name`` (a key of LOSSES) on a one-logit CrossEncoder."""
+def build_loss(name: str, model, fused_forward: bool = True, pairs_per_forward: int = 0) -> nn.Module:
+    """The loss module for ``--loss name`` (a key of LOSSES) on a one-logit CrossEncoder.
+    ``pairs_per_forward`` > 0 scores a batch's pairs in length-sorted forward passes of that many
+    (see score_pairs) in the losses that score many pairs per example (margin_mse fused,
+    listwise_kl, infonce); 0 scores each batch in one pass."""
     if name == "margin_mse":
-        return FusedMarginMSELoss(model) if fused_forward else MarginMSELoss(model)
+        return FusedMarginMSELoss(model, pairs_per_forward=pairs_per_forward) if fused_forward else MarginMSELoss(model)
     if name == "mse":
         return MSELoss(model)
     if name in ("bce_soft", "bce_labels"):  # both with float targets in [0, 1]
         return BinaryCrossEntropyLoss(model)
     if name == "listwise_kl":
-        return ListwiseKLLoss(model)
+        return ListwiseKLLoss(model, pairs_per_forward=pairs_per_forward)
     if name == "infonce":
-        return GroupInfoNCELoss(model)
+        return GroupInfoNCELoss(model, pairs_per_forward=pairs_per_forward)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
@@ -82,24 +85,49 @@ def build_loss(name: str, model, fused_forward: bool = True) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 
-def score_pairs(model, pairs: list[tuple[str, str]], prompt: str | None = None, task: str | None = None) -> Tensor:
-    """One raw logit per (query, document) pair, from a single tokenisation and forward pass."""
+def score_pairs(
+    model, pairs: list[tuple[str, str]], prompt: str | None = None, task: str | None = None,
+    pairs_per_forward: int = 0,
+) -> Tensor:
+    """One raw logit per (query, document) pair, in the order given, from a single tokenisation.
+
+    ``pairs_per_forward`` <= 0 (or at least the number of pairs): one forward pass over all of
+    them. Otherwise the pairs are sorted by token length and scored in forward passes of that
+    many, each padded only to its own longest pair. The logits are the same (padding is masked
+    out), but a batch of whole candidate lists mixes short and long passages, and one pass pads
+    every pair to the longest (about a third of the tokens of SemEval's lists), which costs the
+    same compute as real tokens.
+    """
     features = model.preprocess(pairs, prompt=prompt, task=task)
-    features = batch_to_device(features, model.device)
-    return model(features)["scores"].view(-1)
+    if pairs_per_forward <= 0 or len(pairs) <= pairs_per_forward:
+        return model(batch_to_device(features, model.device))["scores"].view(-1)
+    lengths = features["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    left_padded = getattr(model.tokenizer, "padding_side", "right") == "left"
+    scores = []
+    for rows in order.split(pairs_per_forward):
+        width = int(lengths[rows].max())
+        columns = slice(-width, None) if left_padded else slice(0, width)
+        chunk = {
+            name: value[rows][:, columns] if isinstance(value, Tensor) and value.dim() == 2 else value
+            for name, value in features.items()
+        }
+        scores.append(model(batch_to_device(chunk, model.device))["scores"].view(-1))
+    return torch.cat(scores)[torch.argsort(order)]
 
 
 def score_groups(
     model, anchors: list[str], columns: list[list[str]], present: Tensor, prompt: str | None = None,
-    task: str | None = None,
+    task: str | None = None, pairs_per_forward: int = 0,
 ) -> Tensor:
-    """Logits of each query against each document column in one forward pass, shaped
-    (batch, columns): the logit of (anchors[b], columns[c][b]) where ``present[b, c]``, else 0
-    (a missing negative of a shorter n-tuple, never scored; the caller masks it)."""
+    """Logits of each query against each document column from one tokenisation (see
+    score_pairs), shaped (batch, columns): the logit of (anchors[b], columns[c][b]) where
+    ``present[b, c]``, else 0 (a missing negative of a shorter n-tuple, never scored; the caller
+    masks it)."""
     present = present.cpu()
     mask = present.tolist()
     pairs = [(query, column[b]) for c, column in enumerate(columns) for b, query in enumerate(anchors) if mask[b][c]]
-    flat = score_pairs(model, pairs, prompt, task)
+    flat = score_pairs(model, pairs, prompt, task, pairs_per_forward)
     # Column by column, then row by row: the order masked_scatter fills a (columns, batch) mask in.
     return flat.new_zeros(present.T.shape).masked_scatter(present.T.to(flat.device), flat).T
 
@@ -137,13 +165,19 @@ class FusedMarginMSELoss(MarginMSELoss):
     mean runs over the margins present.
     """
 
+    def __init__(self, model, *args, pairs_per_forward: int = 0, **kwargs) -> None:
+        super().__init__(model, *args, **kwargs)
+        self.pairs_per_forward = pairs_per_forward
+
     def forward(self, inputs, labels, prompt=None, task=None) -> Tensor:
         anchors, documents = inputs[0], inputs[1:]
         labels = margin_labels(labels, len(anchors), len(documents) - 1).to(self.model.device).float()
         present = group_mask(labels)
-        logits = self.activation_fn(score_groups(self.model, anchors, documents, present, prompt, task))
+        logits = score_groups(self.model, anchors, documents, present, prompt, task, self.pairs_per_forward)
+        logits = self.activation_fn(logits)
         margins = logits[:, :1] - logits[:, 1:]
-        return self.loss_fct(margins[present[:, 1:]], labels.detach()[present[:, 1:]])
+        dtype = torch.promote_types(margins.dtype, torch.float32)  # a float64 model's margins stay float64
+        return self.loss_fct(margins[present[:, 1:]].to(dtype), labels.detach()[present[:, 1:]].to(dtype))
 
 
 class GroupInfoNCELoss(nn.Module):
@@ -152,15 +186,16 @@ class GroupInfoNCELoss(nn.Module):
     mean over rows. One forward pass per batch. The labels (teacher margins) only mark the
     missing negatives of shorter n-tuples (NaN), which are left out of the softmax."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, pairs_per_forward: int = 0) -> None:
         super().__init__()
         self.model = model
         self.cross_entropy = nn.CrossEntropyLoss()
+        self.pairs_per_forward = pairs_per_forward
 
     def forward(self, inputs, labels, prompt=None, task=None) -> Tensor:
         anchors, documents = inputs[0], inputs[1:]
         present = group_mask(margin_labels(labels, len(anchors), len(documents) - 1))
-        logits = score_groups(self.model, anchors, documents, present, prompt, task)
+        logits = score_groups(self.model, anchors, documents, present, prompt, task, self.pairs_per_forward)
         logits = logits.float().masked_fill(~present.to(logits.device), float("-inf"))
         return self.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
@@ -173,17 +208,25 @@ class ListwiseKLLoss(ListNetLoss):
     candidates of teacher scores (already divided by the temperature) and of student logits.
 
     ListNetLoss computes the cross-entropy H(p_teacher, p_student) = KL + H(p_teacher); the
-    teacher's entropy does not depend on the student, so subtracting it changes the value only:
-    gradients, and so training, are ListNet's. The whole batch goes through one forward pass.
+    teacher's entropy does not depend on the student, so the KL differs in value only: gradients,
+    and so training, are ListNet's, and 0 means the student matches the teacher. The pairs of the
+    whole batch come from one tokenisation, scored in one forward pass or in length-sorted passes
+    of ``pairs_per_forward`` (see score_pairs).
     """
 
-    def __init__(self, model) -> None:
-        super().__init__(model, mini_batch_size=-1)  # <= 0: one forward pass over all pairs
+    def __init__(self, model, pairs_per_forward: int = 0) -> None:
+        super().__init__(model, mini_batch_size=-1)
+        self.pairs_per_forward = pairs_per_forward
 
     def forward(self, inputs, labels: list[Tensor], prompt=None, task=None) -> Tensor:
-        cross_entropy = super().forward(inputs, labels, prompt=prompt, task=task)
-        entropies = []
-        for scores in labels:
-            log_p = torch.log_softmax(scores.float(), dim=0)
-            entropies.append(-(log_p.exp() * log_p).sum())
-        return cross_entropy - torch.stack(entropies).mean().to(cross_entropy.device)
+        queries, documents = inputs
+        sizes = [len(docs) for docs in documents]
+        if sizes != [len(scores) for scores in labels]:
+            raise ValueError(f"documents per query {sizes} do not match scores per query {[len(x) for x in labels]}")
+        pairs = [(query, document) for query, docs in zip(queries, documents) for document in docs]
+        logits = self.activation_fn(score_pairs(self.model, pairs, prompt, task, self.pairs_per_forward).float())
+        divergences = []
+        for student, teacher in zip(logits.split(sizes), labels):
+            log_p = torch.log_softmax(teacher.float().to(student.device), dim=0)
+            divergences.append((log_p.exp() * (log_p - torch.log_softmax(student, dim=0))).sum())
+        return torch.stack(divergences).mean()

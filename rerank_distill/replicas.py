@@ -41,11 +41,13 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def gpu_groups(num_replicas: int, gpus_per_replica: int) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES value of each replica (None everywhere on a machine without GPUs)."""
-    gpus = visible_gpus()
+def gpu_groups(num_replicas: int, gpus_per_replica: int, on_cpu: bool = False) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES value of each replica (None everywhere when they run on the CPU:
+    asked for, or on a machine without GPUs)."""
+    gpus = [] if on_cpu else visible_gpus()
     if not gpus:
-        logger.warning("no GPU found: running %d replicas on the CPU", num_replicas)
+        if not on_cpu:
+            logger.warning("no GPU found: running %d replicas on the CPU", num_replicas)
         return [None] * num_replicas
     needed = num_replicas * gpus_per_replica
     if len(gpus) < needed:
@@ -78,7 +80,7 @@ def _pairs_done(sources: list[str], output_dir: str, shards: list[Shard], finish
 
 def run_replicas(
     script: str, argv: list[str], num_replicas: int, gpus_per_replica: int, output_dir: str,
-    sources: list[str], total_pairs: int, show_progress: bool = True,
+    sources: list[str], total_pairs: int, show_progress: bool = True, on_cpu: bool = False,
 ) -> None:
     """Run ``script`` once per replica with ``--shard i/N`` and its own GPUs, showing one progress
     bar over all of them; raise InputError naming the log of any replica that failed."""
@@ -89,7 +91,7 @@ def run_replicas(
     log_dir.mkdir(parents=True, exist_ok=True)
     shards = [Shard(i, num_replicas) for i in range(num_replicas)]
     workers = []
-    for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica)):
+    for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica, on_cpu)):
         env = dict(os.environ)
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus

@@ -1,20 +1,24 @@
 """Training helpers for train.py: each kind of training file turned into the columns its loss
 takes, the held-out queries and checkpoint selection by MAP, the defaults train.py adds to the
-command line, padding statistics, a length-grouped batch sampler and the trainer."""
+command line, padding statistics, a length-grouped batch sampler, a wall-time budget and the
+trainer."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
+from transformers import TrainerCallback
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
@@ -621,9 +625,82 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         return full + (1 if rest and not self.drop_last else 0)
 
 
+# ---------------------------------------------------------------------------------------------
+# A wall-time budget: --max_train_seconds
+# ---------------------------------------------------------------------------------------------
+
+
+class TimeBudget(TrainerCallback):
+    """Keep training within ``seconds`` of wall time from its start (``start``, or the trainer's
+    on_train_begin), evaluations and checkpoints included.
+
+    Training stops at the first step end from which the longest step-to-step interval seen so
+    far (a step plus an evaluation and a checkpoint, once one has happened) would reach the
+    budget, with a last evaluation and checkpoint, so the last model can still be picked as the
+    best and the run ends within the budget rather than one evaluation past it.
+
+    The learning-rate schedule follows whichever runs out first, steps or time (``stretch``):
+    the scheduler is shown the step matching ``max(steps done, share of the budget spent)`` of
+    the planned run, so a warmup-then-decay schedule still reaches its end when time, not the
+    step count, ends training, instead of stopping mid-decay at a high rate.
+    """
+
+    def __init__(self, seconds: float, clock=time.perf_counter) -> None:
+        if not seconds > 0:
+            raise InputError(f"--max_train_seconds must be positive, got {seconds}")
+        self.seconds, self.clock = seconds, clock
+        self.started: float | None = None
+        self.last_step_end: float | None = None
+        self.longest_interval = 0.0  # seconds between two step ends, evaluations and checkpoints included
+        # share of the budget that will be spent once the next step ends, measured at the last step
+        # end and the same on every process
+        self.spent = 0.0
+        self.stopped_training = False
+
+    def start(self) -> None:
+        """Start the clock now (train.py calls it just before trainer.train(), whose time it reports)."""
+        self.started = self.last_step_end = self.clock()
+
+    def stretch(self, scheduler, total_steps: int) -> bool:
+        """Make a LambdaLR schedule (every schedule transformers builds is one) planned for
+        ``total_steps`` follow the time budget too; False (and no change) for another kind."""
+        if not hasattr(scheduler, "lr_lambdas"):
+            return False
+
+        def follow_time(planned):
+            def rate(step: int) -> float:
+                return planned(min(total_steps, max(step, math.ceil(self.spent * total_steps))))
+
+            return rate
+
+        scheduler.lr_lambdas = [follow_time(planned) for planned in scheduler.lr_lambdas]
+        return True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.started is None:
+            self.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        self.longest_interval = max(self.longest_interval, now - self.last_step_end)
+        self.last_step_end = now
+        self.spent = (now - self.started + self.longest_interval) / self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the slowest process's clock decides, so all stop at the same step with the same rate
+            spent = torch.tensor([self.spent], device=args.device)
+            torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
+            self.spent = float(spent)
+        if self.spent >= 1 and not control.should_training_stop:
+            control.should_training_stop = self.stopped_training = True
+            control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
+            control.should_save = control.should_save or args.save_strategy not in ("no", "best")
+        return control
+
+
 class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
-    process's), with two fixes for torchrun (no change on one process).
+    process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
+    TimeBudget), and has two fixes for torchrun (no change on one process).
 
     - Only the main process writes checkpoints and the final model: transformers 5 calls
       ``_save`` on every process and checks ``should_save`` inside it, but sentence-transformers'
@@ -637,9 +714,19 @@ class DistillationTrainer(CrossEncoderTrainer):
       averages in the repeats.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, time_budget: TimeBudget | None = None, **kwargs) -> None:
+        callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
         self.examples_trained = 0
+        self.time_budget = time_budget
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if fresh and self.time_budget is not None and not self.time_budget.stretch(scheduler, num_training_steps):
+            logger.warning("--max_train_seconds: the %s schedule is not a LambdaLR, so it is not fitted to the time "
+                           "budget (training still stops when the budget is spent)", type(scheduler).__name__)
+        return scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:

@@ -221,7 +221,8 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
 
 
 def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwen3, ranking_file, tmp_path):
-    common = ["--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--batch_size", "4", "--no_show_progress"]
+    common = ["--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--batch_size", "4", "--no_show_progress",
+              "--device", "cpu"]  # two replicas on a CPU, also where one GPU is visible
     generate_logits.main([*common, "--output_dir", str(tmp_path / "one")])
     generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2"])
     single = [json.loads(l) for l in (tmp_path / "one" / "train_scores.jsonl").read_text().splitlines()]

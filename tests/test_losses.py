@@ -33,10 +33,12 @@ def one_thread():
 def model(tiny_cross_encoder):
     """The tiny student in eval mode (no dropout) and float64 (its one-logit head still computes in
     float32), so the loss's padded batch and the hand computation's one-pair batches agree to
-    float32 rounding, far below the 1e-6 relative tolerance used here."""
+    float32 rounding, far below the 1e-6 relative tolerance used here. On the CPU, also where a
+    GPU is present: sentence-transformers' MarginMSELoss, the reference here, casts its labels to
+    float32, which a float64 model's backward pass rejects on CUDA (test_gpu.py trains on a GPU)."""
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(str(tiny_cross_encoder), num_labels=1).eval().to(torch.float64)
+    return CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu").eval().to(torch.float64)
 
 
 def logit(model, query: str, passage: str) -> float:
@@ -60,6 +62,7 @@ def loss_on_file(model, path: str, loss_name: str, temperature: float = 1.0, **l
     dataset = read_training_data(path, loss_name, temperature).to_dataset()
     batch = CrossEncoderDataCollator(preprocess_fn=model.preprocess)([dataset[i] for i in range(len(dataset))])
     labels = batch.pop("label")
+    labels = [row.to(model.device) for row in labels] if isinstance(labels, list) else labels.to(model.device)
     with torch.no_grad():
         return build_loss(loss_name, model, **loss_kwargs)(list(batch.values()), labels).item()
 
@@ -148,6 +151,8 @@ def test_infonce_is_the_cross_entropy_of_the_positive_within_its_own_group(model
 
 
 def loss_and_grads(loss_fn, model, inputs, labels):
+    """The loss and its gradients, with the labels on the model's device as the trainer puts them."""
+    labels = [row.to(model.device) for row in labels] if isinstance(labels, list) else labels.to(model.device)
     model.zero_grad()
     loss = loss_fn(inputs, labels)
     loss.backward()
@@ -189,6 +194,44 @@ def test_listwise_kl_has_listnets_gradients_and_differs_by_the_teacher_entropy(m
     assert listnet - kl == pytest.approx(entropy, rel=1e-6)
     for name, grad in listnet_grads.items():
         torch.testing.assert_close(kl_grads[name], grad, msg=name)
+
+
+def forward_widths(model) -> tuple[list[int], object]:
+    """The padded width of every forward pass of ``model`` (a list filled as it runs), and the hook."""
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: widths.append(args[0]["attention_mask"].shape[1]))
+    return widths, hook
+
+
+def test_pairs_per_forward_scores_in_length_sorted_passes_padded_to_their_own_longest(model):
+    from rerank_distill.losses import score_pairs
+
+    long = "the dentist clinic opens at nine every weekday morning and closes late on fridays"
+    pairs = [(Q1, P1), (Q2, long), (Q3, N1), (Q1, long + " " + long), (Q2, N3)]
+    lengths = [len(model.tokenizer(q, d)["input_ids"]) for q, d in pairs]
+    widths, hook = forward_widths(model)
+    with torch.no_grad():
+        one_pass = score_pairs(model, pairs)
+        chunked = score_pairs(model, pairs, pairs_per_forward=2)
+    hook.remove()
+    by_length = sorted(lengths, reverse=True)
+    # one pass pads all five to the longest; then passes of 2, 2 and 1 pairs, longest first
+    assert widths == [max(lengths), by_length[0], by_length[2], by_length[4]]
+    torch.testing.assert_close(chunked, one_pass)  # the same logits, back in the order given
+
+
+@pytest.mark.parametrize("loss_name, inputs, labels", [
+    ("listwise_kl", [[Q1, Q2], [[P1, N1, N2, N4], [P2, N3]]], [torch.tensor([4.0, 1.0, -1.0, 0.0]), torch.tensor([0.5, 0.0])]),
+    ("margin_mse", [[Q1, Q2], [P1, P2], [N1, N2], [N3, N4]], torch.tensor([[5.0, 1.0, 0.5], [4.0, 3.5, -1.0]])),
+    ("infonce", [[Q1, Q2], [P1, P2], [N1, N2], [N3, N4]], torch.tensor([[5.0, 1.0, 0.5], [4.0, 3.5, -1.0]])),
+])
+def test_pairs_per_forward_changes_no_loss_value_or_gradient(model, loss_name, inputs, labels):
+    whole, whole_grads = loss_and_grads(build_loss(loss_name, model), model, inputs, labels)
+    chunked, chunked_grads = loss_and_grads(build_loss(loss_name, model, pairs_per_forward=3), model, inputs, labels)
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    assert whole_grads.keys() == chunked_grads.keys() and whole_grads
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, msg=name)
 
 
 def test_every_loss_is_built_for_the_data_kinds_it_names():

@@ -1,0 +1,122 @@
+"""train.py --max_train_seconds (rerank_distill.training.TimeBudget): training stops once the
+budget is spent, after a last evaluation and checkpoint, and the learning-rate schedule follows
+whichever runs out first, the planned steps or the time."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import TrainerControl, get_linear_schedule_with_warmup
+
+import train
+from rerank_distill.errors import InputError
+from rerank_distill.training import TimeBudget
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def linear_schedule(total_steps: int, warmup_steps: int = 0):
+    """transformers' linear schedule on an optimizer whose base rate is 1, so the rate is the factor."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+
+
+def started_budget(seconds: float) -> tuple[TimeBudget, FakeClock]:
+    clock = FakeClock()
+    budget = TimeBudget(seconds, clock)
+    budget.on_train_begin(None, None, None)  # the clock starts at 0
+    return budget, clock
+
+
+def step_ends(budget: TimeBudget, clock: FakeClock, *times: float) -> TrainerControl:
+    """Steps ending at these times; the control of the last one."""
+    args = SimpleNamespace(eval_strategy="steps", save_strategy="steps", device="cpu")
+    for now in times:
+        clock.now = now
+        control = budget.on_step_end(args, None, TrainerControl())
+    return control
+
+
+@pytest.mark.parametrize(
+    "times, step, expected",
+    [
+        # steps of 0.5 s: by the next step's end 1.5 s of 10 are spent; at step 10 of 100 the
+        # time runs ahead, so the rate is the planned one of step 15: 1 - 15/100
+        ((0.5, 1.0), 10, 0.85),
+        ((0.5,), 60, 0.4),  # 1 s of 10 by the next step end, but 60 of 100 steps done: step 60's rate
+        # an evaluation made one interval 3.5 s long: (4.5 + 3.5) / 10 spent, the rate of step 80
+        ((0.5, 1.0, 4.5), 30, 0.2),
+        ((0.5, 9.6), 30, 0.0),  # past the budget: the schedule's end
+    ],
+)
+def test_the_learning_rate_follows_whichever_runs_out_first_steps_or_time(times, step, expected):
+    budget, clock = started_budget(10.0)
+    schedule = linear_schedule(total_steps=100)
+    assert budget.stretch(schedule, total_steps=100)
+    step_ends(budget, clock, *times)
+    assert schedule.lr_lambdas[0](step) == pytest.approx(expected)
+
+
+def test_warmup_is_also_passed_through_faster_when_time_runs_ahead():
+    budget, clock = started_budget(100.0)
+    schedule = linear_schedule(total_steps=100, warmup_steps=20)
+    budget.stretch(schedule, total_steps=100)
+    step_ends(budget, clock, 5.0)  # 10 s of 100 spent by the next step end: step 10, halfway up the warmup
+    assert schedule.lr_lambdas[0](1) == pytest.approx(0.5)
+
+
+def test_training_stops_at_the_step_end_from_which_one_more_step_would_reach_the_budget():
+    budget, clock = started_budget(10.0)
+    control = step_ends(budget, clock, *range(1, 9))  # a step a second: 8 + 1 s of 10 by the next end
+    assert not (control.should_training_stop or control.should_evaluate or control.should_save)
+    control = step_ends(budget, clock, 9)
+    assert control.should_training_stop and control.should_evaluate and control.should_save
+    assert budget.stopped_training
+
+
+def test_an_evaluation_that_made_a_step_longer_is_kept_in_reserve():
+    budget, clock = started_budget(10.0)
+    assert not step_ends(budget, clock, 1, 2, 5, 6).should_training_stop  # 6 + 3 s of 10
+    assert step_ends(budget, clock, 7).should_training_stop  # 7 + 3 s
+
+
+def test_the_clock_starts_when_started_not_when_the_trainer_begins():
+    clock = FakeClock()
+    budget = TimeBudget(10.0, clock)
+    budget.start()
+    clock.now = 4.0
+    budget.on_train_begin(None, None, None)  # the trainer's own setup took 4 s of the budget
+    assert step_ends(budget, clock, 5.0).should_training_stop  # 5 + 5 s
+
+
+def test_a_budget_must_be_positive():
+    with pytest.raises(InputError, match="--max_train_seconds must be positive"):
+        TimeBudget(0)
+
+
+def test_train_stops_at_the_first_step_past_the_budget_and_the_last_model_is_evaluated(
+    tiny_cross_encoder, tmp_path
+):
+    rows = [{"query": f"query {q}", "positive": f"answer to {q}", "negative": f"unrelated text {q} {n}", "score": 2.0}
+            for q in range(6) for n in range(4)]  # fmt: skip
+    data = tmp_path / "train_triplets.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    output = tmp_path / "model"
+    summary = train.main([
+        "--model_name_or_path", str(tiny_cross_encoder), "--train_data", str(data), "--output_dir", str(output),
+        "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True",
+        "--max_steps", "10", "--max_train_seconds", "1e-6",
+    ])  # fmt: skip
+    assert summary["steps"] == 1 and summary["stopped_by_time"] and not summary["stopped_early"]
+    state = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [1]
+    assert summary["best_checkpoint"].endswith("checkpoint-1")
