@@ -1,7 +1,9 @@
 """Stage 2: turn teacher scores into training records for distillation.
 
 Reads stage 1's ``{"query", "passage", "score", "label"}`` lines (or another tool's
-``{"query", "content", "score"}``) and ranks each query's passages by teacher score. Positives
+``{"query", "content", "score"}``) and ranks each query's passages by teacher score, first
+corrected by the gold labels with ``--label_margin`` (labelled positives lifted above the
+labelled negatives, the teacher's order kept within each). Positives
 are the ``--top_k`` best (``--positives teacher``), the gold-labelled ones (``labels``) or both;
 each is paired with ``--num_negatives`` passages ranked below it (``--negatives hardest``: just
 below; ``random``: a seeded draw; ``mixed``: half each). Pairs with identical text or a margin
@@ -15,28 +17,24 @@ first. Writes OUTPUT.args.json beside the output.
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
 
 from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, iter_scored_pairs
-from rerank_distill.jsonl import AtomicWriter, dumps
+from rerank_distill.jsonl import AtomicWriter
 from rerank_distill.triplets import (
     SKIP_REASONS,
     NegativeRule,
     OutputFormat,
     PositiveRule,
     QueriesNotGrouped,
-    QueryGroup,
     SelectionRules,
-    format_records,
     iter_query_groups,
     iter_query_groups_indexed,
-    query_rng,
-    select,
+    require_labels,
+    write_records,
 )
 
 logger = logging.getLogger("rerank_distill.create_triplets")
@@ -94,6 +92,15 @@ class TripletArguments:
             "teacher noise. 0 keeps every positive margin; tied scores are always skipped."
         },
     )
+    label_margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "Correct the teacher with the gold labels before anything else (needs a label on every line): "
+            "each grade's passages are lifted together until they score at least this many logits above every "
+            "passage of a lower grade, keeping the teacher's order and margins within a grade. The records then "
+            "carry the corrected scores. Unset: the teacher's scores as they are."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for random and mixed negatives (same seed, same output)."})
 
 
@@ -112,53 +119,13 @@ def rules_from(args: TripletArguments) -> SelectionRules:
     return SelectionRules(args.top_k, num_negatives, args.positives, args.negatives, args.min_margin, args.seed)
 
 
-def require_labels(pairs: Iterable[ScoredPair], args: TripletArguments) -> Iterator[ScoredPair]:
-    """Pass the pairs on, stopping at the first one without a gold label."""
-    for pair in pairs:
-        if pair.label is None:
-            raise InputError(
-                f'--positives {args.positives} needs a gold label on every line, but this one has no "label" '
-                "(or it is null). Stage 1 keeps labels when its input has them (e.g. MTEB positive/negative "
-                "lists); for unlabelled data use --positives teacher",
-                args.input_path,
-                pair.line,
-            )
-        yield pair
-
-
-def write_records(groups: Iterable[QueryGroup], out: IO[str], args: TripletArguments) -> Counter:
-    """Select and write every group's records; returns counts of queries, pairs, records, the
-    (positive, negative) pairs in them and skips by reason. Raises InputError when not one record
-    could be made."""
-    rules = rules_from(args)
-    counts: Counter = Counter()
-    for group in groups:
-        selections, skipped = select(
-            group.passages, group.scores, group.labels, rules, query_rng(rules.seed, group.query)
-        )
-        records = format_records(args.format, group.query, group.passages, group.scores, group.labels, selections)
-        for record in records:
-            out.write(dumps(record) + "\n")
-        counts.update(queries=1, pairs=len(group.passages), records=len(records))
-        counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
-        counts.update(skipped)
-    if counts["records"] == 0:
-        # raised inside the AtomicWriter, so no empty file that looks complete is left behind
-        reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])
-        raise InputError(
-            f"no {args.format} could be made from {counts['queries']} queries ({counts['pairs']} pairs); "
-            f"skipped: {reasons or 'nothing'}. Each query needs at least two different passages with "
-            "different teacher scores (and, with --min_margin, scores further apart than it)",
-            args.input_path,
-        )
-    return counts
-
-
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((TripletArguments,), __doc__, argv)
     for name, minimum in (("top_k", 1), ("num_negatives", 1), ("group_size", 2)):
         if getattr(args, name) < minimum:
             raise InputError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+    if args.label_margin is not None and not args.label_margin >= 0:
+        raise InputError(f"--label_margin must be 0 or more (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
     if os.path.abspath(args.input_path) == os.path.abspath(args.output_path):
@@ -166,17 +133,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     def scored_pairs() -> Iterator[ScoredPair]:
         pairs = iter_scored_pairs(args.input_path)
-        return pairs if args.positives == "teacher" else require_labels(pairs, args)
+        if args.label_margin is not None:
+            return require_labels(pairs, "--label_margin", args.input_path)
+        if args.positives != "teacher":
+            return require_labels(pairs, f"--positives {args.positives}", args.input_path)
+        return pairs
 
     start = time.perf_counter()
-    logger.info("Reading teacher scores from %s (%s)", args.input_path, rules_from(args))
+    rules = rules_from(args)
+    logger.info("Reading teacher scores from %s (%s)", args.input_path, rules)
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
     # input has been read and validated (AtomicWriter).
     input_grouped = True
     try:
         with AtomicWriter(args.output_path) as out:
-            counts = write_records(iter_query_groups(scored_pairs()), out, args)
+            counts = write_records(iter_query_groups(scored_pairs()), out, rules, args.format, args.label_margin,
+                                   args.input_path)
     except QueriesNotGrouped as error:
         input_grouped = False
         logger.info(
@@ -188,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
-            counts = write_records(iter_query_groups_indexed(scored_pairs(), spill_dir), out, args)
+            counts = write_records(iter_query_groups_indexed(scored_pairs(), spill_dir), out, rules, args.format,
+                                   args.label_margin, args.input_path)
     seconds = time.perf_counter() - start
 
     summary = {
@@ -198,13 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
         "records": counts["records"],
         "pairs_kept": counts["pairs_kept"],
         "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
+        "queries_corrected_by_labels": counts["queries_corrected_by_labels"] if args.label_margin is not None else None,
         "input_grouped": input_grouped,
         "seconds": round(seconds, 3),
     }
     write_run_args(args_path_for(args.output_path), script=args, summary=summary)
     logger.info(
         "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
-        "skipped: %s",
+        "skipped: %s%s",
         summary["records"],
         args.format,
         summary["pairs_kept"],
@@ -214,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.output_path,
         seconds,
         ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()),
+        "" if args.label_margin is None
+        else f"; gold labels corrected the teacher's order in {summary['queries_corrected_by_labels']} queries",
     )
     return summary
 

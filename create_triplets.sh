@@ -2,8 +2,10 @@
 # Stage 2: turn teacher scores into training records: (query, positive, hard negative, margin)
 # triplets by default, or n-tuples / listwise groups (FORMAT).
 # Each setting can be set from the environment (TOP_K=16 ./create_triplets.sh) and extra
-# arguments are passed on: ./create_triplets.sh --num_negatives 8
-# The defaults are the first recipe; the best configuration from the quality benchmark replaces them.
+# arguments are passed on: ./create_triplets.sh --label_margin 1
+# The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):
+# one listwise group per query holding its whole candidate list, for train.sh's listwise_kl loss.
+# The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
 set -euo pipefail
 
 # Teacher scores written by generate_logits.sh
@@ -12,17 +14,17 @@ INPUT="${INPUT:-output/scores/train_scores.jsonl}"
 OUTPUT="${OUTPUT:-output/triplets/train_triplets.jsonl}"
 # Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)
 # or listwise (the positive first, then GROUP_SIZE - 1 negatives, raw scores and gold labels)
-FORMAT="${FORMAT:-triplets}"
+FORMAT="${FORMAT:-listwise}"
 # Positives: teacher (the TOP_K best-scored), labels (gold label > 0; the input needs labels) or both
 POSITIVES="${POSITIVES:-teacher}"
 # How many of each query's best-scored passages the teacher rule takes as positives
-TOP_K="${TOP_K:-8}"
+TOP_K="${TOP_K:-1}"
 # Negatives: hardest (ranked just below the positive), random (seeded draw from all below) or mixed (half each)
 NEGATIVES="${NEGATIVES:-hardest}"
 # Negatives per positive for triplets and ntuples
 NUM_NEGATIVES="${NUM_NEGATIVES:-4}"
-# Listwise only: passages per group, the positive included
-GROUP_SIZE="${GROUP_SIZE:-8}"
+# Listwise only: passages per group, the positive included (32 holds a whole StackOverflowDupQuestions list)
+GROUP_SIZE="${GROUP_SIZE:-32}"
 # Skip pairs whose teacher margin is below this many logits (near-ties); 0 keeps every positive margin
 MIN_MARGIN="${MIN_MARGIN:-0}"
 # Seed for random and mixed negatives: the same seed gives the same output

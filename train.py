@@ -32,22 +32,25 @@ from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
 from rerank_distill.losses import LOSSES, build_loss
-from rerank_distill.training import (
-    COUNT_KEYS,
+from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
+    TimeBudget,
+    final_logged_loss,
+    track_padding,
+)
+from rerank_distill.training import (
+    COUNT_KEYS,
     Selection,
     SelectionEvaluator,
-    TimeBudget,
     default_training_flags,
     passed_flags,
     plan_selection,
-    read_training_data,
     resolve_checkpoint,
     set_best_metric,
-    teacher_spread_warning,
-    track_padding,
+    small_selection_warning,
 )
+from rerank_distill.training_data import read_training_data, teacher_spread_warning
 
 logger = logging.getLogger("train")
 
@@ -141,16 +144,6 @@ def load_data(script: ScriptArguments, evaluate: bool, seed: int) -> tuple[str, 
     return data.kind, selection
 
 
-def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | None:
-    """Mean of the last ``share`` of the logged training losses: where training ended up, less
-    noisy than the last batch alone."""
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    if not losses:
-        return None
-    tail = losses[-max(1, round(share * len(losses))) :]
-    return float(sum(tail) / len(tail))
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     passed = passed_flags(argv)
@@ -175,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     kind, selection = load_data(script, evaluate, training.seed)
     if evaluate:
         set_best_metric(training, passed, selection.metric)
+    if warning := small_selection_warning(selection):
+        logger.warning(warning)
     count = selection.counts()
     logger.info("--loss %s on %s: train %d rows of %d queries; eval loss on %d rows of %d queries; best checkpoint "
                 "%s", script.loss, kind, *(count[k] for k in COUNT_KEYS), selection.note)

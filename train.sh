@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Stage 3: train the student cross-encoder on the teacher's scores in TRAIN_DATA.
+# The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):
+# listwise KL over each query's whole candidate list (create_triplets.sh's default output), lr 1e-4,
+# several epochs, the best checkpoint by held-out MAP. The first recipe instead:
+#   LOSS=margin_mse LEARNING_RATE=2e-5 EPOCHS=1 BATCH_SIZE=16 ./train.sh   (on FORMAT=triplets records)
 # Any train.py / Hugging Face training flag can be added at the end and overrides these, e.g.
 #   ./train.sh --max_steps 1000 --eval_steps 100 --save_steps 100
 #   ./train.sh --resume_from_checkpoint last        # continue an interrupted run in OUTPUT_DIR
@@ -13,7 +17,7 @@ MODEL="${MODEL:-BAAI/bge-reranker-v2-m3}"                         # student: hub
 #   margin_mse  triplets or n-tuples from create_triplets.sh          mse, bce_soft  stage 1's scores file
 #   listwise_kl create_triplets.sh --format listwise                  bce_labels     labelled data (MTEB format)
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
-LOSS="${LOSS:-margin_mse}"
+LOSS="${LOSS:-listwise_kl}"
 TRAIN_DATA="${TRAIN_DATA:-output/triplets/train_triplets.jsonl}"  # from create_triplets.sh (see LOSS)
 TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-1}"                   # teacher scores and margins are divided by it
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
@@ -24,15 +28,26 @@ EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries
 OUTPUT_DIR="${OUTPUT_DIR:-output/model}"                          # final (best) model, checkpoints and args.json
 MAX_LENGTH="${MAX_LENGTH:-512}"                                   # tokens per (query, passage) pair
-BATCH_SIZE="${BATCH_SIZE:-16}"                                    # examples per step per GPU
-LEARNING_RATE="${LEARNING_RATE:-2e-5}"
-EPOCHS="${EPOCHS:-1}"
-WARMUP="${WARMUP:-0.1}"                                           # warmup steps; below 1 = share of all steps
+BATCH_SIZE="${BATCH_SIZE:-8}"                                     # examples (listwise: whole lists) per step per GPU
+EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-32}"                          # held-out evaluation batch per GPU
+PAIRS_PER_FORWARD="${PAIRS_PER_FORWARD:-16}"                      # pairs per length-sorted forward pass (raise on a big GPU); 0 = a batch at once
+LEARNING_RATE="${LEARNING_RATE:-1e-4}"
+EPOCHS="${EPOCHS:-12}"
+MAX_TRAIN_SECONDS="${MAX_TRAIN_SECONDS:-}"                        # stop after this many seconds, schedule fitted; empty = no limit
+WARMUP="${WARMUP:-0}"                                             # warmup steps; below 1 = share of all steps (the first recipe: 0.1)
 NUM_GPUS="${NUM_GPUS:-1}"                                         # >1: one torchrun process per GPU
-BF16="${BF16:-auto}"                                              # true, false, or auto = when the GPU supports it
+BF16="${BF16:-auto}"                                              # true, false, or auto = where the hardware has bf16
 
+here="$(dirname "$0")"
+# auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
+# without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU
+read -r has_gpu fast_bf16 < <(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python -c '
+import torch
+from rerank_distill.student import bfloat16_is_fast
+gpu = torch.cuda.is_available()
+print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())')
 if [[ "$BF16" == "auto" ]]; then
-    BF16="$(python -c 'import torch; print(str(torch.cuda.is_available() and torch.cuda.is_bf16_supported()).lower())')"
+    BF16="$fast_bf16"
 fi
 
 args=(
@@ -44,7 +59,8 @@ args=(
     --output_dir "$OUTPUT_DIR"
     --max_length "$MAX_LENGTH"
     --per_device_train_batch_size "$BATCH_SIZE"
-    --per_device_eval_batch_size "$BATCH_SIZE"
+    --per_device_eval_batch_size "$EVAL_BATCH_SIZE"
+    --pairs_per_forward "$PAIRS_PER_FORWARD"
     --learning_rate "$LEARNING_RATE"
     --num_train_epochs "$EPOCHS"
     --warmup_steps "$WARMUP"
@@ -58,8 +74,14 @@ fi
 if [[ -n "$EVAL_DATA" ]]; then
     args+=(--eval_data "$EVAL_DATA")
 fi
+if [[ -n "$MAX_TRAIN_SECONDS" ]]; then
+    args+=(--max_train_seconds "$MAX_TRAIN_SECONDS")
+fi
+if [[ "$has_gpu" == "false" ]]; then
+    args+=(--use_cpu true)
+fi
 
-script="$(dirname "$0")/train.py"
+script="$here/train.py"
 if (( NUM_GPUS > 1 )); then
     torchrun --nproc_per_node "$NUM_GPUS" "$script" "${args[@]}" "$@"
 else

@@ -50,7 +50,8 @@ RECIPE = {"epochs": 1, "learning_rate": 2e-5, "batch_size": 16, "max_length": 25
           "top_k": 8, "num_negatives": 4}
 # Ours: the launchers' defaults (create_triplets.sh, train.sh), written out as flags.
 OURS_TRIPLET_FLAGS = "--format listwise --positives teacher --top_k 1 --group_size 32"
-OURS_TRAIN_FLAGS = "--loss listwise_kl --learning_rate 1e-4 --num_train_epochs 8 --per_device_train_batch_size 8"
+OURS_TRAIN_FLAGS = ("--loss listwise_kl --learning_rate 1e-4 --num_train_epochs 12 --per_device_train_batch_size 8 "
+                    "--pairs_per_forward 16")
 
 
 def score_with_teacher(teacher: str, score_scale: float, data_dir: Path, work: Path) -> tuple[Path, Path]:
@@ -80,10 +81,11 @@ def evaluate(model: str, data_dir: Path, dev_scores: Path, out: Path) -> dict:
 def original_recipe(student: str, train_scores: Path, out: Path, seed: int, max_steps: int) -> dict:
     """The original recipe as written: default triplets, CrossEncoder, MarginMSELoss,
     CrossEncoderTrainer with its defaults, the final model. Seconds are trainer.train() alone."""
-    import create_triplets
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    import create_triplets
 
     triplets = out.parent / "recipe_triplets.jsonl"
     create_triplets.main(["--input_path", str(train_scores), "--output_path", str(triplets),
@@ -132,6 +134,14 @@ def ours(student: str, train_scores: Path, out: Path, seed: int, budget: float |
             "records": stage2["records"]}
 
 
+def logged_recipe(path: Path, seed: int, max_steps: int) -> dict | None:
+    """The latest recipe run of this seed in the runs log (a run measured earlier by this script
+    on this machine), so that ours can be compared with it without training the recipe again."""
+    runs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    matching = [r for r in runs if r["name"] == "recipe" and r["seed"] == seed and r["max_steps"] == max_steps]
+    return matching[-1] if matching else None
+
+
 def share(metrics: dict, teacher: dict) -> float:
     return metrics["map"] / teacher["map"]
 
@@ -168,7 +178,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
     parser.add_argument("--runs", nargs="+", choices=["recipe", "ours"], default=["recipe", "ours"])
     parser.add_argument("--budget_seconds", type=float, default=None,
-                        help="Ours' --max_train_seconds when the recipe is not run (else the recipe's own time).")
+                        help="Ours' --max_train_seconds when the recipe is not run; default: the recipe's own time, "
+                        "measured in this run or, with --runs ours, taken from its latest run of the seed in --runs_log.")
     parser.add_argument("--ours_triplet_flags", default=OURS_TRIPLET_FLAGS, help="create_triplets.py flags for ours.")
     parser.add_argument("--ours_train_flags", default=OURS_TRAIN_FLAGS, help="train.py flags for ours.")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
@@ -196,6 +207,11 @@ def main() -> None:
     log: list[dict] = []
     for seed in args.seeds:
         budget = args.budget_seconds
+        if "recipe" not in args.runs and (earlier := logged_recipe(Path(args.runs_log), seed, args.max_steps)):
+            results.setdefault("recipe", []).append(earlier)  # shown and written, not logged again
+            budget = budget or earlier["seconds"]
+            print(f"seed {seed} recipe: from the runs log ({earlier['finished_at']}): dev MAP "
+                  f"{earlier['dev']['map']:.4f}, trained {earlier['seconds']:.0f} s")
         for name in args.runs:
             out = work / f"{name}_seed{seed}" / "model"
             shutil.rmtree(out, ignore_errors=True)
@@ -226,7 +242,7 @@ def main() -> None:
         "score_scale": args.score_scale, "student": Path(args.student).name, "data": str(data_dir),
         "dev_queries_evaluated": start["queries_evaluated"], "teacher": teacher, "before": before,
         "share_before": share(before, teacher), "recipe": RECIPE, "ours_triplet_flags": args.ours_triplet_flags,
-        "ours_train_flags": train_flags, "seeds": args.seeds, "runs": log,
+        "ours_train_flags": train_flags, "seeds": args.seeds, "runs": [run for runs in results.values() for run in runs],
         "mean": {name: {**{m: statistics.mean(r["dev"][m] for r in runs) for m in METRICS},
                         "share_of_teacher_map": statistics.mean(r["share_of_teacher_map"] for r in runs),
                         "seconds": statistics.mean(r["seconds"] for r in runs)}

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SHARED_DATA, cpu_has_bf16, alternate, machine, median, print_table, timed, write_results  # noqa: E402
+from bench.common import SHARED_DATA, alternate, cpu_has_bf16, machine, median, print_table, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
 

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, cpu_has_bf16, alternate, machine, median, print_table, write_results  # noqa: E402
+from bench.common import SHARED_DATA, alternate, cpu_has_bf16, machine, median, print_table, write_results  # noqa: E402
 
 
 def make_triplets(work: Path, teacher: str) -> Path:

@@ -92,6 +92,7 @@ def source_stem(source: str) -> str:
 
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
     """Yield ``(path, row_number, record)`` for every record of a JSONL, Parquet or hub source."""
+    source = os.fspath(source)  # a pathlib.Path works too
     if source.endswith(".parquet"):
         yield from _iter_parquet(source)
     elif os.path.exists(source) or not _looks_like_hub_dataset(source):

@@ -63,11 +63,17 @@ def synthetic_ranking_data(num_queries: int, docs_per_query: int = 8, seed: int 
     return records
 
 
-def write_jsonl_records(path: str | Path, records: list[dict]) -> Path:
+def write_jsonl_records(path: str | Path, records: list[dict | str]) -> Path:
+    """One JSON line per record; a string is written as it is (a broken line, for tests)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    lines = (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def read_jsonl_records(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def _training_corpus() -> list[str]:

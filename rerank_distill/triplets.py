@@ -14,7 +14,8 @@ Selection is a chain of small pure functions, each replaceable on its own:
 5. ``format_records``: the output lines (``triplets``, ``ntuples`` or ``listwise``).
 
 ``select`` runs steps 1-4 for one query. Margins are always the teacher's, in its logit units:
-``score(positive) - score(negative)``, whichever rule chose the positive.
+``score(positive) - score(negative)``, whichever rule chose the positive; ``lift_labelled``
+may first correct those scores with gold labels (``--label_margin``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import IO, Literal, get_args
 
+from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
+from rerank_distill.jsonl import dumps
 
 OutputFormat = Literal["triplets", "ntuples", "listwise"]
 PositiveRule = Literal["teacher", "labels", "both"]
@@ -84,6 +87,25 @@ class Triplet:
     positive: str
     negative: str
     margin: float  # score(positive) - score(negative), in the teacher's logit units; always > 0
+
+
+def lift_labelled(scores: Sequence[float], labels: Sequence[float], margin: float) -> list[float]:
+    """The teacher's scores corrected by the gold labels: each grade's passages are shifted up,
+    together, until the lowest of them scores ``margin`` above the highest passage of any lower
+    grade. Within a grade the teacher's order and margins stay as they were; a grade the teacher
+    already ranks above all lower ones (by ``margin``) is not moved. So a student trained on the
+    result learns the teacher's fine order and never a teacher mistake the labels contradict."""
+    lifted = [float(score) for score in scores]
+    highest_below: float | None = None
+    for grade in sorted(set(labels)):
+        members = [index for index, label in enumerate(labels) if label == grade]
+        if highest_below is not None:
+            shift = max(0.0, highest_below + margin - min(lifted[index] for index in members))
+            for index in members:
+                lifted[index] += shift
+        top = max(lifted[index] for index in members)
+        highest_below = top if highest_below is None else max(highest_below, top)
+    return lifted
 
 
 def rank_by_score(scores: Sequence[float]) -> list[int]:
@@ -296,6 +318,56 @@ def format_records(
         else:
             raise ValueError(f"unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}")
     return records
+
+
+# --- a whole file: every query's records ---
+
+
+def require_labels(pairs: Iterable[ScoredPair], flag: str, source: str) -> Iterator[ScoredPair]:
+    """Pass the pairs on, stopping at the first one without a gold label (``flag`` needs them)."""
+    for pair in pairs:
+        if pair.label is None:
+            raise InputError(
+                f'{flag} needs a gold label on every line, but this one has no "label" (or it is null). Stage 1 '
+                "keeps labels when its input has them (e.g. MTEB positive/negative lists); for unlabelled data "
+                "use --positives teacher",
+                source,
+                pair.line,
+            )
+        yield pair
+
+
+def write_records(
+    groups: Iterable[QueryGroup], out: IO[str], rules: SelectionRules, output_format: OutputFormat,
+    label_margin: float | None, source: str,
+) -> Counter:
+    """Select and write every group's records (scores first corrected by the gold labels when
+    ``label_margin`` is set, see lift_labelled); returns counts of queries, pairs, records, the
+    (positive, negative) pairs in them, queries the labels corrected and skips by reason.
+    Raises InputError, naming ``source``, when not one record could be made."""
+    counts: Counter = Counter()
+    for group in groups:
+        scores = group.scores
+        if label_margin is not None:
+            scores = lift_labelled(group.scores, group.labels, label_margin)
+            counts.update(queries_corrected_by_labels=int(scores != group.scores))
+        selections, skipped = select(group.passages, scores, group.labels, rules, query_rng(rules.seed, group.query))
+        records = format_records(output_format, group.query, group.passages, scores, group.labels, selections)
+        for record in records:
+            out.write(dumps(record) + "\n")
+        counts.update(queries=1, pairs=len(group.passages), records=len(records))
+        counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
+        counts.update(skipped)
+    if counts["records"] == 0:
+        # raised while the output is still a temporary file, so nothing that looks complete is left
+        reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])
+        raise InputError(
+            f"no {output_format} could be made from {counts['queries']} queries ({counts['pairs']} pairs); "
+            f"skipped: {reasons or 'nothing'}. Each query needs at least two different passages with "
+            "different teacher scores (and, with --min_margin, scores further apart than it)",
+            source,
+        )
+    return counts
 
 
 # --- grouping a stream of scored pairs by query ---

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,3 +44,13 @@ def tiny_embedding_model(tmp_path_factory) -> Path:
     from rerank_distill.toy import build_tiny_embedding_model
 
     return build_tiny_embedding_model(tmp_path_factory.mktemp("models") / "tiny-embedding")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run many times faster on one thread: on tensors this small, starting threads
+    costs more than the maths."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

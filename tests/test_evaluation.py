@@ -27,17 +27,6 @@ def other_cross_encoder(tmp_path_factory) -> Path:
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "other-cross-encoder", seed=1)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Score one pair at a time quickly: on tensors this small, thread start-up costs more than the maths."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def records_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -128,7 +117,7 @@ def test_queries_whose_metrics_ignore_scores_are_not_scored(
 
 @pytest.mark.parametrize("protocol", ["mteb", "sentence-transformers"])
 def test_equals_cross_encoder_reranking_evaluator(
-    protocol, tiny_cross_encoder, ranking_file, tmp_path, one_torch_thread
+    protocol, tiny_cross_encoder, ranking_file, tmp_path, one_thread
 ):
     import torch
     from sentence_transformers import CrossEncoder
@@ -443,7 +432,7 @@ def scored_one_at_a_time(tiny_cross_encoder):
 
 @pytest.mark.parametrize("batch_size, sort_by_tokens", [(5, True), (64, True), (5, False)])
 def test_every_batching_gives_the_scores_of_one_pair_at_a_time(
-    scored_one_at_a_time, batch_size, sort_by_tokens, one_torch_thread
+    scored_one_at_a_time, batch_size, sort_by_tokens, one_thread
 ):
     from rerank_distill.student import score_pairs_with_cross_encoder
 
@@ -466,7 +455,7 @@ def test_a_repeated_pair_goes_through_the_model_once_and_gets_its_score_at_every
     assert scores[0] == scores[2] and scores[0] != scores[3]
 
 
-def test_bfloat16_scores_stay_close_keep_a_float32_head_and_restore_the_model(scored_one_at_a_time, one_torch_thread):
+def test_bfloat16_scores_stay_close_keep_a_float32_head_and_restore_the_model(scored_one_at_a_time, one_thread):
     import torch
 
     from rerank_distill.student import score_pairs_with_cross_encoder

@@ -2,7 +2,6 @@
 format detection from the fields, --input_format forcing, --label_column, and bad input failing
 with file:line and the field."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,7 @@ from rerank_distill.formats import (
     label_probs_of,
     label_word_grades,
 )
-
-
-def write_lines(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
+from rerank_distill.toy import write_jsonl_records
 
 
 def write_parquet(path: Path, columns: dict[str, list]) -> Path:
@@ -52,7 +47,7 @@ GRADED_QUERIES = [
 
 
 def test_mteb_records_list_positives_then_negatives_with_labels_one_and_zero(tmp_path):
-    source = write_lines(tmp_path / "test.jsonl", [
+    source = write_jsonl_records(tmp_path / "test.jsonl", [
         {"query": "q1", "positive": ["p1", "p2"], "negative": ["n1"]},
         {"query": "q2", "positive": "lone positive", "negative": []},
     ])  # fmt: skip
@@ -66,19 +61,19 @@ def test_mteb_records_list_positives_then_negatives_with_labels_one_and_zero(tmp
 
 
 def test_pos_neg_records_read_like_mteb(tmp_path):
-    source = write_lines(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}])
+    source = write_jsonl_records(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}])
     assert as_tuples(source) == [("q", ["p", "n1", "n2"], [1.0, 0.0, 0.0])]
 
 
 def test_graded_rows_map_esci_letters_to_grades_and_group_by_query_in_first_appearance_order(tmp_path):
-    source = write_lines(tmp_path / "esci.jsonl", GRADED_ROWS)
+    source = write_jsonl_records(tmp_path / "esci.jsonl", GRADED_ROWS)
     queries = list(iter_ranking_queries(str(source)))
     assert [(q.query, q.passages, q.labels) for q in queries] == GRADED_QUERIES
     assert [q.location for q in queries] == [f"{source}:1", f"{source}:2"]  # each query's first row
 
 
 def test_graded_rows_accept_esci_words_numbers_numeric_strings_and_the_passage_field(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [
         {"query": "q", "passage": "a", "label": "Exact"},
         {"query": "q", "passage": "b", "label": " irrelevant "},
         {"query": "q", "passage": "c", "label": 2},
@@ -102,7 +97,7 @@ def test_mteb_parquet_with_list_columns_is_read(tmp_path):
 
 
 def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(tmp_path):
-    source = write_lines(tmp_path / "scores.jsonl", [
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "content": "a", "score": "0.75"},
         {"query": "q", "content": "b", "score": -2, "source": "bm25"},
     ])  # fmt: skip
@@ -116,7 +111,7 @@ def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(
 
 def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
     probs = {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1}
-    source = write_lines(tmp_path / "scores.jsonl", [
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "passage": "a", "score": 1.5, "label": 3, "label_probs": probs},
     ])  # fmt: skip
     (pair,) = iter_scored_pairs(str(source))
@@ -124,7 +119,7 @@ def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
 
 
 def test_stage_one_output_with_labels_is_also_a_ranking_data_set(tmp_path):
-    source = write_lines(tmp_path / "scores.jsonl", [
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "passage": "a", "score": 1.5, "label": 1},
         {"query": "q", "passage": "b", "score": 0.5, "label": 0},
     ])  # fmt: skip
@@ -151,7 +146,7 @@ def test_format_is_detected_from_the_fields(record, expected):
 
 
 def test_unrecognised_fields_fail_naming_file_line_fields_and_the_formats_expected(tmp_path):
-    source = write_lines(tmp_path / "odd.jsonl", [{"question": "q", "answers": ["a"]}])
+    source = write_jsonl_records(tmp_path / "odd.jsonl", [{"question": "q", "answers": ["a"]}])
     with pytest.raises(InputError, match=rf"{source}:1: cannot tell the format from the fields \['answers', 'q"):
         list(iter_ranking_queries(str(source)))
 
@@ -159,26 +154,26 @@ def test_unrecognised_fields_fail_naming_file_line_fields_and_the_formats_expect
 def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
     # a record carrying both spellings: detection picks MTEB, --input_format pos_neg reads pos/neg
     record = {"query": "q", "positive": ["P"], "negative": [], "pos": ["p"], "neg": ["n"]}
-    source = write_lines(tmp_path / "both.jsonl", [record])
+    source = write_jsonl_records(tmp_path / "both.jsonl", [record])
     assert as_tuples(source) == [("q", ["P"], [1.0])]
     assert as_tuples(source, input_format="pos_neg") == [("q", ["p", "n"], [1.0, 0.0])]
 
 
 def test_forced_format_that_does_not_match_the_file_fails_at_the_first_record(tmp_path):
-    source = write_lines(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+    source = write_jsonl_records(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
     with pytest.raises(InputError, match=f'{source}:1: record has neither "positive" nor "negative"'):
         as_tuples(source, input_format="mteb")
 
 
 def test_unknown_input_format_lists_the_choices(tmp_path):
-    source = write_lines(tmp_path / "test.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+    source = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
     with pytest.raises(InputError, match="unknown --input_format 'trec'; choose one of auto, mteb, pos_neg, graded"):
         as_tuples(source, input_format="trec")
 
 
 def test_first_record_decides_the_format_and_a_later_record_of_another_format_fails_at_its_line(tmp_path):
     mteb_record = {"query": "q", "positive": ["p"], "negative": ["n"]}
-    source = write_lines(tmp_path / "mixed.jsonl", [GRADED_ROWS[0], mteb_record])
+    source = write_jsonl_records(tmp_path / "mixed.jsonl", [GRADED_ROWS[0], mteb_record])
     with pytest.raises(InputError, match=rf"{source}:2: missing the passage field"):
         as_tuples(source)
 
@@ -187,7 +182,7 @@ def test_first_record_decides_the_format_and_a_later_record_of_another_format_fa
 
 
 def test_label_column_names_the_grade_column_and_wins_over_the_usual_label_fields(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [
         {"query": "q", "passage": "a", "label": "product", "my_grade": 2},
         {"query": "q", "passage": "b", "label": "product", "my_grade": "I"},
     ])  # fmt: skip
@@ -195,14 +190,14 @@ def test_label_column_names_the_grade_column_and_wins_over_the_usual_label_field
 
 
 def test_label_column_lets_detection_recognise_rows_with_an_unusual_label_name(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [{"query": "q", "item_text": "a", "stars": 4}])
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [{"query": "q", "item_text": "a", "stars": 4}])
     with pytest.raises(InputError, match="cannot tell the format"):
         as_tuples(source)
     assert as_tuples(source, label_column="stars") == [("q", ["a"], [4.0])]
 
 
 def test_row_missing_the_named_label_column_fails_naming_it(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [
         {"query": "q", "passage": "a", "stars": 4},
         {"query": "q", "passage": "b", "label": 1},
     ])  # fmt: skip
@@ -214,14 +209,14 @@ def test_row_missing_the_named_label_column_fails_naming_it(tmp_path):
 
 
 def test_bad_grade_fails_with_file_line_field_and_the_value(tmp_path):
-    source = write_lines(tmp_path / "esci.jsonl", [GRADED_ROWS[0], {**GRADED_ROWS[1], "esci_label": "X"}])
+    source = write_jsonl_records(tmp_path / "esci.jsonl", [GRADED_ROWS[0], {**GRADED_ROWS[1], "esci_label": "X"}])
     message = r"field \"esci_label\" must be a number or an ESCI label \(E, S, C, I\), got 'X'"
     with pytest.raises(InputError, match=rf"{source}:2: {message}"):
         as_tuples(source)
 
 
 def test_non_finite_grade_is_refused(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [{"query": "q", "passage": "a", "grade": "nan"}])
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [{"query": "q", "passage": "a", "grade": "nan"}])
     with pytest.raises(InputError, match=rf'{source}:1: field "grade" must be a number'):
         as_tuples(source)
 
@@ -234,20 +229,20 @@ def test_bad_grade_in_parquet_names_the_file_and_row(tmp_path):
 
 
 def test_missing_passage_field_fails_naming_the_accepted_fields(tmp_path):
-    source = write_lines(tmp_path / "graded.jsonl", [GRADED_ROWS[0], {"query": "q", "esci_label": "E"}])
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [GRADED_ROWS[0], {"query": "q", "esci_label": "E"}])
     with pytest.raises(InputError, match=rf"{source}:2: missing the passage field \(one of passage, item_text"):
         as_tuples(source)
 
 
 def test_graded_row_without_any_label_fails_at_its_line(tmp_path):
     unlabelled = {"query": "q", "item_text": "b", "esci_label": None}
-    source = write_lines(tmp_path / "graded.jsonl", [GRADED_ROWS[0], unlabelled])
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [GRADED_ROWS[0], unlabelled])
     with pytest.raises(InputError, match=rf"{source}:2: this row has no relevance label"):
         as_tuples(source)
 
 
 def test_scores_without_labels_as_a_ranking_data_set_say_they_go_to_stage_two(tmp_path):
-    source = write_lines(tmp_path / "scores.jsonl", [{"query": "q", "content": "a", "score": "0.3"}])
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "content": "a", "score": "0.3"}])
     with pytest.raises(InputError, match=rf"{source}:1: this row has no relevance label .*create_triplets.py"):
         as_tuples(source)
 
@@ -288,7 +283,7 @@ def test_score_that_is_not_a_number_fails_with_file_line_and_field(tmp_path, sco
 
 
 def test_scores_file_missing_the_score_says_what_it_expected(tmp_path):
-    source = write_lines(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "label": 1}])
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "label": 1}])
     with pytest.raises(InputError, match=rf'{source}:1: missing field "score".*generate_logits.py'):
         list(iter_scored_pairs(str(source)))
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import generate_logits
-from rerank_distill import scoring
 from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
 from rerank_distill.scoring import Shard, merge_shards, output_path_for, score_source, validate_source
 from rerank_distill.teachers import TeacherScores, choose_backend
+from rerank_distill.toy import write_jsonl_records
 
 
 class CountingTeacher:
@@ -36,11 +36,6 @@ class CountingTeacher:
         self.calls.extend(zip(queries, passages))
         progress(len(queries))
         return TeacherScores(np.array([len(p) - len(q) + 0.5 * i for i, (q, p) in enumerate(zip(queries, passages))]))
-
-
-def write_lines(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def run_scoring(source, output, teacher, chunk_size=5, **kwargs):
@@ -75,7 +70,7 @@ def test_gzipped_input_gives_the_same_output_name_and_scores(tmp_path, ranking_f
 
 
 def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):
-    source = write_lines(tmp_path / "dup.jsonl", [
+    source = write_jsonl_records(tmp_path / "dup.jsonl", [
         {"query": "q1", "positive": ["a", "b"], "negative": ["a", "c"]},
         {"query": "q1", "positive": ["b"], "negative": []},
     ])  # fmt: skip

@@ -4,7 +4,6 @@ CrossEncoder loads."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,19 +13,14 @@ import torch
 
 import train
 from rerank_distill.losses import LOSSES, FusedMarginMSELoss, ListwiseKLLoss, build_loss
-from rerank_distill.training import read_training_data
+from rerank_distill.toy import write_jsonl_records
+from rerank_distill.training_data import read_training_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 Q1, Q2, Q3 = "how do i undo a git commit", "best way to cook rice", "why does my tcp socket hang"
 P1, P2, P3 = "git reset --soft HEAD~1 undoes the commit", "rinse the rice then boil it", "the peer never closed it"
 N1, N2, N3, N4 = "preheat the oven", "a visa is needed for some borders", "dns maps names", "flour and sugar"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +44,6 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def write_lines(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
-
-
 def loss_on_file(model, path: str, loss_name: str, temperature: float = 1.0, **loss_kwargs) -> float:
     """The loss over the whole file as one batch, collated as CrossEncoderTrainer collates it."""
     from sentence_transformers.cross_encoder.data_collator import CrossEncoderDataCollator
@@ -73,7 +62,7 @@ def loss_on_file(model, path: str, loss_name: str, temperature: float = 1.0, **l
 @pytest.mark.parametrize("fused", [True, False])
 def test_margin_mse_on_triplets_is_the_mean_squared_margin_error(model, tmp_path, fused):
     rows = [(Q1, P1, N1, 2.5), (Q2, P2, N2, -1.0), (Q3, P3, N3, 4.0)]
-    path = write_lines(tmp_path / "t.jsonl", [{"query": q, "positive": p, "negative": n, "score": m}
+    path = write_jsonl_records(tmp_path / "t.jsonl", [{"query": q, "positive": p, "negative": n, "score": m}
                                               for q, p, n, m in rows])
     expected = np.mean([((logit(model, q, p) - logit(model, q, n)) - m / 2.0) ** 2 for q, p, n, m in rows])
     assert loss_on_file(model, path, "margin_mse", 2.0, fused_forward=fused) == pytest.approx(expected, rel=1e-6)
@@ -81,7 +70,7 @@ def test_margin_mse_on_triplets_is_the_mean_squared_margin_error(model, tmp_path
 
 def test_margin_mse_on_ntuples_uses_every_negative_and_skips_the_missing_ones(model, tmp_path):
     rows = [(Q1, P1, [N1, N2, N3], [5.0, 1.0, 0.5, -2.0]), (Q2, P2, [N4], [3.0, 3.5])]
-    path = write_lines(tmp_path / "n.jsonl", [{"query": q, "positive": p, "negatives": n, "scores": s}
+    path = write_jsonl_records(tmp_path / "n.jsonl", [{"query": q, "positive": p, "negatives": n, "scores": s}
                                               for q, p, n, s in rows])
     errors = [
         ((logit(model, q, p) - logit(model, q, negative)) - (scores[0] - score)) ** 2
@@ -93,14 +82,14 @@ def test_margin_mse_on_ntuples_uses_every_negative_and_skips_the_missing_ones(mo
 
 def test_mse_regresses_each_logit_on_the_teacher_score(model, tmp_path):
     rows = [(Q1, P1, 3.0), (Q1, N1, -2.0), (Q2, P2, 0.5)]
-    path = write_lines(tmp_path / "s.jsonl", [{"query": q, "passage": p, "score": s, "label": 1} for q, p, s in rows])
+    path = write_jsonl_records(tmp_path / "s.jsonl", [{"query": q, "passage": p, "score": s, "label": 1} for q, p, s in rows])
     expected = np.mean([(logit(model, q, p) - s / 4.0) ** 2 for q, p, s in rows])
     assert loss_on_file(model, path, "mse", 4.0) == pytest.approx(expected, rel=1e-6)
 
 
 def test_bce_soft_targets_are_the_teachers_probabilities_at_the_temperature(model, tmp_path):
     rows = [(Q1, P1, 3.0), (Q1, N1, -2.0), (Q2, P2, "0.5")]  # a numeric-string score, as {"content"} files have
-    path = write_lines(tmp_path / "s.jsonl", [{"query": q, "content": p, "score": s} for q, p, s in rows])
+    path = write_jsonl_records(tmp_path / "s.jsonl", [{"query": q, "content": p, "score": s} for q, p, s in rows])
     expected = np.mean([
         -(sigmoid(float(s) / 2.0) * math.log(sigmoid(logit(model, q, p)))
           + (1 - sigmoid(float(s) / 2.0)) * math.log(1 - sigmoid(logit(model, q, p))))
@@ -110,7 +99,7 @@ def test_bce_soft_targets_are_the_teachers_probabilities_at_the_temperature(mode
 
 
 def test_bce_labels_trains_on_gold_labels_with_graded_ones_counted_relevant(model, tmp_path):
-    path = write_lines(tmp_path / "mteb.jsonl", [
+    path = write_jsonl_records(tmp_path / "mteb.jsonl", [
         {"query": Q1, "positive": [P1], "negative": [N1, N2]},
         {"query": Q2, "positive": [P2], "negative": []},
     ])
@@ -122,7 +111,7 @@ def test_bce_labels_trains_on_gold_labels_with_graded_ones_counted_relevant(mode
 
 def test_listwise_kl_is_the_kl_divergence_from_the_teachers_softmax(model, tmp_path):
     rows = [(Q1, [P1, N1, N2], [4.0, 1.0, -1.0]), (Q2, [P2, N3], [2.0, 2.5])]  # lists of different lengths
-    path = write_lines(tmp_path / "l.jsonl", [{"query": q, "passages": p, "scores": s} for q, p, s in rows])
+    path = write_jsonl_records(tmp_path / "l.jsonl", [{"query": q, "passages": p, "scores": s} for q, p, s in rows])
 
     def softmax(values):
         e = np.exp(np.asarray(values) - np.max(values))
@@ -138,7 +127,7 @@ def test_listwise_kl_is_the_kl_divergence_from_the_teachers_softmax(model, tmp_p
 
 def test_infonce_is_the_cross_entropy_of_the_positive_within_its_own_group(model, tmp_path):
     rows = [(Q1, P1, [N1, N2], [5.0, 1.0, 0.5]), (Q2, P2, [N3], [3.0, 1.0])]
-    path = write_lines(tmp_path / "n.jsonl", [{"query": q, "positive": p, "negatives": n, "scores": s}
+    path = write_jsonl_records(tmp_path / "n.jsonl", [{"query": q, "positive": p, "negatives": n, "scores": s}
                                               for q, p, n, s in rows])
     expected = np.mean([
         -logit(model, q, p) + math.log(sum(math.exp(logit(model, q, d)) for d in [p, *negatives]))
@@ -265,7 +254,7 @@ def training_file(kind: str, tmp_path: Path) -> str:
                      for p, s in zip([positive, *negatives], scores)]
         else:
             rows.append({"query": query, "positive": [positive], "negative": negatives})
-    return write_lines(tmp_path / f"{kind}.jsonl", rows)
+    return str(write_jsonl_records(tmp_path / f"{kind}.jsonl", rows))
 
 
 @pytest.mark.parametrize("loss_name, kind", [

@@ -20,6 +20,7 @@ from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
 from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
 from rerank_distill.teachers.llm_judge import LabelJudge, label_probabilities
 from rerank_distill.teachers.llm_vllm import vllm_hf_overrides
+from rerank_distill.toy import read_jsonl_records
 
 QUERIES = ["how do i fix git rebase", "how do i fix git rebase", "how do i fix git rebase", "bake bread at home"]
 DOCS = ["use git rebase --abort", "commit branch merge", "the oven is hot", "flour sugar butter and a hot oven"]
@@ -85,10 +86,6 @@ def options(*argv):
     base = ["--model_path", "unused", "--input_path", "unused", "--output_dir", "unused", "--device", "cpu", "--batch_size", "3"]
     (args,) = parse_args((generate_logits.GenerateLogitsArguments,), "", [*base, *argv])
     return args
-
-
-def read_lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def input_pairs(ranking_file):
@@ -322,7 +319,7 @@ def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path
     second = FixedTeacher("second", {"a": 10, "b": 10, "c": 40, "d": 5, "e": 5})
     output = tmp_path / "two_scores.jsonl"
     score_source(str(source), output, [first, second], validate_source(str(source), "auto", Shard()), show_progress=False)
-    lines = read_lines(output)
+    lines = read_jsonl_records(output)
     # first, q1: mean 2, std sqrt(2/3) -> -sqrt(1.5), 0, sqrt(1.5); q2: mean 5, std 5 -> -1, 1.
     # second, q1: mean 20, std sqrt(200) -> -sqrt(0.5), -sqrt(0.5), sqrt(2); q2: equal scores -> 0, 0.
     expected = [(-np.sqrt(1.5) - np.sqrt(0.5)) / 2, -np.sqrt(0.5) / 2, (np.sqrt(1.5) + np.sqrt(2)) / 2, -0.5, 0.5]
@@ -349,7 +346,7 @@ def run_stage(tmp_path, ranking_file, *argv):
     out = tmp_path / "scores"
     generate_logits.main([*argv, "--input_path", str(ranking_file), "--output_dir", str(out), "--device", "cpu",
                           "--batch_size", "4", "--no_show_progress", "--overwrite"])  # fmt: skip
-    return read_lines(out / "train_scores.jsonl"), json.loads((out / "args.json").read_text())
+    return read_jsonl_records(out / "train_scores.jsonl"), json.loads((out / "args.json").read_text())
 
 
 def test_cross_encoder_teacher_end_to_end(tiny_cross_encoder, ranking_file, tmp_path):

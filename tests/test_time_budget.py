@@ -1,4 +1,4 @@
-"""train.py --max_train_seconds (rerank_distill.training.TimeBudget): training stops once the
+"""train.py --max_train_seconds (rerank_distill.trainer.TimeBudget): training stops once the
 budget is spent, after a last evaluation and checkpoint, and the learning-rate schedule follows
 whichever runs out first, the planned steps or the time."""
 
@@ -13,7 +13,7 @@ from transformers import TrainerControl, get_linear_schedule_with_warmup
 
 import train
 from rerank_distill.errors import InputError
-from rerank_distill.training import TimeBudget
+from rerank_distill.trainer import TimeBudget
 
 
 class FakeClock:

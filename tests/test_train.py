@@ -1,6 +1,7 @@
-"""train.py and rerank_distill.training: each kind of training file is read into what its loss
-takes, checkpoints are picked by MAP (or loss) on held-out queries that are never trained on,
-early stopping stops, runs resume, and the speed levers change no loss value."""
+"""train.py and rerank_distill's training, training_data and trainer modules: each kind of
+training file is read into what its loss takes, checkpoints are picked by MAP (or loss) on
+held-out queries that are never trained on, early stopping stops, runs resume, and the speed
+levers change no loss value."""
 
 from __future__ import annotations
 
@@ -17,21 +18,25 @@ import torch
 import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
+from rerank_distill.toy import write_jsonl_records
+from rerank_distill.trainer import LengthGroupedBatchSampler, length_grouped_batches, track_padding
 from rerank_distill.training import (
-    MIN_TEACHER_SPREAD,
-    LengthGroupedBatchSampler,
     SelectionEvaluator,
-    TrainingData,
     default_training_flags,
     held_out_queries,
-    length_grouped_batches,
     passed_flags,
     plan_selection,
-    read_training_data,
+    small_selection_warning,
     split_by_query,
-    teacher_spread_warning,
-    track_padding,
 )
+from rerank_distill.training_data import (
+    MIN_TEACHER_SPREAD,
+    TrainingData,
+    read_training_data,
+    teacher_spread_warning,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 QUERIES = {
     "how do i undo a git commit": (
@@ -77,28 +82,14 @@ def hand_written_scores() -> list[dict]:
     return rows
 
 
-def write_lines(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models train many times faster on one thread than with threads fighting for 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def triplets_file(tmp_path) -> Path:
-    return write_lines(tmp_path / "train_triplets.jsonl", hand_written_triplets())
+    return write_jsonl_records(tmp_path / "train_triplets.jsonl", hand_written_triplets())
 
 
 @pytest.fixture
 def scores_file(tmp_path) -> Path:
-    return write_lines(tmp_path / "train_scores.jsonl", hand_written_scores())
+    return write_jsonl_records(tmp_path / "train_scores.jsonl", hand_written_scores())
 
 
 def run_train(model, train_data, output_dir, *flags) -> dict:
@@ -261,7 +252,7 @@ def test_resume_from_checkpoint_ends_with_the_same_model_as_an_uninterrupted_run
 
 
 def test_eval_data_replaces_the_held_out_split(tiny_cross_encoder, triplets_file, tmp_path):
-    dev = write_lines(tmp_path / "dev.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 2.0}] * 3)
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 2.0}] * 3)
     summary = run_train(
         tiny_cross_encoder, triplets_file, tmp_path / "model", "--eval_data", str(dev), "--max_steps", "1"
     )
@@ -324,7 +315,7 @@ def triplets_dataset(rows: list[dict]):
 
 
 def test_triplets_become_margin_labels_divided_by_the_teacher_temperature(tmp_path):
-    path = write_lines(tmp_path / "t.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 3.0},
+    path = write_jsonl_records(tmp_path / "t.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 3.0},
                                               {"query": "q", "positive": "p", "negative": "m", "score": "1.5"}])
     data = read_training_data(str(path), "margin_mse", teacher_temperature=2.0)
     assert data.kind == "triplets" and not data.ragged
@@ -333,7 +324,7 @@ def test_triplets_become_margin_labels_divided_by_the_teacher_temperature(tmp_pa
 
 
 def test_ntuples_become_one_column_per_negative_and_their_margins(tmp_path):
-    path = write_lines(tmp_path / "n.jsonl", [
+    path = write_jsonl_records(tmp_path / "n.jsonl", [
         {"query": "q1", "positive": "p1", "negatives": ["a", "b", "c"], "scores": [4.0, 3.0, 1.0, 0.0]},
         {"query": "q2", "positive": "p2", "negatives": ["d"], "scores": [2.0, 2.5]},
     ])
@@ -346,7 +337,7 @@ def test_ntuples_become_one_column_per_negative_and_their_margins(tmp_path):
 
 
 def test_listwise_groups_keep_their_scores_divided_by_the_temperature(tmp_path):
-    path = write_lines(tmp_path / "l.jsonl", [
+    path = write_jsonl_records(tmp_path / "l.jsonl", [
         {"query": "q", "passages": ["p", "a", "b"], "scores": [3.0, 1.0, -1.0], "labels": [1, 0, 0]},
     ])
     data = read_training_data(str(path), "listwise_kl", teacher_temperature=0.5)
@@ -359,7 +350,7 @@ def test_listwise_groups_keep_their_scores_divided_by_the_temperature(tmp_path):
     ("bce_labels", 2.0, [1.0, 0.0, 1.0]),  # gold grades: 2 counts as relevant
 ])
 def test_a_scores_file_becomes_pairs_with_the_target_of_each_pointwise_loss(tmp_path, loss, temperature, labels):
-    path = write_lines(tmp_path / "s.jsonl", [
+    path = write_jsonl_records(tmp_path / "s.jsonl", [
         {"query": "q", "passage": "p", "score": 2.0, "label": 1},
         {"query": "q", "passage": "n", "score": -4.0, "label": 0},
         {"query": "r", "passage": "x", "score": 0.0, "label": 2},
@@ -376,7 +367,7 @@ def test_a_scores_file_becomes_pairs_with_the_target_of_each_pointwise_loss(tmp_
      {"query": "q", "passage": "m", "label": "I"}],  # graded rows, an ESCI letter among them
 ])
 def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, rows):
-    data = read_training_data(str(write_lines(tmp_path / "d.jsonl", rows)), "bce_labels")
+    data = read_training_data(str(write_jsonl_records(tmp_path / "d.jsonl", rows)), "bce_labels")
     assert data.kind == "labelled" and data.teacher_spread is None
     assert data.columns == {"query": ["q"] * 3, "passage": ["p", "n", "m"], "label": [1.0, 0.0, 0.0]}
 
@@ -389,7 +380,7 @@ def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, row
     ("bce_labels", {"query": "q", "passages": ["p", "n"], "scores": [1.0, 0.0]}, "listwise groups"),
 ])
 def test_a_file_of_the_wrong_kind_names_what_it_holds_and_what_the_loss_needs(tmp_path, loss, record, found):
-    path = write_lines(tmp_path / "data.jsonl", [record])
+    path = write_jsonl_records(tmp_path / "data.jsonl", [record])
     with pytest.raises(InputError) as error:
         run_train(tmp_path / "no-such-model", path, tmp_path / "out", "--loss", loss)
     message = str(error.value)
@@ -397,20 +388,21 @@ def test_a_file_of_the_wrong_kind_names_what_it_holds_and_what_the_loss_needs(tm
 
 
 def test_bce_labels_on_a_scores_file_without_gold_labels_is_an_error(tmp_path):
-    path = write_lines(tmp_path / "s.jsonl", [{"query": "q", "passage": "p", "score": 1.0, "label": 1},
+    path = write_jsonl_records(tmp_path / "s.jsonl", [{"query": "q", "passage": "p", "score": 1.0, "label": 1},
                                               {"query": "q", "passage": "n", "score": 0.0}])
     with pytest.raises(InputError, match=r's.jsonl:2: no gold "label"'):
         read_training_data(str(path), "bce_labels")
 
 
 def test_an_ntuple_needs_one_score_per_passage(tmp_path):
-    path = write_lines(tmp_path / "n.jsonl", [{"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0]}])
+    record = {"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0]}
+    path = write_jsonl_records(tmp_path / "n.jsonl", [record])
     with pytest.raises(InputError, match=r"n.jsonl:1: .*3 numbers for 2 negatives, got 2"):
         read_training_data(str(path), "margin_mse")
 
 
 def test_differing_negative_counts_need_the_fused_loss(tmp_path):
-    path = write_lines(tmp_path / "n.jsonl", [
+    path = write_jsonl_records(tmp_path / "n.jsonl", [
         {"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0, 0.5]},
         {"query": "r", "positive": "p", "negatives": ["a"], "scores": [1.0, 0.0]},
     ])
@@ -419,14 +411,14 @@ def test_differing_negative_counts_need_the_fused_loss(tmp_path):
 
 
 def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
-    flat = write_lines(tmp_path / "flat.jsonl", [
+    flat = write_jsonl_records(tmp_path / "flat.jsonl", [
         {"query": "q", "passage": p, "score": -3.0 + 0.01 * i, "label": 0} for i, p in enumerate("abcd")
     ] + [{"query": "r", "passage": "e", "score": 5.0, "label": 1}])  # far from q's scores, but alone in its query
     warning = teacher_spread_warning(read_training_data(str(flat), "mse"), str(flat))
     assert warning.startswith(f"{flat}: the teacher's scores within a query barely vary")
-    good = write_lines(tmp_path / "good.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 2.0}])
+    good = write_jsonl_records(tmp_path / "good.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 2.0}])
     assert teacher_spread_warning(read_training_data(str(good), "margin_mse"), str(good)) is None
-    tiny = write_lines(tmp_path / "tiny.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.05}])
+    tiny = write_jsonl_records(tmp_path / "tiny.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.05}])
     assert MIN_TEACHER_SPREAD > 0.05 and "margins barely vary" in teacher_spread_warning(
         read_training_data(str(tiny), "margin_mse"), str(tiny))
 
@@ -487,14 +479,16 @@ def test_selection_skips_queries_without_a_positive_or_a_negative(tmp_path):
                                     {"query": "only positives", "passage": "y", "score": 1.0, "label": 1}]
     triplets = hand_written_triplets() + [{"query": q, "positive": "a", "negative": "b", "score": 1.0}
                                           for q in ("no positive here", "only positives")]
-    selection = plan(triplets, str(write_lines(tmp_path / "s.jsonl", rows)))
+    selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", rows)))
     assert "1 without a positive and 1 without a negative skipped" in selection.note
     assert {"no positive here", "only positives"} <= set(selection.train["query"])  # never held out
 
 
 def test_a_dev_file_with_queries_of_its_own_is_ranked_whole_and_removes_nothing_from_training(tmp_path):
-    dev = write_lines(tmp_path / "dev.jsonl", [{"query": "a dev question", "positive": ["p"], "negative": ["n", "m"]},
-                                               {"query": "another", "positive": [], "negative": ["n"]}])
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [
+        {"query": "a dev question", "positive": ["p"], "negative": ["n", "m"]},
+        {"query": "another", "positive": [], "negative": ["n"]},
+    ])  # fmt: skip
     selection = plan(hand_written_triplets(), str(dev))
     assert selection.metric == "eval_selection_map" and selection.held_out == [] and selection.eval is None
     assert [query.query for query in selection.queries] == ["a dev question"]
@@ -502,14 +496,25 @@ def test_a_dev_file_with_queries_of_its_own_is_ranked_whole_and_removes_nothing_
 
 
 def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
-    unlabelled = write_lines(tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"}
-                                                    for r in hand_written_scores()])
+    unlabelled = write_jsonl_records(
+        tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in hand_written_scores()]
+    )
     selection = plan(hand_written_triplets(), str(unlabelled))
     assert selection.metric == "loss" and selection.queries == [] and 'no gold "label"' in selection.note
     assert len(selection.held_out) == 2 and set(selection.eval["query"]) == set(selection.held_out)
     with pytest.raises(InputError, match='--selection_metric map needs gold-labelled .*no gold "label"'):
         plan(hand_written_triplets(), str(unlabelled), metric="map")
     assert "no --selection_data" in plan(hand_written_triplets(), None).note
+
+
+def test_a_selection_by_map_on_few_queries_warns_that_it_is_noisy(scores_file):
+    selection = plan(hand_written_triplets(), str(scores_file))  # 2 held-out queries
+    warning = small_selection_warning(selection)
+    assert warning.startswith("the best checkpoint is picked by MAP on only 2 queries, where one query moves MAP")
+    assert "--eval_share" in warning and "--selection_data" in warning
+    selection.queries = selection.queries * 15  # 30 queries
+    assert small_selection_warning(selection) is None
+    assert small_selection_warning(plan(hand_written_triplets(), str(scores_file), metric="loss")) is None
 
 
 def test_selection_metric_loss_ignores_the_selection_data(scores_file):
@@ -604,7 +609,7 @@ def test_sampler_reshuffles_each_epoch_and_reports_its_length():
 
 
 def test_example_length_is_the_query_plus_its_longest_document_of_any_kind():
-    from rerank_distill.training import example_lengths
+    from rerank_distill.trainer import example_lengths
 
     dataset = TrainingData("ntuples", {"query": ["ab", "abc"], "positive": ["x", "xyz12"],
                                        "negative_1": ["12345", "1"], "negative_2": ["1", ""],
@@ -631,13 +636,13 @@ GOOD = {"query": "q", "positive": "p", "negative": "n", "score": 1.5}
     ],
 )
 def test_a_bad_triplet_stops_the_run_before_any_model_is_loaded(tmp_path, bad_line, message):
-    data = write_lines(tmp_path / "t.jsonl", [GOOD, bad_line])
+    data = write_jsonl_records(tmp_path / "t.jsonl", [GOOD, bad_line])
     with pytest.raises(InputError, match=message):
         run_train(tmp_path / "no-such-model", data, tmp_path / "out")
 
 
 def test_an_empty_triplets_file_is_an_error(tmp_path):
-    data = write_lines(tmp_path / "t.jsonl", [])
+    data = write_jsonl_records(tmp_path / "t.jsonl", [])
     with pytest.raises(InputError, match="no records"):
         run_train(tmp_path / "no-such-model", data, tmp_path / "out")
 
@@ -650,7 +655,7 @@ def test_a_missing_checkpoint_is_an_error(triplets_file, tmp_path):
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
-    data = write_lines(tmp_path / "t.jsonl", [GOOD, {"query": "q"}])
+    data = write_jsonl_records(tmp_path / "t.jsonl", [GOOD, {"query": "q"}])
     result = subprocess.run(
         [sys.executable, str(Path(train.__file__)), "--model_name_or_path", "m", "--train_data", str(data),
          "--output_dir", str(tmp_path / "out")],

@@ -12,6 +12,7 @@ import pytest
 import create_triplets
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
+from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 from rerank_distill.triplets import (
     SKIP_BELOW_MIN_MARGIN,
     SKIP_IDENTICAL_TEXT,
@@ -28,20 +29,12 @@ from rerank_distill.triplets import (
     format_records,
     iter_query_groups,
     iter_query_groups_indexed,
+    lift_labelled,
     query_rng,
     rank_by_score,
     select,
     select_triplets,
 )
-
-
-def write_lines(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
-
-
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def scores_file(path: Path, queries: dict[str, list[tuple[str, float]]]) -> Path:
@@ -51,7 +44,7 @@ def scores_file(path: Path, queries: dict[str, list[tuple[str, float]]]) -> Path
         for query, pairs in queries.items()
         for passage, score in pairs
     ]
-    return write_lines(path, records)
+    return write_jsonl_records(path, records)
 
 
 def run(tmp_path: Path, input_path: Path, *flags: str, name: str = "triplets.jsonl") -> tuple[dict, Path]:
@@ -67,7 +60,7 @@ def labelled_file(path: Path, queries: dict[str, list[tuple[str, float, float | 
         for query, rows in queries.items()
         for passage, score, label in rows
     ]
-    return write_lines(path, records)
+    return write_jsonl_records(path, records)
 
 
 def skips(**counts: int) -> dict[str, int]:
@@ -106,7 +99,7 @@ def test_defaults_use_eight_positives_with_four_negatives_each(tmp_path):
 
     summary, output = run(tmp_path, scores)
 
-    pairs = [(t["positive"], t["negative"]) for t in read_lines(output)]
+    pairs = [(t["positive"], t["negative"]) for t in read_jsonl_records(output)]
     expected = [(f"p{i}", f"p{j}") for i in range(8) for j in range(i + 1, min(i + 5, 10))]
     assert pairs == expected
     assert len(expected) == 6 * 4 + 3 + 2
@@ -173,7 +166,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
 
     summary, output = run(tmp_path, scores, "--top_k", "2", "--num_negatives", "2")
 
-    assert read_lines(output) == [
+    assert read_jsonl_records(output) == [
         {"query": "q1", "positive": "high", "negative": "dup", "score": 1.5},
         {"query": "q1", "positive": "high", "negative": "dup", "score": 2.0},
         {"query": "q1", "positive": "dup", "negative": "low", "score": 2.5},
@@ -199,6 +192,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "num_negatives": 2,
         "group_size": 8,
         "min_margin": 0.0,
+        "label_margin": None,
         "seed": 42,
     }
 
@@ -214,7 +208,7 @@ def test_the_same_input_gives_the_same_bytes(tmp_path):
 
 
 def test_numeric_string_scores_from_a_content_file(tmp_path):
-    scores = write_lines(
+    scores = write_jsonl_records(
         tmp_path / "other_tool.jsonl",
         [
             {"query": "q", "content": "good", "score": "2.5"},
@@ -224,7 +218,7 @@ def test_numeric_string_scores_from_a_content_file(tmp_path):
 
     _, output = run(tmp_path, scores)
 
-    assert read_lines(output) == [{"query": "q", "positive": "good", "negative": "bad", "score": 3.5}]
+    assert read_jsonl_records(output) == [{"query": "q", "positive": "good", "negative": "bad", "score": 3.5}]
 
 
 # --- the first recipe stays the default ---
@@ -247,7 +241,7 @@ def test_default_flags_write_the_first_recipes_bytes(tmp_path):
     # Positives are ranks 0-4 (top_k 8, but never the last), each with the 4 ranks below it;
     # north(1.5)-west ties and north-north is one text, so both are skipped. The bytes below are
     # what the first version of this stage wrote for this input.
-    _, output = run(tmp_path, write_lines(tmp_path / "scores.jsonl", CAFE_SCORES))
+    _, output = run(tmp_path, write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES))
 
     assert output.read_text(encoding="utf-8") == (
         '{"query": "which café?", "positive": "east", "negative": "north", "score": 1.5}\n'
@@ -287,11 +281,11 @@ def test_default_flags_write_the_first_recipes_bytes(tmp_path):
     ],
 )  # fmt: skip
 def test_positives_from_the_teacher_the_gold_labels_or_both(tmp_path, rule, expected, positives_without_negatives):
-    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES)
 
     summary, output = run(tmp_path, scores, "--positives", rule, "--top_k", "1", "--num_negatives", "2")
 
-    assert [(t["positive"], t["negative"], t["score"]) for t in read_lines(output)] == expected
+    assert [(t["positive"], t["negative"], t["score"]) for t in read_jsonl_records(output)] == expected
     assert summary["skipped"][SKIP_POSITIVE_WITHOUT_NEGATIVES] == positives_without_negatives
 
 
@@ -312,7 +306,7 @@ def test_a_query_without_a_labelled_positive_is_counted(tmp_path):
 
     summary, output = run(tmp_path, scores, "--positives", "labels")
 
-    assert read_lines(output) == [{"query": "one positive", "positive": "d", "negative": "c", "score": 1.0}]
+    assert read_jsonl_records(output) == [{"query": "one positive", "positive": "d", "negative": "c", "score": 1.0}]
     assert summary["skipped"] == skips(**{SKIP_NO_POSITIVES: 1})
 
 
@@ -329,13 +323,59 @@ def test_label_positives_on_input_without_labels_stop_with_a_clear_message(tmp_p
 
 
 def test_a_line_missing_its_label_is_named(tmp_path):
-    scores = write_lines(
+    scores = write_jsonl_records(
         tmp_path / "scores.jsonl",
         [{"query": "q", "passage": "a", "score": 2.0, "label": 1}, {"query": "q", "content": "b", "score": "1"}],
     )
 
     with pytest.raises(InputError, match=f"^{scores}:2: --positives labels needs a gold label"):
         run(tmp_path, scores, "--positives", "labels")
+
+
+# --- gold labels correcting the teacher (--label_margin) ---
+
+
+def test_label_margin_lifts_the_labelled_positives_together_above_every_negative():
+    # positives score 5, 3, 2; negatives 4, 1: the lowest positive (2) must reach 4 + 1, so all
+    # three move up by 3 and keep their own margins; the negatives stay
+    assert lift_labelled([5.0, 3.0, 4.0, 1.0, 2.0], [1, 1, 0, 0, 1], margin=1.0) == [8.0, 6.0, 4.0, 1.0, 5.0]
+
+
+def test_label_margin_leaves_a_teacher_the_labels_agree_with_alone():
+    assert lift_labelled([6.0, 5.0, 3.5, 1.0], [1, 1, 0, 0], margin=1.5) == [6.0, 5.0, 3.5, 1.0]
+    assert lift_labelled([6.0, 5.0], [1, 1], margin=1.0) == [6.0, 5.0]  # one grade: nothing to order
+
+
+def test_label_margin_orders_graded_labels_grade_by_grade():
+    # grades 0, 1, 3 (ESCI-like): grade 1 (score 1) must clear grade 0's best (2) by 0.5 -> +1.5;
+    # grade 3 (scores 0 and 4) must then clear the best below it (2.5, the lifted grade 1) -> +3
+    lifted = lift_labelled([2.0, 1.0, 0.0, 4.0, -1.0], [0, 1, 3, 3, 0], margin=0.5)
+    assert lifted == [2.0, 2.5, 3.0, 7.0, -1.0]
+
+
+def test_label_margin_writes_the_corrected_scores_and_counts_the_queries_it_changed(tmp_path):
+    scores = labelled_file(tmp_path / "scores.jsonl", {
+        "teacher wrong": [("p1", 5.0, 1), ("n1", 4.0, 0), ("p2", 2.0, 1), ("n2", 1.0, 0)],
+        "teacher right": [("p3", 3.0, 1), ("n3", 0.0, 0)],
+    })  # fmt: skip
+
+    summary, output = run(tmp_path, scores, "--format", "listwise", "--top_k", "1", "--group_size", "8",
+                          "--label_margin", "1")  # fmt: skip
+
+    # p2 (2.0) must reach n1 (4.0) + 1: both positives move up by 3
+    assert read_jsonl_records(output) == [
+        {"query": "teacher wrong", "passages": ["p1", "p2", "n1", "n2"], "scores": [8.0, 5.0, 4.0, 1.0],
+         "labels": [1.0, 1.0, 0.0, 0.0]},
+        {"query": "teacher right", "passages": ["p3", "n3"], "scores": [3.0, 0.0], "labels": [1.0, 0.0]},
+    ]  # fmt: skip
+    assert summary["queries_corrected_by_labels"] == 1
+
+
+def test_label_margin_on_input_without_labels_stops_with_a_clear_message(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})  # "label": null
+
+    with pytest.raises(InputError, match=f"^{scores}:1: --label_margin needs a gold label on every line"):
+        run(tmp_path, scores, "--label_margin", "1")
 
 
 # --- margins ---
@@ -353,7 +393,7 @@ def test_min_margin_drops_near_ties_and_counts_them():
 
 
 def test_min_margin_zero_keeps_every_positive_margin(tmp_path):
-    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES)
 
     _, default = run(tmp_path, scores, name="default.jsonl")
     _, explicit = run(tmp_path, scores, "--min_margin", "0", name="explicit.jsonl")
@@ -442,7 +482,7 @@ def test_a_querys_random_negatives_do_not_depend_on_the_other_queries(tmp_path):
     _, from_alone = run(tmp_path, alone, "--negatives", "random", name="alone.out.jsonl")
     _, from_among = run(tmp_path, among, "--negatives", "random", name="among.out.jsonl")
 
-    assert read_lines(from_alone) == [t for t in read_lines(from_among) if t["query"] == "q1"]
+    assert read_jsonl_records(from_alone) == [t for t in read_jsonl_records(from_among) if t["query"] == "q1"]
 
 
 # --- n-tuples and listwise groups ---
@@ -456,7 +496,7 @@ def test_ntuples_hold_one_positive_its_negatives_and_raw_teacher_scores(tmp_path
 
     summary, output = run(tmp_path, scores, "--format", "ntuples", "--top_k", "2", "--num_negatives", "2")
 
-    assert read_lines(output) == [
+    assert read_jsonl_records(output) == [
         {"query": "q", "positive": "a", "negatives": ["b", "c"], "scores": [4.5, 3.0, 1.25]},
         {"query": "q", "positive": "b", "negatives": ["c", "d"], "scores": [3.0, 1.25, -0.5]},
     ]
@@ -464,12 +504,12 @@ def test_ntuples_hold_one_positive_its_negatives_and_raw_teacher_scores(tmp_path
 
 
 def test_ntuples_leave_out_skipped_negatives(tmp_path):
-    scores = write_lines(tmp_path / "scores.jsonl", CAFE_SCORES)
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES)
 
     _, output = run(tmp_path, scores, "--format", "ntuples", "--top_k", "2", "--num_negatives", "3")
 
     # north(1.5)'s next ranks are its tie (west) and its own text, so only south is left
-    assert read_lines(output) == [
+    assert read_jsonl_records(output) == [
         {"query": "which café?", "positive": "east", "negatives": ["north", "west", "north"],
          "scores": [3.0, 1.5, 1.5, 0.25]},
         {"query": "which café?", "positive": "north", "negatives": ["south"], "scores": [1.5, -0.5]},
@@ -486,7 +526,7 @@ def test_listwise_groups_put_the_positive_first_with_its_gold_labels(tmp_path):
     summary, output = run(tmp_path, scores, "--format", "listwise", "--positives", "labels", "--group_size", "3")
 
     # labelled positives a and b; each group is the positive, then its group_size - 1 hardest
-    assert read_lines(output) == [
+    assert read_jsonl_records(output) == [
         {"query": "q", "passages": ["a", "b", "c"], "scores": [4.5, 3.0, 1.25], "labels": [2.0, 1.0, 0.0]},
         {"query": "q", "passages": ["b", "c", "d"], "scores": [3.0, 1.25, -0.5], "labels": [1.0, 0.0, 0.0]},
     ]
@@ -498,7 +538,7 @@ def test_listwise_groups_have_no_labels_when_the_input_has_none(tmp_path):
 
     _, output = run(tmp_path, scores, "--format", "listwise")
 
-    assert read_lines(output) == [{"query": "q", "passages": ["a", "b"], "scores": [2.0, 1.0]}]
+    assert read_jsonl_records(output) == [{"query": "q", "passages": ["a", "b"], "scores": [2.0, 1.0]}]
 
 
 def test_group_size_caps_a_listwise_group_and_num_negatives_does_not(tmp_path):
@@ -508,7 +548,7 @@ def test_group_size_caps_a_listwise_group_and_num_negatives_does_not(tmp_path):
         tmp_path, scores, "--format", "listwise", "--group_size", "4", "--num_negatives", "1", "--top_k", "9"
     )
 
-    groups = [record["passages"] for record in read_lines(output)]
+    groups = [record["passages"] for record in read_jsonl_records(output)]
     # one group per positive (ranks 0-8), each the positive and up to 3 ranked below it
     assert groups == [[f"p{j}" for j in range(i, min(i + 4, 10))] for i in range(9)]
     assert max(map(len, groups)) == 4 and [len(g) for g in groups[-3:]] == [4, 3, 2]
@@ -517,10 +557,10 @@ def test_group_size_caps_a_listwise_group_and_num_negatives_does_not(tmp_path):
 
 def test_an_interleaved_labelled_file_gives_the_same_groups_as_its_grouped_version(tmp_path):
     rows = [("q1", "a", 1.0, 1), ("q2", "x", 0.5, 0), ("q1", "b", 3.0, 0), ("q2", "y", 1.5, 1), ("q1", "c", 2.0, 0)]
-    interleaved = write_lines(
+    interleaved = write_jsonl_records(
         tmp_path / "interleaved.jsonl", [{"query": q, "passage": p, "score": s, "label": l} for q, p, s, l in rows]
     )
-    grouped = write_lines(
+    grouped = write_jsonl_records(
         tmp_path / "grouped.jsonl",
         [{"query": q, "passage": p, "score": s, "label": l} for q, p, s, l in sorted(rows, key=lambda r: r[0])],
     )
@@ -531,7 +571,7 @@ def test_an_interleaved_labelled_file_gives_the_same_groups_as_its_grouped_versi
 
     assert from_interleaved["input_grouped"] is False
     assert interleaved_output.read_bytes() == grouped_output.read_bytes()
-    assert read_lines(grouped_output)[0] == {
+    assert read_jsonl_records(grouped_output)[0] == {
         "query": "q1", "passages": ["b", "c", "a"], "scores": [3.0, 2.0, 1.0], "labels": [0.0, 0.0, 1.0]
     }  # fmt: skip
 
@@ -546,7 +586,7 @@ def interleaved_and_grouped(tmp_path: Path) -> tuple[Path, Path]:
         ("q2", "y", 1.5), ("q1", "c", 2.0), ("q3", "n", 2.0), ("q2", "z", -1.0), ("q1", "d", 3.0),
     ]  # fmt: skip
     grouped = sorted(interleaved, key=lambda row: ["q1", "q2", "q3"].index(row[0]))  # stable: keeps line order
-    write = lambda path, rows: write_lines(path, [{"query": q, "passage": p, "score": s} for q, p, s in rows])
+    write = lambda path, rows: write_jsonl_records(path, [{"query": q, "passage": p, "score": s} for q, p, s in rows])
     return write(tmp_path / "interleaved.jsonl", interleaved), write(tmp_path / "grouped.jsonl", grouped)
 
 
@@ -559,7 +599,7 @@ def test_an_interleaved_file_gives_the_same_triplets_as_its_grouped_version(tmp_
     )
 
     assert interleaved_output.read_bytes() == grouped_output.read_bytes()
-    assert [t["query"] for t in read_lines(grouped_output)] == ["q1"] * 3 + ["q2"] * 3
+    assert [t["query"] for t in read_jsonl_records(grouped_output)] == ["q1"] * 3 + ["q2"] * 3
     assert (from_grouped["input_grouped"], from_interleaved["input_grouped"]) == (True, False)
     q3_tie = skips(**{SKIP_NON_POSITIVE_MARGIN: 2, SKIP_POSITIVE_WITHOUT_NEGATIVES: 1})  # q3's two passages tie
     assert from_interleaved["skipped"] == from_grouped["skipped"] == q3_tie
@@ -647,6 +687,7 @@ def test_input_without_any_usable_triplet_is_an_error_not_an_empty_file(tmp_path
         ("--group_size", "1", "--group_size must be at least 2"),
         ("--min_margin", "-0.5", "--min_margin must be 0 or more"),
         ("--min_margin", "nan", "--min_margin must be 0 or more"),
+        ("--label_margin", "-1", "--label_margin must be 0 or more"),
     ],
 )
 def test_out_of_range_settings_are_rejected(tmp_path, flag, value, message):

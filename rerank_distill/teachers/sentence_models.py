@@ -9,8 +9,6 @@ from rerank_distill.errors import InputError
 def load_model(model_class, model_path: str, device: str | None, dtype: str, **kwargs):
     """``model_class(model_path)`` on ``device`` in ``dtype`` (auto: bfloat16 on a GPU, float32 on
     the CPU); InputError when the folder holds no such model."""
-    import torch
-
     from rerank_distill.teachers.llm_hf import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)

@@ -1,0 +1,269 @@
+"""The trainer train.py runs: padding statistics of its forward passes, batches of similar
+length, a wall-time budget (--max_train_seconds) and DistillationTrainer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sentence_transformers.base.sampler import DefaultBatchSampler
+from sentence_transformers.cross_encoder import CrossEncoderTrainer
+from torch import Tensor
+from transformers import TrainerCallback
+
+from rerank_distill.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Padding statistics of the training forward passes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PaddingStats:
+    """Token counts over the training forward passes of one process (evaluation is not counted)."""
+
+    pairs: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def add(self, attention_mask: Tensor) -> None:
+        self.pairs += attention_mask.shape[0]
+        self.real_tokens += int(attention_mask.sum())
+        self.padded_tokens += attention_mask.numel()
+
+    def summary(self) -> dict[str, float]:
+        """Mean real and padded tokens per pair (padded = the batch's sequence length) and the
+        share of padding: what length-grouped batches shrink."""
+        pairs = max(self.pairs, 1)
+        return {
+            "mean_real_tokens": round(self.real_tokens / pairs, 1),
+            "mean_padded_tokens": round(self.padded_tokens / pairs, 1),
+            "padding_share": round(1 - self.real_tokens / max(self.padded_tokens, 1), 3),
+        }
+
+
+def track_padding(model) -> PaddingStats:
+    """Count the real and padded tokens of every training-mode forward pass of ``model``, whatever
+    the loss (a forward pre-hook reads the attention mask in the features the loss tokenised,
+    a transformers BatchEncoding)."""
+    stats = PaddingStats()
+
+    def count(module, args) -> None:
+        features = args[0] if args else None
+        if module.training and isinstance(features, Mapping) and "attention_mask" in features:
+            stats.add(features["attention_mask"])
+
+    model.register_forward_pre_hook(count)
+    return stats
+
+
+def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | None:
+    """Mean of the last ``share`` of the logged training losses: where training ended up, less
+    noisy than the last batch alone."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    if not losses:
+        return None
+    tail = losses[-max(1, round(share * len(losses))) :]
+    return float(sum(tail) / len(tail))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch sampler: batches of similar length
+# ---------------------------------------------------------------------------------------------
+
+
+def example_lengths(dataset) -> list[int]:
+    """A cheap length per example in characters: its query plus its longest document, which is
+    what the padded length of a one-pass batch follows."""
+    documents = [list(dataset[name]) for name in dataset.column_names if name not in ("query", "label")]
+    lengths = []
+    for row, query in enumerate(dataset["query"]):
+        longest = 0
+        for column in documents:
+            value = column[row]
+            if isinstance(value, str):
+                longest = max(longest, len(value))
+            elif isinstance(value, list):  # a listwise group's passages
+                longest = max([longest, *(len(passage) for passage in value)])
+        lengths.append(len(query) + longest)
+    return lengths
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, drop_last: bool = False, mega_batch_factor: int = 50
+) -> list[list[int]]:
+    """Batches of indices where each batch holds examples of similar length, so little padding.
+
+    Shuffle all indices, sort each mega-batch of ``mega_batch_factor * batch_size`` by length
+    (longest first), cut into batches and shuffle the batch order, keeping the batch with the
+    longest example first so an out-of-memory error shows at step one, not hours in, and the
+    one short batch last (dropped with drop_last), where accelerate expects it when it evens out
+    batches across processes. Every index appears once; the order depends only on the seed (the
+    sampler passes seed + epoch).
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    mega = batch_size * mega_batch_factor
+    ordered: list[int] = []
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        ordered.extend(int(i) for i in sorted(chunk, key=lambda i: -lengths[i]))
+    batches = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    if drop_last:
+        short = []
+    if not batches:
+        return short
+    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+    rest = [batches[b] for b in rng.permutation(len(batches)) if b != longest]
+    return [batches[longest], *rest, *short]
+
+
+class LengthGroupedBatchSampler(DefaultBatchSampler):
+    """CrossEncoderTrainer batch sampler (training argument ``batch_sampler``) that yields
+    length_grouped_batches of a training data set, reshuffled each epoch via set_epoch."""
+
+    def __init__(
+        self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None, seed: int = 0
+    ):
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
+        self.lengths = example_lengths(dataset)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from length_grouped_batches(self.lengths, self.batch_size, self.seed + self.epoch, self.drop_last)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A wall-time budget: --max_train_seconds
+# ---------------------------------------------------------------------------------------------
+
+
+class TimeBudget(TrainerCallback):
+    """Keep training within ``seconds`` of wall time from its start (``start``, or the trainer's
+    on_train_begin), evaluations and checkpoints included.
+
+    Training stops at the first step end from which the longest step-to-step interval seen so
+    far (a step plus an evaluation and a checkpoint, once one has happened) would reach the
+    budget, with a last evaluation and checkpoint, so the last model can still be picked as the
+    best and the run ends within the budget rather than one evaluation past it.
+
+    The learning-rate schedule follows whichever runs out first, steps or time (``stretch``):
+    the scheduler is shown the step matching ``max(steps done, share of the budget spent)`` of
+    the planned run, so a warmup-then-decay schedule still reaches its end when time, not the
+    step count, ends training, instead of stopping mid-decay at a high rate.
+    """
+
+    def __init__(self, seconds: float, clock=time.perf_counter) -> None:
+        if not seconds > 0:
+            raise InputError(f"--max_train_seconds must be positive, got {seconds}")
+        self.seconds, self.clock = seconds, clock
+        self.started: float | None = None
+        self.last_step_end: float | None = None
+        self.longest_interval = 0.0  # seconds between two step ends, evaluations and checkpoints included
+        # share of the budget that will be spent once the next step ends, measured at the last step
+        # end and the same on every process
+        self.spent = 0.0
+        self.stopped_training = False
+
+    def start(self) -> None:
+        """Start the clock now (train.py calls it just before trainer.train(), whose time it reports)."""
+        self.started = self.last_step_end = self.clock()
+
+    def stretch(self, scheduler, total_steps: int) -> bool:
+        """Make a LambdaLR schedule (every schedule transformers builds is one) planned for
+        ``total_steps`` follow the time budget too; False (and no change) for another kind."""
+        if not hasattr(scheduler, "lr_lambdas"):
+            return False
+
+        def follow_time(planned):
+            def rate(step: int) -> float:
+                return planned(min(total_steps, max(step, math.ceil(self.spent * total_steps))))
+
+            return rate
+
+        scheduler.lr_lambdas = [follow_time(planned) for planned in scheduler.lr_lambdas]
+        return True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.started is None:
+            self.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        self.longest_interval = max(self.longest_interval, now - self.last_step_end)
+        self.last_step_end = now
+        self.spent = (now - self.started + self.longest_interval) / self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the slowest process's clock decides, so all stop at the same step with the same rate
+            spent = torch.tensor([self.spent], device=args.device)
+            torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
+            self.spent = float(spent)
+        if self.spent >= 1 and not control.should_training_stop:
+            control.should_training_stop = self.stopped_training = True
+            control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
+            control.should_save = control.should_save or args.save_strategy not in ("no", "best")
+        return control
+
+
+class DistillationTrainer(CrossEncoderTrainer):
+    """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
+    process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
+    TimeBudget), and has two fixes for torchrun (no change on one process).
+
+    - Only the main process writes checkpoints and the final model: transformers 5 calls
+      ``_save`` on every process and checks ``should_save`` inside it, but sentence-transformers'
+      ``_save`` override assumes it runs on the main process only, so all processes would write
+      the same files at once.
+    - Evaluation sees every eval example: sentence-transformers sets dataloader_drop_last so that
+      every process gets the same number of full training batches, which for evaluation would
+      drop the last batches (or all of a small eval set, leaving no eval_loss to pick the best
+      checkpoint by and failing the run). Accelerate instead pads the last eval batch with
+      repeated examples; as the loss is a batch mean, that one batch's share of eval_loss also
+      averages in the repeats.
+    """
+
+    def __init__(self, *args, time_budget: TimeBudget | None = None, **kwargs) -> None:
+        callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+        self.examples_trained = 0
+        self.time_budget = time_budget
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if fresh and self.time_budget is not None and not self.time_budget.stretch(scheduler, num_training_steps):
+            logger.warning("--max_train_seconds: the %s schedule is not a LambdaLR, so it is not fitted to the time "
+                           "budget (training still stops when the budget is spent)", type(scheduler).__name__)
+        return scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.examples_trained += len(inputs["query"])  # every kind's first column
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self.args.should_save:
+            super()._save(output_dir, state_dict=state_dict)
+
+    def get_batch_sampler(self, dataset, batch_size, drop_last, *args, **kwargs):
+        if dataset is not self.train_dataset:
+            drop_last = False
+        return super().get_batch_sampler(dataset, batch_size, drop_last, *args, **kwargs)

@@ -1,0 +1,241 @@
+"""Training files for train.py: each kind of file (triplets, n-tuples, listwise groups, teacher
+scores, labelled lists) read into the columns its loss takes, and the warning for a teacher
+that barely tells candidates apart."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerank_distill.errors import InputError
+from rerank_distill.formats import (
+    detect_format,
+    iter_ranking_queries,
+    iter_rows,
+    iter_scored_pairs,
+)
+from rerank_distill.jsonl import get_number, get_text, get_text_list
+from rerank_distill.losses import LOSSES
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Training data: one reader per kind of file, detected from the first record's fields
+# ---------------------------------------------------------------------------------------------
+
+DATA_KINDS = {
+    "triplets": 'triplets {"query", "positive", "negative", "score"} (create_triplets.py)',
+    "ntuples": 'n-tuples {"query", "positive", "negatives": [...], "scores": [...]} '
+    "(create_triplets.py --format ntuples)",
+    "listwise": 'listwise groups {"query", "passages": [...], "scores": [...]} (create_triplets.py --format listwise)',
+    "scores": 'teacher scores, one pair a line {"query", "passage"|"content", "score"} (generate_logits.py)',
+    "labelled": 'labelled ranking data: MTEB {"query", "positive": [...], "negative": [...]}, '
+    '{"query", "pos", "neg"} or graded rows {"query", "passage", "label"}',
+}
+RANKING_KINDS = ("scores", "labelled")  # kinds whose records can carry gold labels per candidate
+# Below this root-mean-square within-query difference (in logits) a teacher barely tells
+# candidates apart: sigmoid(0.1) - sigmoid(0) is 2.5 points of probability.
+MIN_TEACHER_SPREAD = 0.1
+
+
+@dataclass
+class TrainingData:
+    """The columns of one kind of training file as its loss takes them: ``query``, then the
+    documents, then ``label`` (teacher margins, scores or targets, already divided by the teacher
+    temperature)."""
+
+    kind: str
+    columns: dict[str, list]
+    teacher_spread: float | None = None  # root-mean-square within-query difference of raw teacher scores
+    ragged: bool = False  # n-tuples with differing negative counts (a missing one: "" with a NaN margin)
+
+    def to_dataset(self):
+        """A ``datasets.Dataset`` with the columns in order (CrossEncoderTrainer hands the text
+        columns to the loss in column order)."""
+        from datasets import Dataset
+
+        return Dataset.from_dict(self.columns)
+
+
+def detect_data_kind(record: dict, path: str, line: int) -> str:
+    """The kind of training file (a key of DATA_KINDS) one record belongs to, from its fields."""
+    if "passages" in record:
+        return "listwise"
+    if "negatives" in record:
+        return "ntuples"
+    if "score" in record and isinstance(record.get("positive"), str) and isinstance(record.get("negative"), str):
+        return "triplets"
+    try:
+        return "scores" if detect_format(record, path, line) == "scores" else "labelled"
+    except InputError:
+        kinds = "; ".join(DATA_KINDS.values())
+        raise InputError(f"cannot tell the kind of training data from the fields {sorted(record)}; "
+                         f"expected one of: {kinds}", path, line) from None
+
+
+def first_record(source: str) -> tuple[str, int, dict]:
+    """``(path, line, record)`` of a source's first record (InputError for a missing or empty file)."""
+    for path, line, record in iter_rows(source):
+        return path, line, record
+    raise InputError("contains no records (the file is empty)", source)
+
+
+def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) -> None:
+    """InputError naming the file, what it holds and what ``--loss`` needs, when they differ."""
+    if kind not in LOSSES[loss].inputs:
+        needs = " or ".join(DATA_KINDS[k] for k in LOSSES[loss].inputs)
+        raise InputError(
+            f"--loss {loss} trains on {needs}, but this file holds {DATA_KINDS[kind]} "
+            f"(from the fields {fields} of line {line}); pass the matching file or another --loss", path
+        )
+
+
+def read_training_data(
+    source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True
+) -> TrainingData:
+    """Read and validate a whole training file for ``--loss loss`` (see LOSSES for the kinds each
+    takes), with teacher scores and margins divided by ``teacher_temperature``.
+
+    Raises InputError naming file:line and field for a bad record, for an empty or missing file,
+    for a file of a kind the loss does not train on, and for n-tuples with differing negative
+    counts where sentence-transformers' MarginMSELoss (``fused_forward`` False) would get them.
+    """
+    if not teacher_temperature > 0:
+        raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
+    path, line, record = first_record(source)
+    kind = detect_data_kind(record, path, line)
+    check_kind(loss, kind, path, line, sorted(record))
+    if kind == "triplets":
+        return _triplets(source, teacher_temperature)
+    if kind == "ntuples":
+        data = _ntuples(source, teacher_temperature)
+        if data.ragged and loss == "margin_mse" and not fused_forward:
+            raise InputError("the n-tuples have differing numbers of negatives, which only the fused MarginMSE "
+                             "takes; drop --no_fused_forward", source)
+        return data
+    if kind == "listwise":
+        return _listwise(source, teacher_temperature)
+    if kind == "scores":
+        return _pointwise_scores(source, loss, teacher_temperature)
+    return _labelled(source)
+
+
+def get_number_list(record: dict, name: str, path: str, line: int) -> list[float]:
+    """The list-of-finite-numbers field ``name`` (numeric strings accepted; a lone number counts
+    as a list of one, as get_text_list takes a lone string)."""
+    values = record.get(name)
+    if not isinstance(values, list):
+        return [get_number(record, name, path, line)]  # or the error for a missing or non-number field
+    return [get_number({name: value}, name, path, line) for value in values]
+
+
+def soft_label(score: float, temperature: float) -> float:
+    """sigmoid(score / temperature): a teacher logit as a probability target for BCE."""
+    return 0.5 * (1.0 + math.tanh(score / temperature / 2))  # = sigmoid, without exp overflow
+
+
+def rms(values: Iterable[float]) -> float | None:
+    values = np.asarray(list(values), dtype=np.float64)
+    return float(np.sqrt(np.mean(values**2))) if values.size else None
+
+
+def within_query_deviations(groups: Iterable[Sequence[float]]) -> Iterator[float]:
+    """Each score's distance from its query's mean score (what a ranking can learn from)."""
+    for scores in groups:
+        mean = sum(scores) / len(scores)
+        yield from (score - mean for score in scores)
+
+
+def _triplets(source: str, temperature: float) -> TrainingData:
+    columns: dict[str, list] = {"query": [], "positive": [], "negative": [], "label": []}
+    margins = []
+    for path, line, record in iter_rows(source):
+        for name in ("query", "positive", "negative"):
+            columns[name].append(get_text(record, name, path, line))
+        margins.append(get_number(record, "score", path, line))
+    columns["label"] = [margin / temperature for margin in margins]
+    return TrainingData("triplets", columns, teacher_spread=rms(margins))
+
+
+def _ntuples(source: str, temperature: float) -> TrainingData:
+    rows = []
+    for path, line, record in iter_rows(source):
+        query, positive = get_text(record, "query", path, line), get_text(record, "positive", path, line)
+        negatives = get_text_list(record, "negatives", path, line)
+        scores = get_number_list(record, "scores", path, line)
+        if not negatives or len(scores) != 1 + len(negatives):
+            raise InputError(
+                f'"scores" must hold the positive\'s score then one per negative: {1 + len(negatives)} numbers '
+                f"for {len(negatives)} negatives, got {len(scores)}", path, line
+            )
+        rows.append((query, positive, negatives, [scores[0] - score for score in scores[1:]]))
+    width = max(len(negatives) for _, _, negatives, _ in rows)
+    columns: dict[str, list] = {"query": [row[0] for row in rows], "positive": [row[1] for row in rows]}
+    for i in range(width):
+        columns[f"negative_{i + 1}"] = [negatives[i] if i < len(negatives) else "" for _, _, negatives, _ in rows]
+    columns["label"] = [[m / temperature for m in margins] + [math.nan] * (width - len(margins))
+                        for *_, margins in rows]
+    ragged = any(len(negatives) < width for _, _, negatives, _ in rows)
+    return TrainingData("ntuples", columns, rms(m for *_, margins in rows for m in margins), ragged)
+
+
+def _listwise(source: str, temperature: float) -> TrainingData:
+    columns: dict[str, list] = {"query": [], "passages": [], "label": []}
+    groups = []
+    for path, line, record in iter_rows(source):
+        columns["query"].append(get_text(record, "query", path, line))
+        passages = get_text_list(record, "passages", path, line)
+        scores = get_number_list(record, "scores", path, line)
+        if not passages or len(scores) != len(passages):
+            raise InputError(f'"scores" must hold one number per passage: {len(passages)} passages, '
+                             f"{len(scores)} scores", path, line)
+        columns["passages"].append(passages)
+        columns["label"].append([score / temperature for score in scores])
+        groups.append(scores)
+    return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
+
+
+def _pointwise_scores(source: str, loss: str, temperature: float) -> TrainingData:
+    columns: dict[str, list] = {"query": [], "passage": [], "label": []}
+    by_query: dict[str, list[float]] = {}
+    for pair in iter_scored_pairs(source):
+        if loss == "bce_labels":
+            if pair.label is None:
+                raise InputError('no gold "label" in this pair; --loss bce_labels trains on gold labels '
+                                 "(use --loss mse or bce_soft to train on the teacher's scores)", source, pair.line)
+            target = 1.0 if pair.label > 0 else 0.0
+        else:
+            target = soft_label(pair.score, temperature) if loss == "bce_soft" else pair.score / temperature
+        columns["query"].append(pair.query)
+        columns["passage"].append(pair.passage)
+        columns["label"].append(target)
+        by_query.setdefault(pair.query, []).append(pair.score)
+    spread = None if loss == "bce_labels" else rms(within_query_deviations(by_query.values()))
+    return TrainingData("scores", columns, teacher_spread=spread)
+
+
+def _labelled(source: str) -> TrainingData:
+    columns: dict[str, list] = {"query": [], "passage": [], "label": []}
+    for query in iter_ranking_queries(source):
+        for passage, label in zip(query.passages, query.labels):
+            columns["query"].append(query.query)
+            columns["passage"].append(passage)
+            columns["label"].append(1.0 if label > 0 else 0.0)
+    return TrainingData("labelled", columns)
+
+
+def teacher_spread_warning(data: TrainingData, source: str) -> str | None:
+    """A warning when the teacher barely tells a query's candidates apart (a collapsed or
+    mis-prompted teacher), else None. Measured on the raw teacher scores, before the temperature."""
+    if data.teacher_spread is None or data.teacher_spread >= MIN_TEACHER_SPREAD:
+        return None
+    what = "margins" if data.kind in ("triplets", "ntuples") else "scores within a query"
+    return (
+        f"{source}: the teacher's {what} barely vary (root mean square {data.teacher_spread:.3g} logits, "
+        f"below {MIN_TEACHER_SPREAD}); a collapsed or mis-prompted teacher gives the student almost nothing "
+        "to learn: check stage 1's model, prompt and instruction"
+    )
