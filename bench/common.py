@@ -28,16 +28,6 @@ def machine() -> dict:
     return info
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), where bf16 pays off."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def alternate(runs: dict[str, Callable[[], float]], repetitions: int) -> dict[str, list[float]]:
     """Call each run ``repetitions`` times, interleaved (A B A B ...; the order flips every
     repetition so neither side always runs on a warmer machine). Each run returns its own
@@ -73,3 +63,41 @@ def print_table(title: str, rows: list[tuple[str, float]], unit: str, baseline: 
     print(f"{'run':<34} {unit:>14} {'x baseline':>11}")
     for name, rate in rows:
         print(f"{name:<34} {rate:>14.2f} {rate / base:>11.2f}")
+
+
+def embedding_teacher_scores(teacher: str, inputs: list[Path], out_dir: Path, score_scale: float = 10.0) -> list[Path]:
+    """Stage 1 on each input with an embedding teacher (score = score_scale x cosine), as
+    generate_logits.py runs it; a finished output is reused (stage 1 resumes). The output paths."""
+    import generate_logits
+    from rerank_distill.scoring import output_path_for
+
+    generate_logits.main([
+        "--teacher_type", "embedding", "--model_path", teacher, "--score_scale", str(score_scale),
+        "--input_path", *map(str, inputs), "--output_dir", str(out_dir), "--no_show_progress",
+    ])  # fmt: skip
+    return [output_path_for(str(source), out_dir) for source in inputs]
+
+
+def train_original_recipe(student: str, triplets: Path, out: Path, **training_args):
+    """The original recipe as written: its triplets, a one-logit CrossEncoder, MarginMSELoss and
+    CrossEncoderTrainer with default batching; ``training_args`` are CrossEncoderTrainingArguments
+    (max_length goes to the model). Saves the final model in ``out``; returns the trainer, the
+    train() result, the seconds of train() alone and the number of triplets."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    rows = [json.loads(line) for line in triplets.read_text(encoding="utf-8").splitlines()]
+    dataset = Dataset.from_dict({
+        "query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
+        "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows],
+    })  # fmt: skip
+    model = CrossEncoder(student, num_labels=1, max_length=training_args.pop("max_length"))
+    args = CrossEncoderTrainingArguments(output_dir=str(out), save_strategy="no", eval_strategy="no", report_to="none",
+                                         **training_args)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=MarginMSELoss(model))
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.save_model(str(out))
+    return trainer, result, seconds, len(rows)

@@ -33,7 +33,6 @@ import shlex
 import shutil
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, machine, write_results  # noqa: E402
+from bench.common import SHARED_DATA, embedding_teacher_scores, machine, train_original_recipe, write_results  # noqa: E402
 
 METRICS = ("map", "mrr@10", "ndcg@10")
 # The recipe's settings (the original scripts'), and what ours keeps equal to them.
@@ -52,19 +51,6 @@ RECIPE = {"epochs": 1, "learning_rate": 2e-5, "batch_size": 16, "max_length": 25
 OURS_TRIPLET_FLAGS = "--format listwise --positives teacher --top_k 1 --group_size 32"
 OURS_TRAIN_FLAGS = ("--loss listwise_kl --learning_rate 1e-4 --num_train_epochs 12 --per_device_train_batch_size 8 "
                     "--pairs_per_forward 16")
-
-
-def score_with_teacher(teacher: str, score_scale: float, data_dir: Path, work: Path) -> tuple[Path, Path]:
-    """Stage 1 on train and dev with the embedding teacher (reused when already there)."""
-    import generate_logits
-
-    out = work / "scores"
-    generate_logits.main([
-        "--teacher_type", "embedding", "--model_path", teacher, "--score_scale", str(score_scale),
-        "--input_path", str(data_dir / "train.jsonl"), str(data_dir / "dev.jsonl"),
-        "--output_dir", str(out), "--no_show_progress",
-    ])  # fmt: skip
-    return out / "train_scores.jsonl", out / "dev_scores.jsonl"
 
 
 def evaluate(model: str, data_dir: Path, dev_scores: Path, out: Path) -> dict:
@@ -81,32 +67,17 @@ def evaluate(model: str, data_dir: Path, dev_scores: Path, out: Path) -> dict:
 def original_recipe(student: str, train_scores: Path, out: Path, seed: int, max_steps: int) -> dict:
     """The original recipe as written: default triplets, CrossEncoder, MarginMSELoss,
     CrossEncoderTrainer with its defaults, the final model. Seconds are trainer.train() alone."""
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import MarginMSELoss
-
     import create_triplets
 
     triplets = out.parent / "recipe_triplets.jsonl"
     create_triplets.main(["--input_path", str(train_scores), "--output_path", str(triplets),
                           "--top_k", str(RECIPE["top_k"]), "--num_negatives", str(RECIPE["num_negatives"])])
-    rows = [json.loads(line) for line in triplets.read_text(encoding="utf-8").splitlines()]
-    dataset = Dataset.from_dict({
-        "query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
-        "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows],
-    })  # fmt: skip
-    model = CrossEncoder(student, num_labels=1, max_length=RECIPE["max_length"])
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=RECIPE["batch_size"], num_train_epochs=RECIPE["epochs"],
-        max_steps=max_steps, learning_rate=RECIPE["learning_rate"], warmup_steps=RECIPE["warmup"],
-        save_strategy="no", eval_strategy="no", report_to="none", seed=seed,
+    trainer, _, seconds, rows = train_original_recipe(
+        student, triplets, out, max_length=RECIPE["max_length"], per_device_train_batch_size=RECIPE["batch_size"],
+        num_train_epochs=RECIPE["epochs"], max_steps=max_steps, learning_rate=RECIPE["learning_rate"],
+        warmup_steps=RECIPE["warmup"], seed=seed,
     )  # fmt: skip
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=MarginMSELoss(model))
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    trainer.save_model(str(out))
-    return {"seconds": round(seconds, 1), "steps": trainer.state.global_step, "train_rows": len(rows)}
+    return {"seconds": round(seconds, 1), "steps": trainer.state.global_step, "train_rows": rows}
 
 
 def ours(student: str, train_scores: Path, out: Path, seed: int, budget: float | None, triplet_flags: str,
@@ -197,7 +168,9 @@ def main() -> None:
     train_flags = f"{args.ours_train_flags} --bf16 {str(bf16).lower()}"
     work, data_dir = Path(args.work_dir), Path(args.data_dir)
     work.mkdir(parents=True, exist_ok=True)
-    train_scores, dev_scores = score_with_teacher(args.teacher, args.score_scale, data_dir, work)
+    train_scores, dev_scores = embedding_teacher_scores(
+        args.teacher, [data_dir / "train.jsonl", data_dir / "dev.jsonl"], work / "scores", args.score_scale
+    )
     start = evaluate(args.student, data_dir, dev_scores, work / "eval_before.json")
     teacher, before = start["teacher"], start["student"]
     print(f"teacher MAP {teacher['map']:.4f}; student before training {before['map']:.4f} "

@@ -24,9 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SHARED_DATA, alternate, cpu_has_bf16, machine, median, print_table, timed, write_results  # noqa: E402
+from bench.common import SHARED_DATA, alternate, machine, median, print_table, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
+from rerank_distill.student import bfloat16_is_fast  # noqa: E402
 
 
 def original_scores(model, tokenizer, queries, documents, instruction, max_length, device, batch_size=8) -> np.ndarray:
@@ -121,7 +122,7 @@ def main() -> None:
     on_gpu = args.device.startswith("cuda")
     # Both paths run in the same precision: bfloat16 on a GPU; on a CPU float32 (exact), plus
     # bfloat16 rows where the CPU has native bf16 (it changes scores by more than float noise).
-    dtypes = ["bfloat16"] if on_gpu else ["float32"] + (["bfloat16"] if cpu_has_bf16() else [])
+    dtypes = ["bfloat16"] if on_gpu else ["float32"] + (["bfloat16"] if bfloat16_is_fast("cpu") else [])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     original_models = {dtype: AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(args.device).eval() for dtype in dtypes}
     judges = {dtype: YesNoJudge(model_path, "hf", args.instruction, args.max_length, args.batch_size, args.device, dtype) for dtype in dtypes}

@@ -21,7 +21,6 @@ import logging
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,18 +28,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, alternate, cpu_has_bf16, machine, median, print_table, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    SHARED_DATA,
+    alternate,
+    embedding_teacher_scores,
+    machine,
+    median,
+    print_table,
+    train_original_recipe,
+    write_results,
+)
+from rerank_distill.student import bfloat16_is_fast  # noqa: E402
+from rerank_distill.trainer import final_logged_loss  # noqa: E402
 
 
 def make_triplets(work: Path, teacher: str) -> Path:
     import create_triplets
-    import generate_logits
 
     triplets = work / "train_triplets.jsonl"
     if not triplets.exists():
-        generate_logits.main(["--teacher_type", "embedding", "--model_path", teacher, "--score_scale", "10",
-                              "--input_path", str(SHARED_DATA / "train.jsonl"), "--output_dir", str(work), "--no_show_progress"])
-        create_triplets.main(["--input_path", str(work / "train_scores.jsonl"), "--output_path", str(triplets)])
+        (scores,) = embedding_teacher_scores(teacher, [SHARED_DATA / "train.jsonl"], work)
+        create_triplets.main(["--input_path", str(scores), "--output_path", str(triplets)])
     return triplets
 
 
@@ -73,28 +81,12 @@ def held_out_loss(model_path: str, rows: list[dict], max_length: int) -> float:
 
 def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int) -> dict:
     """The original recipe as written: CrossEncoder, MarginMSELoss, CrossEncoderTrainer, defaults."""
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import MarginMSELoss
-
-    rows = [json.loads(line) for line in train_path.read_text(encoding="utf-8").splitlines()]
-    dataset = Dataset.from_dict({
-        "query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
-        "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows],
-    })  # fmt: skip
-    model = CrossEncoder(student, num_labels=1, max_length=max_length)
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-5,
-        warmup_steps=0.1, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", seed=12,
+    trainer, result, seconds, _ = train_original_recipe(
+        student, train_path, out, max_length=max_length, per_device_train_batch_size=batch_size, max_steps=steps,
+        learning_rate=2e-5, warmup_steps=0.1, logging_steps=1, seed=12,
     )  # fmt: skip
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=MarginMSELoss(model))
-    started = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - started
-    trainer.save_model(str(out))
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {"seconds": seconds, "examples": steps * batch_size, "train_loss": result.training_loss, "final_loss": sum(tail) / len(tail)}
+    return {"seconds": seconds, "examples": steps * batch_size, "train_loss": result.training_loss,
+            "final_loss": final_logged_loss(trainer.state.log_history)}
 
 
 def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int, bf16: bool) -> dict:
@@ -130,7 +122,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     triplets = Path(args.triplets) if args.triplets else make_triplets(work, args.teacher)
     train_path, held_out = split_triplets(triplets, 0.1, work)
-    bf16 = not torch.cuda.is_available() and cpu_has_bf16() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = bfloat16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     runs_detail: dict[str, list[dict]] = {}
 
     def run(name, function):

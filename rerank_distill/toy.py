@@ -73,7 +73,9 @@ def write_jsonl_records(path: str | Path, records: list[dict | str]) -> Path:
 
 
 def read_jsonl_records(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    from rerank_distill.jsonl import read_jsonl
+
+    return [record for _, record in read_jsonl(path)]
 
 
 def _training_corpus() -> list[str]:

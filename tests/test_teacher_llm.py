@@ -94,6 +94,18 @@ def test_prefix_cache_and_plain_batches_give_the_same_scores(tiny_qwen3):
     np.testing.assert_allclose(cached.answer_logits(queries, docs)[0], plain.answer_logits(queries, docs)[0], atol=1e-5)
 
 
+def test_batches_mixing_prefix_lengths_and_a_query_without_a_prefix_score_as_plain_ones(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    answer_ids = [single_token_id(tokenizer, "yes"), single_token_id(tokenizer, "no")]
+    queries = (["short q"] * 3 + ["a much longer query about the weather and the sea today"] * 4
+               + ["a query with one document"] + ["a query of middle length"] * 2)  # fmt: skip
+    docs = [f"doc {i} " + "word " * (i % 5) for i in range(len(queries))]
+    cached = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=3, device="cpu", prefix_cache=True)
+    plain = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=1, device="cpu", prefix_cache=False)
+    np.testing.assert_allclose(cached.answer_logits(queries, docs)[0], plain.answer_logits(queries, docs)[0], atol=1e-5)
+
+
 def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([[7, 8], [9]]) == 0

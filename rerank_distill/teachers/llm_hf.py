@@ -123,30 +123,43 @@ class HFJudge:
         return ids.to(self.device), lengths
 
     @torch.inference_mode()
-    def _prefix_states(self, prefixes: list[list[int]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per-layer (keys, values) of each prefix, ``[kv_heads, length, head_dim]`` each; prefixes
-        are run in length-sorted, right-padded batches (padding after a sequence cannot touch it)."""
+    def _prefix_states(self, prefixes: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of every prefix, ``[prefixes, kv_heads, longest, head_dim]``,
+        each left-padded to the longest prefix. Prefixes run in length-sorted, right-padded batches
+        (padding after a sequence cannot touch it); each is copied into place once, so a batch of
+        documents later gathers its rows' prefixes with one index_select per layer."""
         from transformers import DynamicCache
 
-        states: list = [None] * len(prefixes)
+        longest = max(len(prefix) for prefix in prefixes)
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             ids, lengths = self._padded([prefixes[i] for i in batch])
             cache = DynamicCache(config=self.model.config)
             self.decoder(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
+            if not layers:
+                layers = [
+                    tuple(t.new_zeros(len(prefixes), t.shape[1], longest, t.shape[-1]) for t in (layer.keys, layer.values))
+                    for layer in cache.layers
+                ]
             for row, index in enumerate(batch):
                 length = int(lengths[row])
-                states[index] = [(layer.keys[row, :, :length], layer.values[row, :, :length]) for layer in cache.layers]
-        return states
+                for (keys, values), layer in zip(layers, cache.layers):
+                    keys[index, :, longest - length :] = layer.keys[row, :, :length]
+                    values[index, :, longest - length :] = layer.values[row, :, :length]
+        return layers
 
     @torch.inference_mode()
-    def _score_rows(self, suffixes: list[list[int]], states: list, prefix_lengths: list[int]) -> torch.Tensor:
-        """Answer logits for rows that each continue their own cached prefix.
+    def _score_rows(
+        self, suffixes: list[list[int]], slots: list[int], prefix_lengths: list[int], prefix_states: list | None
+    ) -> torch.Tensor:
+        """Answer logits for rows that each continue their own cached prefix: row r continues
+        prefix ``slots[r]`` of ``prefix_states`` (see _prefix_states), ``prefix_lengths[r]`` tokens
+        long; a row with length 0 is a whole prompt.
 
-        Prefixes of different lengths are left-padded into one cache, and a mask lets each row
-        see its own prefix and its own earlier tokens only; position ids continue each row's
-        prefix. A row with no prefix (length 0) is a whole prompt.
+        The prefixes stay left-padded in one cache, and a mask lets each row see its own prefix and
+        its own earlier tokens only; position ids continue each row's prefix.
         """
         from transformers import DynamicCache
 
@@ -155,22 +168,17 @@ class HFJudge:
         longest_prefix = max(prefix_lengths)
         prefix_lengths_t = torch.tensor(prefix_lengths, device=self.device)
         positions = prefix_lengths_t[:, None] + torch.arange(width, device=self.device)[None, :]
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         if longest_prefix == 0:
             return self._last_logits(ids, lengths, position_ids=positions)
         mask = torch.zeros(rows, 1, width, longest_prefix + width, dtype=torch.bool, device=self.device)
-        mask[:, 0, :, longest_prefix:] = causal
-        layers = []
-        for layer, (keys, values) in enumerate(next(s for s in states if s is not None)):
-            padded_keys = keys.new_zeros(rows, keys.shape[0], longest_prefix, keys.shape[-1])
-            padded_values = values.new_zeros(rows, values.shape[0], longest_prefix, values.shape[-1])
-            for row, (state, length) in enumerate(zip(states, prefix_lengths)):
-                if length:
-                    padded_keys[row, :, longest_prefix - length :] = state[layer][0]
-                    padded_values[row, :, longest_prefix - length :] = state[layer][1]
-            layers.append((padded_keys, padded_values))
-        for row, length in enumerate(prefix_lengths):
-            mask[row, 0, :, longest_prefix - length : longest_prefix] = True
+        mask[:, 0, :, longest_prefix:] = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        columns = torch.arange(longest_prefix, device=self.device)
+        mask[:, 0, :, :longest_prefix] = (columns[None, :] >= longest_prefix - prefix_lengths_t[:, None])[:, None, :]
+        # A row without a prefix borrows any slot: the mask hides it.
+        slots_t = torch.tensor(slots, device=self.device)
+        kept = slice(prefix_states[0][0].shape[2] - longest_prefix, None)
+        layers = [(keys.index_select(0, slots_t)[:, :, kept], values.index_select(0, slots_t)[:, :, kept])
+                  for keys, values in prefix_states]  # fmt: skip
         cache = DynamicCache(ddp_cache_data=layers)
         return self._last_logits(
             ids, lengths, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache}
@@ -187,15 +195,16 @@ class HFJudge:
             worth_it = self.prefix_cache and len(group) > 1 and length >= MIN_SHARED_PREFIX
             shared.append(length if worth_it else 0)
         with_prefix = [g for g, length in enumerate(shared) if length]
-        computed = self._prefix_states([prompts[groups[g][0]][: shared[g]] for g in with_prefix])
-        states = dict(zip(with_prefix, computed))
+        slot = {g: number for number, g in enumerate(with_prefix)}
+        prefix_states = self._prefix_states([prompts[groups[g][0]][: shared[g]] for g in with_prefix]) if with_prefix else None
         rows = [(index, g) for g, group in enumerate(groups) for index in group]
         rows.sort(key=lambda row: len(prompts[row[0]]) - shared[row[1]])
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             logits = self._score_rows(
-                [prompts[i][shared[g] :] for i, g in batch], [states.get(g) for _, g in batch], [shared[g] for _, g in batch]
-            )
+                [prompts[i][shared[g] :] for i, g in batch], [slot.get(g, 0) for _, g in batch],
+                [shared[g] for _, g in batch], prefix_states,
+            )  # fmt: skip
             out[[i for i, _ in batch]] = logits.cpu().numpy()
             progress(len(batch))
 
