@@ -42,10 +42,11 @@ logger = logging.getLogger("rerank_distill.create_triplets")
 
 @dataclass
 class TripletArguments:
-    input_path: str = field(
+    input_path: list[str] = field(
         metadata={
             "help": 'Teacher scores from generate_logits.py: JSONL (or .jsonl.gz) lines {"query", '
-            '"passage"|"content", "score"[, "label"]}; score may be a number or a numeric string.'
+            '"passage"|"content", "score"[, "label"]}; score may be a number or a numeric string. Several '
+            "files (e.g. {stem}_scores.jsonl and {stem}_passages_as_queries_scores.jsonl) are read as one."
         }
     )
     output_path: str = field(
@@ -128,20 +129,22 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--label_margin must be 0 or more (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
-    if os.path.abspath(args.input_path) == os.path.abspath(args.output_path):
-        raise InputError("--output_path is the same file as --input_path; choose another output path")
+    if any(os.path.abspath(path) == os.path.abspath(args.output_path) for path in args.input_path):
+        raise InputError("--output_path is one of the --input_path files; choose another output path")
 
     def scored_pairs() -> Iterator[ScoredPair]:
-        pairs = iter_scored_pairs(args.input_path)
-        if args.label_margin is not None:
-            return require_labels(pairs, "--label_margin", args.input_path)
-        if args.positives != "teacher":
-            return require_labels(pairs, f"--positives {args.positives}", args.input_path)
-        return pairs
+        for path in args.input_path:
+            pairs = iter_scored_pairs(path)
+            if args.label_margin is not None:
+                pairs = require_labels(pairs, "--label_margin", path)
+            elif args.positives != "teacher":
+                pairs = require_labels(pairs, f"--positives {args.positives}", path)
+            yield from pairs
 
     start = time.perf_counter()
     rules = rules_from(args)
-    logger.info("Reading teacher scores from %s (%s)", args.input_path, rules)
+    inputs = " + ".join(args.input_path)
+    logger.info("Reading teacher scores from %s (%s)", inputs, rules)
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
     # input has been read and validated (AtomicWriter).
@@ -149,20 +152,20 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with AtomicWriter(args.output_path) as out:
             counts = write_records(iter_query_groups(scored_pairs()), out, rules, args.format, args.label_margin,
-                                   args.input_path)
+                                   inputs)
     except QueriesNotGrouped as error:
         input_grouped = False
         logger.info(
-            "%s:%d: query %r appeared again after its lines had ended; the input is not grouped by "
-            "query, so it is regrouped through a temporary index",
-            args.input_path,
-            error.line,
+            "%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
+            "grouped by query, so it is regrouped through a temporary index",
+            inputs,
             error.query[:60],
+            error.line,
         )
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
             counts = write_records(iter_query_groups_indexed(scored_pairs(), spill_dir), out, rules, args.format,
-                                   args.label_margin, args.input_path)
+                                   args.label_margin, inputs)
     seconds = time.perf_counter() - start
 
     summary = {

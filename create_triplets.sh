@@ -10,6 +10,9 @@ set -euo pipefail
 
 # Teacher scores written by generate_logits.sh
 INPUT="${INPUT:-output/scores/train_scores.jsonl}"
+# Its passages-as-queries lists (generate_logits.sh with PASSAGES_AS_QUERIES > 0), read too when the
+# file exists: by default INPUT's name with _scores.jsonl -> _passages_as_queries_scores.jsonl
+PASSAGES_AS_QUERIES_INPUT="${PASSAGES_AS_QUERIES_INPUT:-${INPUT%_scores.jsonl}_passages_as_queries_scores.jsonl}"
 # Where the records go (the run's arguments are written beside it as train_triplets.args.json)
 OUTPUT="${OUTPUT:-output/triplets/train_triplets.jsonl}"
 # Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)
@@ -30,8 +33,14 @@ MIN_MARGIN="${MIN_MARGIN:-0}"
 # Seed for random and mixed negatives: the same seed gives the same output
 SEED="${SEED:-42}"
 
+inputs=("$INPUT")
+if [[ -n "$PASSAGES_AS_QUERIES_INPUT" && -e "$PASSAGES_AS_QUERIES_INPUT" ]]; then
+    echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_INPUT" >&2
+    inputs+=("$PASSAGES_AS_QUERIES_INPUT")
+fi
+
 python "$(dirname "$0")/create_triplets.py" \
-    --input_path "$INPUT" \
+    --input_path "${inputs[@]}" \
     --output_path "$OUTPUT" \
     --format "$FORMAT" \
     --positives "$POSITIVES" \

@@ -7,6 +7,9 @@ Output for each input IN: OUTPUT_DIR/{IN's stem}_scores.jsonl, one line a pair:
 {"query", "passage", "score", "label"} (label: the gold grade, 1 positive / 0 negative), plus
 "label_probs" for llm_labels. With several --model_path teachers, "teacher_scores" holds each
 one's score and "score" their mean after standardising each within its query (z-scores).
+With --passages_as_queries N, each query's passages also become queries of their own, scored against
+the rest of their list into OUTPUT_DIR/{stem}_passages_as_queries_scores.jsonl (no gold labels):
+more lists to train on, for tasks whose passages are queries too (duplicate questions).
 Rerunning the same command after a crash or Ctrl-C continues where it stopped.
 """
 
@@ -57,6 +60,7 @@ class GenerateLogitsArguments:
     input_format: str = field(default="auto", metadata={"help": f"Input format, detected from the fields by default: {', '.join(INPUT_FORMATS)}."})
     chunk_size: int = field(default=20_000, metadata={"help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a crash."})
     shard: str | None = field(default=None, metadata={"help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); join with --merge_shards N."})
+    passages_as_queries: int = field(default=0, metadata={"help": "N > 0: also score each query's passages as queries of their own: up to N distinct passages of each list (in input order), each against the rest of its list with the query first, into {stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are queries too (duplicate questions), many more lists for the student at up to N x list-length more teacher pairs; give create_triplets.py both files. 0: off."})
     merge_shards: int = field(default=0, metadata={"help": "N > 0: do no scoring, join the N finished shard files of each input into {stem}_scores.jsonl."})
     overwrite: bool = field(default=False, metadata={"help": "Score again even if an output (finished or partial) exists."})
     device: str | None = field(default=None, metadata={"help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); default: cuda if available."})
@@ -74,29 +78,35 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
     hub_args = {"hub": args.hub, "cache_dir": args.cache_dir}
+    if args.passages_as_queries < 0:
+        raise InputError(f"--passages_as_queries must be 0 (off) or more, got {args.passages_as_queries}")
+    # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
+    inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     if args.merge_shards:
-        for source in args.input_path:
-            merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, hub_args)
+        for source, derived in inputs:
+            merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, hub_args,
+                                         derived)
             logger.info("merged %d shards into %s (%d pairs)", args.merge_shards, merged, lines)
         return {"merged": args.merge_shards}
     shard = Shard.parse(args.shard)
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     check_teacher_options(teacher_types, args)
-    outputs = [output_path_for(source, args.output_dir, shard) for source in args.input_path]
+    outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
     if len(set(outputs)) != len(outputs):
         raise InputError("two inputs would write the same output file (same file name); rename one or score them separately")
 
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
     expected = {}
-    for source in args.input_path:
-        expected[source] = validate_source(source, args.input_format, shard, **hub_args)
-        logger.info("%s: %d queries, %d pairs%s", source, expected[source].queries, expected[source].pairs,
+    for source, derived in inputs:
+        expected[source, derived] = validate_source(source, args.input_format, shard, derived, **hub_args)
+        logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
+                    expected[source, derived].queries, expected[source, derived].pairs,
                     f" (shard {args.shard})" if args.shard else "")
 
     if args.data_parallel_size > 1 and shard.count == 1:
         total = sum(summary.pairs for summary in expected.values())
         run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
-                     args.input_path, total, args.show_progress, on_cpu=args.device == "cpu")
+                     inputs, total, args.show_progress, on_cpu=args.device == "cpu")
         return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
 
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
@@ -109,15 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
     write_run_args(Path(args.output_dir) / f"args{shard.suffix()}.json", script=args, resolved=resolved)
 
     summary = {}
-    for source, output in zip(args.input_path, outputs):
-        stats = score_source(source, output, teachers, expected[source], args.input_format, args.chunk_size,
-                             shard, args.overwrite, hub_args, args.show_progress)
+    for (source, derived), output in zip(inputs, outputs):
+        stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
+                             args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "
                 "max_length, %d queries without passages) in %.1f s, %.1f pairs/s%s",
                 output, stats.queries, stats.pairs, stats.distinct_pairs_scored, stats.duplicate_pairs_reused,
-                stats.truncated, expected[source].queries_without_passages, stats.seconds,
+                stats.truncated, expected[source, derived].queries_without_passages, stats.seconds,
                 stats.pairs_per_second, f"; resumed after {stats.resumed_at_pair} pairs" if stats.resumed_at_pair else "",
             )
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}

@@ -25,6 +25,13 @@ BATCH_SIZE="${BATCH_SIZE:-32}"
 MAX_LENGTH="${MAX_LENGTH:-2048}"
 # Download source for hub ids: huggingface or modelscope
 HUB="${HUB:-huggingface}"
+# N > 0: also score up to N passages of each list of the FIRST input (the training data) as queries
+# against the rest of their list, into {name}_passages_as_queries_scores.jsonl, which
+# create_triplets.sh then adds. For tasks whose passages are queries too (duplicate questions) it
+# gave the best student in bench/quality.py (N = 32: every passage; then EPOCHS=2 ./train.sh), but it
+# costs the teacher up to N x list length more pairs (about 10x on SemEval, 30x on
+# StackOverflowDupQuestions), so it is off by default.
+PASSAGES_AS_QUERIES="${PASSAGES_AS_QUERIES:-0}"
 
 read -r -a input_paths <<< "$INPUTS"
 read -r -a model_paths <<< "$MODEL"
@@ -40,14 +47,21 @@ for arg in "$@"; do
     esac
 done
 
-python "$(dirname "$0")/generate_logits.py" \
-    "${model_args[@]}" \
-    "${type_args[@]}" \
-    --input_path "${input_paths[@]}" \
-    --output_dir "$OUTPUT_DIR" \
-    --instruction "$INSTRUCTION" \
-    --backend "$BACKEND" \
-    --batch_size "$BATCH_SIZE" \
-    --max_length "$MAX_LENGTH" \
-    --hub "$HUB" \
-    "$@"
+score() {
+    python "$(dirname "$0")/generate_logits.py" \
+        "${model_args[@]}" \
+        "${type_args[@]}" \
+        --output_dir "$OUTPUT_DIR" \
+        --instruction "$INSTRUCTION" \
+        --backend "$BACKEND" \
+        --batch_size "$BATCH_SIZE" \
+        --max_length "$MAX_LENGTH" \
+        --hub "$HUB" \
+        "$@"
+}
+
+score --input_path "${input_paths[@]}" "$@"
+if (( PASSAGES_AS_QUERIES > 0 )); then
+    # its own scores file is finished by now, so only the new lists are scored
+    score --input_path "${input_paths[0]}" --passages_as_queries "$PASSAGES_AS_QUERIES" "$@"
+fi

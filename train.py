@@ -12,6 +12,8 @@ works (--learning_rate, --bf16, --resume_from_checkpoint last, ...). Unless you 
 evaluates and saves 10 times per run, keeps 2 checkpoints and makes the best the final model: best by MAP
 on held-out training queries with gold labels (--selection_data, or the training file's own labels), else
 by eval loss; --early_stopping_patience N stops after N evaluations without a better one. Never the test set.
+Where fewer than 30 queries would be held out, MAP would pick checkpoints by chance: every query trains and
+the last step is final (--selection_metric picks otherwise).
 --max_train_seconds S stops after S seconds, with the learning-rate schedule fitted to them.
 Several GPUs: torchrun --nproc_per_node N train.py ...
 """
@@ -27,6 +29,7 @@ from typing import Literal
 
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
 from transformers import EarlyStoppingCallback, TrainerState
+from transformers.trainer_utils import IntervalStrategy
 
 from rerank_distill.cli import parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
@@ -41,6 +44,7 @@ from rerank_distill.trainer import (
 )
 from rerank_distill.training import (
     COUNT_KEYS,
+    EVALUATION_FLAGS,
     Selection,
     SelectionEvaluator,
     default_training_flags,
@@ -78,10 +82,12 @@ class ScriptArguments:
                   "file of the training data (--eval_share of the queries it shares with training are held out "
                   "and never trained on) or a labelled dev file with queries of its own."},
     )
-    selection_metric: Literal["auto", "map", "loss"] = field(
+    selection_metric: Literal["auto", "map", "loss", "last"] = field(
         default="auto",
-        metadata={"help": "What picks the best checkpoint: map (held-out MAP), loss (held-out eval loss) or auto "
-                  "(map when gold labels are at hand, else loss)."},
+        metadata={"help": "What picks the final model: map (the best checkpoint by held-out MAP), loss (by held-out "
+                  "eval loss), last (no hold-out: every query trains, the last step is final) or auto: map when gold "
+                  "labels are at hand for at least 30 held-out queries (or a dev set of its own), last when fewer, "
+                  "loss without labels."},
     )
     max_train_seconds: float | None = field(
         default=None,
@@ -127,7 +133,7 @@ class ScriptArguments:
     )
 
 
-def load_data(script: ScriptArguments, evaluate: bool, seed: int) -> tuple[str, Selection]:
+def load_data(script: ScriptArguments, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     """The training data's kind, and the train / eval / selection split (see plan_selection)."""
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward)
     if warning := teacher_spread_warning(data, script.train_data):
@@ -138,7 +144,7 @@ def load_data(script: ScriptArguments, evaluate: bool, seed: int) -> tuple[str, 
     if script.eval_data:
         eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature).to_dataset()
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
-                               script.selection_metric, eval_set, script.eval_share, seed)
+                               script.selection_metric, eval_set, script.eval_share, seed, must_evaluate)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
     return data.kind, selection
@@ -165,8 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
 
     # Data first: a bad line fails in seconds, before any model download.
-    kind, selection = load_data(script, evaluate, training.seed)
-    if evaluate:
+    if script.early_stopping_patience > 0 and script.selection_metric == "last":
+        raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
+    must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
+    kind, selection = load_data(script, evaluate, training.seed, must_evaluate)
+    if evaluate and selection.metric == "last":
+        training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
+        evaluate = False
+    elif evaluate:
         set_best_metric(training, passed, selection.metric)
     if warning := small_selection_warning(selection):
         logger.warning(warning)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stage 3: train the student cross-encoder on the teacher's scores in TRAIN_DATA.
 # The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):
-# listwise KL over each query's whole candidate list (create_triplets.sh's default output), lr 1e-4,
-# several epochs, the best checkpoint by held-out MAP. The first recipe instead:
+# listwise KL over each query's whole candidate list (create_triplets.sh's default output) at
+# teacher temperature 4, lr 1e-4, 12 epochs. With generate_logits.sh's passages-as-queries lists
+# (about 10x more lists) two planned epochs did best: EPOCHS=2 ./train.sh. The first recipe instead:
 #   LOSS=margin_mse LEARNING_RATE=2e-5 EPOCHS=1 BATCH_SIZE=16 ./train.sh   (on FORMAT=triplets records)
 # Any train.py / Hugging Face training flag can be added at the end and overrides these, e.g.
 #   ./train.sh --max_steps 1000 --eval_steps 100 --save_steps 100
@@ -19,10 +20,12 @@ MODEL="${MODEL:-BAAI/bge-reranker-v2-m3}"                         # student: hub
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
 LOSS="${LOSS:-listwise_kl}"
 TRAIN_DATA="${TRAIN_DATA:-output/triplets/train_triplets.jsonl}"  # from create_triplets.sh (see LOSS)
-TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-1}"                   # teacher scores and margins are divided by it
+TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scores and margins are divided by it (measured with scores of 10 x cosine; 1 = as they are)
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
-# training data (5% of its queries are held out of training) or a labelled dev file. Skipped if
-# the file does not exist; empty = the training file's own labels, else the held-out eval loss.
+# training data (5% of its queries are held out of training; where that is under 30 queries,
+# selection would be chance, so nothing is held out and the last step is final) or a labelled
+# dev file. Skipped if the file does not exist; empty = the training file's own labels, else the
+# held-out eval loss.
 SELECTION_DATA="${SELECTION_DATA:-output/scores/train_scores.jsonl}"
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries

@@ -65,17 +65,20 @@ def print_table(title: str, rows: list[tuple[str, float]], unit: str, baseline: 
         print(f"{name:<34} {rate:>14.2f} {rate / base:>11.2f}")
 
 
-def embedding_teacher_scores(teacher: str, inputs: list[Path], out_dir: Path, score_scale: float = 10.0) -> list[Path]:
+def embedding_teacher_scores(teacher: str, inputs: list[Path], out_dir: Path, score_scale: float = 10.0,
+                             passages_as_queries: int = 0) -> list[Path]:
     """Stage 1 on each input with an embedding teacher (score = score_scale x cosine), as
-    generate_logits.py runs it; a finished output is reused (stage 1 resumes). The output paths."""
+    generate_logits.py runs it; a finished output is reused (stage 1 resumes). The output paths:
+    each input's scores, or with ``passages_as_queries`` its passages-as-queries scores."""
     import generate_logits
     from rerank_distill.scoring import output_path_for
 
     generate_logits.main([
         "--teacher_type", "embedding", "--model_path", teacher, "--score_scale", str(score_scale),
         "--input_path", *map(str, inputs), "--output_dir", str(out_dir), "--no_show_progress",
+        "--passages_as_queries", str(passages_as_queries),
     ])  # fmt: skip
-    return [output_path_for(str(source), out_dir) for source in inputs]
+    return [output_path_for(str(source), out_dir, passages_as_queries=passages_as_queries) for source in inputs]
 
 
 def train_original_recipe(student: str, triplets: Path, out: Path, **training_args):

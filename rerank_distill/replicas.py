@@ -58,18 +58,18 @@ def gpu_groups(num_replicas: int, gpus_per_replica: int, on_cpu: bool = False) -
     return [",".join(gpus[i * gpus_per_replica : (i + 1) * gpus_per_replica]) for i in range(num_replicas)]
 
 
-def _pairs_done(sources: list[str], output_dir: str, shards: list[Shard], finished: dict) -> int:
+def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Shard], finished: dict) -> int:
     done = 0
-    for source in sources:
+    for source, passages_as_queries in inputs:
         for shard in shards:
-            path = output_path_for(source, output_dir, shard)
+            path = output_path_for(source, output_dir, shard, passages_as_queries)
             progress = path.with_name(path.name + ".progress.json")
-            if (source, shard.index) in finished:
-                done += finished[(source, shard.index)]
+            if path in finished:
+                done += finished[path]
             elif path.exists() and not progress.exists():
                 with open(path, "rb") as lines:
-                    finished[(source, shard.index)] = sum(1 for _ in lines)
-                done += finished[(source, shard.index)]
+                    finished[path] = sum(1 for _ in lines)
+                done += finished[path]
             elif progress.exists():
                 try:
                     done += json.loads(progress.read_text(encoding="utf-8"))["done"]["pairs"]
@@ -80,10 +80,11 @@ def _pairs_done(sources: list[str], output_dir: str, shards: list[Shard], finish
 
 def run_replicas(
     script: str, argv: list[str], num_replicas: int, gpus_per_replica: int, output_dir: str,
-    sources: list[str], total_pairs: int, show_progress: bool = True, on_cpu: bool = False,
+    inputs: list[tuple[str, int]], total_pairs: int, show_progress: bool = True, on_cpu: bool = False,
 ) -> None:
     """Run ``script`` once per replica with ``--shard i/N`` and its own GPUs, showing one progress
-    bar over all of them; raise InputError naming the log of any replica that failed."""
+    bar over all of them; raise InputError naming the log of any replica that failed. ``inputs``
+    are the (source, passages_as_queries) streams the replicas score (see output_path_for)."""
     from tqdm.auto import tqdm
 
     worker_argv = without_flag(argv, "--data_parallel_size") + ["--no_show_progress"]
@@ -103,10 +104,10 @@ def run_replicas(
     finished: dict = {}
     bar = tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas", disable=not show_progress)
     while any(process.poll() is None for _, _, _, process in workers):
-        bar.n = _pairs_done(sources, output_dir, shards, finished)
+        bar.n = _pairs_done(inputs, output_dir, shards, finished)
         bar.refresh()
         time.sleep(2)
-    bar.n = _pairs_done(sources, output_dir, shards, finished)
+    bar.n = _pairs_done(inputs, output_dir, shards, finished)
     bar.close()
     failed = []
     for shard, log_path, log, process in workers:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,9 +54,34 @@ class Shard:
         return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
 
 
-def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard()) -> Path:
-    """``DIR/{stem}_scores.jsonl`` (``train.jsonl`` -> ``train_scores.jsonl``), with a shard suffix."""
-    return Path(output_dir) / f"{source_stem(source)}_scores{shard.suffix()}.jsonl"
+def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(), passages_as_queries: int = 0) -> Path:
+    """``DIR/{stem}_scores.jsonl`` (``train.jsonl`` -> ``train_scores.jsonl``), with a shard suffix;
+    ``DIR/{stem}_passages_as_queries_scores.jsonl`` for the lists derive_passage_queries makes."""
+    derived = "_passages_as_queries" if passages_as_queries else ""
+    return Path(output_dir) / f"{source_stem(source)}{derived}_scores{shard.suffix()}.jsonl"
+
+
+def derive_passage_queries(queries: Iterable[RankingQuery], per_list: int) -> Iterator[RankingQuery]:
+    """Each query's passages as queries of their own: up to ``per_list`` distinct passages of
+    each list (in the input's order), each with the rest of its list as candidates, the
+    original query first. They carry no gold labels (None), only what the teacher will say.
+
+    Where passages are queries too (duplicate questions), this gives the student many more
+    lists to learn the teacher from, at up to ``per_list`` x list length more teacher pairs.
+    """
+    for query in queries:
+        members = list(dict.fromkeys([query.query, *query.passages]))
+        for passage in members[1 : per_list + 1]:
+            candidates = [member for member in members if member != passage]
+            yield RankingQuery(passage, candidates, [None] * len(candidates), f"{query.location} (passage as query)")
+
+
+def ranking_queries(source: str, input_format: str = "auto", hub_args: dict | None = None,
+                    passages_as_queries: int = 0) -> Iterator[RankingQuery]:
+    """The queries stage 1 scores from ``source``: as they are, or (``passages_as_queries`` > 0)
+    the lists derive_passage_queries makes from them."""
+    queries = iter_ranking_queries(source, input_format, **(hub_args or {}))
+    return derive_passage_queries(queries, passages_as_queries) if passages_as_queries else queries
 
 
 @dataclass
@@ -66,10 +91,11 @@ class InputSummary:
     queries_without_passages: int = 0
 
 
-def validate_source(source: str, input_format: str, shard: Shard, **hub_args) -> InputSummary:
+def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
+                    **hub_args) -> InputSummary:
     """Read the whole input once (checking every record) and count this shard's queries and pairs."""
     summary = InputSummary()
-    for position, query in enumerate(iter_ranking_queries(source, input_format, **hub_args)):
+    for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries)):
         if not shard.takes(position):
             continue
         summary.queries += 1
@@ -118,7 +144,8 @@ class ScoringStats:
         return (self.pairs - self.resumed_at_pair) / self.seconds if self.seconds else 0.0
 
 
-def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard) -> str:
+def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard,
+                 passages_as_queries: int) -> str:
     described = {
         "source": os.path.abspath(source) if os.path.exists(source) else source,
         "teachers": teacher_configs,
@@ -126,6 +153,8 @@ def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, ch
         "chunk_size": chunk_size,
         "shard": asdict(shard),
     }
+    if passages_as_queries:  # absent otherwise, so partial files of earlier releases still resume
+        described["passages_as_queries"] = passages_as_queries
     if os.path.exists(source):
         stat = os.stat(source)
         described["source_size"], described["source_mtime_ns"] = stat.st_size, stat.st_mtime_ns
@@ -213,6 +242,7 @@ def score_source(
     overwrite: bool = False,
     hub_args: dict | None = None,
     show_progress: bool = True,
+    passages_as_queries: int = 0,
 ) -> ScoringStats:
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
     previous run of the same command where it stopped. Returns the counts of the whole file."""
@@ -223,7 +253,8 @@ def score_source(
     output_path = Path(output_path)
     partial = output_path.with_name(output_path.name + ".partial")
     progress_path = output_path.with_name(output_path.name + ".progress.json")
-    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard)
+    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
+                               passages_as_queries)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for stale in (output_path, partial, progress_path):
@@ -248,7 +279,7 @@ def score_source(
     started = time.perf_counter()
     queries = (
         query
-        for position, query in enumerate(iter_ranking_queries(source, input_format, **(hub_args or {})))
+        for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries))
         if shard.takes(position)
     )
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
@@ -283,21 +314,23 @@ def score_source(
     return stats
 
 
-def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", hub_args=None) -> tuple[Path, int]:
-    """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``.
+def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", hub_args=None,
+                 passages_as_queries: int = 0) -> tuple[Path, int]:
+    """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
+    (or the passages-as-queries file, see output_path_for).
 
     Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
     """
     shards = [Shard(i, num_shards) for i in range(num_shards)]
-    paths = [output_path_for(source, output_dir, shard) for shard in shards]
+    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
     for path in paths:
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     readers = [read_jsonl(path) for path in paths]
-    merged = output_path_for(source, output_dir)
+    merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     lines = 0
     with AtomicWriter(merged) as out:
-        for position, query in enumerate(iter_ranking_queries(source, input_format, **(hub_args or {}))):
+        for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries)):
             reader, path = readers[position % num_shards], paths[position % num_shards]
             for _ in query.passages:
                 try:

@@ -88,6 +88,13 @@ def read_selection_queries(source: str) -> tuple[list[RankingQuery], str]:
     return queries, f"{source}: {len(queries)} queries with a positive and a negative, {skips}"
 
 
+# Below this many queries, MAP picks checkpoints mostly by chance: on SemEval's 8-10 held-out
+# queries it chose a checkpoint worse on dev than the last one in 18 of 25 runs (bench/README.md).
+MIN_SELECTION_QUERIES = 30
+
+# Flags by which a user asks for held-out evaluation, so "auto" never turns it off for them.
+EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share"}
+
 COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries")
 
 
@@ -99,7 +106,7 @@ class Selection:
     eval: object | None  # rows for eval_loss, or None
     queries: list[RankingQuery] = field(default_factory=list)  # ranked by MAP at each evaluation
     held_out: list[str] = field(default_factory=list)  # training queries kept out of training
-    metric: str = "loss"  # metric_for_best_model
+    metric: str = "loss"  # metric_for_best_model, or "last": no evaluation, the last step is final
     note: str = ""  # why this metric, for the log
 
     def counts(self) -> dict:
@@ -112,7 +119,7 @@ class Selection:
 
 def plan_selection(
     train_set, train_kind: str, train_source: str, selection_data: str | None, selection_metric: str,
-    eval_set, eval_share: float, seed: int,
+    eval_set, eval_share: float, seed: int, must_evaluate: bool = False,
 ) -> Selection:
     """Choose what picks the best checkpoint, and hold its queries out of training.
 
@@ -122,7 +129,14 @@ def plan_selection(
     held out: removed from training and ranked at each evaluation (their training rows give
     eval_loss unless ``eval_set`` is given). Where none is, the file is a dev set of its own and
     all its queries are ranked. Without gold labels, "auto" falls back to eval_loss ("map" stops).
+
+    "auto" holds out no fewer than MIN_SELECTION_QUERIES: with fewer, every query trains and the
+    last step is final (metric "last"), unless ``eval_set`` is given or ``must_evaluate`` (early
+    stopping, or evaluation flags the user passed). "last" always trains on every query.
     """
+    if selection_metric == "last":
+        return Selection(train_set, None, metric="last", note="not picked (--selection_metric last): every query trains, "
+                         "the last step is final")
     queries: list[RankingQuery] = []
     note = "--selection_metric loss"
     if selection_metric != "loss":
@@ -146,17 +160,17 @@ def plan_selection(
         return Selection(train_set, eval_set, queries, [], "eval_selection_map",
                          f"by MAP on a dev set of its own ({note})")
     held = held_out_queries(shared, eval_share, seed)
+    if selection_metric == "auto" and len(held) < MIN_SELECTION_QUERIES and eval_set is None and not must_evaluate:
+        return Selection(train_set, None, metric="last", note=(
+            f"not picked: MAP on {len(held)} held-out queries (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints "
+            "mostly by chance, so every query trains and the last step is final (--selection_metric map selects "
+            "anyway; a larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
     train_set, held_rows = split_rows(train_set, held)
     return Selection(
         train_set, held_rows if eval_set is None else eval_set, [q for q in queries if q.query in held],
         [query for query in dict.fromkeys(shared) if query in held], "eval_selection_map",
         f"by MAP on {len(held)} held-out training queries ({note})",
     )
-
-
-# Below this many queries, MAP picks checkpoints mostly by chance: on SemEval's 8 held-out queries
-# it chose an early checkpoint of one run whose last one was far better on dev (bench/quality.py).
-MIN_SELECTION_QUERIES = 30
 
 
 def small_selection_warning(selection: Selection) -> str | None:

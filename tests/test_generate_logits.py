@@ -225,3 +225,57 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     assert [(l["query"], l["passage"], l["label"]) for l in joined] == [(l["query"], l["passage"], l["label"]) for l in single]
     np.testing.assert_allclose([l["score"] for l in joined], [l["score"] for l in single], atol=1e-5)
     assert (tmp_path / "two" / "logs" / "shard-1-of-2.log").exists()
+
+
+# --- passages as queries ---------------------------------------------------------------------------
+
+
+def test_passages_become_queries_against_the_rest_of_their_list_with_the_query_first():
+    from rerank_distill.formats import RankingQuery
+    from rerank_distill.scoring import derive_passage_queries
+
+    query = RankingQuery("q", ["a", "b", "a", "q", "c"], [1.0, 0.0, 1.0, 0.0, 0.0], "train.jsonl:3")
+    derived = list(derive_passage_queries([query], per_list=2))
+    assert [(d.query, d.passages, d.labels) for d in derived] == [
+        ("a", ["q", "b", "c"], [None, None, None]),  # duplicates and the query's own text counted once
+        ("b", ["q", "a", "c"], [None, None, None]),
+    ]
+    assert derived[0].location == "train.jsonl:3 (passage as query)"
+    assert [d.query for d in derive_passage_queries([query], per_list=100)] == ["a", "b", "c"]
+
+
+def test_passages_as_queries_go_to_a_file_of_their_own_and_leave_the_scores_file_unchanged(
+    tiny_embedding_model, ranking_file, tmp_path
+):
+    common = ["--teacher_type", "embedding", "--model_path", str(tiny_embedding_model), "--input_path",
+              str(ranking_file), "--device", "cpu", "--no_show_progress"]
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "plain")])
+    summary = generate_logits.main([*common, "--output_dir", str(tmp_path / "both"), "--passages_as_queries", "2"])
+
+    plain = (tmp_path / "plain" / "train_scores.jsonl").read_bytes()
+    assert (tmp_path / "both" / "train_scores.jsonl").read_bytes() == plain
+    derived_path = tmp_path / "both" / "train_passages_as_queries_scores.jsonl"
+    lines = [json.loads(line) for line in derived_path.read_text().splitlines()]
+    records = [json.loads(line) for line in ranking_file.read_text().splitlines()]
+    expected = []
+    for record in records:
+        members = list(dict.fromkeys([record["query"], *record["positive"], *record["negative"]]))
+        expected += [(p, other) for p in members[1:3] for other in members if other != p]
+    assert [(l["query"], l["passage"]) for l in lines] == expected
+    assert all(l["label"] is None and np.isfinite(l["score"]) for l in lines)
+    assert summary[str(derived_path)]["pairs"] == len(expected)
+
+
+def test_passages_as_queries_shards_merge_like_a_single_run(tmp_path, ranking_file):
+    single = output_path_for(str(ranking_file), tmp_path / "single", passages_as_queries=3)
+    expected = validate_source(str(ranking_file), "auto", Shard(), 3)
+    score_source(str(ranking_file), single, [CountingTeacher()], expected, show_progress=False, passages_as_queries=3)
+    for index in range(2):
+        shard = Shard(index, 2)
+        score_source(str(ranking_file), output_path_for(str(ranking_file), tmp_path / "sharded", shard, 3),
+                     [CountingTeacher()], validate_source(str(ranking_file), "auto", shard, 3), shard=shard,
+                     show_progress=False, passages_as_queries=3)  # fmt: skip
+    merged, lines = merge_shards(str(ranking_file), tmp_path / "sharded", 2, passages_as_queries=3)
+    assert merged.name == "train_passages_as_queries_scores.jsonl" and lines == expected.pairs
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "score"}  # noqa: E731
+    assert [strip(l) for l in merged.read_text().splitlines()] == [strip(l) for l in single.read_text().splitlines()]

@@ -28,8 +28,7 @@ def model(tiny_cross_encoder):
     """The tiny student in eval mode (no dropout) and float64 (its one-logit head still computes in
     float32), so the loss's padded batch and the hand computation's one-pair batches agree to
     float32 rounding, far below the 1e-6 relative tolerance used here. On the CPU, also where a
-    GPU is present: sentence-transformers' MarginMSELoss, the reference here, casts its labels to
-    float32, which a float64 model's backward pass rejects on CUDA (test_gpu.py trains on a GPU)."""
+    GPU is present (test_gpu.py trains on a GPU)."""
     from sentence_transformers import CrossEncoder
 
     return CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu").eval().to(torch.float64)
@@ -159,16 +158,21 @@ def loss_and_grads(loss_fn, model, inputs, labels):
         ),
     ],
 )
-def test_fused_margin_mse_equals_sentence_transformers_margin_mse_and_its_gradients(model, inputs, labels):
+def test_fused_margin_mse_equals_sentence_transformers_margin_mse_and_its_gradients(tiny_cross_encoder, inputs, labels):
+    """In float32: sentence-transformers' MarginMSELoss casts its labels to float32, which the
+    backward pass of a float64 model rejects in some torch releases (2.11). The joint batch pads
+    differently from the reference's separate ones, so gradients agree to float32 rounding."""
+    from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder.losses import MarginMSELoss
 
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu").eval()
     reference, reference_grads = loss_and_grads(MarginMSELoss(model), model, inputs, labels)
     fused, fused_grads = loss_and_grads(FusedMarginMSELoss(model), model, inputs, labels)
 
     assert fused == pytest.approx(reference, rel=1e-6)
     assert reference_grads.keys() == fused_grads.keys() and reference_grads
     for name, grad in reference_grads.items():
-        torch.testing.assert_close(fused_grads[name], grad, msg=name)
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=5e-5, msg=name)
 
 
 def test_listwise_kl_has_listnets_gradients_and_differs_by_the_teacher_entropy(model):

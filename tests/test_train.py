@@ -198,6 +198,21 @@ def test_the_checkpoint_with_the_best_held_out_map_becomes_the_model_and_its_que
     assert summary["best_metric"] == pytest.approx(best_map)
 
 
+def test_with_too_few_queries_to_select_by_every_query_trains_and_the_last_step_is_the_model(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, trained_queries
+):
+    out = tmp_path / "model"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
+                        "--max_steps", "4")  # 5% of 5 queries: 1 would be held out, far below 30
+
+    assert summary["held_out_queries"] == [] and summary["selection_queries"] == 0
+    assert trained_queries == set(QUERIES)
+    assert summary["metric_for_best_model"] is None and summary["best_checkpoint"] is None
+    assert eval_history(out, "eval_selection_map") == [] and eval_history(out, "eval_loss") == []
+    final, last = weights(out), weights(out / "checkpoint-4")
+    assert all(torch.equal(final[name], last[name]) for name in final)
+
+
 def test_early_stopping_stops_at_the_first_evaluations_without_a_better_map(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path
 ):
@@ -464,7 +479,7 @@ def plan(train_rows, selection_data, metric="auto", kind="triplets", train_sourc
 
 
 def test_selection_by_map_holds_out_queries_of_the_scores_file_and_their_candidate_lists(scores_file):
-    selection = plan(hand_written_triplets(), str(scores_file))
+    selection = plan(hand_written_triplets(), str(scores_file), metric="map")
     assert selection.metric == "eval_selection_map" and len(selection.held_out) == 2
     assert [query.query for query in selection.queries] == selection.held_out
     for query in selection.queries:  # every candidate of the query, with its gold label
@@ -479,7 +494,7 @@ def test_selection_skips_queries_without_a_positive_or_a_negative(tmp_path):
                                     {"query": "only positives", "passage": "y", "score": 1.0, "label": 1}]
     triplets = hand_written_triplets() + [{"query": q, "positive": "a", "negative": "b", "score": 1.0}
                                           for q in ("no positive here", "only positives")]
-    selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", rows)))
+    selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", rows)), metric="map")
     assert "1 without a positive and 1 without a negative skipped" in selection.note
     assert {"no positive here", "only positives"} <= set(selection.train["query"])  # never held out
 
@@ -508,13 +523,46 @@ def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_
 
 
 def test_a_selection_by_map_on_few_queries_warns_that_it_is_noisy(scores_file):
-    selection = plan(hand_written_triplets(), str(scores_file))  # 2 held-out queries
+    selection = plan(hand_written_triplets(), str(scores_file), metric="map")  # 2 held-out queries
     warning = small_selection_warning(selection)
     assert warning.startswith("the best checkpoint is picked by MAP on only 2 queries, where one query moves MAP")
     assert "--eval_share" in warning and "--selection_data" in warning
     selection.queries = selection.queries * 15  # 30 queries
     assert small_selection_warning(selection) is None
     assert small_selection_warning(plan(hand_written_triplets(), str(scores_file), metric="loss")) is None
+
+
+def many_queries(count: int) -> tuple[list[dict], list[dict]]:
+    """(scores rows with gold labels, triplets) for ``count`` queries of one positive and one negative."""
+    scores, triplets = [], []
+    for i in range(count):
+        query, positive, negative = f"question {i}", f"answer {i}", f"unrelated {i}"
+        scores += [{"query": query, "passage": positive, "score": 2.0, "label": 1},
+                   {"query": query, "passage": negative, "score": 0.0, "label": 0}]
+        triplets.append({"query": query, "positive": positive, "negative": negative, "score": 2.0})
+    return scores, triplets
+
+
+def test_auto_selects_by_map_from_30_held_out_queries_and_else_keeps_the_last_step(tmp_path, scores_file):
+    few = plan(hand_written_triplets(), str(scores_file))  # 2 held-out queries
+    assert few.metric == "last" and few.held_out == [] and few.queries == [] and few.eval is None
+    assert len(few.train) == len(hand_written_triplets()) and "fewer than 30" in few.note
+
+    scores, triplets = many_queries(75)
+    enough = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", scores)))  # 40% of 75 = 30
+    assert enough.metric == "eval_selection_map" and len(enough.held_out) == len(enough.queries) == 30
+    assert len(enough.train) == 45
+
+    # Early stopping (or evaluation flags the user passed) needs the held-out queries, however few.
+    asked = plan_selection(triplets_dataset(hand_written_triplets()), "triplets", "train.jsonl", str(scores_file),
+                           "auto", None, 0.4, 7, must_evaluate=True)
+    assert asked.metric == "eval_selection_map" and len(asked.held_out) == 2
+
+
+def test_selection_metric_last_holds_nothing_out(tmp_path):
+    scores, triplets = many_queries(75)
+    selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", scores)), metric="last")
+    assert selection.metric == "last" and selection.held_out == [] and len(selection.train) == 75
 
 
 def test_selection_metric_loss_ignores_the_selection_data(scores_file):
@@ -542,6 +590,9 @@ def test_early_stopping_without_evaluation_is_an_error(triplets_file, tmp_path):
     with pytest.raises(InputError, match="--early_stopping_patience needs evaluations"):
         run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--early_stopping_patience", "2",
                   "--eval_strategy", "no")
+    with pytest.raises(InputError, match="--early_stopping_patience needs evaluations"):
+        run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--early_stopping_patience", "2",
+                  "--selection_metric", "last")
 
 
 # --- padding statistics ---------------------------------------------------------------------------

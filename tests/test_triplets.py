@@ -183,7 +183,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
     }
     run_args = json.loads((tmp_path / "out" / "triplets.args.json").read_text())
     assert run_args["script"] == {
-        "input_path": str(scores),
+        "input_path": [str(scores)],
         "output_path": str(output),
         "format": "triplets",
         "positives": "teacher",
@@ -749,3 +749,16 @@ def test_peak_memory_does_not_grow_with_the_number_of_pairs(tmp_path):
 
     # holding the input would take ~10x; what may grow is a 16-byte digest per finished query
     assert large_peak <= 1.5 * small_peak, (small_peak, large_peak)
+
+
+def test_several_input_files_are_read_as_one(tmp_path):
+    first = scores_file(tmp_path / "a.jsonl", {"q1": [("low", -1.5), ("high", 2.5)], "q2": [("x", 1.0), ("y", 0.0)]})
+    second = scores_file(tmp_path / "b.jsonl", {"q3": [("p", 3.0), ("n", 1.0)], "q1": [("late", 0.5)]})
+    together = tmp_path / "together.jsonl"
+    together.write_text(first.read_text() + second.read_text())
+
+    output = tmp_path / "out" / "two.jsonl"
+    summary = create_triplets.main(["--input_path", str(first), str(second), "--output_path", str(output), "--top_k", "1"])
+    _, expected = run(tmp_path, together, "--top_k", "1", name="one.jsonl")
+    assert output.read_text() == expected.read_text()
+    assert summary["queries"] == 3 and not summary["input_grouped"]  # q1 comes back in the second file
