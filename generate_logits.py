@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
     resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
-    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}.json", script=args, resolved=resolved)
+    # a second run for the passages-as-queries lists (as generate_logits.sh makes) keeps the first's args.json
+    derived = ".passages_as_queries" if args.passages_as_queries else ""
+    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}{derived}.json", script=args, resolved=resolved)
 
     summary = {}
     for (source, derived), output in zip(inputs, outputs):

@@ -264,6 +264,8 @@ def test_passages_as_queries_go_to_a_file_of_their_own_and_leave_the_scores_file
     assert [(l["query"], l["passage"]) for l in lines] == expected
     assert all(l["label"] is None and np.isfinite(l["score"]) for l in lines)
     assert summary[str(derived_path)]["pairs"] == len(expected)
+    args = json.loads((tmp_path / "both" / "args.passages_as_queries.json").read_text())
+    assert args["script"]["passages_as_queries"] == 2 and not (tmp_path / "both" / "args.json").exists()
 
 
 def test_passages_as_queries_shards_merge_like_a_single_run(tmp_path, ranking_file):
@@ -279,3 +281,27 @@ def test_passages_as_queries_shards_merge_like_a_single_run(tmp_path, ranking_fi
     assert merged.name == "train_passages_as_queries_scores.jsonl" and lines == expected.pairs
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "score"}  # noqa: E731
     assert [strip(l) for l in merged.read_text().splitlines()] == [strip(l) for l in single.read_text().splitlines()]
+
+
+def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2_reads_them(
+    tiny_embedding_model, ranking_file, tmp_path
+):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(ranking_file.read_text())
+    scores, records = tmp_path / "scores", tmp_path / "records.jsonl"
+    env = {**os.environ, "MODEL": str(tiny_embedding_model), "TEACHER_TYPE": "embedding", "OUTPUT_DIR": str(scores),
+           "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2", "INPUT": str(scores / "train_scores.jsonl"),
+           "OUTPUT": str(records), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    for launcher, flags in (("generate_logits.sh", ["--device", "cpu", "--no_show_progress"]), ("create_triplets.sh", [])):
+        done = subprocess.run(["bash", os.path.join(repo, launcher), *flags], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    assert sorted(path.name for path in scores.glob("*.jsonl")) == [
+        "test_scores.jsonl", "train_passages_as_queries_scores.jsonl", "train_scores.jsonl"]  # fmt: skip
+    assert json.loads((scores / "args.json").read_text())["script"]["input_path"] == [str(ranking_file), str(test_file)]
+    assert (scores / "args.passages_as_queries.json").exists()
+    queries = {json.loads(line)["query"] for line in records.read_text().splitlines()}
+    derived = {json.loads(line)["query"] for line in (scores / "train_passages_as_queries_scores.jsonl").open()}
+    assert derived <= queries and len(queries) > len(derived)
