@@ -29,8 +29,8 @@ HUB="${HUB:-huggingface}"
 # against the rest of their list, into {name}_passages_as_queries_scores.jsonl, which
 # create_triplets.sh then adds. For tasks whose passages are queries too (duplicate questions) it
 # gave the best student in bench/quality.py (N = 32: every passage; then EPOCHS=2 ./train.sh), but it
-# costs the teacher up to N x list length more pairs (about 10x on SemEval, 30x on
-# StackOverflowDupQuestions), so it is off by default.
+# costs the teacher up to N x list length more pairs (10x measured on SemEval's lists of 10; lists of
+# 30 candidates would make it about 30x), so it is off by default.
 PASSAGES_AS_QUERIES="${PASSAGES_AS_QUERIES:-0}"
 
 read -r -a input_paths <<< "$INPUTS"
