@@ -15,7 +15,9 @@ by eval loss; --early_stopping_patience N stops after N evaluations without a be
 Where fewer than 30 queries would be held out, MAP would pick checkpoints by chance: every query trains and
 the last step is final (--selection_metric picks otherwise).
 --max_train_seconds S stops after S seconds, with the learning-rate schedule fitted to them.
-Several GPUs: torchrun --nproc_per_node N train.py ...
+--output_dir gets the final model, its checkpoints, args.json and training_summary.json (what the run did).
+Several GPUs: torchrun --nproc_per_node N train.py ...; a large student: accelerate launch with
+configs/accelerate_fsdp.yaml, or --deepspeed configs/deepspeed_zero2.json.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTraini
 from transformers import EarlyStoppingCallback, TrainerState
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import parse_args, run_main, write_run_args
+from rerank_distill.cli import parse_args, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
 from rerank_distill.losses import LOSSES, build_loss
@@ -39,7 +41,8 @@ from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
     TimeBudget,
-    final_logged_loss,
+    run_summary,
+    summary_message,
     track_padding,
 )
 from rerank_distill.training import (
@@ -187,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "%s", script.loss, kind, *(count[k] for k in COUNT_KEYS), selection.note)
 
     model_path = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
-    model = CrossEncoder(model_path, num_labels=1, max_length=script.max_length)
+    # where the Trainer will train it: each torchrun process's own GPU, or the CPU with --use_cpu
+    # (sentence-transformers would pick cuda:LOCAL_RANK, which need not exist)
+    model = CrossEncoder(model_path, num_labels=1, max_length=script.max_length, device=str(training.device))
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
@@ -210,37 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - started
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 
-    state = trainer.state
-    stopped_by_time = budget is not None and budget.stopped_training
-    examples_trained = trainer.examples_trained * training.world_size  # this process's count, scaled
-    summary = {
-        "loss": script.loss,
-        "data_kind": kind,
-        **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
-        "steps": state.global_step,
-        "stopped_early": bool(callbacks) and state.global_step < state.max_steps and not stopped_by_time,
-        "stopped_by_time": stopped_by_time,
-        "resumed_from_step": start_step,
-        "examples_trained": examples_trained,
-        "seconds": round(seconds, 1),
-        "examples_per_second": round(examples_trained / max(seconds, 1e-9), 1),
-        "train_loss": result.training_loss,
-        "final_loss": final_logged_loss(state.log_history),
-        "metric_for_best_model": training.metric_for_best_model if evaluate else None,
-        "best_checkpoint": state.best_model_checkpoint,
-        "best_metric": state.best_metric,
-        **padding.summary(),  # mean real and padded tokens per pair: what the speed levers change
-    }
-    logger.info(
-        "done: %d steps (%d this run%s) in %.1f s, %.1f examples/s; tokens per pair %.1f real of %.1f padded "
-        "(%.0f%% padding); final model %s%s", summary["steps"], state.global_step - start_step,
-        ", stopped early" if summary["stopped_early"] else ", time budget spent" if stopped_by_time else "",
-        seconds, summary["examples_per_second"],
-        summary["mean_real_tokens"], summary["mean_padded_tokens"], 100 * summary["padding_share"],
-        training.output_dir,
-        f" = best checkpoint {state.best_model_checkpoint} ({summary['metric_for_best_model']} {state.best_metric:.4g})"
-        if state.best_model_checkpoint and training.load_best_model_at_end else " (last step)",
-    )
+    summary = {"loss": script.loss, "data_kind": kind, "processes": training.world_size,
+               **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
+               **run_summary(trainer, result, seconds, start_step, bool(callbacks), padding)}
+    if training.should_save:
+        write_json(Path(training.output_dir) / "training_summary.json", summary)
+    logger.info(summary_message(summary, training.output_dir))
     return summary
 
 

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# What only a CUDA GPU can show, in one short run: the whole test suite on the GPU (its GPU-only
-# tests run instead of being skipped) and teacher-scoring throughput with a randomly initialised
-# model of Qwen3-8B's shape (the original loop and our hf backend; vLLM too where installed).
-#   bash bench/gpu_checks.sh
-# Writes the test log and bench/results/teacher_cuda.json (or under RESULTS_DIR).
+# What only a CUDA GPU can show, in one short run:
+#   tests    the whole test suite on the GPU (its GPU-only tests run instead of being skipped)
+#   fsdp     a few FSDP training steps of a tiny student through configs/accelerate_fsdp.yaml, after
+#            which the final model must load as a CrossEncoder (one GPU still runs the whole FSDP
+#            path: wrapping, sharded optimiser, full state dict on save, with nothing to shard across)
+#   teacher  teacher-scoring throughput with a randomly initialised model of Qwen3-8B's shape (the
+#            original loop and our hf backend; vLLM too where installed)
+#   bash bench/gpu_checks.sh [extra bench/teacher.py flags]
+#   CHECKS="fsdp" PYTEST_ARGS="tests/test_train.py" bash bench/gpu_checks.sh    # a part only
+# Writes gpu_tests.log, fsdp.log and teacher_cuda.json under RESULTS_DIR (default bench/results).
 set -uo pipefail
 
 DATA="${DATA:-../shared/data/semeval16b/train.jsonl}"
@@ -11,17 +16,49 @@ TOKENIZER_FROM="${TOKENIZER_FROM:-output/bench_models/smollm2-135m-instruct}"  #
 RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 NUM_QUERIES="${NUM_QUERIES:-48}"
 BATCH_SIZE="${BATCH_SIZE:-128}"
+CHECKS="${CHECKS:-tests fsdp teacher}"
+PYTEST_ARGS="${PYTEST_ARGS:-}"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c 'import torch, transformers, sentence_transformers as st; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__)'
+python3 -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
+declare -A status=()
 
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS_DIR/gpu_tests.log"
-tests_status=${PIPESTATUS[0]}
+if [[ " $CHECKS " == *" tests "* ]]; then
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
+    timeout 200 python3 -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS 2>&1 | tee "$RESULTS_DIR/gpu_tests.log"
+    status[tests]=${PIPESTATUS[0]}
+fi
 
-timeout 280 python3 bench/teacher.py --random_qwen3_8b --device cuda --data "$DATA" --model_path "$TOKENIZER_FROM" \
-    --num_queries "$NUM_QUERIES" --candidates_per_query 30 --batch_size "$BATCH_SIZE" \
-    --output_json "$RESULTS_DIR/teacher_cuda.json" "$@"
-bench_status=$?
+if [[ " $CHECKS " == *" fsdp "* ]]; then
+    fsdp_dir="$(mktemp -d)"
+    python3 -c "from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
+build_tiny_cross_encoder('$fsdp_dir/student')
+write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive': p, 'negative': n, 'score': 1.5}
+                    for r in synthetic_ranking_data(16, docs_per_query=6, seed=1) for p in r['positive'] for n in r['negative']])"
+    timeout 120 python3 -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml \
+        --num_processes "$(nvidia-smi -L | wc -l)" --fsdp_transformer_layer_cls_to_wrap BertLayer \
+        train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl" \
+        --output_dir "$fsdp_dir/out" --max_steps 8 --per_device_train_batch_size 8 --bf16 true \
+        --report_to none --disable_tqdm true > "$RESULTS_DIR/fsdp.log" 2>&1
+    grep -E "Error|error:|done:" "$RESULTS_DIR/fsdp.log" | grep -v ChildFailedError | head -20
+    python3 -c "import json; from sentence_transformers.cross_encoder import CrossEncoder
+summary = json.load(open('$fsdp_dir/out/training_summary.json'))
+print('FSDP run:', {k: summary[k] for k in ('distributed_type', 'processes', 'steps', 'final_loss')})
+print('its final model loads and scores', CrossEncoder('$fsdp_dir/out').predict([('a query', 'a passage')]))
+assert summary['distributed_type'] == 'FSDP'"
+    status[fsdp]=$?
+fi
 
-echo "tests exit $tests_status, teacher bench exit $bench_status"
-exit $(( tests_status || bench_status ))
+if [[ " $CHECKS " == *" teacher "* ]]; then
+    timeout 200 python3 bench/teacher.py --random_qwen3_8b --device cuda --data "$DATA" --model_path "$TOKENIZER_FROM" \
+        --num_queries "$NUM_QUERIES" --candidates_per_query 30 --batch_size "$BATCH_SIZE" \
+        --output_json "$RESULTS_DIR/teacher_cuda.json" "$@"
+    status[teacher]=$?
+fi
+
+failed=0
+for check in "${!status[@]}"; do
+    echo "$check exit ${status[$check]}"
+    (( status[$check] != 0 )) && failed=1
+done
+exit "$failed"

@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"), help="MTEB reranking JSONL to take queries from.")
     parser.add_argument("--num_queries", type=int, default=8, help="Queries to score per run (all their passages).")
     parser.add_argument("--candidates_per_query", type=int, default=0, help="If > 0, give each query this many candidates, adding other queries' passages after its own (StackOverflowDupQuestions has about 30 a query, SemEval about 10).")
+    parser.add_argument("--titles_only", action="store_true", help="Keep only the first line of every query and passage (SemEval's subject line): short texts like StackOverflowDupQuestions' titles, with --candidates_per_query 30 that data's shape.")
     parser.add_argument("--repetitions", type=int, default=3, help="Timed runs of each path, alternated; the median is reported.")
     parser.add_argument("--batch_size", type=int, default=32, help="Our hf backend's batch size (the original is fixed at 8).")
     parser.add_argument("--max_length", type=int, default=2048, help="Prompt length limit for both paths.")
@@ -111,6 +112,10 @@ def main() -> None:
         model_path = str(folder)
         share_model(shared_model)
     queries = list(iter_ranking_queries(args.data))
+    if args.titles_only:
+        for query in queries:
+            query.query = query.query.split("\n", 1)[0]
+            query.passages = list(dict.fromkeys(p.split("\n", 1)[0] for p in query.passages))
     pool = [p for q in queries for p in q.passages]
     queries = queries[: args.num_queries]
     if args.candidates_per_query:
@@ -172,7 +177,7 @@ def main() -> None:
     print(f"original scores: standard deviation {reference.std():.3g}, range {np.ptp(reference):.3g} (the scale those differences sit on)")
     results = {
         "benchmark": "teacher", "machine": machine(), "device": args.device, "model": Path(model_path).name,
-        "queries": len(queries), "pairs": len(pair_docs), "candidates_per_query": args.candidates_per_query or "as in the data", "repetitions": args.repetitions, "batch_size": args.batch_size,
+        "queries": len(queries), "pairs": len(pair_docs), "candidates_per_query": args.candidates_per_query or "as in the data", "titles_only": args.titles_only, "repetitions": args.repetitions, "batch_size": args.batch_size,
         "pairs_per_second": {name: values for name, values in rates.items()},
         "median_pairs_per_second": dict(rows),
         "baseline": baseline,
@@ -180,7 +185,7 @@ def main() -> None:
         "max_abs_score_difference_from_baseline": differences,
         "baseline_score_std": float(reference.std()), "baseline_score_range": float(np.ptp(reference)),
     }  # fmt: skip
-    default_name = f"teacher_{args.device.split(':')[0]}" + (f"_{args.candidates_per_query}_candidates" if args.candidates_per_query else "")
+    default_name = f"teacher_{args.device.split(':')[0]}" + (f"_{args.candidates_per_query}_candidates" if args.candidates_per_query else "") + ("_titles" if args.titles_only else "")
     print("wrote", write_results(args.output_json or f"bench/results/{default_name}.json", results))
 
 

@@ -75,10 +75,15 @@ def write_run_args(path: str | Path, **sections: Any) -> Path:
         pass
     for name, value in sections.items():
         record[name] = _to_jsonable(value)
+    return write_json(path, record)
+
+
+def write_json(path: str | Path, record: dict) -> Path:
+    """Write ``record`` as indented JSON under its final name only once it is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one run's args
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one run's files
+    tmp.write_text(json.dumps(_to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

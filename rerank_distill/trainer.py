@@ -3,10 +3,12 @@ length, a wall-time budget (--max_train_seconds) and DistillationTrainer."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from rerank_distill.errors import InputError
 
@@ -72,6 +74,46 @@ def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | No
         return None
     tail = losses[-max(1, round(share * len(losses))) :]
     return float(sum(tail) / len(tail))
+
+
+def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step: int, early_stopping: bool,
+                padding: PaddingStats) -> dict:
+    """What a finished ``trainer.train()`` did: steps, why it stopped, examples per second (all
+    processes'), losses, the checkpoint picked, and the padding behind the speed."""
+    state, args = trainer.state, trainer.args
+    stopped_by_time = trainer.time_budget is not None and trainer.time_budget.stopped_training
+    examples_trained = trainer.examples_trained * args.world_size  # this process's count, scaled
+    evaluated = args.eval_strategy != "no"
+    return {
+        "distributed_type": trainer.accelerator.distributed_type.value,  # NO, MULTI_GPU (DDP), FSDP, DEEPSPEED, ...
+        "steps": state.global_step,
+        "stopped_early": early_stopping and state.global_step < state.max_steps and not stopped_by_time,
+        "stopped_by_time": stopped_by_time,
+        "resumed_from_step": start_step,
+        "examples_trained": examples_trained,
+        "seconds": round(seconds, 1),
+        "examples_per_second": round(examples_trained / max(seconds, 1e-9), 1),
+        "train_loss": result.training_loss,
+        "final_loss": final_logged_loss(state.log_history),
+        "metric_for_best_model": args.metric_for_best_model if evaluated else None,
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_metric": state.best_metric,
+        "final_model": ("best checkpoint" if state.best_model_checkpoint and args.load_best_model_at_end
+                        and not trainer.best_model_error else "last step"),
+        "best_model_error": trainer.best_model_error,
+        **padding.summary(),  # mean real and padded tokens per pair: what the speed levers change
+    }
+
+
+def summary_message(summary: dict, output_dir: str) -> str:
+    ended = ", stopped early" if summary["stopped_early"] else ", time budget spent" if summary["stopped_by_time"] else ""
+    final = (f" = best checkpoint {summary['best_checkpoint']} ({summary['metric_for_best_model']} "
+             f"{summary['best_metric']:.4g})" if summary["final_model"] == "best checkpoint" else
+             " (last step: the best checkpoint failed to load)" if summary["best_model_error"] else " (last step)")
+    return (f"done: {summary['steps']} steps ({summary['steps'] - summary['resumed_from_step']} this run{ended}) in "
+            f"{summary['seconds']:.1f} s, {summary['examples_per_second']:.1f} examples/s on {summary['processes']} "
+            f"process(es); tokens per pair {summary['mean_real_tokens']:.1f} real of {summary['mean_padded_tokens']:.1f} "
+            f"padded ({100 * summary['padding_share']:.0f}% padding); final model {output_dir}{final}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +268,8 @@ class TimeBudget(TrainerCallback):
 class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
     process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
-    TimeBudget), and has two fixes for torchrun (no change on one process).
+    TimeBudget), has two fixes for torchrun (no change on one process) and two for sharded
+    training with FSDP or DeepSpeed.
 
     - Only the main process writes checkpoints and the final model: transformers 5 calls
       ``_save`` on every process and checks ``should_save`` inside it, but sentence-transformers'
@@ -238,6 +281,9 @@ class DistillationTrainer(CrossEncoderTrainer):
       checkpoint by and failing the run). Accelerate instead pads the last eval batch with
       repeated examples; as the loss is a batch mean, that one batch's share of eval_loss also
       averages in the repeats.
+    - Saving writes the full weights the sharded trainer gathers, not the live shards (_save).
+    - Resuming and loading the best checkpoint go through transformers' FSDP / DeepSpeed loaders
+      (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, **kwargs) -> None:
@@ -245,6 +291,7 @@ class DistillationTrainer(CrossEncoderTrainer):
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.examples_trained = 0
         self.time_budget = time_budget
+        self.best_model_error: str | None = None
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         fresh = self.lr_scheduler is None
@@ -259,11 +306,71 @@ class DistillationTrainer(CrossEncoderTrainer):
             self.examples_trained += len(inputs["query"])  # every kind's first column
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: the live model holds shards, and checkpoints keep them in files of their own."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def _load_from_checkpoint(self, checkpoint: str, model=None) -> None:
+        # sentence-transformers reloads its own checkpoint layout into the live model, which cannot
+        # take sharded parameters (and it takes one argument where transformers passes two for FSDP);
+        # transformers' own loader reads the FSDP / DeepSpeed files.
+        if self.sharded:
+            Trainer._load_from_checkpoint(self, checkpoint, model)
+        else:
+            super()._load_from_checkpoint(checkpoint)
+
+    def _load_best_model(self) -> None:
+        # sentence-transformers logs a failed load and goes on, so the run would report a best
+        # checkpoint it does not hold; the failure is kept for the summary instead.
+        checkpoint = self.state.best_model_checkpoint
+        logger.info("loading the best checkpoint %s (%s %.4g)", checkpoint, self.args.metric_for_best_model,
+                    self.state.best_metric)
+        try:
+            if self.sharded:
+                Trainer._load_best_model(self)
+            else:
+                self._load_from_checkpoint(checkpoint)
+                self.model.model_card_data.set_best_model_step(int(checkpoint.rsplit("-", 1)[-1]))
+        except Exception as error:  # training is over: keep the last step rather than lose the run
+            self.best_model_error = f"{type(error).__name__}: {error}"
+            logger.error("could not load the best checkpoint %s (%s): the final model is the last step",
+                         checkpoint, self.best_model_error)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        if self.args.should_save:
-            super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        if state_dict is None:
+            super()._save(output_dir)
+            return
+        # FSDP and DeepSpeed hand over the full weights gathered from every process, but
+        # sentence-transformers' _save ignores them and writes the live model, whose tensors are
+        # shards (FSDP: safetensors fails on them; ZeRO-3: empty placeholders).
+        with saving_weights(self.model, state_dict):
+            super()._save(output_dir)
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, *args, **kwargs):
         if dataset is not self.train_dataset:
             drop_last = False
         return super().get_batch_sampler(dataset, batch_size, drop_last, *args, **kwargs)
+
+
+@contextmanager
+def saving_weights(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> Iterator[None]:
+    """While open, the transformers models inside ``model`` save_pretrained the weights of
+    ``state_dict`` (keys as in ``model.state_dict()``) instead of their own tensors."""
+    outermost = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, PreTrainedModel) and not any(prefix.startswith(f"{p}.") for p in outermost):
+            outermost[prefix] = module
+    covered = {key for key in state_dict for prefix in outermost if key.startswith(f"{prefix}.")}
+    if uncovered := sorted(set(state_dict) - covered):
+        raise RuntimeError(f"cannot save sharded weights outside a transformers model: {uncovered[:5]}")
+    for prefix, module in outermost.items():
+        own = {key[len(prefix) + 1 :]: value for key, value in state_dict.items() if key.startswith(f"{prefix}.")}
+        module.save_pretrained = functools.partial(type(module).save_pretrained, module, state_dict=own)
+    try:
+        yield
+    finally:
+        for module in outermost.values():
+            del module.save_pretrained

@@ -6,6 +6,7 @@ levers change no loss value."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -715,3 +716,78 @@ def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {data}:2: missing field")
     assert "Traceback" not in result.stderr
+
+
+def test_torchrun_with_two_processes_trains_one_model_on_both_shares(tiny_cross_encoder, tmp_path):
+    """train.py under torchrun, two CPU processes over gloo (the multi-GPU path without GPUs): the
+    batches are split between them, evaluation and the time budget's shared clock run on both,
+    and only the main process writes the one final model."""
+    triplets = write_jsonl_records(tmp_path / "triplets.jsonl", hand_written_triplets())
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(train.__file__)), "--model_name_or_path", str(tiny_cross_encoder),
+               "--train_data", str(triplets), "--output_dir", str(out), "--max_length", "32",
+               "--ddp_backend", "gloo", "--use_cpu", "true", "--max_steps", "4",
+               "--per_device_train_batch_size", "4", "--eval_steps", "2", "--max_train_seconds", "600",
+               "--report_to", "none", "--disable_tqdm", "true"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, check=False)
+    errors = [line for line in result.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
+    assert result.returncode == 0, "\n".join(errors[:20]) + "\n" + result.stderr[-2000:]
+
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["distributed_type"] == "MULTI_CPU"
+    assert summary["steps"] == 4
+    assert summary["examples_trained"] == 4 * 4 * 2  # per-process batch x steps x processes
+    assert summary["metric_for_best_model"] == "loss" and summary["best_checkpoint"]  # both evaluated
+    assert result.stderr.count("done: 4 steps") == 1  # the other process logs warnings only
+    assert not list(out.glob("*.tmp"))
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    before = CrossEncoder(str(tiny_cross_encoder)).predict([("fix a flat tyre", "patch the tube")])
+    after = CrossEncoder(str(out)).predict([("fix a flat tyre", "patch the tube")])
+    assert not np.allclose(before, after)
+
+
+def test_sharded_training_saves_the_gathered_weights_not_the_live_tensors(tiny_cross_encoder, tmp_path):
+    """Under FSDP or DeepSpeed the trainer hands _save the full weights gathered from all
+    processes while the live model holds shards: those gathered weights are what gets written."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from rerank_distill.trainer import saving_weights
+
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu")
+    gathered = {key: value * 2 + 1 for key, value in model.state_dict().items()}
+    live = {key: value.clone() for key, value in model.state_dict().items()}
+    with saving_weights(model, gathered):
+        model.save_pretrained(str(tmp_path / "saved"))
+    saved = CrossEncoder(str(tmp_path / "saved"), num_labels=1, device="cpu").state_dict()
+    assert saved.keys() == gathered.keys()
+    assert all(torch.equal(saved[key], gathered[key]) for key in gathered)
+    assert all(torch.equal(value, live[key]) for key, value in model.state_dict().items())  # live model untouched
+    model.save_pretrained(str(tmp_path / "after"))  # and saving is back to normal once closed
+    after = CrossEncoder(str(tmp_path / "after"), num_labels=1, device="cpu").state_dict()
+    assert all(torch.equal(after[key], live[key]) for key in live)
+    with pytest.raises(RuntimeError, match="outside a transformers model"):
+        with saving_weights(model, {**gathered, "1.extra.weight": torch.zeros(1)}):
+            pass
+
+
+def test_a_best_checkpoint_that_fails_to_load_is_reported_not_claimed(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch
+):
+    """sentence-transformers only logs a failed load of the best checkpoint; the run must then
+    say its final model is the last step's, and why."""
+    from rerank_distill.trainer import DistillationTrainer
+
+    def fail_to_load(self, checkpoint, model=None):
+        raise OSError(f"{checkpoint} is unreadable")
+
+    monkeypatch.setattr(DistillationTrainer, "_load_from_checkpoint", fail_to_load)
+    out = tmp_path / "model"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3")
+    assert summary["best_checkpoint"] and summary["final_model"] == "last step"
+    assert summary["best_model_error"].startswith("OSError: ") and "unreadable" in summary["best_model_error"]
+    last = weights(out / "checkpoint-3")
+    assert all(torch.equal(value, last[name]) for name, value in weights(out).items())
+    assert json.loads((out / "training_summary.json").read_text())["final_model"] == "last step"
