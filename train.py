@@ -48,16 +48,14 @@ from rerank_distill.trainer import (
 from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
-    Selection,
     SelectionEvaluator,
     default_training_flags,
+    load_training_data,
     passed_flags,
-    plan_selection,
     resolve_checkpoint,
     set_best_metric,
     small_selection_warning,
 )
-from rerank_distill.training_data import read_training_data, teacher_spread_warning
 
 logger = logging.getLogger("train")
 
@@ -136,23 +134,6 @@ class ScriptArguments:
     )
 
 
-def load_data(script: ScriptArguments, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
-    """The training data's kind, and the train / eval / selection split (see plan_selection)."""
-    data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward)
-    if warning := teacher_spread_warning(data, script.train_data):
-        logger.warning(warning)
-    if not evaluate:
-        return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
-    eval_set = None
-    if script.eval_data:
-        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature).to_dataset()
-    selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
-                               script.selection_metric, eval_set, script.eval_share, seed, must_evaluate)
-    if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
-        logger.warning("%d queries of --eval_data are also training queries", len(overlap))
-    return data.kind, selection
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     passed = passed_flags(argv)
@@ -177,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     if script.early_stopping_patience > 0 and script.selection_metric == "last":
         raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
     must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
-    kind, selection = load_data(script, evaluate, training.seed, must_evaluate)
+    kind, selection = load_training_data(script, evaluate, training.seed, must_evaluate)
     if evaluate and selection.metric == "last":
         training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
         evaluate = False

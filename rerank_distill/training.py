@@ -18,7 +18,14 @@ from rerank_distill.formats import (
 )
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import score_ranking_queries
-from rerank_distill.training_data import DATA_KINDS, RANKING_KINDS, detect_data_kind, first_record
+from rerank_distill.training_data import (
+    DATA_KINDS,
+    RANKING_KINDS,
+    detect_data_kind,
+    first_record,
+    read_training_data,
+    teacher_spread_warning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +178,24 @@ def plan_selection(
         [query for query in dict.fromkeys(shared) if query in held], "eval_selection_map",
         f"by MAP on {len(held)} held-out training queries ({note})",
     )
+
+
+def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
+    """Read train.py's data (``script``: its ScriptArguments) and split it: the training data's
+    kind, and the train / eval / selection split (see plan_selection). Logs the warnings."""
+    data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward)
+    if warning := teacher_spread_warning(data, script.train_data):
+        logger.warning(warning)
+    if not evaluate:
+        return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
+    eval_set = None
+    if script.eval_data:
+        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature).to_dataset()
+    selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
+                               script.selection_metric, eval_set, script.eval_share, seed, must_evaluate)
+    if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
+        logger.warning("%d queries of --eval_data are also training queries", len(overlap))
+    return data.kind, selection
 
 
 def small_selection_warning(selection: Selection) -> str | None:
