@@ -14,6 +14,7 @@ not above zero (or below ``--min_margin``) are skipped and counted. ``--format``
 first. Writes OUTPUT.args.json beside the output.
 """
 
+import functools
 import logging
 import os
 import time
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     rules = rules_from(args)
     inputs = " + ".join(args.input_path)
+    write_all = functools.partial(write_records, rules=rules, output_format=args.format,
+                                  label_margin=args.label_margin, source=inputs)
     logger.info("Reading teacher scores from %s (%s)", inputs, rules)
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
@@ -151,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     input_grouped = True
     try:
         with AtomicWriter(args.output_path) as out:
-            counts = write_records(iter_query_groups(scored_pairs()), out, rules, args.format, args.label_margin,
-                                   inputs)
+            counts = write_all(iter_query_groups(scored_pairs()), out)
     except QueriesNotGrouped as error:
         input_grouped = False
         logger.info(
@@ -164,8 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
-            counts = write_records(iter_query_groups_indexed(scored_pairs(), spill_dir), out, rules, args.format,
-                                   args.label_margin, inputs)
+            counts = write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out)
     seconds = time.perf_counter() - start
 
     summary = {

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - started
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 
-    summary = {"loss": script.loss, "data_kind": kind, "processes": training.world_size,
+    summary = {"loss": script.loss, "data_kind": kind,
                **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
                **run_summary(trainer, result, seconds, start_step, bool(callbacks), padding)}
     if training.should_save:

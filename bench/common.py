@@ -90,7 +90,9 @@ def train_original_recipe(student: str, triplets: Path, out: Path, **training_ar
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MarginMSELoss
 
-    rows = [json.loads(line) for line in triplets.read_text(encoding="utf-8").splitlines()]
+    from rerank_distill.jsonl import read_jsonl
+
+    rows = [record for _, record in read_jsonl(triplets)]
     dataset = Dataset.from_dict({
         "query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows],
         "negative": [r["negative"] for r in rows], "label": [r["score"] for r in rows],

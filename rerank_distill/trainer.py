@@ -85,6 +85,7 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
     examples_trained = trainer.examples_trained * args.world_size  # this process's count, scaled
     evaluated = args.eval_strategy != "no"
     return {
+        "processes": args.world_size,
         "distributed_type": trainer.accelerator.distributed_type.value,  # NO, MULTI_GPU (DDP), FSDP, DEEPSPEED, ...
         "steps": state.global_step,
         "stopped_early": early_stopping and state.global_step < state.max_steps and not stopped_by_time,
