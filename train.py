@@ -53,6 +53,7 @@ from rerank_distill.training import (
     load_training_data,
     passed_flags,
     resolve_checkpoint,
+    resume_hint,
     set_best_metric,
     small_selection_warning,
 )
@@ -192,7 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     if budget is not None:
         budget.start()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        if training.should_log:
+            logger.warning(resume_hint(training.output_dir))
+        raise
     seconds = time.perf_counter() - started
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 

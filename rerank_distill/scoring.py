@@ -284,25 +284,33 @@ def score_source(
     )
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
     checked = done["pairs"] > 0
-    with open(partial, "a", encoding="utf-8") as out:
-        for chunk_number, chunk in enumerate(iter_chunks(queries, chunk_size)):
-            if chunk_number < done.get("chunks", 0):
-                continue
-            lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked)
-            checked = checked or chunk_stats.distinct_pairs_scored > 1
-            out.write("".join(lines))
-            out.flush()
-            os.fsync(out.fileno())
-            done = {
-                "chunks": chunk_number + 1,
-                "queries": done["queries"] + chunk_stats.queries,
-                "pairs": done["pairs"] + chunk_stats.pairs,
-                "bytes": out.tell(),
-                "truncated": done["truncated"] + chunk_stats.truncated,
-                "distinct": done["distinct"] + chunk_stats.distinct_pairs_scored,
-                "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
-            }
-            _write_progress(progress_path, {"fingerprint": fingerprint, "done": done})
+    try:
+        with open(partial, "a", encoding="utf-8") as out:
+            for chunk_number, chunk in enumerate(iter_chunks(queries, chunk_size)):
+                if chunk_number < done.get("chunks", 0):
+                    continue
+                lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked)
+                checked = checked or chunk_stats.distinct_pairs_scored > 1
+                out.write("".join(lines))
+                out.flush()
+                os.fsync(out.fileno())
+                after_chunk = {
+                    "chunks": chunk_number + 1,
+                    "queries": done["queries"] + chunk_stats.queries,
+                    "pairs": done["pairs"] + chunk_stats.pairs,
+                    "bytes": out.tell(),
+                    "truncated": done["truncated"] + chunk_stats.truncated,
+                    "distinct": done["distinct"] + chunk_stats.distinct_pairs_scored,
+                    "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
+                }
+                _write_progress(progress_path, {"fingerprint": fingerprint, "done": after_chunk})
+                done = after_chunk
+    except KeyboardInterrupt:
+        bar.close()
+        # ``done`` is what the progress file records: the pairs a rerun will not score again
+        logger.warning("interrupted: %d of %d pairs for %s are saved in %s; run the same command again to "
+                       "continue from there", done["pairs"], expected.pairs, output_path.name, partial)
+        raise
     bar.close()
     if done["pairs"] != expected.pairs:
         raise InputError(f"{source} changed while it was being scored ({done['pairs']} of {expected.pairs} pairs)")

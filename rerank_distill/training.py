@@ -323,3 +323,17 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     if not (Path(value) / "trainer_state.json").is_file():
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
     return value
+
+
+def resume_hint(output_dir: str) -> str:
+    """What to do after an interrupted training run: resume from its newest checkpoint, or start
+    over when none was saved yet."""
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is None:
+        return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"
+    return (f"interrupted: the newest checkpoint is {last}; run the same command with "
+            "--resume_from_checkpoint last to continue from it")

@@ -83,7 +83,7 @@ def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):
     assert stats.duplicate_pairs_reused == 2
 
 
-def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranking_file):
+def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranking_file, caplog):
     whole = tmp_path / "whole" / "train_scores.jsonl"
     run_scoring(ranking_file, whole, CountingTeacher())
     resumed = tmp_path / "resumed" / "train_scores.jsonl"
@@ -92,6 +92,10 @@ def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranki
         run_scoring(ranking_file, resumed, first)
     assert not resumed.exists()
     partial = resumed.with_name(resumed.name + ".partial")
+    total = sum(1 for _ in open(whole, encoding="utf-8"))
+    saved = sum(1 for _ in open(partial, encoding="utf-8"))
+    assert f"interrupted: {saved} of {total} pairs for train_scores.jsonl are saved in {partial}" in caplog.text
+    assert "run the same command again" in caplog.text
     with open(partial, "a", encoding="utf-8") as out:  # a chunk half written when the crash came
         out.write('{"query": "half a li')
     second = CountingTeacher()

@@ -27,6 +27,7 @@ from rerank_distill.training import (
     held_out_queries,
     passed_flags,
     plan_selection,
+    resume_hint,
     small_selection_warning,
     split_by_query,
 )
@@ -265,6 +266,32 @@ def test_resume_from_checkpoint_ends_with_the_same_model_as_an_uninterrupted_run
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
     assert not torch.equal(a["classifier.weight"], weights(tiny_cross_encoder)["classifier.weight"])
+
+
+def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
+):
+    steps = []
+
+    def stop_at_the_third_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    original_step = train.DistillationTrainer.training_step
+    monkeypatch.setattr(train.DistillationTrainer, "training_step", stop_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "5", "--eval_strategy", "no",
+                  "--save_steps", "1")
+    assert f"newest checkpoint is {tmp_path / 'model' / 'checkpoint-2'}" in caplog.text
+    assert "--resume_from_checkpoint last" in caplog.text
+
+
+def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
+    assert "start again" in resume_hint(str(tmp_path / "never_created"))
+    (tmp_path / "empty").mkdir()
+    assert "start again" in resume_hint(str(tmp_path / "empty"))
 
 
 def test_eval_data_replaces_the_held_out_split(tiny_cross_encoder, triplets_file, tmp_path):
