@@ -8,7 +8,8 @@ Three things make it fast without changing a score beyond float tolerance:
   the rows of the answer tokens (the full vocabulary at every position is most of a small
   model's work);
 - prompts are batched in length order, right-padded, so batches carry little padding (a causal
-  model never attends to the padding that follows a sequence, so no mask is needed).
+  model never attends to the padding that follows a sequence, so no mask is needed); a batch
+  closes early rather than pad the long tail of a wave's lengths.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 8
 # Pairs per wave, in batches: enough for full, length-sorted batches across queries.
 WAVE_PAIRS_PER_BATCH = 8
+# Fixed-size batches over a wave's long tail of long documents padded SemEval's prompts by up to
+# a quarter of their tokens; a batch closes early rather than pad more than this share.
+MAX_PADDING_SHARE = 0.05
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -52,6 +56,24 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
             i += 1
         length = i
     return length
+
+
+def length_batches(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING_SHARE) -> list[slice]:
+    """Batches of rows already sorted by ascending length: at most ``batch_size`` rows each, and
+    a batch that holds a quarter of that closes early when the next (longest) row would make its
+    padding more than ``max_padding`` of its real tokens. Returns slices of ``lengths``."""
+    min_rows = max(1, batch_size // 4)
+    batches, start, real = [], 0, 0
+    for index, length in enumerate(lengths):
+        rows = index - start
+        too_padded = rows >= min_rows and (rows + 1) * length > (1 + max_padding) * (real + length)
+        if rows == batch_size or too_padded:
+            batches.append(slice(start, index))
+            start, real = index, 0
+        real += length
+    if start < len(lengths):
+        batches.append(slice(start, len(lengths)))
+    return batches
 
 
 class HFJudge:
@@ -126,15 +148,15 @@ class HFJudge:
     def _prefix_states(self, prefixes: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of every prefix, ``[prefixes, kv_heads, longest, head_dim]``,
         each left-padded to the longest prefix. Prefixes run in length-sorted, right-padded batches
-        (padding after a sequence cannot touch it); each is copied into place once, so a batch of
-        documents later gathers its rows' prefixes with one index_select per layer."""
+        (padding after a sequence cannot touch it; see length_batches); each is copied into place
+        once, so a batch of documents later gathers its rows' prefixes with one index_select per layer."""
         from transformers import DynamicCache
 
         longest = max(len(prefix) for prefix in prefixes)
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch_rows in length_batches([len(prefixes[i]) for i in order], self.batch_size):
+            batch = order[batch_rows]
             ids, lengths = self._padded([prefixes[i] for i in batch])
             cache = DynamicCache(config=self.model.config)
             self.decoder(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
@@ -199,8 +221,8 @@ class HFJudge:
         prefix_states = self._prefix_states([prompts[groups[g][0]][: shared[g]] for g in with_prefix]) if with_prefix else None
         rows = [(index, g) for g, group in enumerate(groups) for index in group]
         rows.sort(key=lambda row: len(prompts[row[0]]) - shared[row[1]])
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
+        for batch_rows in length_batches([len(prompts[i]) - shared[g] for i, g in rows], self.batch_size):
+            batch = rows[batch_rows]
             logits = self._score_rows(
                 [prompts[i][shared[g] :] for i, g in batch], [slot.get(g, 0) for _, g in batch],
                 [shared[g] for _, g in batch], prefix_states,
