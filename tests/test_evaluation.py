@@ -398,7 +398,10 @@ def test_length_sorted_batches_put_similar_lengths_together_longest_first():
     from rerank_distill.student import length_sorted_batches
 
     batches = length_sorted_batches([3, 9, 5, 9, 1], batch_size=2)
-    assert [batch.tolist() for batch in batches] == [[1, 3], [2, 0], [4]]
+    # the two 9s fill a batch; 5 beside 3 would pad 8 tokens to 10, so each of the rest goes alone
+    assert [batch.tolist() for batch in batches] == [[1, 3], [2], [0], [4]]
+    batches = length_sorted_batches([4, 9, 5, 9, 4], batch_size=2)
+    assert [batch.tolist() for batch in batches] == [[1, 3], [2], [0, 4]]
 
 
 def test_pair_token_lengths_count_tokens_after_truncation(tiny_cross_encoder):

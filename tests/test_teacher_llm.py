@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rerank_distill.errors import InputError
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, JudgePrompt, single_token_id
-from rerank_distill.teachers.llm_hf import HFJudge, common_prefix_length, length_batches
+from rerank_distill.teachers.llm_hf import HFJudge, common_prefix_length
 from rerank_distill.teachers.llm_judge import YesNoJudge
 from rerank_distill.teachers.llm_vllm import token_prompts, vllm_hf_overrides
 
@@ -104,22 +104,6 @@ def test_batches_mixing_prefix_lengths_and_a_query_without_a_prefix_score_as_pla
     cached = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=3, device="cpu", prefix_cache=True)
     plain = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=1, device="cpu", prefix_cache=False)
     np.testing.assert_allclose(cached.answer_logits(queries, docs)[0], plain.answer_logits(queries, docs)[0], atol=1e-5)
-
-
-def test_length_batches_hold_every_row_once_in_order_and_at_most_batch_size():
-    assert length_batches([10] * 10, batch_size=4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
-
-
-def test_a_batch_closes_early_rather_than_pad_a_longer_row():
-    # a fifth row of 20 would pad the four rows of 10 to 100 tokens for 60 real ones
-    assert length_batches([10, 10, 10, 10, 20, 20], batch_size=6, max_padding=0.05) == [slice(0, 4), slice(4, 6)]
-    # a last row of 11 pads the nine rows of 10 by 9 tokens, under 10% of the 101 real ones
-    assert length_batches([10] * 9 + [11], batch_size=10, max_padding=0.1) == [slice(0, 10)]
-
-
-def test_a_batch_closes_early_only_once_it_holds_a_quarter_of_batch_size():
-    # batch_size 8: two rows at least, so the 10-token row shares a batch with a 50-token one
-    assert length_batches([10, 50, 50, 50], batch_size=8) == [slice(0, 2), slice(2, 4)]
 
 
 def test_common_prefix_length():

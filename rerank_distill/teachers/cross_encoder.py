@@ -33,16 +33,12 @@ class CrossEncoderTeacher:
         self.config = {"teacher_type": "cross_encoder", "model_path": model_path, "max_length": self.max_length, "dtype": dtype}
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
-        import torch
+        from rerank_distill.student import score_pairs_with_cross_encoder
 
-        # predict sorts the pairs by length into batches, so batches carry little padding.
-        logits = self.model.predict(
-            list(zip(queries, passages)),
-            batch_size=self.batch_size,
-            activation_fn=torch.nn.Identity(),
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        # raw logits in batches of similar token length, as the evaluation scores the student
+        # (the model already has its --dtype, so no autocast on top)
+        logits = score_pairs_with_cross_encoder(self.model, list(zip(queries, passages)), self.batch_size,
+                                                show_progress_bar=False)
         truncated = sum(too_long(self.model.tokenizer, queries, passages, self.max_length))
         progress(len(queries))
         return TeacherScores(np.asarray(logits, dtype=np.float64).reshape(-1), truncated=truncated)

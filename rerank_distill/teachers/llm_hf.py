@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from rerank_distill.batching import length_batches
 from rerank_distill.prompts import JudgePrompt
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,6 @@ logger = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 8
 # Pairs per wave, in batches: enough for full, length-sorted batches across queries.
 WAVE_PAIRS_PER_BATCH = 8
-# Fixed-size batches over a wave's long tail of long documents padded SemEval's prompts by up to
-# a quarter of their tokens; a batch closes early rather than pad more than this share.
-MAX_PADDING_SHARE = 0.05
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -56,24 +54,6 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
             i += 1
         length = i
     return length
-
-
-def length_batches(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING_SHARE) -> list[slice]:
-    """Batches of rows already sorted by ascending length: at most ``batch_size`` rows each, and
-    a batch that holds a quarter of that closes early when the next (longest) row would make its
-    padding more than ``max_padding`` of its real tokens. Returns slices of ``lengths``."""
-    min_rows = max(1, batch_size // 4)
-    batches, start, real = [], 0, 0
-    for index, length in enumerate(lengths):
-        rows = index - start
-        too_padded = rows >= min_rows and (rows + 1) * length > (1 + max_padding) * (real + length)
-        if rows == batch_size or too_padded:
-            batches.append(slice(start, index))
-            start, real = index, 0
-        real += length
-    if start < len(lengths):
-        batches.append(slice(start, len(lengths)))
-    return batches
 
 
 class HFJudge:
