@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# On SemEval's prompts, fixed batches over length-sorted rows padded them by up to a quarter
-# of their tokens; closing early at this share left about 5% (bench/README.md).
+# On SemEval's judge prompts, fixed batches over length-sorted rows padded them by up to a
+# quarter of their tokens; closing early at this share left 4.5-7% (bench/README.md).
 MAX_PADDING_SHARE = 0.05
 
 

@@ -92,8 +92,8 @@ def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranki
         run_scoring(ranking_file, resumed, first)
     assert not resumed.exists()
     partial = resumed.with_name(resumed.name + ".partial")
-    total = sum(1 for _ in open(whole, encoding="utf-8"))
-    saved = sum(1 for _ in open(partial, encoding="utf-8"))
+    total = len(whole.read_text(encoding="utf-8").splitlines())
+    saved = len(partial.read_text(encoding="utf-8").splitlines())
     assert f"interrupted: {saved} of {total} pairs for train_scores.jsonl are saved in {partial}" in caplog.text
     assert "run the same command again" in caplog.text
     with open(partial, "a", encoding="utf-8") as out:  # a chunk half written when the crash came
