@@ -11,7 +11,7 @@ import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.teachers import TeacherScores
-from rerank_distill.teachers.sentence_models import limit_length, load_model, too_long
+from rerank_distill.teachers.sentence_models import limit_length, load_model, token_lengths
 
 
 class CrossEncoderTeacher:
@@ -35,10 +35,13 @@ class CrossEncoderTeacher:
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         from rerank_distill.student import score_pairs_with_cross_encoder
 
+        # one tokenization gives both the truncation count and the lengths the batches are built from
+        lengths = np.array(token_lengths(self.model.tokenizer, queries, passages), dtype=np.int64)
         # raw logits in batches of similar token length, as the evaluation scores the student
         # (the model already has its --dtype, so no autocast on top)
         logits = score_pairs_with_cross_encoder(self.model, list(zip(queries, passages)), self.batch_size,
-                                                show_progress_bar=False)
-        truncated = sum(too_long(self.model.tokenizer, queries, passages, self.max_length))
+                                                show_progress_bar=False,
+                                                token_lengths=np.minimum(lengths, self.max_length))
+        truncated = int((lengths > self.max_length).sum())
         progress(len(queries))
         return TeacherScores(np.asarray(logits, dtype=np.float64).reshape(-1), truncated=truncated)

@@ -33,7 +33,12 @@ def limit_length(model, max_length: int) -> int:
     return limit
 
 
+def token_lengths(tokenizer, texts: list[str], pairs_with: list[str] | None = None) -> list[int]:
+    """Tokens in each text (or text pair) before any truncation, special tokens included."""
+    encoded = tokenizer(texts, pairs_with, add_special_tokens=True, return_attention_mask=False, verbose=False)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
 def too_long(tokenizer, texts: list[str], pairs_with: list[str] | None = None, max_length: int = 512) -> list[bool]:
     """Whether each text (or text pair) is longer than ``max_length`` tokens, special tokens included."""
-    encoded = tokenizer(texts, pairs_with, add_special_tokens=True, return_attention_mask=False, verbose=False)
-    return [len(ids) > max_length for ids in encoded["input_ids"]]
+    return [length > max_length for length in token_lengths(tokenizer, texts, pairs_with)]
