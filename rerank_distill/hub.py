@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from contextlib import contextmanager
 from typing import Literal
+from urllib.parse import urlparse
 
 from rerank_distill.errors import InputError
 
@@ -38,6 +41,44 @@ def _offline_message(kind: str, name: str, hub: str, reason: str) -> str:
     )
 
 
+def unreachable_hugging_face_host() -> str | None:
+    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to.
+
+    Offline, the libraries retry with backoff for about half a minute before giving up; one short
+    connection attempt lets the run go straight to the cache, or stop with its message, instead.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy, a direct connection proves nothing
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError:
+        return endpoint.hostname
+    return None
+
+
+def _failure_reason(error: Exception, unreachable_host: str | None) -> str:
+    if unreachable_host:
+        return f"{unreachable_host} cannot be reached and there is no copy in the cache"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+@contextmanager
+def _hugging_face_offline():
+    """Cache-only mode of huggingface_hub and datasets, as HF_HUB_OFFLINE=1 would give at startup."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | None = None) -> str:
     """Return a local folder for a model: the path itself if it exists, else a hub download.
 
@@ -63,10 +104,11 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    unreachable_host = unreachable_hugging_face_host()
     try:
-        return snapshot_download(name_or_path, cache_dir=cache_dir)
+        return snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=unreachable_host is not None)
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = _failure_reason(error, unreachable_host)
         raise InputError(_offline_message("model", name_or_path, hub, reason)) from None
 
 
@@ -86,10 +128,15 @@ def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cac
             raise InputError(_offline_message("dataset", name, hub, str(error).splitlines()[0])) from None
     import datasets
 
+    unreachable_host = unreachable_hugging_face_host()
     try:
-        loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+        if unreachable_host:
+            with _hugging_face_offline():
+                loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+        else:
+            loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = _failure_reason(error, unreachable_host)
         raise InputError(_offline_message("dataset", name, hub, reason)) from None
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:

@@ -194,6 +194,49 @@ def test_a_hub_id_offline_says_what_to_download(monkeypatch):
         resolve_model("someone/some-reranker")
 
 
+@pytest.fixture
+def no_connection(monkeypatch):
+    """A machine with no proxy and no route to any host."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr("socket.create_connection", refuse)
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(no_connection):
+    import datasets
+    from huggingface_hub import constants
+
+    from rerank_distill.hub import load_hub_dataset
+
+    offline_before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    with pytest.raises(InputError, match="cannot be reached and there is no copy in the cache"):
+        resolve_model("someone/some-reranker")
+    with pytest.raises(InputError, match="hf download someone/some-data --repo-type dataset"):
+        load_hub_dataset("someone/some-data", "test")
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == offline_before
+
+
+def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path):
+    snapshot = tmp_path / "models--someone--some-reranker" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "models--someone--some-reranker" / "refs").mkdir()
+    (tmp_path / "models--someone--some-reranker" / "refs" / "main").write_text("0" * 40, encoding="utf-8")
+    assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(snapshot)
+
+
+def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
+    from rerank_distill.hub import unreachable_hugging_face_host
+
+    assert unreachable_hugging_face_host() is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert unreachable_hugging_face_host() is None
+
+
 def test_modelscope_without_its_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)
     with pytest.raises(InputError, match="pip install modelscope"):
