@@ -15,3 +15,9 @@ class InputError(Exception):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+def first_line(error: BaseException) -> str:
+    """A library exception's message cut to its first line for a one-line error (its type when empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

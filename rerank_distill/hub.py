@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Literal
 from urllib.parse import urlparse
 
-from rerank_distill.errors import InputError
+from rerank_distill.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def unreachable_hugging_face_host() -> str | None:
 def _failure_reason(error: Exception, unreachable_host: str | None) -> str:
     if unreachable_host:
         return f"{unreachable_host} cannot be reached and there is no copy in the cache"
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return first_line(error)
 
 
 @contextmanager
@@ -82,10 +82,15 @@ def _hugging_face_offline():
 def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | None = None) -> str:
     """Return a local folder for a model: the path itself if it exists, else a hub download.
 
-    Raises InputError for a path that does not exist, and for a hub id that cannot be fetched
-    (offline, unknown id, missing ``modelscope`` package).
+    Raises InputError for a path that does not exist or holds no model, and for a hub id that
+    cannot be fetched (offline, unknown id, missing ``modelscope`` package).
     """
     if os.path.exists(name_or_path):
+        if not any(os.path.isfile(os.path.join(name_or_path, name)) for name in ("config.json", "modules.json")):
+            raise InputError(
+                f"'{name_or_path}' holds no model: a model folder has a config.json (transformers) "
+                "or modules.json (sentence-transformers); pass that folder"
+            )
         return name_or_path
     if not looks_like_hub_id(name_or_path):
         raise InputError(f"model path '{name_or_path}' does not exist")
@@ -100,7 +105,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         try:
             return modelscope_download(name_or_path, cache_dir=cache_dir)
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_offline_message("model", name_or_path, hub, str(error).splitlines()[0])) from None
+            raise InputError(_offline_message("model", name_or_path, hub, first_line(error))) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -125,7 +130,7 @@ def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cac
         try:
             return MsDataset.load(name, split=split or "test", cache_dir=cache_dir).to_hf_dataset()
         except Exception as error:
-            raise InputError(_offline_message("dataset", name, hub, str(error).splitlines()[0])) from None
+            raise InputError(_offline_message("dataset", name, hub, first_line(error))) from None
     import datasets
 
     unreachable_host = unreachable_hugging_face_host()

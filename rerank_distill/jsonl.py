@@ -17,11 +17,13 @@ from rerank_distill.errors import InputError
 
 def open_text(path: str | Path, mode: str = "r", gzipped: bool | None = None) -> IO[str]:
     """Open a text file for reading or writing, through gzip when the name ends in ``.gz``
-    (or when ``gzipped`` says so)."""
+    (or when ``gzipped`` says so). Reading skips a leading byte-order mark, which Windows
+    editors write and JSON parsers refuse."""
     path = str(path)
+    encoding = "utf-8-sig" if mode.startswith("r") else "utf-8"
     if path.endswith(".gz") if gzipped is None else gzipped:
-        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding=encoding)
+    return open(path, mode, encoding=encoding)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

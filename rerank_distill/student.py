@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 from rerank_distill.batching import length_batches
-from rerank_distill.errors import InputError
+from rerank_distill.errors import InputError, first_line
 from rerank_distill.formats import RankingQuery
 from rerank_distill.hub import resolve_model
 
@@ -28,8 +28,7 @@ def load_cross_encoder(
     try:
         model = CrossEncoder(path, max_length=max_length)
     except (OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({reason})") from None
+        raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({first_line(error)})") from None
     if model.num_labels != 1:
         raise InputError(
             f"model '{name_or_path}' has {model.num_labels} output labels; a reranker with one logit is expected"

@@ -247,6 +247,14 @@ def test_scores_without_labels_as_a_ranking_data_set_say_they_go_to_stage_two(tm
         as_tuples(source)
 
 
+def test_a_windows_file_with_byte_order_mark_and_crlf_reads_like_a_plain_one(tmp_path):
+    records = [{"query": "q1", "positive": ["a"], "negative": ["b"]}, {"query": "q2", "positive": ["c"], "negative": []}]
+    plain = write_jsonl_records(tmp_path / "plain.jsonl", records)
+    windows = tmp_path / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    assert as_tuples(windows) == as_tuples(plain)
+
+
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
 def test_empty_jsonl_file_fails_saying_so(tmp_path, content):
     source = tmp_path / "empty.jsonl"

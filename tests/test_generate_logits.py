@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,7 @@ def test_end_to_end_writes_one_line_per_pair_with_label(tiny_qwen3, ranking_file
     expected_pairs += [(r["query"], n, 0.0) for r in records for n in r["negative"]]
     assert sorted((l["query"], l["passage"], l["label"]) for l in lines) == sorted(expected_pairs)
     assert all(set(line) == {"query", "passage", "score", "label"} for line in lines)
+    assert all(type(line["label"]) is int for line in lines)  # written 1 and 0, as the contract says
     assert len({line["score"] for line in lines}) > 1
     assert summary[str(output)]["pairs"] == len(expected_pairs)
     args = json.loads((tmp_path / "scores" / "args.json").read_text())
@@ -186,6 +188,27 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
 def test_a_missing_model_path_is_named(tmp_path, ranking_file):
     with pytest.raises(InputError, match="does not exist"):
         generate_logits.main(["--model_path", "./no/such/model", "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("teacher_type", ["llm_yesno", "cross_encoder", "embedding"])
+def test_a_folder_that_holds_no_model_is_named(tmp_path, ranking_file, teacher_type):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(InputError, match=f"'{tmp_path / 'notes'}' holds no model: .*config.json"):
+        generate_logits.main([
+            "--teacher_type", teacher_type, "--model_path", str(tmp_path / "notes"),
+            "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o"),
+        ])  # fmt: skip
+    assert not (tmp_path / "o" / "train_scores.jsonl").exists()
+
+
+def test_an_llm_judge_without_weights_is_named(tmp_path, ranking_file, tiny_qwen3):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    for file in tiny_qwen3.iterdir():
+        if not file.name.endswith((".safetensors", ".bin")):
+            shutil.copy(file, no_weights / file.name)
+    with pytest.raises(InputError, match=f"cannot load a causal LM judge from '{no_weights}'"):
+        generate_logits.main(["--model_path", str(no_weights), "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
 
 
 def test_a_hub_id_offline_says_what_to_download(monkeypatch):

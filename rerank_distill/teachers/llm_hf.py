@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rerank_distill.batching import length_batches
+from rerank_distill.errors import InputError, first_line
 from rerank_distill.prompts import JudgePrompt
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,12 @@ class HFJudge:
         self.batch_size = batch_size
         self.prefix_cache = prefix_cache
         self.device = resolve_device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=resolve_dtype(dtype, self.device), attn_implementation="sdpa"
-        )
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=resolve_dtype(dtype, self.device), attn_implementation="sdpa"
+            )
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load a causal LM judge from '{model_path}' ({first_line(error)})") from None
         self.model.to(self.device).eval()
         self.decoder = self.model.get_decoder()
         self.cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"

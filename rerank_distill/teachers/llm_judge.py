@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from rerank_distill.errors import InputError, first_line
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
 from rerank_distill.teachers import TeacherScores, yes_minus_no
 
@@ -24,7 +25,10 @@ ESCI_LABEL_GRADES = [3.0, 2.0, 1.0, 0.0]
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path)
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load the LLM judge's tokenizer from '{model_path}' ({first_line(error)})") from None
 
 
 def label_probabilities(answer_logits: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ device and dtype flags, the input length limit, and counting the inputs that lim
 
 from __future__ import annotations
 
-from rerank_distill.errors import InputError
+from rerank_distill.errors import InputError, first_line
 
 
 def load_model(model_class, model_path: str, device: str | None, dtype: str, **kwargs):
@@ -20,8 +20,7 @@ def load_model(model_class, model_path: str, device: str | None, dtype: str, **k
             **kwargs,
         )
     except (OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({reason})") from None
+        raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({first_line(error)})") from None
 
 
 def limit_length(model, max_length: int) -> int:
