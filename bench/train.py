@@ -89,7 +89,8 @@ def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch
             "final_loss": final_logged_loss(trainer.state.log_history)}
 
 
-def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int, bf16: bool) -> dict:
+def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int, bf16: bool,
+         pairs_per_forward: int) -> dict:
     import train
 
     summary = train.main([
@@ -97,6 +98,7 @@ def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int,
         "--max_length", str(max_length), "--per_device_train_batch_size", str(batch_size), "--max_steps", str(steps),
         "--learning_rate", "2e-5", "--warmup_steps", "0.1", "--logging_steps", "1", "--eval_strategy", "no",
         "--save_strategy", "no", "--report_to", "none", "--seed", "12", "--bf16", str(bf16).lower(),
+        "--pairs_per_forward", str(pairs_per_forward),
         *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),
     ])  # fmt: skip
     return {"seconds": summary["seconds"], "examples": summary["examples_trained"], "train_loss": summary["train_loss"],
@@ -114,6 +116,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--pairs_per_forward", type=int, default=16,
+                        help="Ours: a batch's pairs in length-sorted forward passes of this many (train.sh's default); "
+                        "a run with one pass a batch (0) is measured too.")
     parser.add_argument("--output_json", default="bench/results/train_cpu.json")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.WARNING)
@@ -138,10 +143,11 @@ def main() -> None:
     shape = (args.max_steps, args.batch_size, args.max_length)
     runs = {
         "original recipe (fp32)": run("original", lambda out: original_recipe(*common, out, *shape)),
-        "ours, fp32": run("ours_fp32", lambda out: ours(*common, out, *shape, bf16=False)),
+        "ours, fp32, one pass a batch": run("ours_fp32_one_pass", lambda out: ours(*common, out, *shape, False, 0)),
+        "ours, fp32": run("ours_fp32", lambda out: ours(*common, out, *shape, False, args.pairs_per_forward)),
     }
     if bf16:
-        runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, bf16=True))
+        runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, True, args.pairs_per_forward))
     rates = alternate(runs, args.repetitions)
     rows = [(name, median(values)) for name, values in rates.items()]
     print_table(f"student training, {Path(args.student).name}, {args.max_steps} steps x {args.batch_size} triplets",
@@ -152,6 +158,7 @@ def main() -> None:
     write_results(args.output_json, {
         "benchmark": "train", "machine": machine(), "student": Path(args.student).name, "steps": args.max_steps,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
+        "pairs_per_forward": args.pairs_per_forward,
         "triplets_per_second": rates, "median_triplets_per_second": dict(rows),
         "ratio_to_original": {name: rate / dict(rows)["original recipe (fp32)"] for name, rate in rows},
         "runs": runs_detail,
