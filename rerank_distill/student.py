@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -12,6 +13,8 @@ from rerank_distill.batching import length_batches
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.formats import RankingQuery
 from rerank_distill.hub import resolve_model
+
+logger = logging.getLogger(__name__)
 
 
 def load_cross_encoder(
@@ -154,6 +157,10 @@ def score_pairs_with_cross_encoder(
             logits = np.empty(len(distinct), dtype=np.float32)
             if token_lengths is None:
                 lengths = pair_token_lengths(model.tokenizer, distinct, model.max_seq_length)
+                cut = int((lengths >= (model.max_seq_length or np.inf)).sum())
+                if cut:
+                    logger.info("%d of %d distinct pairs (%.1f%%) filled the model's max_length of %d tokens and "
+                                "were cut there", cut, len(distinct), 100 * cut / len(distinct), model.max_seq_length)
             else:  # a repeated pair writes its (equal) length again
                 lengths = np.empty(len(distinct), dtype=np.int64)
                 lengths[positions] = token_lengths

@@ -31,31 +31,39 @@ logger = logging.getLogger(__name__)
 class PaddingStats:
     """Token counts over the training forward passes of one process (evaluation is not counted)."""
 
+    max_length: int | None = None
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    pairs_at_max_length: int = 0  # filled the limit: cut, or (rarely) exactly that long
 
     def add(self, attention_mask: Tensor) -> None:
+        real_per_pair = attention_mask.sum(dim=1)
         self.pairs += attention_mask.shape[0]
-        self.real_tokens += int(attention_mask.sum())
+        self.real_tokens += int(real_per_pair.sum())
         self.padded_tokens += attention_mask.numel()
+        if self.max_length:
+            self.pairs_at_max_length += int((real_per_pair >= self.max_length).sum())
 
     def summary(self) -> dict[str, float]:
-        """Mean real and padded tokens per pair (padded = the batch's sequence length) and the
-        share of padding: what length-grouped batches shrink."""
+        """Mean real and padded tokens per pair (padded = the batch's sequence length), the share
+        of padding (what length-grouped batches shrink) and the share of pairs that filled
+        ``max_length``, whose text beyond it the student never saw."""
         pairs = max(self.pairs, 1)
         return {
             "mean_real_tokens": round(self.real_tokens / pairs, 1),
             "mean_padded_tokens": round(self.padded_tokens / pairs, 1),
             "padding_share": round(1 - self.real_tokens / max(self.padded_tokens, 1), 3),
+            "max_length": self.max_length,
+            "share_at_max_length": round(self.pairs_at_max_length / pairs, 3),
         }
 
 
 def track_padding(model) -> PaddingStats:
     """Count the real and padded tokens of every training-mode forward pass of ``model``, whatever
     the loss (a forward pre-hook reads the attention mask in the features the loss tokenised,
-    a transformers BatchEncoding)."""
-    stats = PaddingStats()
+    a transformers BatchEncoding), and the pairs that filled the model's ``max_length``."""
+    stats = PaddingStats(max_length=getattr(model, "max_seq_length", None))
 
     def count(module, args) -> None:
         features = args[0] if args else None
@@ -114,7 +122,15 @@ def summary_message(summary: dict, output_dir: str) -> str:
     return (f"done: {summary['steps']} steps ({summary['steps'] - summary['resumed_from_step']} this run{ended}) in "
             f"{summary['seconds']:.1f} s, {summary['examples_per_second']:.1f} examples/s on {summary['processes']} "
             f"process(es); tokens per pair {summary['mean_real_tokens']:.1f} real of {summary['mean_padded_tokens']:.1f} "
-            f"padded ({100 * summary['padding_share']:.0f}% padding); final model {output_dir}{final}")
+            f"padded ({100 * summary['padding_share']:.0f}% padding){_cut_note(summary)}; final model {output_dir}{final}")
+
+
+def _cut_note(summary: dict) -> str:
+    share = summary.get("share_at_max_length") or 0
+    if not share:
+        return ""
+    return (f"; {100 * share:.1f}% of pairs filled --max_length {summary['max_length']} and were cut there "
+            "(raise it if their ends matter)")
 
 
 # ---------------------------------------------------------------------------------------------

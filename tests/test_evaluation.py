@@ -414,6 +414,17 @@ def test_pair_token_lengths_count_tokens_after_truncation(tiny_cross_encoder):
     assert pair_token_lengths(tokenizer, pairs, max_length=16, chunk=1).tolist() == [min(expected[0], 16), 16]
 
 
+def test_the_log_says_how_many_pairs_the_max_length_cut(tiny_cross_encoder, caplog):
+    from rerank_distill.student import load_cross_encoder, score_pairs_with_cross_encoder
+
+    model = load_cross_encoder(str(tiny_cross_encoder), max_length=16)
+    pairs = [("q", "git"), ("q", "word " * 100), ("q", "word " * 50), ("q", "rice")]
+    assert [len(model.tokenizer(q, p)["input_ids"]) < 16 for q, p in pairs] == [True, False, False, True]
+    with caplog.at_level("INFO", logger="rerank_distill.student"):
+        score_pairs_with_cross_encoder(model, pairs, show_progress_bar=False)
+    assert "2 of 4 distinct pairs (50.0%) filled the model's max_length of 16 tokens" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def scored_one_at_a_time(tiny_cross_encoder):
     """The tiny model, the fixture data's pairs, and their logits scored one pair at a time (no padding)."""

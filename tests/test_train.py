@@ -645,6 +645,22 @@ def test_padding_stats_count_real_and_padded_tokens_of_training_forward_passes_o
     assert stats.summary()["mean_padded_tokens"] == round(max(lengths), 1)
 
 
+def test_padding_stats_count_the_pairs_cut_at_max_length(tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1, max_length=8)
+    stats = track_padding(model)
+    inputs = [["git", "rice"], ["flour", "rice"], ["git reset soft keeps your changes staged", "a passport lasts ten years"]]
+    pairs = [(q, d) for column in inputs[1:] for q, d in zip(inputs[0], column)]
+    full_lengths = [len(model.tokenizer(q, d)["input_ids"]) for q, d in pairs]
+    model.train()
+    FusedMarginMSELoss(model)(inputs, torch.tensor([1.0, 2.0]))
+    cut = sum(length >= 8 for length in full_lengths)
+    assert 0 < cut < len(pairs)  # the inputs mix pairs under and over the limit
+    assert stats.pairs_at_max_length == cut
+    assert stats.summary()["share_at_max_length"] == cut / len(pairs) and stats.summary()["max_length"] == 8
+
+
 # --- speed lever 2: length-grouped batches ------------------------------------------------------
 
 
