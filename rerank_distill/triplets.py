@@ -329,8 +329,9 @@ def require_labels(pairs: Iterable[ScoredPair], flag: str, source: str) -> Itera
         if pair.label is None:
             raise InputError(
                 f'{flag} needs a gold label on every line, but this one has no "label" (or it is null). Stage 1 '
-                "keeps labels when its input has them (e.g. MTEB positive/negative lists); for unlabelled data "
-                "use --positives teacher",
+                "keeps labels when its input has them (e.g. MTEB positive/negative lists), but passages scored "
+                "as queries have none: leave such files out, or for unlabelled data "
+                + ("use --positives teacher" if flag.startswith("--positives") else f"drop {flag}"),
                 source,
                 pair.line,
             )

@@ -374,8 +374,9 @@ def test_label_margin_writes_the_corrected_scores_and_counts_the_queries_it_chan
 def test_label_margin_on_input_without_labels_stops_with_a_clear_message(tmp_path):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})  # "label": null
 
-    with pytest.raises(InputError, match=f"^{scores}:1: --label_margin needs a gold label on every line"):
+    with pytest.raises(InputError, match=f"^{scores}:1: --label_margin needs a gold label on every line") as raised:
         run(tmp_path, scores, "--label_margin", "1")
+    assert str(raised.value).endswith("drop --label_margin")
 
 
 # --- margins ---
