@@ -51,6 +51,8 @@ def unreachable_hugging_face_host() -> str | None:
         return None  # behind a proxy, a direct connection proves nothing
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:
+        return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
     endpoint = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()

@@ -219,13 +219,18 @@ def test_a_hub_id_offline_says_what_to_download(monkeypatch):
 
 @pytest.fixture
 def no_connection(monkeypatch):
-    """A machine with no proxy and no route to any host."""
+    """A machine with no proxy and no route to any host, whose user has not set HF_HUB_OFFLINE
+    (the test session sets it, so that nothing else here can reach a hub)."""
+    import datasets
+    from huggingface_hub import constants
 
     def refuse(*args, **kwargs):
         raise OSError("Name or service not known")
 
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr("socket.create_connection", refuse)
 
 
