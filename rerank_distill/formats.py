@@ -9,14 +9,16 @@
 - ``scores``: teacher scores, one (query, passage) a row: ``{"query", "passage" | "content", "score"}``
   with ``score`` a number or numeric string; stage 1's own output is this format plus ``label``
 
-A source is a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, or a hub data set
-``owner/name[:split]``.
+A source is a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; a local data-set folder
+``DIR[:split]`` (a hub data set as ``hf download --repo-type dataset --local-dir DIR`` leaves it);
+or a hub data set ``owner/name[:split]``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +69,47 @@ class ScoredPair:
     line: int = 0
 
 
-def is_local_source(source: str) -> bool:
-    return os.path.exists(source) or not _looks_like_hub_dataset(source)
+DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+
+
+def _folder_and_split(source: str) -> tuple[str, str | None] | None:
+    """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else None."""
+    if os.path.isdir(source):
+        return source, None
+    folder, colon, split = source.rpartition(":")
+    if colon and split and os.path.isdir(folder):
+        return folder, split
+    return None
+
+
+def split_files(folder: str, split: str | None) -> list[str]:
+    """The data files of one split of a local data-set folder, sorted by path: the files named for
+    the split, as hubs name them (``train.jsonl.gz``, ``data/test-00000-of-00001.parquet``), in
+    the folder or below it. With no split, the folder must hold exactly one."""
+    by_split: dict[str, list[str]] = {}
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
+        for name in files:
+            if name.endswith(DATA_FILE_SUFFIXES):
+                by_split.setdefault(re.split(r"[-.]", name, maxsplit=1)[0], []).append(os.path.join(root, name))
+    if not by_split:
+        raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)})", folder)
+    if split is None:
+        if len(by_split) != 1:
+            raise InputError(f"this folder holds the splits {sorted(by_split)}; name one as {folder}:SPLIT", folder)
+        split = next(iter(by_split))
+    if split not in by_split:
+        raise InputError(f"this folder has no split '{split}' (file names begin with their split); "
+                         f"it holds {sorted(by_split)}", folder)  # fmt: skip
+    return sorted(by_split[split])
+
+
+def local_files(source: str) -> list[str]:
+    """The local files a source reads (none for a hub data set): what a resumed run checks for changes."""
+    folder_split = _folder_and_split(source)
+    if folder_split:
+        return split_files(*folder_split)
+    return [source] if os.path.isfile(source) else []
 
 
 def _looks_like_hub_dataset(source: str) -> bool:
@@ -80,6 +121,10 @@ def _looks_like_hub_dataset(source: str) -> bool:
 def source_stem(source: str) -> str:
     """A file-name stem for a source: ``data/train.jsonl.gz`` -> ``train``;
     ``mteb/stackoverflowdupquestions-reranking:test`` -> ``stackoverflowdupquestions-reranking_test``."""
+    folder_split = _folder_and_split(source)
+    if folder_split:
+        folder, split = folder_split
+        return os.path.basename(os.path.normpath(folder)) + (f"_{split}" if split else "")
     if os.path.exists(source) or not _looks_like_hub_dataset(source):
         name = os.path.basename(source)
         for suffix in (".gz", ".jsonl", ".json", ".parquet"):
@@ -93,17 +138,26 @@ def source_stem(source: str) -> str:
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
     """Yield ``(path, row_number, record)`` for every record of a JSONL, Parquet or hub source."""
     source = os.fspath(source)  # a pathlib.Path works too
-    if source.endswith(".parquet"):
-        yield from _iter_parquet(source)
+    folder_split = _folder_and_split(source)
+    if folder_split:
+        for path in split_files(*folder_split):
+            yield from _iter_file(path)
     elif os.path.exists(source) or not _looks_like_hub_dataset(source):
-        for line, record in read_jsonl(source):
-            yield source, line, record
+        yield from _iter_file(source)
     else:
         from rerank_distill.hub import load_hub_dataset
 
         name, _, split = source.partition(":")
         for row_number, record in enumerate(load_hub_dataset(name, split or None, hub, cache_dir), start=1):
             yield source, row_number, dict(record)
+
+
+def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:
+    if path.endswith(".parquet"):
+        yield from _iter_parquet(path)
+    else:
+        for line, record in read_jsonl(path):
+            yield path, line, record
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:

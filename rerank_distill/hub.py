@@ -34,9 +34,10 @@ def _offline_message(kind: str, name: str, hub: str, reason: str) -> str:
         how = f"modelscope download --{kind} {name} --local_dir DIR"
     else:
         how = f"hf download {name}{' --repo-type dataset' if kind == 'dataset' else ''} --local-dir DIR"
+    pass_it = "DIR:SPLIT (e.g. DIR:test)" if kind == "dataset" else "its path"
     return (
         f"could not fetch {kind} '{name}' from {hub} ({reason}). On a machine with internet run "
-        f"`{how}`, copy DIR here and pass its path instead of the hub id "
+        f"`{how}`, copy DIR here and pass {pass_it} instead of the hub id "
         f"(or point the cache at a copy with --cache_dir)."
     )
 

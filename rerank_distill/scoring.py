@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank_distill.errors import InputError
-from rerank_distill.formats import RankingQuery, iter_ranking_queries, source_stem
+from rerank_distill.formats import RankingQuery, iter_ranking_queries, local_files, source_stem
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -155,9 +155,12 @@ def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, ch
     }
     if passages_as_queries:  # absent otherwise, so partial files of earlier releases still resume
         described["passages_as_queries"] = passages_as_queries
-    if os.path.exists(source):
+    files = local_files(source)
+    if files == [source]:  # one file: the keys earlier releases wrote, so their partial files still resume
         stat = os.stat(source)
         described["source_size"], described["source_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+    elif files:  # a data-set folder's split
+        described["source_files"] = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

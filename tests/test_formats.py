@@ -2,6 +2,8 @@
 format detection from the fields, --input_format forcing, --label_column, and bad input failing
 with file:line and the field."""
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from rerank_distill.formats import (
     iter_scored_pairs,
     label_probs_of,
     label_word_grades,
+    source_stem,
 )
 from rerank_distill.toy import write_jsonl_records
 
@@ -253,6 +256,51 @@ def test_a_windows_file_with_byte_order_mark_and_crlf_reads_like_a_plain_one(tmp
     windows = tmp_path / "windows.jsonl"
     windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
     assert as_tuples(windows) == as_tuples(plain)
+
+
+# --- a downloaded data-set folder: DIR[:SPLIT] ---------------------------------------------------
+
+FOLDER_TRAIN = [{"query": "q1", "positive": ["a"], "negative": ["b"]}, {"query": "q2", "positive": ["c"], "negative": ["d"]}]
+FOLDER_TEST = [{"query": "q3", "positive": ["e"], "negative": ["f", "g"]}]
+
+
+@pytest.fixture
+def dataset_folder(tmp_path):
+    """A hub data set as `hf download --local-dir` leaves it: a split file at the top, another
+    split sharded under data/, and a hidden cache folder to ignore."""
+    folder = tmp_path / "so-reranking"
+    (folder / "data").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    (folder / "train.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in FOLDER_TRAIN).encode()))
+    write_parquet(folder / "data" / "test-00001-of-00002.parquet", {"query": ["q4"], "positive": [["h"]], "negative": [["i"]]})
+    write_jsonl_records(folder / "data" / "test-00000-of-00002.jsonl", FOLDER_TEST)
+    write_jsonl_records(folder / ".cache" / "train-stale.jsonl", FOLDER_TEST)
+    (folder / "README.md").write_text("# a data set card", encoding="utf-8")
+    return folder
+
+
+def test_a_data_set_folder_reads_the_named_splits_files_in_path_order(dataset_folder):
+    assert as_tuples(f"{dataset_folder}:train") == [("q1", ["a", "b"], [1.0, 0.0]), ("q2", ["c", "d"], [1.0, 0.0])]
+    assert as_tuples(f"{dataset_folder}:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0]), ("q4", ["h", "i"], [1.0, 0.0])]
+    assert source_stem(f"{dataset_folder}:test") == "so-reranking_test"
+
+
+def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
+    with pytest.raises(InputError, match=rf"{dataset_folder}: this folder holds the splits \['test', 'train'\]; name one"):
+        as_tuples(dataset_folder)
+    with pytest.raises(InputError, match=rf"{dataset_folder}: this folder has no split 'dev'"):
+        as_tuples(f"{dataset_folder}:dev")
+    (dataset_folder / "train.jsonl.gz").unlink()
+    (dataset_folder / "data" / "test-00001-of-00002.parquet").unlink()
+    assert as_tuples(dataset_folder) == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]  # its only split
+    assert source_stem(str(dataset_folder)) == "so-reranking"
+
+
+def test_bad_input_in_a_data_set_folder_names_the_file_and_line(dataset_folder):
+    broken = dataset_folder / "data" / "test-00000-of-00002.jsonl"
+    broken.write_text(broken.read_text() + "{not json\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{broken}:2: not valid JSON"):
+        as_tuples(f"{dataset_folder}:test")
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])

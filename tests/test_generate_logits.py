@@ -118,6 +118,26 @@ def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):
     assert output.exists()
 
 
+def test_a_data_set_folders_split_is_scored_resumed_and_guarded_against_changed_files(tmp_path, ranking_file):
+    folder = tmp_path / "so-reranking"
+    (folder / "data").mkdir(parents=True)
+    split_file = folder / "data" / "test-00000-of-00001.jsonl"
+    shutil.copy(ranking_file, split_file)
+    shutil.copy(ranking_file, folder / "train.jsonl")
+    source = f"{folder}:test"
+    output = output_path_for(source, tmp_path / "scores")
+    assert output == tmp_path / "scores" / "so-reranking_test_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(source, output, CountingTeacher(fail_on_call=2))
+    split_file.write_text(ranking_file.read_text() + ranking_file.read_text().splitlines()[0] + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="other settings"):  # the split's file changed since the first run
+        run_scoring(source, output, CountingTeacher())
+    shutil.copy(ranking_file, split_file)
+    run_scoring(source, output, CountingTeacher(), overwrite=True)
+    run_scoring(ranking_file, tmp_path / "plain_scores.jsonl", CountingTeacher())
+    assert output.read_bytes() == (tmp_path / "plain_scores.jsonl").read_bytes()
+
+
 def test_a_finished_output_is_not_scored_again(tmp_path, ranking_file):
     output = tmp_path / "train_scores.jsonl"
     run_scoring(ranking_file, output, CountingTeacher())
