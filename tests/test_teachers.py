@@ -436,6 +436,19 @@ class CrashOnCall:
         return self.teacher.score(queries, passages, progress)
 
 
+@pytest.mark.parametrize("teacher_type, model", [("llm_yesno", "tiny_qwen3"), ("cross_encoder", "tiny_cross_encoder")])
+def test_dtype_auto_is_recorded_as_what_it_means_on_this_machine(request, teacher_type, model):
+    """A run begun with --dtype auto on a CPU (float32) must not resume in bf16 on a GPU."""
+    model_path = str(request.getfixturevalue(model))
+
+    def config(*argv):
+        return build_teachers([model_path], [teacher_type], "hf", options(*argv))[0].config
+
+    assert config()["dtype"] == "float32"  # --device cpu
+    assert config() == config("--dtype", "float32")
+    assert config("--dtype", "bfloat16")["dtype"] == "bfloat16"
+
+
 @pytest.mark.parametrize(
     "teacher_type, model, other_settings",
     [

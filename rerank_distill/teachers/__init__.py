@@ -123,7 +123,12 @@ def build_teacher(teacher_type: str, model_path: str, backend: str, options) -> 
     """A teacher of the given type. ``options`` is stage 1's argument dataclass (instruction,
     max_length, batch_size, device, dtype, prefix_cache, vLLM parallelism, label words and
     grades, score scale, query prompt)."""
-    common = {"max_length": options.max_length, "batch_size": options.batch_size, "device": options.device, "dtype": options.dtype}
+    from rerank_distill.teachers.llm_hf import dtype_name
+
+    # vLLM's own "auto" is the model's dtype, the same on any machine; transformers' is ours (dtype_name).
+    on_vllm = backend == "vllm" and teacher_type in LLM_TEACHER_TYPES
+    dtype = options.dtype if on_vllm else dtype_name(options.dtype, options.device)
+    common = {"max_length": options.max_length, "batch_size": options.batch_size, "device": options.device, "dtype": dtype}
     if teacher_type in LLM_TEACHER_TYPES:
         from rerank_distill.teachers.llm_judge import LabelJudge, YesNoJudge
 

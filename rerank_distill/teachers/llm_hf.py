@@ -45,6 +45,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def dtype_name(dtype: str, device: str | None) -> str:
+    """``dtype`` with ``auto`` resolved for this machine (``bfloat16`` on a GPU, ``float32`` on a
+    CPU). Teachers record this name, so a run begun on a CPU is not resumed in bf16 on a GPU."""
+    return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+
+
 def common_prefix_length(sequences: list[list[int]]) -> int:
     """Length of the longest token prefix all sequences share."""
     first = sequences[0]
