@@ -201,6 +201,7 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
 
 
 def passage_of(record: dict, path: str, line: int) -> str:
+    """The passage text of a one-pair row, from the first passage field it has (PASSAGE_FIELDS)."""
     for name in PASSAGE_FIELDS:
         if name in record:
             return get_text(record, name, path, line)

@@ -34,10 +34,12 @@ def labels_system(label_words: list[str]) -> str:
 
 
 def prompt_prefix(system: str) -> str:
+    """The chat-template text before the user's message: the system turn, then the user turn opened."""
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
 
 
 def format_body(instruction: str, query: str, document: str) -> str:
+    """The user message of the Qwen3-Reranker prompt (the part whose query and document may be cut)."""
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 

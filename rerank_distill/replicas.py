@@ -34,6 +34,7 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 
 
 def visible_gpus() -> list[str]:
+    """The GPU ids replicas may use: CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [gpu for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
     import torch

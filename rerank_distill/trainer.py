@@ -115,6 +115,7 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
 
 
 def summary_message(summary: dict, output_dir: str) -> str:
+    """The run's last log line, from ``run_summary``'s dict."""
     ended = ", stopped early" if summary["stopped_early"] else ", time budget spent" if summary["stopped_by_time"] else ""
     final = (f" = best checkpoint {summary['best_checkpoint']} ({summary['metric_for_best_model']} "
              f"{summary['best_metric']:.4g})" if summary["final_model"] == "best checkpoint" else

@@ -31,10 +31,14 @@ class TeacherScores:
 
 
 class Teacher(Protocol):
-    name: str
-    config: dict
+    """What stage 1 needs of a teacher, whatever its kind."""
 
-    def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None]) -> TeacherScores: ...
+    name: str  # the key of its score in a several-teacher file: the model folder's name
+    config: dict  # what makes its scores what they are; a resumed run must match it
+
+    def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None]) -> TeacherScores:
+        """One score per (queries[i], passages[i]) pair, in that order; ``progress(n)`` after n pairs."""
+        ...
 
 
 def yes_minus_no(answer_logits: np.ndarray) -> np.ndarray:

@@ -34,12 +34,14 @@ WAVE_PAIRS_PER_BATCH = 8
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """``device`` as given, or the GPU when there is one, else the CPU."""
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for a --dtype name; ``auto`` is bfloat16 on a GPU and float32 elsewhere."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -23,6 +23,7 @@ ESCI_LABEL_GRADES = [3.0, 2.0, 1.0, 0.0]
 
 
 def load_tokenizer(model_path: str):
+    """The judge's tokenizer; InputError naming the folder when it has none that loads."""
     from transformers import AutoTokenizer
 
     try:
