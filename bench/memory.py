@@ -23,14 +23,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SHARED_DATA, machine, write_results  # noqa: E402
 
-# Runs one stage's main() in this fresh process and prints its own peak RSS (Linux: KiB).
+# Runs one stage's main() in this fresh process and prints its own peak RSS in KiB: VmHWM, the high
+# water mark of this program's memory. Not getrusage's ru_maxrss: on Linux that survives exec, so
+# it would count the pages this benchmark's own process (torch loaded) held when it forked the child.
 PEAK_RSS_RUNNER = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 import importlib
 stage = importlib.import_module({stage!r})
 stage.main({argv!r})
-print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+with open("/proc/self/status") as status:
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print("PEAK_RSS_KIB", peak)
 """
 
 

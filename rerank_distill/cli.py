@@ -4,6 +4,7 @@ record the resolved arguments beside its output, and turn user mistakes into one
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -55,27 +56,27 @@ def write_run_args(path: str | Path, **sections: Any) -> Path:
 
     Each keyword becomes one section (``script=..., training=...``). Returns the path written.
     """
-    import torch
-    import transformers
-
     record = {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "versions": {"python": platform.python_version(), **_installed_versions()},
     }
-    try:
-        import sentence_transformers
-
-        record["versions"]["sentence_transformers"] = sentence_transformers.__version__
-    except ImportError:  # pragma: no cover - a hard requirement, but args.json must not fail on it
-        pass
     for name, value in sections.items():
         record[name] = _to_jsonable(value)
     return write_json(path, record)
+
+
+def _installed_versions() -> dict[str, str]:
+    """Versions of the libraries behind the results, read from their package metadata: importing
+    them (torch alone takes seconds) would slow stages that never use them."""
+    versions = {}
+    for module, distribution in (("torch", "torch"), ("transformers", "transformers"),
+                                 ("sentence_transformers", "sentence-transformers")):  # fmt: skip
+        try:
+            versions[module] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:  # args.json must not fail on a missing one
+            pass
+    return versions
 
 
 def write_json(path: str | Path, record: dict) -> Path:
