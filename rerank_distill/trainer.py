@@ -3,6 +3,7 @@ length, a wall-time budget (--max_train_seconds) and DistillationTrainer."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -44,6 +45,14 @@ class PaddingStats:
         self.padded_tokens += attention_mask.numel()
         if self.max_length:
             self.pairs_at_max_length += int((real_per_pair >= self.max_length).sum())
+
+    def since(self, earlier: PaddingStats) -> dict[str, float]:
+        """Mean real and padded tokens per pair of the passes after ``earlier`` (a copy taken then)."""
+        pairs = self.pairs - earlier.pairs
+        if pairs <= 0:
+            return {}
+        return {"tokens_per_pair": round((self.real_tokens - earlier.real_tokens) / pairs, 1),
+                "padded_tokens_per_pair": round((self.padded_tokens - earlier.padded_tokens) / pairs, 1)}
 
     def summary(self) -> dict[str, float]:
         """Mean real and padded tokens per pair (padded = the batch's sequence length), the share
@@ -304,12 +313,23 @@ class DistillationTrainer(CrossEncoderTrainer):
       (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
     """
 
-    def __init__(self, *args, time_budget: TimeBudget | None = None, **kwargs) -> None:
+    def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
+                 **kwargs) -> None:
         callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.examples_trained = 0
         self.time_budget = time_budget
         self.best_model_error: str | None = None
+        self.padding = padding
+        self._padding_at_last_log = copy.copy(padding)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each training log also says how many real and padded tokens a pair carried since the
+        last one: what length grouping and ``--pairs_per_forward`` change, as training goes."""
+        if self.padding is not None and "loss" in logs:
+            logs.update(self.padding.since(self._padding_at_last_log))
+            self._padding_at_last_log = copy.copy(self.padding)
+        super().log(logs, start_time)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         fresh = self.lr_scheduler is None

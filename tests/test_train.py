@@ -661,6 +661,19 @@ def test_padding_stats_count_the_pairs_cut_at_max_length(tiny_cross_encoder):
     assert stats.summary()["share_at_max_length"] == cut / len(pairs) and stats.summary()["max_length"] == 8
 
 
+def test_each_training_log_says_the_tokens_per_pair_since_the_last_one(tiny_cross_encoder, triplets_file, tmp_path):
+    out = tmp_path / "out"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--logging_steps", "2",
+                        "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "4")
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    logs = [entry for entry in history if "loss" in entry]
+    assert len(logs) == 2
+    assert all(entry["tokens_per_pair"] <= entry["padded_tokens_per_pair"] for entry in logs)
+    # equal numbers of pairs in each half, so the run's means are the mean of the two logs (each rounded to 0.1)
+    assert np.mean([entry["tokens_per_pair"] for entry in logs]) == pytest.approx(summary["mean_real_tokens"], abs=0.11)
+    assert np.mean([e["padded_tokens_per_pair"] for e in logs]) == pytest.approx(summary["mean_padded_tokens"], abs=0.11)
+
+
 # --- speed lever 2: length-grouped batches ------------------------------------------------------
 
 
