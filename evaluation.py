@@ -22,12 +22,19 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import AtomicWriter
-from rerank_distill.metrics import PROTOCOL_RULES, evaluate_rankings, graded_summary, scores_needed, skip_reason
+from rerank_distill.metrics import (
+    PROTOCOL_RULES,
+    evaluate_rankings,
+    graded_summary,
+    per_query_metrics,
+    queries_changed,
+    scores_needed,
+    skip_reason,
+)
+from rerank_distill.report import AT_K, METRICS, change, format_table, write_per_query
 from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
-AT_K = 10
-METRICS = ("map", f"mrr@{AT_K}", f"ndcg@{AT_K}")
 TIES = "descending score, then the passage's position in the data set"
 
 
@@ -43,7 +50,8 @@ class EvaluationArguments:
     )
     output_path: str = field(
         default="output/evaluation.json",
-        metadata={"help": "Where to write the JSON report; the run's arguments go beside it as <name>.args.json."},
+        metadata={"help": "Where to write the JSON report; beside it go each query's metrics per model as "
+                  "<name>.per_query.jsonl and the run's arguments as <name>.args.json."},
     )
     teacher_scores: str | None = field(
         default=None,
@@ -101,45 +109,6 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     return queries
 
 
-def change(before: dict, after: dict) -> dict:
-    """Absolute and relative change per metric (relative is null when the before value is 0)."""
-    deltas = {name: after[name] - before[name] for name in METRICS}
-    return {name: {"absolute": d, "relative": d / before[name] if before[name] else None} for name, d in deltas.items()}
-
-
-def format_table(report: dict) -> str:
-    """The report as a few lines for the terminal: one row per metric, one column per model, and
-    for graded data one row per grade with each model's mean score."""
-    columns = [name for name in ("before", "after", "teacher") if name in report]
-    header = "metric    " + "".join(f"{name:>10}" for name in columns)
-    lines = [header + ("    change  relative" if "change" in report else "")]
-    for name in METRICS:
-        row = f"{name.upper():<10}" + "".join(f"{report[column][name]:>10.4f}" for column in columns)
-        if "change" in report:
-            absolute, relative = report["change"][name].values()
-            row += f"{absolute:>+10.4f}" + ("       n/a" if relative is None else f"{relative:>+10.2%}")
-        lines.append(row)
-    skipped = report["queries_skipped_by_reason"]
-    lines.append(
-        f"protocol {report['protocol']['name']}: {report['queries_evaluated']} of {report['queries']} queries "
-        f"evaluated, {report['queries_skipped']} skipped ({skipped['no_positive']} no positive, "
-        f"{skipped['no_negative']} no negative), {report['queries_scored_zero']} scored 0 for having no positive"
-    )
-    if "graded" in report:
-        graded = report["graded"]
-        lines += [f"\nmean score per true grade (all {report['pairs']} pairs)", "grade         pairs" + header[10:]]
-        for grade, pairs in graded["pairs_per_grade"].items():
-            means = "".join(f"{graded['mean_score_per_grade'][column][grade]:>10.4f}" for column in columns)
-            lines.append(f"{grade:<9}{pairs:>10}{means}")
-        if "label_accuracy" in graded:
-            accuracy = graded["label_accuracy"]["teacher"]
-            lines.append(
-                f"teacher label accuracy {accuracy['accuracy']:.4f}: its most probable label has the true grade "
-                f"for {accuracy['correct']} of {accuracy['pairs']} pairs"
-            )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     started = time.time()
@@ -181,8 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         **{key: results["before"][key] for key in counts},
         **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
     }
+    per_query = per_query_metrics(labels, scores, args.protocol, AT_K)
     if "after" in results:
         report["change"] = change(report["before"], report["after"])
+        report["queries_changed"] = queries_changed(per_query)
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         flat = {name: np.concatenate(per_query) for name, per_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
@@ -192,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(report))
     with AtomicWriter(args.output_path) as out:
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_per_query(Path(args.output_path).with_suffix(".per_query.jsonl"), queries, per_query)
     write_run_args(Path(args.output_path).with_suffix(".args.json"), script=args)
     scored = report["pairs_scored"] * len(models)
     logger.info(

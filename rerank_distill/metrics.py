@@ -87,6 +87,24 @@ def scores_needed(labels: Sequence[float], protocol: str) -> bool:
     return reason is None or (protocol == "sentence-transformers" and reason == "no_negative")
 
 
+def query_metrics(
+    scores: Sequence[float], labels: Sequence[float], protocol: str = "mteb", k: int = 10
+) -> tuple[float, float, float] | None:
+    """One query's (average precision, reciprocal rank within k, NDCG@k) under a protocol (see
+    PROTOCOL_RULES): None for a query the protocol skips, zeros for a no-positive query that the
+    sentence-transformers protocol keeps."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if len(scores) != len(labels):
+        raise ValueError(f"a query has {len(scores)} scores but {len(labels)} labels")
+    reason = skip_reason(labels)
+    if protocol == "mteb" and reason is not None:
+        return None
+    if reason == "no_positive":
+        return 0.0, 0.0, 0.0
+    return average_precision(scores, labels), reciprocal_rank(scores, labels, k), ndcg(scores, labels, k)
+
+
 def evaluate_rankings(
     queries: Iterable[tuple[Sequence[float], Sequence[float]]], protocol: str = "mteb", k: int = 10
 ) -> dict:
@@ -104,18 +122,13 @@ def evaluate_rankings(
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     scored_zero = 0
     for scores, labels in queries:
-        if len(scores) != len(labels):
-            raise ValueError(f"a query has {len(scores)} scores but {len(labels)} labels")
+        metrics = query_metrics(scores, labels, protocol, k)
         reason = skip_reason(labels)
-        if protocol == "mteb" and reason is not None:
+        if metrics is None:
             skipped[reason] += 1
-        elif reason == "no_positive":
-            scored_zero += 1
-            per_query.append((0.0, 0.0, 0.0))
-        else:
-            per_query.append(
-                (average_precision(scores, labels), reciprocal_rank(scores, labels, k), ndcg(scores, labels, k))
-            )
+            continue
+        scored_zero += reason == "no_positive"
+        per_query.append(metrics)
     if not per_query:
         raise ValueError("no query left to evaluate: every query lacks a positive or a negative")
     means = np.mean(np.asarray(per_query), axis=0)
@@ -128,6 +141,31 @@ def evaluate_rankings(
         "queries_skipped_by_reason": skipped,
         "queries_scored_zero": scored_zero,
     }
+
+
+def per_query_metrics(
+    labels: Sequence[Sequence[float]], scores: dict[str, Sequence[Sequence[float]]], protocol: str = "mteb",
+    k: int = 10,
+) -> list[dict[str, dict[str, float]] | None]:
+    """Each query's AP, RR@k and NDCG@k for every scored model (``{name: per-query scores}``), or
+    None for a query the protocol skips: what lets a user find the queries a model lost."""
+    names = ("ap", f"rr@{k}", f"ndcg@{k}")
+    rows: list[dict[str, dict[str, float]] | None] = []
+    for index, query_labels in enumerate(labels):
+        by_model = {model: query_metrics(by_query[index], query_labels, protocol, k) for model, by_query in scores.items()}
+        skipped = any(values is None for values in by_model.values())
+        rows.append(None if skipped else {model: dict(zip(names, values)) for model, values in by_model.items()})
+    return rows
+
+
+def queries_changed(rows: Sequence[dict | None], before: str = "before", after: str = "after") -> dict[str, int]:
+    """How many evaluated queries ``after`` ranks better, worse or the same as ``before``, by AP."""
+    counts = {"better": 0, "worse": 0, "same": 0}
+    for row in rows:
+        if row is not None:
+            delta = row[after]["ap"] - row[before]["ap"]
+            counts["better" if delta > 1e-12 else "worse" if delta < -1e-12 else "same"] += 1
+    return counts
 
 
 def grade_name(grade: float) -> str:

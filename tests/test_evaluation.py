@@ -74,11 +74,29 @@ def test_report_holds_each_models_metrics_and_the_change(
     assert "10 of 12 queries evaluated" in table
 
 
+def test_each_querys_metrics_go_beside_the_report(tiny_cross_encoder, other_cross_encoder, ranking_file, tmp_path):
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(other_cross_encoder))
+    lines = records_of(tmp_path / "report" / "evaluation.per_query.jsonl")
+    records = records_of(ranking_file)
+    assert [line["query"] for line in lines] == [record["query"] for record in records]
+    assert [line["candidates"] for line in lines] == [len(r["positive"]) + len(r["negative"]) for r in records]
+    kept = [line for line in lines if line["skipped"] is None]
+    assert sorted(line["skipped"] for line in lines if line["skipped"]) == ["no_negative", "no_positive"]
+    assert all("before" not in line for line in lines if line["skipped"])
+    for name, key in zip(METRICS, ("ap", "rr@10", "ndcg@10")):
+        for model in ("before", "after"):
+            assert np.mean([line[model][key] for line in kept]) == pytest.approx(report[model][name], abs=1e-12)
+    better = sum(line["after"]["ap"] > line["before"]["ap"] for line in kept)
+    worse = sum(line["after"]["ap"] < line["before"]["ap"] for line in kept)
+    assert report["queries_changed"] == {"better": better, "worse": worse, "same": len(kept) - better - worse}
+
+
 def test_same_model_before_and_after_gives_zero_change(tiny_cross_encoder, ranking_file, tmp_path):
     report = run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(tiny_cross_encoder))
     assert report["before"] == report["after"]
     for name in METRICS:
         assert report["change"][name] == {"absolute": 0.0, "relative": 0.0}
+    assert report["queries_changed"] == {"better": 0, "worse": 0, "same": report["queries_evaluated"]}
 
 
 def test_mteb_protocol_reports_skipped_queries_and_why(tiny_cross_encoder, ranking_file, tmp_path):

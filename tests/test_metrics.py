@@ -15,6 +15,8 @@ from rerank_distill.metrics import (
     label_accuracy,
     mean_score_per_grade,
     ndcg,
+    per_query_metrics,
+    queries_changed,
     ranking_order,
     reciprocal_rank,
     scores_needed,
@@ -119,6 +121,21 @@ def test_mteb_protocol_skips_queries_without_positive_or_negative_and_counts_why
     assert result["queries_skipped"] == 2
     assert result["queries_skipped_by_reason"] == {"no_positive": 1, "no_negative": 1}
     assert result["queries_scored_zero"] == 0
+
+
+def test_per_query_metrics_hold_each_models_values_and_none_for_a_skipped_query():
+    labels = [labels for _, labels in QUERIES]
+    before = [scores for scores, _ in QUERIES]
+    after = [[0.1, 0.9], [0.9, 0.1], [0.0, 0.0], [0.0, 0.0]]  # the first two queries swap their rankings
+    rows = per_query_metrics(labels, {"before": before, "after": after}, "mteb")
+    assert rows[0] == {"before": {"ap": 1.0, "rr@10": 1.0, "ndcg@10": 1.0},
+                       "after": {"ap": 0.5, "rr@10": 0.5, "ndcg@10": pytest.approx(1 / LOG2_3)}}  # fmt: skip
+    assert rows[1]["before"]["ap"] == 0.5 and rows[1]["after"]["ap"] == 1.0
+    assert rows[2] is None and rows[3] is None  # no negative / no positive: the MTEB protocol skips them
+    assert np.mean([row["before"]["ap"] for row in rows if row]) == evaluate_rankings(QUERIES)["map"]
+    assert queries_changed(rows) == {"better": 1, "worse": 1, "same": 0}
+    st_rows = per_query_metrics(labels, {"before": before}, "sentence-transformers")
+    assert st_rows[2]["before"] == {"ap": 0.0, "rr@10": 0.0, "ndcg@10": 0.0} and st_rows[3]["before"]["ap"] == 1.0
 
 
 def test_sentence_transformers_protocol_counts_no_positive_as_zero_and_scores_no_negative():
