@@ -31,7 +31,7 @@ from rerank_distill.metrics import (
     scores_needed,
     skip_reason,
 )
-from rerank_distill.report import AT_K, METRICS, change, format_table, write_per_query
+from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
 from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "after" in results:
         report["change"] = change(report["before"], report["after"])
         report["queries_changed"] = queries_changed(per_query)
+    if "teacher" in results:
+        report["share_of_teacher"] = share_of_teacher(report)
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
-        flat = {name: np.concatenate(per_query) for name, per_query in scores.items()}
+        flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
         report["graded"] = graded_summary(grades, flat, *teacher_labels)
     report["seconds"] = round(time.time() - started, 2)

@@ -20,6 +20,16 @@ def change(before: dict, after: dict) -> dict:
     return {name: {"absolute": d, "relative": d / before[name] if before[name] else None} for name, d in deltas.items()}
 
 
+def share_of_teacher(report: dict) -> dict:
+    """Each model's metrics as a share of the teacher's (null where the teacher's is 0): how close
+    the student came to what it was taught."""
+    return {
+        model: {name: report[model][name] / report["teacher"][name] if report["teacher"][name] else None
+                for name in METRICS}
+        for model in ("before", "after") if model in report
+    }  # fmt: skip
+
+
 def format_table(report: dict) -> str:
     """The report as a few lines for the terminal: one row per metric, one column per model, and
     for graded data one row per grade with each model's mean score."""
@@ -38,6 +48,10 @@ def format_table(report: dict) -> str:
         f"evaluated, {report['queries_skipped']} skipped ({skipped['no_positive']} no positive, "
         f"{skipped['no_negative']} no negative), {report['queries_scored_zero']} scored 0 for having no positive"
     )
+    if "share_of_teacher" in report:
+        shares = ", ".join(f"{model} {share['map']:.1%}" for model, share in report["share_of_teacher"].items()
+                           if share["map"] is not None)  # fmt: skip
+        lines.append(f"share of the teacher's MAP: {shares}")
     if "queries_changed" in report:
         better, worse, same = report["queries_changed"].values()
         lines.append(f"after against before, by each query's AP: {better} better, {worse} worse, {same} the same")

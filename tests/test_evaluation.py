@@ -164,6 +164,7 @@ def test_teacher_scores_that_rank_perfectly_give_map_one(tiny_cross_encoder, ran
     report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(teacher))
     assert report["teacher"] == {"map": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
     assert report["teacher_scores"] == str(teacher)
+    assert report["share_of_teacher"] == {"before": report["before"]}  # each metric divided by 1
 
 
 def test_teacher_scores_that_rank_every_negative_first_are_scored_low(tiny_cross_encoder, ranking_file, tmp_path):
