@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What only a CUDA GPU can show, in one short run:
 #   tests    the whole test suite on the GPU (its GPU-only tests run instead of being skipped)
-#   fsdp     a few FSDP training steps of a tiny student through configs/accelerate_fsdp.yaml, after
-#            which the final model must load as a CrossEncoder (one GPU still runs the whole FSDP
-#            path: wrapping, sharded optimiser, full state dict on save, with nothing to shard across)
+#   fsdp     a few FSDP training steps of a tiny student through configs/accelerate_fsdp.yaml that
+#            select the best checkpoint by held-out loss (it must load), then a resume from the last
+#            checkpoint; the final model must load as a CrossEncoder (one GPU still runs the whole
+#            FSDP path: wrapping, sharded optimiser, full state dict on save, nothing to shard across)
 #   teacher  teacher-scoring throughput with a randomly initialised model of Qwen3-8B's shape (the
 #            original loop and our hf backend; vLLM too where installed)
 #   bash bench/gpu_checks.sh [extra bench/teacher.py flags]
@@ -35,17 +36,27 @@ if [[ " $CHECKS " == *" fsdp "* ]]; then
 build_tiny_cross_encoder('$fsdp_dir/student')
 write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive': p, 'negative': n, 'score': 1.5}
                     for r in synthetic_ranking_data(16, docs_per_query=6, seed=1) for p in r['positive'] for n in r['negative']])"
-    timeout 120 python3 -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml \
-        --num_processes "$(nvidia-smi -L | wc -l)" --fsdp_transformer_layer_cls_to_wrap BertLayer \
-        train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl" \
-        --output_dir "$fsdp_dir/out" --max_steps 8 --per_device_train_batch_size 8 --bf16 true \
-        --report_to none --disable_tqdm true > "$RESULTS_DIR/fsdp.log" 2>&1
-    grep -E "Error|error:|done:" "$RESULTS_DIR/fsdp.log" | grep -v ChildFailedError | head -20
+    # held-out loss selects a checkpoint, so the best one is loaded through the sharded loader; then
+    # the run is resumed from its last checkpoint to 12 steps
+    launch=(python3 -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml
+            --num_processes "$(nvidia-smi -L | wc -l)" --fsdp_transformer_layer_cls_to_wrap BertLayer
+            train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl"
+            --output_dir "$fsdp_dir/out" --per_device_train_batch_size 8 --bf16 true --report_to none
+            --disable_tqdm true --selection_metric loss --eval_share 0.25)
+    timeout 120 "${launch[@]}" --max_steps 8 > "$RESULTS_DIR/fsdp.log" 2>&1
+    cp "$fsdp_dir/out/training_summary.json" "$fsdp_dir/first_summary.json"
+    timeout 120 "${launch[@]}" --max_steps 12 --resume_from_checkpoint last >> "$RESULTS_DIR/fsdp.log" 2>&1
+    grep -E "Error|error:|done:|best checkpoint" "$RESULTS_DIR/fsdp.log" | grep -v ChildFailedError | head -20
     python3 -c "import json; from sentence_transformers.cross_encoder import CrossEncoder
-summary = json.load(open('$fsdp_dir/out/training_summary.json'))
-print('FSDP run:', {k: summary[k] for k in ('distributed_type', 'processes', 'steps', 'final_loss')})
+first = json.load(open('$fsdp_dir/first_summary.json'))
+resumed = json.load(open('$fsdp_dir/out/training_summary.json'))
+keys = ('distributed_type', 'processes', 'steps', 'resumed_from_step', 'final_model', 'best_model_error', 'final_loss')
+print('FSDP run:', {k: first[k] for k in keys})
+print('FSDP resumed:', {k: resumed[k] for k in keys})
 print('its final model loads and scores', CrossEncoder('$fsdp_dir/out').predict([('a query', 'a passage')]))
-assert summary['distributed_type'] == 'FSDP'"
+assert first['distributed_type'] == resumed['distributed_type'] == 'FSDP'
+assert first['final_model'] == 'best checkpoint' and first['best_model_error'] is None, 'best checkpoint not loaded'
+assert (resumed['resumed_from_step'], resumed['steps']) == (8, 12), 'not resumed from step 8'"
     status[fsdp]=$?
 fi
 
