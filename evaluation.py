@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{key: results["before"][key] for key in counts},
         **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
     }
-    per_query = per_query_metrics(labels, scores, args.protocol, AT_K)
+    per_query = per_query_metrics(results, AT_K)
     if "after" in results:
         report["change"] = change(report["before"], report["after"])
         report["queries_changed"] = queries_changed(per_query)

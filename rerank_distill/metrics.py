@@ -112,9 +112,10 @@ def evaluate_rankings(
     PROTOCOL_RULES).
 
     Returns ``{"map", f"mrr@{k}", f"ndcg@{k}", "queries_evaluated", "queries_skipped",
-    "queries_skipped_by_reason": {"no_positive", "no_negative"}, "queries_scored_zero"}``;
+    "queries_skipped_by_reason": {"no_positive", "no_negative"}, "queries_scored_zero", "per_query"}``;
     ``queries_scored_zero`` counts the no-positive queries the sentence-transformers protocol
-    keeps in the mean as 0. Raises ValueError when no query is left to average.
+    keeps in the mean as 0; ``per_query`` holds each query's ``query_metrics`` in input order (None
+    where skipped). Raises ValueError when no query is left to average.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -123,38 +124,37 @@ def evaluate_rankings(
     scored_zero = 0
     for scores, labels in queries:
         metrics = query_metrics(scores, labels, protocol, k)
+        per_query.append(metrics)
         reason = skip_reason(labels)
         if metrics is None:
             skipped[reason] += 1
-            continue
-        scored_zero += reason == "no_positive"
-        per_query.append(metrics)
-    if not per_query:
+        else:
+            scored_zero += reason == "no_positive"
+    evaluated = [metrics for metrics in per_query if metrics is not None]
+    if not evaluated:
         raise ValueError("no query left to evaluate: every query lacks a positive or a negative")
-    means = np.mean(np.asarray(per_query), axis=0)
+    means = np.mean(np.asarray(evaluated), axis=0)
     return {
         "map": float(means[0]),
         f"mrr@{k}": float(means[1]),
         f"ndcg@{k}": float(means[2]),
-        "queries_evaluated": len(per_query),
+        "queries_evaluated": len(evaluated),
         "queries_skipped": sum(skipped.values()),
         "queries_skipped_by_reason": skipped,
         "queries_scored_zero": scored_zero,
+        "per_query": per_query,
     }
 
 
-def per_query_metrics(
-    labels: Sequence[Sequence[float]], scores: dict[str, Sequence[Sequence[float]]], protocol: str = "mteb",
-    k: int = 10,
-) -> list[dict[str, dict[str, float]] | None]:
-    """Each query's AP, RR@k and NDCG@k for every scored model (``{name: per-query scores}``), or
-    None for a query the protocol skips: what lets a user find the queries a model lost."""
+def per_query_metrics(results: dict[str, dict], k: int = 10) -> list[dict[str, dict[str, float]] | None]:
+    """Each query's AP, RR@k and NDCG@k for every model, from ``{model: evaluate_rankings(...)}``,
+    or None for a query the protocol skips: what lets a user find the queries a model lost."""
     names = ("ap", f"rr@{k}", f"ndcg@{k}")
+    models = list(results)
     rows: list[dict[str, dict[str, float]] | None] = []
-    for index, query_labels in enumerate(labels):
-        by_model = {model: query_metrics(by_query[index], query_labels, protocol, k) for model, by_query in scores.items()}
-        skipped = any(values is None for values in by_model.values())
-        rows.append(None if skipped else {model: dict(zip(names, values)) for model, values in by_model.items()})
+    for values in zip(*(results[model]["per_query"] for model in models)):
+        skipped = any(value is None for value in values)
+        rows.append(None if skipped else {model: dict(zip(names, value)) for model, value in zip(models, values)})
     return rows
 
 

@@ -127,14 +127,15 @@ def test_per_query_metrics_hold_each_models_values_and_none_for_a_skipped_query(
     labels = [labels for _, labels in QUERIES]
     before = [scores for scores, _ in QUERIES]
     after = [[0.1, 0.9], [0.9, 0.1], [0.0, 0.0], [0.0, 0.0]]  # the first two queries swap their rankings
-    rows = per_query_metrics(labels, {"before": before, "after": after}, "mteb")
+    results = {"before": evaluate_rankings(zip(before, labels)), "after": evaluate_rankings(zip(after, labels))}
+    rows = per_query_metrics(results)
     assert rows[0] == {"before": {"ap": 1.0, "rr@10": 1.0, "ndcg@10": 1.0},
                        "after": {"ap": 0.5, "rr@10": 0.5, "ndcg@10": pytest.approx(1 / LOG2_3)}}  # fmt: skip
     assert rows[1]["before"]["ap"] == 0.5 and rows[1]["after"]["ap"] == 1.0
     assert rows[2] is None and rows[3] is None  # no negative / no positive: the MTEB protocol skips them
     assert np.mean([row["before"]["ap"] for row in rows if row]) == evaluate_rankings(QUERIES)["map"]
     assert queries_changed(rows) == {"better": 1, "worse": 1, "same": 0}
-    st_rows = per_query_metrics(labels, {"before": before}, "sentence-transformers")
+    st_rows = per_query_metrics({"before": evaluate_rankings(zip(before, labels), "sentence-transformers")})
     assert st_rows[2]["before"] == {"ap": 0.0, "rr@10": 0.0, "ndcg@10": 0.0} and st_rows[3]["before"]["ap"] == 1.0
 
 
