@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -56,7 +56,8 @@ def unreachable_hugging_face_host() -> str | None:
         return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
     endpoint = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
     except OSError:
         return endpoint.hostname
     return None
@@ -138,10 +139,7 @@ def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cac
 
     unreachable_host = unreachable_hugging_face_host()
     try:
-        if unreachable_host:
-            with _hugging_face_offline():
-                loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
-        else:
+        with _hugging_face_offline() if unreachable_host else nullcontext():
             loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
         reason = _failure_reason(error, unreachable_host)
