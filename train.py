@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {"loss": script.loss, "data_kind": kind,
                **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
-               **run_summary(trainer, result, seconds, start_step, bool(callbacks), padding)}
+               **run_summary(trainer, result, seconds, start_step, bool(callbacks))}
     if training.should_save:
         write_json(Path(training.output_dir) / "training_summary.json", summary)
     logger.info(summary_message(summary, training.output_dir))

@@ -93,8 +93,7 @@ def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | No
     return float(sum(tail) / len(tail))
 
 
-def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step: int, early_stopping: bool,
-                padding: PaddingStats) -> dict:
+def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step: int, early_stopping: bool) -> dict:
     """What a finished ``trainer.train()`` did: steps, why it stopped, examples per second (all
     processes'), losses, the checkpoint picked, and the padding behind the speed."""
     state, args = trainer.state, trainer.args
@@ -119,7 +118,7 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
         "final_model": ("best checkpoint" if state.best_model_checkpoint and args.load_best_model_at_end
                         and not trainer.best_model_error else "last step"),
         "best_model_error": trainer.best_model_error,
-        **padding.summary(),  # mean real and padded tokens per pair: what the speed levers change
+        **(trainer.padding or PaddingStats()).summary(),  # tokens per pair: what the speed levers change
     }
 
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
@@ -307,16 +308,19 @@ def set_best_metric(training, passed: dict[str, str | None], metric: str) -> Non
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
 
 
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir."""
-    from pathlib import Path
-
+def newest_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-* folder in ``output_dir``, or None when there is none (yet)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir."""
     if value is None:
         return None
     if value.lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        last = newest_checkpoint(output_dir)
         if last is None:
             raise InputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
         return last
@@ -328,11 +332,7 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
 def resume_hint(output_dir: str) -> str:
     """What to do after an interrupted training run: resume from its newest checkpoint, or start
     over when none was saved yet."""
-    from pathlib import Path
-
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    last = newest_checkpoint(output_dir)
     if last is None:
         return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"
     return (f"interrupted: the newest checkpoint is {last}; run the same command with "
