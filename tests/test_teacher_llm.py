@@ -106,6 +106,26 @@ def test_batches_mixing_prefix_lengths_and_a_query_without_a_prefix_score_as_pla
     np.testing.assert_allclose(cached.answer_logits(queries, docs)[0], plain.answer_logits(queries, docs)[0], atol=1e-5)
 
 
+def test_the_system_text_and_instruction_run_once_for_a_wave_of_queries(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    answer_ids = [single_token_id(tokenizer, "yes"), single_token_id(tokenizer, "no")]
+    queries = ["first query"] * 2 + ["the second query"] * 2 + ["a third and longer query"] * 2
+    docs = [f"doc {i}" for i in range(len(queries))]
+    cached = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=8, device="cpu", prefix_cache=True)
+    widths = []
+    forward = cached.decoder.forward
+    cached.decoder.forward = lambda input_ids, **kwargs: widths.append(input_ids.shape) or forward(input_ids, **kwargs)
+    scores = cached.answer_logits(queries, docs)[0]
+    prompts, _ = prompt.encode(queries, docs)
+    shared = common_prefix_length(prompts)  # the system text, instruction and "<Query>: "
+    assert shared > len(prompt.prefix_ids)
+    assert widths[0] == (1, shared)  # once, alone
+    assert all(width[1] < shared for width in widths[1:])  # nothing after it recomputes it
+    plain = HFJudge(str(tiny_qwen3), prompt, answer_ids, batch_size=1, device="cpu", prefix_cache=False)
+    np.testing.assert_allclose(scores, plain.answer_logits(queries, docs)[0], atol=1e-5)
+
+
 def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([[7, 8], [9]]) == 0

@@ -3,7 +3,8 @@
 
 Three things make it fast without changing a score beyond float tolerance:
 - the prompt prefix a query's documents share (system text, instruction, query) is run once and
-  its key/value cache reused for every document of that query;
+  its key/value cache reused for every document of that query, and the part of it all queries
+  share (system text, instruction) once for a wave of queries;
 - only the final hidden state of each prompt goes through the output layer, and only through
   the rows of the answer tokens (the full vocabulary at every position is most of a small
   model's work);
@@ -139,26 +140,44 @@ class HFJudge:
     @torch.inference_mode()
     def _prefix_states(self, prefixes: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of every prefix, ``[prefixes, kv_heads, longest, head_dim]``,
-        each left-padded to the longest prefix. Prefixes run in length-sorted, right-padded batches
-        (padding after a sequence cannot touch it; see length_batches); each is copied into place
-        once, so a batch of documents later gathers its rows' prefixes with one index_select per layer."""
+        each left-padded to the longest prefix. The part all prefixes share (the system text and
+        instruction, about half of each) runs once; the rest runs in length-sorted, right-padded
+        batches on top of it (padding after a sequence cannot touch it; see length_batches). Each
+        prefix is copied into place once, so a batch of documents later gathers its rows'
+        prefixes with one index_select per layer."""
         from transformers import DynamicCache
 
         longest = max(len(prefix) for prefix in prefixes)
+        # Every prefix keeps at least one token of its own, so each batch below has input.
+        shared = min(common_prefix_length(prefixes), min(len(prefix) for prefix in prefixes) - 1)
+        shared_layers = []
+        if len(prefixes) > 1 and shared >= MIN_SHARED_PREFIX:
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.tensor([prefixes[0][:shared]], device=self.device)
+            self.decoder(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
+            shared_layers = [(layer.keys, layer.values) for layer in cache.layers]
+        else:
+            shared = 0
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-        for batch_rows in length_batches([len(prefixes[i]) for i in order], self.batch_size):
+        for batch_rows in length_batches([len(prefixes[i]) - shared for i in order], self.batch_size):
             batch = order[batch_rows]
-            ids, lengths = self._padded([prefixes[i] for i in batch])
-            cache = DynamicCache(config=self.model.config)
-            self.decoder(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
+            ids, lengths = self._padded([prefixes[i][shared:] for i in batch])
+            if shared_layers:
+                expanded = [(keys.expand(len(batch), -1, -1, -1), values.expand(len(batch), -1, -1, -1))
+                            for keys, values in shared_layers]  # fmt: skip
+                cache = DynamicCache(ddp_cache_data=expanded)
+            else:
+                cache = DynamicCache(config=self.model.config)
+            positions = shared + torch.arange(ids.shape[1], device=self.device).expand(len(batch), -1)
+            self.decoder(input_ids=ids, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache})
             if not layers:
                 layers = [
                     tuple(t.new_zeros(len(prefixes), t.shape[1], longest, t.shape[-1]) for t in (layer.keys, layer.values))
                     for layer in cache.layers
                 ]
             for row, index in enumerate(batch):
-                length = int(lengths[row])
+                length = shared + int(lengths[row])
                 for (keys, values), layer in zip(layers, cache.layers):
                     keys[index, :, longest - length :] = layer.keys[row, :, :length]
                     values[index, :, longest - length :] = layer.values[row, :, :length]
