@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from rerank_distill.cli import parse_args, run_main, write_run_args
+from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter
@@ -123,9 +123,7 @@ def rules_from(args: TripletArguments) -> SelectionRules:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((TripletArguments,), __doc__, argv)
-    for name, minimum in (("top_k", 1), ("num_negatives", 1), ("group_size", 2)):
-        if getattr(args, name) < minimum:
-            raise InputError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+    check_minimums(args, top_k=1, num_negatives=1, group_size=2)
     if args.label_margin is not None and not args.label_margin >= 0:
         raise InputError(f"--label_margin must be 0 or more (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
@@ -180,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         "input_grouped": input_grouped,
         "seconds": round(seconds, 3),
     }
-    write_run_args(args_path_for(args.output_path), script=args, summary=summary)
+    write_run_args(args_path_for(args.output_path), command_line(__file__, argv), script=args, summary=summary)
     logger.info(
         "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
         "skipped: %s%s",

@@ -11,8 +11,9 @@ set -euo pipefail
 # Teacher scores written by generate_logits.sh
 INPUT="${INPUT:-output/scores/train_scores.jsonl}"
 # Its passages-as-queries lists (generate_logits.sh with PASSAGES_AS_QUERIES > 0), read too when the
-# file exists: by default INPUT's name with _scores.jsonl -> _passages_as_queries_scores.jsonl
-PASSAGES_AS_QUERIES_INPUT="${PASSAGES_AS_QUERIES_INPUT:-${INPUT%_scores.jsonl}_passages_as_queries_scores.jsonl}"
+# file exists: by default INPUT's name with _scores.jsonl -> _passages_as_queries_scores.jsonl; set
+# empty (PASSAGES_AS_QUERIES_INPUT=) to leave it out
+PASSAGES_AS_QUERIES_INPUT="${PASSAGES_AS_QUERIES_INPUT-${INPUT%_scores.jsonl}_passages_as_queries_scores.jsonl}"
 # Where the records go (the run's arguments are written beside it as train_triplets.args.json)
 OUTPUT="${OUTPUT:-output/triplets/train_triplets.jsonl}"
 # Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Where the demo's data, models and outputs go
+# Where the demo's data, models and outputs go (no spaces: the launchers take space-separated lists)
 DEMO_DIR="${DEMO_DIR:-output/demo}"
 
 python -m rerank_distill.toy "$DEMO_DIR"

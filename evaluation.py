@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from rerank_distill.cli import parse_args, run_main, write_run_args
+from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
 from rerank_distill.hub import resolve_model
@@ -111,6 +111,7 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
 
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
+    check_minimums(args, batch_size=1, max_length=1)
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     with AtomicWriter(args.output_path) as out:
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_per_query(Path(args.output_path).with_suffix(".per_query.jsonl"), queries, per_query)
-    write_run_args(Path(args.output_path).with_suffix(".args.json"), script=args)
+    write_run_args(Path(args.output_path).with_suffix(".args.json"), command_line(__file__, argv), script=args)
     scored = report["pairs_scored"] * len(models)
     logger.info(
         "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored x %d models in %.1fs (%.0f pairs/s)",

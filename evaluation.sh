@@ -7,8 +7,8 @@ set -euo pipefail
 
 # The student before distillation: a CrossEncoder folder or hub id
 MODEL_BEFORE="${MODEL_BEFORE:-BAAI/bge-reranker-v2-m3}"
-# The distilled student written by train.sh
-MODEL_AFTER="${MODEL_AFTER:-output/model}"
+# The distilled student written by train.sh; set empty (MODEL_AFTER=) to evaluate MODEL_BEFORE alone
+MODEL_AFTER="${MODEL_AFTER-output/model}"
 # Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
 DATASET="${DATASET:-data/test.jsonl.gz}"
 # Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
@@ -16,16 +16,18 @@ TEACHER_SCORES="${TEACHER_SCORES:-}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 OUTPUT="${OUTPUT:-output/evaluation.json}"
 
-# The flag is passed only when set; the odd expansion below keeps an empty array safe under set -u in bash 3
-teacher_flag=()
+# These flags are passed only when set; the odd expansion below keeps an empty array safe under set -u in bash 3
+optional=()
+if [[ -n "$MODEL_AFTER" ]]; then
+    optional+=(--model_after_path "$MODEL_AFTER")
+fi
 if [[ -n "$TEACHER_SCORES" ]]; then
-    teacher_flag=(--teacher_scores "$TEACHER_SCORES")
+    optional+=(--teacher_scores "$TEACHER_SCORES")
 fi
 
 python "$(dirname "$0")/evaluation.py" \
     --model_before_path "$MODEL_BEFORE" \
-    --model_after_path "$MODEL_AFTER" \
     --dataset_path "$DATASET" \
     --output_path "$OUTPUT" \
-    ${teacher_flag[@]+"${teacher_flag[@]}"} \
+    ${optional[@]+"${optional[@]}"} \
     "$@"

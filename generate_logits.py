@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rerank_distill.cli import parse_args, run_main, write_run_args
+from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.hub import resolve_model
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
     hub_args = {"hub": args.hub, "cache_dir": args.cache_dir}
-    if args.passages_as_queries < 0:
-        raise InputError(f"--passages_as_queries must be 0 (off) or more, got {args.passages_as_queries}")
+    check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
+                   passages_as_queries=0, merge_shards=0)
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     if args.merge_shards:
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
     # a second run for the passages-as-queries lists (as generate_logits.sh makes) keeps the first's args.json
     derived = ".passages_as_queries" if args.passages_as_queries else ""
-    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}{derived}.json", script=args, resolved=resolved)
+    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}{derived}.json", command_line(__file__, argv),
+                   script=args, resolved=resolved)
 
     summary = {}
     for (source, derived), output in zip(inputs, outputs):

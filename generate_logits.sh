@@ -11,7 +11,8 @@ MODEL="${MODEL:-Qwen/Qwen3-Reranker-8B}"
 # one for every model, or space-separated, one per model in the same order
 TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
 # Data sets to score, space-separated: MTEB reranking JSONL(.gz) or hub data sets NAME[:SPLIT] (data/README.md says how to get the reference task).
-# Score the test split too, so evaluation can report the teacher's own metrics.
+# Score the test split too, so evaluation can report the teacher's own metrics. A path with a space
+# cannot go in a space-separated list: give such paths as a flag instead (--input_path 'my data/a.jsonl').
 INPUTS="${INPUTS:-data/train.jsonl.gz data/test.jsonl.gz}"
 # Where {name}_scores.jsonl files go
 OUTPUT_DIR="${OUTPUT_DIR:-output/scores}"

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
+from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 from transformers import EarlyStoppingCallback, TrainerState
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import parse_args, run_main, write_json, write_run_args
+from rerank_distill.cli import command_line, parse_args, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.hub import resolve_model
 from rerank_distill.losses import LOSSES, build_loss
+from rerank_distill.student import load_cross_encoder
 from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
@@ -171,10 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("--loss %s on %s: train %d rows of %d queries; eval loss on %d rows of %d queries; best checkpoint "
                 "%s", script.loss, kind, *(count[k] for k in COUNT_KEYS), selection.note)
 
-    model_path = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
     # where the Trainer will train it: each torchrun process's own GPU, or the CPU with --use_cpu
     # (sentence-transformers would pick cuda:LOCAL_RANK, which need not exist)
-    model = CrossEncoder(model_path, num_labels=1, max_length=script.max_length, device=str(training.device))
+    model = load_cross_encoder(script.model_name_or_path, script.hub, script.cache_dir, script.max_length,
+                               num_labels=1, device=str(training.device))
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
     if training.should_save:
-        write_run_args(Path(training.output_dir) / "args.json", script=script, training=training)
+        write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
+                       training=training)
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,

@@ -24,9 +24,9 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
 # selection would be chance, so nothing is held out and the last step is final) or a labelled
-# dev file. Skipped if the file does not exist; empty = the training file's own labels, else the
-# held-out eval loss.
-SELECTION_DATA="${SELECTION_DATA:-output/scores/train_scores.jsonl}"
+# dev file. Skipped if the file does not exist; set empty (SELECTION_DATA=) for the training file's
+# own labels, else the held-out eval loss.
+SELECTION_DATA="${SELECTION_DATA-output/scores/train_scores.jsonl}"
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries
 OUTPUT_DIR="${OUTPUT_DIR:-output/model}"                          # final (best) model, checkpoints and args.json

@@ -28,6 +28,21 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def check_minimums(args: Any, **minimums: int) -> None:
+    """InputError for the first numeric flag of ``args`` below its minimum (``batch_size=1``);
+    a flag left unset (None) is not checked."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise InputError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def command_line(script_file: str, argv: list[str] | None) -> list[str]:
+    """The command a stage ran as: its script's name and the arguments it parsed (``argv``, or the
+    process's own when None), so a stage called from Python records its own flags, not its caller's."""
+    return [Path(script_file).name, *(sys.argv[1:] if argv is None else argv)]
+
+
 def setup_logging() -> None:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(message)s",
@@ -51,13 +66,13 @@ def _to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_run_args(path: str | Path, **sections: Any) -> Path:
-    """Write the resolved arguments of this run, the command line and library versions as JSON.
-
-    Each keyword becomes one section (``script=..., training=...``). Returns the path written.
+def write_run_args(path: str | Path, command: list[str], **sections: Any) -> Path:
+    """Write the resolved arguments of this run, its command line (see command_line) and library
+    versions as JSON. Each keyword becomes one section (``script=..., training=...``). Returns the
+    path written.
     """
     record = {
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": command,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), **_installed_versions()},
     }

@@ -1,5 +1,12 @@
 """The one exception type for mistakes a user can fix (bad input, bad flag, missing file)."""
 
+from safetensors import SafetensorError
+
+# What loading a model folder raises when its files are missing, malformed or cut short (a
+# half-copied download): transformers' OSError and ValueError, and safetensors' own error for a
+# truncated weights file.
+MODEL_LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+
 
 class InputError(Exception):
     """A problem with the user's input or arguments.

@@ -42,6 +42,12 @@ def _offline_message(kind: str, name: str, hub: str, reason: str) -> str:
     )
 
 
+def _not_here(name: str) -> str:
+    """The error's first words for an ``owner/name`` that may have been meant as a folder
+    (``output/model`` before training has made it): no such folder exists here."""
+    return f"no folder '{name}' exists here, so it was taken as a hub id: " if "/" in name else ""
+
+
 def unreachable_hugging_face_host() -> str | None:
     """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to.
 
@@ -109,7 +115,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         try:
             return modelscope_download(name_or_path, cache_dir=cache_dir)
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_offline_message("model", name_or_path, hub, first_line(error))) from None
+            raise InputError(_not_here(name_or_path) + _offline_message("model", name_or_path, hub, first_line(error))) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -118,7 +124,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         return snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=unreachable_host is not None)
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
         reason = _failure_reason(error, unreachable_host)
-        raise InputError(_offline_message("model", name_or_path, hub, reason)) from None
+        raise InputError(_not_here(name_or_path) + _offline_message("model", name_or_path, hub, reason)) from None
 
 
 def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):

@@ -190,11 +190,15 @@ def label_accuracy(
 
     ``label_probs`` holds one ``{word: probability}`` per candidate and ``word_grades`` maps each
     word to its grade; a tie in probability goes to the word listed first in ``word_grades``.
-    Returns ``{"accuracy", "correct", "pairs", "confusion": {true grade: {predicted grade: count}}}``
-    (grades named by ``grade_name``). Raises ValueError for a word ``word_grades`` lacks.
+    Where the data's grades are only 1 and 0 but the words grade finer (ESCI's 3/2/1/0 on
+    positive/negative data), a prediction counts as right when it agrees on relevance (grade > 0).
+    Returns ``{"accuracy", "correct", "pairs", "compared", "confusion": {true grade: {predicted
+    grade: count}}}`` (grades named by ``grade_name``; ``compared`` is "grade" or "relevance").
+    Raises ValueError for a word ``word_grades`` lacks.
     """
     if len(label_probs) != len(grades):
         raise ValueError(f"{len(label_probs)} label_probs but {len(grades)} grades")
+    by_relevance = set(grades) <= {0, 1} and max(word_grades.values(), default=0) > 1
     rank = {word: i for i, word in enumerate(word_grades)}
     confusion: dict[str, dict[str, int]] = {}
     correct = 0
@@ -203,7 +207,7 @@ def label_accuracy(
         if unknown:
             raise ValueError(f"label word {unknown[0]!r} has no grade (known: {', '.join(word_grades)})")
         predicted = word_grades[min(probs, key=lambda word: (-probs[word], rank[word]))]
-        correct += predicted == grade
+        correct += (predicted > 0) == (grade > 0) if by_relevance else predicted == grade
         row = confusion.setdefault(grade_name(grade), {})
         row[grade_name(predicted)] = row.get(grade_name(predicted), 0) + 1
     order = sorted(confusion, key=float, reverse=True)
@@ -211,6 +215,7 @@ def label_accuracy(
         "accuracy": correct / len(grades) if len(grades) else 0.0,
         "correct": int(correct),
         "pairs": len(grades),
+        "compared": "relevance" if by_relevance else "grade",
         "confusion": {true: dict(sorted(confusion[true].items(), key=lambda kv: -float(kv[0]))) for true in order},
     }
 

@@ -64,8 +64,9 @@ def format_table(report: dict) -> str:
         if "label_accuracy" in graded:
             accuracy = graded["label_accuracy"]["teacher"]
             lines.append(
-                f"teacher label accuracy {accuracy['accuracy']:.4f}: its most probable label has the true grade "
-                f"for {accuracy['correct']} of {accuracy['pairs']} pairs"
+                f"teacher label accuracy {accuracy['accuracy']:.4f}: its most probable label has the true "
+                + ("grade" if accuracy["compared"] == "grade" else "relevance (grade > 0; the data's grades are 1 and 0)")
+                + f" for {accuracy['correct']} of {accuracy['pairs']} pairs"
             )
     return "\n".join(lines)
 

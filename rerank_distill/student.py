@@ -10,7 +10,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 from rerank_distill.batching import length_batches
-from rerank_distill.errors import InputError, first_line
+from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.formats import RankingQuery
 from rerank_distill.hub import resolve_model
 
@@ -18,19 +18,22 @@ logger = logging.getLogger(__name__)
 
 
 def load_cross_encoder(
-    name_or_path: str, hub: str = "huggingface", cache_dir: str | None = None, max_length: int | None = None
+    name_or_path: str, hub: str = "huggingface", cache_dir: str | None = None, max_length: int | None = None,
+    **cross_encoder_kwargs,
 ):
-    """A ``sentence_transformers.CrossEncoder`` with one output logit, from a local folder or a hub id.
+    """A ``sentence_transformers.CrossEncoder`` with one output logit, from a local folder or a hub id
+    (``cross_encoder_kwargs`` go to its constructor: ``num_labels=1`` gives a bare encoder its head).
 
-    Raises InputError for a missing path, an unreachable hub id, a folder that holds no model,
-    or a model with more than one output label (a reranker scores with one logit).
+    Raises InputError for a missing path, an unreachable hub id, a folder that holds no model or
+    whose files do not load (a download cut short), or a model with more than one output label
+    (a reranker scores with one logit).
     """
     from sentence_transformers import CrossEncoder
 
     path = resolve_model(name_or_path, hub, cache_dir)
     try:
-        model = CrossEncoder(path, max_length=max_length)
-    except (OSError, ValueError) as error:
+        model = CrossEncoder(path, max_length=max_length, **cross_encoder_kwargs)
+    except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({first_line(error)})") from None
     if model.num_labels != 1:
         raise InputError(

@@ -57,7 +57,9 @@ def test_report_holds_each_models_metrics_and_the_change(
 
     written = json.loads((tmp_path / "report" / "evaluation.json").read_text())
     assert written == report
-    assert (tmp_path / "report" / "evaluation.args.json").exists()
+    run_args = json.loads((tmp_path / "report" / "evaluation.args.json").read_text())
+    # called from Python, it records its own command line, not the test runner's
+    assert run_args["command"][:3] == ["evaluation.py", "--model_before_path", str(tiny_cross_encoder)]
     assert report["protocol"]["name"] == "mteb"
     assert report["models"] == {"before": str(tiny_cross_encoder), "after": str(other_cross_encoder)}
     assert report["queries"] == 12
@@ -252,6 +254,33 @@ def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, rankin
     report = json.loads(output.read_text())
     assert report["teacher"]["map"] == 1.0
     assert json.loads((tmp_path / "evaluation.args.json").read_text())["script"]["batch_size"] == 16
+
+
+def test_launcher_evaluates_one_model_when_model_after_is_set_empty(tiny_cross_encoder, ranking_file, tmp_path):
+    output = tmp_path / "evaluation.json"
+    env = {**os.environ, "MODEL_BEFORE": str(tiny_cross_encoder), "MODEL_AFTER": "", "DATASET": str(ranking_file),
+           "OUTPUT": str(output), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert "before" in report and "after" not in report
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--max_length"])
+def test_a_size_below_one_is_refused_before_any_model_loads(ranking_file, tmp_path, flag):
+    with pytest.raises(InputError, match=f"^{flag} must be at least 1, got 0$"):
+        run(tmp_path, tmp_path / "no-model-needed", ranking_file, flag, "0")
+
+
+def test_a_weights_file_cut_short_is_a_one_line_error(tiny_cross_encoder, ranking_file, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_cross_encoder, broken)
+    (weights,) = broken.glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:5000])  # a download or copy that stopped early
+    with pytest.raises(InputError, match=f"^cannot load a cross-encoder from '{broken}'"):
+        run(tmp_path, broken, ranking_file)
 
 
 def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):

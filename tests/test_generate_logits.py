@@ -231,10 +231,25 @@ def test_an_llm_judge_without_weights_is_named(tmp_path, ranking_file, tiny_qwen
         generate_logits.main(["--model_path", str(no_weights), "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
 
 
+@pytest.mark.parametrize("flag", ["--batch_size", "--chunk_size"])
+def test_a_size_below_one_stops_the_run_before_anything_is_written(ranking_file, tmp_path, flag):
+    with pytest.raises(InputError, match=f"^{flag} must be at least 1, got 0$"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o"),
+                              flag, "0"])  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_hub_id_offline_says_what_to_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="hf download someone/some-reranker"):
         resolve_model("someone/some-reranker")
+
+
+def test_a_folder_not_made_yet_is_named_as_missing_before_the_hub_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no output/ here: "output/model" could be an organisation's model
+    with pytest.raises(InputError, match="^no folder 'output/model' exists here, so it was taken as a hub id: could not fetch"):
+        resolve_model("output/model")
 
 
 @pytest.fixture

@@ -186,8 +186,21 @@ def test_label_accuracy_compares_the_most_probable_labels_grade_with_the_true_gr
         "accuracy": 0.5,
         "correct": 2,
         "pairs": 4,
+        "compared": "grade",
         "confusion": {"3": {"3": 1, "2": 1}, "2": {"3": 1}, "0": {"0": 1}},
     }
+
+
+def test_label_accuracy_on_positive_negative_data_compares_relevance():
+    label_probs = [
+        probs(0.7, 0.1, 0.1, 0.1),  # true 1, predicted exact (3): relevant, right
+        probs(0.1, 0.1, 0.6, 0.2),  # true 1, predicted complement (1): relevant, right
+        probs(0.1, 0.1, 0.2, 0.6),  # true 0, predicted irrelevant (0): right
+        probs(0.1, 0.6, 0.2, 0.1),  # true 0, predicted substitute (2): wrong
+    ]
+    result = label_accuracy(label_probs, [1, 1, 0, 0], ESCI)
+    assert (result["accuracy"], result["correct"], result["compared"]) == (0.75, 3, "relevance")
+    assert result["confusion"] == {"1": {"3": 1, "1": 1}, "0": {"2": 1, "0": 1}}
 
 
 def test_label_accuracy_refuses_a_word_without_grade_and_mismatched_lengths():
@@ -217,6 +230,7 @@ def test_graded_summary_adds_the_teachers_label_accuracy_and_the_grades_it_used(
             "accuracy": 0.5,
             "correct": 2,
             "pairs": 4,
+            "compared": "grade",
             "confusion": {"3": {"3": 1}, "2": {"1": 1}, "0": {"3": 1, "0": 1}},
             "label_grades": ESCI,
         }

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rerank_distill.batching import length_batches
-from rerank_distill.errors import InputError, first_line
+from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.prompts import JudgePrompt
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class HFJudge:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=resolve_dtype(dtype, self.device), attn_implementation="sdpa"
             )
-        except (OSError, ValueError) as error:
+        except MODEL_LOAD_ERRORS as error:
             raise InputError(f"cannot load a causal LM judge from '{model_path}' ({first_line(error)})") from None
         self.model.to(self.device).eval()
         self.decoder = self.model.get_decoder()

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from rerank_distill.errors import InputError, first_line
+from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
 from rerank_distill.teachers import TeacherScores, yes_minus_no
 
@@ -28,7 +28,7 @@ def load_tokenizer(model_path: str):
 
     try:
         return AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
+    except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load the LLM judge's tokenizer from '{model_path}' ({first_line(error)})") from None
 
 

@@ -3,7 +3,7 @@ device and dtype flags, the input length limit, and counting the inputs that lim
 
 from __future__ import annotations
 
-from rerank_distill.errors import InputError, first_line
+from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 
 
 def load_model(model_class, model_path: str, device: str | None, dtype: str, **kwargs):
@@ -19,7 +19,7 @@ def load_model(model_class, model_path: str, device: str | None, dtype: str, **k
             model_kwargs={"dtype": resolve_dtype(dtype, torch_device)},
             **kwargs,
         )
-    except (OSError, ValueError) as error:
+    except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({first_line(error)})") from None
 
 
