@@ -27,7 +27,7 @@ from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.hub import resolve_model
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, without_flag
-from rerank_distill.scoring import Shard, merge_shards, output_path_for, score_source, validate_source
+from rerank_distill.scoring import Shard, merge_shards, only_writer, output_path_for, score_source, validate_source
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
     LLM_TEACHER_TYPES,
@@ -74,6 +74,13 @@ class GenerateLogitsArguments:
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar with pairs per second."})
 
 
+def args_file_name(args: GenerateLogitsArguments, shard: Shard) -> str:
+    """``args.json``, or for a shard ``args.shard-I-of-N.json``; a run with passages as queries adds
+    ``.passages_as_queries`` (generate_logits.sh scores its first input so and the others in a
+    second run, and each run's record keeps its own name)."""
+    return f"args{shard.suffix()}{'.passages_as_queries' if args.passages_as_queries else ''}.json"
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f" (shard {args.shard})" if args.shard else "")
 
     if args.data_parallel_size > 1 and shard.count == 1:
+        # the replicas each write args.shard-I-of-N.json with the teachers they resolved
+        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv), script=args)
         total = sum(summary.pairs for summary in expected.values())
         run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                      inputs, total, args.show_progress, on_cpu=args.device == "cpu")
@@ -116,15 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
     resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
-    # a second run for the passages-as-queries lists (as generate_logits.sh makes) keeps the first's args.json
-    derived = ".passages_as_queries" if args.passages_as_queries else ""
-    write_run_args(Path(args.output_dir) / f"args{shard.suffix()}{derived}.json", command_line(__file__, argv),
+    write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                    script=args, resolved=resolved)
 
     summary = {}
     for (source, derived), output in zip(inputs, outputs):
-        stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
-                             args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
+        with only_writer(output):
+            stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
+                                 args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "

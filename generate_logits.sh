@@ -61,8 +61,13 @@ score() {
         "$@"
 }
 
-score --input_path "${input_paths[@]}" "$@"
 if (( PASSAGES_AS_QUERIES > 0 )); then
-    # its own scores file is finished by now, so only the new lists are scored
+    # the first input with its passages-as-queries lists, then the others: each file is scored by one
+    # run only, so a flag such as --overwrite never makes a second run score a file again
     score --input_path "${input_paths[0]}" --passages_as_queries "$PASSAGES_AS_QUERIES" "$@"
+    if (( ${#input_paths[@]} > 1 )); then
+        score --input_path "${input_paths[@]:1}" "$@"
+    fi
+else
+    score --input_path "${input_paths[@]}" "$@"
 fi

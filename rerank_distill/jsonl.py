@@ -3,11 +3,13 @@ that never leave a truncated file under the final name."""
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -29,30 +31,53 @@ def open_text(path: str | Path, mode: str = "r", gzipped: bool | None = None) ->
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
 
-    Raises InputError naming the file and line for a missing file, a line that is not a JSON
-    object, or a file with no records at all.
+    Raises InputError naming the file and line for a missing file, a line that is not UTF-8 or
+    not a JSON object, or a file with no records at all. Lines are decoded one at a time, so a
+    bad byte is reported on its own line, not at an offset in a buffer.
     """
     path = str(path)
     if not os.path.isfile(path):
         raise InputError("file not found; check the path", path)
     found_any = False
-    with open_text(path) as lines:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as raw_lines:
         try:
-            for line_number, line in enumerate(lines, start=1):
+            for line_number, raw in enumerate(raw_lines, start=1):
+                if line_number == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)  # Windows editors write one; JSON parsers refuse it
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise InputError(
+                        f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line); "
+                        "save the file as UTF-8", path, line_number,
+                    ) from None  # fmt: skip
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise InputError(f"not valid JSON ({error.msg} at column {error.colno})", path, line_number) from None
+                    raise InputError(f"not valid JSON ({error.msg} at column {error.pos + 1})", path, line_number) from None
                 if not isinstance(record, dict):
                     raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
                 found_any = True
                 yield line_number, record
-        except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
-            raise InputError(f"cannot be read ({error}); is it truncated or not UTF-8?", path) from None
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise InputError(f"cannot be read ({error}); is it truncated?", path) from None
     if not found_any:
         raise InputError("contains no records (the file is empty)", path)
+
+
+def _check_encodable(value: str, name: str, path: str, line: int) -> str:
+    """``value``, or InputError if it cannot be written as UTF-8: JSON may escape half of a
+    surrogate pair (``\\ud83d`` alone, from text cut inside an emoji), which no tokenizer takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f'field "{name}" holds a lone surrogate \\u{ord(value[error.start]):04x} at character {error.start + 1} '
+            "(half of an escaped emoji?); remove or repair it", path, line,
+        ) from None  # fmt: skip
+    return value
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -67,7 +92,7 @@ def get_text(record: dict, name: str, path: str, line: int) -> str:
     value = record[name]
     if not isinstance(value, str):
         raise InputError(f'field "{name}" must be a string, got {type(value).__name__}', path, line)
-    return value
+    return _check_encodable(value, name, path, line)
 
 
 def get_text_list(record: dict, name: str, path: str, line: int, required: bool = True) -> list[str]:
@@ -78,9 +103,11 @@ def get_text_list(record: dict, name: str, path: str, line: int, required: bool 
         raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
     value = record[name]
     if isinstance(value, str):
-        return [value]
+        return [_check_encodable(value, name, path, line)]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InputError(f'field "{name}" must be a list of strings', path, line)
+    for item in value:
+        _check_encodable(item, name, path, line)
     return value
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +80,27 @@ def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Sha
     return done
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(processes: list[subprocess.Popen], grace_seconds: float = 10) -> None:
+    """Terminate each running process, then kill any still running after ``grace_seconds``. A
+    replica may stop anywhere: its progress is recorded only after a whole chunk is on disk, and
+    the next run cuts any half-written one. (SIGTERM, not SIGINT: a job started in the background
+    ignores SIGINT, and so do the replicas it starts.)"""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_replicas(
     script: str, argv: list[str], num_replicas: int, gpus_per_replica: int, output_dir: str,
     inputs: list[tuple[str, int]], total_pairs: int, show_progress: bool = True, on_cpu: bool = False,
@@ -104,10 +126,22 @@ def run_replicas(
         logger.info("replica %d/%d on GPU %s, log %s", shard.index, shard.count, gpus or "none (CPU)", log_path)
     finished: dict = {}
     bar = tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas", disable=not show_progress)
-    while any(process.poll() is None for _, _, _, process in workers):
-        bar.n = _pairs_done(inputs, output_dir, shards, finished)
-        bar.refresh()
-        time.sleep(2)
+    # A stop of this process (Ctrl-C, or kill as a scheduler sends it) stops the replicas too: left
+    # running, they would race the next run of the same command for the same files.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        while any(process.poll() is None for _, _, _, process in workers):
+            bar.n = _pairs_done(inputs, output_dir, shards, finished)
+            bar.refresh()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        bar.close()
+        _stop([process for _, _, _, process in workers])
+        logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again to continue",
+                       num_replicas)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     bar.n = _pairs_done(inputs, output_dir, shards, finished)
     bar.close()
     failed = []

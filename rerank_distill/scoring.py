@@ -16,11 +16,13 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rerank_distill.cli import write_json
 from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery, iter_ranking_queries, local_files, source_stem
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
@@ -192,6 +194,9 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
             pair_rows.append(index_of.setdefault((query.query, passage), len(index_of)))
             query_ids.append(query_number)
     distinct = list(index_of)
+    if not distinct:  # only queries without passages: nothing to score, nothing to write
+        stats.queries = len(chunk)
+        return [], stats
     queries, passages = [q for q, _ in distinct], [p for _, p in distinct]
     stats.distinct_pairs_scored = len(distinct)
     stats.duplicate_pairs_reused = len(pair_rows) - len(distinct)
@@ -230,6 +235,55 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     return lines, stats
 
 
+@contextmanager
+def only_writer(output_path: Path):
+    """Hold ``OUT.lock`` for the block, so two runs never write one output (a second start of the
+    same command, or replicas left running by a killed parent would interleave their chunks);
+    InputError if another process holds it. Where there is no fcntl (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path = output_path.with_name(output_path.name + ".lock")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"another run is writing {output_path} at this moment; wait for it or stop it first "
+                "(replicas of --data_parallel_size run as processes of their own)"
+            ) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _made_with(teachers: list, input_format: str, shard: Shard, passages_as_queries: int, pairs: int) -> dict:
+    """What a finished output was scored with, compared on a rerun before it is reused: the teachers'
+    settings and what was read. (Not the input file's time or the chunk size: those change nothing.)"""
+    return {"teachers": [t.config for t in teachers], "input_format": input_format, "shard": asdict(shard),
+            "passages_as_queries": passages_as_queries, "pairs": pairs}  # fmt: skip
+
+
+def _check_finished(output_path: Path, record_path: Path, made_with: dict) -> None:
+    """InputError unless the finished ``output_path`` was scored as this run would score it now
+    (its ``record_path``, OUT.run.json; for a file without one, its line count)."""
+    if record_path.exists():
+        made = json.loads(record_path.read_text(encoding="utf-8"))["made_with"]
+        differs = sorted(key for key in made_with if made.get(key) != made_with[key])
+    else:
+        with open(output_path, "rb") as lines:
+            differs = [] if sum(1 for _ in lines) == made_with["pairs"] else ["pairs"]
+    if differs:
+        raise InputError(
+            f"{output_path} is finished but was scored with other settings or input ({', '.join(differs)} "
+            "differ); pass --overwrite to score it again, or choose another --output_dir"
+        )
+
+
 def _write_progress(path: Path, progress: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(progress), encoding="utf-8")
@@ -250,7 +304,9 @@ def score_source(
     passages_as_queries: int = 0,
 ) -> ScoringStats:
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
-    previous run of the same command where it stopped. Returns the counts of the whole file."""
+    previous run of the same command where it stopped; a finished output is reused if it was
+    scored with the same settings, refused otherwise; beside it ``OUT.run.json`` records how it
+    was made. Returns the counts of the whole file. (Hold only_writer around it.)"""
     from tqdm.auto import tqdm
 
     if len({teacher.name for teacher in teachers}) != len(teachers):
@@ -260,11 +316,14 @@ def score_source(
     progress_path = output_path.with_name(output_path.name + ".progress.json")
     fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
                                passages_as_queries)
+    record_path = output_path.with_name(output_path.name + ".run.json")
+    made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected.pairs)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for stale in (output_path, partial, progress_path):
+        for stale in (output_path, partial, progress_path, record_path):
             stale.unlink(missing_ok=True)
     if output_path.exists() and not partial.exists():
+        _check_finished(output_path, record_path, made_with)
         logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
         return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
 
@@ -313,17 +372,20 @@ def score_source(
     except KeyboardInterrupt:
         bar.close()
         # ``done`` is what the progress file records: the pairs a rerun will not score again
-        logger.warning("interrupted: %d of %d pairs for %s are saved in %s; run the same command again to "
-                       "continue from there", done["pairs"], expected.pairs, output_path.name, partial)
+        logger.warning("interrupted: %d of %d pairs for %s are saved in %s; run the same command again%s to "
+                       "continue from there", done["pairs"], expected.pairs, output_path.name, partial,
+                       " without --overwrite" if overwrite else "")
         raise
     bar.close()
     if done["pairs"] != expected.pairs:
         raise InputError(f"{source} changed while it was being scored ({done['pairs']} of {expected.pairs} pairs)")
-    os.replace(partial, output_path)
-    progress_path.unlink(missing_ok=True)
     stats.seconds = time.perf_counter() - started
     stats.queries, stats.pairs, stats.truncated = done["queries"], done["pairs"], done["truncated"]
     stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]
+    counts = {key: value for key, value in asdict(stats).items() if key != "already_complete"}
+    write_json(record_path, {"source": source, "made_with": made_with, "counts": counts})
+    os.replace(partial, output_path)
+    progress_path.unlink(missing_ok=True)
     return stats
 
 
@@ -339,10 +401,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     for path in paths:
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
-    readers = [read_jsonl(path) for path in paths]
+    # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
+    readers = [read_jsonl(path) if path.stat().st_size else iter(()) for path in paths]
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     lines = 0
-    with AtomicWriter(merged) as out:
+    with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
         for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries)):
             reader, path = readers[position % num_shards], paths[position % num_shards]
             for _ in query.passages:
@@ -354,7 +417,24 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
                     raise InputError(f"holds another query than {query.location}; were shards made from another input?", str(path), line_number)
                 out.write(dumps(record) + "\n")
                 lines += 1
-    for reader, path in zip(readers, paths):
-        if next(reader, None) is not None:
-            raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
+        for reader, path in zip(readers, paths):
+            if next(reader, None) is not None:
+                raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
+    _merge_run_records(paths, merged, lines)
     return merged, lines
+
+
+def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int) -> None:
+    """The merged file's ``.run.json``: the shards' settings as one unsharded run, their counts
+    summed (the longest shard's seconds). Left out if a shard has no record (an older release's)."""
+    records = []
+    for path in shard_paths:
+        record_path = path.with_name(path.name + ".run.json")
+        if not record_path.exists():
+            return
+        records.append(json.loads(record_path.read_text(encoding="utf-8")))
+    made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
+    counts = {key: sum(r["counts"][key] for r in records) for key in records[0]["counts"] if key != "seconds"}
+    counts["seconds"] = max(r["counts"]["seconds"] for r in records)
+    write_json(merged.with_name(merged.name + ".run.json"), {"source": records[0]["source"], "made_with": made_with,
+                                                             "counts": counts, "merged_shards": len(records)})

@@ -97,7 +97,7 @@ def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranki
     total = len(whole.read_text(encoding="utf-8").splitlines())
     saved = len(partial.read_text(encoding="utf-8").splitlines())
     assert f"interrupted: {saved} of {total} pairs for train_scores.jsonl are saved in {partial}" in caplog.text
-    assert "run the same command again" in caplog.text
+    assert "run the same command again to continue" in caplog.text
     with open(partial, "a", encoding="utf-8") as out:  # a chunk half written when the crash came
         out.write('{"query": "half a li')
     second = CountingTeacher()
@@ -164,6 +164,64 @@ def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     assert lines == len(single_lines)
 
 
+def test_a_chunk_of_queries_without_passages_is_counted_and_written_as_nothing(tmp_path):
+    source = write_jsonl_records(tmp_path / "train.jsonl", [
+        {"query": "q1", "positive": ["a"], "negative": ["b"]},
+        {"query": "alone", "positive": [], "negative": []},
+    ])  # fmt: skip
+    output = tmp_path / "train_scores.jsonl"
+    stats = run_scoring(source, output, CountingTeacher(), chunk_size=2)  # the second chunk holds "alone" only
+    assert (stats.queries, stats.pairs) == (2, 2)
+    assert [json.loads(line)["passage"] for line in output.read_text().splitlines()] == ["a", "b"]
+
+
+def test_shards_without_pairs_merge_and_a_failed_merge_leaves_no_output(tmp_path, ranking_file):
+    for index in range(20):  # more shards than the file's 12 queries: some hold nothing
+        shard = Shard(index, 20)
+        expected = validate_source(str(ranking_file), "auto", shard)
+        score_source(str(ranking_file), output_path_for(str(ranking_file), tmp_path, shard), [CountingTeacher()],
+                     expected, shard=shard, show_progress=False)  # fmt: skip
+    merged, lines = merge_shards(str(ranking_file), tmp_path, 20)
+    assert lines == len(merged.read_text().splitlines()) == 12 * 6
+    assert json.loads(merged.with_name(merged.name + ".run.json").read_text())["made_with"]["pairs"] == 12 * 6
+    merged.unlink()
+    with open(output_path_for(str(ranking_file), tmp_path, Shard(0, 20)), "a") as shard_file:
+        shard_file.write('{"query": "one line too many"}\n')
+    with pytest.raises(InputError, match="more lines than"):
+        merge_shards(str(ranking_file), tmp_path, 20)
+    assert not merged.exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path, ranking_file):
+    from rerank_distill.scoring import only_writer
+
+    output = tmp_path / "train_scores.jsonl"
+    with only_writer(output):
+        with pytest.raises(InputError, match="another run is writing"):
+            with only_writer(output):
+                pass
+    with only_writer(output):  # free again once the first is done
+        pass
+
+
+def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    run_scoring(ranking_file, output, CountingTeacher())
+    made = json.loads(output.with_name(output.name + ".run.json").read_text())
+    assert made["made_with"]["teachers"] == [CountingTeacher.config] and made["counts"]["pairs"] == 12 * 6
+
+    class OtherTeacher(CountingTeacher):
+        config = {"teacher_type": "counting", "model_path": "another"}
+
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(teachers differ\)"):
+        run_scoring(ranking_file, output, OtherTeacher())
+    with open(ranking_file, "a") as more:  # the input grew since
+        more.write(json.dumps({"query": "new", "positive": ["p"], "negative": ["n"]}) + "\n")
+    with pytest.raises(InputError, match=r"\(pairs differ\)"):
+        run_scoring(ranking_file, output, CountingTeacher())
+    assert run_scoring(ranking_file, output, CountingTeacher(), overwrite=True).pairs == 12 * 6 + 2
+
+
 def test_merging_before_every_shard_finished_is_refused(tmp_path, ranking_file):
     with pytest.raises(InputError, match="shard file"):
         merge_shards(str(ranking_file), tmp_path, 2)
@@ -193,13 +251,16 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
         ('{"query": "q", "positive": ["a"], "negative": ["b"]}\n{"positive": ["a"], "negative": []}\n', ':2: missing field "query"'),
         ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
         ("", "contains no records"),
+        ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at byte 15"),
+        ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
+         ':2: field "query" holds a lone surrogate \\ud83d'),
     ],
 )
 def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, content, message):
     source = tmp_path / "bad.jsonl"
-    source.write_text(content, encoding="utf-8")
+    source.write_bytes(content.encode("latin-1" if "caf\xe9" in content else "utf-8"))
     monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
-    with pytest.raises(InputError, match=message.replace("[", r"\[")) as error:
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(").replace("\\u", r"\\u")) as error:
         generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert str(source) in str(error.value)
     assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
@@ -410,8 +471,10 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
 
     assert sorted(path.name for path in scores.glob("*.jsonl")) == [
         "test_scores.jsonl", "train_passages_as_queries_scores.jsonl", "train_scores.jsonl"]  # fmt: skip
-    assert json.loads((scores / "args.json").read_text())["script"]["input_path"] == [str(ranking_file), str(test_file)]
-    assert (scores / "args.passages_as_queries.json").exists()
+    # one run per file: the first input with its lists, then the rest
+    with_lists = json.loads((scores / "args.passages_as_queries.json").read_text())["script"]
+    assert with_lists["input_path"] == [str(ranking_file)] and with_lists["passages_as_queries"] == 2
+    assert json.loads((scores / "args.json").read_text())["script"]["input_path"] == [str(test_file)]
     queries = {json.loads(line)["query"] for line in records.read_text().splitlines()}
     derived = {json.loads(line)["query"] for line in (scores / "train_passages_as_queries_scores.jsonl").open()}
     assert derived <= queries and len(queries) > len(derived)
