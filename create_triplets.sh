@@ -34,10 +34,31 @@ MIN_MARGIN="${MIN_MARGIN:-0}"
 # Seed for random and mixed negatives: the same seed gives the same output
 SEED="${SEED:-42}"
 
+# Those lists carry no gold labels, so they are left out when the records need labels on every line
+positives="$POSITIVES"
+needs_labels=false
+previous=""
+for arg in "$@"; do
+    case "$arg" in
+        --label_margin | --label_margin=*) needs_labels=true ;;
+        --positives=*) positives="${arg#--positives=}" ;;
+    esac
+    if [[ "$previous" == "--positives" ]]; then
+        positives="$arg"
+    fi
+    previous="$arg"
+done
+if [[ "$positives" != "teacher" ]]; then
+    needs_labels=true
+fi
 inputs=("$INPUT")
 if [[ -n "$PASSAGES_AS_QUERIES_INPUT" && -e "$PASSAGES_AS_QUERIES_INPUT" ]]; then
-    echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_INPUT" >&2
-    inputs+=("$PASSAGES_AS_QUERIES_INPUT")
+    if [[ "$needs_labels" == "true" ]]; then
+        echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_INPUT (no gold labels, which these options need)" >&2
+    else
+        echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_INPUT" >&2
+        inputs+=("$PASSAGES_AS_QUERIES_INPUT")
+    fi
 fi
 
 python "$(dirname "$0")/create_triplets.py" \

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")
     started = time.perf_counter()
     if budget is not None:
-        budget.start()
+        budget.start(resumed_from=resume)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {"loss": script.loss, "data_kind": kind,
                **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
+               "selection": selection.note,  # how the final model was to be picked, and why
                **run_summary(trainer, result, seconds, start_step, bool(callbacks))}
     if training.should_save:
         write_json(Path(training.output_dir) / "training_summary.json", summary)

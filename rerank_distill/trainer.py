@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -224,6 +226,10 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
 # ---------------------------------------------------------------------------------------------
 
 
+# What a checkpoint records of the time budget, so that resuming continues it (TimeBudget.start)
+TIME_BUDGET_FILE = "time_budget.json"
+
+
 class TimeBudget(TrainerCallback):
     """Keep training within ``seconds`` of wall time from its start (``start``, or the trainer's
     on_train_begin), evaluations and checkpoints included.
@@ -251,9 +257,26 @@ class TimeBudget(TrainerCallback):
         self.spent = 0.0
         self.stopped_training = False
 
-    def start(self) -> None:
-        """Start the clock now (train.py calls it just before trainer.train(), whose time it reports)."""
+    def start(self, resumed_from: str | None = None) -> None:
+        """Start the clock now (train.py calls it just before trainer.train(), whose time it reports),
+        or, resuming from a checkpoint this budget saved, as far back as that run had spent, so a
+        resumed run neither gets the budget again nor restarts the schedule's decay."""
         self.started = self.last_step_end = self.clock()
+        record = Path(resumed_from or "") / TIME_BUDGET_FILE
+        if resumed_from and record.is_file():
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            self.started -= saved["seconds_spent"]
+            self.spent, self.longest_interval = saved["spent"], saved["longest_interval"]
+        elif resumed_from:
+            logger.warning("--max_train_seconds: %s has no %s (saved without a budget), so the budget counts from now",
+                           resumed_from, TIME_BUDGET_FILE)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            record = {"seconds_spent": self.clock() - self.started, "spent": self.spent,
+                      "longest_interval": self.longest_interval}  # fmt: skip
+            (checkpoint / TIME_BUDGET_FILE).write_text(json.dumps(record), encoding="utf-8")
 
     def stretch(self, scheduler, total_steps: int) -> bool:
         """Make a LambdaLR schedule (every schedule transformers builds is one) planned for

@@ -191,7 +191,8 @@ def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -
         return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
     eval_set = None
     if script.eval_data:
-        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature).to_dataset()
+        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature,
+                                      script.fused_forward).to_dataset()
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
@@ -309,10 +310,16 @@ def set_best_metric(training, passed: dict[str, str | None], metric: str) -> Non
 
 
 def newest_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint-* folder in ``output_dir``, or None when there is none (yet)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    """The newest complete checkpoint-* folder in ``output_dir`` (one with its trainer_state.json,
+    which the Trainer writes last: a run stopped while saving leaves a newer folder without it),
+    or None when there is none (yet)."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        logger.warning("%s is incomplete (no trainer_state.json: the run stopped while saving it); it is passed over",
+                       folder)
+    return None
 
 
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:

@@ -478,3 +478,10 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     queries = {json.loads(line)["query"] for line in records.read_text().splitlines()}
     derived = {json.loads(line)["query"] for line in (scores / "train_passages_as_queries_scores.jsonl").open()}
     assert derived <= queries and len(queries) > len(derived)
+    # options that need gold labels on every line leave the unlabelled lists out
+    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--label_margin", "1"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "leaving out" in done.stderr
+    original = {json.loads(line)["query"] for line in ranking_file.read_text().splitlines()}
+    assert {json.loads(line)["query"] for line in records.read_text().splitlines()} <= original

@@ -98,6 +98,27 @@ def test_the_clock_starts_when_started_not_when_the_trainer_begins():
     assert step_ends(budget, clock, 5.0).should_training_stop  # 5 + 5 s
 
 
+def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
+    budget, clock = started_budget(10.0)
+    step_ends(budget, clock, 1.0, 4.0)  # 4 s spent, the longest step 3 s: 0.7 of the budget by the next end
+    clock.now = 4.5
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    budget.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=2, is_world_process_zero=True), None)
+
+    resumed_clock = FakeClock()
+    resumed_clock.now = 100.0  # another process, another clock
+    resumed = TimeBudget(10.0, resumed_clock)
+    resumed.start(resumed_from=str(checkpoint))
+    assert resumed.spent == pytest.approx(0.7)  # the schedule goes on from there, not from 0
+    schedule = linear_schedule(total_steps=100)
+    resumed.stretch(schedule, total_steps=100)
+    assert schedule.lr_lambdas[0](3) == pytest.approx(0.3)  # step 3's rate is that of 70 of 100 planned steps
+    # 4.5 s were spent before: 3 more (with a longest step of 3 s in reserve) reach the budget
+    assert not step_ends(resumed, resumed_clock, 101.0).should_training_stop  # 5.5 + 3 of 10
+    assert step_ends(resumed, resumed_clock, 102.5).should_training_stop  # 7 + 3 of 10
+
+
 def test_a_budget_must_be_positive():
     with pytest.raises(InputError, match="--max_train_seconds must be positive"):
         TimeBudget(0)
@@ -120,3 +141,4 @@ def test_train_stops_at_the_first_step_past_the_budget_and_the_last_model_is_eva
     state = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [1]
     assert summary["best_checkpoint"].endswith("checkpoint-1")
+    assert json.loads((output / "checkpoint-1" / "time_budget.json").read_text())["spent"] >= 1  # for a resume

@@ -27,6 +27,7 @@ from rerank_distill.training import (
     held_out_queries,
     passed_flags,
     plan_selection,
+    resolve_checkpoint,
     resume_hint,
     small_selection_warning,
     split_by_query,
@@ -288,6 +289,18 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
+def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_path, caplog):
+    for step, complete in ((3, True), (6, True), (9, False)):  # stopped while saving checkpoint-9
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    assert "checkpoint-9 is incomplete" in caplog.text
+    assert "checkpoint-6" in resume_hint(str(tmp_path))
+
+
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
     assert "start again" in resume_hint(str(tmp_path / "never_created"))
     (tmp_path / "empty").mkdir()
@@ -451,6 +464,12 @@ def test_differing_negative_counts_need_the_fused_loss(tmp_path):
     ])
     with pytest.raises(InputError, match="drop --no_fused_forward"):
         run_train(tmp_path / "no-such-model", path, tmp_path / "out", "--no_fused_forward")
+    even = write_jsonl_records(tmp_path / "even.jsonl", [
+        {"query": "q", "positive": "p", "negatives": ["a"], "scores": [1.0, 0.0]},
+        {"query": "r", "positive": "p", "negatives": ["b"], "scores": [1.0, 0.5]},
+    ])
+    with pytest.raises(InputError, match="n.jsonl.*drop --no_fused_forward"):  # eval data too
+        run_train(tmp_path / "no-such-model", even, tmp_path / "out", "--no_fused_forward", "--eval_data", str(path))
 
 
 def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
