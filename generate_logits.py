@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
     model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
-    teachers = build_teachers(model_paths, teacher_types, backend, args)
+    teachers = build_teachers(model_paths, teacher_types, backend, args, given_names=args.model_path)
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
     resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}

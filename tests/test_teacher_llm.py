@@ -148,7 +148,7 @@ def test_vllm_requests_carry_the_hf_backends_token_ids(tiny_qwen3):
 
 
 def test_vllm_overrides_follow_the_documented_qwen3_reranker_conversion():
-    overrides = vllm_hf_overrides(["yes", "no"])
+    overrides = vllm_hf_overrides(["yes", "no"], yes_minus_no=True)
     assert overrides["architectures"] == ["Qwen3ForSequenceClassification"]
     assert overrides["classifier_from_token"] == ["no", "yes"]
     assert overrides["is_original_qwen3_reranker"] is True

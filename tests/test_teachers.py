@@ -3,6 +3,7 @@
 plain transformers model, independent of the teacher's code."""
 
 import json
+import shutil
 import sys
 import types
 
@@ -263,6 +264,13 @@ def test_vllm_label_judge_sends_the_hf_prompts_and_reads_the_label_logits_in_wor
     np.testing.assert_allclose(vllm_result.scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
 
 
+def test_a_vllm_label_judge_answering_yes_or_no_reads_both_logits_not_their_difference(tiny_qwen3, fake_vllm):
+    words = {"label_words": ["yes", "no"], "label_grades": [1, 0]}
+    hf = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu", **words)
+    vllm = LabelJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2, **words)
+    np.testing.assert_allclose(vllm.score(QUERIES, DOCS).scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
+
+
 def test_vllm_overrides_for_label_words_keep_their_order():
     assert vllm_hf_overrides(["irrelevant", "exact"]) == {
         "architectures": ["Qwen3ForSequenceClassification"],
@@ -275,7 +283,8 @@ def test_vllm_overrides_for_label_words_keep_their_order():
 
 
 def test_vllm_yes_no_for_other_model_families_names_the_two_way_method():
-    assert vllm_hf_overrides(["yes", "no"], "LlamaForCausalLM") == {
+    assert vllm_hf_overrides(["yes", "no"])["method"] == "no_post_processing"  # a label judge's yes and no
+    assert vllm_hf_overrides(["yes", "no"], "LlamaForCausalLM", yes_minus_no=True) == {
         "architectures": ["LlamaForSequenceClassification"],
         "classifier_from_token": ["no", "yes"],
         "method": "from_2_way_softmax",
@@ -377,6 +386,22 @@ def test_label_judge_end_to_end(tiny_qwen3, ranking_file, tmp_path):
     grades, probabilities = label_judge_by_hand(tiny_qwen3, *zip(*pairs), generate_logits.DEFAULT_INSTRUCTION, ESCI, [3, 2, 1, 0])
     np.testing.assert_allclose([line["score"] for line in lines], grades, atol=1e-5)
     np.testing.assert_allclose([[line["label_probs"][w] for w in ESCI] for line in lines], probabilities, atol=1e-5)
+
+
+def test_teachers_given_as_hub_ids_are_named_after_them_not_their_download_folder(
+    tiny_cross_encoder, ranking_file, tmp_path, monkeypatch
+):
+    cache = tmp_path / "hub-cache"
+    for name, commit in (("ce-small", "1" * 40), ("ce-large", "2" * 40)):
+        repo = cache / f"models--acme--{name}"
+        shutil.copytree(tiny_cross_encoder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines, args = run_stage(tmp_path, ranking_file, "--teacher_type", "cross_encoder", "--model_path", "acme/ce-small",
+                            "acme/ce-large", "--cache_dir", str(cache))  # fmt: skip
+    assert list(args["resolved"]["teachers"]) == ["ce-small", "ce-large"]
+    assert list(lines[0]["teacher_scores"]) == ["ce-small", "ce-large"]
 
 
 def test_several_teachers_end_to_end_keep_each_score_and_combine_them(tiny_qwen3, tiny_cross_encoder, ranking_file, tmp_path):

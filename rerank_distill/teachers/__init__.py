@@ -159,12 +159,14 @@ def build_teacher(teacher_type: str, model_path: str, backend: str, options) -> 
     raise InputError(f"unknown --teacher_type '{teacher_type}'; choose from {', '.join(TEACHER_TYPES)}")
 
 
-def build_teachers(model_paths: list[str], teacher_types: list[str], backend: str, options) -> list[Teacher]:
-    """One teacher per model (``teacher_types`` as from ``teacher_types_for``), each named after its
-    folder; teachers that share a folder name are numbered (``model``, ``model-2``) so every
-    ``teacher_scores`` entry is kept."""
+def build_teachers(model_paths: list[str], teacher_types: list[str], backend: str, options,
+                   given_names: list[str] | None = None) -> list[Teacher]:
+    """One teacher per model (``teacher_types`` as from ``teacher_types_for``), each named after the
+    last part of the path or hub id the user gave (``given_names``; a hub id's download folder is a
+    commit hash) or else of its folder; teachers that share a name are numbered (``model``,
+    ``model-2``) so every ``teacher_scores`` entry is kept."""
     teachers = [build_teacher(kind, path, backend, options) for kind, path in zip(teacher_types, model_paths)]
-    names = unique_names([os.path.basename(os.path.normpath(path)) for path in model_paths])
+    names = unique_names([os.path.basename(os.path.normpath(path)) for path in given_names or model_paths])
     for teacher, name in zip(teachers, names):
         teacher.name = name
     return teachers

@@ -44,11 +44,12 @@ def expected_grade(probabilities: np.ndarray, grades: list[float]) -> np.ndarray
     return probabilities @ np.asarray(grades, dtype=np.float64)
 
 
-def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options):
+def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options,
+                  yes_minus_no):
     if backend == "vllm":
         from rerank_distill.teachers.llm_vllm import VllmJudge
 
-        return VllmJudge(model_path, prompt, words, token_ids, dtype, vllm_options or {})
+        return VllmJudge(model_path, prompt, words, token_ids, dtype, vllm_options or {}, yes_minus_no)
     from rerank_distill.teachers.llm_hf import HFJudge
 
     return HFJudge(model_path, prompt, token_ids, batch_size, device, dtype, prefix_cache)
@@ -75,9 +76,8 @@ class _Judge:
             "backend": backend,
             "dtype": dtype,
         }
-        self.engine = _judge_engine(
-            model_path, backend, self.prompt, words, token_ids, batch_size, device, dtype, prefix_cache, vllm_options
-        )
+        self.engine = _judge_engine(model_path, backend, self.prompt, words, token_ids, batch_size, device, dtype,
+                                    prefix_cache, vllm_options, yes_minus_no=self.teacher_type == "llm_yesno")
 
 
 class YesNoJudge(_Judge):

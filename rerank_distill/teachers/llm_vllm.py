@@ -38,22 +38,26 @@ def classifier_architecture(causal_architecture: str) -> str:
     return causal_architecture.removesuffix("ForCausalLM") + "ForSequenceClassification"
 
 
-def vllm_hf_overrides(answer_words: list[str], causal_architecture: str = "Qwen3ForCausalLM") -> dict:
+def vllm_hf_overrides(answer_words: list[str], causal_architecture: str = "Qwen3ForCausalLM",
+                      yes_minus_no: bool = False) -> dict:
     """``hf_overrides`` that turn a causal LM into a classifier over ``answer_words``.
 
-    Two words ``[yes, no]``: one output, logit(yes) - logit(no) (the documented Qwen3-Reranker
-    conversion, which wants the order ``[no, yes]``; other model families name its loading method,
-    as vLLM's convert_model_to_seq_cls example does for mxbai-rerank-v2). More words: one raw
+    ``yes_minus_no`` (the yes/no judge, words ``[yes, no]``): one output, logit(yes) - logit(no)
+    (the documented Qwen3-Reranker conversion, which wants the order ``[no, yes]``; other model
+    families name its loading method, as vLLM's convert_model_to_seq_cls example does for
+    mxbai-rerank-v2). Otherwise, whatever the words (a label judge may use yes and no too): one raw
     logit per word.
     """
     architecture = classifier_architecture(causal_architecture)
-    if answer_words == ["yes", "no"] and architecture == "Qwen3ForSequenceClassification":
+    if yes_minus_no and answer_words != ["yes", "no"]:
+        raise ValueError(f"yes_minus_no needs the answer words ['yes', 'no'], got {answer_words}")
+    if yes_minus_no and architecture == "Qwen3ForSequenceClassification":
         return {
             "architectures": [architecture],
             "classifier_from_token": ["no", "yes"],
             "is_original_qwen3_reranker": True,
         }
-    if answer_words == ["yes", "no"]:
+    if yes_minus_no:
         return {
             "architectures": [architecture],
             "classifier_from_token": ["no", "yes"],
@@ -80,6 +84,7 @@ class VllmJudge:
         answer_token_ids: list[int],
         dtype: str,
         options: dict,
+        yes_minus_no: bool = False,
     ):
         from transformers import AutoConfig
         from vllm import LLM, PoolingParams
@@ -90,7 +95,7 @@ class VllmJudge:
         self.llm = LLM(
             model=model_path,
             runner="pooling",
-            hf_overrides=vllm_hf_overrides(answer_words, architecture),
+            hf_overrides=vllm_hf_overrides(answer_words, architecture, yes_minus_no),
             dtype="auto" if dtype == "auto" else dtype,
             max_model_len=prompt.max_length,
             enable_prefix_caching=True,
