@@ -50,8 +50,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def write_results(path: str | Path, results: dict) -> Path:
+def write_results(path: str | Path, results: dict, keep_existing: bool = True) -> Path:
+    """Write ``results`` as JSON to ``path`` and return where: where a file of that name exists
+    (figures a README may cite) and ``keep_existing``, beside it with the date and time in its name,
+    so a rerun never replaces earlier figures."""
     path = Path(path)
+    if path.exists() and keep_existing:
+        path = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return path

@@ -171,6 +171,8 @@ def main() -> None:
             "tie_free_queries": len(subset), "largest_difference": max(differences.values()), "equal_to_1e-6": same,
         },
     }  # fmt: skip
+    if BF16 in outputs:
+        results["bfloat16_change"] = {"largest_score_difference": shift, "metrics": change}
     output = args.output_json or f"bench/results/evaluate_{args.device.split(':')[0]}.json"
     print("wrote", write_results(output, results))
 

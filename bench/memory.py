@@ -92,12 +92,13 @@ def main() -> None:
     ratios = {stage: values[args.times] / values[1] for stage, values in peaks.items()}
     for stage, ratio in ratios.items():
         print(f"{stage}: peak RSS at {args.times}x input = {ratio:.3f} x the 1x peak (target <= 1.5)")
-    write_results(args.output_json, {
+    written = write_results(args.output_json, {
         "benchmark": "memory", "machine": machine(), "model": Path(model).name if args.model_path else "tiny random Qwen3 (hidden 64)",
         "data": args.data, "times": args.times, "chunk_size": args.chunk_size,
         "peak_rss_mib": {stage: {f"{k}x": v for k, v in values.items()} for stage, values in peaks.items()},
         "ratio": ratios,
     })  # fmt: skip
+    print("wrote", written)
 
 
 if __name__ == "__main__":

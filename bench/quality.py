@@ -212,7 +212,10 @@ def main() -> None:
             budget = budget or earlier["seconds"]
             print(f"seed {seed} recipe: from the runs log ({earlier['finished_at']}): dev MAP "
                   f"{earlier['dev']['map']:.4f}, trained {earlier['seconds']:.0f} s")
-        for name in args.runs:
+        if "ours" in args.runs and budget is None and "recipe" not in args.runs and args.max_steps <= 0:
+            raise SystemExit(f"seed {seed}: no recipe run in {args.runs_log} to take ours' time budget from; "
+                             "add --runs recipe or give --budget_seconds")
+        for name in sorted(args.runs, key=["recipe", "ours"].index):  # the recipe first: its time is ours' budget
             out = work / f"{name}_seed{seed}" / "model"
             shutil.rmtree(out, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def main() -> None:
 
     names = {"recipe": "original recipe", "ours": "ours"}
     print_table(teacher, before, {names[n]: runs for n, runs in results.items()})
-    write_results(args.output_json, {
+    written = write_results(args.output_json, {
         "benchmark": "quality", "machine": machine(), "command": sys.argv, "teacher_model": Path(args.teacher).name,
         "score_scale": args.score_scale, "student": Path(args.student).name, "data": str(data_dir),
         "dev_queries_evaluated": start["queries_evaluated"], "teacher": teacher, "before": before,
@@ -250,7 +253,7 @@ def main() -> None:
                         "seconds": statistics.mean(r["seconds"] for r in runs)}
                  for name, runs in results.items()},
     })  # fmt: skip
-    print("wrote", args.output_json, "and appended", len(log), "runs to", args.runs_log)
+    print("wrote", written, "and appended", len(log), "runs to", args.runs_log)
 
 
 if __name__ == "__main__":

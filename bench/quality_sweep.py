@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="output/bench/quality_sweep")
     parser.add_argument("--work_dir", default=None, help="Models in training (default: OUTPUT_DIR/work).")
     parser.add_argument("--max_steps", type=int, default=-1, help="Cut every run short (smoke tests only).")
-    parser.add_argument("--output_json", default="output/bench/quality_sweep.json")
+    parser.add_argument("--output_json", default="bench/results/quality_sweep.json")
     parser.add_argument("--run", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)  # one run, in a worker
     args = parser.parse_args()
     args.work_dir = args.work_dir or str(Path(args.output_dir) / "work")
@@ -91,15 +91,15 @@ def main() -> None:
     if args.run:
         name, seed = args.run[0], int(args.run[1])
         result = run_one(name, configs[name], seed, args)
-        write_results(runs_dir / f"{name}_seed{seed}.json", result)
+        write_results(runs_dir / f"{name}_seed{seed}.json", result, keep_existing=False)  # read back below
         return
 
     data_dir, scores = Path(args.data_dir), Path(args.output_dir) / "scores"
     embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl", data_dir / "dev.jsonl"], scores)
-    per_list = max((config.get("passages_as_queries", 0) for config in configs.values()), default=0)
+    names = args.only or list(configs)
+    per_list = max((configs[name].get("passages_as_queries", 0) for name in names), default=0)
     if per_list:
         embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl"], scores, passages_as_queries=per_list)
-    names = args.only or list(configs)
     jobs = [(name, seed) for seed in args.seeds for name in names]
 
     def launch(job: tuple[str, int]) -> dict | None:
@@ -135,9 +135,9 @@ def main() -> None:
             summary[name] = {"seeds": [r["seed"] for r in runs], "map_chosen": chosen, "map_last": last,
                              "share_last": last / teacher["map"], "share_chosen": chosen / teacher["map"]}
             print(f"{name:<16}{len(runs):>6}{chosen:>12.4f}{last:>10.4f}{share({'map': last}, teacher):>18.1%}")
-    write_results(args.output_json, {"benchmark": "quality_sweep", "machine": machine(), "command": sys.argv,
+    written = write_results(args.output_json, {"benchmark": "quality_sweep", "machine": machine(), "command": sys.argv,
                                      "teacher": teacher, "configs": configs, "summary": summary, "runs": results})
-    print("wrote", args.output_json)
+    print("wrote", written)
 
 
 if __name__ == "__main__":

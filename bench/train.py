@@ -155,7 +155,7 @@ def main() -> None:
     print(f"\n{'run':<34} {'final train loss':>17} {'held-out loss':>14}")
     for (name, _), details in zip(rows, runs_detail.values()):
         print(f"{name:<34} {median([d['final_loss'] for d in details]):>17.4f} {median([d['held_out_loss'] for d in details]):>14.4f}")
-    write_results(args.output_json, {
+    written = write_results(args.output_json, {
         "benchmark": "train", "machine": machine(), "student": Path(args.student).name, "steps": args.max_steps,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
         "pairs_per_forward": args.pairs_per_forward,
@@ -163,7 +163,7 @@ def main() -> None:
         "ratio_to_original": {name: rate / dict(rows)["original recipe (fp32)"] for name, rate in rows},
         "runs": runs_detail,
     })  # fmt: skip
-    print("wrote", args.output_json)
+    print("wrote", written)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class VllmJudge:
             enable_prefix_caching=True,
             tensor_parallel_size=options.get("tensor_parallel_size", 1),
             gpu_memory_utilization=options.get("gpu_memory_utilization", 0.9),
+            **options.get("engine_args", {}),  # further vllm.LLM arguments (bench/teacher.py: load_format)
         )
         self.params = PoolingParams(use_activation=False)
 
