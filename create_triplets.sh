@@ -40,7 +40,7 @@ needs_labels=false
 previous=""
 for arg in "$@"; do
     case "$arg" in
-        --label_margin | --label_margin=*) needs_labels=true ;;
+        --label_margin | --label_margin=* | --label-margin | --label-margin=*) needs_labels=true ;;
         --positives=*) positives="${arg#--positives=}" ;;
     esac
     if [[ "$previous" == "--positives" ]]; then

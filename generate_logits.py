@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -110,14 +111,24 @@ def main(argv: list[str] | None = None) -> dict:
                     expected[source, derived].queries, expected[source, derived].pairs,
                     f" (shard {args.shard})" if args.shard else "")
 
-    if args.data_parallel_size > 1 and shard.count == 1:
-        # the replicas each write args.shard-I-of-N.json with the teachers they resolved
-        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv), script=args)
-        total = sum(summary.pairs for summary in expected.values())
-        run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
-                     inputs, total, args.show_progress, on_cpu=args.device == "cpu")
-        return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
+    # One run per output at a time, claimed before any teacher loads (minutes for an 8B model)
+    with ExitStack() as claimed:
+        for output in outputs:
+            claimed.enter_context(only_writer(output))
+        if args.data_parallel_size > 1 and shard.count == 1:
+            # the replicas each write args.shard-I-of-N.json with the teachers they resolved
+            write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
+                           script=args)
+            total = sum(summary.pairs for summary in expected.values())
+            run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
+                         inputs, total, args.show_progress, on_cpu=args.device == "cpu")
+            return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
+        return score_with_teachers(args, argv, teacher_types, inputs, outputs, expected, shard, hub_args)
 
+
+def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], inputs: list,
+                        outputs: list[Path], expected: dict, shard: Shard, hub_args: dict) -> dict:
+    """Load the teachers, record the run's arguments, and score each input into its output."""
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
     model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
@@ -130,9 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {}
     for (source, derived), output in zip(inputs, outputs):
-        with only_writer(output):
-            stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
-                                 args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
+        stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
+                             args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "
@@ -143,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
             )
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
     return summary
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -41,10 +41,12 @@ read -r -a teacher_types <<< "$TEACHER_TYPE"
 # given on this command line replaces MODEL/TEACHER_TYPE instead of adding a teacher to them.
 model_args=(--model_path "${model_paths[@]}")
 type_args=(--teacher_type "${teacher_types[@]}")
+inputs_given=false
 for arg in "$@"; do
     case "$arg" in
         --model_path | --model_path=* | --model-path | --model-path=*) model_args=() ;;
         --teacher_type | --teacher_type=* | --teacher-type | --teacher-type=*) type_args=() ;;
+        --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
     esac
 done
 
@@ -61,7 +63,14 @@ score() {
         "$@"
 }
 
-if (( PASSAGES_AS_QUERIES > 0 )); then
+if [[ "$inputs_given" == "true" ]]; then
+    # inputs named on the command line: one run over them (with PASSAGES_AS_QUERIES, for each of them)
+    paq_args=()
+    if (( PASSAGES_AS_QUERIES > 0 )); then
+        paq_args=(--passages_as_queries "$PASSAGES_AS_QUERIES")
+    fi
+    score ${paq_args[@]+"${paq_args[@]}"} "$@"
+elif (( PASSAGES_AS_QUERIES > 0 )); then
     # the first input with its passages-as-queries lists, then the others: each file is scored by one
     # run only, so a flag such as --overwrite never makes a second run score a file again
     score --input_path "${input_paths[0]}" --passages_as_queries "$PASSAGES_AS_QUERIES" "$@"

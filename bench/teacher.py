@@ -176,10 +176,15 @@ def main() -> None:
     # one untimed call of each path on a few pairs: the first call pays one-off costs (kernels, caches)
     few = slice(0, min(8, len(pair_docs)))
     for dtype in dtypes:
-        original_scores(original_models[dtype], tokenizer, pair_queries[few], pair_docs[few], args.instruction,
-                        args.max_length, args.device)  # fmt: skip
+        for batch in (8, 16) if on_gpu else (8,):
+            original_scores(original_models[dtype], tokenizer, pair_queries[few], pair_docs[few], args.instruction,
+                            args.max_length, args.device, batch)  # fmt: skip
         judges[dtype].score(pair_queries[few], pair_docs[few])
     judge_no_prefix_cache.score(pair_queries[few], pair_docs[few])
+    if "ours (vLLM backend)" in runs:
+        vllm_judge.score(pair_queries[few], pair_docs[few])
+        if args.random_qwen3_8b:
+            print("vLLM runs on its own random weights here: its score differences below mean nothing")
     run_list = list(runs.items())
     rates = alternate({name: fn for name, fn in run_list}, args.repetitions)
     rows = [(name, median(values)) for name, values in rates.items()]

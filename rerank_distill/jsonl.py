@@ -3,12 +3,12 @@ that never leave a truncated file under the final name."""
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import io
 import json
 import math
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +28,10 @@ def open_text(path: str | Path, mode: str = "r", gzipped: bool | None = None) ->
     return open(path, mode, encoding=encoding)
 
 
+# What surrogateescape decodes a byte that is not UTF-8 to
+UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
 
@@ -39,17 +43,16 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not os.path.isfile(path):
         raise InputError("file not found; check the path", path)
     found_any = False
-    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as raw_lines:
+    raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    # Undecodable bytes become stand-in characters (surrogateescape), so the line they are on is
+    # named; any line ending (\n, \r\n, \r) ends a line; a leading byte-order mark is dropped.
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline=None) as lines:
         try:
-            for line_number, raw in enumerate(raw_lines, start=1):
-                if line_number == 1:
-                    raw = raw.removeprefix(codecs.BOM_UTF8)  # Windows editors write one; JSON parsers refuse it
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
+            for line_number, line in enumerate(lines, start=1):
+                if bad := UNDECODED_BYTE.search(line):
                     raise InputError(
-                        f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line); "
-                        "save the file as UTF-8", path, line_number,
+                        f"not UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at character {bad.start() + 1} of the "
+                        "line); save the file as UTF-8", path, line_number,
                     ) from None  # fmt: skip
                 if not line.strip():
                     continue

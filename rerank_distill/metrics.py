@@ -184,21 +184,21 @@ def mean_score_per_grade(scores: Sequence[float], grades: Sequence[float]) -> di
 
 
 def label_accuracy(
-    label_probs: Sequence[Mapping[str, float]], grades: Sequence[float], word_grades: Mapping[str, float]
+    label_probs: Sequence[Mapping[str, float]], grades: Sequence[float], word_grades: Mapping[str, float],
+    by_relevance: bool = False,
 ) -> dict:
     """How often a graded-label teacher's most probable label word has the true grade.
 
     ``label_probs`` holds one ``{word: probability}`` per candidate and ``word_grades`` maps each
     word to its grade; a tie in probability goes to the word listed first in ``word_grades``.
-    Where the data's grades are only 1 and 0 but the words grade finer (ESCI's 3/2/1/0 on
-    positive/negative data), a prediction counts as right when it agrees on relevance (grade > 0).
+    ``by_relevance`` (for positive/negative data, whose 1 and 0 are no grades on the words' scale,
+    such as ESCI's 3/2/1/0): a prediction counts as right when it agrees on relevance (grade > 0).
     Returns ``{"accuracy", "correct", "pairs", "compared", "confusion": {true grade: {predicted
     grade: count}}}`` (grades named by ``grade_name``; ``compared`` is "grade" or "relevance").
     Raises ValueError for a word ``word_grades`` lacks.
     """
     if len(label_probs) != len(grades):
         raise ValueError(f"{len(label_probs)} label_probs but {len(grades)} grades")
-    by_relevance = set(grades) <= {0, 1} and max(word_grades.values(), default=0) > 1
     rank = {word: i for i, word in enumerate(word_grades)}
     confusion: dict[str, dict[str, int]] = {}
     correct = 0
@@ -225,17 +225,19 @@ def graded_summary(
     scores_by_model: Mapping[str, Sequence[float]],
     label_probs: Sequence[Mapping[str, float]] | None = None,
     word_grades: Mapping[str, float] | None = None,
+    positive_negative_data: bool = False,
 ) -> dict:
     """What graded labels add to a report, over every pair (one grade and one score per pair):
     ``{"pairs_per_grade", "mean_score_per_grade": {model: {grade: mean}}}`` and, for a teacher
     that predicts label words (``label_probs`` with ``word_grades``), ``"label_accuracy":
-    {"teacher": label_accuracy(...) + {"label_grades"}}``."""
+    {"teacher": label_accuracy(...) + {"label_grades"}}``, compared by relevance on
+    ``positive_negative_data``."""
     counts = Counter(grade_name(grade) for grade in grades)
     summary = {
         "pairs_per_grade": {name: counts[name] for name in sorted(counts, key=float, reverse=True)},
         "mean_score_per_grade": {name: mean_score_per_grade(s, grades) for name, s in scores_by_model.items()},
     }
     if label_probs is not None and word_grades is not None:
-        accuracy = label_accuracy(label_probs, grades, word_grades)
+        accuracy = label_accuracy(label_probs, grades, word_grades, by_relevance=positive_negative_data)
         summary["label_accuracy"] = {"teacher": {**accuracy, "label_grades": dict(word_grades)}}
     return summary

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def run_replicas(
     finished: dict = {}
     bar = tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas", disable=not show_progress)
     # A stop of this process (Ctrl-C, or kill as a scheduler sends it) stops the replicas too: left
-    # running, they would race the next run of the same command for the same files.
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # running, they would race the next run of the same command for the same files. (Python lets
+    # only the main thread set a handler; called from another, SIGTERM keeps its own.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
     try:
         while any(process.poll() is None for _, _, _, process in workers):
             bar.n = _pairs_done(inputs, output_dir, shards, finished)
@@ -141,7 +144,8 @@ def run_replicas(
                        num_replicas)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     bar.n = _pairs_done(inputs, output_dir, shards, finished)
     bar.close()
     failed = []

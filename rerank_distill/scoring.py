@@ -239,7 +239,8 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
 def only_writer(output_path: Path):
     """Hold ``OUT.lock`` for the block, so two runs never write one output (a second start of the
     same command, or replicas left running by a killed parent would interleave their chunks);
-    InputError if another process holds it. Where there is no fcntl (Windows) nothing is locked."""
+    InputError if another process holds it. Where the system or file system has no flock (Windows,
+    some network file systems) it warns and goes on unlocked."""
     try:
         import fcntl
     except ImportError:
@@ -247,24 +248,52 @@ def only_writer(output_path: Path):
         return
     lock_path = output_path.with_name(output_path.name + ".lock")
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
+    while True:
+        lock = open(lock_path, "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             raise InputError(
                 f"another run is writing {output_path} at this moment; wait for it or stop it first "
                 "(replicas of --data_parallel_size run as processes of their own)"
             ) from None
-        try:
+        except OSError as error:
+            lock.close()
+            logger.warning("cannot lock %s (%s); going on without the guard against a second run", lock_path, error)
             yield
-        finally:
-            lock_path.unlink(missing_ok=True)
+            return
+        # a run that finished just now unlinked the file this one locked: lock the current one instead
+        try:
+            if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        lock.close()
+
+
+def model_identity(model_path: str) -> str:
+    """One name for one model however its path is spelled: the real path of a local folder, or for
+    a hub download ``models--ORG--NAME/snapshots/COMMIT`` whatever cache holds it."""
+    parts = Path(model_path).resolve().parts
+    if "snapshots" in parts[1:-1]:
+        at = parts.index("snapshots")
+        return "/".join(parts[at - 1 : at + 2])
+    return str(Path(model_path).resolve())
 
 
 def _made_with(teachers: list, input_format: str, shard: Shard, passages_as_queries: int, pairs: int) -> dict:
     """What a finished output was scored with, compared on a rerun before it is reused: the teachers'
-    settings and what was read. (Not the input file's time or the chunk size: those change nothing.)"""
-    return {"teachers": [t.config for t in teachers], "input_format": input_format, "shard": asdict(shard),
+    settings (each model by model_identity) and what was read. (Not the input file's time or the
+    chunk size: those change nothing.)"""
+    configs = [{**t.config, **({"model_path": model_identity(t.config["model_path"])} if "model_path" in t.config else {})}
+               for t in teachers]  # fmt: skip
+    return {"teachers": configs, "input_format": input_format, "shard": asdict(shard),
             "passages_as_queries": passages_as_queries, "pairs": pairs}  # fmt: skip
 
 

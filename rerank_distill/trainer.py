@@ -20,6 +20,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
 from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from rerank_distill.errors import InputError
 
@@ -226,11 +227,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
 # ---------------------------------------------------------------------------------------------
 
 
-# What a checkpoint records of the time budget, so that resuming continues it (TimeBudget.start)
-TIME_BUDGET_FILE = "time_budget.json"
-
-
-class TimeBudget(TrainerCallback):
+class TimeBudget(TrainerCallback, ExportableState):
     """Keep training within ``seconds`` of wall time from its start (``start``, or the trainer's
     on_train_begin), evaluations and checkpoints included.
 
@@ -259,24 +256,27 @@ class TimeBudget(TrainerCallback):
 
     def start(self, resumed_from: str | None = None) -> None:
         """Start the clock now (train.py calls it just before trainer.train(), whose time it reports),
-        or, resuming from a checkpoint this budget saved, as far back as that run had spent, so a
+        or, resuming from a checkpoint saved with a budget, as far back as that run had spent, so a
         resumed run neither gets the budget again nor restarts the schedule's decay."""
         self.started = self.last_step_end = self.clock()
-        record = Path(resumed_from or "") / TIME_BUDGET_FILE
-        if resumed_from and record.is_file():
-            saved = json.loads(record.read_text(encoding="utf-8"))
-            self.started -= saved["seconds_spent"]
-            self.spent, self.longest_interval = saved["spent"], saved["longest_interval"]
-        elif resumed_from:
-            logger.warning("--max_train_seconds: %s has no %s (saved without a budget), so the budget counts from now",
-                           resumed_from, TIME_BUDGET_FILE)
+        if not resumed_from:
+            return
+        state = json.loads((Path(resumed_from) / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = (state.get("stateful_callbacks") or {}).get(type(self).__name__)
+        if saved:
+            self.started -= saved["attributes"]["seconds_spent"]
+            self.spent, self.longest_interval = saved["attributes"]["spent"], saved["attributes"]["longest_interval"]
+        else:
+            logger.warning("--max_train_seconds: %s was saved without a budget, so the budget counts from now",
+                           resumed_from)
 
-    def on_save(self, args, state, control, **kwargs):
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            record = {"seconds_spent": self.clock() - self.started, "spent": self.spent,
-                      "longest_interval": self.longest_interval}  # fmt: skip
-            (checkpoint / TIME_BUDGET_FILE).write_text(json.dumps(record), encoding="utf-8")
+    def state(self) -> dict:
+        """What each checkpoint's trainer_state.json keeps of the budget (the Trainer asks every
+        ExportableState callback as it saves), read back by ``start`` on a resume."""
+        return {"args": {"seconds": self.seconds},
+                "attributes": {"seconds_spent": 0.0 if self.started is None else self.clock() - self.started,
+                               "spent": self.spent,
+                               "longest_interval": self.longest_interval}}  # fmt: skip
 
     def stretch(self, scheduler, total_steps: int) -> bool:
         """Make a LambdaLR schedule (every schedule transformers builds is one) planned for

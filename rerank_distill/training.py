@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,16 +310,22 @@ def set_best_metric(training, passed: dict[str, str | None], metric: str) -> Non
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
 
 
-def newest_checkpoint(output_dir: str) -> str | None:
+def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> str | None:
     """The newest complete checkpoint-* folder in ``output_dir`` (one with its trainer_state.json,
     which the Trainer writes last: a run stopped while saving leaves a newer folder without it),
-    or None when there is none (yet)."""
+    or None when there is none (yet). ``set_aside_incomplete`` renames such a folder to
+    ``incomplete-checkpoint-N`` (on the main process), as the Trainer would otherwise keep it as
+    the newest checkpoint and delete the resumed run's own in its place (save_total_limit)."""
     folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
     for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
         if (folder / "trainer_state.json").is_file():
             return str(folder)
-        logger.warning("%s is incomplete (no trainer_state.json: the run stopped while saving it); it is passed over",
-                       folder)
+        if set_aside_incomplete and os.environ.get("RANK", "0") == "0":
+            folder.rename(folder.with_name(f"incomplete-{folder.name}"))
+            logger.warning("%s is incomplete (the run stopped while saving it): set aside as incomplete-%s",
+                           folder, folder.name)
+        else:
+            logger.warning("%s is incomplete (the run stopped while saving it); it is passed over", folder)
     return None
 
 
@@ -327,7 +334,7 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     if value is None:
         return None
     if value.lower() in ("last", "true"):
-        last = newest_checkpoint(output_dir)
+        last = newest_checkpoint(output_dir, set_aside_incomplete=True)
         if last is None:
             raise InputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
         return last

@@ -18,6 +18,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
 
 REPO = Path(__file__).resolve().parent.parent
+ESCI_WORDS = ("exact", "substitute", "complement", "irrelevant")
 METRICS = ("map", "mrr@10", "ndcg@10")
 
 
@@ -384,6 +385,17 @@ def test_label_probs_on_binary_data_still_add_the_graded_section(tiny_cross_enco
     accuracy = report["graded"]["label_accuracy"]["teacher"]
     assert accuracy["label_grades"] == {"yes": 1.0, "no": 0.0}  # len-1 down to 0, best first
     assert (accuracy["correct"], accuracy["pairs"]) == (1, 2)  # "b" is predicted "yes" but is a negative
+
+
+def test_esci_label_words_on_positive_negative_data_are_right_when_they_agree_on_relevance(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a", "b"], "negative": ["c"]}])
+    predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}  # all right: 1 is "relevant", not grade 1
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": p, "score": 1.0 - i, "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
+        for i, p in enumerate("abc")
+    ])  # fmt: skip
+    accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
+    assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
 
 
 def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_encoder, tmp_path):

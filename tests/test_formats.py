@@ -256,6 +256,9 @@ def test_a_windows_file_with_byte_order_mark_and_crlf_reads_like_a_plain_one(tmp
     windows = tmp_path / "windows.jsonl"
     windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
     assert as_tuples(windows) == as_tuples(plain)
+    old_mac = tmp_path / "old_mac.jsonl"  # lines ended by CR alone
+    old_mac.write_bytes(plain.read_bytes().replace(b"\n", b"\r"))
+    assert as_tuples(old_mac) == as_tuples(plain)
 
 
 # --- a downloaded data-set folder: DIR[:SPLIT] ---------------------------------------------------

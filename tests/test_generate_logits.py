@@ -204,7 +204,17 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
         pass
 
 
-def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ranking_file):
+def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_record(tmp_path, ranking_file, monkeypatch):
+    from rerank_distill.scoring import only_writer
+
+    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
+    with only_writer(tmp_path / "o" / "train_scores.jsonl"):
+        with pytest.raises(InputError, match="another run is writing"):
+            generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "args.json").exists()
+
+
+def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ranking_file, monkeypatch):
     output = tmp_path / "train_scores.jsonl"
     run_scoring(ranking_file, output, CountingTeacher())
     made = json.loads(output.with_name(output.name + ".run.json").read_text())
@@ -215,6 +225,22 @@ def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ran
 
     with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(teachers differ\)"):
         run_scoring(ranking_file, output, OtherTeacher())
+
+    class SameModelSpelledOtherwise(CountingTeacher):  # a folder passed as ./m or /abs/m is one model
+        config = {"teacher_type": "counting", "model_path": str(tmp_path / "m")}
+
+    later = tmp_path / "later_scores.jsonl"
+    run_scoring(ranking_file, later, SameModelSpelledOtherwise())
+    monkeypatch.chdir(tmp_path)
+    SameModelSpelledOtherwise.config = {"teacher_type": "counting", "model_path": "./m"}
+    assert run_scoring(ranking_file, later, SameModelSpelledOtherwise()).already_complete
+    # a file finished by an earlier release has no .run.json: its line count is checked instead
+    later.with_name(later.name + ".run.json").unlink()
+    assert run_scoring(ranking_file, later, SameModelSpelledOtherwise()).already_complete
+    with open(later, "a") as out:
+        out.write("{}\n")
+    with pytest.raises(InputError, match=r"\(pairs differ\)"):
+        run_scoring(ranking_file, later, SameModelSpelledOtherwise())
     with open(ranking_file, "a") as more:  # the input grew since
         more.write(json.dumps({"query": "new", "positive": ["p"], "negative": ["n"]}) + "\n")
     with pytest.raises(InputError, match=r"\(pairs differ\)"):
@@ -251,7 +277,7 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
         ('{"query": "q", "positive": ["a"], "negative": ["b"]}\n{"positive": ["a"], "negative": []}\n', ':2: missing field "query"'),
         ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
         ("", "contains no records"),
-        ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at byte 15"),
+        ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at character 15"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
          ':2: field "query" holds a lone surrogate \\ud83d'),
     ],

@@ -198,8 +198,10 @@ def test_label_accuracy_on_positive_negative_data_compares_relevance():
         probs(0.1, 0.1, 0.2, 0.6),  # true 0, predicted irrelevant (0): right
         probs(0.1, 0.6, 0.2, 0.1),  # true 0, predicted substitute (2): wrong
     ]
-    result = label_accuracy(label_probs, [1, 1, 0, 0], ESCI)
+    result = label_accuracy(label_probs, [1, 1, 0, 0], ESCI, by_relevance=True)
     assert (result["accuracy"], result["correct"], result["compared"]) == (0.75, 3, "relevance")
+    # graded data that happens to hold grades 1 and 0 only: complement (1) against exact (3) is wrong
+    assert label_accuracy(label_probs, [1, 1, 0, 0], ESCI)["correct"] == 2
     assert result["confusion"] == {"1": {"3": 1, "1": 1}, "0": {"2": 1, "0": 1}}
 
 

@@ -103,8 +103,8 @@ def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
     step_ends(budget, clock, 1.0, 4.0)  # 4 s spent, the longest step 3 s: 0.7 of the budget by the next end
     clock.now = 4.5
     checkpoint = tmp_path / "checkpoint-2"
-    checkpoint.mkdir()
-    budget.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=2, is_world_process_zero=True), None)
+    checkpoint.mkdir()  # as the Trainer saves it: every ExportableState callback's state in trainer_state.json
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"stateful_callbacks": {"TimeBudget": budget.state()}}))
 
     resumed_clock = FakeClock()
     resumed_clock.now = 100.0  # another process, another clock
@@ -141,4 +141,5 @@ def test_train_stops_at_the_first_step_past_the_budget_and_the_last_model_is_eva
     state = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [1]
     assert summary["best_checkpoint"].endswith("checkpoint-1")
-    assert json.loads((output / "checkpoint-1" / "time_budget.json").read_text())["spent"] >= 1  # for a resume
+    saved = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["TimeBudget"]["attributes"]["spent"] >= 1  # for a resume

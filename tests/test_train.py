@@ -296,9 +296,11 @@ def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_p
         (folder / "model.safetensors").write_bytes(b"weights")
         if complete:
             (folder / "trainer_state.json").write_text("{}")
-    assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
-    assert "checkpoint-9 is incomplete" in caplog.text
     assert "checkpoint-6" in resume_hint(str(tmp_path))
+    assert "checkpoint-9 is incomplete" in caplog.text
+    assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    # set aside, so the resumed run's checkpoints are the newest and rotation keeps them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-9"]
 
 
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
