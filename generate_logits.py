@@ -154,5 +154,6 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
     return summary
 
+
 if __name__ == "__main__":
     run_main(main)
