@@ -19,14 +19,7 @@ import numpy as np
 
 from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import (
-    INPUT_FORMATS,
-    RankingQuery,
-    detect_format,
-    iter_ranking_queries,
-    iter_rows,
-    teacher_scores_for,
-)
+from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import AtomicWriter
 from rerank_distill.metrics import (
@@ -116,14 +109,6 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     return queries
 
 
-def data_format(args: EvaluationArguments) -> str:
-    """The data set's format: --input_format, or detected from its first record."""
-    if args.input_format != "auto":
-        return args.input_format
-    path, line, record = next(iter_rows(args.dataset_path, args.hub, args.cache_dir))
-    return detect_format(record, path, line, args.label_column)
-
-
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
@@ -176,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
         report["graded"] = graded_summary(grades, flat, *teacher_labels,
-                                          positive_negative_data=data_format(args) in ("mteb", "pos_neg"))
+                                          positive_negative_data=queries[0].source_format in ("mteb", "pos_neg"))
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))

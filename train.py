@@ -188,12 +188,13 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
                                   time_budget=budget, padding=padding)
-    start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
+    resumed = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")) if resume else None
+    start_step = resumed.global_step if resumed else 0
     logger.info("training %s for %s", script.model_name_or_path,
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")
     started = time.perf_counter()
     if budget is not None:
-        budget.start(resumed_from=resume)
+        budget.start(resumed)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:

@@ -79,6 +79,24 @@ def random_qwen3_8b(folder: Path, tokenizer_from: str, device: str):
     return folder, model
 
 
+def benchmark_queries(data: str, num_queries: int, candidates_per_query: int = 0, titles_only: bool = False) -> list:
+    """The first ``num_queries`` queries of ``data`` as the benchmark scores them: with
+    ``titles_only`` every text cut to its first line (SemEval's subject line); with
+    ``candidates_per_query`` each list topped up with other queries' passages to that length."""
+    queries = list(iter_ranking_queries(data))
+    if titles_only:
+        for query in queries:
+            query.query = query.query.split("\n", 1)[0]
+            query.passages = list(dict.fromkeys(p.split("\n", 1)[0] for p in query.passages))
+    pool = [p for q in queries for p in q.passages]
+    queries = queries[:num_queries]
+    if candidates_per_query:
+        for number, query in enumerate(queries):
+            extra = [p for p in pool[number * 7 :] if p not in query.passages]
+            query.passages = (query.passages + extra)[:candidates_per_query]
+    return queries
+
+
 def share_model(model) -> None:
     """Make every ``AutoModelForCausalLM.from_pretrained`` (the hf backend's too) return ``model``."""
     from transformers import AutoModelForCausalLM
@@ -111,17 +129,7 @@ def main() -> None:
         folder, shared_model = random_qwen3_8b(Path("output/bench_models/random-qwen3-8b"), args.model_path, args.device)
         model_path = str(folder)
         share_model(shared_model)
-    queries = list(iter_ranking_queries(args.data))
-    if args.titles_only:
-        for query in queries:
-            query.query = query.query.split("\n", 1)[0]
-            query.passages = list(dict.fromkeys(p.split("\n", 1)[0] for p in query.passages))
-    pool = [p for q in queries for p in q.passages]
-    queries = queries[: args.num_queries]
-    if args.candidates_per_query:
-        for number, query in enumerate(queries):
-            extra = [p for p in pool[number * 7 :] if p not in query.passages]
-            query.passages = (query.passages + extra)[: args.candidates_per_query]
+    queries = benchmark_queries(args.data, args.num_queries, args.candidates_per_query, args.titles_only)
     pair_queries = [q.query for q in queries for _ in q.passages]
     pair_docs = [p for q in queries for p in q.passages]
     on_gpu = args.device.startswith("cuda")

@@ -47,6 +47,7 @@ class RankingQuery:
     passages: list[str]
     labels: list[float]
     location: str = ""  # "file:line" of the record, for messages
+    source_format: str = ""  # the INPUT_FORMATS name it was read from ("mteb", "graded", ...)
 
     @property
     def positives(self) -> list[str]:
@@ -271,7 +272,8 @@ def iter_ranking_queries(
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
             positives = get_text_list(record, pos_name, path, line, required=False)
             negatives = get_text_list(record, neg_name, path, line, required=False)
-            yield RankingQuery(query, positives + negatives, [1.0] * len(positives) + [0.0] * len(negatives), location)
+            yield RankingQuery(query, positives + negatives, [1.0] * len(positives) + [0.0] * len(negatives), location,
+                               record_format)
         else:
             query = get_text(record, "query", path, line)
             passage = passage_of(record, path, line)
@@ -289,7 +291,7 @@ def iter_ranking_queries(
                     path,
                     line,
                 )
-            entry = grouped.setdefault(query, RankingQuery(query, [], [], location))
+            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format))
             entry.passages.append(passage)
             entry.labels.append(label[1])
     yield from grouped.values()

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 
 from rerank_distill.errors import InputError
@@ -254,21 +252,21 @@ class TimeBudget(TrainerCallback, ExportableState):
         self.spent = 0.0
         self.stopped_training = False
 
-    def start(self, resumed_from: str | None = None) -> None:
+    def start(self, resumed: TrainerState | None = None) -> None:
         """Start the clock now (train.py calls it just before trainer.train(), whose time it reports),
-        or, resuming from a checkpoint saved with a budget, as far back as that run had spent, so a
-        resumed run neither gets the budget again nor restarts the schedule's decay."""
+        or, resuming from a checkpoint (its ``resumed`` state) saved with a budget, as far back as
+        that run had spent, so a resumed run neither gets the budget again nor restarts the
+        schedule's decay."""
         self.started = self.last_step_end = self.clock()
-        if not resumed_from:
+        if resumed is None:
             return
-        state = json.loads((Path(resumed_from) / "trainer_state.json").read_text(encoding="utf-8"))
-        saved = (state.get("stateful_callbacks") or {}).get(type(self).__name__)
+        saved = (resumed.stateful_callbacks or {}).get(type(self).__name__)
         if saved:
             self.started -= saved["attributes"]["seconds_spent"]
             self.spent, self.longest_interval = saved["attributes"]["spent"], saved["attributes"]["longest_interval"]
         else:
-            logger.warning("--max_train_seconds: %s was saved without a budget, so the budget counts from now",
-                           resumed_from)
+            logger.warning("--max_train_seconds: the checkpoint at step %d was saved without a budget, so the budget "
+                           "counts from now", resumed.global_step)
 
     def state(self) -> dict:
         """What each checkpoint's trainer_state.json keeps of the budget (the Trainer asks every

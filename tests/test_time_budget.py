@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import TrainerControl, get_linear_schedule_with_warmup
+from transformers import TrainerControl, TrainerState, get_linear_schedule_with_warmup
 
 import train
 from rerank_distill.errors import InputError
@@ -109,7 +109,7 @@ def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
     resumed_clock = FakeClock()
     resumed_clock.now = 100.0  # another process, another clock
     resumed = TimeBudget(10.0, resumed_clock)
-    resumed.start(resumed_from=str(checkpoint))
+    resumed.start(TrainerState.load_from_json(str(checkpoint / "trainer_state.json")))
     assert resumed.spent == pytest.approx(0.7)  # the schedule goes on from there, not from 0
     schedule = linear_schedule(total_steps=100)
     resumed.stretch(schedule, total_steps=100)

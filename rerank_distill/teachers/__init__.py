@@ -33,7 +33,7 @@ class TeacherScores:
 class Teacher(Protocol):
     """What stage 1 needs of a teacher, whatever its kind."""
 
-    name: str  # the key of its score in a several-teacher file: the model folder's name
+    name: str  # the key of its score in a several-teacher file: the model path or hub id as given, its last part
     config: dict  # what makes its scores what they are; a resumed run must match it
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None]) -> TeacherScores:
