@@ -6,8 +6,9 @@ corrected by the gold labels with ``--label_margin`` (labelled positives lifted 
 labelled negatives, the teacher's order kept within each). Positives
 are the ``--top_k`` best (``--positives teacher``), the gold-labelled ones (``labels``) or both;
 each is paired with ``--num_negatives`` passages ranked below it (``--negatives hardest``: just
-below; ``random``: a seeded draw; ``mixed``: half each). Pairs with identical text or a margin
-not above zero (or below ``--min_margin``) are skipped and counted. ``--format`` writes
+below; ``random``: a seeded draw; ``mixed``: half each). A passage listed again for its query
+takes part once (its first listing), and pairs with a margin not above zero (or below
+``--min_margin``) are skipped; both are counted. ``--format`` writes
 ``triplets`` ``{"query", "positive", "negative", "score"}`` (score = teacher margin in logits),
 ``ntuples`` ``{"query", "positive", "negatives", "scores"}`` or ``listwise``
 ``{"query", "passages", "scores"[, "labels"]}`` groups of up to ``--group_size`` with the positive
@@ -98,7 +99,7 @@ class TripletArguments:
         default=None,
         metadata={
             "help": "Correct the teacher with the gold labels before anything else (needs a label on every line): "
-            "each grade's passages are lifted together until they score at least this many logits above every "
+            "each grade's passages are lifted together until they score at least this many logits (> 0) above every "
             "passage of a lower grade, keeping the teacher's order and margins within a grade. The records then "
             "carry the corrected scores. Unset: the teacher's scores as they are."
         },
@@ -124,8 +125,8 @@ def rules_from(args: TripletArguments) -> SelectionRules:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((TripletArguments,), __doc__, argv)
     check_minimums(args, top_k=1, num_negatives=1, group_size=2)
-    if args.label_margin is not None and not args.label_margin >= 0:
-        raise InputError(f"--label_margin must be 0 or more (logit units), got {args.label_margin}")
+    if args.label_margin is not None and not args.label_margin > 0:  # at 0 a lifted positive would only tie
+        raise InputError(f"--label_margin must be above 0 (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
     if any(os.path.abspath(path) == os.path.abspath(args.output_path) for path in args.input_path):

@@ -2,8 +2,9 @@
 
 Reports MAP, MRR@10 and NDCG@10 for each model (and for the teacher's own scores with
 --teacher_scores), the change from before to after, as a table on stdout and as JSON. With graded
-labels (more than two grades, e.g. ESCI's E/S/C/I = 3/2/1/0) it adds each model's mean score per
-true grade and, for a teacher that predicts label words (label_probs), its label accuracy.
+labels (a graded data set such as ESCI's E/S/C/I = 3/2/1/0, or more than two grades) it adds each
+model's mean score per true grade and, for a teacher that predicts label words (label_probs), its
+label accuracy. Tied scores are averaged over (see rerank_distill.metrics).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_
 from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
-TIES = "descending score, then the passage's position in the data set"
+TIES = "averaged: each metric is its mean over every order of the tied passages"
 
 
 @dataclass
@@ -123,7 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_model(path, args.hub, args.cache_dir)
 
     grades = [grade for query in queries for grade in query.labels]
-    graded = len(set(grades)) > 2 or (teacher is not None and teacher.label_probs is not None)
+    label_probs = teacher is not None and teacher.label_probs is not None
+    graded = queries[0].source_format == "graded" or len(set(grades)) > 2 or label_probs
+    # 1 and 0 of positive/negative data (or of stage 1's output of it) mean relevant or not, no grade on
+    # a label teacher's scale (ESCI's 3/2/1/0): its prediction is right when it agrees on relevance
+    positive_negative = queries[0].source_format in ("mteb", "pos_neg") or (
+        queries[0].source_format == "scores" and set(grades) <= {0.0, 1.0})
     # the metrics never read the scores of queries the protocol skips; the graded means use every pair
     wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]
     scores = {}
@@ -135,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
             logger.warning("%s has no bfloat16 units: --dtype bfloat16 is emulated and may be slower", model.device)
         scores[name] = score_ranking_queries(model, queries, args.batch_size, dtype=args.dtype, wanted=wanted)
         del model  # one model in memory at a time
+        not_finite = sum(np.count_nonzero(~np.isfinite(s)) for s, keep in zip(scores[name], wanted) if keep)
+        if not_finite:  # a NaN has no rank; left in, it would rank first or last by accident
+            raise InputError(f"the {name} model gives {not_finite} pairs a score that is not finite (NaN or inf): "
+                             "its weights are broken (did its training diverge?)", path)
     if teacher is not None:
         scores["teacher"] = teacher.per_query
     results = {name: evaluate_rankings(zip(by_query, labels), args.protocol, AT_K) for name, by_query in scores.items()}
@@ -160,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
-        report["graded"] = graded_summary(grades, flat, *teacher_labels,
-                                          positive_negative_data=queries[0].source_format in ("mteb", "pos_neg"))
+        report["graded"] = graded_summary(grades, flat, *teacher_labels, positive_negative_data=positive_negative)
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))

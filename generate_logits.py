@@ -59,6 +59,7 @@ class GenerateLogitsArguments:
     score_scale: float = field(default=DEFAULT_SCORE_SCALE, metadata={"help": "embedding: score = this x cosine similarity, so margins are on a cross-encoder logit's scale."})
     query_prompt: str | None = field(default=None, metadata={"help": "embedding: text put before each query instead of the model's own 'query' prompt (Qwen3-Embedding wants $'Instruct: {task}\\nQuery:' in bash, with a real newline)."})
     input_format: str = field(default="auto", metadata={"help": f"Input format, detected from the fields by default: {', '.join(INPUT_FORMATS)}."})
+    label_column: str | None = field(default=None, metadata={"help": "The grade column of graded row-per-pair input (default: esci_label, label, grade or relevance); it becomes the output's label."})
     chunk_size: int = field(default=20_000, metadata={"help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a crash."})
     shard: str | None = field(default=None, metadata={"help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); join with --merge_shards N."})
     passages_as_queries: int = field(default=0, metadata={"help": "N > 0: also score each query's passages as queries of their own: up to N distinct passages of each list (in input order), each against the rest of its list with the query first, into {stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are queries too (duplicate questions), many more lists for the student at up to N x list-length more teacher pairs; give create_triplets.py both files. 0: off."})
@@ -85,14 +86,14 @@ def args_file_name(args: GenerateLogitsArguments, shard: Shard) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
-    hub_args = {"hub": args.hub, "cache_dir": args.cache_dir}
+    read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     if args.merge_shards:
         for source, derived in inputs:
-            merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, hub_args,
+            merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, read_args,
                                          derived)
             logger.info("merged %d shards into %s (%d pairs)", args.merge_shards, merged, lines)
         return {"merged": args.merge_shards}
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
     expected = {}
     for source, derived in inputs:
-        expected[source, derived] = validate_source(source, args.input_format, shard, derived, **hub_args)
+        expected[source, derived] = validate_source(source, args.input_format, shard, derived, **read_args)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     expected[source, derived].queries, expected[source, derived].pairs,
                     f" (shard {args.shard})" if args.shard else "")
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")
             return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
-        return score_with_teachers(args, argv, teacher_types, inputs, outputs, expected, shard, hub_args)
+        return score_with_teachers(args, argv, teacher_types, inputs, outputs, expected, shard, read_args)
 
 
 def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], inputs: list,
-                        outputs: list[Path], expected: dict, shard: Shard, hub_args: dict) -> dict:
+                        outputs: list[Path], expected: dict, shard: Shard, read_args: dict) -> dict:
     """Load the teachers, record the run's arguments, and score each input into its output."""
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
@@ -142,7 +143,7 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
     summary = {}
     for (source, derived), output in zip(inputs, outputs):
         stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
-                             args.chunk_size, shard, args.overwrite, hub_args, args.show_progress, derived)
+                             args.chunk_size, shard, args.overwrite, read_args, args.show_progress, derived)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "

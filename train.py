@@ -35,6 +35,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from rerank_distill.cli import command_line, parse_args, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
+from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.student import load_cross_encoder
 from rerank_distill.trainer import (
@@ -77,6 +78,17 @@ class ScriptArguments:
         metadata={"aliases": ["--temperature"],
                   "help": "Divide teacher scores (logits) and margins by this before the loss: above 1 softens "
                   "the targets, e.g. for a teacher far more confident than the student can be."},
+    )
+    input_format: Literal[tuple(INPUT_FORMATS)] = field(
+        default="auto",
+        metadata={"help": "Format of --train_data when it is ranking data (teacher scores or labelled lists for "
+                  f"pointwise losses and bce_labels): {', '.join(INPUT_FORMATS)}; auto tells it, and the kind of "
+                  "any other training file, from the fields."},
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "The grade column of labelled row-per-pair data (--train_data, --selection_data), "
+                  "default: esci_label, label, grade or relevance."},
     )
     selection_data: str | None = field(
         default=None,

@@ -368,14 +368,16 @@ def teacher_scores_for(
     """Look up each candidate of each query in a teacher-scores file (stage 1's output or any
     ``{"query", "passage"|"content", "score"}`` file; a repeated pair keeps its first score).
 
-    Where the file has ``label_probs`` (a graded-label teacher), they come along with their words'
-    grades: ``label_words``/``label_grades`` when given, else label_probs' own words, which must then
-    be ESCI's. Raises InputError for a pair the file never scored, a line without label_probs
-    where others have them, and a label word with no grade.
+    Where the file has ``label_probs`` (a graded-label teacher; among several teachers, the first
+    one's ``NAME/label_probs``), they come along with their words' grades: ``label_words``/
+    ``label_grades`` when given, else label_probs' own words, which must then be ESCI's. Raises
+    InputError for a pair the file never scored, a line without label_probs where others have
+    them, and a label word with no grade.
     """
     scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
     for pair in iter_scored_pairs(source):
-        probs = label_probs_of(pair.extra["label_probs"], source, pair.line) if "label_probs" in pair.extra else None
+        field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
+        probs = label_probs_of(pair.extra[field_name], source, pair.line) if field_name else None
         scored.setdefault((pair.query, pair.passage), (pair.score, probs, pair.line))
     per_query = []
     for query in queries:

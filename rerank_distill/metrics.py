@@ -4,17 +4,24 @@ Pure numpy. ``scores`` are any monotone score (logits or probabilities give the 
 ``labels`` are relevance grades: a label > 0 is relevant for MAP and MRR, and the grade itself is
 the gain for NDCG (1/0 for binary data).
 
-Ties are broken deterministically: descending score, then the candidate's position in the data
-set. sentence-transformers' ``CrossEncoderRerankingEvaluator`` calls sklearn's
-``average_precision_score`` and ``ndcg_score``, which average over tied scores instead, and
-``np.argsort(...)[::-1]`` for MRR; so our numbers equal the evaluator's on tie-free scores, and
-may differ where a model gives two candidates of one query exactly the same score. (One more
-difference: the evaluator fails on a query with a single candidate, which sklearn's ``ndcg_score``
-refuses; here such a query scores like any other.)
+Tied scores are averaged over, not broken: each metric is its mean over every order of the tied
+candidates (McSherry & Najork, "Computing information retrieval performance measures efficiently
+in the presence of tied scores", ECIR 2008), computed in closed form. It depends neither on the
+order of the data set nor on the labels of tied candidates, so a model that gives every candidate
+one score earns what a random ranking earns in expectation, never the perfect marks that a
+break by position would hand it where positives are listed first. On tie-free scores these are the
+plain metrics, and they equal sentence-transformers' ``CrossEncoderRerankingEvaluator`` (which calls
+sklearn's ``average_precision_score`` and ``ndcg_score``, and ``np.argsort(...)[::-1]`` for MRR);
+with ties, NDCG still equals sklearn's (which averages the same way), while sklearn's AP counts a
+tied block as one threshold and the evaluator's MRR takes whatever order ``np.argsort`` leaves.
+(One more difference: the evaluator fails on a query with a single candidate, which sklearn's
+``ndcg_score`` refuses; here such a query scores like any other.) Scores must be finite: a NaN
+has no place in a ranking, and ValueError says so.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -31,42 +38,75 @@ PROTOCOL_RULES = {
 SKIP_REASONS = ("no_positive", "no_negative")
 
 
-def ranking_order(scores: Sequence[float]) -> np.ndarray:
-    """Candidate indices best first: descending score, ties kept in their input order."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+def tied_groups(scores: Sequence[float]) -> list[np.ndarray]:
+    """Candidate indices grouped by equal score, best score first (each group in input order).
+    ValueError for a score that is not finite."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} of {scores.size} scores are not finite (NaN or inf)")
+    order = np.argsort(-scores, kind="stable")
+    starts = np.flatnonzero(np.diff(scores[order], prepend=np.inf))
+    return np.split(order, starts[1:])
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[float]) -> float:
     """Average precision over the full ranking: the mean, over relevant candidates (label > 0), of
-    the precision at each one's rank. 0.0 when no candidate is relevant."""
-    relevant = np.asarray(labels, dtype=np.float64)[ranking_order(scores)] > 0
-    if not relevant.any():
+    the precision at each one's rank, averaged over the orders of tied candidates. 0.0 when no
+    candidate is relevant."""
+    relevant = np.asarray(labels, dtype=np.float64) > 0
+    total = int(relevant.sum())
+    if total == 0:
+        tied_groups(scores)  # still refuse a non-finite score
         return 0.0
-    hits = np.cumsum(relevant)
-    ranks = np.arange(1, len(relevant) + 1)
-    return float(np.mean(hits[relevant] / ranks[relevant]))
+    precision_sum, ranked, hits = 0.0, 0, 0
+    for group in tied_groups(scores):
+        size, found = len(group), int(relevant[group].sum())
+        if found:
+            # a relevant candidate at the group's j-th place (chance found/size) has, on average,
+            # (j - 1)(found - 1)/(size - 1) of the group's other relevant ones above it
+            places = np.arange(1, size + 1)
+            above = (places - 1) * (found - 1) / (size - 1) if size > 1 else 0.0
+            precision_sum += float(np.sum(found / size * (hits + 1 + above) / (ranked + places)))
+        ranked, hits = ranked + size, hits + found
+    return precision_sum / total
 
 
 def reciprocal_rank(scores: Sequence[float], labels: Sequence[float], k: int = 10) -> float:
-    """1 / rank of the first relevant candidate (label > 0) if it is in the top ``k``, else 0.0."""
-    relevant = np.asarray(labels, dtype=np.float64)[ranking_order(scores)][:k] > 0
-    if not relevant.any():
-        return 0.0
-    return 1.0 / (int(np.argmax(relevant)) + 1)
+    """1 / rank of the first relevant candidate (label > 0) if it is in the top ``k``, else 0.0;
+    averaged over the orders of tied candidates."""
+    relevant = np.asarray(labels, dtype=np.float64) > 0
+    ranked = 0
+    for group in tied_groups(scores):
+        size, found = len(group), int(relevant[group].sum())
+        if found:
+            # the first relevant one sits at the group's j-th place with chance C(size-j, found-1) / C(size, found)
+            places = np.arange(1, size - found + 2)
+            chance = np.array([math.comb(size - j, found - 1) for j in places]) / math.comb(size, found)
+            return float(np.sum(np.where(ranked + places <= k, chance / (ranked + places), 0.0)))
+        ranked += size
+    return 0.0
 
 
 def ndcg(scores: Sequence[float], gains: Sequence[float], k: int = 10) -> float:
     """NDCG@k with linear gains: DCG = sum over the top ``k`` of gain / log2(rank + 1), divided by
-    the DCG of the candidates sorted by gain (as sklearn's ``ndcg_score`` computes it). Gains are
-    floats (graded labels welcome); 0.0 when no gain is positive."""
+    the DCG of the candidates sorted by gain (as sklearn's ``ndcg_score`` computes it, ties
+    included: a tied group's places each get the group's mean gain). Gains are floats (graded
+    labels welcome); 0.0 when no gain is positive."""
     gains = np.asarray(gains, dtype=np.float64)
     if (gains < 0).any():
         raise ValueError("NDCG gains must be non-negative")
+    groups = tied_groups(scores)
     discounts = 1.0 / np.log2(np.arange(2, min(k, len(gains)) + 2))
     ideal = float(np.sum(np.sort(gains)[::-1][:k] * discounts))
     if ideal == 0.0:
         return 0.0
-    return float(np.sum(gains[ranking_order(scores)][:k] * discounts)) / ideal
+    dcg, ranked = 0.0, 0
+    for group in groups:
+        if ranked >= k:
+            break
+        dcg += float(gains[group].mean() * discounts[ranked : ranked + len(group)].sum())
+        ranked += len(group)
+    return dcg / ideal
 
 
 def skip_reason(labels: Sequence[float]) -> str | None:

@@ -78,11 +78,12 @@ def derive_passage_queries(queries: Iterable[RankingQuery], per_list: int) -> It
             yield RankingQuery(passage, candidates, [None] * len(candidates), f"{query.location} (passage as query)")
 
 
-def ranking_queries(source: str, input_format: str = "auto", hub_args: dict | None = None,
+def ranking_queries(source: str, input_format: str = "auto", read_args: dict | None = None,
                     passages_as_queries: int = 0) -> Iterator[RankingQuery]:
     """The queries stage 1 scores from ``source``: as they are, or (``passages_as_queries`` > 0)
-    the lists derive_passage_queries makes from them."""
-    queries = iter_ranking_queries(source, input_format, **(hub_args or {}))
+    the lists derive_passage_queries makes from them. ``read_args`` go to iter_ranking_queries
+    (hub, cache_dir, label_column)."""
+    queries = iter_ranking_queries(source, input_format, **(read_args or {}))
     return derive_passage_queries(queries, passages_as_queries) if passages_as_queries else queries
 
 
@@ -94,10 +95,10 @@ class InputSummary:
 
 
 def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
-                    **hub_args) -> InputSummary:
+                    **read_args) -> InputSummary:
     """Read the whole input once (checking every record) and count this shard's queries and pairs."""
     summary = InputSummary()
-    for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries)):
+    for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
         if not shard.takes(position):
             continue
         summary.queries += 1
@@ -147,7 +148,7 @@ class ScoringStats:
 
 
 def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard,
-                 passages_as_queries: int) -> str:
+                 passages_as_queries: int, label_column: str | None = None) -> str:
     described = {
         "source": os.path.abspath(source) if os.path.exists(source) else source,
         "teachers": teacher_configs,
@@ -157,6 +158,8 @@ def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, ch
     }
     if passages_as_queries:  # absent otherwise, so partial files of earlier releases still resume
         described["passages_as_queries"] = passages_as_queries
+    if label_column:  # the same
+        described["label_column"] = label_column
     files = local_files(source)
     if files == [source]:  # one file: the keys earlier releases wrote, so their partial files still resume
         stat = os.stat(source)
@@ -287,14 +290,18 @@ def model_identity(model_path: str) -> str:
     return str(Path(model_path).resolve())
 
 
-def _made_with(teachers: list, input_format: str, shard: Shard, passages_as_queries: int, pairs: int) -> dict:
+def _made_with(teachers: list, input_format: str, shard: Shard, passages_as_queries: int, pairs: int,
+               label_column: str | None = None) -> dict:
     """What a finished output was scored with, compared on a rerun before it is reused: the teachers'
     settings (each model by model_identity) and what was read. (Not the input file's time or the
     chunk size: those change nothing.)"""
     configs = [{**t.config, **({"model_path": model_identity(t.config["model_path"])} if "model_path" in t.config else {})}
                for t in teachers]  # fmt: skip
-    return {"teachers": configs, "input_format": input_format, "shard": asdict(shard),
-            "passages_as_queries": passages_as_queries, "pairs": pairs}  # fmt: skip
+    made_with = {"teachers": configs, "input_format": input_format, "shard": asdict(shard),
+                 "passages_as_queries": passages_as_queries, "pairs": pairs}  # fmt: skip
+    if label_column:  # absent otherwise, so records of earlier releases still compare equal
+        made_with["label_column"] = label_column
+    return made_with
 
 
 def _check_finished(output_path: Path, record_path: Path, made_with: dict) -> None:
@@ -328,7 +335,7 @@ def score_source(
     chunk_size: int = 20_000,
     shard: Shard = Shard(),
     overwrite: bool = False,
-    hub_args: dict | None = None,
+    read_args: dict | None = None,
     show_progress: bool = True,
     passages_as_queries: int = 0,
 ) -> ScoringStats:
@@ -343,10 +350,11 @@ def score_source(
     output_path = Path(output_path)
     partial = output_path.with_name(output_path.name + ".partial")
     progress_path = output_path.with_name(output_path.name + ".progress.json")
+    label_column = (read_args or {}).get("label_column")
     fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
-                               passages_as_queries)
+                               passages_as_queries, label_column)
     record_path = output_path.with_name(output_path.name + ".run.json")
-    made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected.pairs)
+    made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected.pairs, label_column)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for stale in (output_path, partial, progress_path, record_path):
@@ -372,7 +380,7 @@ def score_source(
     started = time.perf_counter()
     queries = (
         query
-        for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries))
+        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries))
         if shard.takes(position)
     )
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
@@ -418,7 +426,7 @@ def score_source(
     return stats
 
 
-def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", hub_args=None,
+def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,
                  passages_as_queries: int = 0) -> tuple[Path, int]:
     """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
     (or the passages-as-queries file, see output_path_for).
@@ -435,7 +443,7 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     lines = 0
     with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
-        for position, query in enumerate(ranking_queries(source, input_format, hub_args, passages_as_queries)):
+        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
             reader, path = readers[position % num_shards], paths[position % num_shards]
             for _ in query.passages:
                 try:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from rerank_distill.errors import InputError
@@ -74,18 +75,19 @@ def split_by_query(dataset, share: float, seed: int):
     return split_rows(dataset, held_out_queries(dataset["query"], share, seed))
 
 
-def read_selection_queries(source: str) -> tuple[list[RankingQuery], str]:
+def read_selection_queries(source: str, input_format: str = "auto",
+                           label_column: str | None = None) -> tuple[list[RankingQuery], str]:
     """The queries of ``source`` that MAP can rank: each with its candidates and gold labels,
     and at least one positive and one negative. Returns ``(queries, note)``; queries is empty
     when the file has no gold labels or no such query, and the note says why."""
     path, line, record = first_record(source)
-    kind = detect_data_kind(record, path, line)
+    kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
     if kind == "scores" and label_of(record, path, line) is None:
         return [], f'{source} has teacher scores but no gold "label" field'
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
-    for query in iter_ranking_queries(source):
+    for query in iter_ranking_queries(source, input_format, label_column=label_column):
         reason = skip_reason(query.labels)
         if reason is None:
             queries.append(query)
@@ -128,7 +130,8 @@ class Selection:
 
 def plan_selection(
     train_set, train_kind: str, train_source: str, selection_data: str | None, selection_metric: str,
-    eval_set, eval_share: float, seed: int, must_evaluate: bool = False,
+    eval_set, eval_share: float, seed: int, must_evaluate: bool = False, input_format: str = "auto",
+    label_column: str | None = None,
 ) -> Selection:
     """Choose what picks the best checkpoint, and hold its queries out of training.
 
@@ -153,7 +156,9 @@ def plan_selection(
         if source is None:
             note = f"no --selection_data, and {train_kind} training data carries no gold labels"
         else:
-            queries, note = read_selection_queries(source)
+            # --input_format names the training file's format; a dev file of its own is told by its fields
+            queries, note = read_selection_queries(source, input_format if source == train_source else "auto",
+                                                   label_column)
         if not queries and selection_metric == "map":
             raise InputError(f"--selection_metric map needs gold-labelled candidate lists: {note}")
     if not queries:
@@ -185,7 +190,8 @@ def plan_selection(
 def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     """Read train.py's data (``script``: its ScriptArguments) and split it: the training data's
     kind, and the train / eval / selection split (see plan_selection). Logs the warnings."""
-    data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward)
+    data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
+                              script.input_format, script.label_column)
     if warning := teacher_spread_warning(data, script.train_data):
         logger.warning(warning)
     if not evaluate:
@@ -195,7 +201,8 @@ def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -
         eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature,
                                       script.fused_forward).to_dataset()
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
-                               script.selection_metric, eval_set, script.eval_share, seed, must_evaluate)
+                               script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
+                               script.input_format, script.label_column)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
     return data.kind, selection
@@ -217,7 +224,7 @@ class SelectionEvaluator(BaseEvaluator):
 
     Uses metrics.evaluate_rankings, as evaluation.py does: on queries with a positive and a
     negative (the only ones given here) it equals sentence-transformers'
-    CrossEncoderRerankingEvaluator, with ties broken by position instead of averaged.
+    CrossEncoderRerankingEvaluator where no scores tie (see metrics for ties).
     """
 
     def __init__(self, queries: Sequence[RankingQuery], batch_size: int = 64, name: str = "selection"):
@@ -227,8 +234,13 @@ class SelectionEvaluator(BaseEvaluator):
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
         scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False)
-        result = evaluate_rankings(zip(scores, [query.labels for query in self.queries]), protocol="mteb")
-        metrics = {name: result[name] for name in ("map", "mrr@10", "ndcg@10")}
+        if all(np.isfinite(by_query).all() for by_query in scores):
+            result = evaluate_rankings(zip(scores, [query.labels for query in self.queries]), protocol="mteb")
+            metrics = {name: result[name] for name in ("map", "mrr@10", "ndcg@10")}
+        else:  # a diverged model: the worst marks, so it is never chosen and early stopping can end the run
+            logger.warning("step %s: the model gives scores that are not finite (NaN or inf): training has diverged "
+                           "(a lower --learning_rate, or bf16 instead of fp16?); this evaluation counts as 0", steps)
+            metrics = dict.fromkeys(("map", "mrr@10", "ndcg@10"), 0.0)
         logger.info("step %s: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f on %d selection queries", steps, metrics["map"],
                     metrics["mrr@10"], metrics["ndcg@10"], len(self.queries))
         metrics = self.prefix_name_to_metrics(metrics, self.name)

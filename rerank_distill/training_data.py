@@ -61,8 +61,12 @@ class TrainingData:
         return Dataset.from_dict(self.columns)
 
 
-def detect_data_kind(record: dict, path: str, line: int) -> str:
-    """The kind of training file (a key of DATA_KINDS) one record belongs to, from its fields."""
+def detect_data_kind(record: dict, path: str, line: int, input_format: str = "auto",
+                     label_column: str | None = None) -> str:
+    """The kind of training file (a key of DATA_KINDS) one record belongs to: from its fields, or
+    for a named ``input_format`` (formats.INPUT_FORMATS), the kind that format is."""
+    if input_format != "auto":
+        return "scores" if input_format == "scores" else "labelled"
     if "passages" in record:
         return "listwise"
     if "negatives" in record:
@@ -70,7 +74,7 @@ def detect_data_kind(record: dict, path: str, line: int) -> str:
     if "score" in record and isinstance(record.get("positive"), str) and isinstance(record.get("negative"), str):
         return "triplets"
     try:
-        return "scores" if detect_format(record, path, line) == "scores" else "labelled"
+        return "scores" if detect_format(record, path, line, label_column) == "scores" else "labelled"
     except InputError:
         kinds = "; ".join(DATA_KINDS.values())
         raise InputError(f"cannot tell the kind of training data from the fields {sorted(record)}; "
@@ -95,10 +99,13 @@ def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) ->
 
 
 def read_training_data(
-    source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True
+    source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True,
+    input_format: str = "auto", label_column: str | None = None,
 ) -> TrainingData:
     """Read and validate a whole training file for ``--loss loss`` (see LOSSES for the kinds each
-    takes), with teacher scores and margins divided by ``teacher_temperature``.
+    takes), with teacher scores and margins divided by ``teacher_temperature``. ``input_format``
+    names a ranking-data format (else the kind is told from the fields) and ``label_column`` the
+    grade column of labelled rows, as for iter_ranking_queries.
 
     Raises InputError naming file:line and field for a bad record, for an empty or missing file,
     for a file of a kind the loss does not train on, and for n-tuples with differing negative
@@ -107,7 +114,7 @@ def read_training_data(
     if not teacher_temperature > 0:
         raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
     path, line, record = first_record(source)
-    kind = detect_data_kind(record, path, line)
+    kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
     if kind == "triplets":
         return _triplets(source, teacher_temperature)
@@ -121,7 +128,7 @@ def read_training_data(
         return _listwise(source, teacher_temperature)
     if kind == "scores":
         return _pointwise_scores(source, loss, teacher_temperature)
-    return _labelled(source)
+    return _labelled(source, input_format, label_column)
 
 
 def get_number_list(record: dict, name: str, path: str, line: int) -> list[float]:
@@ -218,9 +225,9 @@ def _pointwise_scores(source: str, loss: str, temperature: float) -> TrainingDat
     return TrainingData("scores", columns, teacher_spread=spread)
 
 
-def _labelled(source: str) -> TrainingData:
+def _labelled(source: str, input_format: str, label_column: str | None) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
-    for query in iter_ranking_queries(source):
+    for query in iter_ranking_queries(source, input_format, label_column=label_column):
         for passage, label in zip(query.passages, query.labels):
             columns["query"].append(query.query)
             columns["passage"].append(passage)

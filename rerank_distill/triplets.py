@@ -4,13 +4,14 @@ holding the file in memory.
 
 Selection is a chain of small pure functions, each replaceable on its own:
 
-1. ``rank_by_score``: order the passages by teacher score, best first (ties: input order);
+1. ``rank_by_score``: order the passages by teacher score, best first (ties: input order); a
+   passage listed again for its query takes no part (its first listing does);
 2. ``choose_positive_ranks``: which ranks act as positives (``teacher``: the ``top_k`` best;
    ``labels``: those with a gold label > 0; ``both``: the union);
 3. ``choose_negative_ranks``: which ranks below a positive act as its negatives (``hardest``: the
    ones just below it; ``random``: a seeded uniform draw from all below it; ``mixed``: half each);
-4. ``skip_reason``: whether a (positive, negative) pair is usable (different texts, a margin > 0
-   and >= ``min_margin``); a skipped negative is not replaced by another one;
+4. ``skip_reason``: whether a (positive, negative) pair is usable (a margin > 0 and >=
+   ``min_margin``); a skipped negative is not replaced by another one;
 5. ``format_records``: the output lines (``triplets``, ``ntuples`` or ``listwise``).
 
 ``select`` runs steps 1-4 for one query. Margins are always the teacher's, in its logit units:
@@ -42,14 +43,14 @@ POSITIVE_RULES: tuple[str, ...] = get_args(PositiveRule)
 NEGATIVE_RULES: tuple[str, ...] = get_args(NegativeRule)
 
 # Why a candidate pair, a positive or a whole query gives nothing; the keys of the skip Counter.
-SKIP_IDENTICAL_TEXT = "identical_text"  # pairs
+SKIP_REPEATED_PASSAGE = "repeated_passages"  # a query's passage listed again: only its first listing counts
 SKIP_NON_POSITIVE_MARGIN = "non_positive_margin"  # pairs whose scores tie
 SKIP_BELOW_MIN_MARGIN = "below_min_margin"  # pairs with 0 < margin < --min_margin
 SKIP_POSITIVE_WITHOUT_NEGATIVES = "positives_without_negatives"  # nothing usable ranked below
 SKIP_NO_POSITIVES = "queries_without_positives"  # --positives labels: no passage labelled > 0
-SKIP_TOO_FEW_PASSAGES = "queries_with_fewer_than_2_passages"
+SKIP_TOO_FEW_PASSAGES = "queries_with_fewer_than_2_passages"  # different passages
 SKIP_REASONS = (
-    SKIP_IDENTICAL_TEXT,
+    SKIP_REPEATED_PASSAGE,
     SKIP_NON_POSITIVE_MARGIN,
     SKIP_BELOW_MIN_MARGIN,
     SKIP_POSITIVE_WITHOUT_NEGATIVES,
@@ -171,16 +172,12 @@ def query_rng(seed: int, query: str) -> random.Random:
     return random.Random(int.from_bytes(digest, "big"))
 
 
-def skip_reason(positive: str, negative: str, margin: float, min_margin: float = 0.0) -> str | None:
-    """Why a (positive, negative) pair must not be used, or None when it is usable.
-
-    Identical texts are checked first: a passage duplicated in a query's candidates teaches
-    nothing whatever the two scores are. A margin of zero or less (tied scores) has no
-    direction for the student to learn; a margin below ``min_margin`` (logit units) is a
-    near-tie that is mostly the teacher's noise.
+def skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
+    """Why a (positive, negative) pair must not be used, or None when it is usable: a margin of
+    zero or less (tied scores) has no direction for the student to learn; a margin below
+    ``min_margin`` (logit units) is a near-tie that is mostly the teacher's noise. (Two listings
+    of one text never meet here: ``select`` keeps a passage's first listing only.)
     """
-    if positive == negative:
-        return SKIP_IDENTICAL_TEXT
     if not margin > 0:
         return SKIP_NON_POSITIVE_MARGIN
     if margin < min_margin:
@@ -200,17 +197,23 @@ def select(
     ``scores`` are the teacher's logits, ``labels`` the gold grades (None when the input has
     none), ``rng`` the query's generator for random and mixed negatives (see ``query_rng``).
     Returns the selections ordered by the positive's rank, and a Counter of skips keyed by
-    ``SKIP_*``: pairs with identical text or a margin that is not positive or below
-    ``rules.min_margin``; positives left without a negative; and 1 for a query with fewer than
-    two passages or with no positive.
+    ``SKIP_*``: passages listed again (a repeat of a text would pair with itself or teach two
+    margins for one pair, so only the first listing, with its score, takes part); pairs with a
+    margin that is not positive or below ``rules.min_margin``; positives left without a negative;
+    and 1 for a query with fewer than two different passages or with no positive.
     """
     if len(passages) != len(scores):
         raise ValueError(f"{len(passages)} passages but {len(scores)} scores")
     skipped: Counter = Counter()
-    if len(passages) < 2:
+    first_listing: dict[str, int] = {}
+    for index, passage in enumerate(passages):
+        first_listing.setdefault(passage, index)
+    if len(first_listing) < len(passages):
+        skipped[SKIP_REPEATED_PASSAGE] += len(passages) - len(first_listing)
+    if len(first_listing) < 2:
         skipped[SKIP_TOO_FEW_PASSAGES] += 1
         return [], skipped
-    order = rank_by_score(scores)
+    order = [index for index in rank_by_score(scores) if first_listing[passages[index]] == index]
     positive_ranks = choose_positive_ranks(order, labels, rules.top_k, rules.positives)
     if not positive_ranks:
         skipped[SKIP_NO_POSITIVES] += 1
@@ -224,7 +227,7 @@ def select(
         ):
             negative = order[negative_rank]
             margin = scores[positive] - scores[negative]
-            reason = skip_reason(passages[positive], passages[negative], margin, rules.min_margin)
+            reason = skip_reason(margin, rules.min_margin)
             if reason is not None:
                 skipped[reason] += 1
             else:

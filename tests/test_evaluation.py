@@ -179,6 +179,37 @@ def test_teacher_scores_that_rank_every_negative_first_are_scored_low(tiny_cross
     assert report["teacher"]["mrr@10"] == pytest.approx(sum(1 / (len(r["negative"]) + 1) for r in kept) / len(kept))
 
 
+def test_teacher_scores_that_all_tie_earn_a_random_orders_expectation_not_top_marks(
+    tiny_cross_encoder, ranking_file, tmp_path
+):
+    from rerank_distill.metrics import average_precision
+
+    records = records_of(ranking_file)  # positives are listed first: a break by position would give MAP 1
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": r["query"], "passage": passage, "score": 0.0} for r in records for passage in r["positive"] + r["negative"]
+    ])  # fmt: skip
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(teacher))
+    kept = [r for r in records if r["positive"] and r["negative"]]
+    expected = np.mean([average_precision([0.0] * (len(r["positive"]) + len(r["negative"])),
+                                          [1] * len(r["positive"]) + [0] * len(r["negative"])) for r in kept])  # fmt: skip
+    assert report["teacher"]["map"] == pytest.approx(expected) and report["teacher"]["map"] < 0.9
+
+
+def test_a_model_that_gives_nan_scores_stops_the_run_naming_it(tiny_cross_encoder, ranking_file, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "broken"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder)
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(broken)
+    with pytest.raises(InputError, match=f"{broken}: the after model gives 60 pairs a score that is not finite"):
+        run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(broken))
+    assert not (tmp_path / "report" / "evaluation.json").exists()
+
+
 def test_graded_labels_are_ndcg_gains_and_any_positive_grade_is_relevant(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(
         tmp_path / "graded.jsonl",
@@ -375,6 +406,17 @@ def test_label_predicting_teacher_reports_its_label_accuracy_and_confusion(tiny_
     assert expected in capsys.readouterr().out
 
 
+def test_among_several_teachers_the_label_teachers_probabilities_give_its_accuracy(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [  # stage 1's lines for two teachers
+        {"query": r["query"], "passage": r["item_text"], "score": 0.1 * i, "label": grade,
+         "teacher_scores": {"judge": expected_grade(p), "ce": 0.0}, "judge/label_probs": p}
+        for i, (r, p, grade) in enumerate(zip(ESCI_ROWS, TEACHER_PROBS, GRADES))
+    ])  # fmt: skip
+    accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
+    assert (accuracy["teacher"]["correct"], accuracy["teacher"]["pairs"]) == (5, 7)  # as with the judge alone
+
+
 def test_label_probs_on_binary_data_still_add_the_graded_section(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]}])
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
@@ -395,6 +437,24 @@ def test_esci_label_words_on_positive_negative_data_are_right_when_they_agree_on
         for i, p in enumerate("abc")
     ])  # fmt: skip
     accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
+    assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
+
+
+def test_graded_data_with_two_grades_still_reports_the_graded_section(tiny_cross_encoder, tmp_path):
+    rows = [row for row in ESCI_ROWS if row["esci_label"] in "EI"]
+    report = run(tmp_path, tiny_cross_encoder, write_jsonl_records(tmp_path / "esci.jsonl", rows))
+    assert report["graded"]["pairs_per_grade"] == {"3": 2, "0": 2}
+
+
+def test_label_accuracy_on_stage_1_output_of_positive_negative_data_compares_relevance(tiny_cross_encoder, tmp_path):
+    # the same data as the test above, given as stage 1's output (labels 1 and 0): the same verdict
+    predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": p, "score": 1.0 - i, "label": int(p != "c"),
+         "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
+        for i, p in enumerate("abc")
+    ])  # fmt: skip
+    accuracy = run(tmp_path, tiny_cross_encoder, teacher, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
     assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
 
 

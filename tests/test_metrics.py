@@ -1,7 +1,8 @@
-"""Ranking metrics: each against a hand computation on a few candidates, ties broken by position,
-and equality with sklearn (which sentence-transformers' reranking evaluator calls) on tie-free scores;
+"""Ranking metrics: each against a hand computation on a few candidates, ties averaged over (against
+every order of the tied candidates, enumerated), and equality with sklearn (which sentence-transformers' reranking evaluator calls) on tie-free scores;
 and what graded labels add: mean score per true grade and a label-predicting teacher's accuracy."""
 
+import itertools
 import math
 
 import numpy as np
@@ -17,24 +18,66 @@ from rerank_distill.metrics import (
     ndcg,
     per_query_metrics,
     queries_changed,
-    ranking_order,
     reciprocal_rank,
     scores_needed,
     skip_reason,
+    tied_groups,
 )
 
 LOG2_3 = math.log2(3)
 
 
-def test_ranking_order_is_descending_score_with_ties_in_input_order():
-    assert ranking_order([0.5, 0.9, 0.5, 0.9]).tolist() == [1, 3, 0, 2]
+def test_tied_groups_are_best_score_first_each_in_input_order():
+    assert [group.tolist() for group in tied_groups([0.5, 0.9, 0.5, 0.9, 0.1])] == [[1, 3], [0, 2], [4]]
 
 
-def test_ties_are_broken_by_position_in_the_data_set():
-    # two candidates with the same score: the one listed first ranks first
-    assert reciprocal_rank([0.5, 0.5], [0, 1]) == 0.5
-    assert reciprocal_rank([0.5, 0.5], [1, 0]) == 1.0
-    assert ndcg([0.5, 0.5], [0, 1]) == pytest.approx(1 / LOG2_3)
+def test_a_tie_scores_the_mean_over_both_orders_whatever_the_data_sets_order():
+    for labels in ([0, 1], [1, 0]):
+        assert reciprocal_rank([0.5, 0.5], labels) == pytest.approx((1 + 1 / 2) / 2)
+        assert average_precision([0.5, 0.5], labels) == pytest.approx((1 + 1 / 2) / 2)
+        assert ndcg([0.5, 0.5], labels) == pytest.approx((1 + 1 / LOG2_3) / 2)
+
+
+def test_a_model_that_scores_every_candidate_alike_earns_a_random_rankings_expectation():
+    # one relevant among three: it sits at rank 1, 2 or 3 with chance 1/3 each
+    expected = (1 + 1 / 2 + 1 / 3) / 3
+    assert average_precision([0.0, 0.0, 0.0], [1, 0, 0]) == pytest.approx(expected)
+    assert reciprocal_rank([0.0, 0.0, 0.0], [1, 0, 0]) == pytest.approx(expected)
+    assert ndcg([0.0, 0.0, 0.0], [1, 0, 0]) == pytest.approx((1 + 1 / LOG2_3 + 1 / 2) / 3)
+
+
+def plain_metrics(order, labels, k):
+    """AP, RR@k and NDCG@k of one fixed order, written out by hand."""
+    ranked = [labels[i] for i in order]
+    hit_ranks = [rank for rank, label in enumerate(ranked, 1) if label > 0]
+    ap = sum(hits / rank for hits, rank in enumerate(hit_ranks, 1)) / len(hit_ranks) if hit_ranks else 0.0
+    rr = 1 / hit_ranks[0] if hit_ranks and hit_ranks[0] <= k else 0.0
+    dcg = sum(gain / math.log2(rank + 1) for rank, gain in enumerate(ranked[:k], 1))
+    ideal = sum(gain / math.log2(rank + 1) for rank, gain in enumerate(sorted(labels, reverse=True)[:k], 1))
+    return ap, rr, dcg / ideal if ideal else 0.0
+
+
+def test_tied_metrics_equal_the_mean_over_every_order_of_the_tied_candidates():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        size, k = int(rng.integers(1, 7)), int(rng.integers(1, 6))
+        scores = rng.integers(0, 3, size=size).astype(float)  # few distinct scores: many ties
+        labels = rng.integers(0, 4, size=size).astype(float).tolist()
+        orders = [order for order in itertools.permutations(range(size))
+                  if all(scores[a] >= scores[b] for a, b in itertools.pairwise(order))]  # fmt: skip
+        expected = np.mean([plain_metrics(order, labels, k) for order in orders], axis=0)
+        got = (average_precision(scores, labels), reciprocal_rank(scores, labels, k), ndcg(scores, labels, k))
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+        if size > 1 and max(labels) > 0:  # sklearn's NDCG averages ties the same way
+            assert ndcg(scores, labels, k) == pytest.approx(ndcg_score([labels], [scores], k=k), abs=1e-12)
+
+
+def test_scores_that_are_not_finite_are_refused():
+    for metric in (average_precision, reciprocal_rank, ndcg):
+        with pytest.raises(ValueError, match="not finite"):
+            metric([float("nan"), 0.0, 1.0], [1, 0, 0])
+    with pytest.raises(ValueError, match="not finite"):
+        average_precision([float("nan"), 0.0], [0, 0])
 
 
 def test_average_precision_is_mean_precision_at_each_relevant_rank():

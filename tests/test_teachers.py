@@ -21,7 +21,7 @@ from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
 from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
 from rerank_distill.teachers.llm_judge import LabelJudge, label_probabilities
 from rerank_distill.teachers.llm_vllm import vllm_hf_overrides
-from rerank_distill.toy import read_jsonl_records
+from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
 QUERIES = ["how do i fix git rebase", "how do i fix git rebase", "how do i fix git rebase", "bake bread at home"]
 DOCS = ["use git rebase --abort", "commit branch merge", "the oven is hot", "flour sugar butter and a hot oven"]
@@ -366,6 +366,17 @@ def test_cross_encoder_teacher_end_to_end(tiny_cross_encoder, ranking_file, tmp_
     expected = cross_encoder_logits(tiny_cross_encoder, *zip(*pairs))
     np.testing.assert_allclose([line["score"] for line in lines], expected, atol=1e-5)
     assert args["resolved"]["teachers"]["tiny-cross-encoder"]["teacher_type"] == "cross_encoder"
+
+
+def test_label_column_names_the_grade_column_of_graded_input_and_its_grades_become_labels(tiny_cross_encoder, tmp_path):
+    rows = [{"query": "q", "item_text": "a", "stars": 4}, {"query": "q", "item_text": "b", "stars": "I"}]
+    source = write_jsonl_records(tmp_path / "train.jsonl", rows)
+    teacher = ("--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))
+    with pytest.raises(InputError, match="cannot tell the format"):
+        run_stage(tmp_path, source, *teacher)
+    lines, args = run_stage(tmp_path, source, *teacher, "--label_column", "stars")
+    assert [(line["passage"], line["label"]) for line in lines] == [("a", 4), ("b", 0)]
+    assert args["script"]["label_column"] == "stars"
 
 
 def test_embedding_teacher_end_to_end(tiny_embedding_model, ranking_file, tmp_path):

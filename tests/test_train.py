@@ -430,6 +430,24 @@ def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, row
     assert data.columns == {"query": ["q"] * 3, "passage": ["p", "n", "m"], "label": [1.0, 0.0, 0.0]}
 
 
+def test_a_named_format_and_label_column_read_graded_rows_the_fields_alone_would_not(tmp_path):
+    rows = [{"query": "q", "passage": "p", "stars": 3}, {"query": "q", "passage": "n", "stars": 0}]
+    path = str(write_jsonl_records(tmp_path / "d.jsonl", rows))
+    with pytest.raises(InputError, match="cannot tell the kind of training data"):
+        read_training_data(path, "bce_labels")
+    data = read_training_data(path, "bce_labels", input_format="graded", label_column="stars")
+    assert data.columns == {"query": ["q", "q"], "passage": ["p", "n"], "label": [1.0, 0.0]}
+
+
+def test_train_passes_input_format_and_label_column_to_training_and_selection(tiny_cross_encoder, tmp_path):
+    rows = [{"query": f"q{i}", "passage": f"{kind} {i}", "stars": grade}
+            for i in range(40) for kind, grade in (("good", 2), ("bad", 0))]  # fmt: skip
+    path = write_jsonl_records(tmp_path / "d.jsonl", rows)
+    summary = run_train(tiny_cross_encoder, path, tmp_path / "out", "--loss", "bce_labels", "--input_format", "graded",
+                        "--label_column", "stars", "--eval_share", "0.75", "--max_steps", "1")  # fmt: skip
+    assert summary["data_kind"] == "labelled" and summary["selection"].startswith("by MAP on 30 held-out")
+
+
 @pytest.mark.parametrize("loss, record, found", [
     ("mse", {"query": "q", "positive": "p", "negative": "n", "score": 1.0}, "triplets"),
     ("margin_mse", {"query": "q", "passage": "p", "score": 1.0}, "teacher scores"),
@@ -633,6 +651,20 @@ def test_selection_evaluator_equals_sentence_transformers_reranking_evaluator(ti
     )(model)
     for name in ("map", "mrr@10", "ndcg@10"):
         assert ours[f"selection_{name}"] == pytest.approx(theirs[name], abs=1e-6)
+
+
+def test_selection_evaluator_gives_a_diverged_model_zero_so_it_is_never_chosen(tiny_cross_encoder, ranking_file, caplog):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from rerank_distill.formats import iter_ranking_queries
+
+    queries = [q for q in iter_ranking_queries(str(ranking_file)) if q.positives and q.negatives]
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1)
+    with torch.no_grad():
+        model.model.classifier.bias.fill_(float("nan"))
+    assert SelectionEvaluator(queries)(model) == {f"selection_{name}": 0.0 for name in ("map", "mrr@10", "ndcg@10")}
+    assert "training has diverged" in caplog.text
 
 
 def test_early_stopping_without_evaluation_is_an_error(triplets_file, tmp_path):

@@ -15,7 +15,7 @@ from rerank_distill.formats import ScoredPair
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 from rerank_distill.triplets import (
     SKIP_BELOW_MIN_MARGIN,
-    SKIP_IDENTICAL_TEXT,
+    SKIP_REPEATED_PASSAGE,
     SKIP_NO_POSITIVES,
     SKIP_NON_POSITIVE_MARGIN,
     SKIP_POSITIVE_WITHOUT_NEGATIVES,
@@ -113,18 +113,23 @@ def test_equal_scores_keep_input_order():
     assert select_triplets(["a", "c", "b"], [2.0, 1.0, 1.0], top_k=1, num_negatives=1)[0] == [Triplet("a", "c", 1.0)]
 
 
-def test_pairs_with_identical_text_are_skipped_and_counted():
-    triplets, skipped = select_triplets(["x", "x", "y"], [3.0, 2.0, 1.0], top_k=2, num_negatives=2)
+def test_a_passage_listed_again_takes_part_once_with_its_first_listings_score():
+    # "x" listed twice (scores 2 and 3): only its first listing, score 2, ranks; no pair of "x" with itself
+    triplets, skipped = select_triplets(["y", "x", "x"], [1.0, 2.0, 3.0], top_k=2, num_negatives=2)
 
-    assert triplets == [Triplet("x", "y", 2.0), Triplet("x", "y", 1.0)]
-    assert skipped == Counter({SKIP_IDENTICAL_TEXT: 1})
+    assert triplets == [Triplet("x", "y", 1.0)]
+    assert skipped == Counter({SKIP_REPEATED_PASSAGE: 1})
 
 
-def test_identical_text_is_the_reason_even_when_the_scores_also_tie():
-    # the one positive (the last-ranked passage never is one) is left without a negative, and counted
-    assert select_triplets(["x", "x"], [1.0, 1.0], top_k=8, num_negatives=4) == (
+def test_repeats_never_give_one_triplet_twice():
+    triplets, skipped = select_triplets(["a", "a", "b"], [3.0, 3.0, 1.0], top_k=8, num_negatives=4)
+    assert (triplets, skipped) == ([Triplet("a", "b", 2.0)], Counter({SKIP_REPEATED_PASSAGE: 1}))
+
+
+def test_a_query_whose_passages_are_all_one_text_has_too_few_passages():
+    assert select_triplets(["x", "x"], [1.0, 2.0], top_k=8, num_negatives=4) == (
         [],
-        Counter({SKIP_IDENTICAL_TEXT: 1, SKIP_POSITIVE_WITHOUT_NEGATIVES: 1}),
+        Counter({SKIP_REPEATED_PASSAGE: 1, SKIP_TOO_FEW_PASSAGES: 1}),
     )
 
 
@@ -166,9 +171,9 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
 
     summary, output = run(tmp_path, scores, "--top_k", "2", "--num_negatives", "2")
 
-    assert read_jsonl_records(output) == [
+    assert read_jsonl_records(output) == [  # "dup" takes part once, with its first listing's score
         {"query": "q1", "positive": "high", "negative": "dup", "score": 1.5},
-        {"query": "q1", "positive": "high", "negative": "dup", "score": 2.0},
+        {"query": "q1", "positive": "high", "negative": "low", "score": 4.0},
         {"query": "q1", "positive": "dup", "negative": "low", "score": 2.5},
     ]
     counts = ("format", "queries", "pairs", "records", "pairs_kept", "skipped", "input_grouped")
@@ -178,7 +183,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "pairs": 5,
         "records": 3,
         "pairs_kept": 3,
-        "skipped": skips(**{SKIP_IDENTICAL_TEXT: 1, SKIP_TOO_FEW_PASSAGES: 1}),
+        "skipped": skips(**{SKIP_REPEATED_PASSAGE: 1, SKIP_TOO_FEW_PASSAGES: 1}),
         "input_grouped": True,
     }
     run_args = json.loads((tmp_path / "out" / "triplets.args.json").read_text())
@@ -237,24 +242,21 @@ CAFE_SCORES = [
 
 
 def test_default_flags_write_the_first_recipes_bytes(tmp_path):
-    # Ranked: east 3.0, north 1.5, west 1.5 (tie: input order), north 0.25, south -0.5, centre -2.0.
-    # Positives are ranks 0-4 (top_k 8, but never the last), each with the 4 ranks below it;
-    # north(1.5)-west ties and north-north is one text, so both are skipped. The bytes below are
-    # what the first version of this stage wrote for this input.
+    # Ranked: east 3.0, north 1.5, west 1.5 (tie: input order), south -0.5, centre -2.0; north's
+    # second listing (0.25) takes no part. Positives are ranks 0-3 (top_k 8, but never the last),
+    # each with the 4 ranks below it; the north-west tie is skipped. These are the first version's
+    # bytes except where it let the repeated "north" in (a second east-north pair, margin 2.75).
     _, output = run(tmp_path, write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES))
 
     assert output.read_text(encoding="utf-8") == (
         '{"query": "which café?", "positive": "east", "negative": "north", "score": 1.5}\n'
         '{"query": "which café?", "positive": "east", "negative": "west", "score": 1.5}\n'
-        '{"query": "which café?", "positive": "east", "negative": "north", "score": 2.75}\n'
         '{"query": "which café?", "positive": "east", "negative": "south", "score": 3.5}\n'
+        '{"query": "which café?", "positive": "east", "negative": "centre", "score": 5.0}\n'
         '{"query": "which café?", "positive": "north", "negative": "south", "score": 2.0}\n'
         '{"query": "which café?", "positive": "north", "negative": "centre", "score": 3.5}\n'
-        '{"query": "which café?", "positive": "west", "negative": "north", "score": 1.25}\n'
         '{"query": "which café?", "positive": "west", "negative": "south", "score": 2.0}\n'
         '{"query": "which café?", "positive": "west", "negative": "centre", "score": 3.5}\n'
-        '{"query": "which café?", "positive": "north", "negative": "south", "score": 0.75}\n'
-        '{"query": "which café?", "positive": "north", "negative": "centre", "score": 2.25}\n'
         '{"query": "which café?", "positive": "south", "negative": "centre", "score": 1.5}\n'
         '{"query": "q3", "positive": "y", "negative": "x", "score": 0.19999999999999998}\n'
     )
@@ -268,15 +270,16 @@ def test_default_flags_write_the_first_recipes_bytes(tmp_path):
     [
         # teacher: the top_k=1 best, east
         ("teacher", [("east", "north", 1.5), ("east", "west", 1.5), ("y", "x", 0.19999999999999998)], 0),
-        # labels: north(1.5) and west, wherever the teacher ranks them; north's two next ranks are
-        # its tie (west) and its own text, so it gets no negative
-        ("labels", [("west", "north", 1.25), ("west", "south", 2.0), ("y", "x", 0.19999999999999998)], 1),
+        # labels: north and west (its first listing, label 1, counts), wherever the teacher ranks
+        # them; north's next rank is its tie (west), skipped, so it gets south only
+        ("labels", [("north", "south", 2.0), ("west", "south", 2.0), ("west", "centre", 3.5),
+                    ("y", "x", 0.19999999999999998)], 0),
         # both: the union, in rank order
         (
             "both",
-            [("east", "north", 1.5), ("east", "west", 1.5), ("west", "north", 1.25), ("west", "south", 2.0),
-             ("y", "x", 0.19999999999999998)],
-            1,
+            [("east", "north", 1.5), ("east", "west", 1.5), ("north", "south", 2.0), ("west", "south", 2.0),
+             ("west", "centre", 3.5), ("y", "x", 0.19999999999999998)],
+            0,
         ),
     ],
 )  # fmt: skip
@@ -509,11 +512,11 @@ def test_ntuples_leave_out_skipped_negatives(tmp_path):
 
     _, output = run(tmp_path, scores, "--format", "ntuples", "--top_k", "2", "--num_negatives", "3")
 
-    # north(1.5)'s next ranks are its tie (west) and its own text, so only south is left
+    # north's next ranks are its tie (west), skipped, then south and centre
     assert read_jsonl_records(output) == [
-        {"query": "which café?", "positive": "east", "negatives": ["north", "west", "north"],
-         "scores": [3.0, 1.5, 1.5, 0.25]},
-        {"query": "which café?", "positive": "north", "negatives": ["south"], "scores": [1.5, -0.5]},
+        {"query": "which café?", "positive": "east", "negatives": ["north", "west", "south"],
+         "scores": [3.0, 1.5, 1.5, -0.5]},
+        {"query": "which café?", "positive": "north", "negatives": ["south", "centre"], "scores": [1.5, -0.5, -2.0]},
         {"query": "q3", "positive": "y", "negatives": ["x"], "scores": [0.3, 0.1]},
     ]  # fmt: skip
 
@@ -688,7 +691,8 @@ def test_input_without_any_usable_triplet_is_an_error_not_an_empty_file(tmp_path
         ("--group_size", "1", "--group_size must be at least 2"),
         ("--min_margin", "-0.5", "--min_margin must be 0 or more"),
         ("--min_margin", "nan", "--min_margin must be 0 or more"),
-        ("--label_margin", "-1", "--label_margin must be 0 or more"),
+        ("--label_margin", "-1", "--label_margin must be above 0"),
+        ("--label_margin", "0", "--label_margin must be above 0"),
     ],
 )
 def test_out_of_range_settings_are_rejected(tmp_path, flag, value, message):
