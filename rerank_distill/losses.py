@@ -103,7 +103,9 @@ def score_pairs(
         return model(batch_to_device(features, model.device))["scores"].view(-1)
     lengths = features["attention_mask"].sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
-    left_padded = getattr(model.tokenizer, "padding_side", "right") == "left"
+    # under torchrun the loss holds the DistributedDataParallel wrapper, which hides the tokenizer
+    tokenizer = getattr(model, "module", model).tokenizer
+    left_padded = getattr(tokenizer, "padding_side", "right") == "left"
     scores = []
     for rows in order.split(pairs_per_forward):
         width = int(lengths[rows].max())

@@ -830,7 +830,8 @@ def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
 def test_torchrun_with_two_processes_trains_one_model_on_both_shares(tiny_cross_encoder, tmp_path):
     """train.py under torchrun, two CPU processes over gloo (the multi-GPU path without GPUs): the
     batches are split between them, evaluation and the time budget's shared clock run on both,
-    and only the main process writes the one final model."""
+    and only the main process writes the one final model. Each batch's 8 pairs go in forward
+    passes of 3 (--pairs_per_forward), which reaches the tokenizer through the DDP wrapper."""
     triplets = write_jsonl_records(tmp_path / "triplets.jsonl", hand_written_triplets())
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -838,7 +839,7 @@ def test_torchrun_with_two_processes_trains_one_model_on_both_shares(tiny_cross_
                "--train_data", str(triplets), "--output_dir", str(out), "--max_length", "32",
                "--ddp_backend", "gloo", "--use_cpu", "true", "--max_steps", "4",
                "--per_device_train_batch_size", "4", "--eval_steps", "2", "--max_train_seconds", "600",
-               "--report_to", "none", "--disable_tqdm", "true"]
+               "--pairs_per_forward", "3", "--report_to", "none", "--disable_tqdm", "true"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, check=False)
     errors = [line for line in result.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
