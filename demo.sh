@@ -31,7 +31,7 @@ MAX_LENGTH=128 \
 BATCH_SIZE=16 \
 LEARNING_RATE=1e-3 \
 EPOCHS=2 \
-    bash train.sh
+    bash train.sh --overwrite_output_dir
 
 MODEL_BEFORE="$DEMO_DIR/models/student-tiny-bert" \
 MODEL_AFTER="$DEMO_DIR/model" \

@@ -141,6 +141,11 @@ class ScriptArguments:
                   "less padding: faster on CPUs, or where whole candidate lists mix short and long passages). "
                   "0: one forward pass per batch."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an --output_dir that holds an earlier run's checkpoints, deleting them "
+                  "(without it such a run stops, as it would mix the two runs' checkpoints)."},
+    )
     group_by_length_batches: bool = field(
         default=True,
         metadata={"help": "Batch examples of similar length to cut padding (ignored if you pass --batch_sampler)."},
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError("--output_dir is required (the final model and checkpoints go there)")
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
-    resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
+    resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     evaluate = training.eval_strategy != "no"
     if script.early_stopping_patience > 0 and not evaluate:
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")

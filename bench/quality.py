@@ -108,7 +108,7 @@ def ours(student: str, train_scores: Path, extra_scores: list[Path], out: Path, 
     argv = [
         "--model_name_or_path", student, "--train_data", str(records), "--selection_data", str(train_scores),
         "--output_dir", str(out), "--max_length", str(RECIPE["max_length"]), "--seed", str(seed),
-        "--report_to", "none", "--disable_tqdm", "true", *shlex.split(train_flags),
+        "--report_to", "none", "--disable_tqdm", "true", "--overwrite_output_dir", *shlex.split(train_flags),
         *(["--max_train_seconds", f"{budget:.1f}"] if budget else []),
         *(["--max_steps", str(max_steps)] if max_steps > 0 else []),
         *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),  # transformers refuses bf16 on CPU without it

@@ -54,7 +54,7 @@ def run_one(name: str, config: dict, seed: int, args) -> dict:
     summary = train.main([
         "--model_name_or_path", args.student, "--train_data", str(records), "--selection_data", str(inputs[0]),
         "--output_dir", str(out), "--max_length", "256", "--seed", str(seed), "--report_to", "none",
-        "--disable_tqdm", "true", "--bf16", "true", *shlex.split(config["train_flags"]),
+        "--disable_tqdm", "true", "--bf16", "true", "--overwrite_output_dir", *shlex.split(config["train_flags"]),
         *(["--max_steps", str(args.max_steps)] if args.max_steps > 0 else []),
         *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),
     ])  # fmt: skip

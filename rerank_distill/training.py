@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,9 +342,25 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
     return None
 
 
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir."""
+def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = False) -> str | None:
+    """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir.
+
+    A fresh run (``value`` None) must not share output_dir with an earlier run's checkpoints: the
+    Trainer would rotate its own away in their place, and "resume from the newest" would pick one
+    of theirs. So they stop it (InputError), or with ``overwrite`` (--overwrite_output_dir) are
+    deleted first."""
     if value is None:
+        earlier = sorted(p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir())
+        if earlier and not overwrite:
+            raise InputError(
+                f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}"
+                f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume_from_checkpoint last, start "
+                "over with --overwrite_output_dir (deletes them), or choose another --output_dir"
+            )
+        if earlier and os.environ.get("RANK", "0") == "0":
+            for folder in earlier:
+                shutil.rmtree(folder)
+            logger.info("--overwrite_output_dir: deleted %d checkpoints of an earlier run in %s", len(earlier), output_dir)
         return None
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)

@@ -815,6 +815,19 @@ def test_a_missing_checkpoint_is_an_error(triplets_file, tmp_path):
         run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--resume_from_checkpoint", str(tmp_path))
 
 
+def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_told(tiny_cross_encoder, triplets_file,
+                                                                                   tmp_path):
+    earlier = tmp_path / "out" / "checkpoint-20"
+    earlier.mkdir(parents=True)
+    (earlier / "trainer_state.json").write_text("{}")
+    with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(checkpoint-20\): continue it with "
+                                         "--resume_from_checkpoint last, start over with --overwrite_output_dir"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
+    summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
+                        "--overwrite_output_dir")
+    assert summary["steps"] == 1 and not earlier.exists()
+
+
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
     data = write_jsonl_records(tmp_path / "t.jsonl", [GOOD, {"query": "q"}])
     result = subprocess.run(
