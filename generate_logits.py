@@ -28,7 +28,16 @@ from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.hub import resolve_model
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, without_flag
-from rerank_distill.scoring import Shard, merge_shards, only_writer, output_path_for, score_source, validate_source
+from rerank_distill.scoring import (
+    Shard,
+    check_before_loading,
+    check_output,
+    merge_shards,
+    only_writer,
+    output_path_for,
+    score_source,
+    validate_source,
+)
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
     LLM_TEACHER_TYPES,
@@ -60,7 +69,7 @@ class GenerateLogitsArguments:
     query_prompt: str | None = field(default=None, metadata={"help": "embedding: text put before each query instead of the model's own 'query' prompt (Qwen3-Embedding wants $'Instruct: {task}\\nQuery:' in bash, with a real newline)."})
     input_format: str = field(default="auto", metadata={"help": f"Input format, detected from the fields by default: {', '.join(INPUT_FORMATS)}."})
     label_column: str | None = field(default=None, metadata={"help": "The grade column of graded row-per-pair input (default: esci_label, label, grade or relevance); it becomes the output's label."})
-    chunk_size: int = field(default=20_000, metadata={"help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a crash."})
+    chunk_size: int | None = field(default=None, metadata={"help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a crash (Ctrl-C keeps every finished chunk). Default: 20000 with vLLM (it wants thousands of prompts a call), 1000 otherwise."})
     shard: str | None = field(default=None, metadata={"help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); join with --merge_shards N."})
     passages_as_queries: int = field(default=0, metadata={"help": "N > 0: also score each query's passages as queries of their own: up to N distinct passages of each list (in input order), each against the rest of its list with the query first, into {stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are queries too (duplicate questions), many more lists for the student at up to N x list-length more teacher pairs; give create_triplets.py both files. 0: off."})
     merge_shards: int = field(default=0, metadata={"help": "N > 0: do no scoring, join the N finished shard files of each input into {stem}_scores.jsonl."})
@@ -116,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     with ExitStack() as claimed:
         for output in outputs:
             claimed.enter_context(only_writer(output))
+        model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
+        for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
+            if not args.overwrite:
+                check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
+                                     shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
             # the replicas each write args.shard-I-of-N.json with the teachers they resolved
             write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
@@ -124,26 +138,33 @@ def main(argv: list[str] | None = None) -> dict:
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")
             return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
-        return score_with_teachers(args, argv, teacher_types, inputs, outputs, expected, shard, read_args)
+        return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard, read_args)
 
 
-def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], inputs: list,
-                        outputs: list[Path], expected: dict, shard: Shard, read_args: dict) -> dict:
-    """Load the teachers, record the run's arguments, and score each input into its output."""
+def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], model_paths: list[str],
+                        inputs: list, outputs: list[Path], expected: dict, shard: Shard, read_args: dict) -> dict:
+    """Load the teachers, check the outputs against them, record the run's arguments, and score
+    each input into its output."""
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
-    model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
+    chunk_size = args.chunk_size or (20_000 if backend == "vllm" else 1_000)
     teachers = build_teachers(model_paths, teacher_types, backend, args, given_names=args.model_path)
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
-    resolved = {"backend": backend, "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
+    jobs = [dict(source=source, output_path=output, teachers=teachers, expected=expected[source, derived],
+                 input_format=args.input_format, chunk_size=chunk_size, shard=shard, overwrite=args.overwrite,
+                 read_args=read_args, passages_as_queries=derived)
+            for (source, derived), output in zip(inputs, outputs)]  # fmt: skip
+    for job in jobs:  # a refused output leaves args.json as the run that made it wrote it
+        check_output(**job)
+    resolved = {"backend": backend, "chunk_size": chunk_size, "model_paths": model_paths,
+                "teachers": {t.name: t.config for t in teachers}}
     write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                    script=args, resolved=resolved)
 
     summary = {}
-    for (source, derived), output in zip(inputs, outputs):
-        stats = score_source(source, output, teachers, expected[source, derived], args.input_format,
-                             args.chunk_size, shard, args.overwrite, read_args, args.show_progress, derived)
+    for job, (source, derived), output in zip(jobs, inputs, outputs):
+        stats = score_source(**job, show_progress=args.show_progress)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "

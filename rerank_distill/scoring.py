@@ -92,19 +92,27 @@ class InputSummary:
     queries: int = 0
     pairs: int = 0
     queries_without_passages: int = 0
+    digest: str = ""  # of every query's text, passages and labels: a finished output of other input is refused
 
 
 def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
                     **read_args) -> InputSummary:
     """Read the whole input once (checking every record) and count this shard's queries and pairs."""
-    summary = InputSummary()
+    summary, content = InputSummary(), hashlib.blake2b(digest_size=16)
     for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
         if not shard.takes(position):
             continue
         summary.queries += 1
         summary.pairs += len(query.passages)
         summary.queries_without_passages += not query.passages
+        content.update(_as_bytes(query))
+    summary.digest = content.hexdigest()
     return summary
+
+
+def _as_bytes(query: RankingQuery) -> bytes:
+    """What of a query its output depends on (text, passages, labels), for InputSummary.digest."""
+    return json.dumps([query.query, query.passages, query.labels]).encode("utf-8", "surrogatepass")
 
 
 def iter_chunks(queries: Iterator[RankingQuery], chunk_size: int) -> Iterator[list[RankingQuery]]:
@@ -290,26 +298,38 @@ def model_identity(model_path: str) -> str:
     return str(Path(model_path).resolve())
 
 
-def _made_with(teachers: list, input_format: str, shard: Shard, passages_as_queries: int, pairs: int,
-               label_column: str | None = None) -> dict:
+def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_as_queries: int,
+               expected: InputSummary, label_column: str | None = None) -> dict:
     """What a finished output was scored with, compared on a rerun before it is reused: the teachers'
-    settings (each model by model_identity) and what was read. (Not the input file's time or the
-    chunk size: those change nothing.)"""
-    configs = [{**t.config, **({"model_path": model_identity(t.config["model_path"])} if "model_path" in t.config else {})}
-               for t in teachers]  # fmt: skip
+    settings (``teachers``: their configs, each model by model_identity) and what was read, down
+    to a digest of its content. (Not the input file's name or time, nor the chunk size: those
+    change nothing.)"""
+    configs = [{**config, **({"model_path": model_identity(config["model_path"])} if "model_path" in config else {})}
+               for config in teachers]  # fmt: skip
     made_with = {"teachers": configs, "input_format": input_format, "shard": asdict(shard),
-                 "passages_as_queries": passages_as_queries, "pairs": pairs}  # fmt: skip
+                 "passages_as_queries": passages_as_queries, "pairs": expected.pairs}  # fmt: skip
     if label_column:  # absent otherwise, so records of earlier releases still compare equal
         made_with["label_column"] = label_column
+    if expected.digest:
+        made_with["input_digest"] = expected.digest
     return made_with
 
 
-def _check_finished(output_path: Path, record_path: Path, made_with: dict) -> None:
+# What records of earlier releases lack, so it is compared only where the record has it.
+_RECORDED_SINCE = ("input_digest",)
+
+
+def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str, ...] | None = None) -> None:
     """InputError unless the finished ``output_path`` was scored as this run would score it now
-    (its ``record_path``, OUT.run.json; for a file without one, its line count)."""
+    (by its OUT.run.json record; for a file without one, its line count). ``teacher_keys``
+    compares only those settings of each teacher (what is known before the teachers load)."""
+    record_path = output_path.with_name(output_path.name + ".run.json")
     if record_path.exists():
         made = json.loads(record_path.read_text(encoding="utf-8"))["made_with"]
-        differs = sorted(key for key in made_with if made.get(key) != made_with[key])
+        if teacher_keys is not None:
+            made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
+        differs = sorted(key for key in made_with
+                         if made.get(key) != made_with[key] and (key in made or key not in _RECORDED_SINCE))
     else:
         with open(output_path, "rb") as lines:
             differs = [] if sum(1 for _ in lines) == made_with["pairs"] else ["pairs"]
@@ -320,10 +340,62 @@ def _check_finished(output_path: Path, record_path: Path, made_with: dict) -> No
         )
 
 
+def check_before_loading(output_path: Path, teacher_types: list[str], model_paths: list[str], expected: InputSummary,
+                         input_format: str = "auto", shard: Shard = Shard(), passages_as_queries: int = 0,
+                         label_column: str | None = None) -> None:
+    """Refuse a finished output scored with other teachers or input before any teacher loads
+    (minutes for an 8B model): what score_source checks in full once they have, as far as the
+    teacher types and models already tell."""
+    output_path = Path(output_path)
+    if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
+        teachers = [{"teacher_type": kind, "model_path": path} for kind, path in zip(teacher_types, model_paths)]
+        made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected, label_column)
+        _check_finished(output_path, made_with, teacher_keys=("teacher_type", "model_path"))
+
+
 def _write_progress(path: Path, progress: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(progress), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _resume_point(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str,
+                  chunk_size: int, shard: Shard, read_args: dict | None, passages_as_queries: int) -> tuple[dict | None, str, dict]:
+    """Where scoring ``output_path`` starts: ``(None, ...)`` when it is finished, else the counts
+    already saved (zeros for a fresh start), with the run's fingerprint and made_with. InputError
+    where the finished or partial output was made with other settings or input."""
+    label_column = (read_args or {}).get("label_column")
+    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
+                               passages_as_queries, label_column)
+    made_with = _made_with([t.config for t in teachers], input_format, shard, passages_as_queries, expected,
+                           label_column)
+    partial = output_path.with_name(output_path.name + ".partial")
+    progress_path = output_path.with_name(output_path.name + ".progress.json")
+    if output_path.exists() and not partial.exists():
+        _check_finished(output_path, made_with)
+        return None, fingerprint, made_with
+    done = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
+    if partial.exists() and progress_path.exists():
+        saved = json.loads(progress_path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != fingerprint:
+            raise InputError(
+                f"{partial} holds an unfinished run with other settings (model, input, instruction, max_length "
+                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over "
+                "(runs begun before --chunk_size defaulted to 1000 for backends other than vLLM used 20000: pass "
+                "--chunk_size 20000 to resume one of those)"
+            )
+        done = saved["done"]
+    return done, fingerprint, made_with
+
+
+def check_output(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str = "auto",
+                 chunk_size: int = 20_000, shard: Shard = Shard(), overwrite: bool = False,
+                 read_args: dict | None = None, passages_as_queries: int = 0) -> None:
+    """score_source's refusals without its work (InputError where a finished or partial output was
+    made with other settings or input), so a run can stop before it records its arguments."""
+    if not overwrite:
+        _resume_point(source, Path(output_path), teachers, expected, input_format, chunk_size, shard, read_args,
+                      passages_as_queries)
 
 
 def score_source(
@@ -341,8 +413,8 @@ def score_source(
 ) -> ScoringStats:
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
     previous run of the same command where it stopped; a finished output is reused if it was
-    scored with the same settings, refused otherwise; beside it ``OUT.run.json`` records how it
-    was made. Returns the counts of the whole file. (Hold only_writer around it.)"""
+    scored with the same settings and input, refused otherwise; beside it ``OUT.run.json`` records
+    how it was made. Returns the counts of the whole file. (Hold only_writer around it.)"""
     from tqdm.auto import tqdm
 
     if len({teacher.name for teacher in teachers}) != len(teachers):
@@ -350,29 +422,17 @@ def score_source(
     output_path = Path(output_path)
     partial = output_path.with_name(output_path.name + ".partial")
     progress_path = output_path.with_name(output_path.name + ".progress.json")
-    label_column = (read_args or {}).get("label_column")
-    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
-                               passages_as_queries, label_column)
     record_path = output_path.with_name(output_path.name + ".run.json")
-    made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected.pairs, label_column)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for stale in (output_path, partial, progress_path, record_path):
             stale.unlink(missing_ok=True)
-    if output_path.exists() and not partial.exists():
-        _check_finished(output_path, record_path, made_with)
+    done, fingerprint, made_with = _resume_point(source, output_path, teachers, expected, input_format, chunk_size,
+                                                 shard, read_args, passages_as_queries)
+    if done is None:
         logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
         return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
-
-    done = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
-    if partial.exists() and progress_path.exists():
-        saved = json.loads(progress_path.read_text(encoding="utf-8"))
-        if saved.get("fingerprint") != fingerprint:
-            raise InputError(
-                f"{partial} holds an unfinished run with other settings (model, input, instruction, max_length "
-                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
-            )
-        done = saved["done"]
+    if done["pairs"]:
         logger.info("resuming %s after %d queries (%d pairs)", output_path, done["queries"], done["pairs"])
     with open(partial, "a+b") as out:
         out.truncate(done["bytes"])  # drops a chunk that was half written when the run stopped
@@ -441,9 +501,10 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
     readers = [read_jsonl(path) if path.stat().st_size else iter(()) for path in paths]
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
-    lines = 0
+    lines, content = 0, hashlib.blake2b(digest_size=16)
     with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
         for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+            content.update(_as_bytes(query))
             reader, path = readers[position % num_shards], paths[position % num_shards]
             for _ in query.passages:
                 try:
@@ -457,11 +518,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
         for reader, path in zip(readers, paths):
             if next(reader, None) is not None:
                 raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
-    _merge_run_records(paths, merged, lines)
+    _merge_run_records(paths, merged, lines, content.hexdigest())
     return merged, lines
 
 
-def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int) -> None:
+def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_digest: str) -> None:
     """The merged file's ``.run.json``: the shards' settings as one unsharded run, their counts
     summed (the longest shard's seconds). Left out if a shard has no record (an older release's)."""
     records = []
@@ -471,6 +532,8 @@ def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int) -> Non
             return
         records.append(json.loads(record_path.read_text(encoding="utf-8")))
     made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
+    if "input_digest" in made_with:  # the whole input's, as an unsharded run computes it
+        made_with["input_digest"] = input_digest
     counts = {key: sum(r["counts"][key] for r in records) for key in records[0]["counts"] if key != "seconds"}
     counts["seconds"] = max(r["counts"]["seconds"] for r in records)
     write_json(merged.with_name(merged.name + ".run.json"), {"source": records[0]["source"], "made_with": made_with,

@@ -368,6 +368,30 @@ def test_cross_encoder_teacher_end_to_end(tiny_cross_encoder, ranking_file, tmp_
     assert args["resolved"]["teachers"]["tiny-cross-encoder"]["teacher_type"] == "cross_encoder"
 
 
+def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_args_json_stays(tiny_cross_encoder,
+                                                                                               ranking_file, tmp_path):
+    run_stage(tmp_path, ranking_file, "--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))
+    args_json = tmp_path / "scores" / "args.json"
+    recorded = args_json.read_text()
+    unloadable = tmp_path / "unloadable"  # a model folder that could never load: the refusal comes first
+    unloadable.mkdir()
+    (unloadable / "config.json").write_text("{}")
+    out = tmp_path / "scores"
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(teachers differ\)"):
+        generate_logits.main(["--teacher_type", "cross_encoder", "--model_path", str(unloadable), "--input_path",
+                              str(ranking_file), "--output_dir", str(out), "--no_show_progress"])  # fmt: skip
+    assert args_json.read_text() == recorded
+    # a record of an earlier release, without the input's digest, is still reused
+    record = out / "train_scores.jsonl.run.json"
+    made = json.loads(record.read_text())
+    del made["made_with"]["input_digest"]
+    record.write_text(json.dumps(made))
+    summary = generate_logits.main(["--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder),
+                                    "--input_path", str(ranking_file), "--output_dir", str(out), "--device", "cpu",
+                                    "--batch_size", "4", "--no_show_progress"])  # fmt: skip
+    assert summary[str(out / "train_scores.jsonl")]["already_complete"]
+
+
 def test_label_column_names_the_grade_column_of_graded_input_and_its_grades_become_labels(tiny_cross_encoder, tmp_path):
     rows = [{"query": "q", "item_text": "a", "stars": 4}, {"query": "q", "item_text": "b", "stars": "I"}]
     source = write_jsonl_records(tmp_path / "train.jsonl", rows)
