@@ -179,6 +179,37 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
         raise InputError("contains no records (the file is empty)", path)
 
 
+# Stage 2's outputs, which train.py trains on: what a record of each holds, for messages.
+TRAINING_RECORDS = {
+    "triplets": '{"query", "positive", "negative", "score"}',
+    "ntuples": '{"query", "positive", "negatives": [...], "scores": [...]}',
+    "listwise": '{"query", "passages": [...], "scores": [...]}',
+}
+
+
+def training_record_kind(record: dict) -> str | None:
+    """"triplets", "ntuples" or "listwise" for a record of stage 2's output, else None."""
+    if "passages" in record:
+        return "listwise"
+    if "negatives" in record:
+        return "ntuples"
+    if "score" in record and isinstance(record.get("positive"), str) and isinstance(record.get("negative"), str):
+        return "triplets"
+    return None
+
+
+def refuse_training_record(record: dict, path: str, line: int, wanted: str) -> None:
+    """InputError where a record of stage 2's output came where ``wanted`` data belongs."""
+    kind = training_record_kind(record)
+    if kind is not None:
+        raise InputError(
+            f"this is a line of {kind} {TRAINING_RECORDS[kind]} (create_triplets.py's output, which train.py trains "
+            f"on), but this stage reads {wanted}",
+            path,
+            line,
+        )
+
+
 def detect_format(record: dict, path: str, line: int, label_column: str | None = None) -> str:
     """Name the format of one record from its fields, or raise InputError saying what was expected.
     ``label_column`` replaces the usual label fields when telling graded rows apart."""
@@ -262,6 +293,7 @@ def iter_ranking_queries(
     grouped: dict[str, RankingQuery] = {}
     chosen = None if input_format == "auto" else input_format
     for path, line, record in iter_rows(source, hub, cache_dir):
+        refuse_training_record(record, path, line, "ranking data: a query with its candidate passages and labels")
         record_format = chosen or detect_format(record, path, line, label_column)
         chosen = chosen or record_format  # a file holds one format; the first record decides it
         location = f"{path}:{line}"
@@ -301,7 +333,15 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
     """Yield teacher-scored pairs from stage 1's output or another tool's
     ``{"query", "passage"|"content", "score"}`` file, validating every field."""
     for path, line, record in iter_rows(source):
+        refuse_training_record(record, path, line, "teacher scores, one pair a line (generate_logits.py's output)")
         query = get_text(record, "query", path, line)
+        if not any(name in record for name in PASSAGE_FIELDS) and _is_ranking_data(record, path, line):
+            raise InputError(
+                "this is ranking data without teacher scores, but this stage reads teacher scores, one pair a line: "
+                "score it with generate_logits.py first (or train on its labels: train.py --loss bce_labels)",
+                path,
+                line,
+            )
         passage = passage_of(record, path, line)
         if "score" not in record:
             raise InputError(
@@ -315,6 +355,13 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
         known = {"query", "score", *PASSAGE_FIELDS, *LABEL_FIELDS}
         extra = {k: v for k, v in record.items() if k not in known}
         yield ScoredPair(query, passage, score, None if label is None else label[1], extra, line)
+
+
+def _is_ranking_data(record: dict, path: str, line: int) -> bool:
+    try:
+        return detect_format(record, path, line) in ("mteb", "pos_neg")
+    except InputError:
+        return False
 
 
 def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:

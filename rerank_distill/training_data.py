@@ -17,6 +17,7 @@ from rerank_distill.formats import (
     iter_ranking_queries,
     iter_rows,
     iter_scored_pairs,
+    training_record_kind,
 )
 from rerank_distill.jsonl import get_number, get_text, get_text_list
 from rerank_distill.losses import LOSSES
@@ -67,12 +68,8 @@ def detect_data_kind(record: dict, path: str, line: int, input_format: str = "au
     for a named ``input_format`` (formats.INPUT_FORMATS), the kind that format is."""
     if input_format != "auto":
         return "scores" if input_format == "scores" else "labelled"
-    if "passages" in record:
-        return "listwise"
-    if "negatives" in record:
-        return "ntuples"
-    if "score" in record and isinstance(record.get("positive"), str) and isinstance(record.get("negative"), str):
-        return "triplets"
+    if kind := training_record_kind(record):
+        return kind
     try:
         return "scores" if detect_format(record, path, line, label_column) == "scores" else "labelled"
     except InputError:

@@ -208,6 +208,35 @@ def test_row_missing_the_named_label_column_fails_naming_it(tmp_path):
         as_tuples(source, label_column="stars")
 
 
+# --- stage 2's outputs where ranking data or teacher scores belong --------------------------------
+
+STAGE_TWO_RECORDS = {
+    "triplets": {"query": "q", "positive": "p", "negative": "n", "score": 1.5},
+    "ntuples": {"query": "q", "positive": "p", "negatives": ["n"], "scores": [1.0, 0.0]},
+    "listwise": {"query": "q", "passages": ["p", "n"], "scores": [1.0, 0.0]},
+}
+
+
+@pytest.mark.parametrize("kind", STAGE_TWO_RECORDS)
+@pytest.mark.parametrize("input_format", ["auto", "mteb"])
+def test_stage_two_output_is_refused_as_ranking_data_naming_what_it_is(tmp_path, kind, input_format):
+    source = write_jsonl_records(tmp_path / "records.jsonl", [STAGE_TWO_RECORDS[kind]])
+    with pytest.raises(InputError, match=rf"{source}:1: this is a line of {kind} .*which train.py trains on\), but "
+                                         "this stage reads ranking data"):
+        as_tuples(source, input_format=input_format)
+
+
+@pytest.mark.parametrize("record, message", [
+    (STAGE_TWO_RECORDS["triplets"], "this is a line of triplets .* but this stage reads teacher scores"),
+    ({"query": "q", "positive": ["p"], "negative": ["n"]}, "this is ranking data without teacher scores.* generate_logits.py"),
+    ({"query": "q", "pos": ["p"], "neg": ["n"]}, "this is ranking data without teacher scores"),
+])  # fmt: skip
+def test_teacher_scores_readers_say_what_they_were_given_instead(tmp_path, record, message):
+    source = write_jsonl_records(tmp_path / "records.jsonl", [record])
+    with pytest.raises(InputError, match=rf"{source}:1: {message}"):
+        list(iter_scored_pairs(str(source)))
+
+
 # --- errors name file:line ---------------------------------------------------------------------
 
 
