@@ -19,7 +19,7 @@ from rerank_distill.scoring import Shard, score_source, validate_source
 from rerank_distill.teachers import TeacherScores, build_teachers, check_teacher_options, teacher_types_for, unique_names
 from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
 from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
-from rerank_distill.teachers.llm_judge import LabelJudge, label_probabilities
+from rerank_distill.teachers.llm_judge import LabelJudge, YesNoJudge, label_probabilities
 from rerank_distill.teachers.llm_vllm import vllm_hf_overrides
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
@@ -93,6 +93,43 @@ def input_pairs(ranking_file):
     """(query, passage) in the order stage 1 writes them: each record's positives, then negatives."""
     records = [json.loads(line) for line in ranking_file.read_text().splitlines()]
     return [(r["query"], p) for r in records for p in r["positive"] + r["negative"]]
+
+
+# --- a checkpoint of another kind than the teacher type ----------------------------------------------
+
+
+@pytest.mark.parametrize("teacher_type, model, holds, suggestion", [
+    ("llm_yesno", "tiny_cross_encoder", r"a cross-encoder \(a classification head\)", "cross_encoder"),
+    ("llm_labels", "tiny_embedding_model", "an embedding model", "embedding"),
+    ("cross_encoder", "tiny_embedding_model", "an embedding model", "embedding"),
+    ("cross_encoder", "tiny_qwen3", "an LLM with its generative head", r"llm_yesno \(or llm_labels\)"),
+    ("embedding", "tiny_cross_encoder", r"a cross-encoder \(a classification head\)", "cross_encoder"),
+])  # fmt: skip
+def test_a_checkpoint_of_another_kind_is_refused_before_it_loads_with_a_new_random_head(request, teacher_type, model,
+                                                                                      holds, suggestion):
+    path = str(request.getfixturevalue(model))
+    with pytest.raises(InputError, match=rf"{path} holds {holds}, but --teacher_type {teacher_type} needs .* pass "
+                                         rf"--teacher_type {suggestion}$"):
+        build_teachers([path], [teacher_type], "hf", parse_args((generate_logits.GenerateLogitsArguments,), "",
+                       ["--model_path", path, "--input_path", "x", "--output_dir", "y"])[0])  # fmt: skip
+
+
+def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
+    from rerank_distill.teachers import model_kind
+
+    assert [model_kind(str(m)) for m in (tiny_qwen3, tiny_cross_encoder, tiny_embedding_model)] == [
+        "llm", "cross_encoder", "embedding"]
+    assert model_kind(str(tmp_path)) is None  # no config: nothing refused
+
+
+def test_an_llm_judges_max_length_is_cut_to_the_models_positions(tiny_qwen3, tmp_path, caplog):
+    limited = tmp_path / "limited"
+    shutil.copytree(tiny_qwen3, limited)
+    config = json.loads((limited / "config.json").read_text())
+    (limited / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 160}))
+    judge = YesNoJudge(str(limited), "hf", "Find it", max_length=2048, batch_size=2, device="cpu")
+    assert judge.config["max_length"] == 160 and "cut to 160" in caplog.text
+    assert judge.score(["q " * 100], ["d " * 100]).truncated == 1
 
 
 # --- cross_encoder ---------------------------------------------------------------------------------

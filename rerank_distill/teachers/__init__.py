@@ -12,8 +12,10 @@ teacher has ``name``, ``config`` (what makes its scores what they are, for resum
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -123,12 +125,62 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
+GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def model_config(model_path: str, name: str = "config.json") -> dict:
+    """A model folder's JSON config file ``name``, or {} where it has none (a GGUF file, say)."""
+    try:
+        config = json.loads((Path(model_path) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_kind(model_path: str) -> str | None:
+    """What a model folder plainly holds, by its config files: "llm" (a generative head),
+    "cross_encoder" (a classification head, or sentence-transformers' CrossEncoder), "embedding"
+    (a sentence-transformers embedding model or a bare encoder), or None where they do not tell."""
+    architectures = model_config(model_path).get("architectures") or []
+    sentence_transformers_type = model_config(model_path, "config_sentence_transformers.json").get("model_type")
+    if sentence_transformers_type == "CrossEncoder" or any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "cross_encoder"
+    if any(a.endswith(GENERATIVE_HEADS) for a in architectures):
+        return "llm"
+    if architectures and (sentence_transformers_type == "SentenceTransformer" or (Path(model_path) / "modules.json").exists()
+                          or all(a.endswith("Model") for a in architectures)):
+        return "embedding"
+    return None
+
+
+# For check_model_kind: what each teacher type needs, and how each kind of checkpoint is named.
+_KINDS_FOR = {"llm_yesno": ("llm",), "llm_labels": ("llm",), "cross_encoder": ("cross_encoder",),
+              "embedding": ("embedding", "llm")}  # fmt: skip  (embedding LLMs such as Qwen3-Embedding keep an LM's config)
+_KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder (a classification head)",
+               "embedding": "an embedding model"}  # fmt: skip
+_TEACHER_TYPE_FOR = {"llm": "llm_yesno (or llm_labels)", "cross_encoder": "cross_encoder", "embedding": "embedding"}
+
+
+def check_model_kind(teacher_type: str, model_path: str) -> None:
+    """InputError where a checkpoint is plainly another kind of model than ``teacher_type`` needs:
+    loaded anyway, it would get a new random head (or lose its own) and score noise."""
+    kind = model_kind(model_path)
+    needed = _KINDS_FOR.get(teacher_type)
+    if kind is None or needed is None or kind in needed:
+        return
+    raise InputError(
+        f"{model_path} holds {_KIND_NAMES[kind]}, but --teacher_type {teacher_type} needs {_KIND_NAMES[needed[0]]} "
+        f"(loaded anyway, its scores would mean nothing); pass --teacher_type {_TEACHER_TYPE_FOR[kind]}"
+    )
+
+
 def build_teacher(teacher_type: str, model_path: str, backend: str, options) -> Teacher:
     """A teacher of the given type. ``options`` is stage 1's argument dataclass (instruction,
     max_length, batch_size, device, dtype, prefix_cache, vLLM parallelism, label words and
     grades, score scale, query prompt)."""
     from rerank_distill.teachers.llm_hf import dtype_name
 
+    check_model_kind(teacher_type, model_path)
     # vLLM's own "auto" is the model's dtype, the same on any machine; transformers' is ours (dtype_name).
     on_vllm = backend == "vllm" and teacher_type in LLM_TEACHER_TYPES
     dtype = options.dtype if on_vllm else dtype_name(options.dtype, options.device)

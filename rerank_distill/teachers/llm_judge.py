@@ -9,6 +9,7 @@ scored from the logits of its possible answer tokens at the last prompt position
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -16,7 +17,9 @@ import numpy as np
 
 from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
-from rerank_distill.teachers import TeacherScores, yes_minus_no
+from rerank_distill.teachers import TeacherScores, model_config, yes_minus_no
+
+logger = logging.getLogger(__name__)
 
 ESCI_LABEL_WORDS = ["exact", "substitute", "complement", "irrelevant"]
 ESCI_LABEL_GRADES = [3.0, 2.0, 1.0, 0.0]
@@ -64,6 +67,11 @@ class _Judge:
     def __init__(self, model_path, backend, system, words, instruction, max_length, batch_size, device,
                  dtype, prefix_cache, vllm_options, extra_config=None):  # fmt: skip
         tokenizer = load_tokenizer(model_path)
+        positions = model_config(model_path).get("max_position_embeddings")
+        if isinstance(positions, int) and max_length > positions:  # beyond them the model fails or reads noise
+            logger.warning("--max_length %d is more than %s's %d positions: cut to %d", max_length, model_path,
+                           positions, positions)
+            max_length = positions
         self.prompt = JudgePrompt(tokenizer, system, instruction, max_length)
         token_ids = [single_token_id(tokenizer, word, model_path) for word in words]
         self.name = os.path.basename(os.path.normpath(model_path))
