@@ -12,7 +12,7 @@ takes part once (its first listing), and pairs with a margin not above zero (or 
 ``triplets`` ``{"query", "positive", "negative", "score"}`` (score = teacher margin in logits),
 ``ntuples`` ``{"query", "positive", "negatives", "scores"}`` or ``listwise``
 ``{"query", "passages", "scores"[, "labels"]}`` groups of up to ``--group_size`` with the positive
-first. Writes OUTPUT.args.json beside the output.
+first. Writes its arguments and counts beside the output (train_triplets.jsonl: train_triplets.args.json).
 """
 
 import functools

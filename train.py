@@ -12,8 +12,9 @@ works (--learning_rate, --bf16, --resume_from_checkpoint last, ...). Unless you 
 evaluates and saves 10 times per run, keeps 2 checkpoints and makes the best the final model: best by MAP
 on held-out training queries with gold labels (--selection_data, or the training file's own labels), else
 by eval loss; --early_stopping_patience N stops after N evaluations without a better one. Never the test set.
-Where fewer than 30 queries would be held out, MAP would pick checkpoints by chance: every query trains and
-the last step is final (--selection_metric picks otherwise).
+Where fewer than 30 training queries would be held out, MAP would pick checkpoints by chance: every query
+trains and the last step is final (--selection_metric picks otherwise; a labelled dev file of its own as
+--selection_data is always used).
 --max_train_seconds S stops after S seconds, with the learning-rate schedule fitted to them.
 --output_dir gets the final model, its checkpoints, args.json and training_summary.json (what the run did).
 Several GPUs: torchrun --nproc_per_node N train.py ...; a large student: accelerate launch with
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     passed = passed_flags(argv)
     try:  # transformers checks flag combinations (e.g. mismatched strategies) with ValueError
         script, training = parse_args(
-            (ScriptArguments, CrossEncoderTrainingArguments), __doc__, default_training_flags(passed) + argv
+            (ScriptArguments, CrossEncoderTrainingArguments), __doc__, default_training_flags(passed) + argv,
+            help_overrides={"resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the "
+                            "newest complete checkpoint-N in --output_dir."},
         )
     except ValueError as error:
         raise InputError(str(error)) from None

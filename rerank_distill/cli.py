@@ -3,6 +3,7 @@ record the resolved arguments beside its output, and turn user mistakes into one
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.metadata
 import json
@@ -20,11 +21,22 @@ from rerank_distill.errors import InputError
 logger = logging.getLogger("rerank_distill")
 
 
-def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[str] | None = None) -> tuple:
-    """Parse the command line into one instance of each dataclass (``--help`` lists every field's help)."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written (its tables keep their lines), each flag with its default."""
+
+
+def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[str] | None = None,
+               help_overrides: dict[str, str] | None = None) -> tuple:
+    """Parse the command line into one instance of each dataclass (``--help`` lists every field's
+    help; ``help_overrides`` replaces the help of the flags it names, by field name)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types, description=description)
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
+    for action in parser._actions:
+        if action.dest in (help_overrides or {}) and action.option_strings[0] == f"--{action.dest}":
+            action.help = help_overrides[action.dest]
+        elif isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
+            action.help, action.default = f"Turn --{action.dest} off.", argparse.SUPPRESS
     return parser.parse_args_into_dataclasses(args=argv)
 
 

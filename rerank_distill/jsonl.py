@@ -59,7 +59,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise InputError(f"not valid JSON ({error.msg} at column {error.pos + 1})", path, line_number) from None
+                    what = error.msg.removesuffix(" at")  # "Invalid control character at" already ends so
+                    raise InputError(f"not valid JSON ({what} at column {error.pos + 1})", path, line_number) from None
                 if not isinstance(record, dict):
                     raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
                 found_any = True
