@@ -338,7 +338,7 @@ def test_bad_input_in_a_data_set_folder_names_the_file_and_line(dataset_folder):
 def test_a_raw_control_character_in_a_string_is_named_with_its_column(tmp_path):
     source = tmp_path / "tab.jsonl"
     source.write_text('{"query": "a\tb", "positive": ["p"], "negative": ["n"]}\n', encoding="utf-8")
-    with pytest.raises(InputError, match=rf"^{source}:1: not valid JSON \(Invalid control character at column 12\)$"):
+    with pytest.raises(InputError, match=rf"^{source}:1: not valid JSON \(Invalid control character at column 13\)$"):
         as_tuples(source)
 
 
