@@ -124,12 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_model(path, args.hub, args.cache_dir)
 
     grades = [grade for query in queries for grade in query.labels]
-    label_probs = teacher is not None and teacher.label_probs is not None
-    graded = queries[0].source_format == "graded" or len(set(grades)) > 2 or label_probs
-    # 1 and 0 of positive/negative data (or of stage 1's output of it) mean relevant or not, no grade on
-    # a label teacher's scale (ESCI's 3/2/1/0): its prediction is right when it agrees on relevance
-    positive_negative = queries[0].source_format in ("mteb", "pos_neg") or (
-        queries[0].source_format == "scores" and set(grades) <= {0.0, 1.0})
+    # labels of 1 and 0 alone mean relevant or not, in whatever file they come: no grades on a label teacher's
+    # scale (ESCI's 3/2/1/0), so its prediction is right when it agrees on relevance
+    binary = set(grades) <= {0.0, 1.0}
+    graded = queries[0].source_format == "graded" or not binary or (teacher is not None and teacher.label_probs is not None)
     # the metrics never read the scores of queries the protocol skips; the graded means use every pair
     wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]
     scores = {}
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
-        report["graded"] = graded_summary(grades, flat, *teacher_labels, positive_negative_data=positive_negative)
+        report["graded"] = graded_summary(grades, flat, *teacher_labels, positive_negative_data=binary)
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))

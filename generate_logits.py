@@ -32,6 +32,7 @@ from rerank_distill.scoring import (
     Shard,
     check_before_loading,
     check_output,
+    chunk_size_to_resume,
     merge_shards,
     only_writer,
     output_path_for,
@@ -147,17 +148,20 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
     each input into its output."""
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
-    chunk_size = args.chunk_size or (20_000 if backend == "vllm" else 1_000)
     teachers = build_teachers(model_paths, teacher_types, backend, args, given_names=args.model_path)
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)
-    jobs = [dict(source=source, output_path=output, teachers=teachers, expected=expected[source, derived],
-                 input_format=args.input_format, chunk_size=chunk_size, shard=shard, overwrite=args.overwrite,
-                 read_args=read_args, passages_as_queries=derived)
-            for (source, derived), output in zip(inputs, outputs)]  # fmt: skip
+    # unset: 20000 pairs for vLLM, 1000 otherwise, or 20000 (every backend's default once) to resume a run begun so
+    chunk_sizes = [args.chunk_size] if args.chunk_size else [20_000] if backend == "vllm" else [1_000, 20_000]
+    jobs = []
+    for (source, derived), output in zip(inputs, outputs):
+        job = dict(source=source, output_path=output, teachers=teachers, input_format=args.input_format, shard=shard,
+                   read_args=read_args, passages_as_queries=derived)
+        chunk_size = chunk_size_to_resume(chunk_sizes[:1] if args.overwrite else chunk_sizes, **job)
+        jobs.append({**job, "expected": expected[source, derived], "chunk_size": chunk_size, "overwrite": args.overwrite})
     for job in jobs:  # a refused output leaves args.json as the run that made it wrote it
         check_output(**job)
-    resolved = {"backend": backend, "chunk_size": chunk_size, "model_paths": model_paths,
+    resolved = {"backend": backend, "chunk_size": [job["chunk_size"] for job in jobs], "model_paths": model_paths,
                 "teachers": {t.name: t.config for t in teachers}}
     write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                    script=args, resolved=resolved)

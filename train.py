@@ -52,6 +52,8 @@ from rerank_distill.training import (
     EVALUATION_FLAGS,
     SelectionEvaluator,
     default_training_flags,
+    default_training_values,
+    delete_earlier_checkpoints,
     load_training_data,
     passed_flags,
     resolve_checkpoint,
@@ -82,14 +84,14 @@ class ScriptArguments:
     )
     input_format: Literal[tuple(INPUT_FORMATS)] = field(
         default="auto",
-        metadata={"help": "Format of --train_data when it is ranking data (teacher scores or labelled lists for "
-                  f"pointwise losses and bce_labels): {', '.join(INPUT_FORMATS)}; auto tells it, and the kind of "
-                  "any other training file, from the fields."},
+        metadata={"help": "Format of --train_data (and --eval_data) when it is ranking data (teacher scores or "
+                  f"labelled lists for pointwise losses and bce_labels): {', '.join(INPUT_FORMATS)}; auto tells it, "
+                  "and the kind of any other training file, from the fields."},
     )
     label_column: str | None = field(
         default=None,
-        metadata={"help": "The grade column of labelled row-per-pair data (--train_data, --selection_data), "
-                  "default: esci_label, label, grade or relevance."},
+        metadata={"help": "The grade column of labelled row-per-pair data (--train_data, --eval_data, "
+                  "--selection_data); unset: esci_label, label, grade or relevance."},
     )
     selection_data: str | None = field(
         default=None,
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             (ScriptArguments, CrossEncoderTrainingArguments), __doc__, default_training_flags(passed) + argv,
             help_overrides={"resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the "
                             "newest complete checkpoint-N in --output_dir."},
+            shown_defaults=default_training_values(),
         )
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
+    if resume is None and script.overwrite_output_dir:  # only now, with the data and model checked
+        delete_earlier_checkpoints(training.output_dir)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
                        training=training)

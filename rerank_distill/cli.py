@@ -22,21 +22,34 @@ logger = logging.getLogger("rerank_distill")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's docstring as written (its tables keep their lines), each flag with its default."""
+    """The script's docstring as written (its tables keep their lines), and each flag's default
+    where it has one its help does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[str] | None = None,
-               help_overrides: dict[str, str] | None = None) -> tuple:
+               help_overrides: dict[str, str] | None = None, shown_defaults: dict[str, str] | None = None) -> tuple:
     """Parse the command line into one instance of each dataclass (``--help`` lists every field's
-    help; ``help_overrides`` replaces the help of the flags it names, by field name)."""
+    help). ``help_overrides`` replaces the help of the flags it names, by field name;
+    ``shown_defaults`` are the defaults ``--help`` shows where the script puts its own in front
+    of the user's flags (only shown: the script's own flags still set them)."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
+    asks_help = any(token in ("-h", "--help") for token in (sys.argv[1:] if argv is None else argv))
     for action in parser._actions:
-        if action.dest in (help_overrides or {}) and action.option_strings[0] == f"--{action.dest}":
-            action.help = help_overrides[action.dest]
-        elif isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
+        if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
             action.help, action.default = f"Turn --{action.dest} off.", argparse.SUPPRESS
+            continue
+        if action.dest in (help_overrides or {}):
+            action.help = help_overrides[action.dest]
+        if asks_help and action.dest in (shown_defaults or {}):
+            action.default = shown_defaults[action.dest]
     return parser.parse_args_into_dataclasses(args=argv)
 
 

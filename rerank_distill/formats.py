@@ -335,7 +335,7 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
     for path, line, record in iter_rows(source):
         refuse_training_record(record, path, line, "teacher scores, one pair a line (generate_logits.py's output)")
         query = get_text(record, "query", path, line)
-        if not any(name in record for name in PASSAGE_FIELDS) and _is_ranking_data(record, path, line):
+        if "score" not in record and _is_ranking_data(record, path, line):
             raise InputError(
                 "this is ranking data without teacher scores, but this stage reads teacher scores, one pair a line: "
                 "score it with generate_logits.py first (or train on its labels: train.py --loss bce_labels)",
@@ -358,8 +358,9 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
 
 
 def _is_ranking_data(record: dict, path: str, line: int) -> bool:
+    """Whether a record is of labelled ranking data (MTEB, pos/neg or graded rows)."""
     try:
-        return detect_format(record, path, line) in ("mteb", "pos_neg")
+        return detect_format(record, path, line) in ("mteb", "pos_neg", "graded")
     except InputError:
         return False
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from rerank_distill.errors import InputError
-from rerank_distill.scoring import Shard, output_path_for
+from rerank_distill.scoring import Shard, beside, output_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Sha
     for source, passages_as_queries in inputs:
         for shard in shards:
             path = output_path_for(source, output_dir, shard, passages_as_queries)
-            progress = path.with_name(path.name + ".progress.json")
+            progress = beside(path, ".progress.json")
             if path in finished:
                 done += finished[path]
             elif path.exists() and not progress.exists():

@@ -56,6 +56,11 @@ class Shard:
         return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
 
 
+def beside(output_path: Path, suffix: str) -> Path:
+    """A file stage 1 keeps next to an output: OUT.partial, OUT.progress.json, OUT.run.json, OUT.lock."""
+    return output_path.with_name(output_path.name + suffix)
+
+
 def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(), passages_as_queries: int = 0) -> Path:
     """``DIR/{stem}_scores.jsonl`` (``train.jsonl`` -> ``train_scores.jsonl``), with a shard suffix;
     ``DIR/{stem}_passages_as_queries_scores.jsonl`` for the lists derive_passage_queries makes."""
@@ -257,7 +262,7 @@ def only_writer(output_path: Path):
     except ImportError:
         yield
         return
-    lock_path = output_path.with_name(output_path.name + ".lock")
+    lock_path = beside(output_path, ".lock")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         lock = open(lock_path, "a")
@@ -323,7 +328,7 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
     """InputError unless the finished ``output_path`` was scored as this run would score it now
     (by its OUT.run.json record; for a file without one, its line count). ``teacher_keys``
     compares only those settings of each teacher (what is known before the teachers load)."""
-    record_path = output_path.with_name(output_path.name + ".run.json")
+    record_path = beside(output_path, ".run.json")
     if record_path.exists():
         made = json.loads(record_path.read_text(encoding="utf-8"))["made_with"]
         if teacher_keys is not None:
@@ -347,7 +352,7 @@ def check_before_loading(output_path: Path, teacher_types: list[str], model_path
     (minutes for an 8B model): what score_source checks in full once they have, as far as the
     teacher types and models already tell."""
     output_path = Path(output_path)
-    if output_path.exists() and not output_path.with_name(output_path.name + ".partial").exists():
+    if output_path.exists() and not beside(output_path, ".partial").exists():
         teachers = [{"teacher_type": kind, "model_path": path} for kind, path in zip(teacher_types, model_paths)]
         made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected, label_column)
         _check_finished(output_path, made_with, teacher_keys=("teacher_type", "model_path"))
@@ -369,8 +374,8 @@ def _resume_point(source: str, output_path: Path, teachers: list, expected: Inpu
                                passages_as_queries, label_column)
     made_with = _made_with([t.config for t in teachers], input_format, shard, passages_as_queries, expected,
                            label_column)
-    partial = output_path.with_name(output_path.name + ".partial")
-    progress_path = output_path.with_name(output_path.name + ".progress.json")
+    partial = beside(output_path, ".partial")
+    progress_path = beside(output_path, ".progress.json")
     if output_path.exists() and not partial.exists():
         _check_finished(output_path, made_with)
         return None, fingerprint, made_with
@@ -380,12 +385,26 @@ def _resume_point(source: str, output_path: Path, teachers: list, expected: Inpu
         if saved.get("fingerprint") != fingerprint:
             raise InputError(
                 f"{partial} holds an unfinished run with other settings (model, input, instruction, max_length "
-                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over "
-                "(runs begun before --chunk_size defaulted to 1000 for backends other than vLLM used 20000: pass "
-                "--chunk_size 20000 to resume one of those)"
+                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
             )
         done = saved["done"]
     return done, fingerprint, made_with
+
+
+def chunk_size_to_resume(sizes: list[int], source: str, output_path: Path, teachers: list, input_format: str = "auto",
+                         shard: Shard = Shard(), read_args: dict | None = None, passages_as_queries: int = 0) -> int:
+    """The first of ``sizes`` that an unfinished run of ``output_path`` was begun with (by its
+    progress file's fingerprint), else ``sizes[0]``: so a run begun under another default
+    --chunk_size resumes rather than being refused."""
+    progress_path = beside(Path(output_path), ".progress.json")
+    if not (beside(Path(output_path), ".partial").exists() and progress_path.exists()):
+        return sizes[0]
+    saved = json.loads(progress_path.read_text(encoding="utf-8")).get("fingerprint")
+    configs, label_column = [t.config for t in teachers], (read_args or {}).get("label_column")
+    for size in sizes:
+        if _fingerprint(source, configs, input_format, size, shard, passages_as_queries, label_column) == saved:
+            return size
+    return sizes[0]
 
 
 def check_output(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str = "auto",
@@ -420,9 +439,9 @@ def score_source(
     if len({teacher.name for teacher in teachers}) != len(teachers):
         raise ValueError("teacher names must differ, or their teacher_scores overwrite each other (see unique_names)")
     output_path = Path(output_path)
-    partial = output_path.with_name(output_path.name + ".partial")
-    progress_path = output_path.with_name(output_path.name + ".progress.json")
-    record_path = output_path.with_name(output_path.name + ".run.json")
+    partial = beside(output_path, ".partial")
+    progress_path = beside(output_path, ".progress.json")
+    record_path = beside(output_path, ".run.json")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for stale in (output_path, partial, progress_path, record_path):
@@ -527,7 +546,7 @@ def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_
     summed (the longest shard's seconds). Left out if a shard has no record (an older release's)."""
     records = []
     for path in shard_paths:
-        record_path = path.with_name(path.name + ".run.json")
+        record_path = beside(path, ".run.json")
         if not record_path.exists():
             return
         records.append(json.loads(record_path.read_text(encoding="utf-8")))
@@ -536,5 +555,5 @@ def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_
         made_with["input_digest"] = input_digest
     counts = {key: sum(r["counts"][key] for r in records) for key in records[0]["counts"] if key != "seconds"}
     counts["seconds"] = max(r["counts"]["seconds"] for r in records)
-    write_json(merged.with_name(merged.name + ".run.json"), {"source": records[0]["source"], "made_with": made_with,
+    write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
                                                              "counts": counts, "merged_shards": len(records)})

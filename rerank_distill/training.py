@@ -199,8 +199,8 @@ def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -
         return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
     eval_set = None
     if script.eval_data:
-        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature,
-                                      script.fused_forward).to_dataset()
+        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
+                                      script.input_format, script.label_column).to_dataset()
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
                                script.input_format, script.label_column)
@@ -314,6 +314,12 @@ def default_training_flags(passed: dict[str, str | None]) -> list[str]:
     return flags
 
 
+def default_training_values() -> dict[str, str]:
+    """What default_training_flags sets where the user passes nothing, by field name (for --help)."""
+    flags = default_training_flags({})
+    return {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
+
+
 def set_best_metric(training, passed: dict[str, str | None], metric: str) -> None:
     """Make ``metric`` (``eval_selection_map`` or ``loss``) pick the best checkpoint, unless the
     user passed --metric_for_best_model; higher is better for everything but a loss."""
@@ -333,7 +339,7 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
     for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
         if (folder / "trainer_state.json").is_file():
             return str(folder)
-        if set_aside_incomplete and os.environ.get("RANK", "0") == "0":
+        if set_aside_incomplete and is_main_process():
             folder.rename(folder.with_name(f"incomplete-{folder.name}"))
             logger.warning("%s is incomplete (the run stopped while saving it): set aside as incomplete-%s",
                            folder, folder.name)
@@ -342,25 +348,28 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
     return None
 
 
+def earlier_checkpoints(output_dir: str) -> list[Path]:
+    """The checkpoint folders a run left in ``output_dir`` (``incomplete-checkpoint-N`` included)."""
+    return sorted(p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir())
+
+
 def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = False) -> str | None:
     """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir.
 
     A fresh run (``value`` None) must not share output_dir with an earlier run's checkpoints: the
     Trainer would rotate its own away in their place, and "resume from the newest" would pick one
-    of theirs. So they stop it (InputError), or with ``overwrite`` (--overwrite_output_dir) are
-    deleted first."""
+    of theirs. So they stop it (InputError), unless ``overwrite`` (--overwrite_output_dir: the
+    caller deletes them with delete_earlier_checkpoints once its input has passed its checks)."""
+    if value is not None and overwrite:
+        raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
     if value is None:
-        earlier = sorted(p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir())
+        earlier = earlier_checkpoints(output_dir)
         if earlier and not overwrite:
             raise InputError(
                 f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}"
                 f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume_from_checkpoint last, start "
                 "over with --overwrite_output_dir (deletes them), or choose another --output_dir"
             )
-        if earlier and os.environ.get("RANK", "0") == "0":
-            for folder in earlier:
-                shutil.rmtree(folder)
-            logger.info("--overwrite_output_dir: deleted %d checkpoints of an earlier run in %s", len(earlier), output_dir)
         return None
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)
@@ -370,6 +379,20 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if not (Path(value) / "trainer_state.json").is_file():
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
     return value
+
+
+def delete_earlier_checkpoints(output_dir: str) -> None:
+    """--overwrite_output_dir: delete the checkpoints an earlier run left (on the main process)."""
+    earlier = earlier_checkpoints(output_dir)
+    if earlier and is_main_process():
+        for folder in earlier:
+            shutil.rmtree(folder)
+        logger.info("--overwrite_output_dir: deleted %d checkpoints of an earlier run in %s", len(earlier), output_dir)
+
+
+def is_main_process() -> bool:
+    """Whether this is torchrun's rank 0 (or no torchrun at all): the one process that changes files."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def resume_hint(output_dir: str) -> str:

@@ -185,6 +185,14 @@ def skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
     return None
 
 
+def first_listings(passages: Sequence[str]) -> list[int]:
+    """Indices of each distinct passage's first listing, in input order."""
+    first: dict[str, int] = {}
+    for index, passage in enumerate(passages):
+        first.setdefault(passage, index)
+    return list(first.values())
+
+
 def select(
     passages: Sequence[str],
     scores: Sequence[float],
@@ -205,15 +213,13 @@ def select(
     if len(passages) != len(scores):
         raise ValueError(f"{len(passages)} passages but {len(scores)} scores")
     skipped: Counter = Counter()
-    first_listing: dict[str, int] = {}
-    for index, passage in enumerate(passages):
-        first_listing.setdefault(passage, index)
-    if len(first_listing) < len(passages):
-        skipped[SKIP_REPEATED_PASSAGE] += len(passages) - len(first_listing)
-    if len(first_listing) < 2:
+    kept = set(first_listings(passages))
+    if len(kept) < len(passages):
+        skipped[SKIP_REPEATED_PASSAGE] += len(passages) - len(kept)
+    if len(kept) < 2:
         skipped[SKIP_TOO_FEW_PASSAGES] += 1
         return [], skipped
-    order = [index for index in rank_by_score(scores) if first_listing[passages[index]] == index]
+    order = [index for index in rank_by_score(scores) if index in kept]
     positive_ranks = choose_positive_ranks(order, labels, rules.top_k, rules.positives)
     if not positive_ranks:
         skipped[SKIP_NO_POSITIVES] += 1
@@ -351,6 +357,12 @@ def write_records(
     Raises InputError, naming ``source``, when not one record could be made."""
     counts: Counter = Counter()
     for group in groups:
+        if len(kept := first_listings(group.passages)) < len(group.passages):
+            # repeats go before the labels correct the scores, or a repeat's other label would move them
+            counts.update({SKIP_REPEATED_PASSAGE: len(group.passages) - len(kept)})
+            counts.update(pairs=len(group.passages) - len(kept))
+            group = QueryGroup(group.query, [group.passages[i] for i in kept], [group.scores[i] for i in kept],
+                               [group.labels[i] for i in kept], group.line)
         scores = group.scores
         if label_margin is not None:
             scores = lift_labelled(group.scores, group.labels, label_margin)

@@ -3,6 +3,7 @@ protocols, the teacher's own metrics, equality with sentence-transformers' reran
 graded labels (mean score per grade, a label-predicting teacher's accuracy), the scoring speed
 levers changing no score, and bad input failing with file:line before any model is loaded."""
 
+import itertools
 import json
 import math
 import os
@@ -182,16 +183,21 @@ def test_teacher_scores_that_rank_every_negative_first_are_scored_low(tiny_cross
 def test_teacher_scores_that_all_tie_earn_a_random_orders_expectation_not_top_marks(
     tiny_cross_encoder, ranking_file, tmp_path
 ):
-    from rerank_distill.metrics import average_precision
-
     records = records_of(ranking_file)  # positives are listed first: a break by position would give MAP 1
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": r["query"], "passage": passage, "score": 0.0} for r in records for passage in r["positive"] + r["negative"]
     ])  # fmt: skip
     report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(teacher))
+    def mean_ap_over_every_order(relevant: int, total: int) -> float:
+        precisions = []
+        for order in itertools.permutations([1] * relevant + [0] * (total - relevant)):  # each order of the tie
+            hits = [rank for rank, label in enumerate(order, 1) if label]
+            precisions.append(sum(found / rank for found, rank in enumerate(hits, 1)) / relevant)
+        return float(np.mean(precisions))
+
     kept = [r for r in records if r["positive"] and r["negative"]]
-    expected = np.mean([average_precision([0.0] * (len(r["positive"]) + len(r["negative"])),
-                                          [1] * len(r["positive"]) + [0] * len(r["negative"])) for r in kept])  # fmt: skip
+    expected = np.mean([mean_ap_over_every_order(len(r["positive"]), len(r["positive"]) + len(r["negative"]))
+                        for r in kept])  # fmt: skip
     assert report["teacher"]["map"] == pytest.approx(expected) and report["teacher"]["map"] < 0.9
 
 
@@ -446,15 +452,17 @@ def test_graded_data_with_two_grades_still_reports_the_graded_section(tiny_cross
     assert report["graded"]["pairs_per_grade"] == {"3": 2, "0": 2}
 
 
-def test_label_accuracy_on_stage_1_output_of_positive_negative_data_compares_relevance(tiny_cross_encoder, tmp_path):
-    # the same data as the test above, given as stage 1's output (labels 1 and 0): the same verdict
+@pytest.mark.parametrize("extra", [{"score": 0.0}, {}])  # stage 1's output of it, or labelled rows
+def test_label_accuracy_on_labels_of_1_and_0_in_any_file_compares_relevance(tiny_cross_encoder, tmp_path, extra):
+    # the same data as the test above, one labelled row a pair: the same verdict
     predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}
+    dataset = write_jsonl_records(tmp_path / "data.jsonl", [
+        {"query": "q", "passage": p, "label": int(p != "c"), **extra} for p in "abc"])  # fmt: skip
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
-        {"query": "q", "passage": p, "score": 1.0 - i, "label": int(p != "c"),
-         "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
+        {"query": "q", "passage": p, "score": 1.0 - i, "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
         for i, p in enumerate("abc")
     ])  # fmt: skip
-    accuracy = run(tmp_path, tiny_cross_encoder, teacher, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
+    accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
     assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
 
 

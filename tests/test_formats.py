@@ -230,6 +230,7 @@ def test_stage_two_output_is_refused_as_ranking_data_naming_what_it_is(tmp_path,
     (STAGE_TWO_RECORDS["triplets"], "this is a line of triplets .* but this stage reads teacher scores"),
     ({"query": "q", "positive": ["p"], "negative": ["n"]}, "this is ranking data without teacher scores.* generate_logits.py"),
     ({"query": "q", "pos": ["p"], "neg": ["n"]}, "this is ranking data without teacher scores"),
+    ({"query": "q", "item_text": "p", "esci_label": "E"}, "this is ranking data without teacher scores"),
 ])  # fmt: skip
 def test_teacher_scores_readers_say_what_they_were_given_instead(tmp_path, record, message):
     source = write_jsonl_records(tmp_path / "records.jsonl", [record])
@@ -378,7 +379,7 @@ def test_score_that_is_not_a_number_fails_with_file_line_and_field(tmp_path, sco
 
 
 def test_scores_file_missing_the_score_says_what_it_expected(tmp_path):
-    source = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "label": 1}])
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a"}])
     with pytest.raises(InputError, match=rf'{source}:1: missing field "score".*generate_logits.py'):
         list(iter_scored_pairs(str(source)))
 

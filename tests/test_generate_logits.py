@@ -13,7 +13,14 @@ import pytest
 import generate_logits
 from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
-from rerank_distill.scoring import Shard, merge_shards, output_path_for, score_source, validate_source
+from rerank_distill.scoring import (
+    Shard,
+    chunk_size_to_resume,
+    merge_shards,
+    output_path_for,
+    score_source,
+    validate_source,
+)
 from rerank_distill.teachers import TeacherScores, choose_backend
 from rerank_distill.toy import write_jsonl_records
 
@@ -212,6 +219,18 @@ def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_
         with pytest.raises(InputError, match="another run is writing"):
             generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o" / "args.json").exists()
+
+
+def test_a_run_begun_under_another_default_chunk_size_is_resumed_with_it(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=2), chunk_size=7)
+    assert chunk_size_to_resume([5, 7], str(ranking_file), output, [CountingTeacher()]) == 7
+    assert chunk_size_to_resume([5, 9], str(ranking_file), output, [CountingTeacher()]) == 5  # none fits: refused later
+    assert chunk_size_to_resume([5, 7], str(ranking_file), tmp_path / "other.jsonl", [CountingTeacher()]) == 5
+    resumed = CountingTeacher()
+    run_scoring(ranking_file, output, resumed, chunk_size=7)
+    assert 0 < len(resumed.calls) < 12 * 6  # only what the first run left
 
 
 def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ranking_file, monkeypatch):

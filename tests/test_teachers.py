@@ -128,7 +128,8 @@ def test_an_llm_judges_max_length_is_cut_to_the_models_positions(tiny_qwen3, tmp
     config = json.loads((limited / "config.json").read_text())
     (limited / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 160}))
     judge = YesNoJudge(str(limited), "hf", "Find it", max_length=2048, batch_size=2, device="cpu")
-    assert judge.config["max_length"] == 160 and "cut to 160" in caplog.text
+    assert judge.prompt.max_length == 160 and "cut to 160" in caplog.text
+    assert judge.config["max_length"] == 2048  # as asked: outputs made before the cut still resume
     assert judge.score(["q " * 100], ["d " * 100]).truncated == 1
 
 

@@ -446,6 +446,10 @@ def test_train_passes_input_format_and_label_column_to_training_and_selection(ti
     summary = run_train(tiny_cross_encoder, path, tmp_path / "out", "--loss", "bce_labels", "--input_format", "graded",
                         "--label_column", "stars", "--eval_share", "0.75", "--max_steps", "1")  # fmt: skip
     assert summary["data_kind"] == "labelled" and summary["selection"].startswith("by MAP on 30 held-out")
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", rows[:10])  # the eval loss's own file, same columns
+    summary = run_train(tiny_cross_encoder, path, tmp_path / "out2", "--loss", "bce_labels", "--input_format", "graded",
+                        "--label_column", "stars", "--eval_data", str(dev), "--max_steps", "1")  # fmt: skip
+    assert summary["eval_examples"] == 10
 
 
 @pytest.mark.parametrize("loss, record, found", [
@@ -823,6 +827,12 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(checkpoint-20\): continue it with "
                                          "--resume_from_checkpoint last, start over with --overwrite_output_dir"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
+    with pytest.raises(InputError, match="pass one of them"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--overwrite_output_dir",
+                  "--resume_from_checkpoint", "last")
+    with pytest.raises(InputError, match="no-such-model"):  # a run that fails its checks deletes nothing
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out", "--overwrite_output_dir")
+    assert earlier.exists()
     summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
                         "--overwrite_output_dir")
     assert summary["steps"] == 1 and not earlier.exists()

@@ -374,6 +374,16 @@ def test_label_margin_writes_the_corrected_scores_and_counts_the_queries_it_chan
     assert summary["queries_corrected_by_labels"] == 1
 
 
+def test_a_repeated_passage_is_dropped_before_the_labels_correct_the_scores(tmp_path):
+    # "p" listed as a positive and again as a negative (stage 1 gives both listings one score): only
+    # its first listing counts, so the labels agree with the teacher and nothing is lifted
+    scores = labelled_file(tmp_path / "scores.jsonl", {"q": [("p", 2.0, 1), ("n", 1.0, 0), ("p", 2.0, 0)]})
+    summary, output = run(tmp_path, scores, "--label_margin", "0.5")
+    assert read_jsonl_records(output) == [{"query": "q", "positive": "p", "negative": "n", "score": 1.0}]
+    assert summary["queries_corrected_by_labels"] == 0 and summary["pairs"] == 3
+    assert summary["skipped"] == skips(**{SKIP_REPEATED_PASSAGE: 1})
+
+
 def test_label_margin_on_input_without_labels_stops_with_a_clear_message(tmp_path):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})  # "label": null
 

@@ -58,6 +58,18 @@ def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, dev
     return HFJudge(model_path, prompt, token_ids, batch_size, device, dtype, prefix_cache)
 
 
+def usable_length(model_path: str, max_length: int) -> int:
+    """``max_length``, cut to the model's positions (beyond them it fails or reads noise). The cut
+    is not in the judge's config, which keeps the length asked for: outputs made before the cut
+    existed, with the same scores wherever no pair was that long, still resume and are reused."""
+    positions = model_config(model_path).get("max_position_embeddings")
+    if isinstance(positions, int) and max_length > positions:
+        logger.warning("--max_length %d is more than %s's %d positions: cut to %d", max_length, model_path, positions,
+                       positions)
+        return positions
+    return max_length
+
+
 class _Judge:
     """What both judges share: the prompt, the answer words' token ids, the engine (hf or vLLM),
     and ``config`` (what makes the scores what they are, for resuming safely)."""
@@ -67,12 +79,7 @@ class _Judge:
     def __init__(self, model_path, backend, system, words, instruction, max_length, batch_size, device,
                  dtype, prefix_cache, vllm_options, extra_config=None):  # fmt: skip
         tokenizer = load_tokenizer(model_path)
-        positions = model_config(model_path).get("max_position_embeddings")
-        if isinstance(positions, int) and max_length > positions:  # beyond them the model fails or reads noise
-            logger.warning("--max_length %d is more than %s's %d positions: cut to %d", max_length, model_path,
-                           positions, positions)
-            max_length = positions
-        self.prompt = JudgePrompt(tokenizer, system, instruction, max_length)
+        self.prompt = JudgePrompt(tokenizer, system, instruction, usable_length(model_path, max_length))
         token_ids = [single_token_id(tokenizer, word, model_path) for word in words]
         self.name = os.path.basename(os.path.normpath(model_path))
         self.config = {
