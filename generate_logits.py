@@ -159,12 +159,12 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                    read_args=read_args, passages_as_queries=derived)
         chunk_size = chunk_size_to_resume(chunk_sizes[:1] if args.overwrite else chunk_sizes, **job)
         jobs.append({**job, "expected": expected[source, derived], "chunk_size": chunk_size, "overwrite": args.overwrite})
-    for job in jobs:  # a refused output leaves args.json as the run that made it wrote it
-        check_output(**job)
-    resolved = {"backend": backend, "chunk_size": [job["chunk_size"] for job in jobs], "model_paths": model_paths,
-                "teachers": {t.name: t.config for t in teachers}}
-    write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
-                   script=args, resolved=resolved)
+    # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
+    if not all([check_output(**job) for job in jobs]):
+        resolved = {"backend": backend, "chunk_size": [job["chunk_size"] for job in jobs], "model_paths": model_paths,
+                    "teachers": {t.name: t.config for t in teachers}}
+        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
+                       script=args, resolved=resolved)
 
     summary = {}
     for job, (source, derived), output in zip(jobs, inputs, outputs):
@@ -172,10 +172,11 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "
-                "max_length, %d queries without passages) in %.1f s, %.1f pairs/s%s",
+                "max_length, %d queries without passages); this run scored %d of them%s in %.1f s, %.1f pairs/s",
                 output, stats.queries, stats.pairs, stats.distinct_pairs_scored, stats.duplicate_pairs_reused,
-                stats.truncated, expected[source, derived].queries_without_passages, stats.seconds,
-                stats.pairs_per_second, f"; resumed after {stats.resumed_at_pair} pairs" if stats.resumed_at_pair else "",
+                stats.truncated, expected[source, derived].queries_without_passages, stats.pairs - stats.resumed_at_pair,
+                f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
+                stats.pairs_per_second,
             )
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
     return summary

@@ -9,21 +9,32 @@
 #            original loop and our hf backend; vLLM too where installed)
 #   bash bench/gpu_checks.sh [extra bench/teacher.py flags]
 #   CHECKS="fsdp" PYTEST_ARGS="tests/test_train.py" bash bench/gpu_checks.sh    # a part only
-# Writes gpu_tests.log, fsdp.log and teacher_cuda.json under RESULTS_DIR (default bench/results).
+# Writes gpu_tests.log, fsdp.log and teacher_cuda.json under RESULTS_DIR (default bench/results; for the
+# CPU dry run, ALLOW_CPU=1 on a machine without a GPU, a temporary folder it names).
 set -uo pipefail
 
 DATA="${DATA:-../shared/data/semeval16b/train.jsonl}"
 TOKENIZER_FROM="${TOKENIZER_FROM:-output/bench_models/smollm2-135m-instruct}"  # lends its tokenizer only
-RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 NUM_QUERIES="${NUM_QUERIES:-48}"
 BATCH_SIZE="${BATCH_SIZE:-128}"
 CHECKS="${CHECKS:-tests fsdp teacher}"
 PYTEST_ARGS="${PYTEST_ARGS:-}"
 
-if ! nvidia-smi -L > /dev/null 2>&1 && [[ "${ALLOW_CPU:-0}" != 1 ]]; then
-    echo "gpu_checks.sh: no GPU here (nvidia-smi fails); ALLOW_CPU=1 runs the flow on the CPU as a dry run" >&2
-    exit 1
+gpus="$(nvidia-smi -L 2> /dev/null | wc -l)"
+if (( gpus == 0 )); then
+    if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
+        echo "gpu_checks.sh: no GPU here (nvidia-smi fails); ALLOW_CPU=1 runs the flow on the CPU as a dry run" >&2
+        exit 1
+    fi
+    RESULTS_DIR="${RESULTS_DIR:-$(mktemp -d)}"
+    echo "gpu_checks.sh: dry run on the CPU, results in $RESULTS_DIR"
+    # accelerate runs the FSDP config as plain multi-CPU training there: the flow, not FSDP itself
+    processes=1 precision=(--use_cpu true) distributed_type=MULTI_CPU
+else
+    processes="$gpus" precision=(--bf16 true) distributed_type=FSDP
 fi
+RESULTS_DIR="${RESULTS_DIR:-bench/results}"
+mkdir -p "$RESULTS_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
 declare -A status=()
@@ -36,6 +47,7 @@ fi
 
 if [[ " $CHECKS " == *" fsdp "* ]]; then
     fsdp_dir="$(mktemp -d)"
+    trap 'rm -rf "$fsdp_dir"' EXIT
     python3 -c "from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
 build_tiny_cross_encoder('$fsdp_dir/student')
 write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive': p, 'negative': n, 'score': 1.5}
@@ -43,9 +55,9 @@ write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive
     # held-out loss selects a checkpoint, so the best one is loaded through the sharded loader; then
     # the run is resumed from its last checkpoint to 12 steps
     launch=(python3 -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml
-            --num_processes "$(nvidia-smi -L | wc -l)" --fsdp_transformer_layer_cls_to_wrap BertLayer
+            --num_processes "$processes" --fsdp_transformer_layer_cls_to_wrap BertLayer
             train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl"
-            --output_dir "$fsdp_dir/out" --per_device_train_batch_size 8 --bf16 true --report_to none
+            --output_dir "$fsdp_dir/out" --per_device_train_batch_size 8 "${precision[@]}" --report_to none
             --disable_tqdm true --selection_metric loss --eval_share 0.25)
     timeout 120 "${launch[@]}" --max_steps 8 > "$RESULTS_DIR/fsdp.log" 2>&1
     cp "$fsdp_dir/out/training_summary.json" "$fsdp_dir/first_summary.json"
@@ -58,7 +70,7 @@ keys = ('distributed_type', 'processes', 'steps', 'resumed_from_step', 'final_mo
 print('FSDP run:', {k: first[k] for k in keys})
 print('FSDP resumed:', {k: resumed[k] for k in keys})
 print('its final model loads and scores', CrossEncoder('$fsdp_dir/out').predict([('a query', 'a passage')]))
-assert first['distributed_type'] == resumed['distributed_type'] == 'FSDP'
+assert first['distributed_type'] == resumed['distributed_type'] == '$distributed_type'
 assert first['final_model'] == 'best checkpoint' and first['best_model_error'] is None, 'best checkpoint not loaded'
 assert (resumed['resumed_from_step'], resumed['steps']) == (8, 12), 'not resumed from step 8'"
     status[fsdp]=$?

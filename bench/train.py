@@ -42,12 +42,12 @@ from rerank_distill.student import bfloat16_is_fast  # noqa: E402
 from rerank_distill.trainer import final_logged_loss  # noqa: E402
 
 
-def make_triplets(work: Path, teacher: str) -> Path:
+def make_triplets(work: Path, teacher: str, data: str) -> Path:
     import create_triplets
 
     triplets = work / "train_triplets.jsonl"
     if not triplets.exists():
-        (scores,) = embedding_teacher_scores(teacher, [SHARED_DATA / "train.jsonl"], work)
+        (scores,) = embedding_teacher_scores(teacher, [Path(data)], work)
         create_triplets.main(["--input_path", str(scores), "--output_path", str(triplets)])
     return triplets
 
@@ -110,6 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder")
     parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2", help="Embedding teacher used to make triplets when --triplets is not given.")
+    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"),
+                        help="Ranking data the teacher scores into triplets when --triplets is not given.")
     parser.add_argument("--triplets", default=None)
     parser.add_argument("--work_dir", default="output/bench/train")
     parser.add_argument("--max_steps", type=int, default=40)
@@ -125,7 +127,7 @@ def main() -> None:
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    triplets = Path(args.triplets) if args.triplets else make_triplets(work, args.teacher)
+    triplets = Path(args.triplets) if args.triplets else make_triplets(work, args.teacher, args.data)
     train_path, held_out = split_triplets(triplets, 0.1, work)
     bf16 = bfloat16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     runs_detail: dict[str, list[dict]] = {}

@@ -340,8 +340,8 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
             differs = [] if sum(1 for _ in lines) == made_with["pairs"] else ["pairs"]
     if differs:
         raise InputError(
-            f"{output_path} is finished but was scored with other settings or input ({', '.join(differs)} "
-            "differ); pass --overwrite to score it again, or choose another --output_dir"
+            f"{output_path} is finished but was scored with other settings or input (differing: {', '.join(differs)}); "
+            "pass --overwrite to score it again, or choose another --output_dir"
         )
 
 
@@ -409,12 +409,15 @@ def chunk_size_to_resume(sizes: list[int], source: str, output_path: Path, teach
 
 def check_output(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str = "auto",
                  chunk_size: int = 20_000, shard: Shard = Shard(), overwrite: bool = False,
-                 read_args: dict | None = None, passages_as_queries: int = 0) -> None:
+                 read_args: dict | None = None, passages_as_queries: int = 0) -> bool:
     """score_source's refusals without its work (InputError where a finished or partial output was
-    made with other settings or input), so a run can stop before it records its arguments."""
-    if not overwrite:
-        _resume_point(source, Path(output_path), teachers, expected, input_format, chunk_size, shard, read_args,
-                      passages_as_queries)
+    made with other settings or input), so a run can stop before it records its arguments.
+    Returns whether the output is finished and will be reused as it is."""
+    if overwrite:
+        return False
+    done, _, _ = _resume_point(source, Path(output_path), teachers, expected, input_format, chunk_size, shard,
+                               read_args, passages_as_queries)
+    return done is None
 
 
 def score_source(

@@ -242,7 +242,7 @@ def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ran
     class OtherTeacher(CountingTeacher):
         config = {"teacher_type": "counting", "model_path": "another"}
 
-    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(teachers differ\)"):
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: teachers\)"):
         run_scoring(ranking_file, output, OtherTeacher())
 
     class SameModelSpelledOtherwise(CountingTeacher):  # a folder passed as ./m or /abs/m is one model
@@ -258,18 +258,18 @@ def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ran
     assert run_scoring(ranking_file, later, SameModelSpelledOtherwise()).already_complete
     with open(later, "a") as out:
         out.write("{}\n")
-    with pytest.raises(InputError, match=r"\(pairs differ\)"):
+    with pytest.raises(InputError, match=r"\(differing: pairs\)"):
         run_scoring(ranking_file, later, SameModelSpelledOtherwise())
     edited = ranking_file.read_text().replace('"negative": ["', '"negative": ["edited ', 1)
     original = ranking_file.read_text()
     ranking_file.write_text(edited)  # the same pairs, one passage's text changed: the content differs
-    with pytest.raises(InputError, match=r"other settings or input \(input_digest differ\)"):
+    with pytest.raises(InputError, match=r"other settings or input \(differing: input_digest\)"):
         run_scoring(ranking_file, output, CountingTeacher())
     ranking_file.write_text(original)
     assert run_scoring(ranking_file, output, CountingTeacher()).already_complete
     with open(ranking_file, "a") as more:  # the input grew since
         more.write(json.dumps({"query": "new", "positive": ["p"], "negative": ["n"]}) + "\n")
-    with pytest.raises(InputError, match=r"\(input_digest, pairs differ\)"):
+    with pytest.raises(InputError, match=r"\(differing: input_digest, pairs\)"):
         run_scoring(ranking_file, output, CountingTeacher())
     assert run_scoring(ranking_file, output, CountingTeacher(), overwrite=True).pairs == 12 * 6 + 2
 

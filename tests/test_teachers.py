@@ -99,11 +99,11 @@ def input_pairs(ranking_file):
 
 
 @pytest.mark.parametrize("teacher_type, model, holds, suggestion", [
-    ("llm_yesno", "tiny_cross_encoder", r"a cross-encoder \(a classification head\)", "cross_encoder"),
+    ("llm_yesno", "tiny_cross_encoder", "a cross-encoder with its classification head", "cross_encoder"),
     ("llm_labels", "tiny_embedding_model", "an embedding model", "embedding"),
     ("cross_encoder", "tiny_embedding_model", "an embedding model", "embedding"),
     ("cross_encoder", "tiny_qwen3", "an LLM with its generative head", r"llm_yesno \(or llm_labels\)"),
-    ("embedding", "tiny_cross_encoder", r"a cross-encoder \(a classification head\)", "cross_encoder"),
+    ("embedding", "tiny_cross_encoder", "a cross-encoder with its classification head", "cross_encoder"),
 ])  # fmt: skip
 def test_a_checkpoint_of_another_kind_is_refused_before_it_loads_with_a_new_random_head(request, teacher_type, model,
                                                                                       holds, suggestion):
@@ -415,7 +415,7 @@ def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_arg
     unloadable.mkdir()
     (unloadable / "config.json").write_text("{}")
     out = tmp_path / "scores"
-    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(teachers differ\)"):
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: teachers\)"):
         generate_logits.main(["--teacher_type", "cross_encoder", "--model_path", str(unloadable), "--input_path",
                               str(ranking_file), "--output_dir", str(out), "--no_show_progress"])  # fmt: skip
     assert args_json.read_text() == recorded
@@ -428,6 +428,7 @@ def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_arg
                                     "--input_path", str(ranking_file), "--output_dir", str(out), "--device", "cpu",
                                     "--batch_size", "4", "--no_show_progress"])  # fmt: skip
     assert summary[str(out / "train_scores.jsonl")]["already_complete"]
+    assert args_json.read_text() == recorded  # nothing to do: still the record of the run that made it
 
 
 def test_label_column_names_the_grade_column_of_graded_input_and_its_grades_become_labels(tiny_cross_encoder, tmp_path):

@@ -156,7 +156,7 @@ def model_kind(model_path: str) -> str | None:
 # For check_model_kind: what each teacher type needs, and how each kind of checkpoint is named.
 _KINDS_FOR = {"llm_yesno": ("llm",), "llm_labels": ("llm",), "cross_encoder": ("cross_encoder",),
               "embedding": ("embedding", "llm")}  # fmt: skip  (embedding LLMs such as Qwen3-Embedding keep an LM's config)
-_KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder (a classification head)",
+_KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder with its classification head",
                "embedding": "an embedding model"}  # fmt: skip
 _TEACHER_TYPE_FOR = {"llm": "llm_yesno (or llm_labels)", "cross_encoder": "cross_encoder", "embedding": "embedding"}
 
