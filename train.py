@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 from transformers import EarlyStoppingCallback, TrainerState
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import command_line, parse_args, run_main, write_json, write_run_args
+from rerank_distill.cli import command_line, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
@@ -51,11 +50,9 @@ from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
     SelectionEvaluator,
-    default_training_flags,
-    default_training_values,
     delete_earlier_checkpoints,
     load_training_data,
-    passed_flags,
+    parse_training_args,
     resolve_checkpoint,
     resume_hint,
     set_best_metric,
@@ -157,18 +154,7 @@ class ScriptArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    passed = passed_flags(argv)
-    try:  # transformers checks flag combinations (e.g. mismatched strategies) with ValueError
-        script, training = parse_args(
-            (ScriptArguments, CrossEncoderTrainingArguments), __doc__, default_training_flags(passed) + argv,
-            help_overrides={"resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the "
-                            "newest complete checkpoint-N in --output_dir."},
-            shown_defaults=default_training_values(),
-        )
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if "output_dir" not in passed:
-        raise InputError("--output_dir is required (the final model and checkpoints go there)")
+    script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
+from rerank_distill.cli import parse_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
@@ -312,6 +313,27 @@ def default_training_flags(passed: dict[str, str | None]) -> list[str]:
     # of a cross-encoder gets a gradient at each step, so the search is not needed.
     add("ddp_find_unused_parameters", "False")
     return flags
+
+
+def parse_training_args(script_arguments: type, description: str, argv: list[str]):
+    """train.py's command line: ``(script arguments, CrossEncoderTrainingArguments, the flags the
+    user passed)``, with default_training_flags in front of the user's own; InputError for a flag
+    combination transformers refuses, or for a missing --output_dir."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    passed = passed_flags(argv)
+    try:  # transformers checks flag combinations (e.g. mismatched strategies) with ValueError
+        script, training = parse_args(
+            (script_arguments, CrossEncoderTrainingArguments), description, default_training_flags(passed) + argv,
+            help_overrides={"resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the "
+                            "newest complete checkpoint-N in --output_dir."},
+            shown_defaults=default_training_values(),
+        )
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if "output_dir" not in passed:
+        raise InputError("--output_dir is required (the final model and checkpoints go there)")
+    return script, training, passed
 
 
 def default_training_values() -> dict[str, str]:
