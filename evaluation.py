@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_model(path, args.hub, args.cache_dir)
 
     grades = [grade for query in queries for grade in query.labels]
-    # labels of 1 and 0 alone mean relevant or not, in whatever file they come: no grades on a label teacher's
-    # scale (ESCI's 3/2/1/0), so its prediction is right when it agrees on relevance
-    binary = set(grades) <= {0.0, 1.0}
+    # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):
+    # no grades on a label teacher's scale (ESCI's 3/2/1/0), so its prediction is right when it agrees on relevance
+    binary = set(grades) <= {0.0, 1.0} and not any(query.esci_labels for query in queries)
     graded = queries[0].source_format == "graded" or not binary or (teacher is not None and teacher.label_probs is not None)
     # the metrics never read the scores of queries the protocol skips; the graded means use every pair
     wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]

@@ -30,6 +30,7 @@ from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, without_flag
 from rerank_distill.scoring import (
     Shard,
+    beside,
     check_before_loading,
     check_output,
     chunk_size_to_resume,
@@ -132,12 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
-            # the replicas each write args.shard-I-of-N.json with the teachers they resolved
-            write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
-                           script=args)
+            finished = all(output.exists() and not beside(output, ".partial").exists() for output in outputs)
             total = sum(summary.pairs for summary in expected.values())
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")
+            if args.overwrite or not finished:  # as a single run: args.json only where there was work, and it ran
+                # (the replicas each write args.shard-I-of-N.json with the teachers they resolved)
+                write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
+                               script=args)
             return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
         return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard, read_args)
 
@@ -161,8 +164,8 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         jobs.append({**job, "expected": expected[source, derived], "chunk_size": chunk_size, "overwrite": args.overwrite})
     # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
     if not all([check_output(**job) for job in jobs]):
-        resolved = {"backend": backend, "chunk_size": [job["chunk_size"] for job in jobs], "model_paths": model_paths,
-                    "teachers": {t.name: t.config for t in teachers}}
+        resolved = {"backend": backend, "chunk_size": {str(job["output_path"]): job["chunk_size"] for job in jobs},
+                    "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
         write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                        script=args, resolved=resolved)
 

@@ -20,7 +20,7 @@ BATCH_SIZE="${BATCH_SIZE:-128}"
 CHECKS="${CHECKS:-tests fsdp teacher}"
 PYTEST_ARGS="${PYTEST_ARGS:-}"
 
-gpus="$(nvidia-smi -L 2> /dev/null | wc -l)"
+gpus="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ' || true)"  # not the lines of its error messages
 if (( gpus == 0 )); then
     if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
         echo "gpu_checks.sh: no GPU here (nvidia-smi fails); ALLOW_CPU=1 runs the flow on the CPU as a dry run" >&2
@@ -35,7 +35,7 @@ else
 fi
 RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 mkdir -p "$RESULTS_DIR"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null || true
 python3 -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
 declare -A status=()
 

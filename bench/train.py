@@ -9,8 +9,8 @@ held-out triplets, computed the same way (fp32, plain MarginMSELoss) for every r
     python bench/train.py                       # builds teacher scores and triplets on first use
     python bench/train.py --max_steps 60 --repetitions 3
 
-Triplets come from --triplets, or are made once from SemEval train with the all-MiniLM
-embedding teacher (cosine x 10) and create_triplets.py's default rule.
+Triplets come from --triplets, or are made from --data (SemEval train by default) with the
+all-MiniLM embedding teacher (cosine x 10) and create_triplets.py's default rule.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ from rerank_distill.trainer import final_logged_loss  # noqa: E402
 def make_triplets(work: Path, teacher: str, data: str) -> Path:
     import create_triplets
 
+    # stage 1 reuses its finished scores of the same data (and refuses those of other data of the same
+    # name); the triplets are remade each run, in seconds, so they always come from --data
     triplets = work / "train_triplets.jsonl"
-    if not triplets.exists():
-        (scores,) = embedding_teacher_scores(teacher, [Path(data)], work)
-        create_triplets.main(["--input_path", str(scores), "--output_path", str(triplets)])
+    (scores,) = embedding_teacher_scores(teacher, [Path(data)], work)
+    create_triplets.main(["--input_path", str(scores), "--output_path", str(triplets)])
     return triplets
 
 
@@ -159,6 +160,7 @@ def main() -> None:
         print(f"{name:<34} {median([d['final_loss'] for d in details]):>17.4f} {median([d['held_out_loss'] for d in details]):>14.4f}")
     written = write_results(args.output_json, {
         "benchmark": "train", "machine": machine(), "student": Path(args.student).name, "steps": args.max_steps,
+        "triplets": str(triplets), "data": None if args.triplets else args.data,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
         "pairs_per_forward": args.pairs_per_forward,
         "triplets_per_second": rates, "median_triplets_per_second": dict(rows),

@@ -27,6 +27,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if getattr(action, "set_by_script", False):  # whatever the library's help says its default is
+            return f"{text} (default here: %(default)s)"
         if action.required or action.default is None or "default" in text.lower():
             return text
         return super()._get_help_string(action)
@@ -41,7 +43,8 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
-    asks_help = any(token in ("-h", "--help") for token in (sys.argv[1:] if argv is None else argv))
+    asks_help = any(token == "-h" or (len(token) > 2 and "--help".startswith(token))  # argparse takes --he too
+                    for token in (sys.argv[1:] if argv is None else argv))
     for action in parser._actions:
         if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
             action.help, action.default = f"Turn --{action.dest} off.", argparse.SUPPRESS
@@ -49,7 +52,7 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
         if action.dest in (help_overrides or {}):
             action.help = help_overrides[action.dest]
         if asks_help and action.dest in (shown_defaults or {}):
-            action.default = shown_defaults[action.dest]
+            action.default, action.set_by_script = shown_defaults[action.dest], True
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -48,6 +48,7 @@ class RankingQuery:
     labels: list[float]
     location: str = ""  # "file:line" of the record, for messages
     source_format: str = ""  # the INPUT_FORMATS name it was read from ("mteb", "graded", ...)
+    esci_labels: bool = False  # graded by ESCI letters or words: grades, even where only C (1) and I (0) occur
 
     @property
     def positives(self) -> list[str]:
@@ -326,6 +327,8 @@ def iter_ranking_queries(
             entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format))
             entry.passages.append(passage)
             entry.labels.append(label[1])
+            raw = record[label[0]]
+            entry.esci_labels = entry.esci_labels or (isinstance(raw, str) and raw.strip().lower() in ESCI_GRADES)
     yield from grouped.values()
 
 

@@ -325,8 +325,12 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
     try:  # transformers checks flag combinations (e.g. mismatched strategies) with ValueError
         script, training = parse_args(
             (script_arguments, CrossEncoderTrainingArguments), description, default_training_flags(passed) + argv,
-            help_overrides={"resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the "
-                            "newest complete checkpoint-N in --output_dir."},
+            help_overrides={
+                "resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the newest "
+                "complete checkpoint-N in --output_dir.",
+                "metric_for_best_model": "What picks the best checkpoint; unset, train.py sets it from "
+                "--selection_metric: eval_selection_map (held-out MAP) or eval_loss.",
+            },
             shown_defaults=default_training_values(),
         )
     except ValueError as error:
@@ -424,4 +428,4 @@ def resume_hint(output_dir: str) -> str:
     if last is None:
         return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"
     return (f"interrupted: the newest checkpoint is {last}; run the same command with "
-            "--resume_from_checkpoint last to continue from it")
+            "--resume_from_checkpoint last (and without --overwrite_output_dir) to continue from it")

@@ -466,6 +466,20 @@ def test_label_accuracy_on_labels_of_1_and_0_in_any_file_compares_relevance(tiny
     assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
 
 
+def test_esci_data_with_only_complements_and_irrelevants_still_compares_grades(tiny_cross_encoder, tmp_path):
+    rows = [row for row in ESCI_ROWS if row["esci_label"] in "CI"]  # grades 1 and 0, but ESCI's
+    probs = [p for row, p in zip(ESCI_ROWS, TEACHER_PROBS) if row["esci_label"] in "CI"]
+    probs[0] = {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1}  # a C predicted E: wrong
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", rows)
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": r["query"], "passage": r["item_text"], "score": expected_grade(p), "label_probs": p}
+        for r, p in zip(rows, probs)
+    ])  # fmt: skip
+    accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
+    assert (accuracy["teacher"]["correct"], accuracy["teacher"]["pairs"], accuracy["teacher"]["compared"]) == (
+        3, 4, "grade")
+
+
 def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "graded.jsonl", [
         {"query": "q", "passage": p, "grade": g} for p, g in (("a", 2), ("b", 1), ("c", 0))

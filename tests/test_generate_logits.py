@@ -448,6 +448,9 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     assert [(l["query"], l["passage"], l["label"]) for l in joined] == [(l["query"], l["passage"], l["label"]) for l in single]
     np.testing.assert_allclose([l["score"] for l in joined], [l["score"] for l in single], atol=1e-5)
     assert (tmp_path / "two" / "logs" / "shard-1-of-2.log").exists()
+    recorded = (tmp_path / "two" / "args.json").read_text()
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2", "--batch_size", "7"])
+    assert (tmp_path / "two" / "args.json").read_text() == recorded  # nothing to do: still the run that did the work
 
 
 # --- passages as queries ---------------------------------------------------------------------------
