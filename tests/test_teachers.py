@@ -406,6 +406,23 @@ def test_cross_encoder_teacher_end_to_end(tiny_cross_encoder, ranking_file, tmp_
     assert args["resolved"]["teachers"]["tiny-cross-encoder"]["teacher_type"] == "cross_encoder"
 
 
+def test_an_llm_judge_whose_outputs_are_all_finished_never_loads_its_weights(tiny_qwen3, ranking_file, tmp_path,
+                                                                              monkeypatch):
+    import rerank_distill.teachers.llm_judge as llm_judge
+
+    run_stage(tmp_path, ranking_file, "--model_path", str(tiny_qwen3), "--backend", "hf")
+
+    def no_loading(*args):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(llm_judge, "_judge_engine", no_loading)
+    out = tmp_path / "scores"
+    summary = generate_logits.main(["--model_path", str(tiny_qwen3), "--backend", "hf", "--input_path", str(ranking_file),
+                                    "--output_dir", str(out), "--device", "cpu", "--batch_size", "4",
+                                    "--no_show_progress"])  # fmt: skip
+    assert summary[str(out / "train_scores.jsonl")]["already_complete"]
+
+
 def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_args_json_stays(tiny_cross_encoder,
                                                                                                ranking_file, tmp_path):
     run_stage(tmp_path, ranking_file, "--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))

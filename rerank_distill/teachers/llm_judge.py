@@ -9,6 +9,7 @@ scored from the logits of its possible answer tokens at the last prompt position
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Callable
@@ -91,8 +92,14 @@ class _Judge:
             "backend": backend,
             "dtype": dtype,
         }
-        self.engine = _judge_engine(model_path, backend, self.prompt, words, token_ids, batch_size, device, dtype,
-                                    prefix_cache, vllm_options, yes_minus_no=self.teacher_type == "llm_yesno")
+        # the weights load on first use: a run whose outputs are all finished never waits for an 8B model
+        self._engine_args = (model_path, backend, self.prompt, words, token_ids, batch_size, device, dtype,
+                             prefix_cache, vllm_options, self.teacher_type == "llm_yesno")
+
+    @functools.cached_property
+    def engine(self):
+        """The hf or vLLM engine, built (its weights loaded) when first asked for."""
+        return _judge_engine(*self._engine_args)
 
 
 class YesNoJudge(_Judge):
