@@ -435,29 +435,22 @@ def test_label_probs_on_binary_data_still_add_the_graded_section(tiny_cross_enco
     assert (accuracy["correct"], accuracy["pairs"]) == (1, 2)  # "b" is predicted "yes" but is a negative
 
 
-def test_esci_label_words_on_positive_negative_data_are_right_when_they_agree_on_relevance(tiny_cross_encoder, tmp_path):
-    dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a", "b"], "negative": ["c"]}])
-    predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}  # all right: 1 is "relevant", not grade 1
-    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
-        {"query": "q", "passage": p, "score": 1.0 - i, "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
-        for i, p in enumerate("abc")
-    ])  # fmt: skip
-    accuracy = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))["graded"]["label_accuracy"]
-    assert (accuracy["teacher"]["correct"], accuracy["teacher"]["compared"]) == (3, "relevance")
-
-
 def test_graded_data_with_two_grades_still_reports_the_graded_section(tiny_cross_encoder, tmp_path):
     rows = [row for row in ESCI_ROWS if row["esci_label"] in "EI"]
     report = run(tmp_path, tiny_cross_encoder, write_jsonl_records(tmp_path / "esci.jsonl", rows))
     assert report["graded"]["pairs_per_grade"] == {"3": 2, "0": 2}
 
 
-@pytest.mark.parametrize("extra", [{"score": 0.0}, {}])  # stage 1's output of it, or labelled rows
-def test_label_accuracy_on_labels_of_1_and_0_in_any_file_compares_relevance(tiny_cross_encoder, tmp_path, extra):
-    # the same data as the test above, one labelled row a pair: the same verdict
-    predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}
-    dataset = write_jsonl_records(tmp_path / "data.jsonl", [
-        {"query": "q", "passage": p, "label": int(p != "c"), **extra} for p in "abc"])  # fmt: skip
+@pytest.mark.parametrize("records", [
+    [{"query": "q", "positive": ["a", "b"], "negative": ["c"]}],  # MTEB lists
+    [{"query": "q", "passage": p, "label": int(p != "c"), "score": 0.0} for p in "abc"],  # stage 1's output of them
+    [{"query": "q", "passage": p, "label": int(p != "c")} for p in "abc"],  # labelled rows
+])  # fmt: skip
+def test_esci_label_words_on_labels_of_1_and_0_in_any_file_are_right_when_they_agree_on_relevance(
+    tiny_cross_encoder, tmp_path, records
+):
+    predicted = {"a": "exact", "b": "complement", "c": "irrelevant"}  # all right: 1 is "relevant", not grade 1
+    dataset = write_jsonl_records(tmp_path / "data.jsonl", records)
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "passage": p, "score": 1.0 - i, "label_probs": {w: 0.7 if w == predicted[p] else 0.1 for w in ESCI_WORDS}}
         for i, p in enumerate("abc")
