@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import EarlyStoppingCallback, TrainerState
+from transformers import EarlyStoppingCallback
 from transformers.trainer_utils import IntervalStrategy
 
 from rerank_distill.cli import command_line, run_main, write_json, write_run_args
@@ -55,6 +55,7 @@ from rerank_distill.training import (
     parse_training_args,
     resolve_checkpoint,
     resume_hint,
+    resumed_state,
     set_best_metric,
     small_selection_warning,
 )
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
+    resumed = resumed_state(resume, training, script.max_train_seconds)
     evaluate = training.eval_strategy != "no"
     if script.early_stopping_patience > 0 and not evaluate:
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
@@ -199,7 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
                                   time_budget=budget, padding=padding)
-    resumed = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")) if resume else None
     start_step = resumed.global_step if resumed else 0
     logger.info("training %s for %s", script.model_name_or_path,
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")

@@ -459,7 +459,7 @@ def score_source(
     with open(partial, "a+b") as out:
         out.truncate(done["bytes"])  # drops a chunk that was half written when the run stopped
     stats = ScoringStats(resumed_at_pair=done["pairs"])
-    started = time.perf_counter()
+    started, earlier_seconds = time.perf_counter(), done.get("seconds", 0.0)  # progress files of old releases lack it
     queries = (
         query
         for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries))
@@ -485,6 +485,7 @@ def score_source(
                     "truncated": done["truncated"] + chunk_stats.truncated,
                     "distinct": done["distinct"] + chunk_stats.distinct_pairs_scored,
                     "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
+                    "seconds": earlier_seconds + time.perf_counter() - started,
                 }
                 _write_progress(progress_path, {"fingerprint": fingerprint, "done": after_chunk})
                 done = after_chunk
@@ -502,6 +503,7 @@ def score_source(
     stats.queries, stats.pairs, stats.truncated = done["queries"], done["pairs"], done["truncated"]
     stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]
     counts = {key: value for key, value in asdict(stats).items() if key != "already_complete"}
+    counts["seconds_all_runs"] = earlier_seconds + stats.seconds  # "seconds" are this run's, after resumed_at_pair
     write_json(record_path, {"source": source, "made_with": made_with, "counts": counts})
     os.replace(partial, output_path)
     progress_path.unlink(missing_ok=True)
@@ -556,7 +558,7 @@ def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_
     made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
     if "input_digest" in made_with:  # the whole input's, as an unsharded run computes it
         made_with["input_digest"] = input_digest
-    counts = {key: sum(r["counts"][key] for r in records) for key in records[0]["counts"] if key != "seconds"}
-    counts["seconds"] = max(r["counts"]["seconds"] for r in records)
+    times = ("seconds", "seconds_all_runs")  # the shards ran side by side: the longest one's
+    counts = {key: (max if key in times else sum)(r["counts"].get(key, 0) for r in records) for key in records[0]["counts"]}
     write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
                                                              "counts": counts, "merged_shards": len(records)})

@@ -63,7 +63,7 @@ class PaddingStats:
         return {
             "mean_real_tokens": round(self.real_tokens / pairs, 1),
             "mean_padded_tokens": round(self.padded_tokens / pairs, 1),
-            "padding_share": round(1 - self.real_tokens / max(self.padded_tokens, 1), 3),
+            "padding_share": round(1 - self.real_tokens / self.padded_tokens, 3) if self.padded_tokens else 0.0,
             "max_length": self.max_length,
             "share_at_max_length": round(self.pairs_at_max_length / pairs, 3),
         }
@@ -274,7 +274,8 @@ class TimeBudget(TrainerCallback, ExportableState):
         return {"args": {"seconds": self.seconds},
                 "attributes": {"seconds_spent": 0.0 if self.started is None else self.clock() - self.started,
                                "spent": self.spent,
-                               "longest_interval": self.longest_interval}}  # fmt: skip
+                               "longest_interval": self.longest_interval,
+                               "stopped_training": self.stopped_training}}  # fmt: skip
 
     def stretch(self, scheduler, total_steps: int) -> bool:
         """Make a LambdaLR schedule (every schedule transformers builds is one) planned for

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+from transformers import TrainerState
 
 from rerank_distill.cli import parse_args
 from rerank_distill.errors import InputError
@@ -391,10 +392,21 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if value is None:
         earlier = earlier_checkpoints(output_dir)
         if earlier and not overwrite:
+            names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
+            last = newest_checkpoint(output_dir)
+            state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
+            budget = state and (state.stateful_callbacks or {}).get("TimeBudget")  # ended as it was planned?
+            ended = state and end_reached(state, state.max_steps, state.num_train_epochs,
+                                          budget["args"]["seconds"] if budget else None)
+            if ended:
+                raise InputError(
+                    f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; {ended}): start over "
+                    "with --overwrite_output_dir (deletes them) or choose another --output_dir; to train it further, "
+                    "raise --max_steps, --num_train_epochs or --max_train_seconds and pass --resume_from_checkpoint last"
+                )
             raise InputError(
-                f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}"
-                f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume_from_checkpoint last, start "
-                "over with --overwrite_output_dir (deletes them), or choose another --output_dir"
+                f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
+                "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
             )
         return None
     if value.lower() in ("last", "true"):
@@ -405,6 +417,35 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if not (Path(value) / "trainer_state.json").is_file():
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
     return value
+
+
+def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None) -> str | None:
+    """Why a run resumed from ``state`` with these limits would have nothing left to train (the
+    Trainer would take one more step anyway and overwrite the summary), or None."""
+    if max_steps > 0 and state.global_step >= max_steps:
+        return f"step {state.global_step} of the {max_steps} asked for"
+    if max_steps <= 0 and 0 < state.max_steps <= state.global_step and num_train_epochs <= state.num_train_epochs:
+        return f"its {num_train_epochs:g} epochs done in {state.global_step} steps"
+    budget = (state.stateful_callbacks or {}).get("TimeBudget")
+    if budget and budget["attributes"].get("stopped_training") and max_train_seconds is not None:
+        if max_train_seconds <= budget["args"]["seconds"]:
+            return f"its {budget['args']['seconds']:g} s time budget spent at step {state.global_step}"
+    return None
+
+
+def resumed_state(checkpoint: str | None, training, max_train_seconds: float | None) -> TrainerState | None:
+    """The TrainerState a run resumes from (None for a fresh run); InputError where the checkpoint
+    already reached what this command asks for, as there is nothing left to train."""
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if ended := end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds):
+        raise InputError(
+            f"{checkpoint} already reached the end this command asks for ({ended}): to train further raise "
+            "--max_steps, --num_train_epochs or --max_train_seconds; to start over pass --overwrite_output_dir "
+            "instead of --resume_from_checkpoint"
+        )
+    return state
 
 
 def delete_earlier_checkpoints(output_dir: str) -> None:

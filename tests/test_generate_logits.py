@@ -113,6 +113,8 @@ def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranki
     assert not partial.exists()
     assert set(first.calls).isdisjoint(second.calls)  # nothing scored twice
     assert stats.resumed_at_pair == len(first.calls)
+    counts = json.loads(resumed.with_name(resumed.name + ".run.json").read_text())["counts"]
+    assert counts["resumed_at_pair"] == len(first.calls) and counts["seconds_all_runs"] > counts["seconds"] > 0
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):

@@ -823,7 +823,7 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
                                                                                    tmp_path):
     earlier = tmp_path / "out" / "checkpoint-20"
     earlier.mkdir(parents=True)
-    (earlier / "trainer_state.json").write_text("{}")
+    (earlier / "trainer_state.json").write_text(json.dumps({"global_step": 20, "max_steps": 40}))
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(checkpoint-20\): continue it with "
                                          "--resume_from_checkpoint last, start over with --overwrite_output_dir"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
@@ -836,6 +836,34 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
                         "--overwrite_output_dir")
     assert summary["steps"] == 1 and not earlier.exists()
+
+
+def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny_cross_encoder, triplets_file,
+                                                                             tmp_path):
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no")
+    with pytest.raises(InputError, match=r"already reached the end this command asks for \(step 2 of the 2 asked "
+                                         r"for\): to train further raise --max_steps"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--resume_from_checkpoint", "last")
+    with pytest.raises(InputError, match=r"holds checkpoints of an earlier run, which ended \(checkpoint-1, "
+                                         r"checkpoint-2; step 2 of the 2 asked for\): start over with"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2")
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
+                        "--eval_strategy", "no")  # fmt: skip
+    assert (summary["resumed_from_step"], summary["steps"]) == (2, 3)
+
+
+def test_a_run_whose_time_budget_was_spent_is_not_resumed_with_the_same_budget():
+    from transformers import TrainerState
+
+    from rerank_distill.training import end_reached
+
+    state = TrainerState(global_step=7, max_steps=100, num_train_epochs=2, stateful_callbacks={"TimeBudget": {
+        "args": {"seconds": 20.0}, "attributes": {"stopped_training": True}}})  # fmt: skip
+    assert end_reached(state, 100, 2, 20.0) == "its 20 s time budget spent at step 7"
+    assert end_reached(state, 100, 2, 60.0) is None  # a larger budget: more to train
+    assert end_reached(state, 100, 2, None) is None  # no budget now
+    assert end_reached(state, 0, 2, None) is None  # epochs not done
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
