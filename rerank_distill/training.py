@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -435,7 +436,12 @@ def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, ma
 
 def resumed_state(checkpoint: str | None, training, max_train_seconds: float | None) -> TrainerState | None:
     """The TrainerState a run resumes from (None for a fresh run); InputError where the checkpoint
-    already reached what this command asks for, as there is nothing left to train."""
+    already reached what this command asks for, as there is nothing left to train.
+
+    Logging, evaluation and save intervals given as shares of the run (train.py's 0.02 and 0.1)
+    are set to the step counts the checkpoint resolved them to, where the run's length is the
+    same: transformers compares the share with the count and would warn on every resume that
+    the arguments changed."""
     if checkpoint is None:
         return None
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
@@ -445,6 +451,11 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
             "--max_steps, --num_train_epochs or --max_train_seconds; to start over pass --overwrite_output_dir "
             "instead of --resume_from_checkpoint"
         )
+    if training.max_steps in (-1, 0, state.max_steps):
+        for name in ("logging_steps", "eval_steps", "save_steps"):
+            share, steps = getattr(training, name), getattr(state, name)
+            if share is not None and 0 < share < 1 and steps == math.ceil(share * state.max_steps):
+                setattr(training, name, steps)
     return state
 
 

@@ -853,6 +853,22 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
     assert (summary["resumed_from_step"], summary["steps"]) == (2, 3)
 
 
+def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_to(tmp_path):
+    from types import SimpleNamespace
+
+    from rerank_distill.training import resumed_state
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 10, "max_steps": 20, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}))  # fmt: skip
+    training = SimpleNamespace(max_steps=20, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=5)
+    assert resumed_state(str(tmp_path), training, None).global_step == 10
+    # 0.02 and 0.1 of 20 steps are what the checkpoint holds; 5 was a count already, and stays
+    assert (training.logging_steps, training.eval_steps, training.save_steps) == (1, 2, 5)
+    longer = SimpleNamespace(max_steps=40, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=0.1)
+    resumed_state(str(tmp_path), longer, None)
+    assert (longer.logging_steps, longer.eval_steps) == (0.02, 0.1)  # a longer run: shares of it
+
+
 def test_a_run_whose_time_budget_was_spent_is_not_resumed_with_the_same_budget():
     from transformers import TrainerState
 
