@@ -164,6 +164,8 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         jobs.append({**job, "expected": expected[source, derived], "chunk_size": chunk_size, "overwrite": args.overwrite})
     # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
     if not all([check_output(**job) for job in jobs]):
+        for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
+            getattr(teacher, "engine", None)
         resolved = {"backend": backend, "chunk_size": {str(job["output_path"]): job["chunk_size"] for job in jobs},
                     "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
         write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),

@@ -176,6 +176,7 @@ def main() -> None:
             try:
                 vllm_judge = YesNoJudge(model_path, "vllm", args.instruction, args.max_length, args.batch_size,
                                         vllm_options=engine)  # fmt: skip
+                vllm_judge.engine  # noqa: B018  (the engine starts here, after the hf models: its memory share)
                 runs["ours (vLLM backend)"] = run("vllm", lambda: vllm_judge.score(pair_queries, pair_docs).scores)
             except Exception as error:  # the other rows still count; say why this one is missing
                 print(f"vLLM could not start ({type(error).__name__}: {error}); its row is left out")

@@ -558,7 +558,11 @@ def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_
     made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
     if "input_digest" in made_with:  # the whole input's, as an unsharded run computes it
         made_with["input_digest"] = input_digest
-    times = ("seconds", "seconds_all_runs")  # the shards ran side by side: the longest one's
-    counts = {key: (max if key in times else sum)(r["counts"].get(key, 0) for r in records) for key in records[0]["counts"]}
+    # the shards ran side by side: the longest one's time (a record of an older release has no
+    # seconds_all_runs: its seconds are all its runs' that it kept)
+    for record in records:
+        record["counts"].setdefault("seconds_all_runs", record["counts"]["seconds"])
+    counts = {key: (max if key.startswith("seconds") else sum)(r["counts"][key] for r in records)
+              for key in records[0]["counts"]}
     write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
                                                              "counts": counts, "merged_shards": len(records)})

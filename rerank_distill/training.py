@@ -4,6 +4,7 @@ selection by their MAP, the flags train.py adds unless the user passes them, and
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -421,35 +422,39 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
 
 
 def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None) -> str | None:
-    """Why a run resumed from ``state`` with these limits would have nothing left to train (the
-    Trainer would take one more step anyway and overwrite the summary), or None."""
+    """Which limit a run resumed from ``state`` with these limits has already reached, so it would
+    have nothing left to train (the Trainer would take one more step anyway), or None."""
     if max_steps > 0 and state.global_step >= max_steps:
-        return f"step {state.global_step} of the {max_steps} asked for"
-    if max_steps <= 0 and 0 < state.max_steps <= state.global_step and num_train_epochs <= state.num_train_epochs:
-        return f"its {num_train_epochs:g} epochs done in {state.global_step} steps"
+        return f"step {state.global_step} of --max_steps {max_steps}"
+    if max_steps <= 0 and 0 < state.max_steps <= state.global_step and (state.epoch or 0) >= num_train_epochs - 1e-9:
+        return f"--num_train_epochs {num_train_epochs:g} done in {state.global_step} steps"
     budget = (state.stateful_callbacks or {}).get("TimeBudget")
     if budget and budget["attributes"].get("stopped_training") and max_train_seconds is not None:
         if max_train_seconds <= budget["args"]["seconds"]:
-            return f"its {budget['args']['seconds']:g} s time budget spent at step {state.global_step}"
+            return f"--max_train_seconds {budget['args']['seconds']:g} spent at step {state.global_step}"
     return None
 
 
 def resumed_state(checkpoint: str | None, training, max_train_seconds: float | None) -> TrainerState | None:
     """The TrainerState a run resumes from (None for a fresh run); InputError where the checkpoint
-    already reached what this command asks for, as there is nothing left to train.
+    already reached what this command asks for and the run it ended saved its final model (its
+    training_summary.json): there is nothing left to do. (Where that final save was cut short,
+    the resume makes it.)
 
     Logging, evaluation and save intervals given as shares of the run (train.py's 0.02 and 0.1)
     are set to the step counts the checkpoint resolved them to, where the run's length is the
-    same: transformers compares the share with the count and would warn on every resume that
-    the arguments changed."""
+    same: transformers takes the checkpoint's counts on a resume anyway, and compares the share
+    with them to warn on every resume that the arguments changed."""
     if checkpoint is None:
         return None
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    if ended := end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds):
+    ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds)
+    summary = Path(training.output_dir) / "training_summary.json"
+    if ended and summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step:
         raise InputError(
-            f"{checkpoint} already reached the end this command asks for ({ended}): to train further raise "
-            "--max_steps, --num_train_epochs or --max_train_seconds; to start over pass --overwrite_output_dir "
-            "instead of --resume_from_checkpoint"
+            f"{checkpoint} already reached the end this command asks for ({ended}), and its final model is saved: "
+            "to train further raise that limit; to start over pass --overwrite_output_dir instead of "
+            "--resume_from_checkpoint"
         )
     if training.max_steps in (-1, 0, state.max_steps):
         for name in ("logging_steps", "eval_steps", "save_steps"):

@@ -423,6 +423,18 @@ def test_an_llm_judge_whose_outputs_are_all_finished_never_loads_its_weights(tin
     assert summary[str(out / "train_scores.jsonl")]["already_complete"]
 
 
+def test_an_llm_judge_that_fails_to_load_writes_and_deletes_nothing(tiny_qwen3, ranking_file, tmp_path):
+    lines, _ = run_stage(tmp_path, ranking_file, "--model_path", str(tiny_qwen3), "--backend", "hf")
+    out = tmp_path / "scores"
+    kept = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen3, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:300])
+    with pytest.raises(InputError, match="cannot load"):
+        run_stage(tmp_path, ranking_file, "--model_path", str(broken), "--backend", "hf")  # with --overwrite
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == kept
+
+
 def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_args_json_stays(tiny_cross_encoder,
                                                                                                ranking_file, tmp_path):
     run_stage(tmp_path, ranking_file, "--teacher_type", "cross_encoder", "--model_path", str(tiny_cross_encoder))

@@ -842,15 +842,30 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
                                                                              tmp_path):
     out = tmp_path / "out"
     run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no")
-    with pytest.raises(InputError, match=r"already reached the end this command asks for \(step 2 of the 2 asked "
-                                         r"for\): to train further raise --max_steps"):
+    with pytest.raises(InputError, match=r"already reached the end this command asks for \(step 2 of --max_steps 2\), "
+                                         r"and its final model is saved: to train further raise that limit"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--resume_from_checkpoint", "last")
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run, which ended \(checkpoint-1, "
-                                         r"checkpoint-2; step 2 of the 2 asked for\): start over with"):
+                                         r"checkpoint-2; step 2 of --max_steps 2\): start over with"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2")
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
                         "--eval_strategy", "no")  # fmt: skip
-    assert (summary["resumed_from_step"], summary["steps"]) == (2, 3)
+    assert (summary["resumed_from_step"], summary["steps"]) == (3 - 1, 3)
+    (out / "training_summary.json").unlink()  # as if the run was stopped while saving its final model
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
+                        "--eval_strategy", "no")  # fmt: skip
+    assert summary["resumed_from_step"] == 3 and (out / "training_summary.json").exists()  # it makes that save
+
+
+def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_cross_encoder, triplets_file, tmp_path):
+    out = tmp_path / "out"
+    first = run_train(tiny_cross_encoder, triplets_file, out, "--num_train_epochs", "0.5", "--save_steps", "1",
+                      "--eval_strategy", "no")  # fmt: skip
+    with pytest.raises(InputError, match=r"\(--num_train_epochs 0.5 done in \d+ steps\)"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--num_train_epochs", "0.5", "--resume_from_checkpoint", "last")
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--num_train_epochs", "1", "--resume_from_checkpoint",
+                        "last", "--eval_strategy", "no")  # fmt: skip
+    assert summary["resumed_from_step"] == first["steps"] < summary["steps"]
 
 
 def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_to(tmp_path):
@@ -860,13 +875,15 @@ def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_
 
     (tmp_path / "trainer_state.json").write_text(json.dumps(
         {"global_step": 10, "max_steps": 20, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}))  # fmt: skip
-    training = SimpleNamespace(max_steps=20, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=5)
+    training = SimpleNamespace(max_steps=20, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=5,
+                               output_dir=str(tmp_path))
     assert resumed_state(str(tmp_path), training, None).global_step == 10
     # 0.02 and 0.1 of 20 steps are what the checkpoint holds; 5 was a count already, and stays
     assert (training.logging_steps, training.eval_steps, training.save_steps) == (1, 2, 5)
-    longer = SimpleNamespace(max_steps=40, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=0.1)
+    longer = SimpleNamespace(max_steps=40, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=0.1,
+                             output_dir=str(tmp_path))
     resumed_state(str(tmp_path), longer, None)
-    assert (longer.logging_steps, longer.eval_steps) == (0.02, 0.1)  # a longer run: shares of it
+    assert (longer.logging_steps, longer.eval_steps) == (0.02, 0.1)  # another length: left to transformers
 
 
 def test_a_run_whose_time_budget_was_spent_is_not_resumed_with_the_same_budget():
@@ -876,7 +893,7 @@ def test_a_run_whose_time_budget_was_spent_is_not_resumed_with_the_same_budget()
 
     state = TrainerState(global_step=7, max_steps=100, num_train_epochs=2, stateful_callbacks={"TimeBudget": {
         "args": {"seconds": 20.0}, "attributes": {"stopped_training": True}}})  # fmt: skip
-    assert end_reached(state, 100, 2, 20.0) == "its 20 s time budget spent at step 7"
+    assert end_reached(state, 100, 2, 20.0) == "--max_train_seconds 20 spent at step 7"
     assert end_reached(state, 100, 2, 60.0) is None  # a larger budget: more to train
     assert end_reached(state, 100, 2, None) is None  # no budget now
     assert end_reached(state, 0, 2, None) is None  # epochs not done
