@@ -30,10 +30,10 @@ from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, without_flag
 from rerank_distill.scoring import (
     Shard,
-    beside,
     check_before_loading,
     check_output,
     chunk_size_to_resume,
+    is_finished,
     merge_shards,
     only_writer,
     output_path_for,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
-            finished = all(output.exists() and not beside(output, ".partial").exists() for output in outputs)
+            finished = all(is_finished(output) for output in outputs)
             total = sum(summary.pairs for summary in expected.values())
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")

@@ -49,17 +49,17 @@ def tied_groups(scores: Sequence[float]) -> list[np.ndarray]:
     return np.split(order, starts[1:])
 
 
-def average_precision(scores: Sequence[float], labels: Sequence[float]) -> float:
+def average_precision(scores: Sequence[float], labels: Sequence[float], groups: list[np.ndarray] | None = None) -> float:
     """Average precision over the full ranking: the mean, over relevant candidates (label > 0), of
     the precision at each one's rank, averaged over the orders of tied candidates. 0.0 when no
-    candidate is relevant."""
+    candidate is relevant. (``groups``: the scores' tied_groups where the caller has them.)"""
+    groups = tied_groups(scores) if groups is None else groups  # also refuses a non-finite score
     relevant = np.asarray(labels, dtype=np.float64) > 0
     total = int(relevant.sum())
     if total == 0:
-        tied_groups(scores)  # still refuse a non-finite score
         return 0.0
     precision_sum, ranked, hits = 0.0, 0, 0
-    for group in tied_groups(scores):
+    for group in groups:
         size, found = len(group), int(relevant[group].sum())
         if found:
             # a relevant candidate at the group's j-th place (chance found/size) has, on average,
@@ -71,12 +71,13 @@ def average_precision(scores: Sequence[float], labels: Sequence[float]) -> float
     return precision_sum / total
 
 
-def reciprocal_rank(scores: Sequence[float], labels: Sequence[float], k: int = 10) -> float:
+def reciprocal_rank(scores: Sequence[float], labels: Sequence[float], k: int = 10,
+                    groups: list[np.ndarray] | None = None) -> float:
     """1 / rank of the first relevant candidate (label > 0) if it is in the top ``k``, else 0.0;
-    averaged over the orders of tied candidates."""
+    averaged over the orders of tied candidates. (``groups`` as for average_precision.)"""
     relevant = np.asarray(labels, dtype=np.float64) > 0
     ranked = 0
-    for group in tied_groups(scores):
+    for group in tied_groups(scores) if groups is None else groups:
         size, found = len(group), int(relevant[group].sum())
         if found:
             # the first relevant one sits at the group's j-th place with chance C(size-j, found-1) / C(size, found)
@@ -87,15 +88,15 @@ def reciprocal_rank(scores: Sequence[float], labels: Sequence[float], k: int = 1
     return 0.0
 
 
-def ndcg(scores: Sequence[float], gains: Sequence[float], k: int = 10) -> float:
+def ndcg(scores: Sequence[float], gains: Sequence[float], k: int = 10, groups: list[np.ndarray] | None = None) -> float:
     """NDCG@k with linear gains: DCG = sum over the top ``k`` of gain / log2(rank + 1), divided by
     the DCG of the candidates sorted by gain (as sklearn's ``ndcg_score`` computes it, ties
     included: a tied group's places each get the group's mean gain). Gains are floats (graded
-    labels welcome); 0.0 when no gain is positive."""
+    labels welcome); 0.0 when no gain is positive. (``groups`` as for average_precision.)"""
     gains = np.asarray(gains, dtype=np.float64)
     if (gains < 0).any():
         raise ValueError("NDCG gains must be non-negative")
-    groups = tied_groups(scores)
+    groups = tied_groups(scores) if groups is None else groups
     discounts = 1.0 / np.log2(np.arange(2, min(k, len(gains)) + 2))
     ideal = float(np.sum(np.sort(gains)[::-1][:k] * discounts))
     if ideal == 0.0:
@@ -142,7 +143,9 @@ def query_metrics(
         return None
     if reason == "no_positive":
         return 0.0, 0.0, 0.0
-    return average_precision(scores, labels), reciprocal_rank(scores, labels, k), ndcg(scores, labels, k)
+    groups = tied_groups(scores)  # once for the three metrics
+    return (average_precision(scores, labels, groups), reciprocal_rank(scores, labels, k, groups),
+            ndcg(scores, labels, k, groups))
 
 
 def evaluate_rankings(

@@ -61,6 +61,11 @@ def beside(output_path: Path, suffix: str) -> Path:
     return output_path.with_name(output_path.name + suffix)
 
 
+def is_finished(output_path: Path) -> bool:
+    """Whether stage 1 finished ``output_path``: it exists under its final name with no partial beside it."""
+    return output_path.exists() and not beside(output_path, ".partial").exists()
+
+
 def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(), passages_as_queries: int = 0) -> Path:
     """``DIR/{stem}_scores.jsonl`` (``train.jsonl`` -> ``train_scores.jsonl``), with a shard suffix;
     ``DIR/{stem}_passages_as_queries_scores.jsonl`` for the lists derive_passage_queries makes."""
@@ -352,7 +357,7 @@ def check_before_loading(output_path: Path, teacher_types: list[str], model_path
     (minutes for an 8B model): what score_source checks in full once they have, as far as the
     teacher types and models already tell."""
     output_path = Path(output_path)
-    if output_path.exists() and not beside(output_path, ".partial").exists():
+    if is_finished(output_path):
         teachers = [{"teacher_type": kind, "model_path": path} for kind, path in zip(teacher_types, model_paths)]
         made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected, label_column)
         _check_finished(output_path, made_with, teacher_keys=("teacher_type", "model_path"))
@@ -376,7 +381,7 @@ def _resume_point(source: str, output_path: Path, teachers: list, expected: Inpu
                            label_column)
     partial = beside(output_path, ".partial")
     progress_path = beside(output_path, ".progress.json")
-    if output_path.exists() and not partial.exists():
+    if is_finished(output_path):
         _check_finished(output_path, made_with)
         return None, fingerprint, made_with
     done = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}

@@ -252,6 +252,12 @@ class TimeBudget(TrainerCallback, ExportableState):
         self.spent = 0.0
         self.stopped_training = False
 
+    @classmethod
+    def saved(cls, state: TrainerState) -> dict | None:
+        """What a checkpoint's ``state`` kept of a budget (``{"args", "attributes"}``, see ``state``),
+        or None where it was saved without one."""
+        return (state.stateful_callbacks or {}).get(cls.__name__)
+
     def start(self, resumed: TrainerState | None = None) -> None:
         """Start the clock now (train.py calls it just before trainer.train(), whose time it reports),
         or, resuming from a checkpoint (its ``resumed`` state) saved with a budget, as far back as
@@ -260,7 +266,7 @@ class TimeBudget(TrainerCallback, ExportableState):
         self.started = self.last_step_end = self.clock()
         if resumed is None:
             return
-        saved = (resumed.stateful_callbacks or {}).get(type(self).__name__)
+        saved = self.saved(resumed)
         if saved:
             self.started -= saved["attributes"]["seconds_spent"]
             self.spent, self.longest_interval = saved["attributes"]["spent"], saved["attributes"]["longest_interval"]

@@ -26,6 +26,7 @@ from rerank_distill.formats import (
 )
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import score_ranking_queries
+from rerank_distill.trainer import TimeBudget
 from rerank_distill.training_data import (
     DATA_KINDS,
     RANKING_KINDS,
@@ -397,7 +398,7 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
             names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
             last = newest_checkpoint(output_dir)
             state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
-            budget = state and (state.stateful_callbacks or {}).get("TimeBudget")  # ended as it was planned?
+            budget = state and TimeBudget.saved(state)  # ended as it was planned?
             ended = state and end_reached(state, state.max_steps, state.num_train_epochs,
                                           budget["args"]["seconds"] if budget else None)
             if ended:
@@ -428,7 +429,7 @@ def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, ma
         return f"step {state.global_step} of --max_steps {max_steps}"
     if max_steps <= 0 and 0 < state.max_steps <= state.global_step and (state.epoch or 0) >= num_train_epochs - 1e-9:
         return f"--num_train_epochs {num_train_epochs:g} done in {state.global_step} steps"
-    budget = (state.stateful_callbacks or {}).get("TimeBudget")
+    budget = TimeBudget.saved(state)
     if budget and budget["attributes"].get("stopped_training") and max_train_seconds is not None:
         if max_train_seconds <= budget["args"]["seconds"]:
             return f"--max_train_seconds {budget['args']['seconds']:g} spent at step {state.global_step}"
