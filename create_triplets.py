@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, iter_scored_pairs
-from rerank_distill.jsonl import AtomicWriter
+from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.triplets import (
     SKIP_REASONS,
     NegativeRule,
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
     if any(os.path.abspath(path) == os.path.abspath(args.output_path) for path in args.input_path):
         raise InputError("--output_path is one of the --input_path files; choose another output path")
+    check_writable(args.output_path, "--output_path")
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:

@@ -22,7 +22,7 @@ from rerank_distill.cli import check_minimums, command_line, parse_args, run_mai
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
 from rerank_distill.hub import resolve_model
-from rerank_distill.jsonl import AtomicWriter
+from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
     evaluate_rankings,
@@ -99,11 +99,9 @@ class EvaluationArguments:
 def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     """The whole data set, validated, so bad input fails before any model is loaded."""
     queries = list(iter_ranking_queries(
-        args.dataset_path, args.input_format, args.hub, args.cache_dir, label_column=args.label_column
+        args.dataset_path, args.input_format, args.hub, args.cache_dir, label_column=args.label_column,
+        nonnegative_grades=True,
     ))  # fmt: skip
-    for query in queries:
-        if any(label < 0 for label in query.labels):
-            raise InputError("relevance grades must be >= 0 (they are NDCG gains)", query.location)
     if args.protocol == "mteb" and all(skip_reason(query.labels) for query in queries):
         raise InputError("no query has both a positive and a negative: --protocol mteb has nothing to evaluate",
                          args.dataset_path)
@@ -113,6 +111,7 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
+    check_writable(args.output_path, "--output_path")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]

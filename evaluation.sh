@@ -15,6 +15,8 @@ DATASET="${DATASET:-data/test.jsonl.gz}"
 TEACHER_SCORES="${TEACHER_SCORES:-}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 OUTPUT="${OUTPUT:-output/evaluation.json}"
+# Download source for hub ids (models and data sets): huggingface or modelscope
+HUB="${HUB:-huggingface}"
 
 # These flags are passed only when set; the odd expansion below keeps an empty array safe under set -u in bash 3
 optional=()
@@ -29,5 +31,6 @@ python "$(dirname "$0")/evaluation.py" \
     --model_before_path "$MODEL_BEFORE" \
     --dataset_path "$DATASET" \
     --output_path "$OUTPUT" \
+    --hub "$HUB" \
     ${optional[@]+"${optional[@]}"} \
     "$@"

@@ -26,6 +26,7 @@ from rerank_distill.cli import check_minimums, command_line, parse_args, run_mai
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.hub import resolve_model
+from rerank_distill.jsonl import check_writable
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, without_flag
 from rerank_distill.scoring import (
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
+    check_writable(args.output_dir, "--output_dir", folder=True)
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     if args.merge_shards:
@@ -133,14 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
-            finished = all(is_finished(output) for output in outputs)
+            finished = [is_finished(output) for output in outputs]
+            if any(finished) and not args.overwrite:
+                if not all(finished):  # the replicas would score and merge every input again
+                    raise InputError(
+                        f"{', '.join(str(o) for o, done in zip(outputs, finished) if done)} finished already: with "
+                        "--data_parallel_size, score the other inputs in a run of their own (or pass --overwrite)"
+                    )
+                # as a single run checks them, in full, and has nothing to do
+                return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard,
+                                           read_args)
             total = sum(summary.pairs for summary in expected.values())
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")
-            if args.overwrite or not finished:  # as a single run: args.json only where there was work, and it ran
-                # (the replicas each write args.shard-I-of-N.json with the teachers they resolved)
-                write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
-                               script=args)
+            # the replicas each wrote args.shard-I-of-N.json with the teachers they resolved
+            write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
+                           script=args)
             return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
         return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard, read_args)
 

@@ -36,6 +36,7 @@ from transformers.trainer_utils import IntervalStrategy
 from rerank_distill.cli import command_line, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
+from rerank_distill.jsonl import check_writable
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.student import load_cross_encoder
 from rerank_distill.trainer import (
@@ -50,7 +51,8 @@ from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
     SelectionEvaluator,
-    delete_earlier_checkpoints,
+    clear_earlier_outputs,
+    end_reached,
     load_training_data,
     parse_training_args,
     resolve_checkpoint,
@@ -144,8 +146,8 @@ class ScriptArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start over in an --output_dir that holds an earlier run's checkpoints, deleting them "
-                  "(without it such a run stops, as it would mix the two runs' checkpoints)."},
+        metadata={"help": "Start over in an --output_dir that holds an earlier run's checkpoints or final model, "
+                  "deleting them before training (without it such a run stops, as it would mix the two runs' files)."},
     )
     group_by_length_batches: bool = field(
         default=True,
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
+    check_writable(training.output_dir, "--output_dir", folder=True)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
     evaluate = training.eval_strategy != "no"
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if script.early_stopping_patience > 0 and script.selection_metric == "last":
         raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
     must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
-    kind, selection = load_training_data(script, evaluate, training.seed, must_evaluate)
+    kind, selection = load_training_data(script, training, evaluate, must_evaluate)
     if evaluate and selection.metric == "last":
         training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
         evaluate = False
@@ -192,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
-    if resume is None and script.overwrite_output_dir:  # only now, with the data and model checked
-        delete_earlier_checkpoints(training.output_dir)
+    if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
+        clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
                        training=training)
@@ -207,8 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     if budget is not None:
         budget.start(resumed)
+    # a run that ended at its checkpoint, its final save cut short, gets that save without a step more
+    ended = resumed is not None and not trainer.sharded and end_reached(resumed, training.max_steps,
+                                                                        training.num_train_epochs, script.max_train_seconds)
+    if ended:
+        logger.info("%s is where the run ended (%s), but its final model was not saved: saving it", resume, ended)
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        result = trainer.finish_ended_run(resume) if ended else trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
         if training.should_log:
             logger.warning(resume_hint(training.output_dir))

@@ -17,7 +17,9 @@ of --repetitions is reported, with the ratio to the evaluator:
   scores slightly, so its metric differences are printed too.
 
 It then checks that ours and the evaluator give the same metrics (to 1e-6) on the queries whose
-scores have no ties (the evaluator's sklearn averages over ties; we break them by position).
+scores have no ties: with ties, the evaluator's MAP takes a tied block as one threshold and its MRR
+the order argsort leaves them in, while ours averages each metric over every order of the tied
+passages (its NDCG, sklearn's, does the same).
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     of the user's flags (only shown: the script's own flags still set them)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
-    asks_help = any(token == "-h" or (len(token) > 2 and "--help".startswith(token))  # argparse takes --he too
-                    for token in (sys.argv[1:] if argv is None else argv))
+    # no abbreviations: train.py reads which flags were passed from the command line as written
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter,
+                              allow_abbrev=False)
+    asks_help = any(token in ("-h", "--help") for token in (sys.argv[1:] if argv is None else argv))
     for action in parser._actions:
         if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
             action.help, action.default = f"Turn --{action.dest} off.", argparse.SUPPRESS
@@ -127,8 +128,12 @@ def write_json(path: str | Path, record: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one run's files
-    tmp.write_text(json.dumps(_to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -227,7 +227,8 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
         f"cannot tell the format from the fields {sorted(record)}; expected "
         '{"query", "positive", "negative"} (MTEB reranking), {"query", "pos", "neg"}, '
         '{"query", "passage"|"content", "score"} (teacher scores) or '
-        '{"query", "item_text"|"passage", "esci_label"|"label"} (graded labels)',
+        '{"query", "item_text"|"passage", '
+        + (f'"{label_column}" (--label_column)}} (graded labels)' if label_column else '"esci_label"|"label"} (graded labels)'),
         path,
         line,
     )
@@ -281,13 +282,15 @@ def iter_ranking_queries(
     hub: str = "huggingface",
     cache_dir: str | None = None,
     label_column: str | None = None,
+    nonnegative_grades: bool = False,
 ) -> Iterator[RankingQuery]:
     """Yield each query with its labelled candidates, in the order the source gives them.
 
     One-query-a-line formats stream. Row-per-pair formats (graded, scores with labels) are
     grouped by query text in first-appearance order, which holds one source's queries in memory.
     ``label_column`` names the grade column of row-per-pair sources (default: the first of
-    esci_label, label, grade, relevance that a row has).
+    esci_label, label, grade, relevance that a row has). ``nonnegative_grades``: a grade below 0
+    is an InputError at its row (NDCG takes grades as gains).
     """
     if input_format not in INPUT_FORMATS:
         raise InputError(f"unknown --input_format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
@@ -324,6 +327,9 @@ def iter_ranking_queries(
                     path,
                     line,
                 )
+            if nonnegative_grades and label[1] < 0:
+                raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
+                                 "gains)", path, line)
             entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format))
             entry.passages.append(passage)
             entry.labels.append(label[1])

@@ -134,6 +134,24 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
     return float(value)
 
 
+def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
+    """InputError, before any long work, where ``path`` (the value of ``flag``) cannot be written:
+    a file where a folder is wanted or the reverse, a file in the way of a folder it needs, or a
+    folder without write permission. Where it can, nothing is created."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path} cannot be written: no permission to write in {existing}")
+
+
 class AtomicWriter:
     """Write a file under a temporary name and move it to its final name only when the ``with``
     block finishes without error, so a crash never leaves a truncated file that looks complete."""
@@ -158,7 +176,11 @@ class AtomicWriter:
                 except (OSError, io.UnsupportedOperation):
                     pass
             self._file.close()
-            os.replace(self.tmp_path, self.path)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except OSError:
+                self.tmp_path.unlink(missing_ok=True)
+                raise
         else:
             self._file.close()
             self.tmp_path.unlink(missing_ok=True)

@@ -80,13 +80,27 @@ class JudgePrompt:
 
         The body is tokenized as one string and cut from its end, as the official code does
         (``truncation='longest_first'`` on a single sequence), so a long document loses its tail.
+        Only where that would leave the document fewer than ``min(its tokens, a quarter of the
+        room)`` (a very long query) is the query's tail cut first, by just enough: cut from the end
+        alone, the prompt would lose the "<Document>:" line and the document, and every candidate of
+        the query would get the same score.
         """
         bodies = [format_body(self.instruction, q, d) for q, d in zip(queries, documents)]
         body_ids = self.tokenizer(bodies, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         prompts, truncated = [], 0
-        for ids in body_ids:
+        for query, document, ids in zip(queries, documents, body_ids):
             if len(ids) > self.body_budget:
-                ids = ids[: self.body_budget]
                 truncated += 1
+                document_tokens = len(self._tokens(document)) + 1  # (+1: the space before it, a token of its own or not)
+                excess = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
+                if excess > 0:
+                    query_tokens = self._tokens(query)
+                    kept = query[: query_tokens[len(query_tokens) - excess - 1][1]] if excess < len(query_tokens) else ""
+                    ids = self.tokenizer(format_body(self.instruction, kept, document), add_special_tokens=False)["input_ids"]
+                ids = ids[: self.body_budget]
             prompts.append(self.prefix_ids + ids + self.suffix_ids)
         return prompts, truncated
+
+    def _tokens(self, text: str) -> list[tuple[int, int]]:
+        """The (start, end) character span of each of ``text``'s tokens."""
+        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

@@ -51,7 +51,7 @@ def format_table(report: dict) -> str:
     if "share_of_teacher" in report:
         shares = ", ".join(f"{model} {share['map']:.1%}" for model, share in report["share_of_teacher"].items()
                            if share["map"] is not None)  # fmt: skip
-        lines.append(f"share of the teacher's MAP: {shares}")
+        lines.append(f"share of the teacher's MAP: {shares or 'none (the teacher scores MAP 0)'}")
     if "queries_changed" in report:
         better, worse, same = report["queries_changed"].values()
         lines.append(f"after against before, by each query's AP: {better} better, {worse} worse, {same} the same")

@@ -225,6 +225,14 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     for teacher in teachers:
         result = teacher.score(queries, passages, progress if len(teachers) == 1 else lambda n: None)
         stats.truncated = max(stats.truncated, result.truncated)
+        not_finite = np.flatnonzero(~np.isfinite(result.scores))
+        if not_finite.size:
+            first = not_finite[0]
+            raise InputError(
+                f"teacher {teacher.name} gave {len(not_finite)} of {len(queries)} pairs a score that is not finite "
+                f"({result.scores[first]}; first: query {queries[first][:80]!r}): its weights are broken or overflow "
+                "in --dtype (try --dtype float32 or bfloat16); the chunks before this one are kept"
+            )
         if check_variation:
             _check_scores_vary(result.scores, teacher.name)
         results.append(result)
@@ -518,7 +526,8 @@ def score_source(
 def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,
                  passages_as_queries: int = 0) -> tuple[Path, int]:
     """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
-    (or the passages-as-queries file, see output_path_for).
+    (or the passages-as-queries file, see output_path_for). InputError, with nothing written,
+    where the shards were scored with differing settings or the input has changed since.
 
     Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
     """
@@ -527,39 +536,62 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     for path in paths:
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
+    records = _shard_run_records(paths)
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
     readers = [read_jsonl(path) if path.stat().st_size else iter(()) for path in paths]
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     lines, content = 0, hashlib.blake2b(digest_size=16)
+    shard_contents = [hashlib.blake2b(digest_size=16) for _ in shards]  # as each shard's run computed its own
     with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
         for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
             content.update(_as_bytes(query))
+            shard_contents[position % num_shards].update(_as_bytes(query))
             reader, path = readers[position % num_shards], paths[position % num_shards]
-            for _ in query.passages:
+            for passage in query.passages:
                 try:
                     line_number, record = next(reader)
                 except StopIteration:
                     raise InputError(f"ends early: it does not match {source}", str(path)) from None
-                if record.get("query") != query.query:
-                    raise InputError(f"holds another query than {query.location}; were shards made from another input?", str(path), line_number)
+                if record.get("query") != query.query or record.get("passage") != passage:
+                    raise InputError(f"holds another pair than {query.location}; were shards made from another input "
+                                     "(or was it edited since)?", str(path), line_number)
                 out.write(dumps(record) + "\n")
                 lines += 1
         for reader, path in zip(readers, paths):
             if next(reader, None) is not None:
                 raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
-    _merge_run_records(paths, merged, lines, content.hexdigest())
+        for record, shard_content, path in zip(records or (), shard_contents, paths):
+            if record["made_with"].get("input_digest", shard_content.hexdigest()) != shard_content.hexdigest():
+                raise InputError(f"was scored from other content than {source} holds now (its labels, say): rescore "
+                                 "it with its --shard flag and --overwrite", str(path))
+    if records:
+        _merge_run_records(records, merged, lines, content.hexdigest())
     return merged, lines
 
 
-def _merge_run_records(shard_paths: list[Path], merged: Path, pairs: int, input_digest: str) -> None:
-    """The merged file's ``.run.json``: the shards' settings as one unsharded run, their counts
-    summed (the longest shard's seconds). Left out if a shard has no record (an older release's)."""
+def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
+    """Each shard's ``.run.json``, or None if one has none (an older release's); InputError where
+    the shards were scored with differing teachers or settings."""
     records = []
     for path in shard_paths:
         record_path = beside(path, ".run.json")
         if not record_path.exists():
-            return
+            return None
         records.append(json.loads(record_path.read_text(encoding="utf-8")))
+    own = ("shard", "pairs", "input_digest")  # what differs from shard to shard
+    for record, path in zip(records[1:], shard_paths[1:]):
+        first, this = records[0]["made_with"], record["made_with"]
+        if differs := sorted(key for key in first.keys() | this.keys() if key not in own and first.get(key) != this.get(key)):
+            raise InputError(
+                f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
+                f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"
+            )
+    return records
+
+
+def _merge_run_records(records: list[dict], merged: Path, pairs: int, input_digest: str) -> None:
+    """The merged file's ``.run.json``: the shards' settings as one unsharded run, their counts
+    summed (the longest shard's seconds)."""
     made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
     if "input_digest" in made_with:  # the whole input's, as an unsharded run computes it
         made_with["input_digest"] = input_digest

@@ -7,6 +7,7 @@ import copy
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import TrainOutput
 
 from rerank_distill.errors import InputError
 
@@ -375,6 +377,17 @@ class DistillationTrainer(CrossEncoderTrainer):
     def sharded(self) -> bool:
         """FSDP or DeepSpeed: the live model holds shards, and checkpoints keep them in files of their own."""
         return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def finish_ended_run(self, checkpoint: str) -> TrainOutput:
+        """What ``train()`` leaves where the run already ended at ``checkpoint`` but its final save
+        was cut short: that checkpoint's state and weights, then the best checkpoint's where the run
+        keeps the best (``train()`` would take one step more first). The result's training_loss is
+        None: the loss of the steps behind the checkpoint is in its log history only."""
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        self._load_from_checkpoint(checkpoint)
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            self._load_best_model()
+        return TrainOutput(self.state.global_step, None, {})
 
     def _load_from_checkpoint(self, checkpoint: str, model=None) -> None:
         # sentence-transformers reloads its own checkpoint layout into the live model, which cannot

@@ -22,6 +22,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
     iter_ranking_queries,
+    iter_scored_pairs,
     label_of,
 )
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
@@ -91,6 +92,8 @@ def read_selection_queries(source: str, input_format: str = "auto",
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
     if kind == "scores" and label_of(record, path, line) is None:
+        for _ in iter_scored_pairs(source):  # unused, but a broken file is still an error, not quietly passed over
+            pass
         return [], f'{source} has teacher scores but no gold "label" field'
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for query in iter_ranking_queries(source, input_format, label_column=label_column):
@@ -145,8 +148,9 @@ def plan_selection(
     ``selection_data``, else of the training file itself when it is a scores or labelled file.
     Where those queries are also training queries, ``eval_share`` of them (held_out_queries) are
     held out: removed from training and ranked at each evaluation (their training rows give
-    eval_loss unless ``eval_set`` is given). Where none is, the file is a dev set of its own and
-    all its queries are ranked. Without gold labels, "auto" falls back to eval_loss ("map" stops).
+    eval_loss unless ``eval_set`` is given). Queries that are not training queries are always
+    ranked, whatever their number: a dev set of its own is ranked whole (sharing one query with
+    training by chance, it holds nothing out). Without gold labels, "auto" falls back to eval_loss ("map" stops).
 
     "auto" holds out no fewer than MIN_SELECTION_QUERIES: with fewer, every query trains and the
     last step is final (metric "last"), unless ``eval_set`` is given or ``must_evaluate`` (early
@@ -175,27 +179,42 @@ def plan_selection(
         return Selection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
     training_queries = set(train_set["query"])
-    shared = [query.query for query in queries if query.query in training_queries]
+    shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
+    own = sum(query.query not in training_queries for query in queries)
     if not shared:
         return Selection(train_set, eval_set, queries, [], "eval_selection_map",
                          f"by MAP on a dev set of its own ({note})")
-    held = held_out_queries(shared, eval_share, seed)
-    if selection_metric == "auto" and len(held) < MIN_SELECTION_QUERIES and eval_set is None and not must_evaluate:
+    # a dev file that shares a query with training by chance keeps its own ones and holds none out
+    held = held_out_queries(shared, eval_share, seed) if len(shared) > 1 or not own else set()
+    ranked = [query for query in queries if query.query not in training_queries or query.query in held]
+    counted = f"{len(held)} held-out training queries" + (f" and {own} of its own" if own else "")
+    if selection_metric == "auto" and not own and len(held) < MIN_SELECTION_QUERIES and eval_set is None \
+            and not must_evaluate:
         return Selection(train_set, None, metric="last", note=(
-            f"not picked: MAP on {len(held)} held-out queries (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints "
-            "mostly by chance, so every query trains and the last step is final (--selection_metric map selects "
-            "anyway; a larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
+            f"not picked: MAP on {counted} (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints mostly by "
+            "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
+            "larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
     train_set, held_rows = split_rows(train_set, held)
-    return Selection(
-        train_set, held_rows if eval_set is None else eval_set, [q for q in queries if q.query in held],
-        [query for query in dict.fromkeys(shared) if query in held], "eval_selection_map",
-        f"by MAP on {len(held)} held-out training queries ({note})",
-    )
+    return Selection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
+                     [query for query in shared if query in held], "eval_selection_map",
+                     f"by MAP on {counted} ({note})")
 
 
-def load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
-    """Read train.py's data (``script``: its ScriptArguments) and split it: the training data's
-    kind, and the train / eval / selection split (see plan_selection). Logs the warnings."""
+def load_training_data(script, training, evaluate: bool, must_evaluate: bool) -> tuple[str, Selection]:
+    """Read train.py's data (``script``: its ScriptArguments; ``training``: the training arguments)
+    and split it: the training data's kind, and the train / eval / selection split (see
+    plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
+    kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate)
+    if training.dataloader_drop_last and len(selection.train) < training.per_device_train_batch_size:
+        # sentence-transformers drops each process's incomplete last batch under torchrun: no step would run
+        raise InputError(f"{len(selection.train)} training rows are fewer than one batch of "
+                         f"--per_device_train_batch_size {training.per_device_train_batch_size}, and the incomplete "
+                         "last batch is dropped (always under torchrun), so no step would run; lower the batch size",
+                         script.train_data)
+    return kind, selection
+
+
+def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column)
     if warning := teacher_spread_warning(data, script.train_data):
@@ -383,15 +402,30 @@ def earlier_checkpoints(output_dir: str) -> list[Path]:
     return sorted(p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir())
 
 
+SUMMARY_FILE = "training_summary.json"  # written last, once the final model is saved: the run ended
+# What makes a folder load as a model (with the summary, what a fresh run clears away)
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "pytorch_model.bin")
+
+
+def earlier_final_model(output_dir: str) -> list[Path]:
+    """The files of a final model an earlier run saved in ``output_dir``: its weights and summary."""
+    folder = Path(output_dir)
+    return sorted(p for pattern in (SUMMARY_FILE, *FINAL_WEIGHTS) for p in folder.glob(pattern) if p.is_file())
+
+
 def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = False) -> str | None:
     """--resume_from_checkpoint: a checkpoint folder, or 'last'/'true' for the newest in output_dir.
 
     A fresh run (``value`` None) must not share output_dir with an earlier run's checkpoints: the
     Trainer would rotate its own away in their place, and "resume from the newest" would pick one
-    of theirs. So they stop it (InputError), unless ``overwrite`` (--overwrite_output_dir: the
-    caller deletes them with delete_earlier_checkpoints once its input has passed its checks)."""
+    of theirs; nor with its final model, which would pass for this run's until this one ends. So
+    they stop it (InputError), unless ``overwrite`` (--overwrite_output_dir: the caller deletes
+    them with clear_earlier_outputs once its input has passed its checks)."""
     if value is not None and overwrite:
         raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
+    if value is None and not overwrite and not earlier_checkpoints(output_dir) and earlier_final_model(output_dir):
+        raise InputError(f"{output_dir} holds the final model of an earlier run: start over with --overwrite_output_dir "
+                         "(deletes it) or choose another --output_dir")
     if value is None:
         earlier = earlier_checkpoints(output_dir)
         if earlier and not overwrite:
@@ -450,7 +484,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
         return None
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds)
-    summary = Path(training.output_dir) / "training_summary.json"
+    summary = Path(training.output_dir) / SUMMARY_FILE
     if ended and summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step:
         raise InputError(
             f"{checkpoint} already reached the end this command asks for ({ended}), and its final model is saved: "
@@ -465,13 +499,23 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     return state
 
 
-def delete_earlier_checkpoints(output_dir: str) -> None:
-    """--overwrite_output_dir: delete the checkpoints an earlier run left (on the main process)."""
-    earlier = earlier_checkpoints(output_dir)
-    if earlier and is_main_process():
-        for folder in earlier:
-            shutil.rmtree(folder)
-        logger.info("--overwrite_output_dir: deleted %d checkpoints of an earlier run in %s", len(earlier), output_dir)
+def clear_earlier_outputs(output_dir: str, fresh: bool) -> None:
+    """Before a run trains (on the main process): a fresh one (--overwrite_output_dir) deletes the
+    checkpoints and final model an earlier run left; a resumed one its training_summary.json, which
+    says the folder's final model is the run's last word (written again when this run ends)."""
+    if not is_main_process():
+        return
+    if not fresh:
+        (Path(output_dir) / SUMMARY_FILE).unlink(missing_ok=True)
+        return
+    checkpoints, final_model = earlier_checkpoints(output_dir), earlier_final_model(output_dir)
+    for folder in checkpoints:
+        shutil.rmtree(folder)
+    for file in final_model:
+        file.unlink()
+    if checkpoints or final_model:
+        logger.info("--overwrite_output_dir: deleted %d checkpoints%s of an earlier run in %s", len(checkpoints),
+                    " and its final model" if final_model else "", output_dir)
 
 
 def is_main_process() -> bool:

@@ -194,7 +194,9 @@ def _listwise(source: str, temperature: float) -> TrainingData:
         columns["query"].append(get_text(record, "query", path, line))
         passages = get_text_list(record, "passages", path, line)
         scores = get_number_list(record, "scores", path, line)
-        if not passages or len(scores) != len(passages):
+        if len(passages) < 2:  # softmax over one passage is 1 whatever the scores: nothing to learn
+            raise InputError(f'a listwise group needs at least two "passages" to rank, got {len(passages)}', path, line)
+        if len(scores) != len(passages):
             raise InputError(f'"scores" must hold one number per passage: {len(passages)} passages, '
                              f"{len(scores)} scores", path, line)
         columns["passages"].append(passages)

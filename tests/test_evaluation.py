@@ -273,6 +273,16 @@ def test_missing_model_path_fails_naming_it(tiny_cross_encoder, ranking_file, tm
     assert not (tmp_path / "report" / "evaluation.json").exists()
 
 
+@pytest.mark.parametrize("output", ["a_folder", "a_file.jsonl/report.json"])
+def test_an_output_path_that_cannot_be_written_fails_before_any_scoring(ranking_file, tmp_path, output):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file.jsonl").write_text("{}\n")
+    with pytest.raises(InputError, match="^--output_path .* (is a folder|is a file, not a folder)"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model-needed"), "--dataset_path", str(ranking_file),
+                         "--output_path", str(tmp_path / output)])
+    assert not list((tmp_path / "a_folder").iterdir()) and not list(tmp_path.glob("*.tmp"))
+
+
 def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, ranking_file, tmp_path):
     teacher = write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=5.0, negative=-5.0)
     output = tmp_path / "evaluation.json"

@@ -254,6 +254,14 @@ def test_non_finite_grade_is_refused(tmp_path):
         as_tuples(source)
 
 
+def test_a_negative_grade_is_refused_at_its_own_row_where_grades_are_gains(tmp_path):
+    rows = [{"query": "q", "passage": "a", "grade": 1}, {"query": "q", "passage": "b", "grade": -1}]
+    source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
+    assert as_tuples(source) == [("q", ["a", "b"], [1.0, -1.0])]
+    with pytest.raises(InputError, match=rf'{source}:2: field "grade" is -1; relevance grades must be >= 0'):
+        as_tuples(source, nonnegative_grades=True)
+
+
 def test_bad_grade_in_parquet_names_the_file_and_row(tmp_path):
     columns = {"query": ["q", "q"], "item_text": ["a", "b"], "esci_label": ["E", "maybe"]}
     source = write_parquet(tmp_path / "esci.parquet", columns)

@@ -22,7 +22,7 @@ from rerank_distill.scoring import (
     validate_source,
 )
 from rerank_distill.teachers import TeacherScores, choose_backend
-from rerank_distill.toy import write_jsonl_records
+from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
 
 class CountingTeacher:
@@ -173,6 +173,40 @@ def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     assert lines == len(single_lines)
 
 
+def score_shards(source, output_dir, count, teacher_for=lambda index: CountingTeacher()):
+    for index in range(count):
+        shard = Shard(index, count)
+        expected = validate_source(str(source), "auto", shard)
+        score_source(str(source), output_path_for(str(source), output_dir, shard), [teacher_for(index)], expected,
+                     shard=shard, show_progress=False)  # fmt: skip
+
+
+def test_shards_scored_with_different_settings_are_not_merged(tmp_path, ranking_file):
+    class OtherTeacher(CountingTeacher):
+        config = {**CountingTeacher.config, "max_length": 16}
+
+    score_shards(ranking_file, tmp_path, 2, lambda index: OtherTeacher() if index else CountingTeacher())
+    with pytest.raises(InputError, match=r"train_scores.shard-1-of-2.jsonl were scored with different settings "
+                                         r"\(differing: teachers\)"):
+        merge_shards(str(ranking_file), tmp_path, 2)
+    assert not output_path_for(str(ranking_file), tmp_path).exists()
+
+
+@pytest.mark.parametrize("edit", ["passage", "label"])
+def test_shards_of_an_input_edited_since_are_not_merged(tmp_path, ranking_file, edit):
+    score_shards(ranking_file, tmp_path, 2)
+    records = read_jsonl_records(ranking_file)
+    if edit == "passage":
+        records[1]["negative"][0] = "edited since"
+    else:  # the same pairs in the same order, but the first negative now listed as a positive
+        records[1]["positive"].append(records[1]["negative"].pop(0))
+    write_jsonl_records(ranking_file, records)
+    message = "holds another pair than" if edit == "passage" else "was scored from other content than"
+    with pytest.raises(InputError, match=message):
+        merge_shards(str(ranking_file), tmp_path, 2)
+    assert not output_path_for(str(ranking_file), tmp_path).exists()
+
+
 def test_a_chunk_of_queries_without_passages_is_counted_and_written_as_nothing(tmp_path):
     source = write_jsonl_records(tmp_path / "train.jsonl", [
         {"query": "q1", "positive": ["a"], "negative": ["b"]},
@@ -296,6 +330,18 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
 
     with pytest.raises(InputError, match="same score"):
         run_scoring(ranking_file, tmp_path / "out.jsonl", ConstantTeacher())
+
+
+def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_finished(tmp_path, ranking_file):
+    class OverflowingTeacher(CountingTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            scores = np.arange(len(queries), dtype=np.float64)
+            scores[-1] = np.nan
+            return TeacherScores(scores)
+
+    with pytest.raises(InputError, match=r"gave 1 of \d+ pairs a score that is not finite \(nan; first: query"):
+        run_scoring(ranking_file, tmp_path / "out.jsonl", OverflowingTeacher())
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -451,8 +497,14 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     np.testing.assert_allclose([l["score"] for l in joined], [l["score"] for l in single], atol=1e-5)
     assert (tmp_path / "two" / "logs" / "shard-1-of-2.log").exists()
     recorded = (tmp_path / "two" / "args.json").read_text()
-    generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2", "--batch_size", "7"])
+    finished = (tmp_path / "two" / "train_scores.jsonl").stat().st_mtime_ns
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "3", "--batch_size", "7"])
     assert (tmp_path / "two" / "args.json").read_text() == recorded  # nothing to do: still the run that did the work
+    assert (tmp_path / "two" / "train_scores.jsonl").stat().st_mtime_ns == finished
+    assert not (tmp_path / "two" / "logs" / "shard-0-of-3.log").exists()
+    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers\)"):
+        generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2",
+                              "--max_length", "300"])
 
 
 # --- passages as queries ---------------------------------------------------------------------------

@@ -77,6 +77,21 @@ def test_truncation_cuts_the_text_and_keeps_prefix_and_suffix(tiny_qwen3):
     assert len(short_ids) < 160
 
 
+def test_a_query_too_long_for_the_prompt_is_cut_so_the_document_keeps_its_line(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=160)
+    long_query = "how do i fix git rebase " * 60
+    long_doc = "commit branch merge " * 100
+    (short, long), truncated = prompt.encode([long_query] * 2, ["use git rebase --abort", long_doc])
+    assert truncated == 2 and len(short) <= 160 and len(long) <= 160
+    text = tokenizer.decode(short)
+    assert "<Query>: how do" in text and text.endswith("\n<Document>: use git rebase --abort" + SUFFIX)
+    # a long document keeps a quarter of the room the prompt's fixed parts leave
+    document = tokenizer.decode(long).split("\n<Document>: ", 1)[1].removesuffix(SUFFIX)
+    assert document.startswith("commit branch merge")
+    assert len(tokenizer.encode(document, add_special_tokens=False)) >= prompt.body_budget // 4 - 1
+
+
 def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     with pytest.raises(InputError, match="max_length"):

@@ -481,6 +481,19 @@ def test_an_ntuple_needs_one_score_per_passage(tmp_path):
         read_training_data(str(path), "margin_mse")
 
 
+def test_a_listwise_group_of_one_passage_is_refused_at_its_line(tmp_path):
+    path = write_jsonl_records(tmp_path / "l.jsonl", [{"query": "q", "passages": ["a", "b"], "scores": [1.0, 0.0]},
+                                                      {"query": "r", "passages": "a", "scores": 1.0}])
+    with pytest.raises(InputError, match=r"l.jsonl:2: a listwise group needs at least two \"passages\" to rank, got 1"):
+        read_training_data(str(path), "listwise_kl")
+
+
+def test_selection_data_without_labels_is_still_read_through_for_errors(tmp_path):
+    rows = [{"query": "q", "passage": "a", "score": 1.0}, "not json"]
+    with pytest.raises(InputError, match=r"s.jsonl:2: not valid JSON"):
+        plan(hand_written_triplets(), str(write_jsonl_records(tmp_path / "s.jsonl", rows)))
+
+
 def test_differing_negative_counts_need_the_fused_loss(tmp_path):
     path = write_jsonl_records(tmp_path / "n.jsonl", [
         {"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [1.0, 0.0, 0.5]},
@@ -579,6 +592,23 @@ def test_a_dev_file_with_queries_of_its_own_is_ranked_whole_and_removes_nothing_
     assert selection.metric == "eval_selection_map" and selection.held_out == [] and selection.eval is None
     assert [query.query for query in selection.queries] == ["a dev question"]
     assert len(selection.train) == len(hand_written_triplets())
+
+
+@pytest.mark.parametrize("shared", [1, 3])
+def test_a_dev_file_sharing_queries_with_training_still_ranks_all_of_its_own(tmp_path, shared):
+    overlap = [{"query": q, "positive": p, "negative": n} for q, (p, n) in list(QUERIES.items())[:shared]]
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [
+        {"query": "a dev question", "positive": ["p"], "negative": ["n", "m"]},
+        {"query": "another dev question", "positive": ["p"], "negative": ["n"]},
+        *overlap,
+    ])  # fmt: skip
+    selection = plan(hand_written_triplets(), str(dev))
+    ranked = [query.query for query in selection.queries]
+    assert selection.metric == "eval_selection_map" and ranked[:2] == ["a dev question", "another dev question"]
+    # one shared query cannot be split: it trains; of several, a share is held out, ranked and never trained on
+    assert ranked[2:] == selection.held_out and len(selection.held_out) == (0 if shared == 1 else 1)
+    assert set(selection.train["query"]) == set(QUERIES) - set(selection.held_out)
+    assert f"{len(selection.held_out)} held-out training queries and 2 of its own" in selection.note
 
 
 def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
@@ -806,6 +836,18 @@ def test_a_bad_triplet_stops_the_run_before_any_model_is_loaded(tmp_path, bad_li
         run_train(tmp_path / "no-such-model", data, tmp_path / "out")
 
 
+def test_training_data_smaller_than_one_kept_batch_is_an_error_not_a_run_of_no_steps(triplets_file, tmp_path):
+    # torchrun always drops each process's incomplete last batch; one process does when told to
+    with pytest.raises(InputError, match=f"{triplets_file}: .* training rows are fewer than one batch .* no step"):
+        run_train(tmp_path / "no-model-needed", triplets_file, tmp_path / "out", "--per_device_train_batch_size",
+                  "1000", "--dataloader_drop_last", "true")
+
+
+def test_an_output_dir_that_is_a_file_is_an_error(triplets_file, tmp_path):
+    with pytest.raises(InputError, match=f"^--output_dir {triplets_file} is a file; give a folder"):
+        run_train(tmp_path / "no-model-needed", triplets_file, triplets_file)
+
+
 def test_an_empty_triplets_file_is_an_error(tmp_path):
     data = write_jsonl_records(tmp_path / "t.jsonl", [])
     with pytest.raises(InputError, match="no records"):
@@ -852,9 +894,49 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
                         "--eval_strategy", "no")  # fmt: skip
     assert (summary["resumed_from_step"], summary["steps"]) == (3 - 1, 3)
     (out / "training_summary.json").unlink()  # as if the run was stopped while saving its final model
+    (out / "model.safetensors").unlink()
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
                         "--eval_strategy", "no")  # fmt: skip
-    assert summary["resumed_from_step"] == 3 and (out / "training_summary.json").exists()  # it makes that save
+    # it makes that save, of the checkpoint where the run ended, without a step more
+    assert (summary["resumed_from_step"], summary["steps"], summary["examples_trained"]) == (3, 3, 0)
+    assert (out / "training_summary.json").exists() and not (out / "checkpoint-4").exists()
+    final, ended_at = weights(out), weights(out / "checkpoint-3")
+    assert all(torch.equal(final[name], ended_at[name]) for name in ended_at)
+
+
+def test_a_cut_short_final_save_of_a_run_that_selects_saves_its_best_checkpoint(tiny_cross_encoder, scores_file,
+                                                                                 tmp_path):
+    out = tmp_path / "out"
+    flags = ["--loss", "mse", "--max_steps", "4", "--eval_steps", "1", "--save_steps", "1", "--selection_metric", "loss"]
+    first = run_train(tiny_cross_encoder, scores_file, out, *flags)
+    (out / "training_summary.json").unlink()
+    (out / "model.safetensors").unlink()
+    again = run_train(tiny_cross_encoder, scores_file, out, *flags, "--resume_from_checkpoint", "last")
+    assert again["steps"] == 4 and again["best_checkpoint"] == first["best_checkpoint"]
+    final, best = weights(out), weights(Path(first["best_checkpoint"]))
+    assert all(torch.equal(final[name], best[name]) for name in best)
+
+
+def test_a_new_run_never_leaves_an_earlier_runs_final_model_beside_its_own_checkpoints(tiny_cross_encoder,
+                                                                                       triplets_file, tmp_path):
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--eval_strategy", "no", "--save_strategy",
+              "no")  # fmt: skip
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").exists()
+    with pytest.raises(InputError, match="holds the final model of an earlier run: start over with --overwrite_output"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_before_saving(*args, **kwargs):
+        raise Interrupted
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.DistillationTrainer, "train", stop_before_saving)
+        with pytest.raises(Interrupted):
+            run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--overwrite_output_dir")
+    assert not (out / "model.safetensors").exists() and not (out / "training_summary.json").exists()
 
 
 def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_cross_encoder, triplets_file, tmp_path):
