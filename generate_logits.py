@@ -136,15 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
             finished = [is_finished(output) for output in outputs]
-            if any(finished) and not args.overwrite:
-                if not all(finished):  # the replicas would score and merge every input again
-                    raise InputError(
-                        f"{', '.join(str(o) for o, done in zip(outputs, finished) if done)} finished already: with "
-                        "--data_parallel_size, score the other inputs in a run of their own (or pass --overwrite)"
-                    )
-                # as a single run checks them, in full, and has nothing to do
-                return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard,
-                                           read_args)
+            if any(finished) and not args.overwrite:  # checked in full as a single run checks them
+                done = [i for i, ended in enumerate(finished) if ended]
+                summary = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
+                                              [outputs[i] for i in done], expected, shard, read_args)
+                if all(finished):
+                    return summary
+                # the replicas resume their shard files; a finished output's are reused where they are kept
             total = sum(summary.pairs for summary in expected.values())
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
                          inputs, total, args.show_progress, on_cpu=args.device == "cpu")

@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     check_writable(training.output_dir, "--output_dir", folder=True)
+    if Path(training.output_dir).resolve() == Path(script.model_name_or_path).resolve():
+        raise InputError(f"--output_dir {training.output_dir} is the --model_name_or_path folder: training would "
+                         "overwrite the model it starts from; choose another --output_dir")
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
     evaluate = training.eval_strategy != "no"

@@ -144,6 +144,10 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     if not folder and path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file name")
     existing = path if folder and path.is_dir() else path.parent
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            raise InputError(f"{flag} {path} cannot be written: {link} is a link to {os.readlink(link)}, which does "
+                             "not exist")
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():

@@ -384,6 +384,8 @@ class DistillationTrainer(CrossEncoderTrainer):
         keeps the best (``train()`` would take one step more first). The result's training_loss is
         None: the loss of the steps behind the checkpoint is in its log history only."""
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        if self.time_budget is not None and (budget := TimeBudget.saved(self.state)):  # did the budget end the run?
+            self.time_budget.stopped_training = budget["attributes"].get("stopped_training", False)
         self._load_from_checkpoint(checkpoint)
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self._load_best_model()

@@ -205,10 +205,11 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     and split it: the training data's kind, and the train / eval / selection split (see
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
     kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate)
-    if training.dataloader_drop_last and len(selection.train) < training.per_device_train_batch_size:
-        # sentence-transformers drops each process's incomplete last batch under torchrun: no step would run
-        raise InputError(f"{len(selection.train)} training rows are fewer than one batch of "
-                         f"--per_device_train_batch_size {training.per_device_train_batch_size}, and the incomplete "
+    one_batch = training.per_device_train_batch_size * training.world_size
+    if training.dataloader_drop_last and len(selection.train) < one_batch:
+        # sentence-transformers drops the incomplete last batch under torchrun: no step would run
+        raise InputError(f"{len(selection.train)} training rows are fewer than one batch of --per_device_train_batch_size "
+                         f"{training.per_device_train_batch_size} x {training.world_size} processes, and the incomplete "
                          "last batch is dropped (always under torchrun), so no step would run; lower the batch size",
                          script.train_data)
     return kind, selection

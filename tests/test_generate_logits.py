@@ -505,6 +505,12 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     with pytest.raises(InputError, match=r"other settings or input \(differing: teachers\)"):
         generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2",
                               "--max_length", "300"])
+    # a finished output and one still to score: the first is checked and kept, the second scored
+    scored = (tmp_path / "two" / "train_scores.jsonl").read_text()
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2",
+                          "--passages_as_queries", "2"])
+    assert (tmp_path / "two" / "train_scores.jsonl").read_text() == scored
+    assert (tmp_path / "two" / "train_passages_as_queries_scores.jsonl").exists()
 
 
 # --- passages as queries ---------------------------------------------------------------------------

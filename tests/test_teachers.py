@@ -114,6 +114,18 @@ def test_a_checkpoint_of_another_kind_is_refused_before_it_loads_with_a_new_rand
                        ["--model_path", path, "--input_path", "x", "--output_dir", "y"])[0])  # fmt: skip
 
 
+def test_a_generative_llm_is_a_judge_whatever_sentence_transformers_layout_its_folder_also_has(tiny_qwen3,
+                                                                                               tiny_cross_encoder, tmp_path):
+    from rerank_distill.teachers import check_model_kind
+
+    folder = tmp_path / "judge"
+    shutil.copytree(tiny_qwen3, folder)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "CrossEncoder"}))
+    check_model_kind("llm_yesno", str(folder))  # not refused
+    with pytest.raises(InputError, match="holds a cross-encoder"):
+        check_model_kind("llm_yesno", str(tiny_cross_encoder))
+
+
 def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
     from rerank_distill.teachers import model_kind
 

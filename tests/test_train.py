@@ -846,6 +846,9 @@ def test_training_data_smaller_than_one_kept_batch_is_an_error_not_a_run_of_no_s
 def test_an_output_dir_that_is_a_file_is_an_error(triplets_file, tmp_path):
     with pytest.raises(InputError, match=f"^--output_dir {triplets_file} is a file; give a folder"):
         run_train(tmp_path / "no-model-needed", triplets_file, triplets_file)
+    (tmp_path / "gone").symlink_to(tmp_path / "missing")
+    with pytest.raises(InputError, match="gone is a link to .*missing, which does not exist"):
+        run_train(tmp_path / "no-model-needed", triplets_file, tmp_path / "gone" / "out")
 
 
 def test_an_empty_triplets_file_is_an_error(tmp_path):
@@ -915,6 +918,23 @@ def test_a_cut_short_final_save_of_a_run_that_selects_saves_its_best_checkpoint(
     assert again["steps"] == 4 and again["best_checkpoint"] == first["best_checkpoint"]
     final, best = weights(out), weights(Path(first["best_checkpoint"]))
     assert all(torch.equal(final[name], best[name]) for name in best)
+
+
+def test_a_cut_short_final_save_of_a_run_its_time_budget_ended_still_says_so(tiny_cross_encoder, triplets_file,
+                                                                             tmp_path):
+    out = tmp_path / "out"
+    flags = ["--max_train_seconds", "1", "--num_train_epochs", "100000", "--eval_strategy", "no"]
+    first = run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert first["stopped_by_time"]
+    (out / "training_summary.json").unlink()
+    again = run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
+    assert (again["steps"], again["stopped_by_time"], again["stopped_early"]) == (first["steps"], True, False)
+
+
+def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+    with pytest.raises(InputError, match="is the --model_name_or_path folder: training would overwrite the model"):
+        run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
+    assert (tiny_cross_encoder / "model.safetensors").exists()
 
 
 def test_a_new_run_never_leaves_an_earlier_runs_final_model_beside_its_own_checkpoints(tiny_cross_encoder,
