@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         input_grouped = False
         logger.info(
             "%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
-            "grouped by query, so it is regrouped through a temporary index",
+            "grouped by query, so it is regrouped through a temporary index: every line of one query text, "
+            "wherever it is, joins one list",
             inputs,
             error.query[:60],
             error.line,
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
         "input_grouped": input_grouped,
         "seconds": round(seconds, 3),
     }
-    write_run_args(args_path_for(args.output_path), command_line(__file__, argv), script=args, summary=summary)
+    write_run_args(args_path_for(args.output_path), command_line(__file__, argv), script=args, rules=rules,
+                   summary=summary)
     logger.info(
         "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
         "skipped: %s%s",

@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher_scores:
         teacher = teacher_scores_for(queries, args.teacher_scores, args.label_words, args.label_grades)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
-    for path in models.values():  # a missing model fails now, not after minutes spent scoring the other one
-        resolve_model(path, args.hub, args.cache_dir)
+    for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one
+        try:
+            resolve_model(path, args.hub, args.cache_dir)
+        except InputError as error:
+            raise InputError(f"--model_{name}_path: {error}") from None
 
     grades = [grade for query in queries for grade in query.labels]
     # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):
@@ -164,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
         report["queries_changed"] = queries_changed(per_query)
     if "teacher" in results:
         report["share_of_teacher"] = share_of_teacher(report)
+        if report["teacher"]["map"] < report["before"]["map"]:
+            logger.warning("the teacher's MAP (%.4f) is below the student's before training (%.4f): distilled from "
+                           "it, the student learns to rank worse; check the teacher (its model, --instruction)",
+                           report["teacher"]["map"], report["before"]["map"])
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)

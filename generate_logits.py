@@ -39,6 +39,7 @@ from rerank_distill.scoring import (
     only_writer,
     output_path_for,
     score_source,
+    teacher_metrics,
     validate_source,
 )
 from rerank_distill.teachers import (
@@ -192,6 +193,12 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                 stats.pairs_per_second,
             )
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
+        # against the gold labels: a bad teacher shows now, not after a student has been trained on it
+        if not stats.already_complete and (metrics := teacher_metrics(output)):
+            summary[str(output)]["teacher_metrics"] = metrics
+            logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries "
+                        "with a positive and a negative): what a student learning from it aims for", output,
+                        metrics["map"], metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
     return summary
 
 

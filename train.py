@@ -51,7 +51,9 @@ from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
     SelectionEvaluator,
+    check_resume_settings,
     clear_earlier_outputs,
+    data_digest,
     end_reached,
     load_training_data,
     parse_training_args,
@@ -198,11 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
     callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
+    digest = data_digest(script.train_data)
+    if resume is not None:
+        check_resume_settings(training.output_dir, script, training, digest)
     if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
-                       training=training)
+                       training=training, data={"train_data_digest": digest})
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,

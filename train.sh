@@ -26,9 +26,11 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
 # selection would be chance, so nothing is held out and the last step is final) or a labelled
-# dev file. Skipped if the file does not exist; set empty (SELECTION_DATA=) for the training file's
+# dev file. This default is skipped (with a warning) where it does not exist, a path you set must
+# exist; set empty (SELECTION_DATA=) for the training file's
 # own labels, else the held-out eval loss.
-SELECTION_DATA="${SELECTION_DATA-output/scores/train_scores.jsonl}"
+selection_data_given="${SELECTION_DATA+yes}"
+SELECTION_DATA="${SELECTION_DATA-output/scores/train_scores.jsonl}"   # follow generate_logits.sh's OUTPUT_DIR
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries
 OUTPUT_DIR="${OUTPUT_DIR:-output/model}"                          # final (best) model, checkpoints and args.json
@@ -74,8 +76,13 @@ args=(
 )
 if [[ -n "$SELECTION_DATA" && -e "$SELECTION_DATA" ]]; then
     args+=(--selection_data "$SELECTION_DATA")
+elif [[ -n "$SELECTION_DATA" && -n "$selection_data_given" ]]; then
+    echo "train.sh: error: SELECTION_DATA $SELECTION_DATA does not exist" >&2
+    exit 2
 elif [[ -n "$SELECTION_DATA" ]]; then
-    echo "train.sh: SELECTION_DATA $SELECTION_DATA does not exist; checkpoints are picked without it" >&2
+    echo "train.sh: the default SELECTION_DATA $SELECTION_DATA does not exist, so checkpoints are picked without" \
+         "gold labels (by the eval loss of held-out training queries); set SELECTION_DATA to stage 1's scores file" \
+         "of the training data, or empty to keep this" >&2
 fi
 if [[ -n "$EVAL_DATA" ]]; then
     args+=(--eval_data "$EVAL_DATA")

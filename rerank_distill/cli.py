@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib.metadata
 import json
 import logging
@@ -54,7 +55,13 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
             action.help = help_overrides[action.dest]
         if asks_help and action.dest in (shown_defaults or {}):
             action.default, action.set_by_script = shown_defaults[action.dest], True
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        flags = [option for action in parser._actions for option in action.option_strings]
+        typo = next((token for token in unknown if token.startswith("-")), unknown[0])
+        close = difflib.get_close_matches(typo.split("=", 1)[0], flags, n=1)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return tuple(parsed)
 
 
 def check_minimums(args: Any, **minimums: int) -> None:
@@ -81,13 +88,13 @@ def setup_logging() -> None:
     )
 
 
-def _to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int)):  # enums
@@ -106,7 +113,7 @@ def write_run_args(path: str | Path, command: list[str], **sections: Any) -> Pat
         "versions": {"python": platform.python_version(), **_installed_versions()},
     }
     for name, value in sections.items():
-        record[name] = _to_jsonable(value)
+        record[name] = to_jsonable(value)
     return write_json(path, record)
 
 
@@ -129,7 +136,7 @@ def write_json(path: str | Path, record: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one run's files
     try:
-        tmp.write_text(json.dumps(_to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from rerank_distill.cli import write_json
 from rerank_distill.errors import InputError
-from rerank_distill.formats import RankingQuery, iter_ranking_queries, local_files, source_stem
+from rerank_distill.formats import RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -521,6 +521,33 @@ def score_source(
     os.replace(partial, output_path)
     progress_path.unlink(missing_ok=True)
     return stats
+
+
+def teacher_metrics(output_path: Path) -> dict | None:
+    """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output (its
+    consecutive lines of one query text are one ranking), under the mteb protocol; None where
+    its pairs have no gold labels or no query has both a positive and a negative. Streams."""
+    from rerank_distill.metrics import evaluate_rankings
+
+    def rankings() -> Iterator[tuple[list[float], list[float]]]:
+        query, scores, labels = None, [], []
+        for pair in iter_scored_pairs(str(output_path)):
+            if pair.label is None:
+                raise LookupError  # passages as queries: no gold labels
+            if pair.query != query and scores:
+                yield scores, labels
+                scores, labels = [], []
+            query = pair.query
+            scores.append(pair.score)
+            labels.append(pair.label)
+        if scores:
+            yield scores, labels
+
+    try:
+        result = evaluate_rankings(rankings(), "mteb", 10)
+    except (LookupError, ValueError):
+        return None
+    return {key: value for key, value in result.items() if key != "per_query"}
 
 
 def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,

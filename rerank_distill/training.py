@@ -17,13 +17,14 @@ import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from transformers import TrainerState
 
-from rerank_distill.cli import parse_args
+from rerank_distill.cli import parse_args, to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
     iter_ranking_queries,
     iter_scored_pairs,
     label_of,
+    local_files,
 )
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import score_ranking_queries
@@ -218,7 +219,7 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
 def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column)
-    if warning := teacher_spread_warning(data, script.train_data):
+    if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
         logger.warning(warning)
     if not evaluate:
         return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
@@ -354,6 +355,8 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
                 "complete checkpoint-N in --output_dir.",
                 "metric_for_best_model": "What picks the best checkpoint; unset, train.py sets it from "
                 "--selection_metric: eval_selection_map (held-out MAP) or eval_loss.",
+                "output_dir": "Required: where the final model, its checkpoints, args.json and training_summary.json "
+                "go.",
             },
             shown_defaults=default_training_values(),
         )
@@ -436,9 +439,10 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
             budget = state and TimeBudget.saved(state)  # ended as it was planned?
             ended = state and end_reached(state, state.max_steps, state.num_train_epochs,
                                           budget["args"]["seconds"] if budget else None)
-            if ended:
+            if ended:  # (its own limits: not necessarily flags that run was given)
                 raise InputError(
-                    f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; {ended}): start over "
+                    f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step "
+                    f"{state.global_step} of {state.max_steps}): start over "
                     "with --overwrite_output_dir (deletes them) or choose another --output_dir; to train it further, "
                     "raise --max_steps, --num_train_epochs or --max_train_seconds and pass --resume_from_checkpoint last"
                 )
@@ -498,6 +502,50 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
             if share is not None and 0 < share < 1 and steps == math.ceil(share * state.max_steps):
                 setattr(training, name, steps)
     return state
+
+
+# What a resumed run must share with the run it continues: its data, model, loss and optimisation.
+# (The limits may be raised; flags of speed, logging and saving may change.)
+RESUME_MUST_MATCH = {
+    "script": ("model_name_or_path", "train_data", "loss", "teacher_temperature", "max_length", "input_format",
+               "label_column", "fused_forward", "selection_data", "selection_metric", "eval_data", "eval_share"),
+    "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
+                 "warmup_steps", "weight_decay", "seed"),
+}
+
+
+def data_digest(source: str) -> str | None:
+    """A digest of the bytes of a data source's local files (None for a hub data set)."""
+    files = local_files(source)
+    if not files:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for path in files:
+        with open(path, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_resume_settings(output_dir: str, script, training, train_data_digest: str | None) -> None:
+    """InputError where a resumed run differs from the run it continues (its args.json in
+    ``output_dir``) in a RESUME_MUST_MATCH setting or the training data's content: the model
+    would be half one run, half another, and args.json would describe only the second."""
+    recorded_path = Path(output_dir) / "args.json"
+    if not recorded_path.exists():
+        return
+    recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+    current = {"script": to_jsonable(script), "training": to_jsonable(training)}
+    differs = [f"--{key}" for section, keys in RESUME_MUST_MATCH.items() for key in keys
+               if key in recorded.get(section, {}) and recorded[section][key] != current[section][key]]
+    recorded_digest = recorded.get("data", {}).get("train_data_digest")
+    if recorded_digest and train_data_digest and recorded_digest != train_data_digest and "--train_data" not in differs:
+        differs.append("the content of --train_data")
+    if differs:
+        raise InputError(
+            f"{output_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "
+            "resume it with the same ones, or start over with --overwrite_output_dir"
+        )
 
 
 def clear_earlier_outputs(output_dir: str, fresh: bool) -> None:

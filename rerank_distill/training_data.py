@@ -234,14 +234,23 @@ def _labelled(source: str, input_format: str, label_column: str | None) -> Train
     return TrainingData("labelled", columns)
 
 
-def teacher_spread_warning(data: TrainingData, source: str) -> str | None:
+def teacher_spread_warning(data: TrainingData, source: str, temperature: float = 1.0) -> str | None:
     """A warning when the teacher barely tells a query's candidates apart (a collapsed or
-    mis-prompted teacher), else None. Measured on the raw teacher scores, before the temperature."""
-    if data.teacher_spread is None or data.teacher_spread >= MIN_TEACHER_SPREAD:
+    mis-prompted teacher), or when ``temperature`` flattens what it tells down to that, else None."""
+    if data.teacher_spread is None:
         return None
     what = "margins" if data.kind in ("triplets", "ntuples") else "scores within a query"
-    return (
-        f"{source}: the teacher's {what} barely vary (root mean square {data.teacher_spread:.3g} logits, "
-        f"below {MIN_TEACHER_SPREAD}); a collapsed or mis-prompted teacher gives the student almost nothing "
-        "to learn: check stage 1's model, prompt and instruction"
-    )
+    if data.teacher_spread < MIN_TEACHER_SPREAD:
+        return (
+            f"{source}: the teacher's {what} barely vary (root mean square {data.teacher_spread:.3g} logits, "
+            f"below {MIN_TEACHER_SPREAD}); a collapsed or mis-prompted teacher gives the student almost nothing "
+            "to learn: check stage 1's model, prompt and instruction"
+        )
+    if data.teacher_spread / temperature < MIN_TEACHER_SPREAD:
+        return (
+            f"{source}: divided by --teacher_temperature {temperature:g}, the teacher's {what} barely vary (root "
+            f"mean square {data.teacher_spread:.3g} / {temperature:g} = {data.teacher_spread / temperature:.3g}, below "
+            f"{MIN_TEACHER_SPREAD}), so the student gets almost nothing to learn; lower the temperature (train.sh's 4 "
+            "suits scores on a 10 x cosine scale)"
+        )
+    return None

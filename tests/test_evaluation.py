@@ -268,7 +268,7 @@ def test_record_missing_a_field_fails_with_file_line_and_field(tiny_cross_encode
 
 def test_missing_model_path_fails_naming_it(tiny_cross_encoder, ranking_file, tmp_path):
     missing = tmp_path / "output" / "model"
-    with pytest.raises(InputError, match=f"model path '{missing}' does not exist"):
+    with pytest.raises(InputError, match=f"^--model_after_path: model path '{missing}' does not exist"):
         run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(missing))
     assert not (tmp_path / "report" / "evaluation.json").exists()
 

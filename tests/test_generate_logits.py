@@ -315,6 +315,25 @@ def test_merging_before_every_shard_finished_is_refused(tmp_path, ranking_file):
         merge_shards(str(ranking_file), tmp_path, 2)
 
 
+def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tmp_path, ranking_file):
+    from rerank_distill.metrics import evaluate_rankings
+    from rerank_distill.scoring import teacher_metrics
+
+    output = tmp_path / "train_scores.jsonl"
+    run_scoring(ranking_file, output, CountingTeacher())
+    lines = read_jsonl_records(output)
+    by_query = {}
+    for line in lines:
+        scores, labels = by_query.setdefault(line["query"], ([], []))
+        scores.append(line["score"])
+        labels.append(line["label"])
+    expected = evaluate_rankings(by_query.values(), "mteb", 10)
+    got = teacher_metrics(output)
+    assert (got["map"], got["mrr@10"], got["ndcg@10"]) == (expected["map"], expected["mrr@10"], expected["ndcg@10"])
+    write_jsonl_records(output, [{**line, "label": None} for line in lines])  # passages as queries: no gold labels
+    assert teacher_metrics(output) is None
+
+
 def test_shard_flag_is_checked():
     assert Shard.parse("1/4") == Shard(1, 4)
     with pytest.raises(InputError):

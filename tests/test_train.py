@@ -520,6 +520,12 @@ def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
     tiny = write_jsonl_records(tmp_path / "tiny.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.05}])
     assert MIN_TEACHER_SPREAD > 0.05 and "margins barely vary" in teacher_spread_warning(
         read_training_data(str(tiny), "margin_mse"), str(tiny))
+    # margins of 0.3 are plenty, but not after a temperature of 4
+    modest = write_jsonl_records(tmp_path / "modest.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.3}])
+    data = read_training_data(str(modest), "margin_mse")
+    assert teacher_spread_warning(data, str(modest), temperature=1) is None
+    assert "divided by --teacher_temperature 4, the teacher's margins barely vary (root mean square 0.3 / 4 = 0.075" in \
+        teacher_spread_warning(data, str(modest), temperature=4)
 
 
 def test_the_teacher_temperature_must_be_positive(triplets_file, tmp_path):
@@ -891,7 +897,7 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
                                          r"and its final model is saved: to train further raise that limit"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--resume_from_checkpoint", "last")
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run, which ended \(checkpoint-1, "
-                                         r"checkpoint-2; step 2 of --max_steps 2\): start over with"):
+                                         r"checkpoint-2; at step 2 of 2\): start over with"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2")
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
                         "--eval_strategy", "no")  # fmt: skip
@@ -957,6 +963,20 @@ def test_a_new_run_never_leaves_an_earlier_runs_final_model_beside_its_own_check
         with pytest.raises(Interrupted):
             run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--overwrite_output_dir")
     assert not (out / "model.safetensors").exists() and not (out / "training_summary.json").exists()
+
+
+def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no")
+    resume = ["--max_steps", "3", "--resume_from_checkpoint", "last", "--eval_strategy", "no"]
+    with pytest.raises(InputError, match=r"other settings \(differing: --loss, --learning_rate; see its args.json\)"):
+        run_train(tiny_cross_encoder, triplets_file, out, *resume, "--loss", "infonce", "--learning_rate", "5e-4")
+    rows = hand_written_triplets()
+    write_jsonl_records(triplets_file, [{**rows[0], "score": 9.0}, *rows[1:]])
+    with pytest.raises(InputError, match=r"\(differing: the content of --train_data;"):
+        run_train(tiny_cross_encoder, triplets_file, out, *resume)
+    write_jsonl_records(triplets_file, rows)
+    assert run_train(tiny_cross_encoder, triplets_file, out, *resume, "--logging_steps", "1")["steps"] == 3
 
 
 def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_cross_encoder, triplets_file, tmp_path):

@@ -220,6 +220,8 @@ def build_teachers(model_paths: list[str], teacher_types: list[str], backend: st
     last part of the path or hub id the user gave (``given_names``; a hub id's download folder is a
     commit hash) or else of its folder; teachers that share a name are numbered (``model``,
     ``model-2``) so every ``teacher_scores`` entry is kept."""
+    for kind, path in zip(teacher_types, model_paths):  # every one before any loads
+        check_model_kind(kind, path)
     teachers = [build_teacher(kind, path, backend, options) for kind, path in zip(teacher_types, model_paths)]
     names = unique_names([os.path.basename(os.path.normpath(path)) for path in given_names or model_paths])
     for teacher, name in zip(teachers, names):

@@ -1,0 +1,46 @@
+"""What every stage script's command line does the same way: --help explains each flag, and a
+mistyped flag is a one-line error that suggests the flag meant."""
+
+import dataclasses
+
+import pytest
+
+import create_triplets
+import evaluation
+import generate_logits
+import train
+
+SCRIPTS = {
+    "generate_logits": (generate_logits, generate_logits.GenerateLogitsArguments),
+    "create_triplets": (create_triplets, create_triplets.TripletArguments),
+    "train": (train, train.ScriptArguments),
+    "evaluation": (evaluation, evaluation.EvaluationArguments),
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
+    module, arguments = SCRIPTS[name]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    for field in dataclasses.fields(arguments):
+        assert f"--{field.name}" in shown
+        assert field.metadata.get("help"), f"--{field.name} has no help"
+
+
+@pytest.mark.parametrize("name, required, typo, meant", [
+    ("generate_logits", ["--model_path", "m", "--input_path", "i", "--output_dir", "o"], "--batchsize", "--batch_size"),
+    ("create_triplets", ["--input_path", "i", "--output_path", "o"], "--formats", "--format"),
+    ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--lerning_rate",
+     "--learning_rate"),
+    ("evaluation", ["--model_before_path", "m", "--dataset_path", "d"], "--protocl", "--protocol"),
+])  # fmt: skip
+def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
+    module, _ = SCRIPTS[name]
+    with pytest.raises(SystemExit) as exit_:
+        module.main([*required, typo, "3"])
+    assert exit_.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.endswith(f"error: unrecognized arguments: {typo} 3 (did you mean {meant}?)")
