@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
             finished = [is_finished(output) for output in outputs]
             if any(finished) and not args.overwrite:  # checked in full as a single run checks them
                 done = [i for i, ended in enumerate(finished) if ended]
-                summary = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
+                checked = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
                                               [outputs[i] for i in done], expected, shard, read_args)
                 if all(finished):
-                    return summary
+                    return checked
                 # the replicas resume their shard files; a finished output's are reused where they are kept
             total = sum(summary.pairs for summary in expected.values())
             run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,

@@ -36,7 +36,6 @@ from transformers.trainer_utils import IntervalStrategy
 from rerank_distill.cli import command_line, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
-from rerank_distill.jsonl import check_writable
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.student import load_cross_encoder
 from rerank_distill.trainer import (
@@ -51,6 +50,7 @@ from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
     SelectionEvaluator,
+    check_output_dir,
     check_resume_settings,
     clear_earlier_outputs,
     data_digest,
@@ -162,12 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
     script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
-    check_writable(training.output_dir, "--output_dir", folder=True)
-    if Path(training.output_dir).resolve() == Path(script.model_name_or_path).resolve():
-        raise InputError(f"--output_dir {training.output_dir} is the --model_name_or_path folder: training would "
-                         "overwrite the model it starts from; choose another --output_dir")
+    check_output_dir(training.output_dir, script.model_name_or_path)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
+    digest = data_digest(script.train_data)
+    if resume is not None:
+        check_resume_settings(training.output_dir, script, training, digest)
     evaluate = training.eval_strategy != "no"
     if script.early_stopping_patience > 0 and not evaluate:
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
@@ -200,9 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
     callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
-    digest = data_digest(script.train_data)
-    if resume is not None:
-        check_resume_settings(training.output_dir, script, training, digest)
     if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:

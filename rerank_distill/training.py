@@ -26,6 +26,7 @@ from rerank_distill.formats import (
     label_of,
     local_files,
 )
+from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import score_ranking_queries
 from rerank_distill.trainer import TimeBudget
@@ -415,6 +416,15 @@ def earlier_final_model(output_dir: str) -> list[Path]:
     """The files of a final model an earlier run saved in ``output_dir``: its weights and summary."""
     folder = Path(output_dir)
     return sorted(p for pattern in (SUMMARY_FILE, *FINAL_WEIGHTS) for p in folder.glob(pattern) if p.is_file())
+
+
+def check_output_dir(output_dir: str, model_path: str) -> None:
+    """InputError where ``output_dir`` cannot be written or is the student's own folder (training
+    would overwrite the model it starts from)."""
+    check_writable(output_dir, "--output_dir", folder=True)
+    if Path(output_dir).resolve() == Path(model_path).resolve():
+        raise InputError(f"--output_dir {output_dir} is the --model_name_or_path folder: training would overwrite the "
+                         "model it starts from; choose another --output_dir")
 
 
 def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = False) -> str | None:
