@@ -132,9 +132,6 @@ def main(argv: list[str] | None = None) -> dict:
     if any(os.path.abspath(path) == os.path.abspath(args.output_path) for path in args.input_path):
         raise InputError("--output_path is one of the --input_path files; choose another output path")
     check_writable(args.output_path, "--output_path")
-    for path in args.input_path:  # before the output's folder is made
-        if not os.path.isfile(path):
-            raise InputError("file not found; check the path", path)
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:

@@ -39,6 +39,7 @@ from rerank_distill.scoring import (
     only_writer,
     output_path_for,
     score_source,
+    split_into_shards,
     teacher_metrics,
     validate_source,
 )
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, read_args,
                                          derived)
             logger.info("merged %d shards into %s (%d pairs)", args.merge_shards, merged, lines)
+            log_teacher_metrics(merged)
         return {"merged": args.merge_shards}
     shard = Shard.parse(args.shard)
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
@@ -136,22 +138,32 @@ def main(argv: list[str] | None = None) -> dict:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
-            finished = [is_finished(output) for output in outputs]
-            if any(finished) and not args.overwrite:  # checked in full as a single run checks them
-                done = [i for i, ended in enumerate(finished) if ended]
-                checked = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
-                                              [outputs[i] for i in done], expected, shard, read_args)
-                if all(finished):
-                    return checked
-                # the replicas resume their shard files; a finished output's are reused where they are kept
-            total = sum(summary.pairs for summary in expected.values())
-            run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir,
-                         inputs, total, args.show_progress, on_cpu=args.device == "cpu")
-            # the replicas each wrote args.shard-I-of-N.json with the teachers they resolved
-            write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
-                           script=args)
-            return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
+            return score_with_replicas(args, argv, teacher_types, model_paths, inputs, outputs, expected, read_args)
         return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard, read_args)
+
+
+def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str],
+                        model_paths: list[str], inputs: list, outputs: list[Path], expected: dict, read_args: dict) -> dict:
+    """--data_parallel_size N: N replicas each score every N-th query of every input (resuming
+    their shard files), then the shards are joined. Finished outputs are checked in full, as a
+    single run checks them, and split into shard files the replicas find done."""
+    finished = [is_finished(output) for output in outputs]
+    if any(finished) and not args.overwrite:
+        done = [i for i, ended in enumerate(finished) if ended]
+        checked = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
+                                      [outputs[i] for i in done], expected, Shard(), read_args)
+        if all(finished):
+            return checked
+        for i in done:
+            (source, derived), count = inputs[i], args.data_parallel_size
+            if split_into_shards(source, args.output_dir, count, args.input_format, read_args, derived):
+                logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i], count)
+    total = sum(summary.pairs for summary in expected.values())
+    run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir, inputs, total,
+                 args.show_progress, on_cpu=args.device == "cpu")
+    # the replicas each wrote args.shard-I-of-N.json with the teachers they resolved
+    write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args)
+    return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
 
 
 def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], model_paths: list[str],
@@ -193,13 +205,20 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                 stats.pairs_per_second,
             )
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
-        # against the gold labels: a bad teacher shows now, not after a student has been trained on it
-        if not stats.already_complete and (metrics := teacher_metrics(output)):
-            summary[str(output)]["teacher_metrics"] = metrics
-            logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries "
-                        "with a positive and a negative): what a student learning from it aims for", output,
-                        metrics["map"], metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
+        if not stats.already_complete and not shard.count > 1:  # a shard's share: reported once merged
+            summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output)
     return summary
+
+
+def log_teacher_metrics(output: Path) -> dict | None:
+    """Log and return the teacher's metrics against the gold labels of a finished output (None
+    where it has none): a bad teacher shows now, not after a student has been trained on it."""
+    metrics = teacher_metrics(output)
+    if metrics:
+        logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
+                    "positive and a negative): what a student learning from it aims for", output, metrics["map"],
+                    metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
+    return metrics
 
 
 if __name__ == "__main__":

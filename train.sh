@@ -26,9 +26,9 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
 # selection would be chance, so nothing is held out and the last step is final) or a labelled
-# dev file. This default is skipped (with a warning) where it does not exist, a path you set must
-# exist; set empty (SELECTION_DATA=) for the training file's
-# own labels, else the held-out eval loss.
+# dev file (a file, DIR:SPLIT or hub id, as train.py reads it). This default is skipped (with a
+# warning) where it does not exist; one you set goes to train.py, which stops if it cannot read it.
+# Set empty (SELECTION_DATA=) for the training file's own labels, else the held-out eval loss.
 selection_data_given="${SELECTION_DATA+yes}"
 SELECTION_DATA="${SELECTION_DATA-output/scores/train_scores.jsonl}"   # follow generate_logits.sh's OUTPUT_DIR
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
@@ -74,11 +74,8 @@ args=(
     --warmup_steps "$WARMUP"
     --bf16 "$BF16"
 )
-if [[ -n "$SELECTION_DATA" && -e "$SELECTION_DATA" ]]; then
-    args+=(--selection_data "$SELECTION_DATA")
-elif [[ -n "$SELECTION_DATA" && -n "$selection_data_given" ]]; then
-    echo "train.sh: error: SELECTION_DATA $SELECTION_DATA does not exist" >&2
-    exit 2
+if [[ -n "$SELECTION_DATA" && ( -e "$SELECTION_DATA" || -n "$selection_data_given" ) ]]; then
+    args+=(--selection_data "$SELECTION_DATA")  # one you set goes to train.py, which checks it (a file, DIR:SPLIT, a hub id)
 elif [[ -n "$SELECTION_DATA" ]]; then
     echo "train.sh: the default SELECTION_DATA $SELECTION_DATA does not exist, so checkpoints are picked without" \
          "gold labels (by the eval loss of held-out training queries); set SELECTION_DATA to stage 1's scores file" \

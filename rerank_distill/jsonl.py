@@ -166,6 +166,7 @@ class AtomicWriter:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> IO[str]:
+        self._made_folders = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open_text(self.tmp_path, "w", gzipped=self.path.name.endswith(".gz"))
         return self._file
@@ -188,6 +189,11 @@ class AtomicWriter:
         else:
             self._file.close()
             self.tmp_path.unlink(missing_ok=True)
+            for folder in self._made_folders:  # innermost first; a failed write leaves no empty folders behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def write_jsonl(path: str | Path, records) -> int:

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -529,6 +529,9 @@ def teacher_metrics(output_path: Path) -> dict | None:
     its pairs have no gold labels or no query has both a positive and a negative. Streams."""
     from rerank_distill.metrics import evaluate_rankings
 
+    if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
+        return None
+
     def rankings() -> Iterator[tuple[list[float], list[float]]]:
         query, scores, labels = None, [], []
         for pair in iter_scored_pairs(str(output_path)):
@@ -594,6 +597,41 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     if records:
         _merge_run_records(records, merged, lines, content.hexdigest())
     return merged, lines
+
+
+def split_into_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto",
+                      read_args=None, passages_as_queries: int = 0) -> bool:
+    """Write the N shard files of a finished, checked output where they are not all kept (it was
+    scored by one run, or by replicas of another N): what merge_shards joins back into the same
+    file, so replicas of a run that adds other inputs find this one's shares done. Each shard's
+    ``.run.json`` says what that shard's own run would have; the first keeps the output's counts
+    whole (a merge sums them back). Returns whether any shard file was written."""
+    shards = [Shard(i, num_shards) for i in range(num_shards)]
+    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
+    if all(is_finished(path) for path in paths):
+        return False
+    merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
+    if not beside(merged, ".run.json").exists():
+        raise InputError(f"{merged} is finished but has no .run.json (an earlier release's): score the other inputs "
+                         "in a run of their own")
+    record = json.loads(beside(merged, ".run.json").read_text(encoding="utf-8"))
+    contents = [hashlib.blake2b(digest_size=16) for _ in shards]
+    pairs = [0] * num_shards
+    lines = read_jsonl(merged) if merged.stat().st_size else iter(())
+    with ExitStack() as stack:
+        outs = [stack.enter_context(AtomicWriter(path)) for path in paths]
+        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+            contents[position % num_shards].update(_as_bytes(query))
+            for _ in query.passages:
+                outs[position % num_shards].write(dumps(next(lines)[1]) + "\n")
+                pairs[position % num_shards] += 1
+    for index, (shard, path) in enumerate(zip(shards, paths)):
+        made_with = {**record["made_with"], "shard": asdict(shard), "pairs": pairs[index]}
+        if "input_digest" in made_with:
+            made_with["input_digest"] = contents[index].hexdigest()
+        counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
+        write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
+    return True
 
 
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:

@@ -220,7 +220,8 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
 def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column)
-    if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
+    if script.loss != "infonce" and (warning := teacher_spread_warning(data, script.train_data,
+                                                                         script.teacher_temperature)):
         logger.warning(warning)
     if not evaluate:
         return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
@@ -419,12 +420,13 @@ def earlier_final_model(output_dir: str) -> list[Path]:
 
 
 def check_output_dir(output_dir: str, model_path: str) -> None:
-    """InputError where ``output_dir`` cannot be written or is the student's own folder (training
-    would overwrite the model it starts from)."""
+    """InputError where ``output_dir`` cannot be written or holds the student's own folder
+    (training would overwrite the model it starts from, or --overwrite_output_dir delete it)."""
     check_writable(output_dir, "--output_dir", folder=True)
-    if Path(output_dir).resolve() == Path(model_path).resolve():
-        raise InputError(f"--output_dir {output_dir} is the --model_name_or_path folder: training would overwrite the "
-                         "model it starts from; choose another --output_dir")
+    if Path(model_path).resolve().is_relative_to(Path(output_dir).resolve()):
+        raise InputError(f"--model_name_or_path {model_path} is in --output_dir {output_dir}: training would overwrite "
+                         "or delete the model it starts from; choose another --output_dir (or, to continue a run from "
+                         "its checkpoint, --resume_from_checkpoint)")
 
 
 def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = False) -> str | None:

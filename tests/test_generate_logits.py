@@ -332,6 +332,8 @@ def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tm
     assert (got["map"], got["mrr@10"], got["ndcg@10"]) == (expected["map"], expected["mrr@10"], expected["ndcg@10"])
     write_jsonl_records(output, [{**line, "label": None} for line in lines])  # passages as queries: no gold labels
     assert teacher_metrics(output) is None
+    output.write_text("")  # only queries without passages
+    assert teacher_metrics(output) is None
 
 
 def test_shard_flag_is_checked():
@@ -530,6 +532,12 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
                           "--passages_as_queries", "2"])
     assert (tmp_path / "two" / "train_scores.jsonl").read_text() == scored
     assert (tmp_path / "two" / "train_passages_as_queries_scores.jsonl").exists()
+    # the same where the finished output was scored by a single run: its shares are split off, not scored again
+    single_run = (tmp_path / "one" / "train_scores.jsonl").read_text()
+    generate_logits.main([*common, "--output_dir", str(tmp_path / "one"), "--data_parallel_size", "2",
+                          "--passages_as_queries", "2"])
+    assert (tmp_path / "one" / "train_scores.jsonl").read_text() == single_run
+    assert "train_scores.shard-0-of-2.jsonl is already complete" in (tmp_path / "one" / "logs" / "shard-0-of-2.log").read_text()
 
 
 # --- passages as queries ---------------------------------------------------------------------------

@@ -122,6 +122,8 @@ def test_a_generative_llm_is_a_judge_whatever_sentence_transformers_layout_its_f
     shutil.copytree(tiny_qwen3, folder)
     (folder / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "CrossEncoder"}))
     check_model_kind("llm_yesno", str(folder))  # not refused
+    with pytest.raises(InputError, match="holds a cross-encoder"):  # but it is no embedding model
+        check_model_kind("embedding", str(folder))
     with pytest.raises(InputError, match="holds a cross-encoder"):
         check_model_kind("llm_yesno", str(tiny_cross_encoder))
 

@@ -938,9 +938,13 @@ def test_a_cut_short_final_save_of_a_run_its_time_budget_ended_still_says_so(tin
 
 
 def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
-    with pytest.raises(InputError, match="is the --model_name_or_path folder: training would overwrite the model"):
+    with pytest.raises(InputError, match="is in --output_dir .*: training would overwrite or delete the model"):
         run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
     assert (tiny_cross_encoder / "model.safetensors").exists()
+    inside = tmp_path / "out" / "checkpoint-6"  # a checkpoint of the run in --output_dir as the student
+    inside.mkdir(parents=True)
+    with pytest.raises(InputError, match="is in --output_dir .*, --resume_from_checkpoint"):
+        run_train(inside, triplets_file, tmp_path / "out", "--overwrite_output_dir")
 
 
 def test_a_new_run_never_leaves_an_earlier_runs_final_model_beside_its_own_checkpoints(tiny_cross_encoder,

@@ -777,3 +777,10 @@ def test_several_input_files_are_read_as_one(tmp_path):
     _, expected = run(tmp_path, together, "--top_k", "1", name="one.jsonl")
     assert output.read_text() == expected.read_text()
     assert summary["queries"] == 3 and not summary["input_grouped"]  # q1 comes back in the second file
+
+
+def test_a_failed_run_leaves_no_output_and_no_folder_it_made(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        create_triplets.main(["--input_path", str(tmp_path / "missing.jsonl"), "--output_path",
+                              str(tmp_path / "made" / "here" / "triplets.jsonl")])
+    assert list(tmp_path.iterdir()) == []

@@ -169,7 +169,7 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
     if kind is None or needed is None or kind in needed:
         return
     architectures = model_config(model_path).get("architectures") or []
-    if "llm" in needed and any(a.endswith(GENERATIVE_HEADS) for a in architectures):
+    if teacher_type in LLM_TEACHER_TYPES and any(a.endswith(GENERATIVE_HEADS) for a in architectures):
         return  # a generative head serves a judge, whatever sentence-transformers layout the folder also has
     raise InputError(
         f"{model_path} holds {_KIND_NAMES[kind]}, but --teacher_type {teacher_type} needs {_KIND_NAMES[needed[0]]} "
