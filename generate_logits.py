@@ -156,8 +156,8 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
             return checked
         for i in done:
             (source, derived), count = inputs[i], args.data_parallel_size
-            if split_into_shards(source, args.output_dir, count, args.input_format, read_args, derived):
-                logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i], count)
+            split_into_shards(source, args.output_dir, count, args.input_format, read_args, derived)
+            logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i], count)
     total = sum(summary.pairs for summary in expected.values())
     run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir, inputs, total,
                  args.show_progress, on_cpu=args.device == "cpu")

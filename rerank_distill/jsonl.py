@@ -161,7 +161,7 @@ class AtomicWriter:
     block finishes without error, so a crash never leaves a truncated file that looks complete."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # (no "..": the folders it makes are those it removes on failure)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self._file: IO[str] | None = None
 

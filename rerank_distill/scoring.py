@@ -600,16 +600,14 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
 
 
 def split_into_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto",
-                      read_args=None, passages_as_queries: int = 0) -> bool:
-    """Write the N shard files of a finished, checked output where they are not all kept (it was
-    scored by one run, or by replicas of another N): what merge_shards joins back into the same
-    file, so replicas of a run that adds other inputs find this one's shares done. Each shard's
-    ``.run.json`` says what that shard's own run would have; the first keeps the output's counts
-    whole (a merge sums them back). Returns whether any shard file was written."""
+                      read_args=None, passages_as_queries: int = 0) -> None:
+    """Write the N shard files of a finished, checked output: what merge_shards joins back into
+    the same file, so replicas of a run that adds other inputs find this one's shares done. Any
+    shard files already there (of another run, finished or not) are replaced: only the output is
+    known to be right. Each shard's ``.run.json`` says what that shard's own run would have; the
+    first keeps the output's counts whole (a merge sums them back)."""
     shards = [Shard(i, num_shards) for i in range(num_shards)]
     paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
-    if all(is_finished(path) for path in paths):
-        return False
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     if not beside(merged, ".run.json").exists():
         raise InputError(f"{merged} is finished but has no .run.json (an earlier release's): score the other inputs "
@@ -625,13 +623,15 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
             for _ in query.passages:
                 outs[position % num_shards].write(dumps(next(lines)[1]) + "\n")
                 pairs[position % num_shards] += 1
-    for index, (shard, path) in enumerate(zip(shards, paths)):
-        made_with = {**record["made_with"], "shard": asdict(shard), "pairs": pairs[index]}
-        if "input_digest" in made_with:
-            made_with["input_digest"] = contents[index].hexdigest()
-        counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
-        write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
-    return True
+        # An earlier run's shard files go first, so no crash leaves one beside the record of another.
+        for index, (shard, path) in enumerate(zip(shards, paths)):
+            for stale in (path, beside(path, ".partial"), beside(path, ".progress.json")):
+                stale.unlink(missing_ok=True)
+            made_with = {**record["made_with"], "shard": asdict(shard), "pairs": pairs[index]}
+            if "input_digest" in made_with:
+                made_with["input_digest"] = contents[index].hexdigest()
+            counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
+            write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
 
 
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:

@@ -423,7 +423,7 @@ def check_output_dir(output_dir: str, model_path: str) -> None:
     """InputError where ``output_dir`` cannot be written or holds the student's own folder
     (training would overwrite the model it starts from, or --overwrite_output_dir delete it)."""
     check_writable(output_dir, "--output_dir", folder=True)
-    if Path(model_path).resolve().is_relative_to(Path(output_dir).resolve()):
+    if Path(model_path).exists() and Path(model_path).resolve().is_relative_to(Path(output_dir).resolve()):
         raise InputError(f"--model_name_or_path {model_path} is in --output_dir {output_dir}: training would overwrite "
                          "or delete the model it starts from; choose another --output_dir (or, to continue a run from "
                          "its checkpoint, --resume_from_checkpoint)")

@@ -207,6 +207,24 @@ def test_shards_of_an_input_edited_since_are_not_merged(tmp_path, ranking_file, 
     assert not output_path_for(str(ranking_file), tmp_path).exists()
 
 
+def test_a_finished_output_split_into_shards_merges_back_to_itself_whatever_shard_files_were_there(tmp_path,
+                                                                                                     ranking_file):
+    from rerank_distill.scoring import split_into_shards
+
+    output = output_path_for(str(ranking_file), tmp_path)
+    run_scoring(ranking_file, output, CountingTeacher())
+    original, record = output.read_bytes(), json.loads(output.with_name(output.name + ".run.json").read_text())
+    stale = output_path_for(str(ranking_file), tmp_path, Shard(0, 2))
+    stale.write_text('{"query": "of another run"}\n')  # an earlier run's shard, finished without a record
+    stale.with_name(stale.name + ".partial").write_text("")
+    split_into_shards(str(ranking_file), tmp_path, 2)
+    assert not stale.with_name(stale.name + ".partial").exists()
+    merge_shards(str(ranking_file), tmp_path, 2)
+    merged_record = json.loads(output.with_name(output.name + ".run.json").read_text())
+    assert output.read_bytes() == original
+    assert {k: merged_record[k] for k in ("made_with", "counts")} == {k: record[k] for k in ("made_with", "counts")}
+
+
 def test_a_chunk_of_queries_without_passages_is_counted_and_written_as_nothing(tmp_path):
     source = write_jsonl_records(tmp_path / "train.jsonl", [
         {"query": "q1", "positive": ["a"], "negative": ["b"]},

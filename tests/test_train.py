@@ -941,6 +941,11 @@ def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, tr
     with pytest.raises(InputError, match="is in --output_dir .*: training would overwrite or delete the model"):
         run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
     assert (tiny_cross_encoder / "model.safetensors").exists()
+    (tmp_path / "here").mkdir()
+    with pytest.MonkeyPatch.context() as patch:  # a hub id is no folder inside ".": refused for its own reason only
+        patch.chdir(tmp_path / "here")
+        with pytest.raises(InputError, match="needs the modelscope package"):
+            run_train("BAAI/no-such-model", triplets_file, ".", "--hub", "modelscope")
     inside = tmp_path / "out" / "checkpoint-6"  # a checkpoint of the run in --output_dir as the student
     inside.mkdir(parents=True)
     with pytest.raises(InputError, match="is in --output_dir .*, --resume_from_checkpoint"):
