@@ -520,7 +520,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 # (The limits may be raised; flags of speed, logging and saving may change.)
 RESUME_MUST_MATCH = {
     "script": ("model_name_or_path", "train_data", "loss", "teacher_temperature", "max_length", "input_format",
-               "label_column", "fused_forward", "selection_data", "selection_metric", "eval_data", "eval_share"),
+               "label_column", "selection_data", "selection_metric", "eval_data", "eval_share"),
     "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
                  "warmup_steps", "weight_decay", "seed"),
 }
