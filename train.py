@@ -99,7 +99,8 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Candidate lists with gold labels to pick the best checkpoint by MAP: stage 1's scores "
                   "file of the training data (--eval_share of the queries it shares with training are held out "
-                  "and never trained on) or a labelled dev file with queries of its own."},
+                  "and never trained on) or a labelled dev file with queries of its own (all ranked; of several "
+                  "it shares with training, --eval_share is held out too)."},
     )
     selection_metric: Literal["auto", "map", "loss", "last"] = field(
         default="auto",

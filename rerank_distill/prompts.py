@@ -69,10 +69,14 @@ class JudgePrompt:
         self.prefix_ids = self.tokenizer.encode(prompt_prefix(self.system), add_special_tokens=False)
         self.suffix_ids = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
         self.body_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
-        if self.body_budget < 16:
+        # the instruction and the <Instruct>/<Query>/<Document> tags are cut like text, so they must fit too
+        fixed = len(self.prefix_ids) + len(self.suffix_ids) + len(self.tokenizer.encode(
+            format_body(self.instruction, "", ""), add_special_tokens=False))  # fmt: skip
+        if self.max_length - fixed < 16:
             raise InputError(
-                f"--max_length {self.max_length} leaves {self.body_budget} tokens for the query and document "
-                f"after the {len(self.prefix_ids) + len(self.suffix_ids)} prompt tokens; raise it"
+                f"--max_length {self.max_length} leaves {self.max_length - fixed} tokens for the query and document "
+                f"after the {fixed} tokens of the prompt's fixed parts (system text, instruction, tags); raise it or "
+                "shorten --instruction"
             )
 
     def encode(self, queries: list[str], documents: list[str]) -> tuple[list[list[int]], int]:

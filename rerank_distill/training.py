@@ -354,7 +354,8 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
             (script_arguments, CrossEncoderTrainingArguments), description, default_training_flags(passed) + argv,
             help_overrides={
                 "resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the newest "
-                "complete checkpoint-N in --output_dir.",
+                "complete checkpoint-N in --output_dir. It must keep the run's data, model, loss and optimiser "
+                "settings (its args.json); limits may be raised, speed flags changed.",
                 "metric_for_best_model": "What picks the best checkpoint; unset, train.py sets it from "
                 "--selection_metric: eval_selection_map (held-out MAP) or eval_loss.",
                 "output_dir": "Required: where the final model, its checkpoints, args.json and training_summary.json "

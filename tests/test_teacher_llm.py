@@ -45,13 +45,17 @@ def official_scores(model_dir, queries, docs, instruction, max_length):
     return prompts, np.array(scores)
 
 
-@pytest.mark.parametrize("max_length", [512, 120])
-def test_hf_backend_matches_the_official_formula(tiny_qwen3, max_length):
-    expected_prompts, expected_scores = official_scores(tiny_qwen3, QUERIES, DOCS, INSTRUCTION, max_length)
+# long documents, cut at max_length 200 as the official code cuts them (from the end of the body)
+LONG_DOCS = [doc + " commit branch merge" * 20 for doc in DOCS]
+
+
+@pytest.mark.parametrize("max_length, docs", [(512, DOCS), (200, LONG_DOCS)])
+def test_hf_backend_matches_the_official_formula(tiny_qwen3, max_length, docs):
+    expected_prompts, expected_scores = official_scores(tiny_qwen3, QUERIES, docs, INSTRUCTION, max_length)
     judge = YesNoJudge(str(tiny_qwen3), "hf", INSTRUCTION, max_length, batch_size=2, device="cpu")
-    prompts, _ = judge.prompt.encode(QUERIES, DOCS)
-    assert prompts == expected_prompts
-    scores = judge.score(QUERIES, DOCS).scores
+    prompts, truncated = judge.prompt.encode(QUERIES, docs)
+    assert prompts == expected_prompts and truncated == (len(docs) if docs is LONG_DOCS else 0)
+    scores = judge.score(QUERIES, docs).scores
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
 
 
@@ -67,23 +71,23 @@ def test_prompt_has_exactly_one_end_of_turn_marker_after_the_document(tiny_qwen3
 
 def test_truncation_cuts_the_text_and_keeps_prefix_and_suffix(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
-    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=160)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=200)
     long_doc = "commit branch merge " * 100
     (ids, short_ids), truncated = prompt.encode(["q", "q"], [long_doc, "short"])
     assert truncated == 1
-    assert len(ids) == 160
+    assert len(ids) == 200
     assert ids[: len(prompt.prefix_ids)] == prompt.prefix_ids
     assert ids[-len(prompt.suffix_ids) :] == prompt.suffix_ids
-    assert len(short_ids) < 160
+    assert len(short_ids) < 200
 
 
 def test_a_query_too_long_for_the_prompt_is_cut_so_the_document_keeps_its_line(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
-    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=160)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=200)
     long_query = "how do i fix git rebase " * 60
     long_doc = "commit branch merge " * 100
     (short, long), truncated = prompt.encode([long_query] * 2, ["use git rebase --abort", long_doc])
-    assert truncated == 2 and len(short) <= 160 and len(long) <= 160
+    assert truncated == 2 and len(short) <= 200 and len(long) <= 200
     text = tokenizer.decode(short)
     assert "<Query>: how do" in text and text.endswith("\n<Document>: use git rebase --abort" + SUFFIX)
     # a long document keeps a quarter of the room the prompt's fixed parts leave
@@ -96,6 +100,9 @@ def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     with pytest.raises(InputError, match="max_length"):
         JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=20)
+    # the instruction and tags count too: room for them alone would leave every document cut away
+    with pytest.raises(InputError, match=r"after the \d+ tokens of the prompt's fixed parts .* shorten --instruction"):
+        JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION * 100, max_length=512)
 
 
 def test_prefix_cache_and_plain_batches_give_the_same_scores(tiny_qwen3):
