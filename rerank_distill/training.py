@@ -220,8 +220,7 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
 def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column)
-    if script.loss != "infonce" and (warning := teacher_spread_warning(data, script.train_data,
-                                                                         script.teacher_temperature)):
+    if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
         logger.warning(warning)
     if not evaluate:
         return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")

@@ -113,13 +113,13 @@ def read_training_data(
     path, line, record = first_record(source)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
-    if kind == "triplets":
-        return _triplets(source, teacher_temperature)
-    if kind == "ntuples":
-        data = _ntuples(source, teacher_temperature)
+    if kind in ("triplets", "ntuples"):
+        data = _triplets(source, teacher_temperature) if kind == "triplets" else _ntuples(source, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
             raise InputError("the n-tuples have differing numbers of negatives, which only the fused MarginMSE "
                              "takes; drop --no_fused_forward", source)
+        if loss == "infonce":  # it reads no teacher scores: how much they vary is nothing to warn about
+            data.teacher_spread = None
         return data
     if kind == "listwise":
         return _listwise(source, teacher_temperature)

@@ -524,6 +524,7 @@ def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
     modest = write_jsonl_records(tmp_path / "modest.jsonl", [{"query": "q", "positive": "p", "negative": "n", "score": 0.3}])
     data = read_training_data(str(modest), "margin_mse")
     assert teacher_spread_warning(data, str(modest), temperature=1) is None
+    assert teacher_spread_warning(read_training_data(str(modest), "infonce", 4.0), str(modest), 4.0) is None
     assert "divided by --teacher_temperature 4, the teacher's margins barely vary (root mean square 0.3 / 4 = 0.075" in \
         teacher_spread_warning(data, str(modest), temperature=4)
 

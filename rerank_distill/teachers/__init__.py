@@ -178,12 +178,11 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
 
 
 def build_teacher(teacher_type: str, model_path: str, backend: str, options) -> Teacher:
-    """A teacher of the given type. ``options`` is stage 1's argument dataclass (instruction,
-    max_length, batch_size, device, dtype, prefix_cache, vLLM parallelism, label words and
-    grades, score scale, query prompt)."""
+    """A teacher of the given type (build_teachers checks its checkpoint's kind first).
+    ``options`` is stage 1's argument dataclass (instruction, max_length, batch_size, device,
+    dtype, prefix_cache, vLLM parallelism, label words and grades, score scale, query prompt)."""
     from rerank_distill.teachers.llm_hf import dtype_name
 
-    check_model_kind(teacher_type, model_path)
     # vLLM's own "auto" is the model's dtype, the same on any machine; transformers' is ours (dtype_name).
     on_vllm = backend == "vllm" and teacher_type in LLM_TEACHER_TYPES
     dtype = options.dtype if on_vllm else dtype_name(options.dtype, options.device)
