@@ -405,7 +405,8 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
 
 def earlier_checkpoints(output_dir: str) -> list[Path]:
     """The checkpoint folders a run left in ``output_dir`` (``incomplete-checkpoint-N`` included)."""
-    return sorted(p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir())
+    folders = [p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir()]
+    return sorted(folders, key=lambda p: (p.name.startswith("incomplete"), len(p.name), p.name))  # 9 before 10
 
 
 SUMMARY_FILE = "training_summary.json"  # written last, once the final model is saved: the run ended
