@@ -49,6 +49,7 @@ from rerank_distill.trainer import (
 from rerank_distill.training import (
     COUNT_KEYS,
     EVALUATION_FLAGS,
+    SUMMARY_FILE,
     SelectionEvaluator,
     check_output_dir,
     check_resume_settings,
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(training.output_dir, script.model_name_or_path)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
-    digest = data_digest(script.train_data)
+    # (only where it is compared or recorded: every torchrun process would read the whole file)
+    digest = data_digest(script.train_data) if resume is not None or training.should_save else None
     if resume is not None:
         check_resume_settings(training.output_dir, script, training, digest)
     evaluate = training.eval_strategy != "no"
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ended:
         logger.info("%s is where the run ended (%s), but its final model was not saved: saving it", resume, ended)
     try:
-        result = trainer.finish_ended_run(resume) if ended else trainer.train(resume_from_checkpoint=resume)
+        result = trainer.finish_ended_run(resume, resumed) if ended else trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
         if training.should_log:
             logger.warning(resume_hint(training.output_dir))
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
                "selection": selection.note,  # how the final model was to be picked, and why
                **run_summary(trainer, result, seconds, start_step, bool(callbacks))}
     if training.should_save:
-        write_json(Path(training.output_dir) / "training_summary.json", summary)
+        write_json(Path(training.output_dir) / SUMMARY_FILE, summary)
     logger.info(summary_message(summary, training.output_dir))
     return summary
 

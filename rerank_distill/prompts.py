@@ -91,11 +91,15 @@ class JudgePrompt:
         """
         bodies = [format_body(self.instruction, q, d) for q, d in zip(queries, documents)]
         body_ids = self.tokenizer(bodies, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        long_rows = [row for row, ids in enumerate(body_ids) if len(ids) > self.body_budget]
+        long_documents = self.tokenizer([documents[row] for row in long_rows], add_special_tokens=False,
+                                        return_attention_mask=False)["input_ids"] if long_rows else []
+        document_length = {row: len(ids) for row, ids in zip(long_rows, long_documents)}
         prompts, truncated = [], 0
-        for query, document, ids in zip(queries, documents, body_ids):
+        for row, (query, document, ids) in enumerate(zip(queries, documents, body_ids)):
             if len(ids) > self.body_budget:
                 truncated += 1
-                document_tokens = len(self._tokens(document)) + 1  # (+1: the space before it, a token of its own or not)
+                document_tokens = document_length[row] + 1  # (+1: the space before it, a token of its own or not)
                 excess = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
                 if excess > 0:
                     query_tokens = self._tokens(query)

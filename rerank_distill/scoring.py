@@ -11,6 +11,7 @@ file equals an uninterrupted run's. The final name appears only when every pair 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -333,6 +334,12 @@ def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_a
     return made_with
 
 
+def _run_record(output_path: Path) -> dict | None:
+    """The ``OUT.run.json`` record of how a finished output was made, or None (an earlier release's output)."""
+    record_path = beside(output_path, ".run.json")
+    return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
+
+
 # What records of earlier releases lack, so it is compared only where the record has it.
 _RECORDED_SINCE = ("input_digest",)
 
@@ -341,9 +348,9 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
     """InputError unless the finished ``output_path`` was scored as this run would score it now
     (by its OUT.run.json record; for a file without one, its line count). ``teacher_keys``
     compares only those settings of each teacher (what is known before the teachers load)."""
-    record_path = beside(output_path, ".run.json")
-    if record_path.exists():
-        made = json.loads(record_path.read_text(encoding="utf-8"))["made_with"]
+    record = _run_record(output_path)
+    if record is not None:
+        made = record["made_with"]
         if teacher_keys is not None:
             made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
         differs = sorted(key for key in made_with
@@ -532,23 +539,16 @@ def teacher_metrics(output_path: Path) -> dict | None:
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
         return None
 
-    def rankings() -> Iterator[tuple[list[float], list[float]]]:
-        query, scores, labels = None, [], []
-        for pair in iter_scored_pairs(str(output_path)):
-            if pair.label is None:
+    def rankings() -> Iterator[tuple[list[float], list[float]]]:  # one query's lines at a time
+        for _, group in itertools.groupby(iter_scored_pairs(str(output_path)), key=lambda pair: pair.query):
+            pairs = list(group)
+            if any(pair.label is None for pair in pairs):
                 raise LookupError  # passages as queries: no gold labels
-            if pair.query != query and scores:
-                yield scores, labels
-                scores, labels = [], []
-            query = pair.query
-            scores.append(pair.score)
-            labels.append(pair.label)
-        if scores:
-            yield scores, labels
+            yield [pair.score for pair in pairs], [pair.label for pair in pairs]
 
     try:
         result = evaluate_rankings(rankings(), "mteb", 10)
-    except (LookupError, ValueError):
+    except (LookupError, ValueError):  # no gold labels, or no query with both a positive and a negative
         return None
     return {key: value for key, value in result.items() if key != "per_query"}
 
@@ -571,12 +571,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     readers = [read_jsonl(path) if path.stat().st_size else iter(()) for path in paths]
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
     lines, content = 0, hashlib.blake2b(digest_size=16)
-    shard_contents = [hashlib.blake2b(digest_size=16) for _ in shards]  # as each shard's run computed its own
+    shard_contents = [hashlib.blake2b(digest_size=16) for _ in shards]
     with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
-        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+        for index, query in _shares(source, input_format, read_args, passages_as_queries, shard_contents):
             content.update(_as_bytes(query))
-            shard_contents[position % num_shards].update(_as_bytes(query))
-            reader, path = readers[position % num_shards], paths[position % num_shards]
+            reader, path = readers[index], paths[index]
             for passage in query.passages:
                 try:
                     line_number, record = next(reader)
@@ -609,20 +608,19 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
     shards = [Shard(i, num_shards) for i in range(num_shards)]
     paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
     merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
-    if not beside(merged, ".run.json").exists():
+    record = _run_record(merged)
+    if record is None:
         raise InputError(f"{merged} is finished but has no .run.json (an earlier release's): score the other inputs "
                          "in a run of their own")
-    record = json.loads(beside(merged, ".run.json").read_text(encoding="utf-8"))
     contents = [hashlib.blake2b(digest_size=16) for _ in shards]
     pairs = [0] * num_shards
     lines = read_jsonl(merged) if merged.stat().st_size else iter(())
     with ExitStack() as stack:
         outs = [stack.enter_context(AtomicWriter(path)) for path in paths]
-        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
-            contents[position % num_shards].update(_as_bytes(query))
+        for index, query in _shares(source, input_format, read_args, passages_as_queries, contents):
             for _ in query.passages:
-                outs[position % num_shards].write(dumps(next(lines)[1]) + "\n")
-                pairs[position % num_shards] += 1
+                outs[index].write(dumps(next(lines)[1]) + "\n")
+                pairs[index] += 1
         # An earlier run's shard files go first, so no crash leaves one beside the record of another.
         for index, (shard, path) in enumerate(zip(shards, paths)):
             for stale in (path, beside(path, ".partial"), beside(path, ".progress.json")):
@@ -634,15 +632,21 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
             write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
 
 
+def _shares(source: str, input_format: str, read_args, passages_as_queries: int, digests: list) -> Iterator[tuple[int, RankingQuery]]:
+    """Each query of ``source`` with the index of the shard that takes it (its position modulo
+    ``len(digests)``), added to that shard's digest as the shard's own run adds it (validate_source)."""
+    for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+        index = position % len(digests)
+        digests[index].update(_as_bytes(query))
+        yield index, query
+
+
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
     """Each shard's ``.run.json``, or None if one has none (an older release's); InputError where
     the shards were scored with differing teachers or settings."""
-    records = []
-    for path in shard_paths:
-        record_path = beside(path, ".run.json")
-        if not record_path.exists():
-            return None
-        records.append(json.loads(record_path.read_text(encoding="utf-8")))
+    records = [_run_record(path) for path in shard_paths]
+    if None in records:
+        return None
     own = ("shard", "pairs", "input_digest")  # what differs from shard to shard
     for record, path in zip(records[1:], shard_paths[1:]):
         first, this = records[0]["made_with"], record["made_with"]

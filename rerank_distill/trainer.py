@@ -7,7 +7,6 @@ import copy
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -378,12 +377,13 @@ class DistillationTrainer(CrossEncoderTrainer):
         """FSDP or DeepSpeed: the live model holds shards, and checkpoints keep them in files of their own."""
         return self.is_fsdp_enabled or self.is_deepspeed_enabled
 
-    def finish_ended_run(self, checkpoint: str) -> TrainOutput:
-        """What ``train()`` leaves where the run already ended at ``checkpoint`` but its final save
-        was cut short: that checkpoint's state and weights, then the best checkpoint's where the run
-        keeps the best (``train()`` would take one step more first). The result's training_loss is
-        None: the loss of the steps behind the checkpoint is in its log history only."""
-        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    def finish_ended_run(self, checkpoint: str, state: TrainerState) -> TrainOutput:
+        """What ``train()`` leaves where the run already ended at ``checkpoint`` (its loaded
+        ``state``) but its final save was cut short: that checkpoint's state and weights, then the
+        best checkpoint's where the run keeps the best (``train()`` would take one step more first).
+        The result's training_loss is None: the loss of the steps behind the checkpoint is in its
+        log history only."""
+        self.state = state
         if self.time_budget is not None and (budget := TimeBudget.saved(self.state)):  # did the budget end the run?
             self.time_budget.stopped_training = budget["attributes"].get("stopped_training", False)
         self._load_from_checkpoint(checkpoint)

@@ -84,18 +84,20 @@ def split_by_query(dataset, share: float, seed: int):
     return split_rows(dataset, held_out_queries(dataset["query"], share, seed))
 
 
-def read_selection_queries(source: str, input_format: str = "auto",
-                           label_column: str | None = None) -> tuple[list[RankingQuery], str]:
+def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
+                           is_training_data: bool = False) -> tuple[list[RankingQuery], str]:
     """The queries of ``source`` that MAP can rank: each with its candidates and gold labels,
     and at least one positive and one negative. Returns ``(queries, note)``; queries is empty
-    when the file has no gold labels or no such query, and the note says why."""
+    when the file has no gold labels or no such query, and the note says why. A file of no use
+    is still read through for errors, unless ``is_training_data`` (read and checked already)."""
     path, line, record = first_record(source)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
     if kind == "scores" and label_of(record, path, line) is None:
-        for _ in iter_scored_pairs(source):  # unused, but a broken file is still an error, not quietly passed over
-            pass
+        if not is_training_data:  # a broken file is an error, used or not
+            for _ in iter_scored_pairs(source):
+                pass
         return [], f'{source} has teacher scores but no gold "label" field'
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for query in iter_ranking_queries(source, input_format, label_column=label_column):
@@ -170,7 +172,7 @@ def plan_selection(
         else:
             # --input_format names the training file's format; a dev file of its own is told by its fields
             queries, note = read_selection_queries(source, input_format if source == train_source else "auto",
-                                                   label_column)
+                                                   label_column, is_training_data=source == train_source)
         if not queries and selection_metric == "map":
             raise InputError(f"--selection_metric map needs gold-labelled candidate lists: {note}")
     if not queries:
@@ -440,12 +442,12 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     them with clear_earlier_outputs once its input has passed its checks)."""
     if value is not None and overwrite:
         raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
-    if value is None and not overwrite and not earlier_checkpoints(output_dir) and earlier_final_model(output_dir):
-        raise InputError(f"{output_dir} holds the final model of an earlier run: start over with --overwrite_output_dir "
-                         "(deletes it) or choose another --output_dir")
-    if value is None:
+    if value is None and not overwrite:
         earlier = earlier_checkpoints(output_dir)
-        if earlier and not overwrite:
+        if not earlier and earlier_final_model(output_dir):
+            raise InputError(f"{output_dir} holds the final model of an earlier run: start over with "
+                             "--overwrite_output_dir (deletes it) or choose another --output_dir")
+        if earlier:
             names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
             last = newest_checkpoint(output_dir)
             state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
@@ -463,6 +465,7 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
                 f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
                 "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
             )
+    if value is None:  # a fresh run; --overwrite_output_dir deletes what an earlier one left
         return None
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)

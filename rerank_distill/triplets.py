@@ -357,10 +357,10 @@ def write_records(
     Raises InputError, naming ``source``, when not one record could be made."""
     counts: Counter = Counter()
     for group in groups:
+        counts.update(queries=1, pairs=len(group.passages))
         if len(kept := first_listings(group.passages)) < len(group.passages):
             # repeats go before the labels correct the scores, or a repeat's other label would move them
             counts.update({SKIP_REPEATED_PASSAGE: len(group.passages) - len(kept)})
-            counts.update(pairs=len(group.passages) - len(kept))
             group = QueryGroup(group.query, [group.passages[i] for i in kept], [group.scores[i] for i in kept],
                                [group.labels[i] for i in kept], group.line)
         scores = group.scores
@@ -371,7 +371,7 @@ def write_records(
         records = format_records(output_format, group.query, group.passages, scores, group.labels, selections)
         for record in records:
             out.write(dumps(record) + "\n")
-        counts.update(queries=1, pairs=len(group.passages), records=len(records))
+        counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
         counts.update(skipped)
     if counts["records"] == 0:
