@@ -32,12 +32,11 @@ from rerank_distill.replicas import run_replicas, without_flag
 from rerank_distill.scoring import (
     Shard,
     check_before_loading,
-    check_output,
-    chunk_size_to_resume,
     is_finished,
     merge_shards,
     only_writer,
     output_path_for,
+    resume_point,
     score_source,
     split_into_shards,
     teacher_metrics,
@@ -177,24 +176,22 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         logger.info("teacher %s: %s", teacher.name, teacher.config)
     # unset: 20000 pairs for vLLM, 1000 otherwise, or 20000 (every backend's default once) to resume a run begun so
     chunk_sizes = [args.chunk_size] if args.chunk_size else [20_000] if backend == "vllm" else [1_000, 20_000]
-    jobs = []
-    for (source, derived), output in zip(inputs, outputs):
-        job = dict(source=source, output_path=output, teachers=teachers, input_format=args.input_format, shard=shard,
-                   read_args=read_args, passages_as_queries=derived)
-        chunk_size = chunk_size_to_resume(chunk_sizes[:1] if args.overwrite else chunk_sizes, **job)
-        jobs.append({**job, "expected": expected[source, derived], "chunk_size": chunk_size, "overwrite": args.overwrite})
+    jobs = [dict(source=source, output_path=output, teachers=teachers, expected=expected[source, derived],
+                 input_format=args.input_format, shard=shard, overwrite=args.overwrite, read_args=read_args,
+                 passages_as_queries=derived) for (source, derived), output in zip(inputs, outputs)]  # fmt: skip
+    resumes = [resume_point(**job, chunk_sizes=chunk_sizes) for job in jobs]
     # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
-    if not all([check_output(**job) for job in jobs]):
+    if any(resume.done is not None for resume in resumes):
         for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
             getattr(teacher, "engine", None)
-        resolved = {"backend": backend, "chunk_size": {str(job["output_path"]): job["chunk_size"] for job in jobs},
+        resolved = {"backend": backend, "chunk_size": {str(o): r.chunk_size for o, r in zip(outputs, resumes)},
                     "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
         write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                        script=args, resolved=resolved)
 
     summary = {}
-    for job, (source, derived), output in zip(jobs, inputs, outputs):
-        stats = score_source(**job, show_progress=args.show_progress)
+    for job, resume, (source, derived), output in zip(jobs, resumes, inputs, outputs):
+        stats = score_source(**job, resume=resume, show_progress=args.show_progress)
         if not stats.already_complete:
             logger.info(
                 "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "

@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -384,60 +384,49 @@ def _write_progress(path: Path, progress: dict) -> None:
     os.replace(tmp, path)
 
 
-def _resume_point(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str,
-                  chunk_size: int, shard: Shard, read_args: dict | None, passages_as_queries: int) -> tuple[dict | None, str, dict]:
-    """Where scoring ``output_path`` starts: ``(None, ...)`` when it is finished, else the counts
-    already saved (zeros for a fresh start), with the run's fingerprint and made_with. InputError
-    where the finished or partial output was made with other settings or input."""
-    label_column = (read_args or {}).get("label_column")
-    fingerprint = _fingerprint(source, [t.config for t in teachers], input_format, chunk_size, shard,
-                               passages_as_queries, label_column)
-    made_with = _made_with([t.config for t in teachers], input_format, shard, passages_as_queries, expected,
-                           label_column)
-    partial = beside(output_path, ".partial")
+@dataclass
+class ResumePoint:
+    """Where scoring an output starts: the chunk size, the counts earlier runs saved (zeros for a
+    fresh start; None when the output is finished and is reused as it is), and what the run's
+    progress file (``fingerprint``) and ``.run.json`` (``made_with``) record."""
+
+    chunk_size: int
+    done: dict | None
+    fingerprint: str
+    made_with: dict
+
+
+def resume_point(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str = "auto",
+                 chunk_sizes: Sequence[int] = (20_000,), shard: Shard = Shard(), overwrite: bool = False,
+                 read_args: dict | None = None, passages_as_queries: int = 0) -> ResumePoint:
+    """score_source's refusals without its work, so a run can stop before it records its arguments:
+    InputError where a finished or partial ``output_path`` was made with other settings or input.
+    The chunk size is the first of ``chunk_sizes`` an unfinished run was begun with (so a run
+    begun under another default --chunk_size resumes rather than being refused), else the first.
+    With ``overwrite`` nothing on disk counts: a fresh start."""
+    output_path = Path(output_path)
+    configs, label_column = [t.config for t in teachers], (read_args or {}).get("label_column")
+    made_with = _made_with(configs, input_format, shard, passages_as_queries, expected, label_column)
+    fingerprints = {size: _fingerprint(source, configs, input_format, size, shard, passages_as_queries, label_column)
+                    for size in chunk_sizes}  # fmt: skip
+    fresh = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
+    start = ResumePoint(chunk_sizes[0], fresh, fingerprints[chunk_sizes[0]], made_with)
     progress_path = beside(output_path, ".progress.json")
+    if overwrite:
+        return start
     if is_finished(output_path):
         _check_finished(output_path, made_with)
-        return None, fingerprint, made_with
-    done = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
-    if partial.exists() and progress_path.exists():
-        saved = json.loads(progress_path.read_text(encoding="utf-8"))
-        if saved.get("fingerprint") != fingerprint:
-            raise InputError(
-                f"{partial} holds an unfinished run with other settings (model, input, instruction, max_length "
-                "or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
-            )
-        done = saved["done"]
-    return done, fingerprint, made_with
-
-
-def chunk_size_to_resume(sizes: list[int], source: str, output_path: Path, teachers: list, input_format: str = "auto",
-                         shard: Shard = Shard(), read_args: dict | None = None, passages_as_queries: int = 0) -> int:
-    """The first of ``sizes`` that an unfinished run of ``output_path`` was begun with (by its
-    progress file's fingerprint), else ``sizes[0]``: so a run begun under another default
-    --chunk_size resumes rather than being refused."""
-    progress_path = beside(Path(output_path), ".progress.json")
-    if not (beside(Path(output_path), ".partial").exists() and progress_path.exists()):
-        return sizes[0]
-    saved = json.loads(progress_path.read_text(encoding="utf-8")).get("fingerprint")
-    configs, label_column = [t.config for t in teachers], (read_args or {}).get("label_column")
-    for size in sizes:
-        if _fingerprint(source, configs, input_format, size, shard, passages_as_queries, label_column) == saved:
-            return size
-    return sizes[0]
-
-
-def check_output(source: str, output_path: Path, teachers: list, expected: InputSummary, input_format: str = "auto",
-                 chunk_size: int = 20_000, shard: Shard = Shard(), overwrite: bool = False,
-                 read_args: dict | None = None, passages_as_queries: int = 0) -> bool:
-    """score_source's refusals without its work (InputError where a finished or partial output was
-    made with other settings or input), so a run can stop before it records its arguments.
-    Returns whether the output is finished and will be reused as it is."""
-    if overwrite:
-        return False
-    done, _, _ = _resume_point(source, Path(output_path), teachers, expected, input_format, chunk_size, shard,
-                               read_args, passages_as_queries)
-    return done is None
+        return replace(start, done=None)
+    if not (beside(output_path, ".partial").exists() and progress_path.exists()):
+        return start
+    saved = json.loads(progress_path.read_text(encoding="utf-8"))
+    for size, fingerprint in fingerprints.items():
+        if saved.get("fingerprint") == fingerprint:
+            return ResumePoint(size, saved["done"], fingerprint, made_with)
+    raise InputError(
+        f"{beside(output_path, '.partial')} holds an unfinished run with other settings (model, input, instruction, "
+        "max_length or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
+    )
 
 
 def score_source(
@@ -452,11 +441,13 @@ def score_source(
     read_args: dict | None = None,
     show_progress: bool = True,
     passages_as_queries: int = 0,
+    resume: ResumePoint | None = None,
 ) -> ScoringStats:
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
     previous run of the same command where it stopped; a finished output is reused if it was
     scored with the same settings and input, refused otherwise; beside it ``OUT.run.json`` records
-    how it was made. Returns the counts of the whole file. (Hold only_writer around it.)"""
+    how it was made. Returns the counts of the whole file. (Hold only_writer around it.) ``resume``
+    is resume_point's answer for these arguments, where the caller has it; the chunk size is its."""
     from tqdm.auto import tqdm
 
     if len({teacher.name for teacher in teachers}) != len(teachers):
@@ -469,8 +460,10 @@ def score_source(
     if overwrite:
         for stale in (output_path, partial, progress_path, record_path):
             stale.unlink(missing_ok=True)
-    done, fingerprint, made_with = _resume_point(source, output_path, teachers, expected, input_format, chunk_size,
-                                                 shard, read_args, passages_as_queries)
+    if resume is None:
+        resume = resume_point(source, output_path, teachers, expected, input_format, [chunk_size], shard, overwrite,
+                              read_args, passages_as_queries)
+    done, fingerprint, made_with = resume.done, resume.fingerprint, resume.made_with
     if done is None:
         logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
         return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
@@ -489,7 +482,7 @@ def score_source(
     checked = done["pairs"] > 0
     try:
         with open(partial, "a", encoding="utf-8") as out:
-            for chunk_number, chunk in enumerate(iter_chunks(queries, chunk_size)):
+            for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
                 if chunk_number < done.get("chunks", 0):
                     continue
                 lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked)

@@ -15,9 +15,9 @@ from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
 from rerank_distill.scoring import (
     Shard,
-    chunk_size_to_resume,
     merge_shards,
     output_path_for,
+    resume_point,
     score_source,
     validate_source,
 )
@@ -279,9 +279,12 @@ def test_a_run_begun_under_another_default_chunk_size_is_resumed_with_it(tmp_pat
     output = tmp_path / "train_scores.jsonl"
     with pytest.raises(KeyboardInterrupt):
         run_scoring(ranking_file, output, CountingTeacher(fail_on_call=2), chunk_size=7)
-    assert chunk_size_to_resume([5, 7], str(ranking_file), output, [CountingTeacher()]) == 7
-    assert chunk_size_to_resume([5, 9], str(ranking_file), output, [CountingTeacher()]) == 5  # none fits: refused later
-    assert chunk_size_to_resume([5, 7], str(ranking_file), tmp_path / "other.jsonl", [CountingTeacher()]) == 5
+    expected = validate_source(str(ranking_file), "auto", Shard())
+    assert resume_point(str(ranking_file), output, [CountingTeacher()], expected, chunk_sizes=[5, 7]).chunk_size == 7
+    with pytest.raises(InputError, match="unfinished run with other settings"):  # none fits
+        resume_point(str(ranking_file), output, [CountingTeacher()], expected, chunk_sizes=[5, 9])
+    fresh = resume_point(str(ranking_file), tmp_path / "other.jsonl", [CountingTeacher()], expected, chunk_sizes=[5, 7])
+    assert (fresh.chunk_size, fresh.done["pairs"]) == (5, 0)
     resumed = CountingTeacher()
     run_scoring(ranking_file, output, resumed, chunk_size=7)
     assert 0 < len(resumed.calls) < 12 * 6  # only what the first run left
