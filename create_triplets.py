@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
+from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import ScoredPair, iter_scored_pairs
-from rerank_distill.jsonl import AtomicWriter, check_writable
+from rerank_distill.formats import ScoredPair, iter_scored_pairs, local_files
+from rerank_distill.jsonl import AtomicWriter, check_not_an_input, check_writable
 from rerank_distill.triplets import (
     SKIP_REASONS,
     NegativeRule,
@@ -104,16 +104,12 @@ class TripletArguments:
             "carry the corrected scores. Unset: the teacher's scores as they are."
         },
     )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "The gold-label field of the input lines (default: esci_label, label, grade or relevance, "
+                          "the first a line has): what --positives labels/both and --label_margin read."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed for random and mixed negatives (same seed, same output)."})
-
-
-def args_path_for(output_path: str) -> str:
-    """``out/train_triplets.jsonl`` -> ``out/train_triplets.args.json`` (also for ``.jsonl.gz``)."""
-    stem = output_path.removesuffix(".gz")
-    for suffix in (".jsonl", ".json"):
-        if stem.endswith(suffix):
-            return stem.removesuffix(suffix) + ".args.json"
-    return stem + ".args.json"
 
 
 def rules_from(args: TripletArguments) -> SelectionRules:
@@ -129,13 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--label_margin must be above 0 (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
-    if any(os.path.abspath(path) == os.path.abspath(args.output_path) for path in args.input_path):
-        raise InputError("--output_path is one of the --input_path files; choose another output path")
+    check_not_an_input(args.output_path, [f for path in args.input_path for f in local_files(path)], "--output_path")
     check_writable(args.output_path, "--output_path")
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:
-            pairs = iter_scored_pairs(path)
+            pairs = iter_scored_pairs(path, args.label_column)
             if args.label_margin is not None:
                 pairs = require_labels(pairs, "--label_margin", path)
             elif args.positives != "teacher":
@@ -181,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         "input_grouped": input_grouped,
         "seconds": round(seconds, 3),
     }
-    write_run_args(args_path_for(args.output_path), command_line(__file__, argv), script=args, rules=rules,
+    write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args,
+                   rules=rules,
                    summary=summary)
     logger.info(
         "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "

@@ -8,14 +8,14 @@
 # The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
 set -euo pipefail
 
-# Teacher scores written by generate_logits.sh
-INPUT="${INPUT:-output/scores/train_scores.jsonl}"
+# Teacher scores written by generate_logits.sh (into its SCORES_DIR)
+SCORES="${SCORES:-${SCORES_DIR:-output/scores}/train_scores.jsonl}"
 # Its passages-as-queries lists (generate_logits.sh with PASSAGES_AS_QUERIES > 0), read too when the
-# file exists: by default INPUT's name with _scores.jsonl -> _passages_as_queries_scores.jsonl; set
-# empty (PASSAGES_AS_QUERIES_INPUT=) to leave it out
-PASSAGES_AS_QUERIES_INPUT="${PASSAGES_AS_QUERIES_INPUT-${INPUT%_scores.jsonl}_passages_as_queries_scores.jsonl}"
-# Where the records go (the run's arguments are written beside it as train_triplets.args.json)
-OUTPUT="${OUTPUT:-output/triplets/train_triplets.jsonl}"
+# file exists: by default SCORES' name with _scores.jsonl -> _passages_as_queries_scores.jsonl; set
+# empty (PASSAGES_AS_QUERIES_SCORES=) to leave it out
+PASSAGES_AS_QUERIES_SCORES="${PASSAGES_AS_QUERIES_SCORES-${SCORES%_scores.jsonl}_passages_as_queries_scores.jsonl}"
+# Where the records go (the run's arguments are written beside it as train_triplets.args.json; train.sh reads it)
+TRIPLETS="${TRIPLETS:-output/triplets/train_triplets.jsonl}"
 # Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)
 # or listwise (the positive first, then GROUP_SIZE - 1 negatives, raw scores and gold labels)
 FORMAT="${FORMAT:-listwise}"
@@ -51,19 +51,19 @@ done
 if [[ "$positives" != "teacher" ]]; then
     needs_labels=true
 fi
-inputs=("$INPUT")
-if [[ -n "$PASSAGES_AS_QUERIES_INPUT" && -e "$PASSAGES_AS_QUERIES_INPUT" ]]; then
+inputs=("$SCORES")
+if [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]]; then
     if [[ "$needs_labels" == "true" ]]; then
-        echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_INPUT (no gold labels, which these options need)" >&2
+        echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES (no gold labels, which these options need)" >&2
     else
-        echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_INPUT" >&2
-        inputs+=("$PASSAGES_AS_QUERIES_INPUT")
+        echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_SCORES" >&2
+        inputs+=("$PASSAGES_AS_QUERIES_SCORES")
     fi
 fi
 
 python "$(dirname "$0")/create_triplets.py" \
     --input_path "${inputs[@]}" \
-    --output_path "$OUTPUT" \
+    --output_path "$TRIPLETS" \
     --format "$FORMAT" \
     --positives "$POSITIVES" \
     --top_k "$TOP_K" \

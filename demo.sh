@@ -10,23 +10,23 @@ DEMO_DIR="${DEMO_DIR:-output/demo}"
 
 python -m rerank_distill.toy "$DEMO_DIR"
 
-MODEL="$DEMO_DIR/models/teacher-tiny-qwen3" \
+TEACHER="$DEMO_DIR/models/teacher-tiny-qwen3" \
 INPUTS="$DEMO_DIR/data/train.jsonl $DEMO_DIR/data/test.jsonl" \
-OUTPUT_DIR="$DEMO_DIR/scores" \
+SCORES_DIR="$DEMO_DIR/scores" \
 INSTRUCTION="Retrieve questions about the same problem" \
 BACKEND=hf \
-BATCH_SIZE=16 \
-MAX_LENGTH=512 \
+TEACHER_BATCH_SIZE=16 \
+TEACHER_MAX_LENGTH=512 \
     bash generate_logits.sh
 
-INPUT="$DEMO_DIR/scores/train_scores.jsonl" \
-OUTPUT="$DEMO_DIR/triplets/train_triplets.jsonl" \
+SCORES="$DEMO_DIR/scores/train_scores.jsonl" \
+TRIPLETS="$DEMO_DIR/triplets/train_triplets.jsonl" \
     bash create_triplets.sh
 
-MODEL="$DEMO_DIR/models/student-tiny-bert" \
+STUDENT="$DEMO_DIR/models/student-tiny-bert" \
 TRAIN_DATA="$DEMO_DIR/triplets/train_triplets.jsonl" \
 SELECTION_DATA="$DEMO_DIR/scores/train_scores.jsonl" \
-OUTPUT_DIR="$DEMO_DIR/model" \
+MODEL_DIR="$DEMO_DIR/model" \
 MAX_LENGTH=128 \
 BATCH_SIZE=16 \
 LEARNING_RATE=1e-3 \
@@ -37,7 +37,7 @@ MODEL_BEFORE="$DEMO_DIR/models/student-tiny-bert" \
 MODEL_AFTER="$DEMO_DIR/model" \
 DATASET="$DEMO_DIR/data/test.jsonl" \
 TEACHER_SCORES="$DEMO_DIR/scores/test_scores.jsonl" \
-OUTPUT="$DEMO_DIR/evaluation.json" \
+REPORT="$DEMO_DIR/evaluation.json" \
     bash evaluation.sh
 
 echo "demo finished: $DEMO_DIR/evaluation.json"

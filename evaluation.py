@@ -9,20 +9,26 @@ label accuracy. Tied scores are averaged over (see rerank_distill.metrics).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
+from rerank_distill.cli import (
+    beside_output,
+    check_minimums,
+    command_line,
+    parse_args,
+    run_main,
+    write_json,
+    write_run_args,
+)
 from rerank_distill.errors import InputError
-from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, teacher_scores_for
+from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, local_files, teacher_scores_for
 from rerank_distill.hub import resolve_model
-from rerank_distill.jsonl import AtomicWriter, check_writable
+from rerank_distill.jsonl import check_not_an_input, check_writable
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
     evaluate_rankings,
@@ -33,7 +39,7 @@ from rerank_distill.metrics import (
     skip_reason,
 )
 from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
-from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries
+from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries, without_trained_head
 
 logger = logging.getLogger("rerank_distill.evaluation")
 TIES = "averaged: each metric is its mean over every order of the tied passages"
@@ -112,6 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
     check_writable(args.output_path, "--output_path")
+    inputs = [*local_files(args.dataset_path), *(local_files(args.teacher_scores) if args.teacher_scores else [])]
+    for ending in ("", ".per_query.jsonl", ".args.json"):  # the report and the files written beside it
+        check_not_an_input(beside_output(args.output_path, ending) if ending else args.output_path, inputs,
+                           "--output_path")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
@@ -121,9 +131,13 @@ def main(argv: list[str] | None = None) -> dict:
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one
         try:
-            resolve_model(path, args.hub, args.cache_dir)
+            local = resolve_model(path, args.hub, args.cache_dir)
         except InputError as error:
             raise InputError(f"--model_{name}_path: {error}") from None
+        if held := without_trained_head(local):
+            raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
+                             "scores with a new random head, noise that differs from run to run; evaluate a "
+                             "cross-encoder (train.py's output, or a reranker such as BAAI/bge-reranker-v2-m3)")
 
     grades = [grade for query in queries for grade in query.labels]
     # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):
@@ -178,10 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))
-    with AtomicWriter(args.output_path) as out:
-        out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    write_per_query(Path(args.output_path).with_suffix(".per_query.jsonl"), queries, per_query)
-    write_run_args(Path(args.output_path).with_suffix(".args.json"), command_line(__file__, argv), script=args)
+    write_json(args.output_path, report)
+    write_per_query(beside_output(args.output_path, ".per_query.jsonl"), queries, per_query)
+    write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args)
     scored = report["pairs_scored"] * len(models)
     logger.info(
         "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored x %d models in %.1fs (%.0f pairs/s)",

@@ -5,16 +5,16 @@
 # arguments are passed on: ./evaluation.sh --protocol sentence-transformers --dtype bfloat16
 set -euo pipefail
 
-# The student before distillation: a CrossEncoder folder or hub id
-MODEL_BEFORE="${MODEL_BEFORE:-BAAI/bge-reranker-v2-m3}"
-# The distilled student written by train.sh; set empty (MODEL_AFTER=) to evaluate MODEL_BEFORE alone
-MODEL_AFTER="${MODEL_AFTER-output/model}"
+# The student before distillation: a CrossEncoder folder or hub id (train.sh's STUDENT)
+MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"
+# The distilled student written by train.sh (into its MODEL_DIR); set empty (MODEL_AFTER=) to evaluate MODEL_BEFORE alone
+MODEL_AFTER="${MODEL_AFTER-${MODEL_DIR:-output/model}}"
 # Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
 DATASET="${DATASET:-data/test.jsonl.gz}"
 # Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
 TEACHER_SCORES="${TEACHER_SCORES:-}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
-OUTPUT="${OUTPUT:-output/evaluation.json}"
+REPORT="${REPORT:-output/evaluation.json}"
 # Download source for hub ids (models and data sets): huggingface or modelscope
 HUB="${HUB:-huggingface}"
 
@@ -30,7 +30,7 @@ fi
 python "$(dirname "$0")/evaluation.py" \
     --model_before_path "$MODEL_BEFORE" \
     --dataset_path "$DATASET" \
-    --output_path "$OUTPUT" \
+    --output_path "$REPORT" \
     --hub "$HUB" \
     ${optional[@]+"${optional[@]}"} \
     "$@"

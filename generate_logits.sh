@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Stage 1: the teacher scores every (query, passage) pair. Safe to interrupt: run it again to continue.
-# Each setting can be set from the environment (MODEL=path ./generate_logits.sh) and extra
+# Each setting can be set from the environment (TEACHER=path ./generate_logits.sh) and extra
 # arguments are passed on: ./generate_logits.sh --backend hf --batch_size 8
 set -euo pipefail
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
 # Several, space-separated, ensemble their scores (mean of per-query z-scores).
-MODEL="${MODEL:-Qwen/Qwen3-Reranker-8B}"
+TEACHER="${TEACHER:-Qwen/Qwen3-Reranker-8B}"
 # Kind of teacher: llm_yesno (Qwen3-Reranker), llm_labels, cross_encoder or embedding;
 # one for every model, or space-separated, one per model in the same order
 TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
@@ -14,16 +14,16 @@ TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
 # Score the test split too, so evaluation can report the teacher's own metrics. A path with a space
 # cannot go in a space-separated list: give such paths as a flag instead (--input_path 'my data/a.jsonl').
 INPUTS="${INPUTS:-data/train.jsonl.gz data/test.jsonl.gz}"
-# Where {name}_scores.jsonl files go
-OUTPUT_DIR="${OUTPUT_DIR:-output/scores}"
+# Where {name}_scores.jsonl files go (create_triplets.sh and train.sh read them from here too)
+SCORES_DIR="${SCORES_DIR:-output/scores}"
 # The task's own instruction (this one is MTEB's for StackOverflowDupQuestions)
 INSTRUCTION="${INSTRUCTION:-Retrieve duplicate questions from StackOverflow forum}"
 # auto (vLLM on a GPU when installed, else transformers), vllm or hf
 BACKEND="${BACKEND:-auto}"
 # Inputs per forward pass (vLLM batches by itself)
-BATCH_SIZE="${BATCH_SIZE:-32}"
+TEACHER_BATCH_SIZE="${TEACHER_BATCH_SIZE:-32}"
 # Longest input in tokens; only the query/document text is cut (other teachers: capped at the model's own limit)
-MAX_LENGTH="${MAX_LENGTH:-2048}"
+TEACHER_MAX_LENGTH="${TEACHER_MAX_LENGTH:-2048}"
 # Download source for hub ids: huggingface or modelscope
 HUB="${HUB:-huggingface}"
 # N > 0: also score up to N passages of each list of the FIRST input (the training data) as queries
@@ -35,10 +35,10 @@ HUB="${HUB:-huggingface}"
 PASSAGES_AS_QUERIES="${PASSAGES_AS_QUERIES:-0}"
 
 read -r -a input_paths <<< "$INPUTS"
-read -r -a model_paths <<< "$MODEL"
+read -r -a model_paths <<< "$TEACHER"
 read -r -a teacher_types <<< "$TEACHER_TYPE"
 # The script adds repeated --model_path/--teacher_type flags together (several teachers), so one
-# given on this command line replaces MODEL/TEACHER_TYPE instead of adding a teacher to them.
+# given on this command line replaces TEACHER/TEACHER_TYPE instead of adding a teacher to them.
 model_args=(--model_path "${model_paths[@]}")
 type_args=(--teacher_type "${teacher_types[@]}")
 inputs_given=false
@@ -54,11 +54,11 @@ score() {
     python "$(dirname "$0")/generate_logits.py" \
         "${model_args[@]}" \
         "${type_args[@]}" \
-        --output_dir "$OUTPUT_DIR" \
+        --output_dir "$SCORES_DIR" \
         --instruction "$INSTRUCTION" \
         --backend "$BACKEND" \
-        --batch_size "$BATCH_SIZE" \
-        --max_length "$MAX_LENGTH" \
+        --batch_size "$TEACHER_BATCH_SIZE" \
+        --max_length "$TEACHER_MAX_LENGTH" \
         --hub "$HUB" \
         "$@"
 }

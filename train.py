@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import EarlyStoppingCallback
+from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import command_line, run_main, write_json, write_run_args
+from rerank_distill.cli import check_minimums, command_line, run_main, write_json, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
-from rerank_distill.student import load_cross_encoder
+from rerank_distill.hub import resolve_model
+from rerank_distill.student import load_cross_encoder, without_trained_head
 from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
@@ -47,8 +48,8 @@ from rerank_distill.trainer import (
     track_padding,
 )
 from rerank_distill.training import (
-    COUNT_KEYS,
     EVALUATION_FLAGS,
+    MIN_SELECTION_QUERIES,
     SUMMARY_FILE,
     SelectionEvaluator,
     check_output_dir,
@@ -107,8 +108,8 @@ class ScriptArguments:
         default="auto",
         metadata={"help": "What picks the final model: map (the best checkpoint by held-out MAP), loss (by held-out "
                   "eval loss), last (no hold-out: every query trains, the last step is final) or auto: map when gold "
-                  "labels are at hand for at least 30 held-out queries (or a dev set of its own), last when fewer, "
-                  "loss without labels."},
+                  f"labels are at hand for at least {MIN_SELECTION_QUERIES} held-out queries (or a dev set of its "
+                  "own), last when fewer, loss without labels."},
     )
     max_train_seconds: float | None = field(
         default=None,
@@ -164,6 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
     script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
+    check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    evaluate = training.eval_strategy != "no"
+    if script.early_stopping_patience > 0 and not evaluate:
+        raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
+    if script.early_stopping_patience > 0 and script.selection_metric == "last":
+        raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
     check_output_dir(training.output_dir, script.model_name_or_path)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
@@ -171,15 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     digest = data_digest(script.train_data) if resume is not None or training.should_save else None
     if resume is not None:
         check_resume_settings(training.output_dir, script, training, digest)
-    evaluate = training.eval_strategy != "no"
-    if script.early_stopping_patience > 0 and not evaluate:
-        raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
 
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
 
     # Data first: a bad line fails in seconds, before any model download.
-    if script.early_stopping_patience > 0 and script.selection_metric == "last":
-        raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
     must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
     kind, selection = load_training_data(script, training, evaluate, must_evaluate)
     if evaluate and selection.metric == "last":
@@ -190,13 +192,20 @@ def main(argv: list[str] | None = None) -> dict:
     if warning := small_selection_warning(selection):
         logger.warning(warning)
     count = selection.counts()
-    logger.info("--loss %s on %s: train %d rows of %d queries; eval loss on %d rows of %d queries; best checkpoint "
-                "%s", script.loss, kind, *(count[k] for k in COUNT_KEYS), selection.note)
+    evaluated = ""
+    if selection.eval is not None:
+        evaluated = f"; eval loss on {count['eval_examples']} rows of {count['eval_queries']} queries"
+    logger.info("--loss %s on %s: train %d rows of %d queries%s; best checkpoint %s", script.loss, kind,
+                count["train_examples"], count["train_queries"], evaluated, selection.note)
 
     # where the Trainer will train it: each torchrun process's own GPU, or the CPU with --use_cpu
     # (sentence-transformers would pick cuda:LOCAL_RANK, which need not exist)
-    model = load_cross_encoder(script.model_name_or_path, script.hub, script.cache_dir, script.max_length,
-                               num_labels=1, device=str(training.device))
+    student = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
+    if held := without_trained_head(student):
+        logger.info("%s holds %s: the student's relevance head starts new, initialised by --seed %d",
+                    script.model_name_or_path, held, training.seed)
+    set_seed(training.seed)  # the Trainer seeds only once the model is built: a new head would differ run to run
+    model = load_cross_encoder(student, max_length=script.max_length, num_labels=1, device=str(training.device))
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"loss": script.loss, "data_kind": kind,
                **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
                "selection": selection.note,  # how the final model was to be picked, and why
-               **run_summary(trainer, result, seconds, start_step, bool(callbacks))}
+               **run_summary(trainer, result, seconds, start_step, script.early_stopping_patience > 0)}
     if training.should_save:
         write_json(Path(training.output_dir) / SUMMARY_FILE, summary)
     logger.info(summary_message(summary, training.output_dir))

@@ -8,20 +8,20 @@
 #   (on FORMAT=triplets records)
 # Any train.py / Hugging Face training flag can be added at the end and overrides these, e.g.
 #   ./train.sh --max_steps 1000 --eval_steps 100 --save_steps 100
-#   ./train.sh --resume_from_checkpoint last        # continue an interrupted run in OUTPUT_DIR
+#   ./train.sh --resume_from_checkpoint last        # continue an interrupted run in MODEL_DIR
 #   LOSS=mse TRAIN_DATA=output/scores/train_scores.jsonl ./train.sh
 # Several GPUs on one machine: NUM_GPUS=4 ./train.sh (runs torchrun --nproc_per_node 4;
 # BATCH_SIZE is per GPU, so the effective batch is NUM_GPUS * BATCH_SIZE).
 set -euo pipefail
 
-MODEL="${MODEL:-BAAI/bge-reranker-v2-m3}"                         # student: hub id or local folder
-HUB="${HUB:-huggingface}"                                         # where a hub id MODEL is downloaded from: huggingface or modelscope
+STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
+HUB="${HUB:-huggingface}"                                         # where a hub id STUDENT is downloaded from: huggingface or modelscope
 # What the student learns, and so what TRAIN_DATA must be (python train.py --help explains each):
 #   margin_mse  triplets or n-tuples from create_triplets.sh          mse, bce_soft  stage 1's scores file
 #   listwise_kl create_triplets.sh --format listwise                  bce_labels     labelled data (MTEB format)
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
 LOSS="${LOSS:-listwise_kl}"
-TRAIN_DATA="${TRAIN_DATA:-output/triplets/train_triplets.jsonl}"  # from create_triplets.sh (see LOSS)
+TRAIN_DATA="${TRAIN_DATA:-${TRIPLETS:-output/triplets/train_triplets.jsonl}}"  # create_triplets.sh's TRIPLETS (see LOSS)
 TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scores and margins are divided by it (measured with scores of 10 x cosine; 1 = as they are)
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
@@ -30,10 +30,10 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # warning) where it does not exist; one you set goes to train.py, which stops if it cannot read it.
 # Set empty (SELECTION_DATA=) for the training file's own labels, else the held-out eval loss.
 selection_data_given="${SELECTION_DATA+yes}"
-SELECTION_DATA="${SELECTION_DATA-output/scores/train_scores.jsonl}"   # follow generate_logits.sh's OUTPUT_DIR
+SELECTION_DATA="${SELECTION_DATA-${SCORES_DIR:-output/scores}/train_scores.jsonl}"  # in generate_logits.sh's SCORES_DIR
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries
-OUTPUT_DIR="${OUTPUT_DIR:-output/model}"                          # final (best) model, checkpoints and args.json
+MODEL_DIR="${MODEL_DIR:-output/model}"                            # final (best) model, checkpoints and args.json
 MAX_LENGTH="${MAX_LENGTH:-512}"                                   # tokens per (query, passage) pair
 BATCH_SIZE="${BATCH_SIZE:-8}"                                     # examples (listwise: whole lists) per step per GPU
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-32}"                          # held-out evaluation batch per GPU
@@ -58,13 +58,13 @@ if [[ "$BF16" == "auto" ]]; then
 fi
 
 args=(
-    --model_name_or_path "$MODEL"
+    --model_name_or_path "$STUDENT"
     --hub "$HUB"
     --train_data "$TRAIN_DATA"
     --loss "$LOSS"
     --teacher_temperature "$TEACHER_TEMPERATURE"
     --early_stopping_patience "$EARLY_STOPPING_PATIENCE"
-    --output_dir "$OUTPUT_DIR"
+    --output_dir "$MODEL_DIR"
     --max_length "$MAX_LENGTH"
     --per_device_train_batch_size "$BATCH_SIZE"
     --per_device_eval_batch_size "$EVAL_BATCH_SIZE"

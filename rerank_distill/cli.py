@@ -9,7 +9,6 @@ import difflib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_distill.errors import InputError
+from rerank_distill.jsonl import AtomicWriter
 
 logger = logging.getLogger("rerank_distill")
 
@@ -80,6 +80,7 @@ def command_line(script_file: str, argv: list[str] | None) -> list[str]:
 
 
 def setup_logging() -> None:
+    """Log lines as ``HH:MM:SS LEVEL message`` on stderr, INFO and up."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
@@ -89,6 +90,8 @@ def setup_logging() -> None:
 
 
 def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: dataclasses and dicts as objects, tuples as lists, enums
+    as their values, anything else as its text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -130,18 +133,21 @@ def _installed_versions() -> dict[str, str]:
     return versions
 
 
+def beside_output(output_path: str | Path, suffix: str) -> Path:
+    """A file written next to an output, named after it: ``out/report.json`` with ``.args.json``
+    -> ``out/report.args.json`` (and so for ``.jsonl`` and ``.gz`` names, or none)."""
+    stem = str(output_path).removesuffix(".gz")
+    for extension in (".jsonl", ".json"):
+        if stem.endswith(extension):
+            return Path(stem.removesuffix(extension) + suffix)
+    return Path(stem + suffix)
+
+
 def write_json(path: str | Path, record: dict) -> Path:
-    """Write ``record`` as indented JSON under its final name only once it is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one run's files
-    try:
-        tmp.write_text(json.dumps(to_jsonable(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``record`` as indented JSON under its final name only once it is complete (AtomicWriter)."""
+    with AtomicWriter(path) as out:
+        out.write(json.dumps(to_jsonable(record), indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
 
 
 def run_main(main: Callable[[], Any]) -> None:

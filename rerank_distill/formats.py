@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class ScoredPair:
     label: float | None = None  # the gold grade when the source had one
     extra: dict[str, Any] = field(default_factory=dict)  # other fields, kept as they came
     line: int = 0
+    path: str = ""  # the file of the line (one of a data-set folder's files), for messages
 
 
 DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -172,10 +174,11 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
         raise InputError(f"cannot be read as Parquet ({error})", path) from None
     row_number = 0
-    for batch in parquet.iter_batches(batch_size=10_000):
-        for record in batch.to_pylist():
-            row_number += 1
-            yield path, row_number, record
+    with parquet:
+        for batch in parquet.iter_batches(batch_size=10_000):
+            for record in batch.to_pylist():
+                row_number += 1
+                yield path, row_number, record
     if row_number == 0:
         raise InputError("contains no records (the file is empty)", path)
 
@@ -246,7 +249,7 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
     """A relevance grade from an ESCI letter or word, or a finite number (bools count as 1/0)."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
+    if isinstance(value, (int, float)) and abs(value) <= sys.float_info.max:  # finite, and not an int beyond float
         return float(value)
     if isinstance(value, str):
         key = value.strip().lower()
@@ -338,9 +341,10 @@ def iter_ranking_queries(
     yield from grouped.values()
 
 
-def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
+def iter_scored_pairs(source: str, label_column: str | None = None) -> Iterator[ScoredPair]:
     """Yield teacher-scored pairs from stage 1's output or another tool's
-    ``{"query", "passage"|"content", "score"}`` file, validating every field."""
+    ``{"query", "passage"|"content", "score"}`` file, validating every field. The gold label is
+    read from ``label_column`` where given, else from the first of LABEL_FIELDS a line has."""
     for path, line, record in iter_rows(source):
         refuse_training_record(record, path, line, "teacher scores, one pair a line (generate_logits.py's output)")
         query = get_text(record, "query", path, line)
@@ -360,10 +364,10 @@ def iter_scored_pairs(source: str) -> Iterator[ScoredPair]:
                 line,
             )
         score = get_number(record, "score", path, line)
-        label = label_of(record, path, line)
-        known = {"query", "score", *PASSAGE_FIELDS, *LABEL_FIELDS}
+        label = label_of(record, path, line, label_column)
+        known = {"query", "score", *PASSAGE_FIELDS, *_label_fields(label_column)}
         extra = {k: v for k, v in record.items() if k not in known}
-        yield ScoredPair(query, passage, score, None if label is None else label[1], extra, line)
+        yield ScoredPair(query, passage, score, None if label is None else label[1], extra, line, path)
 
 
 def _is_ranking_data(record: dict, path: str, line: int) -> bool:
@@ -434,8 +438,8 @@ def teacher_scores_for(
     scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
     for pair in iter_scored_pairs(source):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
-        probs = label_probs_of(pair.extra[field_name], source, pair.line) if field_name else None
-        scored.setdefault((pair.query, pair.passage), (pair.score, probs, pair.line))
+        probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
+        scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
     per_query = []
     for query in queries:
         missing = [passage for passage in query.passages if (query.query, passage) not in scored]
@@ -458,15 +462,14 @@ def teacher_scores_for(
             source,
         )
     word_grades = label_word_grades(words, label_grades)
-    for _, probs, line in used:
+    for _, probs, location in used:
         if probs is None:
-            raise InputError('missing field "label_probs", which other lines of this file have', source, line)
+            raise InputError('missing field "label_probs", which other lines of this file have', location)
         unknown = sorted(set(probs) - set(word_grades))
         if unknown:
             raise InputError(
                 f'field "label_probs": the label word {unknown[0]!r} is not among {list(word_grades)}; name the '
                 "teacher's words with --label_words and --label_grades",
-                source,
-                line,
+                location,
             )
     return TeacherRanking(per_query, [probs for _, probs, _ in used], word_grades)

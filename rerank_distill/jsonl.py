@@ -10,22 +10,11 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from rerank_distill.errors import InputError
-
-
-def open_text(path: str | Path, mode: str = "r", gzipped: bool | None = None) -> IO[str]:
-    """Open a text file for reading or writing, through gzip when the name ends in ``.gz``
-    (or when ``gzipped`` says so). Reading skips a leading byte-order mark, which Windows
-    editors write and JSON parsers refuse."""
-    path = str(path)
-    encoding = "utf-8-sig" if mode.startswith("r") else "utf-8"
-    if path.endswith(".gz") if gzipped is None else gzipped:
-        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding=encoding)
-    return open(path, mode, encoding=encoding)
 
 
 # What surrogateescape decodes a byte that is not UTF-8 to
@@ -129,9 +118,13 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
             raise InputError(f'field "{name}" must be a number, got the string {record[name]!r}', path, line) from None
     if not isinstance(value, (int, float)):
         raise InputError(f'field "{name}" must be a number, got {type(value).__name__}', path, line)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float's range
+        value = math.inf
     if not math.isfinite(value):
-        raise InputError(f'field "{name}" is {value}; scores must be finite numbers', path, line)
-    return float(value)
+        raise InputError(f'field "{name}" is {str(record[name])[:40]}; scores must be finite numbers', path, line)
+    return value
 
 
 def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
@@ -156,19 +149,34 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         raise InputError(f"{flag} {path} cannot be written: no permission to write in {existing}")
 
 
+def check_not_an_input(output_path: str | Path, input_files: Iterable[str], flag: str) -> None:
+    """InputError where ``output_path`` (the value of ``flag``) is one of ``input_files`` (through
+    any link), which writing it would destroy."""
+    written = os.path.realpath(output_path)
+    for input_file in input_files:
+        if os.path.realpath(input_file) == written:
+            raise InputError(f"{flag} {output_path} is an input of this run ({input_file}): writing it would destroy "
+                             "it; choose another path")
+
+
 class AtomicWriter:
     """Write a file under a temporary name and move it to its final name only when the ``with``
-    block finishes without error, so a crash never leaves a truncated file that looks complete."""
+    block finishes without error, so a crash never leaves a truncated file that looks complete.
+    A name ending in ``.gz`` is written gzipped."""
 
     def __init__(self, path: str | Path):
         self.path = Path(os.path.abspath(path))  # (no "..": the folders it makes are those it removes on failure)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        # several processes may write one run's files (torchrun's): each its own temporary file
+        self.tmp_path = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         self._file: IO[str] | None = None
 
     def __enter__(self) -> IO[str]:
         self._made_folders = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open_text(self.tmp_path, "w", gzipped=self.path.name.endswith(".gz"))
+        if self.path.name.endswith(".gz"):
+            self._file = io.TextIOWrapper(gzip.open(self.tmp_path, "wb"), encoding="utf-8")
+        else:
+            self._file = open(self.tmp_path, "w", encoding="utf-8")
         return self._file
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -194,13 +202,3 @@ class AtomicWriter:
                     folder.rmdir()
                 except OSError:
                     break
-
-
-def write_jsonl(path: str | Path, records) -> int:
-    """Write records atomically (see AtomicWriter); returns how many lines were written."""
-    count = 0
-    with AtomicWriter(path) as out:
-        for record in records:
-            out.write(dumps(record) + "\n")
-            count += 1
-    return count

@@ -4,9 +4,10 @@ Where sentence-transformers has a loss that fits, it is used as is: ``MSELoss`` 
 ``BinaryCrossEntropyLoss`` (bce_soft, bce_labels) and ``MarginMSELoss`` (margin_mse with
 ``--no_fused_forward``). Ours, each where it has none that fits:
 
-- ``FusedMarginMSELoss``: MarginMSELoss with ONE forward pass over all pairs of a batch, and
-  n-tuples whose negative counts differ (training.py pads the shorter ones with an empty text
-  and a NaN margin; they are never scored and stay out of the mean).
+- ``FusedMarginMSELoss``: MarginMSELoss with one forward pass over all pairs of a batch (or
+  length-sorted passes of ``--pairs_per_forward`` pairs), and n-tuples whose negative counts
+  differ (training_data.py pads the shorter ones with an empty text and a NaN margin; they are
+  never scored and stay out of the mean).
 - ``GroupInfoNCELoss``: softmax cross-entropy over a positive and its own hard negatives, the
   positive as target (bge-reranker's own training objective). sentence-transformers'
   MultipleNegativesRankingLoss always adds in-batch negatives, one more forward pass each, and
@@ -16,7 +17,7 @@ Where sentence-transformers has a loss that fits, it is used as is: ``MSELoss`` 
   student that matches the teacher.
 
 Teacher scores and margins reach every loss already divided by ``--teacher_temperature``
-(training.py builds the labels), so no loss here has a temperature of its own.
+(training_data.py builds the labels), so no loss here has a temperature of its own.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class LossSpec:
-    inputs: tuple[str, ...]  # the data kinds it trains on, best first (see training.DATA_KINDS)
+    """What a ``--loss`` trains on and what it optimises."""
+
+    inputs: tuple[str, ...]  # the data kinds it trains on, best first (see training_data.DATA_KINDS)
     optimises: str
+    reads_teacher: bool = True  # whether the teacher's scores or margins are its targets
 
 
 LOSSES = {
@@ -53,11 +57,13 @@ LOSSES = {
         ("listwise",), "KL(softmax(teacher scores / temperature) || softmax(student logits)) over each query's list"
     ),
     "bce_labels": LossSpec(
-        ("labelled", "scores"), "binary cross-entropy against gold labels (label > 0 is 1, else 0); no teacher"
+        ("labelled", "scores"), "binary cross-entropy against gold labels (label > 0 is 1, else 0); no teacher",
+        reads_teacher=False,
     ),
     "infonce": LossSpec(
         ("ntuples", "triplets"),
         "softmax cross-entropy over a positive and its hard negatives, the positive as target; no teacher scores",
+        reads_teacher=False,
     ),
 }
 
@@ -157,9 +163,10 @@ def group_mask(margins: Tensor) -> Tensor:
 
 
 class FusedMarginMSELoss(MarginMSELoss):
-    """sentence-transformers' MarginMSELoss with ONE tokenisation and forward pass over the
+    """sentence-transformers' MarginMSELoss with one tokenisation and forward pass over the
     positive and all negative pairs together ((1 + n) * B pairs instead of 1 + n passes of B):
-    fewer kernel launches and a fuller GPU.
+    fewer kernel launches and a fuller GPU. (With ``pairs_per_forward`` > 0, length-sorted passes
+    of that many pairs instead: less padding, see score_pairs.)
 
     Equal to MarginMSELoss up to float rounding (attention masks keep the extra padding of the
     joint batch out of every real position). Also takes n-tuples with fewer negatives than the
@@ -185,7 +192,8 @@ class FusedMarginMSELoss(MarginMSELoss):
 class GroupInfoNCELoss(nn.Module):
     """Softmax cross-entropy over each row's group [positive, negative_1, ..., negative_n] of raw
     logits with the positive as target: -log(exp(s_pos) / sum over the group of exp(s)), the
-    mean over rows. One forward pass per batch. The labels (teacher margins) only mark the
+    mean over rows. One forward pass per batch (or length-sorted passes of ``pairs_per_forward``
+    pairs, see score_pairs). The labels (teacher margins) only mark the
     missing negatives of shorter n-tuples (NaN), which are left out of the softmax."""
 
     def __init__(self, model, pairs_per_forward: int = 0) -> None:

@@ -378,12 +378,6 @@ def check_before_loading(output_path: Path, teacher_types: list[str], model_path
         _check_finished(output_path, made_with, teacher_keys=("teacher_type", "model_path"))
 
 
-def _write_progress(path: Path, progress: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(progress), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class ResumePoint:
     """Where scoring an output starts: the chunk size, the counts earlier runs saved (zeros for a
@@ -500,7 +494,7 @@ def score_source(
                     "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
                     "seconds": earlier_seconds + time.perf_counter() - started,
                 }
-                _write_progress(progress_path, {"fingerprint": fingerprint, "done": after_chunk})
+                write_json(progress_path, {"fingerprint": fingerprint, "done": after_chunk})
                 done = after_chunk
     except KeyboardInterrupt:
         bar.close()

@@ -42,6 +42,16 @@ def load_cross_encoder(
     return model
 
 
+def without_trained_head(model_path: str) -> str | None:
+    """What a local model folder holds where it has no trained relevance head (an embedding model,
+    a bare encoder, an LLM): a CrossEncoder built on it gets a new random one. None where it has
+    one, or where its config files do not tell."""
+    from rerank_distill.teachers import KIND_NAMES, model_kind
+
+    kind = model_kind(model_path)
+    return None if kind in (None, "cross_encoder") else KIND_NAMES[kind]
+
+
 DTYPES = ("float32", "bfloat16")
 
 

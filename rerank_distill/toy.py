@@ -261,7 +261,11 @@ def build_tiny_embedding_model(out_dir: str | Path, seed: int = 0, hidden_size: 
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    for name, path in build_demo(sys.argv[1] if len(sys.argv) > 1 else "output/demo").items():
+    parser = argparse.ArgumentParser(prog="python -m rerank_distill.toy", description="Build the offline demo's "
+                                     "synthetic data (data/train.jsonl, data/test.jsonl) and tiny random-weight "
+                                     "models (models/teacher-tiny-qwen3, models/student-tiny-bert) under a folder.")
+    parser.add_argument("out_dir", nargs="?", default="output/demo", help="Where to build them (default: output/demo).")
+    for name, path in build_demo(parser.parse_args().out_dir).items():
         print(f"{name}: {path}")

@@ -130,10 +130,15 @@ def summary_message(summary: dict, output_dir: str) -> str:
     final = (f" = best checkpoint {summary['best_checkpoint']} ({summary['metric_for_best_model']} "
              f"{summary['best_metric']:.4g})" if summary["final_model"] == "best checkpoint" else
              " (last step: the best checkpoint failed to load)" if summary["best_model_error"] else " (last step)")
-    return (f"done: {summary['steps']} step{'s' if summary['steps'] != 1 else ''} ({summary['steps'] - summary['resumed_from_step']} this run{ended}) in "
-            f"{summary['seconds']:.1f} s, {summary['examples_per_second']:.1f} examples/s on {summary['processes']} "
-            f"process(es); tokens per pair {summary['mean_real_tokens']:.1f} real of {summary['mean_padded_tokens']:.1f} "
-            f"padded ({100 * summary['padding_share']:.0f}% padding){_cut_note(summary)}; final model {output_dir}{final}")
+    # (a run that only saved the final model of an ended one trained no pair: no tokens to tell of)
+    tokens = ""
+    if summary["mean_padded_tokens"]:
+        tokens = (f"; tokens per pair {summary['mean_real_tokens']:.1f} real of {summary['mean_padded_tokens']:.1f} "
+                  f"padded ({100 * summary['padding_share']:.0f}% padding){_cut_note(summary)}")
+    steps, this_run = summary["steps"], summary["steps"] - summary["resumed_from_step"]
+    return (f"done: {steps} step{'s' if steps != 1 else ''} ({this_run} this run{ended}) in "
+            f"{summary['seconds']:.1f} s, {summary['examples_per_second']:.1f} examples/s on "
+            f"{summary['processes']} process(es){tokens}; final model {output_dir}{final}")
 
 
 def _cut_note(summary: dict) -> str:

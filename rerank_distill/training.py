@@ -88,17 +88,18 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
                            is_training_data: bool = False) -> tuple[list[RankingQuery], str]:
     """The queries of ``source`` that MAP can rank: each with its candidates and gold labels,
     and at least one positive and one negative. Returns ``(queries, note)``; queries is empty
-    when the file has no gold labels or no such query, and the note says why. A file of no use
-    is still read through for errors, unless ``is_training_data`` (read and checked already)."""
+    when the file has no gold labels or no such query, and the note says why. A scores file
+    without gold labels is still read through for errors, unless ``is_training_data`` (read and
+    checked already); a file of another kind is judged by its first line alone."""
     path, line, record = first_record(source)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
-    if kind == "scores" and label_of(record, path, line) is None:
+    if kind == "scores" and label_of(record, path, line, label_column) is None:
         if not is_training_data:  # a broken file is an error, used or not
-            for _ in iter_scored_pairs(source):
+            for _ in iter_scored_pairs(source, label_column):
                 pass
-        return [], f'{source} has teacher scores but no gold "label" field'
+        return [], f'{source} has teacher scores but no gold "{label_column or "label"}" field'
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for query in iter_ranking_queries(source, input_format, label_column=label_column):
         reason = skip_reason(query.labels)
@@ -123,7 +124,7 @@ COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries"
 
 
 @dataclass
-class Selection:
+class CheckpointSelection:
     """How checkpoints are chosen: the data sets that train and evaluate, and the held-out queries."""
 
     train: object  # datasets.Dataset
@@ -145,7 +146,7 @@ def plan_selection(
     train_set, train_kind: str, train_source: str, selection_data: str | None, selection_metric: str,
     eval_set, eval_share: float, seed: int, must_evaluate: bool = False, input_format: str = "auto",
     label_column: str | None = None,
-) -> Selection:
+) -> CheckpointSelection:
     """Choose what picks the best checkpoint, and hold its queries out of training.
 
     MAP (``selection_metric`` "auto" or "map") ranks gold-labelled candidate lists: those of
@@ -161,10 +162,11 @@ def plan_selection(
     stopping, or evaluation flags the user passed). "last" always trains on every query.
     """
     if selection_metric == "last":
-        return Selection(train_set, None, metric="last", note="not picked (--selection_metric last): every query trains, "
-                         "the last step is final")
+        return CheckpointSelection(train_set, None, metric="last", note="not picked (--selection_metric last): every "
+                                   "query trains, the last step is final")
     queries: list[RankingQuery] = []
     note = "--selection_metric loss"
+    may_go_unpicked = selection_metric == "auto" and eval_set is None and not must_evaluate
     if selection_metric != "loss":
         source = selection_data or (train_source if train_kind in RANKING_KINDS else None)
         if source is None:
@@ -173,38 +175,48 @@ def plan_selection(
             # --input_format names the training file's format; a dev file of its own is told by its fields
             queries, note = read_selection_queries(source, input_format if source == train_source else "auto",
                                                    label_column, is_training_data=source == train_source)
+        if queries:
+            training_queries = set(train_set["query"])
+            shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
+            own = sum(query.query not in training_queries for query in queries)
+            if len(shared) > 1:
+                held = held_out_queries(shared, eval_share, seed)
+            elif own or len(training_queries) == 1:  # shared by chance, or the only query there is to train on
+                held = set()
+            else:  # the one labelled training query: ranked, the others train
+                held = set(shared)
+            ranked = [query for query in queries if query.query not in training_queries or query.query in held]
+            if not ranked:
+                if may_go_unpicked:
+                    return CheckpointSelection(train_set, None, metric="last", note="not picked: the one training "
+                                               "query trains, the last step is final")
+                queries, note = [], f"{source}'s one labelled query is the only training query"
         if not queries and selection_metric == "map":
             raise InputError(f"--selection_metric map needs gold-labelled candidate lists: {note}")
     if not queries:
         held_out: list[str] = []
         if eval_set is None:
-            train_set, eval_set = split_by_query(train_set, eval_share, seed)
-            held_out = list(dict.fromkeys(eval_set["query"]))
-        return Selection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
+            held = held_out_queries(train_set["query"], eval_share, seed)
+            held_out = [query for query in dict.fromkeys(train_set["query"]) if query in held]
+            train_set, eval_set = split_rows(train_set, held)
+        return CheckpointSelection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
-    training_queries = set(train_set["query"])
-    shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
-    own = sum(query.query not in training_queries for query in queries)
     if not shared:
-        return Selection(train_set, eval_set, queries, [], "eval_selection_map",
+        return CheckpointSelection(train_set, eval_set, queries, [], "eval_selection_map",
                          f"by MAP on a dev set of its own ({note})")
-    # a dev file that shares a query with training by chance keeps its own ones and holds none out
-    held = held_out_queries(shared, eval_share, seed) if len(shared) > 1 or not own else set()
-    ranked = [query for query in queries if query.query not in training_queries or query.query in held]
     counted = f"{len(held)} held-out training queries" + (f" and {own} of its own" if own else "")
-    if selection_metric == "auto" and not own and len(held) < MIN_SELECTION_QUERIES and eval_set is None \
-            and not must_evaluate:
-        return Selection(train_set, None, metric="last", note=(
+    if may_go_unpicked and not own and len(held) < MIN_SELECTION_QUERIES:
+        return CheckpointSelection(train_set, None, metric="last", note=(
             f"not picked: MAP on {counted} (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints mostly by "
             "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
             "larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
     train_set, held_rows = split_rows(train_set, held)
-    return Selection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
+    return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
                      [query for query in shared if query in held], "eval_selection_map",
                      f"by MAP on {counted} ({note})")
 
 
-def load_training_data(script, training, evaluate: bool, must_evaluate: bool) -> tuple[str, Selection]:
+def load_training_data(script, training, evaluate: bool, must_evaluate: bool) -> tuple[str, CheckpointSelection]:
     """Read train.py's data (``script``: its ScriptArguments; ``training``: the training arguments)
     and split it: the training data's kind, and the train / eval / selection split (see
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
@@ -219,13 +231,14 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     return kind, selection
 
 
-def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, Selection]:
+def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, CheckpointSelection]:
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column)
     if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
         logger.warning(warning)
     if not evaluate:
-        return data.kind, Selection(data.to_dataset(), None, note="none (--eval_strategy no): the last step is final")
+        return data.kind, CheckpointSelection(data.to_dataset(), None, metric="last",
+                                              note="none (--eval_strategy no): the last step is final")
     eval_set = None
     if script.eval_data:
         eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
@@ -238,7 +251,7 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
     return data.kind, selection
 
 
-def small_selection_warning(selection: Selection) -> str | None:
+def small_selection_warning(selection: CheckpointSelection) -> str | None:
     """A warning when the checkpoint is picked by MAP on too few queries to tell checkpoints apart."""
     count = len(selection.queries)
     if selection.metric != "eval_selection_map" or count >= MIN_SELECTION_QUERIES:

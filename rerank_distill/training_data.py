@@ -13,6 +13,7 @@ import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
+    TRAINING_RECORDS,
     detect_format,
     iter_ranking_queries,
     iter_rows,
@@ -29,10 +30,9 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 DATA_KINDS = {
-    "triplets": 'triplets {"query", "positive", "negative", "score"} (create_triplets.py)',
-    "ntuples": 'n-tuples {"query", "positive", "negatives": [...], "scores": [...]} '
-    "(create_triplets.py --format ntuples)",
-    "listwise": 'listwise groups {"query", "passages": [...], "scores": [...]} (create_triplets.py --format listwise)',
+    "triplets": f"triplets {TRAINING_RECORDS['triplets']} (create_triplets.py)",
+    "ntuples": f"n-tuples {TRAINING_RECORDS['ntuples']} (create_triplets.py --format ntuples)",
+    "listwise": f"listwise groups {TRAINING_RECORDS['listwise']} (create_triplets.py --format listwise)",
     "scores": 'teacher scores, one pair a line {"query", "passage"|"content", "score"} (generate_logits.py)',
     "labelled": 'labelled ranking data: MTEB {"query", "positive": [...], "negative": [...]}, '
     '{"query", "pos", "neg"} or graded rows {"query", "passage", "label"}',
@@ -118,14 +118,15 @@ def read_training_data(
         if data.ragged and loss == "margin_mse" and not fused_forward:
             raise InputError("the n-tuples have differing numbers of negatives, which only the fused MarginMSE "
                              "takes; drop --no_fused_forward", source)
-        if loss == "infonce":  # it reads no teacher scores: how much they vary is nothing to warn about
-            data.teacher_spread = None
-        return data
-    if kind == "listwise":
-        return _listwise(source, teacher_temperature)
-    if kind == "scores":
-        return _pointwise_scores(source, loss, teacher_temperature)
-    return _labelled(source, input_format, label_column)
+    elif kind == "listwise":
+        data = _listwise(source, teacher_temperature)
+    elif kind == "scores":
+        data = _pointwise_scores(source, loss, teacher_temperature, label_column)
+    else:
+        data = _labelled(source, input_format, label_column)
+    if not LOSSES[loss].reads_teacher:  # how much scores it never reads vary is nothing to warn about
+        data.teacher_spread = None
+    return data
 
 
 def get_number_list(record: dict, name: str, path: str, line: int) -> list[float]:
@@ -143,6 +144,7 @@ def soft_label(score: float, temperature: float) -> float:
 
 
 def rms(values: Iterable[float]) -> float | None:
+    """Root mean square of ``values``; None when there are none."""
     values = np.asarray(list(values), dtype=np.float64)
     return float(np.sqrt(np.mean(values**2))) if values.size else None
 
@@ -205,14 +207,15 @@ def _listwise(source: str, temperature: float) -> TrainingData:
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
 
-def _pointwise_scores(source: str, loss: str, temperature: float) -> TrainingData:
+def _pointwise_scores(source: str, loss: str, temperature: float, label_column: str | None = None) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
     by_query: dict[str, list[float]] = {}
-    for pair in iter_scored_pairs(source):
+    for pair in iter_scored_pairs(source, label_column):
         if loss == "bce_labels":
             if pair.label is None:
-                raise InputError('no gold "label" in this pair; --loss bce_labels trains on gold labels '
-                                 "(use --loss mse or bce_soft to train on the teacher's scores)", source, pair.line)
+                raise InputError(f'no gold "{label_column or "label"}" in this pair; --loss bce_labels trains on '
+                                 "gold labels (use --loss mse or bce_soft to train on the teacher's scores)",
+                                 pair.path, pair.line)
             target = 1.0 if pair.label > 0 else 0.0
         else:
             target = soft_label(pair.score, temperature) if loss == "bce_soft" else pair.score / temperature
@@ -220,8 +223,7 @@ def _pointwise_scores(source: str, loss: str, temperature: float) -> TrainingDat
         columns["passage"].append(pair.passage)
         columns["label"].append(target)
         by_query.setdefault(pair.query, []).append(pair.score)
-    spread = None if loss == "bce_labels" else rms(within_query_deviations(by_query.values()))
-    return TrainingData("scores", columns, teacher_spread=spread)
+    return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 
 
 def _labelled(source: str, input_format: str, label_column: str | None) -> TrainingData:

@@ -10,7 +10,7 @@ Selection is a chain of small pure functions, each replaceable on its own:
    ``labels``: those with a gold label > 0; ``both``: the union);
 3. ``choose_negative_ranks``: which ranks below a positive act as its negatives (``hardest``: the
    ones just below it; ``random``: a seeded uniform draw from all below it; ``mixed``: half each);
-4. ``skip_reason``: whether a (positive, negative) pair is usable (a margin > 0 and >=
+4. ``margin_skip_reason``: whether a (positive, negative) pair is usable (a margin > 0 and >=
    ``min_margin``); a skipped negative is not replaced by another one;
 5. ``format_records``: the output lines (``triplets``, ``ntuples`` or ``listwise``).
 
@@ -172,7 +172,7 @@ def query_rng(seed: int, query: str) -> random.Random:
     return random.Random(int.from_bytes(digest, "big"))
 
 
-def skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
+def margin_skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
     """Why a (positive, negative) pair must not be used, or None when it is usable: a margin of
     zero or less (tied scores) has no direction for the student to learn; a margin below
     ``min_margin`` (logit units) is a near-tie that is mostly the teacher's noise. (Two listings
@@ -233,7 +233,7 @@ def select(
         ):
             negative = order[negative_rank]
             margin = scores[positive] - scores[negative]
-            reason = skip_reason(margin, rules.min_margin)
+            reason = margin_skip_reason(margin, rules.min_margin)
             if reason is not None:
                 skipped[reason] += 1
             else:
@@ -341,7 +341,7 @@ def require_labels(pairs: Iterable[ScoredPair], flag: str, source: str) -> Itera
                 "keeps labels when its input has them (e.g. MTEB positive/negative lists), but passages scored "
                 "as queries have none: leave such files out, or for unlabelled data "
                 + ("use --positives teacher" if flag.startswith("--positives") else f"drop {flag}"),
-                source,
+                pair.path,
                 pair.line,
             )
         yield pair

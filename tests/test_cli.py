@@ -2,6 +2,10 @@
 mistyped flag is a one-line error that suggests the flag meant."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +48,10 @@ def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, require
     assert exit_.value.code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.endswith(f"error: unrecognized arguments: {typo} 3 (did you mean {meant}?)")
+
+
+def test_the_demo_builder_explains_itself_and_builds_nothing_for_help(tmp_path):
+    shown = subprocess.run([sys.executable, "-m", "rerank_distill.toy", "--help"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert shown.returncode == 0 and "out_dir" in shown.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -292,7 +292,7 @@ def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, rankin
         "MODEL_AFTER": str(tiny_cross_encoder),
         "DATASET": str(ranking_file),
         "TEACHER_SCORES": str(teacher),
-        "OUTPUT": str(output),
+        "REPORT": str(output),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",  # tiny tensors: threads cost more than they save
     }
@@ -307,7 +307,7 @@ def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, rankin
 def test_launcher_evaluates_one_model_when_model_after_is_set_empty(tiny_cross_encoder, ranking_file, tmp_path):
     output = tmp_path / "evaluation.json"
     env = {**os.environ, "MODEL_BEFORE": str(tiny_cross_encoder), "MODEL_AFTER": "", "DATASET": str(ranking_file),
-           "OUTPUT": str(output), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "REPORT": str(output), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
     done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
@@ -635,3 +635,24 @@ def test_dtype_bfloat16_is_recorded_and_changes_metrics_only_slightly(tiny_cross
     for name in METRICS:
         assert fast["before"][name] == pytest.approx(exact["before"][name], abs=0.1)
     assert json.loads((tmp_path / "report" / "evaluation.args.json").read_text())["script"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("teacher_name, report_name", [
+    ("scores.jsonl", "DATASET"),  # the labelled test set itself
+    ("scores.jsonl", "scores.jsonl"),  # the teacher's scores
+    ("scores.per_query.jsonl", "scores.json"),  # the per-query lines written beside the report
+])  # fmt: skip
+def test_a_report_path_that_would_overwrite_an_input_is_refused(ranking_file, tmp_path, teacher_name, report_name):
+    teacher = write_teacher_scores(tmp_path / teacher_name, records_of(ranking_file), positive=5.0, negative=-5.0)
+    report = ranking_file if report_name == "DATASET" else tmp_path / report_name
+    before = {path: path.read_bytes() for path in (ranking_file, teacher)}
+    with pytest.raises(InputError, match="--output_path .* is an input of this run"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model-needed"), "--dataset_path", str(ranking_file),
+                         "--teacher_scores", str(teacher), "--output_path", str(report)])
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_a_model_without_a_trained_relevance_head_is_refused(tiny_embedding_model, ranking_file, tmp_path):
+    # a cross-encoder made from it would score with a new random head: noise, different on every run
+    with pytest.raises(InputError, match="--model_before_path: .* holds an embedding model, no reranker"):
+        run(tmp_path, tiny_embedding_model, ranking_file)

@@ -248,8 +248,9 @@ def test_bad_grade_fails_with_file_line_field_and_the_value(tmp_path):
         as_tuples(source)
 
 
-def test_non_finite_grade_is_refused(tmp_path):
-    source = write_jsonl_records(tmp_path / "graded.jsonl", [{"query": "q", "passage": "a", "grade": "nan"}])
+@pytest.mark.parametrize("grade", ["nan", 10**400])
+def test_non_finite_grade_is_refused(tmp_path, grade):
+    source = write_jsonl_records(tmp_path / "graded.jsonl", [{"query": "q", "passage": "a", "grade": grade}])
     with pytest.raises(InputError, match=rf'{source}:1: field "grade" must be a number'):
         as_tuples(source)
 
@@ -367,12 +368,12 @@ def test_parquet_file_with_no_rows_fails_saying_so(tmp_path):
         as_tuples(source)
 
 
-@pytest.mark.parametrize("score", ["NaN", "Infinity", '"nan"', '"-inf"'])
+@pytest.mark.parametrize("score", ["NaN", "Infinity", '"nan"', '"-inf"', "1" + "0" * 400])  # the last: beyond float
 def test_non_finite_score_fails_with_file_line_and_field(tmp_path, score):
     source = tmp_path / "scores.jsonl"
     lines = ['{"query": "q", "content": "a", "score": 1.0}', f'{{"query": "q", "content": "b", "score": {score}}}']
     source.write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=rf'{source}:2: field "score" is -?(nan|inf)'):
+    with pytest.raises(InputError, match=rf'{source}:2: field "score" is -?(nan|inf|10000).*must be finite'):
         list(iter_scored_pairs(str(source)))
 
 

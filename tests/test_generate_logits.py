@@ -624,9 +624,10 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     test_file = tmp_path / "test.jsonl"
     test_file.write_text(ranking_file.read_text())
     scores, records = tmp_path / "scores", tmp_path / "records.jsonl"
-    env = {**os.environ, "MODEL": str(tiny_embedding_model), "TEACHER_TYPE": "embedding", "OUTPUT_DIR": str(scores),
-           "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2", "INPUT": str(scores / "train_scores.jsonl"),
-           "OUTPUT": str(records), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    # (stage 2 reads its scores from stage 1's SCORES_DIR: one variable, one meaning, in every launcher)
+    env = {**os.environ, "TEACHER": str(tiny_embedding_model), "TEACHER_TYPE": "embedding", "SCORES_DIR": str(scores),
+           "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2", "TRIPLETS": str(records),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
     for launcher, flags in (("generate_logits.sh", ["--device", "cpu", "--no_show_progress"]), ("create_triplets.sh", [])):
         done = subprocess.run(["bash", os.path.join(repo, launcher), *flags], env=env, cwd=tmp_path,
                               capture_output=True, text=True, check=False)  # fmt: skip

@@ -6,6 +6,7 @@ levers change no loss value."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import subprocess
@@ -143,7 +144,7 @@ def test_without_gold_labels_the_best_checkpoint_by_eval_loss_becomes_the_model(
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3")
 
     # Only the required flags and a step count: one query held out, eval and save every step.
-    assert summary["eval_queries"] == 1 and summary["held_out_queries"] == [summary["held_out_queries"][0]]
+    assert summary["eval_queries"] == 1 and len(summary["held_out_queries"]) == 1
     assert summary["train_examples"] + summary["eval_examples"] == len(hand_written_triplets())
     assert summary["steps"] == 3
     record = json.loads((out / "args.json").read_text())
@@ -618,6 +619,33 @@ def test_a_dev_file_sharing_queries_with_training_still_ranks_all_of_its_own(tmp
     assert f"{len(selection.held_out)} held-out training queries and 2 of its own" in selection.note
 
 
+def test_a_selection_file_sharing_one_training_query_holds_it_out_only_when_map_is_asked_for(tmp_path, scores_file):
+    one = write_jsonl_records(tmp_path / "one.jsonl", hand_written_scores()[:3])  # the first query's candidates
+    first = next(iter(QUERIES))
+    auto = plan(hand_written_triplets(), str(one))
+    assert auto.metric == "last" and auto.held_out == [] and len(auto.train) == len(hand_written_triplets())
+    asked = plan(hand_written_triplets(), str(one), metric="map")
+    assert asked.metric == "eval_selection_map" and asked.held_out == [first]
+    assert [query.query for query in asked.queries] == [first] and first not in set(asked.train["query"])
+    only = [row for row in hand_written_triplets() if row["query"] == first]  # nothing else to train on
+    assert plan(only, str(one)).metric == "last"
+    with pytest.raises(InputError, match="one labelled query is the only training query"):
+        plan(only, str(one), metric="map")
+
+
+def test_a_label_column_names_the_gold_label_of_a_scores_file(tmp_path):
+    rows = [{"query": r["query"], "passage": r["passage"], "score": r["score"], "stars": r["label"]}
+            for r in hand_written_scores()]  # fmt: skip
+    path = str(write_jsonl_records(tmp_path / "s.jsonl", rows))
+    with pytest.raises(InputError, match='no gold "label"'):
+        read_training_data(path, "bce_labels")
+    data = read_training_data(path, "bce_labels", label_column="stars")
+    assert data.columns["label"] == [1.0 if row["stars"] else 0.0 for row in rows]
+    selection = plan_selection(triplets_dataset(hand_written_triplets()), "triplets", "train.jsonl", path, "map", None,
+                               0.4, 7, label_column="stars")
+    assert selection.metric == "eval_selection_map" and len(selection.queries) == 2
+
+
 def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
     unlabelled = write_jsonl_records(
         tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in hand_written_scores()]
@@ -850,6 +878,14 @@ def test_training_data_smaller_than_one_kept_batch_is_an_error_not_a_run_of_no_s
                   "1000", "--dataloader_drop_last", "true")
 
 
+@pytest.mark.parametrize("flag, value", [("--max_length", "0"), ("--pairs_per_forward", "-1"),
+                                         ("--early_stopping_patience", "-2")])
+def test_a_flag_below_its_minimum_is_an_error_before_anything_is_read(triplets_file, tmp_path, flag, value):
+    with pytest.raises(InputError, match=f"{flag} must be at least"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out", flag, value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_dir_that_is_a_file_is_an_error(triplets_file, tmp_path):
     with pytest.raises(InputError, match=f"^--output_dir {triplets_file} is a file; give a folder"):
         run_train(tmp_path / "no-model-needed", triplets_file, triplets_file)
@@ -936,6 +972,16 @@ def test_a_cut_short_final_save_of_a_run_its_time_budget_ended_still_says_so(tin
     (out / "training_summary.json").unlink()
     again = run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
     assert (again["steps"], again["stopped_by_time"], again["stopped_early"]) == (first["steps"], True, False)
+
+
+def test_a_student_without_a_relevance_head_gets_the_same_new_head_on_every_run(tiny_embedding_model, triplets_file,
+                                                                               tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    for run_dir in ("first", "second"):
+        run_train(tiny_embedding_model, triplets_file, tmp_path / run_dir, "--max_steps", "1", "--eval_strategy", "no")
+    assert "holds an embedding model: the student's relevance head starts new" in caplog.text
+    first, second = weights(tmp_path / "first"), weights(tmp_path / "second")
+    assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
 def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):

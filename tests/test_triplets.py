@@ -198,6 +198,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "group_size": 8,
         "min_margin": 0.0,
         "label_margin": None,
+        "label_column": None,
         "seed": 42,
     }
 
@@ -333,6 +334,29 @@ def test_a_line_missing_its_label_is_named(tmp_path):
 
     with pytest.raises(InputError, match=f"^{scores}:2: --positives labels needs a gold label"):
         run(tmp_path, scores, "--positives", "labels")
+
+
+def test_a_line_missing_its_label_in_a_data_set_folder_is_named_by_its_own_file(tmp_path):
+    folder = tmp_path / "scores"
+    first = [{"query": "q", "passage": "a", "score": 2.0, "label": 1}]
+    write_jsonl_records(folder / "train-00000-of-00002.jsonl", first)
+    second = write_jsonl_records(folder / "train-00001-of-00002.jsonl", [{"query": "q", "passage": "b", "score": 1.0}])
+
+    with pytest.raises(InputError, match=f"^{second}:1: --positives labels needs a gold label"):
+        run(tmp_path, Path(f"{folder}:train"), "--positives", "labels")
+
+
+def test_a_label_column_names_the_gold_label_the_labelled_rules_read(tmp_path):
+    rows = [{"query": "q", "passage": "a", "score": 2.0, "stars": 0}, {"query": "q", "passage": "b", "score": 1.0,
+            "stars": 1}]  # fmt: skip
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", rows)
+
+    with pytest.raises(InputError, match="needs a gold label"):
+        run(tmp_path, scores, "--positives", "labels")
+    run(tmp_path, scores, "--positives", "labels", "--label_column", "stars", "--label_margin", "1")
+
+    assert read_jsonl_records(tmp_path / "out" / "triplets.jsonl") == [
+        {"query": "q", "positive": "b", "negative": "a", "score": 1.0}]  # lifted 1 logit above the negative
 
 
 # --- gold labels correcting the teacher (--label_margin) ---
@@ -784,3 +808,11 @@ def test_a_failed_run_leaves_no_output_and_no_folder_it_made(tmp_path):
         create_triplets.main(["--input_path", str(tmp_path / "missing.jsonl"), "--output_path",
                               str(tmp_path / "made" / "here" / "triplets.jsonl")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_path_that_is_an_input_through_a_link_is_refused(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    (tmp_path / "link.jsonl").symlink_to(scores)
+    with pytest.raises(InputError, match="--output_path .*link.jsonl is an input of this run"):
+        create_triplets.main(["--input_path", str(scores), "--output_path", str(tmp_path / "link.jsonl")])
+    assert read_jsonl_records(scores)[0]["passage"] == "a"

@@ -156,7 +156,7 @@ def model_kind(model_path: str) -> str | None:
 # For check_model_kind: what each teacher type needs, and how each kind of checkpoint is named.
 _KINDS_FOR = {"llm_yesno": ("llm",), "llm_labels": ("llm",), "cross_encoder": ("cross_encoder",),
               "embedding": ("embedding", "llm")}  # fmt: skip  (embedding LLMs such as Qwen3-Embedding keep an LM's config)
-_KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder with its classification head",
+KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder with its classification head",
                "embedding": "an embedding model"}  # fmt: skip
 _TEACHER_TYPE_FOR = {"llm": "llm_yesno (or llm_labels)", "cross_encoder": "cross_encoder", "embedding": "embedding"}
 
@@ -172,7 +172,7 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
     if teacher_type in LLM_TEACHER_TYPES and any(a.endswith(GENERATIVE_HEADS) for a in architectures):
         return  # a generative head serves a judge, whatever sentence-transformers layout the folder also has
     raise InputError(
-        f"{model_path} holds {_KIND_NAMES[kind]}, but --teacher_type {teacher_type} needs {_KIND_NAMES[needed[0]]} "
+        f"{model_path} holds {KIND_NAMES[kind]}, but --teacher_type {teacher_type} needs {KIND_NAMES[needed[0]]} "
         f"(loaded anyway, its scores would mean nothing); pass --teacher_type {_TEACHER_TYPE_FOR[kind]}"
     )
 
