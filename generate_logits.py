@@ -122,10 +122,14 @@ def main(argv: list[str] | None = None) -> dict:
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
     expected = {}
     for source, derived in inputs:
-        expected[source, derived] = validate_source(source, args.input_format, shard, derived, **read_args)
+        expected[source, derived] = summary = validate_source(source, args.input_format, shard, derived, **read_args)
+        if summary.negative_grades:
+            logger.warning("%s: %d pairs have a grade below 0 (the first at %s); training reads grades above 0 as "
+                           "relevant and the rest as not, but evaluation.py refuses negative grades (they are NDCG "
+                           "gains) and the teacher's metrics against them are not reported: map them to 0 if this "
+                           "data is to be evaluated", source, summary.negative_grades, summary.first_negative_grade)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
-                    expected[source, derived].queries, expected[source, derived].pairs,
-                    f" (shard {args.shard})" if args.shard else "")
+                    summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
     # One run per output at a time, claimed before any teacher loads (minutes for an 8B model)
     with ExitStack() as claimed:

@@ -4,7 +4,7 @@
 - ``mteb``: MTEB reranking, one query a line: ``{"query", "positive": [...], "negative": [...]}``
 - ``pos_neg``: labelled pairs, one query a line: ``{"query", "pos": [...], "neg": [...]}``
 - ``graded``: one (query, passage) a row with a relevance label, in JSONL or Parquet:
-  ``{"query", "item_text" | "passage" | "content", "esci_label" | "label" | "grade" | "relevance"}``;
+  ``{"query", "item_text" | "passage" | "content" | "product_title", "esci_label" | "label" | "grade" | "relevance"}``;
   ESCI letters E/S/C/I (or the words) are grades 3/2/1/0; ``label_column`` names another column
 - ``scores``: teacher scores, one (query, passage) a row: ``{"query", "passage" | "content", "score"}``
   with ``score`` a number or numeric string; stage 1's own output is this format plus ``label``
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from rerank_distill.errors import InputError
-from rerank_distill.jsonl import get_number, get_text, get_text_list, read_jsonl
+from rerank_distill.jsonl import get_number, get_text, get_text_list, number_in_text, read_jsonl
 
 INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
-PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc")
+PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc", "product_title")  # the last: ESCI's own
 LABEL_FIELDS = ("esci_label", "label", "grade", "relevance")
 ESCI_GRADES = {
     "e": 3.0, "exact": 3.0,
@@ -255,11 +255,8 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
         key = value.strip().lower()
         if key in ESCI_GRADES:
             return ESCI_GRADES[key]
-        try:
-            number = float(key)
-        except ValueError:
-            number = math.nan
-        if math.isfinite(number):
+        number = number_in_text(key)
+        if number is not None and math.isfinite(number):
             return number
     raise InputError(
         f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {value!r}', path, line

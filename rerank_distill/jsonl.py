@@ -104,6 +104,19 @@ def get_text_list(record: dict, name: str, path: str, line: int, required: bool 
     return value
 
 
+def number_in_text(text: str) -> float | None:
+    """The number a string such as ``" 0.75"`` or ``"-1e3"`` spells, or None where it spells none.
+    Only ASCII decimal notation: Python's float() also takes ``"1_000"`` and other scripts' digits,
+    which are no numbers in a data file."""
+    text = text.strip()
+    if not text.isascii() or "_" in text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def get_number(record: dict, name: str, path: str, line: int) -> float:
     """The finite numeric field ``name``; numeric strings such as ``"0.75"`` are accepted."""
     if name not in record:
@@ -112,10 +125,9 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
     if isinstance(value, bool):
         raise InputError(f'field "{name}" must be a number, got a boolean', path, line)
     if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise InputError(f'field "{name}" must be a number, got the string {record[name]!r}', path, line) from None
+        value = number_in_text(value)
+        if value is None:
+            raise InputError(f'field "{name}" must be a number, got the string {record[name]!r}', path, line)
     if not isinstance(value, (int, float)):
         raise InputError(f'field "{name}" must be a number, got {type(value).__name__}', path, line)
     try:

@@ -103,6 +103,8 @@ class InputSummary:
     queries: int = 0
     pairs: int = 0
     queries_without_passages: int = 0
+    negative_grades: int = 0  # pairs graded below 0, which evaluation refuses (NDCG gains)
+    first_negative_grade: str = ""  # the record of the first one, "file:line"
     digest: str = ""  # of every query's text, passages and labels: a finished output of other input is refused
 
 
@@ -116,6 +118,9 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
         summary.queries += 1
         summary.pairs += len(query.passages)
         summary.queries_without_passages += not query.passages
+        if negative := sum(label is not None and label < 0 for label in query.labels):
+            summary.negative_grades += negative
+            summary.first_negative_grade = summary.first_negative_grade or query.location
         content.update(_as_bytes(query))
     summary.digest = content.hexdigest()
     return summary

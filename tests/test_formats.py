@@ -378,7 +378,8 @@ def test_non_finite_score_fails_with_file_line_and_field(tmp_path, score):
 
 
 @pytest.mark.parametrize(
-    "score, message", [('"high"', "got the string 'high'"), ("true", "got a boolean"), ("[1]", "got list")]
+    "score, message", [('"high"', "got the string 'high'"), ("true", "got a boolean"), ("[1]", "got list"),
+                       ('"1_000"', "got the string '1_000'"), ('"\u0663"', "got the string")]  # an Arabic-Indic 3
 )
 def test_score_that_is_not_a_number_fails_with_file_line_and_field(tmp_path, score, message):
     source = tmp_path / "scores.jsonl"
@@ -414,3 +415,12 @@ def test_label_words_get_esci_grades_else_descending_grades_in_the_order_given()
         label_word_grades(["yes", "no"], [1])
     with pytest.raises(InputError, match="distinct"):
         label_word_grades(["yes", "yes"])
+
+
+def test_esci_files_own_columns_are_graded_rows(tmp_path):
+    rows = [{"query_id": 1, "query": "usb cable", "product_id": "B1", "product_title": "usb-c cable 1m",
+             "product_locale": "us", "esci_label": "E"},
+            {"query_id": 1, "query": "usb cable", "product_id": "B2", "product_title": "hdmi cable",
+             "product_locale": "us", "esci_label": "I"}]  # fmt: skip
+    source = write_jsonl_records(tmp_path / "esci.jsonl", rows)
+    assert as_tuples(source) == [("usb cable", ["usb-c cable 1m", "hdmi cable"], [3.0, 0.0])]
