@@ -30,15 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import EarlyStoppingCallback
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import check_minimums, command_line, run_main, write_json, write_run_args
-from rerank_distill.errors import InputError
+from rerank_distill.cli import command_line, run_main, write_json, write_run_args
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
-from rerank_distill.hub import resolve_model
-from rerank_distill.student import load_cross_encoder, without_trained_head
+from rerank_distill.student import load_student
 from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
@@ -52,16 +50,13 @@ from rerank_distill.training import (
     MIN_SELECTION_QUERIES,
     SUMMARY_FILE,
     SelectionEvaluator,
-    check_output_dir,
-    check_resume_settings,
+    check_training_flags,
     clear_earlier_outputs,
-    data_digest,
     end_reached,
     load_training_data,
     parse_training_args,
-    resolve_checkpoint,
+    prepare_resume,
     resume_hint,
-    resumed_state,
     set_best_metric,
     small_selection_warning,
 )
@@ -165,20 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
-    check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    check_training_flags(script, training)
+    resume, resumed, digest = prepare_resume(script, training)
     evaluate = training.eval_strategy != "no"
-    if script.early_stopping_patience > 0 and not evaluate:
-        raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
-    if script.early_stopping_patience > 0 and script.selection_metric == "last":
-        raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
-    check_output_dir(training.output_dir, script.model_name_or_path)
-    resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
-    resumed = resumed_state(resume, training, script.max_train_seconds)
-    # (only where it is compared or recorded: every torchrun process would read the whole file)
-    digest = data_digest(script.train_data) if resume is not None or training.should_save else None
-    if resume is not None:
-        check_resume_settings(training.output_dir, script, training, digest)
-
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
 
     # Data first: a bad line fails in seconds, before any model download.
@@ -200,12 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # where the Trainer will train it: each torchrun process's own GPU, or the CPU with --use_cpu
     # (sentence-transformers would pick cuda:LOCAL_RANK, which need not exist)
-    student = resolve_model(script.model_name_or_path, script.hub, script.cache_dir)
-    if held := without_trained_head(student):
-        logger.info("%s holds %s: the student's relevance head starts new, initialised by --seed %d",
-                    script.model_name_or_path, held, training.seed)
-    set_seed(training.seed)  # the Trainer seeds only once the model is built: a new head would differ run to run
-    model = load_cross_encoder(student, max_length=script.max_length, num_labels=1, device=str(training.device))
+    model = load_student(script.model_name_or_path, script.hub, script.cache_dir, script.max_length, training.device,
+                         training.seed)
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None

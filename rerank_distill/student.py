@@ -52,6 +52,20 @@ def without_trained_head(model_path: str) -> str | None:
     return None if kind in (None, "cross_encoder") else KIND_NAMES[kind]
 
 
+def load_student(name_or_path: str, hub: str, cache_dir: str | None, max_length: int, device, seed: int):
+    """The student train.py trains: a one-logit CrossEncoder on ``device``. A model without a
+    trained relevance head (see without_trained_head) gets a new one, the same for the same
+    ``seed`` (the Trainer seeds only once the model is built)."""
+    from transformers import set_seed
+
+    path = resolve_model(name_or_path, hub, cache_dir)
+    if held := without_trained_head(path):
+        logger.info("%s holds %s: the student's relevance head starts new, initialised by --seed %d", name_or_path,
+                    held, seed)
+    set_seed(seed)
+    return load_cross_encoder(path, max_length=max_length, num_labels=1, device=str(device))
+
+
 DTYPES = ("float32", "bfloat16")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from transformers import TrainerState
 
-from rerank_distill.cli import parse_args, to_jsonable
+from rerank_distill.cli import check_minimums, parse_args, to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
@@ -435,6 +435,31 @@ def earlier_final_model(output_dir: str) -> list[Path]:
     return sorted(p for pattern in (SUMMARY_FILE, *FINAL_WEIGHTS) for p in folder.glob(pattern) if p.is_file())
 
 
+def check_training_flags(script, training) -> None:
+    """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
+    arguments) below their minimums or at odds with each other, before anything is read."""
+    check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    if script.early_stopping_patience > 0 and training.eval_strategy == "no":
+        raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
+    if script.early_stopping_patience > 0 and script.selection_metric == "last":
+        raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
+
+
+def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, str | None]:
+    """Where train.py's run starts, after checking its --output_dir (check_output_dir): the
+    checkpoint it resumes from and that checkpoint's state (None, None for a fresh start; see
+    resolve_checkpoint and resumed_state), and the digest of --train_data where it is compared
+    with the resumed run's (check_resume_settings) or recorded."""
+    check_output_dir(training.output_dir, script.model_name_or_path)
+    resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
+    resumed = resumed_state(resume, training, script.max_train_seconds)
+    # (only where it is compared or recorded: every torchrun process would read the whole file)
+    digest = data_digest(script.train_data) if resume is not None or training.should_save else None
+    if resume is not None:
+        check_resume_settings(training.output_dir, script, training, digest)
+    return resume, resumed, digest
+
+
 def check_output_dir(output_dir: str, model_path: str) -> None:
     """InputError where ``output_dir`` cannot be written or holds the student's own folder
     (training would overwrite the model it starts from, or --overwrite_output_dir delete it)."""
@@ -455,30 +480,9 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     them with clear_earlier_outputs once its input has passed its checks)."""
     if value is not None and overwrite:
         raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
-    if value is None and not overwrite:
-        earlier = earlier_checkpoints(output_dir)
-        if not earlier and earlier_final_model(output_dir):
-            raise InputError(f"{output_dir} holds the final model of an earlier run: start over with "
-                             "--overwrite_output_dir (deletes it) or choose another --output_dir")
-        if earlier:
-            names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
-            last = newest_checkpoint(output_dir)
-            state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
-            budget = state and TimeBudget.saved(state)  # ended as it was planned?
-            ended = state and end_reached(state, state.max_steps, state.num_train_epochs,
-                                          budget["args"]["seconds"] if budget else None)
-            if ended:  # (its own limits: not necessarily flags that run was given)
-                raise InputError(
-                    f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step "
-                    f"{state.global_step} of {state.max_steps}): start over "
-                    "with --overwrite_output_dir (deletes them) or choose another --output_dir; to train it further, "
-                    "raise --max_steps, --num_train_epochs or --max_train_seconds and pass --resume_from_checkpoint last"
-                )
-            raise InputError(
-                f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
-                "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
-            )
     if value is None:  # a fresh run; --overwrite_output_dir deletes what an earlier one left
+        if not overwrite:
+            refuse_earlier_run(output_dir)
         return None
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)
@@ -488,6 +492,34 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if not (Path(value) / "trainer_state.json").is_file():
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
     return value
+
+
+def refuse_earlier_run(output_dir: str) -> None:
+    """InputError where ``output_dir`` holds an earlier run's checkpoints or final model (see
+    resolve_checkpoint), saying what to do: resume it, or where it ended, raise its limits first."""
+    earlier = earlier_checkpoints(output_dir)
+    if not earlier:
+        if earlier_final_model(output_dir):
+            raise InputError(f"{output_dir} holds the final model of an earlier run: start over with "
+                             "--overwrite_output_dir (deletes it) or choose another --output_dir")
+        return
+    names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
+    last = newest_checkpoint(output_dir)
+    state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
+    budget = state and TimeBudget.saved(state)
+    seconds = budget["args"]["seconds"] if budget else None
+    # ended as it was planned? (its own limits: not necessarily flags that run was given)
+    if state and end_reached(state, state.max_steps, state.num_train_epochs, seconds):
+        raise InputError(
+            f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step {state.global_step} of "
+            f"{state.max_steps}): start over with --overwrite_output_dir (deletes them) or choose another "
+            "--output_dir; to train it further, raise --max_steps, --num_train_epochs or --max_train_seconds and "
+            "pass --resume_from_checkpoint last"
+        )
+    raise InputError(
+        f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
+        "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
+    )
 
 
 def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None) -> str | None:
