@@ -28,7 +28,7 @@ from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_writable
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
-from rerank_distill.replicas import run_replicas, without_flag
+from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
     Shard,
     check_before_loading,
@@ -105,14 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     check_writable(args.output_dir, "--output_dir", folder=True)
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
-    if args.merge_shards:
-        for source, derived in inputs:
-            merged, lines = merge_shards(source, args.output_dir, args.merge_shards, args.input_format, read_args,
-                                         derived)
-            logger.info("merged %d shards into %s (%d pairs)", args.merge_shards, merged, lines)
-            log_teacher_metrics(merged)
-        return {"merged": args.merge_shards}
     shard = Shard.parse(args.shard)
+    if args.shard and (args.merge_shards or args.data_parallel_size > 1):
+        other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
+        raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
+                         "pass one of them")
+    if args.merge_shards:
+        with ExitStack() as claimed:  # no run may write what is being joined
+            for source, derived in inputs:
+                claimed.enter_context(only_writer(output_path_for(source, args.output_dir, passages_as_queries=derived)))
+            return merge_all(args, inputs, read_args, args.merge_shards)
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     check_teacher_options(teacher_types, args)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
@@ -166,7 +168,16 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
                  args.show_progress, on_cpu=args.device == "cpu")
     # the replicas each wrote args.shard-I-of-N.json with the teachers they resolved
     write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args)
-    return main([*without_flag(argv, "--data_parallel_size"), "--merge_shards", str(args.data_parallel_size)])
+    return merge_all(args, inputs, read_args, args.data_parallel_size)  # (the caller holds the outputs' locks)
+
+
+def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_shards: int) -> dict:
+    """Join each input's ``num_shards`` finished shard files into its output, and log the teacher's metrics."""
+    for source, derived in inputs:
+        merged, lines = merge_shards(source, args.output_dir, num_shards, args.input_format, read_args, derived)
+        logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
+        log_teacher_metrics(merged)
+    return {"merged": num_shards}
 
 
 def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], model_paths: list[str],

@@ -130,7 +130,8 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
 def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):
     """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``).
 
-    With no split, the data set's only split is used; with several, InputError lists them.
+    With no split, Hugging Face's data set's only split is used (with several, InputError lists
+    them); ModelScope's ``test`` split, the one MTEB's reranking tasks evaluate on.
     """
     if hub == "modelscope":
         try:

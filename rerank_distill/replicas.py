@@ -1,6 +1,6 @@
 """One teacher replica per GPU: stage 1 re-launches itself as N processes, each scoring a
-deterministic share of the queries (``--shard i/N``) on its own GPU(s), then joins the shards
-in input order. Every worker resumes its own shard, so rerunning the command after a crash
+deterministic share of the queries (``--shard i/N``) on its own GPU(s); stage 1 then joins the
+shards in input order (merge_shards). Every worker resumes its own shard, so rerunning the command after a crash
 continues all of them. (vLLM's own data parallelism needs a multi-process launch as well:
 ``LLM(data_parallel_size>1)`` refuses single-process use.)"""
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from rerank_distill.errors import InputError
@@ -61,23 +62,26 @@ def gpu_groups(num_replicas: int, gpus_per_replica: int, on_cpu: bool = False) -
     return [",".join(gpus[i * gpus_per_replica : (i + 1) * gpus_per_replica]) for i in range(num_replicas)]
 
 
-def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Shard], finished: dict) -> int:
+def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Shard], counted: dict) -> int:
+    """The pairs the replicas have written so far: a finished shard file's lines (counted once per
+    size and time of the file, in ``counted``), else what an unfinished one's progress file says."""
     done = 0
     for source, passages_as_queries in inputs:
         for shard in shards:
             path = output_path_for(source, output_dir, shard, passages_as_queries)
             progress = beside(path, ".progress.json")
-            if path in finished:
-                done += finished[path]
-            elif path.exists() and not progress.exists():
-                with open(path, "rb") as lines:
-                    finished[path] = sum(1 for _ in lines)
-                done += finished[path]
-            elif progress.exists():
-                try:
+            try:
+                if path.exists() and not progress.exists():
+                    stat = path.stat()
+                    version = (stat.st_size, stat.st_mtime_ns)  # (--overwrite replaces a finished file)
+                    if counted.get(path, (None, 0))[0] != version:
+                        with open(path, "rb") as lines:
+                            counted[path] = (version, sum(1 for _ in lines))
+                    done += counted[path][1]
+                elif progress.exists():
                     done += json.loads(progress.read_text(encoding="utf-8"))["done"]["pairs"]
-                except (OSError, ValueError, KeyError):  # being replaced at this moment
-                    pass
+            except (OSError, ValueError, KeyError):  # being replaced at this moment
+                pass
     return done
 
 
@@ -115,42 +119,41 @@ def run_replicas(
     log_dir = Path(output_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     shards = [Shard(i, num_replicas) for i in range(num_replicas)]
-    workers = []
-    for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica, on_cpu)):
-        env = dict(os.environ)
-        if gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpus
-        log_path = log_dir / f"shard-{shard.index}-of-{shard.count}.log"
-        log = open(log_path, "a", encoding="utf-8")
-        command = [sys.executable, script, *worker_argv, "--shard", f"{shard.index}/{shard.count}"]
-        workers.append((shard, log_path, log, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        logger.info("replica %d/%d on GPU %s, log %s", shard.index, shard.count, gpus or "none (CPU)", log_path)
-    finished: dict = {}
-    bar = tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas", disable=not show_progress)
+    workers, counted = [], {}
     # A stop of this process (Ctrl-C, or kill as a scheduler sends it) stops the replicas too: left
     # running, they would race the next run of the same command for the same files. (Python lets
     # only the main thread set a handler; called from another, SIGTERM keeps its own.)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
-    try:
-        while any(process.poll() is None for _, _, _, process in workers):
-            bar.n = _pairs_done(inputs, output_dir, shards, finished)
-            bar.refresh()
-            time.sleep(2)
-    except KeyboardInterrupt:
-        bar.close()
-        _stop([process for _, _, _, process in workers])
-        logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again to continue",
-                       num_replicas)
-        raise
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
-    bar.n = _pairs_done(inputs, output_dir, shards, finished)
-    bar.close()
+    with ExitStack() as open_logs, tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas",
+                                        disable=not show_progress) as bar:
+        try:
+            for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica, on_cpu)):
+                env = dict(os.environ)
+                if gpus is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus
+                log_path = log_dir / f"shard-{shard.index}-of-{shard.count}.log"
+                log = open_logs.enter_context(open(log_path, "a", encoding="utf-8"))
+                command = [sys.executable, script, *worker_argv, "--shard", f"{shard.index}/{shard.count}"]
+                process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                workers.append((shard, log_path, process))
+                logger.info("replica %d/%d on GPU %s, log %s", shard.index, shard.count, gpus or "none (CPU)", log_path)
+            while any(process.poll() is None for _, _, process in workers):
+                bar.n = _pairs_done(inputs, output_dir, shards, counted)
+                bar.refresh()
+                time.sleep(2)
+        except BaseException as error:  # Ctrl-C, SIGTERM, or a replica that could not start: none runs on
+            _stop([process for _, _, process in workers])
+            if isinstance(error, KeyboardInterrupt):
+                logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again to "
+                               "continue", num_replicas)
+            raise
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+        bar.n = _pairs_done(inputs, output_dir, shards, counted)
     failed = []
-    for shard, log_path, log, process in workers:
-        log.close()
+    for shard, log_path, process in workers:
         if process.returncode != 0:
             failed.append(f"replica {shard.index} (exit {process.returncode}, see {log_path})")
     if failed:

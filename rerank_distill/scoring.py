@@ -171,8 +171,10 @@ class ScoringStats:
         return (self.pairs - self.resumed_at_pair) / self.seconds if self.seconds else 0.0
 
 
-def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard,
-                 passages_as_queries: int, label_column: str | None = None) -> str:
+def _legacy_fingerprint(source: str, teacher_configs: list[dict], input_format: str, chunk_size: int, shard: Shard,
+                        passages_as_queries: int, label_column: str | None = None) -> str:
+    """What progress files of earlier releases recorded of a run's settings (a hash, with the input
+    file's size and time), so their unfinished runs still resume."""
     described = {
         "source": os.path.abspath(source) if os.path.exists(source) else source,
         "teachers": teacher_configs,
@@ -180,12 +182,12 @@ def _fingerprint(source: str, teacher_configs: list[dict], input_format: str, ch
         "chunk_size": chunk_size,
         "shard": asdict(shard),
     }
-    if passages_as_queries:  # absent otherwise, so partial files of earlier releases still resume
+    if passages_as_queries:
         described["passages_as_queries"] = passages_as_queries
-    if label_column:  # the same
+    if label_column:
         described["label_column"] = label_column
     files = local_files(source)
-    if files == [source]:  # one file: the keys earlier releases wrote, so their partial files still resume
+    if files == [source]:
         stat = os.stat(source)
         described["source_size"], described["source_mtime_ns"] = stat.st_size, stat.st_mtime_ns
     elif files:  # a data-set folder's split
@@ -198,13 +200,13 @@ def _check_scores_vary(scores: np.ndarray, teacher_name: str) -> None:
         return
     if np.ptp(scores) == 0:
         raise InputError(
-            f"teacher {teacher_name} gave every pair of the first chunk the same score ({scores[0]:.6g}); "
+            f"teacher {teacher_name} gave every pair of the first chunk it scored the same score ({scores[0]:.6g}); "
             "the model or its prompt is broken (some vLLM releases did this for Qwen3-Reranker-8B: try "
             "--backend hf on a few queries to compare)"
         )
     if scores.std() < 0.05:
         logger.warning(
-            "teacher %s's scores barely vary (std %.4f on the first chunk): a collapsed or mis-prompted teacher "
+            "teacher %s's scores barely vary (std %.4f on the first chunk it scored): a collapsed or mis-prompted teacher "
             "teaches little; check the instruction and model",
             teacher_name,
             scores.std(),
@@ -274,8 +276,8 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
 def only_writer(output_path: Path):
     """Hold ``OUT.lock`` for the block, so two runs never write one output (a second start of the
     same command, or replicas left running by a killed parent would interleave their chunks);
-    InputError if another process holds it. Where the system or file system has no flock (Windows,
-    some network file systems) it warns and goes on unlocked."""
+    InputError if another process holds it. Where the file system has no flock (some network file
+    systems) it warns and goes on unlocked; so does it, silently, where the system has none (Windows)."""
     try:
         import fcntl
     except ImportError:
@@ -387,11 +389,10 @@ def check_before_loading(output_path: Path, teacher_types: list[str], model_path
 class ResumePoint:
     """Where scoring an output starts: the chunk size, the counts earlier runs saved (zeros for a
     fresh start; None when the output is finished and is reused as it is), and what the run's
-    progress file (``fingerprint``) and ``.run.json`` (``made_with``) record."""
+    progress file and ``.run.json`` record of how it is made (``made_with``)."""
 
     chunk_size: int
     done: dict | None
-    fingerprint: str
     made_with: dict
 
 
@@ -399,32 +400,44 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
                  chunk_sizes: Sequence[int] = (20_000,), shard: Shard = Shard(), overwrite: bool = False,
                  read_args: dict | None = None, passages_as_queries: int = 0) -> ResumePoint:
     """score_source's refusals without its work, so a run can stop before it records its arguments:
-    InputError where a finished or partial ``output_path`` was made with other settings or input.
-    The chunk size is the first of ``chunk_sizes`` an unfinished run was begun with (so a run
-    begun under another default --chunk_size resumes rather than being refused), else the first.
-    With ``overwrite`` nothing on disk counts: a fresh start."""
+    InputError where a finished or partial ``output_path`` was made with other settings or input
+    (by what its ``.run.json`` or ``.progress.json`` records: teachers, each model however its path
+    is spelled, and a digest of the input's content, not its file's name or time). The chunk size
+    is the first of ``chunk_sizes`` an unfinished run was begun with (so a run begun under another
+    default --chunk_size resumes rather than being refused), else the first. With ``overwrite``
+    nothing on disk counts: a fresh start."""
     output_path = Path(output_path)
     configs, label_column = [t.config for t in teachers], (read_args or {}).get("label_column")
-    made_with = _made_with(configs, input_format, shard, passages_as_queries, expected, label_column)
-    fingerprints = {size: _fingerprint(source, configs, input_format, size, shard, passages_as_queries, label_column)
-                    for size in chunk_sizes}  # fmt: skip
+    # as it reads back from JSON, to compare with what a progress file holds
+    made_with = json.loads(json.dumps(_made_with(configs, input_format, shard, passages_as_queries, expected,
+                                                 label_column)))
     fresh = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
-    start = ResumePoint(chunk_sizes[0], fresh, fingerprints[chunk_sizes[0]], made_with)
-    progress_path = beside(output_path, ".progress.json")
+    start = ResumePoint(chunk_sizes[0], fresh, made_with)
+    partial, progress_path = beside(output_path, ".partial"), beside(output_path, ".progress.json")
     if overwrite:
         return start
     if is_finished(output_path):
         _check_finished(output_path, made_with)
         return replace(start, done=None)
-    if not (beside(output_path, ".partial").exists() and progress_path.exists()):
+    if not (partial.exists() and progress_path.exists()):
         return start
     saved = json.loads(progress_path.read_text(encoding="utf-8"))
-    for size, fingerprint in fingerprints.items():
-        if saved.get("fingerprint") == fingerprint:
-            return ResumePoint(size, saved["done"], fingerprint, made_with)
+    for size in chunk_sizes:
+        if "made_with" in saved:
+            begun = saved["made_with"] == made_with and saved.get("chunk_size") == size
+        else:  # a progress file of an earlier release
+            begun = saved.get("fingerprint") == _legacy_fingerprint(source, configs, input_format, size, shard,
+                                                                    passages_as_queries, label_column)
+        if begun:
+            return ResumePoint(size, saved["done"], made_with)
+    made = saved.get("made_with", {})
+    differs = sorted(key for key in made.keys() | made_with.keys() if made.get(key) != made_with.get(key))
+    if made and saved.get("chunk_size") not in chunk_sizes:
+        differs.append(f"--chunk_size (it began with {saved.get('chunk_size')})")
     raise InputError(
-        f"{beside(output_path, '.partial')} holds an unfinished run with other settings (model, input, instruction, "
-        "max_length or chunk size differ); rerun with the same arguments to resume it, or pass --overwrite to start over"
+        f"{partial} holds an unfinished run with other settings or input (differing: "
+        f"{', '.join(differs) or 'teachers, input or chunk size'}); rerun with the same arguments and input to "
+        "resume it, or pass --overwrite to start over"
     )
 
 
@@ -462,7 +475,7 @@ def score_source(
     if resume is None:
         resume = resume_point(source, output_path, teachers, expected, input_format, [chunk_size], shard, overwrite,
                               read_args, passages_as_queries)
-    done, fingerprint, made_with = resume.done, resume.fingerprint, resume.made_with
+    done = resume.done
     if done is None:
         logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
         return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
@@ -499,16 +512,18 @@ def score_source(
                     "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
                     "seconds": earlier_seconds + time.perf_counter() - started,
                 }
-                write_json(progress_path, {"fingerprint": fingerprint, "done": after_chunk})
+                write_json(progress_path, {"made_with": resume.made_with, "chunk_size": resume.chunk_size,
+                                           "done": after_chunk})
                 done = after_chunk
     except KeyboardInterrupt:
-        bar.close()
+        bar.close()  # before the warning, so the bar does not draw over it
         # ``done`` is what the progress file records: the pairs a rerun will not score again
         logger.warning("interrupted: %d of %d pairs for %s are saved in %s; run the same command again%s to "
                        "continue from there", done["pairs"], expected.pairs, output_path.name, partial,
                        " without --overwrite" if overwrite else "")
         raise
-    bar.close()
+    finally:
+        bar.close()
     if done["pairs"] != expected.pairs:
         raise InputError(f"{source} changed while it was being scored ({done['pairs']} of {expected.pairs} pairs)")
     stats.seconds = time.perf_counter() - started
@@ -516,7 +531,7 @@ def score_source(
     stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]
     counts = {key: value for key, value in asdict(stats).items() if key != "already_complete"}
     counts["seconds_all_runs"] = earlier_seconds + stats.seconds  # "seconds" are this run's, after resumed_at_pair
-    write_json(record_path, {"source": source, "made_with": made_with, "counts": counts})
+    write_json(record_path, {"source": source, "made_with": resume.made_with, "counts": counts})
     os.replace(partial, output_path)
     progress_path.unlink(missing_ok=True)
     return stats
@@ -525,22 +540,25 @@ def score_source(
 def teacher_metrics(output_path: Path) -> dict | None:
     """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output (its
     consecutive lines of one query text are one ranking), under the mteb protocol; None where
-    its pairs have no gold labels or no query has both a positive and a negative. Streams."""
+    its pairs have no gold labels (passages as queries: none has one), no query has both a
+    positive and a negative, or a grade is below 0. Streams."""
     from rerank_distill.metrics import evaluate_rankings
 
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
         return None
+    pairs = iter_scored_pairs(str(output_path))
+    first = next(pairs)
+    if first.label is None:
+        return None
 
     def rankings() -> Iterator[tuple[list[float], list[float]]]:  # one query's lines at a time
-        for _, group in itertools.groupby(iter_scored_pairs(str(output_path)), key=lambda pair: pair.query):
-            pairs = list(group)
-            if any(pair.label is None for pair in pairs):
-                raise LookupError  # passages as queries: no gold labels
-            yield [pair.score for pair in pairs], [pair.label for pair in pairs]
+        for _, lines in itertools.groupby(itertools.chain([first], pairs), key=lambda pair: pair.query):
+            group = list(lines)
+            yield [pair.score for pair in group], [pair.label for pair in group]
 
     try:
         result = evaluate_rankings(rankings(), "mteb", 10)
-    except (LookupError, ValueError):  # no gold labels, or no query with both a positive and a negative
+    except ValueError:  # no query with both a positive and a negative, or a grade below 0
         return None
     return {key: value for key, value in result.items() if key != "per_query"}
 
@@ -553,15 +571,13 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
 
     Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
     """
-    shards = [Shard(i, num_shards) for i in range(num_shards)]
-    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
+    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
     for path in paths:
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     records = _shard_run_records(paths)
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
-    readers = [read_jsonl(path) if path.stat().st_size else iter(()) for path in paths]
-    merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
+    readers = [_lines(path) for path in paths]
     lines, content = 0, hashlib.blake2b(digest_size=16)
     shard_contents = [hashlib.blake2b(digest_size=16) for _ in shards]
     with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
@@ -587,6 +603,8 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
                                  "it with its --shard flag and --overwrite", str(path))
     if records:
         _merge_run_records(records, merged, lines, content.hexdigest())
+    for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
+        stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines
 
 
@@ -597,16 +615,14 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
     shard files already there (of another run, finished or not) are replaced: only the output is
     known to be right. Each shard's ``.run.json`` says what that shard's own run would have; the
     first keeps the output's counts whole (a merge sums them back)."""
-    shards = [Shard(i, num_shards) for i in range(num_shards)]
-    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
-    merged = output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
+    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
     record = _run_record(merged)
     if record is None:
         raise InputError(f"{merged} is finished but has no .run.json (an earlier release's): score the other inputs "
                          "in a run of their own")
     contents = [hashlib.blake2b(digest_size=16) for _ in shards]
     pairs = [0] * num_shards
-    lines = read_jsonl(merged) if merged.stat().st_size else iter(())
+    lines = _lines(merged)
     with ExitStack() as stack:
         outs = [stack.enter_context(AtomicWriter(path)) for path in paths]
         for index, query in _shares(source, input_format, read_args, passages_as_queries, contents):
@@ -622,6 +638,20 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
                 made_with["input_digest"] = contents[index].hexdigest()
             counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
             write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
+
+
+def shard_outputs(source: str, output_dir: str | Path, num_shards: int,
+                  passages_as_queries: int = 0) -> tuple[list[Shard], list[Path], Path]:
+    """The ``num_shards`` shares of ``source``, their output files, and the output they join into."""
+    shards = [Shard(i, num_shards) for i in range(num_shards)]
+    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
+    return shards, paths, output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
+
+
+def _lines(output_path: Path) -> Iterator[tuple[int, dict]]:
+    """read_jsonl of a finished output, which may be empty (a shard with no pairs, or only queries
+    without passages): read_jsonl refuses an empty file as bad input."""
+    return read_jsonl(output_path) if output_path.stat().st_size else iter(())
 
 
 def _shares(source: str, input_format: str, read_args, passages_as_queries: int, digests: list) -> Iterator[tuple[int, RankingQuery]]:

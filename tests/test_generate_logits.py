@@ -16,6 +16,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.hub import resolve_model
 from rerank_distill.scoring import (
     Shard,
+    is_finished,
     merge_shards,
     output_path_for,
     resume_point,
@@ -149,6 +150,43 @@ def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):
     assert output.exists()
 
 
+def test_a_run_resumes_whatever_the_spelling_of_its_model_path_or_the_time_of_its_input(tmp_path, ranking_file,
+                                                                                        monkeypatch):
+    (tmp_path / "model").mkdir()
+    output = tmp_path / "train_scores.jsonl"
+    first = CountingTeacher(fail_on_call=2)
+    first.config = {"teacher_type": "counting", "model_path": str(tmp_path / "model")}
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, first)
+    os.utime(ranking_file, ns=(0, 0))  # touched: the same content at another time
+    monkeypatch.chdir(tmp_path)
+    second = CountingTeacher()
+    second.config = {"teacher_type": "counting", "model_path": "./model/"}
+    stats = run_scoring(ranking_file, output, second)
+    assert stats.resumed_at_pair == len(first.calls) and set(first.calls).isdisjoint(second.calls)
+
+    other = CountingTeacher(fail_on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, tmp_path / "other_scores.jsonl", other)
+    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers, --chunk_size \(it began with 5"):
+        run_scoring(ranking_file, tmp_path / "other_scores.jsonl", second, chunk_size=7)
+
+
+def test_an_unfinished_run_of_an_earlier_release_still_resumes(tmp_path, ranking_file):
+    from rerank_distill.scoring import _legacy_fingerprint
+
+    output = tmp_path / "train_scores.jsonl"
+    first = CountingTeacher(fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, first)
+    progress = output.with_name(output.name + ".progress.json")
+    done = json.loads(progress.read_text())["done"]  # as an earlier release recorded it: a hash of the settings
+    fingerprint = _legacy_fingerprint(str(ranking_file), [CountingTeacher.config], "auto", 5, Shard(), 0)
+    progress.write_text(json.dumps({"fingerprint": fingerprint, "done": done}))
+    second = CountingTeacher()
+    assert run_scoring(ranking_file, output, second).resumed_at_pair == len(first.calls) > 0
+
+
 def test_a_data_set_folders_split_is_scored_resumed_and_guarded_against_changed_files(tmp_path, ranking_file):
     folder = tmp_path / "so-reranking"
     (folder / "data").mkdir(parents=True)
@@ -193,6 +231,25 @@ def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "score"}  # noqa: E731
     assert [strip(l) for l in merged.read_text().splitlines()] == [strip(l) for l in single_lines]
     assert lines == len(single_lines)
+
+
+def test_a_merge_leaves_no_unfinished_single_run_beside_its_output(tmp_path, ranking_file):
+    single = output_path_for(str(ranking_file), tmp_path)
+    with pytest.raises(KeyboardInterrupt):  # a single run stopped, then the shards made and joined
+        run_scoring(ranking_file, single, CountingTeacher(fail_on_call=2))
+    score_shards(ranking_file, tmp_path, 2)
+    merged, _ = merge_shards(str(ranking_file), tmp_path, 2)
+    assert merged == single and is_finished(merged)
+    assert not single.with_name(single.name + ".partial").exists()
+    again = CountingTeacher()
+    assert run_scoring(ranking_file, single, again).already_complete and again.calls == []
+
+
+@pytest.mark.parametrize("other", [["--merge_shards", "2"], ["--data_parallel_size", "2"]])
+def test_a_shard_goes_with_neither_a_merge_nor_replicas(tmp_path, ranking_file, other):
+    with pytest.raises(InputError, match=f"--shard 0/2 scores one share in this process, {other[0]} handles"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path),
+                              "--shard", "0/2", *other])
 
 
 def score_shards(source, output_dir, count, teacher_for=lambda index: CountingTeacher()):

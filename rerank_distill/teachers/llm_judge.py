@@ -53,7 +53,7 @@ def _judge_engine(model_path, backend, prompt, words, token_ids, batch_size, dev
     if backend == "vllm":
         from rerank_distill.teachers.llm_vllm import VllmJudge
 
-        return VllmJudge(model_path, prompt, words, token_ids, dtype, vllm_options or {}, yes_minus_no)
+        return VllmJudge(model_path, prompt, words, dtype, vllm_options or {}, yes_minus_no)
     from rerank_distill.teachers.llm_hf import HFJudge
 
     return HFJudge(model_path, prompt, token_ids, batch_size, device, dtype, prefix_cache)

@@ -76,12 +76,16 @@ def token_prompts(prompt_ids: list[list[int]]) -> list[dict]:
 
 
 class VllmJudge:
+    """An LLM judge on vLLM's pooling runner: the causal LM turned into a classifier over the
+    answer words' tokens (vllm_hf_overrides; with ``yes_minus_no``, one output, logit(yes) -
+    logit(no)), fed pre-tokenized prompts a chunk at a time, its raw logits asked for (no
+    sigmoid or softmax, which saturate), and the shared prompt prefixes cached by vLLM."""
+
     def __init__(
         self,
         model_path: str,
         prompt: JudgePrompt,
         answer_words: list[str],
-        answer_token_ids: list[int],
         dtype: str,
         options: dict,
         yes_minus_no: bool = False,
@@ -90,13 +94,12 @@ class VllmJudge:
         from vllm import LLM, PoolingParams
 
         self.prompt = prompt
-        self.answer_words = answer_words
         architecture = (AutoConfig.from_pretrained(model_path).architectures or ["Qwen3ForCausalLM"])[0]
         self.llm = LLM(
             model=model_path,
             runner="pooling",
             hf_overrides=vllm_hf_overrides(answer_words, architecture, yes_minus_no),
-            dtype="auto" if dtype == "auto" else dtype,
+            dtype=dtype,
             max_model_len=prompt.max_length,
             enable_prefix_caching=True,
             tensor_parallel_size=options.get("tensor_parallel_size", 1),
