@@ -26,6 +26,7 @@ from rerank_distill.cli import beside_output, check_minimums, command_line, pars
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, iter_scored_pairs, local_files
 from rerank_distill.jsonl import AtomicWriter, check_not_an_input, check_writable
+from rerank_distill.scoring import check_same_teachers
 from rerank_distill.triplets import (
     SKIP_REASONS,
     NegativeRule,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
     check_not_an_input(args.output_path, [f for path in args.input_path for f in local_files(path)], "--output_path")
     check_writable(args.output_path, "--output_path")
+    check_same_teachers(args.input_path)
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:

@@ -8,7 +8,8 @@
 # The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
 set -euo pipefail
 
-# Teacher scores written by generate_logits.sh (into its SCORES_DIR)
+# Teacher scores written by generate_logits.sh (into its SCORES_DIR): train.jsonl(.gz) gives train_scores.jsonl,
+# a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set NAME:train {NAME}_train_scores.jsonl
 SCORES="${SCORES:-${SCORES_DIR:-output/scores}/train_scores.jsonl}"
 # Its passages-as-queries lists (generate_logits.sh with PASSAGES_AS_QUERIES > 0), read too when the
 # file exists: by default SCORES' name with _scores.jsonl -> _passages_as_queries_scores.jsonl; set

@@ -11,8 +11,15 @@ MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"
 MODEL_AFTER="${MODEL_AFTER-${MODEL_DIR:-output/model}}"
 # Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
 DATASET="${DATASET:-data/test.jsonl.gz}"
-# Teacher scores on the same test data from generate_logits.sh; empty leaves the teacher out
-TEACHER_SCORES="${TEACHER_SCORES:-}"
+# Teacher scores on the same test data from generate_logits.sh: by default DATASET's own file in
+# generate_logits.sh's SCORES_DIR ({name}_scores.jsonl), where it exists; set empty (TEACHER_SCORES=)
+# to leave the teacher out
+teacher_scores_given="${TEACHER_SCORES+yes}"
+dataset_name="${DATASET##*/}"
+dataset_name="${dataset_name%.gz}"
+dataset_name="${dataset_name%.jsonl}"
+dataset_name="${dataset_name%.parquet}"
+TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 REPORT="${REPORT:-output/evaluation.json}"
 # Download source for hub ids (models and data sets): huggingface or modelscope
@@ -23,8 +30,11 @@ optional=()
 if [[ -n "$MODEL_AFTER" ]]; then
     optional+=(--model_after_path "$MODEL_AFTER")
 fi
-if [[ -n "$TEACHER_SCORES" ]]; then
-    optional+=(--teacher_scores "$TEACHER_SCORES")
+if [[ -n "$TEACHER_SCORES" && ( -e "$TEACHER_SCORES" || -n "$teacher_scores_given" ) ]]; then
+    optional+=(--teacher_scores "$TEACHER_SCORES")  # one you set goes to evaluation.py, which checks it
+elif [[ -n "$TEACHER_SCORES" ]]; then
+    echo "evaluation.sh: no teacher scores at $TEACHER_SCORES (the default), so the report leaves the teacher out;" \
+         "set TEACHER_SCORES to stage 1's scores of $DATASET" >&2
 fi
 
 python "$(dirname "$0")/evaluation.py" \

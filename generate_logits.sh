@@ -26,7 +26,8 @@ TEACHER_BATCH_SIZE="${TEACHER_BATCH_SIZE:-32}"
 TEACHER_MAX_LENGTH="${TEACHER_MAX_LENGTH:-2048}"
 # Download source for hub ids: huggingface or modelscope
 HUB="${HUB:-huggingface}"
-# N > 0: also score up to N passages of each list of the FIRST input (the training data) as queries
+# N > 0: also score up to N passages of each list of the FIRST input of INPUTS (the training data;
+# inputs given as --input_path flags instead: every one of them) as queries
 # against the rest of their list, into {name}_passages_as_queries_scores.jsonl, which
 # create_triplets.sh then adds. For tasks whose passages are queries too (duplicate questions) it
 # gave the best student in bench/quality.py (N = 32: every passage; then EPOCHS=2 ./train.sh), but it
@@ -68,6 +69,8 @@ if [[ "$inputs_given" == "true" ]]; then
     paq_args=()
     if (( PASSAGES_AS_QUERIES > 0 )); then
         paq_args=(--passages_as_queries "$PASSAGES_AS_QUERIES")
+        echo "generate_logits.sh: PASSAGES_AS_QUERIES applies to every --input_path named on the command line;" \
+             "name only the training data there (and score the test data in a run without it)" >&2
     fi
     score ${paq_args[@]+"${paq_args[@]}"} "$@"
 elif (( PASSAGES_AS_QUERIES > 0 )); then

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
-                       training=training, data={"train_data_digest": digest})
+                       training=training, data={"train_data_digest": digest},
+                       resolved={"processes": training.world_size})
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,

@@ -30,7 +30,7 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # warning) where it does not exist; one you set goes to train.py, which stops if it cannot read it.
 # Set empty (SELECTION_DATA=) for the training file's own labels, else the held-out eval loss.
 selection_data_given="${SELECTION_DATA+yes}"
-SELECTION_DATA="${SELECTION_DATA-${SCORES_DIR:-output/scores}/train_scores.jsonl}"  # in generate_logits.sh's SCORES_DIR
+SELECTION_DATA="${SELECTION_DATA-${SCORES:-${SCORES_DIR:-output/scores}/train_scores.jsonl}}"  # create_triplets.sh's SCORES
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never
 EVAL_DATA="${EVAL_DATA:-}"                                        # dev data for the eval loss; empty = held-out training queries
 MODEL_DIR="${MODEL_DIR:-output/model}"                            # final (best) model, checkpoints and args.json

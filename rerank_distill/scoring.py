@@ -347,6 +347,22 @@ def _run_record(output_path: Path) -> dict | None:
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
 
 
+def check_same_teachers(score_files: list[str]) -> None:
+    """InputError where stage 1 scored these files (by their ``.run.json``) with different
+    teachers or teacher settings: their scores are on different scales, and records that mix them
+    teach noise (a passages-as-queries file left from another teacher's run, say). Files without
+    a record (made elsewhere) are not compared."""
+    recorded = [(path, record["made_with"]["teachers"]) for path in score_files
+                if (record := _run_record(Path(path))) is not None]  # fmt: skip
+    for path, teachers in recorded[1:]:
+        if teachers != recorded[0][1]:
+            raise InputError(
+                f"{recorded[0][0]} and {path} were scored by different teachers or teacher settings (see their "
+                ".run.json files), whose scores are not on one scale: rescore one as the other was, or make "
+                "records from each on its own"
+            )
+
+
 # What records of earlier releases lack, so it is compared only where the record has it.
 _RECORDED_SINCE = ("input_digest",)
 

@@ -590,8 +590,9 @@ def data_digest(source: str) -> str | None:
 
 def check_resume_settings(output_dir: str, script, training, train_data_digest: str | None) -> None:
     """InputError where a resumed run differs from the run it continues (its args.json in
-    ``output_dir``) in a RESUME_MUST_MATCH setting or the training data's content: the model
-    would be half one run, half another, and args.json would describe only the second."""
+    ``output_dir``) in a RESUME_MUST_MATCH setting, the training data's content or the number of
+    processes: the model would be half one run, half another, and args.json would describe only
+    the second."""
     recorded_path = Path(output_dir) / "args.json"
     if not recorded_path.exists():
         return
@@ -602,6 +603,9 @@ def check_resume_settings(output_dir: str, script, training, train_data_digest: 
     recorded_digest = recorded.get("data", {}).get("train_data_digest")
     if recorded_digest and train_data_digest and recorded_digest != train_data_digest and "--train_data" not in differs:
         differs.append("the content of --train_data")
+    processes = recorded.get("resolved", {}).get("processes", training.world_size)  # (not in older records)
+    if processes != training.world_size:  # a step's examples are per process: the batch would change
+        differs.append(f"the number of processes ({processes}, now {training.world_size}: torchrun's --nproc_per_node)")
     if differs:
         raise InputError(
             f"{output_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "

@@ -304,6 +304,22 @@ def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, rankin
     assert json.loads((tmp_path / "evaluation.args.json").read_text())["script"]["batch_size"] == 16
 
 
+def test_launcher_finds_the_teachers_scores_of_its_dataset_in_the_scores_folder(tiny_cross_encoder, ranking_file,
+                                                                                tmp_path):
+    write_teacher_scores(tmp_path / "scores" / "train_scores.jsonl", records_of(ranking_file), positive=5.0,
+                         negative=-5.0)  # stage 1's name for train.jsonl's scores
+    env = {**os.environ, "STUDENT": str(tiny_cross_encoder), "MODEL_AFTER": "", "DATASET": str(ranking_file),
+           "SCORES_DIR": str(tmp_path / "scores"), "REPORT": str(tmp_path / "e.json"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["teacher"]["map"] == 1.0
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env={**env, "SCORES_DIR": str(tmp_path / "none")},
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "no teacher scores at" in done.stderr
+    assert "teacher" not in json.loads((tmp_path / "e.json").read_text())
+
+
 def test_launcher_evaluates_one_model_when_model_after_is_set_empty(tiny_cross_encoder, ranking_file, tmp_path):
     output = tmp_path / "evaluation.json"
     env = {**os.environ, "MODEL_BEFORE": str(tiny_cross_encoder), "MODEL_AFTER": "", "DATASET": str(ranking_file),

@@ -1032,6 +1032,12 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
     with pytest.raises(InputError, match=r"\(differing: the content of --train_data;"):
         run_train(tiny_cross_encoder, triplets_file, out, *resume)
     write_jsonl_records(triplets_file, rows)
+    record_path = out / "args.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "resolved": {"processes": 2}}))  # as a run of torchrun's 2 left it
+    with pytest.raises(InputError, match=r"\(differing: the number of processes \(2, now 1"):
+        run_train(tiny_cross_encoder, triplets_file, out, *resume)
+    record_path.write_text(json.dumps(record))
     assert run_train(tiny_cross_encoder, triplets_file, out, *resume, "--logging_steps", "1")["steps"] == 3
 
 

@@ -816,3 +816,15 @@ def test_an_output_path_that_is_an_input_through_a_link_is_refused(tmp_path):
     with pytest.raises(InputError, match="--output_path .*link.jsonl is an input of this run"):
         create_triplets.main(["--input_path", str(scores), "--output_path", str(tmp_path / "link.jsonl")])
     assert read_jsonl_records(scores)[0]["passage"] == "a"
+
+
+def test_scores_of_different_teachers_are_not_mixed_into_one_file_of_records(tmp_path):
+    first = scores_file(tmp_path / "train_scores.jsonl", {"q1": [("a", 2.0), ("b", 1.0)]})
+    second = scores_file(tmp_path / "train_passages_as_queries_scores.jsonl", {"a": [("q1", 0.5), ("b", 0.1)]})
+    for path, model in ((first, "judge"), (second, "embedder")):  # as stage 1 records what scored a file
+        Path(f"{path}.run.json").write_text(json.dumps({"made_with": {"teachers": [{"model_path": model}]}}))
+    with pytest.raises(InputError, match="were scored by different teachers or teacher settings"):
+        create_triplets.main(["--input_path", str(first), str(second), "--output_path", str(tmp_path / "t.jsonl")])
+    Path(f"{second}.run.json").write_text(json.dumps({"made_with": {"teachers": [{"model_path": "judge"}]}}))
+    assert create_triplets.main(["--input_path", str(first), str(second), "--output_path",
+                                 str(tmp_path / "t.jsonl")])["queries"] == 2
