@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # (forced: the tests never reach a hub, whatever the user exported)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run many times faster on one thread: on tensors this small, starting threads costs
+# more than the maths, and on a CI machine's two cores the threads of two libraries fight.
+torch.set_num_threads(1)
 
 from rerank_distill.toy import (  # noqa: E402
     build_tiny_cross_encoder,

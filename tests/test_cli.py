@@ -40,6 +40,9 @@ def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
     ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--lerning_rate",
      "--learning_rate"),
     ("evaluation", ["--model_before_path", "m", "--dataset_path", "d"], "--protocl", "--protocol"),
+    # a flag's beginning is no abbreviation of it (train.py reads which flags were passed by their names)
+    ("create_triplets", ["--input_path", "i", "--output_path", "o"], "--top", "--top_k"),
+    ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--eval_step", "--eval_steps"),
 ])  # fmt: skip
 def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
     module, _ = SCRIPTS[name]

@@ -645,9 +645,19 @@ def test_bfloat16_scores_stay_close_keep_a_float32_head_and_restore_the_model(sc
     np.testing.assert_allclose(score_pairs_with_cross_encoder(model, pairs, 8, False), exact, rtol=0, atol=1e-5)
 
 
-def test_dtype_bfloat16_is_recorded_and_changes_metrics_only_slightly(tiny_cross_encoder, ranking_file, tmp_path):
+def test_dtype_bfloat16_is_recorded_and_changes_metrics_only_slightly(tiny_cross_encoder, ranking_file, tmp_path,
+                                                                      monkeypatch):
+    scored_in = []
+    score = evaluation.score_ranking_queries
+
+    def spy(*args, dtype, **kwargs):  # what the students are scored in
+        scored_in.append(dtype)
+        return score(*args, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_ranking_queries", spy)
     exact = run(tmp_path, tiny_cross_encoder, ranking_file)
     fast = run(tmp_path, tiny_cross_encoder, ranking_file, "--dtype", "bfloat16")
+    assert scored_in == ["float32", "bfloat16"]
     for name in METRICS:
         assert fast["before"][name] == pytest.approx(exact["before"][name], abs=0.1)
     assert json.loads((tmp_path / "report" / "evaluation.args.json").read_text())["script"]["dtype"] == "bfloat16"

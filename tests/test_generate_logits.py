@@ -488,7 +488,7 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
 
 
 def test_a_missing_model_path_is_named(tmp_path, ranking_file):
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="model path './no/such/model' does not exist"):
         generate_logits.main(["--model_path", "./no/such/model", "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])
 
 

@@ -30,6 +30,7 @@ def test_the_student_trains_in_bf16_on_the_gpu_and_loads_for_prediction(tiny_cro
         "--bf16", "true", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
     ])  # fmt: skip
     assert summary["steps"] == 3
+    assert json.loads((tmp_path / "model" / "args.json").read_text())["training"]["bf16"] is True
     model = load_cross_encoder(str(tmp_path / "model"))
     assert model.device.type == "cuda"
     assert np.isfinite(model.predict([("a query", "a passage")])).all()

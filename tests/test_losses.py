@@ -98,11 +98,11 @@ def test_bce_soft_targets_are_the_teachers_probabilities_at_the_temperature(mode
 
 
 def test_bce_labels_trains_on_gold_labels_with_graded_ones_counted_relevant(model, tmp_path):
-    path = write_jsonl_records(tmp_path / "mteb.jsonl", [
-        {"query": Q1, "positive": [P1], "negative": [N1, N2]},
-        {"query": Q2, "positive": [P2], "negative": []},
-    ])
-    pairs = [(Q1, P1, 1), (Q1, N1, 0), (Q1, N2, 0), (Q2, P2, 1)]
+    path = write_jsonl_records(tmp_path / "graded.jsonl", [
+        {"query": Q1, "passage": P1, "grade": 2}, {"query": Q1, "passage": N1, "grade": 0},
+        {"query": Q1, "passage": N2, "grade": 0}, {"query": Q2, "passage": P2, "grade": 1},
+    ])  # fmt: skip
+    pairs = [(Q1, P1, 1), (Q1, N1, 0), (Q1, N2, 0), (Q2, P2, 1)]  # grade 2 is relevant: a target of 1
     expected = np.mean([-math.log(sigmoid(logit(model, q, p)) if y else 1 - sigmoid(logit(model, q, p)))
                         for q, p, y in pairs])
     assert loss_on_file(model, path, "bce_labels") == pytest.approx(expected, rel=1e-6)

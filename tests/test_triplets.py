@@ -430,15 +430,6 @@ def test_min_margin_drops_near_ties_and_counts_them():
     assert chosen(["a", "b", "c"], [3.0, 2.0, 1.0], top_k=1, num_negatives=2, min_margin=1.0)[0] == [("a", ["b", "c"])]
 
 
-def test_min_margin_zero_keeps_every_positive_margin(tmp_path):
-    scores = write_jsonl_records(tmp_path / "scores.jsonl", CAFE_SCORES)
-
-    _, default = run(tmp_path, scores, name="default.jsonl")
-    _, explicit = run(tmp_path, scores, "--min_margin", "0", name="explicit.jsonl")
-
-    assert explicit.read_bytes() == default.read_bytes()
-
-
 def test_the_margin_is_the_teachers_even_when_labels_choose_the_positive():
     # the gold positive b is the teacher's second: its margin over c is 2.0 - 0.5, whatever its grade
     passages, scores, labels = ["a", "b", "c"], [3.0, 2.0, 0.5], [0.0, 3.0, 0.0]
