@@ -5,6 +5,7 @@ levers changing no score, and bad input failing with file:line before any model 
 
 import itertools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -682,3 +683,12 @@ def test_a_model_without_a_trained_relevance_head_is_refused(tiny_embedding_mode
     # a cross-encoder made from it would score with a new random head: noise, different on every run
     with pytest.raises(InputError, match="--model_before_path: .* holds an embedding model, no reranker"):
         run(tmp_path, tiny_embedding_model, ranking_file)
+
+
+def test_a_teacher_ranking_below_the_student_before_training_is_warned_about(tiny_cross_encoder, ranking_file,
+                                                                              tmp_path, caplog):
+    inverted = write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=-5.0, negative=5.0)
+    caplog.set_level(logging.WARNING)
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(inverted))
+    assert report["teacher"]["map"] < report["before"]["map"]
+    assert "the teacher's MAP" in caplog.text and "is below the student's before training" in caplog.text

@@ -3,6 +3,7 @@
 plain transformers model, independent of the teacher's code."""
 
 import json
+import logging
 import shutil
 import sys
 import types
@@ -407,6 +408,15 @@ def test_a_constant_teacher_among_several_stops_the_run_and_is_named(tmp_path, r
     expected = validate_source(str(ranking_file), "auto", Shard())
     with pytest.raises(InputError, match="teacher constant gave every pair"):
         score_source(str(ranking_file), tmp_path / "out.jsonl", [varied, constant], expected, show_progress=False)
+
+
+def test_a_teacher_whose_scores_barely_vary_is_warned_about_and_kept(tmp_path, ranking_file, caplog):
+    passages = sorted({p for _, p in input_pairs(ranking_file)})
+    flat = FixedTeacher("flat", {p: 1.0 + 0.001 * i for i, p in enumerate(passages)})  # std far below 0.05
+    expected = validate_source(str(ranking_file), "auto", Shard())
+    caplog.set_level(logging.WARNING)
+    score_source(str(ranking_file), tmp_path / "out.jsonl", [flat], expected, show_progress=False)
+    assert "teacher flat's scores barely vary" in caplog.text and (tmp_path / "out.jsonl").exists()
 
 
 # --- through the stage script ----------------------------------------------------------------------

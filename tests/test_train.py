@@ -1169,3 +1169,27 @@ def test_a_best_checkpoint_that_fails_to_load_is_reported_not_claimed(
     last = weights(out / "checkpoint-3")
     assert all(torch.equal(value, last[name]) for name, value in weights(out).items())
     assert json.loads((out / "training_summary.json").read_text())["final_model"] == "last step"
+
+
+def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_scores(tiny_cross_encoder, tmp_path):
+    """train.sh with its variables exported as the README says: TRIPLETS (stage 2's output) is what it
+    trains on, SCORES (stage 1's scores of the training data) what it picks checkpoints with, where
+    it exists; a default that does not exist is left out with a warning, and extra flags win."""
+    triplets = write_jsonl_records(tmp_path / "triplets.jsonl", hand_written_triplets())
+    scores = write_jsonl_records(tmp_path / "scores" / "train_scores.jsonl", hand_written_scores())
+    env = {**os.environ, "STUDENT": str(tiny_cross_encoder), "TRIPLETS": str(triplets), "SCORES": str(scores),
+           "MODEL_DIR": str(tmp_path / "model"), "LOSS": "margin_mse", "MAX_LENGTH": "32", "BATCH_SIZE": "4",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    launcher = Path(train.__file__).with_name("train.sh")
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1", "--selection_metric", "map"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "model" / "args.json").read_text())
+    assert record["script"]["train_data"] == str(triplets) and record["script"]["selection_data"] == str(scores)
+    assert record["script"]["loss"] == "margin_mse" and record["training"]["max_steps"] == 1
+
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1", "--overwrite_output_dir"],
+                          env={**env, "SCORES": str(tmp_path / "none.jsonl")}, cwd=tmp_path, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0 and "the default SELECTION_DATA" in done.stderr
+    assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["selection_data"] is None
