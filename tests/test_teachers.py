@@ -309,18 +309,12 @@ def fake_vllm(monkeypatch):
     return FakeVllm
 
 
-def test_vllm_label_judge_sends_the_hf_prompts_and_reads_the_label_logits_in_word_order(tiny_qwen3, fake_vllm):
-    hf = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu")
-    vllm = LabelJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2)
-    vllm_result = vllm.score(QUERIES, DOCS)
-    assert fake_vllm.created[0].requests == hf.prompt.encode(QUERIES, DOCS)[0]
-    np.testing.assert_allclose(vllm_result.scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
-
-
-def test_vllm_yes_no_judge_sends_the_hf_prompts_and_reads_yes_minus_no_as_hf_computes_it(tiny_qwen3, fake_vllm):
-    # vLLM's from_2_way_softmax row is W[yes] - W[no]: its one output is logit(yes) - logit(no), the sign included
-    hf = YesNoJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu")
-    vllm = YesNoJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2)
+# the label judge's logits in word order; the yes/no judge's one output of vLLM's from_2_way_softmax
+# row W[yes] - W[no]: logit(yes) - logit(no), the sign included
+@pytest.mark.parametrize("judge", [LabelJudge, YesNoJudge])
+def test_a_vllm_judge_sends_the_hf_prompts_and_scores_as_the_hf_judge_does(tiny_qwen3, fake_vllm, judge):
+    hf = judge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu")
+    vllm = judge(str(tiny_qwen3), "vllm", "Find the product", 512, 2)
     vllm_result = vllm.score(QUERIES, DOCS)
     assert fake_vllm.created[0].requests == hf.prompt.encode(QUERIES, DOCS)[0]
     np.testing.assert_allclose(vllm_result.scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
