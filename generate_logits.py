@@ -160,14 +160,19 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
         if all(finished):
             return checked
         for i in done:
-            (source, derived), count = inputs[i], args.data_parallel_size
-            split_into_shards(source, args.output_dir, count, args.input_format, read_args, derived)
-            logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i], count)
+            source, derived = inputs[i]
+            split_into_shards(source, args.output_dir, args.data_parallel_size, args.input_format, read_args, derived)
+            logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i],
+                        args.data_parallel_size)
     total = sum(summary.pairs for summary in expected.values())
     run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir, inputs, total,
                  args.show_progress, on_cpu=args.device == "cpu")
-    # the replicas each wrote args.shard-I-of-N.json with the teachers they resolved
-    write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args)
+    # the replicas each wrote args.shard-I-of-N.json with the teachers they built
+    count = args.data_parallel_size
+    resolved = {"model_paths": model_paths, "teacher_types": teacher_types,
+                "replica_records": [args_file_name(args, Shard(i, count)) for i in range(count)]}
+    write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args,
+                   resolved=resolved)
     return merge_all(args, inputs, read_args, args.data_parallel_size)  # (the caller holds the outputs' locks)
 
 

@@ -618,6 +618,9 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     np.testing.assert_allclose([l["score"] for l in joined], [l["score"] for l in single], atol=1e-5)
     assert (tmp_path / "two" / "logs" / "shard-1-of-2.log").exists()
     recorded = (tmp_path / "two" / "args.json").read_text()
+    replicas = json.loads(recorded)["resolved"]["replica_records"]
+    assert replicas == ["args.shard-0-of-2.json", "args.shard-1-of-2.json"]
+    assert all((tmp_path / "two" / name).exists() for name in replicas)
     finished = (tmp_path / "two" / "train_scores.jsonl").stat().st_mtime_ns
     generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "3", "--batch_size", "7"])
     assert (tmp_path / "two" / "args.json").read_text() == recorded  # nothing to do: still the run that did the work
