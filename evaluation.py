@@ -39,6 +39,7 @@ from rerank_distill.metrics import (
     skip_reason,
 )
 from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
+from rerank_distill.scoring import recorded_label_grades
 from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries, without_trained_head
 
 logger = logging.getLogger("rerank_distill.evaluation")
@@ -79,13 +80,14 @@ class EvaluationArguments:
     )
     label_words: list[str] | None = field(
         default=None,
-        metadata={"help": "A graded-label teacher's label words, best first (default: the keys of its label_probs, "
-                  "which must then be ESCI's exact/substitute/complement/irrelevant)."},
+        metadata={"help": "A graded-label teacher's label words, best first (default: those stage 1 recorded in "
+                  "the scores' .run.json, else the keys of its label_probs, which must then be ESCI's "
+                  "exact/substitute/complement/irrelevant)."},
     )
     label_grades: list[float] | None = field(
         default=None,
-        metadata={"help": "The grade of each --label_words word, same order (default: ESCI's 3/2/1/0 for ESCI "
-                  "words, else len-1 down to 0)."},
+        metadata={"help": "The grade of each --label_words word, same order (default: those stage 1 recorded, "
+                  "else ESCI's 3/2/1/0 for ESCI words, else len-1 down to 0)."},
     )
     hub: Literal["huggingface", "modelscope"] = field(
         default="huggingface", metadata={"help": "Where hub ids of models and data sets are fetched from."}
@@ -127,7 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     labels = [query.labels for query in queries]
     teacher = None
     if args.teacher_scores:
-        teacher = teacher_scores_for(queries, args.teacher_scores, args.label_words, args.label_grades)
+        words, grades = args.label_words, args.label_grades
+        if recorded := recorded_label_grades(args.teacher_scores):  # how stage 1 graded its judge's words
+            if words is not None and (words, grades or recorded[1]) != (recorded[0], recorded[1]):
+                raise InputError(f"--label_words {' '.join(words)} (grades {grades}) are not those stage 1 scored "
+                                 f"with: {' '.join(recorded[0])}, graded {recorded[1]} (its .run.json); leave them "
+                                 "out to use those", args.teacher_scores)
+            words, grades = recorded
+        teacher = teacher_scores_for(queries, args.teacher_scores, words, grades)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one
         try:

@@ -230,8 +230,9 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
         f"cannot tell the format from the fields {sorted(record)}; expected "
         '{"query", "positive", "negative"} (MTEB reranking), {"query", "pos", "neg"}, '
         '{"query", "passage"|"content", "score"} (teacher scores) or '
-        '{"query", "item_text"|"passage", '
-        + (f'"{label_column}" (--label_column)}} (graded labels)' if label_column else '"esci_label"|"label"} (graded labels)'),
+        '{"query", "item_text"|"passage"|"product_title", '
+        + (f'"{label_column}" (--label_column)}} (graded labels)' if label_column
+           else '"esci_label"|"label"} (graded labels; another grade column: name it with --label_column)'),
         path,
         line,
     )

@@ -347,6 +347,17 @@ def _run_record(output_path: Path) -> dict | None:
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
 
 
+def recorded_label_grades(score_file: str) -> tuple[list[str], list[float]] | None:
+    """The label words and grades stage 1 scored ``score_file`` with (its ``.run.json``: the first
+    graded-label teacher's, whose ``label_probs`` the file leads with), or None where there is no
+    record or no such teacher."""
+    record = _run_record(Path(score_file)) or {}
+    for teacher in record.get("made_with", {}).get("teachers", []):
+        if "label_words" in teacher:
+            return teacher["label_words"], teacher["label_grades"]
+    return None
+
+
 def check_same_teachers(score_files: list[str]) -> None:
     """InputError where stage 1 scored these files (by their ``.run.json``) with different
     teachers or teacher settings: their scores are on different scales, and records that mix them

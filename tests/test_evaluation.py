@@ -515,6 +515,22 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
     assert report["graded"]["label_accuracy"]["teacher"]["confusion"] == {"2": {"2": 1}, "1": {"0": 1}, "0": {"0": 1}}
 
 
+def test_the_label_words_and_grades_stage_1_recorded_are_read_and_others_refused(tiny_cross_encoder, tmp_path):
+    dataset = write_jsonl_records(tmp_path / "graded.jsonl", [
+        {"query": "q", "passage": p, "grade": g} for p, g in (("a", 2), ("b", 1), ("c", 0))
+    ])  # fmt: skip
+    probs = [{"good": 0.8, "ok": 0.1, "bad": 0.1}, *[{"good": 0.1, "ok": 0.1, "bad": 0.8}] * 2]
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": p, "score": i, "label_probs": pr} for i, (p, pr) in enumerate(zip("abc", probs))
+    ])  # fmt: skip
+    judge = {"teacher_type": "llm_labels", "label_words": ["good", "ok", "bad"], "label_grades": [2.0, 1.0, 0.0]}
+    Path(f"{teacher}.run.json").write_text(json.dumps({"made_with": {"teachers": [judge]}}))
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+    assert report["graded"]["label_accuracy"]["teacher"]["label_grades"] == {"good": 2.0, "ok": 1.0, "bad": 0.0}
+    with pytest.raises(InputError, match=r"--label_words bad ok good \(grades None\) are not those stage 1 scored"):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_words", "bad", "ok", "good")
+
+
 def test_teacher_line_without_label_probs_among_lines_with_them_fails_at_its_line(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
     teacher = write_label_teacher(tmp_path / "scores.jsonl")

@@ -257,6 +257,8 @@ def test_a_label_word_that_is_not_one_token_stops_the_run(tiny_qwen3, ranking_fi
         (["--label_words", "exact", "irrelevant", "--label_grades", "3", "2", "0"], "3 values for 2 --label_words"),
         (["--label_words", "exact", "exact", "--label_grades", "1", "0"], "two different words"),
         (["--label_words", "exact", "--label_grades", "1"], "two different words"),
+        (["--label_grades", "1", "1", "1", "1"], "every label word the grade 1"),
+        (["--label_words", "I", "C", "S", "E"], r"ranks them in another order than ESCI's .* --label_grades 0 1 2 3"),
     ],
 )
 def test_label_flags_are_checked_before_anything_is_read(flags, message):

@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from rerank_distill.errors import InputError
+from rerank_distill.formats import ESCI_GRADES
 
 
 @dataclass
@@ -106,6 +107,17 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
             raise InputError(
                 f"--label_grades has {len(grades)} values for {len(words)} --label_words; give one grade per word, "
                 "in the same order"
+            )
+        if len(set(grades)) == 1:  # every answer the same grade: the expected grade would be a constant
+            raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
+        esci = [ESCI_GRADES.get(word.strip().lower()) for word in words]
+        # ESCI's labels graded in another order (words reordered, the grades left as they were)
+        if None not in esci and any((a > b) != (grade_a > grade_b) for a, grade_a in zip(esci, grades)
+                                    for b, grade_b in zip(esci, grades) if a != b):  # fmt: skip
+            given, wanted = (" ".join(f"{g:g}" for g in values) for values in (grades, esci))
+            raise InputError(
+                f"--label_words {' '.join(words)} are ESCI's labels, but --label_grades {given} ranks them in another "
+                f"order than ESCI's (E > S > C > I); give the grades in the words' order, e.g. --label_grades {wanted}"
             )
     if "embedding" in teacher_types and not options.score_scale > 0:
         raise InputError(f"--score_scale must be positive, got {options.score_scale}")
