@@ -378,6 +378,22 @@ def check_same_teachers(score_files: list[str]) -> None:
 _RECORDED_SINCE = ("input_digest",)
 
 
+def _differences(made: dict, made_with: dict, keys) -> list[str]:
+    """The names of ``keys`` whose values differ between two made_with records; for the teachers,
+    each differing setting of each (``teachers: max_length``), or their number."""
+    differs = []
+    for key in sorted(keys):
+        was, now = made.get(key), made_with.get(key)
+        if was == now:
+            continue
+        if key == "teachers" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+            differs += sorted({f"teachers: {name}" for old, new in zip(was, now)
+                               for name in old.keys() | new.keys() if old.get(name) != new.get(name)})  # fmt: skip
+        else:
+            differs.append(key)
+    return differs
+
+
 def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str, ...] | None = None) -> None:
     """InputError unless the finished ``output_path`` was scored as this run would score it now
     (by its OUT.run.json record; for a file without one, its line count). ``teacher_keys``
@@ -387,8 +403,7 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
         made = record["made_with"]
         if teacher_keys is not None:
             made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
-        differs = sorted(key for key in made_with
-                         if made.get(key) != made_with[key] and (key in made or key not in _RECORDED_SINCE))
+        differs = _differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
     else:
         with open(output_path, "rb") as lines:
             differs = [] if sum(1 for _ in lines) == made_with["pairs"] else ["pairs"]
@@ -458,7 +473,7 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
         if begun:
             return ResumePoint(size, saved["done"], made_with)
     made = saved.get("made_with", {})
-    differs = sorted(key for key in made.keys() | made_with.keys() if made.get(key) != made_with.get(key))
+    differs = _differences(made, made_with, made.keys() | made_with.keys())
     if made and saved.get("chunk_size") not in chunk_sizes:
         differs.append(f"--chunk_size (it began with {saved.get('chunk_size')})")
     raise InputError(

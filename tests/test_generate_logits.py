@@ -168,7 +168,7 @@ def test_a_run_resumes_whatever_the_spelling_of_its_model_path_or_the_time_of_it
     other = CountingTeacher(fail_on_call=2)
     with pytest.raises(KeyboardInterrupt):
         run_scoring(ranking_file, tmp_path / "other_scores.jsonl", other)
-    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers, --chunk_size \(it began with 5"):
+    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers: model_path, --chunk_size \(it began"):
         run_scoring(ranking_file, tmp_path / "other_scores.jsonl", second, chunk_size=7)
 
 
@@ -378,7 +378,8 @@ def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ran
     class OtherTeacher(CountingTeacher):
         config = {"teacher_type": "counting", "model_path": "another"}
 
-    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: teachers\)"):
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: "
+                                         r"teachers: model_path\)"):
         run_scoring(ranking_file, output, OtherTeacher())
 
     class SameModelSpelledOtherwise(CountingTeacher):  # a folder passed as ./m or /abs/m is one model
@@ -626,7 +627,7 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     assert (tmp_path / "two" / "args.json").read_text() == recorded  # nothing to do: still the run that did the work
     assert (tmp_path / "two" / "train_scores.jsonl").stat().st_mtime_ns == finished
     assert not (tmp_path / "two" / "logs" / "shard-0-of-3.log").exists()
-    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers\)"):
+    with pytest.raises(InputError, match=r"other settings or input \(differing: teachers: max_length\)"):
         generate_logits.main([*common, "--output_dir", str(tmp_path / "two"), "--data_parallel_size", "2",
                               "--max_length", "300"])
     # a finished output and one still to score: the first is checked and kept, the second scored

@@ -473,7 +473,8 @@ def test_a_finished_output_of_another_teacher_is_refused_before_it_loads_and_arg
     unloadable.mkdir()
     (unloadable / "config.json").write_text("{}")
     out = tmp_path / "scores"
-    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: teachers\)"):
+    with pytest.raises(InputError, match=r"finished but was scored with other settings or input \(differing: "
+                                         r"teachers: model_path\)"):
         generate_logits.main(["--teacher_type", "cross_encoder", "--model_path", str(unloadable), "--input_path",
                               str(ranking_file), "--output_dir", str(out), "--no_show_progress"])  # fmt: skip
     assert args_json.read_text() == recorded
