@@ -145,8 +145,8 @@ def run_replicas(
         except BaseException as error:  # Ctrl-C, SIGTERM, or a replica that could not start: none runs on
             _stop([process for _, _, process in workers])
             if isinstance(error, KeyboardInterrupt):
-                logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again to "
-                               "continue", num_replicas)
+                logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again%s to "
+                               "continue", num_replicas, " without --overwrite" if "--overwrite" in argv else "")
             raise
         finally:
             if in_main_thread:
@@ -155,8 +155,15 @@ def run_replicas(
     failed = []
     for shard, log_path, process in workers:
         if process.returncode != 0:
-            failed.append(f"replica {shard.index} (exit {process.returncode}, see {log_path})")
+            failed.append(f"replica {shard.index} (exit {process.returncode}: {_last_line(log_path)}; see {log_path})")
     if failed:
         raise InputError(
-            "these replicas stopped: " + "; ".join(failed) + ". The others' work is kept; rerun the same command to resume."
+            "these replicas stopped: " + "; ".join(failed) + ". The others' work is kept: mend what stopped them and "
+            "rerun the command to resume."
         )
+
+
+def _last_line(log_path: Path) -> str:
+    """A replica's last log line: its error, where it stopped on one."""
+    lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"

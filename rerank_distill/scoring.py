@@ -325,17 +325,19 @@ def model_identity(model_path: str) -> str:
 
 
 def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_as_queries: int,
-               expected: InputSummary, label_column: str | None = None) -> dict:
+               expected: InputSummary, label_column: str | None = None, names: list[str] | None = None) -> dict:
     """What a finished output was scored with, compared on a rerun before it is reused: the teachers'
-    settings (``teachers``: their configs, each model by model_identity) and what was read, down
-    to a digest of its content. (Not the input file's name or time, nor the chunk size: those
-    change nothing.)"""
+    settings (``teachers``: their configs, each model by model_identity; with several, their
+    ``names``, the keys of each line's teacher_scores) and what was read, down to a digest of its
+    content. (Not the input file's name or time, nor the chunk size: those change nothing.)"""
     configs = [{**config, **({"model_path": model_identity(config["model_path"])} if "model_path" in config else {})}
                for config in teachers]  # fmt: skip
     made_with = {"teachers": configs, "input_format": input_format, "shard": asdict(shard),
                  "passages_as_queries": passages_as_queries, "pairs": expected.pairs}  # fmt: skip
     if label_column:  # absent otherwise, so records of earlier releases still compare equal
         made_with["label_column"] = label_column
+    if names and len(names) > 1:  # the same
+        made_with["teacher_names"] = names
     if expected.digest:
         made_with["input_digest"] = expected.digest
     return made_with
@@ -375,7 +377,7 @@ def check_same_teachers(score_files: list[str]) -> None:
 
 
 # What records of earlier releases lack, so it is compared only where the record has it.
-_RECORDED_SINCE = ("input_digest",)
+_RECORDED_SINCE = ("input_digest", "teacher_names")
 
 
 def _differences(made: dict, made_with: dict, keys) -> list[str]:
@@ -452,7 +454,7 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
     configs, label_column = [t.config for t in teachers], (read_args or {}).get("label_column")
     # as it reads back from JSON, to compare with what a progress file holds
     made_with = json.loads(json.dumps(_made_with(configs, input_format, shard, passages_as_queries, expected,
-                                                 label_column)))
+                                                 label_column, [t.name for t in teachers])))
     fresh = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
     start = ResumePoint(chunk_sizes[0], fresh, made_with)
     partial, progress_path = beside(output_path, ".partial"), beside(output_path, ".progress.json")

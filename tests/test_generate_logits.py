@@ -172,6 +172,25 @@ def test_a_run_resumes_whatever_the_spelling_of_its_model_path_or_the_time_of_it
         run_scoring(ranking_file, tmp_path / "other_scores.jsonl", second, chunk_size=7)
 
 
+def test_several_teachers_resume_only_under_the_names_their_scores_are_keyed_by(tmp_path, ranking_file):
+    def teachers(*names, fail_on_call=None):
+        made = [CountingTeacher(fail_on_call) for _ in names]
+        for teacher, name in zip(made, names):
+            teacher.name = name  # (a model path spelled another way, through a link, names it otherwise)
+        return made
+
+    output = tmp_path / "train_scores.jsonl"
+    expected = validate_source(str(ranking_file), "auto", Shard())
+    with pytest.raises(KeyboardInterrupt):
+        score_source(str(ranking_file), output, teachers("judge", "ce", fail_on_call=2), expected, chunk_size=5,
+                     show_progress=False)  # fmt: skip
+    with pytest.raises(InputError, match=r"unfinished run with other settings or input \(differing: teacher_names"):
+        score_source(str(ranking_file), output, teachers("judge", "ce-link"), expected, chunk_size=5,
+                     show_progress=False)  # fmt: skip
+    score_source(str(ranking_file), output, teachers("judge", "ce"), expected, chunk_size=5, show_progress=False)
+    assert {tuple(line["teacher_scores"]) for line in read_jsonl_records(output)} == {("judge", "ce")}
+
+
 def test_an_unfinished_run_of_an_earlier_release_still_resumes(tmp_path, ranking_file):
     from rerank_distill.scoring import _legacy_fingerprint
 
