@@ -620,6 +620,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     records = _shard_run_records(paths)
+    single_run = _single_run_settings(merged)
+    if records and single_run and is_finished(merged):
+        if differs := _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()):
+            raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
+                             f"{', '.join(differs)}); delete it and its .run.json to join them in its place")
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
     readers = [_lines(path) for path in paths]
     lines, content = 0, hashlib.blake2b(digest_size=16)
@@ -647,6 +652,10 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
                                  "it with its --shard flag and --overwrite", str(path))
     if records:
         _merge_run_records(records, merged, lines, content.hexdigest())
+    if records and single_run and not is_finished(merged):  # (before the rename below: a stopped single run's)
+        if differs := _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()):
+            logger.warning("%s: an unfinished single run with other settings (differing: %s) is dropped; the joined "
+                           "shards replace it", merged, ", ".join(differs))
     for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
         stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines
@@ -707,16 +716,37 @@ def _shares(source: str, input_format: str, read_args, passages_as_queries: int,
         yield index, query
 
 
+# What differs from one share of a run to another: the rest of a made_with record are the run's settings.
+_SHARE_KEYS = ("shard", "pairs", "input_digest")
+
+
+def _settings(made_with: dict) -> dict:
+    """A made_with record's settings, the same for every share of one run (teachers, input format, ...)."""
+    return {key: value for key, value in made_with.items() if key not in _SHARE_KEYS}
+
+
+def _single_run_settings(output_path: Path) -> dict | None:
+    """The settings of an unsharded run of ``output_path``: a finished one's (``.run.json``) or a
+    stopped one's (``.progress.json``); None where neither records them."""
+    if is_finished(output_path):
+        record = _run_record(output_path)
+        return _settings(record["made_with"]) if record else None
+    progress = beside(output_path, ".progress.json")
+    if beside(output_path, ".partial").exists() and progress.exists():
+        saved = json.loads(progress.read_text(encoding="utf-8")).get("made_with")
+        return _settings(saved) if saved else None
+    return None
+
+
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
     """Each shard's ``.run.json``, or None if one has none (an older release's); InputError where
     the shards were scored with differing teachers or settings."""
     records = [_run_record(path) for path in shard_paths]
     if None in records:
         return None
-    own = ("shard", "pairs", "input_digest")  # what differs from shard to shard
     for record, path in zip(records[1:], shard_paths[1:]):
-        first, this = records[0]["made_with"], record["made_with"]
-        if differs := sorted(key for key in first.keys() | this.keys() if key not in own and first.get(key) != this.get(key)):
+        first, this = _settings(records[0]["made_with"]), _settings(record["made_with"])
+        if differs := sorted(key for key in first.keys() | this.keys() if first.get(key) != this.get(key)):
             raise InputError(
                 f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
                 f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"

@@ -264,6 +264,28 @@ def test_a_merge_leaves_no_unfinished_single_run_beside_its_output(tmp_path, ran
     assert run_scoring(ranking_file, single, again).already_complete and again.calls == []
 
 
+def test_a_merge_keeps_a_finished_single_run_of_other_settings_and_says_what_it_drops(tmp_path, ranking_file, caplog):
+    class OtherTeacher(CountingTeacher):
+        config = {**CountingTeacher.config, "max_length": 16}
+
+    single = output_path_for(str(ranking_file), tmp_path)
+    run_scoring(ranking_file, single, OtherTeacher())
+    score_shards(ranking_file, tmp_path, 2)
+    finished = single.read_bytes()
+    with pytest.raises(InputError, match=r"is finished but was scored with other settings than the shards "
+                                         r"\(differing: teachers: max_length\)"):
+        merge_shards(str(ranking_file), tmp_path, 2)
+    assert single.read_bytes() == finished
+    single.unlink()
+    single.with_name(single.name + ".run.json").unlink()
+    with pytest.raises(KeyboardInterrupt):  # stopped, with other settings: what the joined shards replace
+        run_scoring(ranking_file, single, OtherTeacher(fail_on_call=2))
+    caplog.set_level(logging.WARNING)
+    merge_shards(str(ranking_file), tmp_path, 2)
+    assert "an unfinished single run with other settings (differing: teachers: max_length) is dropped" in caplog.text
+    assert is_finished(single)
+
+
 @pytest.mark.parametrize("other", [["--merge_shards", "2"], ["--data_parallel_size", "2"]])
 def test_a_shard_goes_with_neither_a_merge_nor_replicas(tmp_path, ranking_file, other):
     with pytest.raises(InputError, match=f"--shard 0/2 scores one share in this process, {other[0]} handles"):
