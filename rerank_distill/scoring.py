@@ -529,11 +529,15 @@ def score_source(
         out.truncate(done["bytes"])  # drops a chunk that was half written when the run stopped
     stats = ScoringStats(resumed_at_pair=done["pairs"])
     started, earlier_seconds = time.perf_counter(), done.get("seconds", 0.0)  # progress files of old releases lack it
-    queries = (
-        query
-        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries))
-        if shard.takes(position)
-    )
+    read = hashlib.blake2b(digest_size=16)  # of what is scored: the input may change after it was checked
+
+    def shard_queries() -> Iterator[RankingQuery]:
+        for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+            if shard.takes(position):
+                read.update(_as_bytes(query))
+                yield query
+
+    queries = shard_queries()
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
     checked = done["pairs"] > 0
     try:
@@ -570,6 +574,9 @@ def score_source(
         bar.close()
     if done["pairs"] != expected.pairs:
         raise InputError(f"{source} changed while it was being scored ({done['pairs']} of {expected.pairs} pairs)")
+    if expected.digest and read.hexdigest() != expected.digest:  # (edited while the teacher loaded, say)
+        raise InputError(f"{source} changed while it was being scored: its content differs from what was checked "
+                         "before; score it again with --overwrite")
     stats.seconds = time.perf_counter() - started
     stats.queries, stats.pairs, stats.truncated = done["queries"], done["pairs"], done["truncated"]
     stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]

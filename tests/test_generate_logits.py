@@ -206,6 +206,17 @@ def test_an_unfinished_run_of_an_earlier_release_still_resumes(tmp_path, ranking
     assert run_scoring(ranking_file, output, second).resumed_at_pair == len(first.calls) > 0
 
 
+def test_an_input_edited_after_it_was_checked_never_finishes_under_the_checked_digest(tmp_path, ranking_file):
+    expected = validate_source(str(ranking_file), "auto", Shard())  # checked; then, while a teacher loads, edited:
+    records = read_jsonl_records(ranking_file)
+    records[3]["positive"], records[3]["negative"] = records[3]["negative"], records[3]["positive"]
+    write_jsonl_records(ranking_file, records)
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(InputError, match="changed while it was being scored: its content differs"):
+        score_source(str(ranking_file), output, [CountingTeacher()], expected, chunk_size=5, show_progress=False)
+    assert not output.exists()
+
+
 def test_a_data_set_folders_split_is_scored_resumed_and_guarded_against_changed_files(tmp_path, ranking_file):
     folder = tmp_path / "so-reranking"
     (folder / "data").mkdir(parents=True)
