@@ -46,6 +46,7 @@ NEGATIVE_RULES: tuple[str, ...] = get_args(NegativeRule)
 SKIP_REPEATED_PASSAGE = "repeated_passages"  # a query's passage listed again: only its first listing counts
 SKIP_NON_POSITIVE_MARGIN = "non_positive_margin"  # pairs whose scores tie
 SKIP_BELOW_MIN_MARGIN = "below_min_margin"  # pairs with 0 < margin < --min_margin
+SKIP_GRADED_AS_HIGH = "negatives_graded_as_high"  # a labelled positive's negative with as high a gold grade
 SKIP_POSITIVE_WITHOUT_NEGATIVES = "positives_without_negatives"  # nothing usable ranked below
 SKIP_NO_POSITIVES = "queries_without_positives"  # --positives labels: no passage labelled > 0
 SKIP_TOO_FEW_PASSAGES = "queries_with_fewer_than_2_passages"  # different passages
@@ -53,6 +54,7 @@ SKIP_REASONS = (
     SKIP_REPEATED_PASSAGE,
     SKIP_NON_POSITIVE_MARGIN,
     SKIP_BELOW_MIN_MARGIN,
+    SKIP_GRADED_AS_HIGH,
     SKIP_POSITIVE_WITHOUT_NEGATIVES,
     SKIP_NO_POSITIVES,
     SKIP_TOO_FEW_PASSAGES,
@@ -185,6 +187,17 @@ def margin_skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
     return None
 
 
+def graded_as_high(labels: Sequence[float | None] | None, positive: int, negative: int, rule: PositiveRule) -> bool:
+    """Whether a negative must not face a positive the gold labels chose (``--positives labels`` or
+    ``both``): its grade is as high as the positive's, so the pair would teach the student to put
+    the positive above a passage the labels rank at least as high (an exact match as the negative
+    of a substitute, say). The teacher's own positives (a grade of 0, or none) face whatever it
+    ranked below them."""
+    if rule == "teacher" or labels is None or labels[positive] is None or labels[negative] is None:
+        return False
+    return labels[positive] > 0 and labels[negative] >= labels[positive]
+
+
 def first_listings(passages: Sequence[str]) -> list[int]:
     """Indices of each distinct passage's first listing, in input order."""
     first: dict[str, int] = {}
@@ -234,6 +247,8 @@ def select(
             negative = order[negative_rank]
             margin = scores[positive] - scores[negative]
             reason = margin_skip_reason(margin, rules.min_margin)
+            if reason is None and graded_as_high(labels, positive, negative, rules.positives):
+                reason = SKIP_GRADED_AS_HIGH
             if reason is not None:
                 skipped[reason] += 1
             else:

@@ -15,6 +15,7 @@ from rerank_distill.formats import ScoredPair
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 from rerank_distill.triplets import (
     SKIP_BELOW_MIN_MARGIN,
+    SKIP_GRADED_AS_HIGH,
     SKIP_REPEATED_PASSAGE,
     SKIP_NO_POSITIVES,
     SKIP_NON_POSITIVE_MARGIN,
@@ -291,6 +292,17 @@ def test_positives_from_the_teacher_the_gold_labels_or_both(tmp_path, rule, expe
 
     assert [(t["positive"], t["negative"], t["score"]) for t in read_jsonl_records(output)] == expected
     assert summary["skipped"][SKIP_POSITIVE_WITHOUT_NEGATIVES] == positives_without_negatives
+
+
+@pytest.mark.parametrize("rule", ["labels", "both"])
+def test_a_labelled_positive_faces_only_passages_of_a_lower_grade(rule):
+    # the teacher ranks the substitute (2) above the exact match (3): the substitute's negatives are the
+    # complement and the irrelevant one, never the exact match; the teacher's own top passage in "both"
+    # is the substitute, so nothing changes there
+    passages, scores, labels = ["sub", "exact", "comp", "irr"], [4.0, 3.0, 2.0, 1.0], [2.0, 3.0, 1.0, 0.0]
+    selections, skipped = chosen(passages, scores, labels, positives=rule, top_k=1, num_negatives=3)
+    assert selections == [("sub", ["comp", "irr"]), ("exact", ["comp", "irr"]), ("comp", ["irr"])]
+    assert skipped[SKIP_GRADED_AS_HIGH] == 1
 
 
 def test_any_grade_above_zero_is_a_labelled_positive_and_top_k_does_not_limit_them():
