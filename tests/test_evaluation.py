@@ -500,7 +500,9 @@ def test_esci_data_with_only_complements_and_irrelevants_still_compares_grades(t
         3, 4, "grade")
 
 
-def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_encoder, tmp_path):
+def good_ok_bad_files(tmp_path) -> tuple[Path, Path]:
+    """A graded data set of one query, and a teacher's scores with label_probs over the words good,
+    ok and bad (not ESCI's)."""
     dataset = write_jsonl_records(tmp_path / "graded.jsonl", [
         {"query": "q", "passage": p, "grade": g} for p, g in (("a", 2), ("b", 1), ("c", 0))
     ])  # fmt: skip
@@ -508,6 +510,11 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "passage": p, "score": i, "label_probs": pr} for i, (p, pr) in enumerate(zip("abc", probs))
     ])  # fmt: skip
+    return dataset, teacher
+
+
+def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_encoder, tmp_path):
+    dataset, teacher = good_ok_bad_files(tmp_path)
     with pytest.raises(InputError, match=rf"{teacher}: the teacher's label_probs use the words \['good', 'ok', 'b"):
         run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
     report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher),
@@ -516,13 +523,7 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
 
 
 def test_the_label_words_and_grades_stage_1_recorded_are_read_and_others_refused(tiny_cross_encoder, tmp_path):
-    dataset = write_jsonl_records(tmp_path / "graded.jsonl", [
-        {"query": "q", "passage": p, "grade": g} for p, g in (("a", 2), ("b", 1), ("c", 0))
-    ])  # fmt: skip
-    probs = [{"good": 0.8, "ok": 0.1, "bad": 0.1}, *[{"good": 0.1, "ok": 0.1, "bad": 0.8}] * 2]
-    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
-        {"query": "q", "passage": p, "score": i, "label_probs": pr} for i, (p, pr) in enumerate(zip("abc", probs))
-    ])  # fmt: skip
+    dataset, teacher = good_ok_bad_files(tmp_path)
     judge = {"teacher_type": "llm_labels", "label_words": ["good", "ok", "bad"], "label_grades": [2.0, 1.0, 0.0]}
     Path(f"{teacher}.run.json").write_text(json.dumps({"made_with": {"teachers": [judge]}}))
     report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
