@@ -123,6 +123,12 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
         raise InputError(f"--score_scale must be positive, got {options.score_scale}")
 
 
+def teacher_name(model_path: str) -> str:
+    """A teacher's name: the last part of its model's path or hub id (the key of its score among
+    several teachers' ``teacher_scores``)."""
+    return os.path.basename(os.path.normpath(model_path))
+
+
 def unique_names(names: list[str]) -> list[str]:
     """The names with repeats numbered from the second on: ``[m, m, x] -> [m, m-2, x]``."""
     taken: set[str] = set()
@@ -234,7 +240,7 @@ def build_teachers(model_paths: list[str], teacher_types: list[str], backend: st
     for kind, path in zip(teacher_types, model_paths):  # every one before any loads
         check_model_kind(kind, path)
     teachers = [build_teacher(kind, path, backend, options) for kind, path in zip(teacher_types, model_paths)]
-    names = unique_names([os.path.basename(os.path.normpath(path)) for path in given_names or model_paths])
+    names = unique_names([teacher_name(path) for path in given_names or model_paths])
     for teacher, name in zip(teachers, names):
         teacher.name = name
     return teachers

@@ -4,13 +4,12 @@ so a confident teacher's margins are not squashed towards 0 and 1."""
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 
 from rerank_distill.errors import InputError
-from rerank_distill.teachers import TeacherScores
+from rerank_distill.teachers import TeacherScores, teacher_name
 from rerank_distill.teachers.sentence_models import limit_length, load_model, token_lengths
 
 
@@ -29,7 +28,7 @@ class CrossEncoderTeacher:
             )
         self.max_length = limit_length(self.model, max_length)
         self.batch_size = batch_size
-        self.name = os.path.basename(os.path.normpath(model_path))
+        self.name = teacher_name(model_path)
         self.config = {"teacher_type": "cross_encoder", "model_path": model_path, "max_length": self.max_length, "dtype": dtype}
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:

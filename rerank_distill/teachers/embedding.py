@@ -10,12 +10,11 @@ Cosines lie in [-1, 1] and a query's candidates often differ by a few hundredths
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 
-from rerank_distill.teachers import TeacherScores
+from rerank_distill.teachers import TeacherScores, teacher_name
 from rerank_distill.teachers.sentence_models import limit_length, load_model, too_long
 
 DEFAULT_SCORE_SCALE = 10.0
@@ -52,7 +51,7 @@ class EmbeddingTeacher:
         self.batch_size = batch_size
         self.score_scale = float(score_scale)
         self.query_prompt, self.document_prompt = model_prompts(self.model.prompts, query_prompt)
-        self.name = os.path.basename(os.path.normpath(model_path))
+        self.name = teacher_name(model_path)
         self.config = {
             "teacher_type": "embedding",
             "model_path": model_path,

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Callable
 
 import numpy as np
 
 from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
-from rerank_distill.teachers import TeacherScores, model_config, yes_minus_no
+from rerank_distill.teachers import TeacherScores, model_config, teacher_name, yes_minus_no
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class _Judge:
         tokenizer = load_tokenizer(model_path)
         self.prompt = JudgePrompt(tokenizer, system, instruction, usable_length(model_path, max_length))
         token_ids = [single_token_id(tokenizer, word, model_path) for word in words]
-        self.name = os.path.basename(os.path.normpath(model_path))
+        self.name = teacher_name(model_path)
         self.config = {
             "teacher_type": self.teacher_type,
             "model_path": model_path,
