@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     check_training_flags(script, training)
-    resume, resumed, digest = prepare_resume(script, training)
+    resume, resumed, digests = prepare_resume(script, training)
     evaluate = training.eval_strategy != "no"
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
         evaluate = False
     elif evaluate:
-        set_best_metric(training, passed, selection.metric)
+        set_best_metric(training, passed, selection)
     if warning := small_selection_warning(selection):
         logger.warning(warning)
     count = selection.counts()
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
-                       training=training, data={"train_data_digest": digest},
+                       training=training, data=digests,
                        resolved={"processes": training.world_size})
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -390,11 +391,15 @@ def default_training_values() -> dict[str, str]:
     return {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
 
 
-def set_best_metric(training, passed: dict[str, str | None], metric: str) -> None:
-    """Make ``metric`` (``eval_selection_map`` or ``loss``) pick the best checkpoint, unless the
-    user passed --metric_for_best_model; higher is better for everything but a loss."""
+def set_best_metric(training, passed: dict[str, str | None], selection: CheckpointSelection) -> None:
+    """Make the selection's metric (``eval_selection_map`` or ``loss``) pick the best checkpoint,
+    unless the user passed --metric_for_best_model (InputError where theirs needs ranked queries
+    the selection has none of); higher is better for everything but a loss."""
     if "metric_for_best_model" not in passed:
-        training.metric_for_best_model = metric
+        training.metric_for_best_model = selection.metric
+    elif "selection_" in training.metric_for_best_model and not selection.queries:
+        raise InputError(f"--metric_for_best_model {training.metric_for_best_model} needs gold-labelled candidate "
+                         f"lists to rank, and there are none: {selection.note}")
     if "greater_is_better" not in passed:
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
 
@@ -410,7 +415,10 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
         if (folder / "trainer_state.json").is_file():
             return str(folder)
         if set_aside_incomplete and is_main_process():
-            folder.rename(folder.with_name(f"incomplete-{folder.name}"))
+            aside = folder.with_name(f"incomplete-{folder.name}")
+            if aside.exists():  # set aside once already, by a run stopped while saving the same step
+                shutil.rmtree(aside)
+            folder.rename(aside)
             logger.warning("%s is incomplete (the run stopped while saving it): set aside as incomplete-%s",
                            folder, folder.name)
         else:
@@ -420,7 +428,8 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
 
 def earlier_checkpoints(output_dir: str) -> list[Path]:
     """The checkpoint folders a run left in ``output_dir`` (``incomplete-checkpoint-N`` included)."""
-    folders = [p for p in Path(output_dir).glob("*checkpoint-*") if p.is_dir()]
+    folders = [p for p in Path(output_dir).glob("*checkpoint-*")
+               if p.is_dir() and re.fullmatch(r"(incomplete-)?checkpoint-\d+", p.name)]  # fmt: skip
     return sorted(folders, key=lambda p: (p.name.startswith("incomplete"), len(p.name), p.name))  # 9 before 10
 
 
@@ -445,19 +454,22 @@ def check_training_flags(script, training) -> None:
         raise InputError("--early_stopping_patience needs evaluations to compare; --selection_metric last has none")
 
 
-def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, str | None]:
+def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, dict[str, str | None]]:
     """Where train.py's run starts, after checking its --output_dir (check_output_dir): the
     checkpoint it resumes from and that checkpoint's state (None, None for a fresh start; see
-    resolve_checkpoint and resumed_state), and the digest of --train_data where it is compared
-    with the resumed run's (check_resume_settings) or recorded."""
+    resolve_checkpoint and resumed_state), and the digests of its data files (--train_data,
+    --selection_data, --eval_data) where they are compared with the resumed run's
+    (check_resume_settings, by the args.json beside the checkpoint) or recorded."""
     check_output_dir(training.output_dir, script.model_name_or_path)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds)
-    # (only where it is compared or recorded: every torchrun process would read the whole file)
-    digest = data_digest(script.train_data) if resume is not None or training.should_save else None
+    digests = {}
+    if resume is not None or training.should_save:  # (every torchrun process would read the whole files)
+        digests = {f"{flag}_digest": data_digest(getattr(script, flag))
+                   for flag in ("train_data", "selection_data", "eval_data") if getattr(script, flag)}  # fmt: skip
     if resume is not None:
-        check_resume_settings(training.output_dir, script, training, digest)
-    return resume, resumed, digest
+        check_resume_settings(str(Path(resume).parent), script, training, digests)
+    return resume, resumed, digests
 
 
 def check_output_dir(output_dir: str, model_path: str) -> None:
@@ -549,6 +561,9 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     if checkpoint is None:
         return None
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if 0 < training.max_steps < state.global_step:
+        raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
+                         f"with --max_steps {state.max_steps} (its run's) or more")
     ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds)
     summary = Path(training.output_dir) / SUMMARY_FILE
     if ended and summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step:
@@ -569,9 +584,11 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 # (The limits may be raised; flags of speed, logging and saving may change.)
 RESUME_MUST_MATCH = {
     "script": ("model_name_or_path", "train_data", "loss", "teacher_temperature", "max_length", "input_format",
-               "label_column", "selection_data", "selection_metric", "eval_data", "eval_share"),
+               "label_column", "selection_data", "selection_metric", "eval_data", "eval_share",
+               "group_by_length_batches"),
     "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-                 "warmup_steps", "weight_decay", "seed"),
+                 "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
+                 "max_grad_norm"),
 }
 
 
@@ -588,27 +605,30 @@ def data_digest(source: str) -> str | None:
     return digest.hexdigest()
 
 
-def check_resume_settings(output_dir: str, script, training, train_data_digest: str | None) -> None:
+def check_resume_settings(run_dir: str, script, training, data_digests: dict[str, str | None]) -> None:
     """InputError where a resumed run differs from the run it continues (its args.json in
-    ``output_dir``) in a RESUME_MUST_MATCH setting, the training data's content or the number of
-    processes: the model would be half one run, half another, and args.json would describe only
-    the second."""
-    recorded_path = Path(output_dir) / "args.json"
+    ``run_dir``, the folder of the checkpoint) in a RESUME_MUST_MATCH setting, the content of a
+    data file (``data_digests``: prepare_resume's) or the number of processes: the model would be
+    half one run, half another (a query held out by one trained by the other), and args.json
+    would describe only the second."""
+    recorded_path = Path(run_dir) / "args.json"
     if not recorded_path.exists():
         return
     recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
     current = {"script": to_jsonable(script), "training": to_jsonable(training)}
     differs = [f"--{key}" for section, keys in RESUME_MUST_MATCH.items() for key in keys
                if key in recorded.get(section, {}) and recorded[section][key] != current[section][key]]
-    recorded_digest = recorded.get("data", {}).get("train_data_digest")
-    if recorded_digest and train_data_digest and recorded_digest != train_data_digest and "--train_data" not in differs:
-        differs.append("the content of --train_data")
+    for key, digest in data_digests.items():
+        flag = f"--{key.removesuffix('_digest')}"
+        was = recorded.get("data", {}).get(key)
+        if was and digest and was != digest and flag not in differs:
+            differs.append(f"the content of {flag}")
     processes = recorded.get("resolved", {}).get("processes", training.world_size)  # (not in older records)
     if processes != training.world_size:  # a step's examples are per process: the batch would change
         differs.append(f"the number of processes ({processes}, now {training.world_size}: torchrun's --nproc_per_node)")
     if differs:
         raise InputError(
-            f"{output_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "
+            f"{run_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "
             "resume it with the same ones, or start over with --overwrite_output_dir"
         )
 

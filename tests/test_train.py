@@ -302,6 +302,9 @@ def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_p
     assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
     # set aside, so the resumed run's checkpoints are the newest and rotation keeps them
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-9"]
+    (tmp_path / "checkpoint-9").mkdir()  # the resumed run stopped while saving the same step again
+    assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-9"]
 
 
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
@@ -695,6 +698,24 @@ def test_auto_selects_by_map_from_30_held_out_queries_and_else_keeps_the_last_st
     assert asked.metric == "eval_selection_map" and len(asked.held_out) == 2
 
 
+def test_a_resume_with_edited_selection_data_is_refused(tiny_cross_encoder, triplets_file, scores_file, tmp_path):
+    # the held-out queries come from it: edited, another query could be held out after training on it
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--save_steps", "1", "--eval_steps", "1",
+              "--selection_data", str(scores_file), "--selection_metric", "map")  # fmt: skip
+    rows = hand_written_scores()
+    write_jsonl_records(scores_file, [{**rows[0], "label": 0}, *rows[1:]])
+    with pytest.raises(InputError, match=r"\(differing: the content of --selection_data;"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
+                  "--eval_steps", "1", "--selection_data", str(scores_file), "--selection_metric", "map")  # fmt: skip
+
+
+def test_a_best_model_metric_that_ranks_queries_needs_labelled_ones(tiny_cross_encoder, triplets_file, tmp_path):
+    with pytest.raises(InputError, match="--metric_for_best_model eval_selection_map needs gold-labelled"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
+                  "--metric_for_best_model", "eval_selection_map")  # fmt: skip
+
+
 def test_selection_metric_last_holds_nothing_out(tmp_path):
     scores, triplets = many_queries(75)
     selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", scores)), metric="last")
@@ -921,9 +942,10 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     with pytest.raises(InputError, match="no-such-model"):  # a run that fails its checks deletes nothing
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out", "--overwrite_output_dir")
     assert earlier.exists()
+    (tmp_path / "out" / "teacher-checkpoint-notes").mkdir()  # no checkpoint, though its name has the word
     summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
                         "--overwrite_output_dir")
-    assert summary["steps"] == 1 and not earlier.exists()
+    assert summary["steps"] == 1 and not earlier.exists() and (tmp_path / "out" / "teacher-checkpoint-notes").exists()
 
 
 def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny_cross_encoder, triplets_file,
@@ -1038,6 +1060,15 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
     with pytest.raises(InputError, match=r"\(differing: the number of processes \(2, now 1"):
         run_train(tiny_cross_encoder, triplets_file, out, *resume)
     record_path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"\(differing: --optim, --max_grad_norm;"):  # the optimiser's state is kept
+        run_train(tiny_cross_encoder, triplets_file, out, *resume, "--optim", "sgd", "--max_grad_norm", "0.5")
+    with pytest.raises(InputError, match="checkpoint-2 is at step 2, past --max_steps 1: resume with --max_steps 2"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--resume_from_checkpoint", "last",
+                  "--eval_strategy", "no")  # fmt: skip
+    with pytest.raises(InputError, match=r"out holds a run made with other settings \(differing: --loss"):
+        # a checkpoint named by its path is checked against its own run's args.json, wherever this one writes
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "elsewhere", "--max_steps", "3", "--loss", "infonce",
+                  "--resume_from_checkpoint", str(out / "checkpoint-2"), "--eval_strategy", "no")  # fmt: skip
     assert run_train(tiny_cross_encoder, triplets_file, out, *resume, "--logging_steps", "1")["steps"] == 3
 
 
