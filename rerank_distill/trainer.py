@@ -344,6 +344,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     - Saving writes the full weights the sharded trainer gathers, not the live shards (_save).
     - Resuming and loading the best checkpoint go through transformers' FSDP / DeepSpeed loaders
       (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
+    - ``--data_seed`` orders the batches where it is given (sentence-transformers passes ``--seed``).
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
@@ -434,10 +435,12 @@ class DistillationTrainer(CrossEncoderTrainer):
         with saving_weights(self.model, state_dict):
             super()._save(output_dir)
 
-    def get_batch_sampler(self, dataset, batch_size, drop_last, *args, **kwargs):
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         if dataset is not self.train_dataset:
             drop_last = False
-        return super().get_batch_sampler(dataset, batch_size, drop_last, *args, **kwargs)
+        # sentence-transformers seeds the batches with --seed; --data_seed, where given, is the data order's
+        seed = self.args.data_seed if self.args.data_seed is not None else seed
+        return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
 
 
 @contextmanager

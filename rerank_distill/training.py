@@ -588,7 +588,7 @@ RESUME_MUST_MATCH = {
                "group_by_length_batches"),
     "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
                  "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
-                 "max_grad_norm"),
+                 "max_grad_norm", "data_seed"),
 }
 
 

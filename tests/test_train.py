@@ -846,6 +846,16 @@ def test_length_grouped_batches_pad_far_less_than_random_batches():
     assert padding(length_grouped_batches(lengths, 16, seed=1), lengths) < 0.2 * padding(random_batches, lengths)
 
 
+def test_data_seed_orders_the_batches_where_it_is_given(tiny_cross_encoder, triplets_file, tmp_path):
+    trained = {}
+    for name, flags in (("default", []), ("data_seed", ["--data_seed", "7"]), ("again", ["--data_seed", "7"])):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / name, "--max_steps", "2", "--eval_strategy", "no",
+                  *flags)  # fmt: skip
+        trained[name] = weights(tmp_path / name)
+    assert any(not torch.equal(trained["default"][k], trained["data_seed"][k]) for k in trained["default"])
+    assert all(torch.equal(trained["data_seed"][k], trained["again"][k]) for k in trained["default"])
+
+
 def test_sampler_reshuffles_each_epoch_and_reports_its_length():
     rows = hand_written_triplets()
     dataset = triplets_dataset(rows)
