@@ -517,11 +517,15 @@ def refuse_earlier_run(output_dir: str) -> None:
         return
     names = f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}"
     last = newest_checkpoint(output_dir)
-    state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
-    budget = state and TimeBudget.saved(state)
+    if last is None:  # only folders a stop while saving left unfinished: nothing to resume from
+        raise InputError(f"{output_dir} holds only unfinished checkpoints of an earlier run ({names}), nothing to "
+                         "resume from: start over with --overwrite_output_dir (deletes them) or choose another "
+                         "--output_dir")
+    state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+    budget = TimeBudget.saved(state)
     seconds = budget["args"]["seconds"] if budget else None
     # ended as it was planned? (its own limits: not necessarily flags that run was given)
-    if state and end_reached(state, state.max_steps, state.num_train_epochs, seconds):
+    if end_reached(state, state.max_steps, state.num_train_epochs, seconds):
         raise InputError(
             f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step {state.global_step} of "
             f"{state.max_steps}): start over with --overwrite_output_dir (deletes them) or choose another "

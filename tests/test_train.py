@@ -307,6 +307,13 @@ def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-9"]
 
 
+def test_a_folder_of_unfinished_checkpoints_only_is_no_run_to_continue(triplets_file, tmp_path):
+    (tmp_path / "out" / "incomplete-checkpoint-5").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"holds only unfinished checkpoints of an earlier run \(incomplete-checkpoint-5"
+                                         r"\), nothing to resume from: start over with --overwrite_output_dir"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
+
+
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
     assert "start again" in resume_hint(str(tmp_path / "never_created"))
     (tmp_path / "empty").mkdir()
