@@ -66,9 +66,13 @@ def detect_data_kind(record: dict, path: str, line: int, input_format: str = "au
                      label_column: str | None = None) -> str:
     """The kind of training file (a key of DATA_KINDS) one record belongs to: from its fields, or
     for a named ``input_format`` (formats.INPUT_FORMATS), the kind that format is."""
+    kind = training_record_kind(record)
     if input_format != "auto":
+        if kind:  # stage 2's records, which no --input_format names: the flag is what is wrong
+            raise InputError(f"this is a line of {DATA_KINDS[kind]}, but --input_format {input_format} names a "
+                             "ranking-data format; leave --input_format out for this file", path, line)
         return "scores" if input_format == "scores" else "labelled"
-    if kind := training_record_kind(record):
+    if kind:
         return kind
     try:
         return "scores" if detect_format(record, path, line, label_column) == "scores" else "labelled"

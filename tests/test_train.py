@@ -450,6 +450,12 @@ def test_a_named_format_and_label_column_read_graded_rows_the_fields_alone_would
     assert data.columns == {"query": ["q", "q"], "passage": ["p", "n"], "label": [1.0, 0.0]}
 
 
+def test_a_named_ranking_format_on_stage_2s_records_blames_the_flag(triplets_file):
+    with pytest.raises(InputError, match=r"train_triplets.jsonl:1: this is a line of triplets .* but --input_format "
+                                         r"mteb names a ranking-data format; leave --input_format out"):
+        read_training_data(str(triplets_file), "margin_mse", input_format="mteb")
+
+
 def test_train_passes_input_format_and_label_column_to_training_and_selection(tiny_cross_encoder, tmp_path):
     rows = [{"query": f"q{i}", "passage": f"{kind} {i}", "stars": grade}
             for i in range(40) for kind, grade in (("good", 2), ("bad", 0))]  # fmt: skip
