@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_minimums(args, batch_size=1, max_length=1)
     check_writable(args.output_path, "--output_path")
     inputs = [*local_files(args.dataset_path), *(local_files(args.teacher_scores) if args.teacher_scores else [])]
-    for ending in ("", ".per_query.jsonl", ".args.json"):  # the report and the files written beside it
-        check_not_an_input(beside_output(args.output_path, ending) if ending else args.output_path, inputs,
-                           "--output_path")
+    beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
+    for written in (args.output_path, *beside_report):
+        check_not_an_input(written, inputs, "--output_path")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]

@@ -31,12 +31,12 @@ from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
     Shard,
-    beside,
     check_before_loading,
     is_finished,
     merge_shards,
     only_writer,
     output_path_for,
+    remove_output,
     resume_point,
     score_source,
     split_into_shards,
@@ -155,8 +155,7 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
     single run checks them, and split into shard files the replicas find done."""
     if args.overwrite:  # gone now, as a single run deletes them: else a stopped rerun would find them finished
         for output in outputs:
-            for stale in (output, beside(output, ".partial"), beside(output, ".progress.json"), beside(output, ".run.json")):
-                stale.unlink(missing_ok=True)
+            remove_output(output)
     finished = [is_finished(output) for output in outputs]
     if any(finished) and not args.overwrite:
         done = [i for i, ended in enumerate(finished) if ended]

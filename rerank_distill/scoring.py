@@ -62,6 +62,12 @@ def beside(output_path: Path, suffix: str) -> Path:
     return output_path.with_name(output_path.name + suffix)
 
 
+def remove_output(output_path: Path) -> None:
+    """Delete an output and what stage 1 keeps beside it (--overwrite): finished or not, it is gone."""
+    for suffix in ("", ".partial", ".progress.json", ".run.json"):
+        beside(output_path, suffix).unlink(missing_ok=True)
+
+
 def is_finished(output_path: Path) -> bool:
     """Whether stage 1 finished ``output_path``: it exists under its final name with no partial beside it."""
     return output_path.exists() and not beside(output_path, ".partial").exists()
@@ -514,8 +520,7 @@ def score_source(
     record_path = beside(output_path, ".run.json")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for stale in (output_path, partial, progress_path, record_path):
-            stale.unlink(missing_ok=True)
+        remove_output(output_path)
     if resume is None:
         resume = resume_point(source, output_path, teachers, expected, input_format, [chunk_size], shard, overwrite,
                               read_args, passages_as_queries)

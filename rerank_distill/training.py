@@ -197,9 +197,8 @@ def plan_selection(
     if not queries:
         held_out: list[str] = []
         if eval_set is None:
-            held = held_out_queries(train_set["query"], eval_share, seed)
-            held_out = [query for query in dict.fromkeys(train_set["query"]) if query in held]
-            train_set, eval_set = split_rows(train_set, held)
+            train_set, eval_set = split_by_query(train_set, eval_share, seed)
+            held_out = list(dict.fromkeys(eval_set["query"]))
         return CheckpointSelection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
     if not shared:
@@ -465,8 +464,12 @@ def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, d
     resumed = resumed_state(resume, training, script.max_train_seconds)
     digests = {}
     if resume is not None or training.should_save:  # (every torchrun process would read the whole files)
-        digests = {f"{flag}_digest": data_digest(getattr(script, flag))
-                   for flag in ("train_data", "selection_data", "eval_data") if getattr(script, flag)}  # fmt: skip
+        by_source: dict[str, str | None] = {}  # a file given for two flags (training and selection) is read once
+        for flag in ("train_data", "selection_data", "eval_data"):
+            if source := getattr(script, flag):
+                if source not in by_source:
+                    by_source[source] = data_digest(source)
+                digests[f"{flag}_digest"] = by_source[source]
     if resume is not None:
         check_resume_settings(str(Path(resume).parent), script, training, digests)
     return resume, resumed, digests
