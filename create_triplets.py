@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
@@ -49,7 +50,8 @@ class TripletArguments:
         metadata={
             "help": 'Teacher scores from generate_logits.py: JSONL (or .jsonl.gz) lines {"query", '
             '"passage"|"content", "score"[, "label"]}; score may be a number or a numeric string. Several '
-            "files (e.g. {stem}_scores.jsonl and {stem}_passages_as_queries_scores.jsonl) are read as one."
+            "files (e.g. {stem}_scores.jsonl and {stem}_passages_as_queries_scores.jsonl) are read as one. A "
+            "Parquet file, a data-set folder DIR:SPLIT or a hub data set NAME:SPLIT of such rows works too."
         }
     )
     output_path: str = field(
@@ -112,6 +114,10 @@ class TripletArguments:
                           "the first a line has): what --positives labels/both and --label_margin read."},
     )
     seed: int = field(default=42, metadata={"help": "Seed for random and mixed negatives (same seed, same output)."})
+    hub: Literal["huggingface", "modelscope"] = field(
+        default="huggingface", metadata={"help": "Where an --input_path given as a hub data set is fetched from."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub data sets."})
 
 
 def rules_from(args: TripletArguments) -> SelectionRules:
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:
-            pairs = iter_scored_pairs(path, args.label_column)
+            pairs = iter_scored_pairs(path, args.label_column, args.hub, args.cache_dir)
             if args.label_margin is not None:
                 pairs = require_labels(pairs, "--label_margin", path)
             elif args.positives != "teacher":

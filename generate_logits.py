@@ -134,11 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
+    # Fetched before anything is written, so a hub id that cannot be fetched leaves no folder behind
+    model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
     # One run per output at a time, claimed before any teacher loads (minutes for an 8B model)
     with ExitStack() as claimed:
         for output in outputs:
             claimed.enter_context(only_writer(output))
-        model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
         for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
             if not args.overwrite:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,

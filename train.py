@@ -129,9 +129,9 @@ class ScriptArguments:
         default=512, metadata={"help": "Tokens per (query, passage) pair; longer pairs are truncated."}
     )
     hub: Literal["huggingface", "modelscope"] = field(
-        default="huggingface", metadata={"help": "Where a hub id in --model_name_or_path is downloaded from."}
+        default="huggingface", metadata={"help": "Where hub ids of the model and data sets are fetched from."}
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub models."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub models and data sets."})
     fused_forward: bool = field(
         default=True,
         metadata={"help": "margin_mse: one forward pass over positive and negative pairs together (same loss, "

@@ -5,8 +5,9 @@ queries share, and the tokens a pair costs that no cache can serve: its own (the
 fixed suffix after it) plus its share of its query's prefix. The floor is the pairs per second an
 8B model (2 x 8e9 FLOPs a token) would reach at --tflops of useful work.
 
-    python bench/prompt_tokens.py --num_queries 32 --candidates_per_query 30
-    python bench/prompt_tokens.py --num_queries 32 --candidates_per_query 30 --titles_only
+    python bench/prompt_tokens.py --num_queries 32 --candidates_per_query 30 --output_json bench/results/prompt_tokens_30_candidates.json
+    python bench/prompt_tokens.py --num_queries 32 --candidates_per_query 30 --titles_only \
+        --output_json bench/results/prompt_tokens_30_candidates_titles.json
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SHARED_DATA  # noqa: E402
+from bench.common import SHARED_DATA, write_results  # noqa: E402
 from bench.teacher import benchmark_queries  # noqa: E402
 from rerank_distill.prompts import JudgePrompt  # noqa: E402
 from rerank_distill.teachers.llm_hf import common_prefix_length  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--instruction", default="Retrieve questions that are duplicates of the given question",
                         help="bench/teacher.py's default.")
     parser.add_argument("--tflops", type=float, default=800, help="Useful dense bf16 TFLOP/s of the GPU.")
+    parser.add_argument("--output_json", default=None, help="Also write the figures (and these flags) here.")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -55,6 +57,12 @@ def main() -> None:
           f"queries: {common_prefix_length(prefixes)}; suffix after the document: {len(prompt.suffix_ids)}")
     floor = args.tflops * 1e12 / (16e9 * per_pair)
     print(f"uncached tokens a pair: {per_pair:.1f}; floor for an 8B model at {args.tflops:g} TFLOP/s: {floor:.0f} pairs/s")
+    if args.output_json:
+        figures = {"queries": len(queries), "pairs": len(prompts), "mean_prompt_tokens": float(np.mean([len(p) for p in prompts])),
+                   "mean_query_prefix_tokens": float(np.mean([len(p) for p in prefixes])),
+                   "prefix_shared_by_all_queries": common_prefix_length(prefixes), "suffix_tokens": len(prompt.suffix_ids),
+                   "uncached_tokens_per_pair": per_pair, "floor_pairs_per_second_8b": floor}
+        print(write_results(args.output_json, {"flags": vars(args), **figures}))
 
 
 if __name__ == "__main__":

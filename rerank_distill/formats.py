@@ -10,12 +10,14 @@
   with ``score`` a number or numeric string; stage 1's own output is this format plus ``label``
 
 A source is a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; a local data-set folder
-``DIR[:split]`` (a hub data set as ``hf download --repo-type dataset --local-dir DIR`` leaves it);
-or a hub data set ``owner/name[:split]``.
+``DIR[:split]`` (a hub data set as ``hf download --repo-type dataset --local-dir DIR`` leaves it,
+its Parquet conversion ``CONFIG/SPLIT/0000.parquet``, or what ``datasets``' ``save_to_disk``
+writes); or a hub data set ``owner/name[@revision][:split]``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from rerank_distill.errors import InputError
+from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import get_number, get_text, get_text_list, number_in_text, read_jsonl
 
 INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
@@ -74,6 +76,7 @@ class ScoredPair:
 
 
 DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+SAVED_DATA_SET_FILES = (".arrow",)  # datasets' save_to_disk folders: Arrow streams
 
 
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
@@ -88,24 +91,69 @@ def _folder_and_split(source: str) -> tuple[str, str | None] | None:
 
 def split_files(folder: str, split: str | None) -> list[str]:
     """The data files of one split of a local data-set folder, sorted by path: the files named for
-    the split, as hubs name them (``train.jsonl.gz``, ``data/test-00000-of-00001.parquet``), in
-    the folder or below it. With no split, the folder must hold exactly one."""
-    by_split: dict[str, list[str]] = {}
-    for root, folders, files in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
-        for name in files:
-            if name.endswith(DATA_FILE_SUFFIXES):
-                by_split.setdefault(re.split(r"[-.]", name, maxsplit=1)[0], []).append(os.path.join(root, name))
+    the split, as hubs name them (``train.jsonl.gz``, ``data/test-00000-of-00001.parquet``), or
+    numbered inside a folder named for it (``default/test/0000.parquet``), or the split's Arrow
+    files of a ``save_to_disk`` folder. With no split, the folder must hold exactly one."""
+    by_split = _saved_data_set_files(folder)
+    if by_split is None:
+        by_split = {}
+        for root, folders, files in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
+            for name in files:
+                if name.endswith(DATA_FILE_SUFFIXES):
+                    by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
     if not by_split:
-        raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)})", folder)
+        raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
+                         "data set saved by datasets' save_to_disk", folder)  # fmt: skip
     if split is None:
         if len(by_split) != 1:
             raise InputError(f"this folder holds the splits {sorted(by_split)}; name one as {folder}:SPLIT", folder)
         split = next(iter(by_split))
     if split not in by_split:
-        raise InputError(f"this folder has no split '{split}' (file names begin with their split); "
-                         f"it holds {sorted(by_split)}", folder)  # fmt: skip
-    return sorted(by_split[split])
+        raise InputError(f"this folder has no split '{split}' (file names, or the folders of numbered files, "
+                         f"name their split); it holds {sorted(by_split)}", folder)  # fmt: skip
+    files = sorted(by_split[split])
+    places = sorted({os.path.relpath(os.path.dirname(path), folder) for path in files})
+    if len(places) > 1:  # configurations of one data set (en/train-*, de/train-*): joining them mixes tasks
+        raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant, "
+                         f"as {os.path.join(folder, places[0])}:{split}", folder)  # fmt: skip
+    return files
+
+
+def _split_named_by(folder: str, file_name: str) -> str:
+    """A data file's split: its name's first word (``train``.jsonl.gz, ``test``-00000-of-00001.parquet),
+    or, for a numbered file (``0000.parquet``, as the hub's Parquet conversion names them), its folder's name."""
+    first_word = re.split(r"[-.]", file_name, maxsplit=1)[0]
+    return os.path.basename(folder) if first_word.isdigit() else first_word
+
+
+def _saved_data_set_files(folder: str) -> dict[str, list[str]] | None:
+    """``{split: Arrow files}`` of a folder written by datasets' ``save_to_disk`` (a DatasetDict's
+    ``dataset_dict.json`` with a folder per split, or one Dataset's ``state.json``), else None."""
+    def data_files(split_folder: str) -> list[str]:
+        state = os.path.join(split_folder, "state.json")
+        try:
+            with open(state, encoding="utf-8") as file:
+                return [os.path.join(split_folder, part["filename"]) for part in json.load(file)["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"cannot read this save_to_disk folder's file list ({first_line(error)})", state) from None
+
+    listing = os.path.join(folder, "dataset_dict.json")
+    if os.path.isfile(listing):
+        try:
+            with open(listing, encoding="utf-8") as file:
+                splits = json.load(file)["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"cannot read the split names ({first_line(error)})", listing) from None
+        return {split: data_files(os.path.join(folder, split)) for split in splits}
+    if os.path.isfile(os.path.join(folder, "state.json")):
+        with open(os.path.join(folder, "state.json"), encoding="utf-8") as file:
+            try:
+                split = json.load(file).get("_split")
+            except ValueError:
+                split = None  # data_files below names the broken file
+        return {split or "train": data_files(folder)}
+    return None
 
 
 def local_files(source: str) -> list[str]:
@@ -135,8 +183,10 @@ def source_stem(source: str) -> str:
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
         return name
+    from rerank_distill.hub import split_revision
+
     name, _, split = source.partition(":")
-    return name.split("/")[-1] + (f"_{split}" if split else "")
+    return split_revision(name)[0].split("/")[-1] + (f"_{split}" if split else "")
 
 
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
@@ -159,6 +209,8 @@ def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = Non
 def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:
     if path.endswith(".parquet"):
         yield from _iter_parquet(path)
+    elif path.endswith(SAVED_DATA_SET_FILES):
+        yield from _iter_arrow(path)
     else:
         for line, record in read_jsonl(path):
             yield path, line, record
@@ -181,6 +233,23 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
                 yield path, row_number, record
     if row_number == 0:
         raise InputError("contains no records (the file is empty)", path)
+
+
+def _iter_arrow(path: str) -> Iterator[tuple[str, int, dict]]:
+    """The rows of one Arrow stream file of a save_to_disk folder."""
+    if not os.path.isfile(path):
+        raise InputError("file not found (the save_to_disk folder lists it)", path)
+    import pyarrow as pa
+
+    row_number = 0
+    try:
+        with pa.memory_map(path) as source:
+            for batch in pa.ipc.open_stream(source):
+                for record in batch.to_pylist():
+                    row_number += 1
+                    yield path, row_number, record
+    except pa.ArrowInvalid as error:
+        raise InputError(f"cannot be read as an Arrow stream after row {row_number} ({first_line(error)})", path) from None
 
 
 # Stage 2's outputs, which train.py trains on: what a record of each holds, for messages.
@@ -339,11 +408,12 @@ def iter_ranking_queries(
     yield from grouped.values()
 
 
-def iter_scored_pairs(source: str, label_column: str | None = None) -> Iterator[ScoredPair]:
+def iter_scored_pairs(source: str, label_column: str | None = None, hub: str = "huggingface",
+                      cache_dir: str | None = None) -> Iterator[ScoredPair]:
     """Yield teacher-scored pairs from stage 1's output or another tool's
-    ``{"query", "passage"|"content", "score"}`` file, validating every field. The gold label is
-    read from ``label_column`` where given, else from the first of LABEL_FIELDS a line has."""
-    for path, line, record in iter_rows(source):
+    ``{"query", "passage"|"content", "score"}`` file (or hub data set), validating every field. The
+    gold label is read from ``label_column`` where given, else from the first of LABEL_FIELDS a line has."""
+    for path, line, record in iter_rows(source, hub, cache_dir):
         refuse_training_record(record, path, line, "teacher scores, one pair a line (generate_logits.py's output)")
         query = get_text(record, "query", path, line)
         if "score" not in record and _is_ranking_data(record, path, line):

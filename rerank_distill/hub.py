@@ -18,34 +18,54 @@ Hub = Literal["huggingface", "modelscope"]
 HUBS = ("huggingface", "modelscope")
 
 
+def split_revision(hub_id: str) -> tuple[str, str | None]:
+    """``owner/name@REVISION`` -> ``("owner/name", "REVISION")`` (a branch, tag or commit); without
+    ``@``, ``(hub_id, None)``. Hub ids cannot hold ``@``, so the split is unambiguous."""
+    name, at, revision = hub_id.partition("@")
+    return (name, revision) if at and revision else (hub_id, None)
+
+
 def looks_like_hub_id(name: str) -> bool:
-    """True for ``owner/name`` (or a bare ``name``), false for anything shaped like a file path."""
+    """True for ``owner/name`` (or a bare ``name``), either with ``@REVISION``; false for anything
+    shaped like a file path. (A path that does not exist but could be an id, such as
+    ``output/model`` before training has made it, is tried as an id; the error then says so.)"""
     if not name or name.startswith((".", "/", "~")) or "\\" in name:
         return False
     if name.endswith((".json", ".jsonl", ".gz", ".parquet", ".tsv", ".csv")):
         return False
-    if "/" in name and os.path.isdir(name.split("/", 1)[0]):
-        return False  # output/model before training has made it: a path, not an "output" organisation
-    return name.count("/") <= 1
+    return split_revision(name)[0].count("/") <= 1
 
 
-def _offline_message(kind: str, name: str, hub: str, reason: str) -> str:
+def _offline_message(kind: str, hub_id: str, hub: str, reason: str) -> str:
+    """What to download and where to put it, for a hub id that could not be fetched."""
+    name, revision = split_revision(hub_id)
     if hub == "modelscope":
-        how = f"modelscope download --{kind} {name} --local_dir DIR"
+        how = f"modelscope download --{kind} {name}{f' --revision {revision}' if revision else ''} --local_dir DIR"
     else:
-        how = f"hf download {name}{' --repo-type dataset' if kind == 'dataset' else ''} --local-dir DIR"
+        how = (f"hf download {name}{' --repo-type dataset' if kind == 'dataset' else ''}"
+               f"{f' --revision {revision}' if revision else ''} --local-dir DIR")
     pass_it = "DIR:SPLIT (e.g. DIR:test)" if kind == "dataset" else "its path"
-    return (
-        f"could not fetch {kind} '{name}' from {hub} ({reason}). On a machine with internet run "
+    return _not_here(hub_id) + (
+        f"could not fetch {kind} '{hub_id}' from {hub} ({reason}). On a machine with internet run "
         f"`{how}`, copy DIR here and pass {pass_it} instead of the hub id "
         f"(or point the cache at a copy with --cache_dir)."
     )
 
 
+def _load_failure(kind: str, hub_id: str, hub: str, error: Exception) -> InputError:
+    """A hub item that exists (or may) but could not be loaded, for a reason other than being
+    unreachable: a split or configuration the data set lacks, an unwritable cache, an invalid id."""
+    meant_a_folder = "/" in hub_id and os.path.isdir(hub_id.split("/", 1)[0])  # else no folder was meant
+    return InputError((_not_here(hub_id) if meant_a_folder else "") + f"could not load {kind} '{hub_id}' from {hub}: "
+                      f"{type(error).__name__}: {first_line(error)}")
+
+
 def _not_here(name: str) -> str:
     """The error's first words for an ``owner/name`` that may have been meant as a folder
-    (``output/model`` before training has made it): no such folder exists here."""
-    return f"no folder '{name}' exists here, so it was taken as a hub id: " if "/" in name else ""
+    (``output/model`` before training has made it, or a typo): no such folder exists here."""
+    parent = name.split("/", 1)[0]
+    though = f" (though '{parent}/' does)" if "/" in name and os.path.isdir(parent) else ""
+    return f"no folder '{name}' exists here{though}, so it was taken as a hub id: "
 
 
 def unreachable_hugging_face_host() -> str | None:
@@ -70,9 +90,16 @@ def unreachable_hugging_face_host() -> str | None:
 
 
 def _failure_reason(error: Exception, unreachable_host: str | None) -> str:
+    """Why a hub item is not at hand: the host down and no cached copy, or the hub's own answer
+    (unknown id, gated repo, no such revision)."""
     if unreachable_host:
         return f"{unreachable_host} cannot be reached and there is no copy in the cache"
     return first_line(error)
+
+
+# Weights in formats no stage loads: left out of a model's download (some repos carry ONNX,
+# OpenVINO, TensorFlow and Flax copies several times the size of the PyTorch weights).
+SKIPPED_MODEL_FILES = ["*.onnx", "*.onnx_data", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "coreml/*"]
 
 
 @contextmanager
@@ -106,6 +133,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         raise InputError(f"model path '{name_or_path}' does not exist")
     if hub not in HUBS:
         raise InputError(f"unknown hub '{hub}'; choose one of {', '.join(HUBS)}")
+    name, revision = split_revision(name_or_path)
     logger.info("fetching model %s from %s (cache: %s)", name_or_path, hub, cache_dir or "default")
     if hub == "modelscope":
         try:
@@ -113,46 +141,54 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         except ImportError:
             raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
         try:
-            return modelscope_download(name_or_path, cache_dir=cache_dir)
+            return modelscope_download(name, revision=revision, cache_dir=cache_dir)
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_not_here(name_or_path) + _offline_message("model", name_or_path, hub, first_line(error))) from None
+            raise InputError(_offline_message("model", name_or_path, hub, first_line(error))) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     unreachable_host = unreachable_hugging_face_host()
     try:
-        return snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=unreachable_host is not None)
-    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as error:
-        reason = _failure_reason(error, unreachable_host)
-        raise InputError(_not_here(name_or_path) + _offline_message("model", name_or_path, hub, reason)) from None
+        return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=SKIPPED_MODEL_FILES,
+                                 local_files_only=unreachable_host is not None)
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError) as error:  # not there, or not for us
+        raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable_host))) from None
+    except Exception as error:  # an invalid id, an unwritable cache, a download cut off: one line, not a traceback
+        raise _load_failure("model", name_or_path, hub, error) from None
 
 
-def load_hub_dataset(name: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):
-    """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``).
+def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):
+    """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``);
+    ``hub_id`` may end in ``@REVISION``.
 
-    With no split, Hugging Face's data set's only split is used (with several, InputError lists
-    them); ModelScope's ``test`` split, the one MTEB's reranking tasks evaluate on.
+    With no split, the data set's only split is used (with several, InputError lists them).
+    ModelScope cannot list them without downloading, so there the split must be named.
     """
+    name, revision = split_revision(hub_id)
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset
         except ImportError:
             raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
+        if not split:  # never a silent default: training on a test split would leak it
+            raise InputError(f"name the split of ModelScope data set '{hub_id}' as {hub_id}:SPLIT (e.g. :train, :test)")
         try:
-            return MsDataset.load(name, split=split or "test", cache_dir=cache_dir).to_hf_dataset()
-        except Exception as error:
-            raise InputError(_offline_message("dataset", name, hub, first_line(error))) from None
+            return MsDataset.load(name, split=split, cache_dir=cache_dir,
+                                  **({"version": revision} if revision else {})).to_hf_dataset()
+        except Exception as error:  # modelscope raises many unrelated types for network problems
+            raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None
     import datasets
 
     unreachable_host = unreachable_hugging_face_host()
     try:
         with _hugging_face_offline() if unreachable_host else nullcontext():
-            loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
-    except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
-        reason = _failure_reason(error, unreachable_host)
-        raise InputError(_offline_message("dataset", name, hub, reason)) from None
+            loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir, revision=revision)
+    except (ConnectionError, FileNotFoundError) as error:  # offline without a cached copy, or no such data set
+        raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
+    except Exception as error:  # no such split or configuration, a loading script, an unwritable cache, ...
+        raise _load_failure("dataset", hub_id, hub, error) from None
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
-            raise InputError(f"data set '{name}' has splits {sorted(loaded)}; name one as {name}:SPLIT")
+            raise InputError(f"data set '{hub_id}' has splits {sorted(loaded)}; name one as {hub_id}:SPLIT")
         loaded = next(iter(loaded.values()))
     return loaded

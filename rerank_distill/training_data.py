@@ -14,6 +14,8 @@ import numpy as np
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     TRAINING_RECORDS,
+    RankingQuery,
+    ScoredPair,
     detect_format,
     iter_ranking_queries,
     iter_rows,
@@ -82,9 +84,10 @@ def detect_data_kind(record: dict, path: str, line: int, input_format: str = "au
                          f"expected one of: {kinds}", path, line) from None
 
 
-def first_record(source: str) -> tuple[str, int, dict]:
-    """``(path, line, record)`` of a source's first record (InputError for a missing or empty file)."""
-    for path, line, record in iter_rows(source):
+def first_record(source: str, hub_args: dict | None = None) -> tuple[str, int, dict]:
+    """``(path, line, record)`` of a source's first record (InputError for a missing or empty file).
+    ``hub_args`` (``hub``, ``cache_dir``) say where a hub data set is fetched from."""
+    for path, line, record in iter_rows(source, **(hub_args or {})):
         return path, line, record
     raise InputError("contains no records (the file is empty)", source)
 
@@ -101,12 +104,13 @@ def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) ->
 
 def read_training_data(
     source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True,
-    input_format: str = "auto", label_column: str | None = None,
+    input_format: str = "auto", label_column: str | None = None, hub_args: dict | None = None,
 ) -> TrainingData:
     """Read and validate a whole training file for ``--loss loss`` (see LOSSES for the kinds each
     takes), with teacher scores and margins divided by ``teacher_temperature``. ``input_format``
     names a ranking-data format (else the kind is told from the fields) and ``label_column`` the
-    grade column of labelled rows, as for iter_ranking_queries.
+    grade column of labelled rows, as for iter_ranking_queries; ``hub_args`` (``hub``, ``cache_dir``)
+    where a hub data set is fetched from.
 
     Raises InputError naming file:line and field for a bad record, for an empty or missing file,
     for a file of a kind the loss does not train on, and for n-tuples with differing negative
@@ -114,20 +118,23 @@ def read_training_data(
     """
     if not teacher_temperature > 0:
         raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
-    path, line, record = first_record(source)
+    hub_args = hub_args or {}
+    path, line, record = first_record(source, hub_args)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
+    rows = iter_rows(source, **hub_args)
     if kind in ("triplets", "ntuples"):
-        data = _triplets(source, teacher_temperature) if kind == "triplets" else _ntuples(source, teacher_temperature)
+        data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
             raise InputError("the n-tuples have differing numbers of negatives, which only the fused MarginMSE "
                              "takes; drop --no_fused_forward", source)
     elif kind == "listwise":
-        data = _listwise(source, teacher_temperature)
+        data = _listwise(rows, teacher_temperature)
     elif kind == "scores":
-        data = _pointwise_scores(source, loss, teacher_temperature, label_column)
+        data = _pointwise_scores(iter_scored_pairs(source, label_column, **hub_args), loss, teacher_temperature,
+                                 label_column)
     else:
-        data = _labelled(source, input_format, label_column)
+        data = _labelled(iter_ranking_queries(source, input_format, label_column=label_column, **hub_args))
     if not LOSSES[loss].reads_teacher:  # how much scores it never reads vary is nothing to warn about
         data.teacher_spread = None
     return data
@@ -160,10 +167,10 @@ def within_query_deviations(groups: Iterable[Sequence[float]]) -> Iterator[float
         yield from (score - mean for score in scores)
 
 
-def _triplets(source: str, temperature: float) -> TrainingData:
+def _triplets(rows: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
     columns: dict[str, list] = {"query": [], "positive": [], "negative": [], "label": []}
     margins = []
-    for path, line, record in iter_rows(source):
+    for path, line, record in rows:
         for name in ("query", "positive", "negative"):
             columns[name].append(get_text(record, name, path, line))
         margins.append(get_number(record, "score", path, line))
@@ -171,9 +178,9 @@ def _triplets(source: str, temperature: float) -> TrainingData:
     return TrainingData("triplets", columns, teacher_spread=rms(margins))
 
 
-def _ntuples(source: str, temperature: float) -> TrainingData:
+def _ntuples(records: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
     rows = []
-    for path, line, record in iter_rows(source):
+    for path, line, record in records:
         query, positive = get_text(record, "query", path, line), get_text(record, "positive", path, line)
         negatives = get_text_list(record, "negatives", path, line)
         scores = get_number_list(record, "scores", path, line)
@@ -193,10 +200,10 @@ def _ntuples(source: str, temperature: float) -> TrainingData:
     return TrainingData("ntuples", columns, rms(m for *_, margins in rows for m in margins), ragged)
 
 
-def _listwise(source: str, temperature: float) -> TrainingData:
+def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passages": [], "label": []}
     groups = []
-    for path, line, record in iter_rows(source):
+    for path, line, record in rows:
         columns["query"].append(get_text(record, "query", path, line))
         passages = get_text_list(record, "passages", path, line)
         scores = get_number_list(record, "scores", path, line)
@@ -211,10 +218,11 @@ def _listwise(source: str, temperature: float) -> TrainingData:
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
 
-def _pointwise_scores(source: str, loss: str, temperature: float, label_column: str | None = None) -> TrainingData:
+def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float,
+                      label_column: str | None = None) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
     by_query: dict[str, list[float]] = {}
-    for pair in iter_scored_pairs(source, label_column):
+    for pair in pairs:
         if loss == "bce_labels":
             if pair.label is None:
                 raise InputError(f'no gold "{label_column or "label"}" in this pair; --loss bce_labels trains on '
@@ -230,9 +238,9 @@ def _pointwise_scores(source: str, loss: str, temperature: float, label_column: 
     return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 
 
-def _labelled(source: str, input_format: str, label_column: str | None) -> TrainingData:
+def _labelled(queries: Iterable[RankingQuery]) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
-    for query in iter_ranking_queries(source, input_format, label_column=label_column):
+    for query in queries:
         for passage, label in zip(query.passages, query.labels):
             columns["query"].append(query.query)
             columns["passage"].append(passage)

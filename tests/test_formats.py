@@ -15,6 +15,7 @@ from rerank_distill.formats import (
     iter_scored_pairs,
     label_probs_of,
     label_word_grades,
+    local_files,
     source_stem,
 )
 from rerank_distill.toy import write_jsonl_records
@@ -336,6 +337,48 @@ def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
     (dataset_folder / "data" / "test-00001-of-00002.parquet").unlink()
     assert as_tuples(dataset_folder) == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]  # its only split
     assert source_stem(str(dataset_folder)) == "so-reranking"
+
+
+def test_a_parquet_conversion_folder_takes_the_split_from_the_numbered_files_folder(tmp_path):
+    """The hub's Parquet conversion: CONFIG/SPLIT/0000.parquet."""
+    folder = tmp_path / "converted"
+    for split, rows in (("train", FOLDER_TRAIN), ("test", FOLDER_TEST)):
+        (folder / "default" / split).mkdir(parents=True)
+        write_parquet(folder / "default" / split / "0000.parquet", {key: [r[key] for r in rows] for key in rows[0]})
+    assert as_tuples(f"{folder}:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+    assert [q for q, _, _ in as_tuples(f"{folder}:train")] == ["q1", "q2"]
+
+
+def test_a_split_spread_over_configuration_folders_is_refused_not_mixed(tmp_path):
+    folder = tmp_path / "two-configs"
+    for config in ("en", "de"):
+        (folder / config).mkdir(parents=True)
+        write_jsonl_records(folder / config / "test.jsonl", FOLDER_TEST)
+    with pytest.raises(InputError, match=rf"split 'test' has files in several folders \(de, en\): pass the one "
+                                         rf"meant, as {folder / 'de'}:test"):
+        as_tuples(f"{folder}:test")
+    assert as_tuples(f"{folder / 'en'}:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+
+
+def test_a_save_to_disk_folder_is_read_split_by_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(FOLDER_TRAIN), "test": Dataset.from_list(FOLDER_TEST)}).save_to_disk(
+        tmp_path / "saved")
+    Dataset.from_list(FOLDER_TEST).save_to_disk(tmp_path / "one")
+    assert [q for q, _, _ in as_tuples(f"{tmp_path / 'saved'}:train")] == ["q1", "q2"]
+    assert as_tuples(f"{tmp_path / 'saved'}:test") == as_tuples(tmp_path / "one") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+    assert [Path(path).suffix for path in local_files(f"{tmp_path / 'saved'}:test")] == [".arrow"]  # what a resume hashes
+    with pytest.raises(InputError, match=r"this folder holds the splits \['test', 'train'\]; name one"):
+        as_tuples(tmp_path / "saved")
+
+
+def test_a_broken_line_of_a_save_to_disk_folder_names_the_arrow_file_and_row(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([*FOLDER_TRAIN, {"query": None, "positive": ["x"], "negative": ["y"]}]).save_to_disk(tmp_path / "one")
+    with pytest.raises(InputError, match=r"data-00000-of-00001\.arrow:3: .*\"query\""):
+        as_tuples(tmp_path / "one")
 
 
 def test_bad_input_in_a_data_set_folder_names_the_file_and_line(dataset_folder):

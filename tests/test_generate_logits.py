@@ -13,7 +13,6 @@ import pytest
 
 import generate_logits
 from rerank_distill.errors import InputError
-from rerank_distill.hub import resolve_model
 from rerank_distill.scoring import (
     Shard,
     is_finished,
@@ -400,6 +399,7 @@ def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_
     from rerank_distill.scoring import only_writer
 
     monkeypatch.setattr(generate_logits, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
+    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)  # a local folder, or one cached
     with only_writer(tmp_path / "o" / "train_scores.jsonl"):
         with pytest.raises(InputError, match="another run is writing"):
             generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
@@ -540,6 +540,13 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
     assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
 
 
+def test_a_hub_model_that_cannot_be_fetched_leaves_no_output_folder(tmp_path, ranking_file):
+    with pytest.raises(InputError, match="could not fetch model 'someone/some-reranker'"):
+        generate_logits.main(["--model_path", "someone/some-reranker", "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "scores")])
+    assert not (tmp_path / "scores").exists()
+
+
 def test_a_missing_model_path_is_named(tmp_path, ranking_file):
     with pytest.raises(InputError, match="model path './no/such/model' does not exist"):
         generate_logits.main(["--model_path", "./no/such/model", "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])
@@ -572,73 +579,6 @@ def test_a_size_below_one_stops_the_run_before_anything_is_written(ranking_file,
         generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o"),
                               flag, "0"])  # fmt: skip
     assert not (tmp_path / "o").exists()
-
-
-def test_a_hub_id_offline_says_what_to_download(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(InputError, match="hf download someone/some-reranker"):
-        resolve_model("someone/some-reranker")
-
-
-def test_a_folder_not_made_yet_is_named_as_missing_before_the_hub_advice(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)  # no output/ here: "output/model" could be an organisation's model
-    with pytest.raises(InputError, match="^no folder 'output/model' exists here, so it was taken as a hub id: could not fetch"):
-        resolve_model("output/model")
-
-
-@pytest.fixture
-def no_connection(monkeypatch):
-    """A machine with no proxy and no route to any host, whose user has not set HF_HUB_OFFLINE
-    (the test session sets it, so that nothing else here can reach a hub)."""
-    import datasets
-    from huggingface_hub import constants
-
-    def refuse(*args, **kwargs):
-        raise OSError("Name or service not known")
-
-    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(proxy, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("socket.create_connection", refuse)
-
-
-def test_an_unreachable_hub_fails_at_once_without_retries(no_connection):
-    import datasets
-    from huggingface_hub import constants
-
-    from rerank_distill.hub import load_hub_dataset
-
-    offline_before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    with pytest.raises(InputError, match="cannot be reached and there is no copy in the cache"):
-        resolve_model("someone/some-reranker")
-    with pytest.raises(InputError, match="hf download someone/some-data --repo-type dataset"):
-        load_hub_dataset("someone/some-data", "test")
-    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == offline_before
-
-
-def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path):
-    snapshot = tmp_path / "models--someone--some-reranker" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}", encoding="utf-8")
-    (tmp_path / "models--someone--some-reranker" / "refs").mkdir()
-    (tmp_path / "models--someone--some-reranker" / "refs" / "main").write_text("0" * 40, encoding="utf-8")
-    assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(snapshot)
-
-
-def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
-    from rerank_distill.hub import unreachable_hugging_face_host
-
-    assert unreachable_hugging_face_host() is not None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert unreachable_hugging_face_host() is None
-
-
-def test_modelscope_without_its_package_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "modelscope", None)
-    with pytest.raises(InputError, match="pip install modelscope"):
-        resolve_model("someone/some-reranker", hub="modelscope")
 
 
 def test_auto_backend_is_hf_without_vllm_or_gpu(monkeypatch):

@@ -1247,3 +1247,25 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
                           text=True)  # fmt: skip
     assert done.returncode == 0 and "the default SELECTION_DATA" in done.stderr
     assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["selection_data"] is None
+
+
+def test_data_sets_given_as_hub_ids_are_fetched_through_the_hub_and_cache_train_py_was_given(monkeypatch, tmp_path):
+    from rerank_distill.training import load_training_data, parse_training_args
+
+    asked = []
+    rows = {"train": [{"query": f"q{i}", "passage": f"p{i}{j}", "score": float(j), "label": int(j == 0)}
+                      for i in range(4) for j in range(3)],
+            "dev": [{"query": "d", "positive": ["a"], "negative": ["b", "c"]}]}
+
+    def load_hub_dataset(name, split, hub, cache_dir):
+        asked.append((name, split, hub, cache_dir))
+        return rows[split]
+
+    monkeypatch.setattr("rerank_distill.hub.load_hub_dataset", load_hub_dataset)
+    script, training, _ = parse_training_args(train.ScriptArguments, "", [
+        "--model_name_or_path", "unused", "--train_data", "someone/scores:train", "--selection_data", "someone/so:dev",
+        "--loss", "mse", "--hub", "modelscope", "--cache_dir", "/downloads", "--output_dir", str(tmp_path), "--use_cpu"])
+    kind, selection = load_training_data(script, training, evaluate=True, must_evaluate=False)
+    assert kind == "scores" and len(selection.train) == 12 and [q.query for q in selection.queries] == ["d"]
+    assert {(name, split) for name, split, *_ in asked} == {("someone/scores", "train"), ("someone/so", "dev")}
+    assert {(hub, cache_dir) for _, _, hub, cache_dir in asked} == {("modelscope", "/downloads")}

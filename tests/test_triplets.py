@@ -201,6 +201,8 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "label_margin": None,
         "label_column": None,
         "seed": 42,
+        "hub": "huggingface",
+        "cache_dir": None,
     }
 
 
@@ -831,3 +833,15 @@ def test_scores_of_different_teachers_are_not_mixed_into_one_file_of_records(tmp
     Path(f"{second}.run.json").write_text(json.dumps({"made_with": {"teachers": [{"model_path": "judge"}]}}))
     assert create_triplets.main(["--input_path", str(first), str(second), "--output_path",
                                  str(tmp_path / "t.jsonl")])["queries"] == 2
+
+
+def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_cache_given(monkeypatch, tmp_path):
+    asked = []
+    rows = [{"query": "q", "content": text, "score": score} for text, score in (("a", 3.0), ("b", 1.0), ("c", "0.5"))]
+    monkeypatch.setattr("rerank_distill.hub.load_hub_dataset",
+                        lambda name, split, hub, cache_dir: asked.append((name, split, hub, cache_dir)) or rows)
+    create_triplets.main(["--input_path", "someone/scores:train", "--output_path", str(tmp_path / "t.jsonl"),
+                          "--top_k", "1", "--hub", "modelscope", "--cache_dir", "/downloads"])
+    assert asked == [("someone/scores", "train", "modelscope", "/downloads")]
+    assert [(r["positive"], r["negative"], r["score"]) for r in read_jsonl_records(tmp_path / "t.jsonl")] == [
+        ("a", "b", 2.0), ("a", "c", 2.5)]

@@ -1,0 +1,167 @@
+"""Models and data sets named by hub id (rerank_distill/hub.py): what is fetched, from where,
+and the one-line message, naming what to download, when it cannot be. Nothing here reaches a hub:
+the session is offline (conftest), and a lost connection or a library's answer is simulated."""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from rerank_distill.errors import InputError
+from rerank_distill.hub import load_hub_dataset, looks_like_hub_id, resolve_model, split_revision
+
+
+def test_a_hub_id_offline_says_what_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="hf download someone/some-reranker"):
+        resolve_model("someone/some-reranker")
+
+
+def test_a_folder_not_made_yet_is_named_as_missing_before_the_hub_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no output/ here: "output/model" could be an organisation's model
+    with pytest.raises(InputError, match="^no folder 'output/model' exists here, so it was taken as a hub id: could not fetch"):
+        resolve_model("output/model")
+
+
+@pytest.fixture
+def no_connection(monkeypatch):
+    """A machine with no proxy and no route to any host, whose user has not set HF_HUB_OFFLINE
+    (the test session sets it, so that nothing else here can reach a hub)."""
+    import datasets
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("socket.create_connection", refuse)
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(no_connection):
+    import datasets
+    from huggingface_hub import constants
+
+    offline_before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    with pytest.raises(InputError, match="cannot be reached and there is no copy in the cache"):
+        resolve_model("someone/some-reranker")
+    with pytest.raises(InputError, match="hf download someone/some-data --repo-type dataset"):
+        load_hub_dataset("someone/some-data", "test")
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == offline_before
+
+
+def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path):
+    snapshot = tmp_path / "models--someone--some-reranker" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "models--someone--some-reranker" / "refs").mkdir()
+    (tmp_path / "models--someone--some-reranker" / "refs" / "main").write_text("0" * 40, encoding="utf-8")
+    assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(snapshot)
+
+
+def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
+    from rerank_distill.hub import unreachable_hugging_face_host
+
+    assert unreachable_hugging_face_host() is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert unreachable_hugging_face_host() is None
+
+
+def test_modelscope_without_its_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modelscope", None)
+    with pytest.raises(InputError, match="pip install modelscope"):
+        resolve_model("someone/some-reranker", hub="modelscope")
+
+
+def cached_snapshot(cache: Path, repo: str, ref: str = "main", commit: str = "0" * 40) -> Path:
+    """A model in huggingface_hub's cache layout, as a download of ``repo`` at ``ref`` leaves it."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / ref).write_text(commit, encoding="utf-8")
+    return snapshot
+
+
+def test_a_revision_after_at_is_split_from_the_id():
+    assert split_revision("BAAI/bge-reranker-v2-m3@v1.1") == ("BAAI/bge-reranker-v2-m3", "v1.1")
+    assert split_revision("BAAI/bge-reranker-v2-m3") == ("BAAI/bge-reranker-v2-m3", None)
+    assert looks_like_hub_id("BAAI/bge-reranker-v2-m3@0123abc")
+    assert not looks_like_hub_id("./models/student@v2")
+
+
+def test_a_model_id_with_a_revision_serves_that_revision_from_the_cache(no_connection, tmp_path):
+    main = cached_snapshot(tmp_path, "someone/some-reranker")
+    v2 = cached_snapshot(tmp_path, "someone/some-reranker", ref="v2", commit="1" * 40)
+    assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(main)
+    assert resolve_model("someone/some-reranker@v2", cache_dir=str(tmp_path)) == str(v2)
+
+
+def test_a_missing_revision_says_how_to_download_it(no_connection, tmp_path):
+    cached_snapshot(tmp_path, "someone/some-reranker")
+    with pytest.raises(InputError, match=r"`hf download someone/some-reranker --revision v3 --local-dir DIR`"):
+        resolve_model("someone/some-reranker@v3", cache_dir=str(tmp_path))
+
+
+def test_an_invalid_id_is_one_line_not_a_traceback(monkeypatch):
+    with pytest.raises(InputError, match="^could not load model 'someone/x..y' from huggingface: HFValidationError"):
+        resolve_model("someone/x..y")
+
+
+def test_a_local_folder_named_like_the_owner_does_not_hide_the_owners_other_models(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BAAI" / "bge-m3").mkdir(parents=True)  # one model downloaded by hand; the one asked for is not
+    with pytest.raises(InputError, match=r"^no folder 'BAAI/bge-reranker-v2-m3' exists here \(though 'BAAI/' does\), "
+                                         r"so it was taken as a hub id: could not fetch .*hf download BAAI/bge-reranker-v2-m3"):
+        resolve_model("BAAI/bge-reranker-v2-m3")
+
+
+def test_a_model_download_leaves_out_weights_no_stage_loads(monkeypatch):
+    calls = []
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *args, **kwargs: calls.append((args, kwargs)) or "/x")
+    assert resolve_model("someone/some-reranker@v2", cache_dir="/cache") == "/x"
+    (args, kwargs), = calls
+    assert args == ("someone/some-reranker",) and kwargs["revision"] == "v2" and kwargs["cache_dir"] == "/cache"
+    assert {"*.onnx", "openvino/*", "*.h5", "*.msgpack"} <= set(kwargs["ignore_patterns"])
+
+
+@pytest.mark.parametrize("raised, shown", [
+    (ValueError('Unknown split "tset". Should be one of [\'test\', \'train\'].'), 'ValueError: Unknown split "tset"'),
+    (ValueError("Config name is missing. Please pick one among the available configs: ['corpus', 'queries']"),
+     "ValueError: Config name is missing"),
+    (RuntimeError("Dataset scripts are no longer supported, but found some-data.py"),
+     "RuntimeError: Dataset scripts are no longer supported"),
+    (PermissionError(30, "Read-only file system"), "PermissionError: .*Read-only file system"),
+])
+def test_a_data_set_that_is_there_but_cannot_be_loaded_says_why_not_what_to_download(monkeypatch, raised, shown):
+    def load_dataset(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    with pytest.raises(InputError, match=f"^could not load dataset 'someone/some-data' from huggingface: {shown}") as error:
+        load_hub_dataset("someone/some-data", "tset")
+    assert "hf download" not in str(error.value)
+
+
+def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
+    calls = []
+    monkeypatch.setattr("datasets.load_dataset", lambda name, **kwargs: calls.append((name, kwargs)) or [{"q": 1}])
+    assert load_hub_dataset("someone/some-data@v2", "test", cache_dir="/cache") == [{"q": 1}]
+    assert calls == [("someone/some-data", {"split": "test", "cache_dir": "/cache", "revision": "v2"})]
+
+
+def test_a_modelscope_data_set_needs_its_split_named(monkeypatch):
+    loaded = []
+    module = types.ModuleType("modelscope.msdatasets")
+    module.MsDataset = types.SimpleNamespace(load=lambda *args, **kwargs: loaded.append((args, kwargs)))
+    monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
+    monkeypatch.setitem(sys.modules, "modelscope.msdatasets", module)
+    with pytest.raises(InputError, match=r"name the split of ModelScope data set 'someone/some-data' as someone/some-data:SPLIT"):
+        load_hub_dataset("someone/some-data", None, hub="modelscope")
+    assert loaded == []  # never a default split: the test split trained on would leak into evaluation
