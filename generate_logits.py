@@ -80,7 +80,7 @@ class GenerateLogitsArguments:
     merge_shards: int = field(default=0, metadata={"help": "N > 0: do no scoring, join the N finished shard files of each input into {stem}_scores.jsonl."})
     overwrite: bool = field(default=False, metadata={"help": "Score again even if an output (finished or partial) exists."})
     device: str | None = field(default=None, metadata={"help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); default: cuda if available."})
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Weights' dtype; auto: bfloat16 on GPU, float32 on CPU."})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Weights' dtype; auto: bfloat16 on GPU, float32 on CPU (vLLM: the checkpoint's own, float16 for a float32 one)."})
     prefix_cache: bool = field(default=True, metadata={"help": "hf backend: run the prompt prefix a query's documents share once and reuse its key/value cache."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs one teacher replica is split over (only for teachers too big for one GPU)."})
     data_parallel_size: int = field(default=1, metadata={"help": "Teacher replicas, one per GPU (x --tensor_parallel_size GPUs each): N processes each score every N-th query, then the shards are joined. The fast way to use several GPUs."})

@@ -581,6 +581,17 @@ def test_a_size_below_one_stops_the_run_before_anything_is_written(ranking_file,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("backend", ["auto", "vllm"])
+def test_a_vllm_older_than_its_pooling_api_is_refused_with_what_to_do(monkeypatch, backend):
+    monkeypatch.setattr("rerank_distill.teachers.vllm_installed", lambda: True)
+    monkeypatch.setattr("rerank_distill.teachers.cuda_available", lambda: True)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: {"vllm": "0.10.2"}[name])
+    with pytest.raises(InputError, match=r"^vLLM 0\.10\.2 is older than 0\.11\.1.*requirements-gpu.txt.*--backend hf"):
+        choose_backend(backend)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: {"vllm": "0.33.0"}[name])
+    assert choose_backend(backend) == "vllm"
+
+
 def test_auto_backend_is_hf_without_vllm_or_gpu(monkeypatch):
     monkeypatch.setattr("rerank_distill.teachers.vllm_installed", lambda: False)
     assert choose_backend("auto") == "hf"

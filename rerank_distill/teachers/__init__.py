@@ -62,16 +62,35 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+# The oldest vLLM whose API llm_vllm.py uses: LLM(runner="pooling") and PoolingParams(use_activation=False)
+# for the raw logit (0.11.0 and before named it otherwise and would fail with a bare TypeError).
+OLDEST_VLLM = "0.11.1"
+
+
+def check_vllm_version() -> None:
+    """InputError where the installed vLLM is older than OLDEST_VLLM."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = version("vllm")
+    if Version(installed) < Version(OLDEST_VLLM):
+        raise InputError(f"vLLM {installed} is older than {OLDEST_VLLM}, the oldest whose pooling API this backend "
+                         "uses: pip install -r requirements-gpu.txt to upgrade, or pass --backend hf")
+
+
 def choose_backend(backend: str) -> str:
     """``auto`` -> ``vllm`` when vLLM is installed and a CUDA GPU is present, else ``hf``."""
-    if backend == "auto":
-        return "vllm" if vllm_installed() and cuda_available() else "hf"
-    if backend == "vllm" and not vllm_installed():
-        raise InputError("--backend vllm needs vLLM: pip install -r requirements-gpu.txt (a CUDA GPU is required)")
-    if backend == "vllm" and not cuda_available():
-        raise InputError("--backend vllm needs a CUDA GPU; use --backend hf on this machine")
-    if backend not in ("vllm", "hf"):
+    if backend not in ("auto", "vllm", "hf"):
         raise InputError(f"unknown --backend '{backend}'; choose auto, vllm or hf")
+    if backend == "auto":
+        backend = "vllm" if vllm_installed() and cuda_available() else "hf"
+    elif backend == "vllm" and not vllm_installed():
+        raise InputError("--backend vllm needs vLLM: pip install -r requirements-gpu.txt (a CUDA GPU is required)")
+    elif backend == "vllm" and not cuda_available():
+        raise InputError("--backend vllm needs a CUDA GPU; use --backend hf on this machine")
+    if backend == "vllm":
+        check_vllm_version()
     return backend
 
 
