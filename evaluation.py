@@ -26,7 +26,14 @@ from rerank_distill.cli import (
     write_run_args,
 )
 from rerank_distill.errors import InputError
-from rerank_distill.formats import INPUT_FORMATS, RankingQuery, iter_ranking_queries, local_files, teacher_scores_for
+from rerank_distill.formats import (
+    INPUT_FORMATS,
+    RankingQuery,
+    check_outside_data_set_folders,
+    iter_ranking_queries,
+    local_files,
+    teacher_scores_for,
+)
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_not_an_input, check_writable
 from rerank_distill.metrics import (
@@ -122,8 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     check_writable(args.output_path, "--output_path")
     inputs = [*local_files(args.dataset_path), *(local_files(args.teacher_scores) if args.teacher_scores else [])]
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
+    sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
     for written in (args.output_path, *beside_report):
         check_not_an_input(written, inputs, "--output_path")
+        check_outside_data_set_folders(written, sources, "--output_path")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  f"with: {' '.join(recorded[0])}, graded {recorded[1]} (its .run.json); leave them "
                                  "out to use those", args.teacher_scores)
             words, grades = recorded
-        teacher = teacher_scores_for(queries, args.teacher_scores, words, grades)
+        teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one
         try:

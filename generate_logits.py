@@ -24,7 +24,7 @@ from typing import Literal
 
 from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import INPUT_FORMATS
+from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_writable
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
     check_writable(args.output_dir, "--output_dir", folder=True)
+    check_outside_data_set_folders(args.output_dir, args.input_path, "--output_dir")
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     shard = Shard.parse(args.shard)
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
-    # Fetched before anything is written, so a hub id that cannot be fetched leaves no folder behind
+    # Chosen and fetched before anything is written, so a refusal leaves no folder behind
+    uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
+    backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
     model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
     # One run per output at a time, claimed before any teacher loads (minutes for an 8B model)
     with ExitStack() as claimed:
@@ -145,11 +148,13 @@ def main(argv: list[str] | None = None) -> dict:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
                                      shard, derived, args.label_column)
         if args.data_parallel_size > 1 and shard.count == 1:
-            return score_with_replicas(args, argv, teacher_types, model_paths, inputs, outputs, expected, read_args)
-        return score_with_teachers(args, argv, teacher_types, model_paths, inputs, outputs, expected, shard, read_args)
+            return score_with_replicas(args, argv, teacher_types, backend, model_paths, inputs, outputs, expected,
+                                       read_args)
+        return score_with_teachers(args, argv, teacher_types, backend, model_paths, inputs, outputs, expected, shard,
+                                   read_args)
 
 
-def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str],
+def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
                         model_paths: list[str], inputs: list, outputs: list[Path], expected: dict, read_args: dict) -> dict:
     """--data_parallel_size N: N replicas each score every N-th query of every input (resuming
     their shard files), then the shards are joined. Finished outputs are checked in full, as a
@@ -160,7 +165,7 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
     finished = [is_finished(output) for output in outputs]
     if any(finished) and not args.overwrite:
         done = [i for i, ended in enumerate(finished) if ended]
-        checked = score_with_teachers(args, argv, teacher_types, model_paths, [inputs[i] for i in done],
+        checked = score_with_teachers(args, argv, teacher_types, backend, model_paths, [inputs[i] for i in done],
                                       [outputs[i] for i in done], expected, Shard(), read_args)
         if all(finished):
             return checked
@@ -190,12 +195,11 @@ def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_
     return {"merged": num_shards}
 
 
-def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], model_paths: list[str],
-                        inputs: list, outputs: list[Path], expected: dict, shard: Shard, read_args: dict) -> dict:
-    """Load the teachers, check the outputs against them, record the run's arguments, and score
-    each input into its output."""
-    uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
-    backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
+def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
+                        model_paths: list[str], inputs: list, outputs: list[Path], expected: dict, shard: Shard,
+                        read_args: dict) -> dict:
+    """Load the teachers on ``backend``, check the outputs against them, record the run's
+    arguments, and score each input into its output."""
     teachers = build_teachers(model_paths, teacher_types, backend, args, given_names=args.model_path)
     for teacher in teachers:
         logger.info("teacher %s: %s", teacher.name, teacher.config)

@@ -80,13 +80,34 @@ SAVED_DATA_SET_FILES = (".arrow",)  # datasets' save_to_disk folders: Arrow stre
 
 
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
-    """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else None."""
+    """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else
+    None. Either may hold colons (``runs:2/data``, a split saved as ``test[:5]``): the longest
+    existing folder before a colon is the folder."""
     if os.path.isdir(source):
         return source, None
-    folder, colon, split = source.rpartition(":")
-    if colon and split and os.path.isdir(folder):
-        return folder, split
+    for colon in reversed([i for i, char in enumerate(source) if char == ":"]):
+        folder, split = source[:colon], source[colon + 1:]
+        if split and os.path.isdir(folder):
+            return folder, split
     return None
+
+
+def data_set_folder(source: str) -> str | None:
+    """The folder of a ``DIR[:SPLIT]`` source, else None."""
+    folder_split = _folder_and_split(os.fspath(source))
+    return folder_split[0] if folder_split else None
+
+
+def check_outside_data_set_folders(output: str | os.PathLike, sources: list[str], flag: str) -> None:
+    """InputError where ``output`` (the value of ``flag``) lies inside the folder of a ``DIR[:SPLIT]``
+    input: a file written there would join one of its splits the next time it is read (the files
+    of a split are found by name, anywhere below), or overwrite a save_to_disk folder's own files."""
+    written = os.path.realpath(output)
+    for source in sources:
+        folder = data_set_folder(source)
+        if folder and (written + os.sep).startswith(os.path.realpath(folder) + os.sep):
+            raise InputError(f"{flag} {output} is inside the data-set folder {folder} this run reads ({source}): "
+                             "what is written there would be read as part of the data set; write it elsewhere")
 
 
 def split_files(folder: str, split: str | None) -> list[str]:
@@ -113,6 +134,8 @@ def split_files(folder: str, split: str | None) -> list[str]:
         raise InputError(f"this folder has no split '{split}' (file names, or the folders of numbered files, "
                          f"name their split); it holds {sorted(by_split)}", folder)  # fmt: skip
     files = sorted(by_split[split])
+    if not files:  # what save_to_disk writes for a data set of no rows
+        raise InputError(f"split '{split}' has no data files: the data set is empty", folder)
     places = sorted({os.path.relpath(os.path.dirname(path), folder) for path in files})
     if len(places) > 1:  # configurations of one data set (en/train-*, de/train-*): joining them mixes tasks
         raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant, "
@@ -122,38 +145,55 @@ def split_files(folder: str, split: str | None) -> list[str]:
 
 def _split_named_by(folder: str, file_name: str) -> str:
     """A data file's split: its name's first word (``train``.jsonl.gz, ``test``-00000-of-00001.parquet),
-    or, for a numbered file (``0000.parquet``, as the hub's Parquet conversion names them), its folder's name."""
+    or, for a zero-padded numbered file (``0000.parquet``, as the hub's Parquet conversion names them), its
+    folder's name."""
     first_word = re.split(r"[-.]", file_name, maxsplit=1)[0]
-    return os.path.basename(folder) if first_word.isdigit() else first_word
+    numbered = first_word.isdigit() and first_word.startswith("0")  # 0000, 0001, ...; not 2023.jsonl
+    return os.path.basename(folder) if numbered else first_word
 
 
 def _saved_data_set_files(folder: str) -> dict[str, list[str]] | None:
     """``{split: Arrow files}`` of a folder written by datasets' ``save_to_disk`` (a DatasetDict's
     ``dataset_dict.json`` with a folder per split, or one Dataset's ``state.json``), else None."""
-    def data_files(split_folder: str) -> list[str]:
-        state = os.path.join(split_folder, "state.json")
-        try:
-            with open(state, encoding="utf-8") as file:
-                return [os.path.join(split_folder, part["filename"]) for part in json.load(file)["_data_files"]]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise InputError(f"cannot read this save_to_disk folder's file list ({first_line(error)})", state) from None
-
-    listing = os.path.join(folder, "dataset_dict.json")
+    listing, state = os.path.join(folder, "dataset_dict.json"), os.path.join(folder, "state.json")
     if os.path.isfile(listing):
-        try:
-            with open(listing, encoding="utf-8") as file:
-                splits = json.load(file)["splits"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise InputError(f"cannot read the split names ({first_line(error)})", listing) from None
-        return {split: data_files(os.path.join(folder, split)) for split in splits}
-    if os.path.isfile(os.path.join(folder, "state.json")):
-        with open(os.path.join(folder, "state.json"), encoding="utf-8") as file:
-            try:
-                split = json.load(file).get("_split")
-            except ValueError:
-                split = None  # data_files below names the broken file
-        return {split or "train": data_files(folder)}
-    return None
+        splits = _json_field(listing, "splits", list)
+        if not all(isinstance(split, str) for split in splits):
+            raise InputError(f'"splits" must be a list of split names, got {splits!r}', listing)
+        by_split = {split: _arrow_files(os.path.join(folder, split)) for split in splits}
+    elif os.path.isfile(state):
+        split = _json_field(state, "_split", (str, type(None)))
+        by_split = {split or "train": _arrow_files(folder)}
+    else:
+        return None
+    loose = [os.path.relpath(os.path.join(root, name), folder) for root, folders, files in os.walk(folder)
+             for name in files if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith(".")]
+    if loose:  # which of the two is the data set is not for this tool to guess
+        raise InputError(f"this folder is a data set written by save_to_disk but also holds data files "
+                         f"({', '.join(sorted(loose)[:3])}{', ...' if len(loose) > 3 else ''}): move one or the "
+                         "other out", folder)
+    return by_split
+
+
+def _arrow_files(split_folder: str) -> list[str]:
+    """The Arrow files of one save_to_disk split, from its ``state.json``."""
+    state = os.path.join(split_folder, "state.json")
+    parts = _json_field(state, "_data_files", list)
+    if not all(isinstance(part, dict) and isinstance(part.get("filename"), str) for part in parts):
+        raise InputError('"_data_files" must list {"filename": ...} entries', state)
+    return [os.path.join(split_folder, part["filename"]) for part in parts]
+
+
+def _json_field(path: str, name: str, kind: type | tuple[type, ...]) -> Any:
+    """Field ``name`` of the JSON object in ``path``, of type ``kind`` (InputError naming the file otherwise)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            record = json.load(file)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read this save_to_disk file ({first_line(error)})", path) from None
+    if not isinstance(record, dict) or not isinstance(record.get(name), kind):  # (a missing field reads as None)
+        raise InputError(f'expected a JSON object with "{name}" as datasets\' save_to_disk writes it', path)
+    return record.get(name)
 
 
 def local_files(source: str) -> list[str]:
@@ -172,21 +212,20 @@ def _looks_like_hub_dataset(source: str) -> bool:
 
 def source_stem(source: str) -> str:
     """A file-name stem for a source: ``data/train.jsonl.gz`` -> ``train``;
-    ``mteb/stackoverflowdupquestions-reranking:test`` -> ``stackoverflowdupquestions-reranking_test``."""
+    ``mteb/stackoverflowdupquestions-reranking:test`` -> ``stackoverflowdupquestions-reranking_test``
+    (``...-reranking@v1:test`` -> ``stackoverflowdupquestions-reranking@v1_test``)."""
     folder_split = _folder_and_split(source)
     if folder_split:
         folder, split = folder_split
         return os.path.basename(os.path.normpath(folder)) + (f"_{split}" if split else "")
     if os.path.exists(source) or not _looks_like_hub_dataset(source):
         name = os.path.basename(source)
-        for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        for suffix in (".gz", ".jsonl", ".json", ".parquet", ".arrow"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
         return name
-    from rerank_distill.hub import split_revision
-
-    name, _, split = source.partition(":")
-    return split_revision(name)[0].split("/")[-1] + (f"_{split}" if split else "")
+    name, _, split = source.partition(":")  # a revision stays in: x@v1 and x@v2 are two data sets
+    return name.split("/")[-1] + (f"_{split}" if split else "")
 
 
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
@@ -248,8 +287,10 @@ def _iter_arrow(path: str) -> Iterator[tuple[str, int, dict]]:
                 for record in batch.to_pylist():
                     row_number += 1
                     yield path, row_number, record
-    except pa.ArrowInvalid as error:
+    except (pa.ArrowInvalid, OSError) as error:  # a file cut short raises OSError
         raise InputError(f"cannot be read as an Arrow stream after row {row_number} ({first_line(error)})", path) from None
+    if row_number == 0:
+        raise InputError("contains no records (the data set is empty)", path)
 
 
 # Stage 2's outputs, which train.py trains on: what a record of each holds, for messages.
@@ -493,6 +534,8 @@ def teacher_scores_for(
     source: str,
     label_words: list[str] | None = None,
     label_grades: list[float] | None = None,
+    hub: str = "huggingface",
+    cache_dir: str | None = None,
 ) -> TeacherRanking:
     """Look up each candidate of each query in a teacher-scores file (stage 1's output or any
     ``{"query", "passage"|"content", "score"}`` file; a repeated pair keeps its first score).
@@ -501,10 +544,10 @@ def teacher_scores_for(
     one's ``NAME/label_probs``), they come along with their words' grades: ``label_words``/
     ``label_grades`` when given, else label_probs' own words, which must then be ESCI's. Raises
     InputError for a pair the file never scored, a line without label_probs where others have
-    them, and a label word with no grade.
+    them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
     scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
-    for pair in iter_scored_pairs(source):
+    for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
         scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))

@@ -165,6 +165,9 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     ModelScope cannot list them without downloading, so there the split must be named.
     """
     name, revision = split_revision(hub_id)
+    if revision and os.path.exists(name):  # datasets would read the folder and ignore the revision
+        raise InputError(f"'{name}' is a local folder, and @{revision} names a revision of a hub data set: pass the "
+                         f"folder as {name}:SPLIT, or move it away to fetch {hub_id} from the hub")
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset

@@ -4,12 +4,14 @@ with file:line and the field."""
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
+    check_outside_data_set_folders,
     detect_format,
     iter_ranking_queries,
     iter_scored_pairs,
@@ -379,6 +381,75 @@ def test_a_broken_line_of_a_save_to_disk_folder_names_the_arrow_file_and_row(tmp
     Dataset.from_list([*FOLDER_TRAIN, {"query": None, "positive": ["x"], "negative": ["y"]}]).save_to_disk(tmp_path / "one")
     with pytest.raises(InputError, match=r"data-00000-of-00001\.arrow:3: .*\"query\""):
         as_tuples(tmp_path / "one")
+
+
+def test_files_named_by_year_are_splits_of_their_own_not_numbered_parts(tmp_path):
+    for year in ("2023", "2024"):
+        write_jsonl_records(tmp_path / "years" / f"{year}.jsonl", FOLDER_TEST)
+    with pytest.raises(InputError, match=r"holds the splits \['2023', '2024'\]"):
+        as_tuples(tmp_path / "years")
+    assert as_tuples(f"{tmp_path / 'years'}:2023") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+
+
+def test_a_split_name_with_a_colon_is_read_from_its_folder(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(FOLDER_TEST).save_to_disk(tmp_path / "sliced")
+    state = tmp_path / "sliced" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "_split": "test[:5]"}), encoding="utf-8")
+    assert as_tuples(f"{tmp_path / 'sliced'}:test[:5]") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+
+
+@pytest.mark.parametrize("state, message", [
+    ("[]", "expected a JSON object with"),
+    ('{"_data_files": [{"file": 1}]}', '"_data_files" must list'),
+    ("{not json", "cannot read this save_to_disk file"),
+])
+def test_a_broken_save_to_disk_state_file_is_named(tmp_path, state, message):
+    from datasets import Dataset
+
+    Dataset.from_list(FOLDER_TEST).save_to_disk(tmp_path / "one")
+    (tmp_path / "one" / "state.json").write_text(state, encoding="utf-8")
+    with pytest.raises(InputError, match=f"^{tmp_path / 'one' / 'state.json'}: {re.escape(message)}"):
+        as_tuples(tmp_path / "one")
+
+
+def test_an_empty_or_cut_short_save_to_disk_data_set_is_refused(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(FOLDER_TEST).select([]).save_to_disk(tmp_path / "empty")
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'empty'}: split 'train' has no data files: the data set is empty"):
+        as_tuples(tmp_path / "empty")
+    Dataset.from_list(FOLDER_TRAIN * 50).save_to_disk(tmp_path / "cut")
+    arrow = tmp_path / "cut" / "data-00000-of-00001.arrow"
+    arrow.write_bytes(arrow.read_bytes()[:1500])
+    with pytest.raises(InputError, match=rf"^{arrow}: cannot be read as an Arrow stream after row \d+"):
+        as_tuples(tmp_path / "cut")
+
+
+def test_a_save_to_disk_folder_that_also_holds_loose_data_files_is_refused(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"test": Dataset.from_list(FOLDER_TEST)}).save_to_disk(tmp_path / "saved")
+    write_jsonl_records(tmp_path / "saved" / "validation.jsonl", FOLDER_TRAIN)
+    with pytest.raises(InputError, match=r"written by save_to_disk but also holds data files \(validation\.jsonl\)"):
+        as_tuples(f"{tmp_path / 'saved'}:test")
+
+
+def test_a_revision_of_a_name_that_is_a_local_folder_is_refused_not_ignored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl_records(tmp_path / "owner" / "name" / "test.jsonl", FOLDER_TEST)
+    with pytest.raises(InputError, match=r"^'owner/name' is a local folder, and @v2 names a revision of a hub data set"):
+        as_tuples("owner/name@v2:test")
+    assert as_tuples("owner/name:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+
+
+def test_nothing_may_be_written_inside_a_data_set_folder_being_read(tmp_path):
+    write_jsonl_records(tmp_path / "so" / "train.jsonl", FOLDER_TRAIN)
+    with pytest.raises(InputError, match=rf"--output_dir {tmp_path / 'so' / 'scores'} is inside the data-set folder"):
+        check_outside_data_set_folders(tmp_path / "so" / "scores", [f"{tmp_path / 'so'}:train"], "--output_dir")
+    check_outside_data_set_folders(tmp_path / "so-scores", [f"{tmp_path / 'so'}:train"], "--output_dir")  # beside it
+    check_outside_data_set_folders(tmp_path / "so" / "x.jsonl", [str(tmp_path / "so" / "train.jsonl")], "--output_path")
 
 
 def test_bad_input_in_a_data_set_folder_names_the_file_and_line(dataset_folder):

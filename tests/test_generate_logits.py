@@ -588,8 +588,38 @@ def test_a_vllm_older_than_its_pooling_api_is_refused_with_what_to_do(monkeypatc
     monkeypatch.setattr("importlib.metadata.version", lambda name: {"vllm": "0.10.2"}[name])
     with pytest.raises(InputError, match=r"^vLLM 0\.10\.2 is older than 0\.11\.1.*requirements-gpu.txt.*--backend hf"):
         choose_backend(backend)
-    monkeypatch.setattr("importlib.metadata.version", lambda name: {"vllm": "0.33.0"}[name])
-    assert choose_backend(backend) == "vllm"
+    for accepted in ("0.33.0", "0.11.1rc1", "0.12.0.dev5+g1234"):  # a release's candidates count as it
+        monkeypatch.setattr("importlib.metadata.version", lambda name, accepted=accepted: {"vllm": accepted}[name])
+        assert choose_backend(backend) == "vllm"
+
+
+def test_a_vllm_without_package_metadata_is_not_refused(monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    def no_metadata(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr("rerank_distill.teachers.vllm_installed", lambda: True)
+    monkeypatch.setattr("rerank_distill.teachers.cuda_available", lambda: True)
+    monkeypatch.setattr("importlib.metadata.version", no_metadata)
+    assert choose_backend("vllm") == "vllm"
+
+
+def test_a_backend_refused_leaves_no_output_folder(tmp_path, ranking_file, monkeypatch):
+    monkeypatch.setattr("rerank_distill.teachers.vllm_installed", lambda: False)
+    with pytest.raises(InputError, match="--backend vllm needs vLLM"):
+        generate_logits.main(["--model_path", "m", "--backend", "vllm", "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "scores")])
+    assert not (tmp_path / "scores").exists()
+
+
+def test_scores_are_not_written_into_a_data_set_folder_being_read(tmp_path, ranking_file):
+    folder = tmp_path / "so"
+    folder.mkdir()
+    shutil.copy(ranking_file, folder / "train.jsonl")
+    with pytest.raises(InputError, match="is inside the data-set folder"):  # train_scores.jsonl would join split "train"
+        generate_logits.main(["--model_path", "m", "--input_path", f"{folder}:train", "--output_dir", str(folder / "scores")])
+    assert not (folder / "scores").exists()
 
 
 def test_auto_backend_is_hf_without_vllm_or_gpu(monkeypatch):

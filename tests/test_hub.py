@@ -165,3 +165,10 @@ def test_a_modelscope_data_set_needs_its_split_named(monkeypatch):
     with pytest.raises(InputError, match=r"name the split of ModelScope data set 'someone/some-data' as someone/some-data:SPLIT"):
         load_hub_dataset("someone/some-data", None, hub="modelscope")
     assert loaded == []  # never a default split: the test split trained on would leak into evaluation
+
+
+def test_a_hub_data_sets_revision_stays_in_its_output_name():
+    from rerank_distill.formats import source_stem
+
+    assert source_stem("mteb/so-reranking@v1:test") == "so-reranking@v1_test"
+    assert source_stem("mteb/so-reranking:test") == "so-reranking_test"

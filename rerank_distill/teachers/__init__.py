@@ -68,13 +68,18 @@ OLDEST_VLLM = "0.11.1"
 
 
 def check_vllm_version() -> None:
-    """InputError where the installed vLLM is older than OLDEST_VLLM."""
-    from importlib.metadata import version
+    """InputError where the installed vLLM is older than OLDEST_VLLM (release candidates and
+    development builds of that release count as it; a build without package metadata passes)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    from packaging.version import Version
+    from packaging.version import InvalidVersion, Version
 
-    installed = version("vllm")
-    if Version(installed) < Version(OLDEST_VLLM):
+    try:
+        installed = version("vllm")
+        too_old = Version(installed).release < Version(OLDEST_VLLM).release
+    except (PackageNotFoundError, InvalidVersion):  # a source checkout: its API is the user's to know
+        return
+    if too_old:
         raise InputError(f"vLLM {installed} is older than {OLDEST_VLLM}, the oldest whose pooling API this backend "
                          "uses: pip install -r requirements-gpu.txt to upgrade, or pass --backend hf")
 
