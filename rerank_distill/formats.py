@@ -100,8 +100,8 @@ def data_set_folder(source: str) -> str | None:
 
 def check_outside_data_set_folders(output: str | os.PathLike, sources: list[str], flag: str) -> None:
     """InputError where ``output`` (the value of ``flag``) lies inside the folder of a ``DIR[:SPLIT]``
-    input: a file written there would join one of its splits the next time it is read (the files
-    of a split are found by name, anywhere below), or overwrite a save_to_disk folder's own files."""
+    input: a data file written there would be read the next time as a split of its own or part of one
+    (splits are found by file name, anywhere below), or overwrite a save_to_disk folder's own files."""
     written = os.path.realpath(output)
     for source in sources:
         folder = data_set_folder(source)

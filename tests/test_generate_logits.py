@@ -617,7 +617,7 @@ def test_scores_are_not_written_into_a_data_set_folder_being_read(tmp_path, rank
     folder = tmp_path / "so"
     folder.mkdir()
     shutil.copy(ranking_file, folder / "train.jsonl")
-    with pytest.raises(InputError, match="is inside the data-set folder"):  # train_scores.jsonl would join split "train"
+    with pytest.raises(InputError, match="is inside the data-set folder"):  # train_scores.jsonl: a split of its own
         generate_logits.main(["--model_path", "m", "--input_path", f"{folder}:train", "--output_dir", str(folder / "scores")])
     assert not (folder / "scores").exists()
 
