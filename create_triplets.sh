@@ -34,6 +34,8 @@ GROUP_SIZE="${GROUP_SIZE:-32}"
 MIN_MARGIN="${MIN_MARGIN:-0}"
 # Seed for random and mixed negatives: the same seed gives the same output
 SEED="${SEED:-42}"
+# Download source for SCORES given as a hub data set (NAME:SPLIT): huggingface or modelscope
+HUB="${HUB:-huggingface}"
 
 # Those lists carry no gold labels, so they are left out when the records need labels on every line
 positives="$POSITIVES"
@@ -73,4 +75,5 @@ python "$(dirname "$0")/create_triplets.py" \
     --group_size "$GROUP_SIZE" \
     --min_margin "$MIN_MARGIN" \
     --seed "$SEED" \
+    --hub "$HUB" \
     "$@"

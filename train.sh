@@ -15,7 +15,7 @@
 set -euo pipefail
 
 STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
-HUB="${HUB:-huggingface}"                                         # where a hub id STUDENT is downloaded from: huggingface or modelscope
+HUB="${HUB:-huggingface}"                                         # where hub ids (STUDENT, data sets) are downloaded from: huggingface or modelscope
 # What the student learns, and so what TRAIN_DATA must be (python train.py --help explains each):
 #   margin_mse  triplets or n-tuples from create_triplets.sh          mse, bce_soft  stage 1's scores file
 #   listwise_kl create_triplets.sh --format listwise                  bce_labels     labelled data (MTEB format)
