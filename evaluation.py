@@ -70,8 +70,8 @@ class EvaluationArguments:
     )
     teacher_scores: str | None = field(
         default=None,
-        metadata={"help": "Stage 1's scores on the same data set: also report the teacher's own metrics, "
-                  "the upper bound the student is chasing."},
+        metadata={"help": "Stage 1's scores on the same data set (a file, DIR:SPLIT or hub data set): also report "
+                  "the teacher's own metrics, the upper bound the student is chasing."},
     )
     protocol: Literal["mteb", "sentence-transformers"] = field(
         default="mteb",

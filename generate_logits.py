@@ -26,7 +26,7 @@ from rerank_distill.cli import check_minimums, command_line, parse_args, run_mai
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders
 from rerank_distill.hub import resolve_model
-from rerank_distill.jsonl import check_writable
+from rerank_distill.jsonl import check_writable, no_empty_folders_left
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
@@ -135,14 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
-    # Chosen and fetched before anything is written, so a refusal leaves no folder behind
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
-    model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
-    # One run per output at a time, claimed before any teacher loads (minutes for an 8B model)
-    with ExitStack() as claimed:
+    # One run per output at a time, claimed before any teacher is fetched or loaded (minutes for an 8B
+    # model); a run refused before it writes anything leaves no folder behind
+    with no_empty_folders_left(args.output_dir), ExitStack() as claimed:
         for output in outputs:
             claimed.enter_context(only_writer(output))
+        model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
         for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
             if not args.overwrite:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,

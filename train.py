@@ -69,7 +69,9 @@ class ScriptArguments:
     model_name_or_path: str = field(
         metadata={"help": "Student model: a local folder or a hub id, e.g. BAAI/bge-reranker-v2-m3."}
     )
-    train_data: str = field(metadata={"help": "Training JSONL (.gz, .parquet work) of the kind --loss trains on."})
+    train_data: str = field(metadata={"help": "Training data of the kind --loss trains on: JSONL (.gz), Parquet, a "
+                                      "data-set folder DIR:SPLIT or a hub data set NAME[@REVISION]:SPLIT (so are "
+                                      "--eval_data and --selection_data)."})
     loss: Literal[tuple(LOSSES)] = field(
         default="margin_mse",
         metadata={"help": "What the student learns: " + "; ".join(f"{name}: {spec.optimises}"

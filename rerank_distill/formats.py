@@ -138,8 +138,11 @@ def split_files(folder: str, split: str | None) -> list[str]:
         raise InputError(f"split '{split}' has no data files: the data set is empty", folder)
     places = sorted({os.path.relpath(os.path.dirname(path), folder) for path in files})
     if len(places) > 1:  # configurations of one data set (en/train-*, de/train-*): joining them mixes tasks
-        raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant, "
-                         f"as {os.path.join(folder, places[0])}:{split}", folder)  # fmt: skip
+        # a folder that holds none of the others can be passed on its own; one that does, only as its files
+        alone = [place for place in places if place != "." and not any(other.startswith(place + os.sep) for other in places)]
+        example = f"{os.path.join(folder, alone[0])}:{split}" if alone else files[0]
+        raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant "
+                         f"(e.g. {example}) or a file", folder)  # fmt: skip
     return files
 
 

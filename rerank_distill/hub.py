@@ -60,6 +60,14 @@ def _load_failure(kind: str, hub_id: str, hub: str, error: Exception) -> InputEr
                       f"{type(error).__name__}: {first_line(error)}")
 
 
+def _refused_by_hub(kind: str, hub_id: str, error: Exception) -> str:
+    """The message for a hub that was reached and answered no: downloading elsewhere would not help."""
+    return _not_here(hub_id) + (
+        f"could not fetch {kind} '{hub_id}' from huggingface: {first_line(error)}. Check the id and the revision "
+        "after @; a gated or private repository needs `hf auth login` (or HF_TOKEN) first."
+    )
+
+
 def _not_here(name: str) -> str:
     """The error's first words for an ``owner/name`` that may have been meant as a folder
     (``output/model`` before training has made it, or a typo): no such folder exists here."""
@@ -145,14 +153,16 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         except Exception as error:  # modelscope raises many unrelated types for network problems
             raise InputError(_offline_message("model", name_or_path, hub, first_line(error))) from None
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     unreachable_host = unreachable_hugging_face_host()
     try:
         return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=SKIPPED_MODEL_FILES,
                                  local_files_only=unreachable_host is not None)
-    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError) as error:  # not there, or not for us
+    except LocalEntryNotFoundError as error:  # offline, and not in the cache
         raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable_host))) from None
+    except HfHubHTTPError as error:  # the hub answered: no such id or revision, or gated or private
+        raise InputError(_refused_by_hub("model", name_or_path, error)) from None
     except Exception as error:  # an invalid id, an unwritable cache, a download cut off: one line, not a traceback
         raise _load_failure("model", name_or_path, hub, error) from None
 
@@ -186,8 +196,10 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     try:
         with _hugging_face_offline() if unreachable_host else nullcontext():
             loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir, revision=revision)
-    except (ConnectionError, FileNotFoundError) as error:  # offline without a cached copy, or no such data set
+    except ConnectionError as error:  # offline, and not in the cache
         raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
+    except FileNotFoundError as error:  # the hub answered: no such data set or revision, or gated or private
+        raise InputError(_refused_by_hub("dataset", hub_id, error)) from None
     except Exception as error:  # no such split or configuration, a loading script, an unwritable cache, ...
         raise _load_failure("dataset", hub_id, hub, error) from None
     if isinstance(loaded, datasets.DatasetDict):

@@ -11,6 +11,7 @@ import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -159,6 +160,23 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         raise InputError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {path} cannot be written: no permission to write in {existing}")
+
+
+@contextmanager
+def no_empty_folders_left(folder: str | Path) -> Iterator[None]:
+    """On an error in the block, remove ``folder`` and the parents the block created for it where
+    they are still empty: a run refused early leaves nothing behind, a run that wrote something keeps it."""
+    folder = Path(folder).absolute()
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # the folder first, then its parents up to the first that existed
+            try:
+                path.rmdir()
+            except OSError:  # not empty, or never made
+                break
+        raise
 
 
 def check_not_an_input(output_path: str | Path, input_files: Iterable[str], flag: str) -> None:

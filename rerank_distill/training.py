@@ -86,26 +86,25 @@ def split_by_query(dataset, share: float, seed: int):
 
 
 def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
-                           is_training_data: bool = False, hub_args: dict | None = None,
-                           ) -> tuple[list[RankingQuery], str]:
+                           is_training_data: bool = False, hub: str = "huggingface",
+                           cache_dir: str | None = None) -> tuple[list[RankingQuery], str]:
     """The queries of ``source`` that MAP can rank: each with its candidates and gold labels,
     and at least one positive and one negative. Returns ``(queries, note)``; queries is empty
     when the file has no gold labels or no such query, and the note says why. A scores file
     without gold labels is still read through for errors, unless ``is_training_data`` (read and
-    checked already); a file of another kind is judged by its first line alone. ``hub_args``
-    (``hub``, ``cache_dir``): where a hub data set is fetched from."""
-    hub_args = hub_args or {}
-    path, line, record = first_record(source, hub_args)
+    checked already); a file of another kind is judged by its first line alone. ``hub``/``cache_dir``:
+    where a hub data set is fetched from."""
+    path, line, record = first_record(source, hub, cache_dir)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
     if kind == "scores" and label_of(record, path, line, label_column) is None:
         if not is_training_data:  # a broken file is an error, used or not
-            for _ in iter_scored_pairs(source, label_column, **hub_args):
+            for _ in iter_scored_pairs(source, label_column, hub, cache_dir):
                 pass
         return [], f'{source} has teacher scores but no gold "{label_column or "label"}" field'
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
-    for query in iter_ranking_queries(source, input_format, label_column=label_column, **hub_args):
+    for query in iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column):
         reason = skip_reason(query.labels)
         if reason is None:
             queries.append(query)
@@ -149,7 +148,7 @@ class CheckpointSelection:
 def plan_selection(
     train_set, train_kind: str, train_source: str, selection_data: str | None, selection_metric: str,
     eval_set, eval_share: float, seed: int, must_evaluate: bool = False, input_format: str = "auto",
-    label_column: str | None = None, hub_args: dict | None = None,
+    label_column: str | None = None, hub: str = "huggingface", cache_dir: str | None = None,
 ) -> CheckpointSelection:
     """Choose what picks the best checkpoint, and hold its queries out of training.
 
@@ -178,7 +177,8 @@ def plan_selection(
         else:
             # --input_format names the training file's format; a dev file of its own is told by its fields
             queries, note = read_selection_queries(source, input_format if source == train_source else "auto",
-                                                   label_column, source == train_source, hub_args)
+                                                   label_column, is_training_data=source == train_source,
+                                                   hub=hub, cache_dir=cache_dir)
         if queries:
             training_queries = set(train_set["query"])
             shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
@@ -235,9 +235,9 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
 
 
 def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, CheckpointSelection]:
-    hub_args = {"hub": script.hub, "cache_dir": script.cache_dir}  # for data sets given as hub ids
+    where = {"hub": script.hub, "cache_dir": script.cache_dir}  # for data sets given as hub ids
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
-                              script.input_format, script.label_column, hub_args)
+                              script.input_format, script.label_column, **where)
     if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
         logger.warning(warning)
     if not evaluate:
@@ -246,10 +246,10 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
     eval_set = None
     if script.eval_data:
         eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
-                                      script.input_format, script.label_column, hub_args).to_dataset()
+                                      script.input_format, script.label_column, **where).to_dataset()
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
-                               script.input_format, script.label_column, hub_args)
+                               script.input_format, script.label_column, **where)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
     return data.kind, selection

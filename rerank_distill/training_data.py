@@ -84,10 +84,10 @@ def detect_data_kind(record: dict, path: str, line: int, input_format: str = "au
                          f"expected one of: {kinds}", path, line) from None
 
 
-def first_record(source: str, hub_args: dict | None = None) -> tuple[str, int, dict]:
+def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> tuple[str, int, dict]:
     """``(path, line, record)`` of a source's first record (InputError for a missing or empty file).
-    ``hub_args`` (``hub``, ``cache_dir``) say where a hub data set is fetched from."""
-    for path, line, record in iter_rows(source, **(hub_args or {})):
+    ``hub``/``cache_dir``: where a hub data set is fetched from."""
+    for path, line, record in iter_rows(source, hub, cache_dir):
         return path, line, record
     raise InputError("contains no records (the file is empty)", source)
 
@@ -104,13 +104,14 @@ def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) ->
 
 def read_training_data(
     source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True,
-    input_format: str = "auto", label_column: str | None = None, hub_args: dict | None = None,
+    input_format: str = "auto", label_column: str | None = None, hub: str = "huggingface",
+    cache_dir: str | None = None,
 ) -> TrainingData:
     """Read and validate a whole training file for ``--loss loss`` (see LOSSES for the kinds each
     takes), with teacher scores and margins divided by ``teacher_temperature``. ``input_format``
     names a ranking-data format (else the kind is told from the fields) and ``label_column`` the
-    grade column of labelled rows, as for iter_ranking_queries; ``hub_args`` (``hub``, ``cache_dir``)
-    where a hub data set is fetched from.
+    grade column of labelled rows, as for iter_ranking_queries; ``hub``/``cache_dir``: where a hub
+    data set is fetched from.
 
     Raises InputError naming file:line and field for a bad record, for an empty or missing file,
     for a file of a kind the loss does not train on, and for n-tuples with differing negative
@@ -118,11 +119,10 @@ def read_training_data(
     """
     if not teacher_temperature > 0:
         raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
-    hub_args = hub_args or {}
-    path, line, record = first_record(source, hub_args)
+    path, line, record = first_record(source, hub, cache_dir)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
-    rows = iter_rows(source, **hub_args)
+    rows = iter_rows(source, hub, cache_dir)
     if kind in ("triplets", "ntuples"):
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
@@ -131,10 +131,10 @@ def read_training_data(
     elif kind == "listwise":
         data = _listwise(rows, teacher_temperature)
     elif kind == "scores":
-        data = _pointwise_scores(iter_scored_pairs(source, label_column, **hub_args), loss, teacher_temperature,
+        data = _pointwise_scores(iter_scored_pairs(source, label_column, hub, cache_dir), loss, teacher_temperature,
                                  label_column)
     else:
-        data = _labelled(iter_ranking_queries(source, input_format, label_column=label_column, **hub_args))
+        data = _labelled(iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column))
     if not LOSSES[loss].reads_teacher:  # how much scores it never reads vary is nothing to warn about
         data.teacher_spread = None
     return data

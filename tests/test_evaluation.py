@@ -711,14 +711,14 @@ def test_a_teacher_ranking_below_the_student_before_training_is_warned_about(tin
     assert "the teacher's MAP" in caplog.text and "is below the student's before training" in caplog.text
 
 
-def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_cache_given(monkeypatch):
-    from rerank_distill.formats import RankingQuery, teacher_scores_for
-
+def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_cache_given(
+    tiny_cross_encoder, ranking_file, tmp_path, monkeypatch
+):
+    rows = records_of(write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=5.0, negative=-5.0))
     asked = []
-    rows = [{"query": "q", "passage": "a", "score": 2.0}, {"query": "q", "passage": "b", "score": -1.0}]
     monkeypatch.setattr("rerank_distill.hub.load_hub_dataset",
                         lambda name, split, hub, cache_dir: asked.append((name, split, hub, cache_dir)) or rows)
-    query = RankingQuery("q", ["b", "a"], [0.0, 1.0], "test.jsonl:1")
-    ranking = teacher_scores_for([query], "someone/scores@v1:test", hub="modelscope", cache_dir="/downloads")
-    assert asked == [("someone/scores@v1", "test", "modelscope", "/downloads")]
-    assert ranking.per_query[0].tolist() == [-1.0, 2.0]
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", "someone/scores@v1:test",
+                 "--hub", "modelscope", "--cache_dir", str(tmp_path / "downloads"))
+    assert asked == [("someone/scores@v1", "test", "modelscope", str(tmp_path / "downloads"))]
+    assert report["teacher"] == {"map": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}

@@ -357,7 +357,10 @@ def test_a_split_spread_over_configuration_folders_is_refused_not_mixed(tmp_path
         (folder / config).mkdir(parents=True)
         write_jsonl_records(folder / config / "test.jsonl", FOLDER_TEST)
     with pytest.raises(InputError, match=rf"split 'test' has files in several folders \(de, en\): pass the one "
-                                         rf"meant, as {folder / 'de'}:test"):
+                                         rf"meant \(e.g. {folder / 'de'}:test\)"):
+        as_tuples(f"{folder}:test")
+    write_jsonl_records(folder / "test.jsonl", FOLDER_TEST)  # the top folder holds the others: only a file will do
+    with pytest.raises(InputError, match=rf"several folders \(\., de, en\): pass the one meant \(e.g. {folder / 'de'}:test\)"):
         as_tuples(f"{folder}:test")
     assert as_tuples(f"{folder / 'en'}:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
 

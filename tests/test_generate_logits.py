@@ -399,7 +399,6 @@ def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_
     from rerank_distill.scoring import only_writer
 
     monkeypatch.setattr(generate_logits, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
-    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)  # a local folder, or one cached
     with only_writer(tmp_path / "o" / "train_scores.jsonl"):
         with pytest.raises(InputError, match="another run is writing"):
             generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])

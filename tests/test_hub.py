@@ -172,3 +172,32 @@ def test_a_hub_data_sets_revision_stays_in_its_output_name():
 
     assert source_stem("mteb/so-reranking@v1:test") == "so-reranking@v1_test"
     assert source_stem("mteb/so-reranking:test") == "so-reranking_test"
+
+
+def test_a_revision_the_hub_does_not_have_says_to_check_it_not_to_download_elsewhere(monkeypatch):
+    import httpx2
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    url = "https://huggingface.co/api/models/someone/some-reranker/revision/v3"
+
+    def snapshot_download(*args, **kwargs):
+        raise RevisionNotFoundError(f"404 Client Error. Revision Not Found for url: {url}.",
+                                    response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    monkeypatch.setattr("rerank_distill.hub.unreachable_hugging_face_host", lambda: None)  # the hub answered
+    with pytest.raises(InputError, match=r"from huggingface: 404 Client Error\. Revision Not Found .* Check the id and "
+                                         r"the revision after @; a gated or private repository needs `hf auth login`") as error:
+        resolve_model("someone/some-reranker@v3")
+    assert "On a machine with internet" not in str(error.value)
+
+
+def test_a_data_set_the_hub_does_not_have_says_to_check_it(monkeypatch):
+    def load_dataset(*args, **kwargs):
+        raise FileNotFoundError("Dataset 'someone/some-data' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    monkeypatch.setattr("rerank_distill.hub.unreachable_hugging_face_host", lambda: None)
+    with pytest.raises(InputError, match=r"could not fetch dataset 'someone/some-data' from huggingface: Dataset "
+                                         r"'someone/some-data' doesn't exist on the Hub.* Check the id"):
+        load_hub_dataset("someone/some-data", "test")

@@ -64,6 +64,8 @@ def vllm_installed() -> bool:
 
 # The oldest vLLM whose API llm_vllm.py uses: LLM(runner="pooling") and PoolingParams(use_activation=False)
 # for the raw logit (0.11.0 and before named it otherwise and would fail with a bare TypeError).
+# requirements-gpu.txt asks for more (0.33, the release the path was checked against); versions in
+# between have the same API, so a user who has one installed is not stopped.
 OLDEST_VLLM = "0.11.1"
 
 
@@ -85,7 +87,9 @@ def check_vllm_version() -> None:
 
 
 def choose_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` when vLLM is installed and a CUDA GPU is present, else ``hf``."""
+    """``auto`` -> ``vllm`` when vLLM is installed and a CUDA GPU is present, else ``hf``. A vLLM
+    older than OLDEST_VLLM stops the run, with ``auto`` too: quietly scoring on the slower backend
+    instead would hide a broken install for hours."""
     if backend not in ("auto", "vllm", "hf"):
         raise InputError(f"unknown --backend '{backend}'; choose auto, vllm or hf")
     if backend == "auto":
