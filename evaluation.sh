@@ -9,16 +9,16 @@ set -euo pipefail
 MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"
 # The distilled student written by train.sh (into its MODEL_DIR); set empty (MODEL_AFTER=) to evaluate MODEL_BEFORE alone
 MODEL_AFTER="${MODEL_AFTER-${MODEL_DIR:-output/model}}"
-# Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), or a hub data set
+# Labelled test data: MTEB reranking or pos/neg JSONL, graded rows (JSONL or Parquet), a data-set folder
+# DIR:SPLIT or a hub data set NAME:SPLIT
 DATASET="${DATASET:-data/test.jsonl.gz}"
 # Teacher scores on the same test data from generate_logits.sh: by default DATASET's own file in
 # generate_logits.sh's SCORES_DIR ({name}_scores.jsonl), where it exists; set empty (TEACHER_SCORES=)
 # to leave the teacher out
 teacher_scores_given="${TEACHER_SCORES+yes}"
-dataset_name="${DATASET##*/}"
-dataset_name="${dataset_name%.gz}"
-dataset_name="${dataset_name%.jsonl}"
-dataset_name="${dataset_name%.parquet}"
+# (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test)
+dataset_name="$(PYTHONPATH="$(dirname "$0")${PYTHONPATH:+:$PYTHONPATH}" python -c \
+    'import sys; from rerank_distill.formats import source_stem; print(source_stem(sys.argv[1]))' "$DATASET")"
 TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 REPORT="${REPORT:-output/evaluation.json}"
