@@ -52,6 +52,8 @@ class RankingQuery:
     location: str = ""  # "file:line" of the record, for messages
     source_format: str = ""  # the INPUT_FORMATS name it was read from ("mteb", "graded", ...)
     esci_labels: bool = False  # graded by ESCI letters or words: grades, even where only C (1) and I (0) occur
+    # row-per-pair sources: each passage's row ids (id_columns), so outputs can be joined back to the rows
+    ids: list[dict[str, Any]] | None = None
 
     @property
     def positives(self) -> list[str]:
@@ -351,6 +353,20 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
     )
 
 
+def id_columns(record: dict) -> dict[str, Any]:
+    """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
+    ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
+    to its row; values other than text and numbers are written as text."""
+    def is_id(name: str) -> bool:
+        name = name.lower()
+        return name in ("id", "qid", "pid", "docid") or name.endswith(("_id", "-id"))
+
+    def plain(value: Any) -> Any:
+        return value if value is None or isinstance(value, (str, int, float)) else str(value)
+
+    return {name: plain(value) for name, value in record.items() if is_id(name)}
+
+
 def passage_of(record: dict, path: str, line: int) -> str:
     """The passage text of a one-pair row, from the first passage field it has (PASSAGE_FIELDS)."""
     for name in PASSAGE_FIELDS:
@@ -444,9 +460,10 @@ def iter_ranking_queries(
             if nonnegative_grades and label[1] < 0:
                 raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
                                  "gains)", path, line)
-            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format))
+            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format, ids=[]))
             entry.passages.append(passage)
             entry.labels.append(label[1])
+            entry.ids.append(id_columns(record))
             raw = record[label[0]]
             entry.esci_labels = entry.esci_labels or (isinstance(raw, str) and raw.strip().lower() in ESCI_GRADES)
     yield from grouped.values()

@@ -260,11 +260,13 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
         progress(len(distinct))
     lines, line_number = [], 0
     for query in chunk:
-        for label, passage in zip(query.labels, query.passages):
+        for i, (label, passage) in enumerate(zip(query.labels, query.passages)):
             row = pair_rows[line_number]
             if label is not None and float(label).is_integer():
                 label = int(label)  # 1 and 0 as the source wrote them, not 1.0 and 0.0
             record = {"query": query.query, "passage": passage, "score": float(combined[line_number]), "label": label}
+            if query.ids:
+                record.update(query.ids[i])  # the row's own ids (formats.id_columns), to join back to it
             if len(teachers) > 1:
                 record["teacher_scores"] = {t.name: float(r.scores[row]) for t, r in zip(teachers, results)}
             for teacher, result in zip(teachers, results):

@@ -52,6 +52,26 @@ def run_scoring(source, output, teacher, chunk_size=5, **kwargs):
     return score_source(str(source), output, [teacher], expected, chunk_size=chunk_size, show_progress=False, **kwargs)
 
 
+def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "esci.parquet"
+    pq.write_table(pa.table({
+        "example_id": [10, 11, 12, 13], "query": ["usb", "shoes", "usb", "usb"], "query_id": ["q1", "q2", "q1", "q1"],
+        "product_id": ["B01", "B02", "B03", "B01"], "product_title": ["usb cable", "red shoes", "hdmi", "usb cable"],
+        "product_description": ["long text", "", "", "long text"], "esci_label": ["E", "E", "I", "S"],
+    }), source)
+    output = tmp_path / "esci_scores.jsonl"
+    run_scoring(source, output, CountingTeacher())
+    lines = read_jsonl_records(output)
+    assert [(line["query"], line["passage"], line["label"], line["example_id"], line["query_id"], line["product_id"])
+            for line in lines] == [("usb", "usb cable", 3, 10, "q1", "B01"), ("usb", "hdmi", 0, 12, "q1", "B03"),
+                                   ("usb", "usb cable", 2, 13, "q1", "B01"), ("shoes", "red shoes", 3, 11, "q2", "B02")]
+    assert lines[0]["score"] == lines[2]["score"]  # the pair listed twice is scored once, each row keeps its ids
+    assert not any("product_description" in line for line in lines)  # ids only: the output stays one line a pair
+
+
 def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, monkeypatch, caplog):
     rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "passage": "b", "label": -1},
             {"query": "r", "passage": "c", "label": -1}, {"query": "r", "passage": "d", "label": 0}]  # fmt: skip
