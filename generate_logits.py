@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
                          "pass one of them")
     if args.merge_shards:
-        with ExitStack() as claimed:  # no run may write what is being joined
+        with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
             for source, derived in inputs:
                 claimed.enter_context(only_writer(output_path_for(source, args.output_dir, passages_as_queries=derived)))
             return merge_all(args, inputs, read_args, args.merge_shards)

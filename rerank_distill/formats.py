@@ -356,15 +356,14 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
 def id_columns(record: dict) -> dict[str, Any]:
     """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
     ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
-    to its row; values other than text and numbers are written as text."""
+    to its row; values JSON has no type for (dates, decimals, bytes) are written as text."""
+    from rerank_distill.cli import to_jsonable
+
     def is_id(name: str) -> bool:
         name = name.lower()
         return name in ("id", "qid", "pid", "docid") or name.endswith(("_id", "-id"))
 
-    def plain(value: Any) -> Any:
-        return value if value is None or isinstance(value, (str, int, float)) else str(value)
-
-    return {name: plain(value) for name, value in record.items() if is_id(name)}
+    return {name: to_jsonable(value) for name, value in record.items() if is_id(name)}
 
 
 def passage_of(record: dict, path: str, line: int) -> str:

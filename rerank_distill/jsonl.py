@@ -166,16 +166,18 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
 def no_empty_folders_left(folder: str | Path) -> Iterator[None]:
     """On an error in the block, remove ``folder`` and the parents the block created for it where
     they are still empty: a run refused early leaves nothing behind, a run that wrote something keeps it."""
-    folder = Path(folder).absolute()
-    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder = Path(folder)
+    # as spelled (a/../b makes a too) and not the name of a folder that exists (a/.. while a is missing)
+    missing = [path for path in (folder, *folder.parents)
+               if not path.exists() and not os.path.exists(os.path.abspath(path))]
     try:
         yield
     except BaseException:
-        for path in missing:  # the folder first, then its parents up to the first that existed
+        for path in missing:  # the folder first, then its parents
             try:
                 path.rmdir()
             except OSError:  # not empty, or never made
-                break
+                pass
         raise
 
 

@@ -133,8 +133,10 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
 
 
 def _as_bytes(query: RankingQuery) -> bytes:
-    """What of a query its output depends on (text, passages, labels), for InputSummary.digest."""
-    return json.dumps([query.query, query.passages, query.labels]).encode("utf-8", "surrogatepass")
+    """What of a query its output depends on (text, passages, labels, and the rows' ids where it has
+    any), for InputSummary.digest."""
+    ids = [query.ids] if query.ids and any(query.ids) else []  # (a digest without ids is what it always was)
+    return json.dumps([query.query, query.passages, query.labels, *ids]).encode("utf-8", "surrogatepass")
 
 
 def iter_chunks(queries: Iterator[RankingQuery], chunk_size: int) -> Iterator[list[RankingQuery]]:

@@ -58,3 +58,19 @@ def test_the_demo_builder_explains_itself_and_builds_nothing_for_help(tmp_path):
                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert shown.returncode == 0 and "out_dir" in shown.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_block_that_fails_removes_only_the_empty_folders_it_made(tmp_path):
+    from rerank_distill.jsonl import no_empty_folders_left
+
+    (tmp_path / "kept").mkdir()
+    for target in (tmp_path / "kept" / "a" / "b", tmp_path / "x" / ".." / "made" / "c"):
+        with pytest.raises(RuntimeError), no_empty_folders_left(target):
+            target.mkdir(parents=True)  # as only_writer makes an output's folder: x/.. makes x
+            raise RuntimeError("refused")
+    assert [path.name for path in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    with pytest.raises(RuntimeError), no_empty_folders_left(tmp_path / "wrote"):
+        (tmp_path / "wrote").mkdir()
+        (tmp_path / "wrote" / "partial.jsonl").write_text("{}\n", encoding="utf-8")
+        raise RuntimeError("failed after writing")
+    assert (tmp_path / "wrote" / "partial.jsonl").exists()  # what a run wrote stays, to resume from

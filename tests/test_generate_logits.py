@@ -70,6 +70,10 @@ def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_
                                    ("usb", "usb cable", 2, 13, "q1", "B01"), ("shoes", "red shoes", 3, 11, "q2", "B02")]
     assert lines[0]["score"] == lines[2]["score"]  # the pair listed twice is scored once, each row keeps its ids
     assert not any("product_description" in line for line in lines)  # ids only: the output stays one line a pair
+    table = pq.read_table(source).to_pydict()
+    pq.write_table(pa.table({**table, "product_id": ["N01", "N02", "N03", "N01"]}), source)  # same pairs, new ids
+    with pytest.raises(InputError, match="finished but was scored with other settings or input"):
+        run_scoring(source, output, CountingTeacher())  # its lines would carry the old ids
 
 
 def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, monkeypatch, caplog):
