@@ -390,13 +390,20 @@ def check_same_teachers(score_files: list[str]) -> None:
 _RECORDED_SINCE = ("input_digest", "teacher_names")
 
 
+# How the input was read (a format named or detected, a grade column named or found): where the
+# same content was read either way (its digest), the difference changes no line of the output.
+_HOW_INPUT_WAS_READ = ("input_format", "label_column")
+
+
 def _differences(made: dict, made_with: dict, keys) -> list[str]:
     """The names of ``keys`` whose values differ between two made_with records; for the teachers,
-    each differing setting of each (``teachers: max_length``), or their number."""
+    each differing setting of each (``teachers: max_length``), or their number. How the input was
+    read does not count where both read the same content."""
+    same_content = bool(made.get("input_digest")) and made.get("input_digest") == made_with.get("input_digest")
     differs = []
     for key in sorted(keys):
         was, now = made.get(key), made_with.get(key)
-        if was == now:
+        if was == now or (key in _HOW_INPUT_WAS_READ and same_content):
             continue
         if key == "teachers" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
             differs += sorted({f"teachers: {name}" for old, new in zip(was, now)
@@ -478,7 +485,8 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
     saved = json.loads(progress_path.read_text(encoding="utf-8"))
     for size in chunk_sizes:
         if "made_with" in saved:
-            begun = saved["made_with"] == made_with and saved.get("chunk_size") == size
+            made = saved["made_with"]
+            begun = not _differences(made, made_with, made.keys() | made_with.keys()) and saved.get("chunk_size") == size
         else:  # a progress file of an earlier release
             begun = saved.get("fingerprint") == _legacy_fingerprint(source, configs, input_format, size, shard,
                                                                     passages_as_queries, label_column)

@@ -444,6 +444,19 @@ def test_a_run_begun_under_another_default_chunk_size_is_resumed_with_it(tmp_pat
     assert 0 < len(resumed.calls) < 12 * 6  # only what the first run left
 
 
+def test_naming_the_format_that_was_detected_changes_nothing_a_rerun_or_resume_compares(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=2), chunk_size=7)
+    resumed = CountingTeacher()
+    expected = validate_source(str(ranking_file), "mteb", Shard())
+    stats = score_source(str(ranking_file), output, [resumed], expected, input_format="mteb", chunk_size=7,
+                         show_progress=False)
+    assert stats.resumed_at_pair > 0 and 0 < len(resumed.calls) < 12 * 6  # went on from where "auto" stopped
+    assert score_source(str(ranking_file), output, [CountingTeacher()], validate_source(str(ranking_file), "auto", Shard()),
+                        input_format="auto", chunk_size=7, show_progress=False).already_complete
+
+
 def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ranking_file, monkeypatch):
     output = tmp_path / "train_scores.jsonl"
     run_scoring(ranking_file, output, CountingTeacher())
