@@ -25,8 +25,8 @@ from typing import Literal
 
 from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import ScoredPair, check_outside_data_set_folders, iter_scored_pairs, local_files
-from rerank_distill.jsonl import AtomicWriter, check_not_an_input, check_writable
+from rerank_distill.formats import ScoredPair, check_output_not_read, iter_scored_pairs
+from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.scoring import check_same_teachers
 from rerank_distill.triplets import (
     SKIP_REASONS,
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--label_margin must be above 0 (logit units), got {args.label_margin}")
     if not args.min_margin >= 0:
         raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
-    check_not_an_input(args.output_path, [f for path in args.input_path for f in local_files(path)], "--output_path")
-    check_outside_data_set_folders(args.output_path, args.input_path, "--output_path")
+    check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_same_teachers(args.input_path)
 

@@ -29,13 +29,12 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     INPUT_FORMATS,
     RankingQuery,
-    check_outside_data_set_folders,
+    check_output_not_read,
     iter_ranking_queries,
-    local_files,
     teacher_scores_for,
 )
 from rerank_distill.hub import resolve_model
-from rerank_distill.jsonl import check_not_an_input, check_writable
+from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
     evaluate_rankings,
@@ -127,12 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
     check_writable(args.output_path, "--output_path")
-    inputs = [*local_files(args.dataset_path), *(local_files(args.teacher_scores) if args.teacher_scores else [])]
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
     for written in (args.output_path, *beside_report):
-        check_not_an_input(written, inputs, "--output_path")
-        check_outside_data_set_folders(written, sources, "--output_path")
+        check_output_not_read(written, sources, "--output_path")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]

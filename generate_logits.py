@@ -163,7 +163,7 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
         for output in outputs:
             remove_output(output)
     finished = [is_finished(output) for output in outputs]
-    if any(finished) and not args.overwrite:
+    if any(finished):
         done = [i for i, ended in enumerate(finished) if ended]
         checked = score_with_teachers(args, argv, teacher_types, backend, model_paths, [inputs[i] for i in done],
                                       [outputs[i] for i in done], expected, Shard(), read_args)

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
-from rerank_distill.jsonl import get_number, get_text, get_text_list, number_in_text, read_jsonl
+from rerank_distill.jsonl import check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl
 
 INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
 PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc", "product_title")  # the last: ESCI's own
@@ -110,6 +111,13 @@ def check_outside_data_set_folders(output: str | os.PathLike, sources: list[str]
         if folder and (written + os.sep).startswith(os.path.realpath(folder) + os.sep):
             raise InputError(f"{flag} {output} is inside the data-set folder {folder} this run reads ({source}): "
                              "what is written there would be read as part of the data set; write it elsewhere")
+
+
+def check_output_not_read(output: str | os.PathLike, sources: list[str], flag: str) -> None:
+    """InputError where writing ``output`` (the value of ``flag``) would destroy one of the files
+    ``sources`` read, or land inside a data-set folder among them (check_outside_data_set_folders)."""
+    check_not_an_input(output, [file for source in sources for file in local_files(source)], flag)
+    check_outside_data_set_folders(output, sources, flag)
 
 
 def split_files(folder: str, split: str | None) -> list[str]:
@@ -357,13 +365,12 @@ def id_columns(record: dict) -> dict[str, Any]:
     """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
     ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
     to its row; values JSON has no type for (dates, decimals, bytes) are written as text."""
-    from rerank_distill.cli import to_jsonable
+    return {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
 
-    def is_id(name: str) -> bool:
-        name = name.lower()
-        return name in ("id", "qid", "pid", "docid") or name.endswith(("_id", "-id"))
 
-    return {name: to_jsonable(value) for name, value in record.items() if is_id(name)}
+def _is_id_column(name: str) -> bool:
+    name = name.lower()
+    return name in ("id", "qid", "pid", "docid") or name.endswith(("_id", "-id"))
 
 
 def passage_of(record: dict, path: str, line: int) -> str:

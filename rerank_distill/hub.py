@@ -55,8 +55,7 @@ def _offline_message(kind: str, hub_id: str, hub: str, reason: str) -> str:
 def _load_failure(kind: str, hub_id: str, hub: str, error: Exception) -> InputError:
     """A hub item that exists (or may) but could not be loaded, for a reason other than being
     unreachable: a split or configuration the data set lacks, an unwritable cache, an invalid id."""
-    meant_a_folder = "/" in hub_id and os.path.isdir(hub_id.split("/", 1)[0])  # else no folder was meant
-    return InputError((_not_here(hub_id) if meant_a_folder else "") + f"could not load {kind} '{hub_id}' from {hub}: "
+    return InputError(_not_here(hub_id, only_beside_a_folder=True) + f"could not load {kind} '{hub_id}' from {hub}: "
                       f"{type(error).__name__}: {first_line(error)}")
 
 
@@ -68,11 +67,15 @@ def _refused_by_hub(kind: str, hub_id: str, error: Exception) -> str:
     )
 
 
-def _not_here(name: str) -> str:
+def _not_here(name: str, only_beside_a_folder: bool = False) -> str:
     """The error's first words for an ``owner/name`` that may have been meant as a folder
-    (``output/model`` before training has made it, or a typo): no such folder exists here."""
+    (``output/model`` before training has made it, or a typo): no such folder exists here. With
+    ``only_beside_a_folder``, nothing unless the owner part is a folder here (a likely typo)."""
     parent = name.split("/", 1)[0]
-    though = f" (though '{parent}/' does)" if "/" in name and os.path.isdir(parent) else ""
+    beside_a_folder = "/" in name and os.path.isdir(parent)
+    if only_beside_a_folder and not beside_a_folder:
+        return ""
+    though = f" (though '{parent}/' does)" if beside_a_folder else ""
     return f"no folder '{name}' exists here{though}, so it was taken as a hub id: "
 
 

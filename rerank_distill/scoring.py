@@ -378,11 +378,11 @@ def check_same_teachers(score_files: list[str]) -> None:
     recorded = [(path, record["made_with"]["teachers"]) for path in score_files
                 if (record := _run_record(Path(path))) is not None]  # fmt: skip
     for path, teachers in recorded[1:]:
-        if teachers != recorded[0][1]:
+        if differs := _differences({"teachers": recorded[0][1]}, {"teachers": teachers}, ["teachers"]):
             raise InputError(
-                f"{recorded[0][0]} and {path} were scored by different teachers or teacher settings (see their "
-                ".run.json files), whose scores are not on one scale: rescore one as the other was, or make "
-                "records from each on its own"
+                f"{recorded[0][0]} and {path} were scored by different teachers or teacher settings (differing: "
+                f"{', '.join(differs)}; see their .run.json files), whose scores are not on one scale: rescore one "
+                "as the other was, or make records from each on its own"
             )
 
 
@@ -474,26 +474,24 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
                                                  label_column, [t.name for t in teachers])))
     fresh = {"queries": 0, "pairs": 0, "bytes": 0, "truncated": 0, "distinct": 0, "reused": 0}
     start = ResumePoint(chunk_sizes[0], fresh, made_with)
-    partial, progress_path = beside(output_path, ".partial"), beside(output_path, ".progress.json")
     if overwrite:
         return start
     if is_finished(output_path):
         _check_finished(output_path, made_with)
         return replace(start, done=None)
-    if not (partial.exists() and progress_path.exists()):
+    saved = _saved_progress(output_path)
+    if saved is None:
         return start
-    saved = json.loads(progress_path.read_text(encoding="utf-8"))
-    for size in chunk_sizes:
-        if "made_with" in saved:
-            made = saved["made_with"]
-            begun = not _differences(made, made_with, made.keys() | made_with.keys()) and saved.get("chunk_size") == size
-        else:  # a progress file of an earlier release
-            begun = saved.get("fingerprint") == _legacy_fingerprint(source, configs, input_format, size, shard,
-                                                                    passages_as_queries, label_column)
-        if begun:
-            return ResumePoint(size, saved["done"], made_with)
     made = saved.get("made_with", {})
     differs = _differences(made, made_with, made.keys() | made_with.keys())
+    if made and not differs and saved.get("chunk_size") in chunk_sizes:
+        return ResumePoint(saved["chunk_size"], saved["done"], made_with)
+    if not made:  # a progress file of an earlier release
+        for size in chunk_sizes:
+            if saved.get("fingerprint") == _legacy_fingerprint(source, configs, input_format, size, shard,
+                                                               passages_as_queries, label_column):
+                return ResumePoint(size, saved["done"], made_with)
+    partial = beside(output_path, ".partial")
     if made and saved.get("chunk_size") not in chunk_sizes:
         differs.append(f"--chunk_size (it began with {saved.get('chunk_size')})")
     raise InputError(
@@ -644,11 +642,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     records = _shard_run_records(paths)
-    single_run = _single_run_settings(merged)
-    if records and single_run and is_finished(merged):
-        if differs := _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()):
-            raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
-                             f"{', '.join(differs)}); delete it and its .run.json to join them in its place")
+    single_run, finished = _single_run_settings(merged), is_finished(merged)
+    differs = _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()) if records and single_run else []
+    if differs and finished:
+        raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
+                         f"{', '.join(differs)}); delete it and its .run.json to join them in its place")
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
     readers = [_lines(path) for path in paths]
     lines, content = 0, hashlib.blake2b(digest_size=16)
@@ -676,10 +674,9 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
                                  "it with its --shard flag and --overwrite", str(path))
     if records:
         _merge_run_records(records, merged, lines, content.hexdigest())
-    if records and single_run and not is_finished(merged):  # (before the rename below: a stopped single run's)
-        if differs := _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()):
-            logger.warning("%s: an unfinished single run with other settings (differing: %s) is dropped; the joined "
-                           "shards replace it", merged, ", ".join(differs))
+    if differs and not finished:  # a stopped single run's
+        logger.warning("%s: an unfinished single run with other settings (differing: %s) is dropped; the joined "
+                       "shards replace it", merged, ", ".join(differs))
     for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
         stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines
@@ -755,10 +752,15 @@ def _single_run_settings(output_path: Path) -> dict | None:
     if is_finished(output_path):
         record = _run_record(output_path)
         return _settings(record["made_with"]) if record else None
+    saved = (_saved_progress(output_path) or {}).get("made_with")
+    return _settings(saved) if saved else None
+
+
+def _saved_progress(output_path: Path) -> dict | None:
+    """A stopped run's ``.progress.json`` (what it had done, and with what), where its ``.partial`` is there too."""
     progress = beside(output_path, ".progress.json")
     if beside(output_path, ".partial").exists() and progress.exists():
-        saved = json.loads(progress.read_text(encoding="utf-8")).get("made_with")
-        return _settings(saved) if saved else None
+        return json.loads(progress.read_text(encoding="utf-8"))
     return None
 
 

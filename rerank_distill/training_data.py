@@ -4,6 +4,7 @@ that barely tells candidates apart."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -119,10 +120,14 @@ def read_training_data(
     """
     if not teacher_temperature > 0:
         raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
-    path, line, record = first_record(source, hub, cache_dir)
+    rows = iter_rows(source, hub, cache_dir)  # one pass: its first record tells the kind, then all are read
+    first = next(rows, None)
+    if first is None:
+        raise InputError("contains no records (the file is empty)", source)
+    path, line, record = first
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
-    rows = iter_rows(source, hub, cache_dir)
+    rows = itertools.chain([first], rows)
     if kind in ("triplets", "ntuples"):
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
