@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import EarlyStoppingCallback
 from transformers.trainer_utils import IntervalStrategy
 
 from rerank_distill.cli import command_line, run_main, write_json, write_run_args
@@ -41,6 +40,7 @@ from rerank_distill.trainer import (
     DistillationTrainer,
     LengthGroupedBatchSampler,
     TimeBudget,
+    early_stopping,
     run_summary,
     summary_message,
     track_padding,
@@ -115,7 +115,8 @@ class ScriptArguments:
                   "first, these seconds or the planned steps, so it still decays to its end. Unset: no limit."},
     )
     early_stopping_patience: int = field(
-        default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint; 0: never."}
+        default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint (a resumed run "
+                                     "carries on the count; resume with a larger one to train on); 0: never."}
     )
     eval_data: str | None = field(
         default=None,
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
-    callbacks = [EarlyStoppingCallback(script.early_stopping_patience)] if script.early_stopping_patience > 0 else []
+    callbacks = [early_stopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
     if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
@@ -211,8 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     if budget is not None:
         budget.start(resumed)
     # a run that ended at its checkpoint, its final save cut short, gets that save without a step more
-    ended = resumed is not None and not trainer.sharded and end_reached(resumed, training.max_steps,
-                                                                        training.num_train_epochs, script.max_train_seconds)
+    ended = resumed is not None and not trainer.sharded and end_reached(
+        resumed, training.max_steps, training.num_train_epochs, script.max_train_seconds, script.early_stopping_patience)
     if ended:
         logger.info("%s is where the run ended (%s), but its final model was not saved: saving it", resume, ended)
     try:

@@ -1,5 +1,6 @@
 """The trainer train.py runs: padding statistics of its forward passes, batches of similar
-length, a wall-time budget (--max_train_seconds) and DistillationTrainer."""
+length, a wall-time budget (--max_train_seconds), early stopping that survives a resume, and
+DistillationTrainer."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainerState
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput
 
@@ -323,6 +324,29 @@ class TimeBudget(TrainerCallback, ExportableState):
             control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
             control.should_save = control.should_save or args.save_strategy not in ("no", "best")
         return control
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping (--early_stopping_patience)
+# ---------------------------------------------------------------------------------------------
+
+
+def saved_early_stopping(state: TrainerState) -> dict | None:
+    """What a checkpoint's ``state`` kept of transformers' EarlyStoppingCallback (``{"args":
+    {"early_stopping_patience", ...}, "attributes": {"early_stopping_patience_counter"}}``), or None."""
+    return (state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
+
+
+def early_stopping(patience: int, resumed: TrainerState | None = None) -> EarlyStoppingCallback:
+    """transformers' early stopping after ``patience`` evaluations without a better metric, its
+    count carried on from the checkpoint a run resumes from (``resumed``), so the resumed run stops
+    where an uninterrupted one would. (transformers restores it only with
+    --restore_callback_states_from_checkpoint, which restores every callback's settings too.)"""
+    callback = EarlyStoppingCallback(patience)
+    saved = saved_early_stopping(resumed) if resumed is not None else None
+    if saved:
+        callback.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+    return callback
 
 
 class DistillationTrainer(CrossEncoderTrainer):

@@ -30,7 +30,7 @@ from rerank_distill.formats import (
 from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import score_ranking_queries
-from rerank_distill.trainer import TimeBudget
+from rerank_distill.trainer import TimeBudget, saved_early_stopping
 from rerank_distill.training_data import (
     DATA_KINDS,
     RANKING_KINDS,
@@ -465,7 +465,7 @@ def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, d
     (check_resume_settings, by the args.json beside the checkpoint) or recorded."""
     check_output_dir(training.output_dir, script.model_name_or_path)
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
-    resumed = resumed_state(resume, training, script.max_train_seconds)
+    resumed = resumed_state(resume, training, script.max_train_seconds, script.early_stopping_patience)
     digests = {}
     if resume is not None or training.should_save:  # (every torchrun process would read the whole files)
         by_source: dict[str, str | None] = {}  # a file given for two flags (training and selection) is read once
@@ -529,14 +529,16 @@ def refuse_earlier_run(output_dir: str) -> None:
                          "resume from: start over with --overwrite_output_dir (deletes them) or choose another "
                          "--output_dir")
     state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
-    budget = TimeBudget.saved(state)
+    budget, stopping = TimeBudget.saved(state), saved_early_stopping(state)
     seconds = budget["args"]["seconds"] if budget else None
+    patience = stopping["args"]["early_stopping_patience"] if stopping else 0
     # ended as it was planned? (its own limits: not necessarily flags that run was given)
-    if end_reached(state, state.max_steps, state.num_train_epochs, seconds):
+    if end_reached(state, state.max_steps, state.num_train_epochs, seconds, patience):
         raise InputError(
             f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step {state.global_step} of "
             f"{state.max_steps}): start over with --overwrite_output_dir (deletes them) or choose another "
-            "--output_dir; to train it further, raise --max_steps, --num_train_epochs or --max_train_seconds and "
+            "--output_dir; to train it further, raise --max_steps, --num_train_epochs, --max_train_seconds or "
+            "--early_stopping_patience (whichever ended it) and "
             "pass --resume_from_checkpoint last"
         )
     raise InputError(
@@ -545,9 +547,16 @@ def refuse_earlier_run(output_dir: str) -> None:
     )
 
 
-def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None) -> str | None:
+def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None,
+                early_stopping_patience: int = 0) -> str | None:
     """Which limit a run resumed from ``state`` with these limits has already reached, so it would
     have nothing left to train (the Trainer would take one more step anyway), or None."""
+    stopping = saved_early_stopping(state)
+    if stopping and early_stopping_patience > 0:
+        evaluations = stopping["attributes"]["early_stopping_patience_counter"]
+        if evaluations >= early_stopping_patience:
+            return (f"stopped early at step {state.global_step}, after {evaluations} evaluations without a better "
+                    f"model: --early_stopping_patience {early_stopping_patience}")
     if max_steps > 0 and state.global_step >= max_steps:
         return f"step {state.global_step} of --max_steps {max_steps}"
     if max_steps <= 0 and 0 < state.max_steps <= state.global_step and (state.epoch or 0) >= num_train_epochs - 1e-9:
@@ -559,7 +568,8 @@ def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, ma
     return None
 
 
-def resumed_state(checkpoint: str | None, training, max_train_seconds: float | None) -> TrainerState | None:
+def resumed_state(checkpoint: str | None, training, max_train_seconds: float | None,
+                  early_stopping_patience: int = 0) -> TrainerState | None:
     """The TrainerState a run resumes from (None for a fresh run); InputError where the checkpoint
     already reached what this command asks for and the run it ended saved its final model (its
     training_summary.json): there is nothing left to do. (Where that final save was cut short,
@@ -575,7 +585,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     if 0 < training.max_steps < state.global_step:
         raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
                          f"with --max_steps {state.max_steps} (its run's) or more")
-    ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds)
+    ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds, early_stopping_patience)
     summary = Path(training.output_dir) / SUMMARY_FILE
     if ended and summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step:
         raise InputError(

@@ -233,6 +233,46 @@ def test_early_stopping_stops_at_the_first_evaluations_without_a_better_map(
     assert not any(maps[i] <= best_before[i - 1] and maps[i + 1] <= best_before[i] for i in range(1, len(maps) - 2))
 
 
+def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_uninterrupted_one_does(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, monkeypatch
+):
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--max_steps", "40", "--eval_steps", "1",
+             "--save_steps", "1", "--early_stopping_patience", "2", "--learning_rate", "5e-3",
+             "--lr_scheduler_type", "constant"]
+    straight = run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags)
+    stop = straight["steps"]
+    assert straight["stopped_early"] and stop < 40
+
+    # Interrupted in the step after the first of the two evaluations without a better MAP: the
+    # checkpoint it resumes from has counted one.
+    steps = []
+    original_step = train.DistillationTrainer.training_step
+
+    def interrupt_the_last_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == stop:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.DistillationTrainer, "training_step", interrupt_the_last_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags)
+    resumed = run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags, "--resume_from_checkpoint",
+                        "last")
+
+    assert (resumed["resumed_from_step"], resumed["steps"], resumed["stopped_early"]) == (stop - 1, stop, True)
+    assert resumed["best_checkpoint"].endswith(Path(straight["best_checkpoint"]).name)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+    # The same patience has nothing left to train; a larger one trains on.
+    with pytest.raises(InputError, match=rf"stopped early at step {stop}, after 2 evaluations without a better model"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags, "--resume_from_checkpoint", "last")
+    more = run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags, "--early_stopping_patience", "3",
+                     "--resume_from_checkpoint", "last")  # (the flag given last counts)
+    assert more["resumed_from_step"] == stop and more["steps"] > stop
+
+
 def test_labelled_training_data_holds_out_its_own_queries_for_map(
     tiny_cross_encoder, ranking_file, tmp_path, trained_queries
 ):
