@@ -57,7 +57,8 @@ class EvaluationArguments:
     model_before_path: str = field(metadata={"help": "The model before distillation: a CrossEncoder folder or hub id."})
     dataset_path: str = field(
         metadata={"help": "Labelled test data: MTEB reranking JSONL(.gz), pos/neg or graded rows, or a hub "
-                  "data set owner/name[:split], or one downloaded into a folder, DIR:split."}
+                  "data set owner/name[:split], or one downloaded into a folder, DIR:split; one in parts (MTEB v2: "
+                  "corpus, queries, qrels, top_ranked) is joined into a query a record."}
     )
     model_after_path: str | None = field(
         default=None, metadata={"help": "The distilled model (e.g. output/model); omit to evaluate one model."}

@@ -61,7 +61,7 @@ logger = logging.getLogger("generate_logits")
 @dataclass
 class GenerateLogitsArguments:
     model_path: list[str] = field(metadata={"action": "extend", "help": "Teacher model: local folder or hub id (e.g. Qwen/Qwen3-Reranker-8B). Give several (--model_path A B, or the flag again) to ensemble teachers."})
-    input_path: list[str] = field(metadata={"help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, negative}), Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT."})
+    input_path: list[str] = field(metadata={"help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, negative}), Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT; one in parts (MTEB v2: corpus, queries, qrels, top_ranked) is joined into a query a record."})
     output_dir: str = field(metadata={"help": "Folder for {stem}_scores.jsonl files and args.json."})
     teacher_type: list[str] | None = field(default=None, metadata={"action": "extend", "choices": TEACHER_TYPES, "metavar": "TYPE", "help": f"Kind of teacher ({', '.join(TEACHER_TYPES)}; default {DEFAULT_TEACHER_TYPE}): one for every --model_path, or one per model in the same order."})
     backend: Literal["auto", "vllm", "hf"] = field(default="auto", metadata={"help": "LLM teachers: auto = vLLM when installed and a CUDA GPU is present, else transformers (hf). Other teachers run on sentence-transformers."})

@@ -12,11 +12,14 @@
 A source is a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; a local data-set folder
 ``DIR[:split]`` (a hub data set as ``hf download --repo-type dataset --local-dir DIR`` leaves it,
 its Parquet conversion ``CONFIG/SPLIT/0000.parquet``, or what ``datasets``' ``save_to_disk``
-writes); or a hub data set ``owner/name[@revision][:split]``.
+writes); or a hub data set ``owner/name[@revision][:split]``. A data set kept in parts as MTEB v2
+keeps its reranking tasks (corpus, queries, qrels, top_ranked; on a hub or in a folder) is read as
+``mteb`` records, one a query (``graded`` rows for graded qrels): see rerank_distill.qrels.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -31,6 +34,7 @@ import numpy as np
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl
+from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
 INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
 PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc", "product_title")  # the last: ESCI's own
@@ -209,11 +213,19 @@ def _json_field(path: str, name: str, kind: type | tuple[type, ...]) -> Any:
     return record.get(name)
 
 
+def _part_files(folder: str, split: str | None) -> dict[str, list[str]] | None:
+    """``{part: files of the split}`` where ``folder`` holds a data set in parts (corpus, queries,
+    qrels, top_ranked: see rerank_distill.qrels), else None."""
+    part_folders = local_part_folders(folder)
+    return {part: split_files(part_folder, split) for part, part_folder in part_folders.items()} if part_folders else None
+
+
 def local_files(source: str) -> list[str]:
     """The local files a source reads (none for a hub data set): what a resumed run checks for changes."""
     folder_split = _folder_and_split(source)
     if folder_split:
-        return split_files(*folder_split)
+        parts = _part_files(*folder_split)
+        return [file for files in parts.values() for file in files] if parts else split_files(*folder_split)
     return [source] if os.path.isfile(source) else []
 
 
@@ -245,17 +257,40 @@ def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = Non
     """Yield ``(path, row_number, record)`` for every record of a JSONL, Parquet or hub source."""
     source = os.fspath(source)  # a pathlib.Path works too
     folder_split = _folder_and_split(source)
-    if folder_split:
+    if folder_split and (parts := _part_files(*folder_split)):
+        yield from join_parts(lambda part: (row for path in parts[part] for row in _iter_file(path)), source)
+    elif folder_split:
         for path in split_files(*folder_split):
             yield from _iter_file(path)
     elif os.path.exists(source) or not _looks_like_hub_dataset(source):
         yield from _iter_file(source)
     else:
-        from rerank_distill.hub import load_hub_dataset
+        yield from _iter_hub_rows(source, hub, cache_dir)
 
-        name, _, split = source.partition(":")
-        for row_number, record in enumerate(load_hub_dataset(name, split or None, hub, cache_dir), start=1):
+
+def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tuple[str, int, dict]]:
+    """The rows of a hub data set ``NAME[:SPLIT]``; one in parts (its default configuration or its
+    ``qrels`` one holds qrels: MTEB v2) is joined into ranking records (rerank_distill.qrels)."""
+    from rerank_distill.hub import load_hub_dataset
+
+    name, _, split = source.partition(":")
+    loaded = load_hub_dataset(name, split or None, hub, cache_dir)
+    rows = iter(loaded)
+    first = next(rows, None)
+    if first is None or not is_qrels(first):
+        for row_number, record in enumerate(itertools.chain([first] if first else [], rows), start=1):
             yield source, row_number, dict(record)
+        return
+    if not split:  # each part is loaded by name, and a part's only split need not be the others'
+        raise InputError(f"data set '{name}' is in parts (corpus, queries, qrels, top_ranked): name the split as "
+                         f"{name}:SPLIT (e.g. :test)")
+
+    def read_part(part: str) -> Iterator[tuple[str, int, dict]]:
+        rows = loaded if part == "qrels" else load_hub_dataset(name, split, hub, cache_dir, config=part)
+        for row_number, record in enumerate(rows, start=1):
+            yield f"{source} ({part})", row_number, dict(record)
+
+    yield from join_parts(read_part, source)
 
 
 def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:

@@ -170,9 +170,22 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         raise _load_failure("model", name_or_path, hub, error) from None
 
 
-def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None):
+def _has_qrels_configuration(name: str, revision: str | None) -> bool:
+    """Whether hub data set ``name`` has a configuration named qrels; False where that cannot be
+    found out, so that the error that made the caller ask is the one reported."""
+    import datasets
+
+    try:
+        return "qrels" in datasets.get_dataset_config_names(name, revision=revision)
+    except Exception:  # offline, gated, ...: the loader's own error says more
+        return False
+
+
+def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None,
+                     config: str | None = None):
     """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``);
-    ``hub_id`` may end in ``@REVISION``.
+    ``hub_id`` may end in ``@REVISION``; ``config``: one of its configurations (subsets), else its
+    default one, or, for a data set in parts with none (MTEB v2: see rerank_distill.qrels), its qrels.
 
     With no split, the data set's only split is used (with several, InputError lists them).
     ModelScope cannot list them without downloading, so there the split must be named.
@@ -189,7 +202,7 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
         if not split:  # never a silent default: training on a test split would leak it
             raise InputError(f"name the split of ModelScope data set '{hub_id}' as {hub_id}:SPLIT (e.g. :train, :test)")
         try:
-            return MsDataset.load(name, split=split, cache_dir=cache_dir,
+            return MsDataset.load(name, subset_name=config, split=split, cache_dir=cache_dir,
                                   **({"version": revision} if revision else {})).to_hf_dataset()
         except Exception as error:  # modelscope raises many unrelated types for network problems
             raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None
@@ -198,7 +211,12 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     unreachable_host = unreachable_hugging_face_host()
     try:
         with _hugging_face_offline() if unreachable_host else nullcontext():
-            loaded = datasets.load_dataset(name, split=split, cache_dir=cache_dir, revision=revision)
+            try:
+                loaded = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
+            except ValueError:  # several configurations and none the default: in parts, qrels are the entry
+                if config is not None or not _has_qrels_configuration(name, revision):
+                    raise
+                loaded = datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
     except ConnectionError as error:  # offline, and not in the cache
         raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
     except FileNotFoundError as error:  # the hub answered: no such data set or revision, or gated or private

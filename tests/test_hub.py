@@ -151,9 +151,12 @@ def test_a_data_set_that_is_there_but_cannot_be_loaded_says_why_not_what_to_down
 
 def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
     calls = []
-    monkeypatch.setattr("datasets.load_dataset", lambda name, **kwargs: calls.append((name, kwargs)) or [{"q": 1}])
+    monkeypatch.setattr("datasets.load_dataset",
+                        lambda name, config, **kwargs: calls.append((name, config, kwargs)) or [{"q": 1}])
     assert load_hub_dataset("someone/some-data@v2", "test", cache_dir="/cache") == [{"q": 1}]
-    assert calls == [("someone/some-data", {"split": "test", "cache_dir": "/cache", "revision": "v2"})]
+    assert load_hub_dataset("someone/some-data@v2", "test", config="corpus") == [{"q": 1}]
+    assert calls == [("someone/some-data", None, {"split": "test", "cache_dir": "/cache", "revision": "v2"}),
+                     ("someone/some-data", "corpus", {"split": "test", "cache_dir": None, "revision": "v2"})]
 
 
 def test_a_modelscope_data_set_needs_its_split_named(monkeypatch):

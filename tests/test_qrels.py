@@ -1,0 +1,162 @@
+"""Reranking data sets kept in parts, as MTEB v2 keeps them (corpus, queries, qrels, top_ranked;
+rerank_distill/qrels.py): read as one ranking record a query, from a folder or a hub."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import evaluation
+from rerank_distill.errors import InputError
+from rerank_distill.formats import iter_ranking_queries, iter_rows, local_files
+
+CORPUS = [{"_id": "d1", "title": "", "text": "pip install fails"},
+          {"_id": "d2", "title": "Python", "text": "list comprehension"},
+          {"_id": "d3", "title": "", "text": "git rebase"},
+          {"_id": "d9", "title": "", "text": "never a candidate"}]  # fmt: skip
+QUERIES = [{"_id": "q1", "text": "how to install a package"}, {"_id": "q2", "text": "undo a commit"}]
+QRELS = [{"query-id": "q1", "corpus-id": "d1", "score": 1}, {"query-id": "q1", "corpus-id": "d2", "score": 0},
+         {"query-id": "q2", "corpus-id": "d3", "score": 1}]  # fmt: skip
+TOP_RANKED = [{"query-id": "q2", "corpus-ids": ["d1", "d3", "d2"]}, {"query-id": "q1", "corpus-ids": ["d2", "d1"]}]
+
+README = """---
+configs:
+""" + "".join(f"""- config_name: {config}
+  data_files:
+  - split: test
+    path: {folder}/test-*
+""" for config, folder in (("corpus", "corpus"), ("{qrels}", "{qrels_folder}"), ("queries", "queries"),
+                           ("top_ranked", "top_ranked"))) + "---\n"
+
+
+def write_parts(folder: Path, corpus=CORPUS, queries=QUERIES, qrels=QRELS, top_ranked=TOP_RANKED,
+                qrels_config: str = "default") -> Path:
+    """A data set in parts as `hf download --repo-type dataset` leaves MTEB v2's (qrels in data/
+    for the default configuration), with the README that tells `datasets` its configurations."""
+    qrels_folder = "data" if qrels_config == "default" else qrels_config
+    for name, rows in (("corpus", corpus), ("queries", queries), (qrels_folder, qrels), ("top_ranked", top_ranked)):
+        (folder / name).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), folder / name / "test-00000-of-00001.parquet")
+    (folder / "README.md").write_text(README.replace("{qrels}", qrels_config).replace("{qrels_folder}", qrels_folder))
+    return folder
+
+
+def records(source) -> list[dict]:
+    return [record for _, _, record in iter_rows(str(source))]
+
+
+def test_a_folder_in_parts_reads_as_one_mteb_record_a_query_in_top_ranked_order(tmp_path):
+    parts = write_parts(tmp_path / "so")
+
+    assert records(f"{parts}:test") == [
+        {"query": "undo a commit", "positive": ["git rebase"], "negative": ["pip install fails", "Python list comprehension"]},
+        {"query": "how to install a package", "positive": ["pip install fails"], "negative": ["Python list comprehension"]},
+    ]  # a title goes before its text, as MTEB joins them; a candidate without a qrel is not relevant
+    assert records(parts) == records(f"{parts}:test")  # its only split
+    (row_file, row, _), _ = list(iter_rows(f"{parts}:test"))
+    assert (Path(row_file).parent.name, row) == ("top_ranked", 1)
+
+
+def test_every_part_is_a_file_the_run_reads_and_checks_for_changes(tmp_path):
+    parts = write_parts(tmp_path / "so", qrels_config="qrels")
+    assert sorted(Path(file).parent.name for file in local_files(f"{parts}:test")) == [
+        "corpus", "qrels", "queries", "top_ranked"]
+
+
+def test_graded_qrels_become_graded_rows_that_keep_the_ids(tmp_path):
+    graded = [{**qrel, "score": 2 if qrel["score"] else 0} for qrel in QRELS] + [
+        {"query-id": "q2", "corpus-id": "d2", "score": 1}]
+    parts = write_parts(tmp_path / "graded", qrels=graded)
+
+    first, second = iter_ranking_queries(f"{parts}:test")
+    assert (first.query, first.labels, first.source_format) == ("undo a commit", [0.0, 2.0, 1.0], "graded")
+    assert first.ids == [{"query_id": "q2", "corpus_id": "d1"}, {"query_id": "q2", "corpus_id": "d3"},
+                         {"query_id": "q2", "corpus_id": "d2"}]  # fmt: skip
+    assert (second.passages, second.labels) == (["Python list comprehension", "pip install fails"], [0.0, 2.0])
+
+
+def test_relevant_documents_outside_the_candidates_are_reported_not_dropped_silently(tmp_path, caplog):
+    parts = write_parts(tmp_path / "so", qrels=[*QRELS, {"query-id": "q1", "corpus-id": "d9", "score": 1},
+                                                {"query-id": "q3", "corpus-id": "d9", "score": 1}])
+    assert len(records(f"{parts}:test")) == 2
+    assert ("1 relevant documents are not among their query's top_ranked candidates and 1 queries of the qrels have "
+            "no candidates") in caplog.text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(top_ranked=[{"query-id": "q1", "corpus-ids": ["d1", "d7", "d8"]}]),
+     r'top_ranked/test-00000-of-00001.parquet:1: corpus-id "d7" and 1 more not in the corpus part'),
+    (dict(top_ranked=[{"query-id": "q1", "corpus-ids": ["d1"]}, {"query-id": "q5", "corpus-ids": ["d1"]}]),
+     r'top_ranked/test-00000-of-00001.parquet:2: query-id "q5" is not in the queries part'),
+    (dict(qrels=[{"query-id": "q1", "corpus-id": "d1", "score": "high"}]),
+     r'data/test-00000-of-00001.parquet:1: field "score" must be a finite number'),
+    (dict(queries=[{"_id": "q1", "text": None}, {"_id": "q2", "text": "undo"}]),
+     r'queries/test-00000-of-00001.parquet:1: field "text" must be a string'),
+])  # fmt: skip
+def test_bad_parts_are_named_with_file_and_row(tmp_path, change, message):
+    parts = write_parts(tmp_path / "so", **change)
+    with pytest.raises(InputError, match=message):
+        records(f"{parts}:test")
+
+
+def test_numeric_ids_are_read_as_their_text(tmp_path):
+    parts = write_parts(tmp_path / "so", corpus=[{"_id": 7, "title": "", "text": "seven"}], queries=[{"id": 1, "text": "q"}],
+                        qrels=[{"query-id": 1, "corpus-id": 7, "score": 1}],
+                        top_ranked=[{"query-id": "1", "corpus-ids": ["7"]}])  # fmt: skip
+    assert records(f"{parts}:test") == [{"query": "q", "positive": ["seven"], "negative": []}]
+
+
+def test_a_folder_with_a_corpus_and_queries_but_no_candidate_lists_says_what_is_missing(tmp_path):
+    parts = write_parts(tmp_path / "so")
+    for file in (parts / "top_ranked").iterdir():
+        file.unlink()
+    (parts / "top_ranked").rmdir()
+    with pytest.raises(InputError, match=r"holds a corpus and queries but no top_ranked \(top_ranked/\)"):
+        records(f"{parts}:test")
+
+
+@pytest.mark.parametrize("qrels_config", ["default", "qrels"])
+def test_a_hub_data_set_in_parts_is_joined_from_its_configurations(tmp_path, monkeypatch, qrels_config):
+    import datasets
+
+    from rerank_distill import hub
+
+    parts = write_parts(tmp_path / "so", qrels_config=qrels_config)
+    load, names = datasets.load_dataset, datasets.get_dataset_config_names
+    # The hub id is served by that folder, which datasets reads by its README as it reads a hub repository.
+    monkeypatch.setattr(hub, "unreachable_hugging_face_host", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, **kwargs: load(
+        str(parts), config, split=kwargs["split"], cache_dir=str(tmp_path / "cache")))
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name, **kwargs: names(str(parts)))
+
+    assert records("mteb/SODupQuestions:test") == records(f"{parts}:test")
+    file, row, _ = next(iter_rows("mteb/SODupQuestions:test"))
+    assert (file, row) == ("mteb/SODupQuestions:test (top_ranked)", 1)
+    with pytest.raises(InputError, match=r"is in parts .*: name the split as mteb/SODupQuestions:SPLIT"):
+        records("mteb/SODupQuestions")
+
+
+def test_a_data_set_in_parts_evaluates_as_the_same_queries_one_a_line(tmp_path, ranking_file, tiny_cross_encoder):
+    from rerank_distill.jsonl import read_jsonl
+
+    lines = [record for _, record in read_jsonl(ranking_file)]
+    texts = sorted({text for record in lines for text in record["positive"] + record["negative"]})
+    document_id = {text: f"doc{i}" for i, text in enumerate(texts)}
+    parts = write_parts(
+        tmp_path / "parts",
+        corpus=[{"_id": document_id[text], "title": "", "text": text} for text in texts],
+        queries=[{"_id": f"q{i}", "text": record["query"]} for i, record in enumerate(lines)],
+        qrels=[{"query-id": f"q{i}", "corpus-id": document_id[text], "score": 1}
+               for i, record in enumerate(lines) for text in record["positive"]],
+        top_ranked=[{"query-id": f"q{i}", "corpus-ids": [document_id[t] for t in record["positive"] + record["negative"]]}
+                    for i, record in enumerate(lines)],
+    )  # fmt: skip
+
+    one_a_line = evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--dataset_path", str(ranking_file),
+                                  "--output_path", str(tmp_path / "lines.json")])  # fmt: skip
+    in_parts = evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--dataset_path", f"{parts}:test",
+                                "--output_path", str(tmp_path / "parts.json")])  # fmt: skip
+    assert in_parts["before"] == one_a_line["before"]
+    assert (in_parts["queries_evaluated"], in_parts["queries_skipped"]) == (10, 2)
+
