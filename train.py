@@ -38,9 +38,9 @@ from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.student import load_student
 from rerank_distill.trainer import (
     DistillationTrainer,
+    EarlyStopping,
     LengthGroupedBatchSampler,
     TimeBudget,
-    early_stopping,
     run_summary,
     summary_message,
     track_padding,
@@ -116,7 +116,9 @@ class ScriptArguments:
     )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint (a resumed run "
-                                     "carries on the count; resume with a larger one to train on); 0: never."}
+                                     "carries on the count; resume with a larger one to train on, without "
+                                     "--restore_callback_states_from_checkpoint, which restores the old one); 0: "
+                                     "never."}
     )
     eval_data: str | None = field(
         default=None,
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     padding = track_padding(model)
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
-    callbacks = [early_stopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
+    callbacks = [EarlyStopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
     if script.group_by_length_batches and "batch_sampler" not in passed:
         training.batch_sampler = LengthGroupedBatchSampler
     if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked

@@ -129,21 +129,8 @@ def split_files(folder: str, split: str | None) -> list[str]:
     the split, as hubs name them (``train.jsonl.gz``, ``data/test-00000-of-00001.parquet``), or
     numbered inside a folder named for it (``default/test/0000.parquet``), or the split's Arrow
     files of a ``save_to_disk`` folder. With no split, the folder must hold exactly one."""
-    by_split = _saved_data_set_files(folder)
-    if by_split is None:
-        by_split = {}
-        for root, folders, files in os.walk(folder):
-            folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
-            for name in files:
-                if name.endswith(DATA_FILE_SUFFIXES):
-                    by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
-    if not by_split:
-        raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
-                         "data set saved by datasets' save_to_disk", folder)  # fmt: skip
-    if split is None:
-        if len(by_split) != 1:
-            raise InputError(f"this folder holds the splits {sorted(by_split)}; name one as {folder}:SPLIT", folder)
-        split = next(iter(by_split))
+    by_split = splits_in(folder)
+    split = the_split(folder, split)
     if split not in by_split:
         raise InputError(f"this folder has no split '{split}' (file names, or the folders of numbered files, "
                          f"name their split); it holds {sorted(by_split)}", folder)  # fmt: skip
@@ -158,6 +145,32 @@ def split_files(folder: str, split: str | None) -> list[str]:
         raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant "
                          f"(e.g. {example}) or a file", folder)  # fmt: skip
     return files
+
+
+def splits_in(folder: str) -> dict[str, list[str]]:
+    """``{split: data files}`` of a local data-set folder (see split_files); InputError where it has none."""
+    by_split = _saved_data_set_files(folder)
+    if by_split is None:
+        by_split = {}
+        for root, folders, files in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
+            for name in files:
+                if name.endswith(DATA_FILE_SUFFIXES):
+                    by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
+    if not by_split:
+        raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
+                         "data set saved by datasets' save_to_disk", folder)  # fmt: skip
+    return by_split
+
+
+def the_split(folder: str, split: str | None) -> str:
+    """``split``, or where it is None the only split of ``folder`` (InputError where it has several)."""
+    if split is not None:
+        return split
+    by_split = splits_in(folder)
+    if len(by_split) != 1:
+        raise InputError(f"this folder holds the splits {sorted(by_split)}; name one as {folder}:SPLIT", folder)
+    return next(iter(by_split))
 
 
 def _split_named_by(folder: str, file_name: str) -> str:
@@ -215,9 +228,17 @@ def _json_field(path: str, name: str, kind: type | tuple[type, ...]) -> Any:
 
 def _part_files(folder: str, split: str | None) -> dict[str, list[str]] | None:
     """``{part: files of the split}`` where ``folder`` holds a data set in parts (corpus, queries,
-    qrels, top_ranked: see rerank_distill.qrels), else None."""
+    qrels, top_ranked: see rerank_distill.qrels), else None. With no split, top_ranked's only one;
+    corpus and queries, which splits often share, may hold one split of another name (as MTEB reads them)."""
     part_folders = local_part_folders(folder)
-    return {part: split_files(part_folder, split) for part, part_folder in part_folders.items()} if part_folders else None
+    if not part_folders:
+        return None
+    split = the_split(part_folders["top_ranked"], split)
+    files = {}
+    for part, part_folder in part_folders.items():
+        shared = part in ("corpus", "queries") and len(splits_in(part_folder)) == 1
+        files[part] = split_files(part_folder, the_split(part_folder, None) if shared else split)
+    return files
 
 
 def local_files(source: str) -> list[str]:

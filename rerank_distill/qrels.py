@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rerank_distill.errors import InputError
-from rerank_distill.jsonl import get_text, get_text_list
+from rerank_distill.jsonl import get_text, number_in_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ def join_parts(read_part: Callable[[str], Rows], where: str) -> Iterator[tuple[s
     for path, row, record in read_part("qrels"):
         query_id, corpus_id = (_id_of(record, name, path, row) for name in ("query-id", "corpus-id"))
         qrels.setdefault(query_id, {})[corpus_id] = _score_of(record, path, row)
-    candidates = []
+    by_query: dict[str, _Candidates] = {}  # a query listed twice: its last list counts, as in MTEB
+    relisted = 0
     for path, row, record in read_part("top_ranked"):
-        candidates.append(_Candidates(_id_of(record, "query-id", path, row),
-                                      get_text_list(record, "corpus-ids", path, row), path, row))
+        query_id = _id_of(record, "query-id", path, row)
+        relisted += query_id in by_query
+        by_query[query_id] = _Candidates(query_id, _ids_of(record, "corpus-ids", path, row), path, row)
+    candidates = [entry for entry in by_query.values() if entry.corpus_ids]
     if not candidates:
         raise InputError("its top_ranked part lists no candidates: nothing to rerank", where)
     wanted_queries = {entry.query_id for entry in candidates}
@@ -105,11 +109,12 @@ def join_parts(read_part: Callable[[str], Rows], where: str) -> Iterator[tuple[s
                 "positive": [documents[c] for c, relevant in zip(entry.corpus_ids, labels) if relevant],
                 "negative": [documents[c] for c, relevant in zip(entry.corpus_ids, labels) if not relevant],
             }
-    unlisted = len(qrels.keys() - wanted_queries)
-    if unranked_relevant or unlisted:
-        logger.warning("%s: %d relevant documents are not among their query's top_ranked candidates and %d queries "
-                       "of the qrels have no candidates: neither is ranked (MTEB reranks only top_ranked too)", where,
-                       unranked_relevant, unlisted)
+    unlisted, empty = len(qrels.keys() - by_query.keys()), len(by_query) - len(candidates)
+    if unranked_relevant or unlisted or empty or relisted:
+        logger.warning("%s: not ranked here: relevant documents outside their query's top_ranked candidates: %d (MTEB's "
+                       "own evaluation counts them as missed, so its MAP can be lower); queries of the qrels without "
+                       "candidates: %d; queries with an empty candidate list: %d. Queries listed again in top_ranked, "
+                       "whose last list is read: %d", where, unranked_relevant, unlisted, empty, relisted)
 
 
 def _id_of(record: dict, name: str, path: str, row: int) -> str:
@@ -119,11 +124,23 @@ def _id_of(record: dict, name: str, path: str, row: int) -> str:
     return get_text(record, name, path, row)
 
 
+def _ids_of(record: dict, name: str, path: str, row: int) -> list[str]:
+    """A list field of ids, each a string or an integer (read as its text)."""
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, row)
+    values = record[name]
+    if not isinstance(values, list) or not all(isinstance(value, (str, int)) and not isinstance(value, bool)
+                                               for value in values):
+        raise InputError(f'field "{name}" must be a list of ids (strings or integers)', path, row)
+    return [str(value) for value in values]
+
+
 def _score_of(record: dict, path: str, row: int) -> float:
     value = record.get("score")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+    number = number_in_text(value) if isinstance(value, str) else value  # (MTEB casts scores to integers)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not abs(number) <= sys.float_info.max:
         raise InputError(f'field "score" must be a finite number, got {value!r}', path, row)
-    return float(value)
+    return float(number)
 
 
 def _texts(rows: Rows, wanted: set[str], with_title: bool) -> dict[str, str]:
@@ -137,5 +154,5 @@ def _texts(rows: Rows, wanted: set[str], with_title: bool) -> dict[str, str]:
             continue
         text = get_text(record, "text", path, row)
         title = record.get("title") if with_title else None
-        texts[identifier] = f"{title} {text}" if isinstance(title, str) and title.strip() else text
+        texts[identifier] = f"{title} {text}".strip() if isinstance(title, str) and title.strip() else text
     return texts

@@ -332,21 +332,30 @@ class TimeBudget(TrainerCallback, ExportableState):
 
 
 def saved_early_stopping(state: TrainerState) -> dict | None:
-    """What a checkpoint's ``state`` kept of transformers' EarlyStoppingCallback (``{"args":
-    {"early_stopping_patience", ...}, "attributes": {"early_stopping_patience_counter"}}``), or None."""
-    return (state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
+    """What a checkpoint's ``state`` kept of early stopping (``{"args": {"early_stopping_patience",
+    ...}, "attributes": {"early_stopping_patience_counter"}}``), or None."""
+    saved = state.stateful_callbacks or {}
+    return saved.get(EarlyStopping.__name__) or saved.get(EarlyStoppingCallback.__name__)  # (the latter: older runs)
 
 
-def early_stopping(patience: int, resumed: TrainerState | None = None) -> EarlyStoppingCallback:
+class EarlyStopping(EarlyStoppingCallback):
     """transformers' early stopping after ``patience`` evaluations without a better metric, its
     count carried on from the checkpoint a run resumes from (``resumed``), so the resumed run stops
-    where an uninterrupted one would. (transformers restores it only with
-    --restore_callback_states_from_checkpoint, which restores every callback's settings too.)"""
-    callback = EarlyStoppingCallback(patience)
-    saved = saved_early_stopping(resumed) if resumed is not None else None
-    if saved:
-        callback.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
-    return callback
+    where an uninterrupted one would, and a checkpoint saved where it stops the run (unless
+    --save_strategy is no or best), so that a rerun finds the run ended there rather than resuming an
+    earlier checkpoint to train the same steps again. (transformers restores the count only with
+    --restore_callback_states_from_checkpoint, which also brings back the saved patience.)"""
+
+    def __init__(self, patience: int, resumed: TrainerState | None = None) -> None:
+        super().__init__(patience)
+        saved = saved_early_stopping(resumed) if resumed is not None else None
+        if saved:
+            self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if self.early_stopping_patience_counter >= self.early_stopping_patience:
+            control.should_save = control.should_save or args.save_strategy not in ("no", "best")
 
 
 class DistillationTrainer(CrossEncoderTrainer):

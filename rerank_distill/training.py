@@ -555,8 +555,8 @@ def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, ma
     if stopping and early_stopping_patience > 0:
         evaluations = stopping["attributes"]["early_stopping_patience_counter"]
         if evaluations >= early_stopping_patience:
-            return (f"stopped early at step {state.global_step}, after {evaluations} evaluations without a better "
-                    f"model: --early_stopping_patience {early_stopping_patience}")
+            return (f"{evaluations} evaluations without a better model by step {state.global_step}: "
+                    f"--early_stopping_patience {early_stopping_patience} stops there")
     if max_steps > 0 and state.global_step >= max_steps:
         return f"step {state.global_step} of --max_steps {max_steps}"
     if max_steps <= 0 and 0 < state.max_steps <= state.global_step and (state.epoch or 0) >= num_train_epochs - 1e-9:

@@ -76,12 +76,16 @@ def test_graded_qrels_become_graded_rows_that_keep_the_ids(tmp_path):
     assert (second.passages, second.labels) == (["Python list comprehension", "pip install fails"], [0.0, 2.0])
 
 
-def test_relevant_documents_outside_the_candidates_are_reported_not_dropped_silently(tmp_path, caplog):
+def test_what_is_not_ranked_is_counted_in_a_warning_not_dropped_silently(tmp_path, caplog):
     parts = write_parts(tmp_path / "so", qrels=[*QRELS, {"query-id": "q1", "corpus-id": "d9", "score": 1},
-                                                {"query-id": "q3", "corpus-id": "d9", "score": 1}])
-    assert len(records(f"{parts}:test")) == 2
-    assert ("1 relevant documents are not among their query's top_ranked candidates and 1 queries of the qrels have "
-            "no candidates") in caplog.text
+                                                {"query-id": "q3", "corpus-id": "d9", "score": 1}],
+                        queries=[*QUERIES, {"_id": "q4", "text": "nothing to rank"}],
+                        top_ranked=[{"query-id": "q2", "corpus-ids": ["d2"]}, *TOP_RANKED,
+                                    {"query-id": "q4", "corpus-ids": []}])  # fmt: skip
+    assert [record["query"] for record in records(f"{parts}:test")] == ["undo a commit", "how to install a package"]
+    assert ("relevant documents outside their query's top_ranked candidates: 1 (MTEB's own evaluation counts them "
+            "as missed, so its MAP can be lower); queries of the qrels without candidates: 1; queries with an empty "
+            "candidate list: 1. Queries listed again in top_ranked, whose last list is read: 1") in caplog.text
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -100,11 +104,25 @@ def test_bad_parts_are_named_with_file_and_row(tmp_path, change, message):
         records(f"{parts}:test")
 
 
-def test_numeric_ids_are_read_as_their_text(tmp_path):
+def test_numeric_ids_are_read_as_their_text_and_numeric_scores_as_numbers(tmp_path):
     parts = write_parts(tmp_path / "so", corpus=[{"_id": 7, "title": "", "text": "seven"}], queries=[{"id": 1, "text": "q"}],
-                        qrels=[{"query-id": 1, "corpus-id": 7, "score": 1}],
-                        top_ranked=[{"query-id": "1", "corpus-ids": ["7"]}])  # fmt: skip
+                        qrels=[{"query-id": "1", "corpus-id": "7", "score": "1"}],
+                        top_ranked=[{"query-id": 1, "corpus-ids": [7]}])  # fmt: skip
     assert records(f"{parts}:test") == [{"query": "q", "positive": ["seven"], "negative": []}]
+
+
+def test_a_folder_reads_one_split_of_candidates_and_qrels_and_the_corpus_and_queries_whatever_their_split(tmp_path):
+    parts = write_parts(tmp_path / "so")
+    for part in ("corpus", "queries"):  # kept as a split of their own name, as some data sets keep them
+        (parts / part / "test-00000-of-00001.parquet").rename(parts / part / f"{part}-00000-of-00001.parquet")
+    assert len(records(f"{parts}:test")) == len(records(parts)) == 2
+    pq.write_table(pa.Table.from_pylist(TOP_RANKED), parts / "top_ranked" / "dev-00000-of-00001.parquet")
+    with pytest.raises(InputError, match=r"data: this folder has no split 'dev'"):
+        records(f"{parts}:dev")  # (candidates of one split are never joined with another's qrels)
+    with pytest.raises(InputError, match=r"top_ranked: this folder holds the splits \['dev', 'test'\]; name one"):
+        records(parts)
+    pq.write_table(pa.Table.from_pylist(QRELS), parts / "data" / "dev-00000-of-00001.parquet")
+    assert records(f"{parts}:dev") == records(f"{parts}:test")
 
 
 def test_a_folder_with_a_corpus_and_queries_but_no_candidate_lists_says_what_is_missing(tmp_path):

@@ -266,11 +266,28 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
     # The same patience has nothing left to train; a larger one trains on.
-    with pytest.raises(InputError, match=rf"stopped early at step {stop}, after 2 evaluations without a better model"):
+    with pytest.raises(InputError, match=rf"2 evaluations without a better model by step {stop}: "
+                                         r"--early_stopping_patience 2 stops there"):
         run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags, "--resume_from_checkpoint", "last")
     more = run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags, "--early_stopping_patience", "3",
                      "--resume_from_checkpoint", "last")  # (the flag given last counts)
     assert more["resumed_from_step"] == stop and more["steps"] > stop
+
+
+def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path
+):
+    out = tmp_path / "model"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--max_steps", "40", "--eval_steps", "1",
+             "--save_steps", "25", "--early_stopping_patience", "1", "--learning_rate", "5e-3"]
+    summary = run_train(tiny_cross_encoder, triplets_file, out, *flags)
+
+    assert summary["stopped_early"] and summary["steps"] < 25
+    assert (out / f"checkpoint-{summary['steps']}").exists()  # saved though no save was due
+    with pytest.raises(InputError, match=r"evaluations without a better model by step"):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
+    with pytest.raises(InputError, match=r"holds checkpoints of an earlier run, which ended"):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags)
 
 
 def test_labelled_training_data_holds_out_its_own_queries_for_map(
