@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
         for path in args.input_path:
             pairs = iter_scored_pairs(path, args.label_column, args.hub, args.cache_dir)
             if args.label_margin is not None:
-                pairs = require_labels(pairs, "--label_margin", path)
+                pairs = require_labels(pairs, "--label_margin", args.label_column)
             elif args.positives != "teacher":
-                pairs = require_labels(pairs, f"--positives {args.positives}", path)
+                pairs = require_labels(pairs, f"--positives {args.positives}", args.label_column)
             yield from pairs
 
     start = time.perf_counter()

@@ -40,11 +40,13 @@ HUB="${HUB:-huggingface}"
 # Those lists carry no gold labels, so they are left out when the records need labels on every line
 positives="$POSITIVES"
 needs_labels=false
+inputs_given=false
 previous=""
 for arg in "$@"; do
     case "$arg" in
         --label_margin | --label_margin=* | --label-margin | --label-margin=*) needs_labels=true ;;
         --positives=*) positives="${arg#--positives=}" ;;
+        --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
     esac
     if [[ "$previous" == "--positives" ]]; then
         positives="$arg"
@@ -54,18 +56,21 @@ done
 if [[ "$positives" != "teacher" ]]; then
     needs_labels=true
 fi
-inputs=("$SCORES")
-if [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]]; then
+# --input_path on the command line replaces SCORES and its passages-as-queries lists
+input_args=(--input_path "$SCORES")
+if [[ "$inputs_given" == "true" ]]; then
+    input_args=()
+elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]]; then
     if [[ "$needs_labels" == "true" ]]; then
         echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES (no gold labels, which these options need)" >&2
     else
         echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_SCORES" >&2
-        inputs+=("$PASSAGES_AS_QUERIES_SCORES")
+        input_args+=("$PASSAGES_AS_QUERIES_SCORES")
     fi
 fi
 
 python "$(dirname "$0")/create_triplets.py" \
-    --input_path "${inputs[@]}" \
+    ${input_args[@]+"${input_args[@]}"} \
     --output_path "$TRIPLETS" \
     --format "$FORMAT" \
     --positives "$POSITIVES" \

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
             local = resolve_model(path, args.hub, args.cache_dir)
         except InputError as error:
             raise InputError(f"--model_{name}_path: {error}") from None
+        if any(Path(written).resolve().is_relative_to(Path(local).resolve()) for written in (args.output_path, *beside_report)):
+            raise InputError(f"--output_path {args.output_path} is inside the model folder of --model_{name}_path "
+                             f"{path}: the report could overwrite its files (config.json); write it elsewhere")
         if held := without_trained_head(local):
             raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
                              "scores with a new random head, noise that differs from run to run; evaluate a "

@@ -53,7 +53,7 @@ from rerank_distill.teachers import (
     teacher_types_for,
 )
 from rerank_distill.teachers.embedding import DEFAULT_SCORE_SCALE
-from rerank_distill.teachers.llm_judge import ESCI_LABEL_GRADES, ESCI_LABEL_WORDS
+from rerank_distill.teachers.llm_judge import ESCI_LABEL_WORDS
 
 logger = logging.getLogger("generate_logits")
 
@@ -69,7 +69,7 @@ class GenerateLogitsArguments:
     max_length: int = field(default=2048, metadata={"help": "Longest input in tokens. LLM judges: the query/document text is cut to fit, never the prompt's fixed parts; cross_encoder/embedding: the model's own limit applies when smaller."})
     instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "LLM judges: the <Instruct> line of the prompt; set the task's own (e.g. 'Retrieve duplicate questions from StackOverflow forum')."})
     label_words: list[str] = field(default_factory=lambda: list(ESCI_LABEL_WORDS), metadata={"help": "llm_labels: the judge's answer words, each one token of its tokenizer (default: Amazon ESCI's labels)."})
-    label_grades: list[float] = field(default_factory=lambda: list(ESCI_LABEL_GRADES), metadata={"help": "llm_labels: the grade of each answer word, in the same order; score = expected grade."})
+    label_grades: list[float] | None = field(default=None, metadata={"help": "llm_labels: the grade of each answer word, in the same order; score = expected grade. Default: ESCI's 3 2 1 0 for ESCI's words, else len-1 down to 0 (best word first)."})
     score_scale: float = field(default=DEFAULT_SCORE_SCALE, metadata={"help": "embedding: score = this x cosine similarity, so margins are on a cross-encoder logit's scale."})
     query_prompt: str | None = field(default=None, metadata={"help": "embedding: text put before each query instead of the model's own 'query' prompt (Qwen3-Embedding wants $'Instruct: {task}\\nQuery:' in bash, with a real newline)."})
     input_format: str = field(default="auto", metadata={"help": f"Input format, detected from the fields by default: {', '.join(INPUT_FORMATS)}."})

@@ -55,12 +55,21 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
             action.help = help_overrides[action.dest]
         if asks_help and action.dest in (shown_defaults or {}):
             action.default, action.set_by_script = shown_defaults[action.dest], True
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        flags = [option for action in parser._actions for option in action.option_strings]
+    flags = [option for action in parser._actions for option in action.option_strings]
+
+    def refuse_unknown(unknown: list[str]) -> None:
         typo = next((token for token in unknown if token.startswith("-")), unknown[0])
         close = difflib.get_close_matches(typo.split("=", 1)[0], flags, n=1)
         parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+    # a mistyped flag first: argparse would otherwise report the flag it was meant to be as missing
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    options = tokens[: tokens.index("--")] if "--" in tokens else tokens  # ("--": what follows is no flag)
+    if mistyped := [token for token in options if token.startswith("--") and token.split("=", 1)[0] not in flags]:
+        refuse_unknown(mistyped)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        refuse_unknown(unknown)
     return tuple(parsed)
 
 

@@ -495,6 +495,12 @@ def iter_ranking_queries(
         location = f"{path}:{line}"
         if record_format in ("mteb", "pos_neg"):
             pos_name, neg_name = ("positive", "negative") if record_format == "mteb" else ("pos", "neg")
+            other_names = [name for name in ("pos", "neg", "positive", "negative") if name in record
+                           and name not in (pos_name, neg_name)]  # fmt: skip
+            if other_names and input_format == "auto":  # the candidates under those names would be lost unsaid
+                raise InputError(f'record mixes "{other_names[0]}" with the {record_format} format\'s "{pos_name}" / '
+                                 f'"{neg_name}": use one pair of names, or name the pair to read with --input_format '
+                                 "mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
             if pos_name not in record and neg_name not in record:
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)

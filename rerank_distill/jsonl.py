@@ -206,21 +206,26 @@ class AtomicWriter:
         self._made_folders = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.name.endswith(".gz"):
-            self._file = io.TextIOWrapper(gzip.open(self.tmp_path, "wb"), encoding="utf-8")
+            self._raw = open(self.tmp_path, "wb")
+            # the header names the file by its final name (gunzip -N restores that), not the temporary one,
+            # and no time, so the same records give the same bytes
+            self._file = io.TextIOWrapper(gzip.GzipFile(self.path.name, "wb", fileobj=self._raw, mtime=0),
+                                          encoding="utf-8")
         else:
-            self._file = open(self.tmp_path, "w", encoding="utf-8")
+            self._file = self._raw = open(self.tmp_path, "w", encoding="utf-8")
         return self._file
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None
         if exc_type is None:
-            self._file.flush()
-            if hasattr(self._file, "fileno"):
-                try:
-                    os.fsync(self._file.fileno())
-                except (OSError, io.UnsupportedOperation):
-                    pass
-            self._file.close()
+            if self._file is not self._raw:
+                self._file.close()  # a GzipFile writes its end now, and leaves the file it was given open
+            self._raw.flush()
+            try:
+                os.fsync(self._raw.fileno())
+            except (OSError, io.UnsupportedOperation):
+                pass
+            self._raw.close()
             try:
                 os.replace(self.tmp_path, self.path)
             except OSError:
@@ -228,6 +233,7 @@ class AtomicWriter:
                 raise
         else:
             self._file.close()
+            self._raw.close()
             self.tmp_path.unlink(missing_ok=True)
             for folder in self._made_folders:  # innermost first; a failed write leaves no empty folders behind
                 try:

@@ -24,21 +24,29 @@ def load_cross_encoder(
     """A ``sentence_transformers.CrossEncoder`` with one output logit, from a local folder or a hub id
     (``cross_encoder_kwargs`` go to its constructor: ``num_labels=1`` gives a bare encoder its head).
 
+    ``max_length`` (tokens) is capped at the model's own limit, with a warning: beyond its position
+    embeddings a model fails at the first longer pair, maybe hours into a run.
+
     Raises InputError for a missing path, an unreachable hub id, a folder that holds no model or
     whose files do not load (a download cut short), or a model with more than one output label
     (a reranker scores with one logit).
     """
     from sentence_transformers import CrossEncoder
 
+    from rerank_distill.teachers.sentence_models import limit_length
+
     path = resolve_model(name_or_path, hub, cache_dir)
     try:
-        model = CrossEncoder(path, max_length=max_length, **cross_encoder_kwargs)
+        model = CrossEncoder(path, **cross_encoder_kwargs)  # at its own limit: the tokenizer's, within its positions
     except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({first_line(error)})") from None
     if model.num_labels != 1:
         raise InputError(
             f"model '{name_or_path}' has {model.num_labels} output labels; a reranker with one logit is expected"
         )
+    if max_length is not None and limit_length(model, max_length) < max_length:
+        logger.warning("--max_length %d is beyond what '%s' takes: pairs are cut to its limit of %d tokens",
+                       max_length, name_or_path, model.max_seq_length)
     return model
 
 

@@ -189,7 +189,9 @@ def _ntuples(records: Iterable[tuple[str, int, dict]], temperature: float) -> Tr
         query, positive = get_text(record, "query", path, line), get_text(record, "positive", path, line)
         negatives = get_text_list(record, "negatives", path, line)
         scores = get_number_list(record, "scores", path, line)
-        if not negatives or len(scores) != 1 + len(negatives):
+        if not negatives:
+            raise InputError('"negatives" is empty: an n-tuple needs at least one negative', path, line)
+        if len(scores) != 1 + len(negatives):
             raise InputError(
                 f'"scores" must hold the positive\'s score then one per negative: {1 + len(negatives)} numbers '
                 f"for {len(negatives)} negatives, got {len(scores)}", path, line

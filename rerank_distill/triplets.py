@@ -347,13 +347,14 @@ def format_records(
 # --- a whole file: every query's records ---
 
 
-def require_labels(pairs: Iterable[ScoredPair], flag: str, source: str) -> Iterator[ScoredPair]:
-    """Pass the pairs on, stopping at the first one without a gold label (``flag`` needs them)."""
+def require_labels(pairs: Iterable[ScoredPair], flag: str, label_column: str | None = None) -> Iterator[ScoredPair]:
+    """Pass the pairs on, stopping at the first one without a gold label (``flag`` needs them; they
+    are read from ``label_column``, by default "label")."""
     for pair in pairs:
         if pair.label is None:
             raise InputError(
-                f'{flag} needs a gold label on every line, but this one has no "label" (or it is null). Stage 1 '
-                "keeps labels when its input has them (e.g. MTEB positive/negative lists), but passages scored "
+                f'{flag} needs a gold label on every line, but this one has no "{label_column or "label"}" (or it is '
+                "null). Stage 1 keeps labels when its input has them (e.g. MTEB positive/negative lists), but passages scored "
                 "as queries have none: leave such files out, or for unlabelled data "
                 + ("use --positives teacher" if flag.startswith("--positives") else f"drop {flag}"),
                 pair.path,

@@ -43,6 +43,8 @@ def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
     # a flag's beginning is no abbreviation of it (train.py reads which flags were passed by their names)
     ("create_triplets", ["--input_path", "i", "--output_path", "o"], "--top", "--top_k"),
     ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--eval_step", "--eval_steps"),
+    # the flag meant is required: named as mistyped, not as missing
+    ("train", ["--train_data", "t", "--output_dir", "o"], "--model_name", "--model_name_or_path"),
 ])  # fmt: skip
 def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
     module, _ = SCRIPTS[name]
@@ -50,7 +52,7 @@ def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, require
         module.main([*required, typo, "3"])
     assert exit_.value.code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last_line.endswith(f"error: unrecognized arguments: {typo} 3 (did you mean {meant}?)")
+    assert last_line.endswith(f"error: unrecognized arguments: {typo} (did you mean {meant}?)")
 
 
 def test_the_demo_builder_explains_itself_and_builds_nothing_for_help(tmp_path):

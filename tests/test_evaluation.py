@@ -709,6 +709,15 @@ def test_a_report_path_that_would_overwrite_an_input_is_refused(ranking_file, tm
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_a_report_path_inside_a_model_folder_is_refused(tiny_cross_encoder, ranking_file, tmp_path):
+    config = (tiny_cross_encoder / "config.json").read_bytes()
+    with pytest.raises(InputError, match="--output_path .*config.json is inside the model folder of "
+                                         "--model_before_path"):
+        evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--dataset_path", str(ranking_file),
+                         "--output_path", str(tiny_cross_encoder / "config.json")])
+    assert (tiny_cross_encoder / "config.json").read_bytes() == config
+
+
 def test_a_model_without_a_trained_relevance_head_is_refused(tiny_embedding_model, ranking_file, tmp_path):
     # a cross-encoder made from it would score with a new random head: noise, different on every run
     with pytest.raises(InputError, match="--model_before_path: .* holds an embedding model, no reranker"):

@@ -157,11 +157,19 @@ def test_unrecognised_fields_fail_naming_file_line_fields_and_the_formats_expect
         list(iter_ranking_queries(str(source)))
 
 
+@pytest.mark.parametrize("record", [{"query": "q", "pos": ["a"], "negative": ["b"]},
+                                    {"query": "q", "positive": ["a"], "neg": ["b"]}])
+def test_a_record_mixing_the_field_names_of_two_formats_is_refused_not_half_read(tmp_path, record):
+    path = write_jsonl_records(tmp_path / "mixed.jsonl", [record])
+    with pytest.raises(InputError, match=r'mixed.jsonl:1: record mixes "(pos|neg)" with the mteb format'):
+        list(iter_ranking_queries(str(path)))
+
+
 def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
-    # a record carrying both spellings: detection picks MTEB, --input_format pos_neg reads pos/neg
+    # a record carrying both spellings: detection refuses it (see above), --input_format reads the pair named
     record = {"query": "q", "positive": ["P"], "negative": [], "pos": ["p"], "neg": ["n"]}
     source = write_jsonl_records(tmp_path / "both.jsonl", [record])
-    assert as_tuples(source) == [("q", ["P"], [1.0])]
+    assert as_tuples(source, input_format="mteb") == [("q", ["P"], [1.0])]
     assert as_tuples(source, input_format="pos_neg") == [("q", ["p", "n"], [1.0, 0.0])]
 
 

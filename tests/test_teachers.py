@@ -258,12 +258,22 @@ def test_a_label_word_that_is_not_one_token_stops_the_run(tiny_qwen3, ranking_fi
         (["--label_words", "exact", "exact", "--label_grades", "1", "0"], "two different words"),
         (["--label_words", "exact", "--label_grades", "1"], "two different words"),
         (["--label_grades", "1", "1", "1", "1"], "every label word the grade 1"),
-        (["--label_words", "I", "C", "S", "E"], r"ranks them in another order than ESCI's .* --label_grades 0 1 2 3"),
+        (["--label_words", "I", "C", "S", "E", "--label_grades", "3", "2", "1", "0"],
+         r"ranks them in another order than ESCI's .* --label_grades 0 1 2 3"),
     ],
 )
 def test_label_flags_are_checked_before_anything_is_read(flags, message):
     with pytest.raises(InputError, match=message):
         check_teacher_options(["llm_labels"], options(*flags))
+
+
+@pytest.mark.parametrize("words, grades", [(["good", "fair", "bad"], [2.0, 1.0, 0.0]),
+                                           (["I", "C", "S", "E"], [0.0, 1.0, 2.0, 3.0]),
+                                           (["exact", "substitute", "complement", "irrelevant"], [3.0, 2.0, 1.0, 0.0])])
+def test_label_words_without_grades_get_esci_grades_or_descending_ones(words, grades):
+    given = options("--label_words", *words)
+    check_teacher_options(["llm_labels"], given)
+    assert given.label_grades == grades
 
 
 def test_score_scale_must_be_positive():

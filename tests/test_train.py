@@ -290,6 +290,17 @@ def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_r
         run_train(tiny_cross_encoder, triplets_file, out, *flags)
 
 
+def test_a_max_length_beyond_the_students_positions_is_capped_at_its_limit_not_a_crash(tiny_cross_encoder, tmp_path,
+                                                                                        caplog):
+    long_passage = " ".join(["alpha beta gamma"] * 400)  # far over the tiny student's 512 positions
+    triplets = write_jsonl_records(tmp_path / "long.jsonl", [
+        *hand_written_triplets(), {"query": "q", "positive": long_passage, "negative": "short", "score": 2.0}])
+    summary = run_train(tiny_cross_encoder, triplets, tmp_path / "out", "--max_length", "4096", "--max_steps", "4",
+                        "--eval_strategy", "no", "--per_device_train_batch_size", "16")
+    assert summary["steps"] == 4
+    assert f"--max_length 4096 is beyond what '{tiny_cross_encoder}' takes: pairs are cut to its limit of 512" in caplog.text
+
+
 def test_labelled_training_data_holds_out_its_own_queries_for_map(
     tiny_cross_encoder, ranking_file, tmp_path, trained_queries
 ):
@@ -553,6 +564,9 @@ def test_an_ntuple_needs_one_score_per_passage(tmp_path):
     path = write_jsonl_records(tmp_path / "n.jsonl", [record])
     with pytest.raises(InputError, match=r"n.jsonl:1: .*3 numbers for 2 negatives, got 2"):
         read_training_data(str(path), "margin_mse")
+    empty = write_jsonl_records(tmp_path / "e.jsonl", [{**record, "negatives": [], "scores": [3.0]}])
+    with pytest.raises(InputError, match=r'e.jsonl:1: "negatives" is empty: an n-tuple needs at least one negative'):
+        read_training_data(str(empty), "margin_mse")
 
 
 def test_a_listwise_group_of_one_passage_is_refused_at_its_line(tmp_path):

@@ -216,6 +216,22 @@ def test_the_same_input_gives_the_same_bytes(tmp_path):
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_a_gzipped_output_gives_the_same_bytes_every_time_and_names_itself_in_its_header(tmp_path):
+    import gzip
+
+    queries = {f"q{q}": [(f"passage {q}-{p}", ((q * 7 + p * 3) % 5) / 4) for p in range(9)] for q in range(6)}
+    scores = scores_file(tmp_path / "scores.jsonl", queries)
+    _, plain = run(tmp_path, scores)
+    _, first = run(tmp_path, scores, name="triplets.jsonl.gz")
+    packed = first.read_bytes()
+    _, second = run(tmp_path, scores, name="triplets.jsonl.gz")
+
+    assert second.read_bytes() == packed and gzip.decompress(packed) == plain.read_bytes()
+    # RFC 1952: no modification time (so runs a second apart agree too), and FNAME, the name, after the header
+    flags, mtime, name = packed[3], packed[4:8], packed[10:].split(b"\0", 1)[0]
+    assert mtime == bytes(4) and flags & 0x08 and name == b"triplets.jsonl"
+
+
 def test_numeric_string_scores_from_a_content_file(tmp_path):
     scores = write_jsonl_records(
         tmp_path / "other_tool.jsonl",
@@ -348,6 +364,9 @@ def test_a_line_missing_its_label_is_named(tmp_path):
 
     with pytest.raises(InputError, match=f"^{scores}:2: --positives labels needs a gold label"):
         run(tmp_path, scores, "--positives", "labels")
+    with pytest.raises(InputError, match=f'^{scores}:1: --positives labels needs a gold label on every line, but '
+                                         'this one has no "stars"'):
+        run(tmp_path, scores, "--positives", "labels", "--label_column", "stars")
 
 
 def test_a_line_missing_its_label_in_a_data_set_folder_is_named_by_its_own_file(tmp_path):

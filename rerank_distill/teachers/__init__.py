@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from rerank_distill.errors import InputError
-from rerank_distill.formats import ESCI_GRADES
+from rerank_distill.formats import ESCI_GRADES, label_word_grades
 
 
 @dataclass
@@ -126,11 +126,15 @@ def teacher_types_for(model_paths: list[str], teacher_types: list[str] | None) -
 
 
 def check_teacher_options(teacher_types: list[str], options) -> None:
-    """Refuse flag values the chosen teacher types cannot use, before any input is read."""
+    """Refuse flag values the chosen teacher types cannot use, before any input is read; fill in
+    ``options.label_grades`` where it is None (see label_word_grades)."""
     if "llm_labels" in teacher_types:
-        words, grades = options.label_words, options.label_grades
+        words = options.label_words
         if len(words) < 2 or len(set(words)) != len(words):
             raise InputError(f"--label_words needs at least two different words, got {words}")
+        if options.label_grades is None:
+            options.label_grades = list(label_word_grades(words).values())
+        grades = options.label_grades
         if len(grades) != len(words):
             raise InputError(
                 f"--label_grades has {len(grades)} values for {len(words)} --label_words; give one grade per word, "

@@ -16,13 +16,13 @@ from typing import Callable
 import numpy as np
 
 from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
+from rerank_distill.formats import label_word_grades
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
 from rerank_distill.teachers import TeacherScores, model_config, teacher_name, yes_minus_no
 
 logger = logging.getLogger(__name__)
 
 ESCI_LABEL_WORDS = ["exact", "substitute", "complement", "irrelevant"]
-ESCI_LABEL_GRADES = [3.0, 2.0, 1.0, 0.0]
 
 
 def load_tokenizer(model_path: str):
@@ -143,13 +143,14 @@ class LabelJudge(_Judge):
         max_length: int,
         batch_size: int,
         label_words: list[str] = ESCI_LABEL_WORDS,
-        label_grades: list[float] = ESCI_LABEL_GRADES,
+        label_grades: list[float] | None = None,
         device: str | None = None,
         dtype: str = "auto",
         prefix_cache: bool = True,
         vllm_options: dict | None = None,
     ):
-        self.words, self.grades = list(label_words), [float(grade) for grade in label_grades]
+        grades = label_word_grades(list(label_words), label_grades)  # None: ESCI's for its words, else len-1 .. 0
+        self.words, self.grades = list(grades), list(grades.values())
         super().__init__(model_path, backend, labels_system(self.words), self.words, instruction, max_length,
                          batch_size, device, dtype, prefix_cache, vllm_options,
                          extra_config={"label_words": self.words, "label_grades": self.grades})  # fmt: skip
