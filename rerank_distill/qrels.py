@@ -6,9 +6,9 @@ corpus-ids}: each query's candidates). Joined here into one MTEB reranking recor
 graded qrels (a score other than 0 and 1), into one graded row a pair, ``{"query", "passage",
 "label", "query_id", "corpus_id"}``.
 
-A query's candidates are its top_ranked list, in order, as MTEB reranks them; a candidate's label
-is its qrels score (0 where it has none), so a candidate counts as relevant where its score is
-above 0."""
+A query's candidates are its top_ranked list, as MTEB reranks them (their order is kept within the
+positive and the negative lists, and in graded rows); a candidate's label is its qrels score (0
+where it has none), so a candidate counts as relevant where its score is above 0."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from rerank_distill.jsonl import get_text, number_in_text
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("corpus", "queries", "qrels", "top_ranked")
-# where each part's files lie in a downloaded copy: push_to_hub writes the "default" configuration into data/
+# the four parts, and where their files lie in a downloaded copy (push_to_hub writes the "default"
+# configuration into data/)
 PART_FOLDERS = {"corpus": ("corpus",), "queries": ("queries",), "qrels": ("data", "qrels", "default"),
                 "top_ranked": ("top_ranked",)}  # fmt: skip
 QRELS_COLUMNS = ("query-id", "corpus-id", "score")
