@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
         with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
             for source, derived in inputs:
                 claimed.enter_context(only_writer(output_path_for(source, args.output_dir, passages_as_queries=derived)))
-            return merge_all(args, inputs, read_args, args.merge_shards)
+            merged = merge_all(args, inputs, read_args, args.merge_shards)
+            shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
+            write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv),
+                           script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
+            return merged
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     check_teacher_options(teacher_types, args)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]

@@ -25,6 +25,15 @@ def split_revision(hub_id: str) -> tuple[str, str | None]:
     return (name, revision) if at and revision else (hub_id, None)
 
 
+def refuse_revision_of_a_folder(name_or_id: str, kind: str, folder_as: str = "{folder}") -> None:
+    """InputError where ``name_or_id`` is ``NAME@REVISION`` and NAME a local folder: a revision
+    cannot apply to it (``kind``: model or data set; ``folder_as``: how to pass the folder instead)."""
+    name, revision = split_revision(name_or_id)
+    if revision and os.path.exists(name):
+        raise InputError(f"'{name}' is a local folder, and @{revision} names a revision of a hub {kind}: pass the "
+                         f"folder as {folder_as.format(folder=name)}, or move it away to fetch {name_or_id} from the hub")
+
+
 def looks_like_hub_id(name: str) -> bool:
     """True for ``owner/name`` (or a bare ``name``), either with ``@REVISION``; false for anything
     shaped like a file path. (A path that does not exist but could be an id, such as
@@ -140,6 +149,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
                 "or modules.json (sentence-transformers); pass that folder"
             )
         return name_or_path
+    refuse_revision_of_a_folder(name_or_path, "model")
     if not looks_like_hub_id(name_or_path):
         raise InputError(f"model path '{name_or_path}' does not exist")
     if hub not in HUBS:
@@ -190,10 +200,8 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     With no split, the data set's only split is used (with several, InputError lists them).
     ModelScope cannot list them without downloading, so there the split must be named.
     """
+    refuse_revision_of_a_folder(hub_id, "data set", "{folder}:SPLIT")  # datasets would read the folder, no revision
     name, revision = split_revision(hub_id)
-    if revision and os.path.exists(name):  # datasets would read the folder and ignore the revision
-        raise InputError(f"'{name}' is a local folder, and @{revision} names a revision of a hub data set: pass the "
-                         f"folder as {name}:SPLIT, or move it away to fetch {hub_id} from the hub")
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset

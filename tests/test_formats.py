@@ -452,6 +452,8 @@ def test_a_revision_of_a_name_that_is_a_local_folder_is_refused_not_ignored(tmp_
     write_jsonl_records(tmp_path / "owner" / "name" / "test.jsonl", FOLDER_TEST)
     with pytest.raises(InputError, match=r"^'owner/name' is a local folder, and @v2 names a revision of a hub data set"):
         as_tuples("owner/name@v2:test")
+    with pytest.raises(InputError, match=r"^'/.*/owner/name' is a local folder, and @v2 names a revision of a hub"):
+        as_tuples(f"{tmp_path}/owner/name@v2:test")  # a path, which is never tried on a hub, says the same
     assert as_tuples("owner/name:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
 
 

@@ -286,6 +286,20 @@ def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     assert lines == len(single_lines)
 
 
+def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranking_file, tiny_embedding_model):
+    flags = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding", "--input_path",
+             str(ranking_file), "--output_dir", str(tmp_path), "--device", "cpu", "--no_show_progress"]
+    for index in range(2):
+        generate_logits.main([*flags, "--shard", f"{index}/2"])
+    generate_logits.main([*flags, "--merge_shards", "2"])
+
+    assert (tmp_path / "train_scores.jsonl").exists()
+    record = json.loads((tmp_path / "args.json").read_text())
+    assert record["script"]["merge_shards"] == 2
+    assert record["resolved"]["shard_records"] == ["args.shard-0-of-2.json", "args.shard-1-of-2.json"]
+    assert all((tmp_path / name).exists() for name in record["resolved"]["shard_records"])
+
+
 def test_a_merge_leaves_no_unfinished_single_run_beside_its_output(tmp_path, ranking_file):
     single = output_path_for(str(ranking_file), tmp_path)
     with pytest.raises(KeyboardInterrupt):  # a single run stopped, then the shards made and joined

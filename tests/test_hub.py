@@ -204,3 +204,11 @@ def test_a_data_set_the_hub_does_not_have_says_to_check_it(monkeypatch):
     with pytest.raises(InputError, match=r"could not fetch dataset 'someone/some-data' from huggingface: Dataset "
                                          r"'someone/some-data' doesn't exist on the Hub.* Check the id"):
         load_hub_dataset("someone/some-data", "test")
+
+
+def test_a_revision_of_a_local_model_folder_is_refused_not_ignored(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(InputError, match=r"^'.*/model' is a local folder, and @v2 names a revision of a hub model: "
+                                         r"pass the folder as .*/model, or move it away"):
+        resolve_model(f"{tmp_path}/model@v2")
