@@ -122,8 +122,9 @@ class ScriptArguments:
     )
     eval_data: str | None = field(
         default=None,
-        metadata={"help": "Training-kind data for the eval loss (a dev split, never the test set). Empty: the "
-                  "held-out training queries' own rows."},
+        metadata={"help": "Training-kind data for the eval loss (a dev split, never the test set); labelled "
+                  "(scores with labels, or labelled lists) and without --selection_data, it also picks the best "
+                  "checkpoint by MAP, as a dev set of its own. Empty: the held-out training queries' own rows."},
     )
     eval_share: float = field(
         default=0.05,

@@ -243,11 +243,14 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
     if not evaluate:
         return data.kind, CheckpointSelection(data.to_dataset(), None, metric="last",
                                               note="none (--eval_strategy no): the last step is final")
-    eval_set = None
+    eval_set, selection_data = None, script.selection_data
     if script.eval_data:
-        eval_set = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
-                                      script.input_format, script.label_column, **where).to_dataset()
-    selection = plan_selection(data.to_dataset(), data.kind, script.train_data, script.selection_data,
+        eval_data = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
+                                       script.input_format, script.label_column, **where)
+        eval_set = eval_data.to_dataset()
+        if selection_data is None and eval_data.kind in RANKING_KINDS:  # its gold labels pick by MAP, as a dev set
+            selection_data = script.eval_data
+    selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
                                script.input_format, script.label_column, **where)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):

@@ -20,7 +20,7 @@ import torch
 import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
-from rerank_distill.toy import write_jsonl_records
+from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
 from rerank_distill.trainer import LengthGroupedBatchSampler, length_grouped_batches, track_padding
 from rerank_distill.training import (
     SelectionEvaluator,
@@ -394,6 +394,23 @@ def test_eval_data_replaces_the_held_out_split(tiny_cross_encoder, triplets_file
         tiny_cross_encoder, triplets_file, tmp_path / "model", "--eval_data", str(dev), "--max_steps", "1"
     )
     assert (summary["train_examples"], summary["eval_examples"]) == (len(hand_written_triplets()), 3)
+
+
+def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query_trains(
+    tiny_cross_encoder, ranking_file, tmp_path, trained_queries
+):
+    from rerank_distill.formats import iter_ranking_queries
+
+    dev_queries = synthetic_ranking_data(6, docs_per_query=4, seed=11)
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{**record, "query": f"dev {record['query']}"}
+                                                       for record in dev_queries])  # fmt: skip
+    summary = run_train(tiny_cross_encoder, ranking_file, tmp_path / "model", "--loss", "bce_labels",
+                        "--eval_data", str(dev), "--per_device_train_batch_size", "32", "--num_train_epochs", "1")
+
+    assert summary["held_out_queries"] == [] and trained_queries == {q.query for q in iter_ranking_queries(str(ranking_file))}
+    assert summary["metric_for_best_model"] == "eval_selection_map"
+    assert "by MAP on a dev set of its own" in summary["selection"] and str(dev) in summary["selection"]
+    assert summary["selection_queries"] == sum(1 for q in iter_ranking_queries(str(dev)) if q.positives and q.negatives)
 
 
 # --- defaults the user did not pass -----------------------------------------------------------
