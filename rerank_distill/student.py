@@ -150,6 +150,25 @@ def bfloat16_autocast(model):
                 head.forward = own_forward
 
 
+@contextmanager
+def in_float32(model):
+    """Run ``model`` in float32 where training set it to mixed precision (--bf16 or --fp16): outside
+    any autocast, and without the autocast accelerate wraps around its forward (restored after).
+    Checkpoint selection scores so, as evaluation.py does by default: in bf16 the head's logits tie
+    candidates float32 tells apart, and the MAP that picked a checkpoint would not be reproducible."""
+    import torch
+
+    wrapped, original = model.__dict__.get("forward"), model.__dict__.get("_original_forward")
+    if wrapped is not None and original is not None:
+        model.forward = original
+    try:
+        with torch.autocast(model.device.type, enabled=False):
+            yield
+    finally:
+        if wrapped is not None and original is not None:
+            model.forward = wrapped
+
+
 def score_pairs_with_cross_encoder(
     model,
     pairs: Sequence[tuple[str, str]],

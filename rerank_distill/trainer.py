@@ -276,7 +276,9 @@ class TimeBudget(TrainerCallback, ExportableState):
         saved = self.saved(resumed)
         if saved:
             self.started -= saved["attributes"]["seconds_spent"]
-            self.spent, self.longest_interval = saved["attributes"]["spent"], saved["attributes"]["longest_interval"]
+            self.longest_interval = saved["attributes"]["longest_interval"]
+            # the share of the budget it was saved under, as a share of this one (a raised budget: smaller)
+            self.spent = saved["attributes"]["spent"] * saved["args"]["seconds"] / self.seconds
         else:
             logger.warning("--max_train_seconds: the checkpoint at step %d was saved without a budget, so the budget "
                            "counts from now", resumed.global_step)

@@ -29,7 +29,7 @@ from rerank_distill.formats import (
 )
 from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
-from rerank_distill.student import score_ranking_queries
+from rerank_distill.student import in_float32, score_ranking_queries
 from rerank_distill.trainer import TimeBudget, saved_early_stopping
 from rerank_distill.training_data import (
     DATA_KINDS,
@@ -173,7 +173,8 @@ def plan_selection(
     if selection_metric != "loss":
         source = selection_data or (train_source if train_kind in RANKING_KINDS else None)
         if source is None:
-            note = f"no --selection_data, and {train_kind} training data carries no gold labels"
+            note = (f"no --selection_data, and {train_kind} training data is no candidate lists with gold labels to "
+                    "rank")
         else:
             # --input_format names the training file's format; a dev file of its own is told by its fields
             queries, note = read_selection_queries(source, input_format if source == train_source else "auto",
@@ -283,7 +284,8 @@ class SelectionEvaluator(BaseEvaluator):
         self.primary_metric = "map"
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
-        scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False)
+        with in_float32(model):  # the scores evaluation.py gives the saved model
+            scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False)
         if all(np.isfinite(by_query).all() for by_query in scores):
             result = evaluate_rankings(zip(scores, [query.labels for query in self.queries]), protocol="mteb")
             metrics = {name: result[name] for name in ("map", "mrr@10", "ndcg@10")}
@@ -537,6 +539,11 @@ def refuse_earlier_run(output_dir: str) -> None:
     patience = stopping["args"]["early_stopping_patience"] if stopping else 0
     # ended as it was planned? (its own limits: not necessarily flags that run was given)
     if end_reached(state, state.max_steps, state.num_train_epochs, seconds, patience):
+        if not final_model_saved(output_dir, state):  # stopped while saving it
+            raise InputError(
+                f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step {state.global_step} "
+                f"of {state.max_steps}) but was stopped before its final model was saved: pass --resume_from_checkpoint "
+                "last to save it, or start over with --overwrite_output_dir (deletes them)")
         raise InputError(
             f"{output_dir} holds checkpoints of an earlier run, which ended ({names}; at step {state.global_step} of "
             f"{state.max_steps}): start over with --overwrite_output_dir (deletes them) or choose another "
@@ -548,6 +555,13 @@ def refuse_earlier_run(output_dir: str) -> None:
         f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
         "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
     )
+
+
+def final_model_saved(output_dir: str, state: TrainerState) -> bool:
+    """Whether the run in ``output_dir`` saved its final model after the checkpoint of ``state``:
+    its training_summary.json, written last, counts that many steps."""
+    summary = Path(output_dir) / SUMMARY_FILE
+    return summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step
 
 
 def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None,
@@ -589,8 +603,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
         raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
                          f"with --max_steps {state.max_steps} (its run's) or more")
     ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds, early_stopping_patience)
-    summary = Path(training.output_dir) / SUMMARY_FILE
-    if ended and summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step:
+    if ended and final_model_saved(training.output_dir, state):
         raise InputError(
             f"{checkpoint} already reached the end this command asks for ({ended}), and its final model is saved: "
             "to train further raise that limit; to start over pass --overwrite_output_dir instead of "

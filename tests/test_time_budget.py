@@ -118,6 +118,10 @@ def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
     assert not step_ends(resumed, resumed_clock, 101.0).should_training_stop  # 5.5 + 3 of 10
     assert step_ends(resumed, resumed_clock, 102.5).should_training_stop  # 7 + 3 of 10
 
+    raised = TimeBudget(20.0, resumed_clock)  # resumed with twice the budget: the schedule is at 0.35 of it
+    raised.start(TrainerState.load_from_json(str(checkpoint / "trainer_state.json")))
+    assert raised.spent == pytest.approx(0.35)
+
 
 def test_a_budget_must_be_positive():
     with pytest.raises(InputError, match="--max_train_seconds must be positive"):

@@ -202,6 +202,46 @@ def test_the_checkpoint_with_the_best_held_out_map_becomes_the_model_and_its_que
     assert summary["best_metric"] == pytest.approx(best_map)
 
 
+def test_under_bf16_training_steps_run_in_bf16_and_checkpoints_are_ranked_in_float32(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, monkeypatch
+):
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    import rerank_distill.training as training
+
+    head_dtypes, phase = {"training": set(), "selection": set()}, ["training"]
+    original_init, original_scoring = CrossEncoder.__init__, training.score_ranking_queries
+
+    def record(module, inputs, output) -> None:
+        if torch.is_grad_enabled() == (phase[0] == "training"):  # (not the eval loss: no grad, and no choice)
+            head_dtypes[phase[0]].add(output.dtype)
+
+    def record_the_head(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.model.classifier.register_forward_hook(record)
+
+    def selection_scoring(*args, **kwargs):
+        phase[0] = "selection"
+        try:
+            return original_scoring(*args, **kwargs)
+        finally:
+            phase[0] = "training"
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CrossEncoder, "__init__", record_the_head)
+        patch.setattr(training, "score_ranking_queries", selection_scoring)
+        out = tmp_path / "model"
+        summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
+                            "--eval_share", "0.4", "--selection_metric", "map", "--max_steps", "3", "--bf16", "true")
+
+    assert head_dtypes == {"training": {torch.bfloat16}, "selection": {torch.float32}}
+    # so the MAP that picked the model is the one it scores when loaded and ranked in float32
+    samples = [{"query": q, "positive": QUERIES[q][0], "negative": QUERIES[q][1]} for q in summary["held_out_queries"]]
+    assert CrossEncoderRerankingEvaluator(samples)(CrossEncoder(str(out)))["map"] == pytest.approx(
+        summary["best_metric"], abs=1e-6)
+
+
 def test_with_too_few_queries_to_select_by_every_query_trains_and_the_last_step_is_the_model(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path, trained_queries
 ):
@@ -1074,6 +1114,9 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
     assert (summary["resumed_from_step"], summary["steps"]) == (3 - 1, 3)
     (out / "training_summary.json").unlink()  # as if the run was stopped while saving its final model
     (out / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"which ended \(.*\) but was stopped before its final model was saved: "
+                                         r"pass --resume_from_checkpoint last to save it"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--eval_strategy", "no")
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
                         "--eval_strategy", "no")  # fmt: skip
     # it makes that save, of the checkpoint where the run ended, without a step more
