@@ -121,6 +121,10 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     if args.protocol == "mteb" and all(skip_reason(query.labels) for query in queries):
         raise InputError("no query has both a positive and a negative: --protocol mteb has nothing to evaluate",
                          args.dataset_path)
+    if repeated := len(queries) - len({query.query for query in queries}):  # (row-per-pair files: already joined)
+        logger.warning("%s: %d queries repeat an earlier query's text: each is evaluated as a list of its own here, "
+                       "while a file of a pair a line (stage 1's output) joins such lists into one per text",
+                       args.dataset_path, repeated)
     return queries
 
 
@@ -139,10 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher_scores:
         words, grades = args.label_words, args.label_grades
         if recorded := recorded_label_grades(args.teacher_scores):  # how stage 1 graded its judge's words
-            if words is not None and (words, grades or recorded[1]) != (recorded[0], recorded[1]):
-                raise InputError(f"--label_words {' '.join(words)} (grades {grades}) are not those stage 1 scored "
-                                 f"with: {' '.join(recorded[0])}, graded {recorded[1]} (its .run.json); leave them "
-                                 "out to use those", args.teacher_scores)
+            if (words is not None or grades is not None) and (words or recorded[0], grades or recorded[1]) != recorded:
+                raise InputError(f"--label_words {' '.join(words or recorded[0])} (grades {grades or recorded[1]}) are "
+                                 f"not those stage 1 scored with: {' '.join(recorded[0])}, graded {recorded[1]} (its "
+                                 ".run.json); leave --label_words and --label_grades out to use those",
+                                 args.teacher_scores)
             words, grades = recorded
         teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
@@ -208,7 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
         teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
-        report["graded"] = graded_summary(grades, flat, *teacher_labels, positive_negative_data=binary)
+        off_scale = sorted(set(grades) - set(teacher.label_grades.values())) if teacher and teacher.label_grades else []
+        if off_scale and not binary:  # a predicted grade can never equal those: compare relevance instead
+            logger.warning("the data's grades %s are not among the teacher's label grades %s: its label accuracy "
+                           "counts agreement on relevance (grade > 0) only", off_scale, teacher.label_grades)
+        report["graded"] = graded_summary(grades, flat, *teacher_labels, by_relevance=binary or bool(off_scale))
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))

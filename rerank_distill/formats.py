@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -35,6 +36,8 @@ from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
+
+logger = logging.getLogger(__name__)
 
 INPUT_FORMATS = ("auto", "mteb", "pos_neg", "graded", "scores")
 PASSAGE_FIELDS = ("passage", "item_text", "content", "document", "doc", "product_title")  # the last: ESCI's own
@@ -639,10 +642,16 @@ def teacher_scores_for(
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
     scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
+    conflicting = []  # where a repeated pair's score differs from its first (stage 1 scores each pair once)
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
-        scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
+        first = scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
+        if first[0] != pair.score or first[1] != probs:
+            conflicting.append(f"{pair.path}:{pair.line}")
+    if conflicting:
+        logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "
+                       "is used: were two teachers' files joined?", source, len(conflicting), conflicting[0])
     per_query = []
     for query in queries:
         missing = [passage for passage in query.passages if (query.query, passage) not in scored]

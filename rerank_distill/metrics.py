@@ -268,19 +268,19 @@ def graded_summary(
     scores_by_model: Mapping[str, Sequence[float]],
     label_probs: Sequence[Mapping[str, float]] | None = None,
     word_grades: Mapping[str, float] | None = None,
-    positive_negative_data: bool = False,
+    by_relevance: bool = False,
 ) -> dict:
     """What graded labels add to a report, over every pair (one grade and one score per pair):
     ``{"pairs_per_grade", "mean_score_per_grade": {model: {grade: mean}}}`` and, for a teacher
     that predicts label words (``label_probs`` with ``word_grades``), ``"label_accuracy":
-    {"teacher": label_accuracy(...) + {"label_grades"}}``, compared by relevance on
-    ``positive_negative_data``."""
+    {"teacher": label_accuracy(...) + {"label_grades"}}``, compared by relevance (grade > 0) where
+    ``by_relevance`` (positive/negative data, or grades off the teacher's label scale)."""
     counts = Counter(grade_name(grade) for grade in grades)
     summary = {
         "pairs_per_grade": {name: counts[name] for name in sorted(counts, key=float, reverse=True)},
         "mean_score_per_grade": {name: mean_score_per_grade(s, grades) for name, s in scores_by_model.items()},
     }
     if label_probs is not None and word_grades is not None:
-        accuracy = label_accuracy(label_probs, grades, word_grades, by_relevance=positive_negative_data)
+        accuracy = label_accuracy(label_probs, grades, word_grades, by_relevance=by_relevance)
         summary["label_accuracy"] = {"teacher": {**accuracy, "label_grades": dict(word_grades)}}
     return summary

@@ -535,14 +535,32 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
     assert report["graded"]["label_accuracy"]["teacher"]["confusion"] == {"2": {"2": 1}, "1": {"0": 1}, "0": {"0": 1}}
 
 
+def test_a_label_teacher_whose_grades_cannot_name_the_datas_is_scored_on_relevance(tiny_cross_encoder, tmp_path, caplog):
+    dataset, _ = good_ok_bad_files(tmp_path)  # grades 2, 1, 0; the judge answers yes (1) or no (0)
+    probs = [{"yes": 0.9, "no": 0.1}, {"yes": 0.6, "no": 0.4}, {"yes": 0.2, "no": 0.8}]
+    teacher = write_jsonl_records(tmp_path / "yes_no.jsonl", [
+        {"query": "q", "passage": p, "score": 2 - i, "label_probs": pr} for i, (p, pr) in enumerate(zip("abc", probs))
+    ])  # fmt: skip
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_words", "yes", "no")
+    accuracy = report["graded"]["label_accuracy"]["teacher"]
+    assert (accuracy["compared"], accuracy["correct"], accuracy["pairs"]) == ("relevance", 3, 3)  # not 2 of 3 by grade
+    assert "the data's grades [2.0] are not among the teacher's label grades" in caplog.text
+
+
 def test_the_label_words_and_grades_stage_1_recorded_are_read_and_others_refused(tiny_cross_encoder, tmp_path):
     dataset, teacher = good_ok_bad_files(tmp_path)
     judge = {"teacher_type": "llm_labels", "label_words": ["good", "ok", "bad"], "label_grades": [2.0, 1.0, 0.0]}
     Path(f"{teacher}.run.json").write_text(json.dumps({"made_with": {"teachers": [judge]}}))
     report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
     assert report["graded"]["label_accuracy"]["teacher"]["label_grades"] == {"good": 2.0, "ok": 1.0, "bad": 0.0}
-    with pytest.raises(InputError, match=r"--label_words bad ok good \(grades None\) are not those stage 1 scored"):
+    with pytest.raises(InputError, match=r"--label_words bad ok good \(grades \[2.0, 1.0, 0.0\]\) are not those "
+                                         r"stage 1 scored"):
         run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_words", "bad", "ok", "good")
+    with pytest.raises(InputError, match=r"--label_words good ok bad \(grades \[9.0, 1.0, 0.0\]\) are not those "
+                                         r"stage 1 scored"):  # grades alone are checked too, not silently replaced
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_grades", "9", "1", "0")
+    same = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_grades", "2", "1", "0")
+    assert same["graded"]["label_accuracy"]["teacher"]["label_grades"] == {"good": 2.0, "ok": 1.0, "bad": 0.0}
 
 
 def test_teacher_line_without_label_probs_among_lines_with_them_fails_at_its_line(tiny_cross_encoder, tmp_path):
@@ -716,6 +734,34 @@ def test_a_report_path_inside_a_model_folder_is_refused(tiny_cross_encoder, rank
         evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--dataset_path", str(ranking_file),
                          "--output_path", str(tiny_cross_encoder / "config.json")])
     assert (tiny_cross_encoder / "config.json").read_bytes() == config
+
+
+def test_teacher_files_joined_into_one_are_warned_about_where_a_pair_scores_differently(tiny_cross_encoder,
+                                                                                        ranking_file, tmp_path, caplog):
+    records = records_of(ranking_file)
+    first = write_teacher_scores(tmp_path / "a.jsonl", records, positive=5.0, negative=-5.0)
+    second = write_teacher_scores(tmp_path / "b.jsonl", records, positive=-5.0, negative=5.0)
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text(first.read_text() + second.read_text())
+    alone = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(first))
+    assert "score a pair again differently" not in caplog.text
+    report = run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(joined))
+    assert report["teacher"] == alone["teacher"]  # the first score of each pair
+    pairs = sum(len(r["positive"]) + len(r["negative"]) for r in records)
+    assert f"joined.jsonl: {pairs} lines score a pair again differently (the first at {joined}:{pairs + 1})" in caplog.text
+
+
+def test_a_repeated_query_text_is_warned_about(tiny_cross_encoder, tmp_path, caplog):
+    lists = [{"query": "python list", "positive": ["a"], "negative": ["b"]},
+             {"query": "python list", "positive": ["c"], "negative": ["d"]}]  # fmt: skip
+    report = run(tmp_path, tiny_cross_encoder, write_jsonl_records(tmp_path / "twice.jsonl", lists))
+    assert report["queries_evaluated"] == 2
+    assert "1 queries repeat an earlier query's text: each is evaluated as a list of its own here" in caplog.text
+
+
+def test_a_max_length_with_no_room_for_text_is_refused(tiny_cross_encoder, ranking_file, tmp_path):
+    with pytest.raises(InputError, match=r"--max_length 3 leaves no room for text: the special tokens of a pair take 3"):
+        run(tmp_path, tiny_cross_encoder, ranking_file, "--max_length", "3")
 
 
 def test_a_model_without_a_trained_relevance_head_is_refused(tiny_embedding_model, ranking_file, tmp_path):

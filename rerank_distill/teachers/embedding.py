@@ -47,7 +47,7 @@ class EmbeddingTeacher:
         from sentence_transformers import SentenceTransformer
 
         self.model = load_model(SentenceTransformer, model_path, device, dtype)
-        self.max_length = limit_length(self.model, max_length)
+        self.max_length = limit_length(self.model, max_length, pairs=False)
         self.batch_size = batch_size
         self.score_scale = float(score_scale)
         self.query_prompt, self.document_prompt = model_prompts(self.model.prompts, query_prompt)

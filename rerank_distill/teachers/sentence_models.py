@@ -23,9 +23,15 @@ def load_model(model_class, model_path: str, device: str | None, dtype: str, **k
         raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({first_line(error)})") from None
 
 
-def limit_length(model, max_length: int) -> int:
+def limit_length(model, max_length: int, pairs: bool = True) -> int:
     """Set and return the model's input limit in tokens: ``max_length`` or the model's own limit
-    (its tokenizer's, capped at its position embeddings), whichever is smaller."""
+    (its tokenizer's, capped at its position embeddings), whichever is smaller. InputError where
+    ``max_length`` leaves no token for text beside the special tokens of an input (a pair, or one
+    text where not ``pairs``): the tokenizer would not cut such inputs at all."""
+    special = model.tokenizer.num_special_tokens_to_add(pair=pairs)
+    if max_length <= special:
+        raise InputError(f"--max_length {max_length} leaves no room for text: the special tokens of "
+                         f"{'a pair' if pairs else 'an input'} take {special}; give a larger one")
     own = model.max_seq_length
     limit = max_length if own is None else min(max_length, own)
     model.max_seq_length = limit
