@@ -36,6 +36,7 @@ from rerank_distill.scoring import (
     merge_shards,
     only_writer,
     output_path_for,
+    recorded_counts,
     remove_output,
     resume_point,
     score_source,
@@ -195,6 +196,12 @@ def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_
     for source, derived in inputs:
         merged, lines = merge_shards(source, args.output_dir, num_shards, args.input_format, read_args, derived)
         logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
+        if counts := recorded_counts(merged):  # (shards of an older release recorded none)
+            seconds = counts.get("seconds_all_runs", counts["seconds"])
+            logger.info("%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the "
+                        "teacher's max_length); the slowest shard took %.1f s, %.1f pairs/s in all", merged,
+                        counts["queries"], counts["pairs"], counts["distinct_pairs_scored"],
+                        counts["duplicate_pairs_reused"], counts["truncated"], seconds, counts["pairs"] / max(seconds, 1e-9))
         log_teacher_metrics(merged)
     return {"merged": num_shards}
 
@@ -222,6 +229,9 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
                        script=args, resolved=resolved)
 
+    if args.overwrite:  # all now, not each in its turn: a rerun without --overwrite after a stop finds none of them
+        for output in outputs:
+            remove_output(output)
     summary = {}
     for job, resume, (source, derived), output in zip(jobs, resumes, inputs, outputs):
         stats = score_source(**job, resume=resume, show_progress=args.show_progress)

@@ -102,12 +102,26 @@ class JudgePrompt:
                 document_tokens = document_length[row] + 1  # (+1: the space before it, a token of its own or not)
                 excess = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
                 if excess > 0:
-                    query_tokens = self._tokens(query)
-                    kept = query[: query_tokens[len(query_tokens) - excess - 1][1]] if excess < len(query_tokens) else ""
-                    ids = self.tokenizer(format_body(self.instruction, kept, document), add_special_tokens=False)["input_ids"]
+                    ids = self._cut_query(query, document, excess, document_tokens)
                 ids = ids[: self.body_budget]
             prompts.append(self.prefix_ids + ids + self.suffix_ids)
         return prompts, truncated
+
+    def _cut_query(self, query: str, document: str, excess: int, document_tokens: int) -> list[int]:
+        """Body token ids with the query's tail cut by at least ``excess`` tokens, more where its
+        cut falls inside a character that is several tokens (byte-level BPE: an emoji or a CJK
+        character), until the document keeps its share of the room."""
+        query_tokens = self._tokens(query)
+        keep = len(query_tokens) - excess  # query tokens to keep
+        while True:
+            cut = query_tokens[keep - 1][1] if keep > 0 else 0  # a character offset: the end of the last kept token
+            ids = self.tokenizer(format_body(self.instruction, query[:cut], document), add_special_tokens=False)["input_ids"]
+            over = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
+            if over <= 0 or cut == 0:
+                return ids
+            keep -= over
+            while keep > 0 and query_tokens[keep - 1][1] >= cut:  # tokens sharing that character's offset
+                keep -= 1
 
     def _tokens(self, text: str) -> list[tuple[int, int]]:
         """The (start, end) character span of each of ``text``'s tokens."""

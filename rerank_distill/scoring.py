@@ -82,15 +82,16 @@ def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(),
 
 def derive_passage_queries(queries: Iterable[RankingQuery], per_list: int) -> Iterator[RankingQuery]:
     """Each query's passages as queries of their own: up to ``per_list`` distinct passages of
-    each list (in the input's order), each with the rest of its list as candidates, the
-    original query first. They carry no gold labels (None), only what the teacher will say.
+    each list (in the input's order; blank ones are no query), each with the rest of its list as
+    candidates, the original query first. They carry no gold labels (None), only what the
+    teacher will say.
 
     Where passages are queries too (duplicate questions), this gives the student many more
     lists to learn the teacher from, at up to ``per_list`` x list length more teacher pairs.
     """
     for query in queries:
         members = list(dict.fromkeys([query.query, *query.passages]))
-        for passage in members[1 : per_list + 1]:
+        for passage in [member for member in members[1:] if member.strip()][:per_list]:
             candidates = [member for member in members if member != passage]
             yield RankingQuery(passage, candidates, [None] * len(candidates), f"{query.location} (passage as query)")
 
@@ -152,14 +153,21 @@ def iter_chunks(queries: Iterator[RankingQuery], chunk_size: int) -> Iterator[li
         yield chunk
 
 
+# Scores closer than this (relative to their size, or absolute below 1) are alike: a float32 logit
+# moves by ~1e-7 of itself with the batch it is scored in, which standardising would make a vote.
+ALIKE_WITHIN = 1e-5
+
+
 def zscore_by_query(scores: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
-    """Scores standardised within each query (mean 0, std 1; a query whose scores are all equal gets 0)."""
+    """Scores standardised within each query (mean 0, std 1; a query whose scores are all alike,
+    within ALIKE_WITHIN, gets 0)."""
     out = np.zeros_like(scores, dtype=np.float64)
     for query_id in np.unique(query_ids):
         rows = query_ids == query_id
         values = scores[rows]
         spread = values.std()
-        out[rows] = 0.0 if spread == 0 else (values - values.mean()) / spread
+        alike = spread <= ALIKE_WITHIN * max(1.0, float(np.abs(values).max()))
+        out[rows] = 0.0 if alike else (values - values.mean()) / spread
     return out
 
 
@@ -357,6 +365,12 @@ def _run_record(output_path: Path) -> dict | None:
     """The ``OUT.run.json`` record of how a finished output was made, or None (an earlier release's output)."""
     record_path = beside(output_path, ".run.json")
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
+
+
+def recorded_counts(output_path: Path) -> dict | None:
+    """The counts a finished output's ``.run.json`` records (queries, pairs, distinct_pairs_scored,
+    duplicate_pairs_reused, truncated, seconds_all_runs, ...), or None where it has no record."""
+    return (_run_record(Path(output_path)) or {}).get("counts")
 
 
 def recorded_label_grades(score_file: str) -> tuple[list[str], list[float]] | None:

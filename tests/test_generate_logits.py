@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import logging
 import os
 import shutil
@@ -286,7 +287,8 @@ def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     assert lines == len(single_lines)
 
 
-def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranking_file, tiny_embedding_model):
+def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranking_file, tiny_embedding_model, caplog):
+    caplog.set_level(logging.INFO)
     flags = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding", "--input_path",
              str(ranking_file), "--output_dir", str(tmp_path), "--device", "cpu", "--no_show_progress"]
     for index in range(2):
@@ -298,6 +300,34 @@ def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranki
     assert record["script"]["merge_shards"] == 2
     assert record["resolved"]["shard_records"] == ["args.shard-0-of-2.json", "args.shard-1-of-2.json"]
     assert all((tmp_path / name).exists() for name in record["resolved"]["shard_records"])
+    pairs = sum(1 for _ in open(tmp_path / "train_scores.jsonl"))
+    assert re.search(rf"train_scores.jsonl: 12 queries, {pairs} pairs \(\d+ distinct scored, \d+ duplicates reused, "
+                     r"0 truncated to the teacher's max_length\); the slowest shard took", caplog.text)
+
+
+def test_an_overwrite_stopped_in_its_first_input_is_continued_by_the_same_command_without_overwrite(
+    tmp_path, ranking_file, tiny_embedding_model, monkeypatch, caplog
+):
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(ranking_file.read_text())
+    flags = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding", "--input_path",
+             str(ranking_file), str(test_file), "--output_dir", str(tmp_path / "out"), "--device", "cpu",
+             "--no_show_progress", "--chunk_size", "3"]
+    generate_logits.main(flags)  # both finished, at the default --score_scale
+    original = generate_logits.score_source
+
+    def stop_in_the_first_input(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_logits, "score_source", stop_in_the_first_input)
+    with pytest.raises(KeyboardInterrupt):
+        generate_logits.main([*flags, "--score_scale", "5", "--overwrite"])
+    monkeypatch.setattr(generate_logits, "score_source", original)
+    # both old outputs went when the run began, so neither refuses the same command without --overwrite
+    generate_logits.main([*flags, "--score_scale", "5"])
+    for name in ("train_scores.jsonl", "test_scores.jsonl"):
+        record = json.loads((tmp_path / "out" / f"{name}.run.json").read_text())
+        assert record["made_with"]["teachers"][0]["score_scale"] == 5.0
 
 
 def test_a_merge_leaves_no_unfinished_single_run_beside_its_output(tmp_path, ranking_file):
@@ -742,6 +772,9 @@ def test_passages_become_queries_against_the_rest_of_their_list_with_the_query_f
     ]
     assert derived[0].location == "train.jsonl:3 (passage as query)"
     assert [d.query for d in derive_passage_queries([query], per_list=100)] == ["a", "b", "c"]
+    blank = RankingQuery("q", ["", "a", " ", "b"], [0.0] * 4, "train.jsonl:4")  # no query, and no slot taken
+    assert [(d.query, d.passages) for d in derive_passage_queries([blank], per_list=2)] == [
+        ("a", ["q", "", " ", "b"]), ("b", ["q", "", "a", " "])]
 
 
 def test_passages_as_queries_go_to_a_file_of_their_own_and_leave_the_scores_file_unchanged(

@@ -96,6 +96,16 @@ def test_a_query_too_long_for_the_prompt_is_cut_so_the_document_keeps_its_line(t
     assert len(tokenizer.encode(document, add_special_tokens=False)) >= prompt.body_budget // 4 - 1
 
 
+@pytest.mark.parametrize("query", ["🚀" * 500, "日本語 " * 300, "naïve café " * 200])
+def test_a_long_query_of_characters_several_tokens_each_still_leaves_the_whole_short_document(tiny_qwen3, query):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=400)
+    for document in ("ok go", "git", "yes"):
+        (ids,), truncated = prompt.encode([query], [document])
+        assert truncated == 1 and len(ids) <= 400
+        assert tokenizer.decode(ids).endswith(f"\n<Document>: {document}" + SUFFIX)
+
+
 def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     with pytest.raises(InputError, match="max_length"):

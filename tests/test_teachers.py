@@ -407,6 +407,17 @@ def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path
     ]  # fmt: skip
 
 
+def test_scores_alike_within_float_noise_get_no_vote_in_the_combined_score():
+    from rerank_distill.scoring import zscore_by_query
+
+    # one passage scored in batches of other sizes moves by ~1e-7 of itself: that is no ranking
+    noisy = np.array([-0.4197292625904083, -0.4197293221950531, -0.41972920298576355, 12.0, 12.0000001, 30.0])
+    z = zscore_by_query(noisy, np.array([0, 0, 0, 1, 1, 1]))
+    np.testing.assert_array_equal(z[:3], 0.0)
+    assert z[5] > 1 and z[3] < 0  # a real spread is standardised, its small differences kept
+    np.testing.assert_allclose(zscore_by_query(np.array([1.0, 1.001]), np.array([0, 0])), [-1.0, 1.0])
+
+
 def test_a_constant_teacher_among_several_stops_the_run_and_is_named(tmp_path, ranking_file):
     passages = {p for _, p in input_pairs(ranking_file)}
     varied = FixedTeacher("varied", {p: float(len(p)) for p in passages})
