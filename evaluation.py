@@ -46,7 +46,7 @@ from rerank_distill.metrics import (
     skip_reason,
 )
 from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
-from rerank_distill.scoring import recorded_label_grades
+from rerank_distill.scoring import label_words_to_read
 from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries, without_trained_head
 
 logger = logging.getLogger("rerank_distill.evaluation")
@@ -141,14 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = [query.labels for query in queries]
     teacher = None
     if args.teacher_scores:
-        words, grades = args.label_words, args.label_grades
-        if recorded := recorded_label_grades(args.teacher_scores):  # how stage 1 graded its judge's words
-            if (words is not None or grades is not None) and (words or recorded[0], grades or recorded[1]) != recorded:
-                raise InputError(f"--label_words {' '.join(words or recorded[0])} (grades {grades or recorded[1]}) are "
-                                 f"not those stage 1 scored with: {' '.join(recorded[0])}, graded {recorded[1]} (its "
-                                 ".run.json); leave --label_words and --label_grades out to use those",
-                                 args.teacher_scores)
-            words, grades = recorded
+        words, grades = label_words_to_read(args.teacher_scores, args.label_words, args.label_grades)
         teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one

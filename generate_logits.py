@@ -32,6 +32,7 @@ from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
     Shard,
     check_before_loading,
+    counts_message,
     is_finished,
     merge_shards,
     only_writer,
@@ -198,10 +199,8 @@ def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_
         logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
         if counts := recorded_counts(merged):  # (shards of an older release recorded none)
             seconds = counts.get("seconds_all_runs", counts["seconds"])
-            logger.info("%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the "
-                        "teacher's max_length); the slowest shard took %.1f s, %.1f pairs/s in all", merged,
-                        counts["queries"], counts["pairs"], counts["distinct_pairs_scored"],
-                        counts["duplicate_pairs_reused"], counts["truncated"], seconds, counts["pairs"] / max(seconds, 1e-9))
+            logger.info("%s: %s; the slowest shard took %.1f s, %.1f pairs/s in all", merged, counts_message(counts),
+                        seconds, counts["pairs"] / max(seconds, 1e-9))
         log_teacher_metrics(merged)
     return {"merged": num_shards}
 
@@ -236,14 +235,11 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
     for job, resume, (source, derived), output in zip(jobs, resumes, inputs, outputs):
         stats = score_source(**job, resume=resume, show_progress=args.show_progress)
         if not stats.already_complete:
-            logger.info(
-                "%s: %d queries, %d pairs (%d distinct scored, %d duplicates reused, %d truncated to the teacher's "
-                "max_length, %d queries without passages); this run scored %d of them%s in %.1f s, %.1f pairs/s",
-                output, stats.queries, stats.pairs, stats.distinct_pairs_scored, stats.duplicate_pairs_reused,
-                stats.truncated, expected[source, derived].queries_without_passages, stats.pairs - stats.resumed_at_pair,
-                f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
-                stats.pairs_per_second,
-            )
+            logger.info("%s: %s; this run scored %d of them%s in %.1f s, %.1f pairs/s", output,
+                        counts_message(vars(stats), expected[source, derived].queries_without_passages),
+                        stats.pairs - stats.resumed_at_pair,
+                        f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
+                        stats.pairs_per_second)
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
         if not stats.already_complete and not shard.count > 1:  # a shard's share: reported once merged
             summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output)

@@ -367,6 +367,15 @@ def _run_record(output_path: Path) -> dict | None:
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
 
 
+def counts_message(counts: dict, queries_without_passages: int | None = None) -> str:
+    """What a stage 1 output holds, for the log: ``counts`` are ScoringStats' fields (as vars() or
+    a .run.json's "counts" give them)."""
+    without = "" if queries_without_passages is None else f", {queries_without_passages} queries without passages"
+    return (f"{counts['queries']} queries, {counts['pairs']} pairs ({counts['distinct_pairs_scored']} distinct scored, "
+            f"{counts['duplicate_pairs_reused']} duplicates reused, {counts['truncated']} truncated to the teacher's "
+            f"max_length{without})")
+
+
 def recorded_counts(output_path: Path) -> dict | None:
     """The counts a finished output's ``.run.json`` records (queries, pairs, distinct_pairs_scored,
     duplicate_pairs_reused, truncated, seconds_all_runs, ...), or None where it has no record."""
@@ -382,6 +391,20 @@ def recorded_label_grades(score_file: str) -> tuple[list[str], list[float]] | No
         if "label_words" in teacher:
             return teacher["label_words"], teacher["label_grades"]
     return None
+
+
+def label_words_to_read(score_file: str, words: list[str] | None, grades: list[float] | None) -> tuple:
+    """The label words and grades to read ``score_file``'s label_probs with: those stage 1 recorded
+    (InputError where ``words`` or ``grades``, --label_words and --label_grades, say otherwise),
+    else the ones given (None: see teacher_scores_for)."""
+    recorded = recorded_label_grades(score_file)
+    if recorded is None:
+        return words, grades
+    if (words is not None or grades is not None) and (words or recorded[0], grades or recorded[1]) != recorded:
+        raise InputError(f"--label_words {' '.join(words or recorded[0])} (grades {grades or recorded[1]}) are not "
+                         f"those stage 1 scored with: {' '.join(recorded[0])}, graded {recorded[1]} (its .run.json); "
+                         "leave --label_words and --label_grades out to use those", score_file)
+    return recorded
 
 
 def check_same_teachers(score_files: list[str]) -> None:
