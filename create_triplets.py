@@ -25,6 +25,7 @@ from typing import Literal
 
 from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
+from rerank_distill.training_data import first_record
 from rerank_distill.formats import ScoredPair, check_output_not_read, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.scoring import check_same_teachers
@@ -129,13 +130,21 @@ def rules_from(args: TripletArguments) -> SelectionRules:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((TripletArguments,), __doc__, argv)
     check_minimums(args, top_k=1, num_negatives=1, group_size=2)
-    if args.label_margin is not None and not args.label_margin > 0:  # at 0 a lifted positive would only tie
-        raise InputError(f"--label_margin must be above 0 (logit units), got {args.label_margin}")
-    if not args.min_margin >= 0:
-        raise InputError(f"--min_margin must be 0 or more (logit units), got {args.min_margin}")
+    if args.label_margin is not None and not 0 < args.label_margin < float("inf"):  # at 0 a lifted positive would tie
+        raise InputError(f"--label_margin must be above 0 and finite (logit units), got {args.label_margin}")
+    if not 0 <= args.min_margin < float("inf"):
+        raise InputError(f"--min_margin must be 0 or more and finite (logit units), got {args.min_margin}")
+    if args.output_path.endswith((".parquet", ".arrow")):  # every reader would take it for that format
+        raise InputError(f"--output_path {args.output_path}: the records are written as JSONL; name it .jsonl or "
+                         ".jsonl.gz")
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_same_teachers(args.input_path)
+    for source in args.input_path if args.label_column else []:  # a misspelt column would read as no labels at all
+        path, line, record = first_record(source, args.hub, args.cache_dir)
+        if args.label_column not in record:
+            raise InputError(f'no field "{args.label_column}" (--label_column); fields present: {sorted(record)}',
+                             path, line)
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:
@@ -201,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         seconds,
         ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()),
         "" if args.label_margin is None
-        else f"; gold labels corrected the teacher's order in {summary['queries_corrected_by_labels']} queries",
+        else f"; gold labels corrected the teacher's scores (order or margins) in "
+             f"{summary['queries_corrected_by_labels']} queries",
     )
     return summary
 

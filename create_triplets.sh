@@ -61,7 +61,11 @@ input_args=(--input_path "$SCORES")
 if [[ "$inputs_given" == "true" ]]; then
     input_args=()
 elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]]; then
-    if [[ "$needs_labels" == "true" ]]; then
+    if [[ "$PASSAGES_AS_QUERIES_SCORES" -ot "$SCORES" ]]; then
+        # stage 1 writes them after SCORES in one run: older, they were left by a run on other data or settings
+        echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES, older than $SCORES (left by an earlier" \
+             "stage 1 run?); score them again with PASSAGES_AS_QUERIES, or touch the file to use it" >&2
+    elif [[ "$needs_labels" == "true" ]]; then
         echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES (no gold labels, which these options need)" >&2
     else
         echo "create_triplets.sh: adding the passages-as-queries lists of $PASSAGES_AS_QUERIES_SCORES" >&2

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Literal, get_args
+
+import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
@@ -182,7 +185,7 @@ def margin_skip_reason(margin: float, min_margin: float = 0.0) -> str | None:
     """
     if not margin > 0:
         return SKIP_NON_POSITIVE_MARGIN
-    if margin < min_margin:
+    if margin < min_margin * (1 - 1e-9):  # (0.3 - 0.1 is 0.19999999999999998: at --min_margin 0.2, kept)
         return SKIP_BELOW_MIN_MARGIN
     return None
 
@@ -374,6 +377,7 @@ def write_records(
     counts: Counter = Counter()
     for group in groups:
         counts.update(queries=1, pairs=len(group.passages))
+        group = combined_again(group)
         if len(kept := first_listings(group.passages)) < len(group.passages):
             # repeats go before the labels correct the scores, or a repeat's other label would move them
             counts.update({SKIP_REPEATED_PASSAGE: len(group.passages) - len(kept)})
@@ -386,6 +390,10 @@ def write_records(
         selections, skipped = select(group.passages, scores, group.labels, rules, query_rng(rules.seed, group.query))
         records = format_records(output_format, group.query, group.passages, scores, group.labels, selections)
         for record in records:
+            numbers = record["scores"] if "scores" in record else [record["score"]]
+            if not all(math.isfinite(number) for number in numbers):  # scores near 1e308: their margin overflows
+                raise InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a margin "
+                                 f"({numbers[:4]}); rescale them", source, group.line)
             out.write(dumps(record) + "\n")
         counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
@@ -402,6 +410,25 @@ def write_records(
     return counts
 
 
+def combined_again(group: QueryGroup) -> QueryGroup:
+    """Several teachers: the group's combined scores made again over the whole group, as stage 1
+    makes them over a list (the mean of each teacher's z-scores within it; see
+    scoring.zscore_by_query). Where lines of one query text come from several lists (records or
+    files: a passage scored as a query is also a query of the data), stage 1 standardised each
+    list apart, and their combined scores are on different scales; for one list this gives the
+    same scores back."""
+    from rerank_distill.scoring import zscore_by_query
+
+    by_line = group.teacher_scores
+    if not by_line or any(scores is None for scores in by_line) or any(scores.keys() != by_line[0].keys()
+                                                                        for scores in by_line):
+        return group
+    one_query = np.zeros(len(by_line), dtype=np.int64)
+    combined = np.mean([zscore_by_query(np.array([scores[name] for scores in by_line], dtype=np.float64), one_query)
+                        for name in by_line[0]], axis=0)  # fmt: skip
+    return replace(group, scores=[float(score) for score in combined])
+
+
 # --- grouping a stream of scored pairs by query ---
 
 
@@ -414,6 +441,8 @@ class QueryGroup:
     scores: list[float] = field(default_factory=list)  # teacher logits, parallel to passages
     labels: list[float | None] = field(default_factory=list)  # gold grades (None: the line had none)
     line: int = 0  # input line of the query's first pair, for messages
+    # several teachers: each line's {teacher: score}, which the combined score was made from (None: none)
+    teacher_scores: list[dict | None] = field(default_factory=list)
 
 
 class QueriesNotGrouped(Exception):
@@ -452,6 +481,7 @@ def iter_query_groups(pairs: Iterable[ScoredPair]) -> Iterator[QueryGroup]:
         group.passages.append(pair.passage)
         group.scores.append(pair.score)
         group.labels.append(pair.label)
+        group.teacher_scores.append(pair.extra.get("teacher_scores"))
     if group is not None:
         yield group
 
@@ -472,7 +502,8 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
         for pair in pairs:
             index.setdefault(query_key(pair.query), array("q")).append(offset)
             # floats round-trip exactly through JSON (repr), so scores come back unchanged
-            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line], ensure_ascii=False)
+            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line,
+                               pair.extra.get("teacher_scores")], ensure_ascii=False)
             encoded = line.encode("utf-8") + b"\n"
             spill.write(encoded)
             offset += len(encoded)
@@ -480,9 +511,10 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
             group: QueryGroup | None = None
             for offset in offsets:
                 spill.seek(offset)
-                query, passage, score, label, line_number = json.loads(spill.readline())
+                query, passage, score, label, line_number, teacher_scores = json.loads(spill.readline())
                 group = group or QueryGroup(query, line=line_number)
                 group.passages.append(passage)
                 group.scores.append(score)
                 group.labels.append(label)
+                group.teacher_scores.append(teacher_scores)
             yield group

@@ -364,9 +364,11 @@ def test_a_line_missing_its_label_is_named(tmp_path):
 
     with pytest.raises(InputError, match=f"^{scores}:2: --positives labels needs a gold label"):
         run(tmp_path, scores, "--positives", "labels")
-    with pytest.raises(InputError, match=f'^{scores}:1: --positives labels needs a gold label on every line, but '
+    starred = write_jsonl_records(tmp_path / "starred.jsonl", [{"query": "q", "passage": "a", "score": 2.0, "stars": 1},
+                                                              {"query": "q", "passage": "b", "score": 1.0}])
+    with pytest.raises(InputError, match=f'^{starred}:2: --positives labels needs a gold label on every line, but '
                                          'this one has no "stars"'):
-        run(tmp_path, scores, "--positives", "labels", "--label_column", "stars")
+        run(tmp_path, starred, "--positives", "labels", "--label_column", "stars")
 
 
 def test_a_line_missing_its_label_in_a_data_set_folder_is_named_by_its_own_file(tmp_path):
@@ -751,6 +753,7 @@ def test_input_without_any_usable_triplet_is_an_error_not_an_empty_file(tmp_path
         ("--min_margin", "nan", "--min_margin must be 0 or more"),
         ("--label_margin", "-1", "--label_margin must be above 0"),
         ("--label_margin", "0", "--label_margin must be above 0"),
+        ("--label_margin", "inf", "--label_margin must be above 0 and finite"),
     ],
 )
 def test_out_of_range_settings_are_rejected(tmp_path, flag, value, message):
@@ -864,3 +867,49 @@ def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_
     assert asked == [("someone/scores", "train", "modelscope", "/downloads")]
     assert [(r["positive"], r["negative"], r["score"]) for r in read_jsonl_records(tmp_path / "t.jsonl")] == [
         ("a", "b", 2.0), ("a", "c", 2.5)]
+
+
+def test_lists_of_one_query_text_scored_apart_by_several_teachers_are_combined_again_as_one(tmp_path):
+    # Stage 1 standardised each list apart: A and C both lead their own list with a combined 1.0,
+    # though both teachers score C far above A. Joined, the combined score is made over all four.
+    def line(passage, first, second, combined):
+        return {"query": "q", "passage": passage, "score": combined, "label": None,
+                "teacher_scores": {"t1": first, "t2": second}}
+
+    one = write_jsonl_records(tmp_path / "scores.jsonl", [line("A", 10.0, 5.0, 1.0), line("B", 0.0, 0.0, -1.0)])
+    other = write_jsonl_records(tmp_path / "more_scores.jsonl", [line("C", 100.0, 50.0, 1.0), line("D", 99.0, 49.0, -1.0)])
+    _, output = run(tmp_path, one, "--top_k", "1", "--num_negatives", "3")
+    assert [(t["positive"], t["negative"]) for t in read_jsonl_records(output)] == [("A", "B")]  # one list: as it was
+    assert read_jsonl_records(output)[0]["score"] == pytest.approx(2.0)
+
+    summary = create_triplets.main(["--input_path", str(one), str(other), "--output_path", str(tmp_path / "both.jsonl"),
+                                    "--top_k", "1", "--num_negatives", "3"])  # fmt: skip
+    triplets = [(t["positive"], t["negative"]) for t in read_jsonl_records(tmp_path / "both.jsonl")]
+    assert triplets == [("C", "D"), ("C", "A"), ("C", "B")] and summary["queries"] == 1
+
+
+def test_a_margin_equal_to_min_margin_is_kept_whatever_the_float_rounding(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 0.3), ("b", 0.1)]})  # 0.3 - 0.1 < 0.2 in floats
+    summary, _ = run(tmp_path, scores, "--min_margin", "0.2")
+    assert summary["records"] == 1
+
+
+def test_a_label_column_no_line_has_is_refused_at_the_first_line(tmp_path):
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "score": 1.0, "label": 1},
+                                                           {"query": "q", "passage": "b", "score": 0.0, "label": 0}])
+    with pytest.raises(InputError, match=r'scores.jsonl:1: no field "lable" \(--label_column\)'):
+        run(tmp_path, scores, "--label_column", "lable")
+
+
+def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_path):
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "content": "A", "score": 1e308},
+                                                           {"query": "q", "content": "B", "score": "-1e308"}])
+    with pytest.raises(InputError, match="overflow in a margin"):
+        run(tmp_path, scores)
+    assert not (tmp_path / "out" / "triplets.jsonl").exists()
+
+
+def test_an_output_named_as_another_format_is_refused(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    with pytest.raises(InputError, match=r"triplets.parquet: the records are written as JSONL; name it .jsonl"):
+        run(tmp_path, scores, name="triplets.parquet")
