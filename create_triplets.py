@@ -25,8 +25,7 @@ from typing import Literal
 
 from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.training_data import first_record
-from rerank_distill.formats import ScoredPair, check_output_not_read, iter_scored_pairs
+from rerank_distill.formats import ScoredPair, check_output_not_read, first_record, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.scoring import check_same_teachers
 from rerank_distill.triplets import (
@@ -143,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     for source in args.input_path if args.label_column else []:  # a misspelt column would read as no labels at all
         path, line, record = first_record(source, args.hub, args.cache_dir)
         if args.label_column not in record:
-            raise InputError(f'no field "{args.label_column}" (--label_column); fields present: {sorted(record)}',
-                             path, line)
+            raise InputError(f'the first line has no field "{args.label_column}" (--label_column); fields present: '
+                             f"{sorted(record)}", path, line)
 
     def scored_pairs() -> Iterator[ScoredPair]:
         for path in args.input_path:

@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
     for written in (args.output_path, *beside_report):
         check_output_not_read(written, sources, "--output_path")
+        for name, model in (("before", args.model_before_path), ("after", args.model_after_path)):
+            if model and Path(model).is_dir() and Path(written).resolve().is_relative_to(Path(model).resolve()):
+                raise InputError(f"--output_path {args.output_path} is inside the model folder of --model_{name}_path "
+                                 f"{model}: the report could overwrite its files (config.json); write it elsewhere")
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
@@ -149,9 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
             local = resolve_model(path, args.hub, args.cache_dir)
         except InputError as error:
             raise InputError(f"--model_{name}_path: {error}") from None
-        if any(Path(written).resolve().is_relative_to(Path(local).resolve()) for written in (args.output_path, *beside_report)):
-            raise InputError(f"--output_path {args.output_path} is inside the model folder of --model_{name}_path "
-                             f"{path}: the report could overwrite its files (config.json); write it elsewhere")
         if held := without_trained_head(local):
             raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
                              "scores with a new random head, noise that differs from run to run; evaluate a "

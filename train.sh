@@ -28,8 +28,8 @@ TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scor
 # selection would be chance, so nothing is held out and the last step is final) or a labelled
 # dev file (a file, DIR:SPLIT or hub id, as train.py reads it). This default is skipped (with a
 # warning) where it does not exist; one you set goes to train.py, which stops if it cannot read it.
-# Set empty (SELECTION_DATA=) to pick by the labels of a labelled or scores training file (bce_labels,
-# mse, bce_soft), or else (triplets, n-tuples, listwise groups) by the held-out eval loss.
+# Set empty (SELECTION_DATA=) to pick by the labels of a labelled --eval_data (EVAL_DATA), else of a
+# labelled or scores training file (bce_labels, mse, bce_soft), else by the held-out eval loss.
 selection_data_given="${SELECTION_DATA+yes}"
 SELECTION_DATA="${SELECTION_DATA-${SCORES:-${SCORES_DIR:-output/scores}/train_scores.jsonl}}"  # create_triplets.sh's SCORES
 EARLY_STOPPING_PATIENCE="${EARLY_STOPPING_PATIENCE:-0}"           # stop after N evaluations without a better one; 0 = never

@@ -133,7 +133,7 @@ def split_files(folder: str, split: str | None) -> list[str]:
     numbered inside a folder named for it (``default/test/0000.parquet``), or the split's Arrow
     files of a ``save_to_disk`` folder. With no split, the folder must hold exactly one."""
     by_split = splits_in(folder)
-    split = the_split(folder, split)
+    split = resolve_split(folder, split)
     if split not in by_split:
         raise InputError(f"this folder has no split '{split}' (file names, or the folders of numbered files, "
                          f"name their split); it holds {sorted(by_split)}", folder)  # fmt: skip
@@ -166,7 +166,7 @@ def splits_in(folder: str) -> dict[str, list[str]]:
     return by_split
 
 
-def the_split(folder: str, split: str | None) -> str:
+def resolve_split(folder: str, split: str | None) -> str:
     """``split``, or where it is None the only split of ``folder`` (InputError where it has several)."""
     if split is not None:
         return split
@@ -236,11 +236,11 @@ def _part_files(folder: str, split: str | None) -> dict[str, list[str]] | None:
     part_folders = local_part_folders(folder)
     if not part_folders:
         return None
-    split = the_split(part_folders["top_ranked"], split)
+    split = resolve_split(part_folders["top_ranked"], split)
     files = {}
     for part, part_folder in part_folders.items():
         shared = part in ("corpus", "queries") and len(splits_in(part_folder)) == 1
-        files[part] = split_files(part_folder, the_split(part_folder, None) if shared else split)
+        files[part] = split_files(part_folder, resolve_split(part_folder, None) if shared else split)
     return files
 
 
@@ -319,6 +319,14 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
             yield f"{source} ({part})", row_number, dict(record)
 
     yield from join_parts(read_part, source)
+
+
+def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> tuple[str, int, dict]:
+    """``(path, line, record)`` of a source's first record (InputError for a missing or empty file).
+    ``hub``/``cache_dir``: where a hub data set is fetched from."""
+    for path, line, record in iter_rows(source, hub, cache_dir):
+        return path, line, record
+    raise InputError("contains no records (the file is empty)", source)
 
 
 def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:
@@ -642,12 +650,16 @@ def teacher_scores_for(
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
     scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
-    conflicting = []  # where a repeated pair's score differs from its first (stage 1 scores each pair once)
+    # a repeated pair whose teachers' scores differ from its first (stage 1 scores each pair once; the
+    # combined score of several teachers, standardised within each list, may differ between lists)
+    first_said: dict[tuple[str, str], Any] = {}
+    conflicting = []
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
-        first = scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
-        if first[0] != pair.score or first[1] != probs:
+        scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
+        said = (pair.extra.get("teacher_scores", pair.score), probs)
+        if first_said.setdefault((pair.query, pair.passage), said) != said:
             conflicting.append(f"{pair.path}:{pair.line}")
     if conflicting:
         logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "

@@ -112,16 +112,17 @@ class JudgePrompt:
         cut falls inside a character that is several tokens (byte-level BPE: an emoji or a CJK
         character), until the document keeps its share of the room."""
         query_tokens = self._tokens(query)
-        keep = len(query_tokens) - excess  # query tokens to keep
+        kept_tokens = len(query_tokens) - excess
         while True:
-            cut = query_tokens[keep - 1][1] if keep > 0 else 0  # a character offset: the end of the last kept token
-            ids = self.tokenizer(format_body(self.instruction, query[:cut], document), add_special_tokens=False)["input_ids"]
+            cut_at_character = query_tokens[kept_tokens - 1][1] if kept_tokens > 0 else 0
+            body = format_body(self.instruction, query[:cut_at_character], document)
+            ids = self.tokenizer(body, add_special_tokens=False)["input_ids"]
             over = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
-            if over <= 0 or cut == 0:
+            if over <= 0 or cut_at_character == 0:
                 return ids
-            keep -= over
-            while keep > 0 and query_tokens[keep - 1][1] >= cut:  # tokens sharing that character's offset
-                keep -= 1
+            kept_tokens -= over
+            while kept_tokens > 0 and query_tokens[kept_tokens - 1][1] >= cut_at_character:  # one character's tokens
+                kept_tokens -= 1
 
     def _tokens(self, text: str) -> list[tuple[int, int]]:
         """The (start, end) character span of each of ``text``'s tokens."""

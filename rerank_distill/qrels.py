@@ -66,7 +66,8 @@ def join_parts(read_part: Callable[[str], Rows], where: str) -> Iterator[tuple[s
     gives a part's rows; ``where`` names the data set in messages.
 
     Holds the qrels, the candidate lists and the texts of the queries and documents they name in
-    memory (not the rest of the corpus)."""
+    memory (not the rest of the corpus). Two query ids of one text stay two records; as graded rows
+    they join one list, as every row-per-pair format groups by query text."""
     qrels: dict[str, dict[str, float]] = {}
     for path, row, record in read_part("qrels"):
         query_id, corpus_id = (_id_of(record, name, path, row) for name in ("query-id", "corpus-id"))

@@ -22,6 +22,7 @@ from rerank_distill.cli import check_minimums, parse_args, to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
+    first_record,
     iter_ranking_queries,
     iter_scored_pairs,
     label_of,
@@ -35,7 +36,6 @@ from rerank_distill.training_data import (
     DATA_KINDS,
     RANKING_KINDS,
     detect_data_kind,
-    first_record,
     read_training_data,
     teacher_spread_warning,
 )
@@ -249,14 +249,24 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
         eval_data = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
                                        script.input_format, script.label_column, **where)
         eval_set = eval_data.to_dataset()
-        if selection_data is None and eval_data.kind in RANKING_KINDS:  # its gold labels pick by MAP, as a dev set
-            selection_data = script.eval_data
+        if selection_data is None and has_gold_labels(script.eval_data, eval_data.kind, script.label_column, **where):
+            selection_data = script.eval_data  # its gold labels pick by MAP, as a dev set
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
                                script.input_format, script.label_column, **where)
     if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
     return data.kind, selection
+
+
+def has_gold_labels(source: str, kind: str, label_column: str | None, hub: str = "huggingface",
+                    cache_dir: str | None = None) -> bool:
+    """Whether training-kind data ``source`` of ``kind`` carries gold labels per candidate: labelled
+    lists do, a scores file where its first line has a label."""
+    if kind not in RANKING_KINDS:
+        return False
+    path, line, record = first_record(source, hub, cache_dir)
+    return kind == "labelled" or label_of(record, path, line, label_column) is not None
 
 
 def small_selection_warning(selection: CheckpointSelection) -> str | None:

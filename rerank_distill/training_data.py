@@ -85,14 +85,6 @@ def detect_data_kind(record: dict, path: str, line: int, input_format: str = "au
                          f"expected one of: {kinds}", path, line) from None
 
 
-def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> tuple[str, int, dict]:
-    """``(path, line, record)`` of a source's first record (InputError for a missing or empty file).
-    ``hub``/``cache_dir``: where a hub data set is fetched from."""
-    for path, line, record in iter_rows(source, hub, cache_dir):
-        return path, line, record
-    raise InputError("contains no records (the file is empty)", source)
-
-
 def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) -> None:
     """InputError naming the file, what it holds and what ``--loss`` needs, when they differ."""
     if kind not in LOSSES[loss].inputs:

@@ -410,6 +410,20 @@ def write_records(
     return counts
 
 
+def teacher_scores_of(pair: ScoredPair) -> dict | None:
+    """A line's ``teacher_scores`` (several teachers: ``{teacher: score}``), or None where it has
+    none; InputError at the line where it is not a map of finite numbers."""
+    value = pair.extra.get("teacher_scores")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value or not all(
+            isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+            for score in value.values()):  # fmt: skip
+        raise InputError(f'field "teacher_scores" must map each teacher to a finite number, got {value!r}'[:200],
+                         pair.path, pair.line)
+    return value
+
+
 def combined_again(group: QueryGroup) -> QueryGroup:
     """Several teachers: the group's combined scores made again over the whole group, as stage 1
     makes them over a list (the mean of each teacher's z-scores within it; see
@@ -481,7 +495,7 @@ def iter_query_groups(pairs: Iterable[ScoredPair]) -> Iterator[QueryGroup]:
         group.passages.append(pair.passage)
         group.scores.append(pair.score)
         group.labels.append(pair.label)
-        group.teacher_scores.append(pair.extra.get("teacher_scores"))
+        group.teacher_scores.append(teacher_scores_of(pair))
     if group is not None:
         yield group
 
@@ -502,8 +516,8 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
         for pair in pairs:
             index.setdefault(query_key(pair.query), array("q")).append(offset)
             # floats round-trip exactly through JSON (repr), so scores come back unchanged
-            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line,
-                               pair.extra.get("teacher_scores")], ensure_ascii=False)
+            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line, teacher_scores_of(pair)],
+                              ensure_ascii=False)
             encoded = line.encode("utf-8") + b"\n"
             spill.write(encoded)
             offset += len(encoded)

@@ -453,6 +453,21 @@ def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query
     assert summary["selection_queries"] == sum(1 for q in iter_ranking_queries(str(dev)) if q.positives and q.negatives)
 
 
+def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files_labels(scores_file, tmp_path):
+    from types import SimpleNamespace
+
+    from rerank_distill.training import load_training_data
+
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "dev q", "passage": p, "score": s, "label": None}
+                                                       for p, s in (("a", 1.0), ("b", 0.0))])  # fmt: skip
+    script = SimpleNamespace(train_data=str(scores_file), eval_data=str(dev), selection_data=None, loss="mse",
+                             teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
+                             selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
+    _, selection = load_training_data(script, SimpleNamespace(
+        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0), True, False)
+    assert selection.metric == "eval_selection_map" and str(scores_file) in selection.note
+
+
 # --- defaults the user did not pass -----------------------------------------------------------
 
 

@@ -894,10 +894,10 @@ def test_a_margin_equal_to_min_margin_is_kept_whatever_the_float_rounding(tmp_pa
     assert summary["records"] == 1
 
 
-def test_a_label_column_no_line_has_is_refused_at_the_first_line(tmp_path):
+def test_a_label_column_the_first_line_lacks_is_refused_there(tmp_path):
     scores = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "score": 1.0, "label": 1},
                                                            {"query": "q", "passage": "b", "score": 0.0, "label": 0}])
-    with pytest.raises(InputError, match=r'scores.jsonl:1: no field "lable" \(--label_column\)'):
+    with pytest.raises(InputError, match=r'scores.jsonl:1: the first line has no field "lable" \(--label_column\)'):
         run(tmp_path, scores, "--label_column", "lable")
 
 
@@ -913,3 +913,11 @@ def test_an_output_named_as_another_format_is_refused(tmp_path):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
     with pytest.raises(InputError, match=r"triplets.parquet: the records are written as JSONL; name it .jsonl"):
         run(tmp_path, scores, name="triplets.parquet")
+
+
+@pytest.mark.parametrize("teacher_scores", [{"t1": "x", "t2": 1.0}, [1.0, 2.0], {"t1": None, "t2": 1.0}, {}])
+def test_bad_teacher_scores_are_refused_at_their_line(tmp_path, teacher_scores):
+    good = {"query": "q", "passage": "a", "score": 1.0, "label": None, "teacher_scores": {"t1": 1.0, "t2": 2.0}}
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", [good, {**good, "passage": "b", "teacher_scores": teacher_scores}])
+    with pytest.raises(InputError, match=r'scores.jsonl:2: field "teacher_scores" must map each teacher to a finite'):
+        run(tmp_path, scores)
