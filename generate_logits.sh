@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
-# Several, space-separated, ensemble their scores (mean of per-query z-scores).
+# Several, space-separated, ensemble their scores (mean of per-query z-scores). A path with a space
+# cannot go in that list: give such models as a flag instead (--model_path 'my models/judge').
 TEACHER="${TEACHER:-Qwen/Qwen3-Reranker-8B}"
 # Kind of teacher: llm_yesno (Qwen3-Reranker), llm_labels, cross_encoder or embedding;
 # one for every model, or space-separated, one per model in the same order
@@ -73,6 +74,9 @@ if [[ "$inputs_given" == "true" ]]; then
              "name only the training data there (and score the test data in a run without it)" >&2
     fi
     score ${paq_args[@]+"${paq_args[@]}"} "$@"
+elif (( ${#input_paths[@]} == 0 )); then
+    echo "generate_logits.sh: INPUTS is empty: set it to the data sets to score (or pass --input_path)" >&2
+    exit 2
 elif (( PASSAGES_AS_QUERIES > 0 )); then
     # the first input with its passages-as-queries lists, then the others: each file is scored by one
     # run only, so a flag such as --overwrite never makes a second run score a file again

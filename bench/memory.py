@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import SHARED_DATA, machine, write_results  # noqa: E402
 
 # Runs one stage's main() in this fresh process and prints its own peak RSS in KiB: VmHWM, the high
@@ -102,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback

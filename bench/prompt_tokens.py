@@ -20,6 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import SHARED_DATA, write_results  # noqa: E402
 from bench.teacher import benchmark_queries  # noqa: E402
 from rerank_distill.prompts import JudgePrompt  # noqa: E402
@@ -66,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback

@@ -44,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import (  # noqa: E402
     SHARED_DATA,
     embedding_teacher_scores,
@@ -257,4 +259,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback

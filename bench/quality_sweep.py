@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import SHARED_DATA, embedding_teacher_scores, machine, write_results  # noqa: E402
 from bench.quality import evaluate, share  # noqa: E402
 
@@ -141,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback

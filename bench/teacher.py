@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import SHARED_DATA, alternate, machine, median, print_table, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
@@ -217,4 +219,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback

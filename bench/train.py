@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rerank_distill.cli import run_main  # noqa: E402
+
 from bench.common import (  # noqa: E402
     SHARED_DATA,
     alternate,
@@ -171,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a user mistake: one error line, not a traceback
