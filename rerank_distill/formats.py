@@ -127,13 +127,14 @@ def check_output_not_read(output: str | os.PathLike, sources: list[str], flag: s
     check_outside_data_set_folders(output, sources, flag)
 
 
-def split_files(folder: str, split: str | None) -> list[str]:
+def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] | None = None) -> list[str]:
     """The data files of one split of a local data-set folder, sorted by path: the files named for
     the split, as hubs name them (``train.jsonl.gz``, ``data/test-00000-of-00001.parquet``), or
     numbered inside a folder named for it (``default/test/0000.parquet``), or the split's Arrow
-    files of a ``save_to_disk`` folder. With no split, the folder must hold exactly one."""
-    by_split = splits_in(folder)
-    split = resolve_split(folder, split)
+    files of a ``save_to_disk`` folder. With no split, the folder must hold exactly one.
+    ``by_split``: what splits_in found in the folder, where the caller has it."""
+    by_split = splits_in(folder) if by_split is None else by_split
+    split = resolve_split(folder, split, by_split)
     if split not in by_split:
         raise InputError(f"this folder has no split '{split}' (file names, or the folders of numbered files, "
                          f"name their split); it holds {sorted(by_split)}", folder)  # fmt: skip
@@ -166,11 +167,12 @@ def splits_in(folder: str) -> dict[str, list[str]]:
     return by_split
 
 
-def resolve_split(folder: str, split: str | None) -> str:
-    """``split``, or where it is None the only split of ``folder`` (InputError where it has several)."""
+def resolve_split(folder: str, split: str | None, by_split: dict[str, list[str]] | None = None) -> str:
+    """``split``, or where it is None the only split of ``folder`` (InputError where it has several;
+    ``by_split``: what splits_in found there, where the caller has it)."""
     if split is not None:
         return split
-    by_split = splits_in(folder)
+    by_split = splits_in(folder) if by_split is None else by_split
     if len(by_split) != 1:
         raise InputError(f"this folder holds the splits {sorted(by_split)}; name one as {folder}:SPLIT", folder)
     return next(iter(by_split))
@@ -236,11 +238,12 @@ def _part_files(folder: str, split: str | None) -> dict[str, list[str]] | None:
     part_folders = local_part_folders(folder)
     if not part_folders:
         return None
-    split = resolve_split(part_folders["top_ranked"], split)
+    by_part = {part: splits_in(part_folder) for part, part_folder in part_folders.items()}
+    split = resolve_split(part_folders["top_ranked"], split, by_part["top_ranked"])
     files = {}
     for part, part_folder in part_folders.items():
-        shared = part in ("corpus", "queries") and len(splits_in(part_folder)) == 1
-        files[part] = split_files(part_folder, resolve_split(part_folder, None) if shared else split)
+        shared = part in ("corpus", "queries") and len(by_part[part]) == 1
+        files[part] = split_files(part_folder, next(iter(by_part[part])) if shared else split, by_part[part])
     return files
 
 

@@ -31,7 +31,8 @@ def refuse_revision_of_a_folder(name_or_id: str, kind: str, folder_as: str = "{f
     name, revision = split_revision(name_or_id)
     if revision and os.path.exists(name):
         raise InputError(f"'{name}' is a local folder, and @{revision} names a revision of a hub {kind}: pass the "
-                         f"folder as {folder_as.format(folder=name)}, or move it away to fetch {name_or_id} from the hub")
+                         f"folder as {folder_as.format(folder=name)}, or move it away to fetch {name_or_id} from "
+                         "the hub")
 
 
 def looks_like_hub_id(name: str) -> bool:

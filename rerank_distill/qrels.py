@@ -40,7 +40,7 @@ def is_qrels(columns: Iterable[str]) -> bool:
 def local_part_folders(folder: str) -> dict[str, str] | None:
     """``{part: folder}`` where ``folder`` holds the four parts' folders, else None (with corpus and
     queries but another part missing: InputError naming it)."""
-    found = {part: next((os.path.join(folder, name) for name in names if os.path.isdir(os.path.join(folder, name))), None)
+    found = {part: next((path for path in (os.path.join(folder, name) for name in names) if os.path.isdir(path)), None)
              for part, names in PART_FOLDERS.items()}  # fmt: skip
     if found["corpus"] is None or found["queries"] is None:
         return None

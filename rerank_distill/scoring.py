@@ -171,6 +171,12 @@ def zscore_by_query(scores: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def combine_teachers(scores_by_teacher: Sequence[np.ndarray], query_ids: np.ndarray) -> np.ndarray:
+    """Several teachers' scores of the same pairs as one: the mean of each teacher's z-scores within
+    each query (``query_ids``: each pair's query), since their scales differ (logits, cosines, grades)."""
+    return np.mean([zscore_by_query(scores, query_ids) for scores in scores_by_teacher], axis=0)
+
+
 @dataclass
 class ScoringStats:
     queries: int = 0
@@ -264,9 +270,7 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     if len(teachers) == 1:
         combined = results[0].scores[rows]
     else:
-        # Teachers' scales differ (logits, cosines, grades): standardise each within its query first.
-        per_query = np.asarray(query_ids)
-        combined = np.mean([zscore_by_query(r.scores[rows], per_query) for r in results], axis=0)
+        combined = combine_teachers([r.scores[rows] for r in results], np.asarray(query_ids))
         progress(len(distinct))
     lines, line_number = [], 0
     for query in chunk:
@@ -680,7 +684,9 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     records = _shard_run_records(paths)
     single_run, finished = _single_run_settings(merged), is_finished(merged)
-    differs = _differences(single_run, _settings(records[0]["made_with"]), single_run.keys()) if records and single_run else []
+    differs = []
+    if records and single_run:
+        differs = _differences(single_run, _settings(records[0]["made_with"]), single_run.keys())
     if differs and finished:
         raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
                          f"{', '.join(differs)}); delete it and its .run.json to join them in its place")

@@ -98,7 +98,7 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
     kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
         return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
-    if kind == "scores" and label_of(record, path, line, label_column) is None:
+    if not carries_gold_labels(kind, record, path, line, label_column):
         if not is_training_data:  # a broken file is an error, used or not
             for _ in iter_scored_pairs(source, label_column, hub, cache_dir):
                 pass
@@ -249,7 +249,8 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
         eval_data = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
                                        script.input_format, script.label_column, **where)
         eval_set = eval_data.to_dataset()
-        if selection_data is None and has_gold_labels(script.eval_data, eval_data.kind, script.label_column, **where):
+        if selection_data is None and carries_gold_labels(eval_data.kind, *first_record(script.eval_data, **where),
+                                                          script.label_column):
             selection_data = script.eval_data  # its gold labels pick by MAP, as a dev set
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
@@ -259,14 +260,10 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
     return data.kind, selection
 
 
-def has_gold_labels(source: str, kind: str, label_column: str | None, hub: str = "huggingface",
-                    cache_dir: str | None = None) -> bool:
-    """Whether training-kind data ``source`` of ``kind`` carries gold labels per candidate: labelled
-    lists do, a scores file where its first line has a label."""
-    if kind not in RANKING_KINDS:
-        return False
-    path, line, record = first_record(source, hub, cache_dir)
-    return kind == "labelled" or label_of(record, path, line, label_column) is not None
+def carries_gold_labels(kind: str, record: dict, path: str, line: int, label_column: str | None) -> bool:
+    """Whether data of ``kind`` whose first ``record`` this is carries gold labels per candidate:
+    labelled lists do, a scores file where its first line has a label."""
+    return kind == "labelled" or (kind == "scores" and label_of(record, path, line, label_column) is not None)
 
 
 def small_selection_warning(selection: CheckpointSelection) -> str | None:
@@ -612,7 +609,8 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     if 0 < training.max_steps < state.global_step:
         raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
                          f"with --max_steps {state.max_steps} (its run's) or more")
-    ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds, early_stopping_patience)
+    ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds,
+                        early_stopping_patience)
     if ended and final_model_saved(training.output_dir, state):
         raise InputError(
             f"{checkpoint} already reached the end this command asks for ({ended}), and its final model is saved: "

@@ -357,7 +357,8 @@ def require_labels(pairs: Iterable[ScoredPair], flag: str, label_column: str | N
         if pair.label is None:
             raise InputError(
                 f'{flag} needs a gold label on every line, but this one has no "{label_column or "label"}" (or it is '
-                "null). Stage 1 keeps labels when its input has them (e.g. MTEB positive/negative lists), but passages scored "
+                "null). Stage 1 keeps labels when its input has them (e.g. MTEB positive/negative lists), but "
+                "passages scored "
                 "as queries have none: leave such files out, or for unlabelled data "
                 + ("use --positives teacher" if flag.startswith("--positives") else f"drop {flag}"),
                 pair.path,
@@ -431,15 +432,13 @@ def combined_again(group: QueryGroup) -> QueryGroup:
     files: a passage scored as a query is also a query of the data), stage 1 standardised each
     list apart, and their combined scores are on different scales; for one list this gives the
     same scores back."""
-    from rerank_distill.scoring import zscore_by_query
+    from rerank_distill.scoring import combine_teachers
 
     by_line = group.teacher_scores
-    if not by_line or any(scores is None for scores in by_line) or any(scores.keys() != by_line[0].keys()
-                                                                        for scores in by_line):
+    if not by_line or any(scores is None or scores.keys() != by_line[0].keys() for scores in by_line):
         return group
-    one_query = np.zeros(len(by_line), dtype=np.int64)
-    combined = np.mean([zscore_by_query(np.array([scores[name] for scores in by_line], dtype=np.float64), one_query)
-                        for name in by_line[0]], axis=0)  # fmt: skip
+    by_teacher = [np.array([scores[name] for scores in by_line], dtype=np.float64) for name in by_line[0]]
+    combined = combine_teachers(by_teacher, np.zeros(len(by_line), dtype=np.int64))
     return replace(group, scores=[float(score) for score in combined])
 
 
