@@ -178,14 +178,18 @@ def test_a_hub_data_sets_revision_stays_in_its_output_name():
 
 
 def test_a_revision_the_hub_does_not_have_says_to_check_it_not_to_download_elsewhere(monkeypatch):
-    import httpx2
     from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        import httpx2 as http  # huggingface_hub 2's HTTP library
+    except ImportError:
+        import httpx as http  # huggingface_hub 1's (requirements.txt admits both)
 
     url = "https://huggingface.co/api/models/someone/some-reranker/revision/v3"
 
     def snapshot_download(*args, **kwargs):
         raise RevisionNotFoundError(f"404 Client Error. Revision Not Found for url: {url}.",
-                                    response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+                                    response=http.Response(404, request=http.Request("GET", url)))
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
     monkeypatch.setattr("rerank_distill.hub.unreachable_hugging_face_host", lambda: None)  # the hub answered
