@@ -8,14 +8,18 @@ held-out triplets, computed the same way (fp32, plain MarginMSELoss) for every r
 
     python bench/train.py                       # builds teacher scores and triplets on first use
     python bench/train.py --max_steps 60 --repetitions 3
+    python bench/train.py --random_bge_m3_shape --triplets T.jsonl   # on a GPU: the reference student's work
 
 Triplets come from --triplets, or are made from --data (SemEval train by default) with the
-all-MiniLM embedding teacher (cosine x 10) and create_triplets.py's default rule.
+all-MiniLM embedding teacher (cosine x 10) and create_triplets.py's default rule. Where bf16 is
+fast (a recent GPU, some CPUs) the original recipe also runs in bf16, so ours is compared with it
+at its best too.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import random
@@ -65,28 +69,47 @@ def split_triplets(path: Path, held_out_share: float, work: Path) -> tuple[Path,
     return train_path, [r for r in rows if r["query"] in held_out]
 
 
+def random_bge_m3_shape(folder: Path, tokenizer_from: str) -> Path:
+    """A randomly initialised one-logit cross-encoder of bge-reranker-v2-m3's shape (XLM-RoBERTa
+    large: 24 layers, hidden 1024, 16 heads, vocabulary 250,002; built as a BERT, the same
+    layers, so that ``tokenizer_from``'s BERT tokenizer fits it): the reference student's work per
+    token without its weights, which cannot be downloaded here."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=250_002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        max_position_embeddings=514, type_vocab_size=2, num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    return folder
+
+
 @torch.no_grad()
 def held_out_loss(model_path: str, rows: list[dict], max_length: int) -> float:
     """Plain MarginMSELoss (fp32, eval mode) of a saved model on fixed triplets."""
     from sentence_transformers.cross_encoder import CrossEncoder
     from sentence_transformers.cross_encoder.losses import MarginMSELoss
 
-    model = CrossEncoder(model_path, max_length=max_length, device="cpu")
+    model = CrossEncoder(model_path, max_length=max_length, device="cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
     loss = MarginMSELoss(model)
     total = 0.0
     for start in range(0, len(rows), 32):
         batch = rows[start : start + 32]
         inputs = [[r["query"] for r in batch], [r["positive"] for r in batch], [r["negative"] for r in batch]]
-        total += loss(inputs, torch.tensor([r["score"] for r in batch])).item() * len(batch)
+        total += loss(inputs, torch.tensor([r["score"] for r in batch], device=model.device)).item() * len(batch)
     return total / len(rows)
 
 
-def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int) -> dict:
+def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int,
+                    bf16: bool = False) -> dict:
     """The original recipe as written: CrossEncoder, MarginMSELoss, CrossEncoderTrainer, defaults."""
     trainer, result, seconds, _ = train_original_recipe(
         student, train_path, out, max_length=max_length, per_device_train_batch_size=batch_size, max_steps=steps,
-        learning_rate=2e-5, warmup_steps=0.1, logging_steps=1, seed=12,
+        learning_rate=2e-5, warmup_steps=0.1, logging_steps=1, seed=12, bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
     return {"seconds": seconds, "examples": steps * batch_size, "train_loss": result.training_loss,
             "final_loss": final_logged_loss(trainer.state.log_history)}
@@ -116,6 +139,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"),
                         help="Ranking data the teacher scores into triplets when --triplets is not given.")
     parser.add_argument("--triplets", default=None)
+    parser.add_argument("--random_bge_m3_shape", action="store_true",
+                        help="Train a random model of bge-reranker-v2-m3's shape (a GPU's work) instead of --student; "
+                        "--student lends its tokenizer.")
     parser.add_argument("--work_dir", default="output/bench/train")
     parser.add_argument("--max_steps", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -132,6 +158,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     triplets = Path(args.triplets) if args.triplets else make_triplets(work, args.teacher, args.data)
     train_path, held_out = split_triplets(triplets, 0.1, work)
+    student = str(random_bge_m3_shape(work / "random-bge-m3-shape", args.student)) if args.random_bge_m3_shape else args.student
     bf16 = bfloat16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     runs_detail: dict[str, list[dict]] = {}
 
@@ -141,10 +168,12 @@ def main() -> None:
                 result = function(Path(out))
                 result["held_out_loss"] = held_out_loss(out, held_out, args.max_length)
             runs_detail.setdefault(name, []).append(result)
+            gc.collect()  # a GPU run's model and optimiser go before the next run's are made
+            torch.cuda.empty_cache()
             return result["examples"] / result["seconds"]
         return timed_run
 
-    common = (args.student, train_path)
+    common = (student, train_path)
     shape = (args.max_steps, args.batch_size, args.max_length)
     runs = {
         "original recipe (fp32)": run("original", lambda out: original_recipe(*common, out, *shape)),
@@ -152,16 +181,17 @@ def main() -> None:
         "ours, fp32": run("ours_fp32", lambda out: ours(*common, out, *shape, False, args.pairs_per_forward)),
     }
     if bf16:
+        runs["original recipe (bf16)"] = run("original_bf16", lambda out: original_recipe(*common, out, *shape, True))
         runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, True, args.pairs_per_forward))
     rates = alternate(runs, args.repetitions)
     rows = [(name, median(values)) for name, values in rates.items()]
-    print_table(f"student training, {Path(args.student).name}, {args.max_steps} steps x {args.batch_size} triplets",
+    print_table(f"student training, {Path(student).name}, {args.max_steps} steps x {args.batch_size} triplets",
                 rows, "triplets/s", "original recipe (fp32)")
     print(f"\n{'run':<34} {'final train loss':>17} {'held-out loss':>14}")
     for (name, _), details in zip(rows, runs_detail.values()):
         print(f"{name:<34} {median([d['final_loss'] for d in details]):>17.4f} {median([d['held_out_loss'] for d in details]):>14.4f}")
     written = write_results(args.output_json, {
-        "benchmark": "train", "machine": machine(), "student": Path(args.student).name, "steps": args.max_steps,
+        "benchmark": "train", "machine": machine(), "student": Path(student).name, "steps": args.max_steps,
         "triplets": str(triplets), "data": None if args.triplets else args.data,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
         "pairs_per_forward": args.pairs_per_forward,
