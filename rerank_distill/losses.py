@@ -186,7 +186,11 @@ class FusedMarginMSELoss(MarginMSELoss):
         logits = self.activation_fn(logits)
         margins = logits[:, :1] - logits[:, 1:]
         dtype = torch.promote_types(margins.dtype, torch.float32)  # a float64 model's margins stay float64
-        return self.loss_fct(margins[present[:, 1:]].to(dtype), labels.detach()[present[:, 1:]].to(dtype))
+        # The mean squared error over the margins present, as a masked mean: selecting them by
+        # boolean indexing would make the CPU wait for the forward pass before it queues the backward.
+        scored = present[:, 1:].to(margins.device)
+        errors = torch.where(scored, margins.to(dtype) - labels.detach().nan_to_num().to(dtype), 0)
+        return errors.square().sum() / scored.sum()
 
 
 class GroupInfoNCELoss(nn.Module):

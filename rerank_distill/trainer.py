@@ -4,13 +4,14 @@ DistillationTrainer."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,46 +37,20 @@ class PaddingStats:
 
     max_length: int | None = None
     pairs: int = 0
+    real_tokens: int = 0
     padded_tokens: int = 0
-    # Counts read off the attention mask stay on its device until they are read: reading them at
-    # every forward pass would make the CPU wait for the GPU there, twice a step or more.
-    _unread: list[Tensor] = field(default_factory=list, repr=False)
-    _real_tokens: int = 0
-    _pairs_at_max_length: int = 0  # filled the limit: cut, or (rarely) exactly that long
+    pairs_at_max_length: int = 0  # filled the limit: cut, or (rarely) exactly that long
 
     def add(self, attention_mask: Tensor) -> None:
         real_per_pair = attention_mask.sum(dim=1)
         self.pairs += attention_mask.shape[0]
+        self.real_tokens += int(real_per_pair.sum())
         self.padded_tokens += attention_mask.numel()
-        at_limit = (real_per_pair >= self.max_length).sum() if self.max_length else real_per_pair.new_zeros(())
-        self._unread.append(torch.stack([real_per_pair.sum(), at_limit]))
-        if len(self._unread) >= 256:  # a run that never logs: fold them, still without waiting
-            self._unread = [torch.stack(self._unread).sum(dim=0)]
-
-    def _read(self) -> None:
-        if self._unread:
-            real, at_limit = torch.stack(self._unread).sum(dim=0).tolist()
-            self._real_tokens += int(real)
-            self._pairs_at_max_length += int(at_limit)
-            self._unread = []  # a new list: a copy taken earlier keeps its own
-
-    def snapshot(self) -> PaddingStats:
-        """The counts so far, apart from later passes' (a plain copy would share the unread list)."""
-        self._read()
-        return replace(self, _unread=[])
-
-    @property
-    def real_tokens(self) -> int:
-        self._read()
-        return self._real_tokens
-
-    @property
-    def pairs_at_max_length(self) -> int:
-        self._read()
-        return self._pairs_at_max_length
+        if self.max_length:
+            self.pairs_at_max_length += int((real_per_pair >= self.max_length).sum())
 
     def since(self, earlier: PaddingStats) -> dict[str, float]:
-        """Mean real and padded tokens per pair of the passes after ``earlier`` (a snapshot taken then)."""
+        """Mean real and padded tokens per pair of the passes after ``earlier`` (a copy taken then)."""
         pairs = self.pairs - earlier.pairs
         if pairs <= 0:
             return {}
@@ -415,14 +390,14 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.time_budget = time_budget
         self.best_model_error: str | None = None
         self.padding = padding
-        self._padding_at_last_log = padding.snapshot() if padding is not None else None
+        self._padding_at_last_log = copy.copy(padding)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Each training log also says how many real and padded tokens a pair carried since the
         last one: what length grouping and ``--pairs_per_forward`` change, as training goes."""
         if self.padding is not None and "loss" in logs:
             logs.update(self.padding.since(self._padding_at_last_log))
-            self._padding_at_last_log = self.padding.snapshot()
+            self._padding_at_last_log = copy.copy(self.padding)
         super().log(logs, start_time)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

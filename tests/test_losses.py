@@ -175,6 +175,25 @@ def test_fused_margin_mse_equals_sentence_transformers_margin_mse_and_its_gradie
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=5e-5, msg=name)
 
 
+def test_fused_margin_mse_of_n_tuples_missing_a_negative_is_the_mean_over_the_margins_present(tiny_cross_encoder):
+    """A shorter n-tuple's missing negative (NaN margin, empty text) is never scored and counts in
+    neither the sum nor the mean; its gradient is finite. By hand: one-pair logits of the same model."""
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu").eval()
+    inputs = [[Q1, Q2], [P1, P2], [N1, N2], [N3, ""]]
+    margins = torch.tensor([[1.0, 2.5], [-0.5, float("nan")]])
+    loss, grads = loss_and_grads(FusedMarginMSELoss(model), model, inputs, margins)
+
+    with torch.no_grad():
+        logit = {pair: model.model(**model.preprocess([pair]))["logits"].item() for pair in
+                 [(Q1, P1), (Q1, N1), (Q1, N3), (Q2, P2), (Q2, N2)]}  # fmt: skip
+    by_hand = [(logit[Q1, P1] - logit[Q1, N1] - 1.0) ** 2, (logit[Q1, P1] - logit[Q1, N3] - 2.5) ** 2,
+               (logit[Q2, P2] - logit[Q2, N2] + 0.5) ** 2]  # fmt: skip
+    assert loss == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    assert grads and all(torch.isfinite(grad).all() for grad in grads.values())
+
+
 def test_listwise_kl_has_listnets_gradients_and_differs_by_the_teacher_entropy(model):
     from sentence_transformers.cross_encoder.losses import ListNetLoss
 

@@ -21,7 +21,7 @@ import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
 from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
-from rerank_distill.trainer import LengthGroupedBatchSampler, PaddingStats, length_grouped_batches, track_padding
+from rerank_distill.trainer import LengthGroupedBatchSampler, length_grouped_batches, track_padding
 from rerank_distill.training import (
     SelectionEvaluator,
     default_training_flags,
@@ -942,22 +942,6 @@ def test_padding_stats_count_real_and_padded_tokens_of_training_forward_passes_o
     model.predict(pairs)
     assert (stats.pairs, stats.real_tokens, stats.padded_tokens) == (4, sum(lengths), 4 * max(lengths))
     assert stats.summary()["mean_padded_tokens"] == round(max(lengths), 1)
-
-
-def test_padding_stats_read_their_counts_late_and_keep_snapshots_apart():
-    # counts stay on the mask's device until read (no wait for a GPU at every pass), folded as they pile up
-    stats = PaddingStats(max_length=4)
-    masks = [torch.tensor([[1] * real + [0] * (5 - real) for real in (number % 5, 4, 5)]) for number in range(600)]
-    for mask in masks[:300]:
-        stats.add(mask)
-    earlier = stats.snapshot()
-    for mask in masks[300:]:
-        stats.add(mask)
-    assert len(stats._unread) < 256
-    assert (earlier.pairs, earlier.real_tokens) == (900, sum(int(m.sum()) for m in masks[:300]))
-    assert stats.real_tokens == sum(int(m.sum()) for m in masks) and stats.padded_tokens == 600 * 15
-    assert stats.pairs_at_max_length == sum(int((m.sum(dim=1) >= 4).sum()) for m in masks)
-    assert stats.since(earlier)["tokens_per_pair"] == round(sum(int(m.sum()) for m in masks[300:]) / 900, 1)
 
 
 def test_padding_stats_count_the_pairs_cut_at_max_length(tiny_cross_encoder):
