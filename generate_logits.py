@@ -80,6 +80,7 @@ class GenerateLogitsArguments:
     shard: str | None = field(default=None, metadata={"help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); join with --merge_shards N."})
     passages_as_queries: int = field(default=0, metadata={"help": "N > 0: also score each query's passages as queries of their own: up to N distinct passages of each list (in input order), each against the rest of its list with the query first, into {stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are queries too (duplicate questions), many more lists for the student at up to N x list-length more teacher pairs; give create_triplets.py both files. 0: off."})
     merge_shards: int = field(default=0, metadata={"help": "N > 0: do no scoring, join the N finished shard files of each input into {stem}_scores.jsonl."})
+    check_inputs_only: bool = field(default=False, metadata={"help": "Read and check every input, log its counts and oddities, and stop: no teacher is loaded, nothing is written (generate_logits.sh checks its later inputs so before a first run scores for hours)."})
     overwrite: bool = field(default=False, metadata={"help": "Score again even if an output (finished or partial) exists."})
     device: str | None = field(default=None, metadata={"help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); default: cuda if available."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Weights' dtype; auto: bfloat16 on GPU, float32 on CPU (vLLM: the checkpoint's own, float16 for a float32 one)."})
@@ -138,9 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
                            "relevant and the rest as not, but evaluation.py refuses negative grades (they are NDCG "
                            "gains) and the teacher's metrics against them are not reported: map them to 0 if this "
                            "data is to be evaluated", source, summary.negative_grades, summary.first_negative_grade)
+        summary.oddities.warn(source, "each is kept as it is, a line of its own")
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
+    if args.check_inputs_only:
+        return {f"{source}{' (passages as queries)' if derived else ''}": vars(summary)
+                for (source, derived), summary in expected.items()}
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
     # One run per output at a time, claimed before any teacher is fetched or loaded (minutes for an 8B

@@ -79,7 +79,11 @@ elif (( ${#input_paths[@]} == 0 )); then
     exit 2
 elif (( PASSAGES_AS_QUERIES > 0 )); then
     # the first input with its passages-as-queries lists, then the others: each file is scored by one
-    # run only, so a flag such as --overwrite never makes a second run score a file again
+    # run only, so a flag such as --overwrite never makes a second run score a file again. The others
+    # are checked first, so a broken one stops the launcher before the first run's hours of scoring.
+    if (( ${#input_paths[@]} > 1 )); then
+        score --input_path "${input_paths[@]:1}" --check_inputs_only "$@"
+    fi
     score --input_path "${input_paths[0]}" --passages_as_queries "$PASSAGES_AS_QUERIES" "$@"
     if (( ${#input_paths[@]} > 1 )); then
         score --input_path "${input_paths[@]:1}" "$@"

@@ -34,7 +34,9 @@ import numpy as np
 
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
-from rerank_distill.jsonl import check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl
+from rerank_distill.jsonl import (
+    check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl, shown,
+)
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,43 @@ class RankingQuery:
     @property
     def negatives(self) -> list[str]:
         return [p for p, label in zip(self.passages, self.labels) if label <= 0]
+
+
+@dataclass
+class ListOddities:
+    """What in candidate lists a stage reads as it is but should not pass over unsaid: blank query
+    or passage texts, and a passage listed again in its query's list, with the same label or
+    another (a passage both relevant and not). Counts, and the first record of each kind."""
+
+    blank_queries: int = 0
+    blank_passages: int = 0
+    repeated_passages: int = 0
+    conflicting_labels: int = 0
+    first: dict[str, str] = field(default_factory=dict)
+
+    def add(self, query: RankingQuery) -> None:
+        label_of_passage: dict[str, float] = {}
+        found = {"blank_queries": not query.query.strip(),
+                 "blank_passages": sum(not passage.strip() for passage in query.passages)}  # fmt: skip
+        for passage, label in zip(query.passages, query.labels):
+            if passage in label_of_passage:
+                kind = "repeated_passages" if label_of_passage[passage] == label else "conflicting_labels"
+                found[kind] = found.get(kind, 0) + 1
+            label_of_passage.setdefault(passage, label)
+        for kind, count in found.items():
+            if count:
+                setattr(self, kind, getattr(self, kind) + count)
+                self.first.setdefault(kind, query.location)
+
+    def warn(self, source: str, what_happens: str) -> None:
+        """One warning line for ``source`` if anything was found; ``what_happens`` to such entries."""
+        names = {"blank_queries": "blank query texts", "blank_passages": "blank passages",
+                 "repeated_passages": "passages listed again in their query's list with the same label",
+                 "conflicting_labels": "passages listed again in their query's list with another label"}  # fmt: skip
+        found = [f"{getattr(self, kind)} {name} (first at {self.first[kind]})" for kind, name in names.items()
+                 if getattr(self, kind)]  # fmt: skip
+        if found:
+            logger.warning("%s: %s; %s: clean the data if they are mistakes", source, "; ".join(found), what_happens)
 
 
 @dataclass
@@ -148,7 +187,21 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
         example = f"{os.path.join(folder, alone[0])}:{split}" if alone else files[0]
         raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant "
                          f"(e.g. {example}) or a file", folder)  # fmt: skip
+    by_stem: dict[str, list[str]] = {}
+    for path in files:
+        stem = next((path[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES[::-1] if path.endswith(suffix)), path)
+        by_stem.setdefault(stem, []).append(os.path.basename(path))
+    if twice := next((names for names in by_stem.values() if len(names) > 1), None):
+        raise InputError(f"split '{split}' holds {' and '.join(twice)}: the same data in two forms? Its files are "
+                         "joined, so keep one", folder)
+    if len(files) > 1 and (folder, split) not in _JOINING_ANNOUNCED:  # (once a run: several steps list them)
+        _JOINING_ANNOUNCED.add((folder, split))
+        logger.info("%s, split '%s': joining its %d files %s", folder, split, len(files),
+                    ", ".join(os.path.relpath(path, folder) for path in files))
     return files
+
+
+_JOINING_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 def splits_in(folder: str) -> dict[str, list[str]]:
@@ -469,7 +522,7 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
         if number is not None and math.isfinite(number):
             return number
     raise InputError(
-        f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {value!r}', path, line
+        f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {shown(value)}', path, line
     )
 
 
@@ -602,7 +655,7 @@ def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
     for word, probability in value.items():
         if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not math.isfinite(probability):
             raise InputError(
-                f'field "label_probs" must map each label word to a finite number; "{word}" has {probability!r}',
+                f'field "label_probs" must map each label word to a finite number; "{word}" has {shown(probability)}',
                 path,
                 line,
             )

@@ -22,6 +22,27 @@ from rerank_distill.errors import InputError
 UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
 
 
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice (json keeps the last value and drops the others silently)."""
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return record
+
+
+JSON_LINE = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages about any input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
 
@@ -47,10 +68,16 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = JSON_LINE.decode(line)
                 except json.JSONDecodeError as error:
                     what = error.msg.removesuffix(" at")  # "Invalid control character at" already ends so
                     raise InputError(f"not valid JSON ({what} at column {error.pos + 1})", path, line_number) from None
+                except RepeatedKey as error:
+                    raise InputError(f"an object names the field {shown(str(error))} twice (JSON would keep only the "
+                                     "last value); keep one", path, line_number) from None
+                except (ValueError, RecursionError) as error:  # an integer of thousands of digits; nesting too deep
+                    what = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+                    raise InputError(f"not valid JSON for this reader ({what})", path, line_number) from None
                 if not isinstance(record, dict):
                     raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
                 found_any = True
@@ -128,7 +155,7 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
     if isinstance(value, str):
         value = number_in_text(value)
         if value is None:
-            raise InputError(f'field "{name}" must be a number, got the string {record[name]!r}', path, line)
+            raise InputError(f'field "{name}" must be a number, got the string {shown(record[name])}', path, line)
     if not isinstance(value, (int, float)):
         raise InputError(f'field "{name}" must be a number, got {type(value).__name__}', path, line)
     try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rerank_distill.errors import InputError
-from rerank_distill.jsonl import get_text, number_in_text
+from rerank_distill.jsonl import get_text, number_in_text, shown
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +69,25 @@ def join_parts(read_part: Callable[[str], Rows], where: str) -> Iterator[tuple[s
     memory (not the rest of the corpus). Two query ids of one text stay two records; as graded rows
     they join one list, as every row-per-pair format groups by query text."""
     qrels: dict[str, dict[str, float]] = {}
+    judged_again = 0  # a (query, document) pair of the qrels listed again: its last score is read
     for path, row, record in read_part("qrels"):
         query_id, corpus_id = (_id_of(record, name, path, row) for name in ("query-id", "corpus-id"))
-        qrels.setdefault(query_id, {})[corpus_id] = _score_of(record, path, row)
+        judged_again += corpus_id in qrels.setdefault(query_id, {})
+        qrels[query_id][corpus_id] = _score_of(record, path, row)
     by_query: dict[str, _Candidates] = {}  # a query listed twice: its last list counts, as in MTEB
     relisted = 0
     for path, row, record in read_part("top_ranked"):
         query_id = _id_of(record, "query-id", path, row)
         relisted += query_id in by_query
         by_query[query_id] = _Candidates(query_id, _ids_of(record, "corpus-ids", path, row), path, row)
+    candidates_again = sum(len(entry.corpus_ids) - len(set(entry.corpus_ids)) for entry in by_query.values())
     candidates = [entry for entry in by_query.values() if entry.corpus_ids]
     if not candidates:
         raise InputError("its top_ranked part lists no candidates: nothing to rerank", where)
     wanted_queries = {entry.query_id for entry in candidates}
     wanted_documents = {corpus_id for entry in candidates for corpus_id in entry.corpus_ids}
-    queries = _texts(read_part("queries"), wanted_queries, with_title=False)
-    documents = _texts(read_part("corpus"), wanted_documents, with_title=True)
+    queries, queries_again = _texts(read_part("queries"), wanted_queries, with_title=False)
+    documents, documents_again = _texts(read_part("corpus"), wanted_documents, with_title=True)
     graded = any(score not in (0, 1) for scores in qrels.values() for score in scores.values())
 
     unranked_relevant = 0
@@ -111,11 +114,18 @@ def join_parts(read_part: Callable[[str], Rows], where: str) -> Iterator[tuple[s
                 "negative": [documents[c] for c, relevant in zip(entry.corpus_ids, labels) if not relevant],
             }
     unlisted, empty = len(qrels.keys() - by_query.keys()), len(by_query) - len(candidates)
-    if unranked_relevant or unlisted or empty or relisted:
+    if unranked_relevant or unlisted or empty:
         logger.warning("%s: not ranked here: relevant documents outside their query's top_ranked candidates: %d (MTEB's "
                        "own evaluation counts them as missed, so its MAP can be lower); queries of the qrels without "
-                       "candidates: %d; queries with an empty candidate list: %d. Queries listed again in top_ranked, "
-                       "whose last list is read: %d", where, unranked_relevant, unlisted, empty, relisted)
+                       "candidates: %d; queries with an empty candidate list: %d", where, unranked_relevant, unlisted,
+                       empty)
+    again = {"queries listed again in top_ranked (the last list is read)": relisted,
+             "candidates listed again in their query's top_ranked list (each is read)": candidates_again,
+             "(query, document) pairs judged again in the qrels (the last score is read)": judged_again,
+             "ids listed again in the queries part (the last text is read)": queries_again,
+             "ids listed again in the corpus part (the last text is read)": documents_again}  # fmt: skip
+    if any(again.values()):
+        logger.warning("%s: %s", where, "; ".join(f"{what}: {count}" for what, count in again.items() if count))
 
 
 def _id_of(record: dict, name: str, path: str, row: int) -> str:
@@ -140,14 +150,15 @@ def _score_of(record: dict, path: str, row: int) -> float:
     value = record.get("score")
     number = number_in_text(value) if isinstance(value, str) else value  # (MTEB casts scores to integers)
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not abs(number) <= sys.float_info.max:
-        raise InputError(f'field "score" must be a finite number, got {value!r}', path, row)
+        raise InputError(f'field "score" must be a finite number, got {shown(value)}', path, row)
     return float(number)
 
 
-def _texts(rows: Rows, wanted: set[str], with_title: bool) -> dict[str, str]:
-    """``{_id: text}`` of the rows whose id (``_id`` or ``id``) is wanted; a document's title, where
-    it has one, goes before its text, as MTEB joins them."""
-    texts = {}
+def _texts(rows: Rows, wanted: set[str], with_title: bool) -> tuple[dict[str, str], int]:
+    """``{_id: text}`` of the rows whose id (``_id`` or ``id``) is wanted, and how many of those ids
+    a later row gave again (the last text is kept); a document's title, where it has one, goes
+    before its text, as MTEB joins them."""
+    texts, again = {}, 0
     for path, row, record in rows:
         name = "_id" if "_id" in record else "id"
         identifier = _id_of(record, name, path, row)
@@ -155,5 +166,6 @@ def _texts(rows: Rows, wanted: set[str], with_title: bool) -> dict[str, str]:
             continue
         text = get_text(record, "text", path, row)
         title = record.get("title") if with_title else None
+        again += identifier in texts
         texts[identifier] = f"{title} {text}".strip() if isinstance(title, str) and title.strip() else text
-    return texts
+    return texts, again

@@ -18,14 +18,16 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from rerank_distill.cli import write_json
 from rerank_distill.errors import InputError
-from rerank_distill.formats import RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem
+from rerank_distill.formats import (
+    ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
+)
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class InputSummary:
     negative_grades: int = 0  # pairs graded below 0, which evaluation refuses (NDCG gains)
     first_negative_grade: str = ""  # the record of the first one, "file:line"
     digest: str = ""  # of every query's text, passages and labels: a finished output of other input is refused
+    oddities: ListOddities = field(default_factory=ListOddities)  # of the lists as given (not of passages as queries)
 
 
 def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
@@ -125,6 +128,8 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
         summary.queries += 1
         summary.pairs += len(query.passages)
         summary.queries_without_passages += not query.passages
+        if not passages_as_queries:
+            summary.oddities.add(query)
         if negative := sum(label is not None and label < 0 for label in query.labels):
             summary.negative_grades += negative
             summary.first_negative_grade = summary.first_negative_grade or query.location

@@ -36,7 +36,7 @@ import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
-from rerank_distill.jsonl import dumps
+from rerank_distill.jsonl import dumps, shown
 
 OutputFormat = Literal["triplets", "ntuples", "listwise"]
 PositiveRule = Literal["teacher", "labels", "both"]
@@ -420,7 +420,7 @@ def teacher_scores_of(pair: ScoredPair) -> dict | None:
     if not isinstance(value, dict) or not value or not all(
             isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
             for score in value.values()):  # fmt: skip
-        raise InputError(f'field "teacher_scores" must map each teacher to a finite number, got {value!r}'[:200],
+        raise InputError(f'field "teacher_scores" must map each teacher to a finite number, got {shown(value)}',
                          pair.path, pair.line)
     return value
 

@@ -759,6 +759,19 @@ def test_a_repeated_query_text_is_warned_about(tiny_cross_encoder, tmp_path, cap
     assert "1 queries repeat an earlier query's text: each is evaluated as a list of its own here" in caplog.text
 
 
+def test_blank_texts_and_passages_listed_again_are_evaluated_as_given_and_warned_about(tiny_cross_encoder, tmp_path,
+                                                                                         caplog):
+    lists = [{"query": "dns", "positive": ["same"], "negative": ["same", "b", "b"]},
+             {"query": "  ", "positive": [""], "negative": ["x"]}]  # fmt: skip
+    data = write_jsonl_records(tmp_path / "odd.jsonl", lists)
+    report = run(tmp_path, tiny_cross_encoder, data)
+    assert report["queries_evaluated"] == 2
+    assert (f"odd.jsonl: 1 blank query texts (first at {data}:2); 1 blank passages (first at {data}:2); 1 passages "
+            f"listed again in their query's list with the same label (first at {data}:1); 1 passages listed again in "
+            f"their query's list with another label (first at {data}:1); each is evaluated as it is, as a candidate of "
+            "its own: clean the data if they are mistakes") in caplog.text
+
+
 def test_a_max_length_with_no_room_for_text_is_refused(tiny_cross_encoder, ranking_file, tmp_path):
     with pytest.raises(InputError, match=r"--max_length 3 leaves no room for text: the special tokens of a pair take 3"):
         run(tmp_path, tiny_cross_encoder, ranking_file, "--max_length", "3")

@@ -402,6 +402,16 @@ def test_files_named_by_year_are_splits_of_their_own_not_numbered_parts(tmp_path
     assert as_tuples(f"{tmp_path / 'years'}:2023") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
 
 
+def test_a_split_held_twice_in_two_forms_is_refused_not_joined_twice(tmp_path):
+    folder = tmp_path / "so"
+    write_jsonl_records(folder / "test.jsonl", FOLDER_TEST)
+    with gzip.open(folder / "test.jsonl.gz", "wt", encoding="utf-8") as copy:
+        copy.write((folder / "test.jsonl").read_text(encoding="utf-8"))
+    with pytest.raises(InputError, match=r"split 'test' holds test\.jsonl and test\.jsonl\.gz: the same data in two "
+                                         r"forms\? Its files are joined, so keep one"):
+        as_tuples(f"{folder}:test")
+
+
 def test_a_split_name_with_a_colon_is_read_from_its_folder(tmp_path):
     from datasets import Dataset
 
@@ -477,6 +487,28 @@ def test_a_raw_control_character_in_a_string_is_named_with_its_column(tmp_path):
     source.write_text('{"query": "a\tb", "positive": ["p"], "negative": ["n"]}\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:1: not valid JSON \(Invalid control character at column 13\)$"):
         as_tuples(source)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"query": "z", "positive": ["a"], "negative": ["b"], "negative": ["c"]}',
+     r'an object names the field \'negative\' twice \(JSON would keep only the last value\); keep one'),
+    ('{"query": "z", "positive": ["a"], "negative": ["b"], "x": ' + "9" * 5000 + "}",
+     r"not valid JSON for this reader \(Exceeds the limit .*digits"),
+    ("[" * 200_000 + "]" * 200_000, r"not valid JSON for this reader \(nested too deeply\)"),
+])
+def test_json_that_would_lose_a_value_or_break_the_reader_is_refused_at_its_line(tmp_path, line, message):
+    source = tmp_path / "odd.jsonl"
+    source.write_text('{"query": "q", "positive": ["p"], "negative": ["n"]}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
+        as_tuples(source)
+
+
+def test_a_long_bad_value_is_shown_cut_in_the_error():
+    from rerank_distill.jsonl import get_number
+
+    with pytest.raises(InputError, match=r"got the string 'xxxx.*\.\.\. \(200002 characters\)$") as error:
+        get_number({"score": "x" * 200_000}, "score", "f.jsonl", 3)
+    assert len(str(error.value)) < 200
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])

@@ -77,6 +77,19 @@ def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_
         run_scoring(source, output, CountingTeacher())  # its lines would carry the old ids
 
 
+def test_blank_texts_and_passages_listed_again_are_counted_before_a_teacher_loads(tmp_path):
+    lists = [{"query": "dns", "positive": ["same"], "negative": ["same", "b", "b"]},
+             {"query": "  ", "positive": [""], "negative": ["x"]}]  # fmt: skip
+    source = write_jsonl_records(tmp_path / "odd.jsonl", lists)
+    summary = validate_source(str(source), "auto", Shard())
+    odd = summary.oddities
+    assert (odd.blank_queries, odd.blank_passages, odd.repeated_passages, odd.conflicting_labels) == (1, 1, 1, 1)
+    assert odd.first == {"blank_queries": f"{source}:2", "blank_passages": f"{source}:2",
+                         "repeated_passages": f"{source}:1", "conflicting_labels": f"{source}:1"}  # fmt: skip
+    assert summary.pairs == 6  # kept, every one
+    assert validate_source(str(source), "auto", Shard(), passages_as_queries=2).oddities.first == {}
+
+
 def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, monkeypatch, caplog):
     rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "passage": "b", "label": -1},
             {"query": "r", "passage": "c", "label": -1}, {"query": "r", "passage": "d", "label": 0}]  # fmt: skip
@@ -814,6 +827,31 @@ def test_passages_as_queries_shards_merge_like_a_single_run(tmp_path, ranking_fi
     assert merged.name == "train_passages_as_queries_scores.jsonl" and lines == expected.pairs
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "score"}  # noqa: E731
     assert [strip(l) for l in merged.read_text().splitlines()] == [strip(l) for l in single.read_text().splitlines()]
+
+
+def test_the_launcher_checks_its_later_inputs_before_the_first_is_scored_with_passages_as_queries(
+    tiny_embedding_model, ranking_file, tmp_path
+):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    broken = tmp_path / "test.jsonl"
+    broken.write_text(ranking_file.read_text() + "{not json\n")
+    env = {**os.environ, "TEACHER": str(tiny_embedding_model), "TEACHER_TYPE": "embedding",
+           "SCORES_DIR": str(tmp_path / "scores"), "INPUTS": f"{ranking_file} {broken}", "PASSAGES_AS_QUERIES": "2",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--device", "cpu"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 2 and f"{broken}:{len(ranking_file.read_text().splitlines()) + 1}: not valid JSON" in done.stderr
+    assert not (tmp_path / "scores").exists()  # the first input was not scored
+
+
+def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):
+    checked = generate_logits.main(["--model_path", str(tmp_path / "no-such-model"), "--input_path", str(ranking_file),
+                                    "--output_dir", str(tmp_path / "scores"), "--passages_as_queries", "2",
+                                    "--check_inputs_only"])  # fmt: skip
+    assert list(checked) == [str(ranking_file), f"{ranking_file} (passages as queries)"]
+    assert checked[str(ranking_file)]["pairs"] == sum(
+        len(r["positive"]) + len(r["negative"]) for r in map(json.loads, ranking_file.read_text().splitlines()))
+    assert not (tmp_path / "scores").exists()
 
 
 def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2_reads_them(

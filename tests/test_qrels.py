@@ -85,7 +85,22 @@ def test_what_is_not_ranked_is_counted_in_a_warning_not_dropped_silently(tmp_pat
     assert [record["query"] for record in records(f"{parts}:test")] == ["undo a commit", "how to install a package"]
     assert ("relevant documents outside their query's top_ranked candidates: 1 (MTEB's own evaluation counts them "
             "as missed, so its MAP can be lower); queries of the qrels without candidates: 1; queries with an empty "
-            "candidate list: 1. Queries listed again in top_ranked, whose last list is read: 1") in caplog.text
+            "candidate list: 1") in caplog.text
+    assert "queries listed again in top_ranked (the last list is read): 1" in caplog.text
+
+
+def test_ids_and_judgements_given_again_are_counted_in_a_warning(tmp_path, caplog):
+    parts = write_parts(tmp_path / "so", qrels=[*QRELS, {"query-id": "q1", "corpus-id": "d1", "score": 0}],
+                        corpus=[*CORPUS, {"_id": "d3", "title": "", "text": "git rebase -i"}],
+                        queries=[*QUERIES, {"_id": "q2", "text": "undo the last commit"}],
+                        top_ranked=[{"query-id": "q2", "corpus-ids": ["d1", "d3", "d3"]}, TOP_RANKED[1]])  # fmt: skip
+    first, second = records(f"{parts}:test")
+    assert first == {"query": "undo the last commit", "positive": ["git rebase -i", "git rebase -i"],
+                     "negative": ["pip install fails"]}  # fmt: skip
+    assert second["positive"] == []  # q1's d1 judged again, 0: the last score is read
+    assert ("candidates listed again in their query's top_ranked list (each is read): 1; (query, document) pairs "
+            "judged again in the qrels (the last score is read): 1; ids listed again in the queries part (the last "
+            "text is read): 1; ids listed again in the corpus part (the last text is read): 1") in caplog.text
 
 
 @pytest.mark.parametrize(("change", "message"), [
