@@ -569,9 +569,11 @@ def iter_ranking_queries(
             other_names = [name for name in ("pos", "neg", "positive", "negative") if name in record
                            and name not in (pos_name, neg_name)]  # fmt: skip
             if other_names and input_format == "auto":  # the candidates under those names would be lost unsaid
-                raise InputError(f'record mixes "{other_names[0]}" with the {record_format} format\'s "{pos_name}" / '
-                                 f'"{neg_name}": use one pair of names, or name the pair to read with --input_format '
-                                 "mteb or pos_neg", path, line)
+                names = " / ".join(f'"{name}"' for name in other_names)
+                mixed = (f"record mixes {names} with" if pos_name in record or neg_name in record
+                         else f"record uses {names}, but the file's first record used")  # fmt: skip
+                raise InputError(f'{mixed} the {record_format} format\'s "{pos_name}" / "{neg_name}": use one pair of '
+                                 "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
             if pos_name not in record and neg_name not in record:
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
@@ -648,18 +650,19 @@ def _is_ranking_data(record: dict, path: str, line: int) -> bool:
 
 def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
     """A graded-label teacher's ``label_probs`` field, ``{label word: probability}``, validated:
-    a non-empty object of finite numbers."""
+    a non-empty object of finite numbers (numeric strings too, as for scores)."""
     if not isinstance(value, dict) or not value:
         raise InputError('field "label_probs" must be a non-empty object {label word: probability}', path, line)
     probs = {}
     for word, probability in value.items():
-        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not math.isfinite(probability):
+        number = number_in_text(probability) if isinstance(probability, str) else probability  # as scores may be
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
             raise InputError(
                 f'field "label_probs" must map each label word to a finite number; "{word}" has {shown(probability)}',
                 path,
                 line,
             )
-        probs[word] = float(probability)
+        probs[word] = float(number)
     return probs
 
 

@@ -165,6 +165,14 @@ def test_a_record_mixing_the_field_names_of_two_formats_is_refused_not_half_read
         list(iter_ranking_queries(str(path)))
 
 
+def test_a_later_record_in_the_other_formats_names_is_refused_naming_the_first_records_format(tmp_path):
+    path = write_jsonl_records(tmp_path / "mixed.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]},
+                                                          {"query": "r", "pos": ["c"], "neg": ["d"]}])
+    with pytest.raises(InputError, match=r'mixed.jsonl:2: record uses "pos" / "neg", but the file\'s first record '
+                                         r'used the mteb format\'s "positive" / "negative"'):
+        list(iter_ranking_queries(str(path)))
+
+
 def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
     # a record carrying both spellings: detection refuses it (see above), --input_format reads the pair named
     record = {"query": "q", "positive": ["P"], "negative": [], "pos": ["p"], "neg": ["n"]}
@@ -558,10 +566,13 @@ def test_scores_file_missing_the_score_says_what_it_expected(tmp_path):
 
 def test_label_probs_must_be_a_non_empty_object_of_finite_numbers():
     assert label_probs_of({"exact": 0.9, "irrelevant": 0.1}, "s.jsonl", 3) == {"exact": 0.9, "irrelevant": 0.1}
+    assert label_probs_of({"exact": "0.5", "irrelevant": 0.5}, "s.jsonl", 3) == {"exact": 0.5, "irrelevant": 0.5}
     with pytest.raises(InputError, match=r's.jsonl:3: field "label_probs" must be a non-empty object'):
         label_probs_of({}, "s.jsonl", 3)
     with pytest.raises(InputError, match=r's.jsonl:3: .*"exact" has nan'):
         label_probs_of({"exact": float("nan")}, "s.jsonl", 3)
+    with pytest.raises(InputError, match=r's.jsonl:3: .*"exact" has \'high\''):
+        label_probs_of({"exact": "high"}, "s.jsonl", 3)
 
 
 def test_label_words_get_esci_grades_else_descending_grades_in_the_order_given():
