@@ -419,15 +419,24 @@ def set_best_metric(training, passed: dict[str, str | None], selection: Checkpoi
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
 
 
+def state_saved(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint folder's trainer_state.json is whole. The Trainer writes it last, and in
+    place, so a run stopped while saving leaves it missing, empty or cut short."""
+    try:
+        return "global_step" in json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):  # (TypeError: valid JSON that is no object)
+        return False
+
+
 def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> str | None:
-    """The newest complete checkpoint-* folder in ``output_dir`` (one with its trainer_state.json,
-    which the Trainer writes last: a run stopped while saving leaves a newer folder without it),
-    or None when there is none (yet). ``set_aside_incomplete`` renames such a folder to
+    """The newest complete checkpoint-* folder in ``output_dir`` (one whose trainer_state.json,
+    which the Trainer writes last, is whole: a run stopped while saving leaves a newer folder
+    without it, or with it cut short), or None when there is none (yet). ``set_aside_incomplete`` renames such a folder to
     ``incomplete-checkpoint-N`` (on the main process), as the Trainer would otherwise keep it as
     the newest checkpoint and delete the resumed run's own in its place (save_total_limit)."""
     folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
     for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
-        if (folder / "trainer_state.json").is_file():
+        if state_saved(folder):
             return str(folder)
         if set_aside_incomplete and is_main_process():
             aside = folder.with_name(f"incomplete-{folder.name}")
@@ -522,6 +531,9 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
         return last
     if not (Path(value) / "trainer_state.json").is_file():
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
+    if not state_saved(value):
+        raise InputError(f"--resume_from_checkpoint {value}: its trainer_state.json is cut short (the run stopped while "
+                         "saving it); resume from an earlier checkpoint, or pass 'last' to set this one aside")
     return value
 
 

@@ -398,13 +398,18 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
-def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_path, caplog):
-    for step, complete in ((3, True), (6, True), (9, False)):  # stopped while saving checkpoint-9
+@pytest.mark.parametrize("left_state", [None, "", '{"best_metric": null, "global_st'])  # none yet, or cut short
+def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_path, caplog, left_state):
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_step": 6}'), (9, left_state)):  # stopped saving 9
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"weights")
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    if left_state is not None:
+        with pytest.raises(InputError, match=r"checkpoint-9: its trainer_state.json is cut short .* pass 'last' to set "
+                                             r"this one aside"):
+            resolve_checkpoint(str(tmp_path / "checkpoint-9"), str(tmp_path))
     assert "checkpoint-6" in resume_hint(str(tmp_path))
     assert "checkpoint-9 is incomplete" in caplog.text
     assert resolve_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-6")
