@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
         other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
         raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
                          "pass one of them")
+    if args.merge_shards and args.check_inputs_only:
+        raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
+                         "pass one of them")
     if args.merge_shards:
         with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
             for source, derived in inputs:

@@ -44,11 +44,15 @@ read -r -a teacher_types <<< "$TEACHER_TYPE"
 model_args=(--model_path "${model_paths[@]}")
 type_args=(--teacher_type "${teacher_types[@]}")
 inputs_given=false
+check_first=true  # a run that scores nothing needs no check ahead of it
 for arg in "$@"; do
     case "$arg" in
         --model_path | --model_path=* | --model-path | --model-path=*) model_args=() ;;
         --teacher_type | --teacher_type=* | --teacher-type | --teacher-type=*) type_args=() ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
+        --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
+            --check-inputs-only) check_first=false ;;
+        -h | --help) python "$(dirname "$0")/generate_logits.py" --help; exit ;;
     esac
 done
 
@@ -81,7 +85,7 @@ elif (( PASSAGES_AS_QUERIES > 0 )); then
     # the first input with its passages-as-queries lists, then the others: each file is scored by one
     # run only, so a flag such as --overwrite never makes a second run score a file again. The others
     # are checked first, so a broken one stops the launcher before the first run's hours of scoring.
-    if (( ${#input_paths[@]} > 1 )); then
+    if (( ${#input_paths[@]} > 1 )) && [[ "$check_first" == "true" ]]; then
         score --input_path "${input_paths[@]:1}" --check_inputs_only "$@"
     fi
     score --input_path "${input_paths[0]}" --passages_as_queries "$PASSAGES_AS_QUERIES" "$@"

@@ -35,7 +35,7 @@ import numpy as np
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import (
-    check_not_an_input, get_number, get_text, get_text_list, number_in_text, read_jsonl, shown,
+    check_not_an_input, finite_number, get_number, get_text, get_text_list, number_in_text, read_jsonl, shown,
 )
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
@@ -194,14 +194,7 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
     if twice := next((names for names in by_stem.values() if len(names) > 1), None):
         raise InputError(f"split '{split}' holds {' and '.join(twice)}: the same data in two forms? Its files are "
                          "joined, so keep one", folder)
-    if len(files) > 1 and (folder, split) not in _JOINING_ANNOUNCED:  # (once a run: several steps list them)
-        _JOINING_ANNOUNCED.add((folder, split))
-        logger.info("%s, split '%s': joining its %d files %s", folder, split, len(files),
-                    ", ".join(os.path.relpath(path, folder) for path in files))
     return files
-
-
-_JOINING_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 def splits_in(folder: str) -> dict[str, list[str]]:
@@ -559,11 +552,13 @@ def iter_ranking_queries(
         raise InputError(f"unknown --input_format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
     grouped: dict[str, RankingQuery] = {}
     chosen = None if input_format == "auto" else input_format
+    first_location = None
     for path, line, record in iter_rows(source, hub, cache_dir):
         refuse_training_record(record, path, line, "ranking data: a query with its candidate passages and labels")
         record_format = chosen or detect_format(record, path, line, label_column)
-        chosen = chosen or record_format  # a file holds one format; the first record decides it
+        chosen = chosen or record_format  # a source holds one format; the first record decides it
         location = f"{path}:{line}"
+        first_location = first_location or location
         if record_format in ("mteb", "pos_neg"):
             pos_name, neg_name = ("positive", "negative") if record_format == "mteb" else ("pos", "neg")
             other_names = [name for name in ("pos", "neg", "positive", "negative") if name in record
@@ -571,7 +566,7 @@ def iter_ranking_queries(
             if other_names and input_format == "auto":  # the candidates under those names would be lost unsaid
                 names = " / ".join(f'"{name}"' for name in other_names)
                 mixed = (f"record mixes {names} with" if pos_name in record or neg_name in record
-                         else f"record uses {names}, but the file's first record used")  # fmt: skip
+                         else f"record uses {names}, but the first record ({first_location}) used")  # fmt: skip
                 raise InputError(f'{mixed} the {record_format} format\'s "{pos_name}" / "{neg_name}": use one pair of '
                                  "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
@@ -655,14 +650,14 @@ def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
         raise InputError('field "label_probs" must be a non-empty object {label word: probability}', path, line)
     probs = {}
     for word, probability in value.items():
-        number = number_in_text(probability) if isinstance(probability, str) else probability  # as scores may be
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        number = finite_number(probability)
+        if number is None:
             raise InputError(
                 f'field "label_probs" must map each label word to a finite number; "{word}" has {shown(probability)}',
                 path,
                 line,
             )
-        probs[word] = float(number)
+        probs[word] = number
     return probs
 
 

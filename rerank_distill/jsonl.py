@@ -145,6 +145,20 @@ def number_in_text(text: str) -> float | None:
         return None
 
 
+def finite_number(value: Any) -> float | None:
+    """The finite number ``value`` is, or spells as a numeric string (``"0.75"``, see number_in_text);
+    None for anything else: booleans, NaN, infinities, integers beyond float's range, other types."""
+    if isinstance(value, str):
+        value = number_in_text(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def get_number(record: dict, name: str, path: str, line: int) -> float:
     """The finite numeric field ``name``; numeric strings such as ``"0.75"`` are accepted."""
     if name not in record:

@@ -190,7 +190,7 @@ class FusedMarginMSELoss(MarginMSELoss):
         # boolean indexing would make the CPU wait for the forward pass before it queues the backward.
         scored = present[:, 1:].to(margins.device)
         errors = torch.where(scored, margins.to(dtype) - labels.detach().nan_to_num().to(dtype), 0)
-        return errors.square().sum() / scored.sum()
+        return errors.square().sum() / scored.sum().clamp(min=1)  # (a batch with no negative at all: 0)
 
 
 class GroupInfoNCELoss(nn.Module):

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rerank_distill.errors import InputError
-from rerank_distill.jsonl import get_text, number_in_text, shown
+from rerank_distill.jsonl import finite_number, get_text, shown
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +147,10 @@ def _ids_of(record: dict, name: str, path: str, row: int) -> list[str]:
 
 def _score_of(record: dict, path: str, row: int) -> float:
     value = record.get("score")
-    number = number_in_text(value) if isinstance(value, str) else value  # (MTEB casts scores to integers)
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not abs(number) <= sys.float_info.max:
+    number = finite_number(value)  # (numeric strings too: MTEB casts scores to integers)
+    if number is None:
         raise InputError(f'field "score" must be a finite number, got {shown(value)}', path, row)
-    return float(number)
+    return number
 
 
 def _texts(rows: Rows, wanted: set[str], with_title: bool) -> tuple[dict[str, str], int]:

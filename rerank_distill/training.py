@@ -423,9 +423,10 @@ def state_saved(checkpoint: str | Path) -> bool:
     """Whether a checkpoint folder's trainer_state.json is whole. The Trainer writes it last, and in
     place, so a run stopped while saving leaves it missing, empty or cut short."""
     try:
-        return "global_step" in json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):  # (TypeError: valid JSON that is no object)
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
+    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
 
 
 def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> str | None:
@@ -533,7 +534,7 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
         raise InputError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
     if not state_saved(value):
         raise InputError(f"--resume_from_checkpoint {value}: its trainer_state.json is cut short (the run stopped while "
-                         "saving it); resume from an earlier checkpoint, or pass 'last' to set this one aside")
+                         "saving it): pass 'last' to set it aside and resume from the newest whole one")
     return value
 
 

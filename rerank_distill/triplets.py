@@ -36,7 +36,7 @@ import numpy as np
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
-from rerank_distill.jsonl import dumps, shown
+from rerank_distill.jsonl import dumps, finite_number, shown
 
 OutputFormat = Literal["triplets", "ntuples", "listwise"]
 PositiveRule = Literal["teacher", "labels", "both"]
@@ -417,12 +417,11 @@ def teacher_scores_of(pair: ScoredPair) -> dict | None:
     value = pair.extra.get("teacher_scores")
     if value is None:
         return None
-    if not isinstance(value, dict) or not value or not all(
-            isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
-            for score in value.values()):  # fmt: skip
+    scores = {teacher: finite_number(score) for teacher, score in value.items()} if isinstance(value, dict) else {}
+    if not scores or None in scores.values():  # (numeric strings count, as for "score")
         raise InputError(f'field "teacher_scores" must map each teacher to a finite number, got {shown(value)}',
                          pair.path, pair.line)
-    return value
+    return scores
 
 
 def combined_again(group: QueryGroup) -> QueryGroup:

@@ -168,7 +168,7 @@ def test_a_record_mixing_the_field_names_of_two_formats_is_refused_not_half_read
 def test_a_later_record_in_the_other_formats_names_is_refused_naming_the_first_records_format(tmp_path):
     path = write_jsonl_records(tmp_path / "mixed.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]},
                                                           {"query": "r", "pos": ["c"], "neg": ["d"]}])
-    with pytest.raises(InputError, match=r'mixed.jsonl:2: record uses "pos" / "neg", but the file\'s first record '
+    with pytest.raises(InputError, match=rf'mixed.jsonl:2: record uses "pos" / "neg", but the first record \({path}:1\) '
                                          r'used the mteb format\'s "positive" / "negative"'):
         list(iter_ranking_queries(str(path)))
 

@@ -852,6 +852,17 @@ def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, 
     assert checked[str(ranking_file)]["pairs"] == sum(
         len(r["positive"]) + len(r["negative"]) for r in map(json.loads, ranking_file.read_text().splitlines()))
     assert not (tmp_path / "scores").exists()
+    with pytest.raises(InputError, match="--merge_shards joins finished shard files and --check_inputs_only reads"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir",
+                              str(tmp_path / "scores"), "--merge_shards", "2", "--check_inputs_only"])  # fmt: skip
+
+
+def test_the_launcher_runs_no_check_ahead_of_a_run_that_scores_nothing(ranking_file, tmp_path):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    env = {**os.environ, "INPUTS": f"{ranking_file} {ranking_file}", "PASSAGES_AS_QUERIES": "2"}
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--help"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.stdout.count("usage: generate_logits.py") == 1  # the first run's help ends the launcher
 
 
 def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2_reads_them(

@@ -398,7 +398,8 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
-@pytest.mark.parametrize("left_state", [None, "", '{"best_metric": null, "global_st'])  # none yet, or cut short
+# checkpoint-9's trainer_state.json: none yet, empty, cut short, or no object
+@pytest.mark.parametrize("left_state", [None, "", '{"best_metric": null, "global_st', '["global_step"]'])
 def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_path, caplog, left_state):
     for step, state in ((3, '{"global_step": 3}'), (6, '{"global_step": 6}'), (9, left_state)):  # stopped saving 9
         folder = tmp_path / f"checkpoint-{step}"
@@ -408,7 +409,7 @@ def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_p
             (folder / "trainer_state.json").write_text(state)
     if left_state is not None:
         with pytest.raises(InputError, match=r"checkpoint-9: its trainer_state.json is cut short .* pass 'last' to set "
-                                             r"this one aside"):
+                                             r"it aside"):
             resolve_checkpoint(str(tmp_path / "checkpoint-9"), str(tmp_path))
     assert "checkpoint-6" in resume_hint(str(tmp_path))
     assert "checkpoint-9 is incomplete" in caplog.text
