@@ -22,10 +22,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +33,7 @@ import numpy as np
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import (
-    check_not_an_input, finite_number, get_number, get_text, get_text_list, number_in_text, read_jsonl, shown,
+    check_not_an_input, finite_number, get_number, get_text, get_text_list, read_jsonl, shown,
 )
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
@@ -505,15 +503,10 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
     """A relevance grade from an ESCI letter or word, or a finite number (bools count as 1/0)."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)) and abs(value) <= sys.float_info.max:  # finite, and not an int beyond float
-        return float(value)
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key in ESCI_GRADES:
-            return ESCI_GRADES[key]
-        number = number_in_text(key)
-        if number is not None and math.isfinite(number):
-            return number
+    if isinstance(value, str) and value.strip().lower() in ESCI_GRADES:
+        return ESCI_GRADES[value.strip().lower()]
+    if (number := finite_number(value)) is not None:
+        return number
     raise InputError(
         f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {shown(value)}', path, line
     )
