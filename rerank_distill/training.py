@@ -29,6 +29,7 @@ from rerank_distill.formats import (
     local_files,
 )
 from rerank_distill.jsonl import check_writable
+from rerank_distill.losses import LOSSES
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import in_float32, score_ranking_queries
 from rerank_distill.trainer import TimeBudget, saved_early_stopping
@@ -214,7 +215,13 @@ def plan_selection(
             f"not picked: MAP on {counted} (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints mostly by "
             "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
             "larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
-    train_set, held_rows = split_rows(train_set, held)
+    # Lists made of a held-out query's passages (--passages_as_queries) rank its own candidates
+    # against each other, and the query among them, with the teacher's scores: held out with it.
+    held_passages = {passage for query in ranked if query.query in held for passage in query.passages} - held
+    train_set, held_rows = split_rows(train_set, held | held_passages)
+    if derived := sum(query in held_passages for query in held_rows["query"]):
+        logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
+                    "are held out with it", derived)
     return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
                      [query for query in shared if query in held], "eval_selection_map",
                      f"by MAP on {counted} ({note})")
@@ -246,11 +253,17 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
                                               note="none (--eval_strategy no): the last step is final")
     eval_set, selection_data = None, script.selection_data
     if script.eval_data:
+        path, line, record = first_record(script.eval_data, **where)
+        eval_kind = detect_data_kind(record, path, line, script.input_format, script.label_column)
+        if eval_kind not in LOSSES[script.loss].inputs and carries_gold_labels(eval_kind, record, path, line,
+                                                                               script.label_column):
+            raise InputError(f"--eval_data holds {DATA_KINDS[eval_kind]}, on which --loss {script.loss} has no loss "
+                             "to compute; to pick checkpoints by MAP on its gold labels, pass it as --selection_data",
+                             script.eval_data)
         eval_data = read_training_data(script.eval_data, script.loss, script.teacher_temperature, script.fused_forward,
                                        script.input_format, script.label_column, **where)
         eval_set = eval_data.to_dataset()
-        if selection_data is None and carries_gold_labels(eval_data.kind, *first_record(script.eval_data, **where),
-                                                          script.label_column):
+        if selection_data is None and carries_gold_labels(eval_data.kind, record, path, line, script.label_column):
             selection_data = script.eval_data  # its gold labels pick by MAP, as a dev set
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,

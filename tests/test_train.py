@@ -474,6 +474,50 @@ def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files
     assert selection.metric == "eval_selection_map" and str(scores_file) in selection.note
 
 
+def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, tmp_path):
+    from types import SimpleNamespace
+
+    from rerank_distill.training import load_training_data
+
+    # (a name with "label" in it once reached the label check as its record)
+    dev = write_jsonl_records(tmp_path / "labelled_dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s,
+                                                                 "label": label} for q in "xy"
+                                                                for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
+    script = SimpleNamespace(train_data=str(scores_file), eval_data=str(dev), selection_data=None, loss="mse",
+                             teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
+                             selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
+    _, selection = load_training_data(script, SimpleNamespace(
+        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0), True, False)
+    assert selection.metric == "eval_selection_map" and "by MAP on a dev set of its own" in selection.note
+    assert {query.query for query in selection.queries} == {"dev x", "dev y"} and selection.held_out == []
+
+
+def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(tmp_path, triplets_file, ranking_file):
+    with pytest.raises(InputError, match=rf"{ranking_file}: --eval_data holds labelled ranking data.*, on which --loss "
+                                         r"margin_mse has no loss to compute; .* pass it as --selection_data"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "model", "--eval_data", str(ranking_file))
+
+
+def test_lists_of_a_held_out_querys_passages_are_held_out_with_it(tmp_path):
+    from datasets import Dataset
+
+    from rerank_distill.training import plan_selection
+
+    lists = [{"query": f"q{i}", "positive": [f"p{i}"], "negative": [f"n{i}", f"m{i}"]} for i in range(6)]
+    labelled = write_jsonl_records(tmp_path / "train.jsonl", lists)
+    # the training lists: each query's, and (passages as queries) one of each passage against the rest
+    rows = [{"query": record["query"], "passages": [record["positive"][0], record["negative"][0]], "scores": [2.0, 0.0]}
+            for record in lists]
+    rows += [{"query": f"p{i}", "passages": [f"q{i}", f"n{i}"], "scores": [3.0, 1.0]} for i in range(6)]
+    selection = plan_selection(Dataset.from_list(rows), "listwise", str(tmp_path / "lists.jsonl"), str(labelled),
+                               "map", None, 0.34, 0, False)  # fmt: skip
+    held = set(selection.held_out)
+    assert len(held) == 2
+    held_passages = {f"p{query[1:]}" for query in held}
+    assert not ({*held, *held_passages} & set(selection.train["query"]))
+    assert set(selection.eval["query"]) == held | held_passages
+
+
 # --- defaults the user did not pass -----------------------------------------------------------
 
 
