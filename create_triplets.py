@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": counts["pairs"],
         "records": counts["records"],
         "pairs_kept": counts["pairs_kept"],
+        # below every positive's negatives, or of a query skipped whole: with the repeats, what no record holds
+        "passages_in_no_record": counts["passages_in_no_record"],
         "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
         "queries_corrected_by_labels": counts["queries_corrected_by_labels"] if args.label_margin is not None else None,
         "input_grouped": input_grouped,
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
                    summary=summary)
     logger.info(
         "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
-        "skipped: %s%s",
+        "skipped: %s; %d passages are in no record (further down the list than any positive's negatives, or "
+        "of a query skipped whole)%s",
         summary["records"],
         args.format,
         summary["pairs_kept"],
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.output_path,
         seconds,
         ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()),
+        summary["passages_in_no_record"],
         "" if args.label_margin is None
         else f"; gold labels corrected the teacher's scores (order or margins) in "
              f"{summary['queries_corrected_by_labels']} queries",

@@ -398,6 +398,8 @@ def write_records(
             out.write(dumps(record) + "\n")
         counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
+        in_records = {index for selection in selections for index in (selection.positive, *selection.negatives)}
+        counts.update(passages_in_no_record=len(group.passages) - len(in_records))  # (repeats counted above)
         counts.update(skipped)
     if counts["records"] == 0:
         # raised while the output is still a temporary file, so nothing that looks complete is left

@@ -177,13 +177,14 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         {"query": "q1", "positive": "high", "negative": "low", "score": 4.0},
         {"query": "q1", "positive": "dup", "negative": "low", "score": 2.5},
     ]
-    counts = ("format", "queries", "pairs", "records", "pairs_kept", "skipped", "input_grouped")
+    counts = ("format", "queries", "pairs", "records", "pairs_kept", "passages_in_no_record", "skipped", "input_grouped")
     assert {k: summary[k] for k in counts} == {
         "format": "triplets",
         "queries": 2,
         "pairs": 5,
         "records": 3,
         "pairs_kept": 3,
+        "passages_in_no_record": 1,  # q2's one passage; with the repeat of "dup", 5 pairs = 3 in records + 2
         "skipped": skips(**{SKIP_REPEATED_PASSAGE: 1, SKIP_TOO_FEW_PASSAGES: 1}),
         "input_grouped": True,
     }
@@ -204,6 +205,8 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "hub": "huggingface",
         "cache_dir": None,
     }
+    narrower, _ = run(tmp_path, scores, "--top_k", "1", "--num_negatives", "1")
+    assert (narrower["pairs_kept"], narrower["passages_in_no_record"]) == (1, 2)  # "low" lies below high's one negative
 
 
 def test_the_same_input_gives_the_same_bytes(tmp_path):
