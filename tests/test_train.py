@@ -492,6 +492,18 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
     assert {query.query for query in selection.queries} == {"dev x", "dev y"} and selection.held_out == []
 
 
+def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_warned_about(tmp_path, triplets_file,
+                                                                                          caplog):
+    with pytest.raises(InputError, match="--selection_metric map picks a checkpoint by evaluations, and --eval_strategy "
+                                         "no runs none"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "a", "--selection_metric", "map",
+                  "--eval_strategy", "no")
+    with pytest.raises(InputError):  # (stopped at the model, after the warning)
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "b", "--loss", "infonce",
+                  "--teacher_temperature", "4")
+    assert "--teacher_temperature 4 does nothing here: --loss infonce reads no teacher scores" in caplog.text
+
+
 def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(tmp_path, triplets_file, ranking_file):
     with pytest.raises(InputError, match=rf"{ranking_file}: --eval_data holds labelled ranking data.*, on which --loss "
                                          r"margin_mse has no loss to compute; .* pass it as --selection_data"):
