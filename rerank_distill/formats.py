@@ -84,6 +84,13 @@ class ListOddities:
     conflicting_labels: int = 0
     first: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def found_in(cls, queries: list[RankingQuery]) -> ListOddities:
+        oddities = cls()
+        for query in queries:
+            oddities.add(query)
+        return oddities
+
     def add(self, query: RankingQuery) -> None:
         label_of_passage: dict[str, float] = {}
         found = {"blank_queries": not query.query.strip(),
@@ -187,7 +194,7 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
                          f"(e.g. {example}) or a file", folder)  # fmt: skip
     by_stem: dict[str, list[str]] = {}
     for path in files:
-        stem = next((path[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES[::-1] if path.endswith(suffix)), path)
+        stem = next((path[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES if path.endswith(suffix)), path)
         by_stem.setdefault(stem, []).append(os.path.basename(path))
     if twice := next((names for names in by_stem.values() if len(names) > 1), None):
         raise InputError(f"split '{split}' holds {' and '.join(twice)}: the same data in two forms? Its files are "

@@ -164,21 +164,16 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
     if name not in record:
         raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
     value = record[name]
+    if (number := finite_number(value)) is not None:
+        return number
+    # what finite_number refused, said precisely
     if isinstance(value, bool):
         raise InputError(f'field "{name}" must be a number, got a boolean', path, line)
-    if isinstance(value, str):
-        value = number_in_text(value)
-        if value is None:
-            raise InputError(f'field "{name}" must be a number, got the string {shown(record[name])}', path, line)
-    if not isinstance(value, (int, float)):
+    if isinstance(value, str) and number_in_text(value) is None:
+        raise InputError(f'field "{name}" must be a number, got the string {shown(value)}', path, line)
+    if not isinstance(value, (int, float, str)):
         raise InputError(f'field "{name}" must be a number, got {type(value).__name__}', path, line)
-    try:
-        value = float(value)
-    except OverflowError:  # an integer beyond float's range
-        value = math.inf
-    if not math.isfinite(value):
-        raise InputError(f'field "{name}" is {str(record[name])[:40]}; scores must be finite numbers', path, line)
-    return value
+    raise InputError(f'field "{name}" is {str(value)[:40]}; scores must be finite numbers', path, line)
 
 
 def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
