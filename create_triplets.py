@@ -23,7 +23,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rerank_distill.cli import beside_output, check_minimums, command_line, parse_args, run_main, write_run_args
+from rerank_distill.cli import (
+    beside_output,
+    check_minimums,
+    command_line,
+    parse_args,
+    run_main,
+    warn_unread,
+    write_run_args,
+)
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, check_output_not_read, first_record, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter, check_writable
@@ -38,6 +46,7 @@ from rerank_distill.triplets import (
     iter_query_groups,
     iter_query_groups_indexed,
     require_labels,
+    unread_flags,
     write_records,
 )
 
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_path.endswith((".parquet", ".arrow")):  # every reader would take it for that format
         raise InputError(f"--output_path {args.output_path}: the records are written as JSONL; name it .jsonl or "
                          ".jsonl.gz")
+    warn_unread(args, unread_flags(args.format, args.positives, args.negatives))
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_same_teachers(args.input_path)

@@ -37,8 +37,10 @@ SEED="${SEED:-42}"
 # Download source for SCORES given as a hub data set (NAME:SPLIT): huggingface or modelscope
 HUB="${HUB:-huggingface}"
 
-# Those lists carry no gold labels, so they are left out when the records need labels on every line
+# The settings as the command line leaves them: the passages-as-queries lists carry no gold labels, so
+# they are left out when the records need labels on every line; flags the settings never read are not passed
 positives="$POSITIVES"
+format="$FORMAT"
 needs_labels=false
 inputs_given=false
 previous=""
@@ -46,13 +48,22 @@ for arg in "$@"; do
     case "$arg" in
         --label_margin | --label_margin=* | --label-margin | --label-margin=*) needs_labels=true ;;
         --positives=*) positives="${arg#--positives=}" ;;
+        --format=*) format="${arg#--format=}" ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
     esac
-    if [[ "$previous" == "--positives" ]]; then
-        positives="$arg"
-    fi
+    case "$previous" in
+        --positives) positives="$arg" ;;
+        --format) format="$arg" ;;
+    esac
     previous="$arg"
 done
+size_args=(--num_negatives "$NUM_NEGATIVES")
+if [[ "$format" == "listwise" ]]; then
+    size_args=(--group_size "$GROUP_SIZE")
+fi
+if [[ "$positives" != "labels" ]]; then
+    size_args+=(--top_k "$TOP_K")
+fi
 if [[ "$positives" != "teacher" ]]; then
     needs_labels=true
 fi
@@ -78,10 +89,8 @@ python "$(dirname "$0")/create_triplets.py" \
     --output_path "$TRIPLETS" \
     --format "$FORMAT" \
     --positives "$POSITIVES" \
-    --top_k "$TOP_K" \
     --negatives "$NEGATIVES" \
-    --num_negatives "$NUM_NEGATIVES" \
-    --group_size "$GROUP_SIZE" \
+    "${size_args[@]}" \
     --min_margin "$MIN_MARGIN" \
     --seed "$SEED" \
     --hub "$HUB" \

@@ -82,6 +82,15 @@ def check_minimums(args: Any, **minimums: int) -> None:
             raise InputError(f"--{name} must be at least {minimum}, got {value}")
 
 
+def warn_unread(args: Any, unread: dict[str, str]) -> None:
+    """Warn about each flag named in ``unread`` (flag -> why these settings never read it) that was
+    given a value other than its default: a setting the user asked for must not vanish unnoticed."""
+    defaults = {spec.name: spec.default for spec in dataclasses.fields(args)}
+    for name, reason in unread.items():
+        if getattr(args, name) != defaults[name]:
+            logger.warning("--%s %s is not read: %s", name, getattr(args, name), reason)
+
+
 def command_line(script_file: str, argv: list[str] | None) -> list[str]:
     """The command a stage ran as: its script's name and the arguments it parsed (``argv``, or the
     process's own when None), so a stage called from Python records its own flags, not its caller's."""

@@ -350,6 +350,20 @@ def format_records(
 # --- a whole file: every query's records ---
 
 
+def unread_flags(output_format: OutputFormat, positives: PositiveRule, negatives: NegativeRule) -> dict[str, str]:
+    """The create_triplets.py flags these rules never read, each with why (flag name -> reason)."""
+    unread = {}
+    if output_format == "listwise":
+        unread["num_negatives"] = "listwise groups take --group_size - 1 negatives"
+    else:
+        unread["group_size"] = f"it sizes listwise groups only, not {output_format}"
+    if positives == "labels":
+        unread["top_k"] = "--positives labels takes the gold-labelled passages, not the teacher's top"
+    if negatives == "hardest":
+        unread["seed"] = "it seeds random and mixed negatives only"
+    return unread
+
+
 def require_labels(pairs: Iterable[ScoredPair], flag: str, label_column: str | None = None) -> Iterator[ScoredPair]:
     """Pass the pairs on, stopping at the first one without a gold label (``flag`` needs them; they
     are read from ``label_column``, by default "label")."""

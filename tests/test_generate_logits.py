@@ -880,6 +880,7 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
         done = subprocess.run(["bash", os.path.join(repo, launcher), *flags], env=env, cwd=tmp_path,
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
+        assert "is not read" not in done.stderr  # a launcher passes only the flags its settings read
 
     assert sorted(path.name for path in scores.glob("*.jsonl")) == [
         "test_scores.jsonl", "train_passages_as_queries_scores.jsonl", "train_scores.jsonl"]  # fmt: skip
@@ -902,6 +903,13 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0 and "older than" in done.stderr
+    for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}):  # nor with its other formats and positives
+        done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, **settings},
+                              cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
+    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--format", "ntuples"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
     assert {json.loads(line)["query"] for line in records.read_text().splitlines()} <= original
     # --input_path on the command line replaces SCORES and its lists, and the log says nothing of them
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--input_path",

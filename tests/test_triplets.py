@@ -209,6 +209,27 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
     assert (narrower["pairs_kept"], narrower["passages_in_no_record"]) == (1, 2)  # "low" lies below high's one negative
 
 
+@pytest.mark.parametrize(
+    ("flags", "unread"),
+    [
+        (["--format", "listwise", "--num_negatives", "6"], ["--num_negatives 6"]),
+        (["--group_size", "16"], ["--group_size 16"]),
+        (["--positives", "labels", "--top_k", "2", "--seed", "7"], ["--top_k 2", "--seed 7"]),
+        (["--format", "listwise", "--group_size", "16", "--negatives", "random", "--seed", "7"], []),
+        (["--num_negatives", "4", "--group_size", "8"], []),  # the defaults, even given, ask for nothing
+    ],
+)
+def test_a_flag_these_settings_never_read_is_warned_about(tmp_path, caplog, flags, unread):
+    scores = tmp_path / "scores.jsonl"
+    write_jsonl_records(scores, [{"query": "q", "passage": p, "score": s, "label": int(s > 1)}
+                                 for p, s in (("a", 2.0), ("b", 1.0), ("c", 0.0))])  # fmt: skip
+
+    run(tmp_path, scores, *flags)
+
+    warned = [record.getMessage() for record in caplog.records if "is not read" in record.getMessage()]
+    assert [message.split(" is not read")[0] for message in warned] == unread
+
+
 def test_the_same_input_gives_the_same_bytes(tmp_path):
     queries = {f"q{q}": [(f"passage {q}-{p}", ((q * 7 + p * 3) % 5) / 4) for p in range(9)] for q in range(6)}
     scores = scores_file(tmp_path / "scores.jsonl", queries)
