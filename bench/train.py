@@ -147,6 +147,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--warmup_repetitions", type=int, default=None,
+                        help="Untimed rounds of every run before the timed ones (kept in the JSON as warmup_runs, left "
+                        "out of the medians): a GPU's first runs pay for kernel selection and memory growth. Default: "
+                        "1 on a GPU, 0 on a CPU.")
     parser.add_argument("--pairs_per_forward", type=int, default=16,
                         help="Ours: a batch's pairs in length-sorted forward passes of this many (train.sh's default); "
                         "a run with one pass a batch (0) is measured too.")
@@ -183,6 +187,12 @@ def main() -> None:
     if bf16:
         runs["original recipe (bf16)"] = run("original_bf16", lambda out: original_recipe(*common, out, *shape, True))
         runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, True, args.pairs_per_forward))
+    warmup_repetitions = args.warmup_repetitions if args.warmup_repetitions is not None else int(torch.cuda.is_available())
+    for _ in range(warmup_repetitions):
+        for function in runs.values():
+            function()
+    warmup_runs = dict(runs_detail)
+    runs_detail.clear()
     rates = alternate(runs, args.repetitions)
     rows = [(name, median(values)) for name, values in rates.items()]
     print_table(f"student training, {Path(student).name}, {args.max_steps} steps x {args.batch_size} triplets",
@@ -194,6 +204,7 @@ def main() -> None:
         "benchmark": "train", "machine": machine(), "student": Path(student).name, "steps": args.max_steps,
         "triplets": str(triplets), "data": None if args.triplets else args.data,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
+        "warmup_repetitions": warmup_repetitions, "warmup_runs": warmup_runs,
         "pairs_per_forward": args.pairs_per_forward,
         "triplets_per_second": rates, "median_triplets_per_second": dict(rows),
         "ratio_to_original": {name: rate / dict(rows)["original recipe (fp32)"] for name, rate in rows},
