@@ -122,11 +122,7 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     if args.protocol == "mteb" and all(skip_reason(query.labels) for query in queries):
         raise InputError("no query has both a positive and a negative: --protocol mteb has nothing to evaluate",
                          args.dataset_path)
-    ListOddities.found_in(queries).warn(args.dataset_path, "each is evaluated as it is, as a candidate of its own")
-    if repeated := len(queries) - len({query.query for query in queries}):  # (row-per-pair files: already joined)
-        logger.warning("%s: %d queries repeat an earlier query's text: each is evaluated as a list of its own here, "
-                       "while a file of a pair a line (stage 1's output) joins such lists into one per text",
-                       args.dataset_path, repeated)
+    ListOddities.found_in(queries).warn(args.dataset_path, "each is evaluated as it is")
     return queries
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, write_run_args
+from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, warn_unread, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders
 from rerank_distill.hub import resolve_model
@@ -53,6 +53,7 @@ from rerank_distill.teachers import (
     check_teacher_options,
     choose_backend,
     teacher_types_for,
+    unread_teacher_flags,
 )
 from rerank_distill.teachers.embedding import DEFAULT_SCORE_SCALE
 from rerank_distill.teachers.llm_judge import ESCI_LABEL_WORDS
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                            script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
             return merged
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
+    warn_unread(args, unread_teacher_flags(teacher_types))
     check_teacher_options(teacher_types, args)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
     if len(set(outputs)) != len(outputs):
@@ -203,7 +205,8 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
 def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_shards: int) -> dict:
     """Join each input's ``num_shards`` finished shard files into its output, and log the teacher's metrics."""
     for source, derived in inputs:
-        merged, lines = merge_shards(source, args.output_dir, num_shards, args.input_format, read_args, derived)
+        merged, lines = merge_shards(source, args.output_dir, num_shards, args.input_format, read_args, derived,
+                                     overwrite=args.overwrite)
         logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
         if counts := recorded_counts(merged):  # (shards of an older release recorded none)
             seconds = counts.get("seconds_all_runs", counts["seconds"])

@@ -56,12 +56,18 @@ for arg in "$@"; do
     esac
 done
 
+# INSTRUCTION is an LLM judge's: not passed where TEACHER_TYPE has none (the script warns of a flag no teacher reads)
+instruction_args=(--instruction "$INSTRUCTION")
+if (( ${#type_args[@]} > 0 )) && [[ " ${teacher_types[*]} " != *" llm_"* ]]; then
+    instruction_args=()
+fi
+
 score() {
     python "$(dirname "$0")/generate_logits.py" \
         "${model_args[@]}" \
         "${type_args[@]}" \
         --output_dir "$SCORES_DIR" \
-        --instruction "$INSTRUCTION" \
+        ${instruction_args[@]+"${instruction_args[@]}"} \
         --backend "$BACKEND" \
         --batch_size "$TEACHER_BATCH_SIZE" \
         --max_length "$TEACHER_MAX_LENGTH" \

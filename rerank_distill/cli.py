@@ -85,7 +85,8 @@ def check_minimums(args: Any, **minimums: int) -> None:
 def warn_unread(args: Any, unread: dict[str, str]) -> None:
     """Warn about each flag named in ``unread`` (flag -> why these settings never read it) that was
     given a value other than its default: a setting the user asked for must not vanish unnoticed."""
-    defaults = {spec.name: spec.default for spec in dataclasses.fields(args)}
+    defaults = {spec.name: spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+                for spec in dataclasses.fields(args)}
     for name, reason in unread.items():
         if getattr(args, name) != defaults[name]:
             logger.warning("--%s %s is not read: %s", name, getattr(args, name), reason)

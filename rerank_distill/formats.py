@@ -75,14 +75,19 @@ class RankingQuery:
 @dataclass
 class ListOddities:
     """What in candidate lists a stage reads as it is but should not pass over unsaid: blank query
-    or passage texts, and a passage listed again in its query's list, with the same label or
-    another (a passage both relevant and not). Counts, and the first record of each kind."""
+    or passage texts, a passage listed again in its query's list, with the same label or another
+    (a passage both relevant and not), and a query text whose list is given again in a later record.
+    Counts, and the first record of each kind."""
 
     blank_queries: int = 0
     blank_passages: int = 0
     repeated_passages: int = 0
     conflicting_labels: int = 0
+    repeated_queries: int = 0
     first: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._seen_queries: set[int] = set()  # hashes, not texts: a streaming stage's memory stays small
 
     @classmethod
     def found_in(cls, queries: list[RankingQuery]) -> ListOddities:
@@ -94,7 +99,9 @@ class ListOddities:
     def add(self, query: RankingQuery) -> None:
         label_of_passage: dict[str, float] = {}
         found = {"blank_queries": not query.query.strip(),
-                 "blank_passages": sum(not passage.strip() for passage in query.passages)}  # fmt: skip
+                 "blank_passages": sum(not passage.strip() for passage in query.passages),
+                 "repeated_queries": hash(query.query) in self._seen_queries}  # fmt: skip
+        self._seen_queries.add(hash(query.query))
         for passage, label in zip(query.passages, query.labels):
             if passage in label_of_passage:
                 kind = "repeated_passages" if label_of_passage[passage] == label else "conflicting_labels"
@@ -109,9 +116,14 @@ class ListOddities:
         """One warning line for ``source`` if anything was found; ``what_happens`` to such entries."""
         names = {"blank_queries": "blank query texts", "blank_passages": "blank passages",
                  "repeated_passages": "passages listed again in their query's list with the same label",
-                 "conflicting_labels": "passages listed again in their query's list with another label"}  # fmt: skip
-        found = [f"{getattr(self, kind)} {name} (first at {self.first[kind]})" for kind, name in names.items()
-                 if getattr(self, kind)]  # fmt: skip
+                 "conflicting_labels": "passages listed again in their query's list with another label",
+                 "repeated_queries": "query texts given again with a list of their own in a later record"}  # fmt: skip
+        # how the stages differ on such entries, said with them
+        notes = {"repeated_queries": "; create_triplets.py joins one query text's lists into one, evaluation.py ranks "
+                                     "each record's list apart, several teachers' combined score is standardised "
+                                     "within each list"}  # fmt: skip
+        found = [f"{getattr(self, kind)} {name} (first at {self.first[kind]}{notes.get(kind, '')})"
+                 for kind, name in names.items() if getattr(self, kind)]  # fmt: skip
         if found:
             logger.warning("%s: %s; %s: clean the data if they are mistakes", source, "; ".join(found), what_happens)
 
@@ -712,12 +724,13 @@ def teacher_scores_for(
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
         scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
-        said = (pair.extra.get("teacher_scores", pair.score), probs)
+        said = (pair.score, pair.extra.get("teacher_scores"), probs)
         if first_said.setdefault((pair.query, pair.passage), said) != said:
             conflicting.append(f"{pair.path}:{pair.line}")
     if conflicting:
         logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "
-                       "is used: were two teachers' files joined?", source, len(conflicting), conflicting[0])
+                       "is used: were two teachers' files joined, or (several teachers) is a query's list given "
+                       "twice, its combined score standardised within each?", source, len(conflicting), conflicting[0])
     per_query = []
     for query in queries:
         missing = [passage for passage in query.passages if (query.query, passage) not in scored]

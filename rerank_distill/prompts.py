@@ -43,15 +43,16 @@ def format_body(instruction: str, query: str, document: str) -> str:
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 
-def single_token_id(tokenizer, word: str, model_path: str = "the teacher") -> int:
-    """The vocabulary id of ``word``; InputError if the tokenizer does not keep it as one token."""
+def single_token_id(tokenizer, word: str, model_path: str = "the teacher", hint: str = "") -> int:
+    """The vocabulary id of ``word``; InputError (ending with ``hint``) if the tokenizer does not
+    keep it as one token."""
     token_id = tokenizer.convert_tokens_to_ids(word)
     pieces = tokenizer.encode(word, add_special_tokens=False)
     if token_id is None or token_id == tokenizer.unk_token_id or pieces != [token_id]:
         raise InputError(
             f"the tokenizer of {model_path} splits the answer word '{word}' into {len(pieces)} tokens "
             f"{pieces}; every answer word must be exactly one token. Choose other words (flags "
-            "--label_words / the model's own yes/no) or another teacher."
+            f"--label_words / the model's own yes/no) or another teacher.{hint}"
         )
     return token_id
 

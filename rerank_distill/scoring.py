@@ -188,7 +188,7 @@ class ScoringStats:
     pairs: int = 0
     distinct_pairs_scored: int = 0
     duplicate_pairs_reused: int = 0
-    truncated: int = 0
+    truncated: int = 0  # distinct pairs cut to max_length; of several teachers, the most any one of them cut
     resumed_at_pair: int = 0
     seconds: float = 0.0
     already_complete: bool = False
@@ -676,10 +676,11 @@ def teacher_metrics(output_path: Path) -> dict | None:
 
 
 def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,
-                 passages_as_queries: int = 0) -> tuple[Path, int]:
+                 passages_as_queries: int = 0, overwrite: bool = False) -> tuple[Path, int]:
     """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
     (or the passages-as-queries file, see output_path_for). InputError, with nothing written,
-    where the shards were scored with differing settings or the input has changed since.
+    where the shards were scored with differing settings or the input has changed since, or
+    (unless ``overwrite``) a finished output of other settings is in the way.
 
     Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
     """
@@ -692,9 +693,9 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     differs = []
     if records and single_run:
         differs = _differences(single_run, _settings(records[0]["made_with"]), single_run.keys())
-    if differs and finished:
+    if differs and finished and not overwrite:
         raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
-                         f"{', '.join(differs)}); delete it and its .run.json to join them in its place")
+                         f"{', '.join(differs)}); pass --overwrite to join them in its place")
     # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
     readers = [_lines(path) for path in paths]
     lines, content = 0, hashlib.blake2b(digest_size=16)
@@ -722,9 +723,9 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
                                  "it with its --shard flag and --overwrite", str(path))
     if records:
         _merge_run_records(records, merged, lines, content.hexdigest())
-    if differs and not finished:  # a stopped single run's
-        logger.warning("%s: an unfinished single run with other settings (differing: %s) is dropped; the joined "
-                       "shards replace it", merged, ", ".join(differs))
+    if differs:  # a stopped single run's, or a finished one --overwrite replaces
+        logger.warning("%s: %s single run with other settings (differing: %s) is dropped; the joined shards replace "
+                       "it", merged, "a finished" if finished else "an unfinished", ", ".join(differs))
     for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
         stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines

@@ -751,12 +751,29 @@ def test_teacher_files_joined_into_one_are_warned_about_where_a_pair_scores_diff
     assert f"joined.jsonl: {pairs} lines score a pair again differently (the first at {joined}:{pairs + 1})" in caplog.text
 
 
+def test_a_combined_score_that_differs_between_two_lists_of_one_query_is_warned_about(tiny_cross_encoder, tmp_path,
+                                                                                     caplog):
+    lists = [{"query": "python list", "positive": ["a"], "negative": ["b", "c"]},
+             {"query": "python list", "positive": ["a"], "negative": ["b"]}]  # fmt: skip
+    data = write_jsonl_records(tmp_path / "twice.jsonl", lists)
+    # two teachers' combined score, standardised within each list: the same raw scores, another combined one
+    lines = [("a", 1.2, [2.0, 1.0]), ("b", 0.0, [1.0, 0.5]), ("c", -1.2, [0.0, 0.0]),
+             ("a", 1.0, [2.0, 1.0]), ("b", -1.0, [1.0, 0.5])]
+    teacher = write_jsonl_records(tmp_path / "teacher.jsonl", [
+        {"query": "python list", "passage": passage, "score": score, "teacher_scores": {"x": raw[0], "y": raw[1]}}
+        for passage, score, raw in lines])  # fmt: skip
+    run(tmp_path, tiny_cross_encoder, data, "--teacher_scores", str(teacher))
+    assert f"2 lines score a pair again differently (the first at {teacher}:4)" in caplog.text
+
+
 def test_a_repeated_query_text_is_warned_about(tiny_cross_encoder, tmp_path, caplog):
     lists = [{"query": "python list", "positive": ["a"], "negative": ["b"]},
              {"query": "python list", "positive": ["c"], "negative": ["d"]}]  # fmt: skip
     report = run(tmp_path, tiny_cross_encoder, write_jsonl_records(tmp_path / "twice.jsonl", lists))
     assert report["queries_evaluated"] == 2
-    assert "1 queries repeat an earlier query's text: each is evaluated as a list of its own here" in caplog.text
+    assert (f"1 query texts given again with a list of their own in a later record (first at {tmp_path / 'twice.jsonl'}:2; "
+            "create_triplets.py joins one query text's lists into one, evaluation.py ranks each record's list apart"
+            in caplog.text)
 
 
 def test_blank_texts_and_passages_listed_again_are_evaluated_as_given_and_warned_about(tiny_cross_encoder, tmp_path,
@@ -768,8 +785,8 @@ def test_blank_texts_and_passages_listed_again_are_evaluated_as_given_and_warned
     assert report["queries_evaluated"] == 2
     assert (f"odd.jsonl: 1 blank query texts (first at {data}:2); 1 blank passages (first at {data}:2); 1 passages "
             f"listed again in their query's list with the same label (first at {data}:1); 1 passages listed again in "
-            f"their query's list with another label (first at {data}:1); each is evaluated as it is, as a candidate of "
-            "its own: clean the data if they are mistakes") in caplog.text
+            f"their query's list with another label (first at {data}:1); each is evaluated as it is: clean the data if "
+            "they are mistakes") in caplog.text
 
 
 def test_a_max_length_with_no_room_for_text_is_refused(tiny_cross_encoder, ranking_file, tmp_path):

@@ -77,16 +77,19 @@ def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_
         run_scoring(source, output, CountingTeacher())  # its lines would carry the old ids
 
 
-def test_blank_texts_and_passages_listed_again_are_counted_before_a_teacher_loads(tmp_path):
+def test_blank_texts_passages_listed_again_and_query_texts_given_again_are_counted_before_a_teacher_loads(tmp_path):
     lists = [{"query": "dns", "positive": ["same"], "negative": ["same", "b", "b"]},
-             {"query": "  ", "positive": [""], "negative": ["x"]}]  # fmt: skip
+             {"query": "  ", "positive": [""], "negative": ["x"]},
+             {"query": "dns", "positive": ["c"], "negative": ["d"]}]  # fmt: skip
     source = write_jsonl_records(tmp_path / "odd.jsonl", lists)
     summary = validate_source(str(source), "auto", Shard())
     odd = summary.oddities
-    assert (odd.blank_queries, odd.blank_passages, odd.repeated_passages, odd.conflicting_labels) == (1, 1, 1, 1)
+    assert (odd.blank_queries, odd.blank_passages, odd.repeated_passages, odd.conflicting_labels,
+            odd.repeated_queries) == (1, 1, 1, 1, 1)
     assert odd.first == {"blank_queries": f"{source}:2", "blank_passages": f"{source}:2",
-                         "repeated_passages": f"{source}:1", "conflicting_labels": f"{source}:1"}  # fmt: skip
-    assert summary.pairs == 6  # kept, every one
+                         "repeated_passages": f"{source}:1", "conflicting_labels": f"{source}:1",
+                         "repeated_queries": f"{source}:3"}  # fmt: skip
+    assert summary.pairs == 8  # kept, every one
     assert validate_source(str(source), "auto", Shard(), passages_as_queries=2).oddities.first == {}
 
 
@@ -355,7 +358,7 @@ def test_a_merge_leaves_no_unfinished_single_run_beside_its_output(tmp_path, ran
     assert run_scoring(ranking_file, single, again).already_complete and again.calls == []
 
 
-def test_a_merge_keeps_a_finished_single_run_of_other_settings_and_says_what_it_drops(tmp_path, ranking_file, caplog):
+def test_a_merge_keeps_a_finished_single_run_of_other_settings_unless_told_and_says_what_it_drops(tmp_path, ranking_file, caplog):
     class OtherTeacher(CountingTeacher):
         config = {**CountingTeacher.config, "max_length": 16}
 
@@ -367,11 +370,16 @@ def test_a_merge_keeps_a_finished_single_run_of_other_settings_and_says_what_it_
                                          r"\(differing: teachers: max_length\)"):
         merge_shards(str(ranking_file), tmp_path, 2)
     assert single.read_bytes() == finished
+    caplog.set_level(logging.WARNING)
+    merge_shards(str(ranking_file), tmp_path, 2, overwrite=True)  # asked for: the joined shards take its place
+    assert "a finished single run with other settings (differing: teachers: max_length) is dropped" in caplog.text
+    assert is_finished(single)
+    record = json.loads(single.with_name(single.name + ".run.json").read_text())
+    assert record["made_with"]["teachers"][0].get("max_length") != 16  # the record is the shards' now
     single.unlink()
     single.with_name(single.name + ".run.json").unlink()
     with pytest.raises(KeyboardInterrupt):  # stopped, with other settings: what the joined shards replace
         run_scoring(ranking_file, single, OtherTeacher(fail_on_call=2))
-    caplog.set_level(logging.WARNING)
     merge_shards(str(ranking_file), tmp_path, 2)
     assert "an unfinished single run with other settings (differing: teachers: max_length) is dropped" in caplog.text
     assert is_finished(single)

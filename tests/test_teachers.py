@@ -14,10 +14,18 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import generate_logits
-from rerank_distill.cli import parse_args
+from rerank_distill.cli import parse_args, warn_unread
 from rerank_distill.errors import InputError
+from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.scoring import Shard, score_source, validate_source
-from rerank_distill.teachers import TeacherScores, build_teachers, check_teacher_options, teacher_types_for, unique_names
+from rerank_distill.teachers import (
+    TeacherScores,
+    build_teachers,
+    check_teacher_options,
+    teacher_types_for,
+    unique_names,
+    unread_teacher_flags,
+)
 from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
 from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
 from rerank_distill.teachers.llm_judge import LabelJudge, YesNoJudge, label_probabilities
@@ -251,6 +259,15 @@ def test_a_label_word_that_is_not_one_token_stops_the_run(tiny_qwen3, ranking_fi
         ])  # fmt: skip
 
 
+def test_esci_words_the_tokenizer_splits_stop_the_run_with_their_letters_as_the_way_out(tiny_qwen3, ranking_file,
+                                                                                        tmp_path):
+    with pytest.raises(InputError, match="'Exact' into 3 tokens .* --label_words E S C I"):
+        generate_logits.main([
+            "--model_path", str(tiny_qwen3), "--teacher_type", "llm_labels", "--label_words", "Exact", "Substitute",
+            "Complement", "Irrelevant", "--input_path", str(ranking_file), "--output_dir", str(tmp_path),
+        ])  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -258,6 +275,8 @@ def test_a_label_word_that_is_not_one_token_stops_the_run(tiny_qwen3, ranking_fi
         (["--label_words", "exact", "exact", "--label_grades", "1", "0"], "two different words"),
         (["--label_words", "exact", "--label_grades", "1"], "two different words"),
         (["--label_grades", "1", "1", "1", "1"], "every label word the grade 1"),
+        (["--label_words", "yes", "no", "--label_grades", "nan", "0"], "must be finite numbers, got nan 0"),
+        (["--label_words", "yes", "no", "--label_grades", "inf", "0"], "must be finite numbers, got inf 0"),
         (["--label_words", "I", "C", "S", "E", "--label_grades", "3", "2", "1", "0"],
          r"ranks them in another order than ESCI's .* --label_grades 0 1 2 3"),
     ],
@@ -276,9 +295,28 @@ def test_label_words_without_grades_get_esci_grades_or_descending_ones(words, gr
     assert given.label_grades == grades
 
 
-def test_score_scale_must_be_positive():
-    with pytest.raises(InputError, match="--score_scale"):
-        check_teacher_options(["embedding"], options("--score_scale", "0"))
+@pytest.mark.parametrize("scale", ["0", "-3", "inf", "nan"])
+def test_score_scale_must_be_positive_and_finite(scale):
+    with pytest.raises(InputError, match="--score_scale must be positive and finite"):
+        check_teacher_options(["embedding"], options("--score_scale", scale))
+
+
+@pytest.mark.parametrize(
+    ("types", "flags", "unread"),
+    [
+        (["llm_yesno"], ["--label_words", "a", "b", "--score_scale", "-3", "--query_prompt", "x"],
+         ["--label_words", "--score_scale", "--query_prompt"]),
+        (["cross_encoder", "embedding"], ["--instruction", "Find twins", "--backend", "hf", "--score_scale", "5"],
+         ["--instruction", "--backend"]),
+        (["llm_labels", "embedding"], ["--label_words", "a", "b", "--instruction", "Find twins", "--score_scale", "5"],
+         []),
+        (["embedding"], ["--instruction", DEFAULT_INSTRUCTION, "--backend", "auto"], []),  # defaults ask for nothing
+    ],
+)
+def test_a_flag_no_teacher_reads_is_warned_about(caplog, types, flags, unread):
+    warn_unread(options(*flags), unread_teacher_flags(types))
+
+    assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
 
 
 class FakeVllm:

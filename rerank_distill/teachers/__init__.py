@@ -13,6 +13,7 @@ teacher has ``name``, ``config`` (what makes its scores what they are, for resum
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,8 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
                 f"--label_grades has {len(grades)} values for {len(words)} --label_words; give one grade per word, "
                 "in the same order"
             )
+        if not all(math.isfinite(grade) for grade in grades):
+            raise InputError(f"--label_grades must be finite numbers, got {' '.join(f'{g:g}' for g in grades)}")
         if len(set(grades)) == 1:  # every answer the same grade: the expected grade would be a constant
             raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
         esci = [ESCI_GRADES.get(word.strip().lower()) for word in words]
@@ -151,8 +154,23 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
                 f"--label_words {' '.join(words)} are ESCI's labels, but --label_grades {given} ranks them in another "
                 f"order than ESCI's (E > S > C > I); give the grades in the words' order, e.g. --label_grades {wanted}"
             )
-    if "embedding" in teacher_types and not options.score_scale > 0:
-        raise InputError(f"--score_scale must be positive, got {options.score_scale}")
+    if "embedding" in teacher_types and not 0 < options.score_scale < math.inf:
+        raise InputError(f"--score_scale must be positive and finite, got {options.score_scale}")
+
+
+def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
+    """The generate_logits.py flags no teacher of these types reads, each with why (flag -> reason)."""
+    unread = {}
+    if not any(kind in LLM_TEACHER_TYPES for kind in teacher_types):
+        for flag in ("instruction", "backend", "prefix_cache", "tensor_parallel_size", "gpu_memory_utilization"):
+            unread[flag] = f"no LLM judge among the teachers ({', '.join(teacher_types)})"
+    if "llm_labels" not in teacher_types:
+        for flag in ("label_words", "label_grades"):
+            unread[flag] = "only llm_labels teachers answer with label words"
+    if "embedding" not in teacher_types:
+        for flag in ("score_scale", "query_prompt"):
+            unread[flag] = "only embedding teachers read it"
+    return unread
 
 
 def teacher_name(model_path: str) -> str:

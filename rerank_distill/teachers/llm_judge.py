@@ -80,7 +80,11 @@ class _Judge:
                  dtype, prefix_cache, vllm_options, extra_config=None):  # fmt: skip
         tokenizer = load_tokenizer(model_path)
         self.prompt = JudgePrompt(tokenizer, system, instruction, usable_length(model_path, max_length))
-        token_ids = [single_token_id(tokenizer, word, model_path) for word in words]
+        hint = ""
+        if {word.lower() for word in words} == set(ESCI_LABEL_WORDS):  # Qwen's vocabulary splits three of them
+            hint = (" ESCI's letters are one token in most vocabularies: --label_words E S C I, with an --instruction "
+                    "that says what each letter means")
+        token_ids = [single_token_id(tokenizer, word, model_path, hint) for word in words]
         self.name = teacher_name(model_path)
         self.config = {
             "teacher_type": self.teacher_type,
