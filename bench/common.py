@@ -3,6 +3,8 @@ writing results as JSON."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -25,7 +27,46 @@ def machine() -> dict:
         info["cpu"] = platform.processor()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    info["versions"] = {}
+    for package in ("torch", "transformers", "sentence-transformers", "vllm"):
+        try:
+            info["versions"][package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return info
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written, and each flag's default where its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def bench_parser(description: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose --help keeps the docstring's layout and shows every default."""
+    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+
+
+def require_cuda(what: str) -> None:
+    """InputError unless a CUDA GPU is present: ``what`` is a GPU's work (minutes a step on a CPU)."""
+    import torch
+
+    from rerank_distill.errors import InputError
+
+    if not torch.cuda.is_available():
+        raise InputError(f"{what} needs a CUDA GPU, and none is present here")
+
+
+def require_file(path: str | Path, flag: str) -> None:
+    """InputError unless ``path`` exists, naming the flag that gave it."""
+    from rerank_distill.errors import InputError
+
+    if not Path(path).exists():
+        raise InputError(f"{flag} {path}: no such file or folder")
 
 
 def alternate(runs: dict[str, Callable[[], float]], repetitions: int) -> dict[str, list[float]]:

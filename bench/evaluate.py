@@ -24,7 +24,6 @@ passages (its NDCG, sklearn's, does the same).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, alternate, machine, median, print_table, timed, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, alternate, machine, median, print_table, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.metrics import evaluate_rankings, scores_needed  # noqa: E402
 from rerank_distill.student import (  # noqa: E402
@@ -78,7 +77,7 @@ def tokens_through_model(model, queries, batch_size: int, by_tokens: bool) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     add = parser.add_argument
     add("--model_path", default="output/bench_models/minilm-l6-cross-encoder", help="CrossEncoder folder (one logit).")
     add("--data", default=str(SHARED_DATA / "dev.jsonl"), help="Binary-labelled ranking data (MTEB or pos/neg JSONL).")
@@ -87,7 +86,7 @@ def main() -> None:
     add("--batch_size", type=int, default=64, help="Batch size of the evaluator and of ours (the evaluator's default).")
     add("--extra_batch_sizes", type=int, nargs="*", default=[16, 32], help="More batch sizes to time for ours.")
     add("--no_bfloat16", action="store_true", help="Leave out the bf16 run even where the device has bf16 units.")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Where both paths run; default: cuda where present.")
     add("--output_json", default=None, help="Default: bench/results/evaluate_{device}.json")
     args = parser.parse_args()
 

@@ -9,7 +9,9 @@
 #            original loop and our hf backend; vLLM too where installed)
 #   bash bench/gpu_checks.sh [extra bench/teacher.py flags]
 #   CHECKS="fsdp" PYTEST_ARGS="tests/test_train.py" bash bench/gpu_checks.sh    # a part only
-# Writes gpu_tests.log, fsdp.log and teacher_cuda.json under RESULTS_DIR (default bench/results; for the
+# PYTEST_ARGS="-n 12" runs the tests in 12 processes: it needs pytest-xdist (pip install pytest-xdist).
+# Writes gpu_tests_{date}.log, fsdp_{date}.log and teacher_cuda.json (beside it, dated, where one exists)
+# under RESULTS_DIR (default bench/results; for the
 # CPU dry run, ALLOW_CPU=1 on a machine without a GPU, a temporary folder it names: tests and fsdp run
 # there, the 8B-shaped teacher is skipped).
 set -uo pipefail
@@ -38,13 +40,14 @@ else
 fi
 RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 mkdir -p "$RESULTS_DIR"
+STAMP="$(date +%Y%m%d-%H%M%S)"  # in the logs' names: a rerun never replaces the logs a README cites
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null || true
 python3 -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
 declare -A status=()
 
 if [[ " $CHECKS " == *" tests "* ]]; then
     # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-    timeout "$TESTS_TIMEOUT" python3 -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS 2>&1 | tee "$RESULTS_DIR/gpu_tests.log"
+    timeout "$TESTS_TIMEOUT" python3 -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS 2>&1 | tee "$RESULTS_DIR/gpu_tests_$STAMP.log"
     status[tests]=${PIPESTATUS[0]}
 fi
 
@@ -62,10 +65,10 @@ write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive
             train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl"
             --output_dir "$fsdp_dir/out" --per_device_train_batch_size 8 "${precision[@]}" --report_to none
             --disable_tqdm true --selection_metric loss --eval_share 0.25)
-    timeout 120 "${launch[@]}" --max_steps 8 > "$RESULTS_DIR/fsdp.log" 2>&1
+    timeout 120 "${launch[@]}" --max_steps 8 > "$RESULTS_DIR/fsdp_$STAMP.log" 2>&1
     cp "$fsdp_dir/out/training_summary.json" "$fsdp_dir/first_summary.json"
-    timeout 120 "${launch[@]}" --max_steps 12 --resume_from_checkpoint last >> "$RESULTS_DIR/fsdp.log" 2>&1
-    grep -E "Error|error:|done:|best checkpoint" "$RESULTS_DIR/fsdp.log" | grep -v ChildFailedError | head -20
+    timeout 120 "${launch[@]}" --max_steps 12 --resume_from_checkpoint last >> "$RESULTS_DIR/fsdp_$STAMP.log" 2>&1
+    grep -E "Error|error:|done:|best checkpoint" "$RESULTS_DIR/fsdp_$STAMP.log" | grep -v ChildFailedError | head -20
     python3 -c "import json; from sentence_transformers.cross_encoder import CrossEncoder
 first = json.load(open('$fsdp_dir/first_summary.json'))
 resumed = json.load(open('$fsdp_dir/out/training_summary.json'))

@@ -11,7 +11,6 @@ Prints peak resident memory (MiB) for each stage and size and the ratio; writes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, machine, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, machine, write_results  # noqa: E402
 
 # Runs one stage's main() in this fresh process and prints its own peak RSS in KiB: VmHWM, the high
 # water mark of this program's memory. Not getrusage's ru_maxrss: on Linux that survives exec, so
@@ -60,12 +59,12 @@ def peak_rss_mib(stage: str, argv: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--model_path", default=None, help="Teacher (causal LM); default: a tiny random Qwen3 built here.")
-    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"), help="MTEB reranking JSONL: the 1x input, copied --times times for the large one.")
     parser.add_argument("--times", type=int, default=10, help="How many copies make the large input.")
     parser.add_argument("--chunk_size", type=int, default=2000, help="Pairs per scoring chunk.")
-    parser.add_argument("--output_json", default="bench/results/memory.json")
+    parser.add_argument("--output_json", default="bench/results/memory.json", help="The figures, or beside it with the date and time where that file exists.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

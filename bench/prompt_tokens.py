@@ -12,7 +12,6 @@ fixed suffix after it) plus its share of its query's prefix. The floor is the pa
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,19 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, write_results  # noqa: E402
 from bench.teacher import benchmark_queries  # noqa: E402
 from rerank_distill.prompts import JudgePrompt  # noqa: E402
 from rerank_distill.teachers.llm_hf import common_prefix_length  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default="output/bench_models/smollm2-135m-instruct")
-    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"))
-    parser.add_argument("--num_queries", type=int, default=12)
-    parser.add_argument("--candidates_per_query", type=int, default=0)
-    parser.add_argument("--titles_only", action="store_true")
+    parser = bench_parser(__doc__)
+    parser.add_argument("--tokenizer", default="output/bench_models/smollm2-135m-instruct", help="Folder with the tokenizer that counts the prompt tokens.")
+    parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"), help="MTEB reranking JSONL to take queries from.")
+    parser.add_argument("--num_queries", type=int, default=12, help="Queries to count (all their passages).")
+    parser.add_argument("--candidates_per_query", type=int, default=0, help="If > 0, give each query this many candidates, as bench/teacher.py does.")
+    parser.add_argument("--titles_only", action="store_true", help="Keep only the first line of every query and passage, as bench/teacher.py does.")
     parser.add_argument("--instruction", default="Retrieve questions that are duplicates of the given question",
                         help="bench/teacher.py's default.")
     parser.add_argument("--tflops", type=float, default=800, help="Useful dense bf16 TFLOP/s of the GPU.")

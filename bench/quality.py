@@ -29,7 +29,6 @@ and the comparison is written to --output_json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shlex
@@ -48,6 +47,7 @@ from rerank_distill.cli import run_main  # noqa: E402
 
 from bench.common import (  # noqa: E402
     SHARED_DATA,
+    bench_parser,
     embedding_teacher_scores,
     machine,
     timed,
@@ -156,15 +156,15 @@ def print_table(teacher: dict, before: dict, results: dict[str, list[dict]]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2",
                         help="Embedding model (a local SentenceTransformer folder) that scores the pairs.")
     parser.add_argument("--score_scale", type=float, default=10.0, help="Teacher score = this x cosine.")
-    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder")
+    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder", help="Student cross-encoder folder, trained by both paths.")
     parser.add_argument("--data_dir", default=str(SHARED_DATA), help="Folder with train.jsonl and dev.jsonl.")
-    parser.add_argument("--work_dir", default="output/bench/quality")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
-    parser.add_argument("--runs", nargs="+", choices=["recipe", "ours"], default=["recipe", "ours"])
+    parser.add_argument("--work_dir", default="output/bench/quality", help="Folder for the teacher's scores, the records and the models in training.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14], help="Training seeds: each path trains once per seed.")
+    parser.add_argument("--runs", nargs="+", choices=["recipe", "ours"], default=["recipe", "ours"], help="Which paths to train.")
     parser.add_argument("--budget_seconds", type=float, default=None,
                         help="Ours' --max_train_seconds when the recipe is not run; default: the recipe's own time, "
                         "measured in this run or, with --runs ours, taken from its latest run of the seed in --runs_log.")
@@ -177,9 +177,14 @@ def main() -> None:
                         help="Ours in bf16: auto = where the device has bf16 units (the recipe is always fp32).")
     parser.add_argument("--max_steps", type=int, default=-1, help="Cut every training run short (smoke tests only).")
     parser.add_argument("--label", default="", help="A name for this invocation in the runs log.")
-    parser.add_argument("--runs_log", default="bench/results/quality_runs.json")
-    parser.add_argument("--output_json", default="bench/results/quality.json")
+    parser.add_argument("--runs_log", default=None, help="JSON list every run is appended to, and where --runs ours "
+                        "finds the recipe run of its seed. Default: bench/results/quality_runs.json, which a smoke run "
+                        "(--max_steps) reads but appends nothing to.")
+    parser.add_argument("--output_json", default="bench/results/quality.json", help="The table's figures, or beside "
+                        "it with the date and time where that file exists.")
     args = parser.parse_args()
+    runs_log = Path(args.runs_log or "bench/results/quality_runs.json")
+    keep_runs = args.runs_log is not None or args.max_steps <= 0
     logging.getLogger().setLevel(logging.WARNING)
     from rerank_distill.student import bfloat16_is_fast
 
@@ -209,13 +214,13 @@ def main() -> None:
     log: list[dict] = []
     for seed in args.seeds:
         budget = args.budget_seconds
-        if "recipe" not in args.runs and (earlier := logged_recipe(Path(args.runs_log), seed, args.max_steps)):
+        if "recipe" not in args.runs and (earlier := logged_recipe(runs_log, seed, args.max_steps)):
             results.setdefault("recipe", []).append(earlier)  # shown and written, not logged again
             budget = budget or earlier["seconds"]
             print(f"seed {seed} recipe: from the runs log ({earlier['finished_at']}): dev MAP "
                   f"{earlier['dev']['map']:.4f}, trained {earlier['seconds']:.0f} s")
         if "ours" in args.runs and budget is None and "recipe" not in args.runs and args.max_steps <= 0:
-            raise SystemExit(f"seed {seed}: no recipe run in {args.runs_log} to take ours' time budget from; "
+            raise SystemExit(f"seed {seed}: no recipe run in {runs_log} to take ours' time budget from; "
                              "add --runs recipe or give --budget_seconds")
         for name in sorted(args.runs, key=["recipe", "ours"].index):  # the recipe first: its time is ours' budget
             out = work / f"{name}_seed{seed}" / "model"
@@ -239,7 +244,8 @@ def main() -> None:
                   f"trained {run['seconds']:.0f} s")
             results.setdefault(name, []).append(record)
             log.append(record)
-            append_runs(Path(args.runs_log), [record])
+            if keep_runs:
+                append_runs(runs_log, [record])
 
     names = {"recipe": "original recipe", "ours": "ours"}
     print_table(teacher, before, {names[n]: runs for n, runs in results.items()})
@@ -255,7 +261,7 @@ def main() -> None:
                         "seconds": statistics.mean(r["seconds"] for r in runs)}
                  for name, runs in results.items()},
     })  # fmt: skip
-    print("wrote", written, "and appended", len(log), "runs to", args.runs_log)
+    print("wrote", written, *(["and appended", len(log), "runs to", runs_log] if keep_runs else []))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,17 @@ sys.path.insert(0, str(ROOT))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, embedding_teacher_scores, machine, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, embedding_teacher_scores, machine, write_results  # noqa: E402
 from bench.quality import evaluate, share  # noqa: E402
+
+
+def uses_bf16(choice: str) -> bool:
+    """--bf16 auto|true|false as a yes or no: auto where the device has bf16 units."""
+    import torch
+
+    from rerank_distill.student import bfloat16_is_fast
+
+    return bfloat16_is_fast("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice == "true"
 
 
 def run_one(name: str, config: dict, seed: int, args) -> dict:
@@ -56,7 +65,7 @@ def run_one(name: str, config: dict, seed: int, args) -> dict:
     summary = train.main([
         "--model_name_or_path", args.student, "--train_data", str(records), "--selection_data", str(inputs[0]),
         "--output_dir", str(out), "--max_length", "256", "--seed", str(seed), "--report_to", "none",
-        "--disable_tqdm", "true", "--bf16", "true", "--overwrite_output_dir", *shlex.split(config["train_flags"]),
+        "--disable_tqdm", "true", "--bf16", str(uses_bf16(args.bf16)).lower(), "--overwrite_output_dir", *shlex.split(config["train_flags"]),
         *(["--max_steps", str(args.max_steps)] if args.max_steps > 0 else []),
         *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),
     ])  # fmt: skip
@@ -72,19 +81,20 @@ def run_one(name: str, config: dict, seed: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--configs", default=str(ROOT / "bench" / "quality_sweep.json"),
                         help='JSON {name: {"triplet_flags", "train_flags"[, "passages_as_queries": N]}}.')
     parser.add_argument("--only", nargs="*", help="Run only these configurations.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14], help="Training seeds: each configuration trains once per seed.")
     parser.add_argument("--workers", type=int, default=1, help="Runs at once.")
-    parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2")
-    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder")
-    parser.add_argument("--data_dir", default=str(SHARED_DATA))
-    parser.add_argument("--output_dir", default="output/bench/quality_sweep")
+    parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2", help="Embedding teacher folder (score = 10 x cosine).")
+    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder", help="Student cross-encoder folder.")
+    parser.add_argument("--data_dir", default=str(SHARED_DATA), help="Folder with train.jsonl and dev.jsonl.")
+    parser.add_argument("--output_dir", default="output/bench/quality_sweep", help="Folder for the teacher's scores and each run's result.")
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto", help="Train in bf16: auto = where the device has bf16 units (the recorded sweep ran on an H200, in bf16).")
     parser.add_argument("--work_dir", default=None, help="Models in training (default: OUTPUT_DIR/work).")
     parser.add_argument("--max_steps", type=int, default=-1, help="Cut every run short (smoke tests only).")
-    parser.add_argument("--output_json", default="bench/results/quality_sweep.json")
+    parser.add_argument("--output_json", default="bench/results/quality_sweep.json", help="The sweep's figures, or beside it with the date and time where that file exists.")
     parser.add_argument("--run", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)  # one run, in a worker
     args = parser.parse_args()
     args.work_dir = args.work_dir or str(Path(args.output_dir) / "work")
@@ -110,7 +120,7 @@ def main() -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         worker = [sys.executable, __file__, "--configs", args.configs, "--student", args.student, "--data_dir",
                   args.data_dir, "--output_dir", args.output_dir, "--work_dir", args.work_dir,
-                  "--max_steps", str(args.max_steps), "--run", name, str(seed)]  # fmt: skip
+                  "--max_steps", str(args.max_steps), "--bf16", args.bf16, "--run", name, str(seed)]  # fmt: skip
         with open(log, "w", encoding="utf-8") as out:
             code = subprocess.run(worker, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
         path = runs_dir / f"{name}_seed{seed}.json"

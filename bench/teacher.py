@@ -15,7 +15,6 @@ scores), and writes the figures to --output_json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, alternate, machine, median, print_table, timed, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, alternate, machine, median, print_table, require_cuda, require_file, timed, write_results  # noqa: E402
 from rerank_distill.formats import iter_ranking_queries  # noqa: E402
 from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, format_body, prompt_prefix  # noqa: E402
 from rerank_distill.student import bfloat16_is_fast  # noqa: E402
@@ -107,7 +106,7 @@ def share_model(model) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--model_path", default="output/bench_models/smollm2-135m-instruct", help="Causal LM teacher folder.")
     parser.add_argument("--random_qwen3_8b", action="store_true", help="Use a random model of Qwen3-8B's shape (GPU) instead of --model_path; --model_path lends its tokenizer.")
     parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"), help="MTEB reranking JSONL to take queries from.")
@@ -117,10 +116,14 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3, help="Timed runs of each path, alternated; the median is reported.")
     parser.add_argument("--batch_size", type=int, default=32, help="Our hf backend's batch size (the original is fixed at 8).")
     parser.add_argument("--max_length", type=int, default=2048, help="Prompt length limit for both paths.")
-    parser.add_argument("--instruction", default="Retrieve questions that are duplicates of the given question")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output_json", default=None, help="Default: bench/results/teacher_{device}.json")
+    parser.add_argument("--instruction", default="Retrieve questions that are duplicates of the given question", help="The prompt's <Instruct> line, for both paths.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Where both paths run (cuda, cuda:1, cpu); default: cuda where present.")
+    parser.add_argument("--output_json", default=None, help="Default: bench/results/teacher_{device}[_{N}_candidates][_titles].json, or beside it with the date and time where that file exists.")
     args = parser.parse_args()
+    if args.device.startswith("cuda") or args.random_qwen3_8b:
+        require_cuda(f"--device {args.device}" if args.device.startswith("cuda") else "--random_qwen3_8b")
+    require_file(args.data, "--data")
+    require_file(args.model_path, "--model_path")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -18,7 +18,6 @@ at its best too.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -37,10 +36,13 @@ from rerank_distill.cli import run_main  # noqa: E402
 from bench.common import (  # noqa: E402
     SHARED_DATA,
     alternate,
+    bench_parser,
     embedding_teacher_scores,
     machine,
     median,
     print_table,
+    require_cuda,
+    require_file,
     train_original_recipe,
     write_results,
 )
@@ -133,29 +135,34 @@ def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder")
+    parser = bench_parser(__doc__)
+    parser.add_argument("--student", default="output/bench_models/minilm-l6-cross-encoder", help="Student cross-encoder folder, trained by both paths.")
     parser.add_argument("--teacher", default="output/bench_models/all-minilm-l6-v2", help="Embedding teacher used to make triplets when --triplets is not given.")
     parser.add_argument("--data", default=str(SHARED_DATA / "train.jsonl"),
                         help="Ranking data the teacher scores into triplets when --triplets is not given.")
-    parser.add_argument("--triplets", default=None)
+    parser.add_argument("--triplets", default=None, help="Triplets JSONL (create_triplets.py's format) to train on; unset: made from --data by --teacher into --work_dir.")
     parser.add_argument("--random_bge_m3_shape", action="store_true",
                         help="Train a random model of bge-reranker-v2-m3's shape (a GPU's work) instead of --student; "
                         "--student lends its tokenizer.")
-    parser.add_argument("--work_dir", default="output/bench/train")
-    parser.add_argument("--max_steps", type=int, default=40)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--work_dir", default="output/bench/train", help="Folder for the triplets made here and each run's model (deleted after the run).")
+    parser.add_argument("--max_steps", type=int, default=40, help="Optimizer steps of every run.")
+    parser.add_argument("--batch_size", type=int, default=16, help="Triplets per step, for both paths (the recipe's 16).")
+    parser.add_argument("--max_length", type=int, default=256, help="Tokens per (query, passage) pair (the recipe's 256).")
+    parser.add_argument("--repetitions", type=int, default=3, help="Timed runs of each path, alternated; the median is reported.")
     parser.add_argument("--warmup_repetitions", type=int, default=None,
                         help="Untimed rounds of every run before the timed ones (kept in the JSON as warmup_runs, left "
                         "out of the medians): a GPU's first runs pay for kernel selection and memory growth. Default: "
                         "1 on a GPU, 0 on a CPU.")
     parser.add_argument("--pairs_per_forward", type=int, default=16,
-                        help="Ours: a batch's pairs in length-sorted forward passes of this many (train.sh's default); "
+                        help="Ours: a batch's pairs in length-sorted forward passes of this many, as train.sh sets it; "
                         "a run with one pass a batch (0) is measured too.")
-    parser.add_argument("--output_json", default="bench/results/train_cpu.json")
+    parser.add_argument("--output_json", default=None, help="Default: bench/results/train_{cpu|cuda}.json, or beside it with the date and time where that file exists.")
     args = parser.parse_args()
+    if args.random_bge_m3_shape:  # 560M parameters: minutes a step on a CPU
+        require_cuda("--random_bge_m3_shape")
+    require_file(args.student, "--student")
+    for path, flag in [(args.triplets, "--triplets")] if args.triplets else [(args.data, "--data"), (args.teacher, "--teacher")]:
+        require_file(path, flag)
     logging.getLogger().setLevel(logging.WARNING)
 
     work = Path(args.work_dir)
@@ -200,7 +207,8 @@ def main() -> None:
     print(f"\n{'run':<34} {'final train loss':>17} {'held-out loss':>14}")
     for (name, _), details in zip(rows, runs_detail.values()):
         print(f"{name:<34} {median([d['final_loss'] for d in details]):>17.4f} {median([d['held_out_loss'] for d in details]):>14.4f}")
-    written = write_results(args.output_json, {
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    written = write_results(args.output_json or f"bench/results/train_{device}.json", {
         "benchmark": "train", "machine": machine(), "student": Path(student).name, "steps": args.max_steps,
         "triplets": str(triplets), "data": None if args.triplets else args.data,
         "batch_size": args.batch_size, "max_length": args.max_length, "repetitions": args.repetitions,
