@@ -105,6 +105,20 @@ def share_model(model) -> None:
     AutoModelForCausalLM.from_pretrained = staticmethod(lambda *args, **kwargs: model)
 
 
+def count_flops(paths: dict) -> None:
+    """Print each path's floating-point operations for one scoring, and their ratio to the first's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = {}
+    for name, function in paths.items():
+        with FlopCounterMode(display=False) as counter:
+            function()
+        counted[name] = counter.get_total_flops()
+    first = next(iter(counted.values()))
+    for name, flops in counted.items():
+        print(f"{name:<28} {flops / 1e9:>10,.0f} GFLOP  {flops / first:.2f}x the first")
+
+
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--model_path", default="output/bench_models/smollm2-135m-instruct", help="Causal LM teacher folder.")
@@ -119,6 +133,7 @@ def main() -> None:
     parser.add_argument("--instruction", default="Retrieve questions that are duplicates of the given question", help="The prompt's <Instruct> line, for both paths.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Where both paths run (cuda, cuda:1, cpu); default: cuda where present.")
     parser.add_argument("--output_json", default=None, help="Default: bench/results/teacher_{device}[_{N}_candidates][_titles].json, or beside it with the date and time where that file exists.")
+    parser.add_argument("--count_flops", action="store_true", help="Instead of timing: count the floating-point operations of one scoring by each path (torch.utils.flop_counter: matrix products and attention) and print them.")
     args = parser.parse_args()
     if args.device.startswith("cuda") or args.random_qwen3_8b:
         require_cuda(f"--device {args.device}" if args.device.startswith("cuda") else "--random_qwen3_8b")
@@ -148,6 +163,11 @@ def main() -> None:
     prompt_ids, _ = judges[dtypes[0]].prompt.encode(pair_queries, pair_docs)
     print(f"{len(queries)} queries, {len(pair_docs)} pairs, mean prompt {np.mean([len(p) for p in prompt_ids]):.0f} tokens, device {args.device}")
 
+    if args.count_flops:
+        count_flops({"original loop (batch 8)": lambda: original_scores(original_models[dtypes[0]], tokenizer, pair_queries, pair_docs, args.instruction, args.max_length, args.device),
+                     "ours, no prefix cache": lambda: judge_no_prefix_cache.score(pair_queries, pair_docs),
+                     "ours (hf backend)": lambda: judges[dtypes[0]].score(pair_queries, pair_docs)})
+        return
     outputs: dict[str, np.ndarray] = {}
 
     def run(name, function):
