@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,54 +31,23 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
 class PaddingStats:
     """Token counts over the training forward passes of one process (evaluation is not counted)."""
 
-    # passes whose counts stay on the device before they are summed: reading a GPU tensor makes the
-    # CPU wait for every kernel queued so far, which at each forward pass would end the overlap of
-    # the CPU's work on the next batch with the GPU's on this one
-    UNREAD_LIMIT = 256
-
-    def __init__(self, max_length: int | None = None) -> None:
-        self.max_length = max_length
-        self.pairs = 0
-        self.padded_tokens = 0
-        self._real_tokens = 0
-        self._pairs_at_max_length = 0  # filled the limit: cut, or (rarely) exactly that long
-        self._unread: list[Tensor] = []  # per pass: (real tokens, pairs at max_length), not yet summed
+    max_length: int | None = None
+    pairs: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    pairs_at_max_length: int = 0  # filled the limit: cut, or (rarely) exactly that long
 
     def add(self, attention_mask: Tensor) -> None:
         real_per_pair = attention_mask.sum(dim=1)
         self.pairs += attention_mask.shape[0]
-        self.padded_tokens += attention_mask.numel()  # shapes are known without waiting for the device
-        at_limit = (real_per_pair >= self.max_length).sum() if self.max_length else real_per_pair.new_zeros(())
-        self._unread.append(torch.stack([real_per_pair.sum(), at_limit]))
-        if len(self._unread) >= self.UNREAD_LIMIT:
-            self._read()
-
-    def _read(self) -> None:
-        if self._unread:
-            real, at_limit = torch.stack(self._unread).sum(dim=0).tolist()
-            self._real_tokens += int(real)
-            self._pairs_at_max_length += int(at_limit)
-            self._unread = []
-
-    @property
-    def real_tokens(self) -> int:
-        self._read()
-        return self._real_tokens
-
-    @property
-    def pairs_at_max_length(self) -> int:
-        self._read()
-        return self._pairs_at_max_length
-
-    def snapshot(self) -> PaddingStats:
-        """A copy of the counts so far, for ``since``."""
-        self._read()
-        copied = copy.copy(self)
-        copied._unread = []
-        return copied
+        self.real_tokens += int(real_per_pair.sum())
+        self.padded_tokens += attention_mask.numel()
+        if self.max_length:
+            self.pairs_at_max_length += int((real_per_pair >= self.max_length).sum())
 
     def since(self, earlier: PaddingStats) -> dict[str, float]:
         """Mean real and padded tokens per pair of the passes after ``earlier`` (a copy taken then)."""
@@ -420,14 +390,14 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.time_budget = time_budget
         self.best_model_error: str | None = None
         self.padding = padding
-        self._padding_at_last_log = padding.snapshot() if padding is not None else None
+        self._padding_at_last_log = copy.copy(padding)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Each training log also says how many real and padded tokens a pair carried since the
         last one: what length grouping and ``--pairs_per_forward`` change, as training goes."""
         if self.padding is not None and "loss" in logs:
             logs.update(self.padding.since(self._padding_at_last_log))
-            self._padding_at_last_log = self.padding.snapshot()
+            self._padding_at_last_log = copy.copy(self.padding)
         super().log(logs, start_time)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

@@ -1022,22 +1022,6 @@ def test_padding_stats_count_the_pairs_cut_at_max_length(tiny_cross_encoder):
     assert stats.summary()["share_at_max_length"] == cut / len(pairs) and stats.summary()["max_length"] == 8
 
 
-def test_padding_stats_summed_in_rounds_and_snapshots_count_every_pass_once():
-    from rerank_distill.trainer import PaddingStats
-
-    stats = PaddingStats(max_length=3)
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # 5 real tokens, one pair at the limit
-    for _ in range(PaddingStats.UNREAD_LIMIT + 3):  # past the limit: one summing round, then 3 passes unread
-        stats.add(mask)
-    earlier = stats.snapshot()
-    stats.add(mask)
-    passes = PaddingStats.UNREAD_LIMIT + 4
-    assert (stats.pairs, stats.real_tokens, stats.padded_tokens, stats.pairs_at_max_length) == (
-        2 * passes, 5 * passes, 8 * passes, passes)
-    assert earlier.real_tokens == 5 * (passes - 1)  # the snapshot keeps the counts it was taken with
-    assert stats.since(earlier) == {"tokens_per_pair": 2.5, "padded_tokens_per_pair": 4.0}
-
-
 def test_each_training_log_says_the_tokens_per_pair_since_the_last_one(tiny_cross_encoder, triplets_file, tmp_path):
     out = tmp_path / "out"
     summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--logging_steps", "2",
