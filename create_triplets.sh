@@ -7,6 +7,9 @@
 # one listwise group per query holding its whole candidate list, for train.sh's listwise_kl loss.
 # The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
 set -euo pipefail
+# The size settings below that the environment gives: passed even where the format does not read them,
+# so that create_triplets.py warns instead of the launcher dropping them unsaid
+given="${NUM_NEGATIVES+NUM_NEGATIVES} ${GROUP_SIZE+GROUP_SIZE} ${TOP_K+TOP_K}"
 
 # Teacher scores written by generate_logits.sh (into its SCORES_DIR): train.jsonl(.gz) gives train_scores.jsonl,
 # a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set NAME:train {NAME}_train_scores.jsonl
@@ -38,7 +41,8 @@ SEED="${SEED:-42}"
 HUB="${HUB:-huggingface}"
 
 # The settings as the command line leaves them: the passages-as-queries lists carry no gold labels, so
-# they are left out when the records need labels on every line; flags the settings never read are not passed
+# they are left out when the records need labels on every line; a flag the settings never read is passed only
+# when its variable was set
 positives="$POSITIVES"
 format="$FORMAT"
 needs_labels=false
@@ -57,11 +61,14 @@ for arg in "$@"; do
     esac
     previous="$arg"
 done
-size_args=(--num_negatives "$NUM_NEGATIVES")
-if [[ "$format" == "listwise" ]]; then
-    size_args=(--group_size "$GROUP_SIZE")
+size_args=()
+if [[ "$format" != "listwise" || "$given" == *NUM_NEGATIVES* ]]; then
+    size_args+=(--num_negatives "$NUM_NEGATIVES")
 fi
-if [[ "$positives" != "labels" ]]; then
+if [[ "$format" == "listwise" || "$given" == *GROUP_SIZE* ]]; then
+    size_args+=(--group_size "$GROUP_SIZE")
+fi
+if [[ "$positives" != "labels" || "$given" == *TOP_K* ]]; then
     size_args+=(--top_k "$TOP_K")
 fi
 if [[ "$positives" != "teacher" ]]; then
@@ -90,7 +97,7 @@ python "$(dirname "$0")/create_triplets.py" \
     --format "$FORMAT" \
     --positives "$POSITIVES" \
     --negatives "$NEGATIVES" \
-    "${size_args[@]}" \
+    ${size_args[@]+"${size_args[@]}"} \
     --min_margin "$MIN_MARGIN" \
     --seed "$SEED" \
     --hub "$HUB" \

@@ -3,6 +3,7 @@
 # Each setting can be set from the environment (TEACHER=path ./generate_logits.sh) and extra
 # arguments are passed on: ./generate_logits.sh --backend hf --batch_size 8
 set -euo pipefail
+instruction_given="${INSTRUCTION+yes}"  # set in the environment: passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
 # Several, space-separated, ensemble their scores (mean of per-query z-scores). A path with a space
@@ -45,10 +46,18 @@ model_args=(--model_path "${model_paths[@]}")
 type_args=(--teacher_type "${teacher_types[@]}")
 inputs_given=false
 check_first=true  # a run that scores nothing needs no check ahead of it
+command_line_types=()  # --teacher_type's values on the command line
+reading_types=false
 for arg in "$@"; do
+    if [[ "$reading_types" == "true" && "$arg" != -* ]]; then
+        command_line_types+=("$arg")
+        continue
+    fi
+    reading_types=false
     case "$arg" in
         --model_path | --model_path=* | --model-path | --model-path=*) model_args=() ;;
-        --teacher_type | --teacher_type=* | --teacher-type | --teacher-type=*) type_args=() ;;
+        --teacher_type | --teacher-type) type_args=(); reading_types=true ;;
+        --teacher_type=* | --teacher-type=*) type_args=(); command_line_types+=("${arg#*=}") ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
             --check-inputs-only) check_first=false ;;
@@ -56,10 +65,15 @@ for arg in "$@"; do
     esac
 done
 
-# INSTRUCTION is an LLM judge's: not passed where TEACHER_TYPE has none (the script warns of a flag no teacher reads)
-instruction_args=(--instruction "$INSTRUCTION")
-if (( ${#type_args[@]} > 0 )) && [[ " ${teacher_types[*]} " != *" llm_"* ]]; then
-    instruction_args=()
+# INSTRUCTION is an LLM judge's (the llm_ types): unless set in the environment, it is passed only where the
+# teacher types (the command line's, else TEACHER_TYPE) name one, as the script warns of a flag no teacher reads
+types=("${teacher_types[@]}")
+if (( ${#type_args[@]} == 0 )); then
+    types=(${command_line_types[@]+"${command_line_types[@]}"})
+fi
+instruction_args=()
+if [[ -n "$instruction_given" || " ${types[*]} " == *" llm_"* ]]; then
+    instruction_args=(--instruction "$INSTRUCTION")
 fi
 
 score() {

@@ -36,19 +36,11 @@ def machine() -> dict:
     return info
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's docstring as written, and each flag's default where its help does not say it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
-            return text
-        return super()._get_help_string(action)
-
-
 def bench_parser(description: str | None) -> argparse.ArgumentParser:
     """An argument parser whose --help keeps the docstring's layout and shows every default."""
-    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    from rerank_distill.cli import HelpFormatter
+
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
 def require_cuda(what: str) -> None:

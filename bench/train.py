@@ -160,9 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.random_bge_m3_shape:  # 560M parameters: minutes a step on a CPU
         require_cuda("--random_bge_m3_shape")
-    require_file(args.student, "--student")
-    for path, flag in [(args.triplets, "--triplets")] if args.triplets else [(args.data, "--data"), (args.teacher, "--teacher")]:
-        require_file(path, flag)
+    require_file(args.triplets or args.data, "--triplets" if args.triplets else "--data")  # (models may be hub ids)
     logging.getLogger().setLevel(logging.WARNING)
 
     work = Path(args.work_dir)

@@ -22,7 +22,7 @@ from rerank_distill.jsonl import AtomicWriter
 logger = logging.getLogger("rerank_distill")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The script's docstring as written (its tables keep their lines), and each flag's default
     where it has one its help does not already give."""
 
@@ -44,7 +44,7 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     from transformers import HfArgumentParser
 
     # no abbreviations: train.py reads which flags were passed from the command line as written
-    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter,
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter,
                               allow_abbrev=False)
     asks_help = any(token in ("-h", "--help") for token in (sys.argv[1:] if argv is None else argv))
     for action in parser._actions:

@@ -96,12 +96,17 @@ class ListOddities:
             oddities.add(query)
         return oddities
 
+    def note_query_text(self, query: RankingQuery) -> None:
+        """Remember ``query``'s text (a record another shard takes, say), so a later repeat of it is counted."""
+        self._seen_queries.add(hash(query.query))
+
     def add(self, query: RankingQuery) -> None:
         label_of_passage: dict[str, float] = {}
-        found = {"blank_queries": not query.query.strip(),
+        blank = not query.query.strip()
+        found = {"blank_queries": blank,
                  "blank_passages": sum(not passage.strip() for passage in query.passages),
-                 "repeated_queries": hash(query.query) in self._seen_queries}  # fmt: skip
-        self._seen_queries.add(hash(query.query))
+                 "repeated_queries": not blank and hash(query.query) in self._seen_queries}  # fmt: skip
+        self.note_query_text(query)
         for passage, label in zip(query.passages, query.labels):
             if passage in label_of_passage:
                 kind = "repeated_passages" if label_of_passage[passage] == label else "conflicting_labels"

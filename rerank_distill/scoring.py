@@ -124,6 +124,7 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
     summary, content = InputSummary(), hashlib.blake2b(digest_size=16)
     for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
         if not shard.takes(position):
+            summary.oddities.note_query_text(query)  # this shard's repeat of another's query is still a repeat
             continue
         summary.queries += 1
         summary.pairs += len(query.passages)

@@ -93,6 +93,15 @@ def test_blank_texts_passages_listed_again_and_query_texts_given_again_are_count
     assert validate_source(str(source), "auto", Shard(), passages_as_queries=2).oddities.first == {}
 
 
+def test_a_query_text_given_again_is_counted_in_the_shard_that_holds_the_repeat(tmp_path):
+    lists = [{"query": "dns", "positive": ["a"], "negative": ["b"]}, {"query": "ntp", "positive": ["c"], "negative": []},
+             {"query": "git", "positive": ["d"], "negative": []}, {"query": "dns", "positive": ["e"], "negative": []}]
+    source = write_jsonl_records(tmp_path / "again.jsonl", lists)
+    repeats = [validate_source(str(source), "auto", Shard(i, 2)).oddities.repeated_queries for i in range(2)]
+    assert repeats == [0, 1]  # shard 1 holds the second "dns"; its first is shard 0's
+    assert validate_source(str(source), "auto", Shard()).oddities.first["repeated_queries"] == f"{source}:4"
+
+
 def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, monkeypatch, caplog):
     rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "passage": "b", "label": -1},
             {"query": "r", "passage": "c", "label": -1}, {"query": "r", "passage": "d", "label": 0}]  # fmt: skip
@@ -918,6 +927,19 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--format", "ntuples"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
+    # a setting the user gave is passed even where unread, and so warned about, not dropped unsaid
+    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, "NUM_NEGATIVES": "8"},
+                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and "--num_negatives 8 is not read" in done.stderr, done.stderr
+    stage_1 = {key: value for key, value in env.items() if key != "TEACHER_TYPE"}
+    for settings, flags, warned in (({}, ["--teacher_type", "embedding"], False),  # the command line's type counts
+                                    ({"INSTRUCTION": "Find twins"}, [], True)):  # fmt: skip
+        done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--device", "cpu",
+                               "--no_show_progress", *flags],
+                              env={**stage_1, "TEACHER_TYPE": "embedding", **settings} if not flags else stage_1,
+                              cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert ("--instruction Find twins is not read" in done.stderr) == warned, done.stderr
     assert {json.loads(line)["query"] for line in records.read_text().splitlines()} <= original
     # --input_path on the command line replaces SCORES and its lists, and the log says nothing of them
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--input_path",

@@ -162,7 +162,8 @@ def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     """The generate_logits.py flags no teacher of these types reads, each with why (flag -> reason)."""
     unread = {}
     if not any(kind in LLM_TEACHER_TYPES for kind in teacher_types):
-        for flag in ("instruction", "backend", "prefix_cache", "tensor_parallel_size", "gpu_memory_utilization"):
+        # (--tensor_parallel_size is read by any teacher: it sizes the GPU groups of --data_parallel_size)
+        for flag in ("instruction", "backend", "prefix_cache", "gpu_memory_utilization"):
             unread[flag] = f"no LLM judge among the teachers ({', '.join(teacher_types)})"
     if "llm_labels" not in teacher_types:
         for flag in ("label_words", "label_grades"):
