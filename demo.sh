@@ -38,6 +38,7 @@ MODEL_AFTER="$DEMO_DIR/model" \
 DATASET="$DEMO_DIR/data/test.jsonl" \
 TEACHER_SCORES="$DEMO_DIR/scores/test_scores.jsonl" \
 REPORT="$DEMO_DIR/evaluation.json" \
+MAX_LENGTH=128 \
     bash evaluation.sh
 
 echo "demo finished: $DEMO_DIR/evaluation.json"

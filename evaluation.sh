@@ -24,13 +24,35 @@ TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_sc
 REPORT="${REPORT:-output/evaluation.json}"
 # Download source for hub ids (models and data sets): huggingface or modelscope
 HUB="${HUB:-huggingface}"
+# Tokens per (query, passage) pair for both models (train.sh's MAX_LENGTH, where exported); empty = each
+# model's own limit (the distilled one keeps the MAX_LENGTH it was trained with, the one before its own)
+MAX_LENGTH="${MAX_LENGTH:-}"
+
+# The command line's --teacher_scores replaces TEACHER_SCORES; its --dataset_path leaves out the default
+# TEACHER_SCORES, which are DATASET's
+teacher_scores_flag=false
+dataset_flag=false
+for arg in "$@"; do
+    case "$arg" in
+        --teacher_scores | --teacher_scores=* | --teacher-scores | --teacher-scores=*) teacher_scores_flag=true ;;
+        --dataset_path | --dataset_path=* | --dataset-path | --dataset-path=*) dataset_flag=true ;;
+    esac
+done
 
 # These flags are passed only when set; the odd expansion below keeps an empty array safe under set -u in bash 3
 optional=()
 if [[ -n "$MODEL_AFTER" ]]; then
     optional+=(--model_after_path "$MODEL_AFTER")
 fi
-if [[ -n "$TEACHER_SCORES" && ( -e "$TEACHER_SCORES" || -n "$teacher_scores_given" ) ]]; then
+if [[ -n "$MAX_LENGTH" ]]; then
+    optional+=(--max_length "$MAX_LENGTH")
+fi
+if [[ "$teacher_scores_flag" == "true" ]]; then
+    :  # the command line's --teacher_scores is evaluation.py's to check
+elif [[ "$dataset_flag" == "true" && -z "$teacher_scores_given" ]]; then
+    echo "evaluation.sh: --dataset_path on the command line: the default TEACHER_SCORES (of $DATASET) are left out;" \
+         "pass --teacher_scores with stage 1's scores of that data to report the teacher" >&2
+elif [[ -n "$TEACHER_SCORES" && ( -e "$TEACHER_SCORES" || -n "$teacher_scores_given" ) ]]; then
     optional+=(--teacher_scores "$TEACHER_SCORES")  # one you set goes to evaluation.py, which checks it
 elif [[ -n "$TEACHER_SCORES" ]]; then
     echo "evaluation.sh: no teacher scores at $TEACHER_SCORES (the default), so the report leaves the teacher out;" \

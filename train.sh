@@ -22,7 +22,10 @@ HUB="${HUB:-huggingface}"                                         # where hub id
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
 LOSS="${LOSS:-listwise_kl}"
 TRAIN_DATA="${TRAIN_DATA:-${TRIPLETS:-output/triplets/train_triplets.jsonl}}"  # create_triplets.sh's TRIPLETS (see LOSS)
-TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"                   # teacher scores and margins are divided by it (measured with scores of 10 x cosine; 1 = as they are)
+# Teacher scores and margins are divided by it (1 = as they are). Unset: 4 for listwise_kl (measured with
+# scores of 10 x cosine), else train.py's own 1; one you set is passed for every loss (train.py warns where unread)
+temperature_given="${TEACHER_TEMPERATURE+yes}"
+TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
 # selection would be chance, so nothing is held out and the last step is final) or a labelled
@@ -46,6 +49,21 @@ WARMUP="${WARMUP:-0}"                                             # warmup steps
 NUM_GPUS="${NUM_GPUS:-1}"                                         # >1: one torchrun process per GPU
 BF16="${BF16:-auto}"                                              # true, false, or auto = where the hardware has bf16
 
+# What the command line sets itself: its --loss decides the temperature's default, its --selection_data replaces SELECTION_DATA
+loss="$LOSS"
+selection_data_flag=false
+previous=""
+for arg in "$@"; do
+    case "$arg" in
+        --loss=*) loss="${arg#--loss=}" ;;
+        --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
+    esac
+    if [[ "$previous" == "--loss" ]]; then
+        loss="$arg"
+    fi
+    previous="$arg"
+done
+
 here="$(dirname "$0")"
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
 # without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU
@@ -63,7 +81,6 @@ args=(
     --hub "$HUB"
     --train_data "$TRAIN_DATA"
     --loss "$LOSS"
-    --teacher_temperature "$TEACHER_TEMPERATURE"
     --early_stopping_patience "$EARLY_STOPPING_PATIENCE"
     --output_dir "$MODEL_DIR"
     --max_length "$MAX_LENGTH"
@@ -75,7 +92,12 @@ args=(
     --warmup_steps "$WARMUP"
     --bf16 "$BF16"
 )
-if [[ -n "$SELECTION_DATA" && ( -e "$SELECTION_DATA" || -n "$selection_data_given" ) ]]; then
+if [[ -n "$temperature_given" || "$loss" == "listwise_kl" ]]; then
+    args+=(--teacher_temperature "$TEACHER_TEMPERATURE")
+fi
+if [[ "$selection_data_flag" == "true" ]]; then
+    :  # the command line's --selection_data is train.py's to check
+elif [[ -n "$SELECTION_DATA" && ( -e "$SELECTION_DATA" || -n "$selection_data_given" ) ]]; then
     args+=(--selection_data "$SELECTION_DATA")  # one you set goes to train.py, which checks it (a file, DIR:SPLIT, a hub id)
 elif [[ -n "$SELECTION_DATA" ]]; then
     echo "train.sh: the default SELECTION_DATA $SELECTION_DATA does not exist, so checkpoints are picked without" \

@@ -89,25 +89,40 @@ def _not_here(name: str, only_beside_a_folder: bool = False) -> str:
     return f"no folder '{name}' exists here{though}, so it was taken as a hub id: "
 
 
-def unreachable_hugging_face_host() -> str | None:
-    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to.
+def unreachable_host(url: str) -> str | None:
+    """``url``'s host when it cannot be connected to, else None (also behind a proxy, where a
+    direct connection proves nothing).
 
-    Offline, the libraries retry with backoff for about half a minute before giving up; one short
-    connection attempt lets the run go straight to the cache, or stop with its message, instead.
+    Offline, the hub libraries retry with backoff for about half a minute before giving up; one
+    short connection attempt lets the run go straight to the cache, or stop with its message, instead.
     """
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # behind a proxy, a direct connection proves nothing
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
-    endpoint = urlparse(constants.ENDPOINT)
+        return None
+    endpoint = urlparse(url)
     try:
         port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
         socket.create_connection((endpoint.hostname, port), timeout=5).close()
     except OSError:
         return endpoint.hostname
     return None
+
+
+def unreachable_hugging_face_host() -> str | None:
+    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
+    return unreachable_host(constants.ENDPOINT)
+
+
+def unreachable_modelscope_host() -> str | None:
+    """ModelScope's host when it cannot be connected to: ``MODELSCOPE_DOMAIN`` where set, else
+    its Chinese site when neither it nor the international one (which the library may prefer) answers."""
+    domains = [os.environ["MODELSCOPE_DOMAIN"]] if os.environ.get("MODELSCOPE_DOMAIN") else [
+        "www.modelscope.cn", "www.modelscope.ai"]
+    unreachable = [unreachable_host(f"https://{domain}") for domain in domains]
+    return unreachable[0] if all(unreachable) else None
 
 
 def _failure_reason(error: Exception, unreachable_host: str | None) -> str:
@@ -160,12 +175,15 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     if hub == "modelscope":
         try:
             from modelscope import snapshot_download as modelscope_download
-        except ImportError:
-            raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
-        try:
-            return modelscope_download(name, revision=revision, cache_dir=cache_dir)
+        except ImportError as error:
+            raise InputError(f"--hub modelscope needs the modelscope package (pip install modelscope): "
+                             f"{first_line(error)}") from None
+        unreachable = unreachable_modelscope_host()
+        try:  # (host down: straight to the copy ModelScope's cache may hold)
+            return modelscope_download(name, revision=revision, cache_dir=cache_dir,
+                                       **({"local_files_only": True} if unreachable else {}))
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_offline_message("model", name_or_path, hub, first_line(error))) from None
+            raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable))) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -206,8 +224,9 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset
-        except ImportError:
-            raise InputError("--hub modelscope needs the modelscope package: pip install modelscope") from None
+        except ImportError as error:  # (its data sets need extras the package alone lacks)
+            raise InputError(f"--hub modelscope data sets need the modelscope package with its data-set extras "
+                             f"(pip install 'modelscope[datasets]'): {first_line(error)}") from None
         if not split:  # never a silent default: training on a test split would leak it
             raise InputError(f"name the split of ModelScope data set '{hub_id}' as {hub_id}:SPLIT (e.g. :train, :test)")
         try:

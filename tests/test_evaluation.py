@@ -319,6 +319,19 @@ def test_launcher_finds_the_teachers_scores_of_its_dataset_in_the_scores_folder(
                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0 and "no teacher scores at" in done.stderr
     assert "teacher" not in json.loads((tmp_path / "e.json").read_text())
+    # the command line's --teacher_scores replaces the default, unwarned
+    given = ["--teacher_scores", str(tmp_path / "scores" / "train_scores.jsonl")]
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh"), *given], env={**env, "SCORES_DIR": str(tmp_path / "none")},
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "no teacher scores at" not in done.stderr, done.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["teacher"]["map"] == 1.0
+    # another data set on the command line is not given DATASET's teacher scores
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"query": "new", "positive": ["a"], "negative": ["b"]}) + "\n")
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh"), "--dataset_path", str(other)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "the default TEACHER_SCORES" in done.stderr, done.stderr
+    assert "teacher" not in json.loads((tmp_path / "e.json").read_text())
 
 
 def test_launcher_names_a_folder_splits_scores_as_stage_1_does(tiny_cross_encoder, ranking_file, tmp_path):

@@ -159,6 +159,32 @@ def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
                      ("someone/some-data", "corpus", {"split": "test", "cache_dir": None, "revision": "v2"})]
 
 
+def test_offline_modelscope_goes_straight_to_its_cache(monkeypatch, tmp_path):
+    asked = {}
+
+    def snapshot_download(name, **options):
+        asked.update(options, name=name)
+        return str(tmp_path)
+
+    module = types.ModuleType("modelscope")
+    module.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "modelscope", module)
+    monkeypatch.setattr("rerank_distill.hub.unreachable_modelscope_host", lambda: "www.modelscope.cn")
+    assert resolve_model("someone/some-reranker", hub="modelscope", cache_dir="/ms") == str(tmp_path)
+    assert asked == {"name": "someone/some-reranker", "revision": None, "cache_dir": "/ms", "local_files_only": True}
+    monkeypatch.setattr("rerank_distill.hub.unreachable_modelscope_host", lambda: None)  # online: a normal download
+    asked.clear()
+    resolve_model("someone/some-reranker", hub="modelscope")
+    assert "local_files_only" not in asked
+
+
+def test_modelscope_data_sets_without_their_extras_say_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
+    monkeypatch.setitem(sys.modules, "modelscope.msdatasets", None)  # importing it fails, as without its extras
+    with pytest.raises(InputError, match=r"modelscope\[datasets\].*modelscope.msdatasets"):
+        load_hub_dataset("someone/some-data", "test", hub="modelscope")
+
+
 def test_a_modelscope_data_set_needs_its_split_named(monkeypatch):
     loaded = []
     module = types.ModuleType("modelscope.msdatasets")

@@ -1455,6 +1455,15 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
                           text=True)  # fmt: skip
     assert done.returncode == 0 and "the default SELECTION_DATA" in done.stderr
     assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["selection_data"] is None
+    assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["teacher_temperature"] == 1.0
+
+    # the command line's --selection_data replaces the default, unwarned; a temperature set is passed for any loss
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1", "--overwrite_output_dir", "--selection_data",
+                           str(scores)], env={**env, "SCORES": str(tmp_path / "none.jsonl"), "TEACHER_TEMPERATURE": "2"},
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "the default SELECTION_DATA" not in done.stderr, done.stderr[-2000:]
+    script = json.loads((tmp_path / "model" / "args.json").read_text())["script"]
+    assert (script["selection_data"], script["teacher_temperature"]) == (str(scores), 2.0)
 
 
 def test_data_sets_given_as_hub_ids_are_fetched_through_the_hub_and_cache_train_py_was_given(monkeypatch, tmp_path):
