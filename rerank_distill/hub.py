@@ -85,7 +85,7 @@ def _not_here(name: str, only_beside_a_folder: bool = False) -> str:
     beside_a_folder = "/" in name and os.path.isdir(parent)
     if only_beside_a_folder and not beside_a_folder:
         return ""
-    though = f" (though '{parent}/' does)" if beside_a_folder else ""
+    though = f" (though '{parent}/' does: if a path was meant, check it, or make it first)" if beside_a_folder else ""
     return f"no folder '{name}' exists here{though}, so it was taken as a hub id: "
 
 

@@ -117,7 +117,8 @@ def test_a_local_folder_named_like_the_owner_does_not_hide_the_owners_other_mode
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "BAAI" / "bge-m3").mkdir(parents=True)  # one model downloaded by hand; the one asked for is not
-    with pytest.raises(InputError, match=r"^no folder 'BAAI/bge-reranker-v2-m3' exists here \(though 'BAAI/' does\), "
+    with pytest.raises(InputError, match=r"^no folder 'BAAI/bge-reranker-v2-m3' exists here \(though 'BAAI/' does: if "
+                                         r"a path was meant, check it, or make it first\), "
                                          r"so it was taken as a hub id: could not fetch .*hf download BAAI/bge-reranker-v2-m3"):
         resolve_model("BAAI/bge-reranker-v2-m3")
 
