@@ -720,18 +720,18 @@ def teacher_scores_for(
     InputError for a pair the file never scored, a line without label_probs where others have
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
-    scored: dict[tuple[str, str], tuple[float, dict | None, int]] = {}
-    # a repeated pair whose teachers' scores differ from its first (stage 1 scores each pair once; the
+    # each pair's first line: (score, label_probs, location, every teacher's scores)
+    scored: dict[tuple[str, str], tuple[float, dict | None, str, Any]] = {}
+    # a repeated pair that reads differently from its first (stage 1 scores each pair once; the
     # combined score of several teachers, standardised within each list, may differ between lists)
-    first_said: dict[tuple[str, str], Any] = {}
     conflicting = []
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
-        scored.setdefault((pair.query, pair.passage), (pair.score, probs, f"{pair.path}:{pair.line}"))
-        said = (pair.score, pair.extra.get("teacher_scores"), probs)
-        if first_said.setdefault((pair.query, pair.passage), said) != said:
-            conflicting.append(f"{pair.path}:{pair.line}")
+        reading = (pair.score, probs, f"{pair.path}:{pair.line}", pair.extra.get("teacher_scores"))
+        first = scored.setdefault((pair.query, pair.passage), reading)
+        if first is not reading and (first[0], first[1], first[3]) != (reading[0], reading[1], reading[3]):
+            conflicting.append(reading[2])
     if conflicting:
         logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "
                        "is used: were two teachers' files joined, or (several teachers) is a query's list given "
@@ -747,7 +747,7 @@ def teacher_scores_for(
             )
         per_query.append(np.array([scored[(query.query, passage)][0] for passage in query.passages]))
     used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
-    with_probs = [probs for _, probs, _ in used if probs is not None]
+    with_probs = [probs for _, probs, _, _ in used if probs is not None]
     if not with_probs:
         return TeacherRanking(per_query)
     words = label_words or list(with_probs[0])
@@ -758,7 +758,7 @@ def teacher_scores_for(
             source,
         )
     word_grades = label_word_grades(words, label_grades)
-    for _, probs, location in used:
+    for _, probs, location, _ in used:
         if probs is None:
             raise InputError('missing field "label_probs", which other lines of this file have', location)
         unknown = sorted(set(probs) - set(word_grades))
@@ -768,4 +768,4 @@ def teacher_scores_for(
                 "teacher's words with --label_words and --label_grades",
                 location,
             )
-    return TeacherRanking(per_query, [probs for _, probs, _ in used], word_grades)
+    return TeacherRanking(per_query, [probs for _, probs, _, _ in used], word_grades)

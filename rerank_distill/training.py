@@ -493,7 +493,8 @@ def check_training_flags(script, training) -> None:
     if script.selection_metric in ("map", "loss") and training.eval_strategy == "no":
         raise InputError(f"--selection_metric {script.selection_metric} picks a checkpoint by evaluations, and "
                          "--eval_strategy no runs none: drop one of them")
-    # a setting the loss does not read: a warning, not a refusal, as train.sh passes it whatever the loss
+    # a setting the loss does not read: a warning, not a refusal (a TEACHER_TEMPERATURE set for train.sh is passed
+    # whatever the loss)
     if script.teacher_temperature != 1 and not LOSSES[script.loss].reads_teacher:
         logger.warning("--teacher_temperature %g does nothing here: --loss %s reads no teacher scores",
                        script.teacher_temperature, script.loss)
