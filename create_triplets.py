@@ -37,7 +37,6 @@ from rerank_distill.formats import ScoredPair, check_output_not_read, first_reco
 from rerank_distill.jsonl import AtomicWriter, check_writable
 from rerank_distill.scoring import check_same_teachers
 from rerank_distill.triplets import (
-    SKIP_REASONS,
     NegativeRule,
     OutputFormat,
     PositiveRule,
@@ -46,6 +45,8 @@ from rerank_distill.triplets import (
     iter_query_groups,
     iter_query_groups_indexed,
     require_labels,
+    run_summary,
+    summary_message,
     unread_flags,
     write_records,
 )
@@ -179,53 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
             counts = write_all(iter_query_groups(scored_pairs()), out)
     except QueriesNotGrouped as error:
         input_grouped = False
-        logger.info(
-            "%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
-            "grouped by query, so it is regrouped through a temporary index: every line of one query text, "
-            "wherever it is, joins one list",
-            inputs,
-            error.query[:60],
-            error.line,
-        )
+        logger.info("%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
+                    "grouped by query, so it is regrouped through a temporary index: every line of one query text, "
+                    "wherever it is, joins one list", inputs, error.query[:60], error.line)
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
             counts = write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out)
     seconds = time.perf_counter() - start
 
-    summary = {
-        "format": args.format,
-        "queries": counts["queries"],
-        "pairs": counts["pairs"],
-        "records": counts["records"],
-        "pairs_kept": counts["pairs_kept"],
-        # below every positive's negatives, or of a query skipped whole: with the repeats, what no record holds
-        "passages_in_no_record": counts["passages_in_no_record"],
-        "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
-        "queries_corrected_by_labels": counts["queries_corrected_by_labels"] if args.label_margin is not None else None,
-        "input_grouped": input_grouped,
-        "seconds": round(seconds, 3),
-    }
+    summary = run_summary(counts, args.format, args.label_margin, input_grouped, seconds)
     write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args,
-                   rules=rules,
-                   summary=summary)
-    logger.info(
-        "Wrote %d records (%s; %d positive-negative pairs) from %d queries (%d pairs, %.0f pairs/s) to %s in %.1f s; "
-        "skipped: %s; %d passages are in no record (further down the list than any positive's negatives, or "
-        "of a query skipped whole)%s",
-        summary["records"],
-        args.format,
-        summary["pairs_kept"],
-        summary["queries"],
-        summary["pairs"],
-        summary["pairs"] / max(seconds, 1e-9),
-        args.output_path,
-        seconds,
-        ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()),
-        summary["passages_in_no_record"],
-        "" if args.label_margin is None
-        else f"; gold labels corrected the teacher's scores (order or margins) in "
-             f"{summary['queries_corrected_by_labels']} queries",
-    )
+                   rules=rules, summary=summary)
+    logger.info(summary_message(summary, args.output_path))
     return summary
 
 

@@ -35,7 +35,6 @@ from rerank_distill.formats import (
     iter_ranking_queries,
     teacher_scores_for,
 )
-from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
@@ -48,7 +47,7 @@ from rerank_distill.metrics import (
 )
 from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
 from rerank_distill.scoring import label_words_to_read
-from rerank_distill.student import bfloat16_is_fast, load_cross_encoder, score_ranking_queries, without_trained_head
+from rerank_distill.student import bfloat16_is_fast, check_rerankers, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
 TIES = "averaged: each metric is its mean over every order of the tied passages"
@@ -146,15 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         words, grades = label_words_to_read(args.teacher_scores, args.label_words, args.label_grades)
         teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
-    for name, path in models.items():  # a missing model fails now, not after minutes spent scoring the other one
-        try:
-            local = resolve_model(path, args.hub, args.cache_dir)
-        except InputError as error:
-            raise InputError(f"--model_{name}_path: {error}") from None
-        if held := without_trained_head(local):
-            raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
-                             "scores with a new random head, noise that differs from run to run; evaluate a "
-                             "cross-encoder (train.py's output, or a reranker such as BAAI/bge-reranker-v2-m3)")
+    check_rerankers(models, args.hub, args.cache_dir)
 
     grades = [grade for query in queries for grade in query.labels]
     # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):

@@ -34,15 +34,14 @@ from rerank_distill.scoring import (
     check_before_loading,
     counts_message,
     is_finished,
-    merge_shards,
+    log_teacher_metrics,
+    merge_all_shards,
     only_writer,
     output_path_for,
-    recorded_counts,
     remove_output,
     resume_point,
     score_source,
     split_into_shards,
-    teacher_metrics,
     validate_source,
 )
 from rerank_distill.teachers import (
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
             for source, derived in inputs:
                 claimed.enter_context(only_writer(output_path_for(source, args.output_dir, passages_as_queries=derived)))
-            merged = merge_all(args, inputs, read_args, args.merge_shards)
+            merged = merge_all_shards(inputs, args.output_dir, args.merge_shards, args.input_format, read_args,
+                                      args.overwrite)
             shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
             write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv),
                            script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
@@ -139,12 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     expected = {}
     for source, derived in inputs:
         expected[source, derived] = summary = validate_source(source, args.input_format, shard, derived, **read_args)
-        if summary.negative_grades:
-            logger.warning("%s: %d pairs have a grade below 0 (the first at %s); training reads grades above 0 as "
-                           "relevant and the rest as not, but evaluation.py refuses negative grades (they are NDCG "
-                           "gains) and the teacher's metrics against them are not reported: map them to 0 if this "
-                           "data is to be evaluated", source, summary.negative_grades, summary.first_negative_grade)
-        summary.oddities.warn(source, "each is kept as it is, a line of its own")
+        summary.warn(source)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 
@@ -199,21 +194,8 @@ def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_
                 "replica_records": [args_file_name(args, Shard(i, count)) for i in range(count)]}
     write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args,
                    resolved=resolved)
-    return merge_all(args, inputs, read_args, args.data_parallel_size)  # (the caller holds the outputs' locks)
-
-
-def merge_all(args: GenerateLogitsArguments, inputs: list, read_args: dict, num_shards: int) -> dict:
-    """Join each input's ``num_shards`` finished shard files into its output, and log the teacher's metrics."""
-    for source, derived in inputs:
-        merged, lines = merge_shards(source, args.output_dir, num_shards, args.input_format, read_args, derived,
-                                     overwrite=args.overwrite)
-        logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
-        if counts := recorded_counts(merged):  # (shards of an older release recorded none)
-            seconds = counts.get("seconds_all_runs", counts["seconds"])
-            logger.info("%s: %s; the slowest shard took %.1f s, %.1f pairs/s in all", merged, counts_message(counts),
-                        seconds, counts["pairs"] / max(seconds, 1e-9))
-        log_teacher_metrics(merged)
-    return {"merged": num_shards}
+    # (the caller holds the outputs' locks)
+    return merge_all_shards(inputs, args.output_dir, count, args.input_format, read_args, args.overwrite)
 
 
 def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
@@ -255,17 +237,6 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
         if not stats.already_complete and not shard.count > 1:  # a shard's share: reported once merged
             summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output)
     return summary
-
-
-def log_teacher_metrics(output: Path) -> dict | None:
-    """Log and return the teacher's metrics against the gold labels of a finished output (None
-    where it has none): a bad teacher shows now, not after a student has been trained on it."""
-    metrics = teacher_metrics(output)
-    if metrics:
-        logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
-                    "positive and a negative): what a student learning from it aims for", output, metrics["map"],
-                    metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
-    return metrics
 
 
 if __name__ == "__main__":

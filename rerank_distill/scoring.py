@@ -117,6 +117,15 @@ class InputSummary:
     digest: str = ""  # of every query's text, passages and labels: a finished output of other input is refused
     oddities: ListOddities = field(default_factory=ListOddities)  # of the lists as given (not of passages as queries)
 
+    def warn(self, source: str) -> None:
+        """Log what in the input is kept but may surprise: grades below 0, repeated queries or passages."""
+        if self.negative_grades:
+            logger.warning("%s: %d pairs have a grade below 0 (the first at %s); training reads grades above 0 as "
+                           "relevant and the rest as not, but evaluation.py refuses negative grades (they are NDCG "
+                           "gains) and the teacher's metrics against them are not reported: map them to 0 if this "
+                           "data is to be evaluated", source, self.negative_grades, self.first_negative_grade)
+        self.oddities.warn(source, "each is kept as it is, a line of its own")
+
 
 def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
                     **read_args) -> InputSummary:
@@ -730,6 +739,33 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
         stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines
+
+
+def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_shards: int, input_format: str,
+                     read_args: dict, overwrite: bool = False) -> dict:
+    """Join each (source, passages_as_queries) input's ``num_shards`` finished shard files into
+    its output (see merge_shards), and log its counts and the teacher's metrics."""
+    for source, derived in inputs:
+        merged, lines = merge_shards(source, output_dir, num_shards, input_format, read_args, derived,
+                                     overwrite=overwrite)
+        logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
+        if counts := recorded_counts(merged):  # (shards of an older release recorded none)
+            seconds = counts.get("seconds_all_runs", counts["seconds"])
+            logger.info("%s: %s; the slowest shard took %.1f s, %.1f pairs/s in all", merged, counts_message(counts),
+                        seconds, counts["pairs"] / max(seconds, 1e-9))
+        log_teacher_metrics(merged)
+    return {"merged": num_shards}
+
+
+def log_teacher_metrics(output: Path) -> dict | None:
+    """Log and return the teacher's metrics against the gold labels of a finished output (None
+    where it has none): a bad teacher shows now, not after a student has been trained on it."""
+    metrics = teacher_metrics(output)
+    if metrics:
+        logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
+                    "positive and a negative): what a student learning from it aims for", output, metrics["map"],
+                    metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
+    return metrics
 
 
 def split_into_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto",

@@ -60,6 +60,20 @@ def without_trained_head(model_path: str) -> str | None:
     return None if kind in (None, "cross_encoder") else KIND_NAMES[kind]
 
 
+def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> None:
+    """InputError where a model to evaluate (``{"before": path, "after": path}``) is missing or
+    holds no trained relevance head: it fails now, not after minutes spent scoring another one."""
+    for name, path in models.items():
+        try:
+            local = resolve_model(path, hub, cache_dir)
+        except InputError as error:
+            raise InputError(f"--model_{name}_path: {error}") from None
+        if held := without_trained_head(local):
+            raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
+                             "scores with a new random head, noise that differs from run to run; evaluate a "
+                             "cross-encoder (train.py's output, or a reranker such as BAAI/bge-reranker-v2-m3)")
+
+
 def load_student(name_or_path: str, hub: str, cache_dir: str | None, max_length: int, device, seed: int):
     """The student train.py trains: a one-logit CrossEncoder on ``device``. A model without a
     trained relevance head (see without_trained_head) gets a new one, the same for the same

@@ -427,6 +427,35 @@ def write_records(
     return counts
 
 
+def run_summary(counts: Counter, output_format: OutputFormat, label_margin: float | None, input_grouped: bool,
+                seconds: float) -> dict:
+    """What a create_triplets run did, from write_records' counts, as recorded beside its output."""
+    return {
+        "format": output_format,
+        **{key: counts[key] for key in ("queries", "pairs", "records", "pairs_kept")},
+        # below every positive's negatives, or of a query skipped whole: with the repeats, what no record holds
+        "passages_in_no_record": counts["passages_in_no_record"],
+        "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
+        "queries_corrected_by_labels": counts["queries_corrected_by_labels"] if label_margin is not None else None,
+        "input_grouped": input_grouped,
+        "seconds": round(seconds, 3),
+    }
+
+
+def summary_message(summary: dict, output_path: str) -> str:
+    """One log line for a run_summary: what was written, from what, and what was skipped."""
+    seconds = summary["seconds"]
+    corrected = summary["queries_corrected_by_labels"]
+    return (f"Wrote {summary['records']} records ({summary['format']}; {summary['pairs_kept']} positive-negative "
+            f"pairs) from {summary['queries']} queries ({summary['pairs']} pairs, "
+            f"{summary['pairs'] / max(seconds, 1e-9):.0f} pairs/s) to {output_path} in {seconds:.1f} s; skipped: "
+            + ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items())
+            + f"; {summary['passages_in_no_record']} passages are in no record (further down the list than any "
+            "positive's negatives, or of a query skipped whole)"
+            + ("" if corrected is None
+               else f"; gold labels corrected the teacher's scores (order or margins) in {corrected} queries"))
+
+
 def teacher_scores_of(pair: ScoredPair) -> dict | None:
     """A line's ``teacher_scores`` (several teachers: ``{teacher: score}``), or None where it has
     none; InputError at the line where it is not a map of finite numbers."""
