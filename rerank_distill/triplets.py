@@ -106,7 +106,10 @@ def lift_labelled(scores: Sequence[float], labels: Sequence[float], margin: floa
     for grade in sorted(set(labels)):
         members = [index for index, label in enumerate(labels) if label == grade]
         if highest_below is not None:
-            shift = max(0.0, highest_below + margin - min(lifted[index] for index in members))
+            lowest = min(lifted[index] for index in members)
+            shift = max(0.0, highest_below + margin - lowest)
+            while shift and (lowest + shift) - highest_below < margin:  # rounded below it (large scores): one ulp on
+                shift = math.nextafter(shift, math.inf)
             for index in members:
                 lifted[index] += shift
         top = max(lifted[index] for index in members)

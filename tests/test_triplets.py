@@ -427,6 +427,12 @@ def test_label_margin_lifts_the_labelled_positives_together_above_every_negative
     assert lift_labelled([5.0, 3.0, 4.0, 1.0, 2.0], [1, 1, 0, 0, 1], margin=1.0) == [8.0, 6.0, 4.0, 1.0, 5.0]
 
 
+def test_label_margin_is_reached_even_where_large_scores_round_the_shift_down():
+    # -4964097.061 + (8575156.052 + 1 - -4964097.061) rounds to 0.9999999981 above the negative
+    lifted = lift_labelled([-4964097.061, 8575156.052], [1, 0], margin=1.0)
+    assert lifted[0] - lifted[1] >= 1.0
+
+
 def test_label_margin_leaves_a_teacher_the_labels_agree_with_alone():
     assert lift_labelled([6.0, 5.0, 3.5, 1.0], [1, 1, 0, 0], margin=1.5) == [6.0, 5.0, 3.5, 1.0]
     assert lift_labelled([6.0, 5.0], [1, 1], margin=1.0) == [6.0, 5.0]  # one grade: nothing to order
