@@ -128,8 +128,9 @@ class ScriptArguments:
     )
     eval_share: float = field(
         default=0.05,
-        metadata={"help": "Share of distinct training queries held out for checkpoint selection (at least one "
-                  "query; all its rows leave training)."},
+        metadata={"help": "Share of the training queries held out for checkpoint selection (at least one query; all "
+                  "its rows leave training): by MAP, of those the selection data labels with a positive and a "
+                  "negative (the ones MAP can rank); by eval loss, of all distinct training queries."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Tokens per (query, passage) pair; longer pairs are truncated."}
