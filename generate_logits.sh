@@ -15,7 +15,7 @@ TEACHER_TYPE="${TEACHER_TYPE:-llm_yesno}"
 # Data sets to score, space-separated: MTEB reranking JSONL(.gz) or hub data sets NAME[:SPLIT] (data/README.md says how to get the reference task).
 # Score the test split too, so evaluation can report the teacher's own metrics. A path with a space
 # cannot go in a space-separated list: give such paths as a flag instead (--input_path 'my data/a.jsonl').
-INPUTS="${INPUTS:-data/train.jsonl.gz data/test.jsonl.gz}"
+INPUTS="${INPUTS-data/train.jsonl.gz data/test.jsonl.gz}"
 # Where {name}_scores.jsonl files go (create_triplets.sh and train.sh read them from here too)
 SCORES_DIR="${SCORES_DIR:-output/scores}"
 # The task's own instruction (this one is MTEB's for StackOverflowDupQuestions)

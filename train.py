@@ -15,7 +15,7 @@ by eval loss; --early_stopping_patience N stops after N evaluations without a be
 Where fewer than 30 training queries would be held out, MAP would pick checkpoints by chance: every query
 trains and the last step is final (--selection_metric picks otherwise; a labelled dev file of its own as
 --selection_data is always used).
---max_train_seconds S stops after S seconds, with the learning-rate schedule fitted to them.
+--max_train_seconds S stops after S seconds, with the learning-rate schedule and the evaluations fitted to them.
 --output_dir gets the final model, its checkpoints, args.json and training_summary.json (what the run did).
 Several GPUs: torchrun --nproc_per_node N train.py ...; a large student: accelerate launch with
 configs/accelerate_fsdp.yaml, or --deepspeed configs/deepspeed_zero2.json.
@@ -111,8 +111,9 @@ class ScriptArguments:
     max_train_seconds: float | None = field(
         default=None,
         metadata={"help": "Stop training after this many seconds of wall time (evaluations and checkpoints count), "
-                  "with a last evaluation and checkpoint; the learning-rate schedule follows whichever runs out "
-                  "first, these seconds or the planned steps, so it still decays to its end. Unset: no limit."},
+                  "with a last evaluation and checkpoint; the learning-rate schedule, and evaluations and "
+                  "checkpoints set as shares of the run (the default tenth), follow whichever runs out first, these "
+                  "seconds or the planned steps, so the rate still decays to its end. Unset: no limit."},
     )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint (a resumed run "

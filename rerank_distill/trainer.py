@@ -244,7 +244,10 @@ class TimeBudget(TrainerCallback, ExportableState):
     The learning-rate schedule follows whichever runs out first, steps or time (``stretch``):
     the scheduler is shown the step matching ``max(steps done, share of the budget spent)`` of
     the planned run, so a warmup-then-decay schedule still reaches its end when time, not the
-    step count, ends training, instead of stopping mid-decay at a high rate.
+    step count, ends training, instead of stopping mid-decay at a high rate. So do evaluations
+    and checkpoints given as shares of the run (train.py's default: every tenth): each falls due
+    when the steps or the time reach its share, whichever first, so a run the budget cuts short
+    still evaluates that many times instead of once or twice.
     """
 
     def __init__(self, seconds: float, clock=time.perf_counter) -> None:
@@ -258,6 +261,8 @@ class TimeBudget(TrainerCallback, ExportableState):
         # end and the same on every process
         self.spent = 0.0
         self.stopped_training = False
+        # evaluations and checkpoints due so far, by kind ("eval", "save"), where their interval is a share
+        self.shares_due: dict[str, int] = {}
 
     @classmethod
     def saved(cls, state: TrainerState) -> dict | None:
@@ -310,6 +315,23 @@ class TimeBudget(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.started is None:
             self.start()
+        if state is not None:  # (resumed: those the run had reached are past, not due)
+            self.shares_due = {kind: self._due(state, kind, share) for kind, share in self._interval_shares(args).items()}
+
+    @staticmethod
+    def _interval_shares(args) -> dict[str, float]:
+        """The evaluation and save intervals given as shares of the run (a float below 1), by kind."""
+        shares = {}
+        for kind, strategy in (("eval", args.eval_strategy), ("save", args.save_strategy)):
+            steps = getattr(args, f"{kind}_steps", None)
+            if strategy == "steps" and steps is not None and 0 < steps < 1:
+                shares[kind] = steps
+        return shares
+
+    def _due(self, state: TrainerState, kind: str, share: float) -> int:
+        """How many ``kind`` ("eval", "save") intervals of ``share`` the run has reached: by the
+        Trainer's count of steps (every ceil(share x planned steps)) or by the budget spent, whichever is more."""
+        return max(state.global_step // getattr(state, f"{kind}_steps"), math.floor(self.spent / share + 1e-9))
 
     def on_step_end(self, args, state, control, **kwargs):
         now = self.clock()
@@ -321,6 +343,13 @@ class TimeBudget(TrainerCallback, ExportableState):
             spent = torch.tensor([self.spent], device=args.device)
             torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
             self.spent = float(spent)
+        for kind, share in self._interval_shares(args).items():
+            due = self._due(state, kind, share)
+            should = "should_evaluate" if kind == "eval" else "should_save"
+            if state.global_step < state.max_steps:  # (the planned end's own stays as the Trainer set it)
+                # the Trainer's own (by step count) is kept only where the time has not already made it
+                setattr(control, should, due > self.shares_due.get(kind, 0))
+            self.shares_due[kind] = max(due, self.shares_due.get(kind, 0))
         if self.spent >= 1 and not control.should_training_stop:
             control.should_training_stop = self.stopped_training = True
             control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"

@@ -123,6 +123,49 @@ def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
     assert raised.spent == pytest.approx(0.35)
 
 
+def steps_evaluated(budget: TimeBudget, clock: FakeClock, step_times: list[float], max_steps: int,
+                    start_step: int = 0) -> list[int]:
+    """The steps at whose end an evaluation falls due, with train.py's default intervals (a tenth of
+    the run, as the Trainer counts them: every ceil(max_steps / 10) steps and at the planned end)."""
+    args = SimpleNamespace(eval_strategy="steps", save_strategy="steps", eval_steps=0.1, save_steps=0.1,
+                           device="cpu")
+    every = -(-max_steps // 10)
+    state = TrainerState(global_step=start_step, max_steps=max_steps, eval_steps=every, save_steps=every)
+    budget.on_train_begin(args, state, None)
+    evaluated = []
+    for now in step_times:
+        clock.now = now
+        state.global_step += 1
+        by_steps = state.global_step % every == 0 or state.global_step == max_steps  # DefaultFlowCallback's
+        control = budget.on_step_end(args, state, TrainerControl(should_evaluate=by_steps, should_save=by_steps))
+        assert control.should_save == control.should_evaluate  # one schedule for both
+        if control.should_evaluate:
+            evaluated.append(state.global_step)
+        if control.should_training_stop:
+            break
+    return evaluated
+
+
+def test_a_run_the_budget_cuts_short_still_evaluates_at_each_tenth_of_its_time():
+    budget, clock = started_budget(100.0)
+    # 1000 steps planned, a second each: by the step count a tenth is 100 steps, past the budget;
+    # by time, step k ends with (k + 1) s of 100 spent, so a tenth is due at steps 9, 19, ...
+    evaluated = steps_evaluated(budget, clock, [float(k) for k in range(1, 1001)], max_steps=1000)
+    assert evaluated == [9, 19, 29, 39, 49, 59, 69, 79, 89, 99]  # the last: the budget's stop
+
+
+def test_a_run_that_ends_by_its_steps_evaluates_where_the_trainer_would():
+    budget, clock = started_budget(1000.0)
+    evaluated = steps_evaluated(budget, clock, [float(k) for k in range(1, 25)], max_steps=24)
+    assert evaluated == [3, 6, 9, 12, 15, 18, 21, 24]  # every ceil(24 / 10) steps, each once
+
+
+def test_a_resumed_run_does_not_repeat_the_evaluations_it_had_made():
+    budget, clock = started_budget(1000.0)
+    evaluated = steps_evaluated(budget, clock, [float(k) for k in range(1, 11)], max_steps=20, start_step=10)
+    assert evaluated == [12, 14, 16, 18, 20]
+
+
 def test_a_budget_must_be_positive():
     with pytest.raises(InputError, match="--max_train_seconds must be positive"):
         TimeBudget(0)
