@@ -28,7 +28,7 @@ from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_writable, no_empty_folders_left
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
-from rerank_distill.replicas import run_replicas
+from rerank_distill.replicas import run_replicas, stop_with_launcher
 from rerank_distill.scoring import (
     Shard,
     check_before_loading,
@@ -103,6 +103,7 @@ def args_file_name(args: GenerateLogitsArguments, shard: Shard) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
+    stop_with_launcher()  # a replica of a --data_parallel_size run ends with the run that started it
     read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)

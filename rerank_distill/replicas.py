@@ -6,6 +6,7 @@ continues all of them. (vLLM's own data parallelism needs a multi-process launch
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -85,6 +86,29 @@ def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Sha
     return done
 
 
+# set in each replica's environment to the launching process's id (see stop_with_launcher)
+LAUNCHER_PID = "RERANK_DISTILL_LAUNCHER_PID"
+
+
+def stop_with_launcher() -> None:
+    """In a replica run_replicas started: have the kernel send it SIGTERM when the launching
+    process dies, even by SIGKILL, which gives the launcher no chance to stop it (an orphan would
+    hold its shard, and its GPU, and make the rerun of the command fail). Nothing elsewhere, and
+    nothing where the kernel has no prctl (not Linux): there a SIGKILLed launcher leaves its
+    replicas to finish their shards."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if not launcher:
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    pr_set_pdeathsig = 1
+    prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the line above could take effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -129,7 +153,7 @@ def run_replicas(
                                         disable=not show_progress) as bar:
         try:
             for shard, gpus in zip(shards, gpu_groups(num_replicas, gpus_per_replica, on_cpu)):
-                env = dict(os.environ)
+                env = {**os.environ, LAUNCHER_PID: str(os.getpid())}
                 if gpus is not None:
                     env["CUDA_VISIBLE_DEVICES"] = gpus
                 log_path = log_dir / f"shard-{shard.index}-of-{shard.count}.log"

@@ -2,12 +2,14 @@
 
 import gzip
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -785,6 +787,35 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
                           "--passages_as_queries", "2"])
     assert (tmp_path / "one" / "train_scores.jsonl").read_text() == single_run
     assert "train_scores.shard-0-of-2.jsonl is already complete" in (tmp_path / "one" / "logs" / "shard-0-of-2.log").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal (prctl) is Linux's")
+def test_a_replica_stops_when_its_launcher_is_killed_outright(tmp_path):
+    # a launcher as run_replicas is one: it starts a replica with its own id in the environment, then is SIGKILLed
+    replica = ("from rerank_distill.replicas import stop_with_launcher; stop_with_launcher(); import time; "
+               "print('ready', flush=True); time.sleep(120)")
+    launcher = (f"import os, subprocess, sys, time; from rerank_distill.replicas import LAUNCHER_PID; "
+                f"child = subprocess.Popen([sys.executable, '-c', {replica!r}], "
+                f"env={{**os.environ, LAUNCHER_PID: str(os.getpid())}}); "
+                f"print(child.pid, flush=True); time.sleep(120)")
+    started = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True,
+                               cwd=os.path.dirname(generate_logits.__file__))
+    replica_pid = int(started.stdout.readline())
+    assert started.stdout.readline().strip() == "ready"
+    started.kill()
+    started.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"  # (a zombie has ended; whoever adopted it may be slow to reap it)
+
+    deadline = time.monotonic() + 20
+    while running(replica_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(replica_pid)
 
 
 # --- passages as queries ---------------------------------------------------------------------------
