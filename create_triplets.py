@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from rerank_distill.cli import (
@@ -171,26 +172,30 @@ def main(argv: list[str] | None = None) -> dict:
     write_all = functools.partial(write_records, rules=rules, output_format=args.format,
                                   label_margin=args.label_margin, source=inputs)
     logger.info("Reading teacher scores from %s (%s)", inputs, rules)
+
+    def record_run(counts, input_grouped: bool) -> dict:
+        """Write the run's record beside its output just before the output takes its name, an earlier
+        output gone first: a crash between the two never leaves this record beside another output."""
+        summary = run_summary(counts, args.format, args.label_margin, input_grouped, time.perf_counter() - start)
+        Path(args.output_path).unlink(missing_ok=True)
+        write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args,
+                       rules=rules, summary=summary)
+        return summary
+
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
     # input has been read and validated (AtomicWriter).
-    input_grouped = True
     try:
         with AtomicWriter(args.output_path) as out:
-            counts = write_all(iter_query_groups(scored_pairs()), out)
+            summary = record_run(write_all(iter_query_groups(scored_pairs()), out), input_grouped=True)
     except QueriesNotGrouped as error:
-        input_grouped = False
         logger.info("%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
                     "grouped by query, so it is regrouped through a temporary index: every line of one query text, "
                     "wherever it is, joins one list", inputs, error.query[:60], error.line)
         spill_dir = os.path.dirname(os.path.abspath(args.output_path))
         with AtomicWriter(args.output_path) as out:
-            counts = write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out)
-    seconds = time.perf_counter() - start
-
-    summary = run_summary(counts, args.format, args.label_margin, input_grouped, seconds)
-    write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args,
-                   rules=rules, summary=summary)
+            summary = record_run(write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out),
+                                 input_grouped=False)
     logger.info(summary_message(summary, args.output_path))
     return summary
 

@@ -204,9 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))
-    write_json(args.output_path, report)
+    # the report last, an earlier one gone first: a crash in between never leaves it beside another run's files
+    Path(args.output_path).unlink(missing_ok=True)
     write_per_query(beside_output(args.output_path, ".per_query.jsonl"), queries, per_query)
     write_run_args(beside_output(args.output_path, ".args.json"), command_line(__file__, argv), script=args)
+    write_json(args.output_path, report)
     scored = report["pairs_scored"] * len(models)
     logger.info(
         "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored x %d models in %.1fs (%.0f pairs/s)",

@@ -3,12 +3,14 @@ that never leave a truncated file under the final name."""
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import json
 import math
 import os
 import re
+import socket
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -227,6 +229,17 @@ def check_not_an_input(output_path: str | Path, input_files: Iterable[str], flag
                              "it; choose another path")
 
 
+def _process_runs(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 class AtomicWriter:
     """Write a file under a temporary name and move it to its final name only when the ``with``
     block finishes without error, so a crash never leaves a truncated file that looks complete.
@@ -234,13 +247,15 @@ class AtomicWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(os.path.abspath(path))  # (no "..": the folders it makes are those it removes on failure)
-        # several processes may write one run's files (torchrun's): each its own temporary file
-        self.tmp_path = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        # several processes may write one run's files (torchrun's, on several machines): each its own temporary file
+        self._tmp_prefix = f"{self.path.name}.{socket.gethostname()}."
+        self.tmp_path = self.path.with_name(f"{self._tmp_prefix}{os.getpid()}.tmp")
         self._file: IO[str] | None = None
 
     def __enter__(self) -> IO[str]:
         self._made_folders = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporary_files()
         if self.path.name.endswith(".gz"):
             self._raw = open(self.tmp_path, "wb")
             # the header names the file by its final name (gunzip -N restores that), not the temporary one,
@@ -250,6 +265,14 @@ class AtomicWriter:
         else:
             self._file = self._raw = open(self.tmp_path, "w", encoding="utf-8")
         return self._file
+
+    def _remove_stale_temporary_files(self) -> None:
+        """Delete this name's temporary files that processes of this machine left when they were
+        killed outright (SIGKILL, a power cut): their process ids no longer run."""
+        for stale in self.path.parent.glob(f"{glob.escape(self._tmp_prefix)}*.tmp"):
+            pid = stale.name[len(self._tmp_prefix):-len(".tmp")]
+            if pid.isdigit() and not _process_runs(int(pid)):
+                stale.unlink(missing_ok=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None

@@ -731,8 +731,11 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
             if record["made_with"].get("input_digest", shard_content.hexdigest()) != shard_content.hexdigest():
                 raise InputError(f"was scored from other content than {source} holds now (its labels, say): rescore "
                                  "it with its --shard flag and --overwrite", str(path))
-    if records:
-        _merge_run_records(records, merged, lines, content.hexdigest())
+        # the record before the joined file takes its name, and an earlier file of that name gone before the
+        # record: a crash between them never leaves the joined file without its record, nor it beside another file
+        merged.unlink(missing_ok=True)
+        if records:
+            _merge_run_records(records, merged, lines, content.hexdigest())
     if differs:  # a stopped single run's, or a finished one --overwrite replaces
         logger.warning("%s: %s single run with other settings (differing: %s) is dropped; the joined shards replace "
                        "it", merged, "a finished" if finished else "an unfinished", ", ".join(differs))

@@ -96,6 +96,25 @@ def test_each_querys_metrics_go_beside_the_report(tiny_cross_encoder, other_cros
     assert report["queries_changed"] == {"better": better, "worse": worse, "same": len(kept) - better - worse}
 
 
+def test_a_run_killed_before_its_report_is_written_leaves_no_earlier_report_beside_its_files(
+    tiny_cross_encoder, other_cross_encoder, ranking_file, tmp_path, monkeypatch
+):
+    run(tmp_path, tiny_cross_encoder, ranking_file)  # an earlier report, of one model
+    recorded = evaluation.write_run_args
+
+    def killed_once_written(*args, **kwargs):
+        recorded(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "write_run_args", killed_once_written)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(other_cross_encoder))
+
+    assert not (tmp_path / "report" / "evaluation.json").exists()  # the report is written last
+    assert all("after" in line for line in records_of(tmp_path / "report" / "evaluation.per_query.jsonl")
+               if line["skipped"] is None)
+
+
 def test_same_model_before_and_after_gives_zero_change(tiny_cross_encoder, ranking_file, tmp_path):
     report = run(tmp_path, tiny_cross_encoder, ranking_file, "--model_after_path", str(tiny_cross_encoder))
     assert report["before"] == report["after"]

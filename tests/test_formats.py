@@ -4,6 +4,7 @@ with file:line and the field."""
 
 import gzip
 import json
+import os
 import re
 from pathlib import Path
 
@@ -594,3 +595,28 @@ def test_esci_files_own_columns_are_graded_rows(tmp_path):
              "product_locale": "us", "esci_label": "I"}]  # fmt: skip
     source = write_jsonl_records(tmp_path / "esci.jsonl", rows)
     assert as_tuples(source) == [("usb cable", ["usb-c cable 1m", "hdmi cable"], [3.0, 0.0])]
+
+
+# --- writing outputs ---
+
+
+def test_a_write_removes_temporary_files_that_killed_processes_of_this_machine_left(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from rerank_distill.jsonl import AtomicWriter
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    left_by_a_killed_run = tmp_path / f"out.jsonl.{host}.{int(ended.stdout)}.tmp"
+    of_a_running_process = tmp_path / f"out.jsonl.{host}.{os.getppid()}.tmp"
+    of_another_machine = tmp_path / f"out.jsonl.other-host.{int(ended.stdout)}.tmp"
+    for path in (left_by_a_killed_run, of_a_running_process, of_another_machine):
+        path.write_text("half a line", encoding="utf-8")
+
+    with AtomicWriter(tmp_path / "out.jsonl") as out:
+        out.write("{}\n")
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["out.jsonl", of_a_running_process.name, of_another_machine.name])

@@ -396,6 +396,29 @@ def test_a_merge_keeps_a_finished_single_run_of_other_settings_unless_told_and_s
     assert is_finished(single)
 
 
+def test_a_merge_killed_as_it_records_the_joined_file_leaves_no_file_without_its_record(tmp_path, ranking_file,
+                                                                                      monkeypatch):
+    import rerank_distill.scoring as scoring
+
+    score_shards(ranking_file, tmp_path, 2)
+    merge_shards(str(ranking_file), tmp_path, 2)
+    joined = output_path_for(str(ranking_file), tmp_path)
+    finished = joined.read_bytes()
+    recorded = scoring._merge_run_records
+
+    def killed_once_written(*args, **kwargs):
+        recorded(*args, **kwargs)
+        raise KeyboardInterrupt  # a kill between the record and the joined file taking its name
+
+    monkeypatch.setattr(scoring, "_merge_run_records", killed_once_written)
+    with pytest.raises(KeyboardInterrupt):
+        merge_shards(str(ranking_file), tmp_path, 2)
+    assert not joined.exists()  # (the file of before, left, would sit beside this run's record)
+    monkeypatch.undo()
+    merge_shards(str(ranking_file), tmp_path, 2)
+    assert joined.read_bytes() == finished and is_finished(joined)
+
+
 @pytest.mark.parametrize("other", [["--merge_shards", "2"], ["--data_parallel_size", "2"]])
 def test_a_shard_goes_with_neither_a_merge_nor_replicas(tmp_path, ranking_file, other):
     with pytest.raises(InputError, match=f"--shard 0/2 scores one share in this process, {other[0]} handles"):

@@ -951,3 +951,21 @@ def test_bad_teacher_scores_are_refused_at_their_line(tmp_path, teacher_scores):
     scores = write_jsonl_records(tmp_path / "scores.jsonl", [good, {**good, "passage": "b", "teacher_scores": teacher_scores}])
     with pytest.raises(InputError, match=r'scores.jsonl:2: field "teacher_scores" must map each teacher to a finite'):
         run(tmp_path, scores)
+
+
+def test_a_run_killed_as_it_records_itself_never_leaves_its_record_beside_an_earlier_output(tmp_path, monkeypatch):
+    scores = labelled_file(tmp_path / "scores.jsonl", {"q": [("a", 3.0, 1), ("b", 2.0, 0), ("c", 1.0, 0)]})
+    _, output = run(tmp_path, scores)  # triplets
+    recorded = create_triplets.write_run_args
+
+    def killed_once_written(*args, **kwargs):
+        recorded(*args, **kwargs)
+        raise KeyboardInterrupt  # a kill between the record and the output taking its name
+
+    monkeypatch.setattr(create_triplets, "write_run_args", killed_once_written)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, scores, "--format", "listwise")
+
+    assert json.loads(output.with_name("triplets.args.json").read_text())["script"]["format"] == "listwise"
+    assert not output.exists()  # not the earlier run's triplets beside the listwise run's record
+    assert not list(output.parent.glob("*.tmp"))
