@@ -107,8 +107,9 @@ class EvaluationArguments:
     )
     dtype: Literal["float32", "bfloat16"] = field(
         default="float32",
-        metadata={"help": "bfloat16 runs the students under bf16 autocast (head in float32): several times faster on "
-                  "GPUs and CPUs with bf16 units, but scores change by ~1e-3 and metrics can move in the 4th decimal."},
+        metadata={"help": "bfloat16 runs the students under bf16 autocast (head in float32): several times faster "
+                  "on GPUs and CPUs with bf16 units (elsewhere emulated, and slower), but scores move (up to a few "
+                  "hundredths of their spread) and metrics can move in the 3rd decimal."},
     )
 
 
