@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         words, grades = label_words_to_read(args.teacher_scores, args.label_words, args.label_grades)
         teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
-    check_rerankers(models, args.hub, args.cache_dir)
+    folders = check_rerankers(models, args.hub, args.cache_dir)
 
     grades = [grade for query in queries for grade in query.labels]
     # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, path in models.items():
         logger.info("scoring %d of %d queries of %s with %s (%s); the protocol reads no scores of the others",
                     sum(wanted), len(queries), args.dataset_path, path, name)  # fmt: skip
-        model = load_cross_encoder(path, args.hub, args.cache_dir, args.max_length)
+        model = load_cross_encoder(folders[name], max_length=args.max_length)
         if args.dtype == "bfloat16" and not bfloat16_is_fast(model.device):
             logger.warning("%s has no bfloat16 units: --dtype bfloat16 is emulated and may be slower", model.device)
         scores[name] = score_ranking_queries(model, queries, args.batch_size, dtype=args.dtype, wanted=wanted)

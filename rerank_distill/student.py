@@ -60,9 +60,11 @@ def without_trained_head(model_path: str) -> str | None:
     return None if kind in (None, "cross_encoder") else KIND_NAMES[kind]
 
 
-def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> None:
-    """InputError where a model to evaluate (``{"before": path, "after": path}``) is missing or
-    holds no trained relevance head: it fails now, not after minutes spent scoring another one."""
+def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> dict[str, str]:
+    """The local folders of the models to evaluate (``{"before": path or hub id, ...}``, fetched
+    where needed); InputError where one is missing or holds no trained relevance head: it fails
+    now, not after minutes spent scoring another one."""
+    folders = {}
     for name, path in models.items():
         try:
             local = resolve_model(path, hub, cache_dir)
@@ -72,6 +74,8 @@ def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> 
             raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
                              "scores with a new random head, noise that differs from run to run; evaluate a "
                              "cross-encoder (train.py's output, or a reranker such as BAAI/bge-reranker-v2-m3)")
+        folders[name] = local
+    return folders
 
 
 def load_student(name_or_path: str, hub: str, cache_dir: str | None, max_length: int, device, seed: int):

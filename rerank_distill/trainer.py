@@ -344,12 +344,11 @@ class TimeBudget(TrainerCallback, ExportableState):
             torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
             self.spent = float(spent)
         for kind, share in self._interval_shares(args).items():
-            due = self._due(state, kind, share)
-            should = "should_evaluate" if kind == "eval" else "should_save"
+            due, made = self._due(state, kind, share), self.shares_due.get(kind, 0)
             if state.global_step < state.max_steps:  # (the planned end's own stays as the Trainer set it)
                 # the Trainer's own (by step count) is kept only where the time has not already made it
-                setattr(control, should, due > self.shares_due.get(kind, 0))
-            self.shares_due[kind] = max(due, self.shares_due.get(kind, 0))
+                setattr(control, "should_evaluate" if kind == "eval" else "should_save", due > made)
+            self.shares_due[kind] = max(due, made)
         if self.spent >= 1 and not control.should_training_stop:
             control.should_training_stop = self.stopped_training = True
             control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
