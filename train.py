@@ -37,9 +37,9 @@ from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.student import load_student
 from rerank_distill.trainer import (
+    BATCH_SAMPLERS,
     DistillationTrainer,
     EarlyStopping,
-    LengthGroupedBatchSampler,
     TimeBudget,
     run_summary,
     summary_message,
@@ -157,9 +157,14 @@ class ScriptArguments:
         metadata={"help": "Start over in an --output_dir that holds an earlier run's checkpoints or final model, "
                   "deleting them before training (without it such a run stops, as it would mix the two runs' files)."},
     )
-    group_by_length_batches: bool = field(
-        default=True,
-        metadata={"help": "Batch examples of similar length to cut padding (ignored if you pass --batch_sampler)."},
+    batch_grouping: Literal["length", "query", "none"] = field(
+        default="length",
+        metadata={"help": "What each batch holds (ignored if you pass --batch_sampler): length: examples of "
+                  "similar length (less padding); query: one query's examples together, so the documents its "
+                  "triplets repeat are scored once a batch (margin_mse, infonce; about 2.7x fewer pairs with "
+                  "create_triplets.py's defaults: faster, but batches of one or two queries trained a worse "
+                  "student in the one comparison made, see bench/README.md); none: sentence-transformers' "
+                  "random batches."},
     )
 
 
@@ -198,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
     callbacks = [EarlyStopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
-    if script.group_by_length_batches and "batch_sampler" not in passed:
-        training.batch_sampler = LengthGroupedBatchSampler
+    if script.batch_grouping != "none" and "batch_sampler" not in passed:
+        training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
     if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:

@@ -13,7 +13,8 @@ held-out triplets, computed the same way (fp32, plain MarginMSELoss) for every r
 Triplets come from --triplets, or are made from --data (SemEval train by default) with the
 all-MiniLM embedding teacher (cosine x 10) and create_triplets.py's default rule. Where bf16 is
 fast (a recent GPU, some CPUs) the original recipe also runs in bf16, so ours is compared with it
-at its best too.
+at its best too. Ours runs with train.py's default length-grouped batches, and with
+--batch_grouping query (a query's triplets batched together, the pairs they repeat scored once).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def original_recipe(student: str, train_path: Path, out: Path, steps: int, batch
 
 
 def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int, max_length: int, bf16: bool,
-         pairs_per_forward: int) -> dict:
+         pairs_per_forward: int, batch_grouping: str = "length") -> dict:
     import train
 
     summary = train.main([
@@ -126,12 +127,13 @@ def ours(student: str, train_path: Path, out: Path, steps: int, batch_size: int,
         "--max_length", str(max_length), "--per_device_train_batch_size", str(batch_size), "--max_steps", str(steps),
         "--learning_rate", "2e-5", "--warmup_steps", "0.1", "--logging_steps", "1", "--eval_strategy", "no",
         "--save_strategy", "no", "--report_to", "none", "--seed", "12", "--bf16", str(bf16).lower(),
-        "--pairs_per_forward", str(pairs_per_forward),
+        "--pairs_per_forward", str(pairs_per_forward), "--batch_grouping", batch_grouping,
         *([] if torch.cuda.is_available() else ["--use_cpu", "true"]),
     ])  # fmt: skip
     return {"seconds": summary["seconds"], "examples": summary["examples_trained"], "train_loss": summary["train_loss"],
             "final_loss": summary["final_loss"], "mean_real_tokens": summary["mean_real_tokens"],
-            "mean_padded_tokens": summary["mean_padded_tokens"]}
+            "mean_padded_tokens": summary["mean_padded_tokens"],
+            "pairs_scored_per_triplet": summary["pairs_scored_per_example"]}
 
 
 def main() -> None:
@@ -188,10 +190,14 @@ def main() -> None:
         "original recipe (fp32)": run("original", lambda out: original_recipe(*common, out, *shape)),
         "ours, fp32, one pass a batch": run("ours_fp32_one_pass", lambda out: ours(*common, out, *shape, False, 0)),
         "ours, fp32": run("ours_fp32", lambda out: ours(*common, out, *shape, False, args.pairs_per_forward)),
+        "ours, fp32, query batches": run("ours_fp32_query", lambda out: ours(*common, out, *shape, False,
+                                                                             args.pairs_per_forward, "query")),
     }
     if bf16:
         runs["original recipe (bf16)"] = run("original_bf16", lambda out: original_recipe(*common, out, *shape, True))
         runs["ours, bf16"] = run("ours_bf16", lambda out: ours(*common, out, *shape, True, args.pairs_per_forward))
+        runs["ours, bf16, query batches"] = run("ours_bf16_query", lambda out: ours(*common, out, *shape, True,
+                                                                                   args.pairs_per_forward, "query"))
     warmup_repetitions = args.warmup_repetitions if args.warmup_repetitions is not None else int(torch.cuda.is_available())
     for _ in range(warmup_repetitions):
         for function in runs.values():

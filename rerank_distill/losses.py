@@ -97,13 +97,23 @@ def score_pairs(
 ) -> Tensor:
     """One raw logit per (query, document) pair, in the order given, from a single tokenisation.
 
-    ``pairs_per_forward`` <= 0 (or at least the number of pairs): one forward pass over all of
-    them. Otherwise the pairs are sorted by token length and scored in forward passes of that
-    many, each padded only to its own longest pair. The logits are the same (padding is masked
-    out), but a batch of whole candidate lists mixes short and long passages, and one pass pads
-    every pair to the longest (about a third of the tokens of SemEval's lists), which costs the
-    same compute as real tokens.
+    A pair that comes more than once is scored once and its logit reused, gradient and all: the
+    triplets of one query repeat its top documents (the default rule pairs each of 8 positives
+    with 4 negatives), so a batch holding several of them scores fewer pairs. (In training mode
+    the repeats then share one dropout draw.)
+
+    ``pairs_per_forward`` <= 0 (or at least the number of distinct pairs): one forward pass over
+    all of them. Otherwise the pairs are sorted by token length and scored in forward passes of
+    that many, each padded only to its own longest pair. The logits are the same (padding is
+    masked out), but a batch of whole candidate lists mixes short and long passages, and one pass
+    pads every pair to the longest (about a third of the tokens of SemEval's lists), which costs
+    the same compute as real tokens.
     """
+    position: dict[tuple[str, str], int] = {}
+    where = [position.setdefault((query, document), len(position)) for query, document in pairs]
+    if len(position) < len(pairs):
+        distinct = score_pairs(model, list(position), prompt, task, pairs_per_forward)
+        return distinct[torch.tensor(where, device=distinct.device)]
     features = model.preprocess(pairs, prompt=prompt, task=task)
     if pairs_per_forward <= 0 or len(pairs) <= pairs_per_forward:
         return model(batch_to_device(features, model.device))["scores"].view(-1)

@@ -102,6 +102,7 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
     state, args = trainer.state, trainer.args
     stopped_by_time = trainer.time_budget is not None and trainer.time_budget.stopped_training
     examples_trained = trainer.examples_trained * args.world_size  # this process's count, scaled
+    padding = trainer.padding or PaddingStats()
     evaluated = args.eval_strategy != "no"
     return {
         "processes": args.world_size,
@@ -121,7 +122,10 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
         "final_model": ("best checkpoint" if state.best_model_checkpoint and args.load_best_model_at_end
                         and not trainer.best_model_error else "last step"),
         "best_model_error": trainer.best_model_error,
-        **(trainer.padding or PaddingStats()).summary(),  # tokens per pair: what the speed levers change
+        **padding.summary(),  # tokens per pair: what the speed levers change
+        # under 2 for triplets where a batch repeats pairs (--batch_grouping query), scored once
+        "pairs_scored_per_example": (round(padding.pairs / trainer.examples_trained, 2)
+                                     if padding.pairs and trainer.examples_trained else None),
     }
 
 
@@ -151,7 +155,7 @@ def _cut_note(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch sampler: batches of similar length
+# Batch sampler: batches of similar length, or of one query's examples
 # ---------------------------------------------------------------------------------------------
 
 
@@ -178,11 +182,8 @@ def length_grouped_batches(
     """Batches of indices where each batch holds examples of similar length, so little padding.
 
     Shuffle all indices, sort each mega-batch of ``mega_batch_factor * batch_size`` by length
-    (longest first), cut into batches and shuffle the batch order, keeping the batch with the
-    longest example first so an out-of-memory error shows at step one, not hours in, and the
-    one short batch last (dropped with drop_last), where accelerate expects it when it evens out
-    batches across processes. Every index appears once; the order depends only on the seed (the
-    sampler passes seed + epoch).
+    (longest first) and cut it into batches; then arrange_batches. Every index appears once; the
+    order depends only on the seed (the sampler passes seed + epoch).
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
@@ -191,6 +192,35 @@ def length_grouped_batches(
     for start in range(0, len(order), mega):
         chunk = order[start : start + mega]
         ordered.extend(int(i) for i in sorted(chunk, key=lambda i: -lengths[i]))
+    return arrange_batches(ordered, lengths, batch_size, rng, drop_last)
+
+
+def query_grouped_batches(
+    queries: list[str], lengths: list[int], batch_size: int, seed: int, drop_last: bool = False
+) -> list[list[int]]:
+    """Batches of indices where each query's examples sit together (queries in a random order,
+    each one's examples shuffled), then arrange_batches. A query's triplets repeat its top
+    documents, and score_pairs scores a repeated pair once: with create_triplets.py's default
+    rule a batch of 16 triplets of one query holds about 12 distinct pairs instead of 32."""
+    rng = np.random.default_rng(seed)
+    rows_of: dict[str, list[int]] = {}
+    for row, query in enumerate(queries):
+        rows_of.setdefault(query, []).append(row)
+    groups = [rows_of[query] for query in sorted(rows_of)]
+    ordered: list[int] = []
+    for group in rng.permutation(len(groups)):
+        rows = groups[group]
+        ordered.extend(int(rows[i]) for i in rng.permutation(len(rows)))
+    return arrange_batches(ordered, lengths, batch_size, rng, drop_last)
+
+
+def arrange_batches(
+    ordered: list[int], lengths: list[int], batch_size: int, rng: np.random.Generator, drop_last: bool
+) -> list[list[int]]:
+    """Cut ``ordered`` into batches and shuffle their order, keeping the batch with the longest
+    example first so an out-of-memory error shows at step one, not hours in, and the one short
+    batch last (dropped with drop_last), where accelerate expects it when it evens out batches
+    across processes."""
     batches = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
     short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
     if drop_last:
@@ -225,6 +255,21 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
+
+
+class QueryGroupedBatchSampler(LengthGroupedBatchSampler):
+    """The same, with query_grouped_batches."""
+
+    def __init__(self, dataset, *args, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        self.queries = list(dataset["query"])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from query_grouped_batches(self.queries, self.lengths, self.batch_size, self.seed + self.epoch,
+                                         self.drop_last)
+
+
+BATCH_SAMPLERS = {"length": LengthGroupedBatchSampler, "query": QueryGroupedBatchSampler}
 
 
 # ---------------------------------------------------------------------------------------------

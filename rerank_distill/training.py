@@ -664,7 +664,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 RESUME_MUST_MATCH = {
     "script": ("model_name_or_path", "train_data", "loss", "teacher_temperature", "max_length", "input_format",
                "label_column", "selection_data", "selection_metric", "eval_data", "eval_share",
-               "group_by_length_batches"),
+               "batch_grouping"),
     "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
                  "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
                  "max_grad_norm", "data_seed"),

@@ -175,6 +175,29 @@ def test_fused_margin_mse_equals_sentence_transformers_margin_mse_and_its_gradie
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=5e-5, msg=name)
 
 
+def test_a_pair_repeated_in_a_batch_is_scored_once_with_the_reference_loss_and_gradients(tiny_cross_encoder):
+    """One query's triplets repeat its documents: (Q1, P1), (Q1, N1) and (Q1, N2) come twice each
+    below ((Q1, N1) once as a positive, once as a negative), so 5 distinct pairs of 8 are scored,
+    and the loss and gradients are sentence-transformers' MarginMSELoss's, which scores all 8."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    model = CrossEncoder(str(tiny_cross_encoder), num_labels=1, device="cpu").eval()
+    inputs = [[Q1, Q1, Q1, Q2], [P1, P1, N1, P2], [N1, N2, N2, N1]]
+    labels = torch.tensor([2.0, 3.5, 0.75, -1.0])
+    reference, reference_grads = loss_and_grads(MarginMSELoss(model), model, inputs, labels)
+    scored: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: scored.append(args[0]["attention_mask"].shape[0]))
+    fused, fused_grads = loss_and_grads(FusedMarginMSELoss(model, pairs_per_forward=2), model, inputs, labels)
+    hook.remove()
+
+    assert sum(scored) == 5
+    assert fused == pytest.approx(reference, rel=1e-6)
+    assert reference_grads.keys() == fused_grads.keys() and reference_grads
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=5e-5, msg=name)
+
+
 def test_fused_margin_mse_of_n_tuples_missing_a_negative_is_the_mean_over_the_margins_present(tiny_cross_encoder):
     """A shorter n-tuple's missing negative (NaN margin, empty text) is never scored and counts in
     neither the sum nor the mean; its gradient is finite. By hand: one-pair logits of the same model."""

@@ -21,7 +21,12 @@ import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
 from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
-from rerank_distill.trainer import LengthGroupedBatchSampler, length_grouped_batches, track_padding
+from rerank_distill.trainer import (
+    LengthGroupedBatchSampler,
+    length_grouped_batches,
+    query_grouped_batches,
+    track_padding,
+)
 from rerank_distill.training import (
     SelectionEvaluator,
     default_training_flags,
@@ -1062,6 +1067,33 @@ def test_length_grouped_batches_pad_far_less_than_random_batches():
     order = np.random.default_rng(1).permutation(4000).tolist()
     random_batches = [order[i : i + 16] for i in range(0, 4000, 16)]
     assert padding(length_grouped_batches(lengths, 16, seed=1), lengths) < 0.2 * padding(random_batches, lengths)
+
+
+def test_query_grouped_batches_keep_each_querys_examples_together():
+    rng = np.random.default_rng(2)
+    queries = [f"q{int(i)}" for i in rng.integers(0, 40, size=601)]
+    lengths = [int(x) for x in rng.integers(5, 500, size=601)]
+    epochs = [query_grouped_batches(queries, lengths, 16, seed=epoch) for epoch in (0, 1)]
+    for batches in epochs:
+        assert sorted(i for batch in batches for i in batch) == list(range(601))
+        assert [len(b) for b in batches[:-1]] == [16] * 37 and len(batches[-1]) == 9  # the short batch last
+        assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
+        # contiguous runs of queries cut into batches: a query spills into a second batch only at a cut,
+        # so the (batch, query) incidences are at most the queries plus the cuts
+        incidences = sum(len({queries[i] for i in batch}) for batch in batches)
+        assert incidences <= len(set(queries)) + len(batches) - 1
+    assert epochs[0] != epochs[1] and query_grouped_batches(queries, lengths, 16, seed=0) == epochs[0]
+    dropped = query_grouped_batches(queries, lengths, 16, seed=0, drop_last=True)
+    assert [len(b) for b in dropped] == [16] * 37
+
+
+def test_batch_grouping_query_trains_with_the_query_grouped_sampler(tiny_cross_encoder, triplets_file, tmp_path):
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "2", "--eval_strategy", "no",
+              "--batch_grouping", "query")  # fmt: skip
+    recorded = json.loads((tmp_path / "model" / "args.json").read_text())
+    assert recorded["script"]["batch_grouping"] == "query"
+    assert recorded["training"]["batch_sampler"].endswith("QueryGroupedBatchSampler'>")
+    assert (tmp_path / "model" / "model.safetensors").exists()
 
 
 def test_data_seed_orders_the_batches_where_it_is_given(tiny_cross_encoder, triplets_file, tmp_path):
