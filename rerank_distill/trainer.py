@@ -123,7 +123,7 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
                         and not trainer.best_model_error else "last step"),
         "best_model_error": trainer.best_model_error,
         **padding.summary(),  # tokens per pair: what the speed levers change
-        # under 2 for triplets where a batch repeats pairs (--batch_grouping query), scored once
+        # pairs through the model per example: 2 for a triplet, fewer where its batch repeats a pair (scored once)
         "pairs_scored_per_example": (round(padding.pairs / trainer.examples_trained, 2)
                                      if padding.pairs and trainer.examples_trained else None),
     }
