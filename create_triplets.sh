@@ -54,6 +54,7 @@ for arg in "$@"; do
         --positives=*) positives="${arg#--positives=}" ;;
         --format=*) format="${arg#--format=}" ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
+        -h | --help) exec python "$(dirname "$0")/create_triplets.py" --help ;;  # before the notes below, which would not apply
     esac
     case "$previous" in
         --positives) positives="$arg" ;;

@@ -36,6 +36,7 @@ for arg in "$@"; do
     case "$arg" in
         --teacher_scores | --teacher_scores=* | --teacher-scores | --teacher-scores=*) teacher_scores_flag=true ;;
         --dataset_path | --dataset_path=* | --dataset-path | --dataset-path=*) dataset_flag=true ;;
+        -h | --help) exec python "$(dirname "$0")/evaluation.py" --help ;;  # before the warnings below, which would not apply
     esac
 done
 

@@ -133,14 +133,20 @@ def main(argv: list[str] | None = None) -> dict:
     warn_unread(args, unread_teacher_flags(teacher_types))
     check_teacher_options(teacher_types, args)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
-    if len(set(outputs)) != len(outputs):
-        raise InputError("two inputs would write the same output file (same file name); rename one or score them separately")
+    for index, output in enumerate(outputs):
+        if output in outputs[:index]:
+            first, source = inputs[outputs.index(output)][0], inputs[index][0]
+            raise InputError(f"--input_path {first} and {source} would both write {output} (their names give the "
+                             "same output name); rename one, or score them in runs with different --output_dir")
 
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
     expected = {}
     for source, derived in inputs:
         expected[source, derived] = summary = validate_source(source, args.input_format, shard, derived, **read_args)
         summary.warn(source)
+        if not summary.pairs and not derived and shard.count == 1:  # (a shard may hold none of the input's pairs)
+            queries = "its one query has" if summary.queries == 1 else f"none of its {summary.queries} queries has"
+            raise InputError(f"nothing to score: {queries} a passage", source)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 

@@ -61,7 +61,7 @@ for arg in "$@"; do
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
             --check-inputs-only) check_first=false ;;
-        -h | --help) python "$(dirname "$0")/generate_logits.py" --help; exit ;;
+        -h | --help) exec python "$(dirname "$0")/generate_logits.py" --help ;;
     esac
 done
 

@@ -57,6 +57,7 @@ for arg in "$@"; do
     case "$arg" in
         --loss=*) loss="${arg#--loss=}" ;;
         --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
+        -h | --help) exec python "$(dirname "$0")/train.py" --help ;;  # before the warnings below, which would not apply
     esac
     if [[ "$previous" == "--loss" ]]; then
         loss="$arg"

@@ -3,6 +3,7 @@ that never leave a truncated file under the final name."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import io
@@ -11,6 +12,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -181,7 +183,7 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
 def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     """InputError, before any long work, where ``path`` (the value of ``flag``) cannot be written:
     a file where a folder is wanted or the reverse, a file in the way of a folder it needs, or a
-    folder without write permission. Where it can, nothing is created."""
+    folder without write permission. Where it can, nothing is left created."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder")
@@ -196,8 +198,12 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {path} cannot be written: no permission to write in {existing}")
+    try:  # a real attempt: os.access lets root through even where nothing can be made (/proc, /sys)
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check.", dir=existing))
+    except OSError as error:
+        reason = (f"no permission to write in {existing}" if error.errno in (errno.EACCES, errno.EPERM)
+                  else f"nothing can be made in {existing} ({error.strerror})")
+        raise InputError(f"{flag} {path} cannot be written: {reason}") from None
 
 
 @contextmanager

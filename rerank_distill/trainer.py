@@ -505,6 +505,19 @@ class DistillationTrainer(CrossEncoderTrainer):
             self._load_best_model()
         return TrainOutput(self.state.global_step, None, {})
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        # A finished run trained further (a larger --max_steps or --num_train_epochs) gets a longer
+        # schedule, but the optimizer comes back with the rate the old one had reached (0 at its
+        # end), which the scheduler replaces only after the first new step: set the new schedule's
+        # rate now. On a plain resume it is the rate already there.
+        scheduler = self.lr_scheduler
+        if checkpoint is not None and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, rate in zip(self.optimizer.param_groups, rates):
+                group["lr"] = rate
+            scheduler._last_lr = rates
+
     def _load_from_checkpoint(self, checkpoint: str, model=None) -> None:
         # sentence-transformers reloads its own checkpoint layout into the live model, which cannot
         # take sharded parameters (and it takes one argument where transformers passes two for FSDP);

@@ -76,3 +76,24 @@ def test_a_block_that_fails_removes_only_the_empty_folders_it_made(tmp_path):
         (tmp_path / "wrote" / "partial.jsonl").write_text("{}\n", encoding="utf-8")
         raise RuntimeError("failed after writing")
     assert (tmp_path / "wrote" / "partial.jsonl").exists()  # what a run wrote stays, to resume from
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_launchers_help_is_its_scripts_help_and_nothing_else(name, tmp_path):
+    # run from an empty folder, where the launchers' defaults (output/scores/...) do not exist and would be warned of
+    shown = subprocess.run(["bash", str(Path(__file__).parents[1] / f"{name}.sh"), "--help"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert shown.stdout.startswith(f"usage: {name}.py")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_where_nothing_can_be_made_is_refused_before_any_work_even_for_root(tmp_path):
+    from rerank_distill.errors import InputError
+    from rerank_distill.jsonl import check_writable
+
+    # os.access lets root write anywhere, /proc included, where the run would then fail with a traceback
+    with pytest.raises(InputError, match=r"^--output_path /proc/missing/t.jsonl cannot be written: "):
+        check_writable("/proc/missing/t.jsonl", "--output_path")
+    check_writable(tmp_path / "new" / "t.jsonl", "--output_path")
+    assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind

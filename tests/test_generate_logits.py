@@ -660,6 +660,7 @@ def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_
         ('{"query": "q", "positive": ["a"], "negative": ["b"]}\n{"positive": ["a"], "negative": []}\n', ':2: missing field "query"'),
         ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
         ("", "contains no records"),
+        ('{"query": "q", "positive": [], "negative": []}\n' * 2, ": nothing to score: none of its 2 queries has a passage"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at character 15"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
          ':2: field "query" holds a lone surrogate \\ud83d'),
@@ -673,6 +674,16 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
         generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert str(source) in str(error.value)
     assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
+
+
+def test_two_inputs_that_would_write_one_output_file_are_both_named(tmp_path, ranking_file):
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / ranking_file.name
+    twin.write_bytes(ranking_file.read_bytes())
+    with pytest.raises(InputError, match=f"^--input_path {ranking_file} and {twin} would both write "
+                                         f"{tmp_path / 'o' / 'train_scores.jsonl'} "):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), str(twin), "--output_dir",
+                              str(tmp_path / "o")])  # fmt: skip
 
 
 def test_a_hub_model_that_cannot_be_fetched_leaves_no_output_folder(tmp_path, ranking_file):

@@ -1235,6 +1235,19 @@ def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny
     assert all(torch.equal(final[name], ended_at[name]) for name in ended_at)
 
 
+def test_a_finished_run_trained_further_follows_the_longer_schedule_from_its_first_new_step(
+        tiny_cross_encoder, triplets_file, tmp_path):
+    out = tmp_path / "out"
+    linear = ("--eval_strategy", "no", "--logging_steps", "1", "--lr_scheduler_type", "linear", "--warmup_steps", "0")
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--save_steps", "2", *linear)
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "8", "--resume_from_checkpoint", "last", *linear)
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    rates = {entry["step"]: entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry}
+    # the rate each step trained at: 1e-3 x (1 - steps before it / 8); the optimizer came back at the end
+    # of the 4-step schedule, rate 0, and step 5 trained at that before this was fixed
+    assert [rates[step] for step in range(5, 9)] == pytest.approx([1e-3 * (8 - done) / 8 for done in range(4, 8)])
+
+
 def test_a_cut_short_final_save_of_a_run_that_selects_saves_its_best_checkpoint(tiny_cross_encoder, scores_file,
                                                                                  tmp_path):
     out = tmp_path / "out"
