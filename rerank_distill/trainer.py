@@ -436,8 +436,8 @@ class EarlyStopping(EarlyStoppingCallback):
 class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
     process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
-    TimeBudget), has two fixes for torchrun (no change on one process) and two for sharded
-    training with FSDP or DeepSpeed.
+    TimeBudget), has two fixes for torchrun (no change on one process), two for sharded
+    training with FSDP or DeepSpeed, and one for resuming.
 
     - Only the main process writes checkpoints and the final model: transformers 5 calls
       ``_save`` on every process and checks ``should_save`` inside it, but sentence-transformers'
@@ -453,6 +453,8 @@ class DistillationTrainer(CrossEncoderTrainer):
     - Resuming and loading the best checkpoint go through transformers' FSDP / DeepSpeed loaders
       (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
     - ``--data_seed`` orders the batches where it is given (sentence-transformers passes ``--seed``).
+    - A finished run trained further trains its first new step at the longer schedule's rate, not
+      at the rate the old schedule ended at (_load_optimizer_and_scheduler).
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
@@ -513,7 +515,8 @@ class DistillationTrainer(CrossEncoderTrainer):
         # rate now. On a plain resume it is the rate already there.
         scheduler = self.lr_scheduler
         if checkpoint is not None and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            rates = [base * factor(scheduler.last_epoch)
+                     for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
             for group, rate in zip(self.optimizer.param_groups, rates):
                 group["lr"] = rate
             scheduler._last_lr = rates
