@@ -113,7 +113,8 @@ class ScriptArguments:
         metadata={"help": "Stop training after this many seconds of wall time (evaluations and checkpoints count), "
                   "with a last evaluation and checkpoint; the learning-rate schedule, and evaluations and "
                   "checkpoints set as shares of the run (the default tenth), follow whichever runs out first, these "
-                  "seconds or the planned steps, so the rate still decays to its end. Unset: no limit."},
+                  "seconds or the planned steps, so the rate still decays (to near its end where the budget holds "
+                  "many steps). Unset: no limit."},
     )
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better checkpoint (a resumed run "
