@@ -5,7 +5,8 @@
 # teacher temperature 4, lr 1e-4, 12 epochs. With generate_logits.sh's passages-as-queries lists
 # (about 10x more lists) two planned epochs did best: EPOCHS=2 ./train.sh. The first recipe instead:
 #   LOSS=margin_mse TEACHER_TEMPERATURE=1 LEARNING_RATE=2e-5 EPOCHS=1 BATCH_SIZE=16 WARMUP=0.1 ./train.sh
-#   (on FORMAT=triplets records)
+#   (on FORMAT=triplets records); in about the same time on a CPU, a better student (bench/README.md, two seeds):
+#   LOSS=margin_mse TEACHER_TEMPERATURE=1 LEARNING_RATE=2e-5 EPOCHS=1.85 BATCH_SIZE=16 WARMUP=0.1 ./train.sh --batch_grouping query
 # Any train.py / Hugging Face training flag can be added at the end and overrides these, e.g.
 #   ./train.sh --max_steps 1000 --eval_steps 100 --save_steps 100
 #   ./train.sh --resume_from_checkpoint last        # continue an interrupted run in MODEL_DIR
