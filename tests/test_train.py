@@ -1240,12 +1240,14 @@ def test_a_finished_run_trained_further_follows_the_longer_schedule_from_its_fir
     out = tmp_path / "out"
     linear = ("--eval_strategy", "no", "--logging_steps", "1", "--lr_scheduler_type", "linear", "--warmup_steps", "0")
     run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--save_steps", "2", *linear)
-    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "8", "--resume_from_checkpoint", "last", *linear)
-    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "5", "--resume_from_checkpoint", "last", *linear)
+    state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
     rates = {entry["step"]: entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry}
-    # the rate each step trained at: 1e-3 x (1 - steps before it / 8); the optimizer came back at the end
-    # of the 4-step schedule, rate 0, and step 5 trained at that before this was fixed
-    assert [rates[step] for step in range(5, 9)] == pytest.approx([1e-3 * (8 - done) / 8 for done in range(4, 8)])
+    # step 5 of 5 trains at 1e-3 x (1 - 4/5); the optimizer came back at the end of the 4-step schedule,
+    # rate 0, and step 5 trained at that (changing no weight) before this was fixed
+    assert rates[5] == pytest.approx(2e-4)
+    before, after = weights(out / "checkpoint-4"), weights(out)
+    assert not all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_a_cut_short_final_save_of_a_run_that_selects_saves_its_best_checkpoint(tiny_cross_encoder, scores_file,
