@@ -144,9 +144,6 @@ def main(argv: list[str] | None = None) -> dict:
     for source, derived in inputs:
         expected[source, derived] = summary = validate_source(source, args.input_format, shard, derived, **read_args)
         summary.warn(source)
-        if not summary.pairs and not derived and shard.count == 1:  # (a shard may hold none of the input's pairs)
-            queries = "its one query has" if summary.queries == 1 else f"none of its {summary.queries} queries has"
-            raise InputError(f"nothing to score: {queries} a passage", source)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
 

@@ -129,7 +129,8 @@ class InputSummary:
 
 def validate_source(source: str, input_format: str, shard: Shard, passages_as_queries: int = 0,
                     **read_args) -> InputSummary:
-    """Read the whole input once (checking every record) and count this shard's queries and pairs."""
+    """Read the whole input once (checking every record) and count this shard's queries and pairs.
+    An input with no pair at all is an InputError: its output would be an empty file that stage 2 refuses."""
     summary, content = InputSummary(), hashlib.blake2b(digest_size=16)
     for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
         if not shard.takes(position):
@@ -145,6 +146,9 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
             summary.first_negative_grade = summary.first_negative_grade or query.location
         content.update(_as_bytes(query))
     summary.digest = content.hexdigest()
+    if not summary.pairs and not passages_as_queries and shard.count == 1:  # (a shard may hold none of its pairs)
+        queries = "its one query has" if summary.queries == 1 else f"none of its {summary.queries} queries has"
+        raise InputError(f"nothing to score: {queries} a passage", source)
     return summary
 
 
