@@ -516,11 +516,16 @@ def _is_id_column(name: str) -> bool:
 
 
 def passage_of(record: dict, path: str, line: int) -> str:
-    """The passage text of a one-pair row, from the first passage field it has (PASSAGE_FIELDS)."""
-    for name in PASSAGE_FIELDS:
-        if name in record:
-            return get_text(record, name, path, line)
-    raise InputError(f"missing the passage field (one of {', '.join(PASSAGE_FIELDS)})", path, line)
+    """The passage text of a one-pair row, from its passage field (one of PASSAGE_FIELDS).
+    InputError where two such fields hold different texts: which one is the passage is not ours to guess."""
+    texts = {name: get_text(record, name, path, line) for name in PASSAGE_FIELDS if name in record}
+    if not texts:
+        raise InputError(f"missing the passage field (one of {', '.join(PASSAGE_FIELDS)})", path, line)
+    if len(set(texts.values())) > 1:
+        names = " and ".join(f'"{name}"' for name in texts)
+        raise InputError(f"fields {names} hold different passages; keep the passage text in one of them and "
+                         "rename the others", path, line)
+    return next(iter(texts.values()))
 
 
 def grade_of(value: Any, path: str, line: int, field_name: str) -> float:

@@ -212,8 +212,10 @@ def queries_changed(rows: Sequence[dict | None], before: str = "before", after: 
 
 
 def grade_name(grade: float) -> str:
-    """A grade as a JSON key: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"``."""
-    return f"{grade:g}"
+    """A grade as a JSON key: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"``; as exact as the float
+    (shortest round-trip digits), so two grades never share a key."""
+    grade = float(grade)
+    return str(int(grade)) if grade.is_integer() else repr(grade)
 
 
 def mean_score_per_grade(scores: Sequence[float], grades: Sequence[float]) -> dict[str, float]:

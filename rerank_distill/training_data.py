@@ -146,6 +146,22 @@ def get_number_list(record: dict, name: str, path: str, line: int) -> list[float
     return [get_number({name: value}, name, path, line) for value in values]
 
 
+# Training targets are float32 tensors: a larger number would become inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def targets(values: Sequence[float], temperature: float, what: str, path: str, line: int) -> list[float]:
+    """``values`` (teacher scores or margins, logits) divided by ``temperature``: the student's
+    training targets. InputError where one is beyond float32's range (about 3.4e38) or, a margin of
+    scores near 1e308, not finite."""
+    divided = [value / temperature for value in values]
+    if not all(abs(target) <= FLOAT32_MAX for target in divided):
+        raise InputError(f"the teacher's {what} {[f'{value:.3g}' for value in values[:4]]} divided by "
+                         f"--teacher_temperature {temperature:g} are beyond float32's range (about 3.4e38), in "
+                         "which training runs; rescale them", path, line)
+    return divided
+
+
 def soft_label(score: float, temperature: float) -> float:
     """sigmoid(score / temperature): a teacher logit as a probability target for BCE."""
     return 0.5 * (1.0 + math.tanh(score / temperature / 2))  # = sigmoid, without exp overflow
@@ -170,8 +186,9 @@ def _triplets(rows: Iterable[tuple[str, int, dict]], temperature: float) -> Trai
     for path, line, record in rows:
         for name in ("query", "positive", "negative"):
             columns[name].append(get_text(record, name, path, line))
-        margins.append(get_number(record, "score", path, line))
-    columns["label"] = [margin / temperature for margin in margins]
+        margin = get_number(record, "score", path, line)
+        margins.append(margin)
+        columns["label"] += targets([margin], temperature, "margin", path, line)
     return TrainingData("triplets", columns, teacher_spread=rms(margins))
 
 
@@ -188,15 +205,15 @@ def _ntuples(records: Iterable[tuple[str, int, dict]], temperature: float) -> Tr
                 f'"scores" must hold the positive\'s score then one per negative: {1 + len(negatives)} numbers '
                 f"for {len(negatives)} negatives, got {len(scores)}", path, line
             )
-        rows.append((query, positive, negatives, [scores[0] - score for score in scores[1:]]))
-    width = max(len(negatives) for _, _, negatives, _ in rows)
+        margins = [scores[0] - score for score in scores[1:]]
+        rows.append((query, positive, negatives, margins, targets(margins, temperature, "margins", path, line)))
+    width = max(len(negatives) for _, _, negatives, *_ in rows)
     columns: dict[str, list] = {"query": [row[0] for row in rows], "positive": [row[1] for row in rows]}
     for i in range(width):
-        columns[f"negative_{i + 1}"] = [negatives[i] if i < len(negatives) else "" for _, _, negatives, _ in rows]
-    columns["label"] = [[m / temperature for m in margins] + [math.nan] * (width - len(margins))
-                        for *_, margins in rows]
-    ragged = any(len(negatives) < width for _, _, negatives, _ in rows)
-    return TrainingData("ntuples", columns, rms(m for *_, margins in rows for m in margins), ragged)
+        columns[f"negative_{i + 1}"] = [negatives[i] if i < len(negatives) else "" for _, _, negatives, *_ in rows]
+    columns["label"] = [labels + [math.nan] * (width - len(labels)) for *_, labels in rows]
+    ragged = any(len(negatives) < width for _, _, negatives, *_ in rows)
+    return TrainingData("ntuples", columns, rms(m for *_, margins, _ in rows for m in margins), ragged)
 
 
 def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
@@ -212,7 +229,7 @@ def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> Trai
             raise InputError(f'"scores" must hold one number per passage: {len(passages)} passages, '
                              f"{len(scores)} scores", path, line)
         columns["passages"].append(passages)
-        columns["label"].append([score / temperature for score in scores])
+        columns["label"].append(targets(scores, temperature, "scores", path, line))
         groups.append(scores)
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
@@ -229,7 +246,8 @@ def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float
                                  pair.path, pair.line)
             target = 1.0 if pair.label > 0 else 0.0
         else:
-            target = soft_label(pair.score, temperature) if loss == "bce_soft" else pair.score / temperature
+            target = (soft_label(pair.score, temperature) if loss == "bce_soft"
+                      else targets([pair.score], temperature, "score", pair.path, pair.line)[0])
         columns["query"].append(pair.query)
         columns["passage"].append(pair.passage)
         columns["label"].append(target)

@@ -408,8 +408,9 @@ def write_records(
         selections, skipped = select(group.passages, scores, group.labels, rules, query_rng(rules.seed, group.query))
         records = format_records(output_format, group.query, group.passages, scores, group.labels, selections)
         for record in records:
+            # scores near 1e308: their margin (a triplet's score; the widest of a list's) overflows
             numbers = record["scores"] if "scores" in record else [record["score"]]
-            if not all(math.isfinite(number) for number in numbers):  # scores near 1e308: their margin overflows
+            if not math.isfinite(max(numbers) - min(numbers) if len(numbers) > 1 else numbers[0]):
                 raise InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a margin "
                                  f"({numbers[:4]}); rescale them", source, group.line)
             out.write(dumps(record) + "\n")

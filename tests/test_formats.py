@@ -116,6 +116,18 @@ def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(
     assert pairs[1].extra == {"source": "bm25"}  # unknown fields are kept, not dropped
 
 
+def test_a_pair_with_two_different_passage_fields_is_refused_at_its_line_not_read_as_one_of_them(tmp_path):
+    source = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": "a", "content": "a", "score": 1.0},  # the same text twice: one passage
+        {"query": "q", "passage": "doc-17", "content": "the real text", "score": 0.5},
+    ])  # fmt: skip
+    with pytest.raises(InputError, match=rf'{source}:2: fields "passage" and "content" hold different passages'):
+        list(iter_scored_pairs(str(source)))
+    (pair,) = iter_scored_pairs(str(write_jsonl_records(tmp_path / "one.jsonl", [
+        {"query": "q", "passage": "a", "content": "a", "score": 1.0}])))  # fmt: skip
+    assert (pair.passage, pair.extra) == ("a", {})
+
+
 def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
     probs = {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1}
     source = write_jsonl_records(tmp_path / "scores.jsonl", [

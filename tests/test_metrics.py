@@ -213,6 +213,8 @@ def test_mean_score_per_grade_averages_each_grade_and_lists_the_best_grade_first
     assert result == {"3": 2.0, "1": 1.25, "0": -1.0}
     assert list(result) == ["3", "1", "0"]
     assert mean_score_per_grade([0.2, 0.4], [0.5, 0.5]) == {"0.5": pytest.approx(0.3)}
+    # grades that agree to six digits are still two grades, each with its own mean
+    assert mean_score_per_grade([10.0, 4.0], [1.0, 1.000001]) == {"1.000001": 4.0, "1": 10.0}
     with pytest.raises(ValueError, match="3 scores but 2 grades"):
         mean_score_per_grade([1, 2, 3], [1, 0])
 

@@ -620,6 +620,20 @@ def test_listwise_groups_keep_their_scores_divided_by_the_temperature(tmp_path):
     assert data.columns == {"query": ["q"], "passages": [["p", "a", "b"]], "label": [[6.0, 2.0, -2.0]]}
 
 
+@pytest.mark.parametrize("loss, temperature, record", [
+    ("margin_mse", 1.0, {"query": "q", "positive": "p", "negative": "n", "score": 5e38}),
+    ("margin_mse", 0.5, {"query": "q", "positive": "p", "negative": "n", "score": 2e38}),  # 4e38 once divided
+    ("margin_mse", 1.0, {"query": "q", "positive": "p", "negatives": ["n"], "scores": [1e308, -1e308]}),  # inf margin
+    ("listwise_kl", 1.0, {"query": "q", "passages": ["p", "n"], "scores": [1e39, 0.0]}),
+    ("mse", 1.0, {"query": "q", "passage": "p", "score": -1e39}),
+])
+def test_teacher_numbers_beyond_float32_are_refused_at_their_line_not_trained_on_as_infinity(tmp_path, loss,
+                                                                                             temperature, record):
+    path = write_jsonl_records(tmp_path / "t.jsonl", [record])
+    with pytest.raises(InputError, match=r"t.jsonl:1: .*beyond float32's range"):
+        read_training_data(str(path), loss, teacher_temperature=temperature)
+
+
 @pytest.mark.parametrize("loss, temperature, labels", [
     ("mse", 2.0, [1.0, -2.0, 0.0]),
     ("bce_soft", 2.0, [1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(2.0)), 0.5]),

@@ -937,6 +937,9 @@ def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_p
     with pytest.raises(InputError, match="overflow in a margin"):
         run(tmp_path, scores)
     assert not (tmp_path / "out" / "triplets.jsonl").exists()
+    for output_format in ("ntuples", "listwise"):  # which keep the scores, finite, but train on their margins
+        with pytest.raises(InputError, match="overflow in a margin"):
+            run(tmp_path, scores, "--format", output_format)
 
 
 def test_an_output_named_as_another_format_is_refused(tmp_path):
