@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rerank_distill.cli import run_main  # noqa: E402
 
-from bench.common import SHARED_DATA, bench_parser, write_results  # noqa: E402
+from bench.common import SHARED_DATA, bench_parser, require_file, write_results  # noqa: E402
 from bench.teacher import benchmark_queries  # noqa: E402
 from rerank_distill.prompts import JudgePrompt  # noqa: E402
 from rerank_distill.teachers.llm_hf import common_prefix_length  # noqa: E402
@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--tflops", type=float, default=800, help="Useful dense bf16 TFLOP/s of the GPU.")
     parser.add_argument("--output_json", default=None, help="Also write the figures (and these flags) here.")
     args = parser.parse_args()
+    require_file(args.tokenizer, "--tokenizer")
+    require_file(args.data, "--data")
 
     from transformers import AutoTokenizer
 

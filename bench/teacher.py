@@ -138,6 +138,7 @@ def main() -> None:
     if args.device.startswith("cuda") or args.random_qwen3_8b:
         require_cuda(f"--device {args.device}" if args.device.startswith("cuda") else "--random_qwen3_8b")
     require_file(args.data, "--data")
+    require_file(args.model_path, "--model_path")  # (a folder of bench/prepare_models.py; hub ids are not fetched)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -7,14 +7,12 @@ import logging
 import os
 import socket
 from contextlib import contextmanager, nullcontext
-from typing import Literal
 from urllib.parse import urlparse
 
 from rerank_distill.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
-Hub = Literal["huggingface", "modelscope"]
 HUBS = ("huggingface", "modelscope")
 
 

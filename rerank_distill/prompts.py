@@ -48,13 +48,18 @@ def single_token_id(tokenizer, word: str, model_path: str = "the teacher", hint:
     keep it as one token."""
     token_id = tokenizer.convert_tokens_to_ids(word)
     pieces = tokenizer.encode(word, add_special_tokens=False)
-    if token_id is None or token_id == tokenizer.unk_token_id or pieces != [token_id]:
-        raise InputError(
-            f"the tokenizer of {model_path} splits the answer word '{word}' into {len(pieces)} tokens "
-            f"{pieces}; every answer word must be exactly one token. Choose other words (flags "
-            f"--label_words / the model's own yes/no) or another teacher.{hint}"
-        )
-    return token_id
+    if token_id is not None and token_id != tokenizer.unk_token_id and pieces == [token_id]:
+        return token_id
+    if len(pieces) > 1:
+        problem = f"splits the answer word '{word}' into {len(pieces)} tokens {pieces}"
+    elif token_id is None or token_id == tokenizer.unk_token_id:
+        problem = f"has no vocabulary entry '{word}' (it encodes the word as {pieces})"
+    else:  # one token, but another than the entry spelled so (a byte-level or space-prefixed form)
+        problem = f"encodes the answer word '{word}' as token {pieces[0]}, not as its vocabulary entry {token_id}"
+    raise InputError(
+        f"the tokenizer of {model_path} {problem}; every answer word must be exactly one token. Choose other "
+        f"words (flags --label_words / the model's own yes/no) or another teacher.{hint}"
+    )
 
 
 @dataclass

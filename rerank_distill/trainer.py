@@ -437,7 +437,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
     process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
     TimeBudget), has two fixes for torchrun (no change on one process), two for sharded
-    training with FSDP or DeepSpeed, and one for resuming.
+    training with FSDP or DeepSpeed, one for --data_seed and one for training a finished run further.
 
     - Only the main process writes checkpoints and the final model: transformers 5 calls
       ``_save`` on every process and checks ``should_save`` inside it, but sentence-transformers'

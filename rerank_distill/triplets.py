@@ -42,8 +42,6 @@ OutputFormat = Literal["triplets", "ntuples", "listwise"]
 PositiveRule = Literal["teacher", "labels", "both"]
 NegativeRule = Literal["hardest", "random", "mixed"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
-POSITIVE_RULES: tuple[str, ...] = get_args(PositiveRule)
-NEGATIVE_RULES: tuple[str, ...] = get_args(NegativeRule)
 
 # Why a candidate pair, a positive or a whole query gives nothing; the keys of the skip Counter.
 SKIP_REPEATED_PASSAGE = "repeated_passages"  # a query's passage listed again: only its first listing counts
@@ -84,15 +82,6 @@ class Selection:
 
     positive: int
     negatives: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Triplet:
-    """A positive passage, a hard negative for it, and the teacher's margin between them."""
-
-    positive: str
-    negative: str
-    margin: float  # score(positive) - score(negative), in the teacher's logit units; always > 0
 
 
 def lift_labelled(scores: Sequence[float], labels: Sequence[float], margin: float) -> list[float]:
@@ -266,21 +255,6 @@ def select(
     return selections, skipped
 
 
-def select_triplets(
-    passages: Sequence[str], scores: Sequence[float], top_k: int, num_negatives: int
-) -> tuple[list[Triplet], Counter]:
-    """The first recipe's triplets for one query: each of the ``top_k`` best-scored passages
-    paired with the ``num_negatives`` ranked just below it, ordered by the positive's rank then
-    the negative's, with ``select``'s skip Counter. Margins are in the teacher's logit units."""
-    selections, skipped = select(passages, scores, None, SelectionRules(top_k=top_k, num_negatives=num_negatives))
-    triplets = [
-        Triplet(passages[s.positive], passages[n], scores[s.positive] - scores[n])
-        for s in selections
-        for n in s.negatives
-    ]
-    return triplets, skipped
-
-
 # --- output records ---
 
 
@@ -400,7 +374,7 @@ def write_records(
             # repeats go before the labels correct the scores, or a repeat's other label would move them
             counts.update({SKIP_REPEATED_PASSAGE: len(group.passages) - len(kept)})
             group = QueryGroup(group.query, [group.passages[i] for i in kept], [group.scores[i] for i in kept],
-                               [group.labels[i] for i in kept], group.line)
+                               [group.labels[i] for i in kept], group.line, group.path)
         scores = group.scores
         if label_margin is not None:
             scores = lift_labelled(group.scores, group.labels, label_margin)
@@ -412,7 +386,7 @@ def write_records(
             numbers = record["scores"] if "scores" in record else [record["score"]]
             if not math.isfinite(max(numbers) - min(numbers) if len(numbers) > 1 else numbers[0]):
                 raise InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a margin "
-                                 f"({numbers[:4]}); rescale them", source, group.line)
+                                 f"({numbers[:4]}); rescale them", group.path or source, group.line)
             out.write(dumps(record) + "\n")
         counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
@@ -502,6 +476,7 @@ class QueryGroup:
     scores: list[float] = field(default_factory=list)  # teacher logits, parallel to passages
     labels: list[float | None] = field(default_factory=list)  # gold grades (None: the line had none)
     line: int = 0  # input line of the query's first pair, for messages
+    path: str = ""  # and its file
     # several teachers: each line's {teacher: score}, which the combined score was made from (None: none)
     teacher_scores: list[dict | None] = field(default_factory=list)
 
@@ -538,7 +513,7 @@ def iter_query_groups(pairs: Iterable[ScoredPair]) -> Iterator[QueryGroup]:
                 yield group
             if query_key(pair.query) in finished:
                 raise QueriesNotGrouped(pair.query, pair.line)
-            group = QueryGroup(pair.query, line=pair.line)
+            group = QueryGroup(pair.query, line=pair.line, path=pair.path)
         group.passages.append(pair.passage)
         group.scores.append(pair.score)
         group.labels.append(pair.label)
@@ -563,8 +538,8 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
         for pair in pairs:
             index.setdefault(query_key(pair.query), array("q")).append(offset)
             # floats round-trip exactly through JSON (repr), so scores come back unchanged
-            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line, teacher_scores_of(pair)],
-                              ensure_ascii=False)
+            line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line, pair.path,
+                               teacher_scores_of(pair)], ensure_ascii=False)
             encoded = line.encode("utf-8") + b"\n"
             spill.write(encoded)
             offset += len(encoded)
@@ -572,8 +547,8 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
             group: QueryGroup | None = None
             for offset in offsets:
                 spill.seek(offset)
-                query, passage, score, label, line_number, teacher_scores = json.loads(spill.readline())
-                group = group or QueryGroup(query, line=line_number)
+                query, passage, score, label, line_number, path, teacher_scores = json.loads(spill.readline())
+                group = group or QueryGroup(query, line=line_number, path=path)
                 group.passages.append(passage)
                 group.scores.append(score)
                 group.labels.append(label)

@@ -169,6 +169,34 @@ def test_an_answer_word_that_is_not_one_token_is_refused(tiny_qwen3):
         single_token_id(tokenizer, "substitutions")
 
 
+class SpelledTokenizer:
+    """A tokenizer reduced to what single_token_id asks: vocabulary entries and encodings, as given."""
+
+    unk_token_id = 0
+
+    def __init__(self, entries: dict[str, int], encodings: dict[str, list[int]]):
+        self.entries, self.encodings = entries, encodings
+
+    def convert_tokens_to_ids(self, word):
+        return self.entries.get(word, self.unk_token_id)
+
+    def encode(self, word, add_special_tokens=False):
+        return self.encodings[word]
+
+
+@pytest.mark.parametrize("entries, encoding, problem", [
+    ({}, [7, 8], r"splits the answer word 'w' into 2 tokens \[7, 8\]"),
+    ({}, [7], r"has no vocabulary entry 'w' \(it encodes the word as \[7\]\)"),
+    # SmolLM2's 'é': its entry is 180, but the text encodes as the byte-level 2756
+    ({"w": 180}, [2756], "encodes the answer word 'w' as token 2756, not as its vocabulary entry 180"),
+])
+def test_an_answer_word_refused_says_how_its_tokenizer_sees_it(entries, encoding, problem):
+    tokenizer = SpelledTokenizer(entries, {"w": encoding})
+    with pytest.raises(InputError, match=f"{problem}; every answer word must be exactly one token"):
+        single_token_id(tokenizer, "w")
+    assert single_token_id(SpelledTokenizer({"w": 5}, {"w": [5]}), "w") == 5
+
+
 def test_vllm_requests_carry_the_hf_backends_token_ids(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)

@@ -24,7 +24,6 @@ from rerank_distill.triplets import (
     SKIP_TOO_FEW_PASSAGES,
     QueriesNotGrouped,
     SelectionRules,
-    Triplet,
     choose_negative_ranks,
     choose_positive_ranks,
     format_records,
@@ -34,7 +33,6 @@ from rerank_distill.triplets import (
     query_rng,
     rank_by_score,
     select,
-    select_triplets,
 )
 
 
@@ -78,6 +76,14 @@ def chosen(passages, scores, labels=None, seed=0, **rules) -> tuple[list[tuple[s
 # --- the selection rule ---
 
 
+def select_triplets(passages: list[str], scores: list[float], top_k: int, num_negatives: int):
+    """The first recipe's triplets of one query, as stage 2 makes them: (positive, negative,
+    margin) tuples in the order written, and the skip Counter."""
+    selections, skipped = select(passages, scores, None, SelectionRules(top_k=top_k, num_negatives=num_negatives))
+    records = format_records("triplets", "q", passages, scores, [None] * len(passages), selections)
+    return [(r["positive"], r["negative"], r["score"]) for r in records], skipped
+
+
 def test_each_top_k_positive_is_paired_with_the_passages_ranked_just_below_it():
     # ranked by score: a 4.5, b 3.0, c 1.25, d -0.5, e -2.0 (input order is shuffled)
     passages = ["c", "a", "e", "b", "d"]
@@ -86,10 +92,10 @@ def test_each_top_k_positive_is_paired_with_the_passages_ranked_just_below_it():
     triplets, skipped = select_triplets(passages, scores, top_k=2, num_negatives=2)
 
     assert triplets == [
-        Triplet("a", "b", 1.5),
-        Triplet("a", "c", 3.25),
-        Triplet("b", "c", 1.75),
-        Triplet("b", "d", 3.5),
+        ("a", "b", 1.5),
+        ("a", "c", 3.25),
+        ("b", "c", 1.75),
+        ("b", "d", 3.5),
     ]
     assert skipped == Counter()
 
@@ -110,21 +116,21 @@ def test_defaults_use_eight_positives_with_four_negatives_each(tmp_path):
 def test_equal_scores_keep_input_order():
     assert rank_by_score([1.0, 2.0, 2.0, 0.0]) == [1, 2, 0, 3]
     # b and c tie below a: the one written first is a's hard negative
-    assert select_triplets(["a", "b", "c"], [2.0, 1.0, 1.0], top_k=1, num_negatives=1)[0] == [Triplet("a", "b", 1.0)]
-    assert select_triplets(["a", "c", "b"], [2.0, 1.0, 1.0], top_k=1, num_negatives=1)[0] == [Triplet("a", "c", 1.0)]
+    assert select_triplets(["a", "b", "c"], [2.0, 1.0, 1.0], top_k=1, num_negatives=1)[0] == [("a", "b", 1.0)]
+    assert select_triplets(["a", "c", "b"], [2.0, 1.0, 1.0], top_k=1, num_negatives=1)[0] == [("a", "c", 1.0)]
 
 
 def test_a_passage_listed_again_takes_part_once_with_its_first_listings_score():
     # "x" listed twice (scores 2 and 3): only its first listing, score 2, ranks; no pair of "x" with itself
     triplets, skipped = select_triplets(["y", "x", "x"], [1.0, 2.0, 3.0], top_k=2, num_negatives=2)
 
-    assert triplets == [Triplet("x", "y", 1.0)]
+    assert triplets == [("x", "y", 1.0)]
     assert skipped == Counter({SKIP_REPEATED_PASSAGE: 1})
 
 
 def test_repeats_never_give_one_triplet_twice():
     triplets, skipped = select_triplets(["a", "a", "b"], [3.0, 3.0, 1.0], top_k=8, num_negatives=4)
-    assert (triplets, skipped) == ([Triplet("a", "b", 2.0)], Counter({SKIP_REPEATED_PASSAGE: 1}))
+    assert (triplets, skipped) == ([("a", "b", 2.0)], Counter({SKIP_REPEATED_PASSAGE: 1}))
 
 
 def test_a_query_whose_passages_are_all_one_text_has_too_few_passages():
@@ -137,19 +143,19 @@ def test_a_query_whose_passages_are_all_one_text_has_too_few_passages():
 def test_tied_scores_are_skipped_as_non_positive_margins():
     triplets, skipped = select_triplets(["a", "b", "c"], [1.0, 1.0, 0.0], top_k=2, num_negatives=2)
 
-    assert triplets == [Triplet("a", "c", 1.0), Triplet("b", "c", 1.0)]
+    assert triplets == [("a", "c", 1.0), ("b", "c", 1.0)]
     assert skipped == Counter({SKIP_NON_POSITIVE_MARGIN: 1})
 
 
 def test_fewer_passages_than_top_k_uses_what_there_is():
     triplets, skipped = select_triplets(["a", "b", "c"], [3.0, 2.0, 1.0], top_k=8, num_negatives=4)
 
-    assert triplets == [Triplet("a", "b", 1.0), Triplet("a", "c", 2.0), Triplet("b", "c", 1.0)]
+    assert triplets == [("a", "b", 1.0), ("a", "c", 2.0), ("b", "c", 1.0)]
     assert skipped == Counter()
 
 
 def test_top_k_and_num_negatives_of_one_give_one_triplet():
-    assert select_triplets(["a", "b", "c"], [3.0, 2.0, 1.0], top_k=1, num_negatives=1)[0] == [Triplet("a", "b", 1.0)]
+    assert select_triplets(["a", "b", "c"], [3.0, 2.0, 1.0], top_k=1, num_negatives=1)[0] == [("a", "b", 1.0)]
 
 
 @pytest.mark.parametrize("passages", [[], ["alone"]])
@@ -940,6 +946,18 @@ def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_p
     for output_format in ("ntuples", "listwise"):  # which keep the scores, finite, but train on their margins
         with pytest.raises(InputError, match="overflow in a margin"):
             run(tmp_path, scores, "--format", output_format)
+
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_an_error_of_one_query_among_several_inputs_names_its_own_file_and_line(tmp_path, grouped):
+    first = scores_file(tmp_path / "first.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    pairs = [{"query": "r", "content": "A", "score": 1e308}, {"query": "r", "content": "B", "score": -1e308}]
+    if not grouped:  # read through the index that regroups the queries
+        pairs.append({"query": "q", "content": "c", "score": 0.0})
+    second = write_jsonl_records(tmp_path / "second.jsonl", [{"query": "s", "content": "x", "score": 1.0}, *pairs])
+    with pytest.raises(InputError, match=rf"^{second}:2: the teacher scores of query 'r' overflow"):
+        create_triplets.main(["--input_path", str(first), str(second), "--output_path", str(tmp_path / "t.jsonl")])
 
 
 def test_an_output_named_as_another_format_is_refused(tmp_path):
