@@ -24,9 +24,9 @@ from typing import Literal
 
 from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, warn_unread, write_run_args
 from rerank_distill.errors import InputError
-from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders
+from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders, local_files
 from rerank_distill.hub import resolve_model
-from rerank_distill.jsonl import check_writable, no_empty_folders_left
+from rerank_distill.jsonl import check_not_an_input, check_writable, no_empty_folders_left
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
 from rerank_distill.replicas import run_replicas, stop_with_launcher
 from rerank_distill.scoring import (
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
         raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
                          "pass one of them")
+    input_files = [file for source in args.input_path for file in local_files(source)]
+    for source, derived in inputs:  # named here, not by the user, an output may be an input given by its path
+        check_not_an_input(output_path_for(source, args.output_dir, shard, derived), input_files, "--output_dir's file")
     if args.merge_shards and args.check_inputs_only:
         raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
                          "pass one of them")

@@ -385,7 +385,7 @@ def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_a
 
 
 def _run_record(output_path: Path) -> dict | None:
-    """The ``OUT.run.json`` record of how a finished output was made, or None (an earlier release's output)."""
+    """The ``OUT.run.json`` record of how a finished output was made, or None (none beside it)."""
     record_path = beside(output_path, ".run.json")
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
 
@@ -474,18 +474,20 @@ def _differences(made: dict, made_with: dict, keys) -> list[str]:
 
 
 def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str, ...] | None = None) -> None:
-    """InputError unless the finished ``output_path`` was scored as this run would score it now
-    (by its OUT.run.json record; for a file without one, its line count). ``teacher_keys``
+    """InputError unless the finished ``output_path`` was scored as this run would score it now,
+    by its OUT.run.json record. A file without one (copied here without it, or written by another
+    tool) cannot tell how it was made, so it is refused too, never reused. ``teacher_keys``
     compares only those settings of each teacher (what is known before the teachers load)."""
     record = _run_record(output_path)
-    if record is not None:
-        made = record["made_with"]
-        if teacher_keys is not None:
-            made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
-        differs = _differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
-    else:
-        with open(output_path, "rb") as lines:
-            differs = [] if sum(1 for _ in lines) == made_with["pairs"] else ["pairs"]
+    if record is None:
+        raise InputError(
+            f"{output_path} exists but has no {beside(output_path, '.run.json').name} beside it to tell how it was "
+            "scored (a copy without its record?); pass --overwrite to score it again, or choose another --output_dir"
+        )
+    made = record["made_with"]
+    if teacher_keys is not None:
+        made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
+    differs = _differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
     if differs:
         raise InputError(
             f"{output_path} is finished but was scored with other settings or input (differing: {', '.join(differs)}); "

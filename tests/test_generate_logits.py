@@ -577,13 +577,11 @@ def test_a_finished_output_from_other_settings_or_input_is_refused(tmp_path, ran
     monkeypatch.chdir(tmp_path)
     SameModelSpelledOtherwise.config = {"teacher_type": "counting", "model_path": "./m"}
     assert run_scoring(ranking_file, later, SameModelSpelledOtherwise()).already_complete
-    # a file finished by an earlier release has no .run.json: its line count is checked instead
+    # a finished file without its .run.json (copied here without it) cannot say how it was made: never reused
     later.with_name(later.name + ".run.json").unlink()
-    assert run_scoring(ranking_file, later, SameModelSpelledOtherwise()).already_complete
-    with open(later, "a") as out:
-        out.write("{}\n")
-    with pytest.raises(InputError, match=r"\(differing: pairs\)"):
+    with pytest.raises(InputError, match=r"later_scores.jsonl exists but has no later_scores.jsonl.run.json beside it"):
         run_scoring(ranking_file, later, SameModelSpelledOtherwise())
+    assert not run_scoring(ranking_file, later, SameModelSpelledOtherwise(), overwrite=True).already_complete
     edited = ranking_file.read_text().replace('"negative": ["', '"negative": ["edited ', 1)
     original = ranking_file.read_text()
     ranking_file.write_text(edited)  # the same pairs, one passage's text changed: the content differs
@@ -684,6 +682,16 @@ def test_two_inputs_that_would_write_one_output_file_are_both_named(tmp_path, ra
                                          f"{tmp_path / 'o' / 'train_scores.jsonl'} "):
         generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), str(twin), "--output_dir",
                               str(tmp_path / "o")])  # fmt: skip
+
+
+def test_an_input_that_is_also_one_of_its_outputs_is_refused_before_it_is_touched(tmp_path, ranking_file):
+    (tmp_path / "o").mkdir()
+    earlier = tmp_path / "o" / "train_scores.jsonl"  # an earlier run's scores, given as data to score
+    earlier.write_bytes(ranking_file.read_bytes())
+    with pytest.raises(InputError, match=f"^--output_dir's file {earlier} is an input of this run"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), str(earlier), "--output_dir",
+                              str(tmp_path / "o"), "--overwrite"])  # fmt: skip
+    assert earlier.read_bytes() == ranking_file.read_bytes()
 
 
 def test_a_hub_model_that_cannot_be_fetched_leaves_no_output_folder(tmp_path, ranking_file):
