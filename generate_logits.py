@@ -32,11 +32,11 @@ from rerank_distill.replicas import run_replicas, stop_with_launcher
 from rerank_distill.scoring import (
     Shard,
     check_before_loading,
+    claim_output,
     counts_message,
     is_finished,
     log_teacher_metrics,
     merge_all_shards,
-    only_writer,
     output_path_for,
     remove_output,
     resume_point,
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge_shards:
         with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
             for source, derived in inputs:
-                claimed.enter_context(only_writer(output_path_for(source, args.output_dir, passages_as_queries=derived)))
+                claimed.enter_context(claim_output(output_path_for(source, args.output_dir, passages_as_queries=derived)))
             merged = merge_all_shards(inputs, args.output_dir, args.merge_shards, args.input_format, read_args,
                                       args.overwrite)
             shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     # model); a run refused before it writes anything leaves no folder behind
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:
         for output in outputs:
-            claimed.enter_context(only_writer(output))
+            claimed.enter_context(claim_output(output))
         model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
         for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
             if not args.overwrite:

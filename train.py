@@ -51,6 +51,7 @@ from rerank_distill.training import (
     SUMMARY_FILE,
     SelectionEvaluator,
     check_training_flags,
+    claim_output_dir,
     clear_earlier_outputs,
     end_reached,
     load_training_data,
@@ -175,6 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     check_training_flags(script, training)
+    with claim_output_dir(training.output_dir, script.model_name_or_path):  # one run at a time in a folder
+        return train_student(script, training, passed, argv)
+
+
+def train_student(script, training, passed: dict, argv: list[str]) -> dict:
+    """Train as ``main``'s arguments say, in the --output_dir it claimed; returns the run's summary."""
     resume, resumed, digests = prepare_resume(script, training)
     evaluate = training.eval_strategy != "no"
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None

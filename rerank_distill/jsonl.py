@@ -8,6 +8,7 @@ import glob
 import gzip
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from rerank_distill.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 # What surrogateescape decodes a byte that is not UTF-8 to
@@ -223,6 +226,47 @@ def no_empty_folders_left(folder: str | Path) -> Iterator[None]:
             except OSError:  # not empty, or never made
                 pass
         raise
+
+
+@contextmanager
+def only_writer(output: Path, lock_path: Path | None = None, hint: str = "") -> Iterator[None]:
+    """Hold the lock file ``lock_path`` (default ``OUT.lock`` beside ``output``) for the block, so
+    two runs never write one output at once (a second start of the same command would interleave
+    or mix its files with the first's); InputError, ending with ``hint``, if another process holds
+    it. Where the file system has no flock (some network file systems) it warns and goes on
+    unlocked; so does it, silently, where the system has none (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path = lock_path or output.with_name(output.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        lock = open(lock_path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise InputError(f"another run is writing {output} at this moment; wait for it or stop it "
+                             f"first{hint}") from None
+        except OSError as error:
+            lock.close()
+            logger.warning("cannot lock %s (%s); going on without the guard against a second run", lock_path, error)
+            yield
+            return
+        # a run that finished just now unlinked the file this one locked: lock the current one instead
+        try:
+            if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        lock.close()
 
 
 def check_not_an_input(output_path: str | Path, input_files: Iterable[str], flag: str) -> None:

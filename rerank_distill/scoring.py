@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
 )
-from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
+from rerank_distill.jsonl import AtomicWriter, dumps, only_writer, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -313,48 +313,6 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     return lines, stats
 
 
-@contextmanager
-def only_writer(output_path: Path):
-    """Hold ``OUT.lock`` for the block, so two runs never write one output (a second start of the
-    same command, or replicas left running by a killed parent would interleave their chunks);
-    InputError if another process holds it. Where the file system has no flock (some network file
-    systems) it warns and goes on unlocked; so does it, silently, where the system has none (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    lock_path = beside(output_path, ".lock")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        lock = open(lock_path, "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise InputError(
-                f"another run is writing {output_path} at this moment; wait for it or stop it first "
-                "(replicas of --data_parallel_size run as processes of their own)"
-            ) from None
-        except OSError as error:
-            lock.close()
-            logger.warning("cannot lock %s (%s); going on without the guard against a second run", lock_path, error)
-            yield
-            return
-        # a run that finished just now unlinked the file this one locked: lock the current one instead
-        try:
-            if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)
-        lock.close()
-
-
 def model_identity(model_path: str) -> str:
     """One name for one model however its path is spelled: the real path of a local folder, or for
     a hub download ``models--ORG--NAME/snapshots/COMMIT`` whatever cache holds it."""
@@ -388,6 +346,11 @@ def _run_record(output_path: Path) -> dict | None:
     """The ``OUT.run.json`` record of how a finished output was made, or None (none beside it)."""
     record_path = beside(output_path, ".run.json")
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
+
+
+def claim_output(output_path: Path):
+    """only_writer for a stage 1 output (``OUT.lock``): one run writes it at a time."""
+    return only_writer(output_path, hint=" (replicas of --data_parallel_size run as processes of their own)")
 
 
 def counts_message(counts: dict, queries_without_passages: int | None = None) -> str:
@@ -580,7 +543,7 @@ def score_source(
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
     previous run of the same command where it stopped; a finished output is reused if it was
     scored with the same settings and input, refused otherwise; beside it ``OUT.run.json`` records
-    how it was made. Returns the counts of the whole file. (Hold only_writer around it.) ``resume``
+    how it was made. Returns the counts of the whole file. (Hold claim_output around it.) ``resume``
     is resume_point's answer for these arguments, where the caller has it; the chunk size is its."""
     from tqdm.auto import tqdm
 

@@ -10,7 +10,8 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from rerank_distill.formats import (
     label_of,
     local_files,
 )
-from rerank_distill.jsonl import check_writable
+from rerank_distill.jsonl import check_writable, no_empty_folders_left, only_writer
 from rerank_distill.losses import LOSSES
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import in_float32, score_ranking_queries
@@ -500,13 +501,29 @@ def check_training_flags(script, training) -> None:
                        script.teacher_temperature, script.loss)
 
 
+# Held in --output_dir while a run writes there (claim_output_dir)
+TRAIN_LOCK = "train.lock"
+
+
+@contextmanager
+def claim_output_dir(output_dir: str, model_path: str) -> Iterator[None]:
+    """Check --output_dir (check_output_dir), then, on the process that writes files, hold its
+    train.lock for the block: a second run into the same folder stops at once instead of mixing
+    its checkpoints, args.json and model with the first's. A run refused before it wrote anything
+    leaves no folder behind."""
+    check_output_dir(output_dir, model_path)
+    if not is_main_process():
+        yield
+        return
+    with no_empty_folders_left(output_dir), only_writer(Path(output_dir), Path(output_dir) / TRAIN_LOCK):
+        yield
+
+
 def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, dict[str, str | None]]:
-    """Where train.py's run starts, after checking its --output_dir (check_output_dir): the
-    checkpoint it resumes from and that checkpoint's state (None, None for a fresh start; see
-    resolve_checkpoint and resumed_state), and the digests of its data files (--train_data,
-    --selection_data, --eval_data) where they are compared with the resumed run's
-    (check_resume_settings, by the args.json beside the checkpoint) or recorded."""
-    check_output_dir(training.output_dir, script.model_name_or_path)
+    """Where train.py's run starts: the checkpoint it resumes from and that checkpoint's state
+    (None, None for a fresh start; see resolve_checkpoint and resumed_state), and the digests of
+    its data files (--train_data, --selection_data, --eval_data) where they are compared with the
+    resumed run's (check_resume_settings, by the args.json beside the checkpoint) or recorded."""
     resume = resolve_checkpoint(training.resume_from_checkpoint, training.output_dir, script.overwrite_output_dir)
     resumed = resumed_state(resume, training, script.max_train_seconds, script.early_stopping_patience)
     digests = {}
@@ -545,6 +562,7 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if value is None:  # a fresh run; --overwrite_output_dir deletes what an earlier one left
         if not overwrite:
             refuse_earlier_run(output_dir)
+        refuse_foreign_files(output_dir)
         return None
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)
@@ -557,6 +575,30 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
         raise InputError(f"--resume_from_checkpoint {value}: its trainer_state.json is cut short (the run stopped while "
                          "saving it): pass 'last' to set it aside and resume from the newest whole one")
     return value
+
+
+def refuse_foreign_files(output_dir: str) -> None:
+    """InputError where ``output_dir`` holds files and no train.py run made it (it has no args.json
+    of one): a fresh run would overwrite them with its own (config.json, README.md, args.json, ...),
+    and --overwrite_output_dir deletes only what a run left."""
+    folder = Path(output_dir)
+    if not folder.is_dir() or made_by_train_py(folder / "args.json"):
+        return
+    runs = {TRAIN_LOCK, *(path.name for path in (*earlier_checkpoints(output_dir), *earlier_final_model(output_dir)))}
+    entries = sorted(path.name for path in folder.iterdir() if path.name not in runs)
+    if not entries:  # (what a run left without its args.json, refuse_earlier_run speaks of)
+        return
+    raise InputError(f"{output_dir} holds files that are not a training run's ({', '.join(entries[:4])}"
+                     f"{', ...' if len(entries) > 4 else ''}), which the run would overwrite with its model and "
+                     "records: choose a new or empty --output_dir")
+
+
+def made_by_train_py(args_file: Path) -> bool:
+    """Whether ``args_file`` is the args.json of a train.py run."""
+    try:
+        return json.loads(args_file.read_text(encoding="utf-8"))["command"][0] == "train.py"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
 
 
 def refuse_earlier_run(output_dir: str) -> None:

@@ -507,22 +507,22 @@ def test_shards_without_pairs_merge_and_a_failed_merge_leaves_no_output(tmp_path
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path, ranking_file):
-    from rerank_distill.scoring import only_writer
+    from rerank_distill.scoring import claim_output
 
     output = tmp_path / "train_scores.jsonl"
-    with only_writer(output):
+    with claim_output(output):
         with pytest.raises(InputError, match="another run is writing"):
-            with only_writer(output):
+            with claim_output(output):
                 pass
-    with only_writer(output):  # free again once the first is done
+    with claim_output(output):  # free again once the first is done
         pass
 
 
 def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_record(tmp_path, ranking_file, monkeypatch):
-    from rerank_distill.scoring import only_writer
+    from rerank_distill.scoring import claim_output
 
     monkeypatch.setattr(generate_logits, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
-    with only_writer(tmp_path / "o" / "train_scores.jsonl"):
+    with claim_output(tmp_path / "o" / "train_scores.jsonl"):
         with pytest.raises(InputError, match="another run is writing"):
             generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o" / "args.json").exists()

@@ -1216,10 +1216,37 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     with pytest.raises(InputError, match="no-such-model"):  # a run that fails its checks deletes nothing
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out", "--overwrite_output_dir")
     assert earlier.exists()
+    (tmp_path / "out" / "args.json").write_text(json.dumps({"command": ["train.py"]}))  # as the earlier run left it
     (tmp_path / "out" / "teacher-checkpoint-notes").mkdir()  # no checkpoint, though its name has the word
     summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
                         "--overwrite_output_dir")
     assert summary["steps"] == 1 and not earlier.exists() and (tmp_path / "out" / "teacher-checkpoint-notes").exists()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite_output_dir"]])
+def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_left_as_it_was(tiny_cross_encoder,
+                                                                                          triplets_file, tmp_path,
+                                                                                          overwrite):
+    project = tmp_path / "project"  # say, --output_dir . in one's project
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    (project / "args.json").write_text('{"command": ["my_tool.py"]}')
+    with pytest.raises(InputError, match=r"project holds files that are not a training run's \(README.md, args.json\), "
+                                         "which the run would overwrite"):
+        run_train(tiny_cross_encoder, triplets_file, project, "--max_steps", "1", *overwrite)
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "args.json"]
+    assert (project / "README.md").read_text() == "my project"
+
+
+def test_a_second_run_into_an_output_dir_being_written_stops_at_once(tiny_cross_encoder, triplets_file, tmp_path):
+    from rerank_distill.training import claim_output_dir
+
+    with claim_output_dir(str(tmp_path / "out"), str(tiny_cross_encoder)):  # a first run, training
+        with pytest.raises(InputError, match=r"another run is writing .*out at this moment"):
+            run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1")
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.lock"]  # nothing of the second's
+    assert run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1")["steps"] == 1
+    assert not (tmp_path / "out" / "train.lock").exists()
 
 
 def test_a_run_that_ended_is_not_resumed_for_nothing_and_its_folder_says_so(tiny_cross_encoder, triplets_file,
