@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import importlib.metadata
 import json
 import logging
@@ -170,14 +171,25 @@ def write_json(path: str | Path, record: dict) -> Path:
 
 
 def run_main(main: Callable[[], Any]) -> None:
-    """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake,
-    130 on Ctrl-C (resumable stages say how to continue before they get here)."""
+    """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
+    (a file it may not read or write among them), 1 with one line where the disk is full, 130 on
+    Ctrl-C (resumable stages say how to continue before they get here)."""
     setup_logging()
     try:
         main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # what the user or the machine must change, said in one line; any other: a bug's traceback
+        where = f"{error.filename}: " if error.filename else ""
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"error: {where}{error.strerror}", file=sys.stderr)
+            sys.exit(2)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {where}{error.strerror}: free some space and run the command again (stage 1 continues "
+                  "where it stopped; train.py with --resume_from_checkpoint last)", file=sys.stderr)
+            sys.exit(1)
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -187,6 +187,8 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     """InputError, before any long work, where ``path`` (the value of ``flag``) cannot be written:
     a file where a folder is wanted or the reverse, a file in the way of a folder it needs, or a
     folder without write permission. Where it can, nothing is left created."""
+    if not folder and str(path).endswith(("/", os.sep)):  # Path() would drop the slash that names a folder
+        raise InputError(f"{flag} {path} ends in '/', which names a folder; give a file name")
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder")

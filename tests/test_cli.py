@@ -97,3 +97,46 @@ def test_an_output_where_nothing_can_be_made_is_refused_before_any_work_even_for
         check_writable("/proc/missing/t.jsonl", "--output_path")
     check_writable(tmp_path / "new" / "t.jsonl", "--output_path")
     assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
+
+
+
+def test_an_output_file_named_with_a_trailing_slash_is_refused_before_any_work(tmp_path):
+    """Path() drops the slash, so runs went ahead and failed at their very end, writing a file over a folder."""
+    from rerank_distill.errors import InputError
+    from rerank_distill.jsonl import check_writable
+
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"query": "q", "passage": "a", "score": 1}\n{"query": "q", "passage": "b", "score": 0}\n')
+    with pytest.raises(InputError, match=f"^--output_path {tmp_path}/new/ ends in '/', which names a folder; give a "
+                                         "file name"):
+        create_triplets.main(["--input_path", str(scores), "--output_path", f"{tmp_path}/new/"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.jsonl"]
+    check_writable(f"{tmp_path}/new/", "--output_dir", folder=True)  # a folder may end in one
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (PermissionError(13, "Permission denied", "data/train.jsonl"), 2, "error: data/train.jsonl: Permission denied"),
+    (OSError(28, "No space left on device", "output/scores/train_scores.jsonl.partial"), 1,
+     "error: output/scores/train_scores.jsonl.partial: No space left on device: free some space and run the command "
+     "again"),
+])
+def test_a_file_the_run_may_not_touch_or_a_full_disk_stop_it_in_one_line(capsys, error, status, message):
+    from rerank_distill.cli import run_main
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(main)
+    assert stopped.value.code == status
+    assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_other_os_errors_keep_their_traceback_as_the_bugs_they_are():
+    from rerank_distill.cli import run_main
+
+    def main():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        run_main(main)
