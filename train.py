@@ -48,6 +48,7 @@ from rerank_distill.trainer import (
 from rerank_distill.training import (
     EVALUATION_FLAGS,
     MIN_SELECTION_QUERIES,
+    PATH_SETTINGS,
     SUMMARY_FILE,
     SelectionEvaluator,
     check_training_flags,
@@ -56,6 +57,7 @@ from rerank_distill.training import (
     end_reached,
     load_training_data,
     parse_training_args,
+    path_identity,
     prepare_resume,
     resume_hint,
     set_best_metric,
@@ -218,7 +220,8 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
                        training=training, data=digests,
-                       resolved={"processes": training.world_size})
+                       resolved={"processes": training.world_size,
+                                 "paths": {key: path_identity(getattr(script, key)) for key in PATH_SETTINGS}})
 
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,

@@ -713,6 +713,19 @@ RESUME_MUST_MATCH = {
 }
 
 
+# The RESUME_MUST_MATCH settings that name a model or data on disk: compared by what they name
+PATH_SETTINGS = ("model_name_or_path", "train_data", "selection_data", "eval_data")
+
+
+def path_identity(value: str | None) -> str | None:
+    """One name for what a path setting names however it is spelled (``./m``, ``m``, a link to it):
+    a local file's or folder's real path (a folder's ``:SPLIT`` kept); a hub id or None as it is."""
+    if not value or os.path.exists(value):
+        return os.path.realpath(value) if value else value
+    folder, colon, split = value.rpartition(":")
+    return os.path.realpath(folder) + colon + split if colon and os.path.isdir(folder) else value
+
+
 def data_digest(source: str) -> str | None:
     """A digest of the bytes of a data source's local files (None for a hub data set)."""
     files = local_files(source)
@@ -737,6 +750,11 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
         return
     recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
     current = {"script": to_jsonable(script), "training": to_jsonable(training)}
+    # paths by what they name where the record has it (a run's own folder and files, spelled another way or
+    # from another working directory, are the same run's)
+    named = recorded.get("resolved", {}).get("paths", {})
+    current["script"].update({key: path_identity(current["script"].get(key)) for key in named})
+    recorded = {**recorded, "script": {**recorded.get("script", {}), **named}}
     differs = [f"--{key}" for section, keys in RESUME_MUST_MATCH.items() for key in keys
                if key in recorded.get(section, {}) and recorded[section][key] != current[section][key]]
     for key, digest in data_digests.items():

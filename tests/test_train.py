@@ -1362,7 +1362,8 @@ def test_a_new_run_never_leaves_an_earlier_runs_final_model_beside_its_own_check
     assert not (out / "model.safetensors").exists() and not (out / "training_summary.json").exists()
 
 
-def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encoder, triplets_file, tmp_path,
+                                                                monkeypatch):
     out = tmp_path / "out"
     run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no")
     resume = ["--max_steps", "3", "--resume_from_checkpoint", "last", "--eval_strategy", "no"]
@@ -1388,7 +1389,11 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
         # a checkpoint named by its path is checked against its own run's args.json, wherever this one writes
         run_train(tiny_cross_encoder, triplets_file, tmp_path / "elsewhere", "--max_steps", "3", "--loss", "infonce",
                   "--resume_from_checkpoint", str(out / "checkpoint-2"), "--eval_strategy", "no")  # fmt: skip
-    assert run_train(tiny_cross_encoder, triplets_file, out, *resume, "--logging_steps", "1")["steps"] == 3
+    # the same model and data spelled otherwise (relative to another working directory, through a link) are the run's
+    (tmp_path / "student_link").symlink_to(tiny_cross_encoder)
+    monkeypatch.chdir(triplets_file.parent)
+    assert run_train(tmp_path / "student_link", f"./{triplets_file.name}", out, *resume, "--logging_steps",
+                     "1")["steps"] == 3
 
 
 def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_cross_encoder, triplets_file, tmp_path):
