@@ -17,8 +17,8 @@ DATASET="${DATASET:-data/test.jsonl.gz}"
 # to leave the teacher out
 teacher_scores_given="${TEACHER_SCORES+yes}"
 # (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test)
-dataset_name="$(PYTHONPATH="$(dirname "$0")${PYTHONPATH:+:$PYTHONPATH}" python -c \
-    'import sys; from rerank_distill.formats import source_stem; print(source_stem(sys.argv[1]))' "$DATASET")"
+dataset_name="$(python -c 'import sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
+from rerank_distill.formats import source_stem; print(source_stem(sys.argv[2]))' "$(dirname "$0")" "$DATASET")"
 TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 REPORT="${REPORT:-output/evaluation.json}"

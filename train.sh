@@ -69,11 +69,13 @@ done
 here="$(dirname "$0")"
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
 # without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU
-read -r has_gpu fast_bf16 < <(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python -c '
+read -r has_gpu fast_bf16 < <(python -c '
+import sys
+sys.path.insert(0, sys.argv[1])  # (not PYTHONPATH, which would split a ":" in the path)
 import torch
 from rerank_distill.student import bfloat16_is_fast
 gpu = torch.cuda.is_available()
-print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())')
+print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())' "$here")
 if [[ "$BF16" == "auto" ]]; then
     BF16="$fast_bf16"
 fi
