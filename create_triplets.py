@@ -81,8 +81,9 @@ class TripletArguments:
         default="teacher",
         metadata={
             "help": "teacher: the --top_k best-scored passages; labels: the passages whose gold label is > 0 "
-            "(needs labels on every input line), each paired only with passages of a lower grade; both: the "
-            "union. Margins are always the teacher's."
+            "(needs labels on every input line), each paired only with passages of a lower grade (its negatives "
+            "are chosen among those, passing over the ones graded as high); both: the union. Margins are always "
+            "the teacher's."
         },
     )
     top_k: int = field(

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -254,6 +254,21 @@ def _check_scores_vary(scores: np.ndarray, teacher_name: str) -> None:
         )
 
 
+class SharedProgress:
+    """The progress callback of ``teachers`` teachers that score the same pairs in turn: each moves
+    ``progress`` (a pair count) by its share, so the bar advances while each works."""
+
+    def __init__(self, progress: Callable[[int], None], teachers: int):
+        self.progress, self.teachers = progress, teachers
+        self.reported = self.shown = 0  # pairs the teachers reported, all together; pairs shown
+
+    def __call__(self, pairs: int) -> None:
+        self.reported += pairs
+        if step := self.reported // self.teachers - self.shown:
+            self.progress(step)
+            self.shown += step
+
+
 def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_variation: bool) -> tuple[list[str], ScoringStats]:
     """Score a chunk's distinct pairs with every teacher and return its output lines."""
     stats = ScoringStats()
@@ -271,8 +286,9 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     stats.distinct_pairs_scored = len(distinct)
     stats.duplicate_pairs_reused = len(pair_rows) - len(distinct)
     results = []
+    shared = SharedProgress(progress, len(teachers))
     for teacher in teachers:
-        result = teacher.score(queries, passages, progress if len(teachers) == 1 else lambda n: None)
+        result = teacher.score(queries, passages, shared)
         stats.truncated = max(stats.truncated, result.truncated)
         not_finite = np.flatnonzero(~np.isfinite(result.scores))
         if not_finite.size:
@@ -290,7 +306,7 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
         combined = results[0].scores[rows]
     else:
         combined = combine_teachers([r.scores[rows] for r in results], np.asarray(query_ids))
-        progress(len(distinct))
+    progress(len(distinct) - shared.shown)  # (none left where every teacher reported its pairs)
     lines, line_number = [], 0
     for query in chunk:
         for i, (label, passage) in enumerate(zip(query.labels, query.passages)):

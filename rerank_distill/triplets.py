@@ -47,7 +47,7 @@ OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 SKIP_REPEATED_PASSAGE = "repeated_passages"  # a query's passage listed again: only its first listing counts
 SKIP_NON_POSITIVE_MARGIN = "non_positive_margin"  # pairs whose scores tie
 SKIP_BELOW_MIN_MARGIN = "below_min_margin"  # pairs with 0 < margin < --min_margin
-SKIP_GRADED_AS_HIGH = "negatives_graded_as_high"  # a labelled positive's negative with as high a gold grade
+SKIP_GRADED_AS_HIGH = "negatives_graded_as_high"  # a passage below a labelled positive with as high a gold grade
 SKIP_POSITIVE_WITHOUT_NEGATIVES = "positives_without_negatives"  # nothing usable ranked below
 SKIP_NO_POSITIVES = "queries_without_positives"  # --positives labels: no passage labelled > 0
 SKIP_TOO_FEW_PASSAGES = "queries_with_fewer_than_2_passages"  # different passages
@@ -235,15 +235,15 @@ def select(
     selections = []
     for positive_rank in positive_ranks:
         positive = order[positive_rank]
+        # the passages below it that may face it: the labels rule out those graded as high (they are passed
+        # over, so the next lower-graded ones take their places, and counted); near-ties stay in and are skipped
+        below = [index for index in order[positive_rank + 1:]
+                 if not graded_as_high(labels, positive, index, rules.positives)]
+        skipped[SKIP_GRADED_AS_HIGH] += len(order) - positive_rank - 1 - len(below)
         kept = []
-        for negative_rank in choose_negative_ranks(
-            positive_rank, len(order), rules.num_negatives, rules.negatives, rng
-        ):
-            negative = order[negative_rank]
-            margin = scores[positive] - scores[negative]
-            reason = margin_skip_reason(margin, rules.min_margin)
-            if reason is None and graded_as_high(labels, positive, negative, rules.positives):
-                reason = SKIP_GRADED_AS_HIGH
+        for negative_rank in choose_negative_ranks(-1, len(below), rules.num_negatives, rules.negatives, rng):
+            negative = below[negative_rank]
+            reason = margin_skip_reason(scores[positive] - scores[negative], rules.min_margin)
             if reason is not None:
                 skipped[reason] += 1
             else:

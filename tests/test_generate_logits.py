@@ -1022,3 +1022,16 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     assert "passages-as-queries" not in done.stderr and "leaving out" not in done.stderr
     assert json.loads((tmp_path / "records.args.json").read_text())["script"]["input_path"] == [
         str(scores / "test_scores.jsonl")]
+
+
+def test_several_teachers_move_the_progress_bar_by_their_share_as_each_scores():
+    from rerank_distill.scoring import SharedProgress
+
+    updates = []
+    shared = SharedProgress(updates.append, teachers=2)
+    for batch in (3, 3, 4):  # the first teacher's batches of 10 pairs
+        shared(batch)
+    assert sum(updates) == 5 and len(updates) == 3  # half the bar, moved as it went
+    for batch in (5, 5):  # the second teacher's
+        shared(batch)
+    assert sum(updates) == 10 == shared.shown

@@ -321,14 +321,14 @@ def test_default_flags_write_the_first_recipes_bytes(tmp_path):
         # teacher: the top_k=1 best, east
         ("teacher", [("east", "north", 1.5), ("east", "west", 1.5), ("y", "x", 0.19999999999999998)], 0),
         # labels: north and west (its first listing, label 1, counts), wherever the teacher ranks
-        # them; north's next rank is its tie (west), skipped, so it gets south only
-        ("labels", [("north", "south", 2.0), ("west", "south", 2.0), ("west", "centre", 3.5),
-                    ("y", "x", 0.19999999999999998)], 0),
+        # them; north's next rank, west, is graded as high, so it is passed over: both face south and centre
+        ("labels", [("north", "south", 2.0), ("north", "centre", 3.5), ("west", "south", 2.0),
+                    ("west", "centre", 3.5), ("y", "x", 0.19999999999999998)], 0),
         # both: the union, in rank order
         (
             "both",
-            [("east", "north", 1.5), ("east", "west", 1.5), ("north", "south", 2.0), ("west", "south", 2.0),
-             ("west", "centre", 3.5), ("y", "x", 0.19999999999999998)],
+            [("east", "north", 1.5), ("east", "west", 1.5), ("north", "south", 2.0), ("north", "centre", 3.5),
+             ("west", "south", 2.0), ("west", "centre", 3.5), ("y", "x", 0.19999999999999998)],
             0,
         ),
     ],
@@ -351,6 +351,18 @@ def test_a_labelled_positive_faces_only_passages_of_a_lower_grade(rule):
     selections, skipped = chosen(passages, scores, labels, positives=rule, top_k=1, num_negatives=3)
     assert selections == [("sub", ["comp", "irr"]), ("exact", ["comp", "irr"]), ("comp", ["irr"])]
     assert skipped[SKIP_GRADED_AS_HIGH] == 1
+
+
+def test_a_labelled_positive_gets_its_negatives_from_below_the_passages_graded_as_high_as_it():
+    # five gold positives ranked above the two negatives: each gets both negatives (num_negatives 4), the
+    # positives in between passed over, not taking the places of negatives (the audit's P1 got none)
+    passages = ["P1", "P2", "P3", "P4", "P5", "N1", "N2"]
+    scores, labels = [5.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.0], [1.0] * 5 + [0.0] * 2
+    selections, skipped = chosen(passages, scores, labels, positives="labels", top_k=1, num_negatives=4)
+    assert selections == [(p, ["N1", "N2"]) for p in passages[:5]]
+    assert skipped[SKIP_GRADED_AS_HIGH] == 4 + 3 + 2 + 1 and skipped[SKIP_POSITIVE_WITHOUT_NEGATIVES] == 0
+    selections, _ = chosen(passages, scores, labels, positives="labels", top_k=1, num_negatives=1)
+    assert selections == [(p, ["N1"]) for p in passages[:5]]
 
 
 def test_any_grade_above_zero_is_a_labelled_positive_and_top_k_does_not_limit_them():
