@@ -241,6 +241,7 @@ def select(
                  if not graded_as_high(labels, positive, index, rules.positives)]
         skipped[SKIP_GRADED_AS_HIGH] += len(order) - positive_rank - 1 - len(below)
         kept = []
+        # (ranks within ``below``, all of which lie under the positive: as if it stood at rank -1 there)
         for negative_rank in choose_negative_ranks(-1, len(below), rules.num_negatives, rules.negatives, rng):
             negative = below[negative_rank]
             reason = margin_skip_reason(scores[positive] - scores[negative], rules.min_margin)
