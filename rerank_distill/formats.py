@@ -33,7 +33,7 @@ import numpy as np
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import (
-    check_not_an_input, finite_number, get_number, get_text, get_text_list, read_jsonl, shown,
+    check_input_file, check_not_an_input, finite_number, get_number, get_text, get_text_list, read_jsonl, shown,
 )
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
@@ -411,8 +411,7 @@ def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
-    if not os.path.isfile(path):
-        raise InputError("file not found; check the path", path)
+    check_input_file(path)
     import pyarrow.parquet as pq
 
     try:

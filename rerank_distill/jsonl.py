@@ -50,6 +50,19 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def check_input_file(path: str) -> None:
+    """InputError where ``path`` is not a file that can be read as input: missing, a folder, or a
+    pipe or device (the stages read their inputs more than once: first checked whole, then used)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise InputError("is a folder; give a data file (or, for a data-set folder, FOLDER:SPLIT)", path)
+    if os.path.exists(path):
+        raise InputError("is not a regular file (a pipe or a device?): every stage reads its input more than once "
+                         "(checked whole before the work starts), so save it to a file and pass that", path)
+    raise InputError("file not found; check the path", path)
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
 
@@ -58,8 +71,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     bad byte is reported on its own line, not at an offset in a buffer.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise InputError("file not found; check the path", path)
+    check_input_file(path)
     found_any = False
     raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
     # Undecodable bytes become stand-in characters (surrogateescape), so the line they are on is

@@ -632,3 +632,12 @@ def test_a_write_removes_temporary_files_that_killed_processes_of_this_machine_l
 
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         ["out.jsonl", of_a_running_process.name, of_another_machine.name])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_a_pipe_as_input_is_refused_as_one_not_reported_missing(tmp_path):
+    pipe = tmp_path / "piped.jsonl"
+    os.mkfifo(pipe)  # what <(zcat ...) or /dev/stdin hands a stage: it exists, and can be read only once
+    with pytest.raises(InputError, match=rf"{pipe}: is not a regular file \(a pipe or a device\?\): every stage "
+                                         "reads its input more than once"):
+        list(iter_ranking_queries(str(pipe)))
