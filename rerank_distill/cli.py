@@ -185,7 +185,7 @@ def run_main(main: Callable[[], Any]) -> None:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"error: {where}{error.strerror}", file=sys.stderr)
             sys.exit(2)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # (no EDQUOT on Windows)
             print(f"error: {where}{error.strerror}: free some space and run the command again (stage 1 continues "
                   "where it stopped; train.py with --resume_from_checkpoint last)", file=sys.stderr)
             sys.exit(1)
