@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     input_files = [file for source in args.input_path for file in local_files(source)]
     for source, derived in inputs:  # named here, not by the user, an output may be an input given by its path
         check_not_an_input(output_path_for(source, args.output_dir, shard, derived), input_files, "--output_dir's file")
+    if args.merge_shards == 1:  # its one "shard" is the output itself: a merge would only replace its args.json
+        raise InputError("--merge_shards 1: a run of one shard writes the output itself, there is nothing to join; "
+                         "pass the N of the --shard I/N runs to join")
     if args.merge_shards and args.check_inputs_only:
         raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
                          "pass one of them")

@@ -48,6 +48,8 @@ class Shard:
             index, count = (int(part) for part in text.split("/"))
         except ValueError:
             raise InputError(f"--shard must look like I/N (for example 0/4), got '{text}'") from None
+        if count < 1:  # (else "between 0 and -1" below, which names no fix)
+            raise InputError(f"--shard {text}: N, the number of shards, must be at least 1")
         if not 0 <= index < count:
             raise InputError(f"--shard {text}: I must be between 0 and N-1")
         return cls(index, count)

@@ -628,6 +628,20 @@ def test_shard_flag_is_checked():
         Shard.parse("4/4")
     with pytest.raises(InputError):
         Shard.parse("half")
+    with pytest.raises(InputError, match="N, the number of shards, must be at least 1"):
+        Shard.parse("1/0")
+
+
+def test_a_merge_of_one_shard_is_refused_and_leaves_the_scoring_runs_record(tmp_path, ranking_file):
+    """A run of one shard writes the output under its own name, so --merge_shards 1 would join the
+    output into itself and put a record of the merge (naming itself as the shard's record) in
+    place of the args.json that names the teachers."""
+    record = tmp_path / "args.json"
+    record.write_text('{"command": ["generate_logits.py"]}')
+    with pytest.raises(InputError, match="--merge_shards 1: a run of one shard writes the output itself"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path),
+                              "--merge_shards", "1"])
+    assert record.read_text() == '{"command": ["generate_logits.py"]}'
 
 
 def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ranking_file):
