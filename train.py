@@ -35,6 +35,7 @@ from transformers.trainer_utils import IntervalStrategy
 from rerank_distill.cli import command_line, run_main, write_json, write_run_args
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
+from rerank_distill.replicas import stop_with_launcher
 from rerank_distill.student import load_student
 from rerank_distill.trainer import (
     BATCH_SAMPLERS,
@@ -175,6 +176,7 @@ class ScriptArguments:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     script, training, passed = parse_training_args(ScriptArguments, __doc__, argv)
+    stop_with_launcher()  # a torchrun worker ends with torchrun, even one killed outright
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     check_training_flags(script, training)

@@ -91,12 +91,15 @@ LAUNCHER_PID = "RERANK_DISTILL_LAUNCHER_PID"
 
 
 def stop_with_launcher() -> None:
-    """In a replica run_replicas started: have the kernel send it SIGTERM when the launching
-    process dies, even by SIGKILL, which gives the launcher no chance to stop it (an orphan would
-    hold its shard, and its GPU, and make the rerun of the command fail). Nothing elsewhere, and
-    nothing where the kernel has no prctl (not Linux): there a SIGKILLed launcher leaves its
-    replicas to finish their shards."""
+    """In a replica run_replicas started, or a worker torchrun started: have the kernel send it
+    SIGTERM when the launching process dies, even by SIGKILL, which gives the launcher no chance
+    to stop it (an orphan would hold its shard or output folder, and its GPU, and make the rerun of
+    the command fail; torchrun starts each worker in a session of its own, so even killing
+    torchrun's process group leaves them training). Nothing elsewhere, and nothing where the
+    kernel has no prctl (not Linux): there a SIGKILLed launcher leaves its workers to finish."""
     launcher = os.environ.get(LAUNCHER_PID)
+    if not launcher and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agent is the worker's parent
+        launcher = str(os.getppid())
     if not launcher:
         return
     try:

@@ -846,13 +846,16 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal (prctl) is Linux's")
-def test_a_replica_stops_when_its_launcher_is_killed_outright(tmp_path):
-    # a launcher as run_replicas is one: it starts a replica with its own id in the environment, then is SIGKILLed
+@pytest.mark.parametrize("launcher_kind", ["run_replicas", "torchrun"])
+def test_a_replica_stops_when_its_launcher_is_killed_outright(tmp_path, launcher_kind):
+    # a launcher as run_replicas is one (it puts its own id in the replica's environment) or as torchrun is
+    # one (a run id, and the worker in a session of its own): it starts a replica, then is SIGKILLed
     replica = ("from rerank_distill.replicas import stop_with_launcher; stop_with_launcher(); import time; "
                "print('ready', flush=True); time.sleep(120)")
+    marker = "LAUNCHER_PID: str(os.getpid())" if launcher_kind == "run_replicas" else "'TORCHELASTIC_RUN_ID': 'none'"
     launcher = (f"import os, subprocess, sys, time; from rerank_distill.replicas import LAUNCHER_PID; "
-                f"child = subprocess.Popen([sys.executable, '-c', {replica!r}], "
-                f"env={{**os.environ, LAUNCHER_PID: str(os.getpid())}}); "
+                f"child = subprocess.Popen([sys.executable, '-c', {replica!r}], start_new_session=True, "
+                f"env={{**os.environ, {marker}}}); "
                 f"print(child.pid, flush=True); time.sleep(120)")
     started = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True,
                                cwd=os.path.dirname(generate_logits.__file__))
