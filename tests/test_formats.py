@@ -680,3 +680,10 @@ def test_a_parquet_decimal_score_or_grade_is_read_as_its_number(tmp_path):
     graded = write_parquet(tmp_path / "graded.parquet", {"query": ["q", "q"], "passage": ["a", "b"], "grade": dec})
     assert as_tuples(graded) == [("q", ["a", "b"], [1.5, 0.25])]
 
+
+def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash_on_writing(tmp_path):
+    source = tmp_path / "graded.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "label": 1, "query_id": "x"}\n'
+                      '{"query": "q", "passage": "b", "label": 0, "query_id": "cut \\ud83d"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: id column 'query_id' holds a lone surrogate"):
+        as_tuples(source)
