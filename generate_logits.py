@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rerank_distill.cli import check_minimums, command_line, parse_args, run_main, warn_unread, write_run_args
+from rerank_distill.cli import (
+    check_minimums, check_utf8_text, command_line, parse_args, run_main, warn_unread, write_run_args,
+)
 from rerank_distill.errors import InputError
 from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders, local_files
 from rerank_distill.hub import resolve_model
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
+    check_utf8_text(args, "instruction", "query_prompt", "label_words")
     check_writable(args.output_dir, "--output_dir", folder=True)
     check_outside_data_set_folders(args.output_dir, args.input_path, "--output_dir")
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.

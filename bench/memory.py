@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rerank_distill.cli import run_main  # noqa: E402
+from rerank_distill.jsonl import read_jsonl  # noqa: E402
 
 from bench.common import SHARED_DATA, bench_parser, machine, write_results  # noqa: E402
 
@@ -41,7 +42,8 @@ print("PEAK_RSS_KIB", peak)
 
 def repeated_input(source: Path, times: int, target: Path) -> Path:
     """The source's records ``times`` over, each copy's queries suffixed so none repeats."""
-    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # (not str.splitlines: it also splits at U+2028 and the like, which JSON lines keep raw inside strings)
+    records = [record for _, record in read_jsonl(source)]
     with open(target, "w", encoding="utf-8") as out:
         for copy in range(times):
             for record in records:

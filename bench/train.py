@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rerank_distill.cli import run_main  # noqa: E402
+from rerank_distill.jsonl import read_jsonl  # noqa: E402
 
 from bench.common import (  # noqa: E402
     SHARED_DATA,
@@ -64,7 +65,8 @@ def make_triplets(work: Path, teacher: str, data: str) -> Path:
 
 def split_triplets(path: Path, held_out_share: float, work: Path) -> tuple[Path, list[dict]]:
     """Hold out whole queries for the fixed quality check; the rest is the training file."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # (not str.splitlines: it also splits at U+2028 and the like, which JSON lines keep raw inside strings)
+    rows = [record for _, record in read_jsonl(path)]
     queries = sorted({row["query"] for row in rows})
     held_out = set(random.Random(0).sample(queries, max(1, int(held_out_share * len(queries)))))
     train_path = work / "bench_train_triplets.jsonl"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_distill.errors import InputError
-from rerank_distill.jsonl import AtomicWriter
+from rerank_distill.jsonl import UNDECODED_BYTE, AtomicWriter
 
 logger = logging.getLogger("rerank_distill")
 
@@ -81,6 +81,19 @@ def check_minimums(args: Any, **minimums: int) -> None:
         value = getattr(args, name)
         if value is not None and value < minimum:
             raise InputError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def check_utf8_text(args: Any, *names: str) -> None:
+    """InputError for the first text flag of ``args`` (a string or a list of them) holding bytes
+    that are not UTF-8: Python keeps them as lone surrogates (surrogateescape), which no tokenizer
+    takes, so a prompt built from them would fail only once the teacher runs."""
+    for name in names:
+        values = getattr(args, name)
+        for value in [values] if isinstance(values, str) else values or []:
+            if bad := UNDECODED_BYTE.search(value):
+                raise InputError(f"--{name} holds a byte that is not UTF-8 (0x{ord(bad.group()) - 0xDC00:02x} at "
+                                 f"character {bad.start() + 1}); give the text in UTF-8 (is the terminal or script "
+                                 "in another encoding?)")
 
 
 def warn_unread(args: Any, unread: dict[str, str]) -> None:
@@ -165,8 +178,12 @@ def beside_output(output_path: str | Path, suffix: str) -> Path:
 
 def write_json(path: str | Path, record: dict) -> Path:
     """Write ``record`` as indented JSON under its final name only once it is complete (AtomicWriter)."""
+    text = json.dumps(to_jsonable(record), indent=2, ensure_ascii=False)
+    # a file name or argument of bytes that are not UTF-8 reaches Python as lone surrogates
+    # (surrogateescape), which UTF-8 cannot hold: written as their JSON escapes, they read back the same
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     with AtomicWriter(path) as out:
-        out.write(json.dumps(to_jsonable(record), indent=2, ensure_ascii=False) + "\n")
+        out.write(text + "\n")
     return Path(path)
 
 

@@ -502,11 +502,19 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
     )
 
 
-def id_columns(record: dict) -> dict[str, Any]:
+def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
     ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
-    to its row; values JSON has no type for (dates, decimals, bytes) are written as text."""
-    return {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
+    to its row; values JSON has no type for (dates, decimals, bytes) are written as text. InputError
+    for one holding a lone surrogate (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
+    ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
+    for name, value in ids.items():
+        try:
+            json.dumps({name: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"id column {shown(name)} holds a lone surrogate (half of an escaped emoji?), which the "
+                             "output, UTF-8, cannot hold; remove or repair it", path, line) from None
+    return ids
 
 
 def _is_id_column(name: str) -> bool:
@@ -620,7 +628,7 @@ def iter_ranking_queries(
             entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format, ids=[]))
             entry.passages.append(passage)
             entry.labels.append(label[1])
-            entry.ids.append(id_columns(record))
+            entry.ids.append(id_columns(record, path, line))
             raw = record[label[0]]
             entry.esci_labels = entry.esci_labels or (isinstance(raw, str) and raw.strip().lower() in ESCI_GRADES)
     yield from grouped.values()

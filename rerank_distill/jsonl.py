@@ -3,6 +3,7 @@ that never leave a truncated file under the final name."""
 
 from __future__ import annotations
 
+import decimal
 import errno
 import glob
 import gzip
@@ -63,6 +64,22 @@ def check_input_file(path: str) -> None:
     raise InputError("file not found; check the path", path)
 
 
+def _check_name_fits_content(path: str) -> None:
+    """InputError where the file's first bytes contradict its name, which picks how it is read: gzip
+    under a plain name would be reported as bytes that are not UTF-8, plain text under a ``.gz``
+    name as a truncated archive, and Parquet as either."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head.startswith(b"PAR1"):
+        raise InputError("is a Parquet file but its name does not end in .parquet; rename it so", path)
+    gzipped = head.startswith(b"\x1f\x8b")
+    if gzipped and not path.endswith(".gz"):
+        raise InputError("is gzip-compressed but its name does not end in .gz; rename it to end in .jsonl.gz", path)
+    if head and not gzipped and path.endswith(".gz"):
+        raise InputError("is not gzip-compressed though its name ends in .gz; rename it without .gz (or compress "
+                         "it with gzip)", path)
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (numbers start at 1).
 
@@ -72,6 +89,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     path = str(path)
     check_input_file(path)
+    _check_name_fits_content(path)
     found_any = False
     raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
     # Undecodable bytes become stand-in characters (surrogateescape), so the line they are on is
@@ -89,6 +107,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     record = JSON_LINE.decode(line)
                 except json.JSONDecodeError as error:
+                    if line.startswith("\ufeff"):  # only the file's first is dropped: files joined with cat keep theirs
+                        raise InputError("starts with a byte-order mark (U+FEFF; files joined together?); remove it",
+                                         path, line_number) from None
                     what = error.msg.removesuffix(" at")  # "Invalid control character at" already ends so
                     raise InputError(f"not valid JSON ({what} at column {error.pos + 1})", path, line_number) from None
                 except RepeatedKey as error:
@@ -166,9 +187,12 @@ def number_in_text(text: str) -> float | None:
 
 def finite_number(value: Any) -> float | None:
     """The finite number ``value`` is, or spells as a numeric string (``"0.75"``, see number_in_text);
-    None for anything else: booleans, NaN, infinities, integers beyond float's range, other types."""
+    None for anything else: booleans, NaN, infinities, integers beyond float's range, other types.
+    A Decimal (a Parquet decimal column) counts as the float nearest it."""
     if isinstance(value, str):
         value = number_in_text(value)
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:

@@ -641,3 +641,49 @@ def test_a_pipe_as_input_is_refused_as_one_not_reported_missing(tmp_path):
     with pytest.raises(InputError, match=rf"{pipe}: is not a regular file \(a pipe or a device\?\): every stage "
                                          "reads its input more than once"):
         list(iter_ranking_queries(str(pipe)))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("plain.jsonl.gz", b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n', "is not gzip-compressed though its name ends in .gz"),
+    ("packed.jsonl", gzip.compress(b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'), "is gzip-compressed but its name does not end in .gz"),
+    ("table.jsonl", b"PAR1\x15\x04", "is a Parquet file but its name does not end in .parquet"),
+], ids=["plain-named-gz", "gzip-named-plain", "parquet-named-jsonl"])
+def test_a_file_whose_name_belies_its_content_is_refused_saying_which_it_is(tmp_path, name, content, message):
+    # (else: a truncated archive, or a byte that is not UTF-8, which sends the user looking in the wrong place)
+    source = tmp_path / name
+    source.write_bytes(content)
+    with pytest.raises(InputError, match=rf"^{source}: {re.escape(message)}"):
+        as_tuples(source)
+
+
+def test_a_gzip_file_of_several_members_reads_them_all(tmp_path):
+    lines = [b'{"query": "q1", "positive": ["a"], "negative": ["b"]}\n', b'{"query": "q2", "positive": ["c"], "negative": ["d"]}\n']
+    source = tmp_path / "joined.jsonl.gz"  # what `cat a.gz b.gz` makes
+    source.write_bytes(gzip.compress(lines[0]) + gzip.compress(lines[1]))
+    assert [query for query, _, _ in as_tuples(source)] == ["q1", "q2"]
+
+
+def test_a_byte_order_mark_inside_the_file_is_named_at_its_line(tmp_path):
+    line = b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'
+    source = tmp_path / "joined.jsonl"  # two files saved by a Windows editor, joined with cat
+    source.write_bytes(b"\xef\xbb\xbf" + line + b"\xef\xbb\xbf" + line)
+    with pytest.raises(InputError, match=rf"^{source}:2: starts with a byte-order mark \(U\+FEFF"):
+        as_tuples(source)
+
+
+def test_a_parquet_decimal_score_or_grade_is_read_as_its_number(tmp_path):
+    import decimal
+
+    dec = [decimal.Decimal("1.5"), decimal.Decimal("0.25")]
+    scores = write_parquet(tmp_path / "scores.parquet", {"query": ["q", "q"], "passage": ["a", "b"], "score": dec})
+    assert [pair.score for pair in iter_scored_pairs(str(scores))] == [1.5, 0.25]
+    graded = write_parquet(tmp_path / "graded.parquet", {"query": ["q", "q"], "passage": ["a", "b"], "grade": dec})
+    assert as_tuples(graded) == [("q", ["a", "b"], [1.5, 0.25])]
+
+
+def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash_on_writing(tmp_path):
+    source = tmp_path / "graded.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "label": 1, "query_id": "x"}\n'
+                      '{"query": "q", "passage": "b", "label": 0, "query_id": "cut \\ud83d"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: id column 'query_id' holds a lone surrogate"):
+        as_tuples(source)

@@ -676,6 +676,7 @@ def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_
         ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at character 15"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
          ':2: field "query" holds a lone surrogate \\ud83d'),
+        ('{"query": "q", "passage": "a", "label": 1, "product_id": "\\udc00"}\n', ":1: id column 'product_id' holds a lone surrogate"),
     ],
 )
 def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, content, message):
@@ -686,6 +687,14 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
         generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert str(source) in str(error.value)
     assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
+
+
+def test_an_instruction_of_bytes_that_are_not_utf8_is_refused_before_any_model_is_loaded(tmp_path, monkeypatch,
+                                                                                          ranking_file):
+    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
+    with pytest.raises(InputError, match=r"^--instruction holds a byte that is not UTF-8 \(0xe9 at character 4\)"):
+        generate_logits.main(["--model_path", "unused", "--input_path", str(ranking_file), "--output_dir",
+                              str(tmp_path / "o"), "--instruction", os.fsdecode(b"caf\xe9 questions")])
 
 
 def test_two_inputs_that_would_write_one_output_file_are_both_named(tmp_path, ranking_file):

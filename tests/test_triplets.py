@@ -1002,3 +1002,15 @@ def test_a_run_killed_as_it_records_itself_never_leaves_its_record_beside_an_ear
     assert json.loads(output.with_name("triplets.args.json").read_text())["script"]["format"] == "listwise"
     assert not output.exists()  # not the earlier run's triplets beside the listwise run's record
     assert not list(output.parent.glob("*.tmp"))
+
+
+def test_an_output_path_of_bytes_that_are_not_utf8_is_written_and_recorded(tmp_path):
+    import os
+
+    scores = labelled_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0, 1), ("b", 1.0, 0)]})
+    # a Latin-1 file name reaches Python as a lone surrogate, which args.json must still hold
+    output = tmp_path / os.fsdecode(b"caf\xe9.jsonl")
+    create_triplets.main(["--input_path", str(scores), "--output_path", str(output)])
+    assert read_jsonl_records(output)[0]["positive"] == "a"
+    args = json.loads((tmp_path / os.fsdecode(b"caf\xe9.args.json")).read_text(encoding="utf-8"))
+    assert args["script"]["output_path"] == str(output)
