@@ -45,6 +45,7 @@ from rerank_distill.scoring import (
     score_source,
     split_into_shards,
     validate_source,
+    warn_of_other_shard_counts,
 )
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         for output in outputs:
             claimed.enter_context(claim_output(output))
         model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
+        for output in outputs if shard.count == 1 else ():  # (a replica's output is its shard's own file)
+            warn_of_other_shard_counts(output, args.data_parallel_size)
         for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
             if not args.overwrite:
                 check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,

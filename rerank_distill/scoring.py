@@ -10,6 +10,7 @@ file equals an uninterrupted run's. The final name appears only when every pair 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import json
@@ -75,6 +76,20 @@ def remove_output(output_path: Path) -> None:
 def is_finished(output_path: Path) -> bool:
     """Whether stage 1 finished ``output_path``: it exists under its final name with no partial beside it."""
     return output_path.exists() and not beside(output_path, ".partial").exists()
+
+
+def warn_of_other_shard_counts(output_path: Path, num_shards: int) -> None:
+    """Warn where a stopped run with another number of shards (--data_parallel_size, --shard I/M)
+    left unfinished shard files of ``output_path``: a run with ``num_shards`` shares (1: none) cannot
+    continue them, so it starts its own from the beginning, and theirs stay until removed."""
+    pattern = f"{glob.escape(output_path.stem)}.shard-*-of-*{glob.escape(output_path.suffix)}.partial"
+    ours = f"-of-{num_shards}{output_path.suffix}.partial"
+    others = sorted(path.name for path in output_path.parent.glob(pattern) if not path.name.endswith(ours))
+    if others:
+        logger.warning("%s: a stopped run with another number of shards left %s; this run, with %s, cannot continue "
+                       "them and starts from the beginning (rerun with that run's --data_parallel_size or --shard to "
+                       "continue it instead, or delete its files)", output_path, ", ".join(others),
+                       f"{num_shards} shards" if num_shards > 1 else "none")
 
 
 def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(), passages_as_queries: int = 0) -> Path:

@@ -854,6 +854,20 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     assert "train_scores.shard-0-of-2.jsonl is already complete" in (tmp_path / "one" / "logs" / "shard-0-of-2.log").read_text()
 
 
+def test_a_run_with_another_number_of_shards_than_a_stopped_one_says_it_starts_over(tiny_qwen3, ranking_file,
+                                                                                    tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("train_scores.shard-0-of-2.jsonl.partial", "train_scores.shard-1-of-2.jsonl.partial"):
+        (out / name).write_text("")  # what a stopped --data_parallel_size 2 run leaves
+    caplog.set_level(logging.WARNING)
+    generate_logits.main(["--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--output_dir", str(out),
+                          "--no_show_progress", "--device", "cpu"])
+    assert ("a stopped run with another number of shards left train_scores.shard-0-of-2.jsonl.partial, "
+            "train_scores.shard-1-of-2.jsonl.partial; this run, with none, cannot continue them") in caplog.text
+    assert (out / "train_scores.jsonl").exists()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal (prctl) is Linux's")
 @pytest.mark.parametrize("launcher_kind", ["run_replicas", "torchrun"])
 def test_a_replica_stops_when_its_launcher_is_killed_outright(tmp_path, launcher_kind):
