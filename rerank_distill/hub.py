@@ -208,6 +208,45 @@ def _has_qrels_configuration(name: str, revision: str | None) -> bool:
         return False
 
 
+def _load_dataset(name: str, config: str | None, split: str | None, cache_dir: str | None, revision: str | None):
+    """``datasets.load_dataset`` of a hub id or a folder; for a data set in parts with no default
+    configuration (several, none the default), its qrels one: the entry of such a data set."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
+    except ValueError:
+        if config is not None or not _has_qrels_configuration(name, revision):
+            raise
+        return datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
+
+
+def _hub_cache_copy(name: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The folder of a copy of hub data set ``name`` in a Hugging Face hub cache (``cache_dir``, else
+    HF_HUB_CACHE), where there is one: ``hf download --repo-type dataset`` leaves it there, and so does
+    ``datasets`` online (whatever its own cache_dir), but offline ``datasets`` reads only what it has
+    prepared in its own cache (another --cache_dir, or none yet, and the data set was reported missing)."""
+    from huggingface_hub import snapshot_download
+
+    for cache in (cache_dir, None) if cache_dir else (None,):
+        try:
+            return snapshot_download(name, repo_type="dataset", revision=revision, cache_dir=cache,
+                                     local_files_only=True)
+        except Exception:  # not in this cache (or no cache there at all)
+            continue
+    return None
+
+
+def _load_hub_cache_copy(copy: str, hub_id: str, config: str | None, split: str | None, cache_dir: str | None):
+    """Hub data set ``hub_id`` loaded from its copy in the hub cache (the snapshot folder ``copy``)."""
+    logger.info("the hub cannot be reached: reading data set %s from its copy in the hub cache, %s", hub_id, copy)
+    try:
+        with _hugging_face_offline():  # a folder: nothing to fetch
+            return _load_dataset(copy, config, split, cache_dir, None)
+    except Exception as error:  # a split the copy lacks (only the files of others were fetched), ...
+        raise _load_failure("dataset", hub_id, f"its copy in the hub cache ({copy})", error) from None
+
+
 def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None,
                      config: str | None = None):
     """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``);
@@ -237,14 +276,11 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     unreachable_host = unreachable_hugging_face_host()
     try:
         with _hugging_face_offline() if unreachable_host else nullcontext():
-            try:
-                loaded = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
-            except ValueError:  # several configurations and none the default: in parts, qrels are the entry
-                if config is not None or not _has_qrels_configuration(name, revision):
-                    raise
-                loaded = datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
-    except ConnectionError as error:  # offline, and not in the cache
-        raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
+            loaded = _load_dataset(name, config, split, cache_dir, revision)
+    except ConnectionError as error:  # offline, and not in the datasets cache: maybe in the hub cache
+        if not (copy := _hub_cache_copy(name, revision, cache_dir)):
+            raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
+        loaded = _load_hub_cache_copy(copy, hub_id, config, split, cache_dir)
     except FileNotFoundError as error:  # the hub answered: no such data set or revision, or gated or private
         raise InputError(_refused_by_hub("dataset", hub_id, error)) from None
     except Exception as error:  # no such split or configuration, a loading script, an unwritable cache, ...

@@ -2,6 +2,7 @@
 and the one-line message, naming what to download, when it cannot be. Nothing here reaches a hub:
 the session is offline (conftest), and a lost connection or a library's answer is simulated."""
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -86,6 +87,40 @@ def cached_snapshot(cache: Path, repo: str, ref: str = "main", commit: str = "0"
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / ref).write_text(commit, encoding="utf-8")
     return snapshot
+
+
+def cached_data_set(cache: Path, repo: str, files: dict[str, list[dict]], ref: str = "main") -> Path:
+    """A data set in huggingface_hub's cache layout, as ``hf download --repo-type dataset`` leaves it:
+    ``files`` maps each JSONL file's path in the repository to its records."""
+    root = cache / f"datasets--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / ("2" * 40)
+    for name, records in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / ref).write_text("2" * 40, encoding="utf-8")
+    return snapshot
+
+
+@pytest.mark.parametrize("reached_as", ["unreachable", "HF_HUB_OFFLINE"])
+def test_offline_a_data_set_in_the_hub_cache_is_read_from_there(request, monkeypatch, tmp_path, reached_as):
+    """datasets, offline, reads only what it prepared in its own cache, not the hub cache's files."""
+    from huggingface_hub import constants
+
+    if reached_as == "unreachable":
+        request.getfixturevalue("no_connection")
+    record = {"query": "q", "positive": ["p"], "negative": ["n"]}
+    cached_data_set(tmp_path / "hub", "someone/some-data", {"test.jsonl": [record], "train.jsonl": [record] * 2})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert list(load_hub_dataset("someone/some-data", "test", cache_dir=str(tmp_path / "datasets"))) == [record]
+    # --cache_dir pointed at a hub cache holding it (as for models)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert len(load_hub_dataset("someone/some-data", "train", cache_dir=str(tmp_path / "hub"))) == 2
+    with pytest.raises(InputError, match=r"^could not load dataset 'someone/some-data' from its copy in the hub cache "
+                                         r"\(.*snapshots.*\): ValueError: Unknown split \"dev\""):
+        load_hub_dataset("someone/some-data", "dev", cache_dir=str(tmp_path / "hub"))
+    with pytest.raises(InputError, match="hf download someone/other-data --repo-type dataset"):
+        load_hub_dataset("someone/other-data", "test", cache_dir=str(tmp_path / "hub"))
 
 
 def test_a_revision_after_at_is_split_from_the_id():
