@@ -10,6 +10,7 @@ import errno
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -71,7 +72,30 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         refuse_unknown(unknown)
+    for arguments in parsed:
+        expand_home(arguments)
     return tuple(parsed)
+
+
+# The flags that name files or folders (hub ids among them, which never begin with "~").
+PATH_FLAGS = frozenset({
+    "model_path", "input_path", "output_dir", "output_path", "cache_dir", "model_name_or_path", "train_data",
+    "selection_data", "eval_data", "model_before_path", "model_after_path", "dataset_path", "teacher_scores",
+    "resume_from_checkpoint",
+})  # fmt: skip
+
+
+def expand_home(arguments: Any) -> None:
+    """Expand a leading ``~`` in the path flags of ``arguments`` (a parsed dataclass): the shell leaves
+    it alone in ``--flag=~/x`` and in a quoted launcher variable (``MODEL_DIR="~/out"``), and a run
+    would otherwise report ``~/x`` missing, or write its output into a folder named ``~`` here."""
+    for spec in dataclasses.fields(arguments):
+        value = getattr(arguments, spec.name)
+        if spec.name not in PATH_FLAGS or value is None:
+            continue
+        expanded = [os.path.expanduser(v) for v in value] if isinstance(value, list) else os.path.expanduser(value)
+        if expanded != value:
+            setattr(arguments, spec.name, expanded)
 
 
 def check_minimums(args: Any, **minimums: int) -> None:

@@ -325,9 +325,12 @@ def local_files(source: str) -> list[str]:
 
 
 def _looks_like_hub_dataset(source: str) -> bool:
+    """Whether ``source`` could be ``NAME[@REVISION][:SPLIT]``: a split holds no path separator, so
+    ``runs:2/data.jsonl`` or ``C:\\data\\test.jsonl`` that does not exist is a path, reported missing."""
     from rerank_distill.hub import looks_like_hub_id
 
-    return looks_like_hub_id(source.split(":", 1)[0])
+    name, _, split = source.partition(":")
+    return looks_like_hub_id(name) and not any(separator in split for separator in "/\\")
 
 
 def source_stem(source: str) -> str:

@@ -3,6 +3,7 @@ the user chooses; offline, the run stops at once with a message that says what t
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import socket
@@ -44,8 +45,17 @@ def looks_like_hub_id(name: str) -> bool:
     return split_revision(name)[0].count("/") <= 1
 
 
-def _offline_message(kind: str, hub_id: str, hub: str, reason: str) -> str:
-    """What to download and where to put it, for a hub id that could not be fetched."""
+def refuse_stray_spaces(text: str, what: str, of: str = "") -> None:
+    """InputError where ``text`` (``what``: a hub id, a split ``of`` a data set) begins or ends with
+    white space, as one copied or quoted with its neighbour's space does: the hub's own error would
+    not point at it."""
+    if text != text.strip():
+        raise InputError(f"{what} '{text}'{of} begins or ends with a space: remove it")
+
+
+def _offline_message(kind: str, hub_id: str, hub: str, reason: str, look_alike: str | None = None) -> str:
+    """What to download and where to put it, for a hub id that could not be fetched (``look_alike``:
+    an id the cache holds that differs from it in case or a letter or two)."""
     name, revision = split_revision(hub_id)
     if hub == "modelscope":
         how = f"modelscope download --{kind} {name}{f' --revision {revision}' if revision else ''} --local_dir DIR"
@@ -57,7 +67,34 @@ def _offline_message(kind: str, hub_id: str, hub: str, reason: str) -> str:
         f"could not fetch {kind} '{hub_id}' from {hub} ({reason}). On a machine with internet run "
         f"`{how}`, copy DIR here and pass {pass_it} instead of the hub id "
         f"(or point the cache at a copy with --cache_dir)."
-    )
+    ) + (f" The cache holds '{look_alike}': if that was meant, pass it as written." if look_alike else "")
+
+
+def _hugging_face_caches(cache_dir: str | None, kind: str) -> list[str]:
+    """The hub caches a Hugging Face id of ``kind`` is looked up in: ``cache_dir``, else HF_HUB_CACHE
+    (a data set's files are in HF_HUB_CACHE whatever ``cache_dir``, which may hold a copy too)."""
+    from huggingface_hub import constants
+
+    if not cache_dir:
+        return [constants.HF_HUB_CACHE]
+    return [cache_dir, constants.HF_HUB_CACHE] if kind == "dataset" else [cache_dir]
+
+
+def _cached_look_alike(kind: str, hub_id: str, caches: list[str]) -> str | None:
+    """An id held in ``caches`` that differs from ``hub_id`` in case only or by a letter or two: offline
+    the cache is read letter for letter (``baai/...`` misses ``BAAI/...``), though the hub ignores case."""
+    name = split_revision(hub_id)[0]
+    prefix = "datasets--" if kind == "dataset" else "models--"  # models--OWNER--NAME (ids never hold "--")
+    held = {}  # lower-cased id -> id
+    for cache in caches:
+        try:
+            entries = [entry.name for entry in os.scandir(cache) if entry.name.startswith(prefix)]
+        except OSError:  # no cache there yet
+            continue
+        held.update({entry[len(prefix):].replace("--", "/").lower(): entry[len(prefix):].replace("--", "/")
+                     for entry in entries})
+    close = difflib.get_close_matches(name.lower(), list(held), n=1, cutoff=0.9)
+    return held[close[0]] if close and held[close[0]] != name else None
 
 
 def _load_failure(kind: str, hub_id: str, hub: str, error: Exception) -> InputError:
@@ -123,12 +160,13 @@ def unreachable_modelscope_host() -> str | None:
     return unreachable[0] if all(unreachable) else None
 
 
-def _failure_reason(error: Exception, unreachable_host: str | None) -> str:
-    """Why a hub item is not at hand: the host down and no cached copy, or the hub's own answer
-    (unknown id, gated repo, no such revision)."""
+def _failure_reason(error: Exception, unreachable_host: str | None, caches: list[str] | None = None) -> str:
+    """Why a hub item is not at hand: the host down and no copy in ``caches`` (where known), or the
+    hub's own answer (unknown id, gated repo, no such revision)."""
+    where = f"the cache {' or '.join(caches)}" if caches else "the cache"
     if unreachable_host:
-        return f"{unreachable_host} cannot be reached and there is no copy in the cache"
-    return first_line(error)
+        return f"{unreachable_host} cannot be reached and there is no copy in {where}"
+    return first_line(error) + (f"; looked in {where}" if caches else "")
 
 
 # Weights in formats no stage loads: left out of a model's download (some repos carry ONNX,
@@ -166,6 +204,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     refuse_revision_of_a_folder(name_or_path, "model")
     if not looks_like_hub_id(name_or_path):
         raise InputError(f"model path '{name_or_path}' does not exist")
+    refuse_stray_spaces(name_or_path, "model id")
     if hub not in HUBS:
         raise InputError(f"unknown hub '{hub}'; choose one of {', '.join(HUBS)}")
     name, revision = split_revision(name_or_path)
@@ -190,7 +229,9 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=SKIPPED_MODEL_FILES,
                                  local_files_only=unreachable_host is not None)
     except LocalEntryNotFoundError as error:  # offline, and not in the cache
-        raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable_host))) from None
+        caches = _hugging_face_caches(cache_dir, "model")
+        raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable_host, caches),
+                                          _cached_look_alike("model", name_or_path, caches))) from None
     except HfHubHTTPError as error:  # the hub answered: no such id or revision, or gated or private
         raise InputError(_refused_by_hub("model", name_or_path, error)) from None
     except Exception as error:  # an invalid id, an unwritable cache, a download cut off: one line, not a traceback
@@ -208,6 +249,45 @@ def _has_qrels_configuration(name: str, revision: str | None) -> bool:
         return False
 
 
+def _load_dataset(name: str, config: str | None, split: str | None, cache_dir: str | None, revision: str | None):
+    """``datasets.load_dataset`` of a hub id or a folder; for a data set in parts with no default
+    configuration (several, none the default), its qrels one: the entry of such a data set."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
+    except ValueError:
+        if config is not None or not _has_qrels_configuration(name, revision):
+            raise
+        return datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
+
+
+def _hub_cache_copy(name: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The folder of a copy of hub data set ``name`` in a Hugging Face hub cache (``cache_dir``, else
+    HF_HUB_CACHE), where there is one: ``hf download --repo-type dataset`` leaves it there, and so does
+    ``datasets`` online (whatever its own cache_dir), but offline ``datasets`` reads only what it has
+    prepared in its own cache (another --cache_dir, or none yet, and the data set was reported missing)."""
+    from huggingface_hub import snapshot_download
+
+    for cache in _hugging_face_caches(cache_dir, "dataset"):
+        try:
+            return snapshot_download(name, repo_type="dataset", revision=revision, cache_dir=cache,
+                                     local_files_only=True)
+        except Exception:  # not in this cache (or no cache there at all)
+            continue
+    return None
+
+
+def _load_hub_cache_copy(copy: str, hub_id: str, config: str | None, split: str | None, cache_dir: str | None):
+    """Hub data set ``hub_id`` loaded from its copy in the hub cache (the snapshot folder ``copy``)."""
+    logger.info("the hub cannot be reached: reading data set %s from its copy in the hub cache, %s", hub_id, copy)
+    try:
+        with _hugging_face_offline():  # a folder: nothing to fetch
+            return _load_dataset(copy, config, split, cache_dir, None)
+    except Exception as error:  # a split the copy lacks (only the files of others were fetched), ...
+        raise _load_failure("dataset", hub_id, f"its copy in the hub cache ({copy})", error) from None
+
+
 def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", cache_dir: str | None = None,
                      config: str | None = None):
     """Load a data set split from a hub as an iterable of dict rows (a ``datasets.Dataset``);
@@ -218,6 +298,8 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     ModelScope cannot list them without downloading, so there the split must be named.
     """
     refuse_revision_of_a_folder(hub_id, "data set", "{folder}:SPLIT")  # datasets would read the folder, no revision
+    refuse_stray_spaces(hub_id, "data set id")
+    refuse_stray_spaces(split or "", "split", f" of data set '{hub_id}'")
     name, revision = split_revision(hub_id)
     if hub == "modelscope":
         try:
@@ -237,14 +319,13 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     unreachable_host = unreachable_hugging_face_host()
     try:
         with _hugging_face_offline() if unreachable_host else nullcontext():
-            try:
-                loaded = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
-            except ValueError:  # several configurations and none the default: in parts, qrels are the entry
-                if config is not None or not _has_qrels_configuration(name, revision):
-                    raise
-                loaded = datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
-    except ConnectionError as error:  # offline, and not in the cache
-        raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host))) from None
+            loaded = _load_dataset(name, config, split, cache_dir, revision)
+    except ConnectionError as error:  # offline, and not in the datasets cache: maybe in the hub cache
+        if not (copy := _hub_cache_copy(name, revision, cache_dir)):
+            caches = _hugging_face_caches(cache_dir, "dataset")
+            raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host, caches),
+                                              _cached_look_alike("dataset", hub_id, caches))) from None
+        loaded = _load_hub_cache_copy(copy, hub_id, config, split, cache_dir)
     except FileNotFoundError as error:  # the hub answered: no such data set or revision, or gated or private
         raise InputError(_refused_by_hub("dataset", hub_id, error)) from None
     except Exception as error:  # no such split or configuration, a loading script, an unwritable cache, ...

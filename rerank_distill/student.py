@@ -33,13 +33,14 @@ def load_cross_encoder(
     """
     from sentence_transformers import CrossEncoder
 
-    from rerank_distill.teachers.sentence_models import limit_length
+    from rerank_distill.teachers.sentence_models import limit_length, refuse_tokenizer_without_vocabulary
 
     path = resolve_model(name_or_path, hub, cache_dir)
     try:
         model = CrossEncoder(path, **cross_encoder_kwargs)  # at its own limit: the tokenizer's, within its positions
     except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({first_line(error)})") from None
+    refuse_tokenizer_without_vocabulary(model.tokenizer, name_or_path)
     if model.num_labels != 1:
         raise InputError(
             f"model '{name_or_path}' has {model.num_labels} output labels; a reranker with one logit is expected"

@@ -140,3 +140,17 @@ def test_other_os_errors_keep_their_traceback_as_the_bugs_they_are():
 
     with pytest.raises(ConnectionResetError):
         run_main(main)
+
+
+def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
+    from rerank_distill.cli import parse_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # --flag=~/x and a quoted launcher variable reach the script as ~/x
+    (args,) = parse_args((generate_logits.GenerateLogitsArguments,), "", [
+        "--model_path", "~/judge", "someone/judge", "--input_path=~/a.jsonl", "--output_dir=~/scores",
+        "--instruction", "~ is no path here"])
+    assert args.model_path == [str(tmp_path / "judge"), "someone/judge"]
+    assert args.input_path == [str(tmp_path / "a.jsonl")]
+    assert args.output_dir == str(tmp_path / "scores")
+    assert args.instruction == "~ is no path here"
+    assert args.cache_dir is None

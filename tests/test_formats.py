@@ -442,6 +442,14 @@ def test_a_split_name_with_a_colon_is_read_from_its_folder(tmp_path):
     assert as_tuples(f"{tmp_path / 'sliced'}:test[:5]") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
 
 
+@pytest.mark.parametrize("source", ["runs:2/test.jsonl", "runs:2/so:test", r"C:\\data\\test.jsonl", "C:/data/test.jsonl"])
+def test_a_missing_path_with_a_colon_is_reported_missing_not_fetched_from_a_hub(monkeypatch, tmp_path, source):
+    monkeypatch.chdir(tmp_path)  # (nothing here: no runs:2/, no C:/)
+    with pytest.raises(InputError, match="file not found; check the path") as error:
+        as_tuples(source)
+    assert "hub" not in str(error.value)
+
+
 @pytest.mark.parametrize("state, message", [
     ("[]", "expected a JSON object with"),
     ('{"_data_files": [{"file": 1}]}', '"_data_files" must list'),

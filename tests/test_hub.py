@@ -2,6 +2,7 @@
 and the one-line message, naming what to download, when it cannot be. Nothing here reaches a hub:
 the session is offline (conftest), and a lost connection or a library's answer is simulated."""
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -88,6 +89,64 @@ def cached_snapshot(cache: Path, repo: str, ref: str = "main", commit: str = "0"
     return snapshot
 
 
+def cached_data_set(cache: Path, repo: str, files: dict[str, list[dict]], ref: str = "main") -> Path:
+    """A data set in huggingface_hub's cache layout, as ``hf download --repo-type dataset`` leaves it:
+    ``files`` maps each JSONL file's path in the repository to its records."""
+    root = cache / f"datasets--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / ("2" * 40)
+    for name, records in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / ref).write_text("2" * 40, encoding="utf-8")
+    return snapshot
+
+
+@pytest.mark.parametrize("reached_as", ["unreachable", "HF_HUB_OFFLINE"])
+def test_offline_a_data_set_in_the_hub_cache_is_read_from_there(request, monkeypatch, tmp_path, reached_as):
+    """datasets, offline, reads only what it prepared in its own cache, not the hub cache's files."""
+    from huggingface_hub import constants
+
+    if reached_as == "unreachable":
+        request.getfixturevalue("no_connection")
+    record = {"query": "q", "positive": ["p"], "negative": ["n"]}
+    cached_data_set(tmp_path / "hub", "someone/some-data", {"test.jsonl": [record], "train.jsonl": [record] * 2})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert list(load_hub_dataset("someone/some-data", "test", cache_dir=str(tmp_path / "datasets"))) == [record]
+    # --cache_dir pointed at a hub cache holding it (as for models)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert len(load_hub_dataset("someone/some-data", "train", cache_dir=str(tmp_path / "hub"))) == 2
+    with pytest.raises(InputError, match=r"^could not load dataset 'someone/some-data' from its copy in the hub cache "
+                                         r"\(.*snapshots.*\): ValueError: Unknown split \"dev\""):
+        load_hub_dataset("someone/some-data", "dev", cache_dir=str(tmp_path / "hub"))
+    with pytest.raises(InputError, match="hf download someone/other-data --repo-type dataset"):
+        load_hub_dataset("someone/other-data", "test", cache_dir=str(tmp_path / "hub"))
+
+
+def test_offline_an_id_the_cache_holds_in_another_case_or_spelling_is_named(no_connection, tmp_path):
+    cached_snapshot(tmp_path, "BAAI/bge-reranker-v2-m3")
+    cached_data_set(tmp_path, "mteb/stackoverflowdupquestions-reranking", {"test.jsonl": []})
+    for model in ("baai/bge-reranker-v2-m3", "BAAI/bge-reranker-v2m3@v1"):
+        with pytest.raises(InputError, match=rf"no copy in the cache {tmp_path}\)\..* The cache holds "
+                                             r"'BAAI/bge-reranker-v2-m3': if that was meant, pass it as written\.$"):
+            resolve_model(model, cache_dir=str(tmp_path))
+    with pytest.raises(InputError, match=r"The cache holds 'mteb/stackoverflowdupquestions-reranking'"):
+        load_hub_dataset("MTEB/stackoverflowdupquestions-reranking", "test", cache_dir=str(tmp_path))
+    with pytest.raises(InputError) as error:  # nothing alike: no such sentence
+        resolve_model("BAAI/bge-m3", cache_dir=str(tmp_path))
+    assert "The cache holds" not in str(error.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: resolve_model("BAAI/bge-reranker-v2-m3 "), "^model id 'BAAI/bge-reranker-v2-m3 ' begins or ends with a space"),
+    (lambda: resolve_model(" BAAI/bge-reranker-v2-m3"), "^model id ' BAAI/bge-reranker-v2-m3' begins or ends with a space"),
+    (lambda: load_hub_dataset("mteb/some-data", "test "), "^split 'test ' of data set 'mteb/some-data' begins"),
+])
+def test_an_id_with_a_stray_space_says_so(call, message):
+    with pytest.raises(InputError, match=message):
+        call()
+
+
 def test_a_revision_after_at_is_split_from_the_id():
     assert split_revision("BAAI/bge-reranker-v2-m3@v1.1") == ("BAAI/bge-reranker-v2-m3", "v1.1")
     assert split_revision("BAAI/bge-reranker-v2-m3") == ("BAAI/bge-reranker-v2-m3", None)
@@ -114,7 +173,10 @@ def test_an_invalid_id_is_one_line_not_a_traceback(monkeypatch):
 
 
 def test_a_local_folder_named_like_the_owner_does_not_hide_the_owners_other_models(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # (a developer's own may hold the model)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "BAAI" / "bge-m3").mkdir(parents=True)  # one model downloaded by hand; the one asked for is not
     with pytest.raises(InputError, match=r"^no folder 'BAAI/bge-reranker-v2-m3' exists here \(though 'BAAI/' does: if "

@@ -170,6 +170,19 @@ def test_a_hub_data_set_in_parts_is_joined_from_its_configurations(tmp_path, mon
         records("mteb/SODupQuestions")
 
 
+def test_offline_a_hub_data_set_in_parts_is_joined_from_its_copy_in_the_hub_cache(tmp_path, monkeypatch):
+    import datasets
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "datasets--mteb--SODupQuestions"
+    parts = write_parts(repo / "snapshots" / ("3" * 40))  # as `hf download --repo-type dataset` leaves it
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("3" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")  # (HF_HUB_OFFLINE: conftest)
+    assert records("mteb/SODupQuestions:test") == records(f"{parts}:test")
+
+
 def test_a_data_set_in_parts_evaluates_as_the_same_queries_one_a_line(tmp_path, ranking_file, tiny_cross_encoder):
     from rerank_distill.jsonl import read_jsonl
 

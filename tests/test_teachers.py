@@ -194,6 +194,26 @@ def test_a_folder_without_a_model_is_named(tmp_path):
         CrossEncoderTeacher(str(tmp_path), max_length=512, batch_size=2, device="cpu")
 
 
+def test_a_model_folder_without_its_tokenizer_files_is_refused(tiny_cross_encoder, tiny_qwen3, tmp_path):
+    """transformers builds a tokenizer of special tokens alone for such a folder, with no error: every
+    word would be read as unknown, and the scores (of a teacher, the student, an evaluation) noise."""
+    from rerank_distill.student import load_cross_encoder
+    from rerank_distill.teachers.llm_judge import load_tokenizer
+
+    bare = {}
+    for name, model in (("cross-encoder", tiny_cross_encoder), ("qwen3", tiny_qwen3)):
+        bare[name] = tmp_path / name
+        shutil.copytree(model, bare[name], ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*",
+                                                                         "special_tokens*"))
+    with pytest.raises(InputError, match="has no tokenizer files"):
+        CrossEncoderTeacher(str(bare["cross-encoder"]), max_length=512, batch_size=2, device="cpu")
+    with pytest.raises(InputError, match="has no tokenizer files"):
+        load_cross_encoder(str(bare["cross-encoder"]))
+    with pytest.raises(InputError, match="has no tokenizer files"):
+        load_tokenizer(str(bare["qwen3"]))
+    assert len(load_tokenizer(str(tiny_qwen3))) > 2  # a whole tokenizer passes
+
+
 # --- embedding -------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.formats import label_word_grades
 from rerank_distill.prompts import YES_NO_SYSTEM, JudgePrompt, labels_system, single_token_id
 from rerank_distill.teachers import TeacherScores, model_config, teacher_name, yes_minus_no
+from rerank_distill.teachers.sentence_models import refuse_tokenizer_without_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
     except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load the LLM judge's tokenizer from '{model_path}' ({first_line(error)})") from None
+    refuse_tokenizer_without_vocabulary(tokenizer, model_path)
+    return tokenizer
 
 
 def label_probabilities(answer_logits: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ def load_model(model_class, model_path: str, device: str | None, dtype: str, **k
 
     torch_device = resolve_device(device)
     try:
-        return model_class(
+        model = model_class(
             model_path,
             device=str(torch_device),
             model_kwargs={"dtype": resolve_dtype(dtype, torch_device)},
@@ -21,6 +21,18 @@ def load_model(model_class, model_path: str, device: str | None, dtype: str, **k
         )
     except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a {model_class.__name__} from '{model_path}' ({first_line(error)})") from None
+    refuse_tokenizer_without_vocabulary(model.tokenizer, model_path)
+    return model
+
+
+def refuse_tokenizer_without_vocabulary(tokenizer, model_path: str) -> None:
+    """InputError where ``tokenizer`` knows its special tokens only: what transformers builds, with no
+    error, for a model folder that lacks its tokenizer files (``save_pretrained`` of the model alone).
+    Every word would become the unknown token, and the scores noise."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise InputError(f"'{model_path}' has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt "
+                         "or the like), so every word would be read as unknown: copy in the tokenizer files of the "
+                         "model it was made from")
 
 
 def limit_length(model, max_length: int, pairs: bool = True) -> int:
