@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -254,6 +255,8 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
                **run_summary(trainer, result, seconds, start_step, script.early_stopping_patience > 0)}
     if training.should_save:
         write_json(Path(training.output_dir) / SUMMARY_FILE, summary)
+        with suppress(OSError):  # sentence-transformers' folder for its evaluators' files, which ours writes none of
+            (Path(training.output_dir) / "eval").rmdir()
     logger.info(summary_message(summary, training.output_dir))
     return summary
 

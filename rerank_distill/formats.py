@@ -362,8 +362,9 @@ def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = Non
             yield from _iter_file(path)
     elif os.path.exists(source) or not _looks_like_hub_dataset(source):
         if not os.path.exists(source):  # /data/set@v1:test: a path, so never tried on a hub
-            from rerank_distill.hub import refuse_revision_of_a_folder
+            from rerank_distill.hub import refuse_revision_of_a_folder, refuse_web_address
 
+            refuse_web_address(source, "data set")
             refuse_revision_of_a_folder(source.rsplit(":", 1)[0], "data set", "{folder}:SPLIT")
         yield from _iter_file(source)
     else:

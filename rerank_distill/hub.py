@@ -53,6 +53,18 @@ def refuse_stray_spaces(text: str, what: str, of: str = "") -> None:
         raise InputError(f"{what} '{text}'{of} begins or ends with a space: remove it")
 
 
+def refuse_web_address(text: str, what: str) -> None:
+    """InputError where ``text`` is a hub page's web address (https://huggingface.co/BAAI/x),
+    which neither hub's library takes for an id: say which id to pass."""
+    if not text.lower().startswith(("https://", "http://")):
+        return
+    parts = [part for part in urlparse(text).path.split("/") if part]
+    if parts[:1] in (["models"], ["datasets"]):  # modelscope.cn/models/OWNER/NAME, huggingface.co/datasets/OWNER/NAME
+        parts = parts[1:]
+    hint = f"pass its id, {'/'.join(parts[:2])}" if len(parts) >= 2 else "pass a hub id (OWNER/NAME) or a local path"
+    raise InputError(f"{what} '{text}' is a web address: {hint}")
+
+
 def _offline_message(kind: str, hub_id: str, hub: str, reason: str, look_alike: str | None = None) -> str:
     """What to download and where to put it, for a hub id that could not be fetched (``look_alike``:
     an id the cache holds that differs from it in case or a letter or two)."""
@@ -201,6 +213,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
                 "or modules.json (sentence-transformers); pass that folder"
             )
         return name_or_path
+    refuse_web_address(name_or_path, "model")
     refuse_revision_of_a_folder(name_or_path, "model")
     if not looks_like_hub_id(name_or_path):
         raise InputError(f"model path '{name_or_path}' does not exist")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rerank_distill.errors import InputError
+from rerank_distill.formats import iter_rows
 from rerank_distill.hub import load_hub_dataset, looks_like_hub_id, resolve_model, split_revision
 
 
@@ -144,6 +145,18 @@ def test_offline_an_id_the_cache_holds_in_another_case_or_spelling_is_named(no_c
 ])
 def test_an_id_with_a_stray_space_says_so(call, message):
     with pytest.raises(InputError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: resolve_model("https://huggingface.co/BAAI/bge-reranker-v2-m3"), "pass its id, BAAI/bge-reranker-v2-m3$"),
+    (lambda: resolve_model("https://modelscope.cn/models/Qwen/Qwen3-Reranker-8B/files"),
+     "pass its id, Qwen/Qwen3-Reranker-8B$"),
+    (lambda: list(iter_rows("https://huggingface.co/datasets/mteb/some-data:test")), "pass its id, mteb/some-data:test$"),
+    (lambda: resolve_model("https://huggingface.co/"), r"pass a hub id \(OWNER/NAME\) or a local path$"),
+])
+def test_a_hub_page_address_given_for_an_id_names_the_id(call, message):
+    with pytest.raises(InputError, match="is a web address: " + message):
         call()
 
 

@@ -191,6 +191,7 @@ def test_the_checkpoint_with_the_best_held_out_map_becomes_the_model_and_its_que
     assert len(held_out) == 2 == summary["selection_queries"]  # 40% of the 5 training queries
     assert trained_queries == set(QUERIES) - set(held_out)
     assert summary["metric_for_best_model"] == "eval_selection_map"
+    assert not (out / "eval").exists()  # sentence-transformers' empty folder for evaluator files is not left behind
 
     maps = eval_history(out, "eval_selection_map")
     assert [step for step, _ in maps] == [1, 2, 3, 4, 5, 6]
