@@ -116,38 +116,17 @@ def main(argv: list[str] | None = None) -> dict:
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     shard = Shard.parse(args.shard)
-    if args.shard and (args.merge_shards or args.data_parallel_size > 1):
-        other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
-        raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
-                         "pass one of them")
+    refuse_conflicting_shard_flags(args)
     input_files = [file for source in args.input_path for file in local_files(source)]
     for source, derived in inputs:  # named here, not by the user, an output may be an input given by its path
         check_not_an_input(output_path_for(source, args.output_dir, shard, derived), input_files, "--output_dir's file")
-    if args.merge_shards == 1:  # its one "shard" is the output itself: a merge would only replace its args.json
-        raise InputError("--merge_shards 1: a run of one shard writes the output itself, there is nothing to join; "
-                         "pass the N of the --shard I/N runs to join")
-    if args.merge_shards and args.check_inputs_only:
-        raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
-                         "pass one of them")
     if args.merge_shards:
-        with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
-            for source, derived in inputs:
-                claimed.enter_context(claim_output(output_path_for(source, args.output_dir, passages_as_queries=derived)))
-            merged = merge_all_shards(inputs, args.output_dir, args.merge_shards, args.input_format, read_args,
-                                      args.overwrite)
-            shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
-            write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv),
-                           script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
-            return merged
+        return merge_shard_files(args, argv, inputs, read_args)
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     warn_unread(args, unread_teacher_flags(teacher_types))
     check_teacher_options(teacher_types, args)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
-    for index, output in enumerate(outputs):
-        if output in outputs[:index]:
-            first, source = inputs[outputs.index(output)][0], inputs[index][0]
-            raise InputError(f"--input_path {first} and {source} would both write {output} (their names give the "
-                             "same output name); rename one, or score them in runs with different --output_dir")
+    refuse_shared_outputs([source for source, _ in inputs], outputs)
 
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
     expected = {}
@@ -179,6 +158,42 @@ def main(argv: list[str] | None = None) -> dict:
                                        read_args)
         return score_with_teachers(args, argv, teacher_types, backend, model_paths, inputs, outputs, expected, shard,
                                    read_args)
+
+
+def refuse_conflicting_shard_flags(args: GenerateLogitsArguments) -> None:
+    """InputError for --shard, --merge_shards and --data_parallel_size given in a way that cannot work."""
+    if args.shard and (args.merge_shards or args.data_parallel_size > 1):
+        other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
+        raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
+                         "pass one of them")
+    if args.merge_shards == 1:  # its one "shard" is the output itself: a merge would only replace its args.json
+        raise InputError("--merge_shards 1: a run of one shard writes the output itself, there is nothing to join; "
+                         "pass the N of the --shard I/N runs to join")
+    if args.merge_shards and args.check_inputs_only:
+        raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
+                         "pass one of them")
+
+
+def refuse_shared_outputs(sources: list[str], outputs: list[Path]) -> None:
+    """InputError where two inputs would write one output (their names give the same stem)."""
+    for index, output in enumerate(outputs):
+        if output in outputs[:index]:
+            raise InputError(f"--input_path {sources[outputs.index(output)]} and {sources[index]} would both write "
+                             f"{output} (their names give the same output name); rename one, or score them in runs "
+                             "with different --output_dir")
+
+
+def merge_shard_files(args: GenerateLogitsArguments, argv: list[str], inputs: list, read_args: dict) -> dict:
+    """--merge_shards N: join each input's N finished shard files into its output, and record the run."""
+    with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
+        for source, derived in inputs:
+            claimed.enter_context(claim_output(output_path_for(source, args.output_dir, passages_as_queries=derived)))
+        merged = merge_all_shards(inputs, args.output_dir, args.merge_shards, args.input_format, read_args,
+                                  args.overwrite)
+        shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
+        write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv),
+                       script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
+        return merged
 
 
 def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
