@@ -40,6 +40,7 @@ from rerank_distill.scoring import (
     log_teacher_metrics,
     merge_all_shards,
     output_path_for,
+    ranking_queries,
     remove_output,
     resume_point,
     score_source,
@@ -266,7 +267,8 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                         stats.pairs_per_second)
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
         if not stats.already_complete and not shard.count > 1:  # a shard's share: reported once merged
-            summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output)
+            lists = ranking_queries(source, args.input_format, read_args, derived)  # read again only if labelled
+            summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output, lists)
     return summary
 
 

@@ -661,11 +661,15 @@ def score_source(
     return stats
 
 
-def teacher_metrics(output_path: Path) -> dict | None:
-    """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output (its
-    consecutive lines of one query text are one ranking), under the mteb protocol; None where
-    its pairs have no gold labels (passages as queries: none has one), no query has both a
-    positive and a negative, or a grade is below 0. Streams."""
+def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery] | None = None) -> dict | None:
+    """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output, under
+    the mteb protocol; None where its pairs have no gold labels (passages as queries: none has
+    one), no query has both a positive and a negative, or a grade is below 0. Streams.
+
+    ``lists``: the input's queries as stage 1 scored them (ranking_queries): each one's lines are a
+    ranking of their own, as evaluation.py ranks each record's list apart, even where two lists of
+    one query text lie side by side. Without them, consecutive lines of one query text are one
+    ranking (which joins such lists into one, counted as one query)."""
     from rerank_distill.metrics import evaluate_rankings
 
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
@@ -676,8 +680,12 @@ def teacher_metrics(output_path: Path) -> dict | None:
         return None
 
     def rankings() -> Iterator[tuple[list[float], list[float]]]:  # one query's lines at a time
-        for _, lines in itertools.groupby(itertools.chain([first], pairs), key=lambda pair: pair.query):
-            group = list(lines)
+        lines = itertools.chain([first], pairs)
+        if lists is None:
+            groups = (list(group) for _, group in itertools.groupby(lines, key=lambda pair: pair.query))
+        else:  # stage 1 writes a line for each passage of each list, in order; a list without passages has none
+            groups = (list(itertools.islice(lines, len(query.passages))) for query in lists if query.passages)
+        for group in groups:
             yield [pair.score for pair in group], [pair.label for pair in group]
 
     try:
@@ -758,14 +766,15 @@ def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_
             seconds = counts.get("seconds_all_runs", counts["seconds"])
             logger.info("%s: %s; the slowest shard took %.1f s, %.1f pairs/s in all", merged, counts_message(counts),
                         seconds, counts["pairs"] / max(seconds, 1e-9))
-        log_teacher_metrics(merged)
+        log_teacher_metrics(merged, ranking_queries(source, input_format, read_args, derived))
     return {"merged": num_shards}
 
 
-def log_teacher_metrics(output: Path) -> dict | None:
+def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery] | None = None) -> dict | None:
     """Log and return the teacher's metrics against the gold labels of a finished output (None
-    where it has none): a bad teacher shows now, not after a student has been trained on it."""
-    metrics = teacher_metrics(output)
+    where it has none): a bad teacher shows now, not after a student has been trained on it.
+    ``lists`` as for teacher_metrics."""
+    metrics = teacher_metrics(output, lists)
     if metrics:
         logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
                     "positive and a negative): what a student learning from it aims for", output, metrics["map"],

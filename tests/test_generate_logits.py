@@ -622,6 +622,27 @@ def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tm
     assert teacher_metrics(output) is None
 
 
+def test_two_lists_of_one_query_text_side_by_side_are_two_rankings_as_evaluation_ranks_them(tmp_path):
+    from rerank_distill.formats import iter_ranking_queries
+    from rerank_distill.metrics import evaluate_rankings
+    from rerank_distill.scoring import teacher_metrics
+
+    data = write_jsonl_records(tmp_path / "data.jsonl", [
+        {"query": "bank", "positive": ["p1"], "negative": ["n1"]},
+        {"query": "bank", "positive": ["p2"], "negative": ["n2"]},
+    ])  # fmt: skip
+    output = write_jsonl_records(tmp_path / "data_scores.jsonl", [
+        {"query": "bank", "passage": "p1", "score": 0.9, "label": 1},
+        {"query": "bank", "passage": "n1", "score": 0.1, "label": 0},
+        {"query": "bank", "passage": "p2", "score": 0.5, "label": 1},
+        {"query": "bank", "passage": "n2", "score": 0.8, "label": 0},
+    ])  # fmt: skip
+    # stage 4 ranks each record's list apart: AP 1 and 1/2 (joined into one list of four it would be 5/6)
+    expected = evaluate_rankings([([0.9, 0.1], [1, 0]), ([0.5, 0.8], [1, 0])], "mteb", 10)
+    got = teacher_metrics(output, iter_ranking_queries(str(data), "auto"))
+    assert (got["map"], got["queries_evaluated"]) == (expected["map"], 2) == (0.75, 2)
+
+
 def test_shard_flag_is_checked():
     assert Shard.parse("1/4") == Shard(1, 4)
     with pytest.raises(InputError):
