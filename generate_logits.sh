@@ -42,8 +42,10 @@ read -r -a model_paths <<< "$TEACHER"
 read -r -a teacher_types <<< "$TEACHER_TYPE"
 # The script adds repeated --model_path/--teacher_type flags together (several teachers), so one
 # given on this command line replaces TEACHER/TEACHER_TYPE instead of adding a teacher to them.
-model_args=(--model_path "${model_paths[@]}")
-type_args=(--teacher_type "${teacher_types[@]}")
+# (an array that may be empty is expanded as ${a[@]+"${a[@]}"}: a bare "${a[@]}" of an empty one stops
+# the launcher under set -u in bash before 4.4, macOS's bash 3.2 among them)
+model_args=(--model_path ${model_paths[@]+"${model_paths[@]}"})
+type_args=(--teacher_type ${teacher_types[@]+"${teacher_types[@]}"})
 inputs_given=false
 check_first=true  # a run that scores nothing needs no check ahead of it
 command_line_types=()  # --teacher_type's values on the command line
@@ -67,19 +69,19 @@ done
 
 # INSTRUCTION is an LLM judge's (the llm_ types): unless set in the environment, it is passed only where the
 # teacher types (the command line's, else TEACHER_TYPE) name one, as the script warns of a flag no teacher reads
-types=("${teacher_types[@]}")
+types=(${teacher_types[@]+"${teacher_types[@]}"})
 if (( ${#type_args[@]} == 0 )); then
     types=(${command_line_types[@]+"${command_line_types[@]}"})
 fi
 instruction_args=()
-if [[ -n "$instruction_given" || " ${types[*]} " == *" llm_"* ]]; then
+if [[ -n "$instruction_given" || " ${types[*]-} " == *" llm_"* ]]; then
     instruction_args=(--instruction "$INSTRUCTION")
 fi
 
 score() {
     python "$(dirname "$0")/generate_logits.py" \
-        "${model_args[@]}" \
-        "${type_args[@]}" \
+        ${model_args[@]+"${model_args[@]}"} \
+        ${type_args[@]+"${type_args[@]}"} \
         --output_dir "$SCORES_DIR" \
         ${instruction_args[@]+"${instruction_args[@]}"} \
         --backend "$BACKEND" \

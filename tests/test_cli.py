@@ -3,6 +3,7 @@ mistyped flag is a one-line error that suggests the flag meant."""
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,43 @@ def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
     assert args.output_dir == str(tmp_path / "scores")
     assert args.instruction == "~ is no path here"
     assert args.cache_dir is None
+
+
+REPO = Path(__file__).parents[1]
+# the launchers a user runs, on a Mac too, where `#!/usr/bin/env bash` is bash 3.2 (bench/gpu_checks.sh
+# is for Linux GPU machines: it uses bash 4 and GNU timeout)
+LAUNCHERS = ["generate_logits.sh", "create_triplets.sh", "train.sh", "evaluation.sh", "demo.sh"]
+# arrays that hold a word wherever they are expanded bare: a flag, or a list checked not to be empty
+NEVER_EMPTY = {"input_paths", "args"}
+BASH_4_ONLY = {
+    "an associative array": r"\b(declare|local|typeset) -[a-zA-Z]*A",
+    "mapfile/readarray": r"\b(mapfile|readarray)\b",
+    "a nameref": r"\b(declare|local|typeset) -[a-zA-Z]*n",
+    "case conversion": r"\$\{\w+(\[[^]]*\])?(,|\^)",
+    "a transformation": r"\$\{\w+(\[[^]]*\])?@[A-Za-z]\}",
+    "&>> or |&": r"&>>|\|&",
+    "a negative index": r"\[-\d+\]",
+    "wait -n / coproc": r"\bwait -n\b|\bcoproc\b",
+    "GNU-only flags": r"\breadlink -f|\bsed -i\b|\bdate -d\b|\bstat -c\b|\bgrep -[a-zA-Z]*P",
+}
+
+
+def code_lines(launcher: str) -> list[tuple[int, str]]:
+    return [(number, line) for number, line in enumerate((REPO / launcher).read_text().splitlines(), 1)
+            if not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_launchers_run_in_macos_bash_3_2(launcher):
+    """No bash 4 feature, and no array that may be empty expanded bare: under set -u, bash before 4.4
+    stops at "${a[@]}" of an empty array ("a[@]: unbound variable"), so such arrays are expanded as
+    ${a[@]+"${a[@]}"}; ${#a[@]} and ${a[*]-} are safe."""
+    found = []
+    for number, line in code_lines(launcher):
+        found += [f"{launcher}:{number}: {what}" for what, pattern in BASH_4_ONLY.items() if re.search(pattern, line)]
+        for use in re.finditer(r"\$\{(\w+)\[[@*]\]([^}]*)\}", line):
+            before, name, rest = line[: use.start()], use.group(1), use.group(2)
+            guarded = before.endswith(f"${{{name}[@]+\"") or rest[:1] in ("+", "-")
+            if not guarded and name not in NEVER_EMPTY:
+                found.append(f"{launcher}:{number}: {use.group()} bare")
+    assert found == []
