@@ -6,6 +6,9 @@
 # The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):
 # one listwise group per query holding its whole candidate list, for train.sh's listwise_kl loss.
 # The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "create_triplets.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
 # The size settings below that the environment gives: passed even where the format does not read them,
 # so that create_triplets.py warns instead of the launcher dropping them unsaid

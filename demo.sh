@@ -2,6 +2,9 @@
 # The whole pipeline on an offline demo: a synthetic data set and tiny random-weight models,
 # all built here (no network), so the four stages run on a laptop CPU in a few minutes.
 # The models are random, so the demo's metrics are noise: it shows the plumbing, not a result.
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "demo.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -3,6 +3,9 @@
 # graded data (e.g. ESCI's E/S/C/I) adds each model's mean score per grade and a label teacher's accuracy.
 # Each setting can be set from the environment (MODEL_AFTER=path ./evaluation.sh) and extra
 # arguments are passed on: ./evaluation.sh --protocol sentence-transformers --dtype bfloat16
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "evaluation.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
 
 # The student before distillation: a CrossEncoder folder or hub id (train.sh's STUDENT)

@@ -2,6 +2,9 @@
 # Stage 1: the teacher scores every (query, passage) pair. Safe to interrupt: run it again to continue.
 # Each setting can be set from the environment (TEACHER=path ./generate_logits.sh) and extra
 # arguments are passed on: ./generate_logits.sh --backend hf --batch_size 8
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "generate_logits.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
 instruction_given="${INSTRUCTION+yes}"  # set in the environment: passed whatever the teacher (the script warns if unread)
 

@@ -13,6 +13,9 @@
 #   LOSS=mse TRAIN_DATA=output/scores/train_scores.jsonl ./train.sh
 # Several GPUs on one machine: NUM_GPUS=4 ./train.sh (runs torchrun --nproc_per_node 4;
 # BATCH_SIZE is per GPU, so the effective batch is NUM_GPUS * BATCH_SIZE).
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "train.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
 
 STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
@@ -68,14 +71,16 @@ done
 
 here="$(dirname "$0")"
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
-# without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU
-read -r has_gpu fast_bf16 < <(python -c '
+# without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU. (Not read from a process
+# substitution, <(...): that one's failure would go unnoticed, and bash 3.2 in POSIX mode, macOS's sh, refuses it.)
+hardware="$(python -c '
 import sys
 sys.path.insert(0, sys.argv[1])  # (not PYTHONPATH, which would split a ":" in the path)
 import torch
 from rerank_distill.student import bfloat16_is_fast
 gpu = torch.cuda.is_available()
-print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())' "$here")
+print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())' "$here")"
+read -r has_gpu fast_bf16 <<< "$hardware"
 if [[ "$BF16" == "auto" ]]; then
     BF16="$fast_bf16"
 fi

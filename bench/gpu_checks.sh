@@ -14,6 +14,9 @@
 # under RESULTS_DIR (default bench/results; for the
 # CPU dry run, ALLOW_CPU=1 on a machine without a GPU, a temporary folder it names: tests and fsdp run
 # there, the 8B-shaped teacher is skipped).
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "gpu_checks.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -uo pipefail
 
 # The teacher check's data, tokenizer, queries and batch (TEACHER_ like generate_logits.sh's teacher settings)

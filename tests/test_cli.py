@@ -4,6 +4,7 @@ mistyped flag is a one-line error that suggests the flag meant."""
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,7 @@ BASH_4_ONLY = {
     "a negative index": r"\[-\d+\]",
     "wait -n / coproc": r"\bwait -n\b|\bcoproc\b",
     "GNU-only flags": r"\breadlink -f|\bsed -i\b|\bdate -d\b|\bstat -c\b|\bgrep -[a-zA-Z]*P",
+    "process substitution (which bash 3.2 refuses in POSIX mode, as macOS's sh)": r"<\(",
 }
 
 
@@ -195,3 +197,12 @@ def test_the_launchers_run_in_macos_bash_3_2(launcher):
             if not guarded and name not in NEVER_EMPTY:
                 found.append(f"{launcher}:{number}: {use.group()} bare")
     assert found == []
+
+
+@pytest.mark.skipif(not shutil.which("dash"), reason="needs dash")
+@pytest.mark.parametrize("launcher", [*LAUNCHERS, "bench/gpu_checks.sh"])
+def test_a_launcher_run_with_sh_says_to_run_it_with_bash(launcher, tmp_path):
+    # dash stopped at "set -o pipefail" or, where it has that, at the first array, saying neither is bash's
+    done = subprocess.run(["dash", str(REPO / launcher), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"{Path(launcher).name}: run it with bash (bash {REPO / launcher}), not sh\n"
