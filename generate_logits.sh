@@ -6,6 +6,15 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "generate_logits.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/generate_logits.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
 instruction_given="${INSTRUCTION+yes}"  # set in the environment: passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
@@ -66,7 +75,7 @@ for arg in "$@"; do
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
             --check-inputs-only) check_first=false ;;
-        -h | --help) exec python "$(dirname "$0")/generate_logits.py" --help ;;
+        -h | --help) exec python "$here/generate_logits.py" --help ;;
     esac
 done
 
@@ -82,7 +91,7 @@ if [[ -n "$instruction_given" || " ${types[*]-} " == *" llm_"* ]]; then
 fi
 
 score() {
-    python "$(dirname "$0")/generate_logits.py" \
+    python "$here/generate_logits.py" \
         ${model_args[@]+"${model_args[@]}"} \
         ${type_args[@]+"${type_args[@]}"} \
         --output_dir "$SCORES_DIR" \

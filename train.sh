@@ -17,6 +17,15 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "train.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/train.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
 
 STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
 HUB="${HUB:-huggingface}"                                         # where hub ids (STUDENT, data sets) are downloaded from: huggingface or modelscope
@@ -61,7 +70,7 @@ for arg in "$@"; do
     case "$arg" in
         --loss=*) loss="${arg#--loss=}" ;;
         --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
-        -h | --help) exec python "$(dirname "$0")/train.py" --help ;;  # before the warnings below, which would not apply
+        -h | --help) exec python "$here/train.py" --help ;;  # before the warnings below, which would not apply
     esac
     if [[ "$previous" == "--loss" ]]; then
         loss="$arg"
@@ -69,7 +78,6 @@ for arg in "$@"; do
     previous="$arg"
 done
 
-here="$(dirname "$0")"
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
 # without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU. (Not read from a process
 # substitution, <(...): that one's failure would go unnoticed, and bash 3.2 in POSIX mode, macOS's sh, refuses it.)

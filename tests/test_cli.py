@@ -206,3 +206,15 @@ def test_a_launcher_run_with_sh_says_to_run_it_with_bash(launcher, tmp_path):
     done = subprocess.run(["dash", str(REPO / launcher), "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"{Path(launcher).name}: run it with bash (bash {REPO / launcher}), not sh\n"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
+    # a link in another folder to a relative link to the launcher: dirname "$0" alone named the links' folder
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / f"{name}.sh").symlink_to(REPO / f"{name}.sh")
+    (tmp_path / "bin" / name).symlink_to(Path("..") / "links" / f"{name}.sh")
+    shown = subprocess.run(["bash", "bin/" + name, "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert shown.stdout.startswith(f"usage: {name}.py")
