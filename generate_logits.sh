@@ -79,6 +79,14 @@ for arg in "$@"; do
     esac
 done
 
+# a whole number: in (( )) below, 1.5, "2 3" or 08 (a bad octal number) were false after a bash error, and the
+# inputs were scored without their passages-as-queries lists
+if [[ ! "$PASSAGES_AS_QUERIES" =~ ^[0-9]+$ ]]; then
+    echo "generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '$PASSAGES_AS_QUERIES'" >&2
+    exit 2
+fi
+PASSAGES_AS_QUERIES="$((10#$PASSAGES_AS_QUERIES))"  # 08 is 8
+
 # INSTRUCTION is an LLM judge's (the llm_ types): unless set in the environment, it is passed only where the
 # teacher types (the command line's, else TEACHER_TYPE) name one, as the script warns of a flag no teacher reads
 types=(${teacher_types[@]+"${teacher_types[@]}"})

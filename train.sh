@@ -78,6 +78,13 @@ for arg in "$@"; do
     previous="$arg"
 done
 
+# a whole number: in (( )) below, 1.5 or 08 (a bad octal number) were false after a bash error, and one process trained
+if [[ ! "$NUM_GPUS" =~ ^[0-9]+$ ]]; then
+    echo "train.sh: NUM_GPUS must be a whole number of GPUs, not '$NUM_GPUS'" >&2
+    exit 2
+fi
+NUM_GPUS="$((10#$NUM_GPUS))"  # 08 is 8
+
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
 # without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU. (Not read from a process
 # substitution, <(...): that one's failure would go unnoticed, and bash 3.2 in POSIX mode, macOS's sh, refuses it.)
