@@ -95,7 +95,7 @@ if (( ${#type_args[@]} == 0 )); then
 fi
 instruction_args=()
 if [[ -n "$instruction_given" || " ${types[*]-} " == *" llm_"* ]]; then
-    instruction_args=(--instruction "$INSTRUCTION")
+    instruction_args=("--instruction=$INSTRUCTION")  # one word: an instruction may begin with "-"
 fi
 
 score() {

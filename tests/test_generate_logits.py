@@ -989,6 +989,14 @@ def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(rankin
             f"generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '{value}'\n")
 
 
+def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins"}
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
+                           "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr  # not "argument --instruction: expected one argument"
+
+
 def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):
     checked = generate_logits.main(["--model_path", str(tmp_path / "no-such-model"), "--input_path", str(ranking_file),
                                     "--output_dir", str(tmp_path / "scores"), "--passages_as_queries", "2",
