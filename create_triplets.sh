@@ -21,7 +21,7 @@ done
 here="$(dirname "$here")"
 # The size settings below that the environment gives: passed even where the format does not read them,
 # so that create_triplets.py warns instead of the launcher dropping them unsaid
-given="${NUM_NEGATIVES+NUM_NEGATIVES} ${GROUP_SIZE+GROUP_SIZE} ${TOP_K+TOP_K}"
+given="${NUM_NEGATIVES:+NUM_NEGATIVES} ${GROUP_SIZE:+GROUP_SIZE} ${TOP_K:+TOP_K}"  # (set empty: the default, not given)
 
 # Teacher scores written by generate_logits.sh (into its SCORES_DIR): train.jsonl(.gz) gives train_scores.jsonl,
 # a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set NAME:train {NAME}_train_scores.jsonl

@@ -15,7 +15,7 @@ while [[ -L "$here" ]]; do
     here="$link"
 done
 here="$(dirname "$here")"
-instruction_given="${INSTRUCTION+yes}"  # set in the environment: passed whatever the teacher (the script warns if unread)
+instruction_given="${INSTRUCTION:+yes}"  # set in the environment (not empty): passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
 # Several, space-separated, ensemble their scores (mean of per-query z-scores). A path with a space

@@ -35,9 +35,9 @@ HUB="${HUB:-huggingface}"                                         # where hub id
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
 LOSS="${LOSS:-listwise_kl}"
 TRAIN_DATA="${TRAIN_DATA:-${TRIPLETS:-output/triplets/train_triplets.jsonl}}"  # create_triplets.sh's TRIPLETS (see LOSS)
-# Teacher scores and margins are divided by it (1 = as they are). Unset: 4 for listwise_kl (measured with
+# Teacher scores and margins are divided by it (1 = as they are). Unset or empty: 4 for listwise_kl (measured with
 # scores of 10 x cosine), else train.py's own 1; one you set is passed for every loss (train.py warns where unread)
-temperature_given="${TEACHER_TEMPERATURE+yes}"
+temperature_given="${TEACHER_TEMPERATURE:+yes}"
 TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,

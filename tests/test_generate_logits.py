@@ -1056,7 +1056,9 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0 and "older than" in done.stderr
-    for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}):  # nor with its other formats and positives
+    # nor with its other formats and positives; a size set empty is its default, not a setting given
+    for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}, {"FORMAT": "triplets", "GROUP_SIZE": ""},
+                     {"POSITIVES": "labels", "TOP_K": ""}):  # fmt: skip
         done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, **settings},
                               cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr

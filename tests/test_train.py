@@ -1558,6 +1558,11 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
     assert done.returncode == 0 and "the default SELECTION_DATA" not in done.stderr, done.stderr[-2000:]
     script = json.loads((tmp_path / "model" / "args.json").read_text())["script"]
     assert (script["selection_data"], script["teacher_temperature"]) == (str(scores), 2.0)
+    # one set empty is the default, as for every setting (it was taken as set, and margin_mse trained at 4)
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1", "--overwrite_output_dir"],
+                          env={**env, "TEACHER_TEMPERATURE": ""}, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["teacher_temperature"] == 1.0
 
 
 @pytest.mark.parametrize("value", ["1.5", "all"])
