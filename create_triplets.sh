@@ -6,10 +6,22 @@
 # The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):
 # one listwise group per query holding its whole candidate list, for train.sh's listwise_kl loss.
 # The first recipe's triplets: FORMAT=triplets TOP_K=8 NUM_NEGATIVES=4 ./create_triplets.sh
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "create_triplets.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/create_triplets.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
 # The size settings below that the environment gives: passed even where the format does not read them,
 # so that create_triplets.py warns instead of the launcher dropping them unsaid
-given="${NUM_NEGATIVES+NUM_NEGATIVES} ${GROUP_SIZE+GROUP_SIZE} ${TOP_K+TOP_K}"
+given="${NUM_NEGATIVES:+NUM_NEGATIVES} ${GROUP_SIZE:+GROUP_SIZE} ${TOP_K:+TOP_K}"  # (set empty: the default, not given)
 
 # Teacher scores written by generate_logits.sh (into its SCORES_DIR): train.jsonl(.gz) gives train_scores.jsonl,
 # a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set NAME:train {NAME}_train_scores.jsonl
@@ -54,7 +66,7 @@ for arg in "$@"; do
         --positives=*) positives="${arg#--positives=}" ;;
         --format=*) format="${arg#--format=}" ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
-        -h | --help) exec python "$(dirname "$0")/create_triplets.py" --help ;;  # before the notes below, which would not apply
+        -h | --help) exec python "$here/create_triplets.py" --help ;;  # before the notes below, which would not apply
     esac
     case "$previous" in
         --positives) positives="$arg" ;;
@@ -92,7 +104,7 @@ elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]];
     fi
 fi
 
-python "$(dirname "$0")/create_triplets.py" \
+python "$here/create_triplets.py" \
     ${input_args[@]+"${input_args[@]}"} \
     --output_path "$TRIPLETS" \
     --format "$FORMAT" \

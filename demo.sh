@@ -2,8 +2,20 @@
 # The whole pipeline on an offline demo: a synthetic data set and tiny random-weight models,
 # all built here (no network), so the four stages run on a laptop CPU in a few minutes.
 # The models are random, so the demo's metrics are noise: it shows the plumbing, not a result.
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "demo.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
-cd "$(dirname "$0")"
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/demo.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
+cd "$here"
 
 # Where the demo's data, models and outputs go (no spaces: the launchers take space-separated lists)
 DEMO_DIR="${DEMO_DIR:-output/demo}"

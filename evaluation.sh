@@ -3,7 +3,19 @@
 # graded data (e.g. ESCI's E/S/C/I) adds each model's mean score per grade and a label teacher's accuracy.
 # Each setting can be set from the environment (MODEL_AFTER=path ./evaluation.sh) and extra
 # arguments are passed on: ./evaluation.sh --protocol sentence-transformers --dtype bfloat16
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "evaluation.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/evaluation.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
 
 # The student before distillation: a CrossEncoder folder or hub id (train.sh's STUDENT)
 MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"
@@ -18,7 +30,7 @@ DATASET="${DATASET:-data/test.jsonl.gz}"
 teacher_scores_given="${TEACHER_SCORES+yes}"
 # (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test)
 dataset_name="$(python -c 'import sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
-from rerank_distill.formats import source_stem; print(source_stem(sys.argv[2]))' "$(dirname "$0")" "$DATASET")"
+from rerank_distill.formats import source_stem; print(source_stem(sys.argv[2]))' "$here" "$DATASET")"
 TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 REPORT="${REPORT:-output/evaluation.json}"
@@ -36,7 +48,7 @@ for arg in "$@"; do
     case "$arg" in
         --teacher_scores | --teacher_scores=* | --teacher-scores | --teacher-scores=*) teacher_scores_flag=true ;;
         --dataset_path | --dataset_path=* | --dataset-path | --dataset-path=*) dataset_flag=true ;;
-        -h | --help) exec python "$(dirname "$0")/evaluation.py" --help ;;  # before the warnings below, which would not apply
+        -h | --help) exec python "$here/evaluation.py" --help ;;  # before the warnings below, which would not apply
     esac
 done
 
@@ -60,7 +72,7 @@ elif [[ -n "$TEACHER_SCORES" ]]; then
          "set TEACHER_SCORES to stage 1's scores of $DATASET" >&2
 fi
 
-python "$(dirname "$0")/evaluation.py" \
+python "$here/evaluation.py" \
     --model_before_path "$MODEL_BEFORE" \
     --dataset_path "$DATASET" \
     --output_path "$REPORT" \

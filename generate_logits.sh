@@ -2,8 +2,20 @@
 # Stage 1: the teacher scores every (query, passage) pair. Safe to interrupt: run it again to continue.
 # Each setting can be set from the environment (TEACHER=path ./generate_logits.sh) and extra
 # arguments are passed on: ./generate_logits.sh --backend hf --batch_size 8
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "generate_logits.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
-instruction_given="${INSTRUCTION+yes}"  # set in the environment: passed whatever the teacher (the script warns if unread)
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/generate_logits.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
+instruction_given="${INSTRUCTION:+yes}"  # set in the environment (not empty): passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
 # Several, space-separated, ensemble their scores (mean of per-query z-scores). A path with a space
@@ -42,8 +54,10 @@ read -r -a model_paths <<< "$TEACHER"
 read -r -a teacher_types <<< "$TEACHER_TYPE"
 # The script adds repeated --model_path/--teacher_type flags together (several teachers), so one
 # given on this command line replaces TEACHER/TEACHER_TYPE instead of adding a teacher to them.
-model_args=(--model_path "${model_paths[@]}")
-type_args=(--teacher_type "${teacher_types[@]}")
+# (an array that may be empty is expanded as ${a[@]+"${a[@]}"}: a bare "${a[@]}" of an empty one stops
+# the launcher under set -u in bash before 4.4, macOS's bash 3.2 among them)
+model_args=(--model_path ${model_paths[@]+"${model_paths[@]}"})
+type_args=(--teacher_type ${teacher_types[@]+"${teacher_types[@]}"})
 inputs_given=false
 check_first=true  # a run that scores nothing needs no check ahead of it
 command_line_types=()  # --teacher_type's values on the command line
@@ -61,25 +75,33 @@ for arg in "$@"; do
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
             --check-inputs-only) check_first=false ;;
-        -h | --help) exec python "$(dirname "$0")/generate_logits.py" --help ;;
+        -h | --help) exec python "$here/generate_logits.py" --help ;;
     esac
 done
 
+# a whole number: in (( )) below, 1.5, "2 3" or 08 (a bad octal number) were false after a bash error, and the
+# inputs were scored without their passages-as-queries lists
+if [[ ! "$PASSAGES_AS_QUERIES" =~ ^[0-9]+$ ]]; then
+    echo "generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '$PASSAGES_AS_QUERIES'" >&2
+    exit 2
+fi
+PASSAGES_AS_QUERIES="$((10#$PASSAGES_AS_QUERIES))"  # 08 is 8
+
 # INSTRUCTION is an LLM judge's (the llm_ types): unless set in the environment, it is passed only where the
 # teacher types (the command line's, else TEACHER_TYPE) name one, as the script warns of a flag no teacher reads
-types=("${teacher_types[@]}")
+types=(${teacher_types[@]+"${teacher_types[@]}"})
 if (( ${#type_args[@]} == 0 )); then
     types=(${command_line_types[@]+"${command_line_types[@]}"})
 fi
 instruction_args=()
-if [[ -n "$instruction_given" || " ${types[*]} " == *" llm_"* ]]; then
-    instruction_args=(--instruction "$INSTRUCTION")
+if [[ -n "$instruction_given" || " ${types[*]-} " == *" llm_"* ]]; then
+    instruction_args=("--instruction=$INSTRUCTION")  # one word: an instruction may begin with "-"
 fi
 
 score() {
-    python "$(dirname "$0")/generate_logits.py" \
-        "${model_args[@]}" \
-        "${type_args[@]}" \
+    python "$here/generate_logits.py" \
+        ${model_args[@]+"${model_args[@]}"} \
+        ${type_args[@]+"${type_args[@]}"} \
         --output_dir "$SCORES_DIR" \
         ${instruction_args[@]+"${instruction_args[@]}"} \
         --backend "$BACKEND" \

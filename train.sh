@@ -13,7 +13,19 @@
 #   LOSS=mse TRAIN_DATA=output/scores/train_scores.jsonl ./train.sh
 # Several GPUs on one machine: NUM_GPUS=4 ./train.sh (runs torchrun --nproc_per_node 4;
 # BATCH_SIZE is per GPU, so the effective batch is NUM_GPUS * BATCH_SIZE).
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "train.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/train.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
 
 STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
 HUB="${HUB:-huggingface}"                                         # where hub ids (STUDENT, data sets) are downloaded from: huggingface or modelscope
@@ -23,9 +35,9 @@ HUB="${HUB:-huggingface}"                                         # where hub id
 #   infonce     triplets or n-tuples (ignores the teacher's scores)
 LOSS="${LOSS:-listwise_kl}"
 TRAIN_DATA="${TRAIN_DATA:-${TRIPLETS:-output/triplets/train_triplets.jsonl}}"  # create_triplets.sh's TRIPLETS (see LOSS)
-# Teacher scores and margins are divided by it (1 = as they are). Unset: 4 for listwise_kl (measured with
+# Teacher scores and margins are divided by it (1 = as they are). Unset or empty: 4 for listwise_kl (measured with
 # scores of 10 x cosine), else train.py's own 1; one you set is passed for every loss (train.py warns where unread)
-temperature_given="${TEACHER_TEMPERATURE+yes}"
+temperature_given="${TEACHER_TEMPERATURE:+yes}"
 TEACHER_TEMPERATURE="${TEACHER_TEMPERATURE:-4}"
 # Gold-labelled candidate lists that pick the best checkpoint by MAP: stage 1's scores of the
 # training data (5% of its queries are held out of training; where that is under 30 queries,
@@ -58,7 +70,7 @@ for arg in "$@"; do
     case "$arg" in
         --loss=*) loss="${arg#--loss=}" ;;
         --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
-        -h | --help) exec python "$(dirname "$0")/train.py" --help ;;  # before the warnings below, which would not apply
+        -h | --help) exec python "$here/train.py" --help ;;  # before the warnings below, which would not apply
     esac
     if [[ "$previous" == "--loss" ]]; then
         loss="$arg"
@@ -66,16 +78,24 @@ for arg in "$@"; do
     previous="$arg"
 done
 
-here="$(dirname "$0")"
+# a whole number: in (( )) below, 1.5 or 08 (a bad octal number) were false after a bash error, and one process trained
+if [[ ! "$NUM_GPUS" =~ ^[0-9]+$ ]]; then
+    echo "train.sh: NUM_GPUS must be a whole number of GPUs, not '$NUM_GPUS'" >&2
+    exit 2
+fi
+NUM_GPUS="$((10#$NUM_GPUS))"  # 08 is 8
+
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
-# without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU
-read -r has_gpu fast_bf16 < <(python -c '
+# without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU. (Not read from a process
+# substitution, <(...): that one's failure would go unnoticed, and bash 3.2 in POSIX mode, macOS's sh, refuses it.)
+hardware="$(python -c '
 import sys
 sys.path.insert(0, sys.argv[1])  # (not PYTHONPATH, which would split a ":" in the path)
 import torch
 from rerank_distill.student import bfloat16_is_fast
 gpu = torch.cuda.is_available()
-print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())' "$here")
+print(str(gpu).lower(), str(bfloat16_is_fast("cuda" if gpu else "cpu")).lower())' "$here")"
+read -r has_gpu fast_bf16 <<< "$hardware"
 if [[ "$BF16" == "auto" ]]; then
     BF16="$fast_bf16"
 fi

@@ -13,8 +13,22 @@
 # Writes gpu_tests_{date}.log, fsdp_{date}.log and teacher_cuda.json (beside it, dated, where one exists)
 # under RESULTS_DIR (default bench/results; for the
 # CPU dry run, ALLOW_CPU=1 on a machine without a GPU, a temporary folder it names: tests and fsdp run
-# there, the 8B-shaped teacher is skipped).
+# there, the 8B-shaped teacher is skipped). It runs in the project folder, wherever it is started from: a relative
+# RESULTS_DIR, TEACHER_DATA or TOKENIZER_FROM is taken from there.
+# bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
+# shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
+[ -n "${BASH_VERSION:-}" ] || { echo "gpu_checks.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -uo pipefail
+# The project folder, where the scripts are, also where this file is run through a symlink to it
+# (ln -s "$PWD/gpu_checks.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
+here="$0"
+while [[ -L "$here" ]]; do
+    link="$(readlink "$here")"
+    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
+    here="$link"
+done
+here="$(dirname "$here")"
+cd "$here/.." || exit 2  # the project folder, wherever it is run from: the paths below are relative to it
 
 # The teacher check's data, tokenizer, queries and batch (TEACHER_ like generate_logits.sh's teacher settings)
 TEACHER_DATA="${TEACHER_DATA:-../shared/data/semeval16b/train.jsonl}"

@@ -3,6 +3,8 @@ mistyped flag is a one-line error that suggests the flag meant."""
 
 import dataclasses
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +156,65 @@ def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
     assert args.output_dir == str(tmp_path / "scores")
     assert args.instruction == "~ is no path here"
     assert args.cache_dir is None
+
+
+REPO = Path(__file__).parents[1]
+# the launchers a user runs, on a Mac too, where `#!/usr/bin/env bash` is bash 3.2 (bench/gpu_checks.sh
+# is for Linux GPU machines: it uses bash 4 and GNU timeout)
+LAUNCHERS = ["generate_logits.sh", "create_triplets.sh", "train.sh", "evaluation.sh", "demo.sh"]
+# arrays that hold a word wherever they are expanded bare: a flag, or a list checked not to be empty
+NEVER_EMPTY = {"input_paths", "args"}
+BASH_4_ONLY = {
+    "an associative array": r"\b(declare|local|typeset) -[a-zA-Z]*A",
+    "mapfile/readarray": r"\b(mapfile|readarray)\b",
+    "a nameref": r"\b(declare|local|typeset) -[a-zA-Z]*n",
+    "case conversion": r"\$\{\w+(\[[^]]*\])?(,|\^)",
+    "a transformation": r"\$\{\w+(\[[^]]*\])?@[A-Za-z]\}",
+    "&>> or |&": r"&>>|\|&",
+    "a negative index": r"\[-\d+\]",
+    "wait -n / coproc": r"\bwait -n\b|\bcoproc\b",
+    "GNU-only flags": r"\breadlink -f|\bsed -i\b|\bdate -d\b|\bstat -c\b|\bgrep -[a-zA-Z]*P",
+    "process substitution (which bash 3.2 refuses in POSIX mode, as macOS's sh)": r"<\(",
+}
+
+
+def code_lines(launcher: str) -> list[tuple[int, str]]:
+    return [(number, line) for number, line in enumerate((REPO / launcher).read_text().splitlines(), 1)
+            if not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_launchers_run_in_macos_bash_3_2(launcher):
+    """No bash 4 feature, and no array that may be empty expanded bare: under set -u, bash before 4.4
+    stops at "${a[@]}" of an empty array ("a[@]: unbound variable"), so such arrays are expanded as
+    ${a[@]+"${a[@]}"}; ${#a[@]} and ${a[*]-} are safe."""
+    found = []
+    for number, line in code_lines(launcher):
+        found += [f"{launcher}:{number}: {what}" for what, pattern in BASH_4_ONLY.items() if re.search(pattern, line)]
+        for use in re.finditer(r"\$\{(\w+)\[[@*]\]([^}]*)\}", line):
+            before, name, rest = line[: use.start()], use.group(1), use.group(2)
+            guarded = before.endswith(f"${{{name}[@]+\"") or rest[:1] in ("+", "-")
+            if not guarded and name not in NEVER_EMPTY:
+                found.append(f"{launcher}:{number}: {use.group()} bare")
+    assert found == []
+
+
+@pytest.mark.skipif(not shutil.which("dash"), reason="needs dash")
+@pytest.mark.parametrize("launcher", [*LAUNCHERS, "bench/gpu_checks.sh"])
+def test_a_launcher_run_with_sh_says_to_run_it_with_bash(launcher, tmp_path):
+    # dash stopped at "set -o pipefail" or, where it has that, at the first array, saying neither is bash's
+    done = subprocess.run(["dash", str(REPO / launcher), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"{Path(launcher).name}: run it with bash (bash {REPO / launcher}), not sh\n"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
+    # a link in another folder to a relative link to the launcher: dirname "$0" alone named the links' folder
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / f"{name}.sh").symlink_to(REPO / f"{name}.sh")
+    (tmp_path / "bin" / name).symlink_to(Path("..") / "links" / f"{name}.sh")
+    shown = subprocess.run(["bash", "bin/" + name, "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert shown.stdout.startswith(f"usage: {name}.py")

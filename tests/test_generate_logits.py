@@ -995,6 +995,29 @@ def test_the_launcher_checks_its_later_inputs_before_the_first_is_scored_with_pa
     assert not (tmp_path / "scores").exists()  # the first input was not scored
 
 
+@pytest.mark.parametrize("value", ["1.5", "08", "2 3", "yes"])
+def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(ranking_file, tmp_path, value):
+    # bash's (( )) read 1.5, "2 3" and 08 (octal) as false after an error line, and scored without the lists
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    env = {**os.environ, "INPUTS": f"{ranking_file} {ranking_file}", "PASSAGES_AS_QUERIES": value}
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
+                           "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    if value == "08":  # a leading zero is no octal number to the user
+        assert done.returncode == 0, done.stderr
+        assert f"{ranking_file} (passages as queries)" in done.stderr
+    else:
+        assert done.returncode == 2 and done.stderr == (
+            f"generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '{value}'\n")
+
+
+def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins"}
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
+                           "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr  # not "argument --instruction: expected one argument"
+
+
 def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):
     checked = generate_logits.main(["--model_path", str(tmp_path / "no-such-model"), "--input_path", str(ranking_file),
                                     "--output_dir", str(tmp_path / "scores"), "--passages_as_queries", "2",
@@ -1054,7 +1077,9 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0 and "older than" in done.stderr
-    for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}):  # nor with its other formats and positives
+    # nor with its other formats and positives; a size set empty is its default, not a setting given
+    for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}, {"FORMAT": "triplets", "GROUP_SIZE": ""},
+                     {"POSITIVES": "labels", "TOP_K": ""}):  # fmt: skip
         done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, **settings},
                               cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr

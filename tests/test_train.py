@@ -1558,6 +1558,20 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
     assert done.returncode == 0 and "the default SELECTION_DATA" not in done.stderr, done.stderr[-2000:]
     script = json.loads((tmp_path / "model" / "args.json").read_text())["script"]
     assert (script["selection_data"], script["teacher_temperature"]) == (str(scores), 2.0)
+    # one set empty is the default, as for every setting (it was taken as set, and margin_mse trained at 4)
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1", "--overwrite_output_dir"],
+                          env={**env, "TEACHER_TEMPERATURE": ""}, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["teacher_temperature"] == 1.0
+
+
+@pytest.mark.parametrize("value", ["1.5", "all"])
+def test_the_launcher_refuses_num_gpus_that_is_no_whole_number(tmp_path, value):
+    # bash's (( )) read 1.5 (or 08, a bad octal number) as false after an error line, and trained in one process
+    launcher = Path(train.__file__).with_name("train.sh")
+    done = subprocess.run(["bash", str(launcher), "--max_steps", "1"], env={**os.environ, "NUM_GPUS": value},
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, f"train.sh: NUM_GPUS must be a whole number of GPUs, not '{value}'\n")
 
 
 def test_data_sets_given_as_hub_ids_are_fetched_through_the_hub_and_cache_train_py_was_given(monkeypatch, tmp_path):
