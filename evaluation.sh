@@ -7,15 +7,8 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "evaluation.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
-# The project folder, where the scripts are, also where this file is run through a symlink to it
-# (ln -s "$PWD/evaluation.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
-here="$0"
-while [[ -L "$here" ]]; do
-    link="$(readlink "$here")"
-    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
-    here="$link"
-done
-here="$(dirname "$here")"
+# This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
+here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 
 # The student before distillation: a CrossEncoder folder or hub id (train.sh's STUDENT)
 MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"

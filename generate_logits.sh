@@ -6,15 +6,8 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "generate_logits.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
-# The project folder, where the scripts are, also where this file is run through a symlink to it
-# (ln -s "$PWD/generate_logits.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
-here="$0"
-while [[ -L "$here" ]]; do
-    link="$(readlink "$here")"
-    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
-    here="$link"
-done
-here="$(dirname "$here")"
+# This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
+here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 instruction_given="${INSTRUCTION:+yes}"  # set in the environment (not empty): passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).

@@ -19,15 +19,8 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "gpu_checks.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -uo pipefail
-# The project folder, where the scripts are, also where this file is run through a symlink to it
-# (ln -s "$PWD/gpu_checks.sh" ~/bin/): followed link by link, as macOS's readlink has no -f
-here="$0"
-while [[ -L "$here" ]]; do
-    link="$(readlink "$here")"
-    [[ "$link" == /* ]] || link="$(dirname "$here")/$link"
-    here="$link"
-done
-here="$(dirname "$here")"
+# This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
+here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 cd "$here/.." || exit 2  # the project folder, wherever it is run from: the paths below are relative to it
 
 # The teacher check's data, tokenizer, queries and batch (TEACHER_ like generate_logits.sh's teacher settings)
