@@ -33,7 +33,8 @@ import numpy as np
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import (
-    check_input_file, check_not_an_input, finite_number, get_number, get_text, get_text_list, read_jsonl, shown,
+    check_encodable, check_input_file, check_not_an_input, finite_number, get_number, get_text, get_text_list,
+    read_jsonl, shown,
 )
 from rerank_distill.qrels import is_qrels, join_parts, local_part_folders
 
@@ -513,11 +514,8 @@ def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     for one holding a lone surrogate (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
     ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
     for name, value in ids.items():
-        try:
-            json.dumps({name: value}, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"id column {shown(name)} holds a lone surrogate (half of an escaped emoji?), which the "
-                             "output, UTF-8, cannot hold; remove or repair it", path, line) from None
+        if isinstance(value, str):
+            check_encodable(value, f"id column {shown(name)}", path, line)
     return ids
 
 

@@ -128,14 +128,15 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputError("contains no records (the file is empty)", path)
 
 
-def _check_encodable(value: str, name: str, path: str, line: int) -> str:
-    """``value``, or InputError if it cannot be written as UTF-8: JSON may escape half of a
-    surrogate pair (``\\ud83d`` alone, from text cut inside an emoji), which no tokenizer takes."""
+def check_encodable(value: str, what: str, path: str, line: int) -> str:
+    """``value`` (``what``, named so in a message: 'field "query"'), or InputError if it cannot be
+    written as UTF-8: JSON may escape half of a surrogate pair (``\\ud83d`` alone, from text cut
+    inside an emoji), which no tokenizer takes."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         raise InputError(
-            f'field "{name}" holds a lone surrogate \\u{ord(value[error.start]):04x} at character {error.start + 1} '
+            f"{what} holds a lone surrogate \\u{ord(value[error.start]):04x} at character {error.start + 1} "
             "(half of an escaped emoji?); remove or repair it", path, line,
         ) from None  # fmt: skip
     return value
@@ -153,7 +154,7 @@ def get_text(record: dict, name: str, path: str, line: int) -> str:
     value = record[name]
     if not isinstance(value, str):
         raise InputError(f'field "{name}" must be a string, got {type(value).__name__}', path, line)
-    return _check_encodable(value, name, path, line)
+    return check_encodable(value, f'field "{name}"', path, line)
 
 
 def get_text_list(record: dict, name: str, path: str, line: int, required: bool = True) -> list[str]:
@@ -164,11 +165,11 @@ def get_text_list(record: dict, name: str, path: str, line: int, required: bool 
         raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
     value = record[name]
     if isinstance(value, str):
-        return [_check_encodable(value, name, path, line)]
+        return [check_encodable(value, f'field "{name}"', path, line)]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InputError(f'field "{name}" must be a list of strings', path, line)
     for item in value:
-        _check_encodable(item, name, path, line)
+        check_encodable(item, f'field "{name}"', path, line)
     return value
 
 

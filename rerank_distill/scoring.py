@@ -661,15 +661,14 @@ def score_source(
     return stats
 
 
-def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery] | None = None) -> dict | None:
+def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | None:
     """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output, under
     the mteb protocol; None where its pairs have no gold labels (passages as queries: none has
     one), no query has both a positive and a negative, or a grade is below 0. Streams.
 
     ``lists``: the input's queries as stage 1 scored them (ranking_queries): each one's lines are a
     ranking of their own, as evaluation.py ranks each record's list apart, even where two lists of
-    one query text lie side by side. Without them, consecutive lines of one query text are one
-    ranking (which joins such lists into one, counted as one query)."""
+    one query text lie side by side (grouping lines by query text would join them)."""
     from rerank_distill.metrics import evaluate_rankings
 
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
@@ -681,12 +680,10 @@ def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery] | None = No
 
     def rankings() -> Iterator[tuple[list[float], list[float]]]:  # one query's lines at a time
         lines = itertools.chain([first], pairs)
-        if lists is None:
-            groups = (list(group) for _, group in itertools.groupby(lines, key=lambda pair: pair.query))
-        else:  # stage 1 writes a line for each passage of each list, in order; a list without passages has none
-            groups = (list(itertools.islice(lines, len(query.passages))) for query in lists if query.passages)
-        for group in groups:
-            yield [pair.score for pair in group], [pair.label for pair in group]
+        for query in lists:  # stage 1 writes a line for each passage of each list, in order
+            if query.passages:
+                group = list(itertools.islice(lines, len(query.passages)))
+                yield [pair.score for pair in group], [pair.label for pair in group]
 
     try:
         result = evaluate_rankings(rankings(), "mteb", 10)
@@ -770,7 +767,7 @@ def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_
     return {"merged": num_shards}
 
 
-def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery] | None = None) -> dict | None:
+def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery]) -> dict | None:
     """Log and return the teacher's metrics against the gold labels of a finished output (None
     where it has none): a bad teacher shows now, not after a student has been trained on it.
     ``lists`` as for teacher_metrics."""

@@ -602,6 +602,7 @@ def test_merging_before_every_shard_finished_is_refused(tmp_path, ranking_file):
 
 
 def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tmp_path, ranking_file):
+    from rerank_distill.formats import iter_ranking_queries
     from rerank_distill.metrics import evaluate_rankings
     from rerank_distill.scoring import teacher_metrics
 
@@ -614,12 +615,12 @@ def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tm
         scores.append(line["score"])
         labels.append(line["label"])
     expected = evaluate_rankings(by_query.values(), "mteb", 10)
-    got = teacher_metrics(output)
+    got = teacher_metrics(output, iter_ranking_queries(str(ranking_file), "auto"))
     assert (got["map"], got["mrr@10"], got["ndcg@10"]) == (expected["map"], expected["mrr@10"], expected["ndcg@10"])
     write_jsonl_records(output, [{**line, "label": None} for line in lines])  # passages as queries: no gold labels
-    assert teacher_metrics(output) is None
+    assert teacher_metrics(output, iter_ranking_queries(str(ranking_file), "auto")) is None
     output.write_text("")  # only queries without passages
-    assert teacher_metrics(output) is None
+    assert teacher_metrics(output, []) is None
 
 
 def test_two_lists_of_one_query_text_side_by_side_are_two_rankings_as_evaluation_ranks_them(tmp_path):
