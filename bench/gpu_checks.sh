@@ -45,6 +45,13 @@ if (( gpus == 0 )); then
 else
     processes="$gpus" precision=(--bf16 true) distributed_type=FSDP
 fi
+# The teacher check's inputs are checked before the minutes of tests: ../shared, say, does not travel
+# to a lent machine, and finding that out at the end costs the whole run
+if [[ " $CHECKS " == *" teacher "* ]] && (( gpus > 0 )); then
+    for input in "$TEACHER_DATA" "$TOKENIZER_FROM"; do
+        [[ -e "$input" ]] || { echo "gpu_checks.sh: $input (TEACHER_DATA or TOKENIZER_FROM) does not exist; set it, or leave teacher out of CHECKS" >&2; exit 2; }
+    done
+fi
 RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 mkdir -p "$RESULTS_DIR"
 STAMP="$(date +%Y%m%d-%H%M%S)"  # in the logs' names: a rerun never replaces the logs a README cites

@@ -218,3 +218,19 @@ def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
     shown = subprocess.run(["bash", "bin/" + name, "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert shown.returncode == 0 and shown.stderr == ""
     assert shown.stdout.startswith(f"usage: {name}.py")
+
+
+def test_gpu_checks_refuses_a_missing_teacher_input_before_the_tests_run(tmp_path):
+    # on a lent GPU machine ../shared is not there: the teacher check failed only after the whole suite
+    (tmp_path / "bin").mkdir()
+    fake_nvidia_smi = tmp_path / "bin" / "nvidia-smi"
+    fake_nvidia_smi.write_text("#!/bin/sh\necho 'GPU 0: a GPU (UUID: GPU-0)'\n")
+    fake_nvidia_smi.chmod(0o755)
+    missing = tmp_path / "missing.jsonl"
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "TEACHER_DATA": str(missing),
+           "RESULTS_DIR": str(tmp_path / "results")}
+    done = subprocess.run(["bash", str(REPO / "bench/gpu_checks.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == (f"gpu_checks.sh: {missing} (TEACHER_DATA or TOKENIZER_FROM) does not exist; set it, "
+                           "or leave teacher out of CHECKS\n")
+    assert not (tmp_path / "results").exists()
