@@ -10,8 +10,11 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "create_triplets.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 # The size settings below that the environment gives: passed even where the format does not read them,
 # so that create_triplets.py warns instead of the launcher dropping them unsaid
 given="${NUM_NEGATIVES:+NUM_NEGATIVES} ${GROUP_SIZE:+GROUP_SIZE} ${TOP_K:+TOP_K}"  # (set empty: the default, not given)
@@ -59,7 +62,7 @@ for arg in "$@"; do
         --positives=*) positives="${arg#--positives=}" ;;
         --format=*) format="${arg#--format=}" ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
-        -h | --help) exec python "$here/create_triplets.py" --help ;;  # before the notes below, which would not apply
+        -h | --help) exec "$python" "$here/create_triplets.py" --help ;;  # before the notes below, which would not apply
     esac
     case "$previous" in
         --positives) positives="$arg" ;;
@@ -97,7 +100,7 @@ elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]];
     fi
 fi
 
-python "$here/create_triplets.py" \
+"$python" "$here/create_triplets.py" \
     ${input_args[@]+"${input_args[@]}"} \
     --output_path "$TRIPLETS" \
     --format "$FORMAT" \

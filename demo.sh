@@ -6,14 +6,17 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "demo.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 cd "$here"
 
 # Where the demo's data, models and outputs go (no spaces: the launchers take space-separated lists)
 DEMO_DIR="${DEMO_DIR:-output/demo}"
 
-python -m rerank_distill.toy "$DEMO_DIR"
+"$python" -m rerank_distill.toy "$DEMO_DIR"
 
 TEACHER="$DEMO_DIR/models/teacher-tiny-qwen3" \
 INPUTS="$DEMO_DIR/data/train.jsonl $DEMO_DIR/data/test.jsonl" \

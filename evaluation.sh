@@ -7,8 +7,11 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "evaluation.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 
 # The student before distillation: a CrossEncoder folder or hub id (train.sh's STUDENT)
 MODEL_BEFORE="${MODEL_BEFORE:-${STUDENT:-BAAI/bge-reranker-v2-m3}}"
@@ -22,7 +25,7 @@ DATASET="${DATASET:-data/test.jsonl.gz}"
 # to leave the teacher out
 teacher_scores_given="${TEACHER_SCORES+yes}"
 # (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test)
-dataset_name="$(python -c 'import sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
+dataset_name="$("$python" -c 'import sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
 from rerank_distill.formats import source_stem; print(source_stem(sys.argv[2]))' "$here" "$DATASET")"
 TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
@@ -41,7 +44,7 @@ for arg in "$@"; do
     case "$arg" in
         --teacher_scores | --teacher_scores=* | --teacher-scores | --teacher-scores=*) teacher_scores_flag=true ;;
         --dataset_path | --dataset_path=* | --dataset-path | --dataset-path=*) dataset_flag=true ;;
-        -h | --help) exec python "$here/evaluation.py" --help ;;  # before the warnings below, which would not apply
+        -h | --help) exec "$python" "$here/evaluation.py" --help ;;  # before the warnings below, which would not apply
     esac
 done
 
@@ -65,7 +68,7 @@ elif [[ -n "$TEACHER_SCORES" ]]; then
          "set TEACHER_SCORES to stage 1's scores of $DATASET" >&2
 fi
 
-python "$here/evaluation.py" \
+"$python" "$here/evaluation.py" \
     --model_before_path "$MODEL_BEFORE" \
     --dataset_path "$DATASET" \
     --output_path "$REPORT" \

@@ -6,8 +6,11 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "generate_logits.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 instruction_given="${INSTRUCTION:+yes}"  # set in the environment (not empty): passed whatever the teacher (the script warns if unread)
 
 # Teacher: a local folder or hub id (Qwen3-Reranker-8B needs a GPU; vLLM is used when installed).
@@ -68,7 +71,7 @@ for arg in "$@"; do
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
             --check-inputs-only) check_first=false ;;
-        -h | --help) exec python "$here/generate_logits.py" --help ;;
+        -h | --help) exec "$python" "$here/generate_logits.py" --help ;;
     esac
 done
 
@@ -92,7 +95,7 @@ if [[ -n "$instruction_given" || " ${types[*]-} " == *" llm_"* ]]; then
 fi
 
 score() {
-    python "$here/generate_logits.py" \
+    "$python" "$here/generate_logits.py" \
         ${model_args[@]+"${model_args[@]}"} \
         ${type_args[@]+"${type_args[@]}"} \
         --output_dir "$SCORES_DIR" \

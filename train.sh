@@ -17,8 +17,11 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "train.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -euo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 
 STUDENT="${STUDENT:-BAAI/bge-reranker-v2-m3}"                     # student: hub id or local folder
 HUB="${HUB:-huggingface}"                                         # where hub ids (STUDENT, data sets) are downloaded from: huggingface or modelscope
@@ -63,7 +66,7 @@ for arg in "$@"; do
     case "$arg" in
         --loss=*) loss="${arg#--loss=}" ;;
         --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
-        -h | --help) exec python "$here/train.py" --help ;;  # before the warnings below, which would not apply
+        -h | --help) exec "$python" "$here/train.py" --help ;;  # before the warnings below, which would not apply
     esac
     if [[ "$previous" == "--loss" ]]; then
         loss="$arg"
@@ -81,7 +84,7 @@ NUM_GPUS="$((10#$NUM_GPUS))"  # 08 is 8
 # auto: bf16 where it is multiplied natively (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX);
 # without a GPU, transformers wants --use_cpu true before it runs bf16 on the CPU. (Not read from a process
 # substitution, <(...): that one's failure would go unnoticed, and bash 3.2 in POSIX mode, macOS's sh, refuses it.)
-hardware="$(python -c '
+hardware="$("$python" -c '
 import sys
 sys.path.insert(0, sys.argv[1])  # (not PYTHONPATH, which would split a ":" in the path)
 import torch
@@ -133,7 +136,8 @@ fi
 
 script="$here/train.py"
 if (( NUM_GPUS > 1 )); then
-    torchrun --nproc_per_node "$NUM_GPUS" "$script" "${args[@]}" "$@"
+    # torchrun, run by the interpreter above (a torchrun command on the PATH may belong to another)
+    "$python" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" "$script" "${args[@]}" "$@"
 else
-    python "$script" "${args[@]}" "$@"
+    "$python" "$script" "${args[@]}" "$@"
 fi

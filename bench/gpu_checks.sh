@@ -19,8 +19,11 @@
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "gpu_checks.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
 set -uo pipefail
+# The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
+# python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
-here="$(python -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 cd "$here/.." || exit 2  # the project folder, wherever it is run from: the paths below are relative to it
 
 # The teacher check's data, tokenizer, queries and batch (TEACHER_ like generate_logits.sh's teacher settings)
@@ -56,25 +59,25 @@ RESULTS_DIR="${RESULTS_DIR:-bench/results}"
 mkdir -p "$RESULTS_DIR"
 STAMP="$(date +%Y%m%d-%H%M%S)"  # in the logs' names: a rerun never replaces the logs a README cites
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null || true
-python3 -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
+"$python" -c 'import torch, transformers, sentence_transformers as st, accelerate; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", st.__version__, "accelerate", accelerate.__version__)'
 declare -A status=()
 
 if [[ " $CHECKS " == *" tests "* ]]; then
     # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-    timeout "$TESTS_TIMEOUT" python3 -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS 2>&1 | tee "$RESULTS_DIR/gpu_tests_$STAMP.log"
+    timeout "$TESTS_TIMEOUT" "$python" -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS 2>&1 | tee "$RESULTS_DIR/gpu_tests_$STAMP.log"
     status[tests]=${PIPESTATUS[0]}
 fi
 
 if [[ " $CHECKS " == *" fsdp "* ]]; then
     fsdp_dir="$(mktemp -d)"
     trap 'rm -rf "$fsdp_dir"' EXIT
-    python3 -c "from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
+    "$python" -c "from rerank_distill.toy import build_tiny_cross_encoder, synthetic_ranking_data, write_jsonl_records
 build_tiny_cross_encoder('$fsdp_dir/student')
 write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive': p, 'negative': n, 'score': 1.5}
                     for r in synthetic_ranking_data(16, docs_per_query=6, seed=1) for p in r['positive'] for n in r['negative']])"
     # held-out loss selects a checkpoint, so the best one is loaded through the sharded loader; then
     # the run is resumed from its last checkpoint to 12 steps
-    launch=(python3 -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml
+    launch=("$python" -m accelerate.commands.launch --config_file configs/accelerate_fsdp.yaml
             --num_processes "$processes" --fsdp_transformer_layer_cls_to_wrap BertLayer
             train.py --model_name_or_path "$fsdp_dir/student" --train_data "$fsdp_dir/triplets.jsonl"
             --output_dir "$fsdp_dir/out" --per_device_train_batch_size 8 "${precision[@]}" --report_to none
@@ -83,7 +86,7 @@ write_jsonl_records('$fsdp_dir/triplets.jsonl', [{'query': r['query'], 'positive
     cp "$fsdp_dir/out/training_summary.json" "$fsdp_dir/first_summary.json"
     timeout 120 "${launch[@]}" --max_steps 12 --resume_from_checkpoint last >> "$RESULTS_DIR/fsdp_$STAMP.log" 2>&1
     grep -E "Error|error:|done:|best checkpoint" "$RESULTS_DIR/fsdp_$STAMP.log" | grep -v ChildFailedError | head -20
-    python3 -c "import json; from sentence_transformers.cross_encoder import CrossEncoder
+    "$python" -c "import json; from sentence_transformers.cross_encoder import CrossEncoder
 first = json.load(open('$fsdp_dir/first_summary.json'))
 resumed = json.load(open('$fsdp_dir/out/training_summary.json'))
 keys = ('distributed_type', 'processes', 'steps', 'resumed_from_step', 'final_model', 'best_model_error', 'final_loss')
@@ -99,7 +102,7 @@ fi
 if [[ " $CHECKS " == *" teacher "* ]] && (( gpus == 0 )); then
     echo "teacher: skipped in the CPU dry run (an 8B-shaped model is a GPU's work)"
 elif [[ " $CHECKS " == *" teacher "* ]]; then
-    timeout 200 python3 bench/teacher.py --random_qwen3_8b --device cuda --data "$TEACHER_DATA" \
+    timeout 200 "$python" bench/teacher.py --random_qwen3_8b --device cuda --data "$TEACHER_DATA" \
         --model_path "$TOKENIZER_FROM" --num_queries "$NUM_QUERIES" --candidates_per_query 30 --batch_size "$TEACHER_BATCH_SIZE" \
         --output_json "$RESULTS_DIR/teacher_cuda.json" "$@"
     status[teacher]=$?

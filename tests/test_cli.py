@@ -234,3 +234,19 @@ def test_gpu_checks_refuses_a_missing_teacher_input_before_the_tests_run(tmp_pat
     assert done.stderr == (f"gpu_checks.sh: {missing} (TEACHER_DATA or TOKENIZER_FROM) does not exist; set it, "
                            "or leave teacher out of CHECKS\n")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(shutil.which("python", path="/usr/bin:/bin") is not None, reason="this system has a python command")
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_launcher_runs_where_only_python3_is_installed(name, tmp_path):
+    # Debian and Ubuntu without python-is-python3, Homebrew outside a virtual environment: no python command
+    (tmp_path / "bin").mkdir()
+    python3 = tmp_path / "bin" / "python3"
+    python3.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this environment's, under that name alone
+    python3.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    env.pop("PYTHON", None)
+    shown = subprocess.run(["bash", str(REPO / f"{name}.sh"), "--help"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert shown.stderr == "" and shown.returncode == 0
+    assert shown.stdout.startswith(f"usage: {name}.py")
