@@ -75,6 +75,21 @@ for arg in "$@"; do
     esac
 done
 
+# A list setting that is one existing path with a space in it would be split into words that are not
+# (unless a flag replaces that setting)
+for setting in INPUTS TEACHER; do
+    flag=--input_path replaced="$inputs_given"
+    if [[ "$setting" == TEACHER ]]; then
+        flag=--model_path replaced=false
+        (( ${#model_args[@]} > 0 )) || replaced=true
+    fi
+    if [[ "$replaced" == false && "${!setting}" == *" "* && -e "${!setting}" ]]; then
+        echo "generate_logits.sh: $setting is one path with a space in it, '${!setting}', but it is a space-separated" \
+             "list; give that path as a flag instead: ./generate_logits.sh $flag '${!setting}'" >&2
+        exit 2
+    fi
+done
+
 # a whole number: in (( )) below, 1.5, "2 3" or 08 (a bad octal number) were false after a bash error, and the
 # inputs were scored without their passages-as-queries lists
 if [[ ! "$PASSAGES_AS_QUERIES" =~ ^[0-9]+$ ]]; then

@@ -1011,6 +1011,26 @@ def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(rankin
             f"generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '{value}'\n")
 
 
+def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split(ranking_file, tmp_path):
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    spaced = tmp_path / "my data" / "train.jsonl"
+    spaced.parent.mkdir()
+    spaced.write_bytes(ranking_file.read_bytes())
+    launcher = ["bash", os.path.join(repo, "generate_logits.sh"), "--check_inputs_only"]
+    refused = subprocess.run([*launcher, "--model_path", "unused"], env={**os.environ, "INPUTS": str(spaced)},
+                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr == (
+        f"generate_logits.sh: INPUTS is one path with a space in it, '{spaced}', but it is a space-separated list; "
+        f"give that path as a flag instead: ./generate_logits.sh --input_path '{spaced}'\n")
+    # the flag the message names, which replaces INPUTS, is taken
+    done = subprocess.run([*launcher, "--model_path", "unused", "--input_path", str(spaced)],
+                          env={**os.environ, "INPUTS": str(spaced)}, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    teacher = subprocess.run(launcher, env={**os.environ, "INPUTS": str(ranking_file), "TEACHER": str(spaced.parent)},
+                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert teacher.returncode == 2 and f"give that path as a flag instead: ./generate_logits.sh --model_path '{spaced.parent}'" in teacher.stderr
+
+
 def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
     repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins"}
