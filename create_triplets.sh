@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stage 2: turn teacher scores into training records: (query, positive, hard negative, margin)
-# triplets by default, or n-tuples / listwise groups (FORMAT).
+# Stage 2: turn teacher scores into training records: listwise groups by default, or
+# (query, positive, hard negative, margin) triplets / n-tuples (FORMAT).
 # Each setting can be set from the environment (TOP_K=16 ./create_triplets.sh) and extra
 # arguments are passed on: ./create_triplets.sh --label_margin 1
 # The defaults are the best configuration of bench/quality.py (README, "Distillation quality"):

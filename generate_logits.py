@@ -5,8 +5,9 @@ after the official prompt), llm_labels (an LLM judge's expected grade over grade
 cross_encoder (a CrossEncoder's raw logit), embedding (score_scale x cosine of embeddings).
 Output for each input IN: OUTPUT_DIR/{IN's stem}_scores.jsonl, one line a pair:
 {"query", "passage", "score", "label"} (label: the gold grade, 1 positive / 0 negative), plus
-"label_probs" for llm_labels, and a graded row's id columns (query_id, product_id, ...). With several --model_path teachers, "teacher_scores" holds each
-one's score and "score" their mean after standardising each within its query (z-scores).
+"label_probs" for llm_labels, and a graded row's id columns (query_id, product_id, ...). With
+several --model_path teachers, "teacher_scores" holds each one's score and "score" their mean
+after standardising each within its query (z-scores).
 With --passages_as_queries N, each query's passages also become queries of their own, scored against
 the rest of their list into OUTPUT_DIR/{stem}_passages_as_queries_scores.jsonl (no gold labels):
 more lists to train on, for tasks whose passages are queries too (duplicate questions).
@@ -266,7 +267,7 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                         f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
                         stats.pairs_per_second)
         summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
-        if not stats.already_complete and not shard.count > 1:  # a shard's share: reported once merged
+        if not stats.already_complete and shard.count == 1:  # a shard's share: reported once merged
             lists = ranking_queries(source, args.input_format, read_args, derived)  # read again only if labelled
             summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output, lists)
     return summary

@@ -48,7 +48,8 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     # no abbreviations: train.py reads which flags were passed from the command line as written
     parser = HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter,
                               allow_abbrev=False)
-    asks_help = any(token in ("-h", "--help") for token in (sys.argv[1:] if argv is None else argv))
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    asks_help = any(token in ("-h", "--help") for token in tokens)
     for action in parser._actions:
         if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_X repeats --X's help
             action.help, action.default = f"Turn --{action.dest} off.", argparse.SUPPRESS
@@ -65,7 +66,6 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
         parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {close[0]}?)" if close else ""))
 
     # a mistyped flag first: argparse would otherwise report the flag it was meant to be as missing
-    tokens = list(sys.argv[1:] if argv is None else argv)
     options = tokens[: tokens.index("--")] if "--" in tokens else tokens  # ("--": what follows is no flag)
     if mistyped := [token for token in options if token.startswith("--") and token.split("=", 1)[0] not in flags]:
         refuse_unknown(mistyped)

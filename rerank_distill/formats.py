@@ -698,13 +698,14 @@ def label_word_grades(words: list[str], grades: list[float] | None = None) -> di
     else ``len(words) - 1`` down to 0 in the order given (best first). InputError when the
     lengths differ or a word repeats."""
     if len(set(words)) != len(words):
-        raise InputError(f"label words must be distinct, got {words}")
+        raise InputError(f"--label_words must be distinct words, got {words}")
     if grades is None:
         if all(word.strip().lower() in ESCI_GRADES for word in words):
             return {word: ESCI_GRADES[word.strip().lower()] for word in words}
         return {word: float(len(words) - 1 - i) for i, word in enumerate(words)}
     if len(grades) != len(words):
-        raise InputError(f"{len(words)} label words {words} but {len(grades)} grades {grades}; give one grade per word")
+        raise InputError(f"--label_grades has {len(grades)} values {grades} for the {len(words)} label words {words}; "
+                         "give one grade per word, in the same order")
     return {word: float(grade) for word, grade in zip(words, grades)}
 
 

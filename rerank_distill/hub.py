@@ -172,12 +172,12 @@ def unreachable_modelscope_host() -> str | None:
     return unreachable[0] if all(unreachable) else None
 
 
-def _failure_reason(error: Exception, unreachable_host: str | None, caches: list[str] | None = None) -> str:
+def _failure_reason(error: Exception, down_host: str | None, caches: list[str] | None = None) -> str:
     """Why a hub item is not at hand: the host down and no copy in ``caches`` (where known), or the
     hub's own answer (unknown id, gated repo, no such revision)."""
     where = f"the cache {' or '.join(caches)}" if caches else "the cache"
-    if unreachable_host:
-        return f"{unreachable_host} cannot be reached and there is no copy in {where}"
+    if down_host:
+        return f"{down_host} cannot be reached and there is no copy in {where}"
     return first_line(error) + (f"; looked in {where}" if caches else "")
 
 
@@ -237,13 +237,13 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    unreachable_host = unreachable_hugging_face_host()
+    down_host = unreachable_hugging_face_host()
     try:
         return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=SKIPPED_MODEL_FILES,
-                                 local_files_only=unreachable_host is not None)
+                                 local_files_only=down_host is not None)
     except LocalEntryNotFoundError as error:  # offline, and not in the cache
         caches = _hugging_face_caches(cache_dir, "model")
-        raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable_host, caches),
+        raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, down_host, caches),
                                           _cached_look_alike("model", name_or_path, caches))) from None
     except HfHubHTTPError as error:  # the hub answered: no such id or revision, or gated or private
         raise InputError(_refused_by_hub("model", name_or_path, error)) from None
@@ -276,8 +276,8 @@ def _load_dataset(name: str, config: str | None, split: str | None, cache_dir: s
 
 
 def _hub_cache_copy(name: str, revision: str | None, cache_dir: str | None) -> str | None:
-    """The folder of a copy of hub data set ``name`` in a Hugging Face hub cache (``cache_dir``, else
-    HF_HUB_CACHE), where there is one: ``hf download --repo-type dataset`` leaves it there, and so does
+    """The folder of a copy of hub data set ``name`` in a Hugging Face hub cache (``cache_dir``, then
+    HF_HUB_CACHE: see _hugging_face_caches), where there is one: ``hf download --repo-type dataset`` leaves it there, and so does
     ``datasets`` online (whatever its own cache_dir), but offline ``datasets`` reads only what it has
     prepared in its own cache (another --cache_dir, or none yet, and the data set was reported missing)."""
     from huggingface_hub import snapshot_download
@@ -329,14 +329,14 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
             raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None
     import datasets
 
-    unreachable_host = unreachable_hugging_face_host()
+    down_host = unreachable_hugging_face_host()
     try:
-        with _hugging_face_offline() if unreachable_host else nullcontext():
+        with _hugging_face_offline() if down_host else nullcontext():
             loaded = _load_dataset(name, config, split, cache_dir, revision)
     except ConnectionError as error:  # offline, and not in the datasets cache: maybe in the hub cache
         if not (copy := _hub_cache_copy(name, revision, cache_dir)):
             caches = _hugging_face_caches(cache_dir, "dataset")
-            raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, unreachable_host, caches),
+            raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(error, down_host, caches),
                                               _cached_look_alike("dataset", hub_id, caches))) from None
         loaded = _load_hub_cache_copy(copy, hub_id, config, split, cache_dir)
     except FileNotFoundError as error:  # the hub answered: no such data set or revision, or gated or private

@@ -1,5 +1,7 @@
 """Reading and writing JSON-lines files: gzip-aware, errors that name file and line, and writes
-that never leave a truncated file under the final name."""
+that never leave a truncated file under the final name. Also the guards every stage puts around
+its files before long work: an input is a readable file, an output can be written and is no
+input, and one run at a time writes an output (only_writer)."""
 
 from __future__ import annotations
 

@@ -201,12 +201,13 @@ def per_query_metrics(results: dict[str, dict], k: int = 10) -> list[dict[str, d
     return rows
 
 
-def queries_changed(rows: Sequence[dict | None], before: str = "before", after: str = "after") -> dict[str, int]:
-    """How many evaluated queries ``after`` ranks better, worse or the same as ``before``, by AP."""
+def queries_changed(rows: Sequence[dict | None]) -> dict[str, int]:
+    """How many evaluated queries the "after" model ranks better, worse or the same as the "before"
+    one, by AP (``rows`` as per_query_metrics gives them)."""
     counts = {"better": 0, "worse": 0, "same": 0}
     for row in rows:
         if row is not None:
-            delta = row[after]["ap"] - row[before]["ap"]
+            delta = row["after"]["ap"] - row["before"]["ap"]
             counts["better" if delta > 1e-12 else "worse" if delta < -1e-12 else "same"] += 1
     return counts
 

@@ -368,7 +368,7 @@ def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_a
                  "passages_as_queries": passages_as_queries, "pairs": expected.pairs}  # fmt: skip
     if label_column:  # absent otherwise, so records of earlier releases still compare equal
         made_with["label_column"] = label_column
-    if names and len(names) > 1:  # the same
+    if names and len(names) > 1:  # (absent for one teacher, for the same reason)
         made_with["teacher_names"] = names
     if expected.digest:
         made_with["input_digest"] = expected.digest

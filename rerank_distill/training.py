@@ -209,7 +209,7 @@ def plan_selection(
 
     if not shared:
         return CheckpointSelection(train_set, eval_set, queries, [], "eval_selection_map",
-                         f"by MAP on a dev set of its own ({note})")
+                                   f"by MAP on a dev set of its own ({note})")
     counted = f"{len(held)} held-out training queries" + (f" and {own} of its own" if own else "")
     if may_go_unpicked and not own and len(held) < MIN_SELECTION_QUERIES:
         return CheckpointSelection(train_set, None, metric="last", note=(
@@ -224,8 +224,8 @@ def plan_selection(
         logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
                     "are held out with it", derived)
     return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
-                     [query for query in shared if query in held], "eval_selection_map",
-                     f"by MAP on {counted} ({note})")
+                               [query for query in shared if query in held], "eval_selection_map",
+                               f"by MAP on {counted} ({note})")
 
 
 def load_training_data(script, training, evaluate: bool, must_evaluate: bool) -> tuple[str, CheckpointSelection]:
@@ -446,9 +446,10 @@ def state_saved(checkpoint: str | Path) -> bool:
 def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> str | None:
     """The newest complete checkpoint-* folder in ``output_dir`` (one whose trainer_state.json,
     which the Trainer writes last, is whole: a run stopped while saving leaves a newer folder
-    without it, or with it cut short), or None when there is none (yet). ``set_aside_incomplete`` renames such a folder to
-    ``incomplete-checkpoint-N`` (on the main process), as the Trainer would otherwise keep it as
-    the newest checkpoint and delete the resumed run's own in its place (save_total_limit)."""
+    without it, or with it cut short), or None when there is none (yet). ``set_aside_incomplete``
+    renames such a folder to ``incomplete-checkpoint-N`` (on the main process), as the Trainer
+    would otherwise keep it as the newest checkpoint and delete the resumed run's own in its place
+    (save_total_limit)."""
     folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
     for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
         if state_saved(folder):
