@@ -33,6 +33,7 @@ from rerank_distill.formats import (
     RankingQuery,
     check_output_not_read,
     iter_ranking_queries,
+    label_word_grades,
     teacher_scores_for,
 )
 from rerank_distill.jsonl import check_writable
@@ -129,6 +130,8 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
+    if args.label_words is not None:  # checked before any file is read, as stage 1 checks them
+        label_word_grades(args.label_words, args.label_grades)
     check_writable(args.output_path, "--output_path")
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]

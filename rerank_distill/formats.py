@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import logging
 import os
 import re
@@ -695,17 +696,31 @@ def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
 def label_word_grades(words: list[str], grades: list[float] | None = None) -> dict[str, float]:
     """``{label word: grade}`` for a graded-label teacher's words. Without ``grades``: the ESCI
     grades when every word is an ESCI label (exact/substitute/complement/irrelevant or E/S/C/I),
-    else ``len(words) - 1`` down to 0 in the order given (best first). InputError when the
-    lengths differ or a word repeats."""
+    else ``len(words) - 1`` down to 0 in the order given (best first). InputError when a word
+    repeats, or ``grades`` cannot grade them: another length, a non-finite grade, one grade for
+    all, or ESCI's words graded in another order than ESCI's."""
     if len(set(words)) != len(words):
         raise InputError(f"--label_words must be distinct words, got {words}")
+    esci = [ESCI_GRADES.get(word.strip().lower()) for word in words]
     if grades is None:
-        if all(word.strip().lower() in ESCI_GRADES for word in words):
-            return {word: ESCI_GRADES[word.strip().lower()] for word in words}
+        if None not in esci:
+            return dict(zip(words, esci))
         return {word: float(len(words) - 1 - i) for i, word in enumerate(words)}
     if len(grades) != len(words):
-        raise InputError(f"--label_grades has {len(grades)} values {grades} for the {len(words)} label words {words}; "
-                         "give one grade per word, in the same order")
+        raise InputError(f"--label_grades has {len(grades)} values for {len(words)} --label_words "
+                         f"({' '.join(words)}); give one grade per word, in the same order")
+    if not all(math.isfinite(grade) for grade in grades):
+        raise InputError(f"--label_grades must be finite numbers, got {' '.join(f'{g:g}' for g in grades)}")
+    if len(set(grades)) == 1 and len(words) > 1:  # every answer the same grade: the expected grade would be a constant
+        raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
+    # ESCI's labels graded in another order (words reordered, the grades left as they were)
+    if None not in esci and any((a > b) != (grade_a > grade_b) for a, grade_a in zip(esci, grades)
+                                for b, grade_b in zip(esci, grades) if a != b):  # fmt: skip
+        given, wanted = (" ".join(f"{g:g}" for g in values) for values in (grades, esci))
+        raise InputError(
+            f"--label_words {' '.join(words)} are ESCI's labels, but --label_grades {given} ranks them in another "
+            f"order than ESCI's (E > S > C > I); give the grades in the words' order, e.g. --label_grades {wanted}"
+        )
     return {word: float(grade) for word, grade in zip(words, grades)}
 
 

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from rerank_distill.errors import InputError
-from rerank_distill.scoring import Shard, beside, output_path_for
+from rerank_distill.scoring import Shard, beside, is_finished, output_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _pairs_done(inputs: list[tuple[str, int]], output_dir: str, shards: list[Sha
             path = output_path_for(source, output_dir, shard, passages_as_queries)
             progress = beside(path, ".progress.json")
             try:
-                if path.exists() and not progress.exists():
+                if is_finished(path):
                     stat = path.stat()
                     version = (stat.st_size, stat.st_mtime_ns)  # (--overwrite replaces a finished file)
                     if counted.get(path, (None, 0))[0] != version:

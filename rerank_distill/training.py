@@ -450,8 +450,9 @@ def newest_checkpoint(output_dir: str, set_aside_incomplete: bool = False) -> st
     renames such a folder to ``incomplete-checkpoint-N`` (on the main process), as the Trainer
     would otherwise keep it as the newest checkpoint and delete the resumed run's own in its place
     (save_total_limit)."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+    steps = {p: p.name.removeprefix("checkpoint-") for p in Path(output_dir).glob("checkpoint-*") if p.is_dir()}
+    folders = [folder for folder, step in steps.items() if step.isdigit()]
+    for folder in sorted(folders, key=lambda folder: int(steps[folder]), reverse=True):
         if state_saved(folder):
             return str(folder)
         if set_aside_incomplete and is_main_process():

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -565,6 +566,19 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
     report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher),
                  "--label_words", "good", "ok", "bad", "--label_grades", "2", "1", "0")  # fmt: skip
     assert report["graded"]["label_accuracy"]["teacher"]["confusion"] == {"2": {"2": 1}, "1": {"0": 1}, "0": {"0": 1}}
+
+
+@pytest.mark.parametrize(("grades", "problem"), [
+    (["1", "1", "1"], "--label_grades gives every label word the grade 1; grade them apart"),
+    (["2", "nan", "0"], "--label_grades must be finite numbers, got 2 nan 0"),
+    (["2", "1"], "--label_grades has 2 values"),
+])  # fmt: skip
+def test_label_grades_that_cannot_grade_are_refused_before_any_file_is_read(tmp_path, grades, problem):
+    # as stage 1 refuses them: evaluation reached these only with a teacher file of label_probs, and not all of them
+    missing = tmp_path / "missing"
+    with pytest.raises(InputError, match=re.escape(problem)):
+        run(tmp_path, missing, missing / "test.jsonl", "--teacher_scores", str(missing / "scores.jsonl"),
+            "--label_words", "good", "ok", "bad", "--label_grades", *grades)
 
 
 def test_a_label_teacher_whose_grades_cannot_name_the_datas_is_scored_on_relevance(tiny_cross_encoder, tmp_path, caplog):

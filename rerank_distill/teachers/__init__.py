@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from rerank_distill.errors import InputError
-from rerank_distill.formats import ESCI_GRADES, label_word_grades
+from rerank_distill.formats import label_word_grades
 
 
 @dataclass
@@ -133,27 +133,7 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
         words = options.label_words
         if len(words) < 2 or len(set(words)) != len(words):
             raise InputError(f"--label_words needs at least two different words, got {words}")
-        if options.label_grades is None:
-            options.label_grades = list(label_word_grades(words).values())
-        grades = options.label_grades
-        if len(grades) != len(words):
-            raise InputError(
-                f"--label_grades has {len(grades)} values for {len(words)} --label_words; give one grade per word, "
-                "in the same order"
-            )
-        if not all(math.isfinite(grade) for grade in grades):
-            raise InputError(f"--label_grades must be finite numbers, got {' '.join(f'{g:g}' for g in grades)}")
-        if len(set(grades)) == 1:  # every answer the same grade: the expected grade would be a constant
-            raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
-        esci = [ESCI_GRADES.get(word.strip().lower()) for word in words]
-        # ESCI's labels graded in another order (words reordered, the grades left as they were)
-        if None not in esci and any((a > b) != (grade_a > grade_b) for a, grade_a in zip(esci, grades)
-                                    for b, grade_b in zip(esci, grades) if a != b):  # fmt: skip
-            given, wanted = (" ".join(f"{g:g}" for g in values) for values in (grades, esci))
-            raise InputError(
-                f"--label_words {' '.join(words)} are ESCI's labels, but --label_grades {given} ranks them in another "
-                f"order than ESCI's (E > S > C > I); give the grades in the words' order, e.g. --label_grades {wanted}"
-            )
+        options.label_grades = list(label_word_grades(words, options.label_grades).values())
     if "embedding" in teacher_types and not 0 < options.score_scale < math.inf:
         raise InputError(f"--score_scale must be positive and finite, got {options.score_scale}")
 
