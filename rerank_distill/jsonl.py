@@ -254,19 +254,27 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
 def no_empty_folders_left(folder: str | Path) -> Iterator[None]:
     """On an error in the block, remove ``folder`` and the parents the block created for it where
     they are still empty: a run refused early leaves nothing behind, a run that wrote something keeps it."""
-    folder = Path(folder)
-    # as spelled (a/../b makes a too) and not the name of a folder that exists (a/.. while a is missing)
-    missing = [path for path in (folder, *folder.parents)
-               if not path.exists() and not os.path.exists(os.path.abspath(path))]
+    missing = _missing_folders(Path(folder))
     try:
         yield
     except BaseException:
-        for path in missing:  # the folder first, then its parents
-            try:
-                path.rmdir()
-            except OSError:  # not empty, or never made
-                pass
+        _remove_if_empty(missing)
         raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first: as spelled (a/../b
+    makes a too), and not the name of a folder that exists (a/.. while a is missing)."""
+    return [path for path in (folder, *folder.parents) if not path.exists() and not os.path.exists(os.path.abspath(path))]
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is still empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or never made
+            pass
 
 
 @contextmanager
@@ -344,7 +352,7 @@ class AtomicWriter:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> IO[str]:
-        self._made_folders = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
+        self._made_folders = _missing_folders(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temporary_files()
         if self.path.name.endswith(".gz"):
@@ -385,8 +393,4 @@ class AtomicWriter:
             self._file.close()
             self._raw.close()
             self.tmp_path.unlink(missing_ok=True)
-            for folder in self._made_folders:  # innermost first; a failed write leaves no empty folders behind
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            _remove_if_empty(self._made_folders)  # a failed write leaves no empty folders behind
