@@ -869,7 +869,7 @@ def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
         return None
     for record, path in zip(records[1:], shard_paths[1:]):
         first, this = _settings(records[0]["made_with"]), _settings(record["made_with"])
-        if differs := sorted(key for key in first.keys() | this.keys() if first.get(key) != this.get(key)):
+        if differs := _differences(first, this, first.keys() | this.keys()):
             raise InputError(
                 f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
                 f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"

@@ -440,7 +440,7 @@ def test_shards_scored_with_different_settings_are_not_merged(tmp_path, ranking_
 
     score_shards(ranking_file, tmp_path, 2, lambda index: OtherTeacher() if index else CountingTeacher())
     with pytest.raises(InputError, match=r"train_scores.shard-1-of-2.jsonl were scored with different settings "
-                                         r"\(differing: teachers\)"):
+                                         r"\(differing: teachers: max_length\)"):
         merge_shards(str(ranking_file), tmp_path, 2)
     assert not output_path_for(str(ranking_file), tmp_path).exists()
 
