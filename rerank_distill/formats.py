@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator

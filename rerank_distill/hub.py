@@ -277,9 +277,10 @@ def _load_dataset(name: str, config: str | None, split: str | None, cache_dir: s
 
 def _hub_cache_copy(name: str, revision: str | None, cache_dir: str | None) -> str | None:
     """The folder of a copy of hub data set ``name`` in a Hugging Face hub cache (``cache_dir``, then
-    HF_HUB_CACHE: see _hugging_face_caches), where there is one: ``hf download --repo-type dataset`` leaves it there, and so does
-    ``datasets`` online (whatever its own cache_dir), but offline ``datasets`` reads only what it has
-    prepared in its own cache (another --cache_dir, or none yet, and the data set was reported missing)."""
+    HF_HUB_CACHE: see _hugging_face_caches), where there is one: ``hf download --repo-type dataset``
+    leaves it there, and so does ``datasets`` online (whatever its own cache_dir), but offline
+    ``datasets`` reads only what it has prepared in its own cache (another --cache_dir, or none yet,
+    and the data set was reported missing)."""
     from huggingface_hub import snapshot_download
 
     for cache in _hugging_face_caches(cache_dir, "dataset"):

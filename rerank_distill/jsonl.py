@@ -265,7 +265,8 @@ def no_empty_folders_left(folder: str | Path) -> Iterator[None]:
 def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its parents that do not exist yet, innermost first: as spelled (a/../b
     makes a too), and not the name of a folder that exists (a/.. while a is missing)."""
-    return [path for path in (folder, *folder.parents) if not path.exists() and not os.path.exists(os.path.abspath(path))]
+    return [path for path in (folder, *folder.parents)
+            if not path.exists() and not os.path.exists(os.path.abspath(path))]
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
