@@ -391,21 +391,21 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
                  input_format=args.input_format, shard=shard, overwrite=args.overwrite, read_args=read_args,
                  passages_as_queries=derived) for (source, derived), output in zip(inputs, outputs)]  # fmt: skip
     resumes = [resume_point(**job, chunk_sizes=chunk_sizes) for job in jobs]
+    command = command_line(__file__, argv)
     # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
     if any(resume.done is not None for resume in resumes):
         for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
             getattr(teacher, "engine", None)
         resolved = {"backend": backend, "chunk_size": {str(o): r.chunk_size for o, r in zip(outputs, resumes)},
                     "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
-        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command_line(__file__, argv),
-                       script=args, resolved=resolved)
+        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command, script=args, resolved=resolved)
 
     if args.overwrite:  # all now, not each in its turn: a rerun without --overwrite after a stop finds none of them
         for output in outputs:
             remove_output(output)
     summary = {}
     for job, resume, (source, derived), output in zip(jobs, resumes, inputs, outputs):
-        stats = score_source(**job, resume=resume, show_progress=args.show_progress)
+        stats = score_source(**job, resume=resume, show_progress=args.show_progress, command=command)
         if not stats.already_complete:
             logger.info("%s: %s; this run scored %d of them%s in %.1f s, %.1f pairs/s", output,
                         counts_message(vars(stats), expected[source, derived].queries_without_passages),

@@ -572,12 +572,15 @@ def score_source(
     show_progress: bool = True,
     passages_as_queries: int = 0,
     resume: ResumePoint | None = None,
+    command: list[str] | None = None,
 ) -> ScoringStats:
     """Score every pair of ``source`` (this shard's share) into ``output_path``, resuming a
     previous run of the same command where it stopped; a finished output is reused if it was
     scored with the same settings and input, refused otherwise; beside it ``OUT.run.json`` records
-    how it was made. Returns the counts of the whole file. (Hold claim_output around it.) ``resume``
-    is resume_point's answer for these arguments, where the caller has it; the chunk size is its."""
+    how it was made, and the ``command`` line that finished it (the run's args.json beside it is
+    replaced by a later run into the same folder). Returns the counts of the whole file. (Hold
+    claim_output around it.) ``resume`` is resume_point's answer for these arguments, where the
+    caller has it; the chunk size is its."""
     from tqdm.auto import tqdm
 
     if len({teacher.name for teacher in teachers}) != len(teachers):
@@ -655,7 +658,8 @@ def score_source(
     stats.distinct_pairs_scored, stats.duplicate_pairs_reused = done["distinct"], done["reused"]
     counts = {key: value for key, value in asdict(stats).items() if key != "already_complete"}
     counts["seconds_all_runs"] = earlier_seconds + stats.seconds  # "seconds" are this run's, after resumed_at_pair
-    write_json(record_path, {"source": source, "made_with": resume.made_with, "counts": counts})
+    write_json(record_path, {"source": source, "made_with": resume.made_with, "counts": counts,
+                             **({"command": command} if command else {})})
     os.replace(partial, output_path)
     progress_path.unlink(missing_ok=True)
     return stats

@@ -144,6 +144,23 @@ def test_end_to_end_writes_one_line_per_pair_with_label(tiny_qwen3, ranking_file
     assert args["script"]["model_path"] == [str(tiny_qwen3)] and args["resolved"]["backend"] == "hf"
 
 
+def test_each_output_keeps_the_command_that_made_it_when_a_later_run_writes_the_folder(tmp_path, ranking_file,
+                                                                                       tiny_cross_encoder):
+    # args.json is the folder's last run's: a later run scoring another input there replaces it
+    other = tmp_path / "test.jsonl"
+    other.write_bytes(ranking_file.read_bytes())
+    scores = tmp_path / "scores"
+    commands = []
+    for source in (ranking_file, other):
+        commands.append(["--model_path", str(tiny_cross_encoder), "--teacher_type", "cross_encoder", "--input_path",
+                         str(source), "--output_dir", str(scores), "--device", "cpu", "--no_show_progress"])
+        generate_logits.main(commands[-1])
+    for name, command in (("train_scores.jsonl", commands[0]), ("test_scores.jsonl", commands[1])):
+        record = json.loads((scores / f"{name}.run.json").read_text())
+        assert record["command"][1:] == command
+    assert json.loads((scores / "args.json").read_text())["command"][1:] == commands[1]
+
+
 def test_gzipped_input_gives_the_same_output_name_and_scores(tmp_path, ranking_file):
     gz = tmp_path / "train.jsonl.gz"
     gz.write_bytes(gzip.compress(ranking_file.read_bytes()))
