@@ -812,7 +812,9 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
             if "input_digest" in made_with:
                 made_with["input_digest"] = contents[index].hexdigest()
             counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
-            write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts})
+            kept = {key: record[key] for key in ("command",) if key in record}  # (a merge gives it back)
+            write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts,
+                                                   **kept})
 
 
 def shard_outputs(source: str, output_dir: str | Path, num_shards: int,
@@ -893,5 +895,10 @@ def _merge_run_records(records: list[dict], merged: Path, pairs: int, input_dige
         record["counts"].setdefault("seconds_all_runs", record["counts"]["seconds"])
     counts = {key: (max if key.startswith("seconds") else sum)(r["counts"][key] for r in records)
               for key in records[0]["counts"]}
+    commands = []  # that finished the shards: one where all were one (a finished output split into shards)
+    for record in records:
+        if "command" in record and record["command"] not in commands:
+            commands.append(record["command"])
+    made_by = {} if not commands else {"command": commands[0]} if len(commands) == 1 else {"shard_commands": commands}
     write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
-                                                             "counts": counts, "merged_shards": len(records)})
+                                             "counts": counts, "merged_shards": len(records), **made_by})

@@ -344,6 +344,8 @@ def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranki
     assert record["script"]["merge_shards"] == 2
     assert record["resolved"]["shard_records"] == ["args.shard-0-of-2.json", "args.shard-1-of-2.json"]
     assert all((tmp_path / name).exists() for name in record["resolved"]["shard_records"])
+    merged_record = json.loads((tmp_path / "train_scores.jsonl.run.json").read_text())
+    assert [command[1:] for command in merged_record["shard_commands"]] == [[*flags, "--shard", f"{i}/2"] for i in (0, 1)]
     pairs = sum(1 for _ in open(tmp_path / "train_scores.jsonl"))
     assert re.search(rf"train_scores.jsonl: 12 queries, {pairs} pairs \(\d+ distinct scored, \d+ duplicates reused, "
                      r"0 truncated to the teacher's max_length\); the slowest shard took", caplog.text)
@@ -482,7 +484,7 @@ def test_a_finished_output_split_into_shards_merges_back_to_itself_whatever_shar
     from rerank_distill.scoring import split_into_shards
 
     output = output_path_for(str(ranking_file), tmp_path)
-    run_scoring(ranking_file, output, CountingTeacher())
+    run_scoring(ranking_file, output, CountingTeacher(), command=["generate_logits.py", "--the", "run"])
     original, record = output.read_bytes(), json.loads(output.with_name(output.name + ".run.json").read_text())
     stale = output_path_for(str(ranking_file), tmp_path, Shard(0, 2))
     stale.write_text('{"query": "of another run"}\n')  # an earlier run's shard, finished without a record
@@ -493,6 +495,7 @@ def test_a_finished_output_split_into_shards_merges_back_to_itself_whatever_shar
     merged_record = json.loads(output.with_name(output.name + ".run.json").read_text())
     assert output.read_bytes() == original
     assert {k: merged_record[k] for k in ("made_with", "counts")} == {k: record[k] for k in ("made_with", "counts")}
+    assert merged_record["command"] == record["command"] == ["generate_logits.py", "--the", "run"]
 
 
 def test_a_chunk_of_queries_without_passages_is_counted_and_written_as_nothing(tmp_path):
