@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tqdm.auto import tqdm
+
 from rerank_distill.cli import (
     beside_output,
     check_minimums,
@@ -36,7 +38,7 @@ from rerank_distill.cli import (
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, check_output_not_read, first_record, iter_scored_pairs
 from rerank_distill.jsonl import AtomicWriter, check_writable
-from rerank_distill.scoring import check_same_teachers
+from rerank_distill.scoring import check_same_teachers, recorded_counts
 from rerank_distill.triplets import (
     NegativeRule,
     OutputFormat,
@@ -130,6 +132,7 @@ class TripletArguments:
         default="huggingface", metadata={"help": "Where an --input_path given as a hub data set is fetched from."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub data sets."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar with pairs read per second."})
 
 
 def rules_from(args: TripletArguments) -> SelectionRules:
@@ -159,13 +162,19 @@ def main(argv: list[str] | None = None) -> dict:
                              f"{sorted(record)}", path, line)
 
     def scored_pairs() -> Iterator[ScoredPair]:
-        for path in args.input_path:
-            pairs = iter_scored_pairs(path, args.label_column, args.hub, args.cache_dir)
-            if args.label_margin is not None:
-                pairs = require_labels(pairs, "--label_margin", args.label_column)
-            elif args.positives != "teacher":
-                pairs = require_labels(pairs, f"--positives {args.positives}", args.label_column)
-            yield from pairs
+        # the total where stage 1 recorded how many pairs each input holds (its .run.json)
+        recorded = [recorded_counts(Path(path)) for path in args.input_path]
+        total = None if None in recorded else sum(counts["pairs"] for counts in recorded)
+        with tqdm(total=total, unit="pair", desc="reading scores", disable=not args.show_progress) as bar:
+            for path in args.input_path:
+                pairs = iter_scored_pairs(path, args.label_column, args.hub, args.cache_dir)
+                if args.label_margin is not None:
+                    pairs = require_labels(pairs, "--label_margin", args.label_column)
+                elif args.positives != "teacher":
+                    pairs = require_labels(pairs, f"--positives {args.positives}", args.label_column)
+                for pair in pairs:
+                    bar.update()  # (0.3 s in 600,000 pairs, of some 35 s of reading)
+                    yield pair
 
     start = time.perf_counter()
     rules = rules_from(args)

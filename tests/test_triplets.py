@@ -167,6 +167,17 @@ def test_a_query_with_fewer_than_two_passages_is_counted_once(passages):
 # --- the stage script ---
 
 
+def test_the_progress_bar_counts_the_pairs_read_of_the_total_stage_1_recorded(tmp_path, capsys):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q1": [("a", 2.0), ("b", 1.0), ("c", 0.0)], "q2": [("d", 1.0)]})
+    run(tmp_path, scores)
+    assert "reading scores: 4pair [" in capsys.readouterr().err  # no record beside it: a count, no total
+    Path(f"{scores}.run.json").write_text(json.dumps({"made_with": {"teachers": [{}]}, "counts": {"pairs": 4}}))
+    run(tmp_path, scores)
+    assert "4/4" in capsys.readouterr().err
+    run(tmp_path, scores, "--no_show_progress")
+    assert "reading scores" not in capsys.readouterr().err
+
+
 def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
     scores = scores_file(
         tmp_path / "scores.jsonl",
@@ -210,6 +221,7 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         "seed": 42,
         "hub": "huggingface",
         "cache_dir": None,
+        "show_progress": True,
     }
     narrower, _ = run(tmp_path, scores, "--top_k", "1", "--num_negatives", "1")
     assert (narrower["pairs_kept"], narrower["passages_in_no_record"]) == (1, 2)  # "low" lies below high's one negative
