@@ -23,6 +23,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput
 
 from rerank_distill.errors import InputError
+from rerank_distill.training_data import column_values
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,9 @@ def _cut_note(summary: dict) -> str:
 def example_lengths(dataset) -> list[int]:
     """A cheap length per example in characters: its query plus its longest document, which is
     what the padded length of a one-pass batch follows."""
-    documents = [list(dataset[name]) for name in dataset.column_names if name not in ("query", "label")]
+    documents = [column_values(dataset, name) for name in dataset.column_names if name not in ("query", "label")]
     lengths = []
-    for row, query in enumerate(dataset["query"]):
+    for row, query in enumerate(column_values(dataset, "query")):
         longest = 0
         for column in documents:
             value = column[row]
@@ -262,7 +263,7 @@ class QueryGroupedBatchSampler(LengthGroupedBatchSampler):
 
     def __init__(self, dataset, *args, **kwargs):
         super().__init__(dataset, *args, **kwargs)
-        self.queries = list(dataset["query"])
+        self.queries = column_values(dataset, "query")
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from query_grouped_batches(self.queries, self.lengths, self.batch_size, self.seed + self.epoch,

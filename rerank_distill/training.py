@@ -37,6 +37,7 @@ from rerank_distill.trainer import TimeBudget, saved_early_stopping
 from rerank_distill.training_data import (
     DATA_KINDS,
     RANKING_KINDS,
+    column_values,
     detect_data_kind,
     read_training_data,
     teacher_spread_warning,
@@ -75,7 +76,7 @@ def held_out_queries(queries: Iterable[str], share: float, seed: int) -> set[str
 
 def split_rows(dataset, held_out: set[str]):
     """(rows of other queries, rows of the held-out queries): whole queries on one side."""
-    queries = dataset["query"]
+    queries = column_values(dataset, "query")
     eval_rows = [i for i, query in enumerate(queries) if query in held_out]
     train_rows = [i for i, query in enumerate(queries) if query not in held_out]
     return dataset.select(train_rows), dataset.select(eval_rows)
@@ -84,7 +85,7 @@ def split_rows(dataset, held_out: set[str]):
 def split_by_query(dataset, share: float, seed: int):
     """Split a data set into (train, eval) by whole queries (see held_out_queries): every row of
     a held-out query goes to eval, so no query is in both."""
-    return split_rows(dataset, held_out_queries(dataset["query"], share, seed))
+    return split_rows(dataset, held_out_queries(column_values(dataset, "query"), share, seed))
 
 
 def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
@@ -142,7 +143,8 @@ class CheckpointSelection:
     def counts(self) -> dict:
         """Rows and distinct queries of train and eval (COUNT_KEYS), the number of queries ranked
         by MAP and the held-out training queries themselves."""
-        sizes = [(len(s), len(set(s["query"]))) if s is not None else (0, 0) for s in (self.train, self.eval)]
+        sizes = [(len(rows), len(set(column_values(rows, "query")))) if rows is not None else (0, 0)
+                 for rows in (self.train, self.eval)]
         return {**dict(zip(COUNT_KEYS, [n for pair in sizes for n in pair])),
                 "selection_queries": len(self.queries), "held_out_queries": self.held_out}
 
@@ -183,7 +185,7 @@ def plan_selection(
                                                    label_column, is_training_data=source == train_source,
                                                    hub=hub, cache_dir=cache_dir)
         if queries:
-            training_queries = set(train_set["query"])
+            training_queries = set(column_values(train_set, "query"))
             shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
             own = sum(query.query not in training_queries for query in queries)
             if len(shared) > 1:
@@ -204,7 +206,7 @@ def plan_selection(
         held_out: list[str] = []
         if eval_set is None:
             train_set, eval_set = split_by_query(train_set, eval_share, seed)
-            held_out = list(dict.fromkeys(eval_set["query"]))
+            held_out = list(dict.fromkeys(column_values(eval_set, "query")))
         return CheckpointSelection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
     if not shared:
@@ -220,7 +222,7 @@ def plan_selection(
     # against each other, and the query among them, with the teacher's scores: held out with it.
     held_passages = {passage for query in ranked if query.query in held for passage in query.passages} - held
     train_set, held_rows = split_rows(train_set, held | held_passages)
-    if derived := sum(query in held_passages for query in held_rows["query"]):
+    if derived := sum(query in held_passages for query in column_values(held_rows, "query")):
         logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
                     "are held out with it", derived)
     return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
@@ -232,7 +234,8 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     """Read train.py's data (``script``: its ScriptArguments; ``training``: the training arguments)
     and split it: the training data's kind, and the train / eval / selection split (see
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
-    kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate)
+    show_progress = not training.disable_tqdm and training.process_index == 0  # one bar, as the Trainer's
+    kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate, show_progress)
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run
@@ -243,10 +246,11 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     return kind, selection
 
 
-def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) -> tuple[str, CheckpointSelection]:
+def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool,
+                        show_progress: bool = False) -> tuple[str, CheckpointSelection]:
     where = {"hub": script.hub, "cache_dir": script.cache_dir}  # for data sets given as hub ids
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
-                              script.input_format, script.label_column, **where)
+                              script.input_format, script.label_column, **where, show_progress=show_progress)
     if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
         logger.warning(warning)
     if not evaluate:
@@ -269,7 +273,8 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool) 
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
                                script.input_format, script.label_column, **where)
-    if eval_set is not None and (overlap := set(selection.train["query"]) & set(eval_set["query"])):
+    if eval_set is not None and (overlap := set(column_values(selection.train, "query"))
+                                             & set(column_values(eval_set, "query"))):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
     return data.kind, selection
 

@@ -65,6 +65,13 @@ class TrainingData:
         return Dataset.from_dict(self.columns)
 
 
+def column_values(dataset, name: str) -> list:
+    """Every value of column ``name`` of a ``datasets.Dataset`` (its selected rows, in order), as a
+    list: read whole through Arrow, which is about a hundred times faster than going through
+    ``dataset[name]`` value by value (1.7 million triplets: seconds, not minutes, a pass)."""
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
 def detect_data_kind(record: dict, path: str, line: int, input_format: str = "auto",
                      label_column: str | None = None) -> str:
     """The kind of training file (a key of DATA_KINDS) one record belongs to: from its fields, or
@@ -98,13 +105,13 @@ def check_kind(loss: str, kind: str, path: str, line: int, fields: list[str]) ->
 def read_training_data(
     source: str, loss: str, teacher_temperature: float = 1.0, fused_forward: bool = True,
     input_format: str = "auto", label_column: str | None = None, hub: str = "huggingface",
-    cache_dir: str | None = None,
+    cache_dir: str | None = None, show_progress: bool = False,
 ) -> TrainingData:
     """Read and validate a whole training file for ``--loss loss`` (see LOSSES for the kinds each
     takes), with teacher scores and margins divided by ``teacher_temperature``. ``input_format``
     names a ranking-data format (else the kind is told from the fields) and ``label_column`` the
     grade column of labelled rows, as for iter_ranking_queries; ``hub``/``cache_dir``: where a hub
-    data set is fetched from.
+    data set is fetched from; ``show_progress``: a bar of the records read (millions take a minute).
 
     Raises InputError naming file:line and field for a bad record, for an empty or missing file,
     for a file of a kind the loss does not train on, and for n-tuples with differing negative
@@ -120,6 +127,10 @@ def read_training_data(
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
     rows = itertools.chain([first], rows)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, unit="record", desc=f"reading {kind}")
     if kind in ("triplets", "ntuples"):
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:

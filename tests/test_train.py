@@ -476,7 +476,8 @@ def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files
                              teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
                              selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
     _, selection = load_training_data(script, SimpleNamespace(
-        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0), True, False)
+        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+        process_index=0), True, False)
     assert selection.metric == "eval_selection_map" and str(scores_file) in selection.note
 
 
@@ -493,7 +494,8 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
                              teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
                              selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
     _, selection = load_training_data(script, SimpleNamespace(
-        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0), True, False)
+        per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+        process_index=0), True, False)
     assert selection.metric == "eval_selection_map" and "by MAP on a dev set of its own" in selection.note
     assert {query.query for query in selection.queries} == {"dev x", "dev y"} and selection.held_out == []
 
