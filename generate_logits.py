@@ -75,11 +75,9 @@ class GenerateLogitsArguments:
         },
     )
     input_path: list[str] = field(
-        metadata={
-            "help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, negative}), "
-                    "Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT; one in parts "
-                    "(MTEB v2: corpus, queries, qrels, top_ranked) is joined into a query a record.",
-        },
+        metadata={"help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, "
+                  "negative}), Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT; one "
+                  "in parts (MTEB v2: corpus, queries, qrels, top_ranked) is joined into a query a record."},
     )
     output_dir: str = field(metadata={"help": "Folder for {stem}_scores.jsonl files and args.json."})
     teacher_type: list[str] | None = field(
@@ -94,53 +92,40 @@ class GenerateLogitsArguments:
     )
     backend: Literal["auto", "vllm", "hf"] = field(
         default="auto",
-        metadata={
-            "help": "LLM teachers: auto = vLLM when installed and a CUDA GPU is present, else transformers (hf). "
-                    "Other teachers run on sentence-transformers.",
-        },
+        metadata={"help": "LLM teachers: auto = vLLM when installed and a CUDA GPU is present, else transformers "
+                  "(hf). Other teachers run on sentence-transformers."},
     )
     batch_size: int = field(default=32, metadata={"help": "Inputs per forward pass (vLLM batches by itself)."})
     max_length: int = field(
         default=2048,
-        metadata={
-            "help": "Longest input in tokens. LLM judges: the query/document text is cut to fit, never the prompt's "
-                    "fixed parts; cross_encoder/embedding: the model's own limit applies when smaller.",
-        },
+        metadata={"help": "Longest input in tokens. LLM judges: the query/document text is cut to fit, never the "
+                  "prompt's fixed parts; cross_encoder/embedding: the model's own limit applies when smaller."},
     )
     instruction: str = field(
         default=DEFAULT_INSTRUCTION,
-        metadata={
-            "help": "LLM judges: the <Instruct> line of the prompt; set the task's own (e.g. 'Retrieve duplicate "
-                    "questions from StackOverflow forum').",
-        },
+        metadata={"help": "LLM judges: the <Instruct> line of the prompt; set the task's own (e.g. 'Retrieve "
+                  "duplicate questions from StackOverflow forum')."},
     )
     label_words: list[str] = field(
         default_factory=lambda: list(ESCI_LABEL_WORDS),
-        metadata={
-            "help": "llm_labels: the judge's answer words, each one token of its tokenizer (default: Amazon ESCI's "
-                    "labels, which many tokenizers split, SmolLM2's among them: there pass E S C I, with a prompt "
-                    "that asks for the letters).",
-        },
+        metadata={"help": "llm_labels: the judge's answer words, each one token of its tokenizer (default: Amazon "
+                  "ESCI's labels, which many tokenizers split, SmolLM2's among them: there pass E S C I, with a "
+                  "prompt that asks for the letters)."},
     )
     label_grades: list[float] | None = field(
         default=None,
-        metadata={
-            "help": "llm_labels: the grade of each answer word, in the same order; score = expected grade. Default: "
-                    "ESCI's 3 2 1 0 for ESCI's words, else len-1 down to 0 (best word first).",
-        },
+        metadata={"help": "llm_labels: the grade of each answer word, in the same order; score = expected grade. "
+                  "Default: ESCI's 3 2 1 0 for ESCI's words, else len-1 down to 0 (best word first)."},
     )
     score_scale: float = field(
         default=DEFAULT_SCORE_SCALE,
-        metadata={
-            "help": "embedding: score = this x cosine similarity, so margins are on a cross-encoder logit's scale.",
-        },
+        metadata={"help": "embedding: score = this x cosine similarity, so margins are on a cross-encoder logit's "
+                  "scale."},
     )
     query_prompt: str | None = field(
         default=None,
-        metadata={
-            "help": "embedding: text put before each query instead of the model's own 'query' prompt "
-                    "(Qwen3-Embedding wants $'Instruct: {task}\\nQuery:' in bash, with a real newline).",
-        },
+        metadata={"help": "embedding: text put before each query instead of the model's own 'query' prompt "
+                  "(Qwen3-Embedding wants $'Instruct: {task}\\nQuery:' in bash, with a real newline)."},
     )
     input_format: str = field(
         default="auto",
@@ -150,95 +135,69 @@ class GenerateLogitsArguments:
     )
     label_column: str | None = field(
         default=None,
-        metadata={
-            "help": "The grade column of graded row-per-pair input (default: esci_label, label, grade or relevance); "
-                    "it becomes the output's label.",
-        },
+        metadata={"help": "The grade column of graded row-per-pair input (default: esci_label, label, grade or "
+                  "relevance); it becomes the output's label."},
     )
     chunk_size: int | None = field(
         default=None,
-        metadata={
-            "help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a crash "
-                    "(Ctrl-C keeps every finished chunk). Default: 20000 with vLLM (it wants thousands of prompts a "
-                    "call), 1000 otherwise.",
-        },
+        metadata={"help": "Pairs per chunk of whole queries: the unit handed to the backend and of resuming after a "
+                  "crash (Ctrl-C keeps every finished chunk). Default: 20000 with vLLM (it wants thousands of "
+                  "prompts a call), 1000 otherwise."},
     )
     shard: str | None = field(
         default=None,
-        metadata={
-            "help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); join "
-                    "with --merge_shards N.",
-        },
+        metadata={"help": "I/N: score only queries whose position modulo N is I (one process per GPU or machine); "
+                  "join with --merge_shards N."},
     )
     passages_as_queries: int = field(
         default=0,
-        metadata={
-            "help": "N > 0: also score each query's passages as queries of their own: up to N distinct passages of "
-                    "each list (in input order), each against the rest of its list with the query first, into "
-                    "{stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are queries "
-                    "too (duplicate questions), many more lists for the student at up to N x list-length more "
-                    "teacher pairs; give create_triplets.py both files. 0: off.",
-        },
+        metadata={"help": "N > 0: also score each query's passages as queries of their own: up to N distinct "
+                  "passages of each list (in input order), each against the rest of its list with the query first, "
+                  "into {stem}_passages_as_queries_scores.jsonl (no gold labels). For tasks whose passages are "
+                  "queries too (duplicate questions), many more lists for the student at up to N x list-length more "
+                  "teacher pairs; give create_triplets.py both files. 0: off."},
     )
     merge_shards: int = field(
         default=0,
-        metadata={
-            "help": "N > 0: do no scoring, join the N finished shard files of each input into {stem}_scores.jsonl.",
-        },
+        metadata={"help": "N > 0: do no scoring, join the N finished shard files of each input into "
+                  "{stem}_scores.jsonl."},
     )
     check_inputs_only: bool = field(
         default=False,
-        metadata={
-            "help": "Read and check every input, log its counts and oddities, and stop: no teacher is loaded, "
-                    "nothing is written (generate_logits.sh checks its later inputs so before a first run scores for "
-                    "hours).",
-        },
+        metadata={"help": "Read and check every input, log its counts and oddities, and stop: no teacher is loaded, "
+                  "nothing is written (generate_logits.sh checks its later inputs so before a first run scores for "
+                  "hours)."},
     )
     overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Score again even if an output (finished or partial) exists.",
-        },
+        default=False, metadata={"help": "Score again even if an output (finished or partial) exists."}
     )
     device: str | None = field(
         default=None,
-        metadata={
-            "help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); default: "
-                    "cuda if available.",
-        },
+        metadata={"help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); "
+                  "default: cuda if available."},
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto",
-        metadata={
-            "help": "Weights' dtype; auto: bfloat16 on GPU, float32 on CPU (vLLM: the checkpoint's own, float16 for "
-                    "a float32 one).",
-        },
+        metadata={"help": "Weights' dtype; auto: bfloat16 on GPU, float32 on CPU (vLLM: the checkpoint's own, "
+                  "float16 for a float32 one)."},
     )
     prefix_cache: bool = field(
         default=True,
-        metadata={
-            "help": "hf backend: run the prompt prefix a query's documents share once and reuse its key/value cache.",
-        },
+        metadata={"help": "hf backend: run the prompt prefix a query's documents share once and reuse its key/value "
+                  "cache."},
     )
     tensor_parallel_size: int = field(
         default=1,
-        metadata={
-            "help": "vLLM: GPUs one teacher replica is split over (only for teachers too big for one GPU).",
-        },
+        metadata={"help": "vLLM: GPUs one teacher replica is split over (only for teachers too big for one GPU)."},
     )
     data_parallel_size: int = field(
         default=1,
-        metadata={
-            "help": "Teacher replicas, one per GPU (x --tensor_parallel_size GPUs each): N processes each score "
-                    "every N-th query, then the shards are joined. The fast way to use several GPUs.",
-        },
+        metadata={"help": "Teacher replicas, one per GPU (x --tensor_parallel_size GPUs each): N processes each "
+                  "score every N-th query, then the shards are joined. The fast way to use several GPUs."},
     )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: share of GPU memory it may take."})
     hub: Literal["huggingface", "modelscope"] = field(
-        default="huggingface",
-        metadata={
-            "help": "Where hub ids are fetched from.",
-        },
+        default="huggingface", metadata={"help": "Where hub ids are fetched from."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Download cache for hub models and data sets."})
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar with pairs per second."})
