@@ -16,7 +16,6 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,20 +40,19 @@ def synthetic_triplets(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-def data_work(triplets: Path) -> int:
-    """What train.py does with its data before the first step (default settings: MarginMSE,
-    checkpoints picked by the held-out share's eval loss, length-grouped batches of 16)."""
+def data_work(triplets: Path, work: Path) -> int:
+    """What train.py does with its data before the first step, at its own defaults (MarginMSE,
+    checkpoints picked by the held-out share's eval loss, length-grouped batches)."""
+    import train
     from rerank_distill.trainer import LengthGroupedBatchSampler
-    from rerank_distill.training import load_training_data
+    from rerank_distill.training import load_training_data, parse_training_args
 
-    script = SimpleNamespace(train_data=str(triplets), eval_data=None, selection_data=None, loss="margin_mse",
-                             teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
-                             selection_metric="loss", eval_share=0.05, hub="huggingface", cache_dir=None)
-    training = SimpleNamespace(per_device_train_batch_size=16, world_size=1, dataloader_drop_last=False, seed=42,
-                               disable_tqdm=True, process_index=0)
+    script, training, _ = parse_training_args(train.ScriptArguments, train.__doc__, [
+        "--model_name_or_path", "unused", "--train_data", str(triplets), "--output_dir", str(work / "model"),
+        "--disable_tqdm", "true"])  # fmt: skip
     _, selection = load_training_data(script, training, True, False)
     selection.counts()
-    LengthGroupedBatchSampler(selection.train, 16, False)
+    LengthGroupedBatchSampler(selection.train, training.per_device_train_batch_size, False)
     return len(selection.train) + len(selection.eval)
 
 
@@ -80,7 +78,7 @@ def main() -> dict:
                 with ExitStack() as patches:
                     for module in ("rerank_distill.training", "rerank_distill.trainer") if value_by_value_reads else ():
                         patches.enter_context(mock.patch(f"{module}.column_values", value_by_value))
-                    seconds, rows = timed(lambda: data_work(triplets))
+                    seconds, rows = timed(lambda: data_work(triplets, Path(work)))
                 return rows / seconds
             return run
 
