@@ -354,7 +354,7 @@ def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_
     # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
     if any(resume.done is not None for resume in resumes):
         for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
-            getattr(teacher, "engine", None)
+            teacher.load()
         resolved = {"backend": backend, "chunk_size": {str(o): r.chunk_size for o, r in zip(outputs, resumes)},
                     "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
         write_run_args(Path(args.output_dir) / args_file_name(args, shard), command, script=args, resolved=resolved)

@@ -149,7 +149,6 @@ class ScoredPair:
 
 
 DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-SAVED_DATA_SET_FILES = (".arrow",)  # datasets' save_to_disk folders: Arrow streams
 
 
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
@@ -345,7 +344,7 @@ def source_stem(source: str) -> str:
         return os.path.basename(os.path.normpath(folder)) + (f"_{split}" if split else "")
     if os.path.exists(source) or not _looks_like_hub_dataset(source):
         name = os.path.basename(source)
-        for suffix in (".gz", ".jsonl", ".json", ".parquet", ".arrow"):
+        for suffix in (".gz", ".jsonl", ".json", *FILE_READERS):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
         return name
@@ -407,13 +406,14 @@ def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = 
 
 
 def _iter_file(path: str) -> Iterator[tuple[str, int, dict]]:
-    if path.endswith(".parquet"):
-        yield from _iter_parquet(path)
-    elif path.endswith(SAVED_DATA_SET_FILES):
-        yield from _iter_arrow(path)
-    else:
-        for line, record in read_jsonl(path):
-            yield path, line, record
+    """The rows of one file, read by its suffix (FILE_READERS); any other file is JSONL, plain or gzip."""
+    reader = next((read for suffix, read in FILE_READERS.items() if path.endswith(suffix)), _iter_jsonl)
+    yield from reader(path)
+
+
+def _iter_jsonl(path: str) -> Iterator[tuple[str, int, dict]]:
+    for line, record in read_jsonl(path):
+        yield path, line, record
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
@@ -451,6 +451,11 @@ def _iter_arrow(path: str) -> Iterator[tuple[str, int, dict]]:
         raise InputError(f"cannot be read as an Arrow stream after row {row_number} ({first_line(error)})", path) from None
     if row_number == 0:
         raise InputError("contains no records (the data set is empty)", path)
+
+
+# The files read by another reader than JSONL's, by suffix (a new kind of file: its reader here, and its
+# suffix in DATA_FILE_SUFFIXES if a data-set folder may hold it).
+FILE_READERS = {".parquet": _iter_parquet, ".arrow": _iter_arrow}  # (.arrow: a save_to_disk folder's streams)
 
 
 # Stage 2's outputs, which train.py trains on: what a record of each holds, for messages.

@@ -708,19 +708,18 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     return state
 
 
-# What a resumed run must share with the run it continues: its data, model, loss and optimisation.
-# (The limits may be raised; flags of speed, logging and saving may change.)
-RESUME_MUST_MATCH = {
-    "script": ("model_name_or_path", "train_data", "loss", "teacher_temperature", "max_length", "input_format",
-               "label_column", "selection_data", "selection_metric", "eval_data", "eval_share",
-               "batch_grouping"),
-    "training": ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-                 "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
-                 "max_grad_norm", "data_seed"),
-}
+# What a resumed run may change: the time limit, early stopping, and flags of speed, hub access and
+# overwriting. Every other flag of train.py's own must match the run it continues (its data, model, loss
+# and their settings: a flag added later must match too, unless listed here); of Hugging Face's training
+# flags, those of the optimisation must.
+RESUME_MAY_CHANGE = ("max_train_seconds", "early_stopping_patience", "fused_forward", "pairs_per_forward",
+                     "overwrite_output_dir", "hub", "cache_dir")
+RESUME_MUST_MATCH_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                              "lr_scheduler_type", "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1",
+                              "adam_beta2", "adam_epsilon", "max_grad_norm", "data_seed")
 
 
-# The RESUME_MUST_MATCH settings that name a model or data on disk: compared by what they name
+# The train.py settings that name a model or data on disk: compared by what they name
 PATH_SETTINGS = ("model_name_or_path", "train_data", "selection_data", "eval_data")
 
 
@@ -748,10 +747,10 @@ def data_digest(source: str) -> str | None:
 
 def check_resume_settings(run_dir: str, script, training, data_digests: dict[str, str | None]) -> None:
     """InputError where a resumed run differs from the run it continues (its args.json in
-    ``run_dir``, the folder of the checkpoint) in a RESUME_MUST_MATCH setting, the content of a
-    data file (``data_digests``: prepare_resume's) or the number of processes: the model would be
-    half one run, half another (a query held out by one trained by the other), and args.json
-    would describe only the second."""
+    ``run_dir``, the folder of the checkpoint) in a setting that must match (see RESUME_MAY_CHANGE),
+    the content of a data file (``data_digests``: prepare_resume's) or the number of processes: the
+    model would be half one run, half another (a query held out by one trained by the other), and
+    args.json would describe only the second."""
     recorded_path = Path(run_dir) / "args.json"
     if not recorded_path.exists():
         return
@@ -762,7 +761,9 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
     named = recorded.get("resolved", {}).get("paths", {})
     current["script"].update({key: path_identity(current["script"].get(key)) for key in named})
     recorded = {**recorded, "script": {**recorded.get("script", {}), **named}}
-    differs = [f"--{key}" for section, keys in RESUME_MUST_MATCH.items() for key in keys
+    must_match = {"script": [key for key in current["script"] if key not in RESUME_MAY_CHANGE],
+                  "training": RESUME_MUST_MATCH_TRAINING}
+    differs = [f"--{key}" for section, keys in must_match.items() for key in keys
                if key in recorded.get(section, {}) and recorded[section][key] != current[section][key]]
     for key, digest in data_digests.items():
         flag = f"--{key.removesuffix('_digest')}"

@@ -250,3 +250,19 @@ def test_a_launcher_runs_where_only_python3_is_installed(name, tmp_path):
                            capture_output=True, text=True)
     assert shown.stderr == "" and shown.returncode == 0
     assert shown.stdout.startswith(f"usage: {name}.py")
+
+
+def test_every_loss_teacher_type_and_input_format_is_documented_where_users_look():
+    from rerank_distill.formats import INPUT_FORMATS
+    from rerank_distill.losses import LOSSES
+    from rerank_distill.teachers import TEACHER_TYPES
+
+    readme = (REPO / "README.md").read_text()
+    places = {
+        "train.py": (train.__doc__, LOSSES), "train.sh": ((REPO / "train.sh").read_text(), LOSSES),
+        "generate_logits.py": (generate_logits.__doc__, TEACHER_TYPES),
+        "generate_logits.sh": ((REPO / "generate_logits.sh").read_text(), TEACHER_TYPES),
+        "README.md": (readme, [f"`{name}`" for name in [*LOSSES, *TEACHER_TYPES, *INPUT_FORMATS]]),
+    }  # fmt: skip
+    missing = {place: [name for name in names if name not in text] for place, (text, names) in places.items()}
+    assert missing == dict.fromkeys(places, [])

@@ -792,6 +792,23 @@ def test_an_llm_judge_without_weights_is_named(tmp_path, ranking_file, tiny_qwen
         generate_logits.main(["--model_path", str(no_weights), "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
 
 
+def test_a_judge_that_fails_to_load_leaves_the_output_it_would_overwrite(tmp_path, ranking_file, tiny_qwen3):
+    output_dir = tmp_path / "o"
+    generate_logits.main(["--model_path", str(tiny_qwen3), "--input_path", str(ranking_file),
+                          "--output_dir", str(output_dir), "--no_show_progress"])  # fmt: skip
+    finished = {path.name: path.read_bytes() for path in output_dir.iterdir()}
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    for file in tiny_qwen3.iterdir():
+        if not file.name.endswith((".safetensors", ".bin")):
+            shutil.copy(file, no_weights / file.name)
+
+    with pytest.raises(InputError, match="cannot load a causal LM judge"):
+        generate_logits.main(["--model_path", str(no_weights), "--input_path", str(ranking_file),
+                              "--output_dir", str(output_dir), "--overwrite"])  # fmt: skip
+    assert {path.name: path.read_bytes() for path in output_dir.iterdir()} == finished
+
+
 @pytest.mark.parametrize("flag", ["--batch_size", "--chunk_size"])
 def test_a_size_below_one_stops_the_run_before_anything_is_written(ranking_file, tmp_path, flag):
     with pytest.raises(InputError, match=f"^{flag} must be at least 1, got 0$"):

@@ -5,6 +5,7 @@ levers change no loss value."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -1397,6 +1398,14 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
     monkeypatch.chdir(triplets_file.parent)
     assert run_train(tmp_path / "student_link", f"./{triplets_file.name}", out, *resume, "--logging_steps",
                      "1")["steps"] == 3
+
+
+def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
+    from rerank_distill.training import RESUME_MAY_CHANGE
+
+    flags = {spec.name for spec in dataclasses.fields(train.ScriptArguments)}
+    assert set(RESUME_MAY_CHANGE) < flags
+    assert {"loss", "teacher_temperature", "train_data", "max_length"} <= flags - set(RESUME_MAY_CHANGE)
 
 
 def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_cross_encoder, triplets_file, tmp_path):

@@ -38,7 +38,14 @@ class Teacher(Protocol):
     """What stage 1 needs of a teacher, whatever its kind."""
 
     name: str  # the key of its score in a several-teacher file: the model path or hub id as given, its last part
-    config: dict  # what makes its scores what they are; a resumed run must match it
+    # What makes its scores what they are: a resumed or finished output must match it key for key, so a
+    # new key makes every earlier output differ; add one only where its value is not the old default.
+    config: dict
+
+    def load(self) -> None:
+        """Load the weights now where they would load on first use (an LLM judge's): generate_logits.py
+        calls it before it writes or deletes anything, so a load error leaves every output as it was."""
+        ...
 
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None]) -> TeacherScores:
         """One score per (queries[i], passages[i]) pair, in that order; ``progress(n)`` after n pairs."""
@@ -104,8 +111,26 @@ def choose_backend(backend: str) -> str:
     return backend
 
 
-LLM_TEACHER_TYPES = ("llm_yesno", "llm_labels")
-TEACHER_TYPES = (*LLM_TEACHER_TYPES, "cross_encoder", "embedding")
+@dataclass(frozen=True)
+class TeacherKind:
+    """What stage 1 knows of a --teacher_type before it loads anything."""
+
+    checkpoints: tuple[str, ...]  # the model kinds (see model_kind) it can load, the one it needs first
+    flags: tuple[str, ...] = ()  # the generate_logits.py flags only some teacher types read, those it reads
+    llm: bool = False  # an LLM judge: runs on --backend, loads its weights on first use
+
+
+_JUDGE_FLAGS = ("instruction", "backend", "prefix_cache", "gpu_memory_utilization")
+# (--tensor_parallel_size is read by any teacher: it sizes the GPU groups of --data_parallel_size)
+TEACHER_KINDS = {
+    "llm_yesno": TeacherKind(("llm",), _JUDGE_FLAGS, llm=True),
+    "llm_labels": TeacherKind(("llm",), (*_JUDGE_FLAGS, "label_words", "label_grades"), llm=True),
+    "cross_encoder": TeacherKind(("cross_encoder",)),
+    # embedding LLMs such as Qwen3-Embedding keep an LM's config
+    "embedding": TeacherKind(("embedding", "llm"), ("score_scale", "query_prompt")),
+}
+TEACHER_TYPES = tuple(TEACHER_KINDS)
+LLM_TEACHER_TYPES = tuple(name for name, kind in TEACHER_KINDS.items() if kind.llm)
 DEFAULT_TEACHER_TYPE = "llm_yesno"
 
 
@@ -140,17 +165,12 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
 
 def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     """The generate_logits.py flags no teacher of these types reads, each with why (flag -> reason)."""
+    read = {flag for kind in teacher_types for flag in TEACHER_KINDS[kind].flags}
     unread = {}
-    if not any(kind in LLM_TEACHER_TYPES for kind in teacher_types):
-        # (--tensor_parallel_size is read by any teacher: it sizes the GPU groups of --data_parallel_size)
-        for flag in ("instruction", "backend", "prefix_cache", "gpu_memory_utilization"):
-            unread[flag] = f"no LLM judge among the teachers ({', '.join(teacher_types)})"
-    if "llm_labels" not in teacher_types:
-        for flag in ("label_words", "label_grades"):
-            unread[flag] = "only llm_labels teachers answer with label words"
-    if "embedding" not in teacher_types:
-        for flag in ("score_scale", "query_prompt"):
-            unread[flag] = "only embedding teachers read it"
+    for flag in dict.fromkeys(flag for kind in TEACHER_KINDS.values() for flag in kind.flags):
+        if flag not in read:
+            readers = [name for name, kind in TEACHER_KINDS.items() if flag in kind.flags]
+            unread[flag] = f"only {' and '.join(readers)} teachers read it, not {', '.join(teacher_types)}"
     return unread
 
 
@@ -202,9 +222,7 @@ def model_kind(model_path: str) -> str | None:
     return None
 
 
-# For check_model_kind: what each teacher type needs, and how each kind of checkpoint is named.
-_KINDS_FOR = {"llm_yesno": ("llm",), "llm_labels": ("llm",), "cross_encoder": ("cross_encoder",),
-              "embedding": ("embedding", "llm")}  # fmt: skip  (embedding LLMs such as Qwen3-Embedding keep an LM's config)
+# For check_model_kind: how each kind of checkpoint is named.
 KIND_NAMES = {"llm": "an LLM with its generative head", "cross_encoder": "a cross-encoder with its classification head",
                "embedding": "an embedding model"}  # fmt: skip
 _TEACHER_TYPE_FOR = {"llm": "llm_yesno (or llm_labels)", "cross_encoder": "cross_encoder", "embedding": "embedding"}
@@ -214,8 +232,8 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
     """InputError where a checkpoint is plainly another kind of model than ``teacher_type`` needs:
     loaded anyway, it would get a new random head (or lose its own) and score noise."""
     kind = model_kind(model_path)
-    needed = _KINDS_FOR.get(teacher_type)
-    if kind is None or needed is None or kind in needed:
+    needed = TEACHER_KINDS[teacher_type].checkpoints
+    if kind is None or kind in needed:
         return
     architectures = model_config(model_path).get("architectures") or []
     if teacher_type in LLM_TEACHER_TYPES and any(a.endswith(GENERATIVE_HEADS) for a in architectures):

@@ -31,6 +31,9 @@ class CrossEncoderTeacher:
         self.name = teacher_name(model_path)
         self.config = {"teacher_type": "cross_encoder", "model_path": model_path, "max_length": self.max_length, "dtype": dtype}
 
+    def load(self) -> None:
+        """Nothing to do: the weights loaded with the teacher."""
+
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         from rerank_distill.student import score_pairs_with_cross_encoder
 

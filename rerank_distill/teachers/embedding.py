@@ -67,6 +67,9 @@ class EmbeddingTeacher:
                          convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
         return np.asarray(vectors, dtype=np.float64)
 
+    def load(self) -> None:
+        """Nothing to do: the weights loaded with the teacher."""
+
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         # Each distinct text is embedded once; a chunk repeats each query once per candidate.
         query_row = {text: row for row, text in enumerate(dict.fromkeys(queries))}

@@ -107,6 +107,10 @@ class _Judge:
         """The hf or vLLM engine, built (its weights loaded) when first asked for."""
         return _judge_engine(*self._engine_args)
 
+    def load(self) -> None:
+        """Build the engine now, its weights loaded."""
+        _ = self.engine
+
 
 class YesNoJudge(_Judge):
     """Qwen3-Reranker style: score = logit("yes") - logit("no") at the last prompt position."""
