@@ -39,6 +39,7 @@ from rerank_distill.training_data import (
     RANKING_KINDS,
     column_values,
     detect_data_kind,
+    one_sided_targets_warning,
     read_training_data,
     teacher_spread_warning,
 )
@@ -251,8 +252,10 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool,
     where = {"hub": script.hub, "cache_dir": script.cache_dir}  # for data sets given as hub ids
     data = read_training_data(script.train_data, script.loss, script.teacher_temperature, script.fused_forward,
                               script.input_format, script.label_column, **where, show_progress=show_progress)
-    if warning := teacher_spread_warning(data, script.train_data, script.teacher_temperature):
-        logger.warning(warning)
+    for warning in (teacher_spread_warning(data, script.train_data, script.teacher_temperature),
+                    one_sided_targets_warning(data, script.train_data, script.loss)):
+        if warning:
+            logger.warning(warning)
     if not evaluate:
         return data.kind, CheckpointSelection(data.to_dataset(), None, metric="last",
                                               note="none (--eval_strategy no): the last step is final")

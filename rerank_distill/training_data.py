@@ -276,6 +276,21 @@ def _labelled(queries: Iterable[RankingQuery]) -> TrainingData:
     return TrainingData("labelled", columns)
 
 
+def one_sided_targets_warning(data: TrainingData, source: str, loss: str) -> str | None:
+    """A warning when every bce_soft target sigmoid(score / temperature) lies on one side of 0.5: the
+    scores are not logits centred on 0 (an llm_labels expected grade, a scaled cosine), and the
+    student would learn that every pair is relevant, or none; else None."""
+    targets = data.columns["label"] if loss == "bce_soft" else []
+    if not targets or min(targets) < 0.5 < max(targets):
+        return None
+    verdict = "relevant" if min(targets) >= 0.5 else "irrelevant"
+    return (
+        f"{source}: every --loss bce_soft target sigmoid(score / temperature) is on one side of 0.5, so the student "
+        f"learns that every pair is {verdict}; bce_soft reads scores as logits around 0 (an llm_yesno or "
+        "cross_encoder teacher's): for expected grades or scaled cosines train with mse, margin_mse or listwise_kl"
+    )
+
+
 def teacher_spread_warning(data: TrainingData, source: str, temperature: float = 1.0) -> str | None:
     """A warning when the teacher barely tells a query's candidates apart (a collapsed or
     mis-prompted teacher), or when ``temperature`` flattens what it tells down to that, else None."""

@@ -774,6 +774,20 @@ def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
         teacher_spread_warning(data, str(modest), temperature=4)
 
 
+def test_bce_soft_on_scores_that_are_not_logits_around_zero_is_warned_about(tmp_path):
+    from rerank_distill.training_data import one_sided_targets_warning
+
+    grades = write_jsonl_records(tmp_path / "grades.jsonl", [  # llm_labels' expected grades lie in [0, 3]
+        {"query": "q", "passage": p, "score": score} for p, score in zip("abc", [0.2, 1.5, 2.9])])
+    warning = one_sided_targets_warning(read_training_data(str(grades), "bce_soft"), str(grades), "bce_soft")
+    assert warning.startswith(f"{grades}: every --loss bce_soft target sigmoid(score / temperature) is on one side of "
+                              "0.5, so the student learns that every pair is relevant")
+    assert one_sided_targets_warning(read_training_data(str(grades), "mse"), str(grades), "mse") is None
+    logits = write_jsonl_records(tmp_path / "logits.jsonl", [
+        {"query": "q", "passage": p, "score": score} for p, score in zip("abc", [-2.0, 0.5, 3.0])])
+    assert one_sided_targets_warning(read_training_data(str(logits), "bce_soft"), str(logits), "bce_soft") is None
+
+
 def test_the_teacher_temperature_must_be_positive(triplets_file, tmp_path):
     with pytest.raises(InputError, match="--teacher_temperature must be positive"):
         run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--temperature", "0")
