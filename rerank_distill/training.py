@@ -494,6 +494,14 @@ def check_training_flags(script, training) -> None:
     """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
     arguments) below their minimums or at odds with each other, before anything is read."""
     check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    # transformers reads max_steps <= 0 as unset, except 0 itself, which crashed its logging schedule;
+    # no epochs with no steps saved the untouched student as if it were trained
+    if training.max_steps == 0:
+        raise InputError("--max_steps 0 trains no step; pass a positive number of steps, or leave it out to train for "
+                         "--num_train_epochs")
+    if training.max_steps < 0 and not training.num_train_epochs > 0:
+        raise InputError(f"--num_train_epochs {training.num_train_epochs:g} trains no step; pass a positive number of "
+                         "epochs (or --max_steps N)")
     if script.early_stopping_patience > 0 and training.eval_strategy == "no":
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
     if script.early_stopping_patience > 0 and script.selection_metric == "last":

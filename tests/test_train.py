@@ -512,6 +512,17 @@ def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_w
     assert "--teacher_temperature 4 does nothing here: --loss infonce reads no teacher scores" in caplog.text
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--max_steps", "0"), "--max_steps 0 trains no step"),
+    (("--num_train_epochs", "0"), "--num_train_epochs 0 trains no step"),
+])
+def test_a_run_of_no_steps_is_refused_before_any_work(tmp_path, triplets_file, flags, message):
+    # (--max_steps 0 crashed in transformers' logging schedule; no epochs saved the untrained student as the model)
+    with pytest.raises(InputError, match=message):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "model", *flags)
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(tmp_path, triplets_file, ranking_file):
     with pytest.raises(InputError, match=rf"{ranking_file}: --eval_data holds labelled ranking data.*, on which --loss "
                                          r"margin_mse has no loss to compute; .* pass it as --selection_data"):
