@@ -339,6 +339,20 @@ def test_a_flag_no_teacher_reads_is_warned_about(caplog, types, flags, unread):
     assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
 
 
+@pytest.mark.parametrize(("device", "message"), [("cuda", "--device cuda: no CUDA GPU is visible here"),
+                                               ("cuda:1", "--device cuda:1: no CUDA GPU is visible here"),
+                                               ("gpu", "--device 'gpu' is not a device name")])
+def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(monkeypatch, tmp_path, ranking_file, device,
+                                                                        message):
+    # (it was a traceback from torch once the teacher loaded, after every input had been read)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(generate_logits, "validate_source", lambda *args, **kwargs: pytest.fail("an input was read"))
+    with pytest.raises(InputError, match=message):
+        generate_logits.main(["--model_path", "m", "--teacher_type", "embedding", "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "out"), "--device", device])
+    assert not (tmp_path / "out").exists()
+
+
 class FakeVllm:
     """Stands in for vLLM's LLM (not installed here) and does what its documented sequence-classifier
     conversion does with our ``hf_overrides`` (vllm/model_executor/models/adapters.py, 0.33):

@@ -57,6 +57,26 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check_device(device: str | None) -> None:
+    """InputError where --device names no device torch knows, or a GPU this machine does not have
+    (found here, before any input is read, not as a traceback once the teacher loads)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        wanted = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a device name; pass cpu, cuda or cuda:N") from None
+    if wanted.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise InputError(f"--device {device}: no CUDA GPU is visible here; pass --device cpu, or leave --device out")
+    if wanted.index is not None and wanted.index >= count:
+        raise InputError(f"--device {device}: only {count} CUDA GPU(s) are visible here (cuda:0 to cuda:{count - 1})")
+
+
 def vllm_installed() -> bool:
     import importlib.util
 
