@@ -123,6 +123,9 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
 # queries it chose a checkpoint worse on dev than the last one in 18 of 25 runs (bench/README.md).
 MIN_SELECTION_QUERIES = 30
 
+# train.py's --eval_share unless given: the share of training queries held out for checkpoint selection
+DEFAULT_EVAL_SHARE = 0.05
+
 # Flags by which a user asks for held-out evaluation, so "auto" never turns it off for them.
 EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share"}
 
@@ -236,6 +239,9 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
     show_progress = not training.disable_tqdm and training.process_index == 0  # one bar, as the Trainer's
     kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate, show_progress)
+    if script.eval_share != DEFAULT_EVAL_SHARE and not selection.held_out:
+        why = "--eval_data gives the eval loss" if selection.metric == "loss" else f"best checkpoint {selection.note}"
+        logger.warning("--eval_share %g is not read: no training query is held out (%s)", script.eval_share, why)
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run
@@ -290,9 +296,11 @@ def small_selection_warning(selection: CheckpointSelection) -> str | None:
     count = len(selection.queries)
     if selection.metric != "eval_selection_map" or count >= MIN_SELECTION_QUERIES:
         return None
+    # --eval_share sizes held-out training queries only: a dev set of its own is ranked whole, whatever it is
+    remedy = "Hold out more training queries (--eval_share) or pass" if selection.held_out else "Pass"
     return (f"the best checkpoint is picked by MAP on only {count} queries, where one query moves MAP by up to "
-            f"{1 / count:.2f}: a noisy choice. Hold out more training queries (--eval_share) or pass a labelled dev "
-            f"file of {MIN_SELECTION_QUERIES}+ queries as --selection_data")
+            f"{1 / count:.2f}: a noisy choice. {remedy} a labelled dev file of {MIN_SELECTION_QUERIES}+ queries as "
+            "--selection_data")
 
 
 class SelectionEvaluator(BaseEvaluator):

@@ -500,6 +500,29 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
     assert {query.query for query in selection.queries} == {"dev x", "dev y"} and selection.held_out == []
 
 
+@pytest.mark.parametrize("dev_set", [True, False])
+def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as_the_remedy(scores_file, tmp_path,
+                                                                                            caplog, dev_set):
+    from types import SimpleNamespace
+
+    from rerank_distill.training import load_training_data
+
+    # a labelled dev set of its own is ranked whole, and --selection_metric last holds out nothing: no share is taken
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
+                                                       for q in "xy" for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
+    script = SimpleNamespace(train_data=str(scores_file), eval_data=None, selection_data=str(dev) if dev_set else None,
+                             loss="mse", teacher_temperature=1.0, fused_forward=True, input_format="auto",
+                             label_column=None, selection_metric="map" if dev_set else "last", eval_share=0.4,
+                             hub="huggingface", cache_dir=None)
+    with caplog.at_level(logging.WARNING):
+        _, selection = load_training_data(script, SimpleNamespace(
+            per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+            process_index=0), True, False)
+    assert selection.held_out == [] and "--eval_share 0.4 is not read: no training query is held out" in caplog.text
+    if dev_set:
+        assert "--eval_share" not in small_selection_warning(selection)
+
+
 def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_warned_about(tmp_path, triplets_file,
                                                                                           caplog):
     with pytest.raises(InputError, match="--selection_metric map picks a checkpoint by evaluations, and --eval_strategy "
