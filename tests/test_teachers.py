@@ -24,6 +24,7 @@ from rerank_distill.teachers import (
     check_teacher_options,
     teacher_types_for,
     unique_names,
+    unread_backend_flags,
     unread_teacher_flags,
 )
 from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
@@ -337,6 +338,37 @@ def test_a_flag_no_teacher_reads_is_warned_about(caplog, types, flags, unread):
     warn_unread(options(*flags), unread_teacher_flags(types))
 
     assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
+
+
+@pytest.mark.parametrize(
+    ("types", "flags", "unread"),
+    [
+        (["llm_yesno"], ["--backend", "hf", "--tensor_parallel_size", "2", "--gpu_memory_utilization", "0.5"],
+         ["--tensor_parallel_size", "--gpu_memory_utilization"]),
+        (["llm_yesno"], ["--backend", "hf", "--tensor_parallel_size", "2", "--data_parallel_size", "2"], []),
+        (["cross_encoder"], ["--tensor_parallel_size", "2"], ["--tensor_parallel_size"]),
+    ],
+)
+def test_a_flag_the_chosen_backend_never_reads_is_warned_about_before_a_teacher_loads(monkeypatch, tmp_path, caplog,
+                                                                                     ranking_file, types, flags, unread):
+    class Loaded(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
+    monkeypatch.setattr(generate_logits, "build_teachers", load)
+    monkeypatch.setattr(generate_logits, "score_with_replicas", load)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(Loaded):  # (the vLLM-only flags were dropped unsaid on the hf backend)
+        generate_logits.main(["--model_path", "m", "--teacher_type", *types, "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "o"), *flags])
+    assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
+
+
+def test_the_hf_backends_prefix_cache_flag_is_unread_on_vllm():
+    assert "prefix_cache" in unread_backend_flags("vllm", 1) and "prefix_cache" not in unread_backend_flags("hf", 1)
 
 
 @pytest.mark.parametrize(("device", "message"), [("cuda", "--device cuda: no CUDA GPU is visible here"),

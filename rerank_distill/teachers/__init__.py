@@ -174,6 +174,20 @@ def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     return unread
 
 
+def unread_backend_flags(backend: str, data_parallel_size: int) -> dict[str, str]:
+    """The generate_logits.py flags the chosen ``backend`` (vllm, hf, or sentence-transformers for
+    teachers that are no LLM judge) never reads, each with why; those no teacher type reads are
+    unread_teacher_flags'."""
+    unread = {}
+    if backend != "vllm" and data_parallel_size == 1:  # (with replicas it sizes each one's GPU group)
+        unread["tensor_parallel_size"] = f"only the vllm backend splits a teacher over GPUs, and this run uses {backend}"
+    if backend == "hf":
+        unread["gpu_memory_utilization"] = "only the vllm backend reads it, and this run uses hf"
+    if backend == "vllm":
+        unread["prefix_cache"] = "only the hf backend reads it (vLLM's own prefix cache is always on)"
+    return unread
+
+
 def teacher_name(model_path: str) -> str:
     """A teacher's name: the last part of its model's path or hub id (the key of its score among
     several teachers' ``teacher_scores``)."""
