@@ -138,6 +138,19 @@ def test_a_generative_llm_is_a_judge_whatever_sentence_transformers_layout_its_f
         check_model_kind("llm_yesno", str(tiny_cross_encoder))
 
 
+def test_an_llm_without_sentence_transformers_files_is_no_embedding_teacher(tiny_qwen3, tmp_path):
+    from rerank_distill.teachers import check_model_kind
+
+    # (it was mean-pooled with no prompts and scored noise, exit status 0)
+    with pytest.raises(InputError, match=rf"{tiny_qwen3} holds an LLM with its generative head and no "
+                                         r"sentence-transformers files .* pass --teacher_type llm_yesno"):
+        check_model_kind("embedding", str(tiny_qwen3))
+    embedding_llm = tmp_path / "embedding-llm"  # as Qwen3-Embedding ships: an LM's config, and its pooling
+    shutil.copytree(tiny_qwen3, embedding_llm)
+    (embedding_llm / "modules.json").write_text("[]")
+    check_model_kind("embedding", str(embedding_llm))  # not refused
+
+
 def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
     from rerank_distill.teachers import model_kind
 

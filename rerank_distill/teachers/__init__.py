@@ -249,6 +249,13 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
     loaded anyway, it would get a new random head (or lose its own) and score noise."""
     kind = model_kind(model_path)
     needed = _KINDS_FOR.get(teacher_type)
+    if teacher_type == "embedding" and kind == "llm" and not any(
+            (Path(model_path) / name).exists() for name in ("modules.json", "config_sentence_transformers.json")):
+        # an embedding LLM (Qwen3-Embedding) ships its pooling in those files; a chat or reranker LLM without them
+        # would be mean-pooled into vectors it was never trained to give, and score noise with no error
+        raise InputError(f"{model_path} holds {KIND_NAMES['llm']} and no sentence-transformers files (modules.json), "
+                         "so it is no embedding model; pass --teacher_type llm_yesno (or llm_labels), or an embedding "
+                         "model's folder")
     if kind is None or needed is None or kind in needed:
         return
     architectures = model_config(model_path).get("architectures") or []
