@@ -517,6 +517,11 @@ def check_training_flags(script, training) -> None:
     if script.selection_metric in ("map", "loss") and training.eval_strategy == "no":
         raise InputError(f"--selection_metric {script.selection_metric} picks a checkpoint by evaluations, and "
                          "--eval_strategy no runs none: drop one of them")
+    if script.selection_metric in ("map", "loss") and training.save_strategy == "no":  # (it held queries out, and
+        # evaluated them, for a final model that was the last step all the same)
+        raise InputError(f"--selection_metric {script.selection_metric} picks the best of the checkpoints, and "
+                         "--save_strategy no saves none: drop one of them (--selection_metric last trains on every "
+                         "query and keeps the last step)")
     # a setting the loss does not read: a warning, not a refusal (a TEACHER_TEMPERATURE set for train.sh is passed
     # whatever the loss)
     if script.teacher_temperature != 1 and not LOSSES[script.loss].reads_teacher:

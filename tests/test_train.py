@@ -529,6 +529,10 @@ def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_w
                                          "no runs none"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "a", "--selection_metric", "map",
                   "--eval_strategy", "no")
+    with pytest.raises(InputError, match="--selection_metric loss picks the best of the checkpoints, and "
+                                         "--save_strategy no saves none"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "c", "--selection_metric", "loss",
+                  "--save_strategy", "no")
     with pytest.raises(InputError):  # (stopped at the model, after the warning)
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "b", "--loss", "infonce",
                   "--teacher_temperature", "4")
