@@ -1605,6 +1605,27 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
     assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["teacher_temperature"] == 1.0
 
 
+@pytest.mark.parametrize(("flags", "warning"), [
+    (["--loss", "mse", "--pairs_per_forward", "4"], "--pairs_per_forward 4 does nothing here: --loss mse scores one pair"),
+    (["--no_fused_forward", "--pairs_per_forward", "4"], "--pairs_per_forward 4 does nothing here: --no_fused_forward"),
+    (["--loss", "bce_soft", "--no_fused_forward"], "--no_fused_forward does nothing here: only --loss margin_mse"),
+    (["--loss", "listwise_kl", "--pairs_per_forward", "4"], None),
+])  # fmt: skip
+def test_a_forward_pass_flag_the_loss_never_reads_is_warned_about(tmp_path, scores_file, caplog, flags, warning):
+    with pytest.raises(InputError):  # (stopped at the data or the model, after the warning; it was dropped unsaid)
+        run_train(tmp_path / "no-such-model", scores_file, tmp_path / "model", *flags)
+    warned = [record.getMessage() for record in caplog.records if "does nothing here" in record.getMessage()]
+    assert [message[:len(warning)] for message in warned] == ([] if warning is None else [warning])
+
+
+def test_the_launcher_passes_its_default_pairs_per_forward_only_to_losses_that_read_it(tmp_path, scores_file):
+    env = {**os.environ, "STUDENT": str(tmp_path / "no-such-model"), "TRAIN_DATA": str(scores_file), "LOSS": "mse",
+           "SELECTION_DATA": "", "MODEL_DIR": str(tmp_path / "model"), "HF_HUB_OFFLINE": "1"}
+    launcher = Path(train.__file__).with_name("train.sh")
+    done = subprocess.run(["bash", str(launcher)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "does nothing" not in done.stderr, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("value", ["1.5", "all"])
 def test_the_launcher_refuses_num_gpus_that_is_no_whole_number(tmp_path, value):
     # bash's (( )) read 1.5 (or 08, a bad octal number) as false after an error line, and trained in one process
