@@ -23,6 +23,7 @@ from rerank_distill.cli import (
     command_line,
     parse_args,
     run_main,
+    warn_unread,
     write_json,
     write_run_args,
 )
@@ -148,6 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.teacher_scores:
         words, grades = label_words_to_read(args.teacher_scores, args.label_words, args.label_grades)
         teacher = teacher_scores_for(queries, args.teacher_scores, words, grades, args.hub, args.cache_dir)
+    if teacher is None or teacher.label_probs is None:  # (they were dropped in silence)
+        warn_unread(args, dict.fromkeys(("label_words", "label_grades"), "only a label teacher's label_probs are read "
+                                        "with them, and " + (f"{args.teacher_scores} has none" if teacher else
+                                                             "no --teacher_scores is given")))
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     folders = check_rerankers(models, args.hub, args.cache_dir)
 

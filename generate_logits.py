@@ -54,9 +54,11 @@ from rerank_distill.teachers import (
     LLM_TEACHER_TYPES,
     TEACHER_TYPES,
     build_teachers,
+    check_device,
     check_teacher_options,
     choose_backend,
     teacher_types_for,
+    unread_backend_flags,
     unread_teacher_flags,
 )
 from rerank_distill.teachers.embedding import DEFAULT_SCORE_SCALE
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     warn_unread(args, unread_teacher_flags(teacher_types))
     check_teacher_options(teacher_types, args)
+    check_device(args.device)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
     refuse_shared_outputs([source for source, _ in inputs], outputs)
 
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for (source, derived), summary in expected.items()}
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
     backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
+    warn_unread(args, unread_backend_flags(backend, args.data_parallel_size))
     # One run per output at a time, claimed before any teacher is fetched or loaded (minutes for an 8B
     # model); a run refused before it writes anything leaves no folder behind
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:

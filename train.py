@@ -48,6 +48,7 @@ from rerank_distill.trainer import (
     track_padding,
 )
 from rerank_distill.training import (
+    DEFAULT_EVAL_SHARE,
     EVALUATION_FLAGS,
     MIN_SELECTION_QUERIES,
     PATH_SETTINGS,
@@ -134,7 +135,7 @@ class ScriptArguments:
                   "checkpoint by MAP, as a dev set of its own. Empty: the held-out training queries' own rows."},
     )
     eval_share: float = field(
-        default=0.05,
+        default=DEFAULT_EVAL_SHARE,
         metadata={"help": "Share of the training queries held out for checkpoint selection (at least one query; all "
                   "its rows leave training): by MAP, of those the selection data labels with a positive and a "
                   "negative (the ones MAP can rank); by eval loss, of all distinct training queries."},

@@ -50,6 +50,7 @@ MODEL_DIR="${MODEL_DIR:-output/model}"                            # final (best)
 MAX_LENGTH="${MAX_LENGTH:-512}"                                   # tokens per (query, passage) pair
 BATCH_SIZE="${BATCH_SIZE:-8}"                                     # examples (listwise: whole lists) per step per GPU
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-32}"                          # held-out evaluation batch per GPU
+pairs_per_forward_given="${PAIRS_PER_FORWARD:+yes}"  # (passed where LOSS reads it, or where set: see below)
 PAIRS_PER_FORWARD="${PAIRS_PER_FORWARD:-16}"                      # pairs per length-sorted forward pass (raise on a big GPU); 0 = a batch at once
 LEARNING_RATE="${LEARNING_RATE:-1e-4}"
 EPOCHS="${EPOCHS:-12}"
@@ -106,12 +107,16 @@ args=(
     --max_length "$MAX_LENGTH"
     --per_device_train_batch_size "$BATCH_SIZE"
     --per_device_eval_batch_size "$EVAL_BATCH_SIZE"
-    --pairs_per_forward "$PAIRS_PER_FORWARD"
     --learning_rate "$LEARNING_RATE"
     --num_train_epochs "$EPOCHS"
     --warmup_steps "$WARMUP"
     --bf16 "$BF16"
 )
+# the pointwise losses score one pair an example, so the default is passed only to those that score several;
+# one you set is passed for every loss (train.py warns where unread)
+if [[ -n "$pairs_per_forward_given" || "$loss" =~ ^(margin_mse|listwise_kl|infonce)$ ]]; then
+    args+=(--pairs_per_forward "$PAIRS_PER_FORWARD")
+fi
 if [[ -n "$temperature_given" || "$loss" == "listwise_kl" ]]; then
     args+=(--teacher_temperature "$TEACHER_TEMPERATURE")
 fi

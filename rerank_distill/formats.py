@@ -513,6 +513,30 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
     )
 
 
+# What a record must hold to be read as each format --input_format can name: (any of these fields, in words)
+_NAMED_FORMAT_FIELDS = {
+    "mteb": (("positive", "negative"), '"positive" / "negative" lists'),
+    "pos_neg": (("pos", "neg"), '"pos" / "neg" lists'),
+    "graded": (PASSAGE_FIELDS, "one passage a row (passage, item_text, content, ...)"),
+    "scores": (PASSAGE_FIELDS, "one passage a row (passage, content, ...)"),
+}
+
+
+def check_named_format(record: dict, path: str, line: int, input_format: str, label_column: str | None = None) -> None:
+    """InputError where a source's first record has none of the fields the format named with
+    --input_format reads: the flag, not the data, is then what is wrong, and the message says so."""
+    fields, described = _NAMED_FORMAT_FIELDS[input_format]
+    if any(name in record for name in fields):
+        return
+    try:
+        detected = f" (the {detect_format(record, path, line, label_column)} format)"
+    except InputError:
+        detected = ""
+    raise InputError(f"--input_format {input_format} reads {described}, but this record has the fields "
+                     f"{sorted(record)}{detected}; leave --input_format out to tell the format from the fields, or name "
+                     "the one this data holds", path, line)
+
+
 def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
     ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
@@ -592,6 +616,8 @@ def iter_ranking_queries(
     first_location = None
     for path, line, record in iter_rows(source, hub, cache_dir):
         refuse_training_record(record, path, line, "ranking data: a query with its candidate passages and labels")
+        if first_location is None and input_format != "auto":
+            check_named_format(record, path, line, input_format, label_column)
         record_format = chosen or detect_format(record, path, line, label_column)
         chosen = chosen or record_format  # a source holds one format; the first record decides it
         location = f"{path}:{line}"

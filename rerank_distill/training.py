@@ -124,6 +124,9 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
 # queries it chose a checkpoint worse on dev than the last one in 18 of 25 runs (bench/README.md).
 MIN_SELECTION_QUERIES = 30
 
+# train.py's --eval_share unless given: the share of training queries held out for checkpoint selection
+DEFAULT_EVAL_SHARE = 0.05
+
 # Flags by which a user asks for held-out evaluation, so "auto" never turns it off for them.
 EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share"}
 
@@ -237,6 +240,9 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
     show_progress = not training.disable_tqdm and training.process_index == 0  # one bar, as the Trainer's
     kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate, show_progress)
+    if script.eval_share != DEFAULT_EVAL_SHARE and not selection.held_out:
+        why = "--eval_data gives the eval loss" if selection.metric == "loss" else f"best checkpoint {selection.note}"
+        logger.warning("--eval_share %g is not read: no training query is held out (%s)", script.eval_share, why)
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run
@@ -293,9 +299,11 @@ def small_selection_warning(selection: CheckpointSelection) -> str | None:
     count = len(selection.queries)
     if selection.metric != "eval_selection_map" or count >= MIN_SELECTION_QUERIES:
         return None
+    # --eval_share sizes held-out training queries only: a dev set of its own is ranked whole, whatever it is
+    remedy = "Hold out more training queries (--eval_share) or pass" if selection.held_out else "Pass"
     return (f"the best checkpoint is picked by MAP on only {count} queries, where one query moves MAP by up to "
-            f"{1 / count:.2f}: a noisy choice. Hold out more training queries (--eval_share) or pass a labelled dev "
-            f"file of {MIN_SELECTION_QUERIES}+ queries as --selection_data")
+            f"{1 / count:.2f}: a noisy choice. {remedy} a labelled dev file of {MIN_SELECTION_QUERIES}+ queries as "
+            "--selection_data")
 
 
 class SelectionEvaluator(BaseEvaluator):
@@ -497,6 +505,14 @@ def check_training_flags(script, training) -> None:
     """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
     arguments) below their minimums or at odds with each other, before anything is read."""
     check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    # transformers reads max_steps <= 0 as unset, except 0 itself, which crashed its logging schedule;
+    # no epochs with no steps saved the untouched student as if it were trained
+    if training.max_steps == 0:
+        raise InputError("--max_steps 0 trains no step; pass a positive number of steps, or leave it out to train for "
+                         "--num_train_epochs")
+    if training.max_steps < 0 and not training.num_train_epochs > 0:
+        raise InputError(f"--num_train_epochs {training.num_train_epochs:g} trains no step; pass a positive number of "
+                         "epochs (or --max_steps N)")
     if script.early_stopping_patience > 0 and training.eval_strategy == "no":
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
     if script.early_stopping_patience > 0 and script.selection_metric == "last":
@@ -504,11 +520,24 @@ def check_training_flags(script, training) -> None:
     if script.selection_metric in ("map", "loss") and training.eval_strategy == "no":
         raise InputError(f"--selection_metric {script.selection_metric} picks a checkpoint by evaluations, and "
                          "--eval_strategy no runs none: drop one of them")
+    if script.selection_metric in ("map", "loss") and training.save_strategy == "no":  # (it held queries out, and
+        # evaluated them, for a final model that was the last step all the same)
+        raise InputError(f"--selection_metric {script.selection_metric} picks the best of the checkpoints, and "
+                         "--save_strategy no saves none: drop one of them (--selection_metric last trains on every "
+                         "query and keeps the last step)")
     # a setting the loss does not read: a warning, not a refusal (a TEACHER_TEMPERATURE set for train.sh is passed
     # whatever the loss)
     if script.teacher_temperature != 1 and not LOSSES[script.loss].reads_teacher:
         logger.warning("--teacher_temperature %g does nothing here: --loss %s reads no teacher scores",
                        script.teacher_temperature, script.loss)
+    # (margin_mse fused, listwise_kl and infonce score each example as several pairs; the others, one)
+    passes = script.loss in ("listwise_kl", "infonce") or (script.loss == "margin_mse" and script.fused_forward)
+    if script.pairs_per_forward and not passes:
+        logger.warning("--pairs_per_forward %d does nothing here: %s", script.pairs_per_forward,
+                       "--no_fused_forward runs sentence-transformers' MarginMSELoss as is" if script.loss == "margin_mse"
+                       else f"--loss {script.loss} scores one pair an example")
+    if not script.fused_forward and script.loss != "margin_mse":
+        logger.warning("--no_fused_forward does nothing here: only --loss margin_mse has a fused forward pass")
 
 
 # Held in --output_dir while a run writes there (claim_output_dir)

@@ -294,6 +294,20 @@ def test_missing_model_path_fails_naming_it(tiny_cross_encoder, ranking_file, tm
     assert not (tmp_path / "report" / "evaluation.json").exists()
 
 
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_label_words_no_teacher_label_probs_are_read_with_are_warned_about(ranking_file, tmp_path, caplog,
+                                                                          with_teacher):
+    # (without --teacher_scores, or with scores that hold no label_probs, they were dropped in silence)
+    from rerank_distill.toy import read_jsonl_records
+
+    teacher = ["--teacher_scores", str(write_teacher_scores(tmp_path / "t.jsonl", read_jsonl_records(ranking_file), 2, -2))]
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(InputError):  # (stopped at the model, after the warning)
+        run(tmp_path, tmp_path / "no-such-model", ranking_file, "--label_words", "E", "S", "C", "I",
+            *(teacher if with_teacher else []))
+    assert "--label_words ['E', 'S', 'C', 'I'] is not read: only a label teacher's label_probs" in caplog.text
+
+
 @pytest.mark.parametrize("output", ["a_folder", "a_file.jsonl/report.json"])
 def test_an_output_path_that_cannot_be_written_fails_before_any_scoring(ranking_file, tmp_path, output):
     (tmp_path / "a_folder").mkdir()

@@ -194,10 +194,18 @@ def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
     assert as_tuples(source, input_format="pos_neg") == [("q", ["p", "n"], [1.0, 0.0])]
 
 
-def test_forced_format_that_does_not_match_the_file_fails_at_the_first_record(tmp_path):
-    source = write_jsonl_records(tmp_path / "pairs.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
-    with pytest.raises(InputError, match=f'{source}:1: record has neither "positive" nor "negative"'):
-        as_tuples(source, input_format="mteb")
+@pytest.mark.parametrize(("record", "named", "holds"), [
+    ({"query": "q", "pos": ["p"], "neg": ["n"]}, "mteb", "pos_neg"),
+    ({"query": "q", "positive": ["p"], "negative": ["n"]}, "graded", "mteb"),
+    ({"query": "q", "passage": "p", "label": 1}, "pos_neg", "graded"),
+])  # fmt: skip
+def test_forced_format_that_does_not_match_the_file_fails_at_the_first_record_naming_the_flag(tmp_path, record, named,
+                                                                                              holds):
+    # (it said only which field was missing, as if the data were broken, not the flag)
+    source = write_jsonl_records(tmp_path / "pairs.jsonl", [record])
+    with pytest.raises(InputError, match=rf"{source}:1: --input_format {named} reads .*, but this record has the "
+                                         rf"fields .* \(the {holds} format\); leave --input_format out"):
+        as_tuples(source, input_format=named)
 
 
 def test_unknown_input_format_lists_the_choices(tmp_path):

@@ -24,6 +24,7 @@ from rerank_distill.teachers import (
     check_teacher_options,
     teacher_types_for,
     unique_names,
+    unread_backend_flags,
     unread_teacher_flags,
 )
 from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
@@ -135,6 +136,19 @@ def test_a_generative_llm_is_a_judge_whatever_sentence_transformers_layout_its_f
         check_model_kind("embedding", str(folder))
     with pytest.raises(InputError, match="holds a cross-encoder"):
         check_model_kind("llm_yesno", str(tiny_cross_encoder))
+
+
+def test_an_llm_without_sentence_transformers_files_is_no_embedding_teacher(tiny_qwen3, tmp_path):
+    from rerank_distill.teachers import check_model_kind
+
+    # (it was mean-pooled with no prompts and scored noise, exit status 0)
+    with pytest.raises(InputError, match=rf"{tiny_qwen3} holds an LLM with its generative head and no "
+                                         r"sentence-transformers files .* pass --teacher_type llm_yesno"):
+        check_model_kind("embedding", str(tiny_qwen3))
+    embedding_llm = tmp_path / "embedding-llm"  # as Qwen3-Embedding ships: an LM's config, and its pooling
+    shutil.copytree(tiny_qwen3, embedding_llm)
+    (embedding_llm / "modules.json").write_text("[]")
+    check_model_kind("embedding", str(embedding_llm))  # not refused
 
 
 def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
@@ -337,6 +351,51 @@ def test_a_flag_no_teacher_reads_is_warned_about(caplog, types, flags, unread):
     warn_unread(options(*flags), unread_teacher_flags(types))
 
     assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
+
+
+@pytest.mark.parametrize(
+    ("types", "flags", "unread"),
+    [
+        (["llm_yesno"], ["--backend", "hf", "--tensor_parallel_size", "2", "--gpu_memory_utilization", "0.5"],
+         ["--tensor_parallel_size", "--gpu_memory_utilization"]),
+        (["llm_yesno"], ["--backend", "hf", "--tensor_parallel_size", "2", "--data_parallel_size", "2"], []),
+        (["cross_encoder"], ["--tensor_parallel_size", "2"], ["--tensor_parallel_size"]),
+    ],
+)
+def test_a_flag_the_chosen_backend_never_reads_is_warned_about_before_a_teacher_loads(monkeypatch, tmp_path, caplog,
+                                                                                     ranking_file, types, flags, unread):
+    class Loaded(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
+    monkeypatch.setattr(generate_logits, "build_teachers", load)
+    monkeypatch.setattr(generate_logits, "score_with_replicas", load)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(Loaded):  # (the vLLM-only flags were dropped unsaid on the hf backend)
+        generate_logits.main(["--model_path", "m", "--teacher_type", *types, "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "o"), *flags])
+    assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
+
+
+def test_the_hf_backends_prefix_cache_flag_is_unread_on_vllm():
+    assert "prefix_cache" in unread_backend_flags("vllm", 1) and "prefix_cache" not in unread_backend_flags("hf", 1)
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda", "--device cuda: no CUDA GPU is visible here"),
+                                               ("cuda:1", "--device cuda:1: no CUDA GPU is visible here"),
+                                               ("gpu", "--device 'gpu' is not a device name")])
+def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(monkeypatch, tmp_path, ranking_file, device,
+                                                                        message):
+    # (it was a traceback from torch once the teacher loaded, after every input had been read)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(generate_logits, "validate_source", lambda *args, **kwargs: pytest.fail("an input was read"))
+    with pytest.raises(InputError, match=message):
+        generate_logits.main(["--model_path", "m", "--teacher_type", "embedding", "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path / "out"), "--device", device])
+    assert not (tmp_path / "out").exists()
 
 
 class FakeVllm:

@@ -501,16 +501,54 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
     assert {query.query for query in selection.queries} == {"dev x", "dev y"} and selection.held_out == []
 
 
+@pytest.mark.parametrize("dev_set", [True, False])
+def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as_the_remedy(scores_file, tmp_path,
+                                                                                            caplog, dev_set):
+    from types import SimpleNamespace
+
+    from rerank_distill.training import load_training_data
+
+    # a labelled dev set of its own is ranked whole, and --selection_metric last holds out nothing: no share is taken
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
+                                                       for q in "xy" for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
+    script = SimpleNamespace(train_data=str(scores_file), eval_data=None, selection_data=str(dev) if dev_set else None,
+                             loss="mse", teacher_temperature=1.0, fused_forward=True, input_format="auto",
+                             label_column=None, selection_metric="map" if dev_set else "last", eval_share=0.4,
+                             hub="huggingface", cache_dir=None)
+    with caplog.at_level(logging.WARNING):
+        _, selection = load_training_data(script, SimpleNamespace(
+            per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+            process_index=0), True, False)
+    assert selection.held_out == [] and "--eval_share 0.4 is not read: no training query is held out" in caplog.text
+    if dev_set:
+        assert "--eval_share" not in small_selection_warning(selection)
+
+
 def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_warned_about(tmp_path, triplets_file,
                                                                                           caplog):
     with pytest.raises(InputError, match="--selection_metric map picks a checkpoint by evaluations, and --eval_strategy "
                                          "no runs none"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "a", "--selection_metric", "map",
                   "--eval_strategy", "no")
+    with pytest.raises(InputError, match="--selection_metric loss picks the best of the checkpoints, and "
+                                         "--save_strategy no saves none"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "c", "--selection_metric", "loss",
+                  "--save_strategy", "no")
     with pytest.raises(InputError):  # (stopped at the model, after the warning)
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "b", "--loss", "infonce",
                   "--teacher_temperature", "4")
     assert "--teacher_temperature 4 does nothing here: --loss infonce reads no teacher scores" in caplog.text
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--max_steps", "0"), "--max_steps 0 trains no step"),
+    (("--num_train_epochs", "0"), "--num_train_epochs 0 trains no step"),
+])
+def test_a_run_of_no_steps_is_refused_before_any_work(tmp_path, triplets_file, flags, message):
+    # (--max_steps 0 crashed in transformers' logging schedule; no epochs saved the untrained student as the model)
+    with pytest.raises(InputError, match=message):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "model", *flags)
+    assert not (tmp_path / "model").exists()
 
 
 def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(tmp_path, triplets_file, ranking_file):
@@ -1588,6 +1626,27 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
                           env={**env, "TEACHER_TEMPERATURE": ""}, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "model" / "args.json").read_text())["script"]["teacher_temperature"] == 1.0
+
+
+@pytest.mark.parametrize(("flags", "warning"), [
+    (["--loss", "mse", "--pairs_per_forward", "4"], "--pairs_per_forward 4 does nothing here: --loss mse scores one pair"),
+    (["--no_fused_forward", "--pairs_per_forward", "4"], "--pairs_per_forward 4 does nothing here: --no_fused_forward"),
+    (["--loss", "bce_soft", "--no_fused_forward"], "--no_fused_forward does nothing here: only --loss margin_mse"),
+    (["--loss", "listwise_kl", "--pairs_per_forward", "4"], None),
+])  # fmt: skip
+def test_a_forward_pass_flag_the_loss_never_reads_is_warned_about(tmp_path, scores_file, caplog, flags, warning):
+    with pytest.raises(InputError):  # (stopped at the data or the model, after the warning; it was dropped unsaid)
+        run_train(tmp_path / "no-such-model", scores_file, tmp_path / "model", *flags)
+    warned = [record.getMessage() for record in caplog.records if "does nothing here" in record.getMessage()]
+    assert [message[:len(warning)] for message in warned] == ([] if warning is None else [warning])
+
+
+def test_the_launcher_passes_its_default_pairs_per_forward_only_to_losses_that_read_it(tmp_path, scores_file):
+    env = {**os.environ, "STUDENT": str(tmp_path / "no-such-model"), "TRAIN_DATA": str(scores_file), "LOSS": "mse",
+           "SELECTION_DATA": "", "MODEL_DIR": str(tmp_path / "model"), "HF_HUB_OFFLINE": "1"}
+    launcher = Path(train.__file__).with_name("train.sh")
+    done = subprocess.run(["bash", str(launcher)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "does nothing" not in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("value", ["1.5", "all"])

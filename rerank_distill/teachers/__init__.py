@@ -64,6 +64,26 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check_device(device: str | None) -> None:
+    """InputError where --device names no device torch knows, or a GPU this machine does not have
+    (found here, before any input is read, not as a traceback once the teacher loads)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        wanted = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a device name; pass cpu, cuda or cuda:N") from None
+    if wanted.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise InputError(f"--device {device}: no CUDA GPU is visible here; pass --device cpu, or leave --device out")
+    if wanted.index is not None and wanted.index >= count:
+        raise InputError(f"--device {device}: only {count} CUDA GPU(s) are visible here (cuda:0 to cuda:{count - 1})")
+
+
 def vllm_installed() -> bool:
     import importlib.util
 
@@ -174,6 +194,20 @@ def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     return unread
 
 
+def unread_backend_flags(backend: str, data_parallel_size: int) -> dict[str, str]:
+    """The generate_logits.py flags the chosen ``backend`` (vllm, hf, or sentence-transformers for
+    teachers that are no LLM judge) never reads, each with why; those no teacher type reads are
+    unread_teacher_flags'."""
+    unread = {}
+    if backend != "vllm" and data_parallel_size == 1:  # (with replicas it sizes each one's GPU group)
+        unread["tensor_parallel_size"] = f"only the vllm backend splits a teacher over GPUs, and this run uses {backend}"
+    if backend == "hf":
+        unread["gpu_memory_utilization"] = "only the vllm backend reads it, and this run uses hf"
+    if backend == "vllm":
+        unread["prefix_cache"] = "only the hf backend reads it (vLLM's own prefix cache is always on)"
+    return unread
+
+
 def teacher_name(model_path: str) -> str:
     """A teacher's name: the last part of its model's path or hub id (the key of its score among
     several teachers' ``teacher_scores``)."""
@@ -233,6 +267,13 @@ def check_model_kind(teacher_type: str, model_path: str) -> None:
     loaded anyway, it would get a new random head (or lose its own) and score noise."""
     kind = model_kind(model_path)
     needed = TEACHER_KINDS[teacher_type].checkpoints
+    if teacher_type == "embedding" and kind == "llm" and not any(
+            (Path(model_path) / name).exists() for name in ("modules.json", "config_sentence_transformers.json")):
+        # an embedding LLM (Qwen3-Embedding) ships its pooling in those files; a chat or reranker LLM without them
+        # would be mean-pooled into vectors it was never trained to give, and score noise with no error
+        raise InputError(f"{model_path} holds {KIND_NAMES['llm']} and no sentence-transformers files (modules.json), "
+                         "so it is no embedding model; pass --teacher_type llm_yesno (or llm_labels), or an embedding "
+                         "model's folder")
     if kind is None or kind in needed:
         return
     architectures = model_config(model_path).get("architectures") or []
