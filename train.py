@@ -194,8 +194,10 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
 
     # Data first: a bad line fails in seconds, before any model download.
     must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
+    if evaluate and training.save_strategy == "no" and script.selection_metric == "auto" and not must_evaluate:
+        evaluate = False  # no checkpoint to pick from: queries held out would only be lost to training
     kind, selection = load_training_data(script, training, evaluate, must_evaluate)
-    if evaluate and selection.metric == "last":
+    if training.eval_strategy != "no" and selection.metric == "last":
         training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
         evaluate = False
     elif evaluate:

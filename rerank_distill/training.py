@@ -240,6 +240,9 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     plan_selection). Logs the warnings; InputError where not one batch would be left to train on."""
     show_progress = not training.disable_tqdm and training.process_index == 0  # one bar, as the Trainer's
     kind, selection = _load_training_data(script, evaluate, training.seed, must_evaluate, show_progress)
+    if not evaluate and training.save_strategy == "no":
+        selection.note = ("none (--save_strategy no keeps no checkpoint to pick from): every query trains, the "
+                          "last step is final")
     if script.eval_share != DEFAULT_EVAL_SHARE and not selection.held_out:
         why = "--eval_data gives the eval loss" if selection.metric == "loss" else f"best checkpoint {selection.note}"
         logger.warning("--eval_share %g is not read: no training query is held out (%s)", script.eval_share, why)

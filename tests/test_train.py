@@ -449,6 +449,19 @@ def test_eval_data_replaces_the_held_out_split(tiny_cross_encoder, triplets_file
     assert (summary["train_examples"], summary["eval_examples"]) == (len(hand_written_triplets()), 3)
 
 
+def test_without_checkpoints_to_pick_from_every_query_trains_unless_evaluation_is_asked_for(
+    tiny_cross_encoder, triplets_file, tmp_path
+):
+    summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "1",
+                        "--save_strategy", "no")  # fmt: skip
+    assert summary["held_out_queries"] == [] and summary["train_examples"] == len(hand_written_triplets())
+    assert summary["final_model"] == "last step" and "--save_strategy no" in summary["selection"]
+
+    watched = run_train(tiny_cross_encoder, triplets_file, tmp_path / "watched", "--max_steps", "1",
+                        "--save_strategy", "no", "--eval_strategy", "steps")  # fmt: skip
+    assert len(watched["held_out_queries"]) == 1  # eval loss on held-out queries, as asked, for the log
+
+
 def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query_trains(
     tiny_cross_encoder, ranking_file, tmp_path, trained_queries
 ):
