@@ -41,13 +41,21 @@ from rerank_distill.jsonl import check_writable
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
     evaluate_rankings,
-    graded_summary,
     per_query_metrics,
     queries_changed,
     scores_needed,
     skip_reason,
 )
-from rerank_distill.report import AT_K, METRICS, change, format_table, share_of_teacher, write_per_query
+from rerank_distill.report import (
+    AT_K,
+    METRICS,
+    change,
+    format_table,
+    graded_report,
+    is_graded,
+    share_of_teacher,
+    write_per_query,
+)
 from rerank_distill.scoring import label_words_to_read
 from rerank_distill.student import bfloat16_is_fast, check_rerankers, load_cross_encoder, score_ranking_queries
 
@@ -156,11 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = {"before": args.model_before_path, **({"after": args.model_after_path} if args.model_after_path else {})}
     folders = check_rerankers(models, args.hub, args.cache_dir)
 
-    grades = [grade for query in queries for grade in query.labels]
-    # labels of 1 and 0 alone mean relevant or not, in whatever file they come (unless they are ESCI's C and I):
-    # no grades on a label teacher's scale (ESCI's 3/2/1/0), so its prediction is right when it agrees on relevance
-    binary = set(grades) <= {0.0, 1.0} and not any(query.esci_labels for query in queries)
-    graded = queries[0].source_format == "graded" or not binary or (teacher is not None and teacher.label_probs is not None)
+    graded = is_graded(queries, teacher)
     # the metrics never read the scores of queries the protocol skips; the graded means use every pair
     wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]
     scores = {}
@@ -203,13 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "it, the student learns to rank worse; check the teacher (its model, --instruction)",
                            report["teacher"]["map"], report["before"]["map"])
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
-        flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
-        teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
-        off_scale = sorted(set(grades) - set(teacher.label_grades.values())) if teacher and teacher.label_grades else []
-        if off_scale and not binary:  # a predicted grade can never equal those: compare relevance instead
-            logger.warning("the data's grades %s are not among the teacher's label grades %s: its label accuracy "
-                           "counts agreement on relevance (grade > 0) only", off_scale, teacher.label_grades)
-        report["graded"] = graded_summary(grades, flat, *teacher_labels, by_relevance=binary or bool(off_scale))
+        report["graded"] = graded_report(queries, scores, teacher)
     report["seconds"] = round(time.time() - started, 2)
 
     print(format_table(report))

@@ -3,12 +3,17 @@ per-query lines that let a user find the queries a model lost."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from rerank_distill.formats import RankingQuery
+import numpy as np
+
+from rerank_distill.formats import RankingQuery, TeacherRanking
 from rerank_distill.jsonl import AtomicWriter, dumps
-from rerank_distill.metrics import skip_reason
+from rerank_distill.metrics import graded_summary, skip_reason
+
+logger = logging.getLogger(__name__)
 
 AT_K = 10
 METRICS = ("map", f"mrr@{AT_K}", f"ndcg@{AT_K}")
@@ -28,6 +33,35 @@ def share_of_teacher(report: dict) -> dict:
                 for name in METRICS}
         for model in ("before", "after") if model in report
     }  # fmt: skip
+
+
+def _binary(queries: Sequence[RankingQuery]) -> bool:
+    """Whether the gold labels are 1 and 0 alone, relevant or not in whatever file they come (unless
+    they are ESCI's C and I): no grades on a label teacher's scale (ESCI's 3/2/1/0), so its prediction
+    is right when it agrees on relevance."""
+    return {grade for query in queries for grade in query.labels} <= {0.0, 1.0} and not any(
+        query.esci_labels for query in queries)
+
+
+def is_graded(queries: Sequence[RankingQuery], teacher: TeacherRanking | None) -> bool:
+    """Whether the report adds the graded part (graded_report): graded data, more than two grades,
+    or a label teacher's label probabilities. For binary data without them MAP, MRR and NDCG say it all."""
+    return (queries[0].source_format == "graded" or not _binary(queries)
+            or (teacher is not None and teacher.label_probs is not None))
+
+
+def graded_report(queries: Sequence[RankingQuery], scores: dict[str, list], teacher: TeacherRanking | None) -> dict:
+    """The report's "graded" part (graded_summary) from every pair's gold grade and each model's
+    scores (name -> one array per query), with the teacher's label accuracy where it has labels."""
+    grades = [grade for query in queries for grade in query.labels]
+    flat = {name: np.concatenate(by_query) for name, by_query in scores.items()}
+    teacher_labels = (teacher.label_probs, teacher.label_grades) if teacher else (None, None)
+    binary = _binary(queries)
+    off_scale = sorted(set(grades) - set(teacher.label_grades.values())) if teacher and teacher.label_grades else []
+    if off_scale and not binary:  # a predicted grade can never equal those: compare relevance instead
+        logger.warning("the data's grades %s are not among the teacher's label grades %s: its label accuracy "
+                       "counts agreement on relevance (grade > 0) only", off_scale, teacher.label_grades)
+    return graded_summary(grades, flat, *teacher_labels, by_relevance=binary or bool(off_scale))
 
 
 def format_table(report: dict) -> str:
