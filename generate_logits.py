@@ -39,16 +39,14 @@ from rerank_distill.scoring import (
     counts_message,
     is_finished,
     log_teacher_metrics,
-    merge_all_shards,
     output_path_for,
     ranking_queries,
     remove_output,
     resume_point,
     score_source,
-    split_into_shards,
     validate_source,
-    warn_of_other_shard_counts,
 )
+from rerank_distill.shards import merge_all_shards, split_into_shards, warn_of_other_shard_counts
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
     LLM_TEACHER_TYPES,

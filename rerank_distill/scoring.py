@@ -10,7 +10,6 @@ file equals an uninterrupted run's. The final name appears only when every pair 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import itertools
 import json
@@ -18,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
 )
-from rerank_distill.jsonl import AtomicWriter, dumps, only_writer, read_jsonl
+from rerank_distill.jsonl import dumps, only_writer
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +74,6 @@ def remove_output(output_path: Path) -> None:
 def is_finished(output_path: Path) -> bool:
     """Whether stage 1 finished ``output_path``: it exists under its final name with no partial beside it."""
     return output_path.exists() and not beside(output_path, ".partial").exists()
-
-
-def warn_of_other_shard_counts(output_path: Path, num_shards: int) -> None:
-    """Warn where a stopped run with another number of shards (--data_parallel_size, --shard I/M)
-    left unfinished shard files of ``output_path``: a run with ``num_shards`` shares (1: none) cannot
-    continue them, so it starts its own from the beginning, and theirs stay until removed."""
-    pattern = f"{glob.escape(output_path.stem)}.shard-*-of-*{glob.escape(output_path.suffix)}.partial"
-    ours = f"-of-{num_shards}{output_path.suffix}.partial"
-    others = sorted(path.name for path in output_path.parent.glob(pattern) if not path.name.endswith(ours))
-    if others:
-        logger.warning("%s: a stopped run with another number of shards left %s; this run, with %s, cannot continue "
-                       "them and starts from the beginning (rerun with that run's --data_parallel_size or --shard to "
-                       "continue it instead, or delete its files)", output_path, ", ".join(others),
-                       f"{num_shards} shards" if num_shards > 1 else "none")
 
 
 def output_path_for(source: str, output_dir: str | Path, shard: Shard = Shard(), passages_as_queries: int = 0) -> Path:
@@ -161,7 +145,7 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
         if negative := sum(label is not None and label < 0 for label in query.labels):
             summary.negative_grades += negative
             summary.first_negative_grade = summary.first_negative_grade or query.location
-        content.update(_as_bytes(query))
+        content.update(query_bytes(query))
     summary.digest = content.hexdigest()
     if not summary.pairs and not passages_as_queries and shard.count == 1:  # (a shard may hold none of its pairs)
         queries = "its one query has" if summary.queries == 1 else f"none of its {summary.queries} queries has"
@@ -169,7 +153,7 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
     return summary
 
 
-def _as_bytes(query: RankingQuery) -> bytes:
+def query_bytes(query: RankingQuery) -> bytes:
     """What of a query its output depends on (text, passages, labels, and the rows' ids where it has
     any), for InputSummary.digest."""
     ids = [query.ids] if query.ids and any(query.ids) else []  # (a digest without ids is what it always was)
@@ -375,7 +359,7 @@ def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_a
     return made_with
 
 
-def _run_record(output_path: Path) -> dict | None:
+def run_record(output_path: Path) -> dict | None:
     """The ``OUT.run.json`` record of how a finished output was made, or None (none beside it)."""
     record_path = beside(output_path, ".run.json")
     return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
@@ -398,14 +382,14 @@ def counts_message(counts: dict, queries_without_passages: int | None = None) ->
 def recorded_counts(output_path: Path) -> dict | None:
     """The counts a finished output's ``.run.json`` records (queries, pairs, distinct_pairs_scored,
     duplicate_pairs_reused, truncated, seconds_all_runs, ...), or None where it has no record."""
-    return (_run_record(Path(output_path)) or {}).get("counts")
+    return (run_record(Path(output_path)) or {}).get("counts")
 
 
 def recorded_label_grades(score_file: str) -> tuple[list[str], list[float]] | None:
     """The label words and grades stage 1 scored ``score_file`` with (its ``.run.json``: the first
     graded-label teacher's, whose ``label_probs`` the file leads with), or None where there is no
     record or no such teacher."""
-    record = _run_record(Path(score_file)) or {}
+    record = run_record(Path(score_file)) or {}
     for teacher in record.get("made_with", {}).get("teachers", []):
         if "label_words" in teacher:
             return teacher["label_words"], teacher["label_grades"]
@@ -432,9 +416,9 @@ def check_same_teachers(score_files: list[str]) -> None:
     teach noise (a passages-as-queries file left from another teacher's run, say). Files without
     a record (made elsewhere) are not compared."""
     recorded = [(path, record["made_with"]["teachers"]) for path in score_files
-                if (record := _run_record(Path(path))) is not None]  # fmt: skip
+                if (record := run_record(Path(path))) is not None]  # fmt: skip
     for path, teachers in recorded[1:]:
-        if differs := _differences({"teachers": recorded[0][1]}, {"teachers": teachers}, ["teachers"]):
+        if differs := setting_differences({"teachers": recorded[0][1]}, {"teachers": teachers}, ["teachers"]):
             raise InputError(
                 f"{recorded[0][0]} and {path} were scored by different teachers or teacher settings (differing: "
                 f"{', '.join(differs)}; see their .run.json files), whose scores are not on one scale: rescore one "
@@ -451,7 +435,7 @@ _RECORDED_SINCE = ("input_digest", "teacher_names")
 _HOW_INPUT_WAS_READ = ("input_format", "label_column")
 
 
-def _differences(made: dict, made_with: dict, keys) -> list[str]:
+def setting_differences(made: dict, made_with: dict, keys) -> list[str]:
     """The names of ``keys`` whose values differ between two made_with records; for the teachers,
     each differing setting of each (``teachers: max_length``), or their number. How the input was
     read does not count where both read the same content."""
@@ -474,7 +458,7 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
     by its OUT.run.json record. A file without one (copied here without it, or written by another
     tool) cannot tell how it was made, so it is refused too, never reused. ``teacher_keys``
     compares only those settings of each teacher (what is known before the teachers load)."""
-    record = _run_record(output_path)
+    record = run_record(output_path)
     if record is None:
         raise InputError(
             f"{output_path} exists but has no {beside(output_path, '.run.json').name} beside it to tell how it was "
@@ -483,7 +467,7 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
     made = record["made_with"]
     if teacher_keys is not None:
         made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
-    differs = _differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
+    differs = setting_differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
     if differs:
         raise InputError(
             f"{output_path} is finished but was scored with other settings or input (differing: {', '.join(differs)}); "
@@ -537,11 +521,11 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
     if is_finished(output_path):
         _check_finished(output_path, made_with)
         return replace(start, done=None)
-    saved = _saved_progress(output_path)
+    saved = saved_progress(output_path)
     if saved is None:
         return start
     made = saved.get("made_with", {})
-    differs = _differences(made, made_with, made.keys() | made_with.keys())
+    differs = setting_differences(made, made_with, made.keys() | made_with.keys())
     if made and not differs and saved.get("chunk_size") in chunk_sizes:
         return ResumePoint(saved["chunk_size"], saved["done"], made_with)
     if not made:  # a progress file of an earlier release
@@ -610,7 +594,7 @@ def score_source(
     def shard_queries() -> Iterator[RankingQuery]:
         for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
             if shard.takes(position):
-                read.update(_as_bytes(query))
+                read.update(query_bytes(query))
                 yield query
 
     queries = shard_queries()
@@ -696,81 +680,6 @@ def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | 
     return {key: value for key, value in result.items() if key != "per_query"}
 
 
-def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,
-                 passages_as_queries: int = 0, overwrite: bool = False) -> tuple[Path, int]:
-    """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
-    (or the passages-as-queries file, see output_path_for). InputError, with nothing written,
-    where the shards were scored with differing settings or the input has changed since, or
-    (unless ``overwrite``) a finished output of other settings is in the way.
-
-    Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
-    """
-    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
-    for path in paths:
-        if not path.exists():
-            raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
-    records = _shard_run_records(paths)
-    single_run, finished = _single_run_settings(merged), is_finished(merged)
-    differs = []
-    if records and single_run:
-        differs = _differences(single_run, _settings(records[0]["made_with"]), single_run.keys())
-    if differs and finished and not overwrite:
-        raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
-                         f"{', '.join(differs)}); pass --overwrite to join them in its place")
-    # a shard may hold no pairs at all (fewer queries than shards, or only empty lists)
-    readers = [_lines(path) for path in paths]
-    lines, content = 0, hashlib.blake2b(digest_size=16)
-    shard_contents = [hashlib.blake2b(digest_size=16) for _ in shards]
-    with AtomicWriter(merged) as out:  # written under its final name only if every check below passes
-        for index, query in _shares(source, input_format, read_args, passages_as_queries, shard_contents):
-            content.update(_as_bytes(query))
-            reader, path = readers[index], paths[index]
-            for passage in query.passages:
-                try:
-                    line_number, record = next(reader)
-                except StopIteration:
-                    raise InputError(f"ends early: it does not match {source}", str(path)) from None
-                if record.get("query") != query.query or record.get("passage") != passage:
-                    raise InputError(f"holds another pair than {query.location}; were shards made from another input "
-                                     "(or was it edited since)?", str(path), line_number)
-                out.write(dumps(record) + "\n")
-                lines += 1
-        for reader, path in zip(readers, paths):
-            if next(reader, None) is not None:
-                raise InputError(f"has more lines than {source} has pairs for this shard", str(path))
-        for record, shard_content, path in zip(records or (), shard_contents, paths):
-            if record["made_with"].get("input_digest", shard_content.hexdigest()) != shard_content.hexdigest():
-                raise InputError(f"was scored from other content than {source} holds now (its labels, say): rescore "
-                                 "it with its --shard flag and --overwrite", str(path))
-        # the record before the joined file takes its name, and an earlier file of that name gone before the
-        # record: a crash between them never leaves the joined file without its record, nor it beside another file
-        merged.unlink(missing_ok=True)
-        if records:
-            _merge_run_records(records, merged, lines, content.hexdigest())
-    if differs:  # a stopped single run's, or a finished one --overwrite replaces
-        logger.warning("%s: %s single run with other settings (differing: %s) is dropped; the joined shards replace "
-                       "it", merged, "a finished" if finished else "an unfinished", ", ".join(differs))
-    for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
-        stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
-    return merged, lines
-
-
-def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_shards: int, input_format: str,
-                     read_args: dict, overwrite: bool = False) -> dict:
-    """Join each (source, passages_as_queries) input's ``num_shards`` finished shard files into
-    its output (see merge_shards), and log its counts and the teacher's metrics."""
-    for source, derived in inputs:
-        merged, lines = merge_shards(source, output_dir, num_shards, input_format, read_args, derived,
-                                     overwrite=overwrite)
-        logger.info("merged %d shards into %s (%d pairs)", num_shards, merged, lines)
-        if counts := recorded_counts(merged):  # (shards of an older release recorded none)
-            seconds = counts.get("seconds_all_runs", counts["seconds"])
-            logger.info("%s: %s; the slowest shard took %.1f s, %.1f pairs/s in all", merged, counts_message(counts),
-                        seconds, counts["pairs"] / max(seconds, 1e-9))
-        log_teacher_metrics(merged, ranking_queries(source, input_format, read_args, derived))
-    return {"merged": num_shards}
-
-
 def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery]) -> dict | None:
     """Log and return the teacher's metrics against the gold labels of a finished output (None
     where it has none): a bad teacher shows now, not after a student has been trained on it.
@@ -783,122 +692,9 @@ def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery]) -> dict | N
     return metrics
 
 
-def split_into_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto",
-                      read_args=None, passages_as_queries: int = 0) -> None:
-    """Write the N shard files of a finished, checked output: what merge_shards joins back into
-    the same file, so replicas of a run that adds other inputs find this one's shares done. Any
-    shard files already there (of another run, finished or not) are replaced: only the output is
-    known to be right. Each shard's ``.run.json`` says what that shard's own run would have; the
-    first keeps the output's counts whole (a merge sums them back)."""
-    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
-    record = _run_record(merged)
-    if record is None:
-        raise InputError(f"{merged} is finished but has no .run.json (an earlier release's): score the other inputs "
-                         "in a run of their own")
-    contents = [hashlib.blake2b(digest_size=16) for _ in shards]
-    pairs = [0] * num_shards
-    lines = _lines(merged)
-    with ExitStack() as stack:
-        outs = [stack.enter_context(AtomicWriter(path)) for path in paths]
-        for index, query in _shares(source, input_format, read_args, passages_as_queries, contents):
-            for _ in query.passages:
-                outs[index].write(dumps(next(lines)[1]) + "\n")
-                pairs[index] += 1
-        # An earlier run's shard files go first, so no crash leaves one beside the record of another.
-        for index, (shard, path) in enumerate(zip(shards, paths)):
-            for stale in (path, beside(path, ".partial"), beside(path, ".progress.json")):
-                stale.unlink(missing_ok=True)
-            made_with = {**record["made_with"], "shard": asdict(shard), "pairs": pairs[index]}
-            if "input_digest" in made_with:
-                made_with["input_digest"] = contents[index].hexdigest()
-            counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
-            kept = {key: record[key] for key in ("command",) if key in record}  # (a merge gives it back)
-            write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts,
-                                                   **kept})
-
-
-def shard_outputs(source: str, output_dir: str | Path, num_shards: int,
-                  passages_as_queries: int = 0) -> tuple[list[Shard], list[Path], Path]:
-    """The ``num_shards`` shares of ``source``, their output files, and the output they join into."""
-    shards = [Shard(i, num_shards) for i in range(num_shards)]
-    paths = [output_path_for(source, output_dir, shard, passages_as_queries) for shard in shards]
-    return shards, paths, output_path_for(source, output_dir, passages_as_queries=passages_as_queries)
-
-
-def _lines(output_path: Path) -> Iterator[tuple[int, dict]]:
-    """read_jsonl of a finished output, which may be empty (a shard with no pairs, or only queries
-    without passages): read_jsonl refuses an empty file as bad input."""
-    return read_jsonl(output_path) if output_path.stat().st_size else iter(())
-
-
-def _shares(source: str, input_format: str, read_args, passages_as_queries: int, digests: list) -> Iterator[tuple[int, RankingQuery]]:
-    """Each query of ``source`` with the index of the shard that takes it (its position modulo
-    ``len(digests)``), added to that shard's digest as the shard's own run adds it (validate_source)."""
-    for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
-        index = position % len(digests)
-        digests[index].update(_as_bytes(query))
-        yield index, query
-
-
-# What differs from one share of a run to another: the rest of a made_with record are the run's settings.
-_SHARE_KEYS = ("shard", "pairs", "input_digest")
-
-
-def _settings(made_with: dict) -> dict:
-    """A made_with record's settings, the same for every share of one run (teachers, input format, ...)."""
-    return {key: value for key, value in made_with.items() if key not in _SHARE_KEYS}
-
-
-def _single_run_settings(output_path: Path) -> dict | None:
-    """The settings of an unsharded run of ``output_path``: a finished one's (``.run.json``) or a
-    stopped one's (``.progress.json``); None where neither records them."""
-    if is_finished(output_path):
-        record = _run_record(output_path)
-        return _settings(record["made_with"]) if record else None
-    saved = (_saved_progress(output_path) or {}).get("made_with")
-    return _settings(saved) if saved else None
-
-
-def _saved_progress(output_path: Path) -> dict | None:
+def saved_progress(output_path: Path) -> dict | None:
     """A stopped run's ``.progress.json`` (what it had done, and with what), where its ``.partial`` is there too."""
     progress = beside(output_path, ".progress.json")
     if beside(output_path, ".partial").exists() and progress.exists():
         return json.loads(progress.read_text(encoding="utf-8"))
     return None
-
-
-def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
-    """Each shard's ``.run.json``, or None if one has none (an older release's); InputError where
-    the shards were scored with differing teachers or settings."""
-    records = [_run_record(path) for path in shard_paths]
-    if None in records:
-        return None
-    for record, path in zip(records[1:], shard_paths[1:]):
-        first, this = _settings(records[0]["made_with"]), _settings(record["made_with"])
-        if differs := _differences(first, this, first.keys() | this.keys()):
-            raise InputError(
-                f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
-                f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"
-            )
-    return records
-
-
-def _merge_run_records(records: list[dict], merged: Path, pairs: int, input_digest: str) -> None:
-    """The merged file's ``.run.json``: the shards' settings as one unsharded run, their counts
-    summed (the longest shard's seconds)."""
-    made_with = {**records[0]["made_with"], "shard": asdict(Shard()), "pairs": pairs}
-    if "input_digest" in made_with:  # the whole input's, as an unsharded run computes it
-        made_with["input_digest"] = input_digest
-    # the shards ran side by side: the longest one's time (a record of an older release has no
-    # seconds_all_runs: its seconds are all its runs' that it kept)
-    for record in records:
-        record["counts"].setdefault("seconds_all_runs", record["counts"]["seconds"])
-    counts = {key: (max if key.startswith("seconds") else sum)(r["counts"][key] for r in records)
-              for key in records[0]["counts"]}
-    commands = []  # that finished the shards: one where all were one (a finished output split into shards)
-    for record in records:
-        if "command" in record and record["command"] not in commands:
-            commands.append(record["command"])
-    made_by = {} if not commands else {"command": commands[0]} if len(commands) == 1 else {"shard_commands": commands}
-    write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
-                                             "counts": counts, "merged_shards": len(records), **made_by})

@@ -19,12 +19,12 @@ from rerank_distill.errors import InputError
 from rerank_distill.scoring import (
     Shard,
     is_finished,
-    merge_shards,
     output_path_for,
     resume_point,
     score_source,
     validate_source,
 )
+from rerank_distill.shards import merge_shards
 from rerank_distill.teachers import TeacherScores, choose_backend
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
@@ -417,19 +417,19 @@ def test_a_merge_keeps_a_finished_single_run_of_other_settings_unless_told_and_s
 
 def test_a_merge_killed_as_it_records_the_joined_file_leaves_no_file_without_its_record(tmp_path, ranking_file,
                                                                                       monkeypatch):
-    import rerank_distill.scoring as scoring
+    import rerank_distill.shards as shards
 
     score_shards(ranking_file, tmp_path, 2)
     merge_shards(str(ranking_file), tmp_path, 2)
     joined = output_path_for(str(ranking_file), tmp_path)
     finished = joined.read_bytes()
-    recorded = scoring._merge_run_records
+    recorded = shards._merge_run_records
 
     def killed_once_written(*args, **kwargs):
         recorded(*args, **kwargs)
         raise KeyboardInterrupt  # a kill between the record and the joined file taking its name
 
-    monkeypatch.setattr(scoring, "_merge_run_records", killed_once_written)
+    monkeypatch.setattr(shards, "_merge_run_records", killed_once_written)
     with pytest.raises(KeyboardInterrupt):
         merge_shards(str(ranking_file), tmp_path, 2)
     assert not joined.exists()  # (the file of before, left, would sit beside this run's record)
@@ -481,7 +481,7 @@ def test_shards_of_an_input_edited_since_are_not_merged(tmp_path, ranking_file, 
 
 def test_a_finished_output_split_into_shards_merges_back_to_itself_whatever_shard_files_were_there(tmp_path,
                                                                                                      ranking_file):
-    from rerank_distill.scoring import split_into_shards
+    from rerank_distill.shards import split_into_shards
 
     output = output_path_for(str(ranking_file), tmp_path)
     run_scoring(ranking_file, output, CountingTeacher(), command=["generate_logits.py", "--the", "run"])
