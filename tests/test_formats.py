@@ -14,6 +14,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     check_outside_data_set_folders,
     detect_format,
+    id_columns,
     iter_ranking_queries,
     iter_scored_pairs,
     label_probs_of,
@@ -154,6 +155,7 @@ def test_stage_one_output_with_labels_is_also_a_ranking_data_set(tmp_path):
         ({"query": "q", "positive": ["p"], "negative": ["n"]}, "mteb"),
         ({"query": "q", "negative": ["n"]}, "mteb"),
         ({"query": "q", "pos": ["p"], "neg": ["n"]}, "pos_neg"),
+        ({"query": "q", "pos": ["p"]}, "pos_neg"),
         ({"query": "q", "content": "c", "score": "0.3"}, "scores"),
         ({"query": "q", "passage": "p", "score": 1.0, "label": 1}, "scores"),
         ({"query": "q", "item_text": "t", "esci_label": "E"}, "graded"),
@@ -623,6 +625,12 @@ def test_esci_files_own_columns_are_graded_rows(tmp_path):
              "product_locale": "us", "esci_label": "I"}]  # fmt: skip
     source = write_jsonl_records(tmp_path / "esci.jsonl", rows)
     assert as_tuples(source) == [("usb cable", ["usb-c cable 1m", "hdmi cable"], [3.0, 0.0])]
+
+
+def test_id_columns_are_the_named_ids_and_names_ending_in_underscore_or_dash_id():
+    record = {"query": "q", "passage": "p", "label": 1, "qid": 3, "doc-id": "D7", "example_id": 10, "idea": "x",
+              "valid": True}
+    assert id_columns(record, "rows.jsonl", 1) == {"qid": 3, "doc-id": "D7", "example_id": 10}
 
 
 # --- writing outputs ---

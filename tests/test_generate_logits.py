@@ -16,9 +16,11 @@ import pytest
 
 import generate_logits
 from rerank_distill.errors import InputError
+from rerank_distill.formats import RankingQuery
 from rerank_distill.scoring import (
     Shard,
     is_finished,
+    iter_chunks,
     output_path_for,
     resume_point,
     score_source,
@@ -167,6 +169,12 @@ def test_gzipped_input_gives_the_same_output_name_and_scores(tmp_path, ranking_f
     run_scoring(ranking_file, tmp_path / "a" / "train_scores.jsonl", CountingTeacher())
     run_scoring(gz, output_path_for(str(gz), tmp_path / "b"), CountingTeacher())
     assert (tmp_path / "b" / "train_scores.jsonl").read_bytes() == (tmp_path / "a" / "train_scores.jsonl").read_bytes()
+
+
+def test_a_chunk_closes_once_it_holds_chunk_size_pairs_and_never_splits_a_query():
+    queries = [RankingQuery(name, ["p"] * size, [0.0] * size) for name, size in (("a", 2), ("b", 1), ("c", 2), ("d", 1))]
+    chunks = [[query.query for query in chunk] for chunk in iter_chunks(iter(queries), chunk_size=3)]
+    assert chunks == [["a", "b"], ["c", "d"]]  # 2 + 1 pairs reach 3: the chunk closes there
 
 
 def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):

@@ -92,6 +92,12 @@ def test_average_precision_counts_any_positive_grade_as_relevant():
     assert average_precision([0.1, 0.5, 0.9], [2, 0, 1]) == pytest.approx(5 / 6)
 
 
+def test_a_fractional_grade_above_zero_is_relevant_for_map_and_mrr():
+    # the grade-0.5 candidate ranks 2nd: AP 1/2, RR 1/2
+    assert average_precision([0.9, 0.5, 0.1], [0, 0.5, 0]) == pytest.approx(1 / 2)
+    assert reciprocal_rank([0.9, 0.5, 0.1], [0, 0.5, 0]) == pytest.approx(1 / 2)
+
+
 def test_average_precision_without_relevant_candidates_is_zero():
     assert average_precision([0.3, 0.2], [0, 0]) == 0.0
 
@@ -140,6 +146,11 @@ def test_skip_reason_names_what_the_query_lacks():
     assert skip_reason([]) == "no_positive"
 
 
+def test_a_query_whose_one_candidate_is_relevant_has_no_negative():
+    assert skip_reason([1]) == "no_negative"
+    assert skip_reason([0]) == "no_positive"
+
+
 def test_scores_are_needed_only_for_queries_the_protocol_ranks():
     assert scores_needed([1, 0], "mteb") and scores_needed([1, 0], "sentence-transformers")
     assert not scores_needed([0, 0], "mteb") and not scores_needed([0, 0], "sentence-transformers")  # skipped / 0
@@ -180,6 +191,14 @@ def test_per_query_metrics_hold_each_models_values_and_none_for_a_skipped_query(
     assert queries_changed(rows) == {"better": 1, "worse": 1, "same": 0}
     st_rows = per_query_metrics({"before": evaluate_rankings(zip(before, labels), "sentence-transformers")})
     assert st_rows[2]["before"] == {"ap": 0.0, "rr@10": 0.0, "ndcg@10": 0.0} and st_rows[3]["before"]["ap"] == 1.0
+
+
+def test_queries_changed_counts_an_equal_ap_as_the_same_not_better():
+    def row(before_ap, after_ap):
+        return {"before": {"ap": before_ap}, "after": {"ap": after_ap}}
+
+    rows = [row(0.5, 0.5), row(0.5, 1.0), row(1.0, 0.5), row(1 / 3, 1 / 3), None]
+    assert queries_changed(rows) == {"better": 1, "worse": 1, "same": 2}
 
 
 def test_sentence_transformers_protocol_counts_no_positive_as_zero_and_scores_no_negative():

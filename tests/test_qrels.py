@@ -10,6 +10,7 @@ import pytest
 import evaluation
 from rerank_distill.errors import InputError
 from rerank_distill.formats import iter_ranking_queries, iter_rows, local_files
+from rerank_distill.qrels import is_qrels
 
 CORPUS = [{"_id": "d1", "title": "", "text": "pip install fails"},
           {"_id": "d2", "title": "Python", "text": "list comprehension"},
@@ -74,6 +75,21 @@ def test_graded_qrels_become_graded_rows_that_keep_the_ids(tmp_path):
     assert first.ids == [{"query_id": "q2", "corpus_id": "d1"}, {"query_id": "q2", "corpus_id": "d3"},
                          {"query_id": "q2", "corpus_id": "d2"}]  # fmt: skip
     assert (second.passages, second.labels) == (["Python list comprehension", "pip install fails"], [0.0, 2.0])
+
+
+def test_qrels_with_a_fractional_score_are_graded_and_keep_it(tmp_path):
+    halves = [{**qrel, "score": 0.5 if qrel["score"] else 0} for qrel in QRELS]
+    parts = write_parts(tmp_path / "halves", qrels=halves)
+
+    first, second = iter_ranking_queries(f"{parts}:test")
+    assert (first.labels, first.source_format) == ([0.0, 0.5, 0.0], "graded")
+    assert second.labels == [0.0, 0.5]
+
+
+def test_a_table_is_qrels_only_with_query_id_corpus_id_and_score():
+    assert is_qrels(["query-id", "corpus-id", "score"])
+    assert not is_qrels(["query", "passage", "score"])  # a teacher-scores data set
+    assert not is_qrels(["query-id", "score"])
 
 
 def test_what_is_not_ranked_is_counted_in_a_warning_not_dropped_silently(tmp_path, caplog):

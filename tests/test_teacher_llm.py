@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rerank_distill.errors import InputError
-from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, JudgePrompt, single_token_id
+from rerank_distill.prompts import SUFFIX, YES_NO_SYSTEM, JudgePrompt, format_body, single_token_id
 from rerank_distill.teachers.llm_hf import HFJudge, common_prefix_length
 from rerank_distill.teachers.llm_judge import YesNoJudge
 from rerank_distill.teachers.llm_vllm import token_prompts, vllm_hf_overrides
@@ -81,6 +81,19 @@ def test_truncation_cuts_the_text_and_keeps_prefix_and_suffix(tiny_qwen3):
     assert len(short_ids) < 200
 
 
+def test_a_body_that_exactly_fills_max_length_is_not_counted_as_truncated(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    document = "commit branch merge " * 10
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    body = len(tokenizer.encode(format_body(INSTRUCTION, "q", document), add_special_tokens=False))
+    exact = len(prompt.prefix_ids) + body + len(prompt.suffix_ids)
+
+    (ids,), truncated = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, exact).encode(["q"], [document])
+    assert (len(ids), truncated) == (exact, 0)
+    (ids,), truncated = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, exact - 1).encode(["q"], [document])
+    assert (len(ids), truncated) == (exact - 1, 1)
+
+
 def test_a_query_too_long_for_the_prompt_is_cut_so_the_document_keeps_its_line(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=200)
@@ -113,6 +126,16 @@ def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
     # the instruction and tags count too: room for them alone would leave every document cut away
     with pytest.raises(InputError, match=r"after the \d+ tokens of the prompt's fixed parts .* shorten --instruction"):
         JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION * 100, max_length=512)
+
+
+def test_max_length_must_leave_16_tokens_for_the_query_and_document(tiny_qwen3):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    fixed = len(prompt.prefix_ids) + len(prompt.suffix_ids) + len(
+        tokenizer.encode(format_body(INSTRUCTION, "", ""), add_special_tokens=False))
+    JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, fixed + 16)  # 16 tokens of room: accepted
+    with pytest.raises(InputError, match=f"--max_length {fixed + 15} leaves 15 tokens"):
+        JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, fixed + 15)
 
 
 def test_prefix_cache_and_plain_batches_give_the_same_scores(tiny_qwen3):

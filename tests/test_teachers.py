@@ -524,6 +524,24 @@ def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path
     ]  # fmt: skip
 
 
+def test_pairs_truncated_by_several_teachers_count_as_the_most_any_one_cut(tmp_path):
+    class TruncatingTeacher(FixedTeacher):
+        def __init__(self, name, by_passage, truncated):
+            super().__init__(name, by_passage)
+            self.truncated = truncated
+
+        def score(self, queries, passages, progress=lambda n: None):
+            return TeacherScores(super().score(queries, passages).scores, truncated=self.truncated)
+
+    source = tmp_path / "one.jsonl"
+    source.write_text('{"query": "q1", "positive": ["a"], "negative": ["b", "c"]}\n')
+    first = TruncatingTeacher("first", {"a": 1, "b": 2, "c": 3}, truncated=2)  # cut a and b, say
+    second = TruncatingTeacher("second", {"a": 3, "b": 1, "c": 2}, truncated=1)  # cut a only
+    stats = score_source(str(source), tmp_path / "one_scores.jsonl", [first, second],
+                         validate_source(str(source), "auto", Shard()), show_progress=False)
+    assert stats.truncated == 2
+
+
 def test_scores_alike_within_float_noise_get_no_vote_in_the_combined_score():
     from rerank_distill.scoring import zscore_by_query
 

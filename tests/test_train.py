@@ -32,6 +32,7 @@ from rerank_distill.training import (
     SelectionEvaluator,
     default_training_flags,
     held_out_queries,
+    newest_checkpoint,
     passed_flags,
     plan_selection,
     resolve_checkpoint,
@@ -717,6 +718,13 @@ def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, row
     assert data.columns == {"query": ["q"] * 3, "passage": ["p", "n", "m"], "label": [1.0, 0.0, 0.0]}
 
 
+@pytest.mark.parametrize("score", [{"score": 1.5}, {}])  # a scores file with labels, and labelled rows
+def test_a_fractional_gold_grade_above_zero_is_a_relevant_target_for_bce_labels(tmp_path, score):
+    rows = [{"query": "q", "passage": "p", "label": 0.5, **score}, {"query": "q", "passage": "n", "label": 0, **score}]
+    data = read_training_data(str(write_jsonl_records(tmp_path / "d.jsonl", rows)), "bce_labels")
+    assert data.columns["label"] == [1.0, 0.0]
+
+
 def test_a_named_format_and_label_column_read_graded_rows_the_fields_alone_would_not(tmp_path):
     rows = [{"query": "q", "passage": "p", "stars": 3}, {"query": "q", "passage": "n", "stars": 0}]
     path = str(write_jsonl_records(tmp_path / "d.jsonl", rows))
@@ -866,6 +874,17 @@ def test_held_out_queries_depend_on_the_texts_and_seed_not_their_order():
     random.Random(0).shuffle(shuffled)
     assert held_out_queries(shuffled + queries, 0.05, seed=42) == chosen
     assert held_out_queries(queries, 0.05, seed=43) != chosen
+
+
+def test_held_out_share_of_the_queries_is_rounded_to_the_nearest_count():
+    queries = [f"query {i}" for i in range(10)]
+    assert len(held_out_queries(queries, 0.28, seed=0)) == 3  # 2.8 queries
+    assert len(held_out_queries(queries, 0.22, seed=0)) == 2  # 2.2 queries
+
+
+def test_held_out_queries_are_those_with_the_smallest_hash_of_seed_and_text():
+    # SHA-256 of "0:d" < "0:a" < "0:c" < "0:b"
+    assert held_out_queries(["a", "b", "c", "d"], 0.5, seed=0) == {"d", "a"}
 
 
 def test_held_out_split_keeps_at_least_one_query_on_each_side():
@@ -1262,6 +1281,13 @@ def test_an_empty_triplets_file_is_an_error(tmp_path):
     data = write_jsonl_records(tmp_path / "t.jsonl", [])
     with pytest.raises(InputError, match="no records"):
         run_train(tmp_path / "no-such-model", data, tmp_path / "out")
+
+
+def test_the_newest_checkpoint_is_the_highest_step_not_the_last_name_in_text_order(tmp_path):
+    for step in (9, 10):  # "checkpoint-9" sorts after "checkpoint-10" as text
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert newest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
 
 
 def test_a_missing_checkpoint_is_an_error(triplets_file, tmp_path):

@@ -23,6 +23,7 @@ from rerank_distill.triplets import (
     SKIP_REASONS,
     SKIP_TOO_FEW_PASSAGES,
     QueriesNotGrouped,
+    Selection,
     SelectionRules,
     choose_negative_ranks,
     choose_positive_ranks,
@@ -145,6 +146,18 @@ def test_tied_scores_are_skipped_as_non_positive_margins():
 
     assert triplets == [("a", "c", 1.0), ("b", "c", 1.0)]
     assert skipped == Counter({SKIP_NON_POSITIVE_MARGIN: 1})
+
+
+def test_a_positive_whose_every_negative_is_skipped_gives_no_record():
+    # b's only negative, c, ties with it: b has nothing to face, so no group of b alone is written
+    passages, scores = ["a", "b", "c"], [2.0, 1.0, 1.0]
+    selections, skipped = select(passages, scores, None, SelectionRules(top_k=2, num_negatives=1))
+
+    assert selections == [Selection(0, (1,))]
+    assert skipped == Counter({SKIP_NON_POSITIVE_MARGIN: 1, SKIP_POSITIVE_WITHOUT_NEGATIVES: 1})
+    assert format_records("listwise", "q", passages, scores, None, selections) == [
+        {"query": "q", "passages": ["a", "b"], "scores": [2.0, 1.0]}
+    ]
 
 
 def test_fewer_passages_than_top_k_uses_what_there_is():
@@ -555,6 +568,13 @@ def test_random_negatives_are_a_seeded_draw_from_everything_below_the_positive()
         assert len(ranks) == 3 and ranks == sorted(set(ranks)) and ranks[0] > rank  # best first, all below
 
 
+def test_queries_of_one_seed_draw_their_random_negatives_apart():
+    # the draw is seeded by (seed, query): ten queries do not all take the same ranks
+    draws = {tuple(choose_negative_ranks(0, num_passages=12, num_negatives=3, rule="random", rng=query_rng(0, f"q{i}")))
+             for i in range(10)}
+    assert len(draws) > 1
+
+
 def test_random_negatives_reach_every_lower_rank_about_equally():
     # one positive above four candidates, one negative each, over 400 seeds: ~100 draws per rank
     draws = Counter(
@@ -663,6 +683,12 @@ def test_listwise_groups_have_no_labels_when_the_input_has_none(tmp_path):
     _, output = run(tmp_path, scores, "--format", "listwise")
 
     assert read_jsonl_records(output) == [{"query": "q", "passages": ["a", "b"], "scores": [2.0, 1.0]}]
+
+
+def test_a_listwise_group_with_a_passage_missing_its_label_has_no_labels():
+    records = format_records("listwise", "q", ["a", "b", "c"], [3.0, 2.0, 1.0], [1.0, None, 0.0],
+                             [Selection(0, (1, 2))])
+    assert records == [{"query": "q", "passages": ["a", "b", "c"], "scores": [3.0, 2.0, 1.0]}]
 
 
 def test_group_size_caps_a_listwise_group_and_num_negatives_does_not(tmp_path):
