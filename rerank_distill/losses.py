@@ -42,19 +42,22 @@ class LossSpec:
     inputs: tuple[str, ...]  # the data kinds it trains on, best first (see training_data.DATA_KINDS)
     optimises: str
     reads_teacher: bool = True  # whether the teacher's scores or margins are its targets
+    pairs_per_example: bool = False  # scores several (query, document) pairs an example: --pairs_per_forward applies
 
 
 LOSSES = {
     "margin_mse": LossSpec(
         ("triplets", "ntuples"),
         "MSE between the student's margin s(q,pos) - s(q,neg_i) and the teacher's, per negative",
+        pairs_per_example=True,  # (fused: with --no_fused_forward, sentence-transformers' loss as is)
     ),
     "mse": LossSpec(("scores",), "MSE between the student's logit s(q,p) and the teacher's score"),
     "bce_soft": LossSpec(
         ("scores",), "binary cross-entropy of sigmoid(s(q,p)) against sigmoid(teacher score / temperature)"
     ),
     "listwise_kl": LossSpec(
-        ("listwise",), "KL(softmax(teacher scores / temperature) || softmax(student logits)) over each query's list"
+        ("listwise",), "KL(softmax(teacher scores / temperature) || softmax(student logits)) over each query's list",
+        pairs_per_example=True,
     ),
     "bce_labels": LossSpec(
         ("labelled", "scores"), "binary cross-entropy against gold labels (label > 0 is 1, else 0); no teacher",
@@ -64,6 +67,7 @@ LOSSES = {
         ("ntuples", "triplets"),
         "softmax cross-entropy over a positive and its hard negatives, the positive as target; no teacher scores",
         reads_teacher=False,
+        pairs_per_example=True,
     ),
 }
 

@@ -533,8 +533,7 @@ def check_training_flags(script, training) -> None:
     if script.teacher_temperature != 1 and not LOSSES[script.loss].reads_teacher:
         logger.warning("--teacher_temperature %g does nothing here: --loss %s reads no teacher scores",
                        script.teacher_temperature, script.loss)
-    # (margin_mse fused, listwise_kl and infonce score each example as several pairs; the others, one)
-    passes = script.loss in ("listwise_kl", "infonce") or (script.loss == "margin_mse" and script.fused_forward)
+    passes = LOSSES[script.loss].pairs_per_example and (script.loss != "margin_mse" or script.fused_forward)
     if script.pairs_per_forward and not passes:
         logger.warning("--pairs_per_forward %d does nothing here: %s", script.pairs_per_forward,
                        "--no_fused_forward runs sentence-transformers' MarginMSELoss as is" if script.loss == "margin_mse"

@@ -266,3 +266,11 @@ def test_every_loss_teacher_type_and_input_format_is_documented_where_users_look
     }  # fmt: skip
     missing = {place: [name for name in names if name not in text] for place, (text, names) in places.items()}
     assert missing == dict.fromkeys(places, [])
+
+
+def test_train_sh_passes_its_pairs_per_forward_to_the_losses_that_read_it():
+    from rerank_distill.losses import LOSSES
+
+    launcher = (REPO / "train.sh").read_text()
+    listed = re.search(r'"\$loss" =~ \^\(([a-z_|]+)\)\$', launcher).group(1).split("|")
+    assert sorted(listed) == sorted(name for name, spec in LOSSES.items() if spec.pairs_per_example)
