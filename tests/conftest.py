@@ -57,3 +57,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class TeacherWouldLoad(Exception):
+    """Raised where generate_logits.py would fetch or load a teacher (see teacher_never_loads)."""
+
+
+@pytest.fixture
+def teacher_never_loads(monkeypatch) -> type[Exception]:
+    """generate_logits.py with every model path taken as given and TeacherWouldLoad raised where a
+    teacher would load: a test runs main() up to that point and checks what happened before it."""
+    import generate_logits
+
+    def load(*args, **kwargs):
+        raise TeacherWouldLoad
+
+    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
+    monkeypatch.setattr(generate_logits, "build_teachers", load)
+    monkeypatch.setattr(generate_logits, "score_with_replicas", load)
+    return TeacherWouldLoad

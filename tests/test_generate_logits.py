@@ -106,23 +106,15 @@ def test_a_query_text_given_again_is_counted_in_the_shard_that_holds_the_repeat(
     assert validate_source(str(source), "auto", Shard()).oddities.first["repeated_queries"] == f"{source}:4"
 
 
-def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, monkeypatch, caplog):
+def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(tmp_path, teacher_never_loads, caplog):
     rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "passage": "b", "label": -1},
             {"query": "r", "passage": "c", "label": -1}, {"query": "r", "passage": "d", "label": 0}]  # fmt: skip
     source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
     summary = validate_source(str(source), "auto", Shard())
     assert (summary.negative_grades, summary.first_negative_grade) == (2, f"{source}:1")
 
-    class Loaded(Exception):
-        pass
-
-    def load(*args, **kwargs):
-        raise Loaded
-
-    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
-    monkeypatch.setattr(generate_logits, "build_teachers", load)
     caplog.set_level(logging.WARNING)
-    with pytest.raises(Loaded):  # the warning comes first: scoring goes on, evaluation would refuse
+    with pytest.raises(teacher_never_loads):  # the warning comes first: scoring goes on, evaluation would refuse
         generate_logits.main(["--model_path", "m", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert f"2 pairs have a grade below 0 (the first at {source}:1)" in caplog.text
 

@@ -362,19 +362,11 @@ def test_a_flag_no_teacher_reads_is_warned_about(caplog, types, flags, unread):
         (["cross_encoder"], ["--tensor_parallel_size", "2"], ["--tensor_parallel_size"]),
     ],
 )
-def test_a_flag_the_chosen_backend_never_reads_is_warned_about_before_a_teacher_loads(monkeypatch, tmp_path, caplog,
-                                                                                     ranking_file, types, flags, unread):
-    class Loaded(Exception):
-        pass
-
-    def load(*args, **kwargs):
-        raise Loaded
-
-    monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
-    monkeypatch.setattr(generate_logits, "build_teachers", load)
-    monkeypatch.setattr(generate_logits, "score_with_replicas", load)
+def test_a_flag_the_chosen_backend_never_reads_is_warned_about_before_a_teacher_loads(teacher_never_loads, tmp_path,
+                                                                                     caplog, ranking_file, types, flags,
+                                                                                     unread):
     caplog.set_level(logging.WARNING)
-    with pytest.raises(Loaded):  # (the vLLM-only flags were dropped unsaid on the hf backend)
+    with pytest.raises(teacher_never_loads):  # (the vLLM-only flags were dropped unsaid on the hf backend)
         generate_logits.main(["--model_path", "m", "--teacher_type", *types, "--input_path", str(ranking_file),
                               "--output_dir", str(tmp_path / "o"), *flags])
     assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == unread
