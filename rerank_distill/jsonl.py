@@ -222,6 +222,11 @@ def get_number(record: dict, name: str, path: str, line: int) -> float:
     raise InputError(f'field "{name}" is {str(value)[:40]}; scores must be finite numbers', path, line)
 
 
+# check_writable's probe: an empty folder made and removed at once (another process of a torchrun job may
+# see it for that instant, so a folder's listing never counts it as a file of its own)
+WRITE_CHECK_PREFIX = ".write-check."
+
+
 def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     """InputError, before any long work, where ``path`` (the value of ``flag``) cannot be written:
     a file where a folder is wanted or the reverse, a file in the way of a folder it needs, or a
@@ -243,7 +248,7 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     if not existing.is_dir():
         raise InputError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
     try:  # a real attempt: os.access lets root through even where nothing can be made (/proc, /sys)
-        os.rmdir(tempfile.mkdtemp(prefix=".write-check.", dir=existing))
+        os.rmdir(tempfile.mkdtemp(prefix=WRITE_CHECK_PREFIX, dir=existing))
     except OSError as error:
         reason = (f"no permission to write in {existing}" if error.errno in (errno.EACCES, errno.EPERM)
                   else f"nothing can be made in {existing} ({error.strerror})")

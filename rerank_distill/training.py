@@ -29,7 +29,7 @@ from rerank_distill.formats import (
     label_of,
     local_files,
 )
-from rerank_distill.jsonl import check_writable, no_empty_folders_left, only_writer
+from rerank_distill.jsonl import WRITE_CHECK_PREFIX, check_writable, no_empty_folders_left, only_writer
 from rerank_distill.losses import LOSSES
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
 from rerank_distill.student import in_float32, score_ranking_queries
@@ -626,7 +626,8 @@ def refuse_foreign_files(output_dir: str) -> None:
     if not folder.is_dir() or made_by_train_py(folder / "args.json"):
         return
     runs = {TRAIN_LOCK, *(path.name for path in (*earlier_checkpoints(output_dir), *earlier_final_model(output_dir)))}
-    entries = sorted(path.name for path in folder.iterdir() if path.name not in runs)
+    entries = sorted(path.name for path in folder.iterdir()
+                     if path.name not in runs and not path.name.startswith(WRITE_CHECK_PREFIX))
     if not entries:  # (what a run left without its args.json, refuse_earlier_run speaks of)
         return
     raise InputError(f"{output_dir} holds files that are not a training run's ({', '.join(entries[:4])}"

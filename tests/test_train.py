@@ -1333,6 +1333,17 @@ def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_lef
     assert (project / "README.md").read_text() == "my project"
 
 
+def test_another_torchrun_processs_write_check_in_the_output_dir_is_no_foreign_file(tmp_path):
+    from rerank_distill.training import refuse_foreign_files
+
+    out = tmp_path / "out"  # the instant another process's check_writable probe exists (a race seen under torchrun)
+    (out / ".write-check.k2x9q1").mkdir(parents=True)
+    refuse_foreign_files(str(out))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds files that are not a training run's \(notes.txt\)"):
+        refuse_foreign_files(str(out))
+
+
 def test_a_second_run_into_an_output_dir_being_written_stops_at_once(tiny_cross_encoder, triplets_file, tmp_path):
     from rerank_distill.training import claim_output_dir
 
