@@ -77,7 +77,7 @@ def check_device(device: str | None) -> None:
         raise InputError(f"--device {device!r} is not a device name; pass cpu, cuda or cuda:N") from None
     if wanted.type != "cuda":
         return
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count() if cuda_available() else 0
     if count == 0:
         raise InputError(f"--device {device}: no CUDA GPU is visible here; pass --device cpu, or leave --device out")
     if wanted.index is not None and wanted.index >= count:
