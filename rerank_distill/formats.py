@@ -621,6 +621,9 @@ def iter_ranking_queries(
         record_format = chosen or detect_format(record, path, line, label_column)
         chosen = chosen or record_format  # a source holds one format; the first record decides it
         location = f"{path}:{line}"
+        if first_location is None and label_column and record_format in ("mteb", "pos_neg"):
+            logger.warning("--label_column %s is not read in %s: its %s format labels a passage by the list it is in",
+                           label_column, path, record_format)
         first_location = first_location or location
         if record_format in ("mteb", "pos_neg"):
             pos_name, neg_name = ("positive", "negative") if record_format == "mteb" else ("pos", "neg")

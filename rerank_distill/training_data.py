@@ -131,6 +131,9 @@ def read_training_data(
         from tqdm.auto import tqdm
 
         rows = tqdm(rows, unit="record", desc=f"reading {kind}")
+    if label_column and kind in ("triplets", "ntuples", "listwise"):
+        logger.warning("--label_column %s is not read in %s: %s carry no gold labels", label_column, path,
+                       DATA_KINDS[kind])
     if kind in ("triplets", "ntuples"):
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:

@@ -250,6 +250,13 @@ def test_row_missing_the_named_label_column_fails_naming_it(tmp_path):
         as_tuples(source, label_column="stars")
 
 
+def test_label_column_on_one_query_a_line_data_is_read_as_lists_and_said_unread(tmp_path, caplog):
+    source = write_jsonl_records(tmp_path / "mteb.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"],
+                                                            "stars": 4}])
+    assert as_tuples(source, label_column="stars") == [("q", ["a", "b"], [1.0, 0.0])]
+    assert f"--label_column stars is not read in {source}: its mteb format labels a passage by the list" in caplog.text
+
+
 # --- stage 2's outputs where ranking data or teacher scores belong --------------------------------
 
 STAGE_TWO_RECORDS = {

@@ -974,6 +974,12 @@ def test_a_label_column_names_the_gold_label_of_a_scores_file(tmp_path):
     assert selection.metric == "eval_selection_map" and len(selection.queries) == 2
 
 
+def test_a_label_column_on_triplets_is_said_unread(tmp_path, caplog):
+    path = str(write_jsonl_records(tmp_path / "t.jsonl", hand_written_triplets()))
+    read_training_data(path, "margin_mse", label_column="stars")
+    assert f"--label_column stars is not read in {path}: triplets" in caplog.text
+
+
 def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
     unlabelled = write_jsonl_records(
         tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in hand_written_scores()]
