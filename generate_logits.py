@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_types = teacher_types_for(args.model_path, args.teacher_type)
     warn_unread(args, unread_teacher_flags(teacher_types))
     check_teacher_options(teacher_types, args)
-    check_device(args.device)
+    check_device(args.device, args.data_parallel_size)
     outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
     refuse_shared_outputs([source for source, _ in inputs], outputs)
 

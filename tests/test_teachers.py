@@ -390,6 +390,14 @@ def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(monkeyp
     assert not (tmp_path / "out").exists()
 
 
+def test_one_gpu_named_for_several_replicas_is_refused(monkeypatch, tmp_path, ranking_file):
+    # each replica sees only its own GPUs, numbered from cuda:0: cuda:1 would be missing or shared
+    monkeypatch.setattr(generate_logits, "validate_source", lambda *args, **kwargs: pytest.fail("an input was read"))
+    with pytest.raises(InputError, match="--device cuda:1 names one GPU, but --data_parallel_size 2 gives each"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir",
+                              str(tmp_path / "out"), "--device", "cuda:1", "--data_parallel_size", "2"])
+
+
 class FakeVllm:
     """Stands in for vLLM's LLM (not installed here) and does what its documented sequence-classifier
     conversion does with our ``hf_overrides`` (vllm/model_executor/models/adapters.py, 0.33):

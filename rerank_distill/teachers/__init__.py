@@ -64,9 +64,10 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def check_device(device: str | None) -> None:
-    """InputError where --device names no device torch knows, or a GPU this machine does not have
-    (found here, before any input is read, not as a traceback once the teacher loads)."""
+def check_device(device: str | None, data_parallel_size: int = 1) -> None:
+    """InputError where --device names no device torch knows, a GPU this machine does not have
+    (found here, before any input is read, not as a traceback once the teacher loads), or one GPU
+    for ``data_parallel_size`` replicas that each get GPUs of their own."""
     if device is None:
         return
     import torch
@@ -77,6 +78,9 @@ def check_device(device: str | None) -> None:
         raise InputError(f"--device {device!r} is not a device name; pass cpu, cuda or cuda:N") from None
     if wanted.type != "cuda":
         return
+    if wanted.index is not None and data_parallel_size > 1:  # each replica sees its own GPUs from cuda:0 on
+        raise InputError(f"--device {device} names one GPU, but --data_parallel_size {data_parallel_size} gives each "
+                         "replica GPUs of its own: pass --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES")
     count = torch.cuda.device_count() if cuda_available() else 0
     if count == 0:
         raise InputError(f"--device {device}: no CUDA GPU is visible here; pass --device cpu, or leave --device out")
