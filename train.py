@@ -48,6 +48,7 @@ from rerank_distill.trainer import (
     track_padding,
 )
 from rerank_distill.training import (
+    DEFAULT_EVAL_MAX_QUERIES,
     DEFAULT_EVAL_SHARE,
     EVALUATION_FLAGS,
     MIN_SELECTION_QUERIES,
@@ -139,6 +140,12 @@ class ScriptArguments:
         metadata={"help": "Share of the training queries held out for checkpoint selection (at least one query; all "
                   "its rows leave training): by MAP, of those the selection data labels with a positive and a "
                   "negative (the ones MAP can rank); by eval loss, of all distinct training queries."},
+    )
+    eval_max_queries: int = field(
+        default=DEFAULT_EVAL_MAX_QUERIES,
+        metadata={"help": "At most this many training queries are held out, whatever --eval_share says (0: no cap): "
+                  "checkpoints compared on the same thousand queries differ by far less noise than their gains, and "
+                  "more would slow each evaluation and take queries from training."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Tokens per (query, passage) pair; longer pairs are truncated."}

@@ -19,7 +19,7 @@ import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from transformers import TrainerState
 
-from rerank_distill.cli import check_minimums, parse_args, to_jsonable
+from rerank_distill.cli import check_minimums, parse_args, to_jsonable, warn_unread
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     RankingQuery,
@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
-def held_out_queries(queries: Iterable[str], share: float, seed: int) -> set[str]:
+def held_out_queries(queries: Iterable[str], share: float, seed: int, max_count: int = 0) -> set[str]:
     """The distinct queries held out for evaluation: ``round(share * distinct)``, at least one,
-    and never all of them.
+    at most ``max_count`` (0: no cap), and never all of them.
 
     The choice depends only on the query texts and the seed (the queries with the smallest
     SHA-256 of ``"seed:query"``), so every process of a torchrun job and every rerun agrees.
@@ -67,7 +67,7 @@ def held_out_queries(queries: Iterable[str], share: float, seed: int) -> set[str
         )
     if not 0.0 < share < 1.0:
         raise InputError(f"--eval_share must be between 0 and 1 (exclusive), got {share}")
-    count = min(max(1, round(share * len(distinct))), len(distinct) - 1)
+    count = min(max(1, round(share * len(distinct))), max_count or len(distinct), len(distinct) - 1)
 
     def rank(query: str) -> str:
         return hashlib.sha256(f"{seed}:{query}".encode()).hexdigest()
@@ -83,10 +83,10 @@ def split_rows(dataset, held_out: set[str]):
     return dataset.select(train_rows), dataset.select(eval_rows)
 
 
-def split_by_query(dataset, share: float, seed: int):
+def split_by_query(dataset, share: float, seed: int, max_count: int = 0):
     """Split a data set into (train, eval) by whole queries (see held_out_queries): every row of
     a held-out query goes to eval, so no query is in both."""
-    return split_rows(dataset, held_out_queries(column_values(dataset, "query"), share, seed))
+    return split_rows(dataset, held_out_queries(column_values(dataset, "query"), share, seed, max_count))
 
 
 def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
@@ -126,9 +126,14 @@ MIN_SELECTION_QUERIES = 30
 
 # train.py's --eval_share unless given: the share of training queries held out for checkpoint selection
 DEFAULT_EVAL_SHARE = 0.05
+# train.py's --eval_max_queries unless given. Checkpoints are compared on the same queries, so the
+# noise in their MAP difference falls well below one query-set's own (per-query AP spreads about
+# 0.3: ±0.01 for 1000 queries); more would cost each evaluation time and training its queries.
+DEFAULT_EVAL_MAX_QUERIES = 1000
 
 # Flags by which a user asks for held-out evaluation, so "auto" never turns it off for them.
-EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share"}
+EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share",
+                    "eval_max_queries"}
 
 COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries")
 
@@ -157,13 +162,14 @@ def plan_selection(
     train_set, train_kind: str, train_source: str, selection_data: str | None, selection_metric: str,
     eval_set, eval_share: float, seed: int, must_evaluate: bool = False, input_format: str = "auto",
     label_column: str | None = None, hub: str = "huggingface", cache_dir: str | None = None,
+    eval_max_queries: int = 0,
 ) -> CheckpointSelection:
     """Choose what picks the best checkpoint, and hold its queries out of training.
 
     MAP (``selection_metric`` "auto" or "map") ranks gold-labelled candidate lists: those of
     ``selection_data``, else of the training file itself when it is a scores or labelled file.
-    Where those queries are also training queries, ``eval_share`` of them (held_out_queries) are
-    held out: removed from training and ranked at each evaluation (their training rows give
+    Where those queries are also training queries, ``eval_share`` of them, at most
+    ``eval_max_queries`` (held_out_queries), are held out: removed from training and ranked at each evaluation (their training rows give
     eval_loss unless ``eval_set`` is given). Queries that are not training queries are always
     ranked, whatever their number: a dev set of its own is ranked whole (sharing one query with
     training by chance, it holds nothing out). Without gold labels, "auto" falls back to eval_loss ("map" stops).
@@ -193,7 +199,7 @@ def plan_selection(
             shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
             own = sum(query.query not in training_queries for query in queries)
             if len(shared) > 1:
-                held = held_out_queries(shared, eval_share, seed)
+                held = held_out_queries(shared, eval_share, seed, eval_max_queries)
             elif own or len(training_queries) == 1:  # shared by chance, or the only query there is to train on
                 held = set()
             else:  # the one labelled training query: ranked, the others train
@@ -209,7 +215,7 @@ def plan_selection(
     if not queries:
         held_out: list[str] = []
         if eval_set is None:
-            train_set, eval_set = split_by_query(train_set, eval_share, seed)
+            train_set, eval_set = split_by_query(train_set, eval_share, seed, eval_max_queries)
             held_out = list(dict.fromkeys(column_values(eval_set, "query")))
         return CheckpointSelection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
@@ -243,9 +249,9 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     if not evaluate and training.save_strategy == "no":
         selection.note = ("none (--save_strategy no keeps no checkpoint to pick from): every query trains, the "
                           "last step is final")
-    if script.eval_share != DEFAULT_EVAL_SHARE and not selection.held_out:
+    if not selection.held_out:
         why = "--eval_data gives the eval loss" if selection.metric == "loss" else f"best checkpoint {selection.note}"
-        logger.warning("--eval_share %g is not read: no training query is held out (%s)", script.eval_share, why)
+        warn_unread(script, dict.fromkeys(("eval_share", "eval_max_queries"), f"no training query is held out ({why})"))
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run
@@ -284,7 +290,8 @@ def _load_training_data(script, evaluate: bool, seed: int, must_evaluate: bool,
             selection_data = script.eval_data  # its gold labels pick by MAP, as a dev set
     selection = plan_selection(data.to_dataset(), data.kind, script.train_data, selection_data,
                                script.selection_metric, eval_set, script.eval_share, seed, must_evaluate,
-                               script.input_format, script.label_column, **where)
+                               script.input_format, script.label_column, **where,
+                               eval_max_queries=script.eval_max_queries)
     if eval_set is not None and (overlap := set(column_values(selection.train, "query"))
                                              & set(column_values(eval_set, "query"))):
         logger.warning("%d queries of --eval_data are also training queries", len(overlap))
@@ -507,7 +514,7 @@ def earlier_final_model(output_dir: str) -> list[Path]:
 def check_training_flags(script, training) -> None:
     """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
     arguments) below their minimums or at odds with each other, before anything is read."""
-    check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0)
+    check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0, eval_max_queries=0)
     # transformers reads max_steps <= 0 as unset, except 0 itself, which crashed its logging schedule;
     # no epochs with no steps saved the untouched student as if it were trained
     if training.max_steps == 0:

@@ -487,9 +487,8 @@ def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files
 
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "dev q", "passage": p, "score": s, "label": None}
                                                        for p, s in (("a", 1.0), ("b", 0.0))])  # fmt: skip
-    script = SimpleNamespace(train_data=str(scores_file), eval_data=str(dev), selection_data=None, loss="mse",
-                             teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
-                             selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
+    script = train.ScriptArguments("unused", str(scores_file), eval_data=str(dev), loss="mse", selection_metric="map",
+                                   eval_share=0.4)
     _, selection = load_training_data(script, SimpleNamespace(
         per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
         process_index=0), True, False)
@@ -505,9 +504,8 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
     dev = write_jsonl_records(tmp_path / "labelled_dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s,
                                                                  "label": label} for q in "xy"
                                                                 for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
-    script = SimpleNamespace(train_data=str(scores_file), eval_data=str(dev), selection_data=None, loss="mse",
-                             teacher_temperature=1.0, fused_forward=True, input_format="auto", label_column=None,
-                             selection_metric="map", eval_share=0.4, hub="huggingface", cache_dir=None)
+    script = train.ScriptArguments("unused", str(scores_file), eval_data=str(dev), loss="mse", selection_metric="map",
+                                   eval_share=0.4)
     _, selection = load_training_data(script, SimpleNamespace(
         per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
         process_index=0), True, False)
@@ -525,10 +523,8 @@ def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as
     # a labelled dev set of its own is ranked whole, and --selection_metric last holds out nothing: no share is taken
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
                                                        for q in "xy" for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
-    script = SimpleNamespace(train_data=str(scores_file), eval_data=None, selection_data=str(dev) if dev_set else None,
-                             loss="mse", teacher_temperature=1.0, fused_forward=True, input_format="auto",
-                             label_column=None, selection_metric="map" if dev_set else "last", eval_share=0.4,
-                             hub="huggingface", cache_dir=None)
+    script = train.ScriptArguments("unused", str(scores_file), selection_data=str(dev) if dev_set else None,
+                                   loss="mse", selection_metric="map" if dev_set else "last", eval_share=0.4)
     with caplog.at_level(logging.WARNING):
         _, selection = load_training_data(script, SimpleNamespace(
             per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
@@ -880,6 +876,20 @@ def test_held_out_share_of_the_queries_is_rounded_to_the_nearest_count():
     queries = [f"query {i}" for i in range(10)]
     assert len(held_out_queries(queries, 0.28, seed=0)) == 3  # 2.8 queries
     assert len(held_out_queries(queries, 0.22, seed=0)) == 2  # 2.2 queries
+
+
+def test_held_out_queries_are_capped_at_max_count_and_the_cap_keeps_the_first_by_hash():
+    queries = [f"query {i}" for i in range(400)]
+    capped = held_out_queries(queries, 0.05, seed=0, max_count=7)
+    assert len(capped) == 7 and capped <= held_out_queries(queries, 0.05, seed=0)  # 20 uncapped
+    assert len(held_out_queries(queries, 0.05, seed=0, max_count=0)) == 20  # 0: no cap
+
+
+def test_selection_by_map_holds_out_at_most_eval_max_queries(scores_file):
+    selection = plan_selection(triplets_dataset(hand_written_triplets()), "triplets", "train.jsonl", str(scores_file),
+                               "map", None, 0.4, 7, eval_max_queries=1)
+    assert len(selection.held_out) == 1 and [query.query for query in selection.queries] == selection.held_out
+    assert set(selection.train["query"]) == set(QUERIES) - set(selection.held_out)
 
 
 def test_held_out_queries_are_those_with_the_smallest_hash_of_seed_and_text():
@@ -1268,7 +1278,7 @@ def test_training_data_smaller_than_one_kept_batch_is_an_error_not_a_run_of_no_s
 
 
 @pytest.mark.parametrize("flag, value", [("--max_length", "0"), ("--pairs_per_forward", "-1"),
-                                         ("--early_stopping_patience", "-2")])
+                                         ("--early_stopping_patience", "-2"), ("--eval_max_queries", "-1")])
 def test_a_flag_below_its_minimum_is_an_error_before_anything_is_read(triplets_file, tmp_path, flag, value):
     with pytest.raises(InputError, match=f"{flag} must be at least"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out", flag, value)
