@@ -37,6 +37,25 @@ from rerank_distill.cli import command_line, run_main, write_json, write_run_arg
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.replicas import stop_with_launcher
+from rerank_distill.run_folder import (
+    PATH_SETTINGS,
+    SUMMARY_FILE,
+    claim_output_dir,
+    clear_earlier_outputs,
+    end_reached,
+    path_identity,
+    prepare_resume,
+    resume_hint,
+)
+from rerank_distill.selection import (
+    DEFAULT_EVAL_MAX_QUERIES,
+    DEFAULT_EVAL_SHARE,
+    EVALUATION_FLAGS,
+    MIN_SELECTION_QUERIES,
+    SelectionEvaluator,
+    load_training_data,
+    small_selection_warning,
+)
 from rerank_distill.student import load_student
 from rerank_distill.trainer import (
     BATCH_SAMPLERS,
@@ -47,26 +66,7 @@ from rerank_distill.trainer import (
     summary_message,
     track_padding,
 )
-from rerank_distill.training import (
-    DEFAULT_EVAL_MAX_QUERIES,
-    DEFAULT_EVAL_SHARE,
-    EVALUATION_FLAGS,
-    MIN_SELECTION_QUERIES,
-    PATH_SETTINGS,
-    SUMMARY_FILE,
-    SelectionEvaluator,
-    check_training_flags,
-    claim_output_dir,
-    clear_earlier_outputs,
-    end_reached,
-    load_training_data,
-    parse_training_args,
-    path_identity,
-    prepare_resume,
-    resume_hint,
-    set_best_metric,
-    small_selection_warning,
-)
+from rerank_distill.training import check_training_flags, parse_training_args, set_best_metric
 
 logger = logging.getLogger("train")
 

@@ -44,8 +44,9 @@ def data_work(triplets: Path, work: Path) -> int:
     """What train.py does with its data before the first step, at its own defaults (MarginMSE,
     checkpoints picked by the held-out share's eval loss, length-grouped batches)."""
     import train
+    from rerank_distill.selection import load_training_data
     from rerank_distill.trainer import LengthGroupedBatchSampler
-    from rerank_distill.training import load_training_data, parse_training_args
+    from rerank_distill.training import parse_training_args
 
     script, training, _ = parse_training_args(train.ScriptArguments, train.__doc__, [
         "--model_name_or_path", "unused", "--train_data", str(triplets), "--output_dir", str(work / "model"),
@@ -76,7 +77,7 @@ def main() -> dict:
         def rate(value_by_value_reads: bool):
             def run() -> float:
                 with ExitStack() as patches:
-                    for module in ("rerank_distill.training", "rerank_distill.trainer") if value_by_value_reads else ():
+                    for module in ("rerank_distill.selection", "rerank_distill.trainer") if value_by_value_reads else ():
                         patches.enter_context(mock.patch(f"{module}.column_values", value_by_value))
                     seconds, rows = timed(lambda: data_work(triplets, Path(work)))
                 return rows / seconds

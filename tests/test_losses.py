@@ -1,4 +1,4 @@
-"""rerank_distill.losses with the labels training.py builds: each loss's value on a small fixed batch
+"""rerank_distill.losses with the labels training_data.py builds: each loss's value on a small fixed batch
 equals the formula computed by hand from the model's own logits, and every --loss trains a model
 CrossEncoder loads."""
 

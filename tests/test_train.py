@@ -21,6 +21,14 @@ import torch
 import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
+from rerank_distill.run_folder import newest_checkpoint, resolve_checkpoint, resume_hint
+from rerank_distill.selection import (
+    SelectionEvaluator,
+    held_out_queries,
+    plan_selection,
+    small_selection_warning,
+    split_by_query,
+)
 from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
 from rerank_distill.trainer import (
     LengthGroupedBatchSampler,
@@ -28,18 +36,7 @@ from rerank_distill.trainer import (
     query_grouped_batches,
     track_padding,
 )
-from rerank_distill.training import (
-    SelectionEvaluator,
-    default_training_flags,
-    held_out_queries,
-    newest_checkpoint,
-    passed_flags,
-    plan_selection,
-    resolve_checkpoint,
-    resume_hint,
-    small_selection_warning,
-    split_by_query,
-)
+from rerank_distill.training import default_training_flags, passed_flags
 from rerank_distill.training_data import (
     MIN_TEACHER_SPREAD,
     TrainingData,
@@ -216,10 +213,10 @@ def test_under_bf16_training_steps_run_in_bf16_and_checkpoints_are_ranked_in_flo
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
-    import rerank_distill.training as training
+    import rerank_distill.selection as selection
 
     head_dtypes, phase = {"training": set(), "selection": set()}, ["training"]
-    original_init, original_scoring = CrossEncoder.__init__, training.score_ranking_queries
+    original_init, original_scoring = CrossEncoder.__init__, selection.score_ranking_queries
 
     def record(module, inputs, output) -> None:
         if torch.is_grad_enabled() == (phase[0] == "training"):  # (not the eval loss: no grad, and no choice)
@@ -238,7 +235,7 @@ def test_under_bf16_training_steps_run_in_bf16_and_checkpoints_are_ranked_in_flo
 
     with monkeypatch.context() as patch:
         patch.setattr(CrossEncoder, "__init__", record_the_head)
-        patch.setattr(training, "score_ranking_queries", selection_scoring)
+        patch.setattr(selection, "score_ranking_queries", selection_scoring)
         out = tmp_path / "model"
         summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
                             "--eval_share", "0.4", "--selection_metric", "map", "--max_steps", "3", "--bf16", "true")
@@ -483,7 +480,7 @@ def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query
 def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files_labels(scores_file, tmp_path):
     from types import SimpleNamespace
 
-    from rerank_distill.training import load_training_data
+    from rerank_distill.selection import load_training_data
 
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "dev q", "passage": p, "score": s, "label": None}
                                                        for p, s in (("a", 1.0), ("b", 0.0))])  # fmt: skip
@@ -498,7 +495,7 @@ def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files
 def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, tmp_path):
     from types import SimpleNamespace
 
-    from rerank_distill.training import load_training_data
+    from rerank_distill.selection import load_training_data
 
     # (a name with "label" in it once reached the label check as its record)
     dev = write_jsonl_records(tmp_path / "labelled_dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s,
@@ -518,7 +515,7 @@ def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as
                                                                                             caplog, dev_set):
     from types import SimpleNamespace
 
-    from rerank_distill.training import load_training_data
+    from rerank_distill.selection import load_training_data
 
     # a labelled dev set of its own is ranked whole, and --selection_metric last holds out nothing: no share is taken
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
@@ -570,7 +567,7 @@ def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(
 def test_lists_of_a_held_out_querys_passages_are_held_out_with_it(tmp_path):
     from datasets import Dataset
 
-    from rerank_distill.training import plan_selection
+    from rerank_distill.selection import plan_selection
 
     lists = [{"query": f"q{i}", "positive": [f"p{i}"], "negative": [f"n{i}", f"m{i}"]} for i in range(6)]
     labelled = write_jsonl_records(tmp_path / "train.jsonl", lists)
@@ -1350,7 +1347,7 @@ def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_lef
 
 
 def test_another_torchrun_processs_write_check_in_the_output_dir_is_no_foreign_file(tmp_path):
-    from rerank_distill.training import refuse_foreign_files
+    from rerank_distill.run_folder import refuse_foreign_files
 
     out = tmp_path / "out"  # the instant another process's check_writable probe exists (a race seen under torchrun)
     (out / ".write-check.k2x9q1").mkdir(parents=True)
@@ -1361,7 +1358,7 @@ def test_another_torchrun_processs_write_check_in_the_output_dir_is_no_foreign_f
 
 
 def test_a_second_run_into_an_output_dir_being_written_stops_at_once(tiny_cross_encoder, triplets_file, tmp_path):
-    from rerank_distill.training import claim_output_dir
+    from rerank_distill.run_folder import claim_output_dir
 
     with claim_output_dir(str(tmp_path / "out"), str(tiny_cross_encoder)):  # a first run, training
         with pytest.raises(InputError, match=r"another run is writing .*out at this moment"):
@@ -1519,7 +1516,7 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
 
 
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
-    from rerank_distill.training import RESUME_MAY_CHANGE
+    from rerank_distill.run_folder import RESUME_MAY_CHANGE
 
     flags = {spec.name for spec in dataclasses.fields(train.ScriptArguments)}
     assert set(RESUME_MAY_CHANGE) < flags
@@ -1540,7 +1537,7 @@ def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_
 def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_to(tmp_path):
     from types import SimpleNamespace
 
-    from rerank_distill.training import resumed_state
+    from rerank_distill.run_folder import resumed_state
 
     (tmp_path / "trainer_state.json").write_text(json.dumps(
         {"global_step": 10, "max_steps": 20, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}))  # fmt: skip
@@ -1558,7 +1555,7 @@ def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_
 def test_a_run_whose_time_budget_was_spent_is_not_resumed_with_the_same_budget():
     from transformers import TrainerState
 
-    from rerank_distill.training import end_reached
+    from rerank_distill.run_folder import end_reached
 
     state = TrainerState(global_step=7, max_steps=100, num_train_epochs=2, stateful_callbacks={"TimeBudget": {
         "args": {"seconds": 20.0}, "attributes": {"stopped_training": True}}})  # fmt: skip
@@ -1725,7 +1722,8 @@ def test_the_launcher_refuses_num_gpus_that_is_no_whole_number(tmp_path, value):
 
 
 def test_data_sets_given_as_hub_ids_are_fetched_through_the_hub_and_cache_train_py_was_given(monkeypatch, tmp_path):
-    from rerank_distill.training import load_training_data, parse_training_args
+    from rerank_distill.selection import load_training_data
+    from rerank_distill.training import parse_training_args
 
     asked = []
     rows = {"train": [{"query": f"q{i}", "passage": f"p{i}{j}", "score": float(j), "label": int(j == 0)}
