@@ -57,8 +57,8 @@ from rerank_distill.selection import (
     small_selection_warning,
 )
 from rerank_distill.student import load_student
+from rerank_distill.samplers import BATCH_SAMPLERS
 from rerank_distill.trainer import (
-    BATCH_SAMPLERS,
     DistillationTrainer,
     EarlyStopping,
     TimeBudget,

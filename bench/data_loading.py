@@ -45,7 +45,7 @@ def data_work(triplets: Path, work: Path) -> int:
     checkpoints picked by the held-out share's eval loss, length-grouped batches)."""
     import train
     from rerank_distill.selection import load_training_data
-    from rerank_distill.trainer import LengthGroupedBatchSampler
+    from rerank_distill.samplers import LengthGroupedBatchSampler
     from rerank_distill.training import parse_training_args
 
     script, training, _ = parse_training_args(train.ScriptArguments, train.__doc__, [

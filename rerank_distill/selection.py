@@ -207,7 +207,8 @@ def plan_selection(
         return CheckpointSelection(train_set, None, metric="last", note=(
             f"not picked: MAP on {counted} (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints mostly by "
             "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
-            "larger --eval_share or a labelled dev file as --selection_data gives selection its queries)"))
+            "larger --eval_share (or --eval_max_queries) or a labelled dev file as --selection_data gives selection its "
+            "queries)"))
     # Lists made of a held-out query's passages (--passages_as_queries) rank its own candidates
     # against each other, and the query among them, with the teacher's scores: held out with it.
     held_passages = {passage for query in ranked if query.query in held for passage in query.passages} - held
@@ -290,7 +291,7 @@ def small_selection_warning(selection: CheckpointSelection) -> str | None:
     if selection.metric != "eval_selection_map" or count >= MIN_SELECTION_QUERIES:
         return None
     # --eval_share sizes held-out training queries only: a dev set of its own is ranked whole, whatever it is
-    remedy = "Hold out more training queries (--eval_share) or pass" if selection.held_out else "Pass"
+    remedy = "Hold out more training queries (--eval_share, --eval_max_queries) or pass" if selection.held_out else "Pass"
     return (f"the best checkpoint is picked by MAP on only {count} queries, where one query moves MAP by up to "
             f"{1 / count:.2f}: a noisy choice. {remedy} a labelled dev file of {MIN_SELECTION_QUERIES}+ queries as "
             "--selection_data")

@@ -30,12 +30,8 @@ from rerank_distill.selection import (
     split_by_query,
 )
 from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
-from rerank_distill.trainer import (
-    LengthGroupedBatchSampler,
-    length_grouped_batches,
-    query_grouped_batches,
-    track_padding,
-)
+from rerank_distill.samplers import LengthGroupedBatchSampler, length_grouped_batches, query_grouped_batches
+from rerank_distill.trainer import track_padding
 from rerank_distill.training import default_training_flags, passed_flags
 from rerank_distill.training_data import (
     MIN_TEACHER_SPREAD,
@@ -1235,7 +1231,7 @@ def test_sampler_reshuffles_each_epoch_and_reports_its_length():
 
 
 def test_example_length_is_the_query_plus_its_longest_document_of_any_kind():
-    from rerank_distill.trainer import example_lengths
+    from rerank_distill.samplers import example_lengths
 
     dataset = TrainingData("ntuples", {"query": ["ab", "abc"], "positive": ["x", "xyz12"],
                                        "negative_1": ["12345", "1"], "negative_2": ["1", ""],
