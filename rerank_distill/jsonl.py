@@ -345,6 +345,12 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
+def is_unfinished_write(name: str) -> bool:
+    """Whether the file ``name`` is one that this package's writers hold only while they write:
+    check_writable's probe, or an AtomicWriter's temporary file (``NAME.HOST.PID.tmp``)."""
+    return name.startswith(WRITE_CHECK_PREFIX) or re.fullmatch(r".+\.\d+\.tmp", name) is not None
+
+
 class AtomicWriter:
     """Write a file under a temporary name and move it to its final name only when the ``with``
     block finishes without error, so a crash never leaves a truncated file that looks complete.

@@ -19,7 +19,7 @@ from transformers import TrainerState
 from rerank_distill.cli import to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import local_files
-from rerank_distill.jsonl import WRITE_CHECK_PREFIX, check_writable, no_empty_folders_left, only_writer
+from rerank_distill.jsonl import check_writable, is_unfinished_write, no_empty_folders_left, only_writer
 from rerank_distill.trainer import TimeBudget, saved_early_stopping
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,8 @@ def refuse_foreign_files(output_dir: str) -> None:
     if not folder.is_dir() or made_by_train_py(folder / "args.json"):
         return
     runs = {TRAIN_LOCK, *(path.name for path in (*earlier_checkpoints(output_dir), *earlier_final_model(output_dir)))}
-    entries = sorted(path.name for path in folder.iterdir()
-                     if path.name not in runs and not path.name.startswith(WRITE_CHECK_PREFIX))
+    # (another torchrun process's file being written, args.json's say, is not yet the run's by name)
+    entries = sorted(path.name for path in folder.iterdir() if path.name not in runs and not is_unfinished_write(path.name))
     if not entries:  # (what a run left without its args.json, refuse_earlier_run speaks of)
         return
     raise InputError(f"{output_dir} holds files that are not a training run's ({', '.join(entries[:4])}"

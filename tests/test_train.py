@@ -1342,12 +1342,15 @@ def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_lef
     assert (project / "README.md").read_text() == "my project"
 
 
-def test_another_torchrun_processs_write_check_in_the_output_dir_is_no_foreign_file(tmp_path):
+def test_another_torchrun_processs_files_being_written_in_the_output_dir_are_no_foreign_files(tmp_path):
+    from rerank_distill.jsonl import AtomicWriter, is_unfinished_write
     from rerank_distill.run_folder import refuse_foreign_files
 
     out = tmp_path / "out"  # the instant another process's check_writable probe exists (a race seen under torchrun)
     (out / ".write-check.k2x9q1").mkdir(parents=True)
+    (out / "args.json.node-1.example.org.4242.tmp").write_text("{")  # or its args.json, before it takes its name
     refuse_foreign_files(str(out))
+    assert is_unfinished_write(AtomicWriter(out / "args.json").tmp_path.name)  # the name this machine's writer uses
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match=r"holds files that are not a training run's \(notes.txt\)"):
         refuse_foreign_files(str(out))
