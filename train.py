@@ -144,8 +144,8 @@ class ScriptArguments:
     eval_max_queries: int = field(
         default=DEFAULT_EVAL_MAX_QUERIES,
         metadata={"help": "At most this many training queries are held out, whatever --eval_share says (0: no cap): "
-                  "a thousand measure MAP to about +-0.007 (per-query AP spreads about 0.2 on SemEval), and more would slow "
-                  "each evaluation and take queries from training."},
+                  "a thousand measure MAP to about +-0.007 (per-query AP spreads about 0.2 on SemEval), and more "
+                  "would slow each evaluation and take queries from training."},
     )
     max_length: int = field(
         default=512, metadata={"help": "Tokens per (query, passage) pair; longer pairs are truncated."}
