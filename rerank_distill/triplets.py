@@ -541,14 +541,16 @@ def iter_query_groups_indexed(pairs: Iterable[ScoredPair], spill_dir: str | None
             # floats round-trip exactly through JSON (repr), so scores come back unchanged
             line = json.dumps([pair.query, pair.passage, pair.score, pair.label, pair.line, pair.path,
                                teacher_scores_of(pair)], ensure_ascii=False)
-            encoded = line.encode("utf-8") + b"\n"
+            # (a file name of bytes that are not UTF-8 holds lone surrogates: surrogateescape gives the bytes back)
+            encoded = line.encode("utf-8", "surrogateescape") + b"\n"
             spill.write(encoded)
             offset += len(encoded)
         for offsets in index.values():
             group: QueryGroup | None = None
             for offset in offsets:
                 spill.seek(offset)
-                query, passage, score, label, line_number, path, teacher_scores = json.loads(spill.readline())
+                query, passage, score, label, line_number, path, teacher_scores = json.loads(
+                    spill.readline().decode("utf-8", "surrogateescape"))
                 group = group or QueryGroup(query, line=line_number, path=path)
                 group.passages.append(passage)
                 group.scores.append(score)

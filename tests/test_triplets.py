@@ -781,6 +781,21 @@ def test_the_indexed_grouper_gathers_each_query_in_order_of_first_appearance(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_interleaved_file_whose_name_is_not_utf8_is_regrouped(tmp_path):
+    import os
+
+    # a Latin-1 file name reaches Python as a lone surrogate, which the regrouping's temporary file must hold
+    name = tmp_path / os.fsdecode(b"caf\xe9.jsonl")
+    scores = scores_file(name, {"q": [("a", 2.0)], "r": [("b", 1.0), ("d", 0.0)]})
+    write_jsonl_records(name, [*read_jsonl_records(scores), {"query": "q", "passage": "c", "score": 1.0}])
+
+    summary, output = run(tmp_path, name)
+
+    assert summary["input_grouped"] is False
+    assert [(r["query"], r["positive"], r["negative"]) for r in read_jsonl_records(output)] == [
+        ("q", "a", "c"), ("r", "b", "d")]
+
+
 # --- bad input ---
 
 
