@@ -214,7 +214,12 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
     for path in files:
         stem = next((path[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES if path.endswith(suffix)), path)
         by_stem.setdefault(stem, []).append(os.path.basename(path))
-    if twice := next((names for names in by_stem.values() if len(names) > 1), None):
+    twice = next((names for names in by_stem.values() if len(names) > 1), None)
+    whole = [names[0] for stem, names in by_stem.items() if os.path.basename(stem) == split]
+    parts = [names[0] for stem, names in by_stem.items() if re.search(r"-\d+-of-\d+$", stem)]
+    if twice is None and whole and parts:  # test.jsonl beside test-00000-of-00001.parquet
+        twice = [whole[0], parts[0]]
+    if twice:
         raise InputError(f"split '{split}' holds {' and '.join(twice)}: the same data in two forms? Its files are "
                          "joined, so keep one", folder)
     return files

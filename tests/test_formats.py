@@ -450,6 +450,15 @@ def test_a_split_held_twice_in_two_forms_is_refused_not_joined_twice(tmp_path):
         as_tuples(f"{folder}:test")
 
 
+def test_a_split_held_as_jsonl_and_as_parquet_parts_is_refused_not_joined_twice(tmp_path):
+    folder = tmp_path / "so"
+    write_jsonl_records(folder / "test.jsonl", FOLDER_TEST)
+    write_parquet(folder / "test-00000-of-00001.parquet", {key: [row[key] for row in FOLDER_TEST] for key in FOLDER_TEST[0]})
+    with pytest.raises(InputError, match=r"split 'test' holds test\.jsonl and test-00000-of-00001\.parquet: the same "
+                                         "data in two forms"):
+        as_tuples(f"{folder}:test")
+
+
 def test_a_split_name_with_a_colon_is_read_from_its_folder(tmp_path):
     from datasets import Dataset
 
