@@ -133,7 +133,9 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
     """Read the whole input once (checking every record) and count this shard's queries and pairs.
     An input with no pair at all is an InputError: its output would be an empty file that stage 2 refuses."""
     summary, content = InputSummary(), hashlib.blake2b(digest_size=16)
+    all_queries = all_pairs = 0  # of every shard: an input with no pair is refused by each shard's run too
     for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
+        all_queries, all_pairs = all_queries + 1, all_pairs + len(query.passages)
         if not shard.takes(position):
             summary.oddities.note_query_text(query)  # this shard's repeat of another's query is still a repeat
             continue
@@ -147,8 +149,8 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
             summary.first_negative_grade = summary.first_negative_grade or query.location
         content.update(query_bytes(query))
     summary.digest = content.hexdigest()
-    if not summary.pairs and not passages_as_queries and shard.count == 1:  # (a shard may hold none of its pairs)
-        queries = "its one query has" if summary.queries == 1 else f"none of its {summary.queries} queries has"
+    if not all_pairs and not passages_as_queries:  # (a shard may hold none of its pairs, but not the whole input)
+        queries = "its one query has" if all_queries == 1 else f"none of its {all_queries} queries has"
         raise InputError(f"nothing to score: {queries} a passage", source)
     return summary
 

@@ -731,6 +731,16 @@ def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, conte
     assert not (tmp_path / "o" / "bad_scores.jsonl").exists()
 
 
+def test_an_input_without_any_pair_is_refused_by_each_shards_run_as_by_a_single_run(tmp_path, teacher_never_loads):
+    source = tmp_path / "train.jsonl"
+    source.write_text('{"query": "q1", "positive": [], "negative": []}\n{"query": "q2", "positive": [], "negative": []}\n')
+    for index in range(2):  # (each share alone would be an empty output; joined, an empty file stage 2 refuses)
+        with pytest.raises(InputError, match="nothing to score: none of its 2 queries has a passage"):
+            generate_logits.main(["--model_path", "m", "--input_path", str(source), "--output_dir", str(tmp_path / "o"),
+                                  "--shard", f"{index}/2"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_instruction_of_bytes_that_are_not_utf8_is_refused_before_any_model_is_loaded(tmp_path, monkeypatch,
                                                                                           ranking_file):
     monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
