@@ -181,6 +181,28 @@ def test_the_system_text_and_instruction_run_once_for_a_wave_of_queries(tiny_qwe
     np.testing.assert_allclose(scores, plain.answer_logits(queries, docs)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [100, 300])  # shorter than the shared prefix; between it and the prompt
+def test_a_sliding_window_model_scores_as_its_plain_forward_does(tiny_qwen3, tmp_path, window):
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_qwen3, tmp_path / "sliding")
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=window, max_window_layers=0,
+                  layer_types=["sliding_attention"] * config["num_hidden_layers"])
+    (model_dir / "config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, 512)
+    answer_ids = [single_token_id(tokenizer, "yes"), single_token_id(tokenizer, "no")]
+    docs = [doc + " commit branch merge" * 40 * (i % 2) for i, doc in enumerate(DOCS)]
+    prompts, _ = prompt.encode(QUERIES, docs)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = np.array([model(input_ids=torch.tensor([ids])).logits[0, -1, answer_ids].numpy() for ids in prompts])
+    judge = HFJudge(str(model_dir), prompt, answer_ids, batch_size=4, device="cpu", prefix_cache=True)
+    np.testing.assert_allclose(judge.answer_logits(QUERIES, docs)[0], expected, atol=1e-4)
+
+
 def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([[7, 8], [9]]) == 0

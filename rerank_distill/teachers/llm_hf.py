@@ -91,6 +91,13 @@ class HFJudge:
             )
         except MODEL_LOAD_ERRORS as error:
             raise InputError(f"cannot load a causal LM judge from '{model_path}' ({first_line(error)})") from None
+        # The prefix cache's own attention mask and key/value copies see the whole prompt; a model with
+        # sliding-window layers (Mistral, Gemma) sees a window only, so a prompt longer than it is scored
+        # without the cache, as the model's own forward scores it.
+        window = getattr(self.model.config, "sliding_window", None)
+        if prefix_cache and isinstance(window, int) and window < prompt.max_length:
+            logger.info("%s attends within a sliding window of %d tokens: no prefix cache", model_path, window)
+            self.prefix_cache = False
         self.model.to(self.device).eval()
         self.decoder = self.model.get_decoder()
         self.cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
