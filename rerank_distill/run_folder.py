@@ -289,8 +289,9 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 RESUME_MAY_CHANGE = ("max_train_seconds", "early_stopping_patience", "fused_forward", "pairs_per_forward",
                      "overwrite_output_dir", "hub", "cache_dir")
 RESUME_MUST_MATCH_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                              "lr_scheduler_type", "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1",
-                              "adam_beta2", "adam_epsilon", "max_grad_norm", "data_seed")
+                              "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "seed",
+                              "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                              "data_seed")
 
 
 # The train.py settings that name a model or data on disk: compared by what they name
