@@ -300,8 +300,10 @@ class EarlyStopping(EarlyStoppingCallback):
     earlier checkpoint to train the same steps again. (transformers restores the count only with
     --restore_callback_states_from_checkpoint, which also brings back the saved patience.)"""
 
-    def __init__(self, patience: int, resumed: TrainerState | None = None) -> None:
-        super().__init__(patience)
+    # (keyword names as transformers' own: --restore_callback_states_from_checkpoint builds it from its saved args)
+    def __init__(self, early_stopping_patience: int = 1, resumed: TrainerState | None = None,
+                 early_stopping_threshold: float | None = 0.0) -> None:
+        super().__init__(early_stopping_patience, early_stopping_threshold)
         saved = saved_early_stopping(resumed) if resumed is not None else None
         if saved:
             self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]

@@ -315,6 +315,16 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
     assert more["resumed_from_step"] == stop and more["steps"] > stop
 
 
+def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny_cross_encoder, triplets_file,
+                                                                           tmp_path):
+    out = tmp_path / "model"
+    flags = ["--eval_steps", "1", "--early_stopping_patience", "9"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags)
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", *flags, "--resume_from_checkpoint",
+                        "last", "--restore_callback_states_from_checkpoint", "True")
+    assert (summary["resumed_from_step"], summary["steps"]) == (2, 4)
+
+
 def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path
 ):
