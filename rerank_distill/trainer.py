@@ -388,6 +388,18 @@ class DistillationTrainer(CrossEncoderTrainer):
             self._load_best_model()
         return TrainOutput(self.state.global_step, None, {})
 
+    def _load_callback_state(self) -> None:
+        # --restore_callback_states_from_checkpoint rebuilds each saved callback anew from its saved state; the
+        # time budget restores itself (TimeBudget.start), and a rebuilt one would start the budget again, out of
+        # reach of the schedule stretched to it and of the summary
+        name = type(self.time_budget).__name__
+        saved = self.state.stateful_callbacks.pop(name, None) if self.time_budget is not None else None
+        try:
+            super()._load_callback_state()
+        finally:
+            if saved is not None:  # (the checkpoints' states keep a place for it)
+                self.state.stateful_callbacks[name] = saved
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         # A finished run trained further (a larger --max_steps or --num_train_epochs) gets a longer

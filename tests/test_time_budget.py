@@ -192,7 +192,9 @@ def test_train_stops_at_the_first_step_past_the_budget_and_the_last_model_is_eva
     assert saved["TimeBudget"]["attributes"]["spent"] >= 1  # for a resume
 
 
-def test_a_resumed_run_still_evaluates_at_each_tenth_of_its_time(tiny_cross_encoder, tmp_path, monkeypatch):
+# (--restore_callback_states_from_checkpoint: transformers would rebuild the budget from its saved state, anew)
+@pytest.mark.parametrize("restore", [[], ["--restore_callback_states_from_checkpoint", "True"]])
+def test_a_resumed_run_continues_its_budget_and_evaluates_at_each_tenth_of_its_time(tiny_cross_encoder, tmp_path, monkeypatch, restore):
     clock = FakeClock()
 
     class SecondPerStep(TimeBudget):  # every step takes one second of a 20 s budget
@@ -226,9 +228,9 @@ def test_a_resumed_run_still_evaluates_at_each_tenth_of_its_time(tiny_cross_enco
     with pytest.raises(KeyboardInterrupt):
         train.main(flags)  # stopped in step 6, after the checkpoint of step 5
     monkeypatch.setattr(train.DistillationTrainer, "training_step", original_step)
-    summary = train.main([*flags, "--resume_from_checkpoint", "last"])
+    summary = train.main([*flags, "--resume_from_checkpoint", "last", *restore])
 
-    assert summary["stopped_by_time"] and summary["resumed_from_step"] == 5
+    assert summary["stopped_by_time"] and (summary["resumed_from_step"], summary["steps"]) == (5, 19)
     state = json.loads((output / f"checkpoint-{summary['steps']}" / "trainer_state.json").read_text())
     # every 2 s of the 20 (not every 10 of the 100 planned steps), as an uninterrupted run evaluates
     assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [1, 3, 5, 7, 9, 11, 13, 15,
