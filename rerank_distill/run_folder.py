@@ -255,7 +255,8 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     Logging, evaluation and save intervals given as shares of the run (train.py's 0.02 and 0.1)
     are set to the step counts the checkpoint resolved them to, where the run's length is the
     same: transformers takes the checkpoint's counts on a resume anyway, and compares the share
-    with them to warn on every resume that the arguments changed."""
+    with them to warn on every resume that the arguments changed. (Under --max_train_seconds only the
+    logging interval: the budget reads evaluation and save shares as shares.)"""
     if checkpoint is None:
         return None
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
@@ -271,7 +272,10 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
             "--resume_from_checkpoint"
         )
     if training.max_steps in (-1, 0, state.max_steps):
-        for name in ("logging_steps", "eval_steps", "save_steps"):
+        # (under a time budget, evaluations and checkpoints given as shares stay shares: TimeBudget makes
+        # them due by the time spent too, which it reads from the share)
+        names = ("logging_steps",) if max_train_seconds is not None else ("logging_steps", "eval_steps", "save_steps")
+        for name in names:
             share, steps = getattr(training, name), getattr(state, name)
             if share is not None and 0 < share < 1 and steps == math.ceil(share * state.max_steps):
                 setattr(training, name, steps)
@@ -285,8 +289,9 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 RESUME_MAY_CHANGE = ("max_train_seconds", "early_stopping_patience", "fused_forward", "pairs_per_forward",
                      "overwrite_output_dir", "hub", "cache_dir")
 RESUME_MUST_MATCH_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                              "lr_scheduler_type", "warmup_steps", "weight_decay", "seed", "optim", "adam_beta1",
-                              "adam_beta2", "adam_epsilon", "max_grad_norm", "data_seed")
+                              "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "seed",
+                              "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                              "data_seed")
 
 
 # The train.py settings that name a model or data on disk: compared by what they name

@@ -300,8 +300,10 @@ class EarlyStopping(EarlyStoppingCallback):
     earlier checkpoint to train the same steps again. (transformers restores the count only with
     --restore_callback_states_from_checkpoint, which also brings back the saved patience.)"""
 
-    def __init__(self, patience: int, resumed: TrainerState | None = None) -> None:
-        super().__init__(patience)
+    # (keyword names as transformers' own: --restore_callback_states_from_checkpoint builds it from its saved args)
+    def __init__(self, early_stopping_patience: int = 1, resumed: TrainerState | None = None,
+                 early_stopping_threshold: float | None = 0.0) -> None:
+        super().__init__(early_stopping_patience, early_stopping_threshold)
         saved = saved_early_stopping(resumed) if resumed is not None else None
         if saved:
             self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
@@ -385,6 +387,18 @@ class DistillationTrainer(CrossEncoderTrainer):
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self._load_best_model()
         return TrainOutput(self.state.global_step, None, {})
+
+    def _load_callback_state(self) -> None:
+        # --restore_callback_states_from_checkpoint rebuilds each saved callback anew from its saved state; the
+        # time budget restores itself (TimeBudget.start), and a rebuilt one would start the budget again, out of
+        # reach of the schedule stretched to it and of the summary
+        name = type(self.time_budget).__name__
+        saved = self.state.stateful_callbacks.pop(name, None) if self.time_budget is not None else None
+        try:
+            super()._load_callback_state()
+        finally:
+            if saved is not None:  # (the checkpoints' states keep a place for it)
+                self.state.stateful_callbacks[name] = saved
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

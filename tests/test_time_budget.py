@@ -190,3 +190,48 @@ def test_train_stops_at_the_first_step_past_the_budget_and_the_last_model_is_eva
     assert summary["best_checkpoint"].endswith("checkpoint-1")
     saved = json.loads((output / "checkpoint-1" / "trainer_state.json").read_text())["stateful_callbacks"]
     assert saved["TimeBudget"]["attributes"]["spent"] >= 1  # for a resume
+
+
+# (--restore_callback_states_from_checkpoint: transformers would rebuild the budget from its saved state, anew)
+@pytest.mark.parametrize("restore", [[], ["--restore_callback_states_from_checkpoint", "True"]])
+def test_a_resumed_run_continues_its_budget_and_evaluates_at_each_tenth_of_its_time(tiny_cross_encoder, tmp_path, monkeypatch, restore):
+    clock = FakeClock()
+
+    class SecondPerStep(TimeBudget):  # every step takes one second of a 20 s budget
+        def __init__(self, seconds):
+            super().__init__(seconds, clock)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.now += 1.0
+            return super().on_step_end(args, state, control, **kwargs)
+
+    monkeypatch.setattr(train, "TimeBudget", SecondPerStep)
+    rows = [{"query": f"query {q}", "positive": f"answer to {q}", "negative": f"unrelated text {q} {n}", "score": 2.0}
+            for q in range(6) for n in range(4)]  # fmt: skip
+    data = tmp_path / "train_triplets.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    output = tmp_path / "model"
+    flags = ["--model_name_or_path", str(tiny_cross_encoder), "--train_data", str(data), "--output_dir", str(output),
+             "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True",
+             "--max_steps", "100", "--max_train_seconds", "20"]  # fmt: skip
+    stop_before = 6
+    original_step = train.DistillationTrainer.training_step
+
+    def interrupt(self, *args, **kwargs):
+        nonlocal stop_before
+        stop_before -= 1
+        if stop_before == 0:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.DistillationTrainer, "training_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(flags)  # stopped in step 6, after the checkpoint of step 5
+    monkeypatch.setattr(train.DistillationTrainer, "training_step", original_step)
+    summary = train.main([*flags, "--resume_from_checkpoint", "last", *restore])
+
+    assert summary["stopped_by_time"] and (summary["resumed_from_step"], summary["steps"]) == (5, 19)
+    state = json.loads((output / f"checkpoint-{summary['steps']}" / "trainer_state.json").read_text())
+    # every 2 s of the 20 (not every 10 of the 100 planned steps), as an uninterrupted run evaluates
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [1, 3, 5, 7, 9, 11, 13, 15,
+                                                                                           17, 19]

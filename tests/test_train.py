@@ -315,6 +315,16 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
     assert more["resumed_from_step"] == stop and more["steps"] > stop
 
 
+def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny_cross_encoder, triplets_file,
+                                                                           tmp_path):
+    out = tmp_path / "model"
+    flags = ["--eval_steps", "1", "--early_stopping_patience", "9"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags)
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", *flags, "--resume_from_checkpoint",
+                        "last", "--restore_callback_states_from_checkpoint", "True")
+    assert (summary["resumed_from_step"], summary["steps"]) == (2, 4)
+
+
 def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path
 ):
@@ -1512,6 +1522,16 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
     monkeypatch.chdir(triplets_file.parent)
     assert run_train(tmp_path / "student_link", f"./{triplets_file.name}", out, *resume, "--logging_steps",
                      "1")["steps"] == 3
+
+
+def test_a_resume_with_other_scheduler_or_optimiser_arguments_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--eval_strategy", "no", "--save_steps", "1", "--lr_scheduler_type", "cosine_with_min_lr"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--lr_scheduler_kwargs", '{"min_lr": 1e-5}',
+              *flags)
+    with pytest.raises(InputError, match=r"other settings \(differing: --lr_scheduler_kwargs, --optim_args;"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
+                  "--lr_scheduler_kwargs", '{"min_lr": 5e-4}', "--optim_args", "foreach=False", *flags)
 
 
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
