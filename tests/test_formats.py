@@ -727,3 +727,15 @@ def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash
                       '{"query": "q", "passage": "b", "label": 0, "query_id": "cut \\ud83d"}\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:2: id column 'query_id' holds a lone surrogate"):
         as_tuples(source)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_disk_that_fills_at_the_writes_last_flush_leaves_no_temporary_file(tmp_path):
+    from rerank_distill.jsonl import AtomicWriter
+
+    writer = AtomicWriter(tmp_path / "out.jsonl")
+    writer.tmp_path.symlink_to("/dev/full")  # the temporary file's writes fail as on a full disk
+    with pytest.raises(OSError, match="No space left on device"):
+        with writer as out:
+            out.write("{}\n")  # held in the buffer: the disk is found full only when the file is closed
+    assert list(tmp_path.iterdir()) == []
