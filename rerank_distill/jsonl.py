@@ -394,8 +394,11 @@ class AtomicWriter:
                 self._raw.flush()
                 try:
                     os.fsync(self._raw.fileno())
-                except (OSError, io.UnsupportedOperation):
+                except io.UnsupportedOperation:
                     pass
+                except OSError as error:  # a file system without fsync goes on; one that could not store the data not
+                    if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
                 self._raw.close()
                 os.replace(self.tmp_path, self.path)
             except BaseException:  # a disk found full only now (the last flush), a rename refused: as any failure

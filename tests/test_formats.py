@@ -739,3 +739,18 @@ def test_a_disk_that_fills_at_the_writes_last_flush_leaves_no_temporary_file(tmp
         with writer as out:
             out.write("{}\n")  # held in the buffer: the disk is found full only when the file is closed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_the_disk_could_not_save_does_not_take_its_final_name(tmp_path, monkeypatch):
+    import errno
+
+    from rerank_distill.jsonl import AtomicWriter
+
+    def fsync(fd):  # how a network file system or a quota reports the data it could not store
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="Disk quota exceeded"):
+        with AtomicWriter(tmp_path / "out.jsonl") as out:
+            out.write("{}\n")
+    assert list(tmp_path.iterdir()) == []
