@@ -388,21 +388,31 @@ class AtomicWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None
         if exc_type is None:
-            if self._file is not self._raw:
-                self._file.close()  # a GzipFile writes its end now, and leaves the file it was given open
-            self._raw.flush()
             try:
-                os.fsync(self._raw.fileno())
-            except (OSError, io.UnsupportedOperation):
-                pass
-            self._raw.close()
-            try:
+                if self._file is not self._raw:
+                    self._file.close()  # a GzipFile writes its end now, and leaves the file it was given open
+                self._raw.flush()
+                try:
+                    os.fsync(self._raw.fileno())
+                except io.UnsupportedOperation:
+                    pass
+                except OSError as error:  # a file system without fsync goes on; one that could not store the data not
+                    if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                self._raw.close()
                 os.replace(self.tmp_path, self.path)
-            except OSError:
-                self.tmp_path.unlink(missing_ok=True)
+            except BaseException:  # a disk found full only now (the last flush), a rename refused: as any failure
+                self._discard()
                 raise
         else:
-            self._file.close()
-            self._raw.close()
-            self.tmp_path.unlink(missing_ok=True)
-            _remove_if_empty(self._made_folders)  # a failed write leaves no empty folders behind
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close the temporary file (its unwritten rest cannot be saved: a full disk) and remove it."""
+        for file in (self._file, self._raw):
+            try:
+                file.close()
+            except OSError:
+                pass
+        self.tmp_path.unlink(missing_ok=True)
+        _remove_if_empty(self._made_folders)  # a failed write leaves no empty folders behind

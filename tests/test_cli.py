@@ -47,6 +47,8 @@ def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
     ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--eval_step", "--eval_steps"),
     # the flag meant is required: named as mistyped, not as missing
     ("train", ["--train_data", "t", "--output_dir", "o"], "--model_name", "--model_name_or_path"),
+    # so with one dash too (argparse took it for an unknown value, and reported the flag meant as missing)
+    ("create_triplets", ["--output_path", "o"], "-input_path", "--input_path"),
 ])  # fmt: skip
 def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
     module, _ = SCRIPTS[name]

@@ -727,3 +727,30 @@ def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash
                       '{"query": "q", "passage": "b", "label": 0, "query_id": "cut \\ud83d"}\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:2: id column 'query_id' holds a lone surrogate"):
         as_tuples(source)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_disk_that_fills_at_the_writes_last_flush_leaves_no_temporary_file(tmp_path):
+    from rerank_distill.jsonl import AtomicWriter
+
+    writer = AtomicWriter(tmp_path / "out.jsonl")
+    writer.tmp_path.symlink_to("/dev/full")  # the temporary file's writes fail as on a full disk
+    with pytest.raises(OSError, match="No space left on device"):
+        with writer as out:
+            out.write("{}\n")  # held in the buffer: the disk is found full only when the file is closed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_the_disk_could_not_save_does_not_take_its_final_name(tmp_path, monkeypatch):
+    import errno
+
+    from rerank_distill.jsonl import AtomicWriter
+
+    def fsync(fd):  # how a network file system or a quota reports the data it could not store
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="Disk quota exceeded"):
+        with AtomicWriter(tmp_path / "out.jsonl") as out:
+            out.write("{}\n")
+    assert list(tmp_path.iterdir()) == []
