@@ -12,6 +12,10 @@ python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
 here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
 cd "$here"
+# The same demo wherever it runs: launcher settings a shell has exported (LOSS, FORMAT, NUM_GPUS, ...) would
+# flow into its stages, so they are dropped here; PYTHON and DEMO_DIR stay
+# shellcheck disable=SC2046  # (a name a word)
+unset $(sed -nE 's/^([A-Z_]+)=.*/\1/p' generate_logits.sh create_triplets.sh train.sh evaluation.sh)
 
 # Where the demo's data, models and outputs go (no spaces: the launchers take space-separated lists)
 DEMO_DIR="${DEMO_DIR:-output/demo}"

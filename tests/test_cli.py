@@ -5,6 +5,7 @@ import dataclasses
 import os
 import re
 import shutil
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,21 @@ def test_a_launcher_run_with_sh_says_to_run_it_with_bash(launcher, tmp_path):
     done = subprocess.run(["dash", str(REPO / launcher), "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"{Path(launcher).name}: run it with bash (bash {REPO / launcher}), not sh\n"
+
+
+def test_the_demo_runs_its_own_settings_not_launcher_settings_the_shell_exported(tmp_path):
+    # a python that answers the launchers' own -c questions and records every stage command instead of running it
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+                           f'echo "$*" >> {shlex.quote(str(tmp_path / "commands"))}\n')
+    fake_python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake_python), "DEMO_DIR": str(tmp_path / "demo"), "LOSS": "mse",
+           "FORMAT": "ntuples", "TOP_K": "3"}
+    done = subprocess.run(["bash", str(REPO / "demo.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    commands = (tmp_path / "commands").read_text()
+    assert "train.py" in commands and "create_triplets.py" in commands
+    assert "--loss mse" not in commands and "ntuples" not in commands and "--top_k 3" not in commands
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
