@@ -61,6 +61,7 @@ logger = logging.getLogger("rerank_distill.create_triplets")
 class TripletArguments:
     input_path: list[str] = field(
         metadata={
+            "action": "extend",  # (the flag given again adds to the list)
             "help": 'Teacher scores from generate_logits.py: JSONL (or .jsonl.gz) lines {"query", '
             '"passage"|"content", "score"[, "label"]}; score may be a number or a numeric string. Several '
             "files (e.g. {stem}_scores.jsonl and {stem}_passages_as_queries_scores.jsonl) are read as one. A "

@@ -75,7 +75,8 @@ class GenerateLogitsArguments:
         },
     )
     input_path: list[str] = field(
-        metadata={"help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, "
+        metadata={"action": "extend",  # (the flag given again adds to the list, as --model_path does)
+                  "help": "Data sets to score: MTEB reranking JSONL (.jsonl or .jsonl.gz, {query, positive, "
                   "negative}), Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT; one "
                   "in parts (MTEB v2: corpus, queries, qrels, top_ranked) is joined into a query a record."},
     )

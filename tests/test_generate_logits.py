@@ -749,14 +749,15 @@ def test_an_instruction_of_bytes_that_are_not_utf8_is_refused_before_any_model_i
                               str(tmp_path / "o"), "--instruction", os.fsdecode(b"caf\xe9 questions")])
 
 
-def test_two_inputs_that_would_write_one_output_file_are_both_named(tmp_path, ranking_file):
+@pytest.mark.parametrize("flag_again", [False, True])
+def test_two_inputs_that_would_write_one_output_file_are_both_named(tmp_path, ranking_file, flag_again):
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / ranking_file.name
     twin.write_bytes(ranking_file.read_bytes())
+    inputs = [str(ranking_file), *(["--input_path"] if flag_again else []), str(twin)]  # (given again: added to)
     with pytest.raises(InputError, match=f"^--input_path {ranking_file} and {twin} would both write "
                                          f"{tmp_path / 'o' / 'train_scores.jsonl'} "):
-        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), str(twin), "--output_dir",
-                              str(tmp_path / "o")])  # fmt: skip
+        generate_logits.main(["--model_path", "m", "--input_path", *inputs, "--output_dir", str(tmp_path / "o")])
 
 
 def test_an_input_that_is_also_one_of_its_outputs_is_refused_before_it_is_touched(tmp_path, ranking_file):

@@ -929,6 +929,10 @@ def test_several_input_files_are_read_as_one(tmp_path):
     _, expected = run(tmp_path, together, "--top_k", "1", name="one.jsonl")
     assert output.read_text() == expected.read_text()
     assert summary["queries"] == 3 and not summary["input_grouped"]  # q1 comes back in the second file
+    again = tmp_path / "out" / "flag_again.jsonl"  # the flag given twice: both files, not the last alone
+    create_triplets.main(["--input_path", str(first), "--input_path", str(second), "--output_path", str(again),
+                          "--top_k", "1"])
+    assert again.read_text() == expected.read_text()
 
 
 def test_a_failed_run_leaves_no_output_and_no_folder_it_made(tmp_path):
