@@ -69,7 +69,7 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     options = tokens[: tokens.index("--")] if "--" in tokens else tokens  # ("--": what follows is no flag)
     # (and a flag written with one dash, "-input_path", which argparse takes for a value of no flag)
     if mistyped := [token for token in options if token.split("=", 1)[0] not in flags
-                    and (token.startswith("--") or token.startswith("-") and f"-{token.split('=', 1)[0]}" in flags)]:
+                    and (token.startswith("--") or (token.startswith("-") and f"-{token.split('=', 1)[0]}" in flags))]:
         refuse_unknown(mistyped)
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
