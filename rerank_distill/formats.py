@@ -585,6 +585,12 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
     )
 
 
+def warn_label_column_unread(label_column: str, path: str, why: str) -> None:
+    """Warn that --label_column is not read in the file ``path``, and ``why``: a setting the user
+    asked for must not vanish unnoticed (one file may read it where another does not)."""
+    logger.warning("--label_column %s is not read in %s: %s", label_column, path, why)
+
+
 def _label_fields(label_column: str | None) -> tuple[str, ...]:
     return (label_column,) if label_column else LABEL_FIELDS
 
@@ -627,8 +633,8 @@ def iter_ranking_queries(
         chosen = chosen or record_format  # a source holds one format; the first record decides it
         location = f"{path}:{line}"
         if first_location is None and label_column and record_format in ("mteb", "pos_neg"):
-            logger.warning("--label_column %s is not read in %s: its %s format labels a passage by the list it is in",
-                           label_column, path, record_format)
+            warn_label_column_unread(label_column, path, f"its {record_format} format labels a passage by the list "
+                                                         "it is in")
         first_location = first_location or location
         if record_format in ("mteb", "pos_neg"):
             pos_name, neg_name = ("positive", "negative") if record_format == "mteb" else ("pos", "neg")

@@ -345,10 +345,15 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
+# AtomicWriter's temporary files are NAME.HOST.PID + this
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def is_unfinished_write(name: str) -> bool:
     """Whether the file ``name`` is one that this package's writers hold only while they write:
     check_writable's probe, or an AtomicWriter's temporary file (``NAME.HOST.PID.tmp``)."""
-    return name.startswith(WRITE_CHECK_PREFIX) or re.fullmatch(r".+\.\d+\.tmp", name) is not None
+    return (name.startswith(WRITE_CHECK_PREFIX)
+            or re.fullmatch(rf".+\.\d+{re.escape(TEMPORARY_SUFFIX)}", name) is not None)
 
 
 class AtomicWriter:
@@ -360,7 +365,7 @@ class AtomicWriter:
         self.path = Path(os.path.abspath(path))  # (no "..": the folders it makes are those it removes on failure)
         # several processes may write one run's files (torchrun's, on several machines): each its own temporary file
         self._tmp_prefix = f"{self.path.name}.{socket.gethostname()}."
-        self.tmp_path = self.path.with_name(f"{self._tmp_prefix}{os.getpid()}.tmp")
+        self.tmp_path = self.path.with_name(f"{self._tmp_prefix}{os.getpid()}{TEMPORARY_SUFFIX}")
         self._file: IO[str] | None = None
 
     def __enter__(self) -> IO[str]:
@@ -380,8 +385,8 @@ class AtomicWriter:
     def _remove_stale_temporary_files(self) -> None:
         """Delete this name's temporary files that processes of this machine left when they were
         killed outright (SIGKILL, a power cut): their process ids no longer run."""
-        for stale in self.path.parent.glob(f"{glob.escape(self._tmp_prefix)}*.tmp"):
-            pid = stale.name[len(self._tmp_prefix):-len(".tmp")]
+        for stale in self.path.parent.glob(f"{glob.escape(self._tmp_prefix)}*{TEMPORARY_SUFFIX}"):
+            pid = stale.name[len(self._tmp_prefix):-len(TEMPORARY_SUFFIX)]
             if pid.isdigit() and not _process_runs(int(pid)):
                 stale.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from rerank_distill.formats import (
     iter_rows,
     iter_scored_pairs,
     training_record_kind,
+    warn_label_column_unread,
 )
 from rerank_distill.jsonl import get_number, get_text, get_text_list
 from rerank_distill.losses import LOSSES
@@ -132,8 +133,7 @@ def read_training_data(
 
         rows = tqdm(rows, unit="record", desc=f"reading {kind}")
     if label_column and kind in ("triplets", "ntuples", "listwise"):
-        logger.warning("--label_column %s is not read in %s: %s carry no gold labels", label_column, path,
-                       DATA_KINDS[kind])
+        warn_label_column_unread(label_column, path, f"{DATA_KINDS[kind]} carry no gold labels")
     if kind in ("triplets", "ntuples"):
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
