@@ -20,38 +20,24 @@ import logging
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from rerank_distill.cli import (
-    check_minimums, check_utf8_text, command_line, parse_args, run_main, warn_unread, write_run_args,
-)
-from rerank_distill.errors import InputError
+from rerank_distill.cli import check_minimums, check_utf8_text, parse_args, run_main, warn_unread
 from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders, local_files
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_not_an_input, check_writable, no_empty_folders_left
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
-from rerank_distill.replicas import run_replicas, stop_with_launcher
-from rerank_distill.scoring import (
-    Shard,
-    check_before_loading,
-    claim_output,
-    counts_message,
-    is_finished,
-    log_teacher_metrics,
-    output_path_for,
-    ranking_queries,
-    remove_output,
-    resume_point,
-    score_source,
-    validate_source,
+from rerank_distill.replicas import stop_with_launcher
+from rerank_distill.scoring import Shard, check_before_loading, claim_output, validate_source
+from rerank_distill.shards import warn_of_other_shard_counts
+from rerank_distill.teacher_runs import (
+    TeacherRun, merge_shard_files, refuse_conflicting_shard_flags, refuse_shared_outputs, score_with_replicas,
+    score_with_teachers,
 )
-from rerank_distill.shards import merge_all_shards, split_into_shards, warn_of_other_shard_counts
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
     LLM_TEACHER_TYPES,
     TEACHER_TYPES,
-    build_teachers,
     check_device,
     check_teacher_options,
     choose_backend,
@@ -204,18 +190,10 @@ class GenerateLogitsArguments:
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar with pairs per second."})
 
 
-def args_file_name(args: GenerateLogitsArguments, shard: Shard) -> str:
-    """``args.json``, or for a shard ``args.shard-I-of-N.json``; a run with passages as queries adds
-    ``.passages_as_queries`` (generate_logits.sh scores its first input so and the others in a
-    second run, and each run's record keeps its own name)."""
-    return f"args{shard.suffix()}{'.passages_as_queries' if args.passages_as_queries else ''}.json"
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args((GenerateLogitsArguments,), __doc__, argv)
     stop_with_launcher()  # a replica of a --data_parallel_size run ends with the run that started it
-    read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
     check_utf8_text(args, "instruction", "query_prompt", "label_words")
@@ -223,162 +201,49 @@ def main(argv: list[str] | None = None) -> dict:
     check_outside_data_set_folders(args.output_dir, args.input_path, "--output_dir")
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
-    shard = Shard.parse(args.shard)
+    read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
+    run = TeacherRun(args, __file__, argv, inputs, Shard.parse(args.shard), read_args)
     refuse_conflicting_shard_flags(args)
     input_files = [file for source in args.input_path for file in local_files(source)]
-    for source, derived in inputs:  # named here, not by the user, an output may be an input given by its path
-        check_not_an_input(output_path_for(source, args.output_dir, shard, derived), input_files, "--output_dir's file")
+    for output in run.outputs:  # named here, not by the user, an output may be an input given by its path
+        check_not_an_input(output, input_files, "--output_dir's file")
     if args.merge_shards:
-        return merge_shard_files(args, argv, inputs, read_args)
-    teacher_types = teacher_types_for(args.model_path, args.teacher_type)
-    warn_unread(args, unread_teacher_flags(teacher_types))
-    check_teacher_options(teacher_types, args)
+        return merge_shard_files(run)
+    run.teacher_types = teacher_types_for(args.model_path, args.teacher_type)
+    warn_unread(args, unread_teacher_flags(run.teacher_types))
+    check_teacher_options(run.teacher_types, args)
     check_device(args.device, args.data_parallel_size)
-    outputs = [output_path_for(source, args.output_dir, shard, derived) for source, derived in inputs]
-    refuse_shared_outputs([source for source, _ in inputs], outputs)
+    refuse_shared_outputs(run)
 
     # Check every input before loading a model: a bad line should fail in seconds, not hours.
-    expected = {}
     for source, derived in inputs:
-        expected[source, derived] = summary = validate_source(source, args.input_format, shard, derived, **read_args)
+        run.expected[source, derived] = summary = validate_source(source, args.input_format, run.shard, derived,
+                                                                  **read_args)
         summary.warn(source)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
-
     if args.check_inputs_only:
         return {f"{source}{' (passages as queries)' if derived else ''}": vars(summary)
-                for (source, derived), summary in expected.items()}
-    uses_llm = any(kind in LLM_TEACHER_TYPES for kind in teacher_types)
-    backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
-    warn_unread(args, unread_backend_flags(backend, args.data_parallel_size))
+                for (source, derived), summary in run.expected.items()}
+
+    uses_llm = any(kind in LLM_TEACHER_TYPES for kind in run.teacher_types)
+    run.backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
+    warn_unread(args, unread_backend_flags(run.backend, args.data_parallel_size))
     # One run per output at a time, claimed before any teacher is fetched or loaded (minutes for an 8B
     # model); a run refused before it writes anything leaves no folder behind
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:
-        for output in outputs:
+        for output in run.outputs:
             claimed.enter_context(claim_output(output))
-        model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
-        for output in outputs if shard.count == 1 else ():  # (a replica's output is its shard's own file)
+        run.model_paths = [resolve_model(path, args.hub, args.cache_dir) for path in args.model_path]
+        for output in run.outputs if run.shard.count == 1 else ():  # (a replica's output is its shard's own file)
             warn_of_other_shard_counts(output, args.data_parallel_size)
-        for (source, derived), output in zip(inputs, outputs):  # a finished output of other teachers or input
+        for (source, derived), output in zip(inputs, run.outputs):  # a finished output of other teachers or input
             if not args.overwrite:
-                check_before_loading(output, teacher_types, model_paths, expected[source, derived], args.input_format,
-                                     shard, derived, args.label_column)
-        if args.data_parallel_size > 1 and shard.count == 1:
-            return score_with_replicas(args, argv, teacher_types, backend, model_paths, inputs, outputs, expected,
-                                       read_args)
-        return score_with_teachers(args, argv, teacher_types, backend, model_paths, inputs, outputs, expected, shard,
-                                   read_args)
-
-
-def refuse_conflicting_shard_flags(args: GenerateLogitsArguments) -> None:
-    """InputError for --shard, --merge_shards and --data_parallel_size given in a way that cannot work."""
-    if args.shard and (args.merge_shards or args.data_parallel_size > 1):
-        other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
-        raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
-                         "pass one of them")
-    if args.merge_shards == 1:  # its one "shard" is the output itself: a merge would only replace its args.json
-        raise InputError("--merge_shards 1: a run of one shard writes the output itself, there is nothing to join; "
-                         "pass the N of the --shard I/N runs to join")
-    if args.merge_shards and args.check_inputs_only:
-        raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
-                         "pass one of them")
-
-
-def refuse_shared_outputs(sources: list[str], outputs: list[Path]) -> None:
-    """InputError where two inputs would write one output (their names give the same stem)."""
-    for index, output in enumerate(outputs):
-        if output in outputs[:index]:
-            raise InputError(f"--input_path {sources[outputs.index(output)]} and {sources[index]} would both write "
-                             f"{output} (their names give the same output name); rename one, or score them in runs "
-                             "with different --output_dir")
-
-
-def merge_shard_files(args: GenerateLogitsArguments, argv: list[str], inputs: list, read_args: dict) -> dict:
-    """--merge_shards N: join each input's N finished shard files into its output, and record the run."""
-    with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
-        for source, derived in inputs:
-            claimed.enter_context(claim_output(output_path_for(source, args.output_dir, passages_as_queries=derived)))
-        merged = merge_all_shards(inputs, args.output_dir, args.merge_shards, args.input_format, read_args,
-                                  args.overwrite)
-        shard_records = [args_file_name(args, Shard(i, args.merge_shards)) for i in range(args.merge_shards)]
-        write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv),
-                       script=args, resolved={"shard_records": shard_records})  # the shards' runs: their teachers
-        return merged
-
-
-def score_with_replicas(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
-                        model_paths: list[str], inputs: list, outputs: list[Path], expected: dict, read_args: dict) -> dict:
-    """--data_parallel_size N: N replicas each score every N-th query of every input (resuming
-    their shard files), then the shards are joined. Finished outputs are checked in full, as a
-    single run checks them, and split into shard files the replicas find done."""
-    if args.overwrite:  # gone now, as a single run deletes them: else a stopped rerun would find them finished
-        for output in outputs:
-            remove_output(output)
-    finished = [is_finished(output) for output in outputs]
-    if any(finished):
-        done = [i for i, ended in enumerate(finished) if ended]
-        checked = score_with_teachers(args, argv, teacher_types, backend, model_paths, [inputs[i] for i in done],
-                                      [outputs[i] for i in done], expected, Shard(), read_args)
-        if all(finished):
-            return checked
-        for i in done:
-            source, derived = inputs[i]
-            split_into_shards(source, args.output_dir, args.data_parallel_size, args.input_format, read_args, derived)
-            logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i],
-                        args.data_parallel_size)
-    total = sum(summary.pairs for summary in expected.values())
-    run_replicas(__file__, argv, args.data_parallel_size, args.tensor_parallel_size, args.output_dir, inputs, total,
-                 args.show_progress, on_cpu=args.device == "cpu")
-    # the replicas each wrote args.shard-I-of-N.json with the teachers they built
-    count = args.data_parallel_size
-    resolved = {"model_paths": model_paths, "teacher_types": teacher_types,
-                "replica_records": [args_file_name(args, Shard(i, count)) for i in range(count)]}
-    write_run_args(Path(args.output_dir) / args_file_name(args, Shard()), command_line(__file__, argv), script=args,
-                   resolved=resolved)
-    # (the caller holds the outputs' locks)
-    return merge_all_shards(inputs, args.output_dir, count, args.input_format, read_args, args.overwrite)
-
-
-def score_with_teachers(args: GenerateLogitsArguments, argv: list[str], teacher_types: list[str], backend: str,
-                        model_paths: list[str], inputs: list, outputs: list[Path], expected: dict, shard: Shard,
-                        read_args: dict) -> dict:
-    """Load the teachers on ``backend``, check the outputs against them, record the run's
-    arguments, and score each input into its output."""
-    teachers = build_teachers(model_paths, teacher_types, backend, args, given_names=args.model_path)
-    for teacher in teachers:
-        logger.info("teacher %s: %s", teacher.name, teacher.config)
-    # unset: 20000 pairs for vLLM, 1000 otherwise, or 20000 (every backend's default once) to resume a run begun so
-    chunk_sizes = [args.chunk_size] if args.chunk_size else [20_000] if backend == "vllm" else [1_000, 20_000]
-    jobs = [dict(source=source, output_path=output, teachers=teachers, expected=expected[source, derived],
-                 input_format=args.input_format, shard=shard, overwrite=args.overwrite, read_args=read_args,
-                 passages_as_queries=derived) for (source, derived), output in zip(inputs, outputs)]  # fmt: skip
-    resumes = [resume_point(**job, chunk_sizes=chunk_sizes) for job in jobs]
-    command = command_line(__file__, argv)
-    # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
-    if any(resume.done is not None for resume in resumes):
-        for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
-            teacher.load()
-        resolved = {"backend": backend, "chunk_size": {str(o): r.chunk_size for o, r in zip(outputs, resumes)},
-                    "model_paths": model_paths, "teachers": {t.name: t.config for t in teachers}}
-        write_run_args(Path(args.output_dir) / args_file_name(args, shard), command, script=args, resolved=resolved)
-
-    if args.overwrite:  # all now, not each in its turn: a rerun without --overwrite after a stop finds none of them
-        for output in outputs:
-            remove_output(output)
-    summary = {}
-    for job, resume, (source, derived), output in zip(jobs, resumes, inputs, outputs):
-        stats = score_source(**job, resume=resume, show_progress=args.show_progress, command=command)
-        if not stats.already_complete:
-            logger.info("%s: %s; this run scored %d of them%s in %.1f s, %.1f pairs/s", output,
-                        counts_message(vars(stats), expected[source, derived].queries_without_passages),
-                        stats.pairs - stats.resumed_at_pair,
-                        f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
-                        stats.pairs_per_second)
-        summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
-        if not stats.already_complete and shard.count == 1:  # a shard's share: reported once merged
-            lists = ranking_queries(source, args.input_format, read_args, derived)  # read again only if labelled
-            summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output, lists)
-    return summary
+                check_before_loading(output, run.teacher_types, run.model_paths, run.expected[source, derived],
+                                     args.input_format, run.shard, derived, args.label_column)
+        if args.data_parallel_size > 1 and run.shard.count == 1:
+            return score_with_replicas(run)
+        return score_with_teachers(run)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ reading and writing records (`jsonl`), data-set formats (`formats`), model and d
 download (`hub`), the teacher prompt (`prompts`), teacher backends (`teachers`),
 resumable scoring (`scoring`), shards and their merge (`shards`), triplet selection
 (`triplets`), training files (`training_data`), losses (`losses`), the trainer (`trainer`)
-and its batch samplers (`samplers`), and ranking metrics (`metrics`). train.py's own steps have a module each:
+and its batch samplers (`samplers`), and ranking metrics (`metrics`). generate_logits.py's runs (scoring
+in this process or in replicas, joining shards, each run's record) are `teacher_runs`; train.py's own steps
+have a module each:
 
 - `training`: its command line: the training flags it adds unless passed, and those it refuses;
 - `selection`: checkpoint selection: the held-out queries, MAP or eval loss, and the evaluator;

@@ -285,13 +285,14 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
 # What a resumed run may change: the time limit, early stopping, and flags of speed, hub access and
 # overwriting. Every other flag of train.py's own must match the run it continues (its data, model, loss
 # and their settings: a flag added later must match too, unless listed here); of Hugging Face's training
-# flags, those of the optimisation must.
+# flags, those of the optimisation and of what a step's batch holds must (a resumed epoch skips the batches
+# already trained by count: with batches made otherwise it would skip other examples).
 RESUME_MAY_CHANGE = ("max_train_seconds", "early_stopping_patience", "fused_forward", "pairs_per_forward",
                      "overwrite_output_dir", "hub", "cache_dir")
 RESUME_MUST_MATCH_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                               "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "seed",
                               "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                              "data_seed")
+                              "data_seed", "dataloader_drop_last")
 
 
 # The train.py settings that name a model or data on disk: compared by what they name

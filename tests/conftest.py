@@ -68,11 +68,12 @@ def teacher_never_loads(monkeypatch) -> type[Exception]:
     """generate_logits.py with every model path taken as given and TeacherWouldLoad raised where a
     teacher would load: a test runs main() up to that point and checks what happened before it."""
     import generate_logits
+    from rerank_distill import teacher_runs
 
     def load(*args, **kwargs):
         raise TeacherWouldLoad
 
     monkeypatch.setattr(generate_logits, "resolve_model", lambda path, *args: path)
-    monkeypatch.setattr(generate_logits, "build_teachers", load)
+    monkeypatch.setattr(teacher_runs, "build_teachers", load)
     monkeypatch.setattr(generate_logits, "score_with_replicas", load)
     return TeacherWouldLoad

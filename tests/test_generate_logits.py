@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import generate_logits
+from rerank_distill import teacher_runs
 from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
 from rerank_distill.scoring import (
@@ -360,15 +361,15 @@ def test_an_overwrite_stopped_in_its_first_input_is_continued_by_the_same_comman
              str(ranking_file), str(test_file), "--output_dir", str(tmp_path / "out"), "--device", "cpu",
              "--no_show_progress", "--chunk_size", "3"]
     generate_logits.main(flags)  # both finished, at the default --score_scale
-    original = generate_logits.score_source
+    original = teacher_runs.score_source
 
     def stop_in_the_first_input(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate_logits, "score_source", stop_in_the_first_input)
+    monkeypatch.setattr(teacher_runs, "score_source", stop_in_the_first_input)
     with pytest.raises(KeyboardInterrupt):
         generate_logits.main([*flags, "--score_scale", "5", "--overwrite"])
-    monkeypatch.setattr(generate_logits, "score_source", original)
+    monkeypatch.setattr(teacher_runs, "score_source", original)
     # both old outputs went when the run began, so neither refuses the same command without --overwrite
     generate_logits.main([*flags, "--score_scale", "5"])
     for name in ("train_scores.jsonl", "test_scores.jsonl"):
@@ -541,7 +542,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
 def test_a_second_run_stops_before_loading_a_teacher_or_touching_the_first_runs_record(tmp_path, ranking_file, monkeypatch):
     from rerank_distill.scoring import claim_output
 
-    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
+    monkeypatch.setattr(teacher_runs, "build_teachers", lambda *a, **k: pytest.fail("a teacher was loaded"))
     with claim_output(tmp_path / "o" / "train_scores.jsonl"):
         with pytest.raises(InputError, match="another run is writing"):
             generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")])
@@ -724,7 +725,7 @@ def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_
 def test_bad_input_stops_before_any_model_is_loaded(tmp_path, monkeypatch, content, message):
     source = tmp_path / "bad.jsonl"
     source.write_bytes(content.encode("latin-1" if "caf\xe9" in content else "utf-8"))
-    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
+    monkeypatch.setattr(teacher_runs, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(").replace("\\u", r"\\u")) as error:
         generate_logits.main(["--model_path", "unused", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
     assert str(source) in str(error.value)
@@ -743,7 +744,7 @@ def test_an_input_without_any_pair_is_refused_by_each_shards_run_as_by_a_single_
 
 def test_an_instruction_of_bytes_that_are_not_utf8_is_refused_before_any_model_is_loaded(tmp_path, monkeypatch,
                                                                                           ranking_file):
-    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
+    monkeypatch.setattr(teacher_runs, "build_teachers", lambda *a: pytest.fail("model loaded before input was checked"))
     with pytest.raises(InputError, match=r"^--instruction holds a byte that is not UTF-8 \(0xe9 at character 4\)"):
         generate_logits.main(["--model_path", "unused", "--input_path", str(ranking_file), "--output_dir",
                               str(tmp_path / "o"), "--instruction", os.fsdecode(b"caf\xe9 questions")])

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import generate_logits
+from rerank_distill import teacher_runs
 from rerank_distill.cli import parse_args, warn_unread
 from rerank_distill.errors import InputError
 from rerank_distill.prompts import DEFAULT_INSTRUCTION
@@ -727,7 +728,7 @@ def test_several_teachers_end_to_end_keep_each_score_and_combine_them(tiny_qwen3
 
 
 def test_teacher_types_that_do_not_match_the_models_stop_before_any_model_is_loaded(ranking_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_logits, "build_teachers", lambda *a: pytest.fail("model loaded before flags were checked"))
+    monkeypatch.setattr(teacher_runs, "build_teachers", lambda *a: pytest.fail("model loaded before flags were checked"))
     with pytest.raises(InputError, match="2 values for 3 --model_path"):
         generate_logits.main(["--model_path", "a", "b", "c", "--teacher_type", "llm_yesno", "embedding",
                               "--input_path", str(ranking_file), "--output_dir", str(tmp_path)])  # fmt: skip

@@ -1524,14 +1524,17 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
                      "1")["steps"] == 3
 
 
-def test_a_resume_with_other_scheduler_or_optimiser_arguments_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+def test_a_resume_with_other_scheduler_optimiser_or_batching_arguments_is_refused(tiny_cross_encoder, triplets_file,
+                                                                                   tmp_path):
     out = tmp_path / "out"
     flags = ["--eval_strategy", "no", "--save_steps", "1", "--lr_scheduler_type", "cosine_with_min_lr"]
     run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--lr_scheduler_kwargs", '{"min_lr": 1e-5}',
               *flags)
-    with pytest.raises(InputError, match=r"other settings \(differing: --lr_scheduler_kwargs, --optim_args;"):
+    with pytest.raises(InputError, match=r"other settings \(differing: --lr_scheduler_kwargs, --optim_args, "
+                                         r"--dataloader_drop_last;"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
-                  "--lr_scheduler_kwargs", '{"min_lr": 5e-4}', "--optim_args", "foreach=False", *flags)
+                  "--lr_scheduler_kwargs", '{"min_lr": 5e-4}', "--optim_args", "foreach=False",
+                  "--dataloader_drop_last", *flags)
 
 
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():

@@ -1,0 +1,182 @@
+"""generate_logits.py's runs: the outputs one run writes, and how it fills them: with teachers in
+this process, with one replica per GPU (--data_parallel_size) whose shard files are then joined, or
+by joining the shard files of earlier --shard I/N runs (--merge_shards N); and each run's record,
+``args*.json``, beside the outputs."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rerank_distill.cli import command_line, write_run_args
+from rerank_distill.errors import InputError
+from rerank_distill.jsonl import no_empty_folders_left
+from rerank_distill.replicas import run_replicas
+from rerank_distill.scoring import (
+    InputSummary,
+    Shard,
+    claim_output,
+    counts_message,
+    is_finished,
+    log_teacher_metrics,
+    output_path_for,
+    ranking_queries,
+    remove_output,
+    resume_point,
+    score_source,
+)
+from rerank_distill.shards import merge_all_shards, split_into_shards
+from rerank_distill.teachers import build_teachers
+
+logger = logging.getLogger("generate_logits")
+
+
+@dataclass
+class TeacherRun:
+    """One run of generate_logits.py: its parsed arguments (``args``), the script and argv it ran as
+    (replicas run the script again), and what it scores: ``inputs``, the (source,
+    passages_as_queries) streams, each into its output in ``outputs``; ``expected`` is each one's
+    checked InputSummary, ``teacher_types``, ``backend`` and ``model_paths`` (local folders) the
+    teachers' once chosen."""
+
+    args: Any
+    script: str
+    argv: list[str]
+    inputs: list[tuple[str, int]]
+    shard: Shard
+    read_args: dict
+    expected: dict[tuple[str, int], InputSummary] = field(default_factory=dict)
+    teacher_types: list[str] = field(default_factory=list)
+    backend: str = ""
+    model_paths: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [output_path_for(source, self.args.output_dir, self.shard, derived) for source, derived in self.inputs]
+
+    @property
+    def command(self) -> list[str]:
+        return command_line(self.script, self.argv)
+
+    def record_path(self, shard: Shard) -> Path:
+        """``args.json``, or for a shard ``args.shard-I-of-N.json``, in --output_dir; a run with
+        passages as queries adds ``.passages_as_queries`` (generate_logits.sh scores its first input
+        so and the others in a second run, and each run's record keeps its own name)."""
+        derived = ".passages_as_queries" if self.args.passages_as_queries else ""
+        return Path(self.args.output_dir) / f"args{shard.suffix()}{derived}.json"
+
+    def record(self, shard: Shard, **resolved) -> None:
+        """Write this run's arguments, command and ``resolved`` settings to record_path(shard)."""
+        write_run_args(self.record_path(shard), self.command, script=self.args, resolved=resolved)
+
+
+def refuse_conflicting_shard_flags(args) -> None:
+    """InputError for --shard, --merge_shards and --data_parallel_size given in a way that cannot work."""
+    if args.shard and (args.merge_shards or args.data_parallel_size > 1):
+        other = "--merge_shards" if args.merge_shards else "--data_parallel_size"
+        raise InputError(f"--shard {args.shard} scores one share in this process, {other} handles every share: "
+                         "pass one of them")
+    if args.merge_shards == 1:  # its one "shard" is the output itself: a merge would only replace its args.json
+        raise InputError("--merge_shards 1: a run of one shard writes the output itself, there is nothing to join; "
+                         "pass the N of the --shard I/N runs to join")
+    if args.merge_shards and args.check_inputs_only:
+        raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
+                         "pass one of them")
+
+
+def refuse_shared_outputs(run: TeacherRun) -> None:
+    """InputError where two inputs would write one output (their names give the same stem)."""
+    outputs = run.outputs
+    for index, output in enumerate(outputs):
+        if output in outputs[:index]:
+            raise InputError(f"--input_path {run.inputs[outputs.index(output)][0]} and {run.inputs[index][0]} would "
+                             f"both write {output} (their names give the same output name); rename one, or score "
+                             "them in runs with different --output_dir")
+
+
+def merge_shard_files(run: TeacherRun) -> dict:
+    """--merge_shards N: join each input's N finished shard files into its output, and record the run."""
+    args = run.args
+    with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
+        for output in run.outputs:
+            claimed.enter_context(claim_output(output))
+        merged = merge_all_shards(run.inputs, args.output_dir, args.merge_shards, args.input_format, run.read_args,
+                                  args.overwrite)
+        # the shards' runs' records hold their teachers
+        run.record(Shard(), shard_records=[run.record_path(Shard(i, args.merge_shards)).name
+                                           for i in range(args.merge_shards)])
+        return merged
+
+
+def score_with_replicas(run: TeacherRun) -> dict:
+    """--data_parallel_size N: N replicas each score every N-th query of every input (resuming
+    their shard files), then the shards are joined. Finished outputs are checked in full, as a
+    single run checks them, and split into shard files the replicas find done. The caller holds
+    the outputs' locks."""
+    args, outputs = run.args, run.outputs
+    if args.overwrite:  # gone now, as a single run deletes them: else a stopped rerun would find them finished
+        for output in outputs:
+            remove_output(output)
+    finished = [is_finished(output) for output in outputs]
+    if any(finished):
+        done = [i for i, ended in enumerate(finished) if ended]
+        checked = score_with_teachers(replace(run, inputs=[run.inputs[i] for i in done]))
+        if all(finished):
+            return checked
+        for i in done:
+            source, derived = run.inputs[i]
+            split_into_shards(source, args.output_dir, args.data_parallel_size, args.input_format, run.read_args,
+                              derived)
+            logger.info("%s is finished: split into %d shard files for the replicas to skip", outputs[i],
+                        args.data_parallel_size)
+    total = sum(summary.pairs for summary in run.expected.values())
+    count = args.data_parallel_size
+    run_replicas(run.script, run.argv, count, args.tensor_parallel_size, args.output_dir, run.inputs, total,
+                 args.show_progress, on_cpu=args.device == "cpu")
+    # each replica wrote args.shard-I-of-N.json with the teachers it built
+    run.record(Shard(), model_paths=run.model_paths, teacher_types=run.teacher_types,
+               replica_records=[run.record_path(Shard(i, count)).name for i in range(count)])
+    return merge_all_shards(run.inputs, args.output_dir, count, args.input_format, run.read_args, args.overwrite)
+
+
+def score_with_teachers(run: TeacherRun) -> dict:
+    """Load the teachers on the run's backend, check the outputs against them, record the run's
+    arguments, and score each input into its output; returns each output's counts and speed."""
+    args, outputs = run.args, run.outputs
+    teachers = build_teachers(run.model_paths, run.teacher_types, run.backend, args, given_names=args.model_path)
+    for teacher in teachers:
+        logger.info("teacher %s: %s", teacher.name, teacher.config)
+    # unset: 20000 pairs for vLLM, 1000 otherwise, or 20000 (every backend's default once) to resume a run begun so
+    chunk_sizes = [args.chunk_size] if args.chunk_size else [20_000] if run.backend == "vllm" else [1_000, 20_000]
+    jobs = [dict(source=source, output_path=output, teachers=teachers, expected=run.expected[source, derived],
+                 input_format=args.input_format, shard=run.shard, overwrite=args.overwrite, read_args=run.read_args,
+                 passages_as_queries=derived) for (source, derived), output in zip(run.inputs, outputs)]  # fmt: skip
+    resumes = [resume_point(**job, chunk_sizes=chunk_sizes) for job in jobs]
+    # args.json stays the record of the run that made the outputs where this one is refused or has nothing to do
+    if any(resume.done is not None for resume in resumes):
+        for teacher in teachers:  # an LLM judge's weights now: a load error writes and deletes nothing
+            teacher.load()
+        run.record(run.shard, backend=run.backend, chunk_size={str(o): r.chunk_size for o, r in zip(outputs, resumes)},
+                   model_paths=run.model_paths, teachers={t.name: t.config for t in teachers})
+
+    if args.overwrite:  # all now, not each in its turn: a rerun without --overwrite after a stop finds none of them
+        for output in outputs:
+            remove_output(output)
+    summary = {}
+    for job, resume, (source, derived), output in zip(jobs, resumes, run.inputs, outputs):
+        stats = score_source(**job, resume=resume, show_progress=args.show_progress, command=run.command)
+        expected = run.expected[source, derived]
+        if not stats.already_complete:
+            logger.info("%s: %s; this run scored %d of them%s in %.1f s, %.1f pairs/s", output,
+                        counts_message(vars(stats), expected.queries_without_passages),
+                        stats.pairs - stats.resumed_at_pair,
+                        f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,
+                        stats.pairs_per_second)
+        summary[str(output)] = {**vars(stats), "pairs_per_second": stats.pairs_per_second}
+        if not stats.already_complete and run.shard.count == 1:  # a shard's share: reported once merged
+            lists = ranking_queries(source, args.input_format, run.read_args, derived)  # read again only if labelled
+            summary[str(output)]["teacher_metrics"] = log_teacher_metrics(output, lists)
+    return summary
