@@ -395,11 +395,28 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
                          f"{name}:SPLIT (e.g. :test)")
 
     def read_part(part: str) -> Iterator[tuple[str, int, dict]]:
-        rows = loaded if part == "qrels" else load_hub_dataset(name, split, hub, cache_dir, config=part)
+        rows = loaded if part == "qrels" else _load_hub_part(name, split, part, hub, cache_dir)
         for row_number, record in enumerate(rows, start=1):
             yield f"{source} ({part})", row_number, dict(record)
 
     yield from join_parts(read_part, source)
+
+
+def _load_hub_part(name: str, split: str, part: str, hub: str, cache_dir: str | None):
+    """Part ``part`` (a configuration) of hub data set ``name`` in parts, of ``split``; corpus and
+    queries, which splits often share, from their only split where they have no ``split`` (BEIR-style
+    data sets keep them as splits named ``corpus`` and ``queries``), as a folder's are read (_part_files)."""
+    from rerank_distill.hub import load_hub_dataset
+
+    try:
+        return load_hub_dataset(name, split, hub, cache_dir, config=part)
+    except InputError as error:
+        if part not in ("corpus", "queries"):
+            raise
+        try:
+            return load_hub_dataset(name, None, hub, cache_dir, config=part)  # its only split, where it has one
+        except InputError:
+            raise error from None
 
 
 def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> tuple[str, int, dict]:
