@@ -386,8 +386,10 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
     loaded = load_hub_dataset(name, split or None, hub, cache_dir)
     rows = iter(loaded)
     first = next(rows, None)
-    if first is None or not is_qrels(first):
-        for row_number, record in enumerate(itertools.chain([first] if first else [], rows), start=1):
+    if first is None:  # as an empty file is: a stage would otherwise go on with no queries at all
+        raise InputError("contains no records (the data set is empty)", source)
+    if not is_qrels(first):
+        for row_number, record in enumerate(itertools.chain([first], rows), start=1):
             yield source, row_number, dict(record)
         return
     if not split:  # each part is loaded by name, and a part's only split need not be the others'

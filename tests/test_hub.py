@@ -318,3 +318,9 @@ def test_a_revision_of_a_local_model_folder_is_refused_not_ignored(tmp_path):
     with pytest.raises(InputError, match=r"^'.*/model' is a local folder, and @v2 names a revision of a hub model: "
                                          r"pass the folder as .*/model, or move it away"):
         resolve_model(f"{tmp_path}/model@v2")
+
+
+def test_a_hub_data_set_of_no_rows_is_refused_as_an_empty_file_is_not_read_as_no_queries(monkeypatch):
+    monkeypatch.setattr("rerank_distill.hub.load_hub_dataset", lambda *args, **kwargs: [])
+    with pytest.raises(InputError, match=r"^someone/some-data:validation: contains no records \(the data set is empty\)"):
+        list(iter_rows("someone/some-data:validation"))
