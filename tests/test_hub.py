@@ -225,6 +225,20 @@ def test_a_data_set_that_is_there_but_cannot_be_loaded_says_why_not_what_to_down
     assert "hf download" not in str(error.value)
 
 
+def test_a_data_set_of_several_configurations_and_no_default_names_them_and_what_to_pass(monkeypatch):
+    def load_dataset(*args, **kwargs):  # datasets' own message names the configurations on lines of their own
+        raise ValueError("Config name is missing.\nPlease pick one among the available configs: ['en', 'de']\n"
+                         "Example of usage:\n\t`load_dataset('someone/some-data', 'en')`")
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    monkeypatch.setattr("datasets.get_dataset_config_names", lambda name, **kwargs: ["en", "de"])
+    monkeypatch.setattr("rerank_distill.hub.unreachable_hugging_face_host", lambda: None)
+    with pytest.raises(InputError, match=r"^could not load dataset 'someone/some-data' from huggingface: ValueError: it "
+                                         r"has the configurations en, de and none is its default: .*`hf download someone/some-data "
+                                         r"--repo-type dataset --local-dir DIR`.* pass the folder of the one meant"):
+        load_hub_dataset("someone/some-data", "test")
+
+
 def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
     calls = []
     monkeypatch.setattr("datasets.load_dataset",
