@@ -353,8 +353,13 @@ def source_stem(source: str) -> str:
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
         return name
-    name, _, split = source.partition(":")  # a revision stays in: x@v1 and x@v2 are two data sets
-    return name.split("/")[-1] + (f"_{split}" if split else "")
+    from rerank_distill.hub import split_revision
+
+    name, _, split = source.partition(":")
+    name, revision = split_revision(name)
+    # a revision stays in (x@v1 and x@v2 are two data sets), its slashes (refs/pr/1) made dashes: a stem names no folder
+    at_revision = f"@{revision.replace('/', '-')}" if revision else ""
+    return name.split("/")[-1] + at_revision + (f"_{split}" if split else "")
 
 
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:

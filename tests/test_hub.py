@@ -291,6 +291,9 @@ def test_a_hub_data_sets_revision_stays_in_its_output_name():
 
     assert source_stem("mteb/so-reranking@v1:test") == "so-reranking@v1_test"
     assert source_stem("mteb/so-reranking:test") == "so-reranking_test"
+    # a revision whose name holds slashes (a pull request's, the Parquet conversion's branch) is one name too
+    assert source_stem("mteb/so-reranking@refs/pr/1:test") == "so-reranking@refs-pr-1_test"
+    assert source_stem("mteb/so-reranking@refs/convert/parquet") == "so-reranking@refs-convert-parquet"
 
 
 def test_a_revision_the_hub_does_not_have_says_to_check_it_not_to_download_elsewhere(monkeypatch):
