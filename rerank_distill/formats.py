@@ -353,8 +353,13 @@ def source_stem(source: str) -> str:
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
         return name
-    name, _, split = source.partition(":")  # a revision stays in: x@v1 and x@v2 are two data sets
-    return name.split("/")[-1] + (f"_{split}" if split else "")
+    from rerank_distill.hub import split_revision
+
+    name, _, split = source.partition(":")
+    name, revision = split_revision(name)
+    # a revision stays in (x@v1 and x@v2 are two data sets), its slashes (refs/pr/1) made dashes: a stem names no folder
+    at_revision = f"@{revision.replace('/', '-')}" if revision else ""
+    return name.split("/")[-1] + at_revision + (f"_{split}" if split else "")
 
 
 def iter_rows(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> Iterator[tuple[str, int, dict]]:
@@ -386,8 +391,10 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
     loaded = load_hub_dataset(name, split or None, hub, cache_dir)
     rows = iter(loaded)
     first = next(rows, None)
-    if first is None or not is_qrels(first):
-        for row_number, record in enumerate(itertools.chain([first] if first else [], rows), start=1):
+    if first is None:  # as an empty file is: a stage would otherwise go on with no queries at all
+        raise InputError("contains no records (the data set is empty)", source)
+    if not is_qrels(first):
+        for row_number, record in enumerate(itertools.chain([first], rows), start=1):
             yield source, row_number, dict(record)
         return
     if not split:  # each part is loaded by name, and a part's only split need not be the others'
@@ -395,11 +402,28 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
                          f"{name}:SPLIT (e.g. :test)")
 
     def read_part(part: str) -> Iterator[tuple[str, int, dict]]:
-        rows = loaded if part == "qrels" else load_hub_dataset(name, split, hub, cache_dir, config=part)
+        rows = loaded if part == "qrels" else _load_hub_part(name, split, part, hub, cache_dir)
         for row_number, record in enumerate(rows, start=1):
             yield f"{source} ({part})", row_number, dict(record)
 
     yield from join_parts(read_part, source)
+
+
+def _load_hub_part(name: str, split: str, part: str, hub: str, cache_dir: str | None):
+    """Part ``part`` (a configuration) of hub data set ``name`` in parts, of ``split``; corpus and
+    queries, which splits often share, from their only split where they have no ``split`` (BEIR-style
+    data sets keep them as splits named ``corpus`` and ``queries``), as a folder's are read (_part_files)."""
+    from rerank_distill.hub import load_hub_dataset
+
+    try:
+        return load_hub_dataset(name, split, hub, cache_dir, config=part)
+    except InputError as error:
+        if part not in ("corpus", "queries"):
+            raise
+        try:
+            return load_hub_dataset(name, None, hub, cache_dir, config=part)  # its only split, where it has one
+        except InputError:
+            raise error from None
 
 
 def first_record(source: str, hub: str = "huggingface", cache_dir: str | None = None) -> tuple[str, int, dict]:

@@ -251,28 +251,41 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
         raise _load_failure("model", name_or_path, hub, error) from None
 
 
-def _has_qrels_configuration(name: str, revision: str | None) -> bool:
-    """Whether hub data set ``name`` has a configuration named qrels; False where that cannot be
-    found out, so that the error that made the caller ask is the one reported."""
+def _configuration_names(name: str, revision: str | None) -> list[str]:
+    """The configurations of hub data set ``name``; none where they cannot be found out, so that
+    the error that made the caller ask is the one reported."""
     import datasets
 
     try:
-        return "qrels" in datasets.get_dataset_config_names(name, revision=revision)
+        return datasets.get_dataset_config_names(name, revision=revision)
     except Exception:  # offline, gated, ...: the loader's own error says more
-        return False
+        return []
 
 
 def _load_dataset(name: str, config: str | None, split: str | None, cache_dir: str | None, revision: str | None):
     """``datasets.load_dataset`` of a hub id or a folder; for a data set in parts with no default
-    configuration (several, none the default), its qrels one: the entry of such a data set."""
+    configuration (several, none the default), its qrels one: the entry of such a data set. Another
+    data set of several configurations and no default is a ValueError that names them and what to pass."""
     import datasets
 
     try:
         return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir, revision=revision)
-    except ValueError:
-        if config is not None or not _has_qrels_configuration(name, revision):
-            raise
-        return datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
+    except ValueError as error:
+        configs = [] if config is not None else _configuration_names(name, revision)
+        if "qrels" in configs:
+            return datasets.load_dataset(name, "qrels", split=split, cache_dir=cache_dir, revision=revision)
+        # datasets names the configurations on lines of their own, which a one-line error leaves out; and
+        # there is no flag to name one: a source is one data set
+        if len(configs) > 1 and str(error).startswith("Config name is missing"):
+            if os.path.isdir(name):  # a copy in the hub cache: a folder already
+                what_to_do = f"pass the folder of the one meant as {name}/FOLDER:SPLIT"
+            else:
+                revision_flag = f" --revision {revision}" if revision else ""
+                what_to_do = (f"download it (`hf download {name} --repo-type dataset{revision_flag} --local-dir DIR`) "
+                              "and pass the folder of the one meant as DIR/FOLDER:SPLIT")
+            raise ValueError(f"it has the configurations {', '.join(configs)} and none is its default: "
+                             f"{what_to_do}") from None
+        raise
 
 
 def _hub_cache_copy(name: str, revision: str | None, cache_dir: str | None) -> str | None:

@@ -225,6 +225,20 @@ def test_a_data_set_that_is_there_but_cannot_be_loaded_says_why_not_what_to_down
     assert "hf download" not in str(error.value)
 
 
+def test_a_data_set_of_several_configurations_and_no_default_names_them_and_what_to_pass(monkeypatch):
+    def load_dataset(*args, **kwargs):  # datasets' own message names the configurations on lines of their own
+        raise ValueError("Config name is missing.\nPlease pick one among the available configs: ['en', 'de']\n"
+                         "Example of usage:\n\t`load_dataset('someone/some-data', 'en')`")
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    monkeypatch.setattr("datasets.get_dataset_config_names", lambda name, **kwargs: ["en", "de"])
+    monkeypatch.setattr("rerank_distill.hub.unreachable_hugging_face_host", lambda: None)
+    with pytest.raises(InputError, match=r"^could not load dataset 'someone/some-data' from huggingface: ValueError: it "
+                                         r"has the configurations en, de and none is its default: .*`hf download someone/some-data "
+                                         r"--repo-type dataset --local-dir DIR`.* pass the folder of the one meant"):
+        load_hub_dataset("someone/some-data", "test")
+
+
 def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
     calls = []
     monkeypatch.setattr("datasets.load_dataset",
@@ -277,6 +291,9 @@ def test_a_hub_data_sets_revision_stays_in_its_output_name():
 
     assert source_stem("mteb/so-reranking@v1:test") == "so-reranking@v1_test"
     assert source_stem("mteb/so-reranking:test") == "so-reranking_test"
+    # a revision whose name holds slashes (a pull request's, the Parquet conversion's branch) is one name too
+    assert source_stem("mteb/so-reranking@refs/pr/1:test") == "so-reranking@refs-pr-1_test"
+    assert source_stem("mteb/so-reranking@refs/convert/parquet") == "so-reranking@refs-convert-parquet"
 
 
 def test_a_revision_the_hub_does_not_have_says_to_check_it_not_to_download_elsewhere(monkeypatch):
@@ -318,3 +335,9 @@ def test_a_revision_of_a_local_model_folder_is_refused_not_ignored(tmp_path):
     with pytest.raises(InputError, match=r"^'.*/model' is a local folder, and @v2 names a revision of a hub model: "
                                          r"pass the folder as .*/model, or move it away"):
         resolve_model(f"{tmp_path}/model@v2")
+
+
+def test_a_hub_data_set_of_no_rows_is_refused_as_an_empty_file_is_not_read_as_no_queries(monkeypatch):
+    monkeypatch.setattr("rerank_distill.hub.load_hub_dataset", lambda *args, **kwargs: [])
+    with pytest.raises(InputError, match=r"^someone/some-data:validation: contains no records \(the data set is empty\)"):
+        list(iter_rows("someone/some-data:validation"))

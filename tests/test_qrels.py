@@ -25,21 +25,27 @@ README = """---
 configs:
 """ + "".join(f"""- config_name: {config}
   data_files:
-  - split: test
-    path: {folder}/test-*
-""" for config, folder in (("corpus", "corpus"), ("{qrels}", "{qrels_folder}"), ("queries", "queries"),
-                           ("top_ranked", "top_ranked"))) + "---\n"
+  - split: {split}
+    path: {folder}/{split}-*
+""" for config, folder, split in (("corpus", "corpus", "{corpus_split}"), ("{qrels}", "{qrels_folder}", "test"),
+                                  ("queries", "queries", "{queries_split}"), ("top_ranked", "top_ranked", "test"))) + "---\n"
 
 
 def write_parts(folder: Path, corpus=CORPUS, queries=QUERIES, qrels=QRELS, top_ranked=TOP_RANKED,
-                qrels_config: str = "default") -> Path:
+                qrels_config: str = "default", own_splits: bool = False) -> Path:
     """A data set in parts as `hf download --repo-type dataset` leaves MTEB v2's (qrels in data/
-    for the default configuration), with the README that tells `datasets` its configurations."""
+    for the default configuration), with the README that tells `datasets` its configurations.
+    ``own_splits``: the corpus and the queries kept as one split named after their part, as
+    BEIR-style data sets keep them, instead of the split "test"."""
     qrels_folder = "data" if qrels_config == "default" else qrels_config
+    split_of = {name: name if own_splits and name in ("corpus", "queries") else "test"
+                for name in ("corpus", "queries", qrels_folder, "top_ranked")}  # fmt: skip
     for name, rows in (("corpus", corpus), ("queries", queries), (qrels_folder, qrels), ("top_ranked", top_ranked)):
         (folder / name).mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows), folder / name / "test-00000-of-00001.parquet")
-    (folder / "README.md").write_text(README.replace("{qrels}", qrels_config).replace("{qrels_folder}", qrels_folder))
+        pq.write_table(pa.Table.from_pylist(rows), folder / name / f"{split_of[name]}-00000-of-00001.parquet")
+    (folder / "README.md").write_text(README.replace("{qrels}", qrels_config).replace("{qrels_folder}", qrels_folder)
+                                      .replace("{corpus_split}", split_of["corpus"])
+                                      .replace("{queries_split}", split_of["queries"]))
     return folder
 
 
@@ -165,25 +171,35 @@ def test_a_folder_with_a_corpus_and_queries_but_no_candidate_lists_says_what_is_
         records(f"{parts}:test")
 
 
-@pytest.mark.parametrize("qrels_config", ["default", "qrels"])
-def test_a_hub_data_set_in_parts_is_joined_from_its_configurations(tmp_path, monkeypatch, qrels_config):
+def serve_from_folder(monkeypatch, parts: Path, cache: Path) -> None:
+    """Every hub id served by the folder ``parts``, which datasets reads by its README as it reads a hub repository."""
     import datasets
 
     from rerank_distill import hub
 
-    parts = write_parts(tmp_path / "so", qrels_config=qrels_config)
     load, names = datasets.load_dataset, datasets.get_dataset_config_names
-    # The hub id is served by that folder, which datasets reads by its README as it reads a hub repository.
     monkeypatch.setattr(hub, "unreachable_hugging_face_host", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config, **kwargs: load(
-        str(parts), config, split=kwargs["split"], cache_dir=str(tmp_path / "cache")))
+        str(parts), config, split=kwargs["split"], cache_dir=str(cache)))
     monkeypatch.setattr(datasets, "get_dataset_config_names", lambda name, **kwargs: names(str(parts)))
+
+
+@pytest.mark.parametrize("qrels_config", ["default", "qrels"])
+def test_a_hub_data_set_in_parts_is_joined_from_its_configurations(tmp_path, monkeypatch, qrels_config):
+    parts = write_parts(tmp_path / "so", qrels_config=qrels_config)
+    serve_from_folder(monkeypatch, parts, tmp_path / "cache")
 
     assert records("mteb/SODupQuestions:test") == records(f"{parts}:test")
     file, row, _ = next(iter_rows("mteb/SODupQuestions:test"))
     assert (file, row) == ("mteb/SODupQuestions:test (top_ranked)", 1)
     with pytest.raises(InputError, match=r"is in parts .*: name the split as mteb/SODupQuestions:SPLIT"):
         records("mteb/SODupQuestions")
+
+
+def test_a_hub_data_sets_corpus_and_queries_are_read_from_their_one_split_whatever_its_name(tmp_path, monkeypatch):
+    parts = write_parts(tmp_path / "scifact", own_splits=True)  # corpus/corpus-*.parquet, queries/queries-*.parquet
+    serve_from_folder(monkeypatch, parts, tmp_path / "cache")
+    assert records("mteb/SciFactLike:test") == records(f"{parts}:test") == records(f"{write_parts(tmp_path / 'so')}:test")
 
 
 def test_offline_a_hub_data_set_in_parts_is_joined_from_its_copy_in_the_hub_cache(tmp_path, monkeypatch):
