@@ -850,7 +850,8 @@ def teacher_scores_for(
     if not with_probs:
         return TeacherRanking(per_query)
     words = label_words or list(with_probs[0])
-    if not label_words and not label_grades and not all(word.strip().lower() in ESCI_GRADES for word in words):
+    # (--label_grades alone grade no such words: a label_probs object's key order is the writer's, no ranking)
+    if not label_words and not all(word.strip().lower() in ESCI_GRADES for word in words):
         raise InputError(
             f"the teacher's label_probs use the words {words}, which are not ESCI's; name them best first with "
             "--label_words (and their grades with --label_grades, default len-1 down to 0)",

@@ -582,6 +582,14 @@ def test_label_words_that_are_not_esci_need_label_words_naming_them(tiny_cross_e
     assert report["graded"]["label_accuracy"]["teacher"]["confusion"] == {"2": {"2": 1}, "1": {"0": 1}, "0": {"0": 1}}
 
 
+def test_label_grades_alone_never_grade_words_that_are_not_esci_by_their_order_in_the_file(tiny_cross_encoder, tmp_path):
+    # the keys of a label_probs object are in whatever order the tool that wrote it left them: no ranking of the
+    # words, so grades given without --label_words have no words to go with (here they would grade bad best)
+    dataset, teacher = good_ok_bad_files(tmp_path)
+    with pytest.raises(InputError, match=rf"{teacher}: the teacher's label_probs use the words \['good', 'ok', 'b"):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher), "--label_grades", "0", "1", "2")
+
+
 @pytest.mark.parametrize(("grades", "problem"), [
     (["1", "1", "1"], "--label_grades gives every label word the grade 1; grade them apart"),
     (["2", "nan", "0"], "--label_grades must be finite numbers, got 2 nan 0"),
