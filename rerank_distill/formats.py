@@ -232,8 +232,8 @@ def splits_in(folder: str) -> dict[str, list[str]]:
         by_split = {}
         for root, folders, files in os.walk(folder):
             folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
-            for name in files:
-                if name.endswith(DATA_FILE_SUFFIXES):
+            for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
+                if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):
                     by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
     if not by_split:
         raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
@@ -569,9 +569,11 @@ def check_named_format(record: dict, path: str, line: int, input_format: str, la
 def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     """A row's identifier columns (``id``, ``qid``, ``docid``, or a name ending in ``_id`` or ``-id``:
     ESCI's query_id, product_id, example_id), kept beside each output line so it can be joined back
-    to its row; values JSON has no type for (dates, decimals, bytes) are written as text. InputError
-    for one holding a lone surrogate (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
+    to its row; values JSON has no type for (dates, decimals, bytes) are written as text, a missing
+    number (NaN, as pandas and Parquet hold one) as null. InputError for one holding a lone surrogate
+    (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
     ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
+    ids = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in ids.items()}
     for name, value in ids.items():
         if isinstance(value, str):
             check_encodable(value, f"id column {shown(name)}", path, line)

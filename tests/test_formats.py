@@ -387,6 +387,16 @@ def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
     assert source_stem(str(dataset_folder)) == "so-reranking"
 
 
+def test_hidden_files_in_a_data_set_folder_are_not_data(tmp_path):
+    folder = tmp_path / "copied"
+    folder.mkdir()
+    write_jsonl_records(folder / "test.jsonl", FOLDER_TEST)
+    # macOS leaves ._NAME beside each file it copies; an editor leaves .#NAME
+    (folder / "._test.jsonl").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / ".#test.jsonl").write_text("not json", encoding="utf-8")
+    assert as_tuples(folder) == as_tuples(f"{folder}:test") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+
+
 def test_a_parquet_conversion_folder_takes_the_split_from_the_numbered_files_folder(tmp_path):
     """The hub's Parquet conversion: CONFIG/SPLIT/0000.parquet."""
     folder = tmp_path / "converted"
@@ -647,6 +657,14 @@ def test_id_columns_are_the_named_ids_and_names_ending_in_underscore_or_dash_id(
     record = {"query": "q", "passage": "p", "label": 1, "qid": 3, "doc-id": "D7", "example_id": 10, "idea": "x",
               "valid": True}
     assert id_columns(record, "rows.jsonl", 1) == {"qid": 3, "doc-id": "D7", "example_id": 10}
+
+
+def test_a_missing_id_read_as_nan_is_written_as_null_which_json_has():
+    # (pandas and Parquet hold a missing number as NaN, which json.dumps would write as a bare NaN)
+    record = {"query": "q", "passage": "p", "query_id": float("nan"), "product_id": "B1", "example_id": float("inf")}
+    ids = id_columns(record, "rows.parquet", 2)
+    assert ids == {"query_id": None, "product_id": "B1", "example_id": None}
+    assert json.loads(json.dumps(ids, allow_nan=False)) == ids
 
 
 # --- writing outputs ---
