@@ -767,11 +767,11 @@ def label_probs_of(value: Any, path: str, line: int) -> dict[str, float]:
 def label_word_grades(words: list[str], grades: list[float] | None = None) -> dict[str, float]:
     """``{label word: grade}`` for a graded-label teacher's words. Without ``grades``: the ESCI
     grades when every word is an ESCI label (exact/substitute/complement/irrelevant or E/S/C/I),
-    else ``len(words) - 1`` down to 0 in the order given (best first). InputError when a word
-    repeats, or ``grades`` cannot grade them: another length, a non-finite grade, one grade for
-    all, or ESCI's words graded in another order than ESCI's."""
-    if len(set(words)) != len(words):
-        raise InputError(f"--label_words must be distinct words, got {words}")
+    else ``len(words) - 1`` down to 0 in the order given (best first). InputError for fewer than two
+    words or a word repeated, or ``grades`` that cannot grade them: another length, a non-finite grade,
+    one grade for all, or ESCI's words graded in another order than ESCI's."""
+    if len(words) < 2 or len(set(words)) != len(words):  # one answer: every pair the same expected grade
+        raise InputError(f"--label_words needs at least two different words, got {words}")
     esci = [ESCI_GRADES.get(word.strip().lower()) for word in words]
     if grades is None:
         if None not in esci:

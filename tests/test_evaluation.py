@@ -308,6 +308,12 @@ def test_label_words_no_teacher_label_probs_are_read_with_are_warned_about(ranki
     assert "--label_words ['E', 'S', 'C', 'I'] is not read: only a label teacher's label_probs" in caplog.text
 
 
+def test_one_label_word_is_refused_as_stage_1_refuses_it(ranking_file, tmp_path):
+    # (one answer word grades every pair alike: its label accuracy would be 100% of nothing)
+    with pytest.raises(InputError, match=r"--label_words needs at least two different words, got \['exact'\]"):
+        run(tmp_path, tmp_path / "no-model-needed", ranking_file, "--label_words", "exact")
+
+
 @pytest.mark.parametrize("output", ["a_folder", "a_file.jsonl/report.json"])
 def test_an_output_path_that_cannot_be_written_fails_before_any_scoring(ranking_file, tmp_path, output):
     (tmp_path / "a_folder").mkdir()

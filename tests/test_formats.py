@@ -640,8 +640,9 @@ def test_label_words_get_esci_grades_else_descending_grades_in_the_order_given()
     assert label_word_grades(["yes", "no"], [1, 0]) == {"yes": 1.0, "no": 0.0}
     with pytest.raises(InputError, match="give one grade per word"):
         label_word_grades(["yes", "no"], [1])
-    with pytest.raises(InputError, match="distinct"):
-        label_word_grades(["yes", "yes"])
+    for one_answer in (["yes", "yes"], ["yes"]):
+        with pytest.raises(InputError, match="needs at least two different words"):
+            label_word_grades(one_answer)
 
 
 def test_esci_files_own_columns_are_graded_rows(tmp_path):

@@ -179,10 +179,7 @@ def check_teacher_options(teacher_types: list[str], options) -> None:
     """Refuse flag values the chosen teacher types cannot use, before any input is read; fill in
     ``options.label_grades`` where it is None (see label_word_grades)."""
     if "llm_labels" in teacher_types:
-        words = options.label_words
-        if len(words) < 2 or len(set(words)) != len(words):
-            raise InputError(f"--label_words needs at least two different words, got {words}")
-        options.label_grades = list(label_word_grades(words, options.label_grades).values())
+        options.label_grades = list(label_word_grades(options.label_words, options.label_grades).values())
     if "embedding" in teacher_types and not 0 < options.score_scale < math.inf:
         raise InputError(f"--score_scale must be positive and finite, got {options.score_scale}")
 
