@@ -151,6 +151,21 @@ def test_an_llm_without_sentence_transformers_files_is_no_embedding_teacher(tiny
     check_model_kind("embedding", str(embedding_llm))  # not refused
 
 
+def test_a_masked_lm_checkpoint_is_no_cross_encoder_teacher(tiny_cross_encoder, tmp_path):
+    """A pre-trained encoder (bert-base-uncased: BertForMaskedLM) has no relevance head: as a
+    cross_encoder it got a new random one and scored noise, other noise each run, exit status 0."""
+    from rerank_distill.teachers import check_model_kind, model_kind
+    from transformers import BertForMaskedLM
+
+    masked_lm = tmp_path / "bert-base"
+    BertForMaskedLM(AutoConfig.from_pretrained(tiny_cross_encoder)).save_pretrained(masked_lm)
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(masked_lm)
+    assert model_kind(str(masked_lm)) == "embedding"  # a bare encoder: either class drops its pre-training head
+    with pytest.raises(InputError, match=rf"{masked_lm} holds an embedding model, but --teacher_type cross_encoder"):
+        check_model_kind("cross_encoder", str(masked_lm))
+    check_model_kind("embedding", str(masked_lm))  # mean-pooled as sentence-transformers does a bare encoder
+
+
 def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
     from rerank_distill.teachers import model_kind
 
