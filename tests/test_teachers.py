@@ -271,6 +271,21 @@ def test_embedding_teacher_embeds_each_distinct_text_once(tiny_embedding_model):
     assert sorted(seen["document"]) == sorted(set(DOCS))
 
 
+def test_a_max_length_the_prompts_fill_leaves_no_room_for_text_and_is_refused(tiny_embedding_model):
+    """Inputs are cut from their end, prompt included: where the prompt and the special tokens fill
+    --max_length, every query (or document) was its prompt alone, one vector for all, and the
+    scores meant nothing, with exit status 0."""
+    # [CLS] query : [SEP] is 4 tokens, [CLS] passage: [SEP] 10 in the tiny tokenizer
+    with pytest.raises(InputError, match=r"--max_length 4 leaves no room for text: the query prompt 'query: ' and "
+                                         r"the special tokens take 4"):
+        EmbeddingTeacher(str(tiny_embedding_model), max_length=4, batch_size=2, device="cpu")
+    with pytest.raises(InputError, match=r"--max_length 10 leaves no room for text: the document prompt "
+                                         r"'passage: ' and the special tokens take 10"):
+        EmbeddingTeacher(str(tiny_embedding_model), max_length=10, batch_size=2, device="cpu")
+    room = EmbeddingTeacher(str(tiny_embedding_model), max_length=11, batch_size=2, device="cpu")
+    assert room.score(["git rebase", "bake bread"], ["use git", "use git"]).scores.std() > 0
+
+
 def test_model_prompts_take_the_query_prompt_and_the_first_document_prompt():
     assert model_prompts({"query": "q: ", "passage": "p: ", "corpus": "c: "}) == ("q: ", "p: ")
     assert model_prompts({"query": None, "document": None}) == ("", "")
