@@ -350,6 +350,15 @@ def test_label_flags_are_checked_before_anything_is_read(flags, message):
         check_teacher_options(["llm_labels"], options(*flags))
 
 
+@pytest.mark.parametrize("grades", [["1", "0", "0", "0"], ["1", "1", "0", "0"], ["1", "0.1", "0.01", "0"]])
+def test_esci_words_graded_in_esci_order_with_ties_are_kept(grades):
+    """Exact against the rest (1 0 0 0) ranks no word above one ESCI ranks higher: no reordering
+    to refuse (it was refused as 'another order than ESCI's')."""
+    given = options("--label_words", *ESCI, "--label_grades", *grades)
+    check_teacher_options(["llm_labels"], given)
+    assert given.label_grades == [float(grade) for grade in grades]
+
+
 @pytest.mark.parametrize("words, grades", [(["good", "fair", "bad"], [2.0, 1.0, 0.0]),
                                            (["I", "C", "S", "E"], [0.0, 1.0, 2.0, 3.0]),
                                            (["exact", "substitute", "complement", "irrelevant"], [3.0, 2.0, 1.0, 0.0])])
