@@ -784,9 +784,10 @@ def label_word_grades(words: list[str], grades: list[float] | None = None) -> di
         raise InputError(f"--label_grades must be finite numbers, got {' '.join(f'{g:g}' for g in grades)}")
     if len(set(grades)) == 1 and len(words) > 1:  # every answer the same grade: the expected grade would be a constant
         raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
-    # ESCI's labels graded in another order (words reordered, the grades left as they were)
-    if None not in esci and any((a > b) != (grade_a > grade_b) for a, grade_a in zip(esci, grades)
-                                for b, grade_b in zip(esci, grades) if a != b):  # fmt: skip
+    # ESCI's labels graded in another order (words reordered, the grades left as they were); grades
+    # that tie ESCI's labels (exact against the rest: 1 0 0 0) reorder none
+    if None not in esci and any(a > b and grade_a < grade_b for a, grade_a in zip(esci, grades)
+                                for b, grade_b in zip(esci, grades)):  # fmt: skip
         given, wanted = (" ".join(f"{g:g}" for g in values) for values in (grades, esci))
         raise InputError(
             f"--label_words {' '.join(words)} are ESCI's labels, but --label_grades {given} ranks them in another "

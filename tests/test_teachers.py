@@ -152,6 +152,21 @@ def test_an_llm_without_sentence_transformers_files_is_no_embedding_teacher(tiny
     check_model_kind("embedding", str(embedding_llm))  # not refused
 
 
+def test_a_masked_lm_checkpoint_is_no_cross_encoder_teacher(tiny_cross_encoder, tmp_path):
+    """A pre-trained encoder (bert-base-uncased: BertForMaskedLM) has no relevance head: as a
+    cross_encoder it got a new random one and scored noise, other noise each run, exit status 0."""
+    from rerank_distill.teachers import check_model_kind, model_kind
+    from transformers import BertForMaskedLM
+
+    masked_lm = tmp_path / "bert-base"
+    BertForMaskedLM(AutoConfig.from_pretrained(tiny_cross_encoder)).save_pretrained(masked_lm)
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(masked_lm)
+    assert model_kind(str(masked_lm)) == "embedding"  # a bare encoder: either class drops its pre-training head
+    with pytest.raises(InputError, match=rf"{masked_lm} holds an embedding model, but --teacher_type cross_encoder"):
+        check_model_kind("cross_encoder", str(masked_lm))
+    check_model_kind("embedding", str(masked_lm))  # mean-pooled as sentence-transformers does a bare encoder
+
+
 def test_each_kind_of_checkpoint_is_told_from_its_config(tiny_qwen3, tiny_cross_encoder, tiny_embedding_model, tmp_path):
     from rerank_distill.teachers import model_kind
 
@@ -257,6 +272,21 @@ def test_embedding_teacher_embeds_each_distinct_text_once(tiny_embedding_model):
     assert sorted(seen["document"]) == sorted(set(DOCS))
 
 
+def test_a_max_length_the_prompts_fill_leaves_no_room_for_text_and_is_refused(tiny_embedding_model):
+    """Inputs are cut from their end, prompt included: where the prompt and the special tokens fill
+    --max_length, every query (or document) was its prompt alone, one vector for all, and the
+    scores meant nothing, with exit status 0."""
+    # [CLS] query : [SEP] is 4 tokens, [CLS] passage: [SEP] 10 in the tiny tokenizer
+    with pytest.raises(InputError, match=r"--max_length 4 leaves no room for text: the query prompt 'query: ' and "
+                                         r"the special tokens take 4"):
+        EmbeddingTeacher(str(tiny_embedding_model), max_length=4, batch_size=2, device="cpu")
+    with pytest.raises(InputError, match=r"--max_length 10 leaves no room for text: the document prompt "
+                                         r"'passage: ' and the special tokens take 10"):
+        EmbeddingTeacher(str(tiny_embedding_model), max_length=10, batch_size=2, device="cpu")
+    room = EmbeddingTeacher(str(tiny_embedding_model), max_length=11, batch_size=2, device="cpu")
+    assert room.score(["git rebase", "bake bread"], ["use git", "use git"]).scores.std() > 0
+
+
 def test_model_prompts_take_the_query_prompt_and_the_first_document_prompt():
     assert model_prompts({"query": "q: ", "passage": "p: ", "corpus": "c: "}) == ("q: ", "p: ")
     assert model_prompts({"query": None, "document": None}) == ("", "")
@@ -319,6 +349,15 @@ def test_esci_words_the_tokenizer_splits_stop_the_run_with_their_letters_as_the_
 def test_label_flags_are_checked_before_anything_is_read(flags, message):
     with pytest.raises(InputError, match=message):
         check_teacher_options(["llm_labels"], options(*flags))
+
+
+@pytest.mark.parametrize("grades", [["1", "0", "0", "0"], ["1", "1", "0", "0"], ["1", "0.1", "0.01", "0"]])
+def test_esci_words_graded_in_esci_order_with_ties_are_kept(grades):
+    """Exact against the rest (1 0 0 0) ranks no word above one ESCI ranks higher: no reordering
+    to refuse (it was refused as 'another order than ESCI's')."""
+    given = options("--label_words", *ESCI, "--label_grades", *grades)
+    check_teacher_options(["llm_labels"], given)
+    assert given.label_grades == [float(grade) for grade in grades]
 
 
 @pytest.mark.parametrize("words, grades", [(["good", "fair", "bad"], [2.0, 1.0, 0.0]),

@@ -230,6 +230,9 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# An encoder as pre-trained (bert-base-uncased: BertForMaskedLM) has no relevance head, so a
+# CrossEncoder built on it adds a random one; sentence-transformers drops the head and pools the encoder.
+PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining")
 
 
 def model_config(model_path: str, name: str = "config.json") -> dict:
@@ -244,7 +247,8 @@ def model_config(model_path: str, name: str = "config.json") -> dict:
 def model_kind(model_path: str) -> str | None:
     """What a model folder plainly holds, by its config files: "llm" (a generative head),
     "cross_encoder" (a classification head, or sentence-transformers' CrossEncoder), "embedding"
-    (a sentence-transformers embedding model or a bare encoder), or None where they do not tell."""
+    (a sentence-transformers embedding model or a bare encoder, its pre-training head or not), or
+    None where they do not tell."""
     architectures = model_config(model_path).get("architectures") or []
     sentence_transformers_type = model_config(model_path, "config_sentence_transformers.json").get("model_type")
     if sentence_transformers_type == "CrossEncoder" or any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -252,7 +256,7 @@ def model_kind(model_path: str) -> str | None:
     if any(a.endswith(GENERATIVE_HEADS) for a in architectures):
         return "llm"
     if architectures and (sentence_transformers_type == "SentenceTransformer" or (Path(model_path) / "modules.json").exists()
-                          or all(a.endswith("Model") for a in architectures)):
+                          or all(a.endswith(("Model", *PRETRAINING_HEADS)) for a in architectures)):
         return "embedding"
     return None
 

@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from rerank_distill.errors import InputError
 from rerank_distill.teachers import TeacherScores, teacher_name
-from rerank_distill.teachers.sentence_models import limit_length, load_model, too_long
+from rerank_distill.teachers.sentence_models import limit_length, load_model, token_lengths, too_long
 
 DEFAULT_SCORE_SCALE = 10.0
 # sentence-transformers' encode_document looks for these prompt names, in this order.
@@ -29,6 +30,16 @@ def model_prompts(prompts: dict[str, str | None], query_prompt: str | None = Non
         query_prompt = prompts.get("query") or ""
     document_prompt = next((prompts[name] for name in DOCUMENT_PROMPT_NAMES if prompts.get(name)), "")
     return query_prompt, document_prompt
+
+
+def refuse_prompts_filling(tokenizer, query_prompt: str, document_prompt: str, max_length: int) -> None:
+    """InputError where a prompt and the special tokens take all of ``max_length``: an input is cut
+    from its end, so every query (or document) would be its prompt alone, one vector for all."""
+    prompts = {"query": query_prompt, "document": document_prompt}
+    for kind, length in zip(prompts, token_lengths(tokenizer, list(prompts.values()))):
+        if max_length <= length:
+            raise InputError(f"--max_length {max_length} leaves no room for text: the {kind} prompt "
+                             f"{prompts[kind]!r} and the special tokens take {length}; give a larger one")
 
 
 class EmbeddingTeacher:
@@ -51,6 +62,7 @@ class EmbeddingTeacher:
         self.batch_size = batch_size
         self.score_scale = float(score_scale)
         self.query_prompt, self.document_prompt = model_prompts(self.model.prompts, query_prompt)
+        refuse_prompts_filling(self.model.tokenizer, self.query_prompt, self.document_prompt, self.max_length)
         self.name = teacher_name(model_path)
         self.config = {
             "teacher_type": "embedding",
