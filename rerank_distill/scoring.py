@@ -28,6 +28,7 @@ from rerank_distill.formats import (
     ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
 )
 from rerank_distill.jsonl import dumps, only_writer
+from rerank_distill.teachers import LLM_TEACHER_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -239,22 +240,21 @@ def _legacy_fingerprint(source: str, teacher_configs: list[dict], input_format: 
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _check_scores_vary(scores: np.ndarray, teacher_name: str) -> None:
+def _check_scores_vary(scores: np.ndarray, teacher) -> None:
     if len(scores) < 2:
         return
+    if teacher.config.get("teacher_type") in LLM_TEACHER_TYPES:
+        cause = ("the model or its prompt is broken (some vLLM releases did this for Qwen3-Reranker-8B: try "
+                 "--backend hf on a few queries to compare)")
+        check = "check the instruction and model"
+    else:  # a head that never trained (a checkpoint saved without it) scores alike too
+        cause = check = "check that the model is a trained one of this --teacher_type"
     if np.ptp(scores) == 0:
-        raise InputError(
-            f"teacher {teacher_name} gave every pair of the first chunk it scored the same score ({scores[0]:.6g}); "
-            "the model or its prompt is broken (some vLLM releases did this for Qwen3-Reranker-8B: try "
-            "--backend hf on a few queries to compare)"
-        )
+        raise InputError(f"teacher {teacher.name} gave every pair of the first chunk it scored the same score "
+                         f"({scores[0]:.6g}); {cause}")
     if scores.std() < 0.05:
-        logger.warning(
-            "teacher %s's scores barely vary (std %.4f on the first chunk it scored): a collapsed or mis-prompted teacher "
-            "teaches little; check the instruction and model",
-            teacher_name,
-            scores.std(),
-        )
+        logger.warning("teacher %s's scores barely vary (std %.4f on the first chunk it scored): a collapsed or "
+                       "mis-prompted teacher teaches little; %s", teacher.name, scores.std(), check)
 
 
 class SharedProgress:
@@ -302,7 +302,7 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
                 "in --dtype (try --dtype float32 or bfloat16); the chunks before this one are kept"
             )
         if check_variation:
-            _check_scores_vary(result.scores, teacher.name)
+            _check_scores_vary(result.scores, teacher)
         results.append(result)
     rows = np.asarray(pair_rows)
     if len(teachers) == 1:

@@ -692,8 +692,9 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
         def score(self, queries, passages, progress=lambda n: None):
             return TeacherScores(np.full(len(queries), 0.73))
 
-    with pytest.raises(InputError, match="same score"):
+    with pytest.raises(InputError, match=r"same score \(0.73\); check that the model is a trained one") as stopped:
         run_scoring(ranking_file, tmp_path / "out.jsonl", ConstantTeacher())
+    assert "vLLM" not in str(stopped.value)  # (the hint of a broken LLM judge's prompt is not this teacher's)
 
 
 def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_finished(tmp_path, ranking_file):
