@@ -61,6 +61,19 @@ def value_by_value(dataset, name: str) -> list:
     return list(dataset[name])
 
 
+def column_value_readers() -> list[str]:
+    """The modules that read columns through ``column_values`` (each binds its own name for it, so
+    each must be patched; its own module too, for calls inside it): found, not listed, so that a
+    function moving to another module neither leaves the baseline reading that module's columns
+    through Arrow nor patches a name no longer there."""
+    import train  # noqa: F401  (imports every module train.py's data work uses)
+    from rerank_distill import samplers, selection  # noqa: F401
+    from rerank_distill.training_data import column_values
+
+    return sorted(name for name, module in list(sys.modules.items())
+                  if name.startswith("rerank_distill.") and getattr(module, "column_values", None) is column_values)
+
+
 def main() -> dict:
     parser = bench_parser(__doc__)
     parser.add_argument("--triplets", default=None, help="Triplets JSONL to load; unset: --rows synthetic ones.")
@@ -77,7 +90,7 @@ def main() -> dict:
         def rate(value_by_value_reads: bool):
             def run() -> float:
                 with ExitStack() as patches:
-                    for module in ("rerank_distill.selection", "rerank_distill.trainer") if value_by_value_reads else ():
+                    for module in column_value_readers() if value_by_value_reads else ():
                         patches.enter_context(mock.patch(f"{module}.column_values", value_by_value))
                     seconds, rows = timed(lambda: data_work(triplets, Path(work)))
                 return rows / seconds

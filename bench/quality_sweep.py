@@ -43,6 +43,12 @@ def uses_bf16(choice: str) -> bool:
     return bfloat16_is_fast("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice == "true"
 
 
+def passages_as_queries_dir(scores: Path, per_list: int) -> Path:
+    """Where the passages-as-queries lists of up to ``per_list`` passages a list are scored: one
+    folder for each value, as configurations may ask for different ones."""
+    return scores / f"passages_as_queries_{per_list}"
+
+
 def run_one(name: str, config: dict, seed: int, args) -> dict:
     """create_triplets.py and train.py for one configuration and seed, then evaluation.py on dev
     for the final model (what selection chose) and the last checkpoint."""
@@ -57,7 +63,8 @@ def run_one(name: str, config: dict, seed: int, args) -> dict:
     work.mkdir(parents=True)
     inputs = [scores / "train_scores.jsonl"]
     if config.get("passages_as_queries"):
-        inputs.append(scores / "train_passages_as_queries_scores.jsonl")
+        inputs.append(passages_as_queries_dir(scores, config["passages_as_queries"])
+                      / "train_passages_as_queries_scores.jsonl")
     records = work / "records.jsonl"
     create_triplets.main(["--input_path", *map(str, inputs), "--output_path", str(records),
                           *shlex.split(config["triplet_flags"])])
@@ -109,9 +116,9 @@ def main() -> None:
     data_dir, scores = Path(args.data_dir), Path(args.output_dir) / "scores"
     embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl", data_dir / "dev.jsonl"], scores)
     names = args.only or list(configs)
-    per_list = max((configs[name].get("passages_as_queries", 0) for name in names), default=0)
-    if per_list:
-        embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl"], scores, passages_as_queries=per_list)
+    for per_list in sorted({configs[name].get("passages_as_queries", 0) for name in names} - {0}):
+        embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl"], passages_as_queries_dir(scores, per_list),
+                                 passages_as_queries=per_list)
     jobs = [(name, seed) for seed in args.seeds for name in names]
 
     def launch(job: tuple[str, int]) -> dict | None:
