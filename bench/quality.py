@@ -29,6 +29,7 @@ and the comparison is written to --output_json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -122,11 +123,34 @@ def ours(student: str, train_scores: Path, extra_scores: list[Path], out: Path, 
             "records": stage2["records"]}
 
 
-def logged_recipe(path: Path, seed: int, max_steps: int) -> dict | None:
-    """The latest recipe run of this seed in the runs log (a run measured earlier by this script
-    on this machine), so that ours can be compared with it without training the recipe again."""
+def folder_digest(folder: str | Path, names: tuple[str, ...] | None = None) -> str:
+    """A digest of the files in ``folder`` (those in ``names``, or every one but hidden ones), by
+    their relative paths and bytes."""
+    folder = Path(folder)
+    paths = [folder / name for name in names] if names else sorted(
+        path for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_setup(args, data_dir: Path) -> dict:
+    """What a logged recipe run must share with this invocation for its time to be ours' budget and its
+    metrics the comparison: the hardware, the student's and teacher's files, the data, the teacher's scale."""
+    hardware = {key: value for key, value in machine().items() if key in ("cpu", "cpu_cores", "gpu")}
+    return {**hardware, "student": folder_digest(args.student), "teacher": folder_digest(args.teacher),
+            "data": folder_digest(data_dir, ("train.jsonl", "dev.jsonl")), "score_scale": args.score_scale}
+
+
+def logged_recipe(path: Path, seed: int, max_steps: int, setup: dict) -> dict | None:
+    """The latest recipe run of this seed and ``setup`` (run_setup's) in the runs log, so that ours
+    can be compared with it without training the recipe again; None where there is none (runs
+    logged before the setup was recorded never match: their machine and models are not known)."""
     runs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-    matching = [r for r in runs if r["name"] == "recipe" and r["seed"] == seed and r["max_steps"] == max_steps]
+    matching = [r for r in runs if r["name"] == "recipe" and r["seed"] == seed and r["max_steps"] == max_steps
+                and r.get("setup") == setup]
     return matching[-1] if matching else None
 
 
@@ -167,7 +191,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=["recipe", "ours"], default=["recipe", "ours"], help="Which paths to train.")
     parser.add_argument("--budget_seconds", type=float, default=None,
                         help="Ours' --max_train_seconds when the recipe is not run; default: the recipe's own time, "
-                        "measured in this run or, with --runs ours, taken from its latest run of the seed in --runs_log.")
+                        "measured in this run or, with --runs ours, taken from its latest run of the seed in --runs_log "
+                        "made on this machine's hardware with the same student, teacher and data.")
     parser.add_argument("--ours_triplet_flags", default=OURS_TRIPLET_FLAGS, help="create_triplets.py flags for ours.")
     parser.add_argument("--ours_train_flags", default=OURS_TRAIN_FLAGS, help="train.py flags for ours.")
     parser.add_argument("--passages_as_queries", type=int, default=OURS_PASSAGES_AS_QUERIES,
@@ -212,16 +237,17 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {}
     log: list[dict] = []
+    setup = run_setup(args, data_dir)
     for seed in args.seeds:
         budget = args.budget_seconds
-        if "recipe" not in args.runs and (earlier := logged_recipe(runs_log, seed, args.max_steps)):
+        if "recipe" not in args.runs and (earlier := logged_recipe(runs_log, seed, args.max_steps, setup)):
             results.setdefault("recipe", []).append(earlier)  # shown and written, not logged again
             budget = budget or earlier["seconds"]
             print(f"seed {seed} recipe: from the runs log ({earlier['finished_at']}): dev MAP "
                   f"{earlier['dev']['map']:.4f}, trained {earlier['seconds']:.0f} s")
         if "ours" in args.runs and budget is None and "recipe" not in args.runs and args.max_steps <= 0:
-            raise SystemExit(f"seed {seed}: no recipe run in {runs_log} to take ours' time budget from; "
-                             "add --runs recipe or give --budget_seconds")
+            raise SystemExit(f"seed {seed}: no recipe run in {runs_log} on this machine with this student, teacher "
+                             "and data to take ours' time budget from; add --runs recipe or give --budget_seconds")
         for name in sorted(args.runs, key=["recipe", "ours"].index):  # the recipe first: its time is ours' budget
             out = work / f"{name}_seed{seed}" / "model"
             shutil.rmtree(out, ignore_errors=True)
@@ -237,7 +263,7 @@ def main() -> None:
                           "passages_as_queries": args.passages_as_queries,
                           "passages_as_queries_teacher": extra_teacher, "max_train_seconds": budget}
             dev = evaluate(str(out), data_dir, dev_scores, out.parent / "evaluation.json")["student"]
-            record = {"name": name, "label": args.label, "seed": seed, **config, **run, "dev": dev,
+            record = {"name": name, "label": args.label, "seed": seed, "setup": setup, **config, **run, "dev": dev,
                       "share_of_teacher_map": share(dev, teacher), "max_steps": args.max_steps,
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             print(f"seed {seed} {name}: dev MAP {dev['map']:.4f} ({share(dev, teacher):.1%} of the teacher), "
