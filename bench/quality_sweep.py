@@ -113,6 +113,9 @@ def main() -> None:
         write_results(runs_dir / f"{name}_seed{seed}.json", result, keep_existing=False)  # read back below
         return
 
+    if unknown := [name for name in args.only or () if name not in configs]:
+        raise SystemExit(f"--only {' '.join(unknown)}: no such configuration in {args.configs}; it has "
+                         f"{', '.join(configs)}")
     data_dir, scores = Path(args.data_dir), Path(args.output_dir) / "scores"
     embedding_teacher_scores(args.teacher, [data_dir / "train.jsonl", data_dir / "dev.jsonl"], scores)
     names = args.only or list(configs)
