@@ -15,7 +15,7 @@ cd "$here"
 # The same demo wherever it runs: launcher settings a shell has exported (LOSS, FORMAT, NUM_GPUS, ...) would
 # flow into its stages, so they are dropped here; PYTHON and DEMO_DIR stay
 # shellcheck disable=SC2046  # (a name a word)
-unset $(sed -nE 's/^([A-Z_]+)=.*/\1/p' generate_logits.sh create_triplets.sh train.sh evaluation.sh)
+unset $(sed -nE 's/^([A-Z_][A-Z0-9_]*)=.*/\1/p' generate_logits.sh create_triplets.sh train.sh evaluation.sh)
 
 # Where the demo's data, models and outputs go (no spaces: the launchers take space-separated lists)
 DEMO_DIR="${DEMO_DIR:-output/demo}"

@@ -74,6 +74,28 @@ for arg in "$@"; do
         -h | --help) exec "$python" "$here/generate_logits.py" --help ;;
     esac
 done
+# --passages_as_queries N on this command line sets PASSAGES_AS_QUERIES (the first input only): passed on to
+# the one run over INPUTS, it would also score the test data's passages as queries. With inputs named as
+# --input_path flags it goes to that run, for each of them, as PASSAGES_AS_QUERIES does.
+if [[ "$inputs_given" == "false" ]]; then
+    rest=()
+    taking=false
+    for arg in "$@"; do
+        if [[ "$taking" == "true" ]]; then
+            PASSAGES_AS_QUERIES="$arg" taking=false
+            continue
+        fi
+        case "$arg" in
+            --passages_as_queries | --passages-as-queries) taking=true; continue ;;
+            --passages_as_queries=* | --passages-as-queries=*) PASSAGES_AS_QUERIES="${arg#*=}"; continue ;;
+        esac
+        rest+=("$arg")
+    done
+    if [[ "$taking" == "true" ]]; then
+        rest+=(--passages_as_queries)  # no value: the script says so
+    fi
+    set -- ${rest[@]+"${rest[@]}"}
+fi
 
 # A list setting that is one existing path with a space in it would be split into words that are not
 # (unless a flag replaces that setting)

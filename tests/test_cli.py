@@ -218,12 +218,13 @@ def test_the_demo_runs_its_own_settings_not_launcher_settings_the_shell_exported
                            f'echo "$*" >> {shlex.quote(str(tmp_path / "commands"))}\n')
     fake_python.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake_python), "DEMO_DIR": str(tmp_path / "demo"), "LOSS": "mse",
-           "FORMAT": "ntuples", "TOP_K": "3"}
+           "FORMAT": "ntuples", "TOP_K": "3", "BF16": "maybe"}  # (BF16: a name with a digit in it)
     done = subprocess.run(["bash", str(REPO / "demo.sh")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     commands = (tmp_path / "commands").read_text()
     assert "train.py" in commands and "create_triplets.py" in commands
     assert "--loss mse" not in commands and "ntuples" not in commands and "--top_k 3" not in commands
+    assert "--bf16 maybe" not in commands
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

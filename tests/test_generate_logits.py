@@ -1061,6 +1061,22 @@ def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(rankin
             f"generate_logits.sh: PASSAGES_AS_QUERIES must be a whole number of passages (0: off), not '{value}'\n")
 
 
+@pytest.mark.parametrize("flag", [["--passages_as_queries", "2"], ["--passages-as-queries=2"]])
+def test_the_launcher_takes_passages_as_queries_on_its_command_line_for_the_first_input_only(ranking_file, tmp_path,
+                                                                                               flag):
+    # as PASSAGES_AS_QUERIES does: passed on to one run over INPUTS, it also made lists of the test data's passages
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(ranking_file.read_text())
+    env = {**os.environ, "INPUTS": f"{ranking_file} {test_file}"}
+    env.pop("PASSAGES_AS_QUERIES", None)
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
+                           "--check_inputs_only", *flag], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{ranking_file} (passages as queries)" in done.stderr
+    assert f"{test_file}: " in done.stderr and f"{test_file} (passages as queries)" not in done.stderr
+
+
 def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split(ranking_file, tmp_path):
     repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     spaced = tmp_path / "my data" / "train.jsonl"
