@@ -117,7 +117,7 @@ class GenerateLogitsArguments:
     input_format: str = field(
         default="auto",
         metadata={
-            "help": f"Input format, detected from the fields by default: {', '.join(INPUT_FORMATS)}.",
+            "help": f"Input format: {', '.join(INPUT_FORMATS)}; auto tells it from the fields.",
         },
     )
     label_column: str | None = field(
