@@ -126,6 +126,7 @@ def score_with_replicas(run: TeacherRun) -> dict:
         checked = score_with_teachers(replace(run, inputs=[run.inputs[i] for i in done]))
         if all(finished):
             return checked
+        release_gpu_memory()  # of the cross-encoder or embedding teachers that checked them: the replicas' now
         for i in done:
             source, derived = run.inputs[i]
             split_into_shards(source, args.output_dir, args.data_parallel_size, args.input_format, run.read_args,
@@ -140,6 +141,18 @@ def score_with_replicas(run: TeacherRun) -> dict:
     run.record(Shard(), model_paths=run.model_paths, teacher_types=run.teacher_types,
                replica_records=[run.record_path(Shard(i, count)).name for i in range(count)])
     return merge_all_shards(run.inputs, args.output_dir, count, args.input_format, run.read_args, args.overwrite)
+
+
+def release_gpu_memory() -> None:
+    """Free the memory of models no longer referenced, and hand what PyTorch keeps cached on the GPU
+    back to the driver, where other processes can take it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def score_with_teachers(run: TeacherRun) -> dict:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import generate_logits
 import train
+from rerank_distill import teacher_runs
 from rerank_distill.formats import iter_ranking_queries
 from rerank_distill.student import load_cross_encoder, score_ranking_queries
 
@@ -44,3 +46,21 @@ def test_scores_on_the_gpu_equal_scores_on_the_cpu(tiny_cross_encoder, ranking_f
     on_cpu = score_ranking_queries(cpu_model, queries, batch_size=8)
     for gpu_scores, cpu_scores in zip(on_gpu, on_cpu):
         np.testing.assert_allclose(gpu_scores, cpu_scores, atol=1e-4)
+
+
+def test_replicas_start_with_no_gpu_memory_held_by_the_teacher_that_checked_a_finished_output(
+    tiny_cross_encoder, ranking_file, tmp_path, monkeypatch
+):
+    common = ["--model_path", str(tiny_cross_encoder), "--teacher_type", "cross_encoder", "--input_path",
+              str(ranking_file), "--output_dir", str(tmp_path), "--no_show_progress", "--device", "cuda"]
+    generate_logits.main(common)  # finished: a replicas run checks it with a teacher of its own, on the GPU
+    held = []
+
+    def note_memory_and_stop(*args, **kwargs):
+        held.append(torch.cuda.memory_reserved())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_runs, "run_replicas", note_memory_and_stop)
+    with pytest.raises(KeyboardInterrupt):  # (a second output, still to score, is the replicas')
+        generate_logits.main([*common, "--data_parallel_size", "2", "--passages_as_queries", "2"])
+    assert held == [0]
