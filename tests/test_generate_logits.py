@@ -300,8 +300,13 @@ def test_a_data_set_folders_split_is_scored_resumed_and_guarded_against_changed_
     split_file.write_text(ranking_file.read_text() + ranking_file.read_text().splitlines()[0] + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="other settings"):  # the split's file changed since the first run
         run_scoring(source, output, CountingTeacher())
-    shutil.copy(ranking_file, split_file)
-    run_scoring(source, output, CountingTeacher(), overwrite=True)
+    shutil.copy(ranking_file, split_file)  # the split as it was: the first run resumes where it stopped
+    first, second = CountingTeacher(fail_on_call=2), CountingTeacher()
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(source, output, first, overwrite=True)
+    assert 0 < len(first.calls) < 12 * 6
+    assert run_scoring(source, output, second).resumed_at_pair == len(first.calls)
+    assert set(first.calls).isdisjoint(second.calls) and len(first.calls) + len(second.calls) == 12 * 6
     run_scoring(ranking_file, tmp_path / "plain_scores.jsonl", CountingTeacher())
     assert output.read_bytes() == (tmp_path / "plain_scores.jsonl").read_bytes()
 
