@@ -1088,10 +1088,13 @@ def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split
 
 def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
     repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
-    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins"}
+    # (an embedding teacher reads no instruction, so the script's warning shows the value that reached it)
+    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins",
+           "TEACHER_TYPE": "embedding"}
     done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
                            "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr  # not "argument --instruction: expected one argument"
+    assert "--instruction -q: a question, find its twins is not read" in done.stderr, done.stderr
 
 
 def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):
