@@ -343,6 +343,14 @@ def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, rankin
     report = json.loads(output.read_text())
     assert report["teacher"]["map"] == 1.0
     assert json.loads((tmp_path / "evaluation.args.json").read_text())["script"]["batch_size"] == 16
+    # set empty, it passes none, not even the default file that exists in SCORES_DIR
+    default = write_teacher_scores(tmp_path / "scores" / "train_scores.jsonl", records_of(ranking_file), positive=5.0,
+                                   negative=-5.0)  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env={**env, "TEACHER_SCORES": "",
+                          "SCORES_DIR": str(default.parent)}, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "teacher" not in json.loads(output.read_text())
+    assert json.loads((tmp_path / "evaluation.args.json").read_text())["script"]["teacher_scores"] is None
 
 
 def test_launcher_finds_the_teachers_scores_of_its_dataset_in_the_scores_folder(tiny_cross_encoder, ranking_file,

@@ -300,8 +300,13 @@ def test_a_data_set_folders_split_is_scored_resumed_and_guarded_against_changed_
     split_file.write_text(ranking_file.read_text() + ranking_file.read_text().splitlines()[0] + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="other settings"):  # the split's file changed since the first run
         run_scoring(source, output, CountingTeacher())
-    shutil.copy(ranking_file, split_file)
-    run_scoring(source, output, CountingTeacher(), overwrite=True)
+    shutil.copy(ranking_file, split_file)  # the split as it was: the first run resumes where it stopped
+    first, second = CountingTeacher(fail_on_call=2), CountingTeacher()
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(source, output, first, overwrite=True)
+    assert 0 < len(first.calls) < 12 * 6
+    assert run_scoring(source, output, second).resumed_at_pair == len(first.calls)
+    assert set(first.calls).isdisjoint(second.calls) and len(first.calls) + len(second.calls) == 12 * 6
     run_scoring(ranking_file, tmp_path / "plain_scores.jsonl", CountingTeacher())
     assert output.read_bytes() == (tmp_path / "plain_scores.jsonl").read_bytes()
 
@@ -1099,10 +1104,13 @@ def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split
 
 def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
     repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
-    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins"}
+    # (an embedding teacher reads no instruction, so the script's warning shows the value that reached it)
+    env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins",
+           "TEACHER_TYPE": "embedding"}
     done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
                            "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr  # not "argument --instruction: expected one argument"
+    assert "--instruction -q: a question, find its twins is not read" in done.stderr, done.stderr
 
 
 def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):

@@ -608,7 +608,10 @@ def test_a_teacher_whose_scores_barely_vary_is_warned_about_and_kept(tmp_path, r
     expected = validate_source(str(ranking_file), "auto", Shard())
     caplog.set_level(logging.WARNING)
     score_source(str(ranking_file), tmp_path / "out.jsonl", [flat], expected, show_progress=False)
-    assert "teacher flat's scores barely vary" in caplog.text and (tmp_path / "out.jsonl").exists()
+    assert "teacher flat's scores barely vary" in caplog.text
+    lines = read_jsonl_records(tmp_path / "out.jsonl")  # every pair written, with the teacher's own score
+    assert [(line["query"], line["passage"]) for line in lines] == input_pairs(ranking_file)
+    assert [line["score"] for line in lines] == [flat.by_passage[line["passage"]] for line in lines]
 
 
 # --- through the stage script ----------------------------------------------------------------------

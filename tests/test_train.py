@@ -318,11 +318,15 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
 def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny_cross_encoder, triplets_file,
                                                                            tmp_path):
     out = tmp_path / "model"
-    flags = ["--eval_steps", "1", "--early_stopping_patience", "9"]
-    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags)
-    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", *flags, "--resume_from_checkpoint",
-                        "last", "--restore_callback_states_from_checkpoint", "True")
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--eval_steps", "1",
+              "--early_stopping_patience", "9")
+    # resumed with another patience: the restored callback is the saved one, patience 9 and all
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--eval_steps", "1",
+                        "--early_stopping_patience", "1", "--resume_from_checkpoint", "last",
+                        "--restore_callback_states_from_checkpoint", "True")
     assert (summary["resumed_from_step"], summary["steps"]) == (2, 4)
+    saved = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["EarlyStopping"]["args"]["early_stopping_patience"] == 9
 
 
 def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
