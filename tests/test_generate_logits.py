@@ -627,24 +627,34 @@ def test_merging_before_every_shard_finished_is_refused(tmp_path, ranking_file):
         merge_shards(str(ranking_file), tmp_path, 2)
 
 
-def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tmp_path, ranking_file):
+def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tmp_path):
     from rerank_distill.formats import iter_ranking_queries
-    from rerank_distill.metrics import evaluate_rankings
     from rerank_distill.scoring import teacher_metrics
 
-    output = tmp_path / "train_scores.jsonl"
-    run_scoring(ranking_file, output, CountingTeacher())
-    lines = read_jsonl_records(output)
-    by_query = {}
-    for line in lines:
-        scores, labels = by_query.setdefault(line["query"], ([], []))
-        scores.append(line["score"])
-        labels.append(line["label"])
-    expected = evaluate_rankings(by_query.values(), "mteb", 10)
-    got = teacher_metrics(output, iter_ranking_queries(str(ranking_file), "auto"))
-    assert (got["map"], got["mrr@10"], got["ndcg@10"]) == (expected["map"], expected["mrr@10"], expected["ndcg@10"])
-    write_jsonl_records(output, [{**line, "label": None} for line in lines])  # passages as queries: no gold labels
-    assert teacher_metrics(output, iter_ranking_queries(str(ranking_file), "auto")) is None
+    data = write_jsonl_records(tmp_path / "data.jsonl", [
+        {"query": "git", "positive": ["p1"], "negative": ["n1", "n2"]},
+        {"query": "dns", "positive": ["p2", "p3"], "negative": ["n3"]},
+        {"query": "tcp", "positive": ["p4"], "negative": []},  # no negative: the mteb protocol skips it
+    ])  # fmt: skip
+    output = write_jsonl_records(tmp_path / "data_scores.jsonl", [
+        {"query": "git", "passage": "p1", "score": 0.2, "label": 1},
+        {"query": "git", "passage": "n1", "score": 0.9, "label": 0},
+        {"query": "git", "passage": "n2", "score": 0.1, "label": 0},
+        {"query": "dns", "passage": "p2", "score": 0.7, "label": 1},
+        {"query": "dns", "passage": "p3", "score": 0.1, "label": 1},
+        {"query": "dns", "passage": "n3", "score": 0.5, "label": 0},
+        {"query": "tcp", "passage": "p4", "score": 0.3, "label": 1},
+    ])  # fmt: skip
+    # git ranks n1 p1 n2: AP 1/2, RR 1/2, NDCG (1/log2 3) / 1
+    # dns ranks p2 n3 p3: AP (1/1 + 2/3) / 2 = 5/6, RR 1, NDCG (1 + 1/log2 4) / (1 + 1/log2 3)
+    log2_3 = np.log2(3)
+    got = teacher_metrics(output, iter_ranking_queries(str(data), "auto"))
+    assert got["map"] == pytest.approx((1 / 2 + 5 / 6) / 2)
+    assert got["mrr@10"] == pytest.approx((1 / 2 + 1) / 2)
+    assert got["ndcg@10"] == pytest.approx((1 / log2_3 + 1.5 / (1 + 1 / log2_3)) / 2)
+    assert (got["queries_evaluated"], got["queries_skipped"]) == (2, 1)
+    write_jsonl_records(output, [{**line, "label": None} for line in read_jsonl_records(output)])  # no gold labels
+    assert teacher_metrics(output, iter_ranking_queries(str(data), "auto")) is None
     output.write_text("")  # only queries without passages
     assert teacher_metrics(output, []) is None
 
