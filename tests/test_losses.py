@@ -261,8 +261,13 @@ def test_pairs_per_forward_scores_in_length_sorted_passes_padded_to_their_own_lo
     ("infonce", [[Q1, Q2], [P1, P2], [N1, N2], [N3, N4]], torch.tensor([[5.0, 1.0, 0.5], [4.0, 3.5, -1.0]])),
 ])
 def test_pairs_per_forward_changes_no_loss_value_or_gradient(model, loss_name, inputs, labels):
+    widths, hook = forward_widths(model)
     whole, whole_grads = loss_and_grads(build_loss(loss_name, model), model, inputs, labels)
+    passes_whole = len(widths)
     chunked, chunked_grads = loss_and_grads(build_loss(loss_name, model, pairs_per_forward=3), model, inputs, labels)
+    hook.remove()
+    # six distinct pairs: one pass, then two passes of three (the chunking did happen)
+    assert (passes_whole, len(widths) - passes_whole) == (1, 2)
     assert chunked == pytest.approx(whole, rel=1e-6)
     assert whole_grads.keys() == chunked_grads.keys() and whole_grads
     for name, grad in whole_grads.items():
