@@ -44,15 +44,27 @@ def no_connection(monkeypatch):
     monkeypatch.setattr("socket.create_connection", refuse)
 
 
-def test_an_unreachable_hub_fails_at_once_without_retries(no_connection):
+def test_an_unreachable_hub_fails_at_once_without_retries(no_connection, monkeypatch):
+    from urllib.parse import urlparse
+
     import datasets
     from huggingface_hub import constants
 
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("socket.create_connection", refuse)
     offline_before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
     with pytest.raises(InputError, match="cannot be reached and there is no copy in the cache"):
         resolve_model("someone/some-reranker")
+    host = urlparse(constants.ENDPOINT).hostname  # huggingface.co, or HF_ENDPOINT's
+    assert [address[0] for address in attempts] == [host]  # one probe: the libraries' own tries (with backoff) never start
     with pytest.raises(InputError, match="hf download someone/some-data --repo-type dataset"):
         load_hub_dataset("someone/some-data", "test")
+    assert [address[0] for address in attempts] == [host] * 2
     assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == offline_before
 
 
