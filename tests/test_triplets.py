@@ -632,6 +632,8 @@ def test_a_querys_random_negatives_do_not_depend_on_the_other_queries(tmp_path):
     _, from_among = run(tmp_path, among, "--negatives", "random", name="among.out.jsonl")
 
     assert read_jsonl_records(from_alone) == [t for t in read_jsonl_records(from_among) if t["query"] == "q1"]
+    _, hardest = run(tmp_path, alone, name="hardest.out.jsonl")  # and they are a draw, not the ranks just below
+    assert read_jsonl_records(from_alone) != read_jsonl_records(hardest)
 
 
 # --- n-tuples and listwise groups ---
