@@ -782,7 +782,7 @@ def label_word_grades(words: list[str], grades: list[float] | None = None) -> di
                          f"({' '.join(words)}); give one grade per word, in the same order")
     if not all(math.isfinite(grade) for grade in grades):
         raise InputError(f"--label_grades must be finite numbers, got {' '.join(f'{g:g}' for g in grades)}")
-    if len(set(grades)) == 1 and len(words) > 1:  # every answer the same grade: the expected grade would be a constant
+    if len(set(grades)) == 1:  # every answer the same grade: the expected grade would be a constant
         raise InputError(f"--label_grades gives every label word the grade {grades[0]:g}; grade them apart")
     # ESCI's labels graded in another order (words reordered, the grades left as they were); grades
     # that tie ESCI's labels (exact against the rest: 1 0 0 0) reorder none
