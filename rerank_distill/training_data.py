@@ -188,8 +188,12 @@ def rms(values: Iterable[float]) -> float | None:
 
 
 def within_query_deviations(groups: Iterable[Sequence[float]]) -> Iterator[float]:
-    """Each score's distance from its query's mean score (what a ranking can learn from)."""
+    """Each score's distance from its query's mean score (what a ranking can learn from), over the
+    queries with at least two candidates: a lone candidate's distance of 0 says nothing about the
+    teacher, and counted in, queries of one pair would pull the spread toward 0."""
     for scores in groups:
+        if len(scores) < 2:
+            continue
         mean = sum(scores) / len(scores)
         yield from (score - mean for score in scores)
 

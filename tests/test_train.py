@@ -836,6 +836,19 @@ def test_a_teacher_whose_scores_barely_vary_is_warned_about(tmp_path):
         teacher_spread_warning(data, str(modest), temperature=4)
 
 
+def test_queries_with_one_candidate_do_not_dilute_the_teachers_spread_within_a_query(tmp_path):
+    """A lone candidate has no within-query difference to measure: counting it as a deviation of 0
+    would pull a well-spread teacher's root mean square under the threshold and warn of a collapse."""
+    rows = [{"query": f"lone {i}", "passage": "x", "score": float(i)} for i in range(8)]
+    rows += [{"query": "q", "passage": "a", "score": 0.0}, {"query": "q", "passage": "b", "score": 0.4}]
+    path = write_jsonl_records(tmp_path / "s.jsonl", rows)
+    data = read_training_data(str(path), "mse")
+    assert data.teacher_spread == pytest.approx(0.2)  # q's deviations from its mean: -0.2 and +0.2
+    assert teacher_spread_warning(data, str(path)) is None
+    alone = write_jsonl_records(tmp_path / "alone.jsonl", rows[:8])  # nothing within a query to measure
+    assert read_training_data(str(alone), "mse").teacher_spread is None
+
+
 def test_bce_soft_on_scores_that_are_not_logits_around_zero_is_warned_about(tmp_path):
     from rerank_distill.training_data import one_sided_targets_warning
 
