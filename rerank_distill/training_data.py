@@ -237,6 +237,7 @@ def _ntuples(records: Iterable[tuple[str, int, dict]], temperature: float) -> Tr
 def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passages": [], "label": []}
     groups = []
+    repeating = []  # (path, line) of the groups that list a passage twice
     for path, line, record in rows:
         columns["query"].append(get_text(record, "query", path, line))
         passages = get_text_list(record, "passages", path, line)
@@ -246,9 +247,14 @@ def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> Trai
         if len(scores) != len(passages):
             raise InputError(f'"scores" must hold one number per passage: {len(passages)} passages, '
                              f"{len(scores)} scores", path, line)
+        if len(set(passages)) < len(passages):
+            repeating.append((path, line))
         columns["passages"].append(passages)
         columns["label"].append(targets(scores, temperature, "scores", path, line))
         groups.append(scores)
+    if repeating:  # (create_triplets.py never writes one: a file made elsewhere)
+        logger.warning("%d listwise group(s) list a passage more than once (the first at %s:%d): each copy takes its "
+                       "own share of the teacher's softmax and the student's", len(repeating), *repeating[0])
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
 
