@@ -97,8 +97,11 @@ def lift_labelled(scores: Sequence[float], labels: Sequence[float], margin: floa
         if highest_below is not None:
             lowest = min(lifted[index] for index in members)
             shift = max(0.0, highest_below + margin - lowest)
-            while shift and (lowest + shift) - highest_below < margin:  # rounded below it (large scores): one ulp on
-                shift = math.nextafter(shift, math.inf)
+            # rounded below it (large scores, or a margin under the scores' spacing, where the shift may round to 0):
+            # on by the sums' rounding step, not the shift's own ulp, which can be 10^15 times finer
+            rounding_step = math.ulp(max(abs(lowest), abs(highest_below), shift))
+            while (lowest + shift) - highest_below < margin:
+                shift += rounding_step
             for index in members:
                 lifted[index] += shift
         top = max(lifted[index] for index in members)

@@ -1,6 +1,7 @@
 """Stage 2 (create_triplets.py, rerank_distill.triplets): hard-negative triplets from teacher scores."""
 
 import json
+import math
 import subprocess
 import sys
 import tracemalloc
@@ -474,6 +475,14 @@ def test_label_margin_is_reached_even_where_large_scores_round_the_shift_down():
     # -4964097.061 + (8575156.052 + 1 - -4964097.061) rounds to 0.9999999981 above the negative
     lifted = lift_labelled([-4964097.061, 8575156.052], [1, 0], margin=1.0)
     assert lifted[0] - lifted[1] >= 1.0
+
+
+def test_label_margin_below_the_scores_spacing_still_lifts_the_positive_and_ends():
+    # 5 + 1e-17 rounds to 5: a tie was left tied (shift 0), and a positive one ulp under the
+    # negative stepped its shift up by the shift's own ulp, some 10^15 steps to move the score once
+    for positive in (5.0, math.nextafter(5.0, 0.0)):
+        lifted = lift_labelled([positive, 5.0], [1, 0], margin=1e-17)
+        assert lifted[0] - lifted[1] >= 1e-17 and lifted[1] == 5.0
 
 
 def test_label_margin_leaves_a_teacher_the_labels_agree_with_alone():
