@@ -371,6 +371,9 @@ def write_records(
     (positive, negative) pairs in them, queries the labels corrected and skips by reason.
     Raises InputError, naming ``source``, when not one record could be made."""
     counts: Counter = Counter()
+    # raised once every group is read: in a first pass over input not grouped by query, a group may be
+    # only part of its query's lines, whose whole list pairs other passages (QueriesNotGrouped comes first)
+    overflow: InputError | None = None
     for group in groups:
         counts.update(queries=1, pairs=len(group.passages))
         group = combined_again(group)
@@ -389,14 +392,18 @@ def write_records(
             # scores near 1e308: their margin (a triplet's score; the widest of a list's) overflows
             numbers = record["scores"] if "scores" in record else [record["score"]]
             if not math.isfinite(max(numbers) - min(numbers) if len(numbers) > 1 else numbers[0]):
-                raise InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a margin "
-                                 f"({numbers[:4]}); rescale them", group.path or source, group.line)
+                overflow = overflow or InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a "
+                                                  f"margin ({numbers[:4]}); rescale them", group.path or source,
+                                                  group.line)
+                continue
             out.write(dumps(record) + "\n")
         counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
         in_records = {index for selection in selections for index in (selection.positive, *selection.negatives)}
         counts.update(passages_in_no_record=len(group.passages) - len(in_records))  # (repeats counted above)
         counts.update(skipped)
+    if overflow is not None:
+        raise overflow
     if counts["records"] == 0:
         # raised while the output is still a temporary file, so nothing that looks complete is left
         reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])

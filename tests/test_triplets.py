@@ -1034,6 +1034,20 @@ def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_p
 
 
 
+def test_an_interleaved_query_whose_first_lines_alone_would_overflow_gives_its_grouped_output(tmp_path):
+    # q's first two lines alone pair a with b (margin 2e308: inf); its whole list pairs a with c (5e307)
+    q_first = [{"query": "q", "content": "a", "score": 1e308}, {"query": "q", "content": "b", "score": -1e308}]
+    r = [{"query": "r", "content": "x", "score": 1.0}, {"query": "r", "content": "y", "score": 0.0}]
+    q_last = [{"query": "q", "content": "c", "score": 5e307}]
+    interleaved = write_jsonl_records(tmp_path / "interleaved.jsonl", [*q_first, *r, *q_last])
+
+    summary, output = run(tmp_path, interleaved, "--top_k", "1", "--num_negatives", "1")
+
+    assert summary["input_grouped"] is False
+    assert [(t["query"], t["positive"], t["negative"], t["score"]) for t in read_jsonl_records(output)] == [
+        ("q", "a", "c", 5e307), ("r", "x", "y", 1.0)]
+
+
 @pytest.mark.parametrize("grouped", [True, False])
 def test_an_error_of_one_query_among_several_inputs_names_its_own_file_and_line(tmp_path, grouped):
     first = scores_file(tmp_path / "first.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
