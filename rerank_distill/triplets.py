@@ -97,8 +97,11 @@ def lift_labelled(scores: Sequence[float], labels: Sequence[float], margin: floa
         if highest_below is not None:
             lowest = min(lifted[index] for index in members)
             shift = max(0.0, highest_below + margin - lowest)
-            while shift and (lowest + shift) - highest_below < margin:  # rounded below it (large scores): one ulp on
-                shift = math.nextafter(shift, math.inf)
+            # rounded below it (large scores, or a margin under the scores' spacing, where the shift may round to 0):
+            # on by the sums' rounding step, not the shift's own ulp, which can be 10^15 times finer
+            rounding_step = math.ulp(max(abs(lowest), abs(highest_below), shift))
+            while (lowest + shift) - highest_below < margin:
+                shift += rounding_step
             for index in members:
                 lifted[index] += shift
         top = max(lifted[index] for index in members)
@@ -368,6 +371,9 @@ def write_records(
     (positive, negative) pairs in them, queries the labels corrected and skips by reason.
     Raises InputError, naming ``source``, when not one record could be made."""
     counts: Counter = Counter()
+    # raised once every group is read: in a first pass over input not grouped by query, a group may be
+    # only part of its query's lines, whose whole list pairs other passages (QueriesNotGrouped comes first)
+    overflow: InputError | None = None
     for group in groups:
         counts.update(queries=1, pairs=len(group.passages))
         group = combined_again(group)
@@ -386,14 +392,18 @@ def write_records(
             # scores near 1e308: their margin (a triplet's score; the widest of a list's) overflows
             numbers = record["scores"] if "scores" in record else [record["score"]]
             if not math.isfinite(max(numbers) - min(numbers) if len(numbers) > 1 else numbers[0]):
-                raise InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a margin "
-                                 f"({numbers[:4]}); rescale them", group.path or source, group.line)
+                overflow = overflow or InputError(f"the teacher scores of query {group.query[:60]!r} overflow in a "
+                                                  f"margin ({numbers[:4]}); rescale them", group.path or source,
+                                                  group.line)
+                continue
             out.write(dumps(record) + "\n")
         counts.update(records=len(records))
         counts.update(pairs_kept=sum(len(s.negatives) for s in selections))
         in_records = {index for selection in selections for index in (selection.positive, *selection.negatives)}
         counts.update(passages_in_no_record=len(group.passages) - len(in_records))  # (repeats counted above)
         counts.update(skipped)
+    if overflow is not None:
+        raise overflow
     if counts["records"] == 0:
         # raised while the output is still a temporary file, so nothing that looks complete is left
         reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])

@@ -1,6 +1,7 @@
 """Stage 2 (create_triplets.py, rerank_distill.triplets): hard-negative triplets from teacher scores."""
 
 import json
+import math
 import subprocess
 import sys
 import tracemalloc
@@ -474,6 +475,14 @@ def test_label_margin_is_reached_even_where_large_scores_round_the_shift_down():
     # -4964097.061 + (8575156.052 + 1 - -4964097.061) rounds to 0.9999999981 above the negative
     lifted = lift_labelled([-4964097.061, 8575156.052], [1, 0], margin=1.0)
     assert lifted[0] - lifted[1] >= 1.0
+
+
+def test_label_margin_below_the_scores_spacing_still_lifts_the_positive_and_ends():
+    # 5 + 1e-17 rounds to 5: a tie was left tied (shift 0), and a positive one ulp under the
+    # negative stepped its shift up by the shift's own ulp, some 10^15 steps to move the score once
+    for positive in (5.0, math.nextafter(5.0, 0.0)):
+        lifted = lift_labelled([positive, 5.0], [1, 0], margin=1e-17)
+        assert lifted[0] - lifted[1] >= 1e-17 and lifted[1] == 5.0
 
 
 def test_label_margin_leaves_a_teacher_the_labels_agree_with_alone():
@@ -1023,6 +1032,20 @@ def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_p
         with pytest.raises(InputError, match="overflow in a margin"):
             run(tmp_path, scores, "--format", output_format)
 
+
+
+def test_an_interleaved_query_whose_first_lines_alone_would_overflow_gives_its_grouped_output(tmp_path):
+    # q's first two lines alone pair a with b (margin 2e308: inf); its whole list pairs a with c (5e307)
+    q_first = [{"query": "q", "content": "a", "score": 1e308}, {"query": "q", "content": "b", "score": -1e308}]
+    r = [{"query": "r", "content": "x", "score": 1.0}, {"query": "r", "content": "y", "score": 0.0}]
+    q_last = [{"query": "q", "content": "c", "score": 5e307}]
+    interleaved = write_jsonl_records(tmp_path / "interleaved.jsonl", [*q_first, *r, *q_last])
+
+    summary, output = run(tmp_path, interleaved, "--top_k", "1", "--num_negatives", "1")
+
+    assert summary["input_grouped"] is False
+    assert [(t["query"], t["positive"], t["negative"], t["score"]) for t in read_jsonl_records(output)] == [
+        ("q", "a", "c", 5e307), ("r", "x", "y", 1.0)]
 
 
 @pytest.mark.parametrize("grouped", [True, False])
