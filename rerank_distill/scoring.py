@@ -361,10 +361,30 @@ def _made_with(teachers: list[dict], input_format: str, shard: Shard, passages_a
     return made_with
 
 
+def _read_run_file(path: Path, what_to_do: str) -> dict:
+    """The JSON object stage 1 wrote to ``path`` (a ``.run.json`` or ``.progress.json``); InputError
+    naming the file, and saying ``what_to_do``, where it holds something else (edited, or another
+    tool's file of that name)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"not a record stage 1 wrote ({error}); {what_to_do}", str(path)) from None
+    if not isinstance(record, dict) or not isinstance(record.get("made_with", {}), dict):
+        raise InputError(f"not a record stage 1 wrote (no JSON object with its made_with); {what_to_do}", str(path))
+    return record
+
+
 def run_record(output_path: Path) -> dict | None:
     """The ``OUT.run.json`` record of how a finished output was made, or None (none beside it)."""
     record_path = beside(output_path, ".run.json")
-    return json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
+    if not record_path.exists():
+        return None
+    record = _read_run_file(record_path, f"score {output_path.name} again (--overwrite), or delete the record if the "
+                                         "output was made elsewhere")
+    if not isinstance(record.get("made_with", {}).get("teachers"), list):
+        raise InputError(f"not a record stage 1 wrote (it names no teachers); score {output_path.name} again "
+                         "(--overwrite), or delete the record if the output was made elsewhere", str(record_path))
+    return record
 
 
 def claim_output(output_path: Path):
@@ -698,5 +718,5 @@ def saved_progress(output_path: Path) -> dict | None:
     """A stopped run's ``.progress.json`` (what it had done, and with what), where its ``.partial`` is there too."""
     progress = beside(output_path, ".progress.json")
     if beside(output_path, ".partial").exists() and progress.exists():
-        return json.loads(progress.read_text(encoding="utf-8"))
+        return _read_run_file(progress, "pass --overwrite to start that output over")
     return None

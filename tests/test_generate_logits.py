@@ -275,6 +275,16 @@ def test_an_unfinished_run_of_an_earlier_release_still_resumes(tmp_path, ranking
     assert run_scoring(ranking_file, output, second).resumed_at_pair == len(first.calls) > 0
 
 
+def test_a_progress_record_cut_short_is_an_error_naming_it_not_a_traceback(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=3))
+    progress = output.with_name(output.name + ".progress.json")
+    progress.write_text(progress.read_text()[:20])
+    with pytest.raises(InputError, match=rf"^{progress}: not a record stage 1 wrote .*pass --overwrite to start"):
+        run_scoring(ranking_file, output, CountingTeacher())
+
+
 def test_an_input_edited_after_it_was_checked_never_finishes_under_the_checked_digest(tmp_path, ranking_file):
     expected = validate_source(str(ranking_file), "auto", Shard())  # checked; then, while a teacher loads, edited:
     records = read_jsonl_records(ranking_file)

@@ -978,6 +978,17 @@ def test_scores_of_different_teachers_are_not_mixed_into_one_file_of_records(tmp
                                  str(tmp_path / "t.jsonl")])["queries"] == 2
 
 
+@pytest.mark.parametrize("record", ["{not json", "[1, 2]", '{"made_with": {"model": "m"}}'])
+def test_a_run_record_stage_1_did_not_write_is_an_error_naming_it(tmp_path, record):
+    first = scores_file(tmp_path / "train_scores.jsonl", {"q1": [("a", 2.0), ("b", 1.0)]})
+    second = scores_file(tmp_path / "test_scores.jsonl", {"q2": [("c", 2.0), ("d", 1.0)]})
+    Path(f"{second}.run.json").write_text(record)
+    with pytest.raises(InputError, match=rf"^{second}.run.json: not a record stage 1 wrote .*delete the record if the "
+                                         "output was made elsewhere"):
+        create_triplets.main(["--input_path", str(first), str(second), "--output_path", str(tmp_path / "t.jsonl")])
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_cache_given(monkeypatch, tmp_path):
     asked = []
     rows = [{"query": "q", "content": text, "score": score} for text, score in (("a", 3.0), ("b", 1.0), ("c", "0.5"))]
