@@ -118,6 +118,9 @@ EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "me
 
 COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries")
 
+# What SelectionEvaluator reports of the ranked queries, each as "selection_" + name (eval_selection_map, ...)
+RANKING_METRICS = ("map", "mrr@10", "ndcg@10")
+
 
 @dataclass
 class CheckpointSelection:
@@ -137,6 +140,12 @@ class CheckpointSelection:
                  for rows in (self.train, self.eval)]
         return {**dict(zip(COUNT_KEYS, [n for pair in sizes for n in pair])),
                 "selection_queries": len(self.queries), "held_out_queries": self.held_out}
+
+    def evaluated_metrics(self) -> list[str]:
+        """The metrics each evaluation reports (without the Trainer's ``eval_`` prefix): ``loss`` where
+        there are eval rows, the SelectionEvaluator's where there are queries to rank."""
+        return (["loss"] if self.eval is not None else []) + (
+            [f"selection_{name}" for name in RANKING_METRICS] if self.queries else [])
 
 
 def plan_selection(
@@ -317,11 +326,11 @@ class SelectionEvaluator(BaseEvaluator):
             scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False)
         if all(np.isfinite(by_query).all() for by_query in scores):
             result = evaluate_rankings(zip(scores, [query.labels for query in self.queries]), protocol="mteb")
-            metrics = {name: result[name] for name in ("map", "mrr@10", "ndcg@10")}
+            metrics = {name: result[name] for name in RANKING_METRICS}
         else:  # a diverged model: the worst marks, so it is never chosen and early stopping can end the run
             logger.warning("step %s: the model gives scores that are not finite (NaN or inf): training has diverged "
                            "(a lower --learning_rate, or bf16 instead of fp16?); this evaluation counts as 0", steps)
-            metrics = dict.fromkeys(("map", "mrr@10", "ndcg@10"), 0.0)
+            metrics = dict.fromkeys(RANKING_METRICS, 0.0)
         logger.info("step %s: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f on %d selection queries", steps, metrics["map"],
                     metrics["mrr@10"], metrics["ndcg@10"], len(self.queries))
         metrics = self.prefix_name_to_metrics(metrics, self.name)

@@ -111,12 +111,18 @@ def default_training_values() -> dict[str, str]:
 def set_best_metric(training, passed: dict[str, str | None], selection: CheckpointSelection) -> None:
     """Make the selection's metric (``eval_selection_map`` or ``loss``) pick the best checkpoint,
     unless the user passed --metric_for_best_model (InputError where theirs needs ranked queries
-    the selection has none of); higher is better for everything but a loss."""
+    the selection has none of, or is no metric its evaluations report); higher is better for
+    everything but a loss."""
     if "metric_for_best_model" not in passed:
         training.metric_for_best_model = selection.metric
     elif "selection_" in training.metric_for_best_model and not selection.queries:
         raise InputError(f"--metric_for_best_model {training.metric_for_best_model} needs gold-labelled candidate "
                          f"lists to rank, and there are none: {selection.note}")
+    # (the Trainer would stop at the first evaluation with a KeyError, the steps before it lost)
+    elif training.metric_for_best_model.removeprefix("eval_") not in (reported := selection.evaluated_metrics()):
+        raise InputError(f"--metric_for_best_model {training.metric_for_best_model} is not among the metrics the "
+                         f"evaluations report here: {', '.join(f'eval_{name}' for name in reported)} (best checkpoint "
+                         f"{selection.note})")
     if "greater_is_better" not in passed:
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
 

@@ -1087,6 +1087,19 @@ def test_a_best_model_metric_that_ranks_queries_needs_labelled_ones(tiny_cross_e
                   "--metric_for_best_model", "eval_selection_map")  # fmt: skip
 
 
+def test_a_best_model_metric_the_evaluations_do_not_report_is_refused_before_training(tiny_cross_encoder, triplets_file,
+                                                                                     ranking_file, tmp_path):
+    # a dev file of its own ranks by MAP and holds out no training rows: no evaluation reports an eval loss
+    with pytest.raises(InputError, match="--metric_for_best_model eval_loss is not among the metrics the evaluations "
+                                         "report here: eval_selection_map, eval_selection_mrr@10"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
+                  "--selection_data", str(ranking_file), "--metric_for_best_model", "eval_loss")  # fmt: skip
+    with pytest.raises(InputError, match="--metric_for_best_model eval_MAP is not among"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
+                  "--selection_data", str(ranking_file), "--metric_for_best_model", "eval_MAP")  # fmt: skip
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
 def test_selection_metric_last_holds_nothing_out(tmp_path):
     scores, triplets = many_queries(75)
     selection = plan(triplets, str(write_jsonl_records(tmp_path / "s.jsonl", scores)), metric="last")
