@@ -468,6 +468,11 @@ def test_without_checkpoints_to_pick_from_every_query_trains_unless_evaluation_i
     watched = run_train(tiny_cross_encoder, triplets_file, tmp_path / "watched", "--max_steps", "1",
                         "--save_strategy", "no", "--eval_strategy", "steps")  # fmt: skip
     assert len(watched["held_out_queries"]) == 1  # eval loss on held-out queries, as asked, for the log
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "d", "positive": "p", "negative": "n", "score": 2.0}])
+    on_dev = run_train(tiny_cross_encoder, triplets_file, tmp_path / "on_dev", "--max_steps", "1",
+                       "--save_strategy", "no", "--eval_data", str(dev))  # fmt: skip
+    # eval loss on the dev file given, for the log (it was read for nothing and never evaluated)
+    assert on_dev["held_out_queries"] == [] and on_dev["eval_examples"] == 1 and "eval_loss" in str(on_dev)
 
 
 def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query_trains(
