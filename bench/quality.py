@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rerank_distill.cli import run_main  # noqa: E402
+from rerank_distill.run_folder import data_digest  # noqa: E402
 
 from bench.common import (  # noqa: E402
     SHARED_DATA,
@@ -123,14 +124,11 @@ def ours(student: str, train_scores: Path, extra_scores: list[Path], out: Path, 
             "records": stage2["records"]}
 
 
-def folder_digest(folder: str | Path, names: tuple[str, ...] | None = None) -> str:
-    """A digest of the files in ``folder`` (those in ``names``, or every one but hidden ones), by
-    their relative paths and bytes."""
+def folder_digest(folder: str | Path) -> str:
+    """A digest of a model folder's files (hidden ones aside), by their relative paths and bytes."""
     folder = Path(folder)
-    paths = [folder / name for name in names] if names else sorted(
-        path for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
     digest = hashlib.blake2b(digest_size=16)
-    for path in paths:
+    for path in sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")):
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -141,7 +139,8 @@ def run_setup(args, data_dir: Path) -> dict:
     metrics the comparison: the hardware, the student's and teacher's files, the data, the teacher's scale."""
     hardware = {key: value for key, value in machine().items() if key in ("cpu", "cpu_cores", "gpu")}
     return {**hardware, "student": folder_digest(args.student), "teacher": folder_digest(args.teacher),
-            "data": folder_digest(data_dir, ("train.jsonl", "dev.jsonl")), "score_scale": args.score_scale}
+            "data": [data_digest(str(data_dir / name)) for name in ("train.jsonl", "dev.jsonl")],
+            "score_scale": args.score_scale}
 
 
 def logged_recipe(path: Path, seed: int, max_steps: int, setup: dict) -> dict | None:
