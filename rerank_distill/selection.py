@@ -64,9 +64,31 @@ def split_rows(dataset, held_out: set[str]):
 
 
 def split_by_query(dataset, share: float, seed: int, max_count: int = 0):
-    """Split a data set into (train, eval) by whole queries (see held_out_queries): every row of
-    a held-out query goes to eval, so no query is in both."""
-    return split_rows(dataset, held_out_queries(column_values(dataset, "query"), share, seed, max_count))
+    """Split a data set into (train, eval, held-out queries) by whole queries (see held_out_queries):
+    every row of a held-out query goes to eval, so no query is in both; and so do the rows whose
+    query is one of its passages (see hold_out)."""
+    held = held_out_queries(column_values(dataset, "query"), share, seed, max_count)
+    return (*hold_out(dataset, held, passages_of(dataset, held)), held)
+
+
+def passages_of(dataset, queries: set[str]) -> set[str]:
+    """The texts the rows of ``queries`` rank (every text column but the query: positive, negative,
+    passages, passage, ...)."""
+    of_rows = column_values(dataset, "query")
+    return {text for name in dataset.column_names if name not in ("query", "label")
+            for query, value in zip(of_rows, column_values(dataset, name)) if query in queries
+            for text in (value if isinstance(value, list) else [value]) if isinstance(text, str)}
+
+
+def hold_out(dataset, held: set[str], passages: set[str]):
+    """(rows of other queries, rows held out): those of the ``held`` queries, and those whose query is
+    one of their ``passages``: a list of passages as queries (generate_logits.py --passages_as_queries)
+    ranks a held-out query's candidates against each other, and the query among them, by the teacher."""
+    dataset, held_rows = split_rows(dataset, held | (passages - held))
+    if derived := sum(query in passages - held for query in column_values(held_rows, "query")):
+        logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
+                    "are held out with it", derived)
+    return dataset, held_rows
 
 
 def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
@@ -206,8 +228,8 @@ def plan_selection(
     if not queries:
         held_out: list[str] = []
         if eval_set is None:
-            train_set, eval_set = split_by_query(train_set, eval_share, seed, eval_max_queries)
-            held_out = list(dict.fromkeys(column_values(eval_set, "query")))
+            train_set, eval_set, held = split_by_query(train_set, eval_share, seed, eval_max_queries)
+            held_out = [query for query in dict.fromkeys(column_values(eval_set, "query")) if query in held]
         return CheckpointSelection(train_set, eval_set, [], held_out, "loss", f"by eval_loss ({note})")
 
     if not shared:
@@ -220,13 +242,8 @@ def plan_selection(
             "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
             "larger --eval_share (or --eval_max_queries) or a labelled dev file as --selection_data gives selection its "
             "queries)"))
-    # Lists made of a held-out query's passages (--passages_as_queries) rank its own candidates
-    # against each other, and the query among them, with the teacher's scores: held out with it.
-    held_passages = {passage for query in ranked if query.query in held for passage in query.passages} - held
-    train_set, held_rows = split_rows(train_set, held | held_passages)
-    if derived := sum(query in held_passages for query in column_values(held_rows, "query")):
-        logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
-                    "are held out with it", derived)
+    held_passages = {passage for query in ranked if query.query in held for passage in query.passages}
+    train_set, held_rows = hold_out(train_set, held, held_passages)
     return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
                                [query for query in shared if query in held], "eval_selection_map",
                                f"by MAP on {counted} ({note})")

@@ -599,6 +599,22 @@ def test_lists_of_a_held_out_querys_passages_are_held_out_with_it(tmp_path):
     assert set(selection.eval["query"]) == held | held_passages
 
 
+def test_lists_of_a_held_out_querys_passages_are_held_out_with_it_when_eval_loss_picks():
+    from rerank_distill.selection import plan_selection
+
+    # triplets without gold labels (eval loss picks), and (passages as queries) one of each positive against the rest
+    rows = [{"query": f"q{i}", "positive": f"p{i}", "negative": f"n{i}", "score": 2.0} for i in range(6)]
+    rows += [{"query": f"p{i}", "positive": f"q{i}", "negative": f"n{i}", "score": 1.0} for i in range(6)]
+    selection = plan_selection(triplets_dataset(rows), "triplets", "t.jsonl", None, "auto", None, 2 / 12, 0, True)
+    held = set(selection.held_out)
+    assert len(held) == 2 and selection.metric == "loss"
+    # p_i's list ranks q_i and n_i: held out with whichever of q_i or p_i was drawn (and vice versa)
+    partners = {f"p{q[1:]}" if q.startswith("q") else f"q{q[1:]}" for q in held}
+    assert set(selection.eval["query"]) == held | partners
+    assert not ({*held, *partners} & set(selection.train["query"]))
+    assert len(selection.train) + len(selection.eval) == len(rows)
+
+
 # --- defaults the user did not pass -----------------------------------------------------------
 
 
@@ -888,10 +904,10 @@ def test_the_teacher_temperature_must_be_positive(triplets_file, tmp_path):
 
 def test_held_out_split_puts_whole_queries_on_one_side():
     rows = hand_written_triplets()
-    train_set, eval_set = split_by_query(triplets_dataset(rows), share=0.4, seed=7)
+    train_set, eval_set, held = split_by_query(triplets_dataset(rows), share=0.4, seed=7)
 
     assert set(train_set["query"]).isdisjoint(eval_set["query"])
-    assert len(set(eval_set["query"])) == 2  # 40% of 5 queries
+    assert len(set(eval_set["query"])) == 2 and set(eval_set["query"]) == held  # 40% of 5 queries
     for query in set(eval_set["query"]):
         assert list(eval_set["query"]).count(query) == sum(r["query"] == query for r in rows)
     assert len(train_set) + len(eval_set) == len(rows)
