@@ -17,6 +17,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery, first_record, iter_ranking_queries, iter_scored_pairs, label_of
 from rerank_distill.losses import LOSSES
 from rerank_distill.metrics import SKIP_REASONS, evaluate_rankings, skip_reason
+from rerank_distill.report import METRICS as RANKING_METRICS  # stage 4's, reported here as selection_map, ...
 from rerank_distill.student import in_float32, score_ranking_queries
 from rerank_distill.training_data import (
     DATA_KINDS,
@@ -84,8 +85,9 @@ def hold_out(dataset, held: set[str], passages: set[str]):
     """(rows of other queries, rows held out): those of the ``held`` queries, and those whose query is
     one of their ``passages``: a list of passages as queries (generate_logits.py --passages_as_queries)
     ranks a held-out query's candidates against each other, and the query among them, by the teacher."""
-    dataset, held_rows = split_rows(dataset, held | (passages - held))
-    if derived := sum(query in passages - held for query in column_values(held_rows, "query")):
+    passage_queries = passages - held
+    dataset, held_rows = split_rows(dataset, held | passage_queries)
+    if derived := sum(query in passage_queries for query in column_values(held_rows, "query")):
         logger.info("%d training rows whose query is a passage of a held-out query (lists of passages as queries) "
                     "are held out with it", derived)
     return dataset, held_rows
@@ -141,8 +143,6 @@ EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "me
 
 COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries")
 
-# What SelectionEvaluator reports of the ranked queries, each as "selection_" + name (eval_selection_map, ...)
-RANKING_METRICS = ("map", "mrr@10", "ndcg@10")
 
 
 @dataclass
