@@ -261,6 +261,8 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
     if not selection.held_out:
         why = "--eval_data gives the eval loss" if selection.metric == "loss" else f"best checkpoint {selection.note}"
         warn_unread(script, dict.fromkeys(("eval_share", "eval_max_queries"), f"no training query is held out ({why})"))
+    if selection.eval is None:  # (--eval_strategy no, or --selection_metric last: nothing is evaluated)
+        warn_unread(script, {"eval_data": f"nothing is evaluated (best checkpoint {selection.note})"})
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run

@@ -546,6 +546,26 @@ def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as
         assert "--eval_share" not in small_selection_warning(selection)
 
 
+@pytest.mark.parametrize(("selection_metric", "evaluate", "why"), [
+    ("last", True, "not picked (--selection_metric last)"),
+    ("auto", False, "none (--eval_strategy no)"),
+])
+def test_an_eval_data_that_nothing_evaluates_is_warned_about(triplets_file, tmp_path, caplog, selection_metric,
+                                                            evaluate, why):
+    from types import SimpleNamespace
+
+    from rerank_distill.selection import load_training_data
+
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "d", "positive": "p", "negative": "n", "score": 2.0}])
+    script = train.ScriptArguments("unused", str(triplets_file), eval_data=str(dev), selection_metric=selection_metric)
+    with caplog.at_level(logging.WARNING):
+        _, selection = load_training_data(script, SimpleNamespace(
+            per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+            process_index=0, save_strategy="steps"), evaluate, True)
+    assert selection.eval is None
+    assert f"--eval_data {dev} is not read: nothing is evaluated (best checkpoint {why}" in caplog.text
+
+
 def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_warned_about(tmp_path, triplets_file,
                                                                                           caplog):
     with pytest.raises(InputError, match="--selection_metric map picks a checkpoint by evaluations, and --eval_strategy "
