@@ -5,14 +5,16 @@ and split accordingly, and the evaluator that ranks the held-out queries at each
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from rerank_distill.cli import warn_unread
+from rerank_distill.cli import beside_output, warn_unread
 from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery, first_record, iter_ranking_queries, iter_scored_pairs, label_of
 from rerank_distill.losses import LOSSES
@@ -211,6 +213,9 @@ def plan_selection(
             training_queries = set(column_values(train_set, "query"))
             shared = list(dict.fromkeys(query.query for query in queries if query.query in training_queries))
             own = sum(query.query not in training_queries for query in queries)
+            # the file stage 2 made the training data from: its queries no training row has are queries stage 2
+            # dropped (a teacher tie, --min_margin), never trained on but no dev set that the user chose
+            dropped = own if own and selection_data and made_from(train_source, selection_data) else 0
             if len(shared) > 1:
                 held = held_out_queries(shared, eval_share, seed, eval_max_queries)
             elif own or len(training_queries) == 1:  # shared by chance, or the only query there is to train on
@@ -235,8 +240,9 @@ def plan_selection(
     if not shared:
         return CheckpointSelection(train_set, eval_set, queries, [], "eval_selection_map",
                                    f"by MAP on a dev set of its own ({note})")
-    counted = f"{len(held)} held-out training queries" + (f" and {own} of its own" if own else "")
-    if may_go_unpicked and not own and len(held) < MIN_SELECTION_QUERIES:
+    counted = f"{len(held)} held-out training queries" + (
+        f" and {own} that stage 2 dropped" if dropped else f" and {own} of its own" if own else "")
+    if may_go_unpicked and own == dropped and len(held) + dropped < MIN_SELECTION_QUERIES:
         return CheckpointSelection(train_set, None, metric="last", note=(
             f"not picked: MAP on {counted} (fewer than {MIN_SELECTION_QUERIES}) would pick checkpoints mostly by "
             "chance, so every query trains and the last step is final (--selection_metric map selects anyway; a "
@@ -247,6 +253,16 @@ def plan_selection(
     return CheckpointSelection(train_set, held_rows if eval_set is None and held else eval_set, ranked,
                                [query for query in shared if query in held], "eval_selection_map",
                                f"by MAP on {counted} ({note})")
+
+
+def made_from(train_source: str, scores_source: str) -> bool:
+    """Whether create_triplets.py made ``train_source`` from ``scores_source``, as the arguments it
+    wrote beside its output say (False where there are none: a file made elsewhere)."""
+    try:
+        inputs = json.loads(beside_output(train_source, ".args.json").read_text())["script"]["input_path"]
+        return any(os.path.samefile(path, scores_source) for path in inputs)
+    except (OSError, ValueError, KeyError, TypeError):  # no record, or a hub id that names no file
+        return False
 
 
 def load_training_data(script, training, evaluate: bool, must_evaluate: bool) -> tuple[str, CheckpointSelection]:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import create_triplets
 import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
@@ -29,7 +30,7 @@ from rerank_distill.selection import (
     small_selection_warning,
     split_by_query,
 )
-from rerank_distill.toy import synthetic_ranking_data, write_jsonl_records
+from rerank_distill.toy import read_jsonl_records, synthetic_ranking_data, write_jsonl_records
 from rerank_distill.samplers import LengthGroupedBatchSampler, length_grouped_batches, query_grouped_batches
 from rerank_distill.trainer import track_padding
 from rerank_distill.training import default_training_flags, passed_flags
@@ -1026,6 +1027,23 @@ def test_a_dev_file_sharing_queries_with_training_still_ranks_all_of_its_own(tmp
     assert ranked[2:] == selection.held_out and len(selection.held_out) == (0 if shared == 1 else 1)
     assert set(selection.train["query"]) == set(QUERIES) - set(selection.held_out)
     assert f"{len(selection.held_out)} held-out training queries and 2 of its own" in selection.note
+
+
+def test_queries_stage_2_dropped_from_the_selection_file_it_made_the_triplets_from_are_no_dev_set_of_its_own(tmp_path):
+    scores = hand_written_scores()
+    tied = next(iter(QUERIES))  # the teacher tied all its candidates: stage 2 makes no pair of them
+    scores = [{**row, "score": 0.0} if row["query"] == tied else row for row in scores]
+    scores_path = write_jsonl_records(tmp_path / "train_scores.jsonl", scores)
+    triplets_path = tmp_path / "train_triplets.jsonl"
+    create_triplets.main(["--input_path", str(scores_path), "--output_path", str(triplets_path)])
+    triplets = read_jsonl_records(triplets_path)
+    assert tied not in {row["query"] for row in triplets}
+
+    selection = plan_selection(triplets_dataset(triplets), "triplets", str(triplets_path), str(scores_path), "auto",
+                               None, 0.4, 7)
+    # 2 held-out training queries and the dropped one are far below 30: every query trains, as without it
+    assert selection.metric == "last" and selection.held_out == [] and "fewer than 30" in selection.note
+    assert "1 that stage 2 dropped" in selection.note and len(selection.train) == len(triplets)
 
 
 def test_a_selection_file_sharing_one_training_query_holds_it_out_only_when_map_is_asked_for(tmp_path, scores_file):
