@@ -673,7 +673,7 @@ def iter_ranking_queries(
                 raise InputError(f'{mixed} the {record_format} format\'s "{pos_name}" / "{neg_name}": use one pair of '
                                  "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
-            if pos_name not in record and neg_name not in record:
+            if record.get(pos_name) is None and record.get(neg_name) is None:  # (null: a Parquet row's missing list)
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
             positives = get_text_list(record, pos_name, path, line, required=False)
             negatives = get_text_list(record, neg_name, path, line, required=False)
