@@ -587,8 +587,9 @@ def _is_id_column(name: str) -> bool:
 
 def passage_of(record: dict, path: str, line: int) -> str:
     """The passage text of a one-pair row, from its passage field (one of PASSAGE_FIELDS).
-    InputError where two such fields hold different texts: which one is the passage is not ours to guess."""
-    texts = {name: get_text(record, name, path, line) for name in PASSAGE_FIELDS if name in record}
+    InputError where two such fields hold different texts: which one is the passage is not ours to guess.
+    A null field counts as missing, as a Parquet row holds the columns of other rows' passage fields."""
+    texts = {name: get_text(record, name, path, line) for name in PASSAGE_FIELDS if record.get(name) is not None}
     if not texts:
         raise InputError(f"missing the passage field (one of {', '.join(PASSAGE_FIELDS)})", path, line)
     if len(set(texts.values())) > 1:

@@ -122,6 +122,19 @@ def test_a_record_whose_both_lists_are_null_is_refused_at_its_row(tmp_path):
         as_tuples(parquet)
 
 
+def test_rows_naming_the_passage_field_differently_read_alike_as_jsonl_and_as_parquet_whose_other_column_is_null(
+    tmp_path,
+):
+    rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "content": "b", "label": 0}]
+    jsonl = write_jsonl_records(tmp_path / "test.jsonl", rows)
+    parquet = write_parquet(tmp_path / "test.parquet", {"query": ["q", "q"], "passage": ["a", None],
+                                                        "content": [None, "b"], "label": [1, 0]})
+    assert as_tuples(jsonl) == as_tuples(parquet) == [("q", ["a", "b"], [1.0, 0.0])]
+    no_passage = write_parquet(tmp_path / "none.parquet", {"query": ["q"], "passage": [None], "label": [1]})
+    with pytest.raises(InputError, match=re.escape(f"{no_passage}:1: missing the passage field")):
+        as_tuples(no_passage)
+
+
 def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(tmp_path):
     source = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "content": "a", "score": "0.75"},
