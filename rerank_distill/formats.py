@@ -587,8 +587,9 @@ def _is_id_column(name: str) -> bool:
 
 def passage_of(record: dict, path: str, line: int) -> str:
     """The passage text of a one-pair row, from its passage field (one of PASSAGE_FIELDS).
-    InputError where two such fields hold different texts: which one is the passage is not ours to guess."""
-    texts = {name: get_text(record, name, path, line) for name in PASSAGE_FIELDS if name in record}
+    InputError where two such fields hold different texts: which one is the passage is not ours to guess.
+    A null field counts as missing, as a Parquet row holds the columns of other rows' passage fields."""
+    texts = {name: get_text(record, name, path, line) for name in PASSAGE_FIELDS if record.get(name) is not None}
     if not texts:
         raise InputError(f"missing the passage field (one of {', '.join(PASSAGE_FIELDS)})", path, line)
     if len(set(texts.values())) > 1:
@@ -673,7 +674,7 @@ def iter_ranking_queries(
                 raise InputError(f'{mixed} the {record_format} format\'s "{pos_name}" / "{neg_name}": use one pair of '
                                  "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
-            if pos_name not in record and neg_name not in record:
+            if record.get(pos_name) is None and record.get(neg_name) is None:  # (null: a Parquet row's missing list)
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
             positives = get_text_list(record, pos_name, path, line, required=False)
             negatives = get_text_list(record, neg_name, path, line, required=False)

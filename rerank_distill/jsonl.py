@@ -160,12 +160,13 @@ def get_text(record: dict, name: str, path: str, line: int) -> str:
 
 
 def get_text_list(record: dict, name: str, path: str, line: int, required: bool = True) -> list[str]:
-    """The list-of-strings field ``name`` (a lone string counts as a list of one)."""
+    """The list-of-strings field ``name`` (a lone string counts as a list of one). A field not
+    ``required`` that is missing or null (as Parquet and ``datasets`` hold a list a record lacks) is empty."""
+    value = record.get(name)
+    if value is None and not required:
+        return []
     if name not in record:
-        if not required:
-            return []
         raise InputError(f'missing field "{name}" (fields present: {sorted(record)})', path, line)
-    value = record[name]
     if isinstance(value, str):
         return [check_encodable(value, f'field "{name}"', path, line)]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -104,6 +104,37 @@ def test_mteb_parquet_with_list_columns_is_read(tmp_path):
     assert as_tuples(source) == [("q", ["p", "n1", "n2"], [1.0, 0.0, 0.0])]
 
 
+def test_a_list_a_record_lacks_is_read_as_empty_whether_left_out_or_null_as_parquet_holds_it(tmp_path):
+    # a JSONL record may leave out "negative"; the same records as Parquet (pandas, datasets) hold it as null
+    records = [{"query": "q", "positive": ["p"], "negative": ["n"]}, {"query": "r", "positive": ["p"]},
+               {"query": "s", "negative": ["n"]}]
+    jsonl = write_jsonl_records(tmp_path / "test.jsonl", records)
+    parquet = write_parquet(tmp_path / "test.parquet", {"query": ["q", "r", "s"], "positive": [["p"], ["p"], None],
+                                                        "negative": [["n"], None, ["n"]]})
+    expected = [("q", ["p", "n"], [1.0, 0.0]), ("r", ["p"], [1.0]), ("s", ["n"], [0.0])]
+    assert as_tuples(jsonl) == as_tuples(parquet) == expected
+
+
+def test_a_record_whose_both_lists_are_null_is_refused_at_its_row(tmp_path):
+    parquet = write_parquet(tmp_path / "test.parquet", {"query": ["q", "r"], "positive": [["p"], None],
+                                                        "negative": [["n"], None]})
+    with pytest.raises(InputError, match=re.escape(f'{parquet}:2: record has neither "positive" nor "negative"')):
+        as_tuples(parquet)
+
+
+def test_rows_naming_the_passage_field_differently_read_alike_as_jsonl_and_as_parquet_whose_other_column_is_null(
+    tmp_path,
+):
+    rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "content": "b", "label": 0}]
+    jsonl = write_jsonl_records(tmp_path / "test.jsonl", rows)
+    parquet = write_parquet(tmp_path / "test.parquet", {"query": ["q", "q"], "passage": ["a", None],
+                                                        "content": [None, "b"], "label": [1, 0]})
+    assert as_tuples(jsonl) == as_tuples(parquet) == [("q", ["a", "b"], [1.0, 0.0])]
+    no_passage = write_parquet(tmp_path / "none.parquet", {"query": ["q"], "passage": [None], "label": [1]})
+    with pytest.raises(InputError, match=re.escape(f"{no_passage}:1: missing the passage field")):
+        as_tuples(no_passage)
+
+
 def test_teacher_scores_from_elsewhere_accept_content_and_numeric_string_scores(tmp_path):
     source = write_jsonl_records(tmp_path / "scores.jsonl", [
         {"query": "q", "content": "a", "score": "0.75"},
