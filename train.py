@@ -52,6 +52,7 @@ from rerank_distill.selection import (
     DEFAULT_EVAL_SHARE,
     EVALUATION_FLAGS,
     MIN_SELECTION_QUERIES,
+    TRAINER_EVALUATION_FLAGS,
     SelectionEvaluator,
     load_training_data,
     small_selection_warning,
@@ -205,6 +206,9 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         evaluate = False  # no checkpoint to pick from: queries held out would only be lost to training
     kind, selection = load_training_data(script, training, evaluate, must_evaluate)
     if training.eval_strategy != "no" and selection.metric == "last":
+        if unread := [f"--{name}" for name in TRAINER_EVALUATION_FLAGS if name in passed]:
+            logger.warning("%s %s not read: best checkpoint %s", ", ".join(unread), "are" if unread[1:] else "is",
+                           selection.note)
         training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
         evaluate = False
     elif evaluate:

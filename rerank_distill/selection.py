@@ -140,8 +140,8 @@ DEFAULT_EVAL_MAX_QUERIES = 1000
 
 # Flags by which a user asks for evaluation (of held-out queries, or of a dev file: --eval_data), so "auto"
 # never turns it off for them, even where no checkpoint is saved to pick from.
-EVALUATION_FLAGS = {"eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model", "eval_share",
-                    "eval_max_queries", "eval_data"}
+TRAINER_EVALUATION_FLAGS = ("eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model")
+EVALUATION_FLAGS = {*TRAINER_EVALUATION_FLAGS, "eval_share", "eval_max_queries", "eval_data"}
 
 COUNT_KEYS = ("train_examples", "train_queries", "eval_examples", "eval_queries")
 

@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,9 +23,10 @@ import create_triplets
 import train
 from rerank_distill.errors import InputError
 from rerank_distill.losses import FusedMarginMSELoss
-from rerank_distill.run_folder import newest_checkpoint, resolve_checkpoint, resume_hint
+from rerank_distill.run_folder import newest_checkpoint, resolve_checkpoint, resume_hint, resumed_state
 from rerank_distill.selection import (
     SelectionEvaluator,
+    load_training_data,
     held_out_queries,
     plan_selection,
     small_selection_warning,
@@ -494,10 +496,6 @@ def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query
 
 
 def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files_labels(scores_file, tmp_path):
-    from types import SimpleNamespace
-
-    from rerank_distill.selection import load_training_data
-
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "dev q", "passage": p, "score": s, "label": None}
                                                        for p, s in (("a", 1.0), ("b", 0.0))])  # fmt: skip
     script = train.ScriptArguments("unused", str(scores_file), eval_data=str(dev), loss="mse", selection_metric="map",
@@ -509,10 +507,6 @@ def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files
 
 
 def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, tmp_path):
-    from types import SimpleNamespace
-
-    from rerank_distill.selection import load_training_data
-
     # (a name with "label" in it once reached the label check as its record)
     dev = write_jsonl_records(tmp_path / "labelled_dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s,
                                                                  "label": label} for q in "xy"
@@ -529,10 +523,6 @@ def test_an_eval_data_of_labelled_scores_picks_by_map_as_a_dev_set(scores_file, 
 @pytest.mark.parametrize("dev_set", [True, False])
 def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as_the_remedy(scores_file, tmp_path,
                                                                                             caplog, dev_set):
-    from types import SimpleNamespace
-
-    from rerank_distill.selection import load_training_data
-
     # a labelled dev set of its own is ranked whole, and --selection_metric last holds out nothing: no share is taken
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
                                                        for q in "xy" for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
@@ -553,10 +543,6 @@ def test_an_eval_share_that_holds_out_nothing_is_warned_about_and_not_offered_as
 ])
 def test_an_eval_data_that_nothing_evaluates_is_warned_about(triplets_file, tmp_path, caplog, selection_metric,
                                                             evaluate, why):
-    from types import SimpleNamespace
-
-    from rerank_distill.selection import load_training_data
-
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "d", "positive": "p", "negative": "n", "score": 2.0}])
     script = train.ScriptArguments("unused", str(triplets_file), eval_data=str(dev), selection_metric=selection_metric)
     with caplog.at_level(logging.WARNING):
@@ -565,6 +551,17 @@ def test_an_eval_data_that_nothing_evaluates_is_warned_about(triplets_file, tmp_
             process_index=0, save_strategy="steps"), evaluate, True)
     assert selection.eval is None
     assert f"--eval_data {dev} is not read: nothing is evaluated (best checkpoint {why}" in caplog.text
+
+
+def test_evaluation_flags_that_selection_metric_last_never_reads_are_warned_about(tiny_cross_encoder, triplets_file,
+                                                                                  tmp_path, caplog):
+    out = tmp_path / "model"
+    with caplog.at_level(logging.WARNING):
+        run_train(tiny_cross_encoder, triplets_file, out, "--selection_metric", "last", "--eval_strategy", "steps",
+                  "--eval_steps", "1", "--max_steps", "2")
+    assert eval_history(out, "eval_loss") == []
+    assert ("--eval_strategy, --eval_steps are not read: best checkpoint not picked (--selection_metric last)"
+            in caplog.text)
 
 
 def test_selection_without_evaluations_is_refused_and_an_unread_temperature_is_warned_about(tmp_path, triplets_file,
@@ -1656,10 +1653,6 @@ def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_
 
 
 def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_to(tmp_path):
-    from types import SimpleNamespace
-
-    from rerank_distill.run_folder import resumed_state
-
     (tmp_path / "trainer_state.json").write_text(json.dumps(
         {"global_step": 10, "max_steps": 20, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}))  # fmt: skip
     training = SimpleNamespace(max_steps=20, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=5,
