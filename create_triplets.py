@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_path.endswith((".parquet", ".arrow")):  # every reader would take it for that format
         raise InputError(f"--output_path {args.output_path}: the records are written as JSONL; name it .jsonl or "
                          ".jsonl.gz")
-    warn_unread(args, unread_flags(args.format, args.positives, args.negatives))
+    warn_unread(args, unread_flags(args.format, args.positives, args.negatives, args.label_margin))
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_same_teachers(args.input_path)

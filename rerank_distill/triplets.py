@@ -331,9 +331,13 @@ def format_records(
 # --- a whole file: every query's records ---
 
 
-def unread_flags(output_format: OutputFormat, positives: PositiveRule, negatives: NegativeRule) -> dict[str, str]:
+def unread_flags(output_format: OutputFormat, positives: PositiveRule, negatives: NegativeRule,
+                 label_margin: float | None) -> dict[str, str]:
     """The create_triplets.py flags these rules never read, each with why (flag name -> reason)."""
     unread = {}
+    if positives == "teacher" and label_margin is None and output_format != "listwise":
+        unread["label_column"] = (f"{output_format} read gold labels only for --positives labels or both and "
+                                  "--label_margin")
     if output_format == "listwise":
         unread["num_negatives"] = "listwise groups take --group_size - 1 negatives"
     else:

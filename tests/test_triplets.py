@@ -249,6 +249,10 @@ def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
         (["--positives", "labels", "--top_k", "2", "--seed", "7"], ["--top_k 2", "--seed 7"]),
         (["--format", "listwise", "--group_size", "16", "--negatives", "random", "--seed", "7"], []),
         (["--num_negatives", "4", "--group_size", "8"], []),  # the defaults, even given, ask for nothing
+        (["--label_column", "label"], ["--label_column label"]),  # the teacher's top, its scores as they are
+        (["--label_column", "label", "--format", "ntuples", "--positives", "both"], []),
+        (["--label_column", "label", "--label_margin", "1"], []),
+        (["--label_column", "label", "--format", "listwise"], []),  # its records keep the labels
     ],
 )
 def test_a_flag_these_settings_never_read_is_warned_about(tmp_path, caplog, flags, unread):
