@@ -153,14 +153,14 @@ DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
     """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else
-    None. Either may hold colons (``runs:2/data``, a split saved as ``test[:5]``): the longest
-    existing folder before a colon is the folder."""
+    None (``DIR:``, the split left empty, is ``DIR``). Either may hold colons (``runs:2/data``, a
+    split saved as ``test[:5]``): the longest existing folder before a colon is the folder."""
     if os.path.isdir(source):
         return source, None
     for colon in reversed([i for i, char in enumerate(source) if char == ":"]):
         folder, split = source[:colon], source[colon + 1:]
-        if split and os.path.isdir(folder):
-            return folder, split
+        if os.path.isdir(folder):
+            return folder, split or None
     return None
 
 

@@ -410,11 +410,14 @@ def test_a_data_set_folder_reads_the_named_splits_files_in_path_order(dataset_fo
 def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
     with pytest.raises(InputError, match=rf"{dataset_folder}: this folder holds the splits \['test', 'train'\]; name one"):
         as_tuples(dataset_folder)
+    with pytest.raises(InputError, match=rf"{dataset_folder}: this folder holds the splits \['test', 'train'\]; name one"):
+        as_tuples(f"{dataset_folder}:")  # a split left empty is none named, never a hub id
     with pytest.raises(InputError, match=rf"{dataset_folder}: this folder has no split 'dev'"):
         as_tuples(f"{dataset_folder}:dev")
     (dataset_folder / "train.jsonl.gz").unlink()
     (dataset_folder / "data" / "test-00001-of-00002.parquet").unlink()
     assert as_tuples(dataset_folder) == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]  # its only split
+    assert as_tuples(f"{dataset_folder}:") == as_tuples(dataset_folder)
     assert source_stem(str(dataset_folder)) == "so-reranking"
 
 
