@@ -52,8 +52,8 @@ BATCH_SIZE="${BATCH_SIZE:-8}"                                     # examples (li
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-32}"                          # held-out evaluation batch per GPU
 pairs_per_forward_given="${PAIRS_PER_FORWARD:+yes}"  # (passed where LOSS reads it, or where set: see below)
 PAIRS_PER_FORWARD="${PAIRS_PER_FORWARD:-16}"                      # pairs per length-sorted forward pass (raise on a big GPU); 0 = a batch at once
-LEARNING_RATE="${LEARNING_RATE:-1e-4}"
-EPOCHS="${EPOCHS:-12}"
+LEARNING_RATE="${LEARNING_RATE:-1e-4}"                            # peak learning rate (the first recipe: 2e-5)
+EPOCHS="${EPOCHS:-12}"                                            # planned epochs; fractions work (1.85); 2 with passages as queries
 MAX_TRAIN_SECONDS="${MAX_TRAIN_SECONDS:-}"                        # stop after this many seconds, schedule fitted; empty = no limit
 WARMUP="${WARMUP:-0}"                                             # warmup steps; below 1 = share of all steps (the first recipe: 0.1)
 NUM_GPUS="${NUM_GPUS:-1}"                                         # >1: one torchrun process per GPU

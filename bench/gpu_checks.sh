@@ -18,7 +18,7 @@
 # bash, not sh (dash, busybox) or zsh, which would stop at its arrays with a message that does not say so
 # shellcheck disable=SC2292  # [ ], which they have too, not [[ ]]
 [ -n "${BASH_VERSION:-}" ] || { echo "gpu_checks.sh: run it with bash (bash $0), not sh" >&2; exit 2; }
-set -uo pipefail
+set -uo pipefail  # not -e: each check runs and its exit status is reported at the end, whichever failed
 # The interpreter: python, or python3 where only that is installed (Debian and Ubuntu without
 # python-is-python3, Homebrew outside a virtual environment); PYTHON=... names another
 python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
