@@ -128,24 +128,28 @@ def read_training_data(
     kind = detect_data_kind(record, path, line, input_format, label_column)
     check_kind(loss, kind, path, line, sorted(record))
     rows = itertools.chain([first], rows)
-    if show_progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        rows = tqdm(rows, unit="record", desc=f"reading {kind}")
+    def counted(items: Iterable, unit: str) -> Iterable:
+        # the bar wraps what is read: scores and labelled data are read again, as pairs or queries, not as rows
+        return tqdm(items, unit=unit, desc=f"reading {kind}", disable=not show_progress)
+
     if label_column and kind in ("triplets", "ntuples", "listwise"):
         warn_label_column_unread(label_column, path, f"{DATA_KINDS[kind]} carry no gold labels")
     if kind in ("triplets", "ntuples"):
+        rows = counted(rows, "record")
         data = _triplets(rows, teacher_temperature) if kind == "triplets" else _ntuples(rows, teacher_temperature)
         if data.ragged and loss == "margin_mse" and not fused_forward:
             raise InputError("the n-tuples have differing numbers of negatives, which only the fused MarginMSE "
                              "takes; drop --no_fused_forward", source)
     elif kind == "listwise":
-        data = _listwise(rows, teacher_temperature)
+        data = _listwise(counted(rows, "record"), teacher_temperature)
     elif kind == "scores":
-        data = _pointwise_scores(iter_scored_pairs(source, label_column, hub, cache_dir), loss, teacher_temperature,
-                                 label_column)
+        data = _pointwise_scores(counted(iter_scored_pairs(source, label_column, hub, cache_dir), "pair"), loss,
+                                 teacher_temperature, label_column)
     else:
-        data = _labelled(iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column))
+        data = _labelled(counted(iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column),
+                                 "query"))
     if not LOSSES[loss].reads_teacher:  # how much scores it never reads vary is nothing to warn about
         data.teacher_spread = None
     return data

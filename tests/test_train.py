@@ -748,6 +748,17 @@ def test_a_scores_file_becomes_pairs_with_the_target_of_each_pointwise_loss(tmp_
     assert data.columns["label"] == pytest.approx(labels)
 
 
+@pytest.mark.parametrize("rows, loss, counted", [
+    ([{"query": "q", "passage": "p", "score": 2.0}, {"query": "q", "passage": "n", "score": -4.0}], "mse", "2pair"),
+    ([{"query": "q", "positive": ["p"], "negative": ["n"]}, {"query": "r", "positive": ["x"], "negative": ["y"]}],
+     "bce_labels", "2query"),
+    ([{"query": "q", "positive": "p", "negative": "n", "score": 1.0}], "margin_mse", "1record"),
+])
+def test_the_reading_bar_counts_what_was_read_in_every_kind_of_file(tmp_path, capsys, rows, loss, counted):
+    read_training_data(str(write_jsonl_records(tmp_path / "d.jsonl", rows)), loss, show_progress=True)
+    assert f": {counted} [" in capsys.readouterr().err  # not "0record" beside a file read another way
+
+
 @pytest.mark.parametrize("rows", [
     [{"query": "q", "positive": ["p"], "negative": ["n", "m"]}],
     [{"query": "q", "pos": ["p"], "neg": ["n", "m"]}],
