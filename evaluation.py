@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.output_path, report)
     scored = report["pairs_scored"] * len(models)
     logger.info(
-        "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored x %d models in %.1fs (%.0f pairs/s)",
+        "wrote %s: %d queries (%d evaluated, %d skipped), %d of %d pairs scored by %s in %.1fs (%.0f pairs/s)",
         args.output_path, len(queries), report["queries_evaluated"], report["queries_skipped"], report["pairs_scored"],
-        report["pairs"], len(models), report["seconds"], scored / max(report["seconds"], 1e-9),
+        report["pairs"], f"each of {len(models)} models" if len(models) > 1 else "the model", report["seconds"],
+        scored / max(report["seconds"], 1e-9),
     )  # fmt: skip
     return report
 
