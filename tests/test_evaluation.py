@@ -192,6 +192,16 @@ def test_teacher_scores_that_rank_perfectly_give_map_one(tiny_cross_encoder, ran
     assert report["share_of_teacher"] == {"before": report["before"]}  # each metric divided by 1
 
 
+def test_change_is_after_minus_before_and_relative_to_before_or_null_where_before_is_zero():
+    from rerank_distill.report import change
+
+    before = {"map": 0.5, "mrr@10": 0.0, "ndcg@10": 0.8}
+    after = {"map": 0.75, "mrr@10": 0.25, "ndcg@10": 0.6}
+    assert change(before, after) == {"map": {"absolute": 0.25, "relative": 0.5},
+                                     "mrr@10": {"absolute": 0.25, "relative": None},
+                                     "ndcg@10": {"absolute": pytest.approx(-0.2), "relative": pytest.approx(-0.25)}}
+
+
 def test_share_of_teacher_divides_each_models_metrics_by_the_teachers_and_is_null_where_it_is_zero():
     from rerank_distill.report import share_of_teacher
 
