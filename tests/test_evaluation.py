@@ -192,6 +192,26 @@ def test_teacher_scores_that_rank_perfectly_give_map_one(tiny_cross_encoder, ran
     assert report["share_of_teacher"] == {"before": report["before"]}  # each metric divided by 1
 
 
+def test_change_is_after_minus_before_and_relative_to_before_or_null_where_before_is_zero():
+    from rerank_distill.report import change
+
+    before = {"map": 0.5, "mrr@10": 0.0, "ndcg@10": 0.8}
+    after = {"map": 0.75, "mrr@10": 0.25, "ndcg@10": 0.6}
+    assert change(before, after) == {"map": {"absolute": 0.25, "relative": 0.5},
+                                     "mrr@10": {"absolute": 0.25, "relative": None},
+                                     "ndcg@10": {"absolute": pytest.approx(-0.2), "relative": pytest.approx(-0.25)}}
+
+
+def test_share_of_teacher_divides_each_models_metrics_by_the_teachers_and_is_null_where_it_is_zero():
+    from rerank_distill.report import share_of_teacher
+
+    report = {"teacher": {"map": 0.8, "mrr@10": 0.5, "ndcg@10": 0.0},
+              "before": {"map": 0.4, "mrr@10": 0.25, "ndcg@10": 0.3},
+              "after": {"map": 0.6, "mrr@10": 0.5, "ndcg@10": 0.7}}
+    assert share_of_teacher(report) == {"before": {"map": 0.5, "mrr@10": 0.5, "ndcg@10": None},
+                                        "after": {"map": pytest.approx(0.75), "mrr@10": 1.0, "ndcg@10": None}}
+
+
 def test_teacher_scores_that_rank_every_negative_first_are_scored_low(tiny_cross_encoder, ranking_file, tmp_path):
     records = records_of(ranking_file)
     teacher = write_teacher_scores(tmp_path / "scores.jsonl", records, positive=-5.0, negative=5.0)

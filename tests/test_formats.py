@@ -87,8 +87,9 @@ def test_graded_rows_accept_esci_words_numbers_numeric_strings_and_the_passage_f
         {"query": "q", "passage": "c", "label": 2},
         {"query": "q", "passage": "d", "label": "1"},
         {"query": "q", "passage": "e", "label": True},
+        {"query": "q", "passage": "f", "label": False},
     ])  # fmt: skip
-    assert as_tuples(source) == [("q", ["a", "b", "c", "d", "e"], [3.0, 0.0, 2.0, 1.0, 1.0])]
+    assert as_tuples(source) == [("q", ["a", "b", "c", "d", "e", "f"], [3.0, 0.0, 2.0, 1.0, 1.0, 0.0])]
 
 
 def test_graded_parquet_reads_like_the_same_rows_in_jsonl(tmp_path):

@@ -564,6 +564,20 @@ def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path
     ]  # fmt: skip
 
 
+def test_each_line_of_a_pair_listed_twice_keeps_every_teachers_score_of_that_pair(tmp_path):
+    source = tmp_path / "again.jsonl"
+    source.write_text('{"query": "q1", "positive": ["a"], "negative": ["a", "b", "c"]}\n')  # "a" twice
+    first = FixedTeacher("first", {"a": 1, "b": 2, "c": 4})
+    second = FixedTeacher("second", {"a": 30, "b": 20, "c": 10})
+    output = tmp_path / "again_scores.jsonl"
+    score_source(str(source), output, [first, second], validate_source(str(source), "auto", Shard()), show_progress=False)
+    lines = read_jsonl_records(output)
+    assert [line["passage"] for line in lines] == ["a", "a", "b", "c"]
+    assert [line["teacher_scores"] for line in lines] == [
+        {"first": 1, "second": 30}, {"first": 1, "second": 30}, {"first": 2, "second": 20}, {"first": 4, "second": 10},
+    ]  # fmt: skip
+
+
 def test_pairs_truncated_by_several_teachers_count_as_the_most_any_one_cut(tmp_path):
     class TruncatingTeacher(FixedTeacher):
         def __init__(self, name, by_passage, truncated):

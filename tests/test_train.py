@@ -710,6 +710,14 @@ def test_ntuples_become_one_column_per_negative_and_their_margins(tmp_path):
     assert first == [1.0, 3.0, 4.0] and second[0] == -0.5 and np.isnan(second[1:]).all()
 
 
+def test_ntuple_margins_are_divided_by_the_teacher_temperature(tmp_path):
+    path = write_jsonl_records(tmp_path / "n.jsonl", [
+        {"query": "q", "positive": "p", "negatives": ["a", "b"], "scores": [4.0, 3.0, "1.0"]},
+    ])
+    data = read_training_data(str(path), "margin_mse", teacher_temperature=2.0)
+    assert data.columns["label"] == [[0.5, 1.5]]  # margins 1 and 3, halved
+
+
 def test_listwise_groups_keep_their_scores_divided_by_the_temperature(tmp_path):
     path = write_jsonl_records(tmp_path / "l.jsonl", [
         {"query": "q", "passages": ["p", "a", "b"], "scores": [3.0, 1.0, -1.0], "labels": [1, 0, 0]},
