@@ -136,11 +136,9 @@ def read_queries(args: EvaluationArguments) -> list[RankingQuery]:
     return queries
 
 
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = parse_args((EvaluationArguments,), __doc__, argv)
-    check_minimums(args, batch_size=1, max_length=1)
-    if args.label_words is not None:  # checked before any file is read, as stage 1 checks them
-        label_word_grades(args.label_words, args.label_grades)
+def check_report_paths(args: EvaluationArguments) -> None:
+    """InputError where the report, or a file written beside it, cannot be written, or would
+    destroy an input or land inside a model's folder (whose config.json it could overwrite)."""
     check_writable(args.output_path, "--output_path")
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
@@ -150,6 +148,39 @@ def main(argv: list[str] | None = None) -> dict:
             if model and Path(model).is_dir() and Path(written).resolve().is_relative_to(Path(model).resolve()):
                 raise InputError(f"--output_path {args.output_path} is inside the model folder of --model_{name}_path "
                                  f"{model}: the report could overwrite its files (config.json); write it elsewhere")
+
+
+def build_report(args: EvaluationArguments, queries: list, wanted: list[bool], models: dict[str, str],
+                 results: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """The report (stage 4's JSON: protocol, counts, each model's metrics, the change and the
+    share of the teacher where there are those) and its per-query metrics."""
+    counts = ("queries_evaluated", "queries_skipped", "queries_skipped_by_reason", "queries_scored_zero")
+    report = {
+        "protocol": {"name": args.protocol, "rule": PROTOCOL_RULES[args.protocol], "at_k": AT_K, "ties": TIES},
+        "dataset": args.dataset_path,
+        "models": models,
+        "teacher_scores": args.teacher_scores,
+        "queries": len(queries),
+        "pairs": sum(len(query.passages) for query in queries),
+        "pairs_scored": sum(len(query.passages) for query, keep in zip(queries, wanted) if keep),
+        **{key: results["before"][key] for key in counts},
+        **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
+    }
+    per_query = per_query_metrics(results, AT_K)
+    if "after" in results:
+        report["change"] = change(report["before"], report["after"])
+        report["queries_changed"] = queries_changed(per_query)
+    if "teacher" in results:
+        report["share_of_teacher"] = share_of_teacher(report)
+    return report, per_query
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = parse_args((EvaluationArguments,), __doc__, argv)
+    check_minimums(args, batch_size=1, max_length=1)
+    if args.label_words is not None:  # checked before any file is read, as stage 1 checks them
+        label_word_grades(args.label_words, args.label_grades)
+    check_report_paths(args)
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]
@@ -184,28 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
         scores["teacher"] = teacher.per_query
     results = {name: evaluate_rankings(zip(by_query, labels), args.protocol, AT_K) for name, by_query in scores.items()}
 
-    counts = ("queries_evaluated", "queries_skipped", "queries_skipped_by_reason", "queries_scored_zero")
-    report = {
-        "protocol": {"name": args.protocol, "rule": PROTOCOL_RULES[args.protocol], "at_k": AT_K, "ties": TIES},
-        "dataset": args.dataset_path,
-        "models": models,
-        "teacher_scores": args.teacher_scores,
-        "queries": len(queries),
-        "pairs": sum(len(query.passages) for query in queries),
-        "pairs_scored": sum(len(query.passages) for query, keep in zip(queries, wanted) if keep),
-        **{key: results["before"][key] for key in counts},
-        **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
-    }
-    per_query = per_query_metrics(results, AT_K)
-    if "after" in results:
-        report["change"] = change(report["before"], report["after"])
-        report["queries_changed"] = queries_changed(per_query)
-    if "teacher" in results:
-        report["share_of_teacher"] = share_of_teacher(report)
-        if report["teacher"]["map"] < report["before"]["map"]:
-            logger.warning("the teacher's MAP (%.4f) is below the student's before training (%.4f): distilled from "
-                           "it, the student learns to rank worse; check the teacher (its model, --instruction)",
-                           report["teacher"]["map"], report["before"]["map"])
+    report, per_query = build_report(args, queries, wanted, models, results)
+    if "teacher" in results and report["teacher"]["map"] < report["before"]["map"]:
+        logger.warning("the teacher's MAP (%.4f) is below the student's before training (%.4f): distilled from "
+                       "it, the student learns to rank worse; check the teacher (its model, --instruction)",
+                       report["teacher"]["map"], report["before"]["map"])
     if graded:  # binary data without label_probs: MAP, MRR and NDCG say it all
         report["graded"] = graded_report(queries, scores, teacher)
     report["seconds"] = round(time.time() - started, 2)
