@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
@@ -98,12 +98,12 @@ def hold_out(dataset, held: set[str], passages: set[str]):
 def read_selection_queries(source: str, input_format: str = "auto", label_column: str | None = None,
                            is_training_data: bool = False, hub: str = "huggingface",
                            cache_dir: str | None = None) -> tuple[list[RankingQuery], str]:
-    """The queries of ``source`` that MAP can rank: each with its candidates and gold labels,
-    and at least one positive and one negative. Returns ``(queries, note)``; queries is empty
-    when the file has no gold labels or no such query, and the note says why. A scores file
-    without gold labels is still read through for errors, unless ``is_training_data`` (read and
-    checked already); a file of another kind is judged by its first line alone. ``hub``/``cache_dir``:
-    where a hub data set is fetched from."""
+    """The queries of ``source`` that MAP can rank: each with its candidates and gold labels (a
+    grade below 0 read as 0), and at least one positive and one negative. Returns ``(queries,
+    note)``; queries is empty when the file has no gold labels or no such query, and the note says
+    why. A scores file without gold labels is still read through for errors, unless
+    ``is_training_data`` (read and checked already); a file of another kind is judged by its first
+    line alone. ``hub``/``cache_dir``: where a hub data set is fetched from."""
     path, line, record = first_record(source, hub, cache_dir)
     kind = detect_data_kind(record, path, line, input_format, label_column)
     if kind not in RANKING_KINDS:
@@ -117,7 +117,8 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
     for query in iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column):
         reason = skip_reason(query.labels)
         if reason is None:
-            queries.append(query)
+            # a grade below 0 is not relevant, as training reads it, and no NDCG gain (which must be >= 0)
+            queries.append(replace(query, labels=[max(label, 0.0) for label in query.labels]))
         else:
             skipped[reason] += 1
     skips = f"{skipped['no_positive']} without a positive and {skipped['no_negative']} without a negative skipped"

@@ -29,6 +29,7 @@ from rerank_distill.selection import (
     load_training_data,
     held_out_queries,
     plan_selection,
+    read_selection_queries,
     small_selection_warning,
     split_by_query,
 )
@@ -1200,6 +1201,18 @@ def test_selection_evaluator_equals_sentence_transformers_reranking_evaluator(ti
     )(model)
     for name in ("map", "mrr@10", "ndcg@10"):
         assert ours[f"selection_{name}"] == pytest.approx(theirs[name], abs=1e-6)
+
+
+def test_selection_reads_grades_below_0_as_not_relevant_as_training_does(tiny_cross_encoder, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    rows = [{"query": "q", "passage": "a", "grade": 2}, {"query": "q", "passage": "b", "grade": -1},
+            {"query": "q", "passage": "c", "grade": 0}]  # fmt: skip
+    queries, _ = read_selection_queries(str(write_jsonl_records(tmp_path / "graded.jsonl", rows)))
+    assert [query.labels for query in queries] == [[2.0, 0.0, 0.0]]
+    # (the grade -1 went to NDCG as a gain, which stopped training with a traceback at its first evaluation)
+    metrics = SelectionEvaluator(queries)(CrossEncoder(str(tiny_cross_encoder), num_labels=1))
+    assert 0.0 < metrics["selection_ndcg@10"] <= 1.0
 
 
 def test_selection_evaluator_gives_a_diverged_model_zero_so_it_is_never_chosen(tiny_cross_encoder, ranking_file, caplog):
