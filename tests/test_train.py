@@ -332,6 +332,21 @@ def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny
     assert saved["EarlyStopping"]["args"]["early_stopping_patience"] == 9
 
 
+@pytest.mark.parametrize("added, callback", [(["--max_train_seconds", "600"], "TimeBudget"),
+                                             (["--early_stopping_patience", "5"], "EarlyStopping")])
+def test_a_resume_may_add_a_time_budget_or_early_stopping_its_checkpoint_was_saved_without(
+    tiny_cross_encoder, triplets_file, tmp_path, added, callback
+):
+    out = tmp_path / "model"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--eval_steps", "1")
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--eval_steps", "1",
+                        "--resume_from_checkpoint", "last", *added)
+
+    assert (summary["resumed_from_step"], summary["steps"]) == (2, 4)
+    saved = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert callback in saved  # for the next resume
+
+
 def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path
 ):
