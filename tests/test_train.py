@@ -363,6 +363,27 @@ def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_r
         run_train(tiny_cross_encoder, triplets_file, out, *flags)
 
 
+# (transformers deletes the last checkpoint of a run that ends with --save_total_limit 1 and keeps the best;
+# --save_strategy best saves none where the run stops)
+@pytest.mark.parametrize("keep_best_only", [["--save_total_limit", "1"], ["--save_strategy", "best"]])
+def test_a_run_that_ended_past_its_newest_checkpoint_is_not_resumed_from_it_to_train_again(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, keep_best_only
+):
+    out = tmp_path / "model"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--max_steps", "40", "--eval_steps", "1",
+             "--early_stopping_patience", "1", "--learning_rate", "5e-3", *keep_best_only]
+    summary = run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert summary["stopped_early"]
+    assert [p.name for p in out.glob("checkpoint-*")] == [Path(summary["best_checkpoint"]).name]  # an earlier step
+
+    ended = rf"ended at step {summary['steps']}"
+    with pytest.raises(InputError, match=ended):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
+    with pytest.raises(InputError, match=ended):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert json.loads((out / "training_summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
 def test_a_max_length_beyond_the_students_positions_is_capped_at_its_limit_not_a_crash(tiny_cross_encoder, tmp_path,
                                                                                         caplog):
     long_passage = " ".join(["alpha beta gamma"] * 400)  # far over the tiny student's 512 positions
