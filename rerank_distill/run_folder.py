@@ -371,6 +371,25 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
     processes = recorded.get("resolved", {}).get("processes", training.world_size)  # (not in older records)
     if processes != training.world_size:  # a step's examples are per process: the batch would change
         differs.append(f"the number of processes ({processes}, now {training.world_size}: torchrun's --nproc_per_node)")
+    refuse_differing(run_dir, differs)
+
+
+def check_resumed_selection(checkpoint: str, training) -> None:
+    """InputError where a resumed run would pick its best checkpoint by another metric, or the other
+    way round, than the run it continues (its args.json beside ``checkpoint``), once train.py has
+    set them (set_best_metric): the best metric the checkpoint kept would be compared with the
+    other one's values."""
+    recorded_path = Path(checkpoint).parent / "args.json"
+    if not recorded_path.exists():
+        return
+    recorded = json.loads(recorded_path.read_text(encoding="utf-8")).get("training", {})
+    refuse_differing(str(Path(checkpoint).parent),
+                     [f"--{key}" for key in ("metric_for_best_model", "greater_is_better")
+                      if key in recorded and recorded[key] != getattr(training, key)])
+
+
+def refuse_differing(run_dir: str, differs: list[str]) -> None:
+    """InputError naming the settings (``differs``) in which a resumed run differs from the run in ``run_dir``."""
     if differs:
         raise InputError(
             f"{run_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "

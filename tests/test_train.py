@@ -1680,6 +1680,21 @@ def test_a_resume_with_other_scheduler_optimiser_or_batching_arguments_is_refuse
                   "--dataloader_drop_last", *flags)
 
 
+@pytest.mark.parametrize("other", [["--metric_for_best_model", "eval_loss"], ["--greater_is_better", "false"]])
+def test_a_resume_that_would_pick_the_best_checkpoint_by_another_metric_is_refused(tiny_cross_encoder, triplets_file,
+                                                                                   scores_file, tmp_path, other):
+    # (the best metric its checkpoint kept, a MAP, would be compared with the other metric's values)
+    out = tmp_path / "out"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--selection_metric", "map",
+             "--eval_steps", "1"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags)
+    with pytest.raises(InputError, match=rf"other settings \(differing: {other[0]}"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                  "last", *other)
+    assert run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                     "last", "--metric_for_best_model", "eval_selection_map")["steps"] == 3  # the same one, named
+
+
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
     from rerank_distill.run_folder import RESUME_MAY_CHANGE
 
