@@ -40,6 +40,7 @@ from rerank_distill.replicas import stop_with_launcher
 from rerank_distill.run_folder import (
     PATH_SETTINGS,
     SUMMARY_FILE,
+    check_resumed_selection,
     claim_output_dir,
     clear_earlier_outputs,
     end_reached,
@@ -213,6 +214,8 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         evaluate = False
     elif evaluate:
         set_best_metric(training, passed, selection)
+        if resume is not None:
+            check_resumed_selection(resume, training)
     if warning := small_selection_warning(selection):
         logger.warning(warning)
     count = selection.counts()

@@ -194,6 +194,7 @@ def refuse_earlier_run(output_dir: str) -> None:
                          "resume from: start over with --overwrite_output_dir (deletes them) or choose another "
                          "--output_dir")
     state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+    refuse_resuming_before_the_end(output_dir, state)
     budget, stopping = TimeBudget.saved(state), saved_early_stopping(state)
     seconds = budget["args"]["seconds"] if budget else None
     patience = stopping["args"]["early_stopping_patience"] if stopping else 0
@@ -217,11 +218,31 @@ def refuse_earlier_run(output_dir: str) -> None:
     )
 
 
-def final_model_saved(output_dir: str, state: TrainerState) -> bool:
-    """Whether the run in ``output_dir`` saved its final model after the checkpoint of ``state``:
-    its training_summary.json, written last, counts that many steps."""
+def final_model_step(output_dir: str) -> int | None:
+    """The step at which the run in ``output_dir`` ended and saved its final model (its
+    training_summary.json, written last), or None where it has saved none."""
     summary = Path(output_dir) / SUMMARY_FILE
-    return summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) >= state.global_step
+    return json.loads(summary.read_text(encoding="utf-8")).get("steps", 0) if summary.exists() else None
+
+
+def final_model_saved(output_dir: str, state: TrainerState) -> bool:
+    """Whether the run in ``output_dir`` saved its final model after the checkpoint of ``state``."""
+    step = final_model_step(output_dir)
+    return step is not None and step >= state.global_step
+
+
+def refuse_resuming_before_the_end(output_dir: str, state: TrainerState) -> None:
+    """InputError where the run in ``output_dir`` ended and saved its final model past the step of
+    the checkpoint of ``state``: its newer checkpoints are gone (transformers deletes all but the best
+    once a run with --save_total_limit 1 ends; --save_strategy best saves none where it stops), so
+    resuming would train again the steps behind the final model, and replace it."""
+    step = final_model_step(output_dir)
+    if step is not None and step > state.global_step:
+        raise InputError(
+            f"the run in {output_dir} ended at step {step} and saved its final model, but its checkpoints reach "
+            f"only step {state.global_step} (it kept no later one): there is nothing to continue; start over with "
+            "--overwrite_output_dir (deletes them) or choose another --output_dir"
+        )
 
 
 def end_reached(state: TrainerState, max_steps: int, num_train_epochs: float, max_train_seconds: float | None,
@@ -263,6 +284,7 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     if 0 < training.max_steps < state.global_step:
         raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
                          f"with --max_steps {state.max_steps} (its run's) or more")
+    refuse_resuming_before_the_end(training.output_dir, state)
     ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds,
                         early_stopping_patience)
     if ended and final_model_saved(training.output_dir, state):
@@ -349,6 +371,25 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
     processes = recorded.get("resolved", {}).get("processes", training.world_size)  # (not in older records)
     if processes != training.world_size:  # a step's examples are per process: the batch would change
         differs.append(f"the number of processes ({processes}, now {training.world_size}: torchrun's --nproc_per_node)")
+    refuse_differing(run_dir, differs)
+
+
+def check_resumed_selection(checkpoint: str, training) -> None:
+    """InputError where a resumed run would pick its best checkpoint by another metric, or the other
+    way round, than the run it continues (its args.json beside ``checkpoint``), once train.py has
+    set them (set_best_metric): the best metric the checkpoint kept would be compared with the
+    other one's values."""
+    recorded_path = Path(checkpoint).parent / "args.json"
+    if not recorded_path.exists():
+        return
+    recorded = json.loads(recorded_path.read_text(encoding="utf-8")).get("training", {})
+    refuse_differing(str(Path(checkpoint).parent),
+                     [f"--{key}" for key in ("metric_for_best_model", "greater_is_better")
+                      if key in recorded and recorded[key] != getattr(training, key)])
+
+
+def refuse_differing(run_dir: str, differs: list[str]) -> None:
+    """InputError naming the settings (``differs``) in which a resumed run differs from the run in ``run_dir``."""
     if differs:
         raise InputError(
             f"{run_dir} holds a run made with other settings (differing: {', '.join(differs)}; see its args.json): "

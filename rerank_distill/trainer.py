@@ -399,6 +399,11 @@ class DistillationTrainer(CrossEncoderTrainer):
         finally:
             if saved is not None:  # (the checkpoints' states keep a place for it)
                 self.state.stateful_callbacks[name] = saved
+        # A resume may add --max_train_seconds or --early_stopping_patience to a run saved without them; the
+        # Trainer's checkpoint save updates only the callback states the resumed one holds (KeyError for others)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ExportableState):
+                self.state.stateful_callbacks.setdefault(type(callback).__name__, callback.state())
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

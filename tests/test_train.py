@@ -333,6 +333,21 @@ def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny
     assert saved["EarlyStopping"]["args"]["early_stopping_patience"] == 9
 
 
+@pytest.mark.parametrize("added, callback", [(["--max_train_seconds", "600"], "TimeBudget"),
+                                             (["--early_stopping_patience", "5"], "EarlyStopping")])
+def test_a_resume_may_add_a_time_budget_or_early_stopping_its_checkpoint_was_saved_without(
+    tiny_cross_encoder, triplets_file, tmp_path, added, callback
+):
+    out = tmp_path / "model"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", "--eval_steps", "1")
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "4", "--eval_steps", "1",
+                        "--resume_from_checkpoint", "last", *added)
+
+    assert (summary["resumed_from_step"], summary["steps"]) == (2, 4)
+    saved = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert callback in saved  # for the next resume
+
+
 def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_run_ended(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path
 ):
@@ -347,6 +362,27 @@ def test_early_stopping_saves_a_checkpoint_where_it_stops_so_a_rerun_finds_the_r
         run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run, which ended"):
         run_train(tiny_cross_encoder, triplets_file, out, *flags)
+
+
+# (transformers deletes the last checkpoint of a run that ends with --save_total_limit 1 and keeps the best;
+# --save_strategy best saves none where the run stops)
+@pytest.mark.parametrize("keep_best_only", [["--save_total_limit", "1"], ["--save_strategy", "best"]])
+def test_a_run_that_ended_past_its_newest_checkpoint_is_not_resumed_from_it_to_train_again(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, keep_best_only
+):
+    out = tmp_path / "model"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--max_steps", "40", "--eval_steps", "1",
+             "--early_stopping_patience", "1", "--learning_rate", "5e-3", *keep_best_only]
+    summary = run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert summary["stopped_early"]
+    assert [p.name for p in out.glob("checkpoint-*")] == [Path(summary["best_checkpoint"]).name]  # an earlier step
+
+    ended = rf"ended at step {summary['steps']}"
+    with pytest.raises(InputError, match=ended):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
+    with pytest.raises(InputError, match=ended):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert json.loads((out / "training_summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
 def test_a_max_length_beyond_the_students_positions_is_capped_at_its_limit_not_a_crash(tiny_cross_encoder, tmp_path,
@@ -1663,6 +1699,21 @@ def test_a_resume_with_other_scheduler_optimiser_or_batching_arguments_is_refuse
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", "--resume_from_checkpoint", "last",
                   "--lr_scheduler_kwargs", '{"min_lr": 5e-4}', "--optim_args", "foreach=False",
                   "--dataloader_drop_last", *flags)
+
+
+@pytest.mark.parametrize("other", [["--metric_for_best_model", "eval_loss"], ["--greater_is_better", "false"]])
+def test_a_resume_that_would_pick_the_best_checkpoint_by_another_metric_is_refused(tiny_cross_encoder, triplets_file,
+                                                                                   scores_file, tmp_path, other):
+    # (the best metric its checkpoint kept, a MAP, would be compared with the other metric's values)
+    out = tmp_path / "out"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--selection_metric", "map",
+             "--eval_steps", "1"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags)
+    with pytest.raises(InputError, match=rf"other settings \(differing: {other[0]}"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                  "last", *other)
+    assert run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                     "last", "--metric_for_best_model", "eval_selection_map")["steps"] == 3  # the same one, named
 
 
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
