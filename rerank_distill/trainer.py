@@ -317,7 +317,7 @@ class EarlyStopping(EarlyStoppingCallback):
 class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
     process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
-    TimeBudget), has two fixes for torchrun (no change on one process), two for sharded
+    TimeBudget), has three fixes for torchrun (no change on one process), two for sharded
     training with FSDP or DeepSpeed, one for --data_seed and one for training a finished run further.
 
     - Only the main process writes checkpoints and the final model: transformers 5 calls
@@ -330,6 +330,7 @@ class DistillationTrainer(CrossEncoderTrainer):
       checkpoint by and failing the run). Accelerate instead pads the last eval batch with
       repeated examples; as the loss is a batch mean, that one batch's share of eval_loss also
       averages in the repeats.
+    - An epoch resumed inside draws its batches in that epoch's order (_run_epoch).
     - Saving writes the full weights the sharded trainer gathers, not the live shards (_save).
     - Resuming and loading the best checkpoint go through transformers' FSDP / DeepSpeed loaders
       (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
@@ -341,6 +342,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
                  **kwargs) -> None:
         callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
+        self.train_batch_sampler = None  # set as the Trainer builds it: see _run_epoch
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.examples_trained = 0
         self.time_budget = time_budget
@@ -462,7 +464,19 @@ class DistillationTrainer(CrossEncoderTrainer):
             drop_last = False
         # sentence-transformers seeds the batches with --seed; --data_seed, where given, is the data order's
         seed = self.args.data_seed if self.args.data_seed is not None else seed
-        return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        sampler = super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        if dataset is self.train_dataset:
+            self.train_batch_sampler = sampler
+        return sampler
+
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer's set_epoch reaches the batch sampler through accelerate's wrappers, except in an
+        # epoch resumed under torchrun: there the batch-skipping wrapper around the per-process one hides
+        # it, and the resumed epoch would replay the first epoch's order (the run would differ from an
+        # uninterrupted one). Setting it here, before the epoch's batches are drawn, covers every case.
+        if self.train_batch_sampler is not None and "epoch" in kwargs:
+            self.train_batch_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
 
 @contextmanager
