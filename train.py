@@ -64,6 +64,7 @@ from rerank_distill.trainer import (
     DistillationTrainer,
     EarlyStopping,
     TimeBudget,
+    end_process_group,
     run_summary,
     summary_message,
     track_padding,
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger().setLevel(logging.WARNING)
     check_training_flags(script, training)
     with claim_output_dir(training.output_dir, script.model_name_or_path):  # one run at a time in a folder
-        return train_student(script, training, passed, argv)
+        summary = train_student(script, training, passed, argv)
+    end_process_group()
+    return summary
 
 
 def train_student(script, training, passed: dict, argv: list[str]) -> dict:

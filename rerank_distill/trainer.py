@@ -479,6 +479,17 @@ class DistillationTrainer(CrossEncoderTrainer):
         return super()._run_epoch(*args, **kwargs)
 
 
+def end_process_group() -> None:
+    """Under torchrun, wait for every process to finish its run, then close the process group.
+    A worker that exits with it open may abort in the interpreter's teardown (gloo's threads still
+    hold tensors: "terminate called without an active exception"), and torchrun then kills the
+    others, the main one perhaps while it writes the final model. Only after a run that succeeded:
+    a process that failed never reaches the barrier, and closing the group there could hang."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 @contextmanager
 def saving_weights(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> Iterator[None]:
     """While open, the transformers models inside ``model`` save_pretrained the weights of

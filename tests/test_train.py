@@ -1831,6 +1831,19 @@ def test_a_torchrun_run_resumed_inside_its_second_epoch_ends_with_the_same_model
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
 
+def test_a_finished_run_closes_its_process_group_after_every_process_is_done(tmp_path):
+    # a torchrun worker that exited with its gloo group open sometimes aborted in teardown (1 resumed run in 10),
+    # and torchrun then killed the main process, perhaps as it wrote the model
+    import torch.distributed as dist
+
+    from rerank_distill.trainer import end_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    end_process_group()
+    assert not dist.is_initialized()
+    end_process_group()  # one process, never grouped: nothing to close
+
+
 def test_sharded_training_saves_the_gathered_weights_not_the_live_tensors(tiny_cross_encoder, tmp_path):
     """Under FSDP or DeepSpeed the trainer hands _save the full weights gathered from all
     processes while the live model holds shards: those gathered weights are what gets written."""
