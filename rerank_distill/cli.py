@@ -41,8 +41,8 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
                help_overrides: dict[str, str] | None = None, shown_defaults: dict[str, str] | None = None) -> tuple:
     """Parse the command line into one instance of each dataclass (``--help`` lists every field's
     help). ``help_overrides`` replaces the help of the flags it names, by field name;
-    ``shown_defaults`` are the defaults ``--help`` shows where the script puts its own in front
-    of the user's flags (only shown: the script's own flags still set them)."""
+    ``shown_defaults`` are the defaults ``--help`` shows where the script adds its own to the
+    user's flags (only shown: the script's own flags still set them)."""
     from transformers import HfArgumentParser
 
     # no abbreviations: train.py reads which flags were passed from the command line as written

@@ -33,7 +33,7 @@ def passed_flags(argv: list[str]) -> dict[str, str | None]:
 
 
 def default_training_flags(passed: dict[str, str | None]) -> list[str]:
-    """Training flags train.py adds in front of the user's own, for those the user did not pass.
+    """Training flags train.py adds after the user's own, for those the user did not pass.
 
     Evaluation and checkpoints run on one schedule (10 times per run unless set), the best
     checkpoint on the held-out queries becomes the final model (set_best_metric names the
@@ -76,14 +76,15 @@ def default_training_flags(passed: dict[str, str | None]) -> list[str]:
 
 def parse_training_args(script_arguments: type, description: str, argv: list[str]):
     """train.py's command line: ``(script arguments, CrossEncoderTrainingArguments, the flags the
-    user passed)``, with default_training_flags in front of the user's own; InputError for a flag
+    user passed)``, with default_training_flags after the user's own (so argparse reports a bad value on the flag
+    the user wrote, not on the other half of its pair that copied it); InputError for a flag
     combination transformers refuses, or for a missing --output_dir."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 
     passed = passed_flags(argv)
     try:  # transformers checks flag combinations (e.g. mismatched strategies) with ValueError
         script, training = parse_args(
-            (script_arguments, CrossEncoderTrainingArguments), description, default_training_flags(passed) + argv,
+            (script_arguments, CrossEncoderTrainingArguments), description, argv + default_training_flags(passed),
             help_overrides={
                 "resume_from_checkpoint": "Continue an interrupted run: a checkpoint folder, or last for the newest "
                 "complete checkpoint-N in --output_dir. It must keep the run's data, model, loss and optimiser "

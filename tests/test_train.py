@@ -716,6 +716,15 @@ def test_defaults_follow_the_half_of_a_pair_the_user_set(passed, expected):
     assert {name: defaults[name] for name in expected} == expected
 
 
+@pytest.mark.parametrize("flag", ["--eval_steps=abc", "--save-steps=1x", "--save_strategy=bogus"])
+def test_a_bad_value_is_reported_on_the_flag_the_user_wrote_not_on_the_half_copied_from_it(flag, capsys):
+    # the other half of the pair takes the value (--save_steps abc), and argparse named the flag never written
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o", flag])
+    written = flag.split("=")[0].replace("-", "_").lstrip("_")
+    assert stopped.value.code == 2 and f"argument --{written}/" in capsys.readouterr().err
+
+
 # --- reading each kind of training file --------------------------------------------------------
 
 
