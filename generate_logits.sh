@@ -70,7 +70,7 @@ for arg in "$@"; do
         --teacher_type=* | --teacher-type=*) type_args=(); command_line_types+=("${arg#*=}") ;;
         --input_path | --input_path=* | --input-path | --input-path=*) inputs_given=true ;;
         --merge_shards | --merge_shards=* | --merge-shards | --merge-shards=* | --check_inputs_only | \
-            --check-inputs-only) check_first=false ;;
+            --check_inputs_only=* | --check-inputs-only | --check-inputs-only=*) check_first=false ;;
         -h | --help) exec "$python" "$here/generate_logits.py" --help ;;
     esac
 done

@@ -1236,3 +1236,16 @@ def test_several_teachers_move_the_progress_bar_by_their_share_as_each_scores():
     for batch in (5, 5):  # the second teacher's
         shared(batch)
     assert sum(updates) == 10 == shared.shown
+
+
+@pytest.mark.parametrize("flag", [["--check_inputs_only"], ["--check_inputs_only=true"], ["--check-inputs-only=1"]])
+def test_the_launcher_checks_each_input_once_for_a_check_inputs_only_run_in_any_spelling(ranking_file, tmp_path, flag):
+    # the later inputs' check ahead of the first run is the run itself here; missed for --check_inputs_only=true
+    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(ranking_file.read_text())
+    env = {**os.environ, "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2"}
+    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused", *flag],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(f"{test_file}: ") == 1, done.stderr
