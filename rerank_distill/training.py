@@ -78,7 +78,7 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
     """train.py's command line: ``(script arguments, CrossEncoderTrainingArguments, the flags the
     user passed)``, with default_training_flags after the user's own (so argparse reports a bad value on the flag
     the user wrote, not on the other half of its pair that copied it); InputError for a flag
-    combination transformers refuses, or for a missing --output_dir."""
+    combination transformers refuses, or for a missing or empty --output_dir."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 
     passed = passed_flags(argv)
@@ -98,7 +98,7 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
         )
     except ValueError as error:
         raise InputError(str(error)) from None
-    if "output_dir" not in passed:
+    if "output_dir" not in passed or not training.output_dir:  # (an empty one: --output_dir "$OUT" with OUT unset)
         raise InputError("--output_dir is required (the final model and checkpoints go there)")
     return script, training, passed
 

@@ -725,6 +725,15 @@ def test_a_bad_value_is_reported_on_the_flag_the_user_wrote_not_on_the_half_copi
     assert stopped.value.code == 2 and f"argument --{written}/" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", [["--output_dir", ""], ["--output-dir="]])
+def test_an_empty_output_dir_is_refused_as_a_missing_one(flag, tmp_path, monkeypatch):
+    # (--output_dir "$OUT" with OUT unset): args.json went into the current folder, then a traceback
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="--output_dir is required"):
+        train.main(["--model_name_or_path", "m", "--train_data", "t", *flag])
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- reading each kind of training file --------------------------------------------------------
 
 
