@@ -179,6 +179,12 @@ def write_run_args(path: str | Path, command: list[str], **sections: Any) -> Pat
     return write_json(path, record)
 
 
+def read_run_args(path: str | Path) -> dict | None:
+    """The record write_run_args wrote at ``path``, or None where there is none."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def _installed_versions() -> dict[str, str]:
     """Versions of the libraries behind the results, read from their package metadata: importing
     them (torch alone takes seconds) would slow stages that never use them."""

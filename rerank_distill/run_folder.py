@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerState
 
-from rerank_distill.cli import to_jsonable
+from rerank_distill.cli import read_run_args, to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import local_files
 from rerank_distill.jsonl import check_writable, is_unfinished_write, no_empty_folders_left, only_writer
@@ -349,10 +349,9 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
     the content of a data file (``data_digests``: prepare_resume's) or the number of processes: the
     model would be half one run, half another (a query held out by one trained by the other), and
     args.json would describe only the second."""
-    recorded_path = Path(run_dir) / "args.json"
-    if not recorded_path.exists():
+    recorded = read_run_args(Path(run_dir) / "args.json")
+    if recorded is None:
         return
-    recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
     current = {"script": to_jsonable(script), "training": to_jsonable(training)}
     # paths by what they name where the record has it (a run's own folder and files, spelled another way or
     # from another working directory, are the same run's)
@@ -379,10 +378,10 @@ def check_resumed_selection(checkpoint: str, training) -> None:
     way round, than the run it continues (its args.json beside ``checkpoint``), once train.py has
     set them (set_best_metric): the best metric the checkpoint kept would be compared with the
     other one's values."""
-    recorded_path = Path(checkpoint).parent / "args.json"
-    if not recorded_path.exists():
+    record = read_run_args(Path(checkpoint).parent / "args.json")
+    if record is None:
         return
-    recorded = json.loads(recorded_path.read_text(encoding="utf-8")).get("training", {})
+    recorded = record.get("training", {})
     refuse_differing(str(Path(checkpoint).parent),
                      [f"--{key}" for key in ("metric_for_best_model", "greater_is_better")
                       if key in recorded and recorded[key] != getattr(training, key)])

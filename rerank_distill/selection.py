@@ -5,7 +5,6 @@ and split accordingly, and the evaluator that ranks the held-out queries at each
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from rerank_distill.cli import beside_output, warn_unread
+from rerank_distill.cli import beside_output, read_run_args, warn_unread
 from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery, first_record, iter_ranking_queries, iter_scored_pairs, label_of
 from rerank_distill.losses import LOSSES
@@ -260,7 +259,8 @@ def made_from(train_source: str, scores_source: str) -> bool:
     """Whether create_triplets.py made ``train_source`` from ``scores_source``, as the arguments it
     wrote beside its output say (False where there are none: a file made elsewhere)."""
     try:
-        inputs = json.loads(beside_output(train_source, ".args.json").read_text())["script"]["input_path"]
+        record = read_run_args(beside_output(train_source, ".args.json"))
+        inputs = record["script"]["input_path"] if record else []
         return any(os.path.samefile(path, scores_source) for path in inputs)
     except (OSError, ValueError, KeyError, TypeError):  # no record, or a hub id that names no file
         return False
