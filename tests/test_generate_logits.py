@@ -58,6 +58,14 @@ def run_scoring(source, output, teacher, chunk_size=5, **kwargs):
     return score_source(str(source), output, [teacher], expected, chunk_size=chunk_size, show_progress=False, **kwargs)
 
 
+
+def launch(launcher: str, *args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    """Run the repository's launcher ``launcher`` (generate_logits.sh, ...) with ``args`` in ``cwd``,
+    its output captured."""
+    script = Path(generate_logits.__file__).resolve().parent / launcher
+    return subprocess.run(["bash", str(script), *args], env=env, cwd=cwd, capture_output=True, text=True, check=False)
+
+
 def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_them(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -1059,14 +1067,12 @@ def test_passages_as_queries_shards_merge_like_a_single_run(tmp_path, ranking_fi
 def test_the_launcher_checks_its_later_inputs_before_the_first_is_scored_with_passages_as_queries(
     tiny_embedding_model, ranking_file, tmp_path
 ):
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     broken = tmp_path / "test.jsonl"
     broken.write_text(ranking_file.read_text() + "{not json\n")
     env = {**os.environ, "TEACHER": str(tiny_embedding_model), "TEACHER_TYPE": "embedding",
            "SCORES_DIR": str(tmp_path / "scores"), "INPUTS": f"{ranking_file} {broken}", "PASSAGES_AS_QUERIES": "2",
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--device", "cpu"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("generate_logits.sh", "--device", "cpu", env=env, cwd=tmp_path)
     assert done.returncode == 2 and f"{broken}:{len(ranking_file.read_text().splitlines()) + 1}: not valid JSON" in done.stderr
     assert not (tmp_path / "scores").exists()  # the first input was not scored
 
@@ -1074,10 +1080,8 @@ def test_the_launcher_checks_its_later_inputs_before_the_first_is_scored_with_pa
 @pytest.mark.parametrize("value", ["1.5", "08", "2 3", "yes"])
 def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(ranking_file, tmp_path, value):
     # bash's (( )) read 1.5, "2 3" and 08 (octal) as false after an error line, and scored without the lists
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     env = {**os.environ, "INPUTS": f"{ranking_file} {ranking_file}", "PASSAGES_AS_QUERIES": value}
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
-                           "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    done = launch("generate_logits.sh", "--model_path", "unused", "--check_inputs_only", env=env, cwd=tmp_path)
     if value == "08":  # a leading zero is no octal number to the user
         assert done.returncode == 0, done.stderr
         assert f"{ranking_file} (passages as queries)" in done.stderr
@@ -1090,45 +1094,39 @@ def test_the_launcher_refuses_passages_as_queries_that_is_no_whole_number(rankin
 def test_the_launcher_takes_passages_as_queries_on_its_command_line_for_the_first_input_only(ranking_file, tmp_path,
                                                                                                flag):
     # as PASSAGES_AS_QUERIES does: passed on to one run over INPUTS, it also made lists of the test data's passages
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     test_file = tmp_path / "test.jsonl"
     test_file.write_text(ranking_file.read_text())
     env = {**os.environ, "INPUTS": f"{ranking_file} {test_file}"}
     env.pop("PASSAGES_AS_QUERIES", None)
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
-                           "--check_inputs_only", *flag], env=env, cwd=tmp_path, capture_output=True, text=True)
+    done = launch("generate_logits.sh", "--model_path", "unused", "--check_inputs_only", *flag, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"{ranking_file} (passages as queries)" in done.stderr
     assert f"{test_file}: " in done.stderr and f"{test_file} (passages as queries)" not in done.stderr
 
 
 def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split(ranking_file, tmp_path):
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     spaced = tmp_path / "my data" / "train.jsonl"
     spaced.parent.mkdir()
     spaced.write_bytes(ranking_file.read_bytes())
-    launcher = ["bash", os.path.join(repo, "generate_logits.sh"), "--check_inputs_only"]
-    refused = subprocess.run([*launcher, "--model_path", "unused"], env={**os.environ, "INPUTS": str(spaced)},
-                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    launcher = ["generate_logits.sh", "--check_inputs_only"]
+    refused = launch(*launcher, "--model_path", "unused", env={**os.environ, "INPUTS": str(spaced)}, cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr == (
         f"generate_logits.sh: INPUTS is one path with a space in it, '{spaced}', but it is a space-separated list; "
         f"give that path as a flag instead: ./generate_logits.sh --input_path '{spaced}'\n")
     # the flag the message names, which replaces INPUTS, is taken
-    done = subprocess.run([*launcher, "--model_path", "unused", "--input_path", str(spaced)],
-                          env={**os.environ, "INPUTS": str(spaced)}, cwd=tmp_path, capture_output=True, text=True)
+    done = launch(*launcher, "--model_path", "unused", "--input_path", str(spaced),
+                  env={**os.environ, "INPUTS": str(spaced)}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    teacher = subprocess.run(launcher, env={**os.environ, "INPUTS": str(ranking_file), "TEACHER": str(spaced.parent)},
-                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    teacher = launch(*launcher,
+                     env={**os.environ, "INPUTS": str(ranking_file), "TEACHER": str(spaced.parent)}, cwd=tmp_path)
     assert teacher.returncode == 2 and f"give that path as a flag instead: ./generate_logits.sh --model_path '{spaced.parent}'" in teacher.stderr
 
 
 def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     # (an embedding teacher reads no instruction, so the script's warning shows the value that reached it)
     env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins",
            "TEACHER_TYPE": "embedding"}
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused",
-                           "--check_inputs_only"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    done = launch("generate_logits.sh", "--model_path", "unused", "--check_inputs_only", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr  # not "argument --instruction: expected one argument"
     assert "--instruction -q: a question, find its twins is not read" in done.stderr, done.stderr
 
@@ -1147,17 +1145,14 @@ def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, 
 
 
 def test_the_launcher_runs_no_check_ahead_of_a_run_that_scores_nothing(ranking_file, tmp_path):
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     env = {**os.environ, "INPUTS": f"{ranking_file} {ranking_file}", "PASSAGES_AS_QUERIES": "2"}
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--help"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("generate_logits.sh", "--help", env=env, cwd=tmp_path)
     assert done.stdout.count("usage: generate_logits.py") == 1  # the first run's help ends the launcher
 
 
 def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2_reads_them(
     tiny_embedding_model, ranking_file, tmp_path
 ):
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     test_file = tmp_path / "test.jsonl"
     test_file.write_text(ranking_file.read_text())
     scores, records = tmp_path / "scores", tmp_path / "records.jsonl"
@@ -1166,8 +1161,7 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
            "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2", "TRIPLETS": str(records),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
     for launcher, flags in (("generate_logits.sh", ["--device", "cpu", "--no_show_progress"]), ("create_triplets.sh", [])):
-        done = subprocess.run(["bash", os.path.join(repo, launcher), *flags], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = launch(launcher, *flags, env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "is not read" not in done.stderr  # a launcher passes only the flags its settings read
 
@@ -1181,44 +1175,36 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     derived = {json.loads(line)["query"] for line in (scores / "train_passages_as_queries_scores.jsonl").open()}
     assert derived <= queries and len(queries) > len(derived)
     # options that need gold labels on every line leave the unlabelled lists out
-    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--label_margin", "1"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("create_triplets.sh", "--label_margin", "1", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "leaving out" in done.stderr
     original = {json.loads(line)["query"] for line in ranking_file.read_text().splitlines()}
     assert {json.loads(line)["query"] for line in records.read_text().splitlines()} <= original
     # lists older than SCORES were left by an earlier run (on other data, maybe): left out, and said so
     os.utime(scores / "train_passages_as_queries_scores.jsonl", (0, 0))
-    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("create_triplets.sh", env=env, cwd=tmp_path)
     assert done.returncode == 0 and "older than" in done.stderr
     # nor with its other formats and positives; a size set empty is its default, not a setting given
     for settings in ({"FORMAT": "triplets"}, {"POSITIVES": "labels"}, {"FORMAT": "triplets", "GROUP_SIZE": ""},
                      {"POSITIVES": "labels", "TOP_K": ""}):  # fmt: skip
-        done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, **settings},
-                              cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+        done = launch("create_triplets.sh", env={**env, **settings}, cwd=tmp_path)
         assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
-    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--format", "ntuples"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("create_triplets.sh", "--format", "ntuples", env=env, cwd=tmp_path)
     assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
     # a setting the user gave is passed even where unread, and so warned about, not dropped unsaid
-    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh")], env={**env, "NUM_NEGATIVES": "8"},
-                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("create_triplets.sh", env={**env, "NUM_NEGATIVES": "8"}, cwd=tmp_path)
     assert done.returncode == 0 and "--num_negatives 8 is not read" in done.stderr, done.stderr
     stage_1 = {key: value for key, value in env.items() if key != "TEACHER_TYPE"}
     for settings, flags, warned in (({}, ["--teacher_type", "embedding"], False),  # the command line's type counts
                                     ({"INSTRUCTION": "Find twins"}, [], True)):  # fmt: skip
-        done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--device", "cpu",
-                               "--no_show_progress", *flags],
-                              env={**stage_1, "TEACHER_TYPE": "embedding", **settings} if not flags else stage_1,
-                              cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+        environment = {**stage_1, "TEACHER_TYPE": "embedding", **settings} if not flags else stage_1
+        done = launch("generate_logits.sh", "--device", "cpu", "--no_show_progress", *flags, env=environment,
+                      cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert ("--instruction Find twins is not read" in done.stderr) == warned, done.stderr
     assert {json.loads(line)["query"] for line in records.read_text().splitlines()} <= original
     # --input_path on the command line replaces SCORES and its lists, and the log says nothing of them
-    done = subprocess.run(["bash", os.path.join(repo, "create_triplets.sh"), "--input_path",
-                           str(scores / "test_scores.jsonl")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = launch("create_triplets.sh", "--input_path", str(scores / "test_scores.jsonl"), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "passages-as-queries" not in done.stderr and "leaving out" not in done.stderr
     assert json.loads((tmp_path / "records.args.json").read_text())["script"]["input_path"] == [
@@ -1241,11 +1227,9 @@ def test_several_teachers_move_the_progress_bar_by_their_share_as_each_scores():
 @pytest.mark.parametrize("flag", [["--check_inputs_only"], ["--check_inputs_only=true"], ["--check-inputs-only=1"]])
 def test_the_launcher_checks_each_input_once_for_a_check_inputs_only_run_in_any_spelling(ranking_file, tmp_path, flag):
     # the later inputs' check ahead of the first run is the run itself here; missed for --check_inputs_only=true
-    repo = os.path.dirname(os.path.abspath(generate_logits.__file__))
     test_file = tmp_path / "test.jsonl"
     test_file.write_text(ranking_file.read_text())
     env = {**os.environ, "INPUTS": f"{ranking_file} {test_file}", "PASSAGES_AS_QUERIES": "2"}
-    done = subprocess.run(["bash", os.path.join(repo, "generate_logits.sh"), "--model_path", "unused", *flag],
-                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    done = launch("generate_logits.sh", "--model_path", "unused", *flag, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(f"{test_file}: ") == 1, done.stderr
