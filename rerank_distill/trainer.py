@@ -267,15 +267,19 @@ class TimeBudget(TrainerCallback, ExportableState):
             spent = torch.tensor([self.spent], device=args.device)
             torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
             self.spent = float(spent)
+        # (--eval_delay skips the evaluations that fall due before it, as the Trainer's own schedule does)
+        reached = state.epoch or 0 if args.eval_strategy == "epoch" else state.global_step
+        evaluation_delayed = reached < args.eval_delay
         for kind, share in self._interval_shares(args).items():
             due, made = self._due(state, kind, share), self.shares_due.get(kind, 0)
             if state.global_step < state.max_steps:  # (the planned end's own stays as the Trainer set it)
                 # the Trainer's own (by step count) is kept only where the time has not already made it
-                setattr(control, "should_evaluate" if kind == "eval" else "should_save", due > made)
+                setattr(control, "should_evaluate" if kind == "eval" else "should_save",
+                        due > made and not (kind == "eval" and evaluation_delayed))
             self.shares_due[kind] = max(due, made)
         if self.spent >= 1 and not control.should_training_stop:
             control.should_training_stop = self.stopped_training = True
-            control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
+            control.should_evaluate = control.should_evaluate or (args.eval_strategy != "no" and not evaluation_delayed)
             control.should_save = control.should_save or args.save_strategy not in ("no", "best")
         return control
 

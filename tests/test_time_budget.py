@@ -37,12 +37,14 @@ def started_budget(seconds: float) -> tuple[TimeBudget, FakeClock]:
     return budget, clock
 
 
-def step_ends(budget: TimeBudget, clock: FakeClock, *times: float) -> TrainerControl:
+def step_ends(budget: TimeBudget, clock: FakeClock, *times: float, eval_delay: float = 0) -> TrainerControl:
     """Steps ending at these times; the control of the last one."""
-    args = SimpleNamespace(eval_strategy="steps", save_strategy="steps", device="cpu")
+    args = SimpleNamespace(eval_strategy="steps", save_strategy="steps", device="cpu", eval_delay=eval_delay)
+    state = TrainerState(max_steps=10**6)
     for now in times:
         clock.now = now
-        control = budget.on_step_end(args, None, TrainerControl())
+        state.global_step += 1
+        control = budget.on_step_end(args, state, TrainerControl())
     return control
 
 
@@ -124,11 +126,11 @@ def test_a_resumed_run_continues_the_budget_and_the_schedule_it_saved(tmp_path):
 
 
 def steps_evaluated(budget: TimeBudget, clock: FakeClock, step_times: list[float], max_steps: int,
-                    start_step: int = 0) -> list[int]:
+                    start_step: int = 0, eval_delay: float = 0) -> list[int]:
     """The steps at whose end an evaluation falls due, with train.py's default intervals (a tenth of
     the run, as the Trainer counts them: every ceil(max_steps / 10) steps and at the planned end)."""
     args = SimpleNamespace(eval_strategy="steps", save_strategy="steps", eval_steps=0.1, save_steps=0.1,
-                           device="cpu")
+                           device="cpu", eval_delay=eval_delay)
     every = -(-max_steps // 10)
     state = TrainerState(global_step=start_step, max_steps=max_steps, eval_steps=every, save_steps=every)
     budget.on_train_begin(args, state, None)
@@ -137,8 +139,10 @@ def steps_evaluated(budget: TimeBudget, clock: FakeClock, step_times: list[float
         clock.now = now
         state.global_step += 1
         by_steps = state.global_step % every == 0 or state.global_step == max_steps  # DefaultFlowCallback's
-        control = budget.on_step_end(args, state, TrainerControl(should_evaluate=by_steps, should_save=by_steps))
-        assert control.should_save == control.should_evaluate  # one schedule for both
+        delayed = state.global_step < eval_delay
+        trainers_own = TrainerControl(should_evaluate=by_steps and not delayed, should_save=by_steps)
+        control = budget.on_step_end(args, state, trainers_own)
+        assert control.should_save == control.should_evaluate or delayed  # one schedule for both
         if control.should_evaluate:
             evaluated.append(state.global_step)
         if control.should_training_stop:
@@ -164,6 +168,18 @@ def test_a_resumed_run_does_not_repeat_the_evaluations_it_had_made():
     budget, clock = started_budget(1000.0)
     evaluated = steps_evaluated(budget, clock, [float(k) for k in range(1, 11)], max_steps=20, start_step=10)
     assert evaluated == [12, 14, 16, 18, 20]
+
+
+def test_evaluations_the_budget_makes_due_wait_for_eval_delay_as_the_trainers_own_do():
+    budget, clock = started_budget(100.0)
+    evaluated = steps_evaluated(budget, clock, [float(k) for k in range(1, 1001)], max_steps=1000, eval_delay=35)
+    assert evaluated == [39, 49, 59, 69, 79, 89, 99]  # those due at steps 9, 19 and 29 are skipped, not moved
+
+
+def test_the_budgets_last_evaluation_waits_for_eval_delay_but_its_checkpoint_is_still_saved():
+    budget, clock = started_budget(10.0)
+    control = step_ends(budget, clock, *range(1, 10), eval_delay=50)
+    assert control.should_training_stop and control.should_save and not control.should_evaluate
 
 
 def test_a_budget_must_be_positive():
