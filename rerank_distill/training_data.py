@@ -118,8 +118,8 @@ def read_training_data(
     for a file of a kind the loss does not train on, and for n-tuples with differing negative
     counts where sentence-transformers' MarginMSELoss (``fused_forward`` False) would get them.
     """
-    if not teacher_temperature > 0:
-        raise InputError(f"--teacher_temperature must be positive, got {teacher_temperature}")
+    if not 0 < teacher_temperature < math.inf:  # (at inf every target would be 0: a student taught nothing)
+        raise InputError(f"--teacher_temperature must be positive and finite, got {teacher_temperature}")
     rows = iter_rows(source, hub, cache_dir)  # one pass: its first record tells the kind, then all are read
     first = next(rows, None)
     if first is None:

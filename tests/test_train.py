@@ -991,6 +991,12 @@ def test_the_teacher_temperature_must_be_positive(triplets_file, tmp_path):
         run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--temperature", "0")
 
 
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan")])
+def test_an_infinite_teacher_temperature_is_refused_not_trained_on_as_all_zero_targets(triplets_file, temperature):
+    with pytest.raises(InputError, match="--teacher_temperature must be positive and finite"):
+        read_training_data(str(triplets_file), "margin_mse", teacher_temperature=temperature)
+
+
 # --- held-out queries and checkpoint selection ------------------------------------------------
 
 
