@@ -152,11 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_path.endswith((".parquet", ".arrow")):  # every reader would take it for that format
         raise InputError(f"--output_path {args.output_path}: the records are written as JSONL; name it .jsonl or "
                          ".jsonl.gz")
-    warn_unread(args, unread_flags(args.format, args.positives, args.negatives, args.label_margin))
+    unread = unread_flags(args.format, args.positives, args.negatives, args.label_margin)
+    warn_unread(args, unread)
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_same_teachers(args.input_path)
-    for source in args.input_path if args.label_column else []:  # a misspelt column would read as no labels at all
+    # a misspelt column would read as no labels at all (one these settings never read is only warned about, above)
+    for source in args.input_path if args.label_column and "label_column" not in unread else []:
         path, line, record = first_record(source, args.hub, args.cache_dir)
         if args.label_column not in record:
             raise InputError(f'the first line has no field "{args.label_column}" (--label_column); fields present: '

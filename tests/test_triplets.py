@@ -1034,7 +1034,15 @@ def test_a_label_column_the_first_line_lacks_is_refused_there(tmp_path):
     scores = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "score": 1.0, "label": 1},
                                                            {"query": "q", "passage": "b", "score": 0.0, "label": 0}])
     with pytest.raises(InputError, match=r'scores.jsonl:1: the first line has no field "lable" \(--label_column\)'):
-        run(tmp_path, scores, "--label_column", "lable")
+        run(tmp_path, scores, "--positives", "labels", "--label_column", "lable")
+
+
+def test_a_label_column_these_settings_never_read_is_warned_about_not_looked_for(tmp_path, caplog):
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", [{"query": "q", "passage": "a", "score": 1.0},
+                                                           {"query": "q", "passage": "b", "score": 0.0}])
+    summary, _ = run(tmp_path, scores, "--label_column", "lable")  # the teacher's top: no label is read
+    assert summary["records"] == 1
+    assert any("--label_column lable is not read" in record.getMessage() for record in caplog.records)
 
 
 def test_scores_whose_margin_overflows_are_refused_not_written_as_infinity(tmp_path):
