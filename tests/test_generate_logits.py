@@ -750,6 +750,7 @@ def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_
         ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
         ("", "contains no records"),
         ('{"query": "q", "positive": [], "negative": []}\n' * 2, ": nothing to score: none of its 2 queries has a passage"),
+        ('{"query": "q", "positive": [], "negative": []}\n', ": nothing to score: its one query has no passage"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at character 15"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
          ':2: field "query" holds a lone surrogate \\ud83d'),
