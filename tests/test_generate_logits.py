@@ -960,6 +960,16 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
     assert "train_scores.shard-0-of-2.jsonl is already complete" in (tmp_path / "one" / "logs" / "shard-0-of-2.log").read_text()
 
 
+def test_replicas_are_started_without_data_parallel_size_whichever_spelling_the_command_used():
+    from rerank_distill.replicas import without_flag
+
+    # the parser takes --data-parallel-size for --data_parallel_size; left in a replica's command beside its
+    # --shard, every replica stopped with "--shard ... --data_parallel_size handles every share"
+    for given in (["--data-parallel-size", "2"], ["--data-parallel-size=2"], ["--data_parallel_size", "2"]):
+        argv = ["--model_path", "m", *given, "--batch_size", "4"]
+        assert without_flag(argv, "--data_parallel_size") == ["--model_path", "m", "--batch_size", "4"]
+
+
 def test_a_run_with_another_number_of_shards_than_a_stopped_one_says_it_starts_over(tiny_qwen3, ranking_file,
                                                                                     tmp_path, caplog):
     out = tmp_path / "out"
