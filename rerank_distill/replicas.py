@@ -25,14 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 def without_flag(argv: list[str], flag: str) -> list[str]:
-    """``argv`` without ``--flag VALUE`` / ``--flag=VALUE``."""
+    """``argv`` without ``--flag VALUE`` / ``--flag=VALUE``, the flag spelled with underscores or
+    dashes (the parser takes ``--data-parallel-size`` for ``--data_parallel_size``)."""
+    spellings = {flag, "--" + flag[2:].replace("_", "-")}
     kept, skip = [], False
     for token in argv:
         if skip:
             skip = False
-        elif token == flag:
+        elif token in spellings:
             skip = True
-        elif not token.startswith(flag + "="):
+        elif token.split("=", 1)[0] not in spellings:
             kept.append(token)
     return kept
 

@@ -750,6 +750,7 @@ def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_
         ('{"query": "q", "positive": "a", "negative": [3]}\n', ':1: field "negative" must be a list of strings'),
         ("", "contains no records"),
         ('{"query": "q", "positive": [], "negative": []}\n' * 2, ": nothing to score: none of its 2 queries has a passage"),
+        ('{"query": "q", "positive": [], "negative": []}\n', ": nothing to score: its one query has no passage"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n' * 3 + '{"query": "caf\xe9"}\n', ":4: not UTF-8 (byte 0xe9 at character 15"),
         ('{"query": "q", "positive": ["a"], "negative": []}\n{"query": "cut \\ud83d", "positive": ["a"], "negative": []}\n',
          ':2: field "query" holds a lone surrogate \\ud83d'),
@@ -957,6 +958,16 @@ def test_replicas_score_shards_in_parallel_and_join_them_in_input_order(tiny_qwe
                           "--passages_as_queries", "2"])
     assert (tmp_path / "one" / "train_scores.jsonl").read_text() == single_run
     assert "train_scores.shard-0-of-2.jsonl is already complete" in (tmp_path / "one" / "logs" / "shard-0-of-2.log").read_text()
+
+
+def test_replicas_are_started_without_data_parallel_size_whichever_spelling_the_command_used():
+    from rerank_distill.replicas import without_flag
+
+    # the parser takes --data-parallel-size for --data_parallel_size; left in a replica's command beside its
+    # --shard, every replica stopped with "--shard ... --data_parallel_size handles every share"
+    for given in (["--data-parallel-size", "2"], ["--data-parallel-size=2"], ["--data_parallel_size", "2"]):
+        argv = ["--model_path", "m", *given, "--batch_size", "4"]
+        assert without_flag(argv, "--data_parallel_size") == ["--model_path", "m", "--batch_size", "4"]
 
 
 def test_a_run_with_another_number_of_shards_than_a_stopped_one_says_it_starts_over(tiny_qwen3, ranking_file,
