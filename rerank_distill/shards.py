@@ -202,11 +202,17 @@ def _single_run_settings(output_path: Path) -> dict | None:
 
 
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
-    """Each shard's ``.run.json``, or None if one has none (an older release's); InputError where
-    the shards were scored with differing teachers or settings."""
+    """Each shard's ``.run.json``, or None if none has one (an older release's); InputError where
+    the shards were scored with differing teachers or settings, or only some have one (a shard
+    copied without it may come from another run, which nothing could then check)."""
     records = [run_record(path) for path in shard_paths]
-    if None in records:
+    if all(record is None for record in records):
         return None
+    if None in records:
+        lacking = shard_paths[records.index(None)]
+        raise InputError(f"shard file {lacking} has no {beside(lacking, '.run.json').name} beside it, which the other "
+                         "shards have (it records what scored the shard): copy it along with the shard, or score "
+                         "that shard again with --overwrite")
     for record, path in zip(records[1:], shard_paths[1:]):
         first, this = _settings(records[0]["made_with"]), _settings(record["made_with"])
         if differs := setting_differences(first, this, first.keys() | this.keys()):

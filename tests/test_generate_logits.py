@@ -20,6 +20,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
 from rerank_distill.scoring import (
     Shard,
+    beside,
     is_finished,
     iter_chunks,
     output_path_for,
@@ -484,6 +485,15 @@ def test_shards_scored_with_different_settings_are_not_merged(tmp_path, ranking_
     score_shards(ranking_file, tmp_path, 2, lambda index: OtherTeacher() if index else CountingTeacher())
     with pytest.raises(InputError, match=r"train_scores.shard-1-of-2.jsonl were scored with different settings "
                                          r"\(differing: teachers: max_length\)"):
+        merge_shards(str(ranking_file), tmp_path, 2)
+    assert not output_path_for(str(ranking_file), tmp_path).exists()
+
+
+def test_a_shard_without_the_record_the_others_have_is_not_merged(tmp_path, ranking_file):
+    score_shards(ranking_file, tmp_path, 2)
+    beside(output_path_for(str(ranking_file), tmp_path, Shard(1, 2)), ".run.json").unlink()  # copied without it
+    with pytest.raises(InputError, match=r"train_scores.shard-1-of-2.jsonl has no train_scores.shard-1-of-2.jsonl.run.json "
+                                         r"beside it, which the other shards have"):
         merge_shards(str(ranking_file), tmp_path, 2)
     assert not output_path_for(str(ranking_file), tmp_path).exists()
 
