@@ -85,6 +85,9 @@ def refuse_conflicting_shard_flags(args) -> None:
     if args.merge_shards and args.check_inputs_only:
         raise InputError("--merge_shards joins finished shard files and --check_inputs_only reads the inputs only: "
                          "pass one of them")
+    if args.merge_shards and args.data_parallel_size > 1:
+        raise InputError("--merge_shards joins shard files scored already and --data_parallel_size scores every share "
+                         "and joins them itself: pass one of them")
 
 
 def refuse_shared_outputs(run: TeacherRun) -> None:

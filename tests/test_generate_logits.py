@@ -1165,6 +1165,12 @@ def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, 
                               str(tmp_path / "scores"), "--merge_shards", "2", "--check_inputs_only"])  # fmt: skip
 
 
+def test_a_merge_goes_without_replicas_which_join_their_shares_themselves(ranking_file, tmp_path):
+    with pytest.raises(InputError, match="--merge_shards joins shard files scored already and --data_parallel_size"):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir",
+                              str(tmp_path / "scores"), "--merge_shards", "2", "--data_parallel_size", "2"])  # fmt: skip
+
+
 def test_the_launcher_runs_no_check_ahead_of_a_run_that_scores_nothing(ranking_file, tmp_path):
     env = {**os.environ, "INPUTS": f"{ranking_file} {ranking_file}", "PASSAGES_AS_QUERIES": "2"}
     done = launch("generate_logits.sh", "--help", env=env, cwd=tmp_path)
