@@ -154,9 +154,12 @@ DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
     """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else
     None (``DIR:``, the split left empty, is ``DIR``). Either may hold colons (``runs:2/data``, a
-    split saved as ``test[:5]``): the longest existing folder before a colon is the folder."""
+    split saved as ``test[:5]``): the longest existing folder before a colon is the folder. An
+    existing file is a file (``runs:2/test.jsonl`` beside a folder ``runs/``)."""
     if os.path.isdir(source):
         return source, None
+    if os.path.exists(source):
+        return None
     for colon in reversed([i for i, char in enumerate(source) if char == ":"]):
         folder, split = source[:colon], source[colon + 1:]
         if os.path.isdir(folder):
