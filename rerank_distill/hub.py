@@ -37,8 +37,9 @@ def refuse_revision_of_a_folder(name_or_id: str, kind: str, folder_as: str = "{f
 def looks_like_hub_id(name: str) -> bool:
     """True for ``owner/name`` (or a bare ``name``), either with ``@REVISION``; false for anything
     shaped like a file path. (A path that does not exist but could be an id, such as
-    ``output/model`` before training has made it, is tried as an id; the error then says so.)"""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name:
+    ``output/model`` before training has made it, is tried as an id; the error then says so. One ending
+    in ``/``, ``my-model/``, is a folder: no id does.)"""
+    if not name or name.startswith((".", "/", "~")) or name.endswith("/") or "\\" in name:
         return False
     if name.endswith((".json", ".jsonl", ".gz", ".parquet", ".tsv", ".csv")):
         return False

@@ -179,6 +179,18 @@ def test_a_revision_after_at_is_split_from_the_id():
     assert not looks_like_hub_id("./models/student@v2")
 
 
+@pytest.mark.parametrize("path", ["my-model/", "my_data/"])
+def test_a_missing_folder_written_with_a_trailing_slash_is_reported_missing_not_as_an_invalid_hub_id(
+        monkeypatch, tmp_path, path):
+    monkeypatch.chdir(tmp_path)  # (no such folder here: a hub id never ends in "/")
+    assert not looks_like_hub_id(path)
+    with pytest.raises(InputError, match=f"^model path '{path}' does not exist$"):
+        resolve_model(path)
+    with pytest.raises(InputError, match="file not found; check the path") as error:
+        list(iter_rows(f"{path}:test"))
+    assert "hub" not in str(error.value)
+
+
 def test_a_model_id_with_a_revision_serves_that_revision_from_the_cache(no_connection, tmp_path):
     main = cached_snapshot(tmp_path, "someone/some-reranker")
     v2 = cached_snapshot(tmp_path, "someone/some-reranker", ref="v2", commit="1" * 40)
