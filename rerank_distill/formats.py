@@ -450,6 +450,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[str, int, dict]]:
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
     check_input_file(path)
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -457,11 +458,14 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
         raise InputError(f"cannot be read as Parquet ({error})", path) from None
     row_number = 0
-    with parquet:
-        for batch in parquet.iter_batches(batch_size=10_000):
-            for record in batch.to_pylist():
-                row_number += 1
-                yield path, row_number, record
+    try:
+        with parquet:
+            for batch in parquet.iter_batches(batch_size=10_000):
+                for record in batch.to_pylist():
+                    row_number += 1
+                    yield path, row_number, record
+    except (pa.ArrowException, OSError) as error:  # damaged pages (a thrift or codec error is an OSError)
+        raise InputError(f"cannot be read as Parquet after row {row_number} ({first_line(error)})", path) from None
     if row_number == 0:
         raise InputError("contains no records (the file is empty)", path)
 

@@ -530,6 +530,18 @@ def test_a_missing_path_with_a_colon_is_reported_missing_not_fetched_from_a_hub(
     assert "hub" not in str(error.value)
 
 
+def test_a_parquet_file_with_damaged_data_pages_is_named_not_a_traceback(tmp_path):
+    path = write_parquet(tmp_path / "rows.parquet", {"query": [f"query {i}" for i in range(200)],
+                                                      "passage": [f"passage {i}" for i in range(200)],
+                                                      "label": [i % 2 for i in range(200)]})
+    data = bytearray(path.read_bytes())
+    for i in range(8, len(data) // 2):  # the column chunks: the footer, which opening the file reads, stays whole
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read as Parquet after row 0 \("):
+        as_tuples(path)
+
+
 @pytest.mark.parametrize("state, message", [
     ("[]", "expected a JSON object with"),
     ('{"_data_files": [{"file": 1}]}', '"_data_files" must list'),
