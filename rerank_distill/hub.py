@@ -222,6 +222,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     if hub not in HUBS:
         raise InputError(f"unknown hub '{hub}'; choose one of {', '.join(HUBS)}")
     name, revision = split_revision(name_or_path)
+    cache_dir = cache_dir or None  # an empty one (--cache_dir "$UNSET"): the default, which "" is not to the hubs
     logger.info("fetching model %s from %s (cache: %s)", name_or_path, hub, cache_dir or "default")
     if hub == "modelscope":
         try:
@@ -329,6 +330,7 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     refuse_stray_spaces(hub_id, "data set id")
     refuse_stray_spaces(split or "", "split", f" of data set '{hub_id}'")
     name, revision = split_revision(hub_id)
+    cache_dir = cache_dir or None  # an empty one (--cache_dir "$UNSET"): the default, as for models
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset

@@ -77,6 +77,16 @@ def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path)
     assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(snapshot)
 
 
+def test_an_empty_cache_dir_reads_the_default_cache_not_the_current_folder(no_connection, monkeypatch, tmp_path):
+    """--cache_dir "$CACHE" with CACHE unset: the default cache, as the log and the messages say."""
+    from huggingface_hub import constants
+
+    snapshot = cached_snapshot(tmp_path / "hub", "someone/some-reranker")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # (huggingface_hub takes "" for this folder)
+    assert resolve_model("someone/some-reranker", cache_dir="") == str(snapshot)
+
+
 def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
     from rerank_distill.hub import unreachable_hugging_face_host
 
