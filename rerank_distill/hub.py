@@ -4,6 +4,7 @@ the user chooses; offline, the run stops at once with a message that says what t
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import socket
@@ -147,12 +148,19 @@ def unreachable_host(url: str) -> str | None:
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
     endpoint = urlparse(url)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return None if _connects(endpoint.hostname, port) else endpoint.hostname
+
+
+@functools.cache
+def _connects(host: str, port: int) -> bool:
+    """Whether ``host`` takes a connection on ``port``; asked once a run: where a firewall drops packets
+    each try waits the whole timeout, and a run loads many hub items (an MTEB v2 data set is four)."""
     try:
-        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError:
-        return endpoint.hostname
-    return None
+        return False
+    return True
 
 
 def unreachable_hugging_face_host() -> str | None:
