@@ -164,11 +164,16 @@ def _connects(host: str, port: int) -> bool:
 
 
 def unreachable_hugging_face_host() -> str | None:
-    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to."""
+    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to;
+    InputError where HF_ENDPOINT is no http(s) address (``hf-mirror.com``, or empty)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
+    endpoint = urlparse(constants.ENDPOINT)
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:  # the libraries' error would not name it
+        raise InputError(f"HF_ENDPOINT '{constants.ENDPOINT}' is not a web address such as https://hf-mirror.com: "
+                         "correct it, or unset it for huggingface.co")
     return unreachable_host(constants.ENDPOINT)
 
 

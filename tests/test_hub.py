@@ -110,6 +110,15 @@ def test_an_empty_cache_dir_reads_the_default_cache_not_the_current_folder(no_co
     assert resolve_model("someone/some-reranker", cache_dir="") == str(snapshot)
 
 
+@pytest.mark.parametrize("endpoint", ["hf-mirror.com", ""])
+def test_an_hf_endpoint_that_is_no_web_address_is_named_not_a_traceback(no_connection, monkeypatch, endpoint):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # HF_ENDPOINT as exported
+    with pytest.raises(InputError, match=f"^HF_ENDPOINT '{endpoint}' is not a web address"):
+        resolve_model("someone/some-reranker")
+
+
 def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
     from rerank_distill.hub import unreachable_hugging_face_host
 
