@@ -154,9 +154,12 @@ DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
     """``(folder, split)`` when ``source`` is ``DIR`` or ``DIR:SPLIT`` for an existing folder, else
     None (``DIR:``, the split left empty, is ``DIR``). Either may hold colons (``runs:2/data``, a
-    split saved as ``test[:5]``): the longest existing folder before a colon is the folder."""
+    split saved as ``test[:5]``): the longest existing folder before a colon is the folder. An
+    existing file is a file (``runs:2/test.jsonl`` beside a folder ``runs/``)."""
     if os.path.isdir(source):
         return source, None
+    if os.path.exists(source):
+        return None
     for colon in reversed([i for i, char in enumerate(source) if char == ":"]):
         folder, split = source[:colon], source[colon + 1:]
         if os.path.isdir(folder):
@@ -447,6 +450,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[str, int, dict]]:
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
     check_input_file(path)
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -454,11 +458,14 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
         raise InputError(f"cannot be read as Parquet ({error})", path) from None
     row_number = 0
-    with parquet:
-        for batch in parquet.iter_batches(batch_size=10_000):
-            for record in batch.to_pylist():
-                row_number += 1
-                yield path, row_number, record
+    try:
+        with parquet:
+            for batch in parquet.iter_batches(batch_size=10_000):
+                for record in batch.to_pylist():
+                    row_number += 1
+                    yield path, row_number, record
+    except (pa.ArrowException, OSError) as error:  # damaged pages (a thrift or codec error is an OSError)
+        raise InputError(f"cannot be read as Parquet after row {row_number} ({first_line(error)})", path) from None
     if row_number == 0:
         raise InputError("contains no records (the file is empty)", path)
 

@@ -4,6 +4,7 @@ the user chooses; offline, the run stops at once with a message that says what t
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import socket
@@ -37,8 +38,9 @@ def refuse_revision_of_a_folder(name_or_id: str, kind: str, folder_as: str = "{f
 def looks_like_hub_id(name: str) -> bool:
     """True for ``owner/name`` (or a bare ``name``), either with ``@REVISION``; false for anything
     shaped like a file path. (A path that does not exist but could be an id, such as
-    ``output/model`` before training has made it, is tried as an id; the error then says so.)"""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name:
+    ``output/model`` before training has made it, is tried as an id; the error then says so. One ending
+    in ``/``, ``my-model/``, is a folder: no id does.)"""
+    if not name or name.startswith((".", "/", "~")) or name.endswith("/") or "\\" in name:
         return False
     if name.endswith((".json", ".jsonl", ".gz", ".parquet", ".tsv", ".csv")):
         return False
@@ -146,20 +148,32 @@ def unreachable_host(url: str) -> str | None:
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
     endpoint = urlparse(url)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return None if _connects(endpoint.hostname, port) else endpoint.hostname
+
+
+@functools.cache
+def _connects(host: str, port: int) -> bool:
+    """Whether ``host`` takes a connection on ``port``; asked once a run: where a firewall drops packets
+    each try waits the whole timeout, and a run loads many hub items (an MTEB v2 data set is four)."""
     try:
-        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError:
-        return endpoint.hostname
-    return None
+        return False
+    return True
 
 
 def unreachable_hugging_face_host() -> str | None:
-    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to."""
+    """The Hugging Face endpoint's host (``HF_ENDPOINT`` or its default) when it cannot be connected to;
+    InputError where HF_ENDPOINT is no http(s) address (``hf-mirror.com``, or empty)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return None  # the user asked for the cache only (HF_HUB_OFFLINE=1): the libraries try nothing
+    endpoint = urlparse(constants.ENDPOINT)
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:  # the libraries' error would not name it
+        raise InputError(f"HF_ENDPOINT '{constants.ENDPOINT}' is not a web address such as https://hf-mirror.com: "
+                         "correct it, or unset it for huggingface.co")
     return unreachable_host(constants.ENDPOINT)
 
 
@@ -221,6 +235,7 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     if hub not in HUBS:
         raise InputError(f"unknown hub '{hub}'; choose one of {', '.join(HUBS)}")
     name, revision = split_revision(name_or_path)
+    cache_dir = cache_dir or None  # an empty one (--cache_dir "$UNSET"): the default, which "" is not to the hubs
     logger.info("fetching model %s from %s (cache: %s)", name_or_path, hub, cache_dir or "default")
     if hub == "modelscope":
         try:
@@ -328,6 +343,7 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     refuse_stray_spaces(hub_id, "data set id")
     refuse_stray_spaces(split or "", "split", f" of data set '{hub_id}'")
     name, revision = split_revision(hub_id)
+    cache_dir = cache_dir or None  # an empty one (--cache_dir "$UNSET"): the default, as for models
     if hub == "modelscope":
         try:
             from modelscope.msdatasets import MsDataset

@@ -513,12 +513,33 @@ def test_a_split_name_with_a_colon_is_read_from_its_folder(tmp_path):
     assert as_tuples(f"{tmp_path / 'sliced'}:test[:5]") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
 
 
+def test_a_file_with_a_colon_in_its_path_is_read_even_beside_a_folder_named_as_its_start(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl_records(tmp_path / "runs" / "other.jsonl", [{"query": "q9", "positive": ["x"], "negative": ["y"]}])
+    write_jsonl_records(tmp_path / "runs:2" / "test.jsonl", FOLDER_TEST)  # not split "2/test.jsonl" of runs/
+    assert as_tuples("runs:2/test.jsonl") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+    assert local_files("runs:2/test.jsonl") == ["runs:2/test.jsonl"]
+    assert source_stem("runs:2/test.jsonl") == "test"
+
+
 @pytest.mark.parametrize("source", ["runs:2/test.jsonl", "runs:2/so:test", r"C:\\data\\test.jsonl", "C:/data/test.jsonl"])
 def test_a_missing_path_with_a_colon_is_reported_missing_not_fetched_from_a_hub(monkeypatch, tmp_path, source):
     monkeypatch.chdir(tmp_path)  # (nothing here: no runs:2/, no C:/)
     with pytest.raises(InputError, match="file not found; check the path") as error:
         as_tuples(source)
     assert "hub" not in str(error.value)
+
+
+def test_a_parquet_file_with_damaged_data_pages_is_named_not_a_traceback(tmp_path):
+    path = write_parquet(tmp_path / "rows.parquet", {"query": [f"query {i}" for i in range(200)],
+                                                      "passage": [f"passage {i}" for i in range(200)],
+                                                      "label": [i % 2 for i in range(200)]})
+    data = bytearray(path.read_bytes())
+    for i in range(8, len(data) // 2):  # the column chunks: the footer, which opening the file reads, stays whole
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read as Parquet after row 0 \("):
+        as_tuples(path)
 
 
 @pytest.mark.parametrize("state, message", [

@@ -2,6 +2,7 @@
 and the one-line message, naming what to download, when it cannot be. Nothing here reaches a hub:
 the session is offline (conftest), and a lost connection or a library's answer is simulated."""
 
+import functools
 import json
 import sys
 import types
@@ -34,8 +35,12 @@ def no_connection(monkeypatch):
     import datasets
     from huggingface_hub import constants
 
+    from rerank_distill import hub
+
     def refuse(*args, **kwargs):
         raise OSError("Name or service not known")
+
+    monkeypatch.setattr(hub, "_connects", functools.cache(hub._connects.__wrapped__))  # nothing probed before counts
 
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
@@ -64,8 +69,26 @@ def test_an_unreachable_hub_fails_at_once_without_retries(no_connection, monkeyp
     assert [address[0] for address in attempts] == [host]  # one probe: the libraries' own tries (with backoff) never start
     with pytest.raises(InputError, match="hf download someone/some-data --repo-type dataset"):
         load_hub_dataset("someone/some-data", "test")
-    assert [address[0] for address in attempts] == [host] * 2
+    assert [address[0] for address in attempts] == [host]  # (the host was found unreachable once for the run)
     assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == offline_before
+
+
+def test_a_hub_that_drops_packets_is_waited_for_once_a_run_not_once_an_item(no_connection, monkeypatch, tmp_path):
+    """A firewall that drops packets makes each probe wait its whole timeout; a run loads many hub items
+    (an MTEB v2 data set is four parts, read twice by stage 1, then its models): nine waits were 46 s."""
+    attempts = []
+
+    def drop(address, *args, **kwargs):
+        attempts.append(address)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr("socket.create_connection", drop)
+    cached_snapshot(tmp_path, "someone/some-reranker")
+    for _ in range(3):
+        resolve_model("someone/some-reranker", cache_dir=str(tmp_path))
+    with pytest.raises(InputError, match="cannot be reached"):
+        load_hub_dataset("someone/some-data", "test", cache_dir=str(tmp_path))
+    assert len(attempts) == 1
 
 
 def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path):
@@ -75,6 +98,25 @@ def test_an_unreachable_hub_still_serves_a_cached_model(no_connection, tmp_path)
     (tmp_path / "models--someone--some-reranker" / "refs").mkdir()
     (tmp_path / "models--someone--some-reranker" / "refs" / "main").write_text("0" * 40, encoding="utf-8")
     assert resolve_model("someone/some-reranker", cache_dir=str(tmp_path)) == str(snapshot)
+
+
+def test_an_empty_cache_dir_reads_the_default_cache_not_the_current_folder(no_connection, monkeypatch, tmp_path):
+    """--cache_dir "$CACHE" with CACHE unset: the default cache, as the log and the messages say."""
+    from huggingface_hub import constants
+
+    snapshot = cached_snapshot(tmp_path / "hub", "someone/some-reranker")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # (huggingface_hub takes "" for this folder)
+    assert resolve_model("someone/some-reranker", cache_dir="") == str(snapshot)
+
+
+@pytest.mark.parametrize("endpoint", ["hf-mirror.com", ""])
+def test_an_hf_endpoint_that_is_no_web_address_is_named_not_a_traceback(no_connection, monkeypatch, endpoint):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # HF_ENDPOINT as exported
+    with pytest.raises(InputError, match=f"^HF_ENDPOINT '{endpoint}' is not a web address"):
+        resolve_model("someone/some-reranker")
 
 
 def test_behind_a_proxy_the_hub_is_not_probed(no_connection, monkeypatch):
@@ -177,6 +219,18 @@ def test_a_revision_after_at_is_split_from_the_id():
     assert split_revision("BAAI/bge-reranker-v2-m3") == ("BAAI/bge-reranker-v2-m3", None)
     assert looks_like_hub_id("BAAI/bge-reranker-v2-m3@0123abc")
     assert not looks_like_hub_id("./models/student@v2")
+
+
+@pytest.mark.parametrize("path", ["my-model/", "my_data/"])
+def test_a_missing_folder_written_with_a_trailing_slash_is_reported_missing_not_as_an_invalid_hub_id(
+        monkeypatch, tmp_path, path):
+    monkeypatch.chdir(tmp_path)  # (no such folder here: a hub id never ends in "/")
+    assert not looks_like_hub_id(path)
+    with pytest.raises(InputError, match=f"^model path '{path}' does not exist$"):
+        resolve_model(path)
+    with pytest.raises(InputError, match="file not found; check the path") as error:
+        list(iter_rows(f"{path}:test"))
+    assert "hub" not in str(error.value)
 
 
 def test_a_model_id_with_a_revision_serves_that_revision_from_the_cache(no_connection, tmp_path):
