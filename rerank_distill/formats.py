@@ -403,6 +403,9 @@ def _iter_hub_rows(source: str, hub: str, cache_dir: str | None) -> Iterator[tup
     if not split:  # each part is loaded by name, and a part's only split need not be the others'
         raise InputError(f"data set '{name}' is in parts (corpus, queries, qrels, top_ranked): name the split as "
                          f"{name}:SPLIT (e.g. :test)")
+    if "[" in split:  # a slice takes rows of each part alike, whose rows do not line up: the corpus would lack passages
+        raise InputError(f"data set '{name}' is in parts (corpus, queries, qrels, top_ranked), which a slice such "
+                         f"as :{split} cuts apart: name the whole split ({name}:{split.split('[')[0]})")
 
     def read_part(part: str) -> Iterator[tuple[str, int, dict]]:
         rows = loaded if part == "qrels" else _load_hub_part(name, split, part, hub, cache_dir)

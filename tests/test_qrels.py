@@ -194,6 +194,9 @@ def test_a_hub_data_set_in_parts_is_joined_from_its_configurations(tmp_path, mon
     assert (file, row) == ("mteb/SODupQuestions:test (top_ranked)", 1)
     with pytest.raises(InputError, match=r"is in parts .*: name the split as mteb/SODupQuestions:SPLIT"):
         records("mteb/SODupQuestions")
+    with pytest.raises(InputError, match=r"which a slice such as :test\[:1\] cuts apart: name the whole split "
+                                         r"\(mteb/SODupQuestions:test\)"):
+        records("mteb/SODupQuestions:test[:1]")
 
 
 def test_a_hub_data_sets_corpus_and_queries_are_read_from_their_one_split_whatever_its_name(tmp_path, monkeypatch):
