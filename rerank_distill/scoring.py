@@ -151,7 +151,8 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
         content.update(query_bytes(query))
     summary.digest = content.hexdigest()
     if not all_pairs and not passages_as_queries:  # (a shard may hold none of its pairs, but not the whole input)
-        queries = "its one query has no passage" if all_queries == 1 else f"none of its {all_queries} queries has a passage"
+        queries = ("its one query has no passage" if all_queries == 1
+                   else f"none of its {all_queries} queries has a passage")
         raise InputError(f"nothing to score: {queries}", source)
     return summary
 

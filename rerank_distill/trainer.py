@@ -268,7 +268,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
             self.spent = float(spent)
         # (--eval_delay skips the evaluations that fall due before it, as the Trainer's own schedule does)
-        reached = state.epoch or 0 if args.eval_strategy == "epoch" else state.global_step
+        reached = (state.epoch or 0) if args.eval_strategy == "epoch" else state.global_step
         evaluation_delayed = reached < args.eval_delay
         for kind, share in self._interval_shares(args).items():
             due, made = self._due(state, kind, share), self.shares_due.get(kind, 0)
