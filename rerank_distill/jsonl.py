@@ -112,6 +112,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     if line.startswith("\ufeff"):  # only the file's first is dropped: files joined with cat keep theirs
                         raise InputError("starts with a byte-order mark (U+FEFF; files joined together?); remove it",
                                          path, line_number) from None
+                    if not found_any and (what_it_is := _whole_json_document(path)):
+                        raise InputError(what_it_is, path, line_number) from None
                     what = error.msg.removesuffix(" at")  # "Invalid control character at" already ends so
                     raise InputError(f"not valid JSON ({what} at column {error.pos + 1})", path, line_number) from None
                 except RepeatedKey as error:
@@ -121,6 +123,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     what = "nested too deeply" if isinstance(error, RecursionError) else str(error)
                     raise InputError(f"not valid JSON for this reader ({what})", path, line_number) from None
                 if not isinstance(record, dict):
+                    if not found_any and (what_it_is := _whole_json_document(path)):
+                        raise InputError(what_it_is, path, line_number)
                     raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
                 found_any = True
                 yield line_number, record
@@ -128,6 +132,35 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise InputError(f"cannot be read ({error}); is it truncated?", path) from None
     if not found_any:
         raise InputError("contains no records (the file is empty)", path)
+
+
+# A whole JSON document larger than this is not read to say what it is (the message then names the line)
+WHOLE_DOCUMENT_LIMIT = 64 * 2**20
+
+
+def _whole_json_document(path: str) -> str | None:
+    """What ``path`` holds where it is one JSON document rather than JSON lines (a JSON array, or
+    an object spread over lines as the stages write their run records), for a message; else None."""
+    if os.path.getsize(path) > WHOLE_DOCUMENT_LIMIT:
+        return None
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8-sig") as file:
+            document = json.loads(file.read(WHOLE_DOCUMENT_LIMIT))
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
+        return None
+    lines = "this stage reads JSON lines, one record a line"
+    if isinstance(document, list):
+        return (f"holds a JSON array of {len(document)} records, not JSON lines (one record a line); write one "
+                f"record a line (e.g. jq -c '.[]' {path} > FILE.jsonl)")
+    if not isinstance(document, dict):
+        return None
+    if {"command", "script"} <= document.keys():
+        return f"is a run's arguments record (the args.json a stage writes beside its output), not data; {lines}"
+    if {"source", "made_with"} <= document.keys():
+        return "is stage 1's run record (.run.json), not data: pass the scores file it sits beside"
+    if "queries_evaluated" in document:
+        return f"is evaluation.py's report, not data; {lines}"
+    return f"holds one JSON object spread over several lines (a .json file), not JSON lines; {lines}"
 
 
 def check_encodable(value: str, what: str, path: str, line: int) -> str:

@@ -829,3 +829,27 @@ def test_a_write_the_disk_could_not_save_does_not_take_its_final_name(tmp_path, 
         with AtomicWriter(tmp_path / "out.jsonl") as out:
             out.write("{}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("document, message", [
+    ([{"query": "q", "positive": ["p"], "negative": ["n"]}] * 2,
+     r"holds a JSON array of 2 records, not JSON lines \(one record a line\)"),
+    ({"command": "python train.py ...", "script": {"train_data": "t.jsonl"}},
+     r"is a run's arguments record \(the args\.json a stage writes beside its output\), not data"),
+    ({"source": "train.jsonl", "made_with": {}, "counts": {}},
+     r"is stage 1's run record \(\.run\.json\), not data: pass the scores file it sits beside"),
+    ({"protocol": "mteb", "queries_evaluated": 3, "before": {"map": 0.5}},
+     r"is evaluation\.py's report, not data"),
+])
+def test_a_whole_json_document_is_named_as_such_not_as_broken_json_lines(tmp_path, document, message):
+    source = tmp_path / "data.jsonl"
+    source.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")  # as the stages write their records
+    with pytest.raises(InputError, match=rf"^{source}:1: {message}"):
+        as_tuples(source)
+
+
+def test_a_json_array_on_one_line_is_named_as_such(tmp_path):
+    source = tmp_path / "data.json"
+    source.write_text(json.dumps([{"query": "q", "positive": ["p"], "negative": ["n"]}] * 3), encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:1: holds a JSON array of 3 records, not JSON lines"):
+        as_tuples(source)
