@@ -7,6 +7,7 @@ import difflib
 import functools
 import logging
 import os
+import re
 import socket
 from contextlib import contextmanager, nullcontext
 from urllib.parse import urlparse
@@ -221,7 +222,17 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
     cannot be fetched (offline, unknown id, missing ``modelscope`` package).
     """
     if os.path.exists(name_or_path):
+        if os.path.isfile(name_or_path):  # a data file, say, given where the model goes
+            raise InputError(f"'{name_or_path}' is a file, not a model: a model is a folder with a config.json "
+                             "(transformers) or modules.json (sentence-transformers); pass that folder")
         if not any(os.path.isfile(os.path.join(name_or_path, name)) for name in ("config.json", "modules.json")):
+            steps = [int(name.split("-")[1]) for name in os.listdir(name_or_path)
+                     if re.fullmatch(r"checkpoint-\d+", name)]
+            if steps:  # train.py's --output_dir of a run that has not saved its final model (yet)
+                newest = os.path.join(name_or_path, f"checkpoint-{max(steps)}")
+                raise InputError(f"'{name_or_path}' is a train.py output folder without its final model (its run "
+                                 f"stopped, or is still training): pass its newest checkpoint, {newest}, or finish "
+                                 "the run (train.py with the same flags and --resume_from_checkpoint last)")
             raise InputError(
                 f"'{name_or_path}' holds no model: a model folder has a config.json (transformers) "
                 "or modules.json (sentence-transformers); pass that folder"

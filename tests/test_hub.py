@@ -407,3 +407,21 @@ def test_a_hub_data_set_of_no_rows_is_refused_as_an_empty_file_is_not_read_as_no
     monkeypatch.setattr("rerank_distill.hub.load_hub_dataset", lambda *args, **kwargs: [])
     with pytest.raises(InputError, match=r"^someone/some-data:validation: contains no records \(the data set is empty\)"):
         list(iter_rows("someone/some-data:validation"))
+
+
+def test_a_training_run_folder_without_its_final_model_points_to_its_checkpoint(tmp_path):
+    run = tmp_path / "model"  # train.py stopped before its final save: checkpoints and args.json, no config.json
+    for step in (5, 10):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "config.json").write_text("{}", encoding="utf-8")
+    (run / "args.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^'{run}' is a train.py output folder without its final model .*"
+                                         rf"pass its newest checkpoint, {run / 'checkpoint-10'}, or finish the run"):
+        resolve_model(str(run))
+
+
+def test_a_data_file_given_as_a_model_is_named_a_file(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"query": "q", "positive": ["a"], "negative": ["b"]}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^'{data}' is a file, not a model: a model is a folder with a config.json"):
+        resolve_model(str(data))
