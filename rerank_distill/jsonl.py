@@ -56,8 +56,16 @@ def shown(value: Any, limit: int = 60) -> str:
 def check_input_file(path: str) -> None:
     """InputError where ``path`` is not a file that can be read as input: missing, a folder, or a
     pipe or device (the stages read their inputs more than once: first checked whole, then used)."""
+    if path.endswith(".partial") and os.path.isfile(path.removesuffix(".partial") + ".progress.json"):
+        # (stage 1 writes OUT.partial and OUT.progress.json while it scores, and renames the first to OUT at the end)
+        raise InputError(f"is stage 1's unfinished output (generate_logits.py writes it while it scores; its run "
+                         "stopped, or is still running): run generate_logits.py again with the same flags to finish "
+                         f"{path.removesuffix('.partial')}, then pass that", path)
     if os.path.isfile(path):
         return
+    if not os.path.exists(path) and os.path.isfile(path + ".partial"):
+        raise InputError(f"not found: stage 1 has not finished it ({path}.partial holds the pairs scored so far); run "
+                         "generate_logits.py again with the same flags to finish it", path)
     if os.path.isdir(path):
         raise InputError("is a folder; give a data file (or, for a data-set folder, FOLDER:SPLIT)", path)
     if os.path.exists(path):

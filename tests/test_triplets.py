@@ -1124,3 +1124,19 @@ def test_an_output_path_of_bytes_that_are_not_utf8_is_written_and_recorded(tmp_p
     assert read_jsonl_records(output)[0]["positive"] == "a"
     args = json.loads((tmp_path / os.fsdecode(b"caf\xe9.args.json")).read_text(encoding="utf-8"))
     assert args["script"]["output_path"] == str(output)
+
+
+def test_stage_1_unfinished_output_is_refused_not_made_into_triplets(tmp_path):
+    scores = tmp_path / "train_scores.jsonl"  # stage 1 stopped (or still runs): its pairs so far, and its progress
+    partial = write_jsonl_records(scores.with_name(scores.name + ".partial"),
+                                  [{"query": "q", "passage": "a", "score": 2.0, "label": 1},
+                                   {"query": "q", "passage": "b", "score": 0.0, "label": 0}])
+    scores.with_name(scores.name + ".progress.json").write_text('{"done": 2}', encoding="utf-8")
+    output = tmp_path / "triplets.jsonl"
+    with pytest.raises(InputError, match=rf"^{partial}: is stage 1's unfinished output .*run generate_logits.py again "
+                                         rf"with the same flags to finish {scores}, then pass that"):
+        create_triplets.main(["--input_path", str(partial), "--output_path", str(output)])
+    with pytest.raises(InputError, match=rf"^{scores}: not found: stage 1 has not finished it \({partial} holds the "
+                                         r"pairs scored so far\); run generate_logits.py again"):
+        create_triplets.main(["--input_path", str(scores), "--output_path", str(output)])
+    assert not output.exists()
