@@ -102,11 +102,13 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
     note)``; queries is empty when the file has no gold labels or no such query, and the note says
     why. A scores file without gold labels is still read through for errors, unless
     ``is_training_data`` (read and checked already); a file of another kind is judged by its first
-    line alone. ``hub``/``cache_dir``: where a hub data set is fetched from."""
+    line alone, and stage 2's output is an InputError. ``hub``/``cache_dir``: where a hub data set is fetched from."""
     path, line, record = first_record(source, hub, cache_dir)
     kind = detect_data_kind(record, path, line, input_format, label_column)
-    if kind not in RANKING_KINDS:
-        return [], f"{source} holds {DATA_KINDS[kind]}, not candidate lists with gold labels"
+    if kind not in RANKING_KINDS:  # (only --selection_data can be such a file: training data of this kind is not read)
+        raise InputError(f"--selection_data holds {DATA_KINDS[kind]}, not candidate lists with gold labels: pass stage "
+                         "1's scores file of the training data (generate_logits.py's, which keeps the gold labels) or "
+                         "a labelled dev file", path, line)
     if not carries_gold_labels(kind, record, path, line, label_column):
         if not is_training_data:  # a broken file is an error, used or not
             for _ in iter_scored_pairs(source, label_column, hub, cache_dir):

@@ -1168,6 +1168,13 @@ def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_
     assert "no --selection_data" in plan(hand_written_triplets(), None).note
 
 
+def test_stage_2_output_given_as_selection_data_is_refused_not_passed_over(triplets_file):
+    # a triplets file has no candidate lists with gold labels: the run used to fall back to eval_loss, said at INFO
+    with pytest.raises(InputError, match=rf"^{triplets_file}:1: --selection_data holds triplets .*create_triplets"
+                                         r".*, not candidate lists with gold labels: pass stage 1's scores file"):
+        plan(hand_written_triplets(), str(triplets_file))
+
+
 def test_a_selection_by_map_on_few_queries_warns_that_it_is_noisy(scores_file):
     selection = plan(hand_written_triplets(), str(scores_file), metric="map")  # 2 held-out queries
     warning = small_selection_warning(selection)
