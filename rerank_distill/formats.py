@@ -238,6 +238,11 @@ def splits_in(folder: str) -> dict[str, list[str]]:
             for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
                 if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):
                     by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
+    model_file = next((name for name in ("config.json", "modules.json") if os.path.isfile(os.path.join(folder, name))),
+                      None)
+    if not by_split and model_file:  # a model given where data goes (train.py's output, a student)
+        raise InputError(f"is a model folder ({model_file}), not a data set: pass the data file (JSONL, Parquet) or "
+                         "data-set folder meant", folder)
     if not by_split:
         raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
                          "data set saved by datasets' save_to_disk", folder)  # fmt: skip

@@ -853,3 +853,13 @@ def test_a_json_array_on_one_line_is_named_as_such(tmp_path):
     source.write_text(json.dumps([{"query": "q", "positive": ["p"], "negative": ["n"]}] * 3), encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:1: holds a JSON array of 3 records, not JSON lines"):
         as_tuples(source)
+
+
+def test_a_model_folder_given_as_a_data_set_is_named_a_model(tmp_path):
+    model = tmp_path / "model"  # what train.py writes: the model's files, its records, a checkpoint
+    (model / "checkpoint-8").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "args.json", "training_summary.json"):
+        (model / name).write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{model}: is a model folder \(config\.json\), not a data set: pass the "
+                                         r"data file \(JSONL, Parquet\) or data-set folder meant"):
+        as_tuples(model)
