@@ -702,7 +702,8 @@ def iter_ranking_queries(
             if label is None:
                 names = f'"{label_column}" (--label_column)' if label_column else ", ".join(LABEL_FIELDS)
                 hint = (
-                    "; a teacher-scores file without labels skips stage 1: pass it to create_triplets.py"
+                    "; a teacher-scores file without labels is create_triplets.py's input (it skips stage 1), or "
+                    "evaluation.py's --teacher_scores beside the labelled data set it scores"
                     if "score" in record
                     else ""
                 )

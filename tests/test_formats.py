@@ -370,6 +370,15 @@ def test_scores_without_labels_as_a_ranking_data_set_say_they_go_to_stage_two(tm
         as_tuples(source)
 
 
+def test_scores_without_labels_as_the_data_set_to_evaluate_point_to_teacher_scores(tmp_path):
+    # evaluation.py reads its --dataset_path so too: such a file is its --teacher_scores, not stage 2's alone
+    source = write_jsonl_records(tmp_path / "test_scores.jsonl", [{"query": "q", "passage": "a", "score": 0.3,
+                                                                   "label": None}])
+    with pytest.raises(InputError, match=rf"{source}:1: this row has no relevance label .*or evaluation.py's "
+                                         r"--teacher_scores beside the labelled data set it scores"):
+        as_tuples(source)
+
+
 def test_a_windows_file_with_byte_order_mark_and_crlf_reads_like_a_plain_one(tmp_path):
     records = [{"query": "q1", "positive": ["a"], "negative": ["b"]}, {"query": "q2", "positive": ["c"], "negative": []}]
     plain = write_jsonl_records(tmp_path / "plain.jsonl", records)
