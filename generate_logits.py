@@ -31,8 +31,8 @@ from rerank_distill.replicas import stop_with_launcher
 from rerank_distill.scoring import Shard, check_before_loading, claim_output, validate_source
 from rerank_distill.shards import warn_of_other_shard_counts
 from rerank_distill.teacher_runs import (
-    TeacherRun, merge_shard_files, refuse_conflicting_shard_flags, refuse_shared_outputs, score_with_replicas,
-    score_with_teachers,
+    TeacherRun, merge_shard_files, refuse_another_stages_folder, refuse_conflicting_shard_flags, refuse_shared_outputs,
+    score_with_replicas, score_with_teachers,
 )
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_utf8_text(args, "instruction", "query_prompt", "label_words")
     check_writable(args.output_dir, "--output_dir", folder=True)
     check_outside_data_set_folders(args.output_dir, args.input_path, "--output_dir")
+    refuse_another_stages_folder(args.output_dir)
     # What is scored: each input as it is, then (--passages_as_queries) the lists made from it.
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}

@@ -1260,3 +1260,16 @@ def test_the_launcher_checks_each_input_once_for_a_check_inputs_only_run_in_any_
     done = launch("generate_logits.sh", "--model_path", "unused", *flag, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(f"{test_file}: ") == 1, done.stderr
+
+
+def test_train_py_output_folder_as_output_dir_is_refused_before_its_args_json_is_replaced(tmp_path, ranking_file,
+                                                                                        teacher_never_loads):
+    model = tmp_path / "model"  # train.py's output: its args.json records how the model was trained (and resumes)
+    model.mkdir()
+    record = json.dumps({"command": ["train.py", "--model_name_or_path", "student"], "script": {}})
+    (model / "args.json").write_text(record, encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^--output_dir {model} holds train.py's args.json, which this run would "
+                                         r"replace: give stage 1 a folder of its own \(e.g. output/scores\)"):
+        generate_logits.main(["--model_path", "teacher", "--input_path", str(ranking_file), "--output_dir", str(model)])
+    assert (model / "args.json").read_text(encoding="utf-8") == record
+    assert sorted(model.iterdir()) == [model / "args.json"]  # no scores among the model's files
