@@ -605,6 +605,7 @@ def score_source(
     done = resume.done
     if done is None:
         logger.info("%s is already complete; skipping it (pass --overwrite to score it again)", output_path)
+        progress_path.unlink(missing_ok=True)  # (left where a run stopped between finishing it and removing this)
         return ScoringStats(queries=expected.queries, pairs=expected.pairs, already_complete=True)
     if done["pairs"]:
         logger.info("resuming %s after %d queries (%d pairs)", output_path, done["queries"], done["pairs"])

@@ -338,6 +338,18 @@ def test_a_finished_output_is_not_scored_again(tmp_path, ranking_file):
     assert stats.already_complete and again.calls == []
 
 
+def test_a_rerun_of_a_finished_output_removes_the_progress_file_a_crash_as_it_finished_left(tmp_path, ranking_file):
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=2))
+    progress = beside(output, ".progress.json")
+    saved = progress.read_bytes()
+    run_scoring(ranking_file, output, CountingTeacher())
+    progress.write_bytes(saved)  # as a crash between the output's rename and the progress file's removal leaves it
+    assert run_scoring(ranking_file, output, CountingTeacher()).already_complete
+    assert not progress.exists()
+
+
 def test_shards_merged_equal_a_single_run(tmp_path, ranking_file):
     single = tmp_path / "single"
     run_scoring(ranking_file, output_path_for(str(ranking_file), single), CountingTeacher())
