@@ -32,7 +32,7 @@ from rerank_distill.scoring import Shard, check_before_loading, claim_output, va
 from rerank_distill.shards import warn_of_other_shard_counts
 from rerank_distill.teacher_runs import (
     TeacherRun, merge_shard_files, refuse_another_stages_folder, refuse_conflicting_shard_flags, refuse_shared_outputs,
-    score_with_replicas, score_with_teachers,
+    score_with_replicas, score_with_teachers, warn_of_scores_input,
 )
 from rerank_distill.teachers import (
     DEFAULT_TEACHER_TYPE,
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         run.expected[source, derived] = summary = validate_source(source, args.input_format, run.shard, derived,
                                                                   **read_args)
         summary.warn(source)
+        if not derived:
+            warn_of_scores_input(source, args.input_format, read_args)
         logger.info("%s%s: %d queries, %d pairs%s", source, " (passages as queries)" if derived else "",
                     summary.queries, summary.pairs, f" (shard {args.shard})" if args.shard else "")
     if args.check_inputs_only:

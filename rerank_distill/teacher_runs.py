@@ -13,6 +13,7 @@ from typing import Any
 
 from rerank_distill.cli import command_line, read_run_args, write_run_args
 from rerank_distill.errors import InputError
+from rerank_distill.formats import detect_format, first_record
 from rerank_distill.jsonl import no_empty_folders_left
 from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
@@ -100,6 +101,17 @@ def refuse_another_stages_folder(output_dir: str) -> None:
     if isinstance(made_by, str) and made_by.endswith(".py") and made_by != "generate_logits.py":
         raise InputError(f"--output_dir {output_dir} holds {made_by}'s args.json, which this run would replace: give "
                          "stage 1 a folder of its own (e.g. output/scores)")
+
+
+def warn_of_scores_input(source: str, input_format: str, read_args: dict) -> None:
+    """Warn where ``source`` holds teacher scores already (a scores file, stage 1's output among them):
+    scoring it again replaces them, where create_triplets.py would read them as they are."""
+    if input_format == "auto":
+        path, line, record = first_record(source, read_args["hub"], read_args["cache_dir"])
+        input_format = detect_format(record, path, line, read_args["label_column"])
+    if input_format == "scores":
+        logger.warning("%s holds teacher scores already (its \"score\" field): this run scores its pairs again and "
+                       "does not keep them; scores to train on as they are go to create_triplets.py instead", source)
 
 
 def refuse_shared_outputs(run: TeacherRun) -> None:

@@ -1164,6 +1164,16 @@ def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file
     assert "--instruction -q: a question, find its twins is not read" in done.stderr, done.stderr
 
 
+def test_an_input_holding_teacher_scores_already_is_warned_about(ranking_file, tmp_path, caplog):
+    # (with labels, as stage 1 writes them: scores without any are refused as no ranking data, pointing to stage 2)
+    scores = write_jsonl_records(tmp_path / "train_scores.jsonl", [{"query": "q", "passage": "a", "score": 1.0, "label": 1},
+                                                                 {"query": "q", "passage": "b", "score": 0.5, "label": 0}])
+    generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), str(scores), "--output_dir",
+                          str(tmp_path / "scores"), "--check_inputs_only"])  # fmt: skip
+    warned = [record.getMessage() for record in caplog.records if "holds teacher scores already" in record.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(str(scores))
+
+
 def test_check_inputs_only_reads_every_input_and_loads_no_teacher(ranking_file, tmp_path):
     checked = generate_logits.main(["--model_path", str(tmp_path / "no-such-model"), "--input_path", str(ranking_file),
                                     "--output_dir", str(tmp_path / "scores"), "--passages_as_queries", "2",
