@@ -238,7 +238,13 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     callbacks = [EarlyStopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
     if script.batch_grouping != "none" and "batch_sampler" not in passed:
         training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
-    if resume is not None or script.overwrite_output_dir:  # only now, with the data and model checked
+    # the Trainer checks its flags as it is built (--report_to, --push_to_hub) and the optimizer's package as
+    # training starts (--optim): both before an earlier run's files are deleted or its args.json replaced
+    trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
+                                  eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
+                                  time_budget=budget, padding=padding)
+    trainer.get_optimizer_cls_and_kwargs(training, model)
+    if resume is not None or script.overwrite_output_dir:  # only now, with the data, model and trainer checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
@@ -246,9 +252,6 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
                        resolved={"processes": training.world_size,
                                  "paths": {key: path_identity(getattr(script, key)) for key in PATH_SETTINGS}})
 
-    trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
-                                  eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
-                                  time_budget=budget, padding=padding)
     start_step = resumed.global_step if resumed else 0
     logger.info("training %s for %s", script.model_name_or_path,
                 f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")

@@ -6,6 +6,7 @@ levers change no loss value."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -1530,6 +1531,23 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "1",
                         "--overwrite_output_dir")
     assert summary["steps"] == 1 and not earlier.exists() and (tmp_path / "out" / "teacher-checkpoint-notes").exists()
+
+
+@pytest.mark.parametrize("flags, error", [(["--report_to", "no-such-tracker"], ValueError),
+                                          (["--optim", "adamw_bnb_8bit"], ImportError)])
+def test_a_run_the_trainer_refuses_to_set_up_keeps_the_earlier_run_it_was_to_overwrite(tiny_cross_encoder,
+                                                                                   triplets_file, tmp_path, flags,
+                                                                                   error):
+    if flags[1] == "adamw_bnb_8bit" and importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed: the optimizer sets up")
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1")
+    earlier = sorted(p.name for p in out.iterdir())
+    args_before = (out / "args.json").read_text()
+    with pytest.raises(error):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--overwrite_output_dir", *flags)
+    assert sorted(p.name for p in out.iterdir()) == earlier  # its checkpoints and final model are still there
+    assert (out / "args.json").read_text() == args_before
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite_output_dir"]])
