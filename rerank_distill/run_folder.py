@@ -293,6 +293,14 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
             "to train further raise that limit; to start over pass --overwrite_output_dir instead of "
             "--resume_from_checkpoint"
         )
+    # --save_only_model keeps the weights only; the Trainer resumes from them with a fresh optimizer and its
+    # schedule from step 0, saying nothing (its RNG state, saved with every full checkpoint, tells them apart)
+    if not ended and not any(Path(checkpoint).glob("rng_state*.pth")):
+        raise InputError(
+            f"{checkpoint} was saved with --save_only_model: it holds the weights but no optimizer, learning-rate "
+            "schedule or random state, so the run cannot go on as it was; start over with --overwrite_output_dir, "
+            f"or train from its weights as a new run (--model_name_or_path {checkpoint}, another --output_dir)"
+        )
     if training.max_steps in (-1, 0, state.max_steps):
         # (under a time budget, evaluations and checkpoints given as shares stay shares: TimeBudget makes
         # them due by the time spent too, which it reads from the share)

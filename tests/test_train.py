@@ -434,6 +434,18 @@ def test_resume_from_checkpoint_ends_with_the_same_model_as_an_uninterrupted_run
     assert not torch.equal(a["classifier.weight"], weights(tiny_cross_encoder)["classifier.weight"])
 
 
+def test_a_checkpoint_saved_without_its_optimizer_state_is_refused_as_a_run_to_continue(
+    tiny_cross_encoder, triplets_file, tmp_path
+):
+    # --save_only_model keeps weights only: the Trainer would resume with a fresh optimizer and its
+    # schedule started again from step 0, in silence
+    flags = ["--eval_strategy", "no", "--save_steps", "1", "--save_only_model"]
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "2", *flags)
+    with pytest.raises(InputError, match=r"checkpoint-2 was saved with --save_only_model: .*no optimizer"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "4",
+                  "--resume_from_checkpoint", "last", *flags)
+
+
 def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
@@ -1787,6 +1799,7 @@ def test_a_run_of_a_share_of_an_epoch_resumes_for_the_rest_of_a_longer_one(tiny_
 def test_a_resumed_run_takes_the_step_counts_its_checkpoint_resolved_its_shares_to(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps(
         {"global_step": 10, "max_steps": 20, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}))  # fmt: skip
+    (tmp_path / "rng_state.pth").touch()  # a full checkpoint's (not --save_only_model's)
     training = SimpleNamespace(max_steps=20, num_train_epochs=3.0, logging_steps=0.02, eval_steps=0.1, save_steps=5,
                                output_dir=str(tmp_path))
     assert resumed_state(str(tmp_path), training, None).global_step == 10
