@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from huggingface_hub import constants
+
 from rerank_distill.cli import check_minimums, parse_args
 from rerank_distill.errors import InputError
 from rerank_distill.losses import LOSSES
@@ -140,6 +142,10 @@ def check_training_flags(script, training) -> None:
     if training.max_steps < 0 and not training.num_train_epochs > 0:
         raise InputError(f"--num_train_epochs {training.num_train_epochs:g} trains no step; pass a positive number of "
                          "epochs (or --max_steps N)")
+    # (the Trainer creates the hub repository as it is built, after the data and the model are loaded)
+    if training.push_to_hub and constants.HF_HUB_OFFLINE:
+        raise InputError("--push_to_hub needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push_to_hub "
+                         "and upload the final model in --output_dir later")
     if script.early_stopping_patience > 0 and training.eval_strategy == "no":
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
     if script.early_stopping_patience > 0 and script.selection_metric == "last":

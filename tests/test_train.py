@@ -641,6 +641,16 @@ def test_a_run_of_no_steps_is_refused_before_any_work(tmp_path, triplets_file, f
     assert not (tmp_path / "model").exists()
 
 
+def test_push_to_hub_in_offline_mode_is_refused_before_any_work(tmp_path, triplets_file, monkeypatch):
+    # (it failed with huggingface_hub's traceback once the data and the model were loaded)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError, match="--push_to_hub needs the hub, and HF_HUB_OFFLINE is set"):
+        run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "model", "--push_to_hub")
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_labelled_eval_data_the_loss_cannot_take_is_pointed_to_selection_data(tmp_path, triplets_file, ranking_file):
     with pytest.raises(InputError, match=rf"{ranking_file}: --eval_data holds labelled ranking data.*, on which --loss "
                                          r"margin_mse has no loss to compute; .* pass it as --selection_data"):
