@@ -212,6 +212,8 @@ def refuse_earlier_run(output_dir: str) -> None:
             "--early_stopping_patience (whichever ended it) and "
             "pass --resume_from_checkpoint last"
         )
+    if weights_only(last):
+        raise InputError(f"{output_dir} holds checkpoints of an earlier run ({names}); the newest, {cannot_go_on(last)}")
     raise InputError(
         f"{output_dir} holds checkpoints of an earlier run ({names}): continue it with --resume_from_checkpoint "
         "last, start over with --overwrite_output_dir (deletes them), or choose another --output_dir"
@@ -293,14 +295,9 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
             "to train further raise that limit; to start over pass --overwrite_output_dir instead of "
             "--resume_from_checkpoint"
         )
-    # --save_only_model keeps the weights only; the Trainer resumes from them with a fresh optimizer and its
-    # schedule from step 0, saying nothing (its RNG state, saved with every full checkpoint, tells them apart)
-    if not ended and not any(Path(checkpoint).glob("rng_state*.pth")):
-        raise InputError(
-            f"{checkpoint} was saved with --save_only_model: it holds the weights but no optimizer, learning-rate "
-            "schedule or random state, so the run cannot go on as it was; start over with --overwrite_output_dir, "
-            f"or train from its weights as a new run (--model_name_or_path {checkpoint}, another --output_dir)"
-        )
+    # the Trainer resumes from weights alone with a fresh optimizer and its schedule from step 0, saying nothing
+    if not ended and weights_only(checkpoint):
+        raise InputError(cannot_go_on(checkpoint))
     if training.max_steps in (-1, 0, state.max_steps):
         # (under a time budget, evaluations and checkpoints given as shares stay shares: TimeBudget makes
         # them due by the time spent too, which it reads from the share)
@@ -428,11 +425,26 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def weights_only(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` was saved with --save_only_model: no optimizer, schedule or random state
+    to go on from (the random state, saved with every full checkpoint, tells them apart)."""
+    return not any(Path(checkpoint).glob("rng_state*.pth"))
+
+
+def cannot_go_on(checkpoint: str | Path) -> str:
+    """Why a run cannot continue from a weights_only ``checkpoint``, and what to do instead."""
+    return (f"{checkpoint} was saved with --save_only_model: it holds the weights but no optimizer, learning-rate "
+            "schedule or random state, so the run cannot go on as it was; start over with --overwrite_output_dir, or "
+            f"train from its weights as a new run (--model_name_or_path {checkpoint}, another --output_dir)")
+
+
 def resume_hint(output_dir: str) -> str:
     """What to do after an interrupted training run: resume from its newest checkpoint, or start
-    over when none was saved yet."""
+    over when none was saved yet or it holds weights only."""
     last = newest_checkpoint(output_dir)
     if last is None:
         return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"
+    if weights_only(last):
+        return f"interrupted: the newest checkpoint, {cannot_go_on(last)}"
     return (f"interrupted: the newest checkpoint is {last}; run the same command with "
             "--resume_from_checkpoint last (and without --overwrite_output_dir) to continue from it")

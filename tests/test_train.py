@@ -466,6 +466,29 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
+def test_an_interrupted_run_of_weights_only_checkpoints_says_it_cannot_go_on(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
+):
+    steps = []
+
+    def stop_at_the_third_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    original_step = train.DistillationTrainer.training_step
+    monkeypatch.setattr(train.DistillationTrainer, "training_step", stop_at_the_third_step)
+    flags = ["--max_steps", "5", "--eval_strategy", "no", "--save_steps", "1", "--save_only_model"]
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", *flags)
+    assert f"newest checkpoint, {tmp_path / 'model' / 'checkpoint-2'} was saved with --save_only_model" in caplog.text
+    assert "--resume_from_checkpoint last" not in caplog.text
+    with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(checkpoint-1, checkpoint-2\); the "
+                                         r"newest, .*checkpoint-2 was saved with --save_only_model"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", *flags)
+
+
 # checkpoint-9's trainer_state.json: none yet, empty, cut short, or no object
 @pytest.mark.parametrize("left_state", [None, "", '{"best_metric": null, "global_st', '["global_step"]'])
 def test_resuming_from_the_last_checkpoint_passes_over_one_left_half_saved(tmp_path, caplog, left_state):
@@ -1539,6 +1562,7 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     earlier = tmp_path / "out" / "checkpoint-20"
     earlier.mkdir(parents=True)
     (earlier / "trainer_state.json").write_text(json.dumps({"global_step": 20, "max_steps": 40}))
+    (earlier / "rng_state.pth").write_bytes(b"")  # (as a full checkpoint has: one saved with --save_only_model has none)
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(checkpoint-20\): continue it with "
                                          "--resume_from_checkpoint last, start over with --overwrite_output_dir"):
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
