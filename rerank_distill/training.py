@@ -170,3 +170,6 @@ def check_training_flags(script, training) -> None:
                        else f"--loss {script.loss} scores one pair an example")
     if not script.fused_forward and script.loss != "margin_mse":
         logger.warning("--no_fused_forward does nothing here: only --loss margin_mse has a fused forward pass")
+    if training.train_sampling_strategy != "random":  # (transformers' own; sentence-transformers never reads it)
+        logger.warning("--train_sampling_strategy %s does nothing here: sentence-transformers batches with its own "
+                       "sampler, chosen by --batch_grouping (or --batch_sampler)", training.train_sampling_strategy)

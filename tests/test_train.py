@@ -2027,6 +2027,7 @@ def test_the_launcher_trains_on_what_stage_2_wrote_and_selects_with_stage_1s_sco
     (["--no_fused_forward", "--pairs_per_forward", "4"], "--pairs_per_forward 4 does nothing here: --no_fused_forward"),
     (["--loss", "bce_soft", "--no_fused_forward"], "--no_fused_forward does nothing here: only --loss margin_mse"),
     (["--loss", "listwise_kl", "--pairs_per_forward", "4"], None),
+    (["--train_sampling_strategy", "sequential"], "--train_sampling_strategy sequential does nothing here"),
 ])  # fmt: skip
 def test_a_forward_pass_flag_the_loss_never_reads_is_warned_about(tmp_path, scores_file, caplog, flags, warning):
     with pytest.raises(InputError):  # (stopped at the data or the model, after the warning; it was dropped unsaid)
