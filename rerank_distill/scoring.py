@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -188,9 +189,13 @@ def zscore_by_query(scores: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     out = np.zeros_like(scores, dtype=np.float64)
     for query_id in np.unique(query_ids):
         rows = query_ids == query_id
-        values = scores[rows]
+        size = max(1.0, float(np.abs(scores[rows]).max()))
+        # divided by a power of two (exact, so the z-scores are the same) to below 2: the square the std
+        # takes of scores from about 1e154 up would overflow, and every z-score of the query would be 0
+        scale = 2.0 ** (math.frexp(size)[1] - 1)
+        values = scores[rows] / scale
         spread = values.std()
-        alike = spread <= ALIKE_WITHIN * max(1.0, float(np.abs(values).max()))
+        alike = spread <= ALIKE_WITHIN * size / scale
         out[rows] = 0.0 if alike else (values - values.mean()) / spread
     return out
 

@@ -607,6 +607,17 @@ def test_scores_alike_within_float_noise_get_no_vote_in_the_combined_score():
     np.testing.assert_allclose(zscore_by_query(np.array([1.0, 1.001]), np.array([0, 0])), [-1.0, 1.0])
 
 
+def test_huge_finite_scores_are_standardised_as_their_scaled_down_copies():
+    from rerank_distill.scoring import zscore_by_query
+
+    # (the std squares the scores: from about 1e154 up it overflowed to inf, and the query's z-scores were all 0)
+    scores = np.array([3.0, -3.0, 0.0, 1.0, 2.0])
+    queries = np.array([0, 0, 0, 1, 1])
+    for scale in (1e160, 1e300):
+        np.testing.assert_allclose(zscore_by_query(scores * scale, queries), zscore_by_query(scores, queries))
+    np.testing.assert_array_equal(zscore_by_query(np.array([1e300, 1e300]), np.array([0, 0])), 0.0)
+
+
 def test_a_constant_teacher_among_several_stops_the_run_and_is_named(tmp_path, ranking_file):
     passages = {p for _, p in input_pairs(ranking_file)}
     varied = FixedTeacher("varied", {p: float(len(p)) for p in passages})
