@@ -64,6 +64,7 @@ from rerank_distill.trainer import (
     DistillationTrainer,
     EarlyStopping,
     TimeBudget,
+    check_weights_finite,
     end_process_group,
     run_summary,
     summary_message,
@@ -270,6 +271,7 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
             logger.warning(resume_hint(training.output_dir))
         raise
     seconds = time.perf_counter() - started
+    check_weights_finite(trainer)
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
 
     summary = {"loss": script.loss, "data_kind": kind,

@@ -126,6 +126,21 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
     }
 
 
+def check_weights_finite(trainer: DistillationTrainer) -> None:
+    """InputError where the trained model holds a NaN or infinite weight (a diverged run), before
+    it is saved as the final model. The Trainer logs a NaN step's loss as its logging window's mean
+    (logging_nan_inf_filter), so nothing else tells."""
+    broken = sum(int(not torch.isfinite(weights).all()) for weights in trainer.model.parameters())
+    # every process's count (FSDP and DeepSpeed hold shards): all of them stop, or none
+    broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device), "sum"))
+    if broken:
+        raise InputError(
+            f"training diverged: {broken} of the model's weight tensors are not finite (NaN or inf) after step "
+            f"{trainer.state.global_step}, so no final model is saved; start again (--overwrite_output_dir) with a "
+            "lower --learning_rate (or bf16 instead of fp16), as the checkpoints may be diverged too",
+            trainer.args.output_dir)
+
+
 def summary_message(summary: dict, output_dir: str) -> str:
     """The run's last log line, from ``run_summary``'s dict."""
     ended = ", stopped early" if summary["stopped_early"] else ", time budget spent" if summary["stopped_by_time"] else ""

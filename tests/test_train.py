@@ -1342,6 +1342,15 @@ def test_selection_evaluator_gives_a_diverged_model_zero_so_it_is_never_chosen(t
     assert "training has diverged" in caplog.text
 
 
+def test_a_run_whose_weights_diverge_to_nan_stops_and_saves_no_final_model(tiny_cross_encoder, triplets_file, tmp_path):
+    # (the Trainer logs a NaN step's loss as its window's mean: the run logged loss 0, exited 0 and saved
+    # a model whose every weight was NaN as its final model, with a training_summary.json)
+    with pytest.raises(InputError, match=r"training diverged: .* weight tensors are not finite .* --learning_rate"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--learning_rate", "1e6", "--max_steps", "4")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "out" / "training_summary.json").exists()
+
+
 def test_early_stopping_without_evaluation_is_an_error(triplets_file, tmp_path):
     with pytest.raises(InputError, match="--early_stopping_patience needs evaluations"):
         run_train(tmp_path / "m", triplets_file, tmp_path / "out", "--early_stopping_patience", "2",
