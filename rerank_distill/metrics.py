@@ -226,7 +226,14 @@ def mean_score_per_grade(scores: Sequence[float], grades: Sequence[float]) -> di
     scores, grades = np.asarray(scores, dtype=np.float64), np.asarray(grades, dtype=np.float64)
     if scores.shape != grades.shape:
         raise ValueError(f"{scores.size} scores but {grades.size} grades")
-    return {grade_name(g): float(scores[grades == g].mean()) for g in sorted(set(grades.tolist()), reverse=True)}
+    return {grade_name(g): _mean(scores[grades == g]) for g in sorted(set(grades.tolist()), reverse=True)}
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean of finite ``values``, finite too: their sum, which could overflow near 1e308, is taken
+    of them divided by a power of two at least their count (exact, so otherwise the same mean)."""
+    scale = 2.0 ** math.ceil(math.log2(len(values)))
+    return float((values / scale).mean() * scale)
 
 
 def label_accuracy(

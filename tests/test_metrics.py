@@ -238,6 +238,12 @@ def test_mean_score_per_grade_averages_each_grade_and_lists_the_best_grade_first
         mean_score_per_grade([1, 2, 3], [1, 0])
 
 
+def test_mean_score_per_grade_of_huge_finite_scores_is_finite():
+    # (their sum overflowed: evaluation.json held Infinity, which is no JSON)
+    result = mean_score_per_grade([1.5e308, 1.5e308, 1.7e308, 0.0], [3, 3, 3, 0])
+    assert result == {"3": pytest.approx(1.5e308 + 0.2e308 / 3), "0": 0.0}
+
+
 def test_label_accuracy_compares_the_most_probable_labels_grade_with_the_true_grade():
     label_probs = [
         probs(0.7, 0.1, 0.1, 0.1),  # true 3, predicted exact (3): right
