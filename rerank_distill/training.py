@@ -5,6 +5,7 @@ is read."""
 from __future__ import annotations
 
 import logging
+import math
 
 from huggingface_hub import constants
 
@@ -134,6 +135,14 @@ def check_training_flags(script, training) -> None:
     """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
     arguments) below their minimums or at odds with each other, before anything is read."""
     check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0, eval_max_queries=0)
+    # argparse's float() takes "nan" and "inf": the optimizer or scheduler failed on them with a traceback,
+    # --max_grad_norm nan turned clipping off, --weight_decay inf trained NaN weights, and args.json got
+    # NaN or Infinity, which is no JSON
+    for arguments in (script, training):
+        for name, value in vars(arguments).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = "--warmup_steps (or --warmup_ratio)" if name == "warmup_steps" else f"--{name}"
+                raise InputError(f"{flag} must be a finite number, got {value}")
     # transformers reads max_steps <= 0 as unset, except 0 itself, which crashed its logging schedule;
     # no epochs with no steps saved the untouched student as if it were trained
     if training.max_steps == 0:

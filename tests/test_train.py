@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -1349,6 +1350,19 @@ def test_a_run_whose_weights_diverge_to_nan_stops_and_saves_no_final_model(tiny_
         run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--learning_rate", "1e6", "--max_steps", "4")
     assert not (tmp_path / "out" / "model.safetensors").exists()
     assert not (tmp_path / "out" / "training_summary.json").exists()
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--learning_rate", "nan", "--learning_rate"),  # (the optimizer's ValueError traceback, after an earlier run was deleted)
+    ("--warmup_ratio", "nan", "--warmup_steps (or --warmup_ratio)"),  # (a traceback in the scheduler)
+    ("--max_grad_norm", "nan", "--max_grad_norm"),  # (no clipping, in silence)
+    ("--weight_decay", "inf", "--weight_decay"),  # (a whole run trained to NaN weights)
+    ("--max_train_seconds", "inf", "--max_train_seconds"),  # (args.json held Infinity, which is no JSON)
+])
+def test_a_float_flag_that_is_not_finite_is_refused_before_anything_is_read(tmp_path, flag, value, named):
+    with pytest.raises(InputError, match="^" + re.escape(f"{named} must be a finite number, got {value}") + "$"):
+        run_train(tmp_path / "m", tmp_path / "missing.jsonl", tmp_path / "out", flag, value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_early_stopping_without_evaluation_is_an_error(triplets_file, tmp_path):
