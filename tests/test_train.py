@@ -280,6 +280,20 @@ def test_early_stopping_stops_at_the_first_evaluations_without_a_better_map(
     assert not any(maps[i] <= best_before[i - 1] and maps[i + 1] <= best_before[i] for i in range(1, len(maps) - 2))
 
 
+def interrupt_training_at_step(patch, step: int) -> None:
+    """Make train.py's trainer raise KeyboardInterrupt (a Ctrl-C) in its ``step``-th training step."""
+    steps = []
+    original_step = train.DistillationTrainer.training_step
+
+    def interrupt(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == step:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    patch.setattr(train.DistillationTrainer, "training_step", interrupt)
+
+
 def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_uninterrupted_one_does(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path, monkeypatch
 ):
@@ -292,17 +306,8 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
 
     # Interrupted in the step after the first of the two evaluations without a better MAP: the
     # checkpoint it resumes from has counted one.
-    steps = []
-    original_step = train.DistillationTrainer.training_step
-
-    def interrupt_the_last_step(self, *args, **kwargs):
-        steps.append(1)
-        if len(steps) == stop:
-            raise KeyboardInterrupt
-        return original_step(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(train.DistillationTrainer, "training_step", interrupt_the_last_step)
+        interrupt_training_at_step(patch, stop)
         with pytest.raises(KeyboardInterrupt):
             run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags)
     resumed = run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags, "--resume_from_checkpoint",
@@ -450,16 +455,7 @@ def test_a_checkpoint_saved_without_its_optimizer_state_is_refused_as_a_run_to_c
 def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
-    steps = []
-
-    def stop_at_the_third_step(self, *args, **kwargs):
-        steps.append(1)
-        if len(steps) == 3:
-            raise KeyboardInterrupt
-        return original_step(self, *args, **kwargs)
-
-    original_step = train.DistillationTrainer.training_step
-    monkeypatch.setattr(train.DistillationTrainer, "training_step", stop_at_the_third_step)
+    interrupt_training_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "5", "--eval_strategy", "no",
                   "--save_steps", "1")
@@ -470,16 +466,7 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
 def test_an_interrupted_run_of_weights_only_checkpoints_says_it_cannot_go_on(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
-    steps = []
-
-    def stop_at_the_third_step(self, *args, **kwargs):
-        steps.append(1)
-        if len(steps) == 3:
-            raise KeyboardInterrupt
-        return original_step(self, *args, **kwargs)
-
-    original_step = train.DistillationTrainer.training_step
-    monkeypatch.setattr(train.DistillationTrainer, "training_step", stop_at_the_third_step)
+    interrupt_training_at_step(monkeypatch, 3)
     flags = ["--max_steps", "5", "--eval_strategy", "no", "--save_steps", "1", "--save_only_model"]
     with pytest.raises(KeyboardInterrupt):
         run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", *flags)
