@@ -185,6 +185,16 @@ def read_run_args(path: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def run_made_by(path: str | Path) -> str | None:
+    """The script whose run wrote the record at ``path`` (its command's first word, ``train.py``), or
+    None where there is none, or it is unreadable or no such record."""
+    try:
+        script = json.loads(Path(path).read_text(encoding="utf-8"))["command"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return script if isinstance(script, str) else None
+
+
 def _installed_versions() -> dict[str, str]:
     """Versions of the libraries behind the results, read from their package metadata: importing
     them (torch alone takes seconds) would slow stages that never use them."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerState
 
-from rerank_distill.cli import read_run_args, to_jsonable
+from rerank_distill.cli import read_run_args, run_made_by, to_jsonable
 from rerank_distill.errors import InputError
 from rerank_distill.formats import local_files
 from rerank_distill.jsonl import check_writable, is_unfinished_write, no_empty_folders_left, only_writer
@@ -158,7 +158,7 @@ def refuse_foreign_files(output_dir: str) -> None:
     of one): a fresh run would overwrite them with its own (config.json, README.md, args.json, ...),
     and --overwrite_output_dir deletes only what a run left."""
     folder = Path(output_dir)
-    if not folder.is_dir() or made_by_train_py(folder / "args.json"):
+    if not folder.is_dir() or run_made_by(folder / "args.json") == "train.py":
         return
     runs = {TRAIN_LOCK, *(path.name for path in (*earlier_checkpoints(output_dir), *earlier_final_model(output_dir)))}
     # (another torchrun process's file being written, args.json's say, is not yet the run's by name)
@@ -168,14 +168,6 @@ def refuse_foreign_files(output_dir: str) -> None:
     raise InputError(f"{output_dir} holds files that are not a training run's ({', '.join(entries[:4])}"
                      f"{', ...' if len(entries) > 4 else ''}), which the run would overwrite with its model and "
                      "records: choose a new or empty --output_dir")
-
-
-def made_by_train_py(args_file: Path) -> bool:
-    """Whether ``args_file`` is the args.json of a train.py run."""
-    try:
-        return json.loads(args_file.read_text(encoding="utf-8"))["command"][0] == "train.py"
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return False
 
 
 def refuse_earlier_run(output_dir: str) -> None:

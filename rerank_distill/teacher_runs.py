@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rerank_distill.cli import command_line, read_run_args, write_run_args
+from rerank_distill.cli import command_line, run_made_by, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import detect_format, first_record
 from rerank_distill.jsonl import no_empty_folders_left
@@ -94,11 +94,8 @@ def refuse_conflicting_shard_flags(args) -> None:
 def refuse_another_stages_folder(output_dir: str) -> None:
     """InputError where ``output_dir`` holds another stage's ``args.json`` (train.py's, beside its
     model), which this run's own record would replace."""
-    try:
-        made_by = (read_run_args(Path(output_dir) / "args.json") or {}).get("command", [None])[0]
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):  # unreadable or not a record: not a stage's
-        return
-    if isinstance(made_by, str) and made_by.endswith(".py") and made_by != "generate_logits.py":
+    made_by = run_made_by(Path(output_dir) / "args.json")
+    if made_by and made_by.endswith(".py") and made_by != "generate_logits.py":
         raise InputError(f"--output_dir {output_dir} holds {made_by}'s args.json, which this run would replace: give "
                          "stage 1 a folder of its own (e.g. output/scores)")
 
