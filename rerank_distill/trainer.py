@@ -127,18 +127,31 @@ def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step
 
 
 def check_weights_finite(trainer: DistillationTrainer) -> None:
-    """InputError where the trained model holds a NaN or infinite weight (a diverged run), before
-    it is saved as the final model. The Trainer logs a NaN step's loss as its logging window's mean
-    (logging_nan_inf_filter), so nothing else tells."""
+    """InputError where the model holds a NaN or infinite weight (a diverged run). The Trainer
+    logs a NaN step's loss as its logging window's mean (logging_nan_inf_filter), so nothing else
+    tells. Called on every process at once (FSDP and DeepSpeed hold shards): all of them stop, or none."""
     broken = sum(int(not torch.isfinite(weights).all()) for weights in trainer.model.parameters())
-    # every process's count (FSDP and DeepSpeed hold shards): all of them stop, or none
     broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device), "sum"))
     if broken:
         raise InputError(
-            f"training diverged: {broken} of the model's weight tensors are not finite (NaN or inf) after step "
-            f"{trainer.state.global_step}, so no final model is saved; start again (--overwrite_output_dir) with a "
-            "lower --learning_rate (or bf16 instead of fp16), as the checkpoints may be diverged too",
+            f"training diverged: {broken} of the model's weight tensors are not finite (NaN or inf) at step "
+            f"{trainer.state.global_step}, so neither a checkpoint of it nor a final model is saved; start again "
+            "(--overwrite_output_dir) with a lower --learning_rate (or bf16 instead of fp16)",
             trainer.args.output_dir)
+
+
+class DivergenceCheck(TrainerCallback):
+    """Stop a run whose weights went NaN or infinite at its next log, evaluation or checkpoint
+    (each step that has one, on every process alike), before that checkpoint is written, rather
+    than train on for hours and save NaN checkpoints. (fp16's loss scaler skips a step whose
+    gradients overflow; in fp32 or bf16 one such step makes every weight NaN.)"""
+
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save:
+            check_weights_finite(self.trainer)
 
 
 def summary_message(summary: dict, output_dir: str) -> str:
@@ -363,6 +376,7 @@ class DistillationTrainer(CrossEncoderTrainer):
         callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
         self.train_batch_sampler = None  # set as the Trainer builds it: see _run_epoch
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        self.add_callback(DivergenceCheck(self))
         self.examples_trained = 0
         self.time_budget = time_budget
         self.best_model_error: str | None = None

@@ -1330,13 +1330,22 @@ def test_selection_evaluator_gives_a_diverged_model_zero_so_it_is_never_chosen(t
     assert "training has diverged" in caplog.text
 
 
-def test_a_run_whose_weights_diverge_to_nan_stops_and_saves_no_final_model(tiny_cross_encoder, triplets_file, tmp_path):
+def test_a_run_whose_weights_diverge_to_nan_stops_at_once_and_saves_no_nan_model(tiny_cross_encoder, triplets_file,
+                                                                                 tmp_path):
     # (the Trainer logs a NaN step's loss as its window's mean: the run logged loss 0, exited 0 and saved
-    # a model whose every weight was NaN as its final model, with a training_summary.json)
-    with pytest.raises(InputError, match=r"training diverged: .* weight tensors are not finite .* --learning_rate"):
-        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--learning_rate", "1e6", "--max_steps", "4")
+    # a model whose every weight was NaN as its final model, with a training_summary.json; then it went on
+    # to the end of its planned steps, saving NaN checkpoints, before that was caught)
+    with pytest.raises(InputError, match=r"training diverged: .* weight tensors are not finite .* at step (\d+),"
+                       r" .* --learning_rate") as stopped:
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--learning_rate", "1e6", "--max_steps", "40",
+                  "--logging_steps", "1", "--save_steps", "1")
+    step = int(re.search(r"at step (\d+),", str(stopped.value)).group(1))
+    assert step < 40
     assert not (tmp_path / "out" / "model.safetensors").exists()
     assert not (tmp_path / "out" / "training_summary.json").exists()
+    checkpoints = sorted((tmp_path / "out").glob("checkpoint-*"))
+    assert all(int(path.name.split("-")[1]) < step for path in checkpoints)
+    assert all(torch.isfinite(tensor).all() for path in checkpoints for tensor in weights(path).values())
 
 
 @pytest.mark.parametrize("flag, value, named", [
