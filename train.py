@@ -239,12 +239,12 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     callbacks = [EarlyStopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
     if script.batch_grouping != "none" and "batch_sampler" not in passed:
         training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
-    # the Trainer checks its flags as it is built (--report_to, --push_to_hub) and the optimizer's package as
-    # training starts (--optim): both before an earlier run's files are deleted or its args.json replaced
+    # the Trainer checks its flags as it is built (--push_to_hub) and the optimizer's package as training starts
+    # (--optim): both before an earlier run's files are deleted or its args.json replaced
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
                                   time_budget=budget, padding=padding)
-    trainer.get_optimizer_cls_and_kwargs(training, model)
+    trainer.check_optimizer()
     if resume is not None or script.overwrite_output_dir:  # only now, with the data, model and trainer checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:

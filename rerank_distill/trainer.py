@@ -404,6 +404,14 @@ class DistillationTrainer(CrossEncoderTrainer):
             self.examples_trained += len(inputs["query"])  # every kind's first column
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def check_optimizer(self) -> None:
+        """InputError where --optim needs a package that is not installed (bitsandbytes, galore_torch,
+        schedulefree, ...), which the Trainer finds only as training starts."""
+        try:
+            self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        except ImportError as error:
+            raise InputError(f"--optim {self.args.optim.value}: {error}") from None
+
     @property
     def sharded(self) -> bool:
         """FSDP or DeepSpeed: the live model holds shards, and checkpoints keep them in files of their own."""

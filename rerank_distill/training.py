@@ -8,6 +8,7 @@ import logging
 import math
 
 from huggingface_hub import constants
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
 from rerank_distill.cli import check_minimums, parse_args
 from rerank_distill.errors import InputError
@@ -155,6 +156,14 @@ def check_training_flags(script, training) -> None:
     if training.push_to_hub and constants.HF_HUB_OFFLINE:
         raise InputError("--push_to_hub needs the hub, and HF_HUB_OFFLINE is set: unset it, or drop --push_to_hub "
                          "and upload the final model in --output_dir later")
+    # (the Trainer stopped with a traceback as it was built, after the data and the model were loaded)
+    trackers = set(training.report_to) - {"none", "all"}
+    if unknown := sorted(trackers - INTEGRATION_TO_CALLBACK.keys()):
+        raise InputError(f"--report_to {', '.join(unknown)}: no such tracker; one of {', '.join(INTEGRATION_TO_CALLBACK)}"
+                         ", all (every one installed) or none")
+    if missing := sorted(trackers - set(get_available_reporting_integrations())):
+        raise InputError(f"--report_to {', '.join(missing)}: not installed (pip install the tracker's package), or "
+                         "pass --report_to none")
     if script.early_stopping_patience > 0 and training.eval_strategy == "no":
         raise InputError("--early_stopping_patience needs evaluations to compare; drop --eval_strategy no")
     if script.early_stopping_patience > 0 and script.selection_metric == "last":

@@ -1598,18 +1598,34 @@ def test_a_fresh_run_stops_at_an_earlier_runs_checkpoints_or_deletes_them_when_t
     assert summary["steps"] == 1 and not earlier.exists() and (tmp_path / "out" / "teacher-checkpoint-notes").exists()
 
 
-@pytest.mark.parametrize("flags, error", [(["--report_to", "no-such-tracker"], ValueError),
-                                          (["--optim", "adamw_bnb_8bit"], ImportError)])
-def test_a_run_the_trainer_refuses_to_set_up_keeps_the_earlier_run_it_was_to_overwrite(tiny_cross_encoder,
-                                                                                   triplets_file, tmp_path, flags,
-                                                                                   error):
+def uninstalled_tracker() -> str:
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    missing = sorted(INTEGRATION_TO_CALLBACK.keys() - set(get_available_reporting_integrations()))
+    if not missing:
+        pytest.skip("every tracker transformers knows is installed")
+    return missing[0]
+
+
+# (each stopped with a traceback from the Trainer: a ValueError, a RuntimeError, an ImportError)
+@pytest.mark.parametrize("flags, message", [
+    (["--report_to", "no-such-tracker"], r"^--report_to no-such-tracker: no such tracker; one of .*wandb.*, all .* none$"),
+    (["--report_to", "wandb,tensorboard"], r"^--report_to wandb,tensorboard: no such tracker"),  # one a run
+    (["--report_to", uninstalled_tracker], r"^--report_to {}: not installed \(pip install"),
+    (["--optim", "adamw_bnb_8bit"], r"^--optim adamw_bnb_8bit: You need to install `bitsandbytes`"),
+])
+def test_a_run_the_trainer_refuses_to_set_up_is_told_why_and_keeps_the_earlier_run_it_was_to_overwrite(
+        tiny_cross_encoder, triplets_file, tmp_path, flags, message):
     if flags[1] == "adamw_bnb_8bit" and importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed: the optimizer sets up")
+    if callable(flags[1]):
+        flags = [flags[0], flags[1]()]
+        message = message.format(flags[1])
     out = tmp_path / "out"
     run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1")
     earlier = sorted(p.name for p in out.iterdir())
     args_before = (out / "args.json").read_text()
-    with pytest.raises(error):
+    with pytest.raises(InputError, match=message):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--overwrite_output_dir", *flags)
     assert sorted(p.name for p in out.iterdir()) == earlier  # its checkpoints and final model are still there
     assert (out / "args.json").read_text() == args_before
