@@ -474,6 +474,8 @@ def combined_again(group: QueryGroup) -> QueryGroup:
     by_line = group.teacher_scores
     if not by_line or any(scores is None or scores.keys() != by_line[0].keys() for scores in by_line):
         return group
+    if len(by_line[0]) < 2:  # one teacher: stage 1 keeps its raw logits as the score, with nothing to combine
+        return group
     by_teacher = [np.array([scores[name] for scores in by_line], dtype=np.float64) for name in by_line[0]]
     combined = combine_teachers(by_teacher, np.zeros(len(by_line), dtype=np.int64))
     return replace(group, scores=[float(score) for score in combined])
