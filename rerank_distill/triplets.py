@@ -426,7 +426,8 @@ def run_summary(counts: Counter, output_format: OutputFormat, label_margin: floa
     return {
         "format": output_format,
         **{key: counts[key] for key in ("queries", "pairs", "records", "pairs_kept")},
-        # below every positive's negatives, or of a query skipped whole: with the repeats, what no record holds
+        # below every positive's negatives, not drawn, only in skipped pairs, or of a query skipped whole: with the
+        # repeats, what no record holds
         "passages_in_no_record": counts["passages_in_no_record"],
         "skipped": {reason: counts[reason] for reason in SKIP_REASONS},
         "queries_corrected_by_labels": counts["queries_corrected_by_labels"] if label_margin is not None else None,
@@ -444,7 +445,7 @@ def summary_message(summary: dict, output_path: str) -> str:
             f"{summary['pairs'] / max(seconds, 1e-9):.0f} pairs/s) to {output_path} in {seconds:.1f} s; skipped: "
             + ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items())
             + f"; {summary['passages_in_no_record']} passages are in no record (further down the list than any "
-            "positive's negatives, or of a query skipped whole)"
+            "positive's negatives, passed over by a random draw, only in skipped pairs, or of a query skipped whole)"
             + ("" if corrected is None
                else f"; gold labels corrected the teacher's scores (order or margins) in {corrected} queries"))
 
@@ -473,6 +474,8 @@ def combined_again(group: QueryGroup) -> QueryGroup:
 
     by_line = group.teacher_scores
     if not by_line or any(scores is None or scores.keys() != by_line[0].keys() for scores in by_line):
+        return group
+    if len(by_line[0]) < 2:  # one teacher: stage 1 keeps its raw logits as the score, with nothing to combine
         return group
     by_teacher = [np.array([scores[name] for scores in by_line], dtype=np.float64) for name in by_line[0]]
     combined = combine_teachers(by_teacher, np.zeros(len(by_line), dtype=np.int64))

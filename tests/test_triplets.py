@@ -1024,6 +1024,15 @@ def test_lists_of_one_query_text_scored_apart_by_several_teachers_are_combined_a
     assert triplets == [("C", "D"), ("C", "A"), ("C", "B")] and summary["queries"] == 1
 
 
+def test_teacher_scores_of_one_teacher_keep_the_margins_in_its_logits(tmp_path):
+    # a map of one teacher (another tool's file): stage 1 combines nothing for one teacher, so neither does stage 2
+    scores = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": passage, "score": score, "teacher_scores": {"ce": score}}
+        for passage, score in [("a", 5.0), ("b", 3.0), ("c", 0.0)]])
+    _, output = run(tmp_path, scores, "--top_k", "1")
+    assert [(t["negative"], t["score"]) for t in read_jsonl_records(output)] == [("b", 2.0), ("c", 5.0)]
+
+
 def test_a_margin_equal_to_min_margin_is_kept_whatever_the_float_rounding(tmp_path):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 0.3), ("b", 0.1)]})  # 0.3 - 0.1 < 0.2 in floats
     summary, _ = run(tmp_path, scores, "--min_margin", "0.2")
