@@ -118,6 +118,9 @@ class InputSummary:
     negative_grades: int = 0  # pairs graded below 0, which evaluation refuses (NDCG gains)
     first_negative_grade: str = ""  # the record of the first one, "file:line"
     digest: str = ""  # of every query's text, passages and labels: a finished output of other input is refused
+    # whether every gold label of the whole input (every shard's) is a whole number: written as 1 and 0 then, else
+    # every one as a float (3.0, 0.5), as a file mixing 3 and 0.5 is one Arrow's schema inference (datasets) refuses
+    whole_number_labels: bool = True
     oddities: ListOddities = field(default_factory=ListOddities)  # of the lists as given (not of passages as queries)
 
     def warn(self, source: str) -> None:
@@ -138,6 +141,7 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
     all_queries = all_pairs = 0  # of every shard: an input with no pair is refused by each shard's run too
     for position, query in enumerate(ranking_queries(source, input_format, read_args, passages_as_queries)):
         all_queries, all_pairs = all_queries + 1, all_pairs + len(query.passages)
+        summary.whole_number_labels = summary.whole_number_labels and all(map(is_whole_number, query.labels))
         if not shard.takes(position):
             summary.oddities.note_query_text(query)  # this shard's repeat of another's query is still a repeat
             continue
@@ -156,6 +160,12 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
                    else f"none of its {all_queries} queries has a passage")
         raise InputError(f"nothing to score: {queries}", source)
     return summary
+
+
+def is_whole_number(label: float | None) -> bool:
+    """Whether a gold label is written as a JSON integer (1, 3): a whole number that a float holds
+    exactly and Arrow's int64 holds (None, no label, is no obstacle)."""
+    return label is None or (float(label).is_integer() and abs(label) <= 2**53)
 
 
 def query_bytes(query: RankingQuery) -> bytes:
@@ -278,7 +288,8 @@ class SharedProgress:
             self.shown += step
 
 
-def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_variation: bool) -> tuple[list[str], ScoringStats]:
+def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_variation: bool,
+                 whole_number_labels: bool = True) -> tuple[list[str], ScoringStats]:
     """Score a chunk's distinct pairs with every teacher and return its output lines."""
     stats = ScoringStats()
     index_of: dict[tuple[str, str], int] = {}
@@ -320,8 +331,8 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
     for query in chunk:
         for i, (label, passage) in enumerate(zip(query.labels, query.passages)):
             row = pair_rows[line_number]
-            if label is not None and float(label).is_integer():
-                label = int(label)  # 1 and 0 as the source wrote them, not 1.0 and 0.0
+            if label is not None:  # 1 and 0 as the source wrote them, not 1.0 and 0.0; all floats where one is 0.5
+                label = int(label) if whole_number_labels else float(label)
             record = {"query": query.query, "passage": passage, "score": float(combined[line_number]), "label": label}
             if query.ids:
                 record.update(query.ids[i])  # the row's own ids (formats.id_columns), to join back to it
@@ -634,7 +645,8 @@ def score_source(
             for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
                 if chunk_number < done.get("chunks", 0):
                     continue
-                lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked)
+                lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked,
+                                                  whole_number_labels=expected.whole_number_labels)
                 checked = checked or chunk_stats.distinct_pairs_scored > 1
                 out.write("".join(lines))
                 out.flush()

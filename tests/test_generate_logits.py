@@ -91,6 +91,33 @@ def test_graded_rows_keep_their_id_columns_in_the_output_so_scores_join_back_to_
         run_scoring(source, output, CountingTeacher())  # its lines would carry the old ids
 
 
+def test_graded_labels_of_whole_and_fractional_grades_are_all_written_as_floats_so_datasets_loads_the_file(tmp_path):
+    import datasets
+
+    rows = [{"query": f"q{i}", "passage": f"p{i}{j}", "label": label}
+            for i, labels in enumerate([[3, 0], [1, 0], [0.5, 0]]) for j, label in enumerate(labels)]
+    source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
+    output = tmp_path / "graded_scores.jsonl"
+    run_scoring(source, output, CountingTeacher(), chunk_size=2)
+    with open(output, encoding="utf-8") as lines:
+        labels = [re.search(r'"label": ([^,}]*)', line).group(1) for line in lines]
+    assert labels == ["3.0", "0.0", "1.0", "0.0", "0.5", "0.0"]  # 3 and 0.5 in one file: one JSON type, not int and float
+    # datasets reads a JSON file in blocks and casts each to the first one's types: a first block of
+    # ints stopped it at the 0.5 ("Float value 0.500000 was truncated converting to int64")
+    loaded = datasets.load_dataset("json", data_files=str(output), split="train", chunksize=256,
+                                   cache_dir=str(tmp_path / "cache"))
+    assert loaded["label"] == [3.0, 0.0, 1.0, 0.0, 0.5, 0.0]
+    shard_output = tmp_path / "shard0.jsonl"  # the 0.5 is another shard's: this one writes floats all the same
+    score_source(str(source), shard_output, [CountingTeacher()], validate_source(str(source), "auto", Shard(0, 3)),
+                 shard=Shard(0, 3), show_progress=False)
+    assert [line["label"] for line in read_jsonl_records(shard_output)] == [3.0, 0.0]
+    assert '"label": 3.0' in shard_output.read_text()
+    run_scoring(write_jsonl_records(tmp_path / "whole.jsonl", rows[:4]), tmp_path / "whole_scores.jsonl",
+                CountingTeacher())
+    assert [line["label"] for line in read_jsonl_records(tmp_path / "whole_scores.jsonl")] == [3, 0, 1, 0]
+    assert '"label": 3}' in (tmp_path / "whole_scores.jsonl").read_text()  # whole grades only: written as ints
+
+
 def test_blank_texts_passages_listed_again_and_query_texts_given_again_are_counted_before_a_teacher_loads(tmp_path):
     lists = [{"query": "dns", "positive": ["same"], "negative": ["same", "b", "b"]},
              {"query": "  ", "positive": [""], "negative": ["x"]},
