@@ -369,6 +369,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     - ``--data_seed`` orders the batches where it is given (sentence-transformers passes ``--seed``).
     - A finished run trained further trains its first new step at the longer schedule's rate, not
       at the rate the old schedule ended at (_load_optimizer_and_scheduler).
+    - A resumed run does not evaluate again at its start under --eval_on_start (train).
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
@@ -382,6 +383,18 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.best_model_error: str | None = None
         self.padding = padding
         self._padding_at_last_log = copy.copy(padding)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # --eval_on_start evaluates the untrained model at step 0; the Trainer does it on a resume too, at the
+        # checkpoint's step, evaluated already: the log history got that step twice, and early stopping counted
+        # it as one evaluation without a better model, so the resumed run stopped sooner than an uninterrupted one
+        eval_on_start = self.args.eval_on_start
+        if resume_from_checkpoint:
+            self.args.eval_on_start = False
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args.eval_on_start = eval_on_start
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Each training log also says how many real and padded tokens a pair carried since the

@@ -326,6 +326,33 @@ def test_a_resumed_run_carries_on_its_early_stopping_count_and_stops_where_an_un
     assert more["resumed_from_step"] == stop and more["steps"] > stop
 
 
+def test_a_resumed_run_under_eval_on_start_does_not_evaluate_its_checkpoint_again(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch
+):
+    flags = ["--max_steps", "4", "--eval_steps", "1", "--eval_on_start", "true", "--early_stopping_patience", "3",
+             "--learning_rate", "1e-4"]
+    straight = run_train(tiny_cross_encoder, triplets_file, tmp_path / "straight", *flags)
+    with monkeypatch.context() as patch:
+        interrupt_training_at_step(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags)
+    resumed = run_train(tiny_cross_encoder, triplets_file, tmp_path / "resumed", *flags, "--resume_from_checkpoint",
+                        "last")
+
+    # the start's evaluation is step 0's, made once; evaluating checkpoint-2 again counted one evaluation
+    # without a better model towards early stopping
+    a, b = eval_history(tmp_path / "straight", "eval_loss"), eval_history(tmp_path / "resumed", "eval_loss")
+    assert [step for step, _ in b] == [step for step, _ in a] == [0, 1, 2, 3, 4]
+    assert [value for _, value in b] == pytest.approx([value for _, value in a], abs=1e-5)
+    assert (resumed["resumed_from_step"], resumed["steps"]) == (2, straight["steps"])
+
+    def stopping(out):
+        return json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["stateful_callbacks"][
+            "EarlyStopping"]["attributes"]
+
+    assert stopping(tmp_path / "resumed") == stopping(tmp_path / "straight")
+
+
 def test_a_resume_that_restores_the_callback_states_restores_early_stopping(tiny_cross_encoder, triplets_file,
                                                                            tmp_path):
     out = tmp_path / "model"
