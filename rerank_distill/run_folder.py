@@ -143,6 +143,10 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if value.lower() in ("last", "true"):
         last = newest_checkpoint(output_dir, set_aside_incomplete=True)
         if last is None:
+            if aside := [p.name for p in earlier_checkpoints(output_dir) if p.name.startswith("incomplete-")]:
+                raise InputError(f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in {output_dir}, "
+                                 f"only {', '.join(aside)} (the run stopped while saving it, set aside): there is "
+                                 "nothing to resume, start again with --overwrite_output_dir")
             raise InputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}")
         return last
     if not (Path(value) / "trainer_state.json").is_file():

@@ -534,6 +534,16 @@ def test_a_folder_of_unfinished_checkpoints_only_is_no_run_to_continue(triplets_
         run_train(tmp_path / "no-such-model", triplets_file, tmp_path / "out")
 
 
+def test_resuming_a_run_stopped_while_saving_its_first_checkpoint_names_it_and_says_to_start_over(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()  # no trainer_state.json: the run stopped while saving it
+    # (the message said only that there was no checkpoint-* folder, beside the one it had just renamed)
+    with pytest.raises(InputError, match=r"no complete checkpoint-\* folder in .*, only incomplete-checkpoint-5 \(the run "
+                                         r"stopped while saving it, set aside\): .* --overwrite_output_dir$"):
+        resolve_checkpoint("last", str(tmp_path))
+    with pytest.raises(InputError, match="only incomplete-checkpoint-5"):  # a second try says the same
+        resolve_checkpoint("last", str(tmp_path))
+
+
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
     assert "start again" in resume_hint(str(tmp_path / "never_created"))
     (tmp_path / "empty").mkdir()
