@@ -22,14 +22,15 @@ DEMO_DIR="${DEMO_DIR:-output/demo}"
 
 "$python" -m rerank_distill.toy "$DEMO_DIR"
 
-TEACHER="$DEMO_DIR/models/teacher-tiny-qwen3" \
-INPUTS="$DEMO_DIR/data/train.jsonl $DEMO_DIR/data/test.jsonl" \
+# (the teacher and the inputs as flags: the launcher's TEACHER and INPUTS are space-separated lists,
+# which a DEMO_DIR with a space in it would split)
 SCORES_DIR="$DEMO_DIR/scores" \
 INSTRUCTION="Retrieve questions about the same problem" \
 BACKEND=hf \
 TEACHER_BATCH_SIZE=16 \
 TEACHER_MAX_LENGTH=512 \
-    bash generate_logits.sh
+    bash generate_logits.sh --model_path "$DEMO_DIR/models/teacher-tiny-qwen3" \
+        --input_path "$DEMO_DIR/data/train.jsonl" "$DEMO_DIR/data/test.jsonl"
 
 SCORES="$DEMO_DIR/scores/train_scores.jsonl" \
 TRIPLETS="$DEMO_DIR/triplets/train_triplets.jsonl" \
