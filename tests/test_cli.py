@@ -227,6 +227,25 @@ def test_the_demo_runs_its_own_settings_not_launcher_settings_the_shell_exported
     assert "--bf16 maybe" not in commands
 
 
+def test_the_demo_runs_in_a_folder_with_a_space_in_its_name(tmp_path):
+    # a python that answers the launchers' own -c questions and records each stage command's arguments, one a line
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+                           f'printf "%s\\n" "$@" ---- >> {shlex.quote(str(tmp_path / "commands"))}\n')
+    fake_python.chmod(0o755)
+    demo = tmp_path / "my demo"
+    env = {**os.environ, "PYTHON": str(fake_python), "DEMO_DIR": str(demo)}
+    done = subprocess.run(["bash", str(REPO / "demo.sh")], env=env, capture_output=True, text=True)
+    # (generate_logits.sh refused TEACHER and INPUTS, space-separated lists, that held the folder's one path)
+    assert done.returncode == 0, done.stderr
+    stage_1 = next(command for command in (tmp_path / "commands").read_text().split("----\n")
+                   if command.startswith(str(REPO / "generate_logits.py")))
+    arguments = stage_1.splitlines()
+    assert arguments[arguments.index("--model_path") + 1] == str(demo / "models" / "teacher-tiny-qwen3")
+    start = arguments.index("--input_path") + 1
+    assert arguments[start : start + 2] == [str(demo / "data" / "train.jsonl"), str(demo / "data" / "test.jsonl")]
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
     # a link in another folder to a relative link to the launcher: dirname "$0" alone named the links' folder
