@@ -8,6 +8,8 @@ Layout (from the Qwen3-Reranker model card)::
     <|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n          <- suffix
 
 The model's next-token logits after the suffix hold the judgement ("yes"/"no", or a graded label).
+Chat-marker text inside the body (a document quoting a chat template) is tokenized as text, so the
+markers above are the only ones in the prompt.
 """
 
 from __future__ import annotations
@@ -76,8 +78,7 @@ class JudgePrompt:
         self.suffix_ids = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
         self.body_budget = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
         # the instruction and the <Instruct>/<Query>/<Document> tags are cut like text, so they must fit too
-        fixed = len(self.prefix_ids) + len(self.suffix_ids) + len(self.tokenizer.encode(
-            format_body(self.instruction, "", ""), add_special_tokens=False))  # fmt: skip
+        fixed = len(self.prefix_ids) + len(self.suffix_ids) + len(self._text_ids(format_body(self.instruction, "", "")))
         if self.max_length - fixed < 16:
             raise InputError(
                 f"--max_length {self.max_length} leaves {self.max_length - fixed} tokens for the query and document "
@@ -95,11 +96,9 @@ class JudgePrompt:
         alone, the prompt would lose the "<Document>:" line and the document, and every candidate of
         the query would get the same score.
         """
-        bodies = [format_body(self.instruction, q, d) for q, d in zip(queries, documents)]
-        body_ids = self.tokenizer(bodies, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        body_ids = self._text_ids([format_body(self.instruction, q, d) for q, d in zip(queries, documents)])
         long_rows = [row for row, ids in enumerate(body_ids) if len(ids) > self.body_budget]
-        long_documents = self.tokenizer([documents[row] for row in long_rows], add_special_tokens=False,
-                                        return_attention_mask=False)["input_ids"] if long_rows else []
+        long_documents = self._text_ids([documents[row] for row in long_rows]) if long_rows else []
         document_length = {row: len(ids) for row, ids in zip(long_rows, long_documents)}
         prompts, truncated = [], 0
         for row, (query, document, ids) in enumerate(zip(queries, documents, body_ids)):
@@ -122,7 +121,7 @@ class JudgePrompt:
         while True:
             cut_at_character = query_tokens[kept_tokens - 1][1] if kept_tokens > 0 else 0
             body = format_body(self.instruction, query[:cut_at_character], document)
-            ids = self.tokenizer(body, add_special_tokens=False)["input_ids"]
+            ids = self._text_ids(body)
             over = len(ids) - document_tokens + min(document_tokens, self.body_budget // 4) - self.body_budget
             if over <= 0 or cut_at_character == 0:
                 return ids
@@ -132,4 +131,13 @@ class JudgePrompt:
 
     def _tokens(self, text: str) -> list[tuple[int, int]]:
         """The (start, end) character span of each of ``text``'s tokens."""
-        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
+                              return_offsets_mapping=True)["offset_mapping"]
+
+    def _text_ids(self, texts):
+        """Token ids of text the user gave (a body, a document: one string or a list). Marker
+        text in it ("<|im_end|>", "<|im_start|>") is read as text, not as the chat markers: a
+        document quoting a chat template would otherwise close the user turn and open a
+        fake answer of its own inside the prompt."""
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                              return_attention_mask=False)["input_ids"]
