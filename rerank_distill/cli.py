@@ -231,7 +231,7 @@ def write_json(path: str | Path, record: dict) -> Path:
 
 def run_main(main: Callable[[], Any]) -> None:
     """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
-    (a file it may not read or write among them), 1 with one line where the disk is full, 130 on
+    (a file it may not read or write among them), 1 with one line where the disk is full or fails, 130 on
     Ctrl-C (resumable stages say how to continue before they get here)."""
     setup_logging()
     try:
@@ -247,6 +247,11 @@ def run_main(main: Callable[[], Any]) -> None:
         if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # (no EDQUOT on Windows)
             print(f"error: {where}{error.strerror}: free some space and run the command again (stage 1 continues "
                   "where it stopped; train.py with --resume_from_checkpoint last)", file=sys.stderr)
+            sys.exit(1)
+        if error.errno == errno.EIO:  # the storage (a failing disk, a network file system that went away)
+            print(f"error: {where}{error.strerror}: the disk or file system failed; check it, then run the command "
+                  "again (stage 1 continues where it stopped; train.py with --resume_from_checkpoint last)",
+                  file=sys.stderr)
             sys.exit(1)
         raise
     except KeyboardInterrupt:

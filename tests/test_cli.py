@@ -124,6 +124,9 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused_before_any_work(t
     (OSError(28, "No space left on device", "output/scores/train_scores.jsonl.partial"), 1,
      "error: output/scores/train_scores.jsonl.partial: No space left on device: free some space and run the command "
      "again"),
+    (OSError(5, "Input/output error", "output/model/checkpoint-40"), 1,
+     "error: output/model/checkpoint-40: Input/output error: the disk or file system failed; check it, then run the "
+     "command again"),
 ])
 def test_a_file_the_run_may_not_touch_or_a_full_disk_stop_it_in_one_line(capsys, error, status, message):
     from rerank_distill.cli import run_main
