@@ -140,6 +140,21 @@ def test_a_file_the_run_may_not_touch_or_a_full_disk_stop_it_in_one_line(capsys,
     assert capsys.readouterr().err.strip().startswith(message)
 
 
+def test_a_signal_the_user_ignored_stays_ignored_during_a_run():
+    import signal
+
+    from rerank_distill.cli import run_main
+
+    seen = []
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        run_main(lambda: seen.append((signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM))))
+        assert seen[0][0] is signal.SIG_IGN and seen[0][1] not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_other_os_errors_keep_their_traceback_as_the_bugs_they_are():
     from rerank_distill.cli import run_main
 

@@ -294,6 +294,35 @@ def test_a_disk_that_fills_while_a_chunk_is_written_stops_in_one_line_naming_the
     assert output.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])  # a scheduler's stop before its kill; a closed terminal
+def test_a_run_stopped_by_a_signal_saves_its_chunks_says_how_to_continue_and_a_rerun_finishes_it(
+        tmp_path, ranking_file, caplog, capsys, stop):
+    import signal
+
+    from rerank_distill.cli import run_main
+
+    whole = tmp_path / "whole" / "train_scores.jsonl"
+    run_scoring(ranking_file, whole, CountingTeacher())
+    output = tmp_path / "stopped" / "train_scores.jsonl"
+
+    class StoppedTeacher(CountingTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            if self.call_count == 3:
+                # (the signal's default would end the process unsaid: pytest too)
+                assert signal.getsignal(getattr(signal, stop)) is not signal.SIG_DFL, f"{stop} would kill the run"
+                os.kill(os.getpid(), getattr(signal, stop))
+            return super().score(queries, passages, progress)
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: run_scoring(ranking_file, output, StoppedTeacher()))
+    assert stopped.value.code == 128 + getattr(signal, stop)
+    assert "run the same command again to continue" in caplog.text
+    assert capsys.readouterr().err.strip().endswith(f"interrupted ({stop})")
+    assert signal.getsignal(getattr(signal, stop)) is signal.SIG_DFL  # the handler lasts as long as the run
+    assert run_scoring(ranking_file, output, CountingTeacher()).resumed_at_pair > 0
+    assert output.read_bytes() == whole.read_bytes()
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):
     output = tmp_path / "train_scores.jsonl"
     with pytest.raises(KeyboardInterrupt):
