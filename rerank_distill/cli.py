@@ -12,8 +12,11 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -229,13 +232,41 @@ def write_json(path: str | Path, record: dict) -> Path:
     return Path(path)
 
 
+# What a scheduler sends before it kills a job (SLURM, Kubernetes: SIGTERM) and a closed terminal (SIGHUP)
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _stop_as_ctrl_c(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stops_as_ctrl_c() -> Iterator[None]:
+    """In the block, SIGTERM and SIGHUP stop the run as Ctrl-C does: resumable stages save what
+    they finished and say how to continue, where the signals' default would end the process
+    unsaid. A signal ignored (``nohup``'s SIGHUP) or handled already stays so."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # (only the main thread may set a handler)
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)  # (no SIGHUP on Windows)
+            if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+                previous[number] = signal.signal(number, _stop_as_ctrl_c)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
-    (a file it may not read or write among them), 1 with one line where the disk is full, 130 on
-    Ctrl-C (resumable stages say how to continue before they get here)."""
+    (a file it may not read or write among them), 1 with one line where the disk is full or fails, 130 on
+    Ctrl-C and 128 + the signal's number on SIGTERM or SIGHUP (resumable stages say how to continue
+    before they get here)."""
     setup_logging()
     try:
-        main()
+        with stops_as_ctrl_c():
+            main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -248,7 +279,13 @@ def run_main(main: Callable[[], Any]) -> None:
             print(f"error: {where}{error.strerror}: free some space and run the command again (stage 1 continues "
                   "where it stopped; train.py with --resume_from_checkpoint last)", file=sys.stderr)
             sys.exit(1)
+        if error.errno == errno.EIO:  # the storage (a failing disk, a network file system that went away)
+            print(f"error: {where}{error.strerror}: the disk or file system failed; check it, then run the command "
+                  "again (stage 1 continues where it stopped; train.py with --resume_from_checkpoint last)",
+                  file=sys.stderr)
+            sys.exit(1)
         raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        name = str(stop) if str(stop) in STOP_SIGNALS else None
+        print(f"interrupted ({name})" if name else "interrupted", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name] if name else 130)

@@ -387,6 +387,23 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def naming_file(path: str | Path) -> Iterator[None]:
+    """Give an OSError of the block that names no file (a write or flush that found the disk full,
+    an I/O error) the name ``path``, so its one-line message says which file could not be written."""
+    try:
+        yield
+    except OSError as error:
+        _name_file(error, path)
+        raise
+
+
+def _name_file(error: BaseException | None, path: str | Path) -> None:
+    """Set ``error``'s file name to ``path`` where it is an OSError that names none (see naming_file)."""
+    if isinstance(error, OSError) and error.filename is None:
+        error.filename = str(path)
+
+
 # AtomicWriter's temporary files are NAME.HOST.PID + this
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -434,6 +451,7 @@ class AtomicWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None
+        _name_file(exc, self.path)  # a write of the block that found the disk full: the message names the file
         if exc_type is None:
             try:
                 if self._file is not self._raw:
@@ -448,8 +466,9 @@ class AtomicWriter:
                         raise
                 self._raw.close()
                 os.replace(self.tmp_path, self.path)
-            except BaseException:  # a disk found full only now (the last flush), a rename refused: as any failure
+            except BaseException as error:  # a disk found full only now (the last flush), a rename refused
                 self._discard()
+                _name_file(error, self.path)
                 raise
         else:
             self._discard()

@@ -28,7 +28,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
 )
-from rerank_distill.jsonl import dumps, only_writer
+from rerank_distill.jsonl import dumps, naming_file, only_writer
 from rerank_distill.teachers import LLM_TEACHER_TYPES
 
 logger = logging.getLogger(__name__)
@@ -641,7 +641,7 @@ def score_source(
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
     checked = done["pairs"] > 0
     try:
-        with open(partial, "a", encoding="utf-8") as out:
+        with naming_file(partial), open(partial, "a", encoding="utf-8") as out:
             for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
                 if chunk_number < done.get("chunks", 0):
                     continue

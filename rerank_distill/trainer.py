@@ -4,22 +4,28 @@
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import logging
 import math
+import os
+import re
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from rerank_distill.errors import InputError
+from rerank_distill.jsonl import naming_file
 
 logger = logging.getLogger(__name__)
 
@@ -501,6 +507,15 @@ class DistillationTrainer(CrossEncoderTrainer):
             logger.error("could not load the best checkpoint %s (%s): the final model is the last step",
                          checkpoint, self.best_model_error)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        with save_failures_named(folder):
+            super()._save_checkpoint(model, trial)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with save_failures_named(output_dir or self.args.output_dir):
+            super().save_model(output_dir, _internal_call)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if not self.args.should_save:
             return
@@ -542,6 +557,38 @@ def end_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+# Free space below which a save that failed without saying why is taken to have found the disk full
+NEARLY_FULL = 2**20
+
+
+@contextmanager
+def save_failures_named(folder: str) -> Iterator[None]:
+    """A save into ``folder`` (a checkpoint, the final model) that the disk could not hold stops
+    with an OSError naming the folder, which train.py reports in one line, and not with the
+    traceback of the library that found it: safetensors raises its own error ('... (os error 28)'),
+    torch.save a RuntimeError without the system's reason ('unexpected pos'; taken for a full disk
+    where under NEARLY_FULL bytes are free), transformers' JSON writes an OSError naming no file."""
+    try:
+        with naming_file(folder):
+            yield
+    except (RuntimeError, SafetensorError) as error:
+        if found := re.search(r"\(os error (\d+)\)", str(error)):
+            number = int(found.group(1))
+        elif _free_space(folder) < NEARLY_FULL:
+            number = errno.ENOSPC
+        else:
+            raise
+        raise OSError(number, os.strerror(number), folder) from error
+
+
+def _free_space(folder: str) -> int:
+    """Bytes free to this user on the file system of ``folder`` (or of its nearest existing parent)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
 
 
 @contextmanager

@@ -124,6 +124,9 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused_before_any_work(t
     (OSError(28, "No space left on device", "output/scores/train_scores.jsonl.partial"), 1,
      "error: output/scores/train_scores.jsonl.partial: No space left on device: free some space and run the command "
      "again"),
+    (OSError(5, "Input/output error", "output/model/checkpoint-40"), 1,
+     "error: output/model/checkpoint-40: Input/output error: the disk or file system failed; check it, then run the "
+     "command again"),
 ])
 def test_a_file_the_run_may_not_touch_or_a_full_disk_stop_it_in_one_line(capsys, error, status, message):
     from rerank_distill.cli import run_main
@@ -135,6 +138,21 @@ def test_a_file_the_run_may_not_touch_or_a_full_disk_stop_it_in_one_line(capsys,
         run_main(main)
     assert stopped.value.code == status
     assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_a_signal_the_user_ignored_stays_ignored_during_a_run():
+    import signal
+
+    from rerank_distill.cli import run_main
+
+    seen = []
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        run_main(lambda: seen.append((signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM))))
+        assert seen[0][0] is signal.SIG_IGN and seen[0][1] not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_other_os_errors_keep_their_traceback_as_the_bugs_they_are():

@@ -825,6 +825,20 @@ def test_a_disk_that_fills_at_the_writes_last_flush_leaves_no_temporary_file(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("records", [1, 10_000])  # found full at the close, or by a write in the block
+def test_a_disk_that_fills_names_the_file_being_written_for_the_one_line_error(tmp_path, records):
+    from rerank_distill.jsonl import AtomicWriter
+
+    writer = AtomicWriter(tmp_path / "out.jsonl")
+    writer.tmp_path.symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        with writer as out:
+            for _ in range(records):
+                out.write("{}\n")
+    assert failed.value.filename == str(tmp_path / "out.jsonl")
+
+
 def test_a_write_the_disk_could_not_save_does_not_take_its_final_name(tmp_path, monkeypatch):
     import errno
 

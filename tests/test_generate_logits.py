@@ -1,5 +1,6 @@
 """Stage 1 as a whole: output contract, resuming after a crash, deduplication, shards, bad input."""
 
+import errno
 import gzip
 import json
 import logging
@@ -243,6 +244,83 @@ def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranki
     assert stats.resumed_at_pair == len(first.calls)
     counts = json.loads(resumed.with_name(resumed.name + ".run.json").read_text())["counts"]
     assert counts["resumed_at_pair"] == len(first.calls) and counts["seconds_all_runs"] > counts["seconds"] > 0
+
+
+class DiskFillsAfter:
+    """A file opened for writing whose writes fail as on a full disk (ENOSPC, and no file name,
+    as the operating system reports it) once ``room`` characters are written."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, text: str) -> int:
+        if len(text) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(text)
+        return self.file.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_while_a_chunk_is_written_stops_in_one_line_naming_the_file_and_a_rerun_continues(
+        tmp_path, ranking_file, monkeypatch, capsys):
+    from rerank_distill import scoring
+    from rerank_distill.cli import run_main
+
+    whole = tmp_path / "whole" / "train_scores.jsonl"
+    run_scoring(ranking_file, whole, CountingTeacher())
+    output = tmp_path / "full" / "train_scores.jsonl"
+    partial = output.with_name(output.name + ".partial")
+
+    def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)
+        return DiskFillsAfter(file, room=len(whole.read_text()) // 2) if mode == "a" else file
+
+    monkeypatch.setattr(scoring, "open", open_on_a_filling_disk, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: run_scoring(ranking_file, output, CountingTeacher()))
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: {partial}: No space left on device: free some space and run the command again")
+    monkeypatch.undo()  # room made
+    assert run_scoring(ranking_file, output, CountingTeacher()).resumed_at_pair > 0
+    assert output.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])  # a scheduler's stop before its kill; a closed terminal
+def test_a_run_stopped_by_a_signal_saves_its_chunks_says_how_to_continue_and_a_rerun_finishes_it(
+        tmp_path, ranking_file, caplog, capsys, stop):
+    import signal
+
+    from rerank_distill.cli import run_main
+
+    whole = tmp_path / "whole" / "train_scores.jsonl"
+    run_scoring(ranking_file, whole, CountingTeacher())
+    output = tmp_path / "stopped" / "train_scores.jsonl"
+
+    class StoppedTeacher(CountingTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            if self.call_count == 3:
+                # (the signal's default would end the process unsaid: pytest too)
+                assert signal.getsignal(getattr(signal, stop)) is not signal.SIG_DFL, f"{stop} would kill the run"
+                os.kill(os.getpid(), getattr(signal, stop))
+            return super().score(queries, passages, progress)
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: run_scoring(ranking_file, output, StoppedTeacher()))
+    assert stopped.value.code == 128 + getattr(signal, stop)
+    assert "run the same command again to continue" in caplog.text
+    assert capsys.readouterr().err.strip().endswith(f"interrupted ({stop})")
+    assert signal.getsignal(getattr(signal, stop)) is signal.SIG_DFL  # the handler lasts as long as the run
+    assert run_scoring(ranking_file, output, CountingTeacher()).resumed_at_pair > 0
+    assert output.read_bytes() == whole.read_bytes()
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, ranking_file):

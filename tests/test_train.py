@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 
 import create_triplets
 import train
@@ -542,6 +543,49 @@ def test_resuming_a_run_stopped_while_saving_its_first_checkpoint_names_it_and_s
         resolve_checkpoint("last", str(tmp_path))
     with pytest.raises(InputError, match="only incomplete-checkpoint-5"):  # a second try says the same
         resolve_checkpoint("last", str(tmp_path))
+
+
+def test_a_disk_that_fills_while_a_checkpoint_is_saved_stops_in_one_line_and_the_run_resumes(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, capsys
+):
+    from rerank_distill import trainer
+    from rerank_distill.cli import run_main
+
+    flags = ["--max_steps", "3", "--eval_strategy", "no", "--save_steps", "1"]
+    save = torch.save
+
+    def save_on_a_filling_disk(obj, path, *args, **kwargs):
+        if str(path).endswith(os.path.join("checkpoint-2", "optimizer.pt")):  # as torch.save reports a full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 93248 vs 93140")
+        return save(obj, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save_on_a_filling_disk)
+        patch.setattr(trainer, "_free_space", lambda folder: 0)
+        with pytest.raises(SystemExit) as stopped:
+            run_main(lambda: run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", *flags))
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'out' / 'checkpoint-2'}: No space left on device: free some space and run the command "
+        "again")
+    resumed = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", *flags, "--resume_from_checkpoint", "last")
+    assert (resumed["resumed_from_step"], resumed["steps"]) == (1, 3)
+    assert (tmp_path / "out" / "incomplete-checkpoint-2").is_dir()
+
+
+@pytest.mark.parametrize("error, kept", [
+    (OSError(28, "No space left on device"), False),  # transformers' JSON writes: no file named
+    (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), False),
+    (RuntimeError("unexpected pos 576 vs 534"), True),  # torch.save's, with room on the disk: no full disk to blame
+])
+def test_a_save_the_disk_could_not_hold_names_its_folder(tmp_path, error, kept):
+    from rerank_distill.trainer import save_failures_named
+
+    with pytest.raises(type(error) if kept else OSError) as failed:
+        with save_failures_named(str(tmp_path / "checkpoint-4")):
+            raise error
+    if not kept:
+        assert (failed.value.errno, failed.value.filename) == (28, str(tmp_path / "checkpoint-4"))
 
 
 def test_an_interrupted_run_without_a_checkpoint_says_to_start_again(tmp_path):
