@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -114,10 +113,6 @@ def stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def _stop(processes: list[subprocess.Popen], grace_seconds: float = 10) -> None:
     """Terminate each running process, then kill any still running after ``grace_seconds``. A
     replica may stop anywhere: its progress is recorded only after a whole chunk is on disk, and
@@ -149,11 +144,9 @@ def run_replicas(
     log_dir.mkdir(parents=True, exist_ok=True)
     shards = [Shard(i, num_replicas) for i in range(num_replicas)]
     workers, counted = [], {}
-    # A stop of this process (Ctrl-C, or kill as a scheduler sends it) stops the replicas too: left
-    # running, they would race the next run of the same command for the same files. (Python lets
-    # only the main thread set a handler; called from another, SIGTERM keeps its own.)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
+    # A stop of this process (Ctrl-C, or SIGTERM as a scheduler sends it, which run_main turns into
+    # one) stops the replicas too: left running, they would race the next run of the same command for
+    # the same files.
     with ExitStack() as open_logs, tqdm(total=total_pairs, unit="pair", desc=f"{num_replicas} replicas",
                                         disable=not show_progress) as bar:
         try:
@@ -177,9 +170,6 @@ def run_replicas(
                 logger.warning("stopped %d replicas; each saved its finished chunks: run the same command again%s to "
                                "continue", num_replicas, " without --overwrite" if "--overwrite" in argv else "")
             raise
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous_handler)
         bar.n = _pairs_done(inputs, output_dir, shards, counted)
     failed = []
     for shard, log_path, process in workers:
