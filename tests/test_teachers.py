@@ -293,6 +293,24 @@ def test_model_prompts_take_the_query_prompt_and_the_first_document_prompt():
     assert model_prompts({"query": "q: "}, query_prompt="") == ("", "")
 
 
+
+def test_an_empty_document_prompt_is_the_models_choice_as_encode_document_reads_it(tiny_embedding_model, tmp_path):
+    """A model whose "document" prompt is "" gives documents no prompt, though it has a "passage" one:
+    sentence-transformers' encode_document takes the first of its prompt names the model has, empty or not."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "empty-document-prompt"
+    shutil.copytree(tiny_embedding_model, folder)
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["prompts"] = {"query": "query: ", "document": "", "passage": "passage: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    assert model_prompts(config["prompts"]) == ("query: ", "")
+    teacher = EmbeddingTeacher(str(folder), 512, 3, score_scale=1.0, device="cpu")
+    model = SentenceTransformer(str(folder), device="cpu")
+    queries = model.encode_query(QUERIES, normalize_embeddings=True)
+    documents = model.encode_document(DOCS, normalize_embeddings=True)
+    np.testing.assert_allclose(teacher.score(QUERIES, DOCS).scores, (queries * documents).sum(axis=1), atol=1e-5)
+
 # --- llm_labels ------------------------------------------------------------------------------------
 
 

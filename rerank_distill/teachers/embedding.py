@@ -25,10 +25,12 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 def model_prompts(prompts: dict[str, str | None], query_prompt: str | None = None) -> tuple[str, str]:
     """The texts put before each query and each document: ``query_prompt`` or the model's "query"
-    prompt, and the model's first document prompt; "" where there is none."""
+    prompt, and the model's first document prompt; "" where there is none. As encode_document, the
+    first of DOCUMENT_PROMPT_NAMES the model has wins, an empty one too: a "document" prompt of ""
+    says documents get none, even beside a "passage" prompt."""
     if query_prompt is None:
         query_prompt = prompts.get("query") or ""
-    document_prompt = next((prompts[name] for name in DOCUMENT_PROMPT_NAMES if prompts.get(name)), "")
+    document_prompt = next((prompts[name] or "" for name in DOCUMENT_PROMPT_NAMES if name in prompts), "")
     return query_prompt, document_prompt
 
 
