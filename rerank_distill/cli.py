@@ -258,6 +258,14 @@ def stops_as_ctrl_c() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+# OSErrors the machine, not the program, is to blame for: what to do before the command is run again
+MACHINE_FAILURES = {
+    errno.ENOSPC: "free some space and run the command again",
+    getattr(errno, "EDQUOT", errno.ENOSPC): "free some space and run the command again",  # (no EDQUOT on Windows)
+    errno.EIO: "the disk or file system failed; check it, then run the command again",  # a failing disk, a lost NFS
+}
+
+
 def run_main(main: Callable[[], Any]) -> None:
     """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
     (a file it may not read or write among them), 1 with one line where the disk is full or fails, 130 on
@@ -275,14 +283,9 @@ def run_main(main: Callable[[], Any]) -> None:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"error: {where}{error.strerror}", file=sys.stderr)
             sys.exit(2)
-        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # (no EDQUOT on Windows)
-            print(f"error: {where}{error.strerror}: free some space and run the command again (stage 1 continues "
-                  "where it stopped; train.py with --resume_from_checkpoint last)", file=sys.stderr)
-            sys.exit(1)
-        if error.errno == errno.EIO:  # the storage (a failing disk, a network file system that went away)
-            print(f"error: {where}{error.strerror}: the disk or file system failed; check it, then run the command "
-                  "again (stage 1 continues where it stopped; train.py with --resume_from_checkpoint last)",
-                  file=sys.stderr)
+        if advice := MACHINE_FAILURES.get(error.errno):
+            print(f"error: {where}{error.strerror}: {advice} (stage 1 continues where it stopped; train.py with "
+                  "--resume_from_checkpoint last)", file=sys.stderr)
             sys.exit(1)
         raise
     except KeyboardInterrupt as stop:

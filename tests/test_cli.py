@@ -229,36 +229,33 @@ def test_a_launcher_run_with_sh_says_to_run_it_with_bash(launcher, tmp_path):
     assert done.stderr == f"{Path(launcher).name}: run it with bash (bash {REPO / launcher}), not sh\n"
 
 
-def test_the_demo_runs_its_own_settings_not_launcher_settings_the_shell_exported(tmp_path):
-    # a python that answers the launchers' own -c questions and records every stage command instead of running it
+def demo_commands(tmp_path: Path, **env: str) -> list[list[str]]:
+    """Run demo.sh with a python that answers the launchers' own -c questions and records every
+    stage command instead of running it; each command's arguments."""
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
-                           f'echo "$*" >> {shlex.quote(str(tmp_path / "commands"))}\n')
+                           f'printf "%s\\n" "$@" ---- >> {shlex.quote(str(tmp_path / "commands"))}\n')
     fake_python.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake_python), "DEMO_DIR": str(tmp_path / "demo"), "LOSS": "mse",
-           "FORMAT": "ntuples", "TOP_K": "3", "BF16": "maybe"}  # (BF16: a name with a digit in it)
-    done = subprocess.run(["bash", str(REPO / "demo.sh")], env=env, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(REPO / "demo.sh")], env={**os.environ, "PYTHON": str(fake_python), **env},
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    commands = (tmp_path / "commands").read_text()
+    return [command.splitlines() for command in (tmp_path / "commands").read_text().split("----\n") if command]
+
+
+def test_the_demo_runs_its_own_settings_not_launcher_settings_the_shell_exported(tmp_path):
+    recorded = demo_commands(tmp_path, DEMO_DIR=str(tmp_path / "demo"), LOSS="mse", FORMAT="ntuples", TOP_K="3",
+                             BF16="maybe")  # (BF16: a name with a digit in it)
+    commands = "\n".join(" ".join(arguments) for arguments in recorded)
     assert "train.py" in commands and "create_triplets.py" in commands
     assert "--loss mse" not in commands and "ntuples" not in commands and "--top_k 3" not in commands
     assert "--bf16 maybe" not in commands
 
 
 def test_the_demo_runs_in_a_folder_with_a_space_in_its_name(tmp_path):
-    # a python that answers the launchers' own -c questions and records each stage command's arguments, one a line
-    fake_python = tmp_path / "python"
-    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
-                           f'printf "%s\\n" "$@" ---- >> {shlex.quote(str(tmp_path / "commands"))}\n')
-    fake_python.chmod(0o755)
     demo = tmp_path / "my demo"
-    env = {**os.environ, "PYTHON": str(fake_python), "DEMO_DIR": str(demo)}
-    done = subprocess.run(["bash", str(REPO / "demo.sh")], env=env, capture_output=True, text=True)
     # (generate_logits.sh refused TEACHER and INPUTS, space-separated lists, that held the folder's one path)
-    assert done.returncode == 0, done.stderr
-    stage_1 = next(command for command in (tmp_path / "commands").read_text().split("----\n")
-                   if command.startswith(str(REPO / "generate_logits.py")))
-    arguments = stage_1.splitlines()
+    arguments = next(command for command in demo_commands(tmp_path, DEMO_DIR=str(demo))
+                     if command[0] == str(REPO / "generate_logits.py"))
     assert arguments[arguments.index("--model_path") + 1] == str(demo / "models" / "teacher-tiny-qwen3")
     start = arguments.index("--input_path") + 1
     assert arguments[start : start + 2] == [str(demo / "data" / "train.jsonl"), str(demo / "data" / "test.jsonl")]
