@@ -80,10 +80,11 @@ def reciprocal_rank(scores: Sequence[float], labels: Sequence[float], k: int = 1
     for group in tied_groups(scores) if groups is None else groups:
         size, found = len(group), int(relevant[group].sum())
         if found:
-            # the first relevant one sits at the group's j-th place with chance C(size-j, found-1) / C(size, found)
-            places = np.arange(1, size - found + 2)
-            chance = np.array([math.comb(size - j, found - 1) for j in places]) / math.comb(size, found)
-            return float(np.sum(np.where(ranked + places <= k, chance / (ranked + places), 0.0)))
+            # the first relevant one sits at the group's j-th place with chance C(size-j, found-1) / C(size, found);
+            # only the places inside the top k count (a long tied list, a collapsed model's, stays cheap)
+            orders = math.comb(size, found)
+            return sum(math.comb(size - j, found - 1) / orders / (ranked + j)
+                       for j in range(1, min(size - found + 1, k - ranked) + 1))
         ranked += size
     return 0.0
 

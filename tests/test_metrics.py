@@ -46,6 +46,13 @@ def test_a_model_that_scores_every_candidate_alike_earns_a_random_rankings_expec
     assert ndcg([0.0, 0.0, 0.0], [1, 0, 0]) == pytest.approx((1 + 1 / LOG2_3 + 1 / 2) / 3)
 
 
+def test_reciprocal_rank_of_a_long_tied_list_sums_only_the_places_inside_the_top_k():
+    # half of 20,000 tied candidates relevant: the first relevant one is at place j with chance about 2^-j
+    # (a collapsed model on a long list, which once took seconds through exact counts of every place)
+    expected = sum(0.5**j / j for j in range(1, 11))
+    assert reciprocal_rank([0.0] * 20_000, [1] * 10_000 + [0] * 10_000) == pytest.approx(expected, abs=1e-3)
+    assert reciprocal_rank([1.0] * 10 + [0.0] * 20_000, [0] * 10 + [1] * 10_000 + [0] * 10_000) == 0.0
+
 def plain_metrics(order, labels, k):
     """AP, RR@k and NDCG@k of one fixed order, written out by hand."""
     ranked = [labels[i] for i in order]
