@@ -19,6 +19,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 from rerank_distill.scoring import (
+    _HOW_INPUT_WAS_READ,
     Shard,
     beside,
     counts_message,
@@ -64,10 +65,10 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
         if not path.exists():
             raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
     records = _shard_run_records(paths)
-    single_run, finished = _single_run_settings(merged), is_finished(merged)
+    single_run, finished = _single_run_made_with(merged), is_finished(merged)
     differs = []
     if records and single_run:
-        differs = setting_differences(single_run, _settings(records[0]["made_with"]), single_run.keys())
+        differs = _differing_settings(single_run, records[0]["made_with"], _settings(single_run).keys())
     if differs and finished and not overwrite:
         raise InputError(f"{merged} is finished but was scored with other settings than the shards (differing: "
                          f"{', '.join(differs)}); pass --overwrite to join them in its place")
@@ -191,14 +192,22 @@ def _settings(made_with: dict) -> dict:
     return {key: value for key, value in made_with.items() if key not in _SHARE_KEYS}
 
 
-def _single_run_settings(output_path: Path) -> dict | None:
-    """The settings of an unsharded run of ``output_path``: a finished one's (``.run.json``) or a
-    stopped one's (``.progress.json``); None where neither records them."""
+def _differing_settings(made: dict, made_with: dict, keys) -> list[str]:
+    """setting_differences of two made_with records' settings (_settings) over ``keys``. How the input
+    was read (a format named or detected) does not count where both record a digest of what they
+    read, as for a rerun: the merge checks each shard's digest against its share of the input as it
+    reads it, so shards that pass read the same content."""
+    if made.get("input_digest") and made_with.get("input_digest"):
+        keys = [key for key in keys if key not in _HOW_INPUT_WAS_READ]
+    return setting_differences(_settings(made), _settings(made_with), keys)
+
+
+def _single_run_made_with(output_path: Path) -> dict | None:
+    """What an unsharded run of ``output_path`` was made with: a finished one's (``.run.json``) or a
+    stopped one's (``.progress.json``); None where neither records it."""
     if is_finished(output_path):
-        record = run_record(output_path)
-        return _settings(record["made_with"]) if record else None
-    saved = (saved_progress(output_path) or {}).get("made_with")
-    return _settings(saved) if saved else None
+        return (run_record(output_path) or {}).get("made_with")
+    return (saved_progress(output_path) or {}).get("made_with")
 
 
 def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
@@ -214,8 +223,8 @@ def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
                          "shards have (it records what scored the shard): copy it along with the shard, or score "
                          "that shard again with --overwrite")
     for record, path in zip(records[1:], shard_paths[1:]):
-        first, this = _settings(records[0]["made_with"]), _settings(record["made_with"])
-        if differs := setting_differences(first, this, first.keys() | this.keys()):
+        first, this = records[0]["made_with"], record["made_with"]
+        if differs := _differing_settings(first, this, _settings(first).keys() | _settings(this).keys()):
             raise InputError(
                 f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
                 f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"

@@ -606,6 +606,17 @@ def test_shards_scored_with_different_settings_are_not_merged(tmp_path, ranking_
     assert not output_path_for(str(ranking_file), tmp_path).exists()
 
 
+def test_shards_that_differ_only_in_naming_the_format_that_was_detected_merge(tmp_path, ranking_file):
+    for index, input_format in enumerate(["auto", "mteb"]):  # one machine named the format, the other did not
+        shard = Shard(index, 2)
+        score_source(str(ranking_file), output_path_for(str(ranking_file), tmp_path, shard), [CountingTeacher()],
+                     validate_source(str(ranking_file), input_format, shard), input_format=input_format, shard=shard,
+                     show_progress=False)  # fmt: skip
+    merged, lines = merge_shards(str(ranking_file), tmp_path, 2)
+    assert is_finished(merged) and lines == 12 * 6
+    assert run_scoring(ranking_file, merged, CountingTeacher()).already_complete  # as a rerun compares it
+
+
 def test_a_shard_without_the_record_the_others_have_is_not_merged(tmp_path, ranking_file):
     score_shards(ranking_file, tmp_path, 2)
     beside(output_path_for(str(ranking_file), tmp_path, Shard(1, 2)), ".run.json").unlink()  # copied without it
