@@ -471,7 +471,7 @@ _RECORDED_SINCE = ("input_digest", "teacher_names")
 
 # How the input was read (a format named or detected, a grade column named or found): where the
 # same content was read either way (its digest), the difference changes no line of the output.
-_HOW_INPUT_WAS_READ = ("input_format", "label_column")
+HOW_INPUT_WAS_READ = ("input_format", "label_column")
 
 
 def setting_differences(made: dict, made_with: dict, keys) -> list[str]:
@@ -482,7 +482,7 @@ def setting_differences(made: dict, made_with: dict, keys) -> list[str]:
     differs = []
     for key in sorted(keys):
         was, now = made.get(key), made_with.get(key)
-        if was == now or (key in _HOW_INPUT_WAS_READ and same_content):
+        if was == now or (key in HOW_INPUT_WAS_READ and same_content):
             continue
         if key == "teachers" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
             differs += sorted({f"teachers: {name}" for old, new in zip(was, now)

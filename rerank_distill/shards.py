@@ -19,7 +19,7 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 from rerank_distill.scoring import (
-    _HOW_INPUT_WAS_READ,
+    HOW_INPUT_WAS_READ,
     Shard,
     beside,
     counts_message,
@@ -198,7 +198,7 @@ def _differing_settings(made: dict, made_with: dict, keys) -> list[str]:
     read, as for a rerun: the merge checks each shard's digest against its share of the input as it
     reads it, so shards that pass read the same content."""
     if made.get("input_digest") and made_with.get("input_digest"):
-        keys = [key for key in keys if key not in _HOW_INPUT_WAS_READ]
+        keys = [key for key in keys if key not in HOW_INPUT_WAS_READ]
     return setting_differences(_settings(made), _settings(made_with), keys)
 
 
