@@ -282,6 +282,11 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
         warn_unread(script, dict.fromkeys(("eval_share", "eval_max_queries"), f"no training query is held out ({why})"))
     if selection.eval is None:  # (--eval_strategy no, or --selection_metric last: nothing is evaluated)
         warn_unread(script, {"eval_data": f"nothing is evaluated (best checkpoint {selection.note})"})
+    if not len(selection.train):  # (the Trainer ran no step and saved the untouched student as the final model)
+        raise InputError(f"no training row is left: the {len(selection.held_out)} held-out queries, with the lists "
+                         "whose query is one of their passages, take every row; lower --eval_share, pass --eval_data "
+                         "or a --selection_data of queries of its own, or train on every query with --selection_metric "
+                         "last", script.train_data)
     one_batch = training.per_device_train_batch_size * training.world_size
     if training.dataloader_drop_last and len(selection.train) < one_batch:
         # sentence-transformers drops the incomplete last batch under torchrun: no step would run

@@ -1621,6 +1621,23 @@ def test_training_data_smaller_than_one_kept_batch_is_an_error_not_a_run_of_no_s
                   "1000", "--dataloader_drop_last", "true")
 
 
+@pytest.mark.parametrize("loss, kind", [("mse", "scores"), ("margin_mse", "triplets")])
+def test_a_hold_out_that_leaves_no_training_row_is_an_error_not_a_run_of_no_steps(tmp_path, loss, kind):
+    # each query's list ranks the other queries' texts, so whichever query is held out takes every row with it
+    queries = ["q0", "q1", "q2"]
+    others = [[other for other in queries if other != query] for query in queries]
+    if kind == "scores":
+        rows = [{"query": query, "content": passage, "score": 1.0 - j, "label": int(j == 0)}
+                for query, passages in zip(queries, others) for j, passage in enumerate(passages)]
+        flags = ["--loss", loss, "--selection_metric", "map"]
+    else:
+        rows = [{"query": query, "positive": a, "negative": b, "score": 1.0} for query, (a, b) in zip(queries, others)]
+        flags = ["--loss", loss]
+    data = write_jsonl_records(tmp_path / "train.jsonl", rows)
+    with pytest.raises(InputError, match="no training row is left"):
+        run_train(tmp_path / "no-model-needed", data, tmp_path / "out", *flags)
+
+
 @pytest.mark.parametrize("flag, value", [("--max_length", "0"), ("--pairs_per_forward", "-1"),
                                          ("--early_stopping_patience", "-2"), ("--eval_max_queries", "-1")])
 def test_a_flag_below_its_minimum_is_an_error_before_anything_is_read(triplets_file, tmp_path, flag, value):
