@@ -15,6 +15,7 @@ import numpy as np
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     TRAINING_RECORDS,
+    ListOddities,
     RankingQuery,
     ScoredPair,
     detect_format,
@@ -149,7 +150,7 @@ def read_training_data(
                                  teacher_temperature, label_column)
     else:
         data = _labelled(counted(iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column),
-                                 "query"))
+                                 "query"), source)
     if not LOSSES[loss].reads_teacher:  # how much scores it never reads vary is nothing to warn about
         data.teacher_spread = None
     return data
@@ -283,13 +284,16 @@ def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float
     return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 
 
-def _labelled(queries: Iterable[RankingQuery]) -> TrainingData:
+def _labelled(queries: Iterable[RankingQuery], source: str) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
+    oddities = ListOddities()  # a passage both positive and negative would train on contradictory targets unsaid
     for query in queries:
+        oddities.add(query)
         for passage, label in zip(query.passages, query.labels):
             columns["query"].append(query.query)
             columns["passage"].append(passage)
             columns["label"].append(1.0 if label > 0 else 0.0)
+    oddities.warn(source, "each trains as it is, a row of its own")
     return TrainingData("labelled", columns)
 
 

@@ -949,6 +949,15 @@ def test_labelled_ranking_data_becomes_pairs_labelled_one_and_zero(tmp_path, row
     assert data.columns == {"query": ["q"] * 3, "passage": ["p", "n", "m"], "label": [1.0, 0.0, 0.0]}
 
 
+def test_labelled_training_data_with_a_passage_both_positive_and_negative_is_trained_as_it_is_and_warned_of(
+        tmp_path, caplog):
+    path = str(write_jsonl_records(tmp_path / "d.jsonl", [{"query": "q", "positive": ["p"], "negative": ["p", " "]}]))
+    with caplog.at_level(logging.WARNING):
+        data = read_training_data(path, "bce_labels")
+    assert data.columns["label"] == [1.0, 0.0, 0.0]
+    assert (f"{path}: 1 blank passages (first at {path}:1); 1 passages listed again in their query's list with "
+            f"another label (first at {path}:1); each trains as it is") in caplog.text
+
 @pytest.mark.parametrize("score", [{"score": 1.5}, {}])  # a scores file with labels, and labelled rows
 def test_a_fractional_gold_grade_above_zero_is_a_relevant_target_for_bce_labels(tmp_path, score):
     rows = [{"query": "q", "passage": "p", "label": 0.5, **score}, {"query": "q", "passage": "n", "label": 0, **score}]
