@@ -225,9 +225,14 @@ def _shard_run_records(shard_paths: list[Path]) -> list[dict] | None:
     for record, path in zip(records[1:], shard_paths[1:]):
         first, this = records[0]["made_with"], record["made_with"]
         if differs := _differing_settings(first, this, _settings(first).keys() | _settings(this).keys()):
+            models = sorted({teacher.get("model_path") for made in (first, this) for teacher in made["teachers"]})
+            # (a local folder is known by its real path, not its content, which nothing reads whole)
+            where = (f" (teachers {' and '.join(map(repr, models))}: a model folder counts as the same model only at "
+                     "the same path on every machine; a hub id names it by its commit anywhere)"
+                     if "teachers: model_path" in differs else "")
             raise InputError(
                 f"shard files {shard_paths[0]} and {path} were scored with different settings (differing: "
-                f"{', '.join(differs)}); rescore the odd ones with the same flags as the others and --overwrite"
+                f"{', '.join(differs)}){where}; rescore the odd ones with the same flags as the others and --overwrite"
             )
     return records
 

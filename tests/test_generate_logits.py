@@ -606,6 +606,19 @@ def test_shards_scored_with_different_settings_are_not_merged(tmp_path, ranking_
     assert not output_path_for(str(ranking_file), tmp_path).exists()
 
 
+def test_shards_scored_from_model_folders_at_two_paths_are_not_merged_and_the_message_says_why(tmp_path,
+                                                                                               ranking_file):
+    def teacher_at(index):
+        class CopiedTeacher(CountingTeacher):  # one model copied to another path on the second machine
+            config = {**CountingTeacher.config, "model_path": str(tmp_path / f"machine-{index}" / "teacher")}
+        return CopiedTeacher()
+
+    score_shards(ranking_file, tmp_path, 2, teacher_at)
+    with pytest.raises(InputError, match=r"differing: teachers: model_path\) \(teachers '.*machine-0/teacher' and "
+                                         r"'.*machine-1/teacher': a model folder counts as the same model only at the "
+                                         r"same path on every machine; a hub id names it by its commit anywhere\)"):
+        merge_shards(str(ranking_file), tmp_path, 2)
+
 def test_shards_that_differ_only_in_naming_the_format_that_was_detected_merge(tmp_path, ranking_file):
     for index, input_format in enumerate(["auto", "mteb"]):  # one machine named the format, the other did not
         shard = Shard(index, 2)
