@@ -81,9 +81,9 @@ class JudgePrompt:
         fixed = len(self.prefix_ids) + len(self.suffix_ids) + len(self._text_ids(format_body(self.instruction, "", "")))
         if self.max_length - fixed < 16:
             raise InputError(
-                f"--max_length {self.max_length} leaves {self.max_length - fixed} tokens for the query and document "
-                f"after the {fixed} tokens of the prompt's fixed parts (system text, instruction, tags); raise it or "
-                "shorten --instruction"
+                f"--max_length {self.max_length} leaves {max(self.max_length - fixed, 0)} tokens for the query and "
+                f"document after the {fixed} tokens of the prompt's fixed parts (system text, instruction, tags), "
+                f"under the 16 they need at least: raise it to {fixed + 16} or more, or shorten --instruction"
             )
 
     def encode(self, queries: list[str], documents: list[str]) -> tuple[list[list[int]], int]:

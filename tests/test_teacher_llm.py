@@ -134,8 +134,8 @@ def test_a_long_query_of_characters_several_tokens_each_still_leaves_the_whole_s
 
 def test_max_length_too_small_for_the_prompt_is_refused(tiny_qwen3):
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
-    with pytest.raises(InputError, match="max_length"):
-        JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=20)
+    with pytest.raises(InputError, match=r"--max_length 20 leaves 0 tokens .* raise it to \d+ or more"):
+        JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION, max_length=20)  # (not a negative count of tokens)
     # the instruction and tags count too: room for them alone would leave every document cut away
     with pytest.raises(InputError, match=r"after the \d+ tokens of the prompt's fixed parts .* shorten --instruction"):
         JudgePrompt(tokenizer, YES_NO_SYSTEM, INSTRUCTION * 100, max_length=512)
