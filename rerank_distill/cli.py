@@ -65,8 +65,12 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
 
     def refuse_unknown(unknown: list[str]) -> None:
         typo = next((token for token in unknown if token.startswith("-")), unknown[0])
-        close = difflib.get_close_matches(typo.split("=", 1)[0], flags, n=1)
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        name = typo.split("=", 1)[0]
+        # a short abbreviation is not close to any one flag by spelling, but begins several
+        close = difflib.get_close_matches(name, flags, n=1) or sorted(
+            flag for flag in flags if flag.startswith(name) and ("-" in name[2:] or "-" not in flag[2:]))  # --a_b, not --a-b too
+        meant = close[0] if len(close) == 1 else f"one of {', '.join(close[:6])}{', ...' if close[6:] else ''}"
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {meant}?)" if close else ""))
 
     # a mistyped flag first: argparse would otherwise report the flag it was meant to be as missing
     options = tokens[: tokens.index("--")] if "--" in tokens else tokens  # ("--": what follows is no flag)

@@ -50,6 +50,10 @@ def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
     ("train", ["--train_data", "t", "--output_dir", "o"], "--model_name", "--model_name_or_path"),
     # so with one dash too (argparse took it for an unknown value, and reported the flag meant as missing)
     ("create_triplets", ["--output_path", "o"], "-input_path", "--input_path"),
+    # a short beginning close to no one flag: the flags it begins, each once (not its --a-b spelling too)
+    ("generate_logits", ["--input_path", "i", "--output_dir", "o"], "--mod", "--model_path"),
+    ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--per_dev",
+     "one of --per_device_eval_batch_size, --per_device_train_batch_size"),
 ])  # fmt: skip
 def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
     module, _ = SCRIPTS[name]
