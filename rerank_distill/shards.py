@@ -38,12 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 def warn_of_other_shard_counts(output_path: Path, num_shards: int) -> None:
-    """Warn where a stopped run with another number of shards (--data_parallel_size, --shard I/M)
-    left unfinished shard files of ``output_path``: a run with ``num_shards`` shares (1: none) cannot
-    continue them, so it starts its own from the beginning, and theirs stay until removed."""
+    """Warn where a stopped run with another number of shards (--data_parallel_size, --shard I/M, or
+    none) left unfinished files of ``output_path``: a run with ``num_shards`` shares (1: none) cannot
+    continue them, so it starts its own from the beginning, and theirs stay until removed (an
+    unsharded run's until the shards are joined)."""
     pattern = f"{glob.escape(output_path.stem)}.shard-*-of-*{glob.escape(output_path.suffix)}.partial"
     ours = f"-of-{num_shards}{output_path.suffix}.partial"
     others = sorted(path.name for path in output_path.parent.glob(pattern) if not path.name.endswith(ours))
+    if num_shards > 1 and saved_progress(output_path):  # a stopped unsharded run's: dropped once the shards join
+        others.insert(0, beside(output_path, ".partial").name)
     if others:
         logger.warning("%s: a stopped run with another number of shards left %s; this run, with %s, cannot continue "
                        "them and starts from the beginning (rerun with that run's --data_parallel_size or --shard to "

@@ -1135,6 +1135,20 @@ def test_a_run_with_another_number_of_shards_than_a_stopped_one_says_it_starts_o
     assert (out / "train_scores.jsonl").exists()
 
 
+def test_replicas_started_where_a_stopped_unsharded_run_left_its_chunks_say_they_start_over(ranking_file, tmp_path,
+                                                                                           caplog):
+    from rerank_distill.shards import warn_of_other_shard_counts
+
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=4))
+    caplog.set_level(logging.WARNING)
+    warn_of_other_shard_counts(output, 1)  # the same run again continues it: nothing to say
+    assert "cannot continue" not in caplog.text
+    warn_of_other_shard_counts(output, 2)  # --data_parallel_size 2 scores every query again, in shard files
+    assert ("a stopped run with another number of shards left train_scores.jsonl.partial; this run, with 2 shards, "
+            "cannot continue them") in caplog.text
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal (prctl) is Linux's")
 @pytest.mark.parametrize("launcher_kind", ["run_replicas", "torchrun"])
 def test_a_replica_stops_when_its_launcher_is_killed_outright(tmp_path, launcher_kind):
