@@ -639,7 +639,8 @@ def score_source(
 
     queries = shard_queries()
     bar = tqdm(total=expected.pairs, initial=done["pairs"], unit="pair", desc=output_path.name, disable=not show_progress)
-    checked = done["pairs"] > 0
+    # whether a chunk has shown the teacher's scores vary (progress files of old releases lack it: a chunk was saved)
+    checked = done.get("variation_checked", done["pairs"] > 0)
     try:
         with naming_file(partial), open(partial, "a", encoding="utf-8") as out:
             for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
@@ -660,6 +661,7 @@ def score_source(
                     "distinct": done["distinct"] + chunk_stats.distinct_pairs_scored,
                     "reused": done["reused"] + chunk_stats.duplicate_pairs_reused,
                     "seconds": earlier_seconds + time.perf_counter() - started,
+                    "variation_checked": checked,
                 }
                 write_json(progress_path, {"made_with": resume.made_with, "chunk_size": resume.chunk_size,
                                            "done": after_chunk})

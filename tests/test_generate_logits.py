@@ -881,6 +881,19 @@ def test_a_teacher_that_gives_one_score_to_everything_stops_the_run(tmp_path, ra
     assert "vLLM" not in str(stopped.value)  # (the hint of a broken LLM judge's prompt is not this teacher's)
 
 
+def test_a_resumed_run_still_checks_that_scores_vary_where_its_saved_chunks_could_not_show_it(tmp_path):
+    class ConstantTeacher(CountingTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            super().score(queries, passages, progress)  # (counts the call: the second one stops the run)
+            return TeacherScores(np.full(len(queries), 0.73))
+
+    source = write_jsonl_records(tmp_path / "d.jsonl", [  # a first chunk of one pair tells nothing of variation
+        {"query": "a", "positive": ["p"], "negative": []}, {"query": "b", "positive": ["p"], "negative": ["n"]}])
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(source, tmp_path / "out.jsonl", ConstantTeacher(fail_on_call=2), chunk_size=1)
+    with pytest.raises(InputError, match=r"same score \(0.73\)"):
+        run_scoring(source, tmp_path / "out.jsonl", ConstantTeacher(), chunk_size=1)
+
 def test_a_teacher_that_gives_a_pair_no_finite_score_stops_the_run_with_nothing_finished(tmp_path, ranking_file):
     class OverflowingTeacher(CountingTeacher):
         def score(self, queries, passages, progress=lambda n: None):
