@@ -780,6 +780,19 @@ def test_a_file_whose_name_belies_its_content_is_refused_saying_which_it_is(tmp_
         as_tuples(source)
 
 
+@pytest.mark.parametrize("name, compress, compression", [
+    ("train.jsonl.bz2", "bz2", "bzip2"), ("train.jsonl.xz", "lzma", "xz"), ("train.jsonl.gz", "bz2", "bzip2"),
+], ids=["bz2", "xz", "bz2-named-gz"])
+def test_a_file_compressed_otherwise_than_gzip_is_refused_naming_its_compression(tmp_path, name, compress, compression):
+    # (read as text it was "not UTF-8 (byte 0x..); save the file as UTF-8", which it already is)
+    import importlib
+
+    source = tmp_path / name
+    source.write_bytes(importlib.import_module(compress).compress(b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'))
+    with pytest.raises(InputError, match=rf"^{source}: is {compression}-compressed, which no stage reads"):
+        as_tuples(source)
+
+
 def test_a_gzip_file_of_several_members_reads_them_all(tmp_path):
     lines = [b'{"query": "q1", "positive": ["a"], "negative": ["b"]}\n', b'{"query": "q2", "positive": ["c"], "negative": ["d"]}\n']
     source = tmp_path / "joined.jsonl.gz"  # what `cat a.gz b.gz` makes
