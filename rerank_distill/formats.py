@@ -590,9 +590,23 @@ def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
     ids = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in ids.items()}
     for name, value in ids.items():
-        if isinstance(value, str):
-            check_encodable(value, f"id column {shown(name)}", path, line)
+        check_encodable(name, f"the name of id column {shown(name)}", path, line)
+        for text in _texts_in(value):  # (a list or an object of ids too)
+            check_encodable(text, f"id column {shown(name)}", path, line)
     return ids
+
+
+def _texts_in(value: Any) -> Iterator[str]:
+    """Every string a JSON value holds: itself, or its items', keys' and values' at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts_in(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _texts_in(item)
 
 
 def _is_id_column(name: str) -> bool:

@@ -826,6 +826,21 @@ def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash
         as_tuples(source)
 
 
+@pytest.mark.parametrize("row, message", [
+    ('"x\\ud800_id": 3', r"the name of id column 'x\\ud800_id' holds a lone surrogate"),
+    ('"query_id": ["a", "cut \\ud83d"]', r"id column 'query_id' holds a lone surrogate"),
+], ids=["in-its-name", "in-a-list"])
+def test_a_lone_surrogate_in_an_id_columns_name_or_list_is_refused_at_its_row_not_a_crash_on_writing(tmp_path, row,
+                                                                                                      message):
+    # (stage 1 writes the id columns, names and all, beside each score: UTF-8 cannot hold half a surrogate pair,
+    # and the write failed with a traceback once the teacher had scored the chunk)
+    source = tmp_path / "graded.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "label": 1}\n'
+                      f'{{"query": "q", "passage": "b", "label": 0, {row}}}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
+        as_tuples(source)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_a_disk_that_fills_at_the_writes_last_flush_leaves_no_temporary_file(tmp_path):
     from rerank_distill.jsonl import AtomicWriter
