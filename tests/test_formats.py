@@ -733,6 +733,15 @@ def test_a_missing_id_read_as_nan_is_written_as_null_which_json_has():
     assert json.loads(json.dumps(ids, allow_nan=False)) == ids
 
 
+def test_a_missing_number_inside_a_list_or_object_of_ids_is_written_as_null_too():
+    # (a list id read from Parquet or JSON with NaN in it was written as a bare NaN: a line json.loads(..., strict
+    # JSON parsers) and jq refuse)
+    record = {"query": "q", "passage": "p", "query_id": [1, float("nan")], "doc_id": {"a": float("-inf")}}
+    ids = id_columns(record, "rows.parquet", 2)
+    assert ids == {"query_id": [1, None], "doc_id": {"a": None}}
+    assert json.loads(json.dumps(ids, allow_nan=False)) == ids
+
+
 # --- writing outputs ---
 
 
