@@ -723,6 +723,8 @@ def iter_ranking_queries(
         else:
             query = get_text(record, "query", path, line)
             passage = passage_of(record, path, line)
+            if record_format == "scores":  # not ranked by, but a broken score is a broken file, as where it is read
+                get_number(record, "score", path, line)
             label = label_of(record, path, line, label_column)
             if label is None:
                 names = f'"{label_column}" (--label_column)' if label_column else ", ".join(LABEL_FIELDS)

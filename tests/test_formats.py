@@ -733,6 +733,18 @@ def test_a_missing_id_read_as_nan_is_written_as_null_which_json_has():
     assert json.loads(json.dumps(ids, allow_nan=False)) == ids
 
 
+@pytest.mark.parametrize("score, message", [("NaN", 'field "score" is nan'), ('"high"', 'field "score" must be a number'),
+                                            ("true", 'field "score" must be a number, got a boolean')])
+def test_a_broken_score_in_labelled_scores_read_as_ranking_data_is_refused_at_its_line(tmp_path, score, message):
+    # (train.py's --selection_data, evaluation.py's data set: the gold labels rank, but a NaN teacher score there
+    # passed unsaid, where the same file without labels, or read as teacher scores, stops at that line)
+    source = tmp_path / "train_scores.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "score": 2.0, "label": 1}\n'
+                      f'{{"query": "q", "passage": "b", "score": {score}, "label": 0}}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
+        as_tuples(source)
+
+
 def test_a_missing_number_inside_a_list_or_object_of_ids_is_written_as_null_too():
     # (a list id read from Parquet or JSON with NaN in it was written as a bare NaN: a line json.loads(..., strict
     # JSON parsers) and jq refuse)
