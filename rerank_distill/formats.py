@@ -588,11 +588,36 @@ def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     number (NaN, as pandas and Parquet hold one) as null. InputError for one holding a lone surrogate
     (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
     ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
-    ids = {name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in ids.items()}
+    ids = {name: _nan_as_null(value) for name, value in ids.items()}
     for name, value in ids.items():
-        if isinstance(value, str):
-            check_encodable(value, f"id column {shown(name)}", path, line)
+        check_encodable(name, f"the name of id column {shown(name)}", path, line)
+        for text in _texts_in(value):  # (a list or an object of ids too)
+            check_encodable(text, f"id column {shown(name)}", path, line)
     return ids
+
+
+def _nan_as_null(value: Any) -> Any:
+    """A JSON value with each NaN or infinity in it, at any depth, made null (json.dumps would write a bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_nan_as_null(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _nan_as_null(item) for key, item in value.items()}
+    return value
+
+
+def _texts_in(value: Any) -> Iterator[str]:
+    """Every string a JSON value holds: itself, or its items', keys' and values' at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts_in(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _texts_in(item)
 
 
 def _is_id_column(name: str) -> bool:
@@ -698,6 +723,8 @@ def iter_ranking_queries(
         else:
             query = get_text(record, "query", path, line)
             passage = passage_of(record, path, line)
+            if record_format == "scores":  # not ranked by, but a broken score is a broken file, as where it is read
+                get_number(record, "score", path, line)
             label = label_of(record, path, line, label_column)
             if label is None:
                 names = f'"{label_column}" (--label_column)' if label_column else ", ".join(LABEL_FIELDS)

@@ -74,14 +74,24 @@ def check_input_file(path: str) -> None:
     raise InputError("file not found; check the path", path)
 
 
+# Compressions other than gzip, by their files' first bytes: read as text, they would be reported as bytes that are not UTF-8
+OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip",
+                      b"\x04\x22\x4d\x18": "lz4"}
+
+
 def _check_name_fits_content(path: str) -> None:
     """InputError where the file's first bytes contradict its name, which picks how it is read: gzip
     under a plain name would be reported as bytes that are not UTF-8, plain text under a ``.gz``
-    name as a truncated archive, and Parquet as either."""
+    name as a truncated archive, and Parquet as either; so would a compression no stage reads
+    (bzip2, xz, zstd, zip, lz4), whatever its name."""
     with open(path, "rb") as file:
-        head = file.read(4)
+        head = file.read(6)
     if head.startswith(b"PAR1"):
         raise InputError("is a Parquet file but its name does not end in .parquet; rename it so", path)
+    compression = next((name for magic, name in OTHER_COMPRESSIONS.items() if head.startswith(magic)), None)
+    if compression:
+        raise InputError(f"is {compression}-compressed, which no stage reads (JSON lines are read plain or gzipped, "
+                         ".jsonl.gz); decompress it, or recompress it with gzip", path)
     gzipped = head.startswith(b"\x1f\x8b")
     if gzipped and not path.endswith(".gz"):
         raise InputError("is gzip-compressed but its name does not end in .gz; rename it to end in .jsonl.gz", path)

@@ -733,6 +733,27 @@ def test_a_missing_id_read_as_nan_is_written_as_null_which_json_has():
     assert json.loads(json.dumps(ids, allow_nan=False)) == ids
 
 
+@pytest.mark.parametrize("score, message", [("NaN", 'field "score" is nan'), ('"high"', 'field "score" must be a number'),
+                                            ("true", 'field "score" must be a number, got a boolean')])
+def test_a_broken_score_in_labelled_scores_read_as_ranking_data_is_refused_at_its_line(tmp_path, score, message):
+    # (train.py's --selection_data, evaluation.py's data set: the gold labels rank, but a NaN teacher score there
+    # passed unsaid, where the same file without labels, or read as teacher scores, stops at that line)
+    source = tmp_path / "train_scores.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "score": 2.0, "label": 1}\n'
+                      f'{{"query": "q", "passage": "b", "score": {score}, "label": 0}}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
+        as_tuples(source)
+
+
+def test_a_missing_number_inside_a_list_or_object_of_ids_is_written_as_null_too():
+    # (a list id read from Parquet or JSON with NaN in it was written as a bare NaN: a line json.loads(..., strict
+    # JSON parsers) and jq refuse)
+    record = {"query": "q", "passage": "p", "query_id": [1, float("nan")], "doc_id": {"a": float("-inf")}}
+    ids = id_columns(record, "rows.parquet", 2)
+    assert ids == {"query_id": [1, None], "doc_id": {"a": None}}
+    assert json.loads(json.dumps(ids, allow_nan=False)) == ids
+
+
 # --- writing outputs ---
 
 
@@ -780,6 +801,19 @@ def test_a_file_whose_name_belies_its_content_is_refused_saying_which_it_is(tmp_
         as_tuples(source)
 
 
+@pytest.mark.parametrize("name, compress, compression", [
+    ("train.jsonl.bz2", "bz2", "bzip2"), ("train.jsonl.xz", "lzma", "xz"), ("train.jsonl.gz", "bz2", "bzip2"),
+], ids=["bz2", "xz", "bz2-named-gz"])
+def test_a_file_compressed_otherwise_than_gzip_is_refused_naming_its_compression(tmp_path, name, compress, compression):
+    # (read as text it was "not UTF-8 (byte 0x..); save the file as UTF-8", which it already is)
+    import importlib
+
+    source = tmp_path / name
+    source.write_bytes(importlib.import_module(compress).compress(b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'))
+    with pytest.raises(InputError, match=rf"^{source}: is {compression}-compressed, which no stage reads"):
+        as_tuples(source)
+
+
 def test_a_gzip_file_of_several_members_reads_them_all(tmp_path):
     lines = [b'{"query": "q1", "positive": ["a"], "negative": ["b"]}\n', b'{"query": "q2", "positive": ["c"], "negative": ["d"]}\n']
     source = tmp_path / "joined.jsonl.gz"  # what `cat a.gz b.gz` makes
@@ -810,6 +844,21 @@ def test_an_id_column_holding_a_lone_surrogate_is_refused_at_its_row_not_a_crash
     source.write_text('{"query": "q", "passage": "a", "label": 1, "query_id": "x"}\n'
                       '{"query": "q", "passage": "b", "label": 0, "query_id": "cut \\ud83d"}\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:2: id column 'query_id' holds a lone surrogate"):
+        as_tuples(source)
+
+
+@pytest.mark.parametrize("row, message", [
+    ('"x\\ud800_id": 3', r"the name of id column 'x\\ud800_id' holds a lone surrogate"),
+    ('"query_id": ["a", "cut \\ud83d"]', r"id column 'query_id' holds a lone surrogate"),
+], ids=["in-its-name", "in-a-list"])
+def test_a_lone_surrogate_in_an_id_columns_name_or_list_is_refused_at_its_row_not_a_crash_on_writing(tmp_path, row,
+                                                                                                      message):
+    # (stage 1 writes the id columns, names and all, beside each score: UTF-8 cannot hold half a surrogate pair,
+    # and the write failed with a traceback once the teacher had scored the chunk)
+    source = tmp_path / "graded.jsonl"
+    source.write_text('{"query": "q", "passage": "a", "label": 1}\n'
+                      f'{{"query": "q", "passage": "b", "label": 0, {row}}}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
         as_tuples(source)
 
 
