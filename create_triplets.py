@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
                              f"{sorted(record)}", path, line)
 
     def scored_pairs() -> Iterator[ScoredPair]:
-        # the total where stage 1 recorded how many pairs each input holds (its .run.json)
-        recorded = [recorded_counts(Path(path)) for path in args.input_path]
-        total = None if None in recorded else sum(counts["pairs"] for counts in recorded)
+        # the total where stage 1 recorded how many pairs each input holds (its .run.json; for the bar alone, so one
+        # edited by hand or by another tool only leaves the bar without a total)
+        recorded = [(recorded_counts(Path(path)) or {}).get("pairs") for path in args.input_path]
+        total = sum(recorded) if all(type(pairs) is int for pairs in recorded) else None
         with tqdm(total=total, unit="pair", desc="reading scores", disable=not args.show_progress) as bar:
             for path in args.input_path:
                 pairs = iter_scored_pairs(path, args.label_column, args.hub, args.cache_dir)

@@ -190,6 +190,10 @@ def test_the_progress_bar_counts_the_pairs_read_of_the_total_stage_1_recorded(tm
     assert "4/4" in capsys.readouterr().err
     run(tmp_path, scores, "--no_show_progress")
     assert "reading scores" not in capsys.readouterr().err
+    for counts in ({}, {"pairs": "4"}):  # a record edited by hand: the bar has no total, and the run goes on
+        Path(f"{scores}.run.json").write_text(json.dumps({"made_with": {"teachers": [{}]}, "counts": counts}))
+        run(tmp_path, scores)
+        assert "reading scores: 4pair [" in capsys.readouterr().err
 
 
 def test_writes_triplet_lines_with_the_teacher_margin_and_a_summary(tmp_path):
