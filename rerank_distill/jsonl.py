@@ -86,15 +86,18 @@ def _check_name_fits_content(path: str) -> None:
     (bzip2, xz, zstd, zip, lz4), whatever its name."""
     with open(path, "rb") as file:
         head = file.read(6)
+    # (suffixes are matched as written: TRAIN.JSONL.GZ ends in .GZ, not .gz)
+    cased = " (in lower case)" if path.lower().endswith((".gz", ".parquet")) else ""
     if head.startswith(b"PAR1"):
-        raise InputError("is a Parquet file but its name does not end in .parquet; rename it so", path)
+        raise InputError(f"is a Parquet file but its name does not end in .parquet{cased}; rename it so", path)
     compression = next((name for magic, name in OTHER_COMPRESSIONS.items() if head.startswith(magic)), None)
     if compression:
         raise InputError(f"is {compression}-compressed, which no stage reads (JSON lines are read plain or gzipped, "
                          ".jsonl.gz); decompress it, or recompress it with gzip", path)
     gzipped = head.startswith(b"\x1f\x8b")
     if gzipped and not path.endswith(".gz"):
-        raise InputError("is gzip-compressed but its name does not end in .gz; rename it to end in .jsonl.gz", path)
+        raise InputError(f"is gzip-compressed but its name does not end in .gz{cased}; rename it to end in .jsonl.gz",
+                         path)
     if head and not gzipped and path.endswith(".gz"):
         raise InputError("is not gzip-compressed though its name ends in .gz; rename it without .gz (or compress "
                          "it with gzip)", path)

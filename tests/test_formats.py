@@ -792,7 +792,9 @@ def test_a_pipe_as_input_is_refused_as_one_not_reported_missing(tmp_path):
     ("plain.jsonl.gz", b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n', "is not gzip-compressed though its name ends in .gz"),
     ("packed.jsonl", gzip.compress(b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'), "is gzip-compressed but its name does not end in .gz"),
     ("table.jsonl", b"PAR1\x15\x04", "is a Parquet file but its name does not end in .parquet"),
-], ids=["plain-named-gz", "gzip-named-plain", "parquet-named-jsonl"])
+    ("TRAIN.JSONL.GZ", gzip.compress(b'{"query": "q", "positive": ["a"], "negative": ["b"]}\n'),
+     "is gzip-compressed but its name does not end in .gz (in lower case)"),
+], ids=["plain-named-gz", "gzip-named-plain", "parquet-named-jsonl", "gzip-named-upper-case-gz"])
 def test_a_file_whose_name_belies_its_content_is_refused_saying_which_it_is(tmp_path, name, content, message):
     # (else: a truncated archive, or a byte that is not UTF-8, which sends the user looking in the wrong place)
     source = tmp_path / name
