@@ -364,10 +364,12 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
         if not split:  # never a silent default: training on a test split would leak it
             raise InputError(f"name the split of ModelScope data set '{hub_id}' as {hub_id}:SPLIT (e.g. :train, :test)")
         try:
-            return MsDataset.load(name, subset_name=config, split=split, cache_dir=cache_dir,
-                                  **({"version": revision} if revision else {})).to_hf_dataset()
+            loaded = MsDataset.load(name, subset_name=config, split=split, cache_dir=cache_dir,
+                                    **({"version": revision} if revision else {}))
         except Exception as error:  # modelscope raises many unrelated types for network problems
             raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None
+        # its general data sets (most) come back as a datasets.Dataset already; others as an MsDataset
+        return loaded.to_hf_dataset() if hasattr(loaded, "to_hf_dataset") else loaded
     import datasets
 
     down_host = unreachable_hugging_face_host()

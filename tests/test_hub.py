@@ -425,3 +425,22 @@ def test_a_data_file_given_as_a_model_is_named_a_file(tmp_path):
     data.write_text('{"query": "q", "positive": ["a"], "negative": ["b"]}\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"^'{data}' is a file, not a model: a model is a folder with a config.json"):
         resolve_model(str(data))
+
+
+def fake_modelscope_data_sets(monkeypatch, load):
+    """A ``modelscope.msdatasets`` whose MsDataset.load is ``load``."""
+    module = types.ModuleType("modelscope.msdatasets")
+    module.MsDataset = types.SimpleNamespace(load=load)
+    monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
+    monkeypatch.setitem(sys.modules, "modelscope.msdatasets", module)
+
+
+def test_a_modelscope_data_set_loaded_as_a_datasets_dataset_is_read(monkeypatch):
+    """ModelScope's usual (general) data sets come back from MsDataset.load as a datasets.Dataset, which
+    has no to_hf_dataset: it was reported as a failed download."""
+    import datasets
+
+    record = {"query": "q", "positive": ["p"], "negative": ["n"]}
+    fake_modelscope_data_sets(monkeypatch, lambda *args, **kwargs: datasets.Dataset.from_list([record]))
+    assert list(load_hub_dataset("someone/some-data", "test", hub="modelscope")) == [record]
+    assert [row for _, _, row in iter_rows("someone/some-data:test", hub="modelscope")] == [record]
