@@ -364,7 +364,9 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
         if not split:  # never a silent default: training on a test split would leak it
             raise InputError(f"name the split of ModelScope data set '{hub_id}' as {hub_id}:SPLIT (e.g. :train, :test)")
         try:
-            loaded = MsDataset.load(name, subset_name=config, split=split, cache_dir=cache_dir,
+            # no cache_dir: MsDataset.load's own default, ModelScope's cache (None would be datasets')
+            loaded = MsDataset.load(name, subset_name=config, split=split,
+                                    **({"cache_dir": cache_dir} if cache_dir else {}),
                                     **({"version": revision} if revision else {}))
         except Exception as error:  # modelscope raises many unrelated types for network problems
             raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None

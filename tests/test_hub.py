@@ -444,3 +444,22 @@ def test_a_modelscope_data_set_loaded_as_a_datasets_dataset_is_read(monkeypatch)
     fake_modelscope_data_sets(monkeypatch, lambda *args, **kwargs: datasets.Dataset.from_list([record]))
     assert list(load_hub_dataset("someone/some-data", "test", hub="modelscope")) == [record]
     assert [row for _, _, row in iter_rows("someone/some-data:test", hub="modelscope")] == [record]
+
+
+def test_a_modelscope_data_set_without_cache_dir_goes_to_modelscopes_own_cache(monkeypatch):
+    """MsDataset.load's default cache_dir is ModelScope's (MODELSCOPE_CACHE): an explicit None sent its
+    general data sets to datasets' cache instead, and failed its others (os.path.join(None, ...))."""
+    import datasets
+
+    asked = []
+
+    def load(name, **kwargs):
+        asked.append(kwargs)
+        return datasets.Dataset.from_list([{"query": "q", "positive": ["p"], "negative": ["n"]}])
+
+    fake_modelscope_data_sets(monkeypatch, load)
+    for cache_dir in (None, ""):
+        load_hub_dataset("someone/some-data", "test", hub="modelscope", cache_dir=cache_dir)
+    load_hub_dataset("someone/some-data", "test", hub="modelscope", cache_dir="/ms")
+    assert ["cache_dir" in kwargs for kwargs in asked] == [False, False, True]
+    assert asked[-1]["cache_dir"] == "/ms"
