@@ -191,6 +191,10 @@ def _failure_reason(error: Exception, down_host: str | None, caches: list[str] |
     """Why a hub item is not at hand: the host down and no copy in ``caches`` (where known), or the
     hub's own answer (unknown id, gated repo, no such revision)."""
     where = f"the cache {' or '.join(caches)}" if caches else "the cache"
+    if down_host and type(error).__name__ == "IncompleteSnapshotError":  # (huggingface_hub 2: a download cut off)
+        missing = re.search(r"\d+ file\(s\) are missing \(.*?\)(?=\. )", str(error))
+        return f"{down_host} cannot be reached and the copy in {where} is incomplete" + (
+            f" ({missing.group(0)})" if missing else "")
     if down_host:
         return f"{down_host} cannot be reached and there is no copy in {where}"
     return first_line(error) + (f"; looked in {where}" if caches else "")

@@ -463,3 +463,23 @@ def test_a_modelscope_data_set_without_cache_dir_goes_to_modelscopes_own_cache(m
     load_hub_dataset("someone/some-data", "test", hub="modelscope", cache_dir="/ms")
     assert ["cache_dir" in kwargs for kwargs in asked] == [False, False, True]
     assert asked[-1]["cache_dir"] == "/ms"
+
+
+def test_an_unreachable_hub_and_a_partly_downloaded_model_says_the_copy_is_incomplete_not_missing(no_connection,
+                                                                                                   tmp_path):
+    """A download cut off leaves config.json but not the weights, and the tree listing huggingface_hub 2
+    keeps: the cache does hold a copy, so "there is no copy in the cache" sent the user to look for none."""
+    from huggingface_hub import errors
+
+    if not hasattr(errors, "IncompleteSnapshotError"):
+        pytest.skip("huggingface_hub 1 keeps no tree listing: it serves the partial copy, which fails to load")
+    snapshot = cached_snapshot(tmp_path, "someone/some-reranker")
+    files = {name: {"size": 2, "blob_id": "a" * 40} for name in ("config.json", "model.safetensors")}
+    trees = tmp_path / "models--someone--some-reranker" / "trees"
+    trees.mkdir()
+    (trees / f"{snapshot.name}.json").write_text(json.dumps({"format_version": 1, "files": files}), encoding="utf-8")
+    with pytest.raises(InputError, match=r"cannot be reached and the copy in the cache .* is incomplete \(1 file\(s\) "
+                                         r"are missing \(model\.safetensors\)\).*`hf download someone/some-reranker "
+                                         r"--local-dir DIR`") as error:
+        resolve_model("someone/some-reranker", cache_dir=str(tmp_path))
+    assert "no copy" not in str(error.value)
