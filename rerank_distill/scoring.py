@@ -351,11 +351,13 @@ def _score_chunk(chunk: list[RankingQuery], teachers: list, progress, check_vari
 
 def model_identity(model_path: str) -> str:
     """One name for one model however its path is spelled: the real path of a local folder, or for
-    a hub download ``models--ORG--NAME/snapshots/COMMIT`` whatever cache holds it."""
+    a hub download ``models--ORG--NAME/snapshots/COMMIT`` (and any subfolder of it) whatever cache holds it.
+    Only a cache's repository folder (its name holds ``--``) is followed by snapshots/: a folder of one's
+    own named so holds models of its own (snapshots/run1/a and snapshots/run1/b are two)."""
     parts = Path(model_path).resolve().parts
-    if "snapshots" in parts[1:-1]:
-        at = parts.index("snapshots")
-        return "/".join(parts[at - 1 : at + 2])
+    for at in range(len(parts) - 2, 1, -1):
+        if parts[at] == "snapshots" and "--" in parts[at - 1]:
+            return "/".join(parts[at - 1 :])
     return str(Path(model_path).resolve())
 
 

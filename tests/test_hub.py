@@ -483,3 +483,19 @@ def test_an_unreachable_hub_and_a_partly_downloaded_model_says_the_copy_is_incom
                                          r"--local-dir DIR`") as error:
         resolve_model("someone/some-reranker", cache_dir=str(tmp_path))
     assert "no copy" not in str(error.value)
+
+
+def test_models_in_a_folder_named_snapshots_are_told_apart_and_a_hub_snapshot_is_one_whatever_its_cache(tmp_path):
+    """Stage 1 reuses a finished output whose teachers have the same model_identity: two models under a
+    folder of one's own named snapshots (snapshots/run1/a and b), or two subfolders of one hub
+    snapshot, were one model, and the second was never scored."""
+    from rerank_distill.scoring import model_identity
+
+    mine = tmp_path / "snapshots" / "run1"
+    assert model_identity(str(mine / "a")) != model_identity(str(mine / "b"))
+    snapshot = Path("models--acme--rerankers") / "snapshots" / ("1" * 40)
+    assert model_identity(str(tmp_path / "cache" / snapshot / "small")) != model_identity(
+        str(tmp_path / "cache" / snapshot / "large"))
+    # the same snapshot in two caches (--cache_dir, the default one) is one model, as recorded before
+    assert model_identity(str(tmp_path / "cache" / snapshot)) == model_identity(str(tmp_path / "hub" / snapshot)) == (
+        snapshot.as_posix())
