@@ -290,6 +290,7 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     if not folder and str(path).endswith(("/", os.sep)):  # Path() would drop the slash that names a folder
         raise InputError(f"{flag} {path} ends in '/', which names a folder; give a file name")
     path = Path(path)
+    _check_name_lengths(path, flag)
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder")
     if not folder and path.is_dir():
@@ -309,6 +310,22 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         reason = (f"no permission to write in {existing}" if error.errno in (errno.EACCES, errno.EPERM)
                   else f"nothing can be made in {existing} ({error.strerror})")
         raise InputError(f"{flag} {path} cannot be written: {reason}") from None
+
+
+def _check_name_lengths(path: Path, flag: str) -> None:
+    """InputError where a name in ``path`` is longer than the file system takes (its nearest existing
+    folder's limit): check_writable's probe, a short name, would pass, and the run fail at its first write."""
+    folder = path.parent
+    while not os.path.isdir(folder) and folder != folder.parent:  # (isdir, unlike Path.exists, takes any name)
+        folder = folder.parent
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows)
+        longest = NAME_MAX
+    for name in path.parts:
+        if len(os.fsencode(name)) > longest:
+            raise InputError(f"{flag} {path} cannot be written: the name {shown(name, 40)} is "
+                             f"{len(os.fsencode(name))} bytes, longer than the file system takes ({longest})")
 
 
 @contextmanager
