@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     warn_unread(args, unread)
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
+    check_writable(beside_output(args.output_path, ".args.json"), "--output_path's run record")
     check_same_teachers(args.input_path)
     # a misspelt column would read as no labels at all (one these settings never read is only warned about, above)
     for source in args.input_path if args.label_column and "label_column" not in unread else []:

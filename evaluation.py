@@ -141,6 +141,8 @@ def check_report_paths(args: EvaluationArguments) -> None:
     destroy an input or land inside a model's folder (whose config.json it could overwrite)."""
     check_writable(args.output_path, "--output_path")
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
+    for written in beside_report:  # (written after every model has scored, the report deleted first)
+        check_writable(written, "--output_path's companion file")
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
     for written in (args.output_path, *beside_report):
         check_output_not_read(written, sources, "--output_path")

@@ -9,6 +9,7 @@ import decimal
 import errno
 import glob
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -289,6 +290,7 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     if not folder and str(path).endswith(("/", os.sep)):  # Path() would drop the slash that names a folder
         raise InputError(f"{flag} {path} ends in '/', which names a folder; give a file name")
     path = Path(path)
+    _check_name_lengths(path, flag)
     if folder and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file; give a folder")
     if not folder and path.is_dir():
@@ -308,6 +310,22 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         reason = (f"no permission to write in {existing}" if error.errno in (errno.EACCES, errno.EPERM)
                   else f"nothing can be made in {existing} ({error.strerror})")
         raise InputError(f"{flag} {path} cannot be written: {reason}") from None
+
+
+def _check_name_lengths(path: Path, flag: str) -> None:
+    """InputError where a name in ``path`` is longer than the file system takes (its nearest existing
+    folder's limit): check_writable's probe, a short name, would pass, and the run fail at its first write."""
+    folder = path.parent
+    while not os.path.isdir(folder) and folder != folder.parent:  # (isdir, unlike Path.exists, takes any name)
+        folder = folder.parent
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows)
+        longest = NAME_MAX
+    for name in path.parts:
+        if len(os.fsencode(name)) > longest:
+            raise InputError(f"{flag} {path} cannot be written: the name {shown(name, 40)} is "
+                             f"{len(os.fsencode(name))} bytes, longer than the file system takes ({longest})")
 
 
 @contextmanager
@@ -428,6 +446,25 @@ def is_unfinished_write(name: str) -> bool:
             or re.fullmatch(rf".+\.\d+{re.escape(TEMPORARY_SUFFIX)}", name) is not None)
 
 
+# The longest file name most file systems take, in bytes (ext4, XFS, Btrfs, tmpfs, APFS, NTFS's 255 characters)
+NAME_MAX = 255
+
+
+def _temporary_prefix(name: str, host: str) -> str:
+    """``NAME.HOST.`` for AtomicWriter's temporary files, where ``NAME.HOST.PID.tmp`` fits in a file name
+    (NAME_MAX bytes); for a name near that limit, which fits but would not with these added, its start
+    and a digest of the whole name instead of NAME: the same for every process writing it, and unlike a
+    name that starts alike."""
+    prefix = f"{name}.{host}."
+    room = NAME_MAX - len(f".{2**22}{TEMPORARY_SUFFIX}")  # (Linux's largest process id)
+    if len(os.fsencode(prefix)) <= room:
+        return prefix
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=6).hexdigest()
+    host = os.fsencode(host)[:64].decode("utf-8", "ignore")
+    kept = os.fsencode(name)[: room - len(os.fsencode(f"~{digest}.{host}."))].decode("utf-8", "ignore")
+    return f"{kept}~{digest}.{host}."
+
+
 class AtomicWriter:
     """Write a file under a temporary name and move it to its final name only when the ``with``
     block finishes without error, so a crash never leaves a truncated file that looks complete.
@@ -436,7 +473,7 @@ class AtomicWriter:
     def __init__(self, path: str | Path):
         self.path = Path(os.path.abspath(path))  # (no "..": the folders it makes are those it removes on failure)
         # several processes may write one run's files (torchrun's, on several machines): each its own temporary file
-        self._tmp_prefix = f"{self.path.name}.{socket.gethostname()}."
+        self._tmp_prefix = _temporary_prefix(self.path.name, socket.gethostname())
         self.tmp_path = self.path.with_name(f"{self._tmp_prefix}{os.getpid()}{TEMPORARY_SUFFIX}")
         self._file: IO[str] | None = None
 

@@ -109,6 +109,20 @@ def test_an_output_where_nothing_can_be_made_is_refused_before_any_work_even_for
 
 
 
+def test_an_output_name_longer_than_the_file_system_takes_is_refused_before_any_work(tmp_path):
+    """The probe (a short name in the folder) passed, and the run failed at its first write with a traceback."""
+    from rerank_distill.errors import InputError
+    from rerank_distill.jsonl import check_writable
+
+    with pytest.raises(InputError, match=r"^--output_path .* cannot be written: the name 'aaa.* is 256 bytes, longer "
+                                         r"than the file system takes \(255\)$"):
+        check_writable(tmp_path / ("a" * 250 + ".jsonl"), "--output_path")
+    with pytest.raises(InputError, match="is 256 bytes"):
+        check_writable(tmp_path / ("a" * 256) / "model", "--output_dir", folder=True)
+    check_writable(tmp_path / ("a" * 249 + ".jsonl"), "--output_path")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_file_named_with_a_trailing_slash_is_refused_before_any_work(tmp_path):
     """Path() drops the slash, so runs went ahead and failed at their very end, writing a file over a folder."""
     from rerank_distill.errors import InputError

@@ -829,6 +829,18 @@ def test_a_report_path_that_would_overwrite_an_input_is_refused(ranking_file, tm
     assert {path: path.read_bytes() for path in before} == before
 
 
+@pytest.mark.parametrize("in_the_way", ["report.per_query.jsonl", "report.args.json"])
+def test_a_file_written_beside_the_report_that_cannot_be_written_is_refused_before_any_model_scores(
+        ranking_file, tmp_path, in_the_way):
+    """A folder in its place stopped the run with a traceback after every model had scored, the earlier report gone."""
+    (tmp_path / in_the_way).mkdir()
+    (tmp_path / "report.json").write_text("{}")  # an earlier run's
+    with pytest.raises(InputError, match=f"^--output_path's companion file .*{in_the_way} is a folder"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model-needed"), "--dataset_path",
+                         str(ranking_file), "--output_path", str(tmp_path / "report.json")])
+    assert (tmp_path / "report.json").read_text() == "{}"
+
+
 def test_a_report_path_inside_a_model_folder_is_refused(tiny_cross_encoder, ranking_file, tmp_path):
     config = (tiny_cross_encoder / "config.json").read_bytes()
     with pytest.raises(InputError, match="--output_path .*config.json is inside the model folder of "

@@ -779,6 +779,19 @@ def test_a_write_removes_temporary_files_that_killed_processes_of_this_machine_l
         ["out.jsonl", of_a_running_process.name, of_another_machine.name])
 
 
+@pytest.mark.parametrize("name", ["a" * 249 + ".jsonl", "é" * 124 + ".jsonl"], ids=["ascii", "two-byte-letters"])
+def test_a_file_whose_name_fits_is_written_though_the_temporary_name_would_not(tmp_path, name):
+    """NAME.HOST.PID.tmp, some 15 to 80 bytes longer than the name, failed with 'File name too long' (a traceback)."""
+    from rerank_distill.jsonl import AtomicWriter, is_unfinished_write
+
+    writer = AtomicWriter(tmp_path / name)
+    assert len(os.fsencode(writer.tmp_path.name)) <= 255 and is_unfinished_write(writer.tmp_path.name)
+    with writer as out:
+        out.write("{}\n")
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    assert AtomicWriter(tmp_path / name).tmp_path.name != AtomicWriter(tmp_path / f"{name[:-6]}.json").tmp_path.name
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
 def test_a_pipe_as_input_is_refused_as_one_not_reported_missing(tmp_path):
     pipe = tmp_path / "piped.jsonl"

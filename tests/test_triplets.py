@@ -966,6 +966,15 @@ def test_a_failed_run_leaves_no_output_and_no_folder_it_made(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_record_path_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    """A folder named as the run record (OUT.args.json) stopped the run with a traceback once every record was written."""
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    (tmp_path / "out.args.json").mkdir()
+    with pytest.raises(InputError, match="^--output_path's run record .*out.args.json is a folder; give a file name"):
+        create_triplets.main(["--input_path", str(scores), "--output_path", str(tmp_path / "out.jsonl")])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.args.json", "scores.jsonl"]
+
+
 def test_an_output_path_that_is_an_input_through_a_link_is_refused(tmp_path):
     scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
     (tmp_path / "link.jsonl").symlink_to(scores)
