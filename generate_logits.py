@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = [(source, derived) for source in args.input_path for derived in dict.fromkeys((0, args.passages_as_queries))]
     read_args = {"hub": args.hub, "cache_dir": args.cache_dir, "label_column": args.label_column}
     run = TeacherRun(args, __file__, argv, inputs, Shard.parse(args.shard), read_args)
+    check_writable(run.record_path(run.shard), "--output_dir's run record")  # (written once the scoring is done)
     refuse_conflicting_shard_flags(args)
     input_files = [file for source in args.input_path for file in local_files(source)]
     for output in run.outputs:  # named here, not by the user, an output may be an input given by its path

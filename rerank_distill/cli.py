@@ -272,7 +272,7 @@ MACHINE_FAILURES = {
 
 def run_main(main: Callable[[], Any]) -> None:
     """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
-    (a file it may not read or write among them), 1 with one line where the disk is full or fails, 130 on
+    (a file it may not read or write, or a path it cannot use, among them), 1 with one line where the disk is full or fails, 130 on
     Ctrl-C and 128 + the signal's number on SIGTERM or SIGHUP (resumable stages say how to continue
     before they get here)."""
     setup_logging()
@@ -284,7 +284,8 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.exit(2)
     except OSError as error:  # what the user or the machine must change, said in one line; any other: a bug's traceback
         where = f"{error.filename}: " if error.filename else ""
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        # a file it may not read or write, or a path it cannot use (a folder where a file goes, a name too long)
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG):
             print(f"error: {where}{error.strerror}", file=sys.stderr)
             sys.exit(2)
         if advice := MACHINE_FAILURES.get(error.errno):

@@ -139,6 +139,9 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused_before_any_work(t
 
 @pytest.mark.parametrize("error, status, message", [
     (PermissionError(13, "Permission denied", "data/train.jsonl"), 2, "error: data/train.jsonl: Permission denied"),
+    # a folder where a run writes a file beside its output (args.json): found only as it writes
+    (IsADirectoryError(21, "Is a directory", "output/scores/args.json"), 2, "error: output/scores/args.json: Is a "
+                                                                            "directory"),
     (OSError(28, "No space left on device", "output/scores/train_scores.jsonl.partial"), 1,
      "error: output/scores/train_scores.jsonl.partial: No space left on device: free some space and run the command "
      "again"),

@@ -792,6 +792,15 @@ def test_a_file_whose_name_fits_is_written_though_the_temporary_name_would_not(t
     assert AtomicWriter(tmp_path / name).tmp_path.name != AtomicWriter(tmp_path / f"{name[:-6]}.json").tmp_path.name
 
 
+def test_a_write_whose_final_name_is_a_folder_fails_naming_that_name_not_the_temporary_one(tmp_path):
+    from rerank_distill.jsonl import AtomicWriter
+
+    (tmp_path / "args.json").mkdir()  # found only at the rename, once everything is written
+    with pytest.raises(IsADirectoryError) as failed, AtomicWriter(tmp_path / "args.json") as out:
+        out.write("{}")
+    assert failed.value.filename == str(tmp_path / "args.json")
+    assert [path.name for path in tmp_path.iterdir()] == ["args.json"]  # the temporary file gone
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
 def test_a_pipe_as_input_is_refused_as_one_not_reported_missing(tmp_path):
     pipe = tmp_path / "piped.jsonl"

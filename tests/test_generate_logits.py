@@ -1440,6 +1440,13 @@ def test_the_launcher_checks_each_input_once_for_a_check_inputs_only_run_in_any_
     assert done.stderr.count(f"{test_file}: ") == 1, done.stderr
 
 
+def test_a_folder_where_the_run_record_goes_is_refused_before_any_teacher_loads(tmp_path, ranking_file):
+    (tmp_path / "args.json").mkdir()  # (found only once every pair was scored, where args.json is written)
+    with pytest.raises(InputError, match=r"^--output_dir's run record .*args.json is a folder"):
+        generate_logits.main(["--model_path", str(tmp_path / "no-model-needed"), "--input_path", str(ranking_file),
+                              "--output_dir", str(tmp_path)])
+    assert not (tmp_path / "train_scores.jsonl").exists()
+
 def test_train_py_output_folder_as_output_dir_is_refused_before_its_args_json_is_replaced(tmp_path, ranking_file,
                                                                                         teacher_never_loads):
     model = tmp_path / "model"  # train.py's output: its args.json records how the model was trained (and resumes)
