@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +63,25 @@ def without_trained_head(model_path: str) -> str | None:
     return None if kind in (None, "cross_encoder") else KIND_NAMES[kind]
 
 
+def missing_weights(folder: str) -> str | None:
+    """What of its weights a local model folder lacks: all of them (no model.safetensors or
+    pytorch_model.bin), or shards its index lists; None where they are there, or the index does
+    not tell (the loader then says what is wrong)."""
+    root = Path(folder)
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (root / index_name).is_file():
+            try:
+                shards = sorted(set(json.loads((root / index_name).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return None
+            absent = [shard for shard in shards if not (root / shard).is_file()]  # (a broken link to a blob too)
+            return f"{len(absent)} of the {len(shards)} weight files its {index_name} lists missing ({absent[0]} ...)" \
+                if absent else None
+    if (root / "model.safetensors").is_file() or (root / "pytorch_model.bin").is_file():
+        return None
+    return "no weights file (model.safetensors or pytorch_model.bin)"
+
+
 def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> dict[str, str]:
     """The local folders of the models to evaluate (``{"before": path or hub id, ...}``, fetched
     where needed); InputError where one is missing or holds no trained relevance head: it fails
@@ -71,6 +92,9 @@ def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> 
             local = resolve_model(path, hub, cache_dir)
         except InputError as error:
             raise InputError(f"--model_{name}_path: {error}") from None
+        if lacking := missing_weights(local):  # (else found only on loading it, maybe after scoring the other)
+            raise InputError(f"--model_{name}_path: {path} has {lacking}: a download or copy cut short? Fetch or copy "
+                             "it again")
         if held := without_trained_head(local):
             raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
                              "scores with a new random head, noise that differs from run to run; evaluate a "

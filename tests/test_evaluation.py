@@ -914,6 +914,23 @@ def test_a_model_without_a_trained_relevance_head_is_refused(tiny_embedding_mode
         run(tmp_path, tiny_embedding_model, ranking_file)
 
 
+@pytest.mark.parametrize("cut", ["model.safetensors", "shard"])
+def test_a_model_after_whose_weights_are_missing_is_refused_before_the_model_before_scores(tiny_cross_encoder,
+                                                                                           ranking_file, tmp_path, cut):
+    import shutil
+
+    copy = shutil.copytree(tiny_cross_encoder, tmp_path / "cut-short")
+    (copy / "model.safetensors").unlink()  # a download cut off: its config there, its weights not
+    if cut == "shard":
+        (copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                                                      "b": "model-00002-of-00002.safetensors"}}))
+        (copy / "model-00001-of-00002.safetensors").write_bytes(b"")
+    lacking = ("no weights file" if cut == "model.safetensors"
+               else r"1 of the 2 weight files its model.safetensors.index.json lists missing \(model-00002-of-00002")
+    with pytest.raises(InputError, match=f"--model_after_path: .*cut-short has {lacking}"):
+        evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--model_after_path", str(copy),
+                         "--dataset_path", str(ranking_file), "--output_path", str(tmp_path / "report.json")])
+
 def test_a_teacher_ranking_below_the_student_before_training_is_warned_about(tiny_cross_encoder, ranking_file,
                                                                               tmp_path, caplog):
     inverted = write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=-5.0, negative=5.0)
