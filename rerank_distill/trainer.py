@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from rerank_distill.errors import InputError
 from rerank_distill.jsonl import naming_file
+from rerank_distill.student import predicts_in_float32
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +377,8 @@ class DistillationTrainer(CrossEncoderTrainer):
     - A finished run trained further trains its first new step at the longer schedule's rate, not
       at the rate the old schedule ended at (_load_optimizer_and_scheduler).
     - A resumed run does not evaluate again at its start under --eval_on_start (train).
+    - The evaluator's scores are float32 under --bf16 on every process: sentence-transformers has the
+      other torchrun processes score shares of its predict calls, outside its float32 context.
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
@@ -384,6 +387,8 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.train_batch_sampler = None  # set as the Trainer builds it: see _run_epoch
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.add_callback(DivergenceCheck(self))
+        if self.evaluator is not None:  # the selection MAP in float32 on every torchrun process (predicts_in_float32)
+            predicts_in_float32(self.model)
         self.examples_trained = 0
         self.time_budget = time_budget
         self.best_model_error: str | None = None

@@ -2069,6 +2069,21 @@ def test_a_torchrun_run_resumed_inside_its_second_epoch_ends_with_the_same_model
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
 
+def test_torchrun_with_bf16_picks_checkpoints_by_the_float32_map_a_single_process_measures(tiny_cross_encoder, tmp_path):
+    # sentence-transformers shares the selection evaluator's scoring between the processes; the other process
+    # scored its share under the bf16 autocast --bf16 wraps the model in, so MAP was half bf16, half float32
+    data = write_jsonl_records(tmp_path / "labelled.jsonl", synthetic_ranking_data(40, docs_per_query=8, seed=5))
+    flags = ["--loss", "bce_labels", "--selection_metric", "map", "--eval_share", "0.5", "--max_steps", "1",
+             "--learning_rate", "0", "--max_length", "32"]  # (the untrained weights at every evaluation)
+    single = run_train(tiny_cross_encoder, data, tmp_path / "one", *flags)
+    torchrun_train(tiny_cross_encoder, data, tmp_path / "two", *flags, "--bf16", "true",
+                   "--per_device_train_batch_size", "2")
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert summary["metric_for_best_model"] == single["metric_for_best_model"] == "eval_selection_map"
+    assert summary["held_out_queries"] == single["held_out_queries"]
+    assert summary["best_metric"] == pytest.approx(single["best_metric"], abs=1e-6)
+
+
 def test_a_finished_run_closes_its_process_group_after_every_process_is_done(tmp_path):
     # a torchrun worker that exited with its gloo group open sometimes aborted in teardown (1 resumed run in 10),
     # and torchrun then killed the main process, perhaps as it wrote the model
