@@ -491,6 +491,27 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
+def test_a_run_stopped_while_torchrun_processes_share_an_evaluation_says_interrupted_and_how_to_resume(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
+):
+    # torchrun stops every process at once; the main one, stopped inside the evaluator whose scoring the others
+    # share, then failed in sentence-transformers' cleanup, a collective with the processes already gone: a
+    # 100-line 'Connection closed by peer' traceback instead of the interruption and the resume hint
+    def stopped_in_shared_evaluation(self, *args, **kwargs):
+        try:
+            raise KeyboardInterrupt("SIGTERM")
+        finally:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:26277")
+
+    monkeypatch.setattr(train.SelectionEvaluator, "__call__", stopped_in_shared_evaluation)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "5", "--selection_metric",
+                  "map", "--selection_data", str(write_jsonl_records(tmp_path / "s.jsonl", hand_written_scores())),
+                  "--eval_share", "0.4", "--eval_steps", "2", "--save_steps", "1", "--load_best_model_at_end", "false")
+    assert f"newest checkpoint is {tmp_path / 'model' / 'checkpoint-1'}" in caplog.text
+    assert "--resume_from_checkpoint last" in caplog.text
+
+
 def test_an_interrupted_run_of_weights_only_checkpoints_says_it_cannot_go_on(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
