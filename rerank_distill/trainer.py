@@ -138,7 +138,9 @@ def check_weights_finite(trainer: DistillationTrainer) -> None:
     logs a NaN step's loss as its logging window's mean (logging_nan_inf_filter), so nothing else
     tells. Called on every process at once (FSDP and DeepSpeed hold shards): all of them stop, or none."""
     broken = sum(int(not torch.isfinite(weights).all()) for weights in trainer.model.parameters())
-    broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device), "sum"))
+    # shards of the weights are added up; under DDP every process holds them all, counted once
+    broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device),
+                                            "sum" if trainer.sharded else "max"))
     if broken:
         raise InputError(
             f"training diverged: {broken} of the model's weight tensors are not finite (NaN or inf) at step "
