@@ -33,7 +33,7 @@ from typing import Literal
 
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import command_line, run_main, write_json, write_run_args
+from rerank_distill.cli import command_line, interruption_behind, run_main, write_json, write_run_args
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
 from rerank_distill.replicas import stop_with_launcher
@@ -270,6 +270,12 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         if training.should_log:
             logger.warning(resume_hint(training.output_dir))
         raise
+    except Exception as error:  # stopped in a collective, then failed in its cleanup (see interruption_behind)
+        if (stop := interruption_behind(error)) is None:
+            raise
+        if training.should_log:
+            logger.warning(resume_hint(training.output_dir))
+        raise stop from None
     seconds = time.perf_counter() - started
     check_weights_finite(trainer)
     trainer.save_model(training.output_dir)  # every process calls it; only the main one writes

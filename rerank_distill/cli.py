@@ -244,6 +244,20 @@ def _stop_as_ctrl_c(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or stop signal, see stops_as_ctrl_c) that ``error`` was raised while handling,
+    or None: under torchrun a process stopped inside a collective fails in the cleanup that
+    follows (another collective, with the other processes gone: 'Connection closed by peer'),
+    and that error hides the interruption behind it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 @contextmanager
 def stops_as_ctrl_c() -> Iterator[None]:
     """In the block, SIGTERM and SIGHUP stop the run as Ctrl-C does: resumable stages save what

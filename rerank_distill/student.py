@@ -212,6 +212,20 @@ def in_float32(model):
             model.forward = wrapped
 
 
+def predicts_in_float32(model) -> None:
+    """Have every ``model.predict`` from now on score in float32 (``in_float32``) on whichever
+    process runs it. Under torchrun sentence-transformers shares an evaluator's predict calls
+    between the processes: the main one runs the evaluator (inside ``in_float32``), the others
+    score their share with the model as training left it, under --bf16's autocast."""
+    inference = model._inference
+
+    def inference_in_float32(*args, **kwargs):
+        with in_float32(model):
+            return inference(*args, **kwargs)
+
+    model._inference = inference_in_float32
+
+
 def score_pairs_with_cross_encoder(
     model,
     pairs: Sequence[tuple[str, str]],

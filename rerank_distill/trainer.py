@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from rerank_distill.errors import InputError
 from rerank_distill.jsonl import naming_file
+from rerank_distill.student import predicts_in_float32
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ def check_weights_finite(trainer: DistillationTrainer) -> None:
     logs a NaN step's loss as its logging window's mean (logging_nan_inf_filter), so nothing else
     tells. Called on every process at once (FSDP and DeepSpeed hold shards): all of them stop, or none."""
     broken = sum(int(not torch.isfinite(weights).all()) for weights in trainer.model.parameters())
-    broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device), "sum"))
+    # shards of the weights are added up; under DDP every process holds them all, counted once
+    broken = int(trainer.accelerator.reduce(torch.tensor(broken, device=trainer.args.device),
+                                            "sum" if trainer.sharded else "max"))
     if broken:
         raise InputError(
             f"training diverged: {broken} of the model's weight tensors are not finite (NaN or inf) at step "
@@ -376,6 +379,8 @@ class DistillationTrainer(CrossEncoderTrainer):
     - A finished run trained further trains its first new step at the longer schedule's rate, not
       at the rate the old schedule ended at (_load_optimizer_and_scheduler).
     - A resumed run does not evaluate again at its start under --eval_on_start (train).
+    - The evaluator's scores are float32 under --bf16 on every process: sentence-transformers has the
+      other torchrun processes score shares of its predict calls, outside its float32 context.
     """
 
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
@@ -384,6 +389,8 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.train_batch_sampler = None  # set as the Trainer builds it: see _run_epoch
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.add_callback(DivergenceCheck(self))
+        if self.evaluator is not None:  # the selection MAP in float32 on every torchrun process (predicts_in_float32)
+            predicts_in_float32(self.model)
         self.examples_trained = 0
         self.time_budget = time_budget
         self.best_model_error: str | None = None
