@@ -266,11 +266,7 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         logger.info("%s is where the run ended (%s), but its final model was not saved: saving it", resume, ended)
     try:
         result = trainer.finish_ended_run(resume, resumed) if ended else trainer.train(resume_from_checkpoint=resume)
-    except KeyboardInterrupt:
-        if training.should_log:
-            logger.warning(resume_hint(training.output_dir))
-        raise
-    except Exception as error:  # stopped in a collective, then failed in its cleanup (see interruption_behind)
+    except BaseException as error:  # Ctrl-C, or under torchrun an error it left behind (see interruption_behind)
         if (stop := interruption_behind(error)) is None:
             raise
         if training.should_log:

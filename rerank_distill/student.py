@@ -217,7 +217,11 @@ def predicts_in_float32(model) -> None:
     process runs it. Under torchrun sentence-transformers shares an evaluator's predict calls
     between the processes: the main one runs the evaluator (inside ``in_float32``), the others
     score their share with the model as training left it, under --bf16's autocast."""
-    inference = model._inference
+    inference = getattr(model, "_inference", None)  # (sentence-transformers 6's one path of predict)
+    if inference is None:
+        logger.warning("this sentence-transformers has no CrossEncoder._inference: under torchrun with --bf16, "
+                       "processes other than the main one may score the held-out evaluation in bf16")
+        return
 
     def inference_in_float32(*args, **kwargs):
         with in_float32(model):
