@@ -286,9 +286,9 @@ MACHINE_FAILURES = {
 
 def run_main(main: Callable[[], Any]) -> None:
     """Call a stage's ``main`` and exit: 0 on success, 2 with a one-line message on a user mistake
-    (a file it may not read or write, or a path it cannot use, among them), 1 with one line where the disk is full or fails, 130 on
-    Ctrl-C and 128 + the signal's number on SIGTERM or SIGHUP (resumable stages say how to continue
-    before they get here)."""
+    (a file it may not read or write, or a path it cannot use, among them), 1 with one line where
+    the disk is full or fails, 130 on Ctrl-C and 128 + the signal's number on SIGTERM or SIGHUP
+    (resumable stages say how to continue before they get here)."""
     setup_logging()
     try:
         with stops_as_ctrl_c():

@@ -587,37 +587,27 @@ def id_columns(record: dict, path: str, line: int) -> dict[str, Any]:
     to its row; values JSON has no type for (dates, decimals, bytes) are written as text, a missing
     number (NaN, as pandas and Parquet hold one) as null. InputError for one holding a lone surrogate
     (JSON's ``\\ud800``): it is written out, and UTF-8 cannot hold it."""
-    ids = {name: to_jsonable(value) for name, value in record.items() if _is_id_column(name)}
-    ids = {name: _nan_as_null(value) for name, value in ids.items()}
-    for name, value in ids.items():
-        check_encodable(name, f"the name of id column {shown(name)}", path, line)
-        for text in _texts_in(value):  # (a list or an object of ids too)
-            check_encodable(text, f"id column {shown(name)}", path, line)
+    ids = {}
+    for name, value in record.items():
+        if _is_id_column(name):
+            check_encodable(name, f"the name of id column {shown(name)}", path, line)
+            ids[name] = _written_id(to_jsonable(value), f"id column {shown(name)}", path, line)
     return ids
 
 
-def _nan_as_null(value: Any) -> Any:
-    """A JSON value with each NaN or infinity in it, at any depth, made null (json.dumps would write a bare NaN)."""
+def _written_id(value: Any, what: str, path: str, line: int) -> Any:
+    """A JSON id value (a list or an object of ids too) as it is written out: each NaN or infinity
+    in it, at any depth, made null (json.dumps would write a bare NaN); InputError where a string in
+    it holds a lone surrogate."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, list):
-        return [_nan_as_null(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _nan_as_null(item) for key, item in value.items()}
-    return value
-
-
-def _texts_in(value: Any) -> Iterator[str]:
-    """Every string a JSON value holds: itself, or its items', keys' and values' at any depth."""
     if isinstance(value, str):
-        yield value
+        check_encodable(value, what, path, line)
     elif isinstance(value, list):
-        for item in value:
-            yield from _texts_in(item)
+        return [_written_id(item, what, path, line) for item in value]
     elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _texts_in(item)
+        return {_written_id(key, what, path, line): _written_id(item, what, path, line) for key, item in value.items()}
+    return value
 
 
 def _is_id_column(name: str) -> bool:

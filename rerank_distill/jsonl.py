@@ -518,9 +518,8 @@ class AtomicWriter:
                 os.replace(self.tmp_path, self.path)
             except BaseException as error:  # a disk found full only now (the last flush), a rename refused
                 self._discard()
-                if isinstance(error, OSError) and error.filename == str(self.tmp_path):  # (gone now: name the file)
+                if isinstance(error, OSError) and error.filename in (None, str(self.tmp_path)):  # (gone now)
                     error.filename, error.filename2 = str(self.path), None
-                _name_file(error, self.path)
                 raise
         else:
             self._discard()

@@ -473,18 +473,20 @@ _RECORDED_SINCE = ("input_digest", "teacher_names")
 
 # How the input was read (a format named or detected, a grade column named or found): where the
 # same content was read either way (its digest), the difference changes no line of the output.
-HOW_INPUT_WAS_READ = ("input_format", "label_column")
+_HOW_INPUT_WAS_READ = ("input_format", "label_column")
 
 
-def setting_differences(made: dict, made_with: dict, keys) -> list[str]:
+def setting_differences(made: dict, made_with: dict, keys, same_content: bool | None = None) -> list[str]:
     """The names of ``keys`` whose values differ between two made_with records; for the teachers,
     each differing setting of each (``teachers: max_length``), or their number. How the input was
-    read does not count where both read the same content."""
-    same_content = bool(made.get("input_digest")) and made.get("input_digest") == made_with.get("input_digest")
+    read does not count where both read the same content: where both record the same digest of
+    it, or ``same_content`` says so (a caller that checks their content itself)."""
+    if same_content is None:
+        same_content = bool(made.get("input_digest")) and made.get("input_digest") == made_with.get("input_digest")
     differs = []
     for key in sorted(keys):
         was, now = made.get(key), made_with.get(key)
-        if was == now or (key in HOW_INPUT_WAS_READ and same_content):
+        if was == now or (key in _HOW_INPUT_WAS_READ and same_content):
             continue
         if key == "teachers" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
             differs += sorted({f"teachers: {name}" for old, new in zip(was, now)

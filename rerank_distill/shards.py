@@ -19,7 +19,6 @@ from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 from rerank_distill.scoring import (
-    HOW_INPUT_WAS_READ,
     Shard,
     beside,
     counts_message,
@@ -200,9 +199,8 @@ def _differing_settings(made: dict, made_with: dict, keys) -> list[str]:
     was read (a format named or detected) does not count where both record a digest of what they
     read, as for a rerun: the merge checks each shard's digest against its share of the input as it
     reads it, so shards that pass read the same content."""
-    if made.get("input_digest") and made_with.get("input_digest"):
-        keys = [key for key in keys if key not in HOW_INPUT_WAS_READ]
-    return setting_differences(_settings(made), _settings(made_with), keys)
+    return setting_differences(_settings(made), _settings(made_with), keys,
+                               same_content=bool(made.get("input_digest") and made_with.get("input_digest")))
 
 
 def _single_run_made_with(output_path: Path) -> dict | None:
