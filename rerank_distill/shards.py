@@ -17,6 +17,7 @@ from pathlib import Path
 from rerank_distill.cli import write_json
 from rerank_distill.errors import InputError
 from rerank_distill.formats import RankingQuery
+from rerank_distill.hub import split_revision
 from rerank_distill.jsonl import AtomicWriter, dumps, read_jsonl
 from rerank_distill.scoring import (
     Shard,
@@ -24,6 +25,7 @@ from rerank_distill.scoring import (
     counts_message,
     is_finished,
     log_teacher_metrics,
+    model_identity,
     output_path_for,
     query_bytes,
     ranking_queries,
@@ -110,6 +112,36 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
     for stale in (beside(merged, ".partial"), beside(merged, ".progress.json")):  # an unsharded run's, stopped
         stale.unlink(missing_ok=True)  # (left, they would make the merged file look unfinished)
     return merged, lines
+
+
+def refuse_other_teachers(shard_path: Path, model_paths: list[str], teacher_types: list[str]) -> None:
+    """InputError where the --model_path and --teacher_type given to a merge do not name the
+    teachers ``shard_path`` was scored with (its ``.run.json``; nothing to compare without one): the
+    merge's args.json would record teachers that never scored a pair. Nothing is loaded or fetched:
+    a hub id is matched against the download folder it names."""
+    record = run_record(shard_path)
+    if record is None:
+        return
+    scored_with = [(teacher["teacher_type"], teacher["model_path"]) for teacher in record["made_with"]["teachers"]]
+    if len(scored_with) == len(model_paths) and all(
+        kind == given_kind and names_model(given, identity)
+        for (kind, identity), given_kind, given in zip(scored_with, teacher_types, model_paths)
+    ):
+        return
+    teachers = ", ".join(f"--model_path {identity} (--teacher_type {kind})" for kind, identity in scored_with)
+    raise InputError(f"shard file {shard_path} was scored with {teachers}, not the teachers this merge names; pass "
+                     "those, so that args.json records what scored the pairs")
+
+
+def names_model(model_path: str, identity: str) -> bool:
+    """True where ``model_path`` (a folder, or a hub id) names the model a record knows by its
+    model_identity: a hub id, by the download folder it names in a Hugging Face cache
+    (``models--ORG--NAME/snapshots/...``) or a ModelScope one (``.../ORG/NAME``, dots as ``___``)."""
+    if Path(model_path).exists():
+        return model_identity(model_path) == identity
+    repo = split_revision(model_path)[0]
+    return (identity.startswith(f"models--{repo.replace('/', '--')}/")
+            or identity.endswith((f"/{repo}", f"/{repo.replace('.', '___')}")))
 
 
 def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_shards: int, input_format: str,

@@ -29,8 +29,8 @@ from rerank_distill.scoring import (
     resume_point,
     score_source,
 )
-from rerank_distill.shards import merge_all_shards, split_into_shards
-from rerank_distill.teachers import build_teachers
+from rerank_distill.shards import merge_all_shards, refuse_other_teachers, shard_outputs, split_into_shards
+from rerank_distill.teachers import build_teachers, teacher_types_for
 
 logger = logging.getLogger("generate_logits")
 
@@ -124,6 +124,10 @@ def refuse_shared_outputs(run: TeacherRun) -> None:
 def merge_shard_files(run: TeacherRun) -> dict:
     """--merge_shards N: join each input's N finished shard files into its output, and record the run."""
     args = run.args
+    teacher_types = teacher_types_for(args.model_path, args.teacher_type)
+    for source, derived in run.inputs:
+        refuse_other_teachers(shard_outputs(source, args.output_dir, args.merge_shards, derived)[1][0],
+                              args.model_path, teacher_types)
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
         for output in run.outputs:
             claimed.enter_context(claim_output(output))

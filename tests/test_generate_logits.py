@@ -29,7 +29,7 @@ from rerank_distill.scoring import (
     score_source,
     validate_source,
 )
-from rerank_distill.shards import merge_shards
+from rerank_distill.shards import merge_shards, names_model
 from rerank_distill.teachers import TeacherScores, choose_backend
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
@@ -491,6 +491,38 @@ def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranki
     pairs = sum(1 for _ in open(tmp_path / "train_scores.jsonl"))
     assert re.search(rf"train_scores.jsonl: 12 queries, {pairs} pairs \(\d+ distinct scored, \d+ duplicates reused, "
                      r"0 truncated to the teacher's max_length\); the slowest shard took", caplog.text)
+
+
+def test_a_merge_naming_other_teachers_than_scored_the_shards_is_refused_before_joining(
+    tmp_path, ranking_file, tiny_embedding_model, tiny_cross_encoder
+):
+    """The merge's args.json records its --model_path and --teacher_type: naming a model that never
+    scored a pair would leave a record that says another teacher made the scores."""
+    flags = ["--input_path", str(ranking_file), "--output_dir", str(tmp_path), "--device", "cpu", "--no_show_progress"]
+    teacher = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding"]
+    for index in range(2):
+        generate_logits.main([*teacher, *flags, "--shard", f"{index}/2"])
+    for other in (["--model_path", str(tiny_cross_encoder), "--teacher_type", "embedding"],
+                  ["--model_path", str(tiny_embedding_model), "--teacher_type", "cross_encoder"],
+                  ["--model_path", str(tiny_embedding_model), str(tiny_embedding_model), "--teacher_type", "embedding"],
+                  ["--model_path", "org/another-model", "--teacher_type", "embedding"]):
+        with pytest.raises(InputError, match=f"was scored with --model_path {re.escape(str(tiny_embedding_model))} "
+                                             r"\(--teacher_type embedding\), not the teachers this merge names"):
+            generate_logits.main([*other, *flags, "--merge_shards", "2"])
+        assert not (tmp_path / "train_scores.jsonl").exists() and not (tmp_path / "args.json").exists()
+    # the same folder however spelled is the same teacher
+    generate_logits.main(["--model_path", f"{tiny_embedding_model}/", "--teacher_type", "embedding", *flags,
+                          "--merge_shards", "2"])
+    assert (tmp_path / "train_scores.jsonl").exists()
+
+
+def test_a_hub_id_names_the_download_folder_its_shards_record():
+    assert names_model("Qwen/Qwen3-Reranker-8B", "models--Qwen--Qwen3-Reranker-8B/snapshots/abc123")
+    assert names_model("Qwen/Qwen3-Reranker-8B@abc123", "models--Qwen--Qwen3-Reranker-8B/snapshots/abc123")
+    assert names_model("Qwen/Qwen3-Reranker-8B", "/cache/modelscope/models/Qwen/Qwen3-Reranker-8B")
+    assert names_model("BAAI/bge-reranker-v2.5", "/cache/modelscope/models/BAAI/bge-reranker-v2___5")
+    assert not names_model("Qwen/Qwen3-Reranker-8B", "models--Qwen--Qwen3-Reranker-0.6B/snapshots/abc123")
+    assert not names_model("Qwen/Qwen3-Reranker-8B", "models--Qwen--Qwen3-Reranker-8B-GPTQ/snapshots/abc123")
 
 
 def test_an_overwrite_stopped_in_its_first_input_is_continued_by_the_same_command_without_overwrite(
