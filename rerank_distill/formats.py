@@ -654,11 +654,15 @@ def _label_fields(label_column: str | None) -> tuple[str, ...]:
 
 def label_of(record: dict, path: str, line: int, label_column: str | None = None) -> tuple[str, float] | None:
     """``(field, grade)`` of the record's relevance label, or None when it has none. With
-    ``label_column`` only that field is read."""
-    for name in _label_fields(label_column):
-        if name in record and record[name] is not None:
-            return name, grade_of(record[name], path, line, name)
-    return None
+    ``label_column`` only that field is read; without, the first of LABEL_FIELDS a record has, and an
+    InputError where another one it has gives another grade (which one is meant only the user knows)."""
+    labels = [(name, grade_of(record[name], path, line, name))
+              for name in _label_fields(label_column) if record.get(name) is not None]  # fmt: skip
+    if len({grade for _, grade in labels}) > 1:
+        given = ", ".join(f'"{name}" ({shown(record[name])}, grade {grade:g})' for name, grade in labels)
+        raise InputError(f"row has relevance labels that disagree: {given}; name the one to read with --label_column",
+                         path, line)
+    return labels[0] if labels else None
 
 
 def iter_ranking_queries(

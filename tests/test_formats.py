@@ -161,6 +161,23 @@ def test_a_pair_with_two_different_passage_fields_is_refused_at_its_line_not_rea
     assert (pair.passage, pair.extra) == ("a", {})
 
 
+def test_a_row_whose_label_fields_disagree_is_refused_at_its_line_unless_one_is_named(tmp_path):
+    rows = [
+        {"query": "q", "item_text": "a", "esci_label": "E", "label": 3},  # the same grade twice: one label
+        {"query": "q", "item_text": "b", "esci_label": "I", "label": 1},
+    ]
+    source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
+    with pytest.raises(InputError, match=rf"{source}:2: row has relevance labels that disagree: \"esci_label\" "
+                                         r"\('I', grade 0\), \"label\" \(1, grade 1\); name the one to read with "
+                                         "--label_column"):
+        list(iter_ranking_queries(str(source)))
+    with pytest.raises(InputError, match="labels that disagree"):
+        list(iter_scored_pairs(str(write_jsonl_records(tmp_path / "scores.jsonl",
+                                                       [{**row, "score": 1.0} for row in rows]))))
+    (query,) = iter_ranking_queries(str(source), label_column="label")
+    assert query.labels == [3.0, 1.0]
+
+
 def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
     probs = {"exact": 0.7, "substitute": 0.1, "complement": 0.1, "irrelevant": 0.1}
     source = write_jsonl_records(tmp_path / "scores.jsonl", [
