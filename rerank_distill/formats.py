@@ -64,6 +64,11 @@ class RankingQuery:
     esci_labels: bool = False  # graded by ESCI letters or words: grades, even where only C (1) and I (0) occur
     # row-per-pair sources: each passage's row ids (id_columns), so outputs can be joined back to the rows
     ids: list[dict[str, Any]] | None = None
+    rows: list[str] | None = None  # and each passage's "file:line", for messages about one passage
+
+    def passage_location(self, index: int) -> str:
+        """Where the ``index``-th passage was read: its own row, or its query's record."""
+        return self.rows[index] if self.rows else self.location
 
     @property
     def positives(self) -> list[str]:
@@ -109,15 +114,20 @@ class ListOddities:
                  "blank_passages": sum(not passage.strip() for passage in query.passages),
                  "repeated_queries": not blank and hash(query.query) in self._seen_queries}  # fmt: skip
         self.note_query_text(query)
-        for passage, label in zip(query.passages, query.labels):
+        first_at = {}  # each kind's first passage (a row of its own in row-per-pair sources)
+        for index, (passage, label) in enumerate(zip(query.passages, query.labels)):
+            if not passage.strip():
+                first_at.setdefault("blank_passages", index)
             if passage in label_of_passage:
                 kind = "repeated_passages" if label_of_passage[passage] == label else "conflicting_labels"
                 found[kind] = found.get(kind, 0) + 1
+                first_at.setdefault(kind, index)
             label_of_passage.setdefault(passage, label)
         for kind, count in found.items():
             if count:
                 setattr(self, kind, getattr(self, kind) + count)
-                self.first.setdefault(kind, query.location)
+                self.first.setdefault(kind, query.passage_location(first_at[kind]) if kind in first_at
+                                      else query.location)
 
     def warn(self, source: str, what_happens: str) -> None:
         """One warning line for ``source`` if anything was found; ``what_happens`` to such entries."""
@@ -737,7 +747,8 @@ def iter_ranking_queries(
             if nonnegative_grades and label[1] < 0:
                 raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
                                  "gains)", path, line)
-            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format, ids=[]))
+            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format, ids=[], rows=[]))
+            entry.rows.append(location)
             entry.passages.append(passage)
             entry.labels.append(label[1])
             entry.ids.append(id_columns(record, path, line))
@@ -878,12 +889,13 @@ def teacher_scores_for(
                        "twice, its combined score standardised within each?", source, len(conflicting), conflicting[0])
     per_query = []
     for query in queries:
-        missing = [passage for passage in query.passages if (query.query, passage) not in scored]
+        missing = [index for index, passage in enumerate(query.passages) if (query.query, passage) not in scored]
         if missing:
             raise InputError(
-                f"{source} has no teacher score for passage {missing[0][:80]!r} of query {query.query[:80]!r} "
-                f"({len(missing)} of this query's passages unscored); score this data set with generate_logits.py",
-                query.location,
+                f"{source} has no teacher score for passage {query.passages[missing[0]][:80]!r} of query "
+                f"{query.query[:80]!r} ({len(missing)} of this query's passages unscored); score this data set with "
+                "generate_logits.py",
+                query.passage_location(missing[0]),
             )
         per_query.append(np.array([scored[(query.query, passage)][0] for passage in query.passages]))
     used = [scored[(query.query, passage)] for query in queries for passage in query.passages]

@@ -150,9 +150,9 @@ def validate_source(source: str, input_format: str, shard: Shard, passages_as_qu
         summary.queries_without_passages += not query.passages
         if not passages_as_queries:
             summary.oddities.add(query)
-        if negative := sum(label is not None and label < 0 for label in query.labels):
-            summary.negative_grades += negative
-            summary.first_negative_grade = summary.first_negative_grade or query.location
+        if negative := [index for index, label in enumerate(query.labels) if label is not None and label < 0]:
+            summary.negative_grades += len(negative)
+            summary.first_negative_grade = summary.first_negative_grade or query.passage_location(negative[0])
         content.update(query_bytes(query))
     summary.digest = content.hexdigest()
     if not all_pairs and not passages_as_queries:  # (a shard may hold none of its pairs, but not the whole input)

@@ -289,6 +289,14 @@ def test_a_data_set_pair_without_teacher_score_is_an_error_naming_it(tiny_cross_
     assert repr(records[-1]["negative"][0]) in str(error.value)
 
 
+def test_a_graded_row_without_teacher_score_is_named_by_its_own_line(tiny_cross_encoder, tmp_path):
+    rows = [{"query": "q", "passage": p, "label": grade} for p, grade in (("a", 3), ("b", 1), ("c", 0))]
+    dataset = write_jsonl_records(tmp_path / "graded.jsonl", rows)
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [{**row, "score": 1.0} for row in rows[:2]])
+    with pytest.raises(InputError, match=f"{dataset}:3: .*no teacher score for passage 'c'"):
+        run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+
+
 def test_broken_json_line_fails_with_file_and_line_before_any_model_is_loaded(ranking_file, tmp_path):
     lines = ranking_file.read_text().splitlines()
     broken = tmp_path / "broken.jsonl"

@@ -135,6 +135,14 @@ def test_blank_texts_passages_listed_again_and_query_texts_given_again_are_count
     assert validate_source(str(source), "auto", Shard(), passages_as_queries=2).oddities.first == {}
 
 
+def test_odd_passages_of_row_per_pair_data_are_found_at_their_own_rows(tmp_path):
+    rows = [{"query": "q", "passage": "a", "label": 1}, {"query": "q", "passage": "b", "label": 0},
+            {"query": "q", "passage": " ", "label": 0}, {"query": "q", "passage": "a", "label": 0}]  # fmt: skip
+    source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
+    assert validate_source(str(source), "auto", Shard()).oddities.first == {
+        "blank_passages": f"{source}:3", "conflicting_labels": f"{source}:4"}  # fmt: skip
+
+
 def test_a_query_text_given_again_is_counted_in_the_shard_that_holds_the_repeat(tmp_path):
     lists = [{"query": "dns", "positive": ["a"], "negative": ["b"]}, {"query": "ntp", "positive": ["c"], "negative": []},
              {"query": "git", "positive": ["d"], "negative": []}, {"query": "dns", "positive": ["e"], "negative": []}]
@@ -149,7 +157,7 @@ def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(t
             {"query": "r", "passage": "c", "label": -1}, {"query": "r", "passage": "d", "label": 0}]  # fmt: skip
     source = write_jsonl_records(tmp_path / "graded.jsonl", rows)
     summary = validate_source(str(source), "auto", Shard())
-    assert (summary.negative_grades, summary.first_negative_grade) == (2, f"{source}:1")
+    assert (summary.negative_grades, summary.first_negative_grade) == (2, f"{source}:2")  # its own row
 
     caplog.set_level(logging.WARNING)
     with pytest.raises(teacher_never_loads):  # the warning comes first: scoring goes on, evaluation would refuse
