@@ -178,6 +178,7 @@ def write_run_args(path: str | Path, command: list[str], **sections: Any) -> Pat
     """
     record = {
         "command": command,
+        "working_directory": os.getcwd(),  # what the command's relative paths are relative to
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), **_installed_versions()},
     }

@@ -259,11 +259,13 @@ def plan_selection(
 
 def made_from(train_source: str, scores_source: str) -> bool:
     """Whether create_triplets.py made ``train_source`` from ``scores_source``, as the arguments it
-    wrote beside its output say (False where there are none: a file made elsewhere)."""
+    wrote beside its output say (False where there are none: a file made elsewhere). Its paths are
+    relative to the folder it ran in, which need not be this run's."""
     try:
         record = read_run_args(beside_output(train_source, ".args.json"))
         inputs = record["script"]["input_path"] if record else []
-        return any(os.path.samefile(path, scores_source) for path in inputs)
+        ran_in = record.get("working_directory", "") if record else ""
+        return any(os.path.samefile(os.path.join(ran_in, path), scores_source) for path in inputs)
     except (OSError, ValueError, KeyError, TypeError):  # no record, or a hub id that names no file
         return False
 

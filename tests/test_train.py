@@ -31,6 +31,7 @@ from rerank_distill.selection import (
     SelectionEvaluator,
     load_training_data,
     held_out_queries,
+    made_from,
     plan_selection,
     read_selection_queries,
     small_selection_warning,
@@ -1266,6 +1267,18 @@ def test_queries_stage_2_dropped_from_the_selection_file_it_made_the_triplets_fr
     # 2 held-out training queries and the dropped one are far below 30: every query trains, as without it
     assert selection.metric == "last" and selection.held_out == [] and "fewer than 30" in selection.note
     assert "1 that stage 2 dropped" in selection.note and len(selection.train) == len(triplets)
+
+
+def test_stage_2_run_from_another_folder_is_known_to_have_made_the_triplets_from_its_relative_input(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "data").mkdir()
+    write_jsonl_records(tmp_path / "data" / "scores.jsonl", hand_written_scores())
+    monkeypatch.chdir(tmp_path / "data")
+    create_triplets.main(["--input_path", "scores.jsonl", "--output_path", "triplets.jsonl"])
+    monkeypatch.chdir(tmp_path)  # train.py runs from another folder
+    assert made_from("data/triplets.jsonl", "data/scores.jsonl")
+    assert not made_from("data/triplets.jsonl", str(write_jsonl_records(tmp_path / "scores.jsonl", [])))
 
 
 def test_a_selection_file_sharing_one_training_query_holds_it_out_only_when_map_is_asked_for(tmp_path, scores_file):
