@@ -52,15 +52,17 @@ def single_token_id(tokenizer, word: str, model_path: str = "the teacher", hint:
     pieces = tokenizer.encode(word, add_special_tokens=False)
     if token_id is not None and token_id != tokenizer.unk_token_id and pieces == [token_id]:
         return token_id
-    if len(pieces) > 1:
+    if len(pieces) != 1:
         problem = f"splits the answer word '{word}' into {len(pieces)} tokens {pieces}"
     elif token_id is None or token_id == tokenizer.unk_token_id:
-        problem = f"has no vocabulary entry '{word}' (it encodes the word as {pieces})"
+        problem = (f"encodes the answer word '{word}' as one token, {pieces[0]}, but has no vocabulary entry '{word}' "
+                   f"(it spells that token's {tokenizer.convert_ids_to_tokens(pieces[0])!r}: byte-level, say)")
     else:  # one token, but another than the entry spelled so (a byte-level or space-prefixed form)
         problem = f"encodes the answer word '{word}' as token {pieces[0]}, not as its vocabulary entry {token_id}"
     raise InputError(
-        f"the tokenizer of {model_path} {problem}; every answer word must be exactly one token. Choose other "
-        f"words (flags --label_words / the model's own yes/no) or another teacher.{hint}"
+        f"the tokenizer of {model_path} {problem}; every answer word must be exactly one token, whose vocabulary "
+        "entry is spelled as the word (vLLM's classifier takes the words by their entries). Choose other words "
+        f"(flags --label_words / the model's own yes/no) or another teacher.{hint}"
     )
 
 

@@ -241,10 +241,15 @@ class SpelledTokenizer:
     def encode(self, word, add_special_tokens=False):
         return self.encodings[word]
 
+    def convert_ids_to_tokens(self, token_id):
+        return f"<{token_id}>"
+
 
 @pytest.mark.parametrize("entries, encoding, problem", [
     ({}, [7, 8], r"splits the answer word 'w' into 2 tokens \[7, 8\]"),
-    ({}, [7], r"has no vocabulary entry 'w' \(it encodes the word as \[7\]\)"),
+    # SmolLM2's '是': one token, 27830, whose entry is spelled 'æĺ¯'
+    ({}, [7], r"encodes the answer word 'w' as one token, 7, but has no vocabulary entry 'w' \(it spells that "
+              r"token's '<7>': byte-level, say\)"),
     # SmolLM2's 'é': its entry is 180, but the text encodes as the byte-level 2756
     ({"w": 180}, [2756], "encodes the answer word 'w' as token 2756, not as its vocabulary entry 180"),
 ])
