@@ -37,7 +37,7 @@ from rerank_distill.cli import (
 )
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair, check_output_not_read, first_record, iter_scored_pairs
-from rerank_distill.jsonl import AtomicWriter, check_writable
+from rerank_distill.jsonl import AtomicWriter, check_writable, sole_writer
 from rerank_distill.scoring import check_same_teachers, recorded_counts
 from rerank_distill.triplets import (
     NegativeRule,
@@ -199,18 +199,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 1 writes each query's pairs on consecutive lines, so one streaming pass suffices and
     # memory holds one query's candidates. Nothing appears under the final name until the whole
-    # input has been read and validated (AtomicWriter).
-    try:
-        with AtomicWriter(args.output_path) as out:
-            summary = record_run(write_all(iter_query_groups(scored_pairs()), out), input_grouped=True)
-    except QueriesNotGrouped as error:
-        logger.info("%s: query %r (line %d of its file) appeared again after its lines had ended; the input is not "
-                    "grouped by query, so it is regrouped through a temporary index: every line of one query text, "
-                    "wherever it is, joins one list", inputs, error.query[:60], error.line)
-        spill_dir = os.path.dirname(os.path.abspath(args.output_path))
-        with AtomicWriter(args.output_path) as out:
-            summary = record_run(write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out),
-                                 input_grouped=False)
+    # input has been read and validated (AtomicWriter), and one run at a time writes it (sole_writer).
+    with sole_writer(Path(args.output_path)):
+        try:
+            with AtomicWriter(args.output_path) as out:
+                summary = record_run(write_all(iter_query_groups(scored_pairs()), out), input_grouped=True)
+        except QueriesNotGrouped as error:
+            logger.info("%s: query %r (line %d of its file) appeared again after its lines had ended; the input is "
+                        "not grouped by query, so it is regrouped through a temporary index: every line of one query "
+                        "text, wherever it is, joins one list", inputs, error.query[:60], error.line)
+            spill_dir = os.path.dirname(os.path.abspath(args.output_path))
+            with AtomicWriter(args.output_path) as out:
+                summary = record_run(write_all(iter_query_groups_indexed(scored_pairs(), spill_dir), out),
+                                     input_grouped=False)
     logger.info(summary_message(summary, args.output_path))
     return summary
 

@@ -37,7 +37,7 @@ from rerank_distill.formats import (
     label_word_grades,
     teacher_scores_for,
 )
-from rerank_distill.jsonl import check_writable
+from rerank_distill.jsonl import check_writable, sole_writer
 from rerank_distill.metrics import (
     PROTOCOL_RULES,
     evaluate_rankings,
@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.label_words is not None:  # checked before any file is read, as stage 1 checks them
         label_word_grades(args.label_words, args.label_grades)
     check_report_paths(args)
+    with sole_writer(Path(args.output_path)):  # one run at a time writes the report and its companions
+        return evaluate(args, argv)
+
+
+def evaluate(args: EvaluationArguments, argv: list[str] | None) -> dict:
+    """Score the data set with each model, and write the report, its per-query file and args.json."""
     started = time.time()
     queries = read_queries(args)
     labels = [query.labels for query in queries]

@@ -397,6 +397,13 @@ def only_writer(output: Path, lock_path: Path | None = None, hint: str = "") -> 
         lock.close()
 
 
+@contextmanager
+def sole_writer(output: Path) -> Iterator[None]:
+    """only_writer of one output file, leaving no folder made for its lock where the block fails."""
+    with no_empty_folders_left(output.parent), only_writer(output):
+        yield
+
+
 def check_not_an_input(output_path: str | Path, input_files: Iterable[str], flag: str) -> None:
     """InputError where ``output_path`` (the value of ``flag``) is one of ``input_files`` (through
     any link), which writing it would destroy."""

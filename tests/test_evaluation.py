@@ -959,3 +959,14 @@ def test_teacher_scores_given_as_a_hub_data_set_are_fetched_through_the_hub_and_
                  "--hub", "modelscope", "--cache_dir", str(tmp_path / "downloads"))
     assert asked == [("someone/scores@v1", "test", "modelscope", str(tmp_path / "downloads"))]
     assert report["teacher"] == {"map": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
+
+
+def test_a_second_run_on_the_same_report_is_refused_before_it_loads_a_model(tmp_path, ranking_file, monkeypatch):
+    from rerank_distill.jsonl import only_writer
+
+    monkeypatch.setattr(evaluation, "load_cross_encoder", lambda *a, **k: pytest.fail("a model was loaded"))
+    output = tmp_path / "report" / "evaluation.json"
+    with only_writer(output):
+        with pytest.raises(InputError, match=f"another run is writing {output} at this moment"):
+            run(tmp_path, tmp_path / "any-model", ranking_file)
+    assert list((tmp_path / "report").iterdir()) == []  # (the folder is the first run's lock's)

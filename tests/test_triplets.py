@@ -1162,3 +1162,15 @@ def test_stage_1_unfinished_output_is_refused_not_made_into_triplets(tmp_path):
                                          r"pairs scored so far\); run generate_logits.py again"):
         create_triplets.main(["--input_path", str(scores), "--output_path", str(output)])
     assert not output.exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    from rerank_distill.jsonl import only_writer
+
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    output = tmp_path / "out" / "triplets.jsonl"
+    with only_writer(output):
+        with pytest.raises(InputError, match=f"another run is writing {output} at this moment"):
+            run(tmp_path, scores)
+    run(tmp_path, scores)  # free again once the first is done
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["triplets.args.json", "triplets.jsonl"]
