@@ -31,6 +31,7 @@ from rerank_distill.cli import (
     check_minimums,
     command_line,
     parse_args,
+    refuse_shared_record,
     run_main,
     warn_unread,
     write_run_args,
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_not_read(args.output_path, args.input_path, "--output_path")
     check_writable(args.output_path, "--output_path")
     check_writable(beside_output(args.output_path, ".args.json"), "--output_path's run record")
+    refuse_shared_record(args.output_path, "--output_path")
     check_same_teachers(args.input_path)
     # a misspelt column would read as no labels at all (one these settings never read is only warned about, above)
     for source in args.input_path if args.label_column and "label_column" not in unread else []:

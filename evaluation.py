@@ -22,6 +22,7 @@ from rerank_distill.cli import (
     check_minimums,
     command_line,
     parse_args,
+    refuse_shared_record,
     run_main,
     warn_unread,
     write_json,
@@ -143,6 +144,7 @@ def check_report_paths(args: EvaluationArguments) -> None:
     beside_report = [beside_output(args.output_path, ending) for ending in (".per_query.jsonl", ".args.json")]
     for written in beside_report:  # (written after every model has scored, the report deleted first)
         check_writable(written, "--output_path's companion file")
+    refuse_shared_record(args.output_path, "--output_path")
     sources = [args.dataset_path, *([args.teacher_scores] if args.teacher_scores else [])]
     for written in (args.output_path, *beside_report):
         check_output_not_read(written, sources, "--output_path")

@@ -226,6 +226,21 @@ def beside_output(output_path: str | Path, suffix: str) -> Path:
     return Path(stem + suffix)
 
 
+def refuse_shared_record(output_path: str, flag: str) -> None:
+    """InputError where the run record beside ``output_path`` (beside_output's ``.args.json``) is
+    another output's, still there beside it: ``t.jsonl`` and ``t.jsonl.gz`` share ``t.args.json``,
+    and this run's record would leave that output without one (or with one that says it is this)."""
+    record_path = beside_output(output_path, ".args.json")
+    try:
+        recorded = json.loads(record_path.read_text(encoding="utf-8"))["script"]["output_path"]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or no record of this kind: nothing to keep
+        return
+    other = record_path.parent / Path(str(recorded)).name
+    if other.name != Path(output_path).name and other.exists():
+        raise InputError(f"{flag} {output_path}: its run record {record_path} is that of {other} beside it, which "
+                         "this run's would replace; name this output otherwise (another stem), or delete the other")
+
+
 def write_json(path: str | Path, record: dict) -> Path:
     """Write ``record`` as indented JSON under its final name only once it is complete (AtomicWriter)."""
     text = json.dumps(to_jsonable(record), indent=2, ensure_ascii=False)

@@ -970,3 +970,12 @@ def test_a_second_run_on_the_same_report_is_refused_before_it_loads_a_model(tmp_
         with pytest.raises(InputError, match=f"another run is writing {output} at this moment"):
             run(tmp_path, tmp_path / "any-model", ranking_file)
     assert list((tmp_path / "report").iterdir()) == []  # (the folder is the first run's lock's)
+
+
+def test_a_report_named_after_another_stages_output_beside_it_is_refused_before_any_model_loads(tmp_path, ranking_file):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train.jsonl").write_text("{}\n")  # create_triplets.py's output, and its record
+    (tmp_path / "out" / "train.args.json").write_text(json.dumps({"script": {"output_path": "out/train.jsonl"}}))
+    with pytest.raises(InputError, match=r"--output_path .*train.json: its run record .*train.args.json is that of"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model"), "--dataset_path", str(ranking_file),
+                         "--output_path", str(tmp_path / "out" / "train.json")])

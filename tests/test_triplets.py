@@ -1174,3 +1174,14 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
             run(tmp_path, scores)
     run(tmp_path, scores)  # free again once the first is done
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["triplets.args.json", "triplets.jsonl"]
+
+
+def test_an_output_whose_run_record_is_another_outputs_beside_it_is_refused(tmp_path):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), ("b", 1.0)]})
+    _, plain = run(tmp_path, scores)
+    with pytest.raises(InputError, match=r"its run record .*triplets.args.json is that of .*triplets.jsonl beside it"):
+        run(tmp_path, scores, name="triplets.jsonl.gz")
+    assert not (tmp_path / "out" / "triplets.jsonl.gz").exists()
+    run(tmp_path, scores, "--top_k", "1")  # its own record: rewritten
+    plain.unlink()
+    run(tmp_path, scores, name="triplets.jsonl.gz")  # the other gone, its record is left to nothing
