@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import logging
 import random
 import tempfile
 from array import array
@@ -37,6 +38,8 @@ import numpy as np
 from rerank_distill.errors import InputError
 from rerank_distill.formats import ScoredPair
 from rerank_distill.jsonl import dumps, finite_number, shown
+
+logger = logging.getLogger(__name__)
 
 OutputFormat = Literal["triplets", "ntuples", "listwise"]
 PositiveRule = Literal["teacher", "labels", "both"]
@@ -378,8 +381,14 @@ def write_records(
     # raised once every group is read: in a first pass over input not grouped by query, a group may be
     # only part of its query's lines, whose whole list pairs other passages (QueriesNotGrouped comes first)
     overflow: InputError | None = None
+    first_blank = None  # where the first blank query or passage text is: paired as it is, but said
     for group in groups:
         counts.update(queries=1, pairs=len(group.passages))
+        blank = {"blank_queries": int(not group.query.strip()),
+                 "blank_passages": sum(not passage.strip() for passage in group.passages)}  # fmt: skip
+        if any(blank.values()):
+            counts.update(blank)
+            first_blank = first_blank or f"{group.path or source}:{group.line}"
         group = combined_again(group)
         if len(kept := first_listings(group.passages)) < len(group.passages):
             # repeats go before the labels correct the scores, or a repeat's other label would move them
@@ -408,6 +417,10 @@ def write_records(
         counts.update(skipped)
     if overflow is not None:
         raise overflow
+    if first_blank:
+        logger.warning("%s: %d blank query texts and %d blank passages (the first in the query at %s) are paired as "
+                       "they are: clean the data if they are mistakes", source, counts["blank_queries"],
+                       counts["blank_passages"], first_blank)
     if counts["records"] == 0:
         # raised while the output is still a temporary file, so nothing that looks complete is left
         reasons = ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])

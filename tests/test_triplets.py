@@ -286,9 +286,9 @@ def test_a_gzipped_output_gives_the_same_bytes_every_time_and_names_itself_in_it
     queries = {f"q{q}": [(f"passage {q}-{p}", ((q * 7 + p * 3) % 5) / 4) for p in range(9)] for q in range(6)}
     scores = scores_file(tmp_path / "scores.jsonl", queries)
     _, plain = run(tmp_path, scores)
-    _, first = run(tmp_path, scores, name="triplets.jsonl.gz")
+    _, first = run(tmp_path / "gz", scores, name="triplets.jsonl.gz")  # (beside the plain one, a record of its own)
     packed = first.read_bytes()
-    _, second = run(tmp_path, scores, name="triplets.jsonl.gz")
+    _, second = run(tmp_path / "gz", scores, name="triplets.jsonl.gz")
 
     assert second.read_bytes() == packed and gzip.decompress(packed) == plain.read_bytes()
     # RFC 1952: no modification time (so runs a second apart agree too), and FNAME, the name, after the header
@@ -1185,3 +1185,13 @@ def test_an_output_whose_run_record_is_another_outputs_beside_it_is_refused(tmp_
     run(tmp_path, scores, "--top_k", "1")  # its own record: rewritten
     plain.unlink()
     run(tmp_path, scores, name="triplets.jsonl.gz")  # the other gone, its record is left to nothing
+
+
+def test_blank_query_and_passage_texts_are_paired_as_they_are_but_said(tmp_path, caplog):
+    scores = scores_file(tmp_path / "scores.jsonl", {"q": [("a", 2.0), (" ", 1.0)], "": [("b", 2.0), ("c", 1.0)]})
+    summary, output = run(tmp_path, scores)
+    assert summary["records"] == 2
+    assert f"{scores}: 1 blank query texts and 1 blank passages (the first in the query at {scores}:1)" in caplog.text
+    caplog.clear()
+    run(tmp_path, scores_file(tmp_path / "clean.jsonl", {"q": [("a", 2.0), ("b", 1.0)]}))
+    assert "blank" not in caplog.text
