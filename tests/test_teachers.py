@@ -31,7 +31,7 @@ from rerank_distill.teachers import (
 from rerank_distill.teachers.cross_encoder import CrossEncoderTeacher
 from rerank_distill.teachers.embedding import EmbeddingTeacher, model_prompts
 from rerank_distill.teachers.llm_judge import LabelJudge, YesNoJudge, label_probabilities
-from rerank_distill.teachers.llm_vllm import vllm_hf_overrides
+from rerank_distill.teachers.llm_vllm import logit_post_processing, vllm_hf_overrides
 from rerank_distill.toy import read_jsonl_records, write_jsonl_records
 
 QUERIES = ["how do i fix git rebase", "how do i fix git rebase", "how do i fix git rebase", "bake bread at home"]
@@ -512,6 +512,32 @@ def test_a_vllm_label_judge_answering_yes_or_no_reads_both_logits_not_their_diff
     hf = LabelJudge(str(tiny_qwen3), "hf", "Find the product", 512, 2, device="cpu", **words)
     vllm = LabelJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2, **words)
     np.testing.assert_allclose(vllm.score(QUERIES, DOCS).scores, hf.score(QUERIES, DOCS).scores, atol=1e-4)
+
+
+# vLLM's converted classifier is the output layer's rows over the last hidden state, nothing after
+# (adapters.py as_seq_cls_model, 0.33); these families soft-cap or scale their logits after it, in
+# vLLM's LogitsProcessor (gemma2.py, commandr.py, granite.py, falcon_h1.py)
+@pytest.mark.parametrize("model_type, setting", [("gemma2", "final_logit_softcapping=30.0"),
+                                                 ("cohere", "logit_scale=0.0625"),
+                                                 ("granite", "logits_scaling=8.0"),
+                                                 ("falcon_h1", "lm_head_multiplier=0.5")])
+def test_logit_post_processing_is_read_from_the_families_own_configs(model_type, setting):
+    from transformers import AutoConfig as Config
+
+    extra = {"granite": {"logits_scaling": 8.0}, "falcon_h1": {"lm_head_multiplier": 0.5}}.get(model_type, {})
+    assert logit_post_processing(Config.for_model(model_type, **extra)) == setting
+    assert logit_post_processing(Config.for_model("qwen3")) is None
+    assert logit_post_processing(Config.for_model("granite")) is None  # its default scale is 1
+
+
+def test_a_vllm_judge_whose_model_post_processes_its_logits_is_refused(tiny_qwen3, tmp_path, fake_vllm):
+    model = shutil.copytree(tiny_qwen3, tmp_path / "capped")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
+    judge = YesNoJudge(str(model), "vllm", "Find the product", 512, 2)
+    with pytest.raises(InputError, match=r"final_logit_softcapping=30.0.*--backend hf"):
+        judge.score(QUERIES, DOCS)
+    assert fake_vllm.created == []
 
 
 def test_vllm_overrides_for_label_words_keep_their_order():

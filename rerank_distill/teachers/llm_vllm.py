@@ -8,7 +8,9 @@ For yes/no this is Qwen3-Reranker's documented conversion (``hf_overrides`` with
 ``no_post_processing`` loading (documented for bge-reranker-v2-gemma): the classifier's rows are
 the label words' output-layer rows, so its outputs are the raw label logits, in word order. We
 ask for outputs without activation (``use_activation=False``): inverting a saturated sigmoid
-loses exactly the most confident pairs, and the label softmax is taken by the caller.
+loses exactly the most confident pairs, and the label softmax is taken by the caller. A model that
+soft-caps or scales its logits after the output layer (Gemma2, Cohere, Granite...) is refused: the
+converted classifier stops at the output layer's rows (logit_post_processing).
 
 Prompts are the same token ids the hf backend builds (``JudgePrompt.encode``); a query's
 documents stay contiguous so vLLM's prefix cache serves the shared system/instruction/query part.
@@ -36,6 +38,27 @@ def classifier_architecture(causal_architecture: str) -> str:
             "Use --backend hf."
         )
     return causal_architecture.removesuffix("ForCausalLM") + "ForSequenceClassification"
+
+
+# What some families do between the last hidden state and the logits, in their config (Gemma2's soft-cap,
+# Cohere's and Granite's scale, Falcon-H1's multiplier, MiniCPM's width scaling). vLLM applies them in the
+# generating model's LogitsProcessor only (vllm/model_executor/models/gemma2.py, granite.py, commandr.py,
+# falcon_h1.py, minicpm.py, 0.33); the converted classifier (adapters.py as_seq_cls_model: one
+# ReplicatedLinear over the pooled last hidden state) projects onto the output-layer rows and stops there.
+def logit_post_processing(config) -> str | None:
+    """The config setting by which this model's logits are more than its output layer's rows times
+    the last hidden state (``None`` if there is none): vLLM's converted classifier would skip it."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        return f"final_logit_softcapping={cap}"
+    for key in ("logit_scale", "logits_scaling", "lm_head_multiplier"):
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and value != 1:
+            return f"{key}={value}"
+    base, hidden = getattr(config, "dim_model_base", None), getattr(config, "hidden_size", None)
+    if isinstance(base, (int, float)) and isinstance(hidden, (int, float)) and base != hidden:
+        return f"dim_model_base={base} (its logits are divided by hidden_size / dim_model_base)"
+    return None
 
 
 def vllm_hf_overrides(answer_words: list[str], causal_architecture: str = "Qwen3ForCausalLM",
@@ -94,7 +117,17 @@ class VllmJudge:
         from vllm import LLM, PoolingParams
 
         self.prompt = prompt
-        architecture = (AutoConfig.from_pretrained(model_path).architectures or ["Qwen3ForCausalLM"])[0]
+        config = AutoConfig.from_pretrained(model_path)
+        architecture = (config.architectures or ["Qwen3ForCausalLM"])[0]
+        post_processing = logit_post_processing(config)
+        if post_processing:
+            from rerank_distill.errors import InputError
+
+            raise InputError(
+                f"{model_path} post-processes its logits ({post_processing}), which vLLM's classifier conversion "
+                "skips: its outputs would not be the answer words' logits. Use --backend hf (it applies the model's "
+                "own output step)."
+            )
         self.llm = LLM(
             model=model_path,
             runner="pooling",
