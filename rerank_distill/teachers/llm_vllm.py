@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from rerank_distill.errors import InputError
 from rerank_distill.prompts import JudgePrompt
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 def classifier_architecture(causal_architecture: str) -> str:
     """vLLM's sequence-classifier form of a causal LM (``Qwen3ForCausalLM`` -> ``Qwen3ForSequenceClassification``)."""
-    from rerank_distill.errors import InputError
-
     if not causal_architecture.endswith("ForCausalLM"):
         raise InputError(
             f"--backend vllm turns *ForCausalLM judges into classifiers; this model is {causal_architecture}. "
@@ -121,8 +120,6 @@ class VllmJudge:
         architecture = (config.architectures or ["Qwen3ForCausalLM"])[0]
         post_processing = logit_post_processing(config)
         if post_processing:
-            from rerank_distill.errors import InputError
-
             raise InputError(
                 f"{model_path} post-processes its logits ({post_processing}), which vLLM's classifier conversion "
                 "skips: its outputs would not be the answer words' logits. Use --backend hf (it applies the model's "
