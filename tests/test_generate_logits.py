@@ -162,7 +162,7 @@ def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(t
     caplog.set_level(logging.WARNING)
     with pytest.raises(teacher_never_loads):  # the warning comes first: scoring goes on, evaluation would refuse
         generate_logits.main(["--model_path", "m", "--input_path", str(source), "--output_dir", str(tmp_path / "o")])
-    assert f"2 pairs have a grade below 0 (the first at {source}:1)" in caplog.text
+    assert f"2 pairs have a grade below 0 (the first at {source}:2)" in caplog.text
 
 
 def test_end_to_end_writes_one_line_per_pair_with_label(tiny_qwen3, ranking_file, tmp_path):
