@@ -388,6 +388,29 @@ def check_resumed_selection(checkpoint: str, training) -> None:
                       if key in recorded and recorded[key] != getattr(training, key)])
 
 
+def held_out_record(held_out: list[str]) -> dict:
+    """What args.json keeps of the training queries held out for checkpoint selection: their number
+    and a digest of their texts (in any order), for check_resumed_hold_out."""
+    digest = hashlib.blake2b(digest_size=16)
+    for query in sorted(held_out):
+        digest.update(query.encode() + b"\0")
+    return {"count": len(held_out), "digest": digest.hexdigest()}
+
+
+def check_resumed_hold_out(checkpoint: str, held_out: list[str]) -> None:
+    """InputError where a resumed run would hold out other training queries (``held_out``) than the
+    run it continues (its args.json beside ``checkpoint``): evaluation turned off (--eval_strategy no,
+    --save_strategy no) or on (evaluation flags, early stopping) changes them where the data and
+    --eval_share do not, and the model would train on queries the other half held out and ranked."""
+    record = read_run_args(Path(checkpoint).parent / "args.json")
+    recorded = (record or {}).get("resolved", {}).get("held_out_queries")  # (not in older records)
+    if recorded is None or recorded["digest"] == held_out_record(held_out)["digest"]:
+        return
+    refuse_differing(str(Path(checkpoint).parent), [
+        f"the training queries held out for checkpoint selection ({recorded['count']} then, {len(held_out)} now: "
+        "evaluation flags, --save_strategy and --early_stopping_patience decide whether any are)"])
+
+
 def refuse_differing(run_dir: str, differs: list[str]) -> None:
     """InputError naming the settings (``differs``) in which a resumed run differs from the run in ``run_dir``."""
     if differs:

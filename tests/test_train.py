@@ -1987,6 +1987,26 @@ def test_a_resume_that_would_pick_the_best_checkpoint_by_another_metric_is_refus
                      "last", "--metric_for_best_model", "eval_selection_map")["steps"] == 3  # the same one, named
 
 
+# (--eval_strategy no trains on every query: the one run trained on queries the other held out and ranked)
+@pytest.mark.parametrize("evaluated_first", [True, False])
+def test_a_resume_that_would_hold_out_other_training_queries_is_refused(tiny_cross_encoder, triplets_file, scores_file,
+                                                                         tmp_path, trained_queries, evaluated_first):
+    out = tmp_path / "out"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--eval_steps", "1"]
+    not_evaluated = ["--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1"]
+    first = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags,
+                      *([] if evaluated_first else not_evaluated))
+    trained = set(trained_queries)
+    with pytest.raises(InputError, match=r"differing: the training queries held out for checkpoint selection "
+                                         rf"\({len(first['held_out_queries'])} then, \d+ now"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                  "last", *(not_evaluated if evaluated_first else []))
+    assert trained_queries == trained  # refused before a step
+    resumed = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                        "last", *([] if evaluated_first else not_evaluated))
+    assert (resumed["steps"], resumed["held_out_queries"]) == (3, first["held_out_queries"])
+
+
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
     from rerank_distill.run_folder import RESUME_MAY_CHANGE
 
