@@ -132,7 +132,8 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     Trainer would rotate its own away in their place, and "resume from the newest" would pick one
     of theirs; nor with its final model, which would pass for this run's until this one ends. So
     they stop it (InputError), unless ``overwrite`` (--overwrite_output_dir: the caller deletes
-    them with clear_earlier_outputs once its input has passed its checks)."""
+    them with clear_earlier_outputs once its input has passed its checks). Nor may a checkpoint of
+    another folder continue into one: there, output_dir must be one a fresh run could take."""
     if value is not None and overwrite:
         raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
     if value is None:  # a fresh run; --overwrite_output_dir deletes what an earlier one left
@@ -154,6 +155,9 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if not state_saved(value):
         raise InputError(f"--resume_from_checkpoint {value}: its trainer_state.json is cut short (the run stopped while "
                          "saving it): pass 'last' to set it aside and resume from the newest whole one")
+    if Path(value).resolve().parent != Path(output_dir).resolve():  # continued into another folder: as a fresh run's
+        refuse_earlier_run(output_dir)
+        refuse_foreign_files(output_dir)
     return value
 
 

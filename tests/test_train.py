@@ -1787,6 +1787,28 @@ def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_lef
     assert (project / "README.md").read_text() == "my project"
 
 
+def test_a_checkpoint_continued_into_another_folder_is_refused_where_that_folder_holds_files_of_its_own(
+        tiny_cross_encoder, triplets_file, tmp_path):
+    flags = ["--max_steps", "2", "--eval_strategy", "no", "--save_steps", "1"]
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "run", *flags)
+    checkpoint = str(tmp_path / "run" / "checkpoint-1")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    with pytest.raises(InputError, match=r"project holds files that are not a training run's \(README.md\)"):
+        run_train(tiny_cross_encoder, triplets_file, project, *flags, "--resume_from_checkpoint", checkpoint)
+    assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+    assert (project / "README.md").read_text() == "my project"
+    # another run's folder: its checkpoints would be taken for this one's (rotated, resumed from)
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "other", *flags, "--learning_rate", "5e-4")
+    with pytest.raises(InputError, match=r"other holds checkpoints of an earlier run"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "other", *flags, "--resume_from_checkpoint", checkpoint)
+    # a new folder takes it
+    summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "new", *flags, "--resume_from_checkpoint",
+                        checkpoint)
+    assert (summary["resumed_from_step"], summary["steps"]) == (1, 2)
+
+
 def test_another_torchrun_processs_files_being_written_in_the_output_dir_are_no_foreign_files(tmp_path):
     from rerank_distill.jsonl import AtomicWriter, is_unfinished_write
     from rerank_distill.run_folder import refuse_foreign_files
