@@ -40,10 +40,12 @@ from rerank_distill.replicas import stop_with_launcher
 from rerank_distill.run_folder import (
     PATH_SETTINGS,
     SUMMARY_FILE,
+    check_resumed_hold_out,
     check_resumed_selection,
     claim_output_dir,
     clear_earlier_outputs,
     end_reached,
+    held_out_record,
     path_identity,
     prepare_resume,
     resume_hint,
@@ -210,6 +212,8 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     if evaluate and training.save_strategy == "no" and script.selection_metric == "auto" and not must_evaluate:
         evaluate = False  # no checkpoint to pick from: queries held out would only be lost to training
     kind, selection = load_training_data(script, training, evaluate, must_evaluate)
+    if resume is not None:  # (a query held out by one half of the run, trained on by the other)
+        check_resumed_hold_out(resume, selection.held_out)
     if training.eval_strategy != "no" and selection.metric == "last":
         if unread := [f"--{name}" for name in TRAINER_EVALUATION_FLAGS if name in passed]:
             logger.warning("%s %s not read: best checkpoint %s", ", ".join(unread), "are" if unread[1:] else "is",
@@ -251,6 +255,7 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         write_run_args(Path(training.output_dir) / "args.json", command_line(__file__, argv), script=script,
                        training=training, data=digests,
                        resolved={"processes": training.world_size,
+                                 "held_out_queries": held_out_record(selection.held_out),
                                  "paths": {key: path_identity(getattr(script, key)) for key in PATH_SETTINGS}})
 
     start_step = resumed.global_step if resumed else 0

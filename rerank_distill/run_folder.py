@@ -132,7 +132,8 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     Trainer would rotate its own away in their place, and "resume from the newest" would pick one
     of theirs; nor with its final model, which would pass for this run's until this one ends. So
     they stop it (InputError), unless ``overwrite`` (--overwrite_output_dir: the caller deletes
-    them with clear_earlier_outputs once its input has passed its checks)."""
+    them with clear_earlier_outputs once its input has passed its checks). Nor may a checkpoint of
+    another folder continue into one: there, output_dir must be one a fresh run could take."""
     if value is not None and overwrite:
         raise InputError("--overwrite_output_dir starts over and --resume_from_checkpoint continues: pass one of them")
     if value is None:  # a fresh run; --overwrite_output_dir deletes what an earlier one left
@@ -154,6 +155,9 @@ def resolve_checkpoint(value: str | None, output_dir: str, overwrite: bool = Fal
     if not state_saved(value):
         raise InputError(f"--resume_from_checkpoint {value}: its trainer_state.json is cut short (the run stopped while "
                          "saving it): pass 'last' to set it aside and resume from the newest whole one")
+    if Path(value).resolve().parent != Path(output_dir).resolve():  # continued into another folder: as a fresh run's
+        refuse_earlier_run(output_dir)
+        refuse_foreign_files(output_dir)
     return value
 
 
@@ -386,6 +390,29 @@ def check_resumed_selection(checkpoint: str, training) -> None:
     refuse_differing(str(Path(checkpoint).parent),
                      [f"--{key}" for key in ("metric_for_best_model", "greater_is_better")
                       if key in recorded and recorded[key] != getattr(training, key)])
+
+
+def held_out_record(held_out: list[str]) -> dict:
+    """What args.json keeps of the training queries held out for checkpoint selection: their number
+    and a digest of their texts (in any order), for check_resumed_hold_out."""
+    digest = hashlib.blake2b(digest_size=16)
+    for query in sorted(held_out):
+        digest.update(query.encode() + b"\0")
+    return {"count": len(held_out), "digest": digest.hexdigest()}
+
+
+def check_resumed_hold_out(checkpoint: str, held_out: list[str]) -> None:
+    """InputError where a resumed run would hold out other training queries (``held_out``) than the
+    run it continues (its args.json beside ``checkpoint``): evaluation turned off (--eval_strategy no,
+    --save_strategy no) or on (evaluation flags, early stopping) changes them where the data and
+    --eval_share do not, and the model would train on queries the other half held out and ranked."""
+    record = read_run_args(Path(checkpoint).parent / "args.json")
+    recorded = (record or {}).get("resolved", {}).get("held_out_queries")  # (not in older records)
+    if recorded is None or recorded["digest"] == held_out_record(held_out)["digest"]:
+        return
+    refuse_differing(str(Path(checkpoint).parent), [
+        f"the training queries held out for checkpoint selection ({recorded['count']} then, {len(held_out)} now: "
+        "evaluation flags, --save_strategy and --early_stopping_patience decide whether any are)"])
 
 
 def refuse_differing(run_dir: str, differs: list[str]) -> None:

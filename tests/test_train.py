@@ -1787,6 +1787,28 @@ def test_a_folder_of_files_no_training_run_made_is_refused_as_output_dir_and_lef
     assert (project / "README.md").read_text() == "my project"
 
 
+def test_a_checkpoint_continued_into_another_folder_is_refused_where_that_folder_holds_files_of_its_own(
+        tiny_cross_encoder, triplets_file, tmp_path):
+    flags = ["--max_steps", "2", "--eval_strategy", "no", "--save_steps", "1"]
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "run", *flags)
+    checkpoint = str(tmp_path / "run" / "checkpoint-1")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    with pytest.raises(InputError, match=r"project holds files that are not a training run's \(README.md\)"):
+        run_train(tiny_cross_encoder, triplets_file, project, *flags, "--resume_from_checkpoint", checkpoint)
+    assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+    assert (project / "README.md").read_text() == "my project"
+    # another run's folder: its checkpoints would be taken for this one's (rotated, resumed from)
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "other", *flags, "--learning_rate", "5e-4")
+    with pytest.raises(InputError, match=r"other holds checkpoints of an earlier run"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "other", *flags, "--resume_from_checkpoint", checkpoint)
+    # a new folder takes it
+    summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "new", *flags, "--resume_from_checkpoint",
+                        checkpoint)
+    assert (summary["resumed_from_step"], summary["steps"]) == (1, 2)
+
+
 def test_another_torchrun_processs_files_being_written_in_the_output_dir_are_no_foreign_files(tmp_path):
     from rerank_distill.jsonl import AtomicWriter, is_unfinished_write
     from rerank_distill.run_folder import refuse_foreign_files
@@ -1985,6 +2007,26 @@ def test_a_resume_that_would_pick_the_best_checkpoint_by_another_metric_is_refus
                   "last", *other)
     assert run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
                      "last", "--metric_for_best_model", "eval_selection_map")["steps"] == 3  # the same one, named
+
+
+# (--eval_strategy no trains on every query: the one run trained on queries the other held out and ranked)
+@pytest.mark.parametrize("evaluated_first", [True, False])
+def test_a_resume_that_would_hold_out_other_training_queries_is_refused(tiny_cross_encoder, triplets_file, scores_file,
+                                                                         tmp_path, trained_queries, evaluated_first):
+    out = tmp_path / "out"
+    flags = ["--selection_data", str(scores_file), "--eval_share", "0.4", "--eval_steps", "1"]
+    not_evaluated = ["--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1"]
+    first = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "2", *flags,
+                      *([] if evaluated_first else not_evaluated))
+    trained = set(trained_queries)
+    with pytest.raises(InputError, match=r"differing: the training queries held out for checkpoint selection "
+                                         rf"\({len(first['held_out_queries'])} then, \d+ now"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                  "last", *(not_evaluated if evaluated_first else []))
+    assert trained_queries == trained  # refused before a step
+    resumed = run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "3", *flags, "--resume_from_checkpoint",
+                        "last", *([] if evaluated_first else not_evaluated))
+    assert (resumed["steps"], resumed["held_out_queries"]) == (3, first["held_out_queries"])
 
 
 def test_the_flags_a_resume_may_change_are_train_flags_and_every_other_one_must_match():
