@@ -496,6 +496,20 @@ def fake_vllm(monkeypatch):
     return FakeVllm
 
 
+def test_a_request_vllm_failed_stops_the_run_with_its_error_rather_than_a_shape_error(tiny_qwen3, fake_vllm,
+                                                                                     monkeypatch):
+    classify = FakeVllm.classify
+
+    def classify_failing_the_second(self, prompts, pooling_params, use_tqdm):
+        outputs = classify(self, prompts, pooling_params, use_tqdm)
+        outputs[1] = types.SimpleNamespace(outputs=types.SimpleNamespace(probs=[]), error="RequestError(code='x')")
+        return outputs
+
+    monkeypatch.setattr(FakeVllm, "classify", classify_failing_the_second)
+    with pytest.raises(RuntimeError, match=r"vLLM could not score a prompt of this chunk \(RequestError\(code='x'\)\)"):
+        YesNoJudge(str(tiny_qwen3), "vllm", "Find the product", 512, 2).score(QUERIES, DOCS)
+
+
 # the label judge's logits in word order; the yes/no judge's one output of vLLM's from_2_way_softmax
 # row W[yes] - W[no]: logit(yes) - logit(no), the sign included
 @pytest.mark.parametrize("judge", [LabelJudge, YesNoJudge])

@@ -141,6 +141,10 @@ class VllmJudge:
     def _classify(self, queries: list[str], passages: list[str], progress: Callable[[int], None]) -> tuple[np.ndarray, int]:
         prompt_ids, truncated = self.prompt.encode(queries, passages)
         outputs = self.llm.classify(token_prompts(prompt_ids), pooling_params=self.params, use_tqdm=False)
+        # a request vLLM failed comes back with its error and no outputs (vllm/outputs.py, 0.33)
+        if failed := next((output.error for output in outputs if getattr(output, "error", None) is not None), None):
+            raise RuntimeError(f"vLLM could not score a prompt of this chunk ({failed}); rerun the command to continue "
+                               "from the last chunk written")
         progress(len(prompt_ids))
         return np.array([output.outputs.probs for output in outputs], dtype=np.float64), truncated
 
