@@ -364,7 +364,8 @@ def source_stem(source: str) -> str:
     folder_split = _folder_and_split(source)
     if folder_split:
         folder, split = folder_split
-        return os.path.basename(os.path.normpath(folder)) + (f"_{split}" if split else "")
+        # its absolute path's name: "." or ".." would name a hidden file (._test_scores.jsonl), not DIR's name
+        return os.path.basename(os.path.abspath(folder)) + (f"_{split}" if split else "")
     if os.path.exists(source) or not _looks_like_hub_dataset(source):
         name = os.path.basename(source)
         for suffix in (".gz", ".jsonl", ".json", *FILE_READERS):

@@ -448,6 +448,15 @@ def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
     assert source_stem(str(dataset_folder)) == "so-reranking"
 
 
+def test_a_data_set_folder_given_as_dot_or_dot_dot_is_named_by_its_own_name_not_a_hidden_one(dataset_folder,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(dataset_folder / "data")
+    assert source_stem("..:test") == source_stem(f"{dataset_folder}:test") == "so-reranking_test"
+    monkeypatch.chdir(dataset_folder)
+    assert source_stem(".:test") == "so-reranking_test"
+    assert source_stem("./") == "so-reranking"
+
+
 def test_hidden_files_in_a_data_set_folder_are_not_data(tmp_path):
     folder = tmp_path / "copied"
     folder.mkdir()
