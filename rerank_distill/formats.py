@@ -271,10 +271,13 @@ def resolve_split(folder: str, split: str | None, by_split: dict[str, list[str]]
 
 
 def _split_named_by(folder: str, file_name: str) -> str:
-    """A data file's split: its name's first word (``train``.jsonl.gz, ``test``-00000-of-00001.parquet),
-    or, for a zero-padded numbered file (``0000.parquet``, as the hub's Parquet conversion names them), its
-    folder's name."""
-    first_word = re.split(r"[-.]", file_name, maxsplit=1)[0]
+    """A data file's split: its name up to a ``-`` or its data suffix (``train``.jsonl.gz,
+    ``test``-00000-of-00001.parquet; a split's name may hold dots, as ``datasets`` allows:
+    ``test.clean``-00000-of-00001.parquet is not ``test``), or, for a zero-padded numbered file
+    (``0000.parquet``, as the hub's Parquet conversion names them), its folder's name."""
+    first_word = file_name.split("-", 1)[0]
+    first_word = next((first_word[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES if first_word.endswith(suffix)),
+                      first_word)
     numbered = first_word.isdigit() and first_word.startswith("0")  # 0000, 0001, ...; not 2023.jsonl
     return os.path.basename(folder) if numbered else first_word
 
