@@ -24,9 +24,10 @@ DATASET="${DATASET:-data/test.jsonl.gz}"
 # generate_logits.sh's SCORES_DIR ({name}_scores.jsonl), where it exists; set empty (TEACHER_SCORES=)
 # to leave the teacher out
 teacher_scores_given="${TEACHER_SCORES+yes}"
-# (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test)
-dataset_name="$("$python" -c 'import sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
-from rerank_distill.formats import source_stem; print(source_stem(sys.argv[2]))' "$here" "$DATASET")"
+# (the name stage 1 gave its output: data/test.jsonl.gz -> test, DIR:test -> {DIR's name}_test, NAME:test -> ..._test;
+# a leading ~ is the home folder there, as the stages read it where the shell left it alone: DATASET="~/so:test")
+dataset_name="$("$python" -c 'import os, sys; sys.path.insert(0, sys.argv[1])  # (PYTHONPATH would split a ":" in it)
+from rerank_distill.formats import source_stem; print(source_stem(os.path.expanduser(sys.argv[2])))' "$here" "$DATASET")"
 TEACHER_SCORES="${TEACHER_SCORES-${SCORES_DIR:-output/scores}/${dataset_name}_scores.jsonl}"
 # Where the JSON report goes (the run's arguments are written beside it as evaluation.args.json)
 REPORT="${REPORT:-output/evaluation.json}"
@@ -61,7 +62,7 @@ if [[ "$teacher_scores_flag" == "true" ]]; then
 elif [[ "$dataset_flag" == "true" && -z "$teacher_scores_given" ]]; then
     echo "evaluation.sh: --dataset_path on the command line: the default TEACHER_SCORES (of $DATASET) are left out;" \
          "pass --teacher_scores with stage 1's scores of that data to report the teacher" >&2
-elif [[ -n "$TEACHER_SCORES" && ( -e "$TEACHER_SCORES" || -n "$teacher_scores_given" ) ]]; then
+elif [[ -n "$TEACHER_SCORES" && ( -e "${TEACHER_SCORES/#\~\//$HOME/}" || -n "$teacher_scores_given" ) ]]; then
     optional+=(--teacher_scores "$TEACHER_SCORES")  # one you set goes to evaluation.py, which checks it
 elif [[ -n "$TEACHER_SCORES" ]]; then
     echo "evaluation.sh: no teacher scores at $TEACHER_SCORES (the default), so the report leaves the teacher out;" \

@@ -271,10 +271,13 @@ def resolve_split(folder: str, split: str | None, by_split: dict[str, list[str]]
 
 
 def _split_named_by(folder: str, file_name: str) -> str:
-    """A data file's split: its name's first word (``train``.jsonl.gz, ``test``-00000-of-00001.parquet),
-    or, for a zero-padded numbered file (``0000.parquet``, as the hub's Parquet conversion names them), its
-    folder's name."""
-    first_word = re.split(r"[-.]", file_name, maxsplit=1)[0]
+    """A data file's split: its name up to a ``-`` or its data suffix (``train``.jsonl.gz,
+    ``test``-00000-of-00001.parquet; a split's name may hold dots, as ``datasets`` allows:
+    ``test.clean``-00000-of-00001.parquet is not ``test``), or, for a zero-padded numbered file
+    (``0000.parquet``, as the hub's Parquet conversion names them), its folder's name."""
+    first_word = file_name.split("-", 1)[0]
+    first_word = next((first_word[: -len(suffix)] for suffix in DATA_FILE_SUFFIXES if first_word.endswith(suffix)),
+                      first_word)
     numbered = first_word.isdigit() and first_word.startswith("0")  # 0000, 0001, ...; not 2023.jsonl
     return os.path.basename(folder) if numbered else first_word
 
@@ -364,7 +367,8 @@ def source_stem(source: str) -> str:
     folder_split = _folder_and_split(source)
     if folder_split:
         folder, split = folder_split
-        return os.path.basename(os.path.normpath(folder)) + (f"_{split}" if split else "")
+        # its absolute path's name: "." or ".." would name a hidden file (._test_scores.jsonl), not DIR's name
+        return os.path.basename(os.path.abspath(folder)) + (f"_{split}" if split else "")
     if os.path.exists(source) or not _looks_like_hub_dataset(source):
         name = os.path.basename(source)
         for suffix in (".gz", ".jsonl", ".json", *FILE_READERS):

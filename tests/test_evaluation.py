@@ -423,6 +423,21 @@ def test_launcher_names_a_folder_splits_scores_as_stage_1_does(tiny_cross_encode
     assert json.loads((tmp_path / "e.json").read_text())["teacher"]["map"] == 1.0
 
 
+def test_launcher_finds_the_teachers_scores_of_a_dataset_and_scores_folder_written_with_a_leading_tilde(
+        tiny_cross_encoder, ranking_file, tmp_path):
+    (tmp_path / "so").mkdir()
+    (tmp_path / "so" / "test.jsonl").write_bytes(ranking_file.read_bytes())
+    write_teacher_scores(tmp_path / "scores" / "so_test_scores.jsonl", records_of(ranking_file), positive=5.0,
+                         negative=-5.0)  # stage 1's name for ~/so:test's scores, which it reads as $HOME/so:test
+    # quoted, as in a launcher variable, the shell leaves the ~ alone; the stages read it as the home folder
+    env = {**os.environ, "HOME": str(tmp_path), "STUDENT": str(tiny_cross_encoder), "MODEL_AFTER": "",
+           "DATASET": "~/so:test", "SCORES_DIR": "~/scores", "REPORT": str(tmp_path / "e.json"),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "evaluation.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "no teacher scores at" not in done.stderr, done.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["teacher"]["map"] == 1.0
+
+
 def test_launcher_evaluates_one_model_when_model_after_is_set_empty(tiny_cross_encoder, ranking_file, tmp_path):
     output = tmp_path / "evaluation.json"
     env = {**os.environ, "MODEL_BEFORE": str(tiny_cross_encoder), "MODEL_AFTER": "", "DATASET": str(ranking_file),

@@ -448,6 +448,15 @@ def test_a_data_set_folder_needs_a_split_it_has(dataset_folder):
     assert source_stem(str(dataset_folder)) == "so-reranking"
 
 
+def test_a_data_set_folder_given_as_dot_or_dot_dot_is_named_by_its_own_name_not_a_hidden_one(dataset_folder,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(dataset_folder / "data")
+    assert source_stem("..:test") == source_stem(f"{dataset_folder}:test") == "so-reranking_test"
+    monkeypatch.chdir(dataset_folder)
+    assert source_stem(".:test") == "so-reranking_test"
+    assert source_stem("./") == "so-reranking"
+
+
 def test_hidden_files_in_a_data_set_folder_are_not_data(tmp_path):
     folder = tmp_path / "copied"
     folder.mkdir()
@@ -501,6 +510,18 @@ def test_a_broken_line_of_a_save_to_disk_folder_names_the_arrow_file_and_row(tmp
     Dataset.from_list([*FOLDER_TRAIN, {"query": None, "positive": ["x"], "negative": ["y"]}]).save_to_disk(tmp_path / "one")
     with pytest.raises(InputError, match=r"data-00000-of-00001\.arrow:3: .*\"query\""):
         as_tuples(tmp_path / "one")
+
+
+def test_a_split_whose_name_holds_a_dot_is_its_own_not_mixed_into_the_split_named_by_its_first_word(tmp_path):
+    """push_to_hub names a split test.clean's files data/test.clean-00000-of-00001.parquet."""
+    folder = tmp_path / "speech"
+    (folder / "data").mkdir(parents=True)
+    for split, rows in (("test.clean", FOLDER_TEST), ("test.other", FOLDER_TRAIN)):
+        write_parquet(folder / "data" / f"{split}-00000-of-00001.parquet", {key: [r[key] for r in rows] for key in rows[0]})
+    write_jsonl_records(folder / "test.jsonl", FOLDER_TEST[:1])
+    assert as_tuples(f"{folder}:test.clean") == [("q3", ["e", "f", "g"], [1.0, 0.0, 0.0])]
+    assert [q for q, _, _ in as_tuples(f"{folder}:test.other")] == ["q1", "q2"]
+    assert [q for q, _, _ in as_tuples(f"{folder}:test")] == ["q3"]  # test.jsonl alone
 
 
 def test_files_named_by_year_are_splits_of_their_own_not_numbered_parts(tmp_path):
