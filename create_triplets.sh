@@ -87,8 +87,9 @@ fi
 input_args=(--input_path "$SCORES")
 if [[ "$inputs_given" == "true" ]]; then
     input_args=()
-elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "$PASSAGES_AS_QUERIES_SCORES" ]]; then
-    if [[ "$PASSAGES_AS_QUERIES_SCORES" -ot "$SCORES" ]]; then
+# (a leading ~ left by the shell, SCORES="~/out/...", is the home folder, as the stages read it)
+elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "${PASSAGES_AS_QUERIES_SCORES/#\~\//$HOME/}" ]]; then
+    if [[ "${PASSAGES_AS_QUERIES_SCORES/#\~\//$HOME/}" -ot "${SCORES/#\~\//$HOME/}" ]]; then
         # stage 1 writes them after SCORES in one run: older, they were left by a run on other data or settings
         echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES, older than $SCORES (left by an earlier" \
              "stage 1 run?); score them again with PASSAGES_AS_QUERIES, or touch the file to use it" >&2

@@ -122,7 +122,7 @@ if [[ -n "$temperature_given" || "$loss" == "listwise_kl" ]]; then
 fi
 if [[ "$selection_data_flag" == "true" ]]; then
     :  # the command line's --selection_data is train.py's to check
-elif [[ -n "$SELECTION_DATA" && ( -e "$SELECTION_DATA" || -n "$selection_data_given" ) ]]; then
+elif [[ -n "$SELECTION_DATA" && ( -e "${SELECTION_DATA/#\~\//$HOME/}" || -n "$selection_data_given" ) ]]; then
     args+=(--selection_data "$SELECTION_DATA")  # one you set goes to train.py, which checks it (a file, DIR:SPLIT, a hub id)
 elif [[ -n "$SELECTION_DATA" ]]; then
     echo "train.sh: the default SELECTION_DATA $SELECTION_DATA does not exist, so checkpoints are picked without" \

@@ -1419,6 +1419,10 @@ def test_the_launchers_score_passages_as_queries_for_the_first_input_and_stage_2
     queries = {json.loads(line)["query"] for line in records.read_text().splitlines()}
     derived = {json.loads(line)["query"] for line in (scores / "train_passages_as_queries_scores.jsonl").open()}
     assert derived <= queries and len(queries) > len(derived)
+    # a SCORES_DIR written with a ~ the shell left alone, as the stages read it: the home folder
+    done = launch("create_triplets.sh", env={**env, "HOME": str(tmp_path), "SCORES_DIR": "~/scores"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "adding the passages-as-queries lists of ~/scores/train_passages_as_queries_scores.jsonl" in done.stderr
     # options that need gold labels on every line leave the unlabelled lists out
     done = launch("create_triplets.sh", "--label_margin", "1", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
