@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import random
 import tempfile
 from array import array
