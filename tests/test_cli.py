@@ -300,6 +300,21 @@ def test_the_demo_reads_a_relative_demo_dir_and_python_from_the_folder_it_is_run
     assert done.stdout.endswith(f"demo finished: {tmp_path / 'my-demo' / 'evaluation.json'}\n")
 
 
+@pytest.mark.parametrize("name", ["create_triplets", "train", "evaluation"])
+def test_a_launcher_runs_where_home_is_not_set(name, tmp_path):
+    # (env -i, a systemd service without User=): reading a leading ~ as the home folder stopped the launcher
+    # under set -u with "HOME: unbound variable"; bash's ~, as Python's expanduser, reads the password database
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+                           f'printf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "command"))}\n')
+    fake_python.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key != "HOME"}
+    env.update(PYTHON=str(fake_python), HF_HUB_OFFLINE="1")
+    done = subprocess.run(["bash", str(REPO / f"{name}.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "command").read_text().splitlines()[0] == str(REPO / f"{name}.py")
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
     # a link in another folder to a relative link to the launcher: dirname "$0" alone named the links' folder
