@@ -83,13 +83,14 @@ fi
 if [[ "$positives" != "teacher" ]]; then
     needs_labels=true
 fi
+home=~  # a leading ~'s folder: $HOME, or where it is not set (env -i) the password database's, as Python reads it
 # --input_path on the command line replaces SCORES and its passages-as-queries lists
 input_args=(--input_path "$SCORES")
 if [[ "$inputs_given" == "true" ]]; then
     input_args=()
 # (a leading ~ left by the shell, SCORES="~/out/...", is the home folder, as the stages read it)
-elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "${PASSAGES_AS_QUERIES_SCORES/#\~\//$HOME/}" ]]; then
-    if [[ "${PASSAGES_AS_QUERIES_SCORES/#\~\//$HOME/}" -ot "${SCORES/#\~\//$HOME/}" ]]; then
+elif [[ -n "$PASSAGES_AS_QUERIES_SCORES" && -e "${PASSAGES_AS_QUERIES_SCORES/#\~\//$home/}" ]]; then
+    if [[ "${PASSAGES_AS_QUERIES_SCORES/#\~\//$home/}" -ot "${SCORES/#\~\//$home/}" ]]; then
         # stage 1 writes them after SCORES in one run: older, they were left by a run on other data or settings
         echo "create_triplets.sh: leaving out $PASSAGES_AS_QUERIES_SCORES, older than $SCORES (left by an earlier" \
              "stage 1 run?); score them again with PASSAGES_AS_QUERIES, or touch the file to use it" >&2

@@ -11,6 +11,16 @@ set -euo pipefail
 python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 # This file's folder, through any symlink to it (Python's realpath: macOS's readlink has no -f)
 here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys.argv[1])))' "$0")"
+# DEMO_DIR and PYTHON given relative to the folder the demo is run in, which the cd below leaves
+if [[ -n "${DEMO_DIR:-}" && "$DEMO_DIR" != /* && "$DEMO_DIR" != "~"* ]]; then
+    DEMO_DIR="$PWD/$DEMO_DIR"
+fi
+if [[ "$python" == */* && "$python" != /* ]]; then
+    python="$PWD/$python"
+fi
+if [[ -n "${PYTHON:-}" ]]; then
+    export PYTHON="$python"  # (the stages' launchers read it too)
+fi
 cd "$here"
 # The same demo wherever it runs: launcher settings a shell has exported (LOSS, FORMAT, NUM_GPUS, ...) would
 # flow into its stages, so they are dropped here; PYTHON and DEMO_DIR stay

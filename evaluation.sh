@@ -57,12 +57,13 @@ fi
 if [[ -n "$MAX_LENGTH" ]]; then
     optional+=(--max_length "$MAX_LENGTH")
 fi
+home=~  # a leading ~'s folder: $HOME, or where it is not set (env -i) the password database's, as Python reads it
 if [[ "$teacher_scores_flag" == "true" ]]; then
     :  # the command line's --teacher_scores is evaluation.py's to check
 elif [[ "$dataset_flag" == "true" && -z "$teacher_scores_given" ]]; then
     echo "evaluation.sh: --dataset_path on the command line: the default TEACHER_SCORES (of $DATASET) are left out;" \
          "pass --teacher_scores with stage 1's scores of that data to report the teacher" >&2
-elif [[ -n "$TEACHER_SCORES" && ( -e "${TEACHER_SCORES/#\~\//$HOME/}" || -n "$teacher_scores_given" ) ]]; then
+elif [[ -n "$TEACHER_SCORES" && ( -e "${TEACHER_SCORES/#\~\//$home/}" || -n "$teacher_scores_given" ) ]]; then
     optional+=(--teacher_scores "$TEACHER_SCORES")  # one you set goes to evaluation.py, which checks it
 elif [[ -n "$TEACHER_SCORES" ]]; then
     echo "evaluation.sh: no teacher scores at $TEACHER_SCORES (the default), so the report leaves the teacher out;" \

@@ -45,9 +45,11 @@ HUB="${HUB:-huggingface}"
 # 30 candidates would make it about 30x), so it is off by default.
 PASSAGES_AS_QUERIES="${PASSAGES_AS_QUERIES:-0}"
 
-read -r -a input_paths <<< "$INPUTS"
-read -r -a model_paths <<< "$TEACHER"
-read -r -a teacher_types <<< "$TEACHER_TYPE"
+# (words split at spaces, tabs and newlines: INPUTS="$(ls data/*.jsonl)" or a list over several lines; read stops at
+# the first line without -d '', and with it returns 1 at the end of its input, hence || true)
+read -r -d '' -a input_paths <<< "$INPUTS" || true
+read -r -d '' -a model_paths <<< "$TEACHER" || true
+read -r -d '' -a teacher_types <<< "$TEACHER_TYPE" || true
 # The script adds repeated --model_path/--teacher_type flags together (several teachers), so one
 # given on this command line replaces TEACHER/TEACHER_TYPE instead of adding a teacher to them.
 # (an array that may be empty is expanded as ${a[@]+"${a[@]}"}: a bare "${a[@]}" of an empty one stops

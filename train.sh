@@ -120,9 +120,10 @@ fi
 if [[ -n "$temperature_given" || "$loss" == "listwise_kl" ]]; then
     args+=(--teacher_temperature "$TEACHER_TEMPERATURE")
 fi
+home=~  # a leading ~'s folder: $HOME, or where it is not set (env -i) the password database's, as Python reads it
 if [[ "$selection_data_flag" == "true" ]]; then
     :  # the command line's --selection_data is train.py's to check
-elif [[ -n "$SELECTION_DATA" && ( -e "${SELECTION_DATA/#\~\//$HOME/}" || -n "$selection_data_given" ) ]]; then
+elif [[ -n "$SELECTION_DATA" && ( -e "${SELECTION_DATA/#\~\//$home/}" || -n "$selection_data_given" ) ]]; then
     args+=(--selection_data "$SELECTION_DATA")  # one you set goes to train.py, which checks it (a file, DIR:SPLIT, a hub id)
 elif [[ -n "$SELECTION_DATA" ]]; then
     echo "train.sh: the default SELECTION_DATA $SELECTION_DATA does not exist, so checkpoints are picked without" \

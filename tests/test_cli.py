@@ -282,6 +282,39 @@ def test_the_demo_runs_in_a_folder_with_a_space_in_its_name(tmp_path):
     assert arguments[start : start + 2] == [str(demo / "data" / "train.jsonl"), str(demo / "data" / "test.jsonl")]
 
 
+def test_the_demo_reads_a_relative_demo_dir_and_python_from_the_folder_it_is_run_in(tmp_path):
+    # demo.sh changes to the repository: DEMO_DIR=my-demo went there, not where it was run, and PYTHON=./python
+    # was not found
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+                           f'printf "%s\\n" "$@" ---- >> {shlex.quote(str(tmp_path / "commands"))}\n')
+    fake_python.chmod(0o755)
+    done = subprocess.run(["bash", str(REPO / "demo.sh")], env={**os.environ, "PYTHON": "./python", "DEMO_DIR": "my-demo"},
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    recorded = [command.splitlines() for command in (tmp_path / "commands").read_text().split("----\n") if command]
+    assert recorded[0] == ["-m", "rerank_distill.toy", str(tmp_path / "my-demo")]
+    assert len(recorded) == 5  # every stage ran with that python
+    arguments = recorded[1]
+    assert arguments[arguments.index("--model_path") + 1] == str(tmp_path / "my-demo" / "models" / "teacher-tiny-qwen3")
+    assert done.stdout.endswith(f"demo finished: {tmp_path / 'my-demo' / 'evaluation.json'}\n")
+
+
+@pytest.mark.parametrize("name", ["create_triplets", "train", "evaluation"])
+def test_a_launcher_runs_where_home_is_not_set(name, tmp_path):
+    # (env -i, a systemd service without User=): reading a leading ~ as the home folder stopped the launcher
+    # under set -u with "HOME: unbound variable"; bash's ~, as Python's expanduser, reads the password database
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+                           f'printf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "command"))}\n')
+    fake_python.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key != "HOME"}
+    env.update(PYTHON=str(fake_python), HF_HUB_OFFLINE="1")
+    done = subprocess.run(["bash", str(REPO / f"{name}.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "command").read_text().splitlines()[0] == str(REPO / f"{name}.py")
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_a_launcher_run_through_a_symlink_finds_its_script(name, tmp_path):
     # a link in another folder to a relative link to the launcher: dirname "$0" alone named the links' folder

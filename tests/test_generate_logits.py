@@ -1351,6 +1351,18 @@ def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split
     assert teacher.returncode == 2 and f"give that path as a flag instead: ./generate_logits.sh --model_path '{spaced.parent}'" in teacher.stderr
 
 
+def test_the_launcher_reads_every_line_of_a_list_setting_given_over_several_lines(ranking_file, tmp_path):
+    # INPUTS="$(ls data/*.jsonl)" or a list written over several lines: read -a took its first line alone, so the
+    # other inputs (and teachers) were dropped without a word
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(ranking_file.read_text())
+    env = {**os.environ, "INPUTS": f"\n{ranking_file}\n{test_file}\n", "TEACHER": "a\nb",
+           "TEACHER_TYPE": "embedding\n embedding"}
+    done = launch("generate_logits.sh", "--check_inputs_only", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # not "--teacher_type has 2 values for 1 --model_path values"
+    assert f"{ranking_file}: " in done.stderr and f"{test_file}: " in done.stderr
+
+
 def test_the_launcher_passes_an_instruction_that_begins_with_a_dash(ranking_file, tmp_path):
     # (an embedding teacher reads no instruction, so the script's warning shows the value that reached it)
     env = {**os.environ, "INPUTS": str(ranking_file), "INSTRUCTION": "-q: a question, find its twins",
