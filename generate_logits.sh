@@ -108,8 +108,10 @@ for setting in INPUTS TEACHER; do
         (( ${#model_args[@]} > 0 )) || replaced=true
     fi
     if [[ "$replaced" == false && "${!setting}" == *" "* && -e "${!setting}" ]]; then
+        value="${!setting}"
+        quoted="'${value//\'/\'\\\'\'}'"  # (in single quotes, each ' of it as '\'': the command pastes as it is)
         echo "generate_logits.sh: $setting is one path with a space in it, '${!setting}', but it is a space-separated" \
-             "list; give that path as a flag instead: ./generate_logits.sh $flag '${!setting}'" >&2
+             "list; give that path as a flag instead: ./generate_logits.sh $flag $quoted" >&2
         exit 2
     fi
 done

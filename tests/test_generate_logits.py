@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -1349,6 +1350,13 @@ def test_the_launcher_says_how_to_give_a_path_with_a_space_its_lists_would_split
     teacher = launch(*launcher,
                      env={**os.environ, "INPUTS": str(ranking_file), "TEACHER": str(spaced.parent)}, cwd=tmp_path)
     assert teacher.returncode == 2 and f"give that path as a flag instead: ./generate_logits.sh --model_path '{spaced.parent}'" in teacher.stderr
+    # a path with a quote in it: the command given pastes as it is
+    quoted = tmp_path / "it's mine" / "train.jsonl"
+    quoted.parent.mkdir()
+    quoted.write_bytes(ranking_file.read_bytes())
+    refused = launch(*launcher, "--model_path", "unused", env={**os.environ, "INPUTS": str(quoted)}, cwd=tmp_path)
+    command = refused.stderr.split("give that path as a flag instead: ", 1)[1]
+    assert refused.returncode == 2 and shlex.split(command) == ["./generate_logits.sh", "--input_path", str(quoted)]
 
 
 def test_the_launcher_reads_every_line_of_a_list_setting_given_over_several_lines(ranking_file, tmp_path):
