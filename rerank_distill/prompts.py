@@ -95,8 +95,9 @@ class JudgePrompt:
         (``truncation='longest_first'`` on a single sequence), so a long document loses its tail.
         Only where that would leave the document fewer than ``min(its tokens, a quarter of the
         room)`` (a very long query) is the query's tail cut first, by what it must (or a few tokens
-        more, where the cut text tokenizes otherwise: _cut_query): cut from the end alone, the prompt would lose the "<Document>:" line and the document, and every candidate of
-        the query would get the same score.
+        more, where the cut text tokenizes otherwise: _cut_query): cut from the end alone, the prompt
+        would lose the "<Document>:" line and the document, and every candidate of the query would get
+        the same score.
         """
         body_ids = self._text_ids([format_body(self.instruction, q, d) for q, d in zip(queries, documents)])
         long_rows = [row for row, ids in enumerate(body_ids) if len(ids) > self.body_budget]
