@@ -136,9 +136,13 @@ def refuse_other_teachers(shard_path: Path, model_paths: list[str], teacher_type
 def names_model(model_path: str, identity: str) -> bool:
     """True where ``model_path`` (a folder, or a hub id) names the model a record knows by its
     model_identity: a hub id, by the download folder it names in a Hugging Face cache
-    (``models--ORG--NAME/snapshots/...``) or a ModelScope one (``.../ORG/NAME``, dots as ``___``)."""
+    (``models--ORG--NAME/snapshots/...``) or a ModelScope one (``.../ORG/NAME``, dots as ``___``).
+    A folder that is gone (a merge loads nothing: run where it is not, or once it is deleted) is
+    still the one it names."""
+    if model_identity(model_path) == identity:
+        return True
     if Path(model_path).exists():
-        return model_identity(model_path) == identity
+        return False
     repo = split_revision(model_path)[0]
     return (identity.startswith(f"models--{repo.replace('/', '--')}/")
             or identity.endswith((f"/{repo}", f"/{repo.replace('.', '___')}")))

@@ -534,6 +534,16 @@ def test_a_hub_id_names_the_download_folder_its_shards_record():
     assert not names_model("Qwen/Qwen3-Reranker-8B", "models--Qwen--Qwen3-Reranker-8B-GPTQ/snapshots/abc123")
 
 
+def test_a_merge_names_its_shards_folder_teacher_where_that_folder_is_gone(tmp_path):
+    # a merge loads no model: run where the teacher's folder is not (a login node, or deleted once scored), the
+    # very path the shards were scored with was taken for a hub id and refused
+    gone = tmp_path / "models" / "judge"
+    assert names_model(str(gone), str(gone))
+    assert names_model(f"{gone}/", str(gone))
+    assert names_model(str(tmp_path / "cache" / "models--Qwen--Q" / "snapshots" / "abc"), "models--Qwen--Q/snapshots/abc")
+    assert not names_model(str(tmp_path / "models" / "other"), str(gone))
+
+
 def test_an_overwrite_stopped_in_its_first_input_is_continued_by_the_same_command_without_overwrite(
     tmp_path, ranking_file, tiny_embedding_model, monkeypatch, caplog
 ):
