@@ -643,8 +643,9 @@ def passage_of(record: dict, path: str, line: int) -> str:
     return next(iter(texts.values()))
 
 
-def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
-    """A relevance grade from an ESCI letter or word, or a finite number (bools count as 1/0)."""
+def grade_of(value: Any, path: str, line: int, field_name: str, hint: str = "") -> float:
+    """A relevance grade from an ESCI letter or word, or a finite number (bools count as 1/0);
+    InputError, ending with ``hint``, for anything else."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, str) and value.strip().lower() in ESCI_GRADES:
@@ -652,7 +653,7 @@ def grade_of(value: Any, path: str, line: int, field_name: str) -> float:
     if (number := finite_number(value)) is not None:
         return number
     raise InputError(
-        f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {shown(value)}', path, line
+        f'field "{field_name}" must be a number or an ESCI label (E, S, C, I), got {shown(value)}{hint}', path, line
     )
 
 
@@ -670,8 +671,10 @@ def label_of(record: dict, path: str, line: int, label_column: str | None = None
     """``(field, grade)`` of the record's relevance label, or None when it has none. With
     ``label_column`` only that field is read; without, the first of LABEL_FIELDS a record has, and an
     InputError where another one it has gives another grade (which one is meant only the user knows)."""
-    labels = [(name, grade_of(record[name], path, line, name))
-              for name in _label_fields(label_column) if record.get(name) is not None]  # fmt: skip
+    present = [name for name in _label_fields(label_column) if record.get(name) is not None]
+    several = (f"; this row has several label fields ({', '.join(present)}): name the one to read with "
+               "--label_column") if len(present) > 1 else ""
+    labels = [(name, grade_of(record[name], path, line, name, several)) for name in present]
     if len({grade for _, grade in labels}) > 1:
         given = ", ".join(f'"{name}" ({shown(record[name])}, grade {grade:g})' for name, grade in labels)
         raise InputError(f"row has relevance labels that disagree: {given}; name the one to read with --label_column",

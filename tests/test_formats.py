@@ -176,6 +176,11 @@ def test_a_row_whose_label_fields_disagree_is_refused_at_its_line_unless_one_is_
                                                        [{**row, "score": 1.0} for row in rows]))))
     (query,) = iter_ranking_queries(str(source), label_column="label")
     assert query.labels == [3.0, 1.0]
+    other = write_jsonl_records(tmp_path / "other.jsonl", [{"query": "q", "item_text": "a", "label": 1, "grade": "A"}])
+    with pytest.raises(InputError, match=r'field "grade" must be a number .* got \'A\'; this row has several label '
+                                         r"fields \(label, grade\): name the one to read with --label_column"):
+        list(iter_ranking_queries(str(other)))
+    assert next(iter_ranking_queries(str(other), label_column="label")).labels == [1.0]
 
 
 def test_stage_one_output_keeps_the_gold_label_and_extra_fields(tmp_path):
