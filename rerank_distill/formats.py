@@ -201,8 +201,10 @@ def check_outside_data_set_folders(output: str | os.PathLike, sources: list[str]
 
 def check_output_not_read(output: str | os.PathLike, sources: list[str], flag: str) -> None:
     """InputError where writing ``output`` (the value of ``flag``) would destroy one of the files
-    ``sources`` read, or land inside a data-set folder among them (check_outside_data_set_folders)."""
-    check_not_an_input(output, [file for source in sources for file in local_files(source)], flag)
+    ``sources`` read (with the ``.run.json`` record stage 1 keeps beside a scores file, read for its
+    teachers and label words), or land inside a data-set folder among them (check_outside_data_set_folders)."""
+    files = [file for source in sources for file in local_files(source)]
+    check_not_an_input(output, files + [f"{file}.run.json" for file in files], flag)
     check_outside_data_set_folders(output, sources, flag)
 
 
@@ -885,15 +887,15 @@ def teacher_scores_for(
     InputError for a pair the file never scored, a line without label_probs where others have
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
-    # each pair's first line: (score, label_probs, location, every teacher's scores)
-    scored: dict[tuple[str, str], tuple[float, dict | None, str, Any]] = {}
+    # each pair's first line: (score, label_probs, location, every teacher's scores, gold label)
+    scored: dict[tuple[str, str], tuple[float, dict | None, str, Any, float | None]] = {}
     # a repeated pair that reads differently from its first (stage 1 scores each pair once; the
     # combined score of several teachers, standardised within each list, may differ between lists)
     conflicting = []
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
-        reading = (pair.score, probs, f"{pair.path}:{pair.line}", pair.extra.get("teacher_scores"))
+        reading = (pair.score, probs, f"{pair.path}:{pair.line}", pair.extra.get("teacher_scores"), pair.label)
         first = scored.setdefault((pair.query, pair.passage), reading)
         if first is not reading and (first[0], first[1], first[3]) != (reading[0], reading[1], reading[3]):
             conflicting.append(reading[2])
@@ -913,7 +915,13 @@ def teacher_scores_for(
             )
         per_query.append(np.array([scored[(query.query, passage)][0] for passage in query.passages]))
     used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
-    with_probs = [probs for _, probs, _, _ in used if probs is not None]
+    relabelled = [reading[2] for reading, label in zip(used, (label for query in queries for label in query.labels))
+                  if reading[4] is not None and reading[4] != label]
+    if relabelled:  # the same texts, other labels: scored from another version of the data set, or another data set
+        logger.warning("%s: %d pairs carry another label than the data set gives them (the first at %s): were they "
+                       "scored from another version of it? The data set's labels are used", source, len(relabelled),
+                       relabelled[0])
+    with_probs = [probs for _, probs, *_ in used if probs is not None]
     if not with_probs:
         return TeacherRanking(per_query)
     words = label_words or list(with_probs[0])
@@ -924,8 +932,10 @@ def teacher_scores_for(
             "--label_words (and their grades with --label_grades, default len-1 down to 0)",
             source,
         )
+    if not label_words:  # best first, as --label_words are: a tie in probability goes to the better label
+        words.sort(key=lambda word: -ESCI_GRADES[word.strip().lower()])
     word_grades = label_word_grades(words, label_grades)
-    for _, probs, location, _ in used:
+    for _, probs, location, *_ in used:
         if probs is None:
             raise InputError('missing field "label_probs", which other lines of this file have', location)
         unknown = sorted(set(probs) - set(word_grades))
@@ -935,4 +945,4 @@ def teacher_scores_for(
                 "teacher's words with --label_words and --label_grades",
                 location,
             )
-    return TeacherRanking(per_query, [probs for _, probs, _, _ in used], word_grades)
+    return TeacherRanking(per_query, [probs for _, probs, *_ in used], word_grades)

@@ -27,30 +27,47 @@ def load_cross_encoder(
     (``cross_encoder_kwargs`` go to its constructor: ``num_labels=1`` gives a bare encoder its head).
 
     ``max_length`` (tokens) is capped at the model's own limit, with a warning: beyond its position
-    embeddings a model fails at the first longer pair, maybe hours into a run.
+    embeddings a model fails at the first longer pair, maybe hours into a run. The weights are
+    float32 whatever dtype the checkpoint was saved in (transformers would keep a bf16 checkpoint's:
+    scored in bf16 under --dtype float32, trained without float32 master weights); bf16 speed
+    comes from autocast instead (bfloat16_autocast, the Trainer's --bf16).
 
     Raises InputError for a missing path, an unreachable hub id, a folder that holds no model or
     whose files do not load (a download cut short), or a model with more than one output label
     (a reranker scores with one logit).
     """
+    import torch
     from sentence_transformers import CrossEncoder
 
     from rerank_distill.teachers.sentence_models import limit_length, refuse_tokenizer_without_vocabulary
 
     path = resolve_model(name_or_path, hub, cache_dir)
-    try:
-        model = CrossEncoder(path, **cross_encoder_kwargs)  # at its own limit: the tokenizer's, within its positions
+    try:  # at its own length limit: the tokenizer's, within its positions
+        model = CrossEncoder(path, model_kwargs={"dtype": torch.float32}, **cross_encoder_kwargs)
     except MODEL_LOAD_ERRORS as error:
         raise InputError(f"cannot load a cross-encoder from '{name_or_path}' ({first_line(error)})") from None
     refuse_tokenizer_without_vocabulary(model.tokenizer, name_or_path)
     if model.num_labels != 1:
-        raise InputError(
-            f"model '{name_or_path}' has {model.num_labels} output labels; a reranker with one logit is expected"
-        )
+        raise InputError(labels_message(name_or_path, model.num_labels))
     if max_length is not None and limit_length(model, max_length) < max_length:
         logger.warning("--max_length %d is beyond what '%s' takes: pairs are cut to its limit of %d tokens",
                        max_length, name_or_path, model.max_seq_length)
     return model
+
+
+def labels_message(name_or_path: str, labels: int) -> str:
+    return f"model '{name_or_path}' has {labels} output labels; a reranker with one logit is expected"
+
+
+def output_labels(model_path: str) -> int | None:
+    """How many output labels a local model folder's config gives its head (transformers' default
+    of 2 where it names none), or None where transformers cannot read its config."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path).num_labels
+    except MODEL_LOAD_ERRORS:
+        return None
 
 
 def without_trained_head(model_path: str) -> str | None:
@@ -99,6 +116,8 @@ def check_rerankers(models: dict[str, str], hub: str, cache_dir: str | None) -> 
             raise InputError(f"--model_{name}_path: {path} holds {held}, no reranker: a cross-encoder made from it "
                              "scores with a new random head, noise that differs from run to run; evaluate a "
                              "cross-encoder (train.py's output, or a reranker such as BAAI/bge-reranker-v2-m3)")
+        if (labels := output_labels(local)) not in (None, 1):
+            raise InputError(f"--model_{name}_path: {labels_message(path, labels)}")
         folders[name] = local
     return folders
 

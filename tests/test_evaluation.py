@@ -688,6 +688,31 @@ def test_the_label_words_and_grades_stage_1_recorded_are_read_and_others_refused
     assert same["graded"]["label_accuracy"]["teacher"]["label_grades"] == {"good": 2.0, "ok": 1.0, "bad": 0.0}
 
 
+def test_label_probs_that_tie_predict_the_better_label_whatever_order_the_file_lists_them_in(tiny_cross_encoder,
+                                                                                            tmp_path):
+    dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
+    tied = [dict.fromkeys(reversed(ESCI_WORDS), 0.25) for _ in ESCI_ROWS]  # irrelevant first in every line
+    report = run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores",
+                 str(write_label_teacher(tmp_path / "scores.jsonl", probs=tied)))
+    accuracy = report["graded"]["label_accuracy"]["teacher"]
+    assert accuracy["confusion"] == {"3": {"3": 2}, "2": {"3": 1}, "1": {"3": 2}, "0": {"3": 2}}
+    assert list(accuracy["label_grades"]) == list(ESCI_WORDS)
+
+
+def test_teacher_scores_whose_labels_differ_from_the_data_sets_are_warned_about(tiny_cross_encoder, ranking_file,
+                                                                                tmp_path, caplog):
+    records = records_of(ranking_file)
+    teacher = write_teacher_scores(tmp_path / "scores.jsonl", records, positive=5.0, negative=-5.0)
+    run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(teacher))
+    assert "another label" not in caplog.text
+    lines = records_of(teacher)
+    lines[1]["label"] = 1 - lines[1]["label"]
+    write_jsonl_records(teacher, lines)
+    run(tmp_path, tiny_cross_encoder, ranking_file, "--teacher_scores", str(teacher))
+    assert (f"scores.jsonl: 1 pairs carry another label than the data set gives them (the first at {teacher}:2)"
+            in caplog.text)
+
+
 def test_teacher_line_without_label_probs_among_lines_with_them_fails_at_its_line(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
     teacher = write_label_teacher(tmp_path / "scores.jsonl")
@@ -852,6 +877,18 @@ def test_a_report_path_that_would_overwrite_an_input_is_refused(ranking_file, tm
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_a_report_path_on_the_teacher_scores_run_record_is_refused(ranking_file, tmp_path):
+    """Stage 1's record beside the scores is read with them (teachers, label words): overwritten by a report,
+    every later run with those scores failed."""
+    teacher = write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=5.0, negative=-5.0)
+    record = tmp_path / "scores.jsonl.run.json"
+    record.write_text('{"made_with": {"teachers": []}}')
+    with pytest.raises(InputError, match="--output_path .*scores.jsonl.run.json is an input of this run"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model-needed"), "--dataset_path", str(ranking_file),
+                         "--teacher_scores", str(teacher), "--output_path", str(record)])
+    assert record.read_text() == '{"made_with": {"teachers": []}}'
+
+
 @pytest.mark.parametrize("in_the_way", ["report.per_query.jsonl", "report.args.json"])
 def test_a_file_written_beside_the_report_that_cannot_be_written_is_refused_before_any_model_scores(
         ranking_file, tmp_path, in_the_way):
@@ -953,6 +990,42 @@ def test_a_model_after_whose_weights_are_missing_is_refused_before_the_model_bef
     with pytest.raises(InputError, match=f"--model_after_path: .*cut-short has {lacking}"):
         evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--model_after_path", str(copy),
                          "--dataset_path", str(ranking_file), "--output_path", str(tmp_path / "report.json")])
+
+def test_a_model_after_with_two_output_labels_is_refused_before_the_model_before_scores(tiny_cross_encoder,
+                                                                                       ranking_file, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    two_labels = tmp_path / "two-labels"
+    AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder, num_labels=2,
+                                                       ignore_mismatched_sizes=True).save_pretrained(two_labels)
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(two_labels)
+    with pytest.raises(InputError, match="^--model_after_path: model .*two-labels' has 2 output labels"):
+        evaluation.main(["--model_before_path", str(tiny_cross_encoder), "--model_after_path", str(two_labels),
+                         "--dataset_path", str(ranking_file), "--output_path", str(tmp_path / "report.json")])
+
+
+def test_a_model_saved_in_bfloat16_is_scored_in_float32_unless_dtype_bfloat16(tiny_cross_encoder, ranking_file,
+                                                                              tmp_path):
+    """transformers keeps a checkpoint's own dtype: a bf16 one was scored in bf16 under --dtype float32 (the
+    default), its scores rounded into ties and its metrics moved by --batch_size."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rerank_distill.student import load_cross_encoder
+
+    saved_bf16 = shutil.copytree(tiny_cross_encoder, tmp_path / "bf16")
+    bf16 = AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder, dtype=torch.bfloat16)
+    bf16.save_pretrained(saved_bf16)
+    model = load_cross_encoder(str(saved_bf16))
+    assert {parameter.dtype for parameter in model.model.parameters()} == {torch.float32}
+    widened = AutoModelForSequenceClassification.from_pretrained(saved_bf16, dtype=torch.float32)
+    copy = tmp_path / "widened"
+    shutil.copytree(tiny_cross_encoder, copy)
+    widened.save_pretrained(copy)  # the same bf16 weights, stored as float32
+    assert run(tmp_path, saved_bf16, ranking_file)["before"] == run(tmp_path, copy, ranking_file)["before"]
+
 
 def test_a_teacher_ranking_below_the_student_before_training_is_warned_about(tiny_cross_encoder, ranking_file,
                                                                               tmp_path, caplog):
