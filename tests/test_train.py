@@ -1910,6 +1910,19 @@ def test_a_student_without_a_relevance_head_gets_the_same_new_head_on_every_run(
     assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_a_student_saved_in_bfloat16_trains_float32_weights_and_is_saved_in_float32(tiny_cross_encoder, triplets_file,
+                                                                                     tmp_path):
+    # transformers keeps a checkpoint's own dtype: such a student trained bf16 weights, no float32 master copy
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    student = shutil.copytree(tiny_cross_encoder, tmp_path / "bf16-student")
+    AutoModelForSequenceClassification.from_pretrained(student, dtype=torch.bfloat16).save_pretrained(student)
+    run_train(student, triplets_file, tmp_path / "out", "--max_steps", "1", "--eval_strategy", "no")
+    assert {tensor.dtype for tensor in weights(tmp_path / "out").values()} == {torch.float32}
+
+
 def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
     with pytest.raises(InputError, match="is in --output_dir .*: training would overwrite or delete the model"):
         run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
