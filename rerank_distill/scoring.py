@@ -672,9 +672,11 @@ def score_source(
                 done = after_chunk
     except KeyboardInterrupt:
         bar.close()  # before the warning, so the bar does not draw over it
-        # ``done`` is what the progress file records: the pairs a rerun will not score again
+        # what the progress file records: the pairs a rerun will not score again (an interrupt between its
+        # replacement and ``done = after_chunk`` left ``done`` a chunk behind it)
+        saved = json.loads(progress_path.read_text(encoding="utf-8"))["done"] if progress_path.exists() else done
         logger.warning("interrupted: %d of %d pairs for %s are saved in %s; run the same command again%s to "
-                       "continue from there", done["pairs"], expected.pairs, output_path.name, partial,
+                       "continue from there", saved["pairs"], expected.pairs, output_path.name, partial,
                        " without --overwrite" if overwrite else "")
         raise
     finally:

@@ -216,6 +216,28 @@ def test_a_chunk_closes_once_it_holds_chunk_size_pairs_and_never_splits_a_query(
     assert chunks == [["a", "b"], ["c", "d"]]  # 2 + 1 pairs reach 3: the chunk closes there
 
 
+def test_an_interrupt_just_after_the_progress_file_is_saved_reports_the_pairs_it_records(tmp_path, ranking_file,
+                                                                                        caplog, monkeypatch):
+    from rerank_distill import cli, scoring
+
+    saves = []
+
+    def write_json_then_interrupt(path, record):
+        cli.write_json(path, record)
+        saves.append(record)
+        if len(saves) == 2:  # the second chunk saved and recorded, not yet in the run's own count
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring, "write_json", write_json_then_interrupt)
+    output = tmp_path / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_scoring(ranking_file, output, CountingTeacher(), chunk_size=3)
+    partial = output.with_name(output.name + ".partial")
+    saved = len(partial.read_text(encoding="utf-8").splitlines())
+    assert saved == saves[-1]["done"]["pairs"] > saves[0]["done"]["pairs"]
+    assert f"interrupted: {saved} of " in caplog.text
+
+
 def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):
     source = write_jsonl_records(tmp_path / "dup.jsonl", [
         {"query": "q1", "positive": ["a", "b"], "negative": ["a", "c"]},
