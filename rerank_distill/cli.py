@@ -256,8 +256,20 @@ def write_json(path: str | Path, record: dict) -> Path:
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
+_stops_received: list[str] = []  # the stop signals stops_as_ctrl_c's block received (see stop_if_signalled)
+
+
 def _stop_as_ctrl_c(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _stops_received.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_stops_received[-1])
+
+
+def stop_if_signalled() -> None:
+    """Raise again the KeyboardInterrupt of a stop signal received earlier in stops_as_ctrl_c's
+    block: one that landed in a finalizer (a ``__del__``), where Python prints and drops it, would
+    else be lost, and the run go on for hours. Long loops call it between units of work."""
+    if _stops_received:
+        raise KeyboardInterrupt(_stops_received[-1])
 
 
 def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
@@ -280,6 +292,7 @@ def stops_as_ctrl_c() -> Iterator[None]:
     they finished and say how to continue, where the signals' default would end the process
     unsaid. A signal ignored (``nohup``'s SIGHUP) or handled already stays so."""
     previous = {}
+    _stops_received.clear()  # (one an earlier block received was handled there)
     if threading.current_thread() is threading.main_thread():  # (only the main thread may set a handler)
         for name in STOP_SIGNALS:
             number = getattr(signal, name, None)  # (no SIGHUP on Windows)

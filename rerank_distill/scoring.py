@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank_distill.cli import write_json
+from rerank_distill.cli import stop_if_signalled, write_json
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
     ListOddities, RankingQuery, iter_ranking_queries, iter_scored_pairs, local_files, source_stem,
@@ -650,6 +650,7 @@ def score_source(
             for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
                 if chunk_number < done.get("chunks", 0):
                     continue
+                stop_if_signalled()
                 lines, chunk_stats = _score_chunk(chunk, teachers, bar.update, check_variation=not checked,
                                                   whole_number_labels=expected.whole_number_labels)
                 checked = checked or chunk_stats.distinct_pairs_scored > 1

@@ -24,6 +24,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, Traine
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
+from rerank_distill.cli import stop_if_signalled
 from rerank_distill.errors import InputError
 from rerank_distill.jsonl import naming_file
 from rerank_distill.student import predicts_in_float32
@@ -161,6 +162,13 @@ class DivergenceCheck(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log or control.should_evaluate or control.should_save:
             check_weights_finite(self.trainer)
+
+
+class SignalledStop(TrainerCallback):
+    """Stop at the next step a run whose stop signal Python dropped (see cli.stop_if_signalled)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop_if_signalled()
 
 
 def summary_message(summary: dict, output_dir: str) -> str:
@@ -389,6 +397,7 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.train_batch_sampler = None  # set as the Trainer builds it: see _run_epoch
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.add_callback(DivergenceCheck(self))
+        self.add_callback(SignalledStop())
         if self.evaluator is not None:  # the selection MAP in float32 on every torchrun process (predicts_in_float32)
             predicts_in_float32(self.model)
         self.examples_trained = 0

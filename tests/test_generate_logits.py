@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -236,6 +237,38 @@ def test_an_interrupt_just_after_the_progress_file_is_saved_reports_the_pairs_it
     saved = len(partial.read_text(encoding="utf-8").splitlines())
     assert saved == saves[-1]["done"]["pairs"] > saves[0]["done"]["pairs"]
     assert f"interrupted: {saved} of " in caplog.text
+
+
+class SignalledInAFinalizer(CountingTeacher):
+    """A teacher whose first call drops an object whose finalizer a SIGTERM lands in: Python prints the
+    KeyboardInterrupt the signal raised there and goes on."""
+
+    def score(self, queries, passages, progress=lambda n: None):
+        if self.call_count == 0:
+            class Dropped:
+                def __del__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            Dropped()  # (its finalizer runs here, the signal's handler inside it)
+        return super().score(queries, passages, progress)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop, as Python reports it
+def test_a_stop_signal_python_dropped_in_a_finalizer_stops_the_run_at_the_next_chunk(tmp_path, ranking_file, caplog):
+    from rerank_distill.cli import stops_as_ctrl_c
+
+    whole = tmp_path / "whole" / "train_scores.jsonl"
+    run_scoring(ranking_file, whole, CountingTeacher(), chunk_size=3)
+    output = tmp_path / "stopped" / "train_scores.jsonl"
+    with stops_as_ctrl_c(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        run_scoring(ranking_file, output, SignalledInAFinalizer(), chunk_size=3)
+    partial = output.with_name(output.name + ".partial")
+    saved = len(partial.read_text(encoding="utf-8").splitlines())
+    assert 0 < saved < len(whole.read_text(encoding="utf-8").splitlines())  # the first chunk, and no more
+    assert f"interrupted: {saved} of " in caplog.text
+    with stops_as_ctrl_c():  # a new run: the earlier signal is behind it
+        run_scoring(ranking_file, output, CountingTeacher(), chunk_size=3)
+    assert output.read_bytes() == whole.read_bytes()
 
 
 def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):

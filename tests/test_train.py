@@ -513,6 +513,35 @@ def test_a_run_stopped_while_torchrun_processes_share_an_evaluation_says_interru
     assert "--resume_from_checkpoint last" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop, as Python reports it
+def test_a_stop_signal_python_dropped_in_a_finalizer_stops_training_at_the_end_of_that_step(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
+):
+    import signal
+
+    from rerank_distill.cli import stops_as_ctrl_c
+
+    original_step = train.DistillationTrainer.training_step
+    steps = []
+
+    class Dropped:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # Python prints the KeyboardInterrupt raised here and goes on
+
+    def step_that_drops_a_signal(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            Dropped()
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.DistillationTrainer, "training_step", step_that_drops_a_signal)
+    with stops_as_ctrl_c(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "6", "--eval_strategy", "no",
+                  "--save_steps", "1")
+    assert len(steps) == 2
+    assert "--resume_from_checkpoint last" in caplog.text
+
+
 def test_an_interrupted_run_of_weights_only_checkpoints_says_it_cannot_go_on(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
