@@ -292,7 +292,6 @@ def stops_as_ctrl_c() -> Iterator[None]:
     they finished and say how to continue, where the signals' default would end the process
     unsaid. A signal ignored (``nohup``'s SIGHUP) or handled already stays so."""
     previous = {}
-    _stops_received.clear()  # (one an earlier block received was handled there)
     if threading.current_thread() is threading.main_thread():  # (only the main thread may set a handler)
         for name in STOP_SIGNALS:
             number = getattr(signal, name, None)  # (no SIGHUP on Windows)
@@ -303,6 +302,7 @@ def stops_as_ctrl_c() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        _stops_received.clear()  # handled in the block, or by whatever catches its KeyboardInterrupt
 
 
 # OSErrors the machine, not the program, is to blame for: what to do before the command is run again
