@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     """Train as ``main``'s arguments say, in the --output_dir it claimed; returns the run's summary."""
+    if script.batch_grouping != "none" and "batch_sampler" not in passed:  # (before a resumed run's is compared)
+        training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
     resume, resumed, digests = prepare_resume(script, training)
     evaluate = training.eval_strategy != "no"
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
@@ -241,14 +243,14 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     loss = build_loss(script.loss, model, script.fused_forward, script.pairs_per_forward)
     evaluator = SelectionEvaluator(selection.queries, training.per_device_eval_batch_size) if selection.queries else None
     callbacks = [EarlyStopping(script.early_stopping_patience, resumed)] if script.early_stopping_patience > 0 else []
-    if script.batch_grouping != "none" and "batch_sampler" not in passed:
-        training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
-    # the Trainer checks its flags as it is built (--push_to_hub) and the optimizer's package as training starts
-    # (--optim): both before an earlier run's files are deleted or its args.json replaced
+    # the Trainer checks its flags as it is built (--push_to_hub), the optimizer's package and the schedule as
+    # training starts (--optim, --lr_scheduler_type): all before an earlier run's files are deleted or its args.json
+    # replaced
     trainer = DistillationTrainer(model=model, args=training, train_dataset=selection.train,
                                   eval_dataset=selection.eval, loss=loss, evaluator=evaluator, callbacks=callbacks,
                                   time_budget=budget, padding=padding)
     trainer.check_optimizer()
+    trainer.check_scheduler()
     if resume is not None or script.overwrite_output_dir:  # only now, with the data, model and trainer checked
         clear_earlier_outputs(training.output_dir, fresh=resume is None)
     if training.should_save:

@@ -91,7 +91,8 @@ def claim_output_dir(output_dir: str, model_path: str) -> Iterator[None]:
     if not is_main_process():
         yield
         return
-    with no_empty_folders_left(output_dir), only_writer(Path(output_dir), Path(output_dir) / TRAIN_LOCK):
+    with no_empty_folders_left(output_dir), only_writer(Path(output_dir), Path(output_dir) / TRAIN_LOCK, hint=(
+            " (a run killed a moment ago keeps its lock until its data-loader workers exit, a few seconds)")):
         yield
 
 
@@ -286,6 +287,11 @@ def resumed_state(checkpoint: str | None, training, max_train_seconds: float | N
     if 0 < training.max_steps < state.global_step:
         raise InputError(f"{checkpoint} is at step {state.global_step}, past --max_steps {training.max_steps}: resume "
                          f"with --max_steps {state.max_steps} (its run's) or more")
+    # (the Trainer ended such a run at once, 0 steps, and saved it as final)
+    if training.max_steps <= 0 and (state.epoch or 0) > training.num_train_epochs + 1e-6:
+        raise InputError(f"{checkpoint} is at epoch {state.epoch:.4g}, past --num_train_epochs "
+                         f"{training.num_train_epochs:g}: resume with --num_train_epochs {state.num_train_epochs:g} "
+                         "(its run's) or more")
     refuse_resuming_before_the_end(training.output_dir, state)
     ended = end_reached(state, training.max_steps, training.num_train_epochs, max_train_seconds,
                         early_stopping_patience)
@@ -319,7 +325,10 @@ RESUME_MAY_CHANGE = ("max_train_seconds", "early_stopping_patience", "fused_forw
 RESUME_MUST_MATCH_TRAINING = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                               "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "seed",
                               "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                              "data_seed", "dataloader_drop_last")
+                              "data_seed", "dataloader_drop_last",
+                              # sentence-transformers': what a batch holds, what each text begins with, and each
+                              # module's learning rate (another number of parameter groups failed with a traceback)
+                              "batch_sampler", "prompts", "learning_rate_mapping")
 
 
 # The train.py settings that name a model or data on disk: compared by what they name
@@ -355,7 +364,9 @@ def check_resume_settings(run_dir: str, script, training, data_digests: dict[str
     model would be half one run, half another (a query held out by one trained by the other), and
     args.json would describe only the second."""
     recorded = read_run_args(Path(run_dir) / "args.json")
-    if recorded is None:
+    if recorded is None:  # (a checkpoint copied out of its run's folder, say)
+        logger.warning("%s holds no args.json of the run its checkpoint comes from: this command's settings cannot be "
+                       "compared with that run's; resume with the flags it was trained with", run_dir)
         return
     current = {"script": to_jsonable(script), "training": to_jsonable(training)}
     # paths by what they name where the record has it (a run's own folder and files, spelled another way or

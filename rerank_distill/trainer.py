@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import errno
 import functools
+import json
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from rerank_distill.cli import stop_if_signalled
-from rerank_distill.errors import InputError
+from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import naming_file
 from rerank_distill.student import predicts_in_float32
 
@@ -446,6 +447,21 @@ class DistillationTrainer(CrossEncoderTrainer):
             self.get_optimizer_cls_and_kwargs(self.args, self.model)
         except ImportError as error:
             raise InputError(f"--optim {self.args.optim.value}: {error}") from None
+
+    def check_scheduler(self) -> None:
+        """InputError where --lr_scheduler_type cannot be built with --lr_scheduler_kwargs
+        (cosine_with_min_lr without min_lr, warmup_stable_decay without num_decay_steps, a keyword
+        the schedule does not take), which the Trainer finds only as training starts: it is built
+        here, as the Trainer builds it, for a stand-in optimizer."""
+        from transformers import get_scheduler
+
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        try:
+            get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=1, num_training_steps=10,
+                          scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"--lr_scheduler_type {self.args.lr_scheduler_type.value} with --lr_scheduler_kwargs "
+                             f"{json.dumps(self.args.lr_scheduler_kwargs or {})}: {first_line(error)}") from None
 
     @property
     def sharded(self) -> bool:

@@ -4,6 +4,7 @@ is read."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -100,8 +101,11 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
             },
             shown_defaults=default_training_values(),
         )
+    except json.JSONDecodeError as error:  # a dict flag's value (--lr_scheduler_kwargs '{...}'), read as JSON
+        named = [f"--{name} {value}" for name, value in passed.items() if (value or "").lstrip().startswith("{")]
+        raise InputError(f"{' or '.join(named) or 'a dict flag'}: not JSON ({error})") from None
     except ValueError as error:
-        raise InputError(str(error)) from None
+        raise InputError(" ".join(str(error).split())) from None  # one line (transformers lists what differs)
     if "output_dir" not in passed or not training.output_dir:  # (an empty one: --output_dir "$OUT" with OUT unset)
         raise InputError("--output_dir is required (the final model and checkpoints go there)")
     return script, training, passed
@@ -130,12 +134,23 @@ def set_best_metric(training, passed: dict[str, str | None], selection: Checkpoi
                          f"{selection.note})")
     if "greater_is_better" not in passed:
         training.greater_is_better = not training.metric_for_best_model.endswith("loss")
+    # the note the log and training_summary.json give says what picks the final model, where the flags changed it
+    if not training.load_best_model_at_end:
+        why = "" if "load_best_model_at_end" in passed else ", as the eval and save schedules differ"
+        selection.note = (f"none (--load_best_model_at_end false{why}): the last step is final; evaluations "
+                          f"{selection.note} are logged")
+    elif "metric_for_best_model" in passed and (training.metric_for_best_model.removeprefix("eval_")
+                                               != selection.metric.removeprefix("eval_")):
+        selection.note = f"by {training.metric_for_best_model} (--metric_for_best_model); evaluations {selection.note}"
 
 
 def check_training_flags(script, training) -> None:
     """InputError for train.py flags (``script``: its ScriptArguments; ``training``: the training
     arguments) below their minimums or at odds with each other, before anything is read."""
     check_minimums(script, max_length=1, pairs_per_forward=0, early_stopping_patience=0, eval_max_queries=0)
+    # (each failed with a traceback only as training started, after --overwrite_output_dir had cleared the folder)
+    check_minimums(training, per_device_train_batch_size=1, per_device_eval_batch_size=1, gradient_accumulation_steps=1,
+                   dataloader_num_workers=0)
     # argparse's float() takes "nan" and "inf": the optimizer or scheduler failed on them with a traceback,
     # --max_grad_norm nan turned clipping off, --weight_decay inf trained NaN weights, and args.json got
     # NaN or Infinity, which is no JSON

@@ -1952,6 +1952,73 @@ def test_a_student_saved_in_bfloat16_trains_float32_weights_and_is_saved_in_floa
     assert {tensor.dtype for tensor in weights(tmp_path / "out").values()} == {torch.float32}
 
 
+def test_a_resume_with_fewer_epochs_than_its_checkpoint_trained_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"  # (the Trainer ended such a run at once and saved its checkpoint as final)
+    flags = ["--eval_strategy", "no", "--save_steps", "1"]
+    run_train(tiny_cross_encoder, triplets_file, out, "--num_train_epochs", "2", *flags)
+    last = max(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    shutil.rmtree(last)  # as if the run stopped one step before its end
+    (out / "training_summary.json").unlink()
+    resumed = max(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    epoch = json.loads((resumed / "trainer_state.json").read_text())["epoch"]
+    assert 1 < epoch < 2
+    with pytest.raises(InputError, match=f"{resumed.name} is at epoch {epoch:.4g}, past --num_train_epochs 1: resume "
+                                         "with --num_train_epochs 2 \\(its run's\\) or more"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--num_train_epochs", "1", "--resume_from_checkpoint", "last",
+                  *flags)
+
+
+def test_a_checkpoint_resumed_away_from_its_runs_args_json_is_warned_about(tiny_cross_encoder, triplets_file, tmp_path,
+                                                                           caplog):
+    import shutil
+
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "run", "--max_steps", "2", "--save_steps", "1",
+              "--eval_strategy", "no")
+    copied = shutil.copytree(tmp_path / "run" / "checkpoint-1", tmp_path / "copied" / "checkpoint-1")
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "2", "--eval_strategy", "no",
+              "--resume_from_checkpoint", str(copied))
+    assert "holds no args.json of the run its checkpoint comes from" in caplog.text
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--lr_scheduler_type", "cosine_with_min_lr"], "One of min_lr or min_lr_rate should be set"),
+    (["--lr_scheduler_type", "warmup_stable_decay"], "num_decay_steps"),
+    (["--lr_scheduler_kwargs", '{"foo": 1}'], "unexpected keyword argument 'foo'"),
+])  # fmt: skip
+def test_a_schedule_that_cannot_be_built_is_refused_before_an_earlier_run_is_deleted(tiny_cross_encoder, triplets_file,
+                                                                                     tmp_path, flags, problem):
+    out = tmp_path / "out"
+    run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--eval_strategy", "no")
+    with pytest.raises(InputError, match=f"^--lr_scheduler_type .* with --lr_scheduler_kwargs .*{problem}"):
+        run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--overwrite_output_dir", *flags)
+    assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag, value, minimum", [
+    ("--gradient_accumulation_steps", "0", 1), ("--per_device_train_batch_size", "0", 1),
+    ("--dataloader_num_workers", "-1", 0),
+])  # fmt: skip
+def test_a_training_flag_below_its_minimum_is_refused_before_anything_is_read(tmp_path, flag, value, minimum):
+    with pytest.raises(InputError, match=f"^{flag} must be at least {minimum}, got {value}"):
+        run_train(tmp_path / "no-model", tmp_path / "no-data", tmp_path / "out", flag, value)
+
+
+def test_a_dict_flag_that_is_not_json_is_named(tmp_path):
+    with pytest.raises(InputError, match="^--lr_scheduler_kwargs {bad: not JSON"):
+        run_train(tmp_path / "no-model", tmp_path / "no-data", tmp_path / "out", "--lr_scheduler_kwargs", "{bad")
+
+
+def test_the_summary_says_the_last_step_is_final_where_load_best_model_at_end_is_off(tiny_cross_encoder, triplets_file,
+                                                                                    tmp_path):
+    summary = run_train(tiny_cross_encoder, triplets_file, tmp_path / "out", "--max_steps", "2", "--eval_steps", "1",
+                        "--save_steps", "1", "--load_best_model_at_end", "false")
+    assert summary["final_model"] == "last step"
+    assert summary["selection"].startswith("none (--load_best_model_at_end false): the last step is final; "
+                                           "evaluations by eval_loss")
+
+
 def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
     with pytest.raises(InputError, match="is in --output_dir .*: training would overwrite or delete the model"):
         run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
@@ -2009,6 +2076,10 @@ def test_a_resume_with_other_settings_or_edited_data_is_refused(tiny_cross_encod
     record_path.write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"\(differing: --optim, --max_grad_norm;"):  # the optimiser's state is kept
         run_train(tiny_cross_encoder, triplets_file, out, *resume, "--optim", "sgd", "--max_grad_norm", "0.5")
+    # sentence-transformers' own flags of what a batch holds, what its texts begin with, each module's learning rate
+    with pytest.raises(InputError, match=r"\(differing: --batch_sampler, --prompts, --learning_rate_mapping;"):
+        run_train(tiny_cross_encoder, triplets_file, out, *resume, "--batch_sampler", "no_duplicates", "--prompts",
+                  "query: ", "--learning_rate_mapping", '{"classifier": 0.01}')
     with pytest.raises(InputError, match="checkpoint-2 is at step 2, past --max_steps 1: resume with --max_steps 2"):
         run_train(tiny_cross_encoder, triplets_file, out, "--max_steps", "1", "--resume_from_checkpoint", "last",
                   "--eval_strategy", "no")  # fmt: skip
