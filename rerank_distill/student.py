@@ -56,6 +56,7 @@ def load_cross_encoder(
 
 
 def labels_message(name_or_path: str, labels: int) -> str:
+    """Why a model of ``labels`` output labels is no reranker."""
     return f"model '{name_or_path}' has {labels} output labels; a reranker with one logit is expected"
 
 
