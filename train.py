@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not training.should_log:  # the other torchrun processes log warnings only
         logging.getLogger().setLevel(logging.WARNING)
     check_training_flags(script, training)
-    with claim_output_dir(training.output_dir, script.model_name_or_path):  # one run at a time in a folder
+    data_sources = [script.train_data, script.selection_data, script.eval_data]
+    with claim_output_dir(training.output_dir, script.model_name_or_path, data_sources):  # one run at a time there
         summary = train_student(script, training, passed, argv)
     end_process_group()
     return summary

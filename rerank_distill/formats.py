@@ -249,7 +249,12 @@ def splits_in(folder: str) -> dict[str, list[str]]:
     by_split = _saved_data_set_files(folder)
     if by_split is None:
         by_split = {}
-        for root, folders, files in os.walk(folder):
+        seen = set()  # real folders walked: a linked folder is followed (data/ linked in), once (a link to above)
+        for root, folders, files in os.walk(folder, followlinks=True):
+            if os.path.realpath(root) in seen:
+                folders[:] = []
+                continue
+            seen.add(os.path.realpath(root))
             folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
             for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
                 if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):

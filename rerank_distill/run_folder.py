@@ -18,7 +18,7 @@ from transformers import TrainerState
 
 from rerank_distill.cli import read_run_args, run_made_by, to_jsonable
 from rerank_distill.errors import InputError
-from rerank_distill.formats import local_files
+from rerank_distill.formats import check_outside_data_set_folders, local_files
 from rerank_distill.jsonl import check_writable, is_unfinished_write, no_empty_folders_left, only_writer
 from rerank_distill.trainer import TimeBudget, saved_early_stopping
 
@@ -82,12 +82,12 @@ TRAIN_LOCK = "train.lock"
 
 
 @contextmanager
-def claim_output_dir(output_dir: str, model_path: str) -> Iterator[None]:
+def claim_output_dir(output_dir: str, model_path: str, data_sources: list[str] = ()) -> Iterator[None]:
     """Check --output_dir (check_output_dir), then, on the process that writes files, hold its
     train.lock for the block: a second run into the same folder stops at once instead of mixing
     its checkpoints, args.json and model with the first's. A run refused before it wrote anything
     leaves no folder behind."""
-    check_output_dir(output_dir, model_path)
+    check_output_dir(output_dir, model_path, data_sources)
     if not is_main_process():
         yield
         return
@@ -116,10 +116,12 @@ def prepare_resume(script, training) -> tuple[str | None, TrainerState | None, d
     return resume, resumed, digests
 
 
-def check_output_dir(output_dir: str, model_path: str) -> None:
-    """InputError where ``output_dir`` cannot be written or holds the student's own folder
-    (training would overwrite the model it starts from, or --overwrite_output_dir delete it)."""
+def check_output_dir(output_dir: str, model_path: str, data_sources: list[str] = ()) -> None:
+    """InputError where ``output_dir`` cannot be written, holds the student's own folder (training
+    would overwrite the model it starts from, or --overwrite_output_dir delete it) or lies inside
+    the folder of a ``DIR:SPLIT`` data set among ``data_sources`` (check_outside_data_set_folders)."""
     check_writable(output_dir, "--output_dir", folder=True)
+    check_outside_data_set_folders(output_dir, [source for source in data_sources if source], "--output_dir")
     if Path(model_path).exists() and Path(model_path).resolve().is_relative_to(Path(output_dir).resolve()):
         raise InputError(f"--model_name_or_path {model_path} is in --output_dir {output_dir}: training would overwrite "
                          "or delete the model it starts from; choose another --output_dir (or, to continue a run from "

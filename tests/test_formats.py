@@ -462,6 +462,16 @@ def test_a_data_set_folder_given_as_dot_or_dot_dot_is_named_by_its_own_name_not_
     assert source_stem("./") == "so-reranking"
 
 
+def test_a_linked_folder_inside_a_data_set_folder_is_read_once_and_a_link_above_does_not_loop(dataset_folder,
+                                                                                                tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "data").symlink_to(dataset_folder / "data")  # its data kept elsewhere
+    (linked / "data-again").symlink_to(dataset_folder / "data")
+    (linked / "up").symlink_to(linked)
+    assert as_tuples(f"{linked}:test") == as_tuples(f"{dataset_folder}:test")
+
+
 def test_hidden_files_in_a_data_set_folder_are_not_data(tmp_path):
     folder = tmp_path / "copied"
     folder.mkdir()

@@ -2019,6 +2019,16 @@ def test_the_summary_says_the_last_step_is_final_where_load_best_model_at_end_is
                                            "evaluations by eval_loss")
 
 
+def test_training_into_a_data_set_folder_it_reads_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
+    # as the other stages refuse it (README: no stage writes inside a data-set folder it reads)
+    folder = tmp_path / "data-set"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(triplets_file.read_bytes())
+    with pytest.raises(InputError, match=f"--output_dir {folder / 'model'} is inside the data-set folder {folder}"):
+        run_train(tiny_cross_encoder, f"{folder}:train", folder / "model", "--max_steps", "1")
+    assert not (folder / "model").exists()
+
+
 def test_training_into_the_students_own_folder_is_refused(tiny_cross_encoder, triplets_file, tmp_path):
     with pytest.raises(InputError, match="is in --output_dir .*: training would overwrite or delete the model"):
         run_train(tiny_cross_encoder, triplets_file, tiny_cross_encoder, "--overwrite_output_dir")
