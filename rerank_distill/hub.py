@@ -395,5 +395,11 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
             raise InputError(f"data set '{hub_id}' has splits {sorted(loaded)}; name one as {hub_id}:SPLIT")
-        loaded = next(iter(loaded.values()))
+        (only,) = loaded
+        if down_host:  # a cache may hold part of a data set (one split fetched): its others would go unseen
+            logger.warning("data set '%s': reading split '%s', the only one in the cache (offline: the data set may "
+                           "have others); name the split meant, %s:SPLIT, to be sure", hub_id, only, hub_id)
+        else:
+            logger.info("data set '%s': reading its one split, '%s'", hub_id, only)
+        loaded = loaded[only]
     return loaded

@@ -178,6 +178,18 @@ def test_offline_a_data_set_in_the_hub_cache_is_read_from_there(request, monkeyp
         load_hub_dataset("someone/other-data", "test", cache_dir=str(tmp_path / "hub"))
 
 
+def test_offline_the_one_split_a_cached_data_set_holds_is_read_with_a_warning_that_it_may_have_others(
+        no_connection, monkeypatch, tmp_path, caplog):
+    from huggingface_hub import constants
+
+    record = {"query": "q", "positive": ["p"], "negative": ["n"]}
+    cached_data_set(tmp_path / "hub", "someone/part-data", {"data/train.jsonl": [record]})  # its test split not fetched
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert list(load_hub_dataset("someone/part-data", None, cache_dir=str(tmp_path / "datasets"))) == [record]
+    assert ("data set 'someone/part-data': reading split 'train', the only one in the cache (offline: the data set may "
+            "have others); name the split meant, someone/part-data:SPLIT, to be sure") in caplog.text
+
+
 def test_offline_an_id_the_cache_holds_in_another_case_or_spelling_is_named(no_connection, tmp_path):
     cached_snapshot(tmp_path, "BAAI/bge-reranker-v2-m3")
     cached_data_set(tmp_path, "mteb/stackoverflowdupquestions-reranking", {"test.jsonl": []})
