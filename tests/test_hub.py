@@ -327,6 +327,17 @@ def test_a_data_set_revision_and_split_reach_the_loader(monkeypatch):
                      ("someone/some-data", "corpus", {"split": "test", "cache_dir": None, "revision": "v2"})]
 
 
+def test_offline_a_modelscope_revision_that_cannot_be_checked_is_warned_about(monkeypatch, tmp_path, caplog):
+    module = types.ModuleType("modelscope")
+    module.snapshot_download = lambda name, **options: str(tmp_path)
+    monkeypatch.setitem(sys.modules, "modelscope", module)
+    monkeypatch.setattr("rerank_distill.hub.unreachable_modelscope_host", lambda: "www.modelscope.cn")
+    assert resolve_model("someone/some-reranker@v1.0", hub="modelscope") == str(tmp_path)
+    assert ("www.modelscope.cn cannot be reached, and ModelScope's cache keeps one copy of a model, not one a revision: "
+            "the copy it holds of someone/some-reranker is used, whatever its revision (not checked to be v1.0)"
+            in caplog.text)
+
+
 def test_offline_modelscope_goes_straight_to_its_cache(monkeypatch, tmp_path):
     asked = {}
 
