@@ -260,8 +260,8 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
                              f"{first_line(error)}") from None
         unreachable = unreachable_modelscope_host()
         if unreachable and revision:
-            logger.warning("%s cannot be reached, and ModelScope's cache keeps one copy of a model, not one a revision: "
-                           "the copy it holds of %s is used, whatever its revision (not checked to be %s)",
+            logger.warning("%s cannot be reached, and ModelScope's cache keeps one copy of a model, not one a "
+                           "revision: the copy it holds of %s is used, whatever its revision (not checked to be %s)",
                            unreachable, name, revision)
         try:  # (host down: straight to the copy ModelScope's cache may hold)
             return modelscope_download(name, revision=revision, cache_dir=cache_dir,

@@ -333,8 +333,8 @@ def test_offline_a_modelscope_revision_that_cannot_be_checked_is_warned_about(mo
     monkeypatch.setitem(sys.modules, "modelscope", module)
     monkeypatch.setattr("rerank_distill.hub.unreachable_modelscope_host", lambda: "www.modelscope.cn")
     assert resolve_model("someone/some-reranker@v1.0", hub="modelscope") == str(tmp_path)
-    assert ("www.modelscope.cn cannot be reached, and ModelScope's cache keeps one copy of a model, not one a revision: "
-            "the copy it holds of someone/some-reranker is used, whatever its revision (not checked to be v1.0)"
+    assert ("www.modelscope.cn cannot be reached, and ModelScope's cache keeps one copy of a model, not one a "
+            "revision: the copy it holds of someone/some-reranker is used, whatever its revision (not checked to be v1.0)"
             in caplog.text)
 
 
