@@ -1004,8 +1004,7 @@ def test_a_model_after_with_two_output_labels_is_refused_before_the_model_before
                          "--dataset_path", str(ranking_file), "--output_path", str(tmp_path / "report.json")])
 
 
-def test_a_model_saved_in_bfloat16_is_scored_in_float32_unless_dtype_bfloat16(tiny_cross_encoder, ranking_file,
-                                                                              tmp_path):
+def test_a_model_saved_in_bfloat16_is_scored_in_float32_weights(tiny_cross_encoder, ranking_file, tmp_path):
     """transformers keeps a checkpoint's own dtype: a bf16 one was scored in bf16 under --dtype float32 (the
     default), its scores rounded into ties and its metrics moved by --batch_size."""
     import shutil
