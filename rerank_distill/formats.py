@@ -224,8 +224,11 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
         raise InputError(f"split '{split}' has no data files: the data set is empty", folder)
     places = sorted({os.path.relpath(os.path.dirname(path), folder) for path in files})
     if len(places) > 1:  # configurations of one data set (en/train-*, de/train-*): joining them mixes tasks
-        # a folder that holds none of the others can be passed on its own; one that does, only as its files
-        alone = [place for place in places if place != "." and not any(other.startswith(place + os.sep) for other in places)]
+        # a folder that holds none of the others can be passed on its own; one that does, only as its files; a part
+        # of a data set in parts (en/corpus, en/queries, ...) only as that data set (en)
+        passable = sorted({os.path.dirname(place) if _in_parts(folder, place) else place for place in places})
+        alone = [place for place in passable
+                 if place != "." and not any(other.startswith(place + os.sep) for other in passable)]
         example = f"{os.path.join(folder, alone[0])}:{split}" if alone else files[0]
         raise InputError(f"split '{split}' has files in several folders ({', '.join(places)}): pass the one meant "
                          f"(e.g. {example}) or a file", folder)  # fmt: skip
@@ -242,6 +245,15 @@ def split_files(folder: str, split: str | None, by_split: dict[str, list[str]] |
         raise InputError(f"split '{split}' holds {' and '.join(twice)}: the same data in two forms? Its files are "
                          "joined, so keep one", folder)
     return files
+
+
+def _in_parts(folder: str, place: str) -> bool:
+    """Whether the folder ``place`` below ``folder`` is a part of a data set in parts (its corpus, ...)."""
+    parent = os.path.dirname(place)
+    try:
+        return bool(parent) and local_part_folders(os.path.join(folder, parent)) is not None
+    except InputError:  # one with a part missing: passed on its own, it says which
+        return True
 
 
 def splits_in(folder: str) -> dict[str, list[str]]:
@@ -345,6 +357,9 @@ def _part_files(folder: str, split: str | None) -> dict[str, list[str]] | None:
     if not part_folders:
         return None
     by_part = {part: splits_in(part_folder) for part, part_folder in part_folders.items()}
+    if split is None and len(by_part["top_ranked"]) > 1:  # (named for the data set, not its top_ranked folder)
+        raise InputError(f"this data set in parts holds the splits {sorted(by_part['top_ranked'])} (its top_ranked "
+                         f"candidate lists); name one as {folder}:SPLIT", folder)
     split = resolve_split(part_folders["top_ranked"], split, by_part["top_ranked"])
     files = {}
     for part, part_folder in part_folders.items():

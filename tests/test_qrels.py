@@ -156,10 +156,21 @@ def test_a_folder_reads_one_split_of_candidates_and_qrels_and_the_corpus_and_que
     pq.write_table(pa.Table.from_pylist(TOP_RANKED), parts / "top_ranked" / "dev-00000-of-00001.parquet")
     with pytest.raises(InputError, match=r"data: this folder has no split 'dev'"):
         records(f"{parts}:dev")  # (candidates of one split are never joined with another's qrels)
-    with pytest.raises(InputError, match=r"top_ranked: this folder holds the splits \['dev', 'test'\]; name one"):
+    with pytest.raises(InputError, match=rf"{parts}: this data set in parts holds the splits \['dev', 'test'\] \(its "
+                                         rf"top_ranked candidate lists\); name one as {parts}:SPLIT"):
         records(parts)
     pq.write_table(pa.Table.from_pylist(QRELS), parts / "data" / "dev-00000-of-00001.parquet")
     assert records(f"{parts}:dev") == records(f"{parts}:test")
+
+
+def test_a_folder_of_several_data_sets_in_parts_names_one_of_them_to_pass_not_one_of_its_parts(tmp_path):
+    for language in ("de", "en"):
+        write_parts(tmp_path / "multilingual" / language)
+    folder = tmp_path / "multilingual"
+    with pytest.raises(InputError, match=rf"has files in several folders \(de/corpus, .*\): pass the one meant "
+                                         rf"\(e.g. {folder / 'de'}:test\)"):
+        records(f"{folder}:test")
+    assert records(f"{folder / 'de'}:test") == records(f"{folder / 'en'}:test")
 
 
 def test_a_folder_with_a_corpus_and_queries_but_no_candidate_lists_says_what_is_missing(tmp_path):
