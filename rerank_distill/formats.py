@@ -28,7 +28,7 @@ import re
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -263,10 +263,11 @@ def splits_in(folder: str) -> dict[str, list[str]]:
         by_split = {}
         seen = set()  # real folders walked: a linked folder is followed (data/ linked in), once (a link to above)
         for root, folders, files in os.walk(folder, followlinks=True):
-            if os.path.realpath(root) in seen:
+            real = os.path.realpath(root)
+            if real in seen:
                 folders[:] = []
                 continue
-            seen.add(os.path.realpath(root))
+            seen.add(real)
             folders[:] = [name for name in folders if not name.startswith(".")]  # .cache and the like
             for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
                 if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):
@@ -881,6 +882,16 @@ def label_word_grades(words: list[str], grades: list[float] | None = None) -> di
     return {word: float(grade) for word, grade in zip(words, grades)}
 
 
+class TeacherLine(NamedTuple):
+    """What teacher_scores_for keeps of a pair's first line in a teacher-scores file."""
+
+    score: float
+    label_probs: dict[str, float] | None
+    location: str  # "file:line"
+    teacher_scores: Any  # every teacher's score, where several scored it
+    label: float | None  # the gold grade the line carries
+
+
 @dataclass
 class TeacherRanking:
     """A teacher's scores for the candidates of a ranking data set."""
@@ -907,18 +918,19 @@ def teacher_scores_for(
     InputError for a pair the file never scored, a line without label_probs where others have
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
-    # each pair's first line: (score, label_probs, location, every teacher's scores, gold label)
-    scored: dict[tuple[str, str], tuple[float, dict | None, str, Any, float | None]] = {}
+    scored: dict[tuple[str, str], TeacherLine] = {}  # each pair's first line
     # a repeated pair that reads differently from its first (stage 1 scores each pair once; the
     # combined score of several teachers, standardised within each list, may differ between lists)
     conflicting = []
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
-        reading = (pair.score, probs, f"{pair.path}:{pair.line}", pair.extra.get("teacher_scores"), pair.label)
+        reading = TeacherLine(pair.score, probs, f"{pair.path}:{pair.line}", pair.extra.get("teacher_scores"),
+                              pair.label)
         first = scored.setdefault((pair.query, pair.passage), reading)
-        if first is not reading and (first[0], first[1], first[3]) != (reading[0], reading[1], reading[3]):
-            conflicting.append(reading[2])
+        what_it_says = (reading.score, reading.label_probs, reading.teacher_scores)
+        if first is not reading and (first.score, first.label_probs, first.teacher_scores) != what_it_says:
+            conflicting.append(reading.location)
     if conflicting:
         logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "
                        "is used: were two teachers' files joined, or (several teachers) is a query's list given "
@@ -933,15 +945,15 @@ def teacher_scores_for(
                 "generate_logits.py",
                 query.passage_location(missing[0]),
             )
-        per_query.append(np.array([scored[(query.query, passage)][0] for passage in query.passages]))
+        per_query.append(np.array([scored[(query.query, passage)].score for passage in query.passages]))
     used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
-    relabelled = [reading[2] for reading, label in zip(used, (label for query in queries for label in query.labels))
-                  if reading[4] is not None and reading[4] != label]
+    relabelled = [line.location for line, label in zip(used, (label for query in queries for label in query.labels))
+                  if line.label is not None and line.label != label]
     if relabelled:  # the same texts, other labels: scored from another version of the data set, or another data set
         logger.warning("%s: %d pairs carry another label than the data set gives them (the first at %s): were they "
                        "scored from another version of it? The data set's labels are used", source, len(relabelled),
                        relabelled[0])
-    with_probs = [probs for _, probs, *_ in used if probs is not None]
+    with_probs = [line.label_probs for line in used if line.label_probs is not None]
     if not with_probs:
         return TeacherRanking(per_query)
     words = label_words or list(with_probs[0])
@@ -955,14 +967,14 @@ def teacher_scores_for(
     if not label_words:  # best first, as --label_words are: a tie in probability goes to the better label
         words.sort(key=lambda word: -ESCI_GRADES[word.strip().lower()])
     word_grades = label_word_grades(words, label_grades)
-    for _, probs, location, *_ in used:
-        if probs is None:
-            raise InputError('missing field "label_probs", which other lines of this file have', location)
-        unknown = sorted(set(probs) - set(word_grades))
+    for line in used:
+        if line.label_probs is None:
+            raise InputError('missing field "label_probs", which other lines of this file have', line.location)
+        unknown = sorted(set(line.label_probs) - set(word_grades))
         if unknown:
             raise InputError(
                 f'field "label_probs": the label word {unknown[0]!r} is not among {list(word_grades)}; name the '
                 "teacher's words with --label_words and --label_grades",
-                location,
+                line.location,
             )
-    return TeacherRanking(per_query, [probs for _, probs, *_ in used], word_grades)
+    return TeacherRanking(per_query, [line.label_probs for line in used], word_grades)
