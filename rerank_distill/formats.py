@@ -163,6 +163,7 @@ class ScoredPair:
 
 
 DATA_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+OTHER_TABLE_SUFFIXES = (".csv", ".tsv", ".json")  # (plain or .gz) data a folder may hold that no stage reads
 
 
 def _folder_and_split(source: str) -> tuple[str, str | None] | None:
@@ -262,6 +263,7 @@ def splits_in(folder: str) -> dict[str, list[str]]:
     if by_split is None:
         by_split = {}
         seen = set()  # real folders walked: a linked folder is followed (data/ linked in), once (a link to above)
+        tables = set()  # suffixes of files that may be data in another format (a hub download's .csv files)
         for root, folders, files in os.walk(folder, followlinks=True):
             real = os.path.realpath(root)
             if real in seen:
@@ -272,14 +274,19 @@ def splits_in(folder: str) -> dict[str, list[str]]:
             for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
                 if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):
                     by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
+                elif name.lower().removesuffix(".gz").endswith(OTHER_TABLE_SUFFIXES):
+                    tables.add(name.lower().removesuffix(".gz").rsplit(".", 1)[1])
     model_file = next((name for name in ("config.json", "modules.json") if os.path.isfile(os.path.join(folder, name))),
                       None)
     if not by_split and model_file:  # a model given where data goes (train.py's output, a student)
         raise InputError(f"is a model folder ({model_file}), not a data set: pass the data file (JSONL, Parquet) or "
                          "data-set folder meant", folder)
     if not by_split:
+        others = (f"; its .{', .'.join(sorted(tables))} files are not read in a folder: pass one as a file (a file "
+                  "of JSON lines is read whatever its suffix, a table says how to convert it), or convert them to "
+                  ".jsonl or .parquet") if tables else ""
         raise InputError(f"this folder holds no data files ({', '.join(DATA_FILE_SUFFIXES)}) and is no "
-                         "data set saved by datasets' save_to_disk", folder)  # fmt: skip
+                         f"data set saved by datasets' save_to_disk{others}", folder)  # fmt: skip
     return by_split
 
 

@@ -134,7 +134,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     if line.startswith("\ufeff"):  # only the file's first is dropped: files joined with cat keep theirs
                         raise InputError("starts with a byte-order mark (U+FEFF; files joined together?); remove it",
                                          path, line_number) from None
-                    if not found_any and (what_it_is := _whole_json_document(path)):
+                    if not found_any and (what_it_is := _what_else_it_holds(path)):
                         raise InputError(what_it_is, path, line_number) from None
                     what = error.msg.removesuffix(" at")  # "Invalid control character at" already ends so
                     raise InputError(f"not valid JSON ({what} at column {error.pos + 1})", path, line_number) from None
@@ -145,7 +145,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     what = "nested too deeply" if isinstance(error, RecursionError) else str(error)
                     raise InputError(f"not valid JSON for this reader ({what})", path, line_number) from None
                 if not isinstance(record, dict):
-                    if not found_any and (what_it_is := _whole_json_document(path)):
+                    if not found_any and (what_it_is := _what_else_it_holds(path)):
                         raise InputError(what_it_is, path, line_number)
                     raise InputError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
                 found_any = True
@@ -160,9 +160,18 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 WHOLE_DOCUMENT_LIMIT = 64 * 2**20
 
 
-def _whole_json_document(path: str) -> str | None:
-    """What ``path`` holds where it is one JSON document rather than JSON lines (a JSON array, or
-    an object spread over lines as the stages write their run records), for a message; else None."""
+def _what_else_it_holds(path: str) -> str | None:
+    """What ``path`` holds where it is not JSON lines but a table (CSV or TSV, by its name) or one
+    JSON document (a JSON array, or an object spread over lines as the stages write their run
+    records), for a message; else None."""
+    table = path.lower().removesuffix(".gz")
+    if table.endswith((".csv", ".tsv")):
+        # (read as text, every column: a query "404" stays text; scores and grades may be numeric strings)
+        separator = "\\t" if table.endswith(".tsv") else ","
+        return (f"is a {table[-3:].upper()} table, not JSON lines (one record a line) or Parquet, which the stages "
+                f"read; convert it, e.g. python -c \"import pandas as p; p.read_csv('{path}', sep='{separator}', "
+                "dtype=str, keep_default_na=False).to_json('FILE.jsonl', orient='records', lines=True, "
+                "force_ascii=False)\"")
     if os.path.getsize(path) > WHOLE_DOCUMENT_LIMIT:
         return None
     try:

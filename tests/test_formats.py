@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -1002,6 +1004,30 @@ def test_a_json_array_on_one_line_is_named_as_such(tmp_path):
     source.write_text(json.dumps([{"query": "q", "positive": ["p"], "negative": ["n"]}] * 3), encoding="utf-8")
     with pytest.raises(InputError, match=rf"^{source}:1: holds a JSON array of 3 records, not JSON lines"):
         as_tuples(source)
+
+
+@pytest.mark.parametrize("name, separator", [("pairs.tsv", "\t"), ("pairs.csv", ",")])
+def test_a_table_is_named_as_such_and_the_conversion_it_suggests_reads_back(tmp_path, name, separator):
+    source = tmp_path / name
+    rows = [["query", "item_text", "esci_label"], ["404", "page not found, again", "E"], ["404", "a map", "I"]]
+    source.write_text("".join(separator.join(f'"{cell}"' for cell in row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{source}:1: is a {name[-3:].upper()} table, not JSON lines") as error:
+        as_tuples(source)
+    command = re.search(r'python -c "(.*)"$', str(error.value)).group(1)
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    # (every column read as text: the query 404 stays a query, the letters grades)
+    assert as_tuples(tmp_path / "FILE.jsonl") == [("404", ["page not found, again", "a map"], [3.0, 0.0])]
+
+
+def test_a_folder_of_tables_no_stage_reads_names_them(tmp_path):
+    download = tmp_path / "download"  # a hub data set kept as CSV and JSON files
+    (download / "data").mkdir(parents=True)
+    (download / "data" / "test.csv.gz").write_bytes(gzip.compress(b"query,passage,label\nq,p,1\n"))
+    (download / "data" / "train.json").write_text('{"query": "q", "passage": "p", "label": 1}\n', encoding="utf-8")
+    (download / "README.md").write_text("# a data set\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{download}: this folder holds no data files .* its \.csv, \.json files "
+                                         r"are not read in a folder: pass one as a file"):
+        as_tuples(f"{download}:test")
 
 
 def test_a_model_folder_given_as_a_data_set_is_named_a_model(tmp_path):
