@@ -169,7 +169,7 @@ def _what_else_it_holds(path: str) -> str | None:
         # (read as text, every column: a query "404" stays text; scores and grades may be numeric strings)
         separator = "\\t" if table.endswith(".tsv") else ","
         return (f"is a {table[-3:].upper()} table, not JSON lines (one record a line) or Parquet, which the stages "
-                f"read; convert it, e.g. python -c \"import pandas as p; p.read_csv('{path}', sep='{separator}', "
+                f"read; convert it, e.g. python -c \"import pandas as p; p.read_csv({path!r}, sep='{separator}', "
                 "dtype=str, keep_default_na=False).to_json('FILE.jsonl', orient='records', lines=True, "
                 "force_ascii=False)\"")
     if os.path.getsize(path) > WHOLE_DOCUMENT_LIMIT:
