@@ -929,6 +929,9 @@ def teacher_scores_for(
     # a repeated pair that reads differently from its first (stage 1 scores each pair once; the
     # combined score of several teachers, standardised within each list, may differ between lists)
     conflicting = []
+    # the other labels a pair's later lines carry (a passage listed under its query as relevant and as not): the
+    # data set's listing of it under such a label is no other version of the data set
+    other_labels: dict[tuple[str, str], set[float]] = {}
     for pair in iter_scored_pairs(source, hub=hub, cache_dir=cache_dir):
         field_name = next((name for name in pair.extra if name == "label_probs" or name.endswith("/label_probs")), None)
         probs = label_probs_of(pair.extra[field_name], pair.path, pair.line) if field_name else None
@@ -938,6 +941,8 @@ def teacher_scores_for(
         what_it_says = (reading.score, reading.label_probs, reading.teacher_scores)
         if first is not reading and (first.score, first.label_probs, first.teacher_scores) != what_it_says:
             conflicting.append(reading.location)
+        if first is not reading and reading.label != first.label:
+            other_labels.setdefault((pair.query, pair.passage), set()).add(reading.label)
     if conflicting:
         logger.warning("%s: %d lines score a pair again differently (the first at %s); the first score of each pair "
                        "is used: were two teachers' files joined, or (several teachers) is a query's list given "
@@ -953,9 +958,11 @@ def teacher_scores_for(
                 query.passage_location(missing[0]),
             )
         per_query.append(np.array([scored[(query.query, passage)].score for passage in query.passages]))
-    used = [scored[(query.query, passage)] for query in queries for passage in query.passages]
-    relabelled = [line.location for line, label in zip(used, (label for query in queries for label in query.labels))
-                  if line.label is not None and line.label != label]
+    keys = [(query.query, passage) for query in queries for passage in query.passages]
+    labels = [label for query in queries for label in query.labels]
+    used = [scored[key] for key in keys]
+    relabelled = [line.location for key, line, label in zip(keys, used, labels)
+                  if line.label is not None and line.label != label and label not in other_labels.get(key, ())]
     if relabelled:  # the same texts, other labels: scored from another version of the data set, or another data set
         logger.warning("%s: %d pairs carry another label than the data set gives them (the first at %s): were they "
                        "scored from another version of it? The data set's labels are used", source, len(relabelled),

@@ -713,6 +713,18 @@ def test_teacher_scores_whose_labels_differ_from_the_data_sets_are_warned_about(
             in caplog.text)
 
 
+def test_a_passage_listed_as_positive_and_negative_is_not_taken_for_teacher_scores_of_another_version(
+        tiny_cross_encoder, tmp_path, caplog):
+    # stage 1 writes a line for each listing, with its own label; the data set gives the pair both labels too
+    dataset = write_jsonl_records(tmp_path / "data.jsonl", [
+        {"query": "q", "positive": ["both", "good"], "negative": ["both", "bad"]}])
+    teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
+        {"query": "q", "passage": passage, "score": score, "label": label}
+        for passage, score, label in (("both", 1.0, 1), ("good", 2.0, 1), ("both", 1.0, 0), ("bad", -1.0, 0))])
+    run(tmp_path, tiny_cross_encoder, dataset, "--teacher_scores", str(teacher))
+    assert "carry another label" not in caplog.text
+
+
 def test_teacher_line_without_label_probs_among_lines_with_them_fails_at_its_line(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "esci.jsonl", ESCI_ROWS)
     teacher = write_label_teacher(tmp_path / "scores.jsonl")
