@@ -899,6 +899,22 @@ class TeacherLine(NamedTuple):
     label: float | None  # the gold grade the line carries
 
 
+def _alike(first: Any, again: Any) -> bool:
+    """Whether two readings of a pair's teacher scores (numbers, or tuples and objects of them) agree
+    to ALIKE_WITHIN: a pair whose query text has lists in two chunks or shards of stage 1 is scored in
+    each, in other batches, and its float32 logits move in their last digits."""
+    from rerank_distill.scoring import ALIKE_WITHIN
+
+    if isinstance(first, dict) and isinstance(again, dict):
+        return first.keys() == again.keys() and all(_alike(first[key], again[key]) for key in first)
+    if isinstance(first, tuple) and isinstance(again, tuple):
+        return len(first) == len(again) and all(map(_alike, first, again))
+    numbers = finite_number(first), finite_number(again)
+    if None not in numbers:
+        return math.isclose(*numbers, rel_tol=ALIKE_WITHIN, abs_tol=ALIKE_WITHIN)
+    return first == again
+
+
 @dataclass
 class TeacherRanking:
     """A teacher's scores for the candidates of a ranking data set."""
@@ -926,8 +942,9 @@ def teacher_scores_for(
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
     scored: dict[tuple[str, str], TeacherLine] = {}  # each pair's first line
-    # a repeated pair that reads differently from its first (stage 1 scores each pair once; the
-    # combined score of several teachers, standardised within each list, may differ between lists)
+    # a repeated pair that reads differently from its first (stage 1 scores each pair once a chunk, so alike up to
+    # float32's batch noise; the combined score of several teachers, standardised within each list, may differ
+    # between lists)
     conflicting = []
     # the other labels a pair's later lines carry (a passage listed under its query as relevant and as not): the
     # data set's listing of it under such a label is no other version of the data set
@@ -939,7 +956,7 @@ def teacher_scores_for(
                               pair.label)
         first = scored.setdefault((pair.query, pair.passage), reading)
         what_it_says = (reading.score, reading.label_probs, reading.teacher_scores)
-        if first is not reading and (first.score, first.label_probs, first.teacher_scores) != what_it_says:
+        if first is not reading and not _alike((first.score, first.label_probs, first.teacher_scores), what_it_says):
             conflicting.append(reading.location)
         if first is not reading and reading.label != first.label:
             other_labels.setdefault((pair.query, pair.passage), set()).add(reading.label)
