@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -147,7 +148,7 @@ def read_training_data(
         data = _listwise(counted(rows, "record"), teacher_temperature)
     elif kind == "scores":
         data = _pointwise_scores(counted(iter_scored_pairs(source, label_column, hub, cache_dir), "pair"), loss,
-                                 teacher_temperature, label_column)
+                                 teacher_temperature, source, label_column)
     else:
         data = _labelled(counted(iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column),
                                  "query"), source)
@@ -263,10 +264,13 @@ def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> Trai
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
 
-def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float,
+def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float, source: str,
                       label_column: str | None = None) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
     by_query: dict[str, list[float]] = {}
+    # each query's pairs, for the oddities _labelled warns about (a pair listed twice, with another label: the
+    # student would train on contradictory targets unsaid)
+    lists: dict[str, RankingQuery] = {}
     for pair in pairs:
         if loss == "bce_labels":
             if pair.label is None:
@@ -281,6 +285,13 @@ def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float
         columns["passage"].append(pair.passage)
         columns["label"].append(target)
         by_query.setdefault(pair.query, []).append(pair.score)
+        pairs_of_query = lists.setdefault(pair.query, RankingQuery(pair.query, [], [], f"{pair.path}:{pair.line}",
+                                                                   row_files=[], row_lines=array("q")))
+        pairs_of_query.passages.append(pair.passage)
+        pairs_of_query.labels.append(pair.label)
+        pairs_of_query.row_files.append(pair.path)
+        pairs_of_query.row_lines.append(pair.line)
+    ListOddities.found_in(lists.values()).warn(source, "each trains as it is, a row of its own")
     return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 
 
