@@ -899,19 +899,22 @@ class TeacherLine(NamedTuple):
     label: float | None  # the gold grade the line carries
 
 
+# Two readings of a pair's teacher score this close (relative, or absolute below 1) are one score: a pair whose
+# query text has lists in two chunks or shards of stage 1 is scored in each, in other batches, and its logit moves
+# with the batch (float32 in its last digits; bf16, as GPU teachers run, keeps under three digits, so by up to ~1%)
+SAME_SCORE_WITHIN = 0.02
+
+
 def _alike(first: Any, again: Any) -> bool:
     """Whether two readings of a pair's teacher scores (numbers, or tuples and objects of them) agree
-    to ALIKE_WITHIN: a pair whose query text has lists in two chunks or shards of stage 1 is scored in
-    each, in other batches, and its float32 logits move in their last digits."""
-    from rerank_distill.scoring import ALIKE_WITHIN
-
+    to SAME_SCORE_WITHIN."""
     if isinstance(first, dict) and isinstance(again, dict):
         return first.keys() == again.keys() and all(_alike(first[key], again[key]) for key in first)
     if isinstance(first, tuple) and isinstance(again, tuple):
         return len(first) == len(again) and all(map(_alike, first, again))
     numbers = finite_number(first), finite_number(again)
     if None not in numbers:
-        return math.isclose(*numbers, rel_tol=ALIKE_WITHIN, abs_tol=ALIKE_WITHIN)
+        return math.isclose(*numbers, rel_tol=SAME_SCORE_WITHIN, abs_tol=SAME_SCORE_WITHIN)
     return first == again
 
 
