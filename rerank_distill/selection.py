@@ -113,7 +113,11 @@ def read_selection_queries(source: str, input_format: str = "auto", label_column
         if not is_training_data:  # a broken file is an error, used or not
             for _ in iter_scored_pairs(source, label_column, hub, cache_dir):
                 pass
-        return [], f'{source} has teacher scores but no gold "{label_column or "label"}" field'
+        note = f'{source} has teacher scores but no gold "{label_column or "label"}" field'
+        if label_column and "label" in record:  # (--label_column set for the user's own data, in every launcher)
+            note += (' (it has "label", the field stage 1 writes every gold grade to: --label_column names a column '
+                     "of your own data, not of stage 1's output)")
+        return [], note
     queries, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for query in iter_ranking_queries(source, input_format, hub, cache_dir, label_column=label_column):
         reason = skip_reason(query.labels)

@@ -1357,6 +1357,14 @@ def test_a_label_column_on_triplets_is_said_unread(tmp_path, caplog):
     assert f"--label_column stars is not read in {path}: triplets" in caplog.text
 
 
+def test_a_label_column_read_in_stage_1s_output_says_it_writes_every_grade_as_label(scores_file):
+    selection = plan_selection(triplets_dataset(hand_written_triplets()), "triplets", "train.jsonl", str(scores_file),
+                               "auto", None, 0.4, 7, label_column="rel")
+    assert selection.metric == "loss" and selection.queries == []
+    assert ('no gold "rel" field (it has "label", the field stage 1 writes every gold grade to: --label_column names '
+            "a column of your own data, not of stage 1's output)") in selection.note
+
+
 def test_without_gold_labels_selection_falls_back_to_eval_loss_and_says_why(tmp_path):
     unlabelled = write_jsonl_records(
         tmp_path / "s.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in hand_written_scores()]
