@@ -605,6 +605,22 @@ def detect_format(record: dict, path: str, line: int, label_column: str | None =
     )
 
 
+def _refuse_another_format(record: dict, path: str, line: int, source_format: str, first_location: str,
+                          label_column: str | None = None) -> None:
+    """InputError where a record that lacks what its source's format reads is of another format, one
+    query a line among rows a pair or the reverse (two files joined): say so, rather than name the
+    field it lacks. (The rows of graded labels and of teacher scores are read alike.)"""
+    try:
+        own_format = detect_format(record, path, line, label_column)
+    except InputError:  # of no format: the caller names what it lacks
+        return
+    one_query_a_line = ("mteb", "pos_neg")
+    if (own_format in one_query_a_line) != (source_format in one_query_a_line):
+        raise InputError(f"this record is in the {own_format} format, but the first record ({first_location}) is in "
+                         f"the {source_format} format, and one source holds one format: were two files joined? Keep "
+                         "each format in a file of its own", path, line)
+
+
 # What a record must hold to be read as each format --input_format can name: (any of these fields, in words)
 _NAMED_FORMAT_FIELDS = {
     "mteb": (("positive", "negative"), '"positive" / "negative" lists'),
@@ -761,6 +777,7 @@ def iter_ranking_queries(
                                  "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
             if record.get(pos_name) is None and record.get(neg_name) is None:  # (null: a Parquet row's missing list)
+                _refuse_another_format(record, path, line, record_format, first_location, label_column)
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)
             positives = get_text_list(record, pos_name, path, line, required=False)
             negatives = get_text_list(record, neg_name, path, line, required=False)
@@ -768,6 +785,8 @@ def iter_ranking_queries(
                                record_format)
         else:
             query = get_text(record, "query", path, line)
+            if not any(record.get(name) is not None for name in PASSAGE_FIELDS):
+                _refuse_another_format(record, path, line, record_format, first_location, label_column)
             passage = passage_of(record, path, line)
             if record_format == "scores":  # not ranked by, but a broken score is a broken file, as where it is read
                 get_number(record, "score", path, line)

@@ -244,6 +244,25 @@ def test_a_later_record_in_the_other_formats_names_is_refused_naming_the_first_r
         list(iter_ranking_queries(str(path)))
 
 
+@pytest.mark.parametrize("first, second", [("mteb", "graded"), ("graded", "mteb"), ("scores", "pos_neg")])
+def test_a_later_record_of_a_query_a_line_among_rows_a_pair_or_the_reverse_is_named_as_another_format(tmp_path, first,
+                                                                                                     second):
+    records = {"mteb": {"query": "q", "positive": ["a"], "negative": ["b"]},
+               "pos_neg": {"query": "q", "pos": ["a"], "neg": ["b"]},
+               "graded": {"query": "q", "item_text": "a", "esci_label": "E"},
+               "scores": {"query": "q", "passage": "a", "score": 1.5, "label": 1}}  # fmt: skip
+    path = write_jsonl_records(tmp_path / "joined.jsonl", [records[first], records[second]])
+    with pytest.raises(InputError, match=rf"joined.jsonl:2: this record is in the {second} format, but the first record "
+                                         rf"\({path}:1\) is in the {first} format, and one source holds one format"):
+        list(iter_ranking_queries(str(path)))
+
+
+def test_rows_of_graded_labels_and_of_teacher_scores_with_labels_read_alike(tmp_path):
+    path = write_jsonl_records(tmp_path / "rows.jsonl", [{"query": "q", "item_text": "a", "esci_label": "E"},
+                                                         {"query": "q", "passage": "b", "score": 0.5, "label": 0}])
+    assert as_tuples(path) == [("q", ["a", "b"], [3.0, 0.0])]
+
+
 def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
     # a record carrying both spellings: detection refuses it (see above), --input_format reads the pair named
     record = {"query": "q", "positive": ["P"], "negative": [], "pos": ["p"], "neg": ["n"]}
@@ -270,13 +289,6 @@ def test_unknown_input_format_lists_the_choices(tmp_path):
     source = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n"]}])
     with pytest.raises(InputError, match="unknown --input_format 'trec'; choose one of auto, mteb, pos_neg, graded"):
         as_tuples(source, input_format="trec")
-
-
-def test_first_record_decides_the_format_and_a_later_record_of_another_format_fails_at_its_line(tmp_path):
-    mteb_record = {"query": "q", "positive": ["p"], "negative": ["n"]}
-    source = write_jsonl_records(tmp_path / "mixed.jsonl", [GRADED_ROWS[0], mteb_record])
-    with pytest.raises(InputError, match=rf"{source}:2: missing the passage field"):
-        as_tuples(source)
 
 
 # --- label_column -------------------------------------------------------------------------------
