@@ -788,9 +788,15 @@ def iter_ranking_queries(
             if not any(record.get(name) is not None for name in PASSAGE_FIELDS):
                 _refuse_another_format(record, path, line, record_format, first_location, label_column)
             passage = passage_of(record, path, line)
-            if record_format == "scores":  # not ranked by, but a broken score is a broken file, as where it is read
-                get_number(record, "score", path, line)
             label = label_of(record, path, line, label_column)
+            if record_format == "scores":  # not ranked by, but a broken score is a broken file, as where it is read
+                try:
+                    get_number(record, "score", path, line)
+                except InputError as error:
+                    if input_format != "auto" or label is None:
+                        raise
+                    raise InputError(f'{error}; if "score" holds no teacher score (a retriever\'s, say), read the '
+                                     "rows as graded labels with --input_format graded") from None
             if label is None:
                 names = f'"{label_column}" (--label_column)' if label_column else ", ".join(LABEL_FIELDS)
                 hint = (

@@ -257,6 +257,16 @@ def test_a_later_record_of_a_query_a_line_among_rows_a_pair_or_the_reverse_is_na
         list(iter_ranking_queries(str(path)))
 
 
+def test_a_broken_score_beside_a_label_suggests_reading_the_rows_as_graded_labels(tmp_path):
+    rows = [{"query": "q", "item_text": "a", "esci_label": "E", "score": 12.5},  # a retriever's score, say
+            {"query": "q", "item_text": "b", "esci_label": "I", "score": None}]  # fmt: skip
+    path = write_jsonl_records(tmp_path / "bm25.jsonl", rows)
+    with pytest.raises(InputError, match=r'bm25.jsonl:2: field "score" must be a number, got NoneType; if "score" holds '
+                                         "no teacher score .* with --input_format graded$"):
+        as_tuples(path)
+    assert as_tuples(path, input_format="graded") == [("q", ["a", "b"], [3.0, 0.0])]
+
+
 def test_rows_of_graded_labels_and_of_teacher_scores_with_labels_read_alike(tmp_path):
     path = write_jsonl_records(tmp_path / "rows.jsonl", [{"query": "q", "item_text": "a", "esci_label": "E"},
                                                          {"query": "q", "passage": "b", "score": 0.5, "label": 0}])
