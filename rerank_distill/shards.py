@@ -193,7 +193,8 @@ def split_into_shards(source: str, output_dir: str | Path, num_shards: int, inpu
             if "input_digest" in made_with:
                 made_with["input_digest"] = contents[index].hexdigest()
             counts = record["counts"] if index == 0 else {key: 0 for key in record["counts"]}
-            kept = {key: record[key] for key in ("command",) if key in record}  # (a merge gives it back)
+            # (a merge gives them back: the command that finished it, or an earlier merge's shards' commands)
+            kept = {key: record[key] for key in ("command", "shard_commands") if key in record}
             write_json(beside(path, ".run.json"), {"source": record["source"], "made_with": made_with, "counts": counts,
                                                    **kept})
 
@@ -288,8 +289,9 @@ def _merge_run_records(records: list[dict], merged: Path, pairs: int, input_dige
               for key in records[0]["counts"]}
     commands = []  # that finished the shards: one where all were one (a finished output split into shards)
     for record in records:
-        if "command" in record and record["command"] not in commands:
-            commands.append(record["command"])
+        for command in [record["command"]] if "command" in record else record.get("shard_commands", []):
+            if command not in commands:
+                commands.append(command)
     made_by = {} if not commands else {"command": commands[0]} if len(commands) == 1 else {"shard_commands": commands}
     write_json(beside(merged, ".run.json"), {"source": records[0]["source"], "made_with": made_with,
                                              "counts": counts, "merged_shards": len(records), **made_by})

@@ -778,6 +778,25 @@ def test_a_finished_output_split_into_shards_merges_back_to_itself_whatever_shar
     assert merged_record["command"] == record["command"] == ["generate_logits.py", "--the", "run"]
 
 
+def test_a_merged_output_split_into_shards_for_replicas_keeps_its_shards_commands(tmp_path, ranking_file):
+    # a run of replicas that adds another input splits the finished merged file and joins it again: its
+    # record kept only a single run's "command", and the commands of the --shard runs that scored it were lost
+    from rerank_distill.shards import split_into_shards
+
+    commands = [["generate_logits.py", "--shard", f"{index}/2"] for index in range(2)]
+    for index, command in enumerate(commands):
+        shard = Shard(index, 2)
+        score_source(str(ranking_file), output_path_for(str(ranking_file), tmp_path, shard), [CountingTeacher()],
+                     validate_source(str(ranking_file), "auto", shard), chunk_size=5, shard=shard,
+                     show_progress=False, command=command)  # fmt: skip
+    merged, _ = merge_shards(str(ranking_file), tmp_path, 2)
+    record_path = merged.with_name(merged.name + ".run.json")
+    assert json.loads(record_path.read_text())["shard_commands"] == commands
+
+    split_into_shards(str(ranking_file), tmp_path, 3)
+    merge_shards(str(ranking_file), tmp_path, 3)
+    assert json.loads(record_path.read_text())["shard_commands"] == commands
+
 def test_a_chunk_of_queries_without_passages_is_counted_and_written_as_nothing(tmp_path):
     source = write_jsonl_records(tmp_path / "train.jsonl", [
         {"query": "q1", "positive": ["a"], "negative": ["b"]},
