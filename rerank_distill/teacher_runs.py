@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rerank_distill.cli import command_line, run_made_by, write_run_args
+from rerank_distill.cli import command_line, read_run_args, run_made_by, to_jsonable, warn_unread, write_run_args
 from rerank_distill.errors import InputError
 from rerank_distill.formats import detect_format, first_record
-from rerank_distill.jsonl import no_empty_folders_left
+from rerank_distill.jsonl import no_empty_folders_left, shown
 from rerank_distill.replicas import run_replicas
 from rerank_distill.scoring import (
     InputSummary,
@@ -128,6 +128,7 @@ def merge_shard_files(run: TeacherRun) -> dict:
     for source, derived in run.inputs:
         refuse_other_teachers(shard_outputs(source, args.output_dir, args.merge_shards, derived)[1][0],
                               args.model_path, teacher_types)
+    warn_of_settings_unread_by_merge(run)
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:  # no run may write what is being joined
         for output in run.outputs:
             claimed.enter_context(claim_output(output))
@@ -137,6 +138,26 @@ def merge_shard_files(run: TeacherRun) -> dict:
         run.record(Shard(), shard_records=[run.record_path(Shard(i, args.merge_shards)).name
                                            for i in range(args.merge_shards)])
         return merged
+
+
+# generate_logits.py's settings that change no score: where, how fast and how a run goes (the others, scoring
+# settings, a merge's own may differ from its shards' only in vain: it scores nothing)
+RUN_SETTINGS = ("input_path", "output_dir", "shard", "merge_shards", "check_inputs_only", "overwrite", "backend",
+                "batch_size", "chunk_size", "device", "prefix_cache", "tensor_parallel_size", "data_parallel_size",
+                "gpu_memory_utilization", "hub", "cache_dir", "show_progress")
+
+
+def warn_of_settings_unread_by_merge(run: TeacherRun) -> None:
+    """Warn about each scoring setting given to a --merge_shards run that differs from the one its
+    first shard was scored with (its args.shard-0-of-N.json): the merge's args.json records it, though
+    no pair was scored so (the shards' own records, which it names, say how they were)."""
+    shard_record = run.record_path(Shard(0, run.args.merge_shards))
+    scored_with = (read_run_args(shard_record) or {}).get("script", {})
+    warn_unread(run.args, {name: f"a merge scores nothing, and the shards were scored with {shown(scored_with[name])} "
+                                 f"({shard_record.name})"
+                           for name, value in to_jsonable(run.args).items()
+                           if name in scored_with and scored_with[name] != value
+                           and name not in (*RUN_SETTINGS, "model_path", "teacher_type")})  # (refuse_other_teachers')
 
 
 def score_with_replicas(run: TeacherRun) -> dict:

@@ -556,8 +556,22 @@ def test_shards_scored_and_merged_by_the_script_record_every_run(tmp_path, ranki
                      r"0 truncated to the teacher's max_length\); the slowest shard took", caplog.text)
 
 
+def test_a_merge_warns_of_scoring_settings_other_than_its_shards_which_it_does_not_read(tmp_path, ranking_file,
+                                                                                       tiny_embedding_model, caplog):
+    flags = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding", "--input_path",
+             str(ranking_file), "--output_dir", str(tmp_path), "--device", "cpu", "--no_show_progress"]
+    for index in range(2):
+        generate_logits.main([*flags, "--shard", f"{index}/2", "--score_scale", "10"])
+    generate_logits.main([*flags, "--merge_shards", "2", "--score_scale", "10", "--batch_size", "3"])
+    assert "is not read" not in caplog.text  # the same scoring settings; how fast a run goes is its own
+    generate_logits.main([*flags, "--merge_shards", "2", "--max_length", "99", "--score_scale", "3", "--overwrite"])
+    assert "--max_length 99 is not read: a merge scores nothing, and the shards were scored with 2048 " \
+           "(args.shard-0-of-2.json)" in caplog.text
+    assert "--score_scale 3.0 is not read: a merge scores nothing, and the shards were scored with 10.0" in caplog.text
+
+
 def test_a_merge_naming_other_teachers_than_scored_the_shards_is_refused_before_joining(
-    tmp_path, ranking_file, tiny_embedding_model, tiny_cross_encoder
+    tmp_path, ranking_file, tiny_embedding_model, tiny_cross_encoder, caplog
 ):
     """The merge's args.json records its --model_path and --teacher_type: naming a model that never
     scored a pair would leave a record that says another teacher made the scores."""
@@ -576,7 +590,7 @@ def test_a_merge_naming_other_teachers_than_scored_the_shards_is_refused_before_
     # the same folder however spelled is the same teacher
     generate_logits.main(["--model_path", f"{tiny_embedding_model}/", "--teacher_type", "embedding", *flags,
                           "--merge_shards", "2"])
-    assert (tmp_path / "train_scores.jsonl").exists()
+    assert (tmp_path / "train_scores.jsonl").exists() and "is not read" not in caplog.text
 
 
 def test_a_hub_id_names_the_download_folder_its_shards_record():
