@@ -55,6 +55,17 @@ def warn_of_other_shard_counts(output_path: Path, num_shards: int) -> None:
                        f"{num_shards} shards" if num_shards > 1 else "none")
 
 
+def _finished_shards(source: str, output_dir: str | Path, num_shards: int, passages_as_queries: int):
+    """``(shards, shard paths, merged path, shards' run records)`` of one input (see shard_outputs);
+    InputError where a shard file is missing or unfinished, or the shards were scored with differing
+    settings."""
+    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
+    return shards, paths, merged, _shard_run_records(paths)
+
+
 def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_format: str = "auto", read_args=None,
                  passages_as_queries: int = 0, overwrite: bool = False) -> tuple[Path, int]:
     """Join ``num_shards`` finished shard files back into input order as ``{stem}_scores.jsonl``
@@ -64,11 +75,7 @@ def merge_shards(source: str, output_dir: str | Path, num_shards: int, input_for
 
     Streams: shard ``k % N`` holds query ``k``'s lines. Returns the merged path and its line count.
     """
-    shards, paths, merged = shard_outputs(source, output_dir, num_shards, passages_as_queries)
-    for path in paths:
-        if not path.exists():
-            raise InputError(f"shard file {path} is missing or unfinished; run that shard to completion first")
-    records = _shard_run_records(paths)
+    shards, paths, merged, records = _finished_shards(source, output_dir, num_shards, passages_as_queries)
     single_run, finished = _single_run_made_with(merged), is_finished(merged)
     differs = []
     if records and single_run:
@@ -151,7 +158,11 @@ def names_model(model_path: str, identity: str) -> bool:
 def merge_all_shards(inputs: list[tuple[str, int]], output_dir: str | Path, num_shards: int, input_format: str,
                      read_args: dict, overwrite: bool = False) -> dict:
     """Join each (source, passages_as_queries) input's ``num_shards`` finished shard files into
-    its output (see merge_shards), and log its counts and the teacher's metrics."""
+    its output (see merge_shards), and log its counts and the teacher's metrics. Every input's shards
+    are checked finished and alike first: a merge stopped at its second input would leave the first
+    joined and the run's record unwritten."""
+    for source, derived in inputs:
+        _finished_shards(source, output_dir, num_shards, derived)
     for source, derived in inputs:
         merged, lines = merge_shards(source, output_dir, num_shards, input_format, read_args, derived,
                                      overwrite=overwrite)

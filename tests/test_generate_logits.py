@@ -33,7 +33,7 @@ from rerank_distill.scoring import (
 )
 from rerank_distill.shards import merge_shards, names_model
 from rerank_distill.teachers import TeacherScores, choose_backend
-from rerank_distill.toy import read_jsonl_records, write_jsonl_records
+from rerank_distill.toy import read_jsonl_records, synthetic_ranking_data, write_jsonl_records
 
 
 class CountingTeacher:
@@ -568,6 +568,19 @@ def test_a_merge_warns_of_scoring_settings_other_than_its_shards_which_it_does_n
     assert "--max_length 99 is not read: a merge scores nothing, and the shards were scored with 2048 " \
            "(args.shard-0-of-2.json)" in caplog.text
     assert "--score_scale 3.0 is not read: a merge scores nothing, and the shards were scored with 10.0" in caplog.text
+
+
+def test_a_merge_of_several_inputs_joins_none_where_a_later_inputs_shard_is_missing(tmp_path, ranking_file,
+                                                                                     tiny_embedding_model):
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", synthetic_ranking_data(4, docs_per_query=3, seed=5))
+    flags = ["--model_path", str(tiny_embedding_model), "--teacher_type", "embedding", "--output_dir",
+             str(tmp_path / "scores"), "--device", "cpu", "--no_show_progress"]
+    for index in range(2):
+        generate_logits.main([*flags, "--input_path", str(ranking_file), "--shard", f"{index}/2"])
+    generate_logits.main([*flags, "--input_path", str(dev), "--shard", "0/2"])  # dev's shard 1/2 never ran
+    with pytest.raises(InputError, match="dev_scores.shard-1-of-2.jsonl is missing or unfinished"):
+        generate_logits.main([*flags, "--input_path", str(ranking_file), str(dev), "--merge_shards", "2"])
+    assert not (tmp_path / "scores" / "train_scores.jsonl").exists()
 
 
 def test_a_merge_naming_other_teachers_than_scored_the_shards_is_refused_before_joining(
