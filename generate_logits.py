@@ -161,7 +161,7 @@ class GenerateLogitsArguments:
     device: str | None = field(
         default=None,
         metadata={"help": "Device of the hf backend and of cross_encoder/embedding teachers (cuda, cuda:1, cpu); "
-                  "default: cuda if available."},
+                  "default: cuda if available. vLLM does not read it: choose its GPUs with CUDA_VISIBLE_DEVICES."},
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto",
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     uses_llm = any(kind in LLM_TEACHER_TYPES for kind in run.teacher_types)
     run.backend = choose_backend(args.backend) if uses_llm else "sentence-transformers"
-    warn_unread(args, unread_backend_flags(run.backend, args.data_parallel_size))
+    warn_unread(args, unread_backend_flags(run.backend, args.data_parallel_size, run.teacher_types))
     # One run per output at a time, claimed before any teacher is fetched or loaded (minutes for an 8B
     # model); a run refused before it writes anything leaves no folder behind
     with no_empty_folders_left(args.output_dir), ExitStack() as claimed:

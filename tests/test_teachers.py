@@ -434,6 +434,25 @@ def test_the_hf_backends_prefix_cache_flag_is_unread_on_vllm():
     assert "prefix_cache" in unread_backend_flags("vllm", 1) and "prefix_cache" not in unread_backend_flags("hf", 1)
 
 
+def test_device_is_unread_on_vllm_unless_a_teacher_beside_the_judges_runs_on_it():
+    # (vLLM placed the teacher on the GPUs it sees, --device cuda:1 or cpu dropped unsaid)
+    assert "device" in unread_backend_flags("vllm", 1, ["llm_yesno", "llm_labels"])
+    assert "device" not in unread_backend_flags("vllm", 1, ["llm_yesno", "cross_encoder"])
+    assert "device" not in unread_backend_flags("hf", 1, ["llm_yesno"])
+
+
+def test_generate_logits_warns_of_device_on_vllm_before_a_teacher_loads(teacher_never_loads, monkeypatch, tmp_path,
+                                                                        caplog, ranking_file):
+    monkeypatch.setattr(generate_logits, "choose_backend", lambda backend: "vllm")
+    monkeypatch.setattr(generate_logits, "check_device", lambda *args: None)  # (no GPU here)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(teacher_never_loads):
+        generate_logits.main(["--model_path", "m", "--input_path", str(ranking_file), "--output_dir",
+                              str(tmp_path / "o"), "--device", "cuda:1"])
+    assert [record.getMessage().split()[0] for record in caplog.records if "is not read" in record.getMessage()] == [
+        "--device"]
+
+
 @pytest.mark.parametrize(("device", "message"), [("cuda", "--device cuda: no CUDA GPU is visible here"),
                                                ("cuda:1", "--device cuda:1: no CUDA GPU is visible here"),
                                                ("gpu", "--device 'gpu' is not a device name")])

@@ -195,11 +195,15 @@ def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     return unread
 
 
-def unread_backend_flags(backend: str, data_parallel_size: int) -> dict[str, str]:
+def unread_backend_flags(backend: str, data_parallel_size: int, teacher_types: list[str] = ()) -> dict[str, str]:
     """The generate_logits.py flags the chosen ``backend`` (vllm, hf, or sentence-transformers for
-    teachers that are no LLM judge) never reads, each with why; those no teacher type reads are
-    unread_teacher_flags'."""
+    teachers that are no LLM judge) never reads with these ``teacher_types``, each with why; those no
+    teacher type reads are unread_teacher_flags'."""
     unread = {}
+    if backend == "vllm" and teacher_types and all(kind in LLM_TEACHER_TYPES for kind in teacher_types):
+        # (a cross_encoder or embedding teacher beside the judges still runs where --device says)
+        unread["device"] = ("the vllm backend places the teacher itself, on the GPUs CUDA_VISIBLE_DEVICES shows "
+                            "(CUDA_VISIBLE_DEVICES=1 for the second GPU); --backend hf runs on --device")
     if backend != "vllm" and data_parallel_size == 1:  # (with replicas it sizes each one's GPU group)
         unread["tensor_parallel_size"] = f"only the vllm backend splits a teacher over GPUs, and this run uses {backend}"
     if backend == "hf":
