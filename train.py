@@ -206,6 +206,9 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     """Train as ``main``'s arguments say, in the --output_dir it claimed; returns the run's summary."""
     if script.batch_grouping != "none" and "batch_sampler" not in passed:  # (before a resumed run's is compared)
         training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
+    elif script.batch_grouping != "none" and "batch_grouping" in passed:
+        logger.warning("--batch_grouping %s is not read: --batch_sampler %s chooses the batches", script.batch_grouping,
+                       passed["batch_sampler"])
     resume, resumed, digests = prepare_resume(script, training)
     evaluate = training.eval_strategy != "no"
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None

@@ -1652,6 +1652,16 @@ def test_batch_grouping_query_trains_with_the_query_grouped_sampler(tiny_cross_e
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_batch_grouping_given_beside_batch_sampler_is_warned_about(tiny_cross_encoder, triplets_file, tmp_path,
+                                                                    caplog):
+    caplog.set_level(logging.WARNING)  # (--batch_sampler wins, and --batch_grouping was dropped unsaid)
+    run_train(tiny_cross_encoder, triplets_file, tmp_path / "model", "--max_steps", "1", "--eval_strategy", "no",
+              "--batch_grouping", "query", "--batch_sampler", "no_duplicates")  # fmt: skip
+    recorded = json.loads((tmp_path / "model" / "args.json").read_text())
+    assert recorded["training"]["batch_sampler"] == "no_duplicates"
+    assert "--batch_grouping query is not read: --batch_sampler no_duplicates" in caplog.text
+
+
 def test_data_seed_orders_the_batches_where_it_is_given(tiny_cross_encoder, triplets_file, tmp_path):
     trained = {}
     for name, flags in (("default", []), ("data_seed", ["--data_seed", "7"]), ("again", ["--data_seed", "7"])):
