@@ -66,7 +66,10 @@ class GenerateLogitsArguments:
                   "negative}), Parquet, a hub data set NAME[:SPLIT], or one downloaded into a folder, DIR:SPLIT; one "
                   "in parts (MTEB v2: corpus, queries, qrels, top_ranked) is joined into a query a record."},
     )
-    output_dir: str = field(metadata={"help": "Folder for {stem}_scores.jsonl files and args.json."})
+    output_dir: str = field(metadata={"help": "Folder for {stem}_scores.jsonl files (each with its .run.json) and the "
+                                      "run's args.json (a --shard I/N run's: args.shard-I-of-N.json; with "
+                                      "--passages_as_queries: args.passages_as_queries.json, or "
+                                      "args.shard-I-of-N.passages_as_queries.json)."})
     teacher_type: list[str] | None = field(
         default=None,
         metadata={
