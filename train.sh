@@ -62,15 +62,20 @@ BF16="${BF16:-auto}"                                              # true, false,
 # What the command line sets itself: its --loss decides the temperature's default, its --selection_data replaces SELECTION_DATA
 loss="$LOSS"
 selection_data_flag=false
+fused_forward=true  # its --no_fused_forward (or --fused_forward false): margin_mse then scores one pair a pass
 previous=""
 for arg in "$@"; do
     case "$arg" in
         --loss=*) loss="${arg#--loss=}" ;;
+        --no_fused_forward | --no-fused-forward) fused_forward=false ;;
+        --fused_forward=* | --fused-forward=*) fused_forward="${arg#*=}" ;;
         --selection_data | --selection_data=* | --selection-data | --selection-data=*) selection_data_flag=true ;;
         -h | --help) exec "$python" "$here/train.py" --help ;;  # before the warnings below, which would not apply
     esac
     if [[ "$previous" == "--loss" ]]; then
         loss="$arg"
+    elif [[ "$previous" == "--fused_forward" || "$previous" == "--fused-forward" ]]; then
+        fused_forward="$arg"
     fi
     previous="$arg"
 done
@@ -112,9 +117,14 @@ args=(
     --warmup_steps "$WARMUP"
     --bf16 "$BF16"
 )
-# the pointwise losses score one pair an example, so the default is passed only to those that score several;
-# one you set is passed for every loss (train.py warns where unread)
-if [[ -n "$pairs_per_forward_given" || "$loss" =~ ^(margin_mse|listwise_kl|infonce)$ ]]; then
+# the pointwise losses score one pair an example (and margin_mse too with --no_fused_forward), so the default is
+# passed only to those that score several; one you set is passed for every loss (train.py warns where unread)
+several_pairs=false
+if [[ "$loss" =~ ^(listwise_kl|infonce)$ || ( "$loss" == "margin_mse" &&
+      ! "$(printf '%s' "$fused_forward" | tr '[:upper:]' '[:lower:]')" =~ ^(false|f|no|n|0)$ ) ]]; then
+    several_pairs=true
+fi
+if [[ -n "$pairs_per_forward_given" || "$several_pairs" == "true" ]]; then
     args+=(--pairs_per_forward "$PAIRS_PER_FORWARD")
 fi
 if [[ -n "$temperature_given" || "$loss" == "listwise_kl" ]]; then

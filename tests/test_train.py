@@ -2439,11 +2439,15 @@ def test_a_forward_pass_flag_the_loss_never_reads_is_warned_about(tmp_path, scor
     assert [message[:len(warning)] for message in warned] == ([] if warning is None else [warning])
 
 
-def test_the_launcher_passes_its_default_pairs_per_forward_only_to_losses_that_read_it(tmp_path, scores_file):
-    env = {**os.environ, "STUDENT": str(tmp_path / "no-such-model"), "TRAIN_DATA": str(scores_file), "LOSS": "mse",
+@pytest.mark.parametrize(("loss", "flags"), [("mse", []), ("margin_mse", ["--no_fused_forward"]),
+                                            ("margin_mse", ["--fused_forward", "false"])])
+def test_the_launcher_passes_its_default_pairs_per_forward_only_to_losses_that_read_it(tmp_path, scores_file, loss,
+                                                                                      flags):
+    # (margin_mse with --no_fused_forward was given it, and warned of a setting the user never made)
+    env = {**os.environ, "STUDENT": str(tmp_path / "no-such-model"), "TRAIN_DATA": str(scores_file), "LOSS": loss,
            "SELECTION_DATA": "", "MODEL_DIR": str(tmp_path / "model"), "HF_HUB_OFFLINE": "1"}
     launcher = Path(train.__file__).with_name("train.sh")
-    done = subprocess.run(["bash", str(launcher)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(launcher), *flags], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2 and "does nothing" not in done.stderr, done.stderr[-2000:]
 
 
