@@ -20,13 +20,14 @@ here="$("$python" -c 'import os, sys; print(os.path.dirname(os.path.realpath(sys
 given="${NUM_NEGATIVES:+NUM_NEGATIVES} ${GROUP_SIZE:+GROUP_SIZE} ${TOP_K:+TOP_K}"  # (set empty: the default, not given)
 
 # Teacher scores written by generate_logits.sh (into its SCORES_DIR): train.jsonl(.gz) gives train_scores.jsonl,
-# a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set NAME:train {NAME}_train_scores.jsonl
+# a folder's split DIR:train gives {DIR's name}_train_scores.jsonl, a hub data set OWNER/NAME[@REV]:train
+# {NAME[@REV]}_train_scores.jsonl
 SCORES="${SCORES:-${SCORES_DIR:-output/scores}/train_scores.jsonl}"
 # Its passages-as-queries lists (generate_logits.sh with PASSAGES_AS_QUERIES > 0), read too when the
 # file exists: by default SCORES' name with _scores.jsonl -> _passages_as_queries_scores.jsonl; set
 # empty (PASSAGES_AS_QUERIES_SCORES=) to leave it out
 PASSAGES_AS_QUERIES_SCORES="${PASSAGES_AS_QUERIES_SCORES-${SCORES%_scores.jsonl}_passages_as_queries_scores.jsonl}"
-# Where the records go (the run's arguments are written beside it as train_triplets.args.json; train.sh reads it)
+# Where the records go (the run's arguments are written beside it as train_triplets.args.json; train.py reads it)
 TRIPLETS="${TRIPLETS:-output/triplets/train_triplets.jsonl}"
 # Record layout: triplets (margin per pair), ntuples (one positive, several negatives, raw scores)
 # or listwise (the positive first, then GROUP_SIZE - 1 negatives, raw scores and gold labels)

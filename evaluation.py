@@ -2,9 +2,9 @@
 
 Reports MAP, MRR@10 and NDCG@10 for each model (and for the teacher's own scores with
 --teacher_scores), the change from before to after, as a table on stdout and as JSON. With graded
-labels (a graded data set such as ESCI's E/S/C/I = 3/2/1/0, or more than two grades) it adds each
-model's mean score per true grade and, for a teacher that predicts label words (label_probs), its
-label accuracy. Tied scores are averaged over (see rerank_distill.metrics).
+labels (a graded data set such as ESCI's E/S/C/I = 3/2/1/0, or more than two grades), or a teacher
+that predicts label words (label_probs), it adds each model's mean score per true grade and, for
+that teacher, its label accuracy. Tied scores are averaged over (see rerank_distill.metrics).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class ScriptArguments:
         metadata={"help": "What picks the final model: map (the best checkpoint by held-out MAP), loss (by held-out "
                   "eval loss), last (no hold-out: every query trains, the last step is final) or auto: map when gold "
                   f"labels are at hand for at least {MIN_SELECTION_QUERIES} held-out queries (or a dev set of its "
-                  "own), last when fewer, loss without labels."},
+                  "own), last when fewer (map still where evaluations are asked for: --eval_data, "
+                  "--early_stopping_patience, --eval_share, --eval_steps, ...), loss without labels."},
     )
     max_train_seconds: float | None = field(
         default=None,

@@ -98,6 +98,9 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
                 "--selection_metric: eval_selection_map (held-out MAP) or eval_loss.",
                 "output_dir": "Required: where the final model, its checkpoints, args.json and training_summary.json "
                 "go.",
+                "batch_sampler": "sentence-transformers' batch sampler (one of the choices above). "
+                "Unset, train.py's --batch_grouping chooses the batches (default length: examples of similar length); "
+                "given, it replaces --batch_grouping.",
             },
             shown_defaults=default_training_values(),
         )
