@@ -17,13 +17,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
 from torch import Tensor
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, TrainOutput
 
 from rerank_distill.cli import stop_if_signalled
 from rerank_distill.errors import InputError, first_line
@@ -354,9 +355,28 @@ class EarlyStopping(EarlyStoppingCallback):
     def __init__(self, early_stopping_patience: int = 1, resumed: TrainerState | None = None,
                  early_stopping_threshold: float | None = 0.0) -> None:
         super().__init__(early_stopping_patience, early_stopping_threshold)
+        # the best metric of every evaluation so far, a checkpoint's or not: the state's best_metric is the best
+        # checkpoint's only (DistillationTrainer._determine_best_metric)
+        self.best_evaluation: float | None = None
         saved = saved_early_stopping(resumed) if resumed is not None else None
         if saved:
             self.early_stopping_patience_counter = saved["attributes"]["early_stopping_patience_counter"]
+            self.best_evaluation = saved["attributes"].get("best_evaluation", resumed.best_metric)  # (older runs)
+
+    def check_metric_value(self, args, state, control, metric_value):
+        best_checkpoint, state.best_metric = state.best_metric, self.best_evaluation
+        try:
+            super().check_metric_value(args, state, control, metric_value)
+        finally:
+            state.best_metric = best_checkpoint
+        better = np.greater if args.greater_is_better else np.less
+        if self.best_evaluation is None or better(metric_value, self.best_evaluation):
+            self.best_evaluation = float(metric_value)
+
+    def state(self) -> dict:
+        saved = super().state()
+        saved["attributes"]["best_evaluation"] = self.best_evaluation
+        return saved
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         super().on_evaluate(args, state, control, metrics, **kwargs)
@@ -388,6 +408,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     - A finished run trained further trains its first new step at the longer schedule's rate, not
       at the rate the old schedule ended at (_load_optimizer_and_scheduler).
     - A resumed run does not evaluate again at its start under --eval_on_start (train).
+    - Only an evaluation with a checkpoint can be the best (_determine_best_metric).
     - The evaluator's scores are float32 under --bf16 on every process: sentence-transformers has the
       other torchrun processes score shares of its predict calls, outside its float32 context.
     """
@@ -418,6 +439,14 @@ class DistillationTrainer(CrossEncoderTrainer):
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.args.eval_on_start = eval_on_start
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
+        # Only an evaluation with a checkpoint can become the final model. Counted too, one between checkpoints
+        # (--eval_steps finer than --save_steps) held a best metric no checkpoint beat, and the last step became the
+        # model instead of the best checkpoint saved. (--save_strategy best saves at each new best; no saves none.)
+        if self.args.save_strategy not in (SaveStrategy.BEST, SaveStrategy.NO) and not self.control.should_save:
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Each training log also says how many real and padded tokens a pair carried since the

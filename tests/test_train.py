@@ -211,6 +211,26 @@ def test_the_checkpoint_with_the_best_held_out_map_becomes_the_model_and_its_que
     assert summary["best_metric"] == pytest.approx(best_map)
 
 
+def test_with_evaluations_between_checkpoints_the_best_saved_checkpoint_becomes_the_model(
+    tiny_cross_encoder, triplets_file, scores_file, tmp_path, monkeypatch
+):
+    # --eval_steps 1 --save_steps 2: the best MAP is at step 1, which has no checkpoint. Counted as the best, it
+    # left no checkpoint better than it, so the last step became the model, not checkpoint-2, the best one saved
+    maps = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.4}
+    monkeypatch.setattr(train.SelectionEvaluator, "__call__", lambda self, model, output_path=None, epoch=-1, steps=-1:
+                        {f"selection_{name}": maps[steps] for name in ("map", "mrr@10", "ndcg@10")})
+    out = tmp_path / "model"
+    summary = run_train(tiny_cross_encoder, triplets_file, out, "--selection_data", str(scores_file),
+                        "--eval_share", "0.4", "--selection_metric", "map", "--max_steps", "4",
+                        "--eval_steps", "1", "--save_steps", "2", "--learning_rate", "5e-3")
+
+    assert [step for step, _ in eval_history(out, "eval_selection_map")] == [1, 2, 3, 4]
+    assert (summary["final_model"], summary["best_checkpoint"]) == ("best checkpoint", str(out / "checkpoint-2"))
+    assert summary["best_metric"] == pytest.approx(0.5)
+    final, best = weights(out), weights(out / "checkpoint-2")
+    assert all(torch.equal(final[name], best[name]) for name in final)
+
+
 def test_under_bf16_training_steps_run_in_bf16_and_checkpoints_are_ranked_in_float32(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path, monkeypatch
 ):
