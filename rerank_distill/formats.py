@@ -19,6 +19,7 @@ keeps its reranking tasks (corpus, queries, qrels, top_ranked; on a hub or in a 
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import logging
@@ -92,6 +93,7 @@ class ListOddities:
 
     blank_queries: int = 0
     blank_passages: int = 0
+    lists_as_text: int = 0
     repeated_passages: int = 0
     conflicting_labels: int = 0
     repeated_queries: int = 0
@@ -122,6 +124,9 @@ class ListOddities:
         for index, (passage, label) in enumerate(zip(query.passages, query.labels)):
             if not passage.strip():
                 first_at.setdefault("blank_passages", index)
+            if passage.startswith("[") and _is_list_as_text(passage):
+                found["lists_as_text"] = found.get("lists_as_text", 0) + 1
+                first_at.setdefault("lists_as_text", index)
             if passage in label_of_passage:
                 kind = "repeated_passages" if label_of_passage[passage] == label else "conflicting_labels"
                 found[kind] = found.get(kind, 0) + 1
@@ -138,6 +143,8 @@ class ListOddities:
         names = {"blank_queries": "blank query texts", "blank_passages": "blank passages",
                  "repeated_passages": "passages listed again in their query's list with the same label",
                  "conflicting_labels": "passages listed again in their query's list with another label",
+                 "lists_as_text": "passages that are the text of a list of texts (a list saved as a string, as a CSV "
+                                  "export writes it? Each is one passage here: store lists as JSON arrays)",
                  "repeated_queries": "query texts given again with a list of their own in a later record"}  # fmt: skip
         # how the stages differ on such entries, said with them
         notes = {"repeated_queries": "; create_triplets.py joins one query text's lists into one, evaluation.py ranks "
@@ -147,6 +154,18 @@ class ListOddities:
                  for kind, name in names.items() if getattr(self, kind)]  # fmt: skip
         if found:
             logger.warning("%s: %s; %s: clean the data if they are mistakes", source, "; ".join(found), what_happens)
+
+
+def _is_list_as_text(text: str) -> bool:
+    """Whether ``text`` spells a list of texts, as JSON (``["a", "b"]``) or Python (``['a', 'b']``,
+    as pandas writes a list column to CSV)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
+            continue
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return False
 
 
 @dataclass

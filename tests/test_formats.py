@@ -14,6 +14,7 @@ import pytest
 
 from rerank_distill.errors import InputError
 from rerank_distill.formats import (
+    ListOddities,
     check_outside_data_set_folders,
     detect_format,
     id_columns,
@@ -271,6 +272,17 @@ def test_rows_of_graded_labels_and_of_teacher_scores_with_labels_read_alike(tmp_
     path = write_jsonl_records(tmp_path / "rows.jsonl", [{"query": "q", "item_text": "a", "esci_label": "E"},
                                                          {"query": "q", "passage": "b", "score": 0.5, "label": 0}])
     assert as_tuples(path) == [("q", ["a", "b"], [3.0, 0.0])]
+
+
+def test_lists_saved_as_text_are_read_as_one_passage_each_and_warned_about(tmp_path, caplog):
+    records = [{"query": "q", "positive": '["a", "b"]', "negative": "['c']"},  # JSON, and Python as pandas writes it
+               {"query": "r", "positive": ["[citation needed]", "[1, 2]"], "negative": ["[]"]}]  # fmt: skip
+    path = write_jsonl_records(tmp_path / "export.jsonl", records)
+    queries = list(iter_ranking_queries(str(path)))
+    assert [query.passages for query in queries] == [['["a", "b"]', "['c']"], ["[citation needed]", "[1, 2]", "[]"]]
+    ListOddities.found_in(queries).warn(str(path), "each is read as it is")
+    assert (f"{path}: 3 passages that are the text of a list of texts (a list saved as a string, as a CSV export "
+            f"writes it? Each is one passage here: store lists as JSON arrays) (first at {path}:1)") in caplog.text
 
 
 def test_input_format_forces_the_reading_instead_of_detection(tmp_path):
