@@ -989,9 +989,9 @@ def teacher_scores_for(
     them, and a label word with no grade. ``hub``/``cache_dir``: where a hub data set is fetched from.
     """
     scored: dict[tuple[str, str], TeacherLine] = {}  # each pair's first line
-    # a repeated pair that reads differently from its first (stage 1 scores each pair once a chunk, so alike up to
-    # float32's batch noise; the combined score of several teachers, standardised within each list, may differ
-    # between lists)
+    # a repeated pair that reads differently from its first (stage 1 scores each pair once a chunk, so alike to
+    # within batch noise, SAME_SCORE_WITHIN; the combined score of several teachers, standardised within each list,
+    # may differ between lists)
     conflicting = []
     # the other labels a pair's later lines carry (a passage listed under its query as relevant and as not): the
     # data set's listing of it under such a label is no other version of the data set
