@@ -86,8 +86,9 @@ class TripletArguments:
         metadata={
             "help": "teacher: the --top_k best-scored passages; labels: the passages whose gold label is > 0 "
             "(needs labels on every input line), each paired only with passages of a lower grade (its negatives "
-            "are chosen among those, passing over the ones graded as high); both: the union. Margins are always "
-            "the teacher's."
+            "are chosen among those, passing over the ones graded as high); both: the union, where a teacher "
+            "positive with a gold label of 0 still faces whatever the teacher ranks below it, labelled positives "
+            "included. Margins are always the teacher's."
         },
     )
     top_k: int = field(
