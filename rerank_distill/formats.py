@@ -945,7 +945,7 @@ class TeacherLine(NamedTuple):
 
 # Two readings of a pair's teacher score this close (relative, or absolute below 1) are one score: a pair whose
 # query text has lists in two chunks or shards of stage 1 is scored in each, in other batches, and its logit moves
-# with the batch (float32 in its last digits; bf16, as GPU teachers run, keeps under three digits, so by up to ~1%)
+# with the batch (float32 in its last digits; bf16, as GPU teachers run, keeps 8 bits of mantissa: steps of 2^-8)
 SAME_SCORE_WITHIN = 0.02
 
 
