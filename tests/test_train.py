@@ -1033,15 +1033,16 @@ def test_labelled_training_data_with_a_passage_both_positive_and_negative_is_tra
 @pytest.mark.parametrize("loss", ["bce_labels", "mse"])
 def test_a_scores_file_with_a_pair_listed_twice_or_blank_is_trained_as_it_is_and_warned_of(tmp_path, caplog, loss):
     # stage 1's output of the labelled data above: a line a listing, each with its own label
-    path = str(write_jsonl_records(tmp_path / "s.jsonl", [
-        {"query": "q", "passage": "p", "score": 1.0, "label": 1}, {"query": "q", "passage": "p", "score": 1.0,
-                                                                   "label": 0},
-        {"query": "q", "passage": " ", "score": -1.0, "label": 0}]))
+    lines = [{"query": "q", "passage": "p", "score": 1.0, "label": 1},
+             {"query": "q", "passage": "p", "score": 1.0, "label": 0},
+             {"query": "q", "passage": " ", "score": -1.0, "label": 0}]  # fmt: skip
+    path = str(write_jsonl_records(tmp_path / "s.jsonl", lines))
     with caplog.at_level(logging.WARNING):
         data = read_training_data(path, loss)
     assert len(data.columns["label"]) == 3
     assert (f"{path}: 1 blank passages (first at {path}:3); 1 passages listed again in their query's list with "
             f"another label (first at {path}:2); each trains as it is") in caplog.text
+
 
 @pytest.mark.parametrize("score", [{"score": 1.5}, {}])  # a scores file with labels, and labelled rows
 def test_a_fractional_gold_grade_above_zero_is_a_relevant_target_for_bce_labels(tmp_path, score):
