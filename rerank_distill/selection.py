@@ -370,10 +370,13 @@ class SelectionEvaluator(BaseEvaluator):
         super().__init__()
         self.queries, self.batch_size, self.name = list(queries), batch_size, name
         self.primary_metric = "map"
+        self.evaluated = False  # the same pairs at every evaluation: how many the max_length cuts is logged once
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
         with in_float32(model):  # the scores evaluation.py gives the saved model
-            scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False)
+            scores = score_ranking_queries(model, self.queries, self.batch_size, show_progress_bar=False,
+                                           log_cut=not self.evaluated)
+        self.evaluated = True
         if all(np.isfinite(by_query).all() for by_query in scores):
             result = evaluate_rankings(zip(scores, [query.labels for query in self.queries]), protocol="mteb")
             metrics = {name: result[name] for name in RANKING_METRICS}

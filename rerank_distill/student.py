@@ -258,6 +258,7 @@ def score_pairs_with_cross_encoder(
     dtype: str = "float32",
     sort_by_tokens: bool = True,
     token_lengths: Sequence[int] | None = None,
+    log_cut: bool = True,
 ) -> np.ndarray:
     """One raw logit per (query, passage) pair, float32, in the order given.
 
@@ -273,7 +274,8 @@ def score_pairs_with_cross_encoder(
     in the third decimal (MAP 0.5387 in float32, 0.5372 in bf16 on 50 SemEval dev queries:
     bench/results/evaluate_cpu_length_batches.json). ``token_lengths``: each pair's length as the
     model sees it (after truncation), where the caller has tokenized the pairs already, so they are
-    not tokenized twice.
+    not tokenized twice. ``log_cut``: log how many pairs filled the model's max_length (where
+    ``token_lengths`` is not given), as a caller scoring the same pairs again need not hear twice.
     """
     import torch
     from tqdm.auto import tqdm
@@ -295,7 +297,7 @@ def score_pairs_with_cross_encoder(
             if token_lengths is None:
                 lengths = pair_token_lengths(model.tokenizer, distinct, model.max_seq_length)
                 cut = int((lengths >= (model.max_seq_length or np.inf)).sum())
-                if cut:
+                if cut and log_cut:
                     logger.info("%d of %d distinct pairs (%.1f%%) filled the model's max_length of %d tokens and "
                                 "were cut there", cut, len(distinct), 100 * cut / len(distinct), model.max_seq_length)
             else:  # a repeated pair writes its (equal) length again
@@ -319,13 +321,15 @@ def score_ranking_queries(
     dtype: str = "float32",
     sort_by_tokens: bool = True,
     wanted: Sequence[bool] | None = None,
+    log_cut: bool = True,
 ) -> list[np.ndarray]:
     """Each query's candidate logits (an array per query, in its passages' order), scoring all
     queries' distinct pairs in one pass (see ``score_pairs_with_cross_encoder``). A query whose
-    ``wanted`` flag is False is not scored: its array is NaN."""
+    ``wanted`` flag is False is not scored: its array is NaN. ``log_cut`` as there."""
     wanted = [True] * len(queries) if wanted is None else list(wanted)
     pairs = [(query.query, passage) for query, keep in zip(queries, wanted) if keep for passage in query.passages]
-    flat = score_pairs_with_cross_encoder(model, pairs, batch_size, show_progress_bar, dtype, sort_by_tokens)
+    flat = score_pairs_with_cross_encoder(model, pairs, batch_size, show_progress_bar, dtype, sort_by_tokens,
+                                          log_cut=log_cut)
     scored = iter(np.split(flat, np.cumsum([len(q.passages) for q, keep in zip(queries, wanted) if keep])[:-1]))
     unscored = np.float32(np.nan)
     return [next(scored) if keep else np.full(len(q.passages), unscored) for q, keep in zip(queries, wanted)]

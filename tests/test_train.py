@@ -1500,6 +1500,19 @@ def test_selection_evaluator_equals_sentence_transformers_reranking_evaluator(ti
         assert ours[f"selection_{name}"] == pytest.approx(theirs[name], abs=1e-6)
 
 
+def test_selection_evaluator_logs_the_pairs_max_length_cuts_once_not_at_every_evaluation(tiny_cross_encoder, caplog):
+    from rerank_distill.formats import RankingQuery
+    from rerank_distill.student import load_cross_encoder
+
+    model = load_cross_encoder(str(tiny_cross_encoder), max_length=16)
+    queries = [RankingQuery("q", ["word " * 50, "rice"], [1.0, 0.0])]
+    evaluator = SelectionEvaluator(queries)
+    with caplog.at_level("INFO", logger="rerank_distill.student"):
+        for step in (1, 2, 3):
+            evaluator(model, steps=step)
+    assert caplog.text.count("filled the model's max_length of 16 tokens") == 1
+
+
 def test_selection_reads_grades_below_0_as_not_relevant_as_training_does(tiny_cross_encoder, tmp_path):
     from sentence_transformers import CrossEncoder
 
