@@ -77,10 +77,13 @@ def format_table(report: dict) -> str:
             row += f"{absolute:>+10.4f}" + ("       n/a" if relative is None else f"{relative:>+10.2%}")
         lines.append(row)
     skipped = report["queries_skipped_by_reason"]
+    # (only the sentence-transformers protocol keeps a query with no positive, as 0: under mteb the count is always 0)
+    scored_zero = report["queries_scored_zero"]
     lines.append(
         f"protocol {report['protocol']['name']}: {report['queries_evaluated']} of {report['queries']} queries "
         f"evaluated, {report['queries_skipped']} skipped ({skipped['no_positive']} no positive, "
-        f"{skipped['no_negative']} no negative), {report['queries_scored_zero']} scored 0 for having no positive"
+        f"{skipped['no_negative']} no negative)"
+        + (f", {scored_zero} scored 0 for having no positive" if scored_zero else "")
     )
     if "share_of_teacher" in report:
         shares = ", ".join(f"{model} {share['map']:.1%}" for model, share in report["share_of_teacher"].items()

@@ -140,6 +140,18 @@ def test_sentence_transformers_protocol_keeps_every_query(tiny_cross_encoder, ra
     assert report["queries_scored_zero"] == 1
 
 
+@pytest.mark.parametrize("protocol, clause", [
+    ("mteb", ""), ("sentence-transformers", ", 1 scored 0 for having no positive")
+])  # fmt: skip
+def test_the_table_names_queries_scored_0_only_where_the_protocol_keeps_them(
+    tiny_cross_encoder, ranking_file, tmp_path, capsys, protocol, clause
+):
+    # (the fixture's query with no positive: skipped under mteb, which never scores one 0)
+    run(tmp_path, tiny_cross_encoder, ranking_file, "--protocol", protocol)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("protocol ")]
+    assert line.endswith(f"no negative){clause}")
+
+
 @pytest.mark.parametrize(
     "protocol, unscored", [("mteb", {"no positive", "no negative"}), ("sentence-transformers", {"no positive"})]
 )
