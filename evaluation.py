@@ -209,9 +209,10 @@ def evaluate(args: EvaluationArguments, argv: list[str] | None) -> dict:
     # the metrics never read the scores of queries the protocol skips; the graded means use every pair
     wanted = [graded or scores_needed(query.labels, args.protocol) for query in queries]
     scores = {}
+    unscored = "; the protocol reads no scores of the others" if not all(wanted) else ""
     for name, path in models.items():
-        logger.info("scoring %d of %d queries of %s with %s (%s); the protocol reads no scores of the others",
-                    sum(wanted), len(queries), args.dataset_path, path, name)  # fmt: skip
+        logger.info("scoring %d of %d queries of %s with %s (%s)%s", sum(wanted), len(queries), args.dataset_path,
+                    path, name, unscored)  # fmt: skip
         model = load_cross_encoder(folders[name], max_length=args.max_length)
         if args.dtype == "bfloat16" and not bfloat16_is_fast(model.device):
             logger.warning("%s has no bfloat16 units: --dtype bfloat16 is emulated and may be slower", model.device)

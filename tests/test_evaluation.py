@@ -579,6 +579,13 @@ def test_among_several_teachers_the_label_teachers_probabilities_give_its_accura
     assert (accuracy["teacher"]["correct"], accuracy["teacher"]["pairs"]) == (5, 7)  # as with the judge alone
 
 
+def test_the_log_names_queries_left_unscored_only_where_there_are_some(tiny_cross_encoder, tmp_path, caplog):
+    dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]}])
+    with caplog.at_level("INFO", logger="rerank_distill.evaluation"):
+        run(tmp_path, tiny_cross_encoder, dataset)
+    assert "scoring 1 of 1 queries" in caplog.text and "the others" not in caplog.text
+
+
 def test_label_probs_on_binary_data_still_add_the_graded_section(tiny_cross_encoder, tmp_path):
     dataset = write_jsonl_records(tmp_path / "test.jsonl", [{"query": "q", "positive": ["a"], "negative": ["b"]}])
     teacher = write_jsonl_records(tmp_path / "scores.jsonl", [
