@@ -454,6 +454,9 @@ class DistillationTrainer(CrossEncoderTrainer):
         if self.padding is not None and "loss" in logs:
             logs.update(self.padding.since(self._padding_at_last_log))
             self._padding_at_last_log = copy.copy(self.padding)
+        if self.eval_dataset is None:  # the evaluator alone: sentence-transformers times an empty loop, "0 samples/s"
+            for key in ("eval_samples_per_second", "eval_steps_per_second"):
+                logs.pop(key, None)
         super().log(logs, start_time)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

@@ -708,6 +708,19 @@ def test_a_labelled_eval_data_picks_by_map_as_a_dev_set_and_every_training_query
     assert summary["selection_queries"] == sum(1 for q in iter_ranking_queries(str(dev)) if q.positives and q.negatives)
 
 
+def test_evaluations_by_a_dev_set_alone_log_no_eval_speed_of_0_samples_per_second(tiny_cross_encoder, ranking_file,
+                                                                                   tmp_path):
+    dev_queries = synthetic_ranking_data(6, docs_per_query=4, seed=11)
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{**record, "query": f"dev {record['query']}"}
+                                                       for record in dev_queries])  # fmt: skip
+    summary = run_train(tiny_cross_encoder, ranking_file, tmp_path / "model", "--loss", "bce_labels",
+                        "--selection_data", str(dev), "--max_steps", "2")
+    state = json.loads((tmp_path / "model" / "checkpoint-2" / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_selection_map" in entry]
+    assert summary["eval_examples"] == 0 and evaluations  # the selection evaluator ran, with no eval data set
+    assert not any("eval_samples_per_second" in entry for entry in evaluations)
+
+
 def test_an_eval_data_without_gold_labels_leaves_selection_to_the_training_files_labels(scores_file, tmp_path):
     dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": "dev q", "passage": p, "score": s, "label": None}
                                                        for p, s in (("a", 1.0), ("b", 0.0))])  # fmt: skip
