@@ -232,7 +232,8 @@ def score_with_teachers(run: TeacherRun) -> dict:
         stats = score_source(**job, resume=resume, show_progress=args.show_progress, command=run.command)
         expected = run.expected[source, derived]
         if not stats.already_complete:
-            logger.info("%s: %s; this run scored %d of them%s in %.1f s, %.1f pairs/s", output,
+            # (wrote, not scored: the pairs it wrote count each duplicate the distinct-scored count leaves out)
+            logger.info("%s: %s; this run wrote %d of them%s in %.1f s, %.1f pairs/s", output,
                         counts_message(vars(stats), expected.queries_without_passages),
                         stats.pairs - stats.resumed_at_pair,
                         f" (resumed after {stats.resumed_at_pair})" if stats.resumed_at_pair else "", stats.seconds,

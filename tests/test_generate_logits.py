@@ -284,6 +284,15 @@ def test_identical_pairs_are_scored_once_and_every_line_is_kept(tmp_path):
     assert stats.duplicate_pairs_reused == 2
 
 
+def test_the_log_says_the_run_wrote_every_pair_where_it_scored_a_repeated_pair_once(tiny_qwen3, tmp_path, caplog):
+    source = write_jsonl_records(tmp_path / "dup.jsonl", [{"query": "q1", "positive": ["a", "b"], "negative": ["a"]}])
+    with caplog.at_level(logging.INFO):
+        generate_logits.main(["--model_path", str(tiny_qwen3), "--input_path", str(source), "--output_dir",
+                              str(tmp_path / "scores"), "--no_show_progress"])  # fmt: skip
+    assert "3 pairs (2 distinct scored, 1 duplicates reused" in caplog.text
+    assert "this run wrote 3 of them" in caplog.text  # (it said "scored 3", beside "2 distinct scored")
+
+
 def test_a_run_interrupted_and_rerun_equals_an_uninterrupted_run(tmp_path, ranking_file, caplog):
     whole = tmp_path / "whole" / "train_scores.jsonl"
     run_scoring(ranking_file, whole, CountingTeacher())
