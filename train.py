@@ -267,7 +267,8 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
 
     start_step = resumed.global_step if resumed else 0
     logger.info("training %s for %s", script.model_name_or_path,
-                f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epochs")
+                f"{training.max_steps} step{'s' * (training.max_steps != 1)}" if training.max_steps > 0
+                else f"{training.num_train_epochs:g} epoch{'s' * (training.num_train_epochs != 1)}")
     started = time.perf_counter()
     if budget is not None:
         budget.start(resumed)

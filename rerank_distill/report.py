@@ -102,7 +102,8 @@ def format_table(report: dict) -> str:
             accuracy = graded["label_accuracy"]["teacher"]
             lines.append(
                 f"teacher label accuracy {accuracy['accuracy']:.4f}: its most probable label has the true "
-                + ("grade" if accuracy["compared"] == "grade" else "relevance (grade > 0; the data's grades are not on the teacher's label scale)")
+                + ("grade" if accuracy["compared"] == "grade" else "relevance (grade > 0: the data's labels are "
+                   "relevant or not, or off the teacher's label scale)")
                 + f" for {accuracy['correct']} of {accuracy['pairs']} pairs"
             )
     return "\n".join(lines)
