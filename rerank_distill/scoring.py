@@ -609,6 +609,7 @@ def score_source(
     claim_output around it.) ``resume`` is resume_point's answer for these arguments, where the
     caller has it; the chunk size is its."""
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     if len({teacher.name for teacher in teachers}) != len(teachers):
         raise ValueError("teacher names must differ, or their teacher_scores overwrite each other (see unique_names)")
@@ -646,7 +647,8 @@ def score_source(
     # whether a chunk has shown the teacher's scores vary (progress files of old releases lack it: a chunk was saved)
     checked = done.get("variation_checked", done["pairs"] > 0)
     try:
-        with naming_file(partial), open(partial, "a", encoding="utf-8") as out:
+        # (a warning while the bar is drawn, the teacher's scores barely varying, goes above it, not onto its line)
+        with naming_file(partial), open(partial, "a", encoding="utf-8") as out, logging_redirect_tqdm():
             for chunk_number, chunk in enumerate(iter_chunks(queries, resume.chunk_size)):
                 if chunk_number < done.get("chunks", 0):
                     continue
