@@ -71,6 +71,19 @@ class RankingQuery:
     row_files: list[str] | None = None
     row_lines: array | None = None
 
+    @classmethod
+    def of_rows(cls, query: str, location: str, source_format: str = "", ids: list | None = None) -> RankingQuery:
+        """An empty list for a row-per-pair source, to be filled by add_row (``ids``: a list there to
+        fill with each row's id_columns, where they are kept)."""
+        return cls(query, [], [], location, source_format, ids=ids, row_files=[], row_lines=array("q"))
+
+    def add_row(self, passage: str, label: float | None, path: str, line: int) -> None:
+        """One row's passage and label, read at ``path``:``line``."""
+        self.passages.append(passage)
+        self.labels.append(label)
+        self.row_files.append(path)
+        self.row_lines.append(line)
+
     def passage_location(self, index: int) -> str:
         """Where the ``index``-th passage was read: its own row, or its query's record."""
         return f"{self.row_files[index]}:{self.row_lines[index]}" if self.row_files else self.location
@@ -293,8 +306,8 @@ def splits_in(folder: str) -> dict[str, list[str]]:
             for name in files:  # hidden ones are no data: macOS's ._NAME copies, editors' .#NAME locks
                 if name.endswith(DATA_FILE_SUFFIXES) and not name.startswith("."):
                     by_split.setdefault(_split_named_by(root, name), []).append(os.path.join(root, name))
-                elif name.lower().removesuffix(".gz").endswith(OTHER_TABLE_SUFFIXES):
-                    tables.add(name.lower().removesuffix(".gz").rsplit(".", 1)[1])
+                elif (unzipped := name.lower().removesuffix(".gz")).endswith(OTHER_TABLE_SUFFIXES):
+                    tables.add(unzipped.rsplit(".", 1)[1])
     model_file = next((name for name in ("config.json", "modules.json") if os.path.isfile(os.path.join(folder, name))),
                       None)
     if not by_split and model_file:  # a model given where data goes (train.py's output, a student)
@@ -833,12 +846,8 @@ def iter_ranking_queries(
             if nonnegative_grades and label[1] < 0:
                 raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
                                  "gains)", path, line)
-            entry = grouped.setdefault(query, RankingQuery(query, [], [], location, record_format, ids=[],
-                                                           row_files=[], row_lines=array("q")))
-            entry.row_files.append(path)
-            entry.row_lines.append(line)
-            entry.passages.append(passage)
-            entry.labels.append(label[1])
+            entry = grouped.setdefault(query, RankingQuery.of_rows(query, location, record_format, ids=[]))
+            entry.add_row(passage, label[1], path, line)
             entry.ids.append(id_columns(record, path, line))
             raw = record[label[0]]
             entry.esci_labels = entry.esci_labels or (isinstance(raw, str) and raw.strip().lower() in ESCI_GRADES)

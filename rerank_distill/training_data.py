@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -285,12 +284,8 @@ def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float
         columns["passage"].append(pair.passage)
         columns["label"].append(target)
         by_query.setdefault(pair.query, []).append(pair.score)
-        pairs_of_query = lists.setdefault(pair.query, RankingQuery(pair.query, [], [], f"{pair.path}:{pair.line}",
-                                                                   row_files=[], row_lines=array("q")))
-        pairs_of_query.passages.append(pair.passage)
-        pairs_of_query.labels.append(pair.label)
-        pairs_of_query.row_files.append(pair.path)
-        pairs_of_query.row_lines.append(pair.line)
+        lists.setdefault(pair.query, RankingQuery.of_rows(pair.query, f"{pair.path}:{pair.line}")).add_row(
+            pair.passage, pair.label, pair.path, pair.line)
     ListOddities.found_in(lists.values()).warn(source, "each trains as it is, a row of its own")
     return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 

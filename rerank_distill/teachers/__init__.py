@@ -195,7 +195,8 @@ def unread_teacher_flags(teacher_types: list[str]) -> dict[str, str]:
     return unread
 
 
-def unread_backend_flags(backend: str, data_parallel_size: int, teacher_types: list[str] = ()) -> dict[str, str]:
+def unread_backend_flags(backend: str, data_parallel_size: int, teacher_types: tuple[str, ...] | list[str] = ()
+                         ) -> dict[str, str]:
     """The generate_logits.py flags the chosen ``backend`` (vllm, hf, or sentence-transformers for
     teachers that are no LLM judge) never reads with these ``teacher_types``, each with why; those no
     teacher type reads are unread_teacher_flags'."""
