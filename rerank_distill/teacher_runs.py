@@ -201,6 +201,12 @@ def release_gpu_memory() -> None:
 
     gc.collect()
     if torch.cuda.is_initialized():
+        # cuBLAS keeps its workspaces (tens of MiB a GPU) through empty_cache: this call alone hands them
+        # back (private in PyTorch 2.11, public later; absent from CPU builds)
+        clear_workspaces = getattr(torch.cuda, "clear_cublas_workspaces", None) or getattr(
+            torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
 
 

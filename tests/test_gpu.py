@@ -1,6 +1,7 @@
 """What only a CUDA GPU can show: the student trains in bf16 on it and scores there as on the CPU.
 (The teacher's GPU checks are in test_teacher_llm.py.) Skipped, with the reason, without a GPU."""
 
+import gc
 import json
 
 import numpy as np
@@ -57,10 +58,12 @@ def test_replicas_start_with_no_gpu_memory_held_by_the_teacher_that_checked_a_fi
     held = []
 
     def note_memory_and_stop(*args, **kwargs):
-        held.append(torch.cuda.memory_reserved())
+        # (the CUDA tensors Python still reaches, named in the failure: what would hold the memory)
+        live = [tuple(o.shape) for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.is_cuda]
+        held.append((torch.cuda.memory_reserved(), live))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(teacher_runs, "run_replicas", note_memory_and_stop)
     with pytest.raises(KeyboardInterrupt):  # (a second output, still to score, is the replicas')
         generate_logits.main([*common, "--data_parallel_size", "2", "--passages_as_queries", "2"])
-    assert held == [0]
+    assert held == [(0, [])]

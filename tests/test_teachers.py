@@ -467,6 +467,17 @@ def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(monkeyp
     assert not (tmp_path / "out").exists()
 
 
+def test_gpu_memory_is_released_with_cublas_workspaces_before_the_cache_is_emptied(monkeypatch):
+    # empty_cache leaves cuBLAS's workspaces held (66 MiB stayed reserved on an H200): they are cleared first
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "clear_cublas_workspaces", None, raising=False)  # (PyTorch 2.11's name below)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("workspaces"), raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cache"))
+    teacher_runs.release_gpu_memory()
+    assert calls == ["workspaces", "cache"]
+
+
 def test_one_gpu_named_for_several_replicas_is_refused(monkeypatch, tmp_path, ranking_file):
     # each replica sees only its own GPUs, numbered from cuda:0: cuda:1 would be missing or shared
     monkeypatch.setattr(generate_logits, "validate_source", lambda *args, **kwargs: pytest.fail("an input was read"))
