@@ -704,12 +704,14 @@ def score_source(
 def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | None:
     """The teacher's MAP, MRR@10 and NDCG@10 against the gold labels of a finished output, under
     the mteb protocol; None where its pairs have no gold labels (passages as queries: none has
-    one), no query has both a positive and a negative, or a grade is below 0. Streams.
+    one), no query has both a positive and a negative, or a grade is below 0. Streams. Where
+    several teachers scored it, ``"teachers"`` holds each one's MAP, MRR@10 and NDCG@10 beside the
+    combined score's: which judge of an ensemble ranks best, and whether combining them helps.
 
     ``lists``: the input's queries as stage 1 scored them (ranking_queries): each one's lines are a
     ranking of their own, as evaluation.py ranks each record's list apart, even where two lists of
     one query text lie side by side (grouping lines by query text would join them)."""
-    from rerank_distill.metrics import evaluate_rankings
+    from rerank_distill.metrics import evaluate_rankings, query_metrics
 
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
         return None
@@ -717,19 +719,29 @@ def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | 
     first = next(pairs)
     if first.label is None:
         return None
+    teacher_names = list(first.extra.get("teacher_scores") or {})
+    each_teachers_queries = {name: [] for name in teacher_names}  # query_metrics of each query, by teacher
 
     def rankings() -> Iterator[tuple[list[float], list[float]]]:  # one query's lines at a time
         lines = itertools.chain([first], pairs)
         for query in lists:  # stage 1 writes a line for each passage of each list, in order
             if query.passages:
                 group = list(itertools.islice(lines, len(query.passages)))
-                yield [pair.score for pair in group], [pair.label for pair in group]
+                labels = [pair.label for pair in group]
+                for name, per_query in each_teachers_queries.items():
+                    per_query.append(query_metrics([pair.extra["teacher_scores"][name] for pair in group], labels))
+                yield [pair.score for pair in group], labels
 
     try:
         result = evaluate_rankings(rankings(), "mteb", 10)
     except ValueError:  # no query with both a positive and a negative, or a grade below 0
         return None
-    return {key: value for key, value in result.items() if key != "per_query"}
+    metrics = {key: value for key, value in result.items() if key != "per_query"}
+    if teacher_names:  # (the same queries skipped as for the combined score: skipping reads only the labels)
+        metrics["teachers"] = {name: dict(zip(("map", "mrr@10", "ndcg@10"),
+                                              np.mean([m for m in per_query if m is not None], axis=0).tolist()))
+                               for name, per_query in each_teachers_queries.items()}
+    return metrics
 
 
 def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery]) -> dict | None:
@@ -738,9 +750,13 @@ def log_teacher_metrics(output: Path, lists: Iterable[RankingQuery]) -> dict | N
     ``lists`` as for teacher_metrics."""
     metrics = teacher_metrics(output, lists)
     if metrics:
-        logger.info("%s: the teacher against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
-                    "positive and a negative): what a student learning from it aims for", output, metrics["map"],
+        logger.info("%s: the %s against the gold labels: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f (%d queries with a "
+                    "positive and a negative): what a student learning from it aims for", output,
+                    "teachers' combined score" if "teachers" in metrics else "teacher", metrics["map"],
                     metrics["mrr@10"], metrics["ndcg@10"], metrics["queries_evaluated"])
+        for name, its_metrics in metrics.get("teachers", {}).items():
+            logger.info("%s: teacher %s alone: MAP %.4f, MRR@10 %.4f, NDCG@10 %.4f", output, name, its_metrics["map"],
+                        its_metrics["mrr@10"], its_metrics["ndcg@10"])
     return metrics
 
 

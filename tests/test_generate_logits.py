@@ -988,6 +988,35 @@ def test_the_teachers_metrics_against_the_gold_labels_are_those_of_its_scores(tm
     assert teacher_metrics(output, []) is None
 
 
+def test_each_of_several_teachers_has_its_own_metrics_beside_the_combined_scores(tmp_path, caplog):
+    from rerank_distill.formats import iter_ranking_queries
+    from rerank_distill.scoring import log_teacher_metrics
+
+    data = write_jsonl_records(tmp_path / "data.jsonl", [
+        {"query": "git", "positive": ["p1"], "negative": ["n1", "n2"]},
+        {"query": "dns", "positive": ["p2"], "negative": ["n3"]},
+        {"query": "tcp", "positive": ["p4"], "negative": []},  # skipped for every teacher alike
+    ])  # fmt: skip
+    # (passage, label, combined, a, b): a ranks both positives first, b puts git's last and dns's first
+    rows = [("p1", 1, 0.5, 3.0, -1.0), ("n1", 0, 0.9, 1.0, 2.0), ("n2", 0, 0.1, 0.0, 1.0),
+            ("p2", 1, 0.8, 2.0, 5.0), ("n3", 0, 0.2, 1.0, 4.0), ("p4", 1, 0.3, 0.0, 0.0)]
+    queries = ["git"] * 3 + ["dns"] * 2 + ["tcp"]
+    output = write_jsonl_records(tmp_path / "data_scores.jsonl", [
+        {"query": query, "passage": passage, "score": combined, "label": label, "teacher_scores": {"a": a, "b": b}}
+        for query, (passage, label, combined, a, b) in zip(queries, rows)
+    ])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        got = log_teacher_metrics(output, iter_ranking_queries(str(data), "auto"))
+    # combined: git ranks n1 p1 n2 (AP 1/2), dns p2 first (AP 1); a: both first; b: git's p1 third (AP 1/3), dns 1
+    log2_4 = np.log2(4)
+    assert (got["map"], got["queries_evaluated"], got["queries_skipped"]) == (pytest.approx(3 / 4), 2, 1)
+    assert got["teachers"]["a"] == {"map": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
+    assert got["teachers"]["b"] == pytest.approx({"map": (1 / 3 + 1) / 2, "mrr@10": (1 / 3 + 1) / 2,
+                                                  "ndcg@10": (1 / log2_4 + 1) / 2})
+    assert "the teachers' combined score against the gold labels: MAP 0.7500" in caplog.text
+    assert "teacher a alone: MAP 1.0000" in caplog.text and "teacher b alone: MAP 0.6667" in caplog.text
+
+
 def test_two_lists_of_one_query_text_side_by_side_are_two_rankings_as_evaluation_ranks_them(tmp_path):
     from rerank_distill.formats import iter_ranking_queries
     from rerank_distill.metrics import evaluate_rankings
