@@ -187,6 +187,12 @@ def unreachable_modelscope_host() -> str | None:
     return unreachable[0] if all(unreachable) else None
 
 
+def _modelscope_cache(cache_dir: str | None) -> str:
+    """The folder ModelScope looks in for a copy: ``cache_dir``, else its own cache (MODELSCOPE_CACHE,
+    else ~/.cache/modelscope), which its library finds without our help: named so a user can look."""
+    return cache_dir or os.environ.get("MODELSCOPE_CACHE") or os.path.join("~", ".cache", "modelscope")
+
+
 def _failure_reason(error: Exception, down_host: str | None, caches: list[str] | None = None) -> str:
     """Why a hub item is not at hand: the host down and no copy in ``caches`` (where known), or the
     hub's own answer (unknown id, gated repo, no such revision)."""
@@ -267,7 +273,8 @@ def resolve_model(name_or_path: str, hub: str = "huggingface", cache_dir: str | 
             return modelscope_download(name, revision=revision, cache_dir=cache_dir,
                                        **({"local_files_only": True} if unreachable else {}))
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(error, unreachable))) from None
+            raise InputError(_offline_message("model", name_or_path, hub, _failure_reason(
+                error, unreachable, [_modelscope_cache(cache_dir)]))) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -377,7 +384,8 @@ def load_hub_dataset(hub_id: str, split: str | None, hub: str = "huggingface", c
                                     **({"cache_dir": cache_dir} if cache_dir else {}),
                                     **({"version": revision} if revision else {}))
         except Exception as error:  # modelscope raises many unrelated types for network problems
-            raise InputError(_offline_message("dataset", hub_id, hub, first_line(error))) from None
+            raise InputError(_offline_message("dataset", hub_id, hub, _failure_reason(
+                error, None, [_modelscope_cache(cache_dir)]))) from None
         # its general data sets (most) come back as a datasets.Dataset already; others as an MsDataset
         return loaded.to_hf_dataset() if hasattr(loaded, "to_hf_dataset") else loaded
     import datasets

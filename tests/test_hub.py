@@ -357,6 +357,31 @@ def test_offline_modelscope_goes_straight_to_its_cache(monkeypatch, tmp_path):
     assert "local_files_only" not in asked
 
 
+def test_a_modelscope_id_not_at_hand_names_the_cache_looked_in(monkeypatch):
+    def not_cached(name, **options):
+        raise ValueError("Cannot find the requested files in the cached path and outgoing traffic has been disabled")
+
+    module = types.ModuleType("modelscope")
+    module.snapshot_download = not_cached
+    monkeypatch.setitem(sys.modules, "modelscope", module)
+    monkeypatch.setattr("rerank_distill.hub.unreachable_modelscope_host", lambda: "www.modelscope.cn")
+    monkeypatch.delenv("MODELSCOPE_CACHE", raising=False)
+    for cache_dir, env, named in (("/ms", "/env", "/ms"), (None, "/env", "/env"), (None, None, "~/.cache/modelscope")):
+        if env:
+            monkeypatch.setenv("MODELSCOPE_CACHE", env)
+        with pytest.raises(InputError, match=f"www.modelscope.cn cannot be reached and there is no copy in the "
+                                             f"cache {named}\\). .*modelscope download --model someone/some-reranker"):
+            resolve_model("someone/some-reranker", hub="modelscope", cache_dir=cache_dir)
+        monkeypatch.delenv("MODELSCOPE_CACHE", raising=False)
+
+    def fails(*args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    fake_modelscope_data_sets(monkeypatch, fails)
+    with pytest.raises(InputError, match="connection refused; looked in the cache /ms"):
+        load_hub_dataset("someone/some-data", "test", hub="modelscope", cache_dir="/ms")
+
+
 def test_modelscope_data_sets_without_their_extras_say_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
     monkeypatch.setitem(sys.modules, "modelscope.msdatasets", None)  # importing it fails, as without its extras
