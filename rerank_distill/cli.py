@@ -338,5 +338,10 @@ def run_main(main: Callable[[], Any]) -> None:
         raise
     except KeyboardInterrupt as stop:
         name = str(stop) if str(stop) in STOP_SIGNALS else None
+        status = 128 + signal.Signals[name] if name else 130
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            # a second Ctrl-C while Python shuts down (joining its threads, running finalizers) printed a
+            # traceback of the shutdown itself: it ends the process at once now, with the same status
+            signal.signal(signal.SIGINT, lambda signum, frame: os._exit(status))
         print(f"interrupted ({name})" if name else "interrupted", file=sys.stderr)
-        sys.exit(128 + signal.Signals[name] if name else 130)
+        sys.exit(status)

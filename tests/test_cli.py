@@ -176,6 +176,27 @@ def test_a_signal_the_user_ignored_stays_ignored_during_a_run():
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_a_second_ctrl_c_while_the_interrupted_run_shuts_down_ends_it_at_once_with_the_same_status(monkeypatch):
+    import signal
+
+    from rerank_distill import cli
+
+    def main():
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.run_main(main)
+        assert stopped.value.code == 130
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # (the handler a second Ctrl-C would run)
+        assert exits == [130]  # not a KeyboardInterrupt raised into Python's shutdown
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_other_os_errors_keep_their_traceback_as_the_bugs_they_are():
     from rerank_distill.cli import run_main
 
