@@ -652,6 +652,26 @@ def test_combined_score_is_the_mean_of_each_teachers_per_query_z_scores(tmp_path
     ]  # fmt: skip
 
 
+def test_what_is_logged_while_the_bar_is_drawn_goes_through_tqdm_above_the_bar(tmp_path, monkeypatch):
+    # a terminal's log handler writes straight to stderr, onto the bar's line; tqdm's writes above the bar
+    source = tmp_path / "one.jsonl"
+    source.write_text('{"query": "q1", "positive": ["a"], "negative": ["b"]}\n')
+    terminal = logging.StreamHandler(sys.stderr)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [terminal])
+    handlers_while_scoring = []
+
+    class LookingTeacher(FixedTeacher):
+        def score(self, queries, passages, progress=lambda n: None):
+            handlers_while_scoring.extend(type(h).__name__ for h in logging.getLogger().handlers)
+            return super().score(queries, passages, progress)
+
+    teacher = LookingTeacher("t", {"a": 1.0, "b": 0.0})
+    score_source(str(source), tmp_path / "out.jsonl", [teacher], validate_source(str(source), "auto", Shard()),
+                 show_progress=True)
+    assert handlers_while_scoring == ["_TqdmLoggingHandler"]
+    assert logging.getLogger().handlers == [terminal]  # the terminal's own again after the bar
+
+
 def test_each_line_of_a_pair_listed_twice_keeps_every_teachers_score_of_that_pair(tmp_path):
     source = tmp_path / "again.jsonl"
     source.write_text('{"query": "q1", "positive": ["a"], "negative": ["a", "b", "c"]}\n')  # "a" twice
