@@ -99,8 +99,8 @@ class GenerateLogitsArguments:
     label_words: list[str] = field(
         default_factory=lambda: list(ESCI_LABEL_WORDS),
         metadata={"help": "llm_labels: the judge's answer words, each one token of its tokenizer (default: Amazon "
-                  "ESCI's labels, which many tokenizers split, SmolLM2's among them: there pass E S C I, with a "
-                  "prompt that asks for the letters)."},
+                  "ESCI's labels, which many tokenizers split, SmolLM2's among them: there pass E S C I, with an "
+                  "--instruction that says what each letter means)."},
     )
     label_grades: list[float] | None = field(
         default=None,
