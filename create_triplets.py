@@ -128,7 +128,8 @@ class TripletArguments:
     label_column: str | None = field(
         default=None,
         metadata={"help": "The gold-label field of the input lines (default: esci_label, label, grade or relevance, "
-                          "the first a line has): what --positives labels/both and --label_margin read."},
+                          "the first a line has): what --positives labels/both and --label_margin read, and "
+                          "--format listwise writes as its records' labels."},
     )
     seed: int = field(default=42, metadata={"help": "Seed for random and mixed negatives (same seed, same output)."})
     hub: Literal["huggingface", "modelscope"] = field(
