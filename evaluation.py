@@ -100,13 +100,13 @@ class EvaluationArguments:
     label_words: list[str] | None = field(
         default=None,
         metadata={"help": "A graded-label teacher's label words, best first (default: those stage 1 recorded in "
-                  "the scores' .run.json, else the keys of its label_probs, which must then be ESCI's "
-                  "exact/substitute/complement/irrelevant)."},
+                  "the scores' .run.json, which given ones must match; else the keys of its label_probs, which must "
+                  "then be ESCI's: exact/substitute/complement/irrelevant or E/S/C/I)."},
     )
     label_grades: list[float] | None = field(
         default=None,
         metadata={"help": "The grade of each --label_words word, same order (default: those stage 1 recorded, "
-                  "else ESCI's 3/2/1/0 for ESCI words, else len-1 down to 0)."},
+                  "which given ones must match; else ESCI's 3/2/1/0 for ESCI words, else len-1 down to 0)."},
     )
     hub: Literal["huggingface", "modelscope"] = field(
         default="huggingface", metadata={"help": "Where hub ids of models and data sets are fetched from."}
