@@ -114,10 +114,23 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
     return script, training, passed
 
 
+# How default_training_flags' value of a flag follows the other of its pair where the user passes that one (for --help)
+FOLLOWS_ITS_PAIR = {
+    "eval_strategy": ", or --save_strategy's where that is given and is not best or no",
+    "save_strategy": ", or --eval_strategy's where that is given and is not no",
+    "eval_steps": ", or --save_steps' where that is given",
+    "save_steps": ", or --eval_steps' where that is given",
+    "load_best_model_at_end": " where evaluations run and checkpoints follow them: one strategy for both, or "
+                              "--save_strategy best; else False",
+}
+
+
 def default_training_values() -> dict[str, str]:
-    """What default_training_flags sets where the user passes nothing, by field name (for --help)."""
+    """What default_training_flags sets where the user passes nothing, by field name (for --help), with
+    how a flag of a pair follows the other where the user passes that (FOLLOWS_ITS_PAIR)."""
     flags = default_training_flags({})
-    return {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
+    return {flag.removeprefix("--"): value + FOLLOWS_ITS_PAIR.get(flag.removeprefix("--"), "")
+            for flag, value in zip(flags[::2], flags[1::2])}
 
 
 def set_best_metric(training, passed: dict[str, str | None], selection: CheckpointSelection) -> None:

@@ -915,6 +915,19 @@ def test_defaults_follow_the_half_of_a_pair_the_user_set(passed, expected):
     assert {name: defaults[name] for name in expected} == expected
 
 
+def test_help_says_a_default_of_a_pair_follows_the_other_half_the_user_set(capsys):
+    # it showed --save_steps' default as 0.1 alone, where --eval_steps 50 makes it 50
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    options = {chunk.split()[0]: " ".join(chunk.split()) for chunk in capsys.readouterr().out.split("\n  --")[1:]}
+    for flag, other in [("eval_strategy", "save_strategy"), ("save_strategy", "eval_strategy"),
+                        ("eval_steps", "save_steps"), ("save_steps", "eval_steps")]:
+        default = as_dict(default_training_flags({}))[f"--{flag}"]
+        followed = as_dict(default_training_flags({other: "epoch" if "strategy" in other else "7"}))[f"--{flag}"]
+        assert followed != default and f"(default here: {default}, or --{other}" in options[flag]
+    assert "(default here: True where evaluations run and checkpoints follow them" in options["load_best_model_at_end"]
+
+
 @pytest.mark.parametrize("flag", ["--eval_steps=abc", "--save-steps=1x", "--save_strategy=bogus"])
 def test_a_bad_value_is_reported_on_the_flag_the_user_wrote_not_on_the_half_copied_from_it(flag, capsys):
     # the other half of the pair takes the value (--save_steps abc), and argparse named the flag never written
