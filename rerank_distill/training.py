@@ -101,6 +101,8 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
                 "batch_sampler": "sentence-transformers' batch sampler (one of the choices above). "
                 "Unset, train.py's --batch_grouping chooses the batches (default length: examples of similar length); "
                 "given, it replaces --batch_grouping.",
+                "seed": "Random seed set at the beginning of training; here it also picks which training queries are "
+                "held out (--eval_share) and a new relevance head's first weights.",
             },
             shown_defaults=default_training_values(),
         )
