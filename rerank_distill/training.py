@@ -103,6 +103,8 @@ def parse_training_args(script_arguments: type, description: str, argv: list[str
                 "given, it replaces --batch_grouping.",
                 "seed": "Random seed set at the beginning of training; here it also picks which training queries are "
                 "held out (--eval_share) and a new relevance head's first weights.",
+                "train_sampling_strategy": "Not read here: sentence-transformers batches with its own sampler, which "
+                "--batch_grouping (or --batch_sampler) chooses.",
             },
             shown_defaults=default_training_values(),
         )
