@@ -88,8 +88,8 @@ class GenerateLogitsArguments:
     batch_size: int = field(default=32, metadata={"help": "Inputs per forward pass (vLLM batches by itself)."})
     max_length: int = field(
         default=2048,
-        metadata={"help": "Longest input in tokens. LLM judges: the query/document text is cut to fit, never the "
-                  "prompt's fixed parts; cross_encoder/embedding: the model's own limit applies when smaller."},
+        metadata={"help": "Longest input in tokens; the model's own limit (an LLM's positions) applies when smaller. "
+                  "LLM judges: the query/document text is cut to fit, never the prompt's fixed parts."},
     )
     instruction: str = field(
         default=DEFAULT_INSTRUCTION,

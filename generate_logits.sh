@@ -32,7 +32,7 @@ INSTRUCTION="${INSTRUCTION:-Retrieve duplicate questions from StackOverflow foru
 BACKEND="${BACKEND:-auto}"
 # Inputs per forward pass (vLLM batches by itself)
 TEACHER_BATCH_SIZE="${TEACHER_BATCH_SIZE:-32}"
-# Longest input in tokens; only the query/document text is cut (other teachers: capped at the model's own limit)
+# Longest input in tokens, capped at the model's own limit; an LLM judge cuts only the query/document text
 TEACHER_MAX_LENGTH="${TEACHER_MAX_LENGTH:-2048}"
 # Download source for hub ids: huggingface or modelscope
 HUB="${HUB:-huggingface}"
