@@ -6,8 +6,9 @@ cross_encoder (a CrossEncoder's raw logit), embedding (score_scale x cosine of e
 Output for each input IN: OUTPUT_DIR/{IN's stem}_scores.jsonl, one line a pair:
 {"query", "passage", "score", "label"} (label: the gold grade, 1 positive / 0 negative), plus
 "label_probs" for llm_labels, and a graded row's id columns (query_id, product_id, ...). With
-several --model_path teachers, "teacher_scores" holds each one's score and "score" their mean
-after standardising each within its query (z-scores).
+several --model_path teachers, "teacher_scores" holds each one's score (an llm_labels one's
+"label_probs" are "NAME/label_probs") and "score" their mean after standardising each within its
+query (z-scores).
 With --passages_as_queries N, each query's passages also become queries of their own, scored against
 the rest of their list into OUTPUT_DIR/{stem}_passages_as_queries_scores.jsonl (no gold labels):
 more lists to train on, for tasks whose passages are queries too (duplicate questions).
