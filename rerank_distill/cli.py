@@ -40,6 +40,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+# Names other tools give flags, where spelling leads astray (train.py's --batch_size is closest to
+# --batch_sampler): what a mistyped flag of these names is said to mean, where the script has that flag
+WELL_KNOWN_NAMES = {
+    "batch_size": "per_device_train_batch_size", "batchsize": "per_device_train_batch_size",
+    "train_batch_size": "per_device_train_batch_size", "bs": "per_device_train_batch_size",
+    "lr": "learning_rate", "grad_accum": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps",
+}
+
+
 def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[str] | None = None,
                help_overrides: dict[str, str] | None = None, shown_defaults: dict[str, str] | None = None) -> tuple:
     """Parse the command line into one instance of each dataclass (``--help`` lists every field's
@@ -66,8 +76,9 @@ def parse_args(dataclass_types: tuple[type, ...], description: str, argv: list[s
     def refuse_unknown(unknown: list[str]) -> None:
         typo = next((token for token in unknown if token.startswith("-")), unknown[0])
         name = typo.split("=", 1)[0]
+        known = f"--{WELL_KNOWN_NAMES.get(name.replace('-', '_').lstrip('_'))}"
         # a short abbreviation is not close to any one flag by spelling, but begins several
-        close = difflib.get_close_matches(name, flags, n=1) or sorted(
+        close = [known] * (known in flags) or difflib.get_close_matches(name, flags, n=1) or sorted(
             flag for flag in flags if flag.startswith(name) and ("-" in name[2:] or "-" not in flag[2:]))  # --a_b, not --a-b too
         meant = close[0] if len(close) == 1 else f"one of {', '.join(close[:6])}{', ...' if close[6:] else ''}"
         parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {meant}?)" if close else ""))

@@ -54,6 +54,12 @@ def test_help_explains_every_flag_of_the_scripts_own_arguments(name, capsys):
     ("generate_logits", ["--input_path", "i", "--output_dir", "o"], "--mod", "--model_path"),
     ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--per_dev",
      "one of --per_device_eval_batch_size, --per_device_train_batch_size"),
+    # names other tools use, which spelling would match to the wrong flag (--batch_sampler, --loss)
+    ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--batch_size",
+     "--per_device_train_batch_size"),
+    ("train", ["--model_name_or_path", "m", "--train_data", "t", "--output_dir", "o"], "--lr", "--learning_rate"),
+    # where the script has no such flag, spelling decides as before
+    ("evaluation", ["--model_before_path", "m", "--dataset_path", "d"], "--batchsize", "--batch_size"),
 ])  # fmt: skip
 def test_a_mistyped_flag_is_a_one_line_error_naming_the_flag_meant(name, required, typo, meant, capsys):
     module, _ = SCRIPTS[name]
