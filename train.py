@@ -277,24 +277,27 @@ def train_student(script, training, passed: dict, argv: list[str]) -> dict:
         resumed, training.max_steps, training.num_train_epochs, script.max_train_seconds, script.early_stopping_patience)
     if ended:
         logger.info("%s is where the run ended (%s), but its final model was not saved: saving it", resume, ended)
+    ended_at = None  # the step training ended at, once it has: an interruption then cut the final save short
     try:
         result = trainer.finish_ended_run(resume, resumed) if ended else trainer.train(resume_from_checkpoint=resume)
+        ended_at = trainer.state.global_step
+        seconds = time.perf_counter() - started
+        check_weights_finite(trainer)
+        trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
+
+        summary = {"loss": script.loss, "data_kind": kind,
+                   **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
+                   "selection": selection.note,  # how the final model was to be picked, and why
+                   **run_summary(trainer, result, seconds, start_step, script.early_stopping_patience > 0)}
+        if training.should_save:
+            write_json(Path(training.output_dir) / SUMMARY_FILE, summary)
     except BaseException as error:  # Ctrl-C, or under torchrun an error it left behind (see interruption_behind)
         if (stop := interruption_behind(error)) is None:
             raise
         if training.should_log:
-            logger.warning(resume_hint(training.output_dir))
+            logger.warning(resume_hint(training.output_dir, ended_at))
         raise stop from None
-    seconds = time.perf_counter() - started
-    check_weights_finite(trainer)
-    trainer.save_model(training.output_dir)  # every process calls it; only the main one writes
-
-    summary = {"loss": script.loss, "data_kind": kind,
-               **count,  # rows and queries of train and eval, the selection (MAP) queries and the held-out ones
-               "selection": selection.note,  # how the final model was to be picked, and why
-               **run_summary(trainer, result, seconds, start_step, script.early_stopping_patience > 0)}
     if training.should_save:
-        write_json(Path(training.output_dir) / SUMMARY_FILE, summary)
         with suppress(OSError):  # sentence-transformers' folder for its evaluators' files, which ours writes none of
             (Path(training.output_dir) / "eval").rmdir()
     logger.info(summary_message(summary, training.output_dir))

@@ -474,12 +474,20 @@ def cannot_go_on(checkpoint: str | Path) -> str:
             f"train from its weights as a new run (--model_name_or_path {checkpoint}, another --output_dir)")
 
 
-def resume_hint(output_dir: str) -> str:
+def resume_hint(output_dir: str, ended_at: int | None = None) -> str:
     """What to do after an interrupted training run: resume from its newest checkpoint, or start
-    over when none was saved yet or it holds weights only."""
+    over when none was saved yet or it holds weights only. ``ended_at``: the step training had ended
+    at where the run was stopped after it, while it saved its final model (None: while it trained)."""
     last = newest_checkpoint(output_dir)
     if last is None:
+        if ended_at is not None and earlier_final_model(output_dir):  # (a rerun would find them, and stop)
+            return (f"interrupted while saving the final model, with no checkpoint in {output_dir} to save it from; "
+                    "run the same command with --overwrite_output_dir to train again")
         return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"
+    if ended_at is not None and Path(last).name == f"checkpoint-{ended_at}":  # (a weights-only one serves too)
+        return (f"interrupted while saving the final model: the newest checkpoint, {last}, is where training ended; "
+                "run the same command with --resume_from_checkpoint last (and without --overwrite_output_dir) to save "
+                "the final model from it")
     if weights_only(last):
         return f"interrupted: the newest checkpoint, {cannot_go_on(last)}"
     return (f"interrupted: the newest checkpoint is {last}; run the same command with "

@@ -512,6 +512,33 @@ def test_an_interrupted_run_names_the_checkpoint_to_resume_from(
     assert "--resume_from_checkpoint last" in caplog.text
 
 
+@pytest.mark.parametrize("save_strategy", ["steps", "no"])
+def test_a_run_stopped_while_saving_its_final_model_says_how_to_save_it(tiny_cross_encoder, triplets_file, tmp_path,
+                                                                       monkeypatch, caplog, save_strategy):
+    # a Ctrl-C once training had ended, as the final model was saved, said "interrupted" and nothing more
+    out = tmp_path / "model"
+    flags = ["--max_steps", "3", "--eval_strategy", "no", "--save_steps", "1", "--save_strategy", save_strategy]
+    save_model = train.DistillationTrainer.save_model
+
+    def stopped_after_the_weights(self, output_dir=None, _internal_call=False):
+        save_model(self, output_dir, _internal_call)
+        if Path(output_dir) == out:  # the final model's weights written, the summary not
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.DistillationTrainer, "save_model", stopped_after_the_weights)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    if save_strategy == "no":  # nothing to save it from, and a plain rerun would stop at its files
+        assert "with no checkpoint in" in caplog.text and "--overwrite_output_dir to train again" in caplog.text
+        assert run_train(tiny_cross_encoder, triplets_file, out, *flags, "--overwrite_output_dir")["steps"] == 3
+        return
+    assert (f"interrupted while saving the final model: the newest checkpoint, {out / 'checkpoint-3'}, is where "
+            "training ended; run the same command with --resume_from_checkpoint last") in caplog.text
+    again = run_train(tiny_cross_encoder, triplets_file, out, *flags, "--resume_from_checkpoint", "last")
+    assert (again["resumed_from_step"], again["steps"]) == (3, 3)
+
+
 def test_a_run_stopped_while_torchrun_processes_share_an_evaluation_says_interrupted_and_how_to_resume(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
