@@ -479,8 +479,12 @@ def resume_hint(output_dir: str, ended_at: int | None = None) -> str:
     over when none was saved yet or it holds weights only. ``ended_at``: the step training had ended
     at where the run was stopped after it, while it saved its final model (None: while it trained)."""
     last = newest_checkpoint(output_dir)
-    if last is None:
-        if ended_at is not None and earlier_final_model(output_dir):  # (a rerun would find them, and stop)
+    if last is None:  # (a rerun of the same command would stop at what the run left half saved: refuse_earlier_run)
+        if unfinished := [p.name for p in earlier_checkpoints(output_dir)]:
+            return (f"interrupted before a checkpoint was saved whole in {output_dir} ({', '.join(unfinished[:3])} "
+                    "left unfinished, nothing to resume from); run the same command with --overwrite_output_dir to "
+                    "start again")
+        if ended_at is not None and earlier_final_model(output_dir):
             return (f"interrupted while saving the final model, with no checkpoint in {output_dir} to save it from; "
                     "run the same command with --overwrite_output_dir to train again")
         return f"interrupted before the first checkpoint was saved in {output_dir}; run the same command to start again"

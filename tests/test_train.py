@@ -539,6 +539,28 @@ def test_a_run_stopped_while_saving_its_final_model_says_how_to_save_it(tiny_cro
     assert (again["resumed_from_step"], again["steps"]) == (3, 3)
 
 
+def test_a_run_stopped_while_saving_its_first_checkpoint_says_to_start_over_with_overwrite_output_dir(
+    tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
+):
+    # it said to run the same command to start again, which then stopped at the checkpoint left half saved
+    from transformers import TrainerState
+
+    out, flags = tmp_path / "model", ["--max_steps", "3", "--eval_strategy", "no", "--save_steps", "2"]
+
+    def stopped_while_saving(self, json_path):  # (the Trainer writes trainer_state.json last)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainerState, "save_to_json", stopped_while_saving)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert (f"interrupted before a checkpoint was saved whole in {out} (checkpoint-2 left unfinished, nothing to "
+            "resume from); run the same command with --overwrite_output_dir to start again") in caplog.text
+    with pytest.raises(InputError, match="holds only unfinished checkpoints"):
+        run_train(tiny_cross_encoder, triplets_file, out, *flags)
+    assert run_train(tiny_cross_encoder, triplets_file, out, *flags, "--overwrite_output_dir")["steps"] == 3
+
+
 def test_a_run_stopped_while_torchrun_processes_share_an_evaluation_says_interrupted_and_how_to_resume(
     tiny_cross_encoder, triplets_file, tmp_path, monkeypatch, caplog
 ):
