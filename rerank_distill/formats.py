@@ -591,12 +591,17 @@ TRAINING_RECORDS = {
 
 
 def training_record_kind(record: dict) -> str | None:
-    """"triplets", "ntuples" or "listwise" for a record of stage 2's output, else None."""
+    """"triplets", "ntuples" or "listwise" for a record of stage 2's output, else None. A record with
+    a triplet's "score" or an n-tuple's "scores" beside a "positive" or "negative" that is no list is
+    one even where a text is null, of another type or missing (its reader then names that field): an
+    MTEB record holds lists and no score."""
     if "passages" in record:
         return "listwise"
-    if "negatives" in record:
+    texts = [record[name] for name in ("positive", "negative") if name in record]
+    of_lists = any(isinstance(text, list) for text in texts)
+    if "negatives" in record or ("scores" in record and "positive" in record and not of_lists):
         return "ntuples"
-    if "score" in record and isinstance(record.get("positive"), str) and isinstance(record.get("negative"), str):
+    if "score" in record and texts and not of_lists:
         return "triplets"
     return None
 

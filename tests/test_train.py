@@ -1135,6 +1135,20 @@ def test_a_named_format_and_label_column_read_graded_rows_the_fields_alone_would
     assert data.columns == {"query": ["q", "q"], "passage": ["p", "n"], "label": [1.0, 0.0]}
 
 
+@pytest.mark.parametrize("first, message", [
+    ({"query": "q", "positive": None, "negative": "n", "score": 1.0}, 'field "positive" must be a string'),
+    ({"query": "q", "positive": "p", "negative": 5, "score": 1.0}, 'field "negative" must be a string, got int'),
+    ({"query": "q", "negative": "n", "score": 1.0}, 'missing field "positive"'),
+    ({"query": "q", "positive": "p", "scores": [1.0, 0.0]}, 'missing field "negatives"'),
+])  # fmt: skip
+def test_a_broken_first_training_record_is_named_at_its_field_not_taken_for_labelled_data(tmp_path, first, message):
+    # (the first record tells the file's kind: a triplet with a null text is no MTEB record of lists)
+    path = write_jsonl_records(tmp_path / "records.jsonl", [first, {"query": "q", "positive": "p", "negative": "n",
+                                                                    "score": 1.0}])
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}:1: {message}"):
+        read_training_data(str(path), "margin_mse")
+
+
 def test_a_named_ranking_format_on_stage_2s_records_blames_the_flag(triplets_file):
     with pytest.raises(InputError, match=r"train_triplets.jsonl:1: this is a line of triplets .* but --input_format "
                                          r"mteb names a ranking-data format; leave --input_format out"):
