@@ -97,6 +97,10 @@ def ndcg(scores: Sequence[float], gains: Sequence[float], k: int = 10, groups: l
     gains = np.asarray(gains, dtype=np.float64)
     if (gains < 0).any():
         raise ValueError("NDCG gains must be non-negative")
+    if gains.size and gains.max() > np.finfo(np.float64).max / (2 * gains.size):
+        # finite gains whose sums would overflow to inf (grades near 1e308): NDCG, a ratio of sums of gains, is the
+        # same for the gains scaled alike
+        gains = gains / gains.max()
     groups = tied_groups(scores) if groups is None else groups
     discounts = 1.0 / np.log2(np.arange(2, min(k, len(gains)) + 2))
     ideal = float(np.sum(np.sort(gains)[::-1][:k] * discounts))

@@ -126,6 +126,12 @@ def test_ndcg_counts_only_the_top_k():
     assert ndcg([3, 2, 1], [0, 0, 1], k=3) == pytest.approx(1 / 2)
 
 
+@pytest.mark.parametrize("scores", [[0.9, 0.5, 0.1, 0.0], [0.5, 0.5, 0.5, 0.0]])  # tie-free, and a tied group
+def test_ndcg_of_finite_gains_whose_sum_overflows_is_that_of_the_gains_scaled_down(scores):
+    # (a graded data set with grades near 1e308: summed, they were inf, and NDCG NaN in the report)
+    assert ndcg(scores, [0, 1.7e308, 1.7e308, 0]) == pytest.approx(ndcg(scores, [0, 1, 1, 0]))
+
+
 def test_ndcg_without_gain_is_zero_and_negative_gains_are_refused():
     assert ndcg([0.3, 0.2], [0, 0]) == 0.0
     with pytest.raises(ValueError, match="non-negative"):
