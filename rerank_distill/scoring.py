@@ -712,6 +712,7 @@ def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | 
     ranking of their own, as evaluation.py ranks each record's list apart, even where two lists of
     one query text lie side by side (grouping lines by query text would join them)."""
     from rerank_distill.metrics import evaluate_rankings, query_metrics
+    from rerank_distill.report import METRICS
 
     if not Path(output_path).stat().st_size:  # only queries without passages (or a shard with none)
         return None
@@ -738,9 +739,9 @@ def teacher_metrics(output_path: Path, lists: Iterable[RankingQuery]) -> dict | 
         return None
     metrics = {key: value for key, value in result.items() if key != "per_query"}
     if teacher_names:  # (the same queries skipped as for the combined score: skipping reads only the labels)
-        metrics["teachers"] = {name: dict(zip(("map", "mrr@10", "ndcg@10"),
-                                              np.mean([m for m in per_query if m is not None], axis=0).tolist()))
-                               for name, per_query in each_teachers_queries.items()}
+        metrics["teachers"] = {
+            name: dict(zip(METRICS, np.mean([m for m in per_query if m is not None], axis=0).tolist()))
+            for name, per_query in each_teachers_queries.items()}
     return metrics
 
 
