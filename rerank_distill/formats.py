@@ -851,7 +851,8 @@ def iter_ranking_queries(
             if nonnegative_grades and label[1] < 0:
                 raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
                                  "gains)", path, line)
-            entry = grouped.setdefault(query, RankingQuery.of_rows(query, location, record_format, ids=[]))
+            if (entry := grouped.get(query)) is None:  # (not setdefault: it would build a list for every row)
+                entry = grouped[query] = RankingQuery.of_rows(query, location, record_format, ids=[])
             entry.add_row(passage, label[1], path, line)
             entry.ids.append(id_columns(record, path, line))
             raw = record[label[0]]
