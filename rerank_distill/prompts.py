@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rerank_distill.errors import InputError
+from rerank_distill.long_texts import clip_long_texts
 
 YES_NO_SYSTEM = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
@@ -97,8 +98,11 @@ class JudgePrompt:
         room)`` (a very long query) is the query's tail cut first, by what it must (or a few tokens
         more, where the cut text tokenizes otherwise: _cut_query): cut from the end alone, the prompt
         would lose the "<Document>:" line and the document, and every candidate of the query would get
-        the same score.
+        the same score. A text far longer than the room is cut to a prefix first (clip_long_texts),
+        which changes no token kept.
         """
+        queries = clip_long_texts(self.tokenizer, queries, self.body_budget)
+        documents = clip_long_texts(self.tokenizer, documents, self.body_budget)
         body_ids = self._text_ids([format_body(self.instruction, q, d) for q, d in zip(queries, documents)])
         long_rows = [row for row, ids in enumerate(body_ids) if len(ids) > self.body_budget]
         long_documents = self._text_ids([documents[row] for row in long_rows]) if long_rows else []

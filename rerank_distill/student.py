@@ -15,6 +15,7 @@ from rerank_distill.batching import length_batches
 from rerank_distill.errors import MODEL_LOAD_ERRORS, InputError, first_line
 from rerank_distill.formats import RankingQuery
 from rerank_distill.hub import resolve_model
+from rerank_distill.long_texts import clip_long_texts
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +287,10 @@ def score_pairs_with_cross_encoder(
     positions = [index.setdefault((query, passage), len(index)) for query, passage in pairs]
     if not index:
         return np.zeros(0, dtype=np.float32)
-    distinct = [list(pair) for pair in index]
+    # (a pair's texts cut to what the model reads of them: the same tokens, without tokenizing a 20 MB text whole)
+    queries = clip_long_texts(model.tokenizer, [query for query, _ in index], model.max_seq_length)
+    passages = clip_long_texts(model.tokenizer, [passage for _, passage in index], model.max_seq_length)
+    distinct = [[query, passage] for query, passage in zip(queries, passages)]
     identity = torch.nn.Identity()
     with bfloat16_autocast(model) if dtype == "bfloat16" else nullcontext():
         if not sort_by_tokens:

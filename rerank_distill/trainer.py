@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from sentence_transformers.cross_encoder import CrossEncoderTrainer
+from sentence_transformers.cross_encoder.data_collator import CrossEncoderDataCollator
 from torch import Tensor
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
@@ -29,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, Trai
 from rerank_distill.cli import stop_if_signalled
 from rerank_distill.errors import InputError, first_line
 from rerank_distill.jsonl import naming_file
+from rerank_distill.long_texts import clip_long_texts
 from rerank_distill.student import predicts_in_float32
 
 logger = logging.getLogger(__name__)
@@ -384,6 +386,37 @@ class EarlyStopping(EarlyStoppingCallback):
             control.should_save = control.should_save or args.save_strategy not in ("no", "best")
 
 
+@dataclass
+class ClippingDataCollator(CrossEncoderDataCollator):
+    """CrossEncoderDataCollator whose batches carry each text cut to what the model reads of it
+    (see long_texts), so a 20 MB document is not tokenized whole by the loss in every batch it is
+    in."""
+
+    tokenizer: object = None
+    max_tokens: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__(features)
+        if self.tokenizer is not None:
+            for name, rows in batch.items():
+                if name != "label":
+                    batch[name] = clip_column(self.tokenizer, rows, self.max_tokens)
+        return batch
+
+
+def clip_column(tokenizer, rows, max_tokens: int | None):
+    """A batch's column with its texts cut by clip_long_texts: a string a row, or a list of them
+    (listwise groups); any other column as it is."""
+    if not isinstance(rows, list) or not rows:
+        return rows
+    if all(isinstance(row, str) for row in rows):
+        return clip_long_texts(tokenizer, rows, max_tokens)
+    if all(isinstance(row, list) and all(isinstance(text, str) for text in row) for row in rows):
+        texts = iter(clip_long_texts(tokenizer, [text for row in rows for text in row], max_tokens))
+        return [[next(texts) for _ in row] for row in rows]
+    return rows
+
+
 class DistillationTrainer(CrossEncoderTrainer):
     """CrossEncoderTrainer that counts the examples it trains on (``examples_trained``, this
     process's), keeps to an optional ``time_budget`` (its learning-rate schedule fitted to it, see
@@ -404,6 +437,7 @@ class DistillationTrainer(CrossEncoderTrainer):
     - Saving writes the full weights the sharded trainer gathers, not the live shards (_save).
     - Resuming and loading the best checkpoint go through transformers' FSDP / DeepSpeed loaders
       (_load_from_checkpoint); a best checkpoint that fails to load is reported, never claimed.
+    - Batches carry texts cut to what the model reads of them (ClippingDataCollator).
     - ``--data_seed`` orders the batches where it is given (sentence-transformers passes ``--seed``).
     - A finished run trained further trains its first new step at the longer schedule's rate, not
       at the rate the old schedule ended at (_load_optimizer_and_scheduler).
@@ -427,6 +461,34 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.best_model_error: str | None = None
         self.padding = padding
         self._padding_at_last_log = copy.copy(padding)
+
+    data_collator_class = ClippingDataCollator
+
+    def add_model_card_callback(self, default_args_dict: dict) -> None:
+        # The model card tokenizes the first rows of each column for its statistics (through
+        # model.preprocess) and keeps five pairs to score as its usage example when the model is saved:
+        # both get texts cut as the batches' are, so neither tokenizes a 20 MB document whole.
+        model = self.model
+        preprocess = model.preprocess
+
+        def preprocess_clipped(texts, *args, **kwargs):
+            return preprocess(clip_column(model.tokenizer, texts, model.max_seq_length), *args, **kwargs)
+
+        model.preprocess = preprocess_clipped
+        try:
+            super().add_model_card_callback(default_args_dict)
+        finally:
+            del model.preprocess
+        card = model.model_card_data
+        if getattr(card, "usage_examples", None):
+            card.usage_examples = [clip_column(model.tokenizer, list(pair), model.max_seq_length)
+                                   for pair in card.usage_examples]
+
+    def get_data_collator(self, model, args, processing_class=None) -> CrossEncoderDataCollator:
+        collator = super().get_data_collator(model, args, processing_class)
+        if isinstance(collator, ClippingDataCollator):
+            collator.tokenizer, collator.max_tokens = model.tokenizer, model.max_seq_length
+        return collator
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # --eval_on_start evaluates the untrained model at step 0; the Trainer does it on a resume too, at the

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from rerank_distill.errors import InputError
+from rerank_distill.long_texts import clip_long_texts
 from rerank_distill.teachers import TeacherScores, teacher_name
 from rerank_distill.teachers.sentence_models import limit_length, load_model, token_lengths
 
@@ -37,6 +38,8 @@ class CrossEncoderTeacher:
     def score(self, queries: list[str], passages: list[str], progress: Callable[[int], None] = lambda n: None) -> TeacherScores:
         from rerank_distill.student import score_pairs_with_cross_encoder
 
+        queries = clip_long_texts(self.model.tokenizer, queries, self.max_length)  # (see long_texts)
+        passages = clip_long_texts(self.model.tokenizer, passages, self.max_length)
         # one tokenization gives both the truncation count and the lengths the batches are built from
         lengths = np.array(token_lengths(self.model.tokenizer, queries, passages), dtype=np.int64)
         # raw logits in batches of similar token length, as the evaluation scores the student

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from rerank_distill.errors import InputError
+from rerank_distill.long_texts import clip_long_texts
 from rerank_distill.teachers import TeacherScores, teacher_name
 from rerank_distill.teachers.sentence_models import limit_length, load_model, token_lengths, too_long
 
@@ -88,13 +89,17 @@ class EmbeddingTeacher:
         # Each distinct text is embedded once; a chunk repeats each query once per candidate.
         query_row = {text: row for row, text in enumerate(dict.fromkeys(queries))}
         passage_row = {text: row for row, text in enumerate(dict.fromkeys(passages))}
-        query_vectors = self._unit_vectors(list(query_row), self.query_prompt, self.model.encode_query)
-        passage_vectors = self._unit_vectors(list(passage_row), self.document_prompt, self.model.encode_document)
+        # (each cut to what the model reads of it: the same tokens, without tokenizing a 20 MB text whole)
+        query_texts = clip_long_texts(self.model.tokenizer, list(query_row), self.max_length)
+        passage_texts = clip_long_texts(self.model.tokenizer, list(passage_row), self.max_length)
+        query_vectors = self._unit_vectors(query_texts, self.query_prompt, self.model.encode_query)
+        passage_vectors = self._unit_vectors(passage_texts, self.document_prompt, self.model.encode_document)
         query_rows = [query_row[text] for text in queries]
         passage_rows = [passage_row[text] for text in passages]
         cosine = np.einsum("ij,ij->i", query_vectors[query_rows], passage_vectors[passage_rows])
-        long_query = too_long(self.model.tokenizer, [self.query_prompt + t for t in query_row], None, self.max_length)
-        long_passage = too_long(self.model.tokenizer, [self.document_prompt + t for t in passage_row], None, self.max_length)
+        long_query = too_long(self.model.tokenizer, [self.query_prompt + t for t in query_texts], None, self.max_length)
+        long_passage = too_long(self.model.tokenizer, [self.document_prompt + t for t in passage_texts], None,
+                                self.max_length)
         truncated = sum(long_query[i] or long_passage[j] for i, j in zip(query_rows, passage_rows))
         progress(len(queries))
         return TeacherScores(self.score_scale * cosine, truncated=truncated)
