@@ -507,9 +507,7 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
             f"{output_path} exists but has no {beside(output_path, '.run.json').name} beside it to tell how it was "
             "scored (a copy without its record?); pass --overwrite to score it again, or choose another --output_dir"
         )
-    made = record["made_with"]
-    if teacher_keys is not None:
-        made = {**made, "teachers": [{key: t.get(key) for key in teacher_keys} for t in made["teachers"]]}
+    made = _teacher_settings(record["made_with"], teacher_keys)
     differs = setting_differences(made, made_with, [key for key in made_with if key in made or key not in _RECORDED_SINCE])
     if differs:
         raise InputError(
@@ -518,17 +516,39 @@ def _check_finished(output_path: Path, made_with: dict, teacher_keys: tuple[str,
         )
 
 
+def _teacher_settings(made_with: dict, teacher_keys: tuple[str, ...] | None) -> dict:
+    """``made_with`` with only the ``teacher_keys`` settings of each teacher (all where None)."""
+    teachers = made_with.get("teachers")
+    if teacher_keys is None or not isinstance(teachers, list) or not all(isinstance(t, dict) for t in teachers):
+        return made_with  # (a record edited out of shape differs as it is)
+    return {**made_with, "teachers": [{key: t.get(key) for key in teacher_keys} for t in teachers]}
+
+
+def _other_unfinished_run(output_path: Path, differs: list[str]) -> InputError:
+    return InputError(
+        f"{beside(output_path, '.partial')} holds an unfinished run with other settings or input (differing: "
+        f"{', '.join(differs) or 'teachers, input or chunk size'}); rerun with the same arguments and input to "
+        "resume it, or pass --overwrite to start over"
+    )
+
+
 def check_before_loading(output_path: Path, teacher_types: list[str], model_paths: list[str], expected: InputSummary,
                          input_format: str = "auto", shard: Shard = Shard(), passages_as_queries: int = 0,
                          label_column: str | None = None) -> None:
-    """Refuse a finished output scored with other teachers or input before any teacher loads
-    (minutes for an 8B model): what score_source checks in full once they have, as far as the
-    teacher types and models already tell."""
+    """Refuse a finished output, or an unfinished one's progress file, made with other teachers or
+    input, or unreadable, before any teacher loads (minutes for an 8B model): what score_source
+    and resume_point check in full once they have, as far as the teacher types and models already tell."""
     output_path = Path(output_path)
+    teachers = [{"teacher_type": kind, "model_path": path} for kind, path in zip(teacher_types, model_paths)]
+    # as it reads back from JSON, to compare with what a progress file holds
+    made_with = json.loads(json.dumps(_made_with(teachers, input_format, shard, passages_as_queries, expected,
+                                                 label_column)))
     if is_finished(output_path):
-        teachers = [{"teacher_type": kind, "model_path": path} for kind, path in zip(teacher_types, model_paths)]
-        made_with = _made_with(teachers, input_format, shard, passages_as_queries, expected, label_column)
         _check_finished(output_path, made_with, teacher_keys=("teacher_type", "model_path"))
+    elif (saved := saved_progress(output_path)) is not None and saved.get("made_with"):  # (none: an earlier release's)
+        made = _teacher_settings(saved["made_with"], ("teacher_type", "model_path"))
+        if differs := setting_differences(made, made_with, made.keys() | made_with.keys()):
+            raise _other_unfinished_run(output_path, differs)
 
 
 @dataclass
@@ -576,14 +596,9 @@ def resume_point(source: str, output_path: Path, teachers: list, expected: Input
             if saved.get("fingerprint") == _legacy_fingerprint(source, configs, input_format, size, shard,
                                                                passages_as_queries, label_column):
                 return ResumePoint(size, saved["done"], made_with)
-    partial = beside(output_path, ".partial")
     if made and saved.get("chunk_size") not in chunk_sizes:
         differs.append(f"--chunk_size (it began with {saved.get('chunk_size')})")
-    raise InputError(
-        f"{partial} holds an unfinished run with other settings or input (differing: "
-        f"{', '.join(differs) or 'teachers, input or chunk size'}); rerun with the same arguments and input to "
-        "resume it, or pass --overwrite to start over"
-    )
+    raise _other_unfinished_run(output_path, differs)
 
 
 def score_source(

@@ -471,6 +471,30 @@ def test_a_progress_record_cut_short_is_an_error_naming_it_not_a_traceback(tmp_p
         run_scoring(ranking_file, output, CountingTeacher())
 
 
+def test_an_unfinished_output_of_other_teachers_or_unreadable_is_refused_before_a_teacher_loads(
+    tmp_path, ranking_file, teacher_never_loads
+):
+    from rerank_distill.scoring import model_identity
+
+    output = tmp_path / "o" / "train_scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):  # a run of another teacher, stopped
+        run_scoring(ranking_file, output, CountingTeacher(fail_on_call=3))
+    argv = ["--model_path", "m", "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(InputError, match=r"\.partial holds an unfinished run with other settings or input "
+                                         r"\(differing: teachers: model_path, teachers: teacher_type\)"):
+        generate_logits.main(argv)
+    progress = output.with_name(output.name + ".progress.json")
+    record = json.loads(progress.read_text())
+    record["made_with"]["teachers"] = [{"teacher_type": "llm_yesno", "model_path": model_identity("m")}]
+    progress.write_text(json.dumps(record))
+    with pytest.raises(teacher_never_loads):  # this run's own teacher: it resumes
+        generate_logits.main(argv)
+    progress.write_text(progress.read_text()[:20])
+    with pytest.raises(InputError, match=rf"^{progress}: not a record stage 1 wrote"):
+        generate_logits.main(argv)
+    assert output.with_name(output.name + ".partial").exists()
+
+
 def test_an_input_edited_after_it_was_checked_never_finishes_under_the_checked_digest(tmp_path, ranking_file):
     expected = validate_source(str(ranking_file), "auto", Shard())  # checked; then, while a teacher loads, edited:
     records = read_jsonl_records(ranking_file)
