@@ -40,8 +40,22 @@ def long_texts_of_every_kind() -> dict[str, str]:
     }
 
 
+def unigram_tokenizer():
+    """A SentencePiece-style Unigram tokenizer (Metaspace words), as XLM-R's of bge-reranker-v2-m3."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    corpus = [text[:5000] for text in long_texts_of_every_kind().values()]
+    backend.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=200, special_tokens=["<unk>"],
+                                                                unk_token="<unk>"))  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
 def tokenizers(tiny_cross_encoder) -> dict:
-    return {"byte-level BPE": build_chat_tokenizer(), "WordPiece": AutoTokenizer.from_pretrained(tiny_cross_encoder)}
+    return {"byte-level BPE": build_chat_tokenizer(), "WordPiece": AutoTokenizer.from_pretrained(tiny_cross_encoder),
+            "Unigram": unigram_tokenizer()}
 
 
 @pytest.mark.parametrize("max_tokens", [16, 100])
