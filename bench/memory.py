@@ -28,12 +28,16 @@ from bench.common import SHARED_DATA, bench_parser, machine, write_results  # no
 # Runs one stage's main() in this fresh process and prints its own peak RSS in KiB: VmHWM, the high
 # water mark of this program's memory. Not getrusage's ru_maxrss: on Linux that survives exec, so
 # it would count the pages this benchmark's own process (torch loaded) held when it forked the child.
+# ``setup`` runs first (bench/long_document.py turns a feature off there), and the stage's own seconds are printed too.
 PEAK_RSS_RUNNER = """
-import sys
+import sys, time
 sys.path.insert(0, {root!r})
+{setup}
 import importlib
 stage = importlib.import_module({stage!r})
+started = time.perf_counter()
 stage.main({argv!r})
+print("SECONDS", time.perf_counter() - started)
 with open("/proc/self/status") as status:
     peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
 print("PEAK_RSS_KIB", peak)
@@ -52,12 +56,20 @@ def repeated_input(source: Path, times: int, target: Path) -> Path:
 
 
 def peak_rss_mib(stage: str, argv: list[str]) -> float:
-    code = PEAK_RSS_RUNNER.format(root=str(ROOT), stage=stage, argv=argv)
+    """Peak resident memory (MiB) of ``stage``'s main(argv) in a fresh process."""
+    return run_measured(stage, argv)[0]
+
+
+def run_measured(stage: str, argv: list[str], setup: str = "") -> tuple[float, float]:
+    """Peak resident memory (MiB) and seconds of ``stage``'s main(argv) in a fresh process that
+    runs the Python code ``setup`` first."""
+    code = PEAK_RSS_RUNNER.format(root=str(ROOT), stage=stage, argv=argv, setup=setup)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{result.stderr[-3000:]}")
-    line = next(l for l in result.stdout.splitlines() if l.startswith("PEAK_RSS_KIB"))
-    return int(line.split()[1]) / 1024
+    printed = dict(line.split(maxsplit=1) for line in result.stdout.splitlines() if line.startswith(("SECONDS",
+                                                                                                   "PEAK_RSS_KIB")))
+    return int(printed["PEAK_RSS_KIB"]) / 1024, float(printed["SECONDS"])
 
 
 def main() -> None:
