@@ -447,6 +447,8 @@ class DistillationTrainer(CrossEncoderTrainer):
       other torchrun processes score shares of its predict calls, outside its float32 context.
     """
 
+    data_collator_class = ClippingDataCollator
+
     def __init__(self, *args, time_budget: TimeBudget | None = None, padding: PaddingStats | None = None,
                  **kwargs) -> None:
         callbacks = [*(kwargs.pop("callbacks", None) or []), *([time_budget] if time_budget else [])]
@@ -461,8 +463,6 @@ class DistillationTrainer(CrossEncoderTrainer):
         self.best_model_error: str | None = None
         self.padding = padding
         self._padding_at_last_log = copy.copy(padding)
-
-    data_collator_class = ClippingDataCollator
 
     def add_model_card_callback(self, default_args_dict: dict) -> None:
         # The model card tokenizes the first rows of each column for its statistics (through
