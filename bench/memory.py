@@ -67,9 +67,12 @@ def run_measured(stage: str, argv: list[str], setup: str = "") -> tuple[float, f
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{result.stderr[-3000:]}")
-    printed = dict(line.split(maxsplit=1) for line in result.stdout.splitlines() if line.startswith(("SECONDS",
-                                                                                                   "PEAK_RSS_KIB")))
-    return int(printed["PEAK_RSS_KIB"]) / 1024, float(printed["SECONDS"])
+    lines = result.stdout.splitlines()
+
+    def printed(name: str) -> str:
+        return next(line.split()[1] for line in lines if line.startswith(name + " "))
+
+    return int(printed("PEAK_RSS_KIB")) / 1024, float(printed("SECONDS"))
 
 
 def main() -> None:

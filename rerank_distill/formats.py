@@ -77,6 +77,16 @@ class RankingQuery:
         fill with each row's id_columns, where they are kept)."""
         return cls(query, [], [], location, source_format, ids=ids, row_files=[], row_lines=array("q"))
 
+    @classmethod
+    def row_list_in(cls, lists: dict[str, RankingQuery], query: str, location: str, source_format: str = "",
+                    keep_ids: bool = False) -> RankingQuery:
+        """``lists[query]``, or where it is not there yet a new of_rows list put there (``keep_ids``:
+        with a list for the rows' id_columns). Built only for a query's first row: setdefault would
+        build and drop one for every row."""
+        if (found := lists.get(query)) is None:
+            found = lists[query] = cls.of_rows(query, location, source_format, ids=[] if keep_ids else None)
+        return found
+
     def add_row(self, passage: str, label: float | None, path: str, line: int) -> None:
         """One row's passage and label, read at ``path``:``line``."""
         self.passages.append(passage)
@@ -851,8 +861,7 @@ def iter_ranking_queries(
             if nonnegative_grades and label[1] < 0:
                 raise InputError(f'field "{label[0]}" is {label[1]:g}; relevance grades must be >= 0 (they are NDCG '
                                  "gains)", path, line)
-            if (entry := grouped.get(query)) is None:  # (not setdefault: it would build a list for every row)
-                entry = grouped[query] = RankingQuery.of_rows(query, location, record_format, ids=[])
+            entry = RankingQuery.row_list_in(grouped, query, location, record_format, keep_ids=True)
             entry.add_row(passage, label[1], path, line)
             entry.ids.append(id_columns(record, path, line))
             raw = record[label[0]]

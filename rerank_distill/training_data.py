@@ -284,9 +284,8 @@ def _pointwise_scores(pairs: Iterable[ScoredPair], loss: str, temperature: float
         columns["passage"].append(pair.passage)
         columns["label"].append(target)
         by_query.setdefault(pair.query, []).append(pair.score)
-        if (pairs_of_query := lists.get(pair.query)) is None:  # (not setdefault: it would build one for every pair)
-            pairs_of_query = lists[pair.query] = RankingQuery.of_rows(pair.query, f"{pair.path}:{pair.line}")
-        pairs_of_query.add_row(pair.passage, pair.label, pair.path, pair.line)
+        RankingQuery.row_list_in(lists, pair.query, f"{pair.path}:{pair.line}").add_row(
+            pair.passage, pair.label, pair.path, pair.line)
     ListOddities.found_in(lists.values()).warn(source, "each trains as it is, a row of its own")
     return TrainingData("scores", columns, teacher_spread=rms(within_query_deviations(by_query.values())))
 
