@@ -555,6 +555,11 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, int, dict]]:
         parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
         raise InputError(f"cannot be read as Parquet ({error})", path) from None
+    names = parquet.schema_arrow.names
+    if repeated := next((name for i, name in enumerate(names) if name in names[:i]), None):
+        # (pyarrow writes such a file; its rows as dicts keep the last column of the name, as json keeps a repeated key)
+        raise InputError(f"names the column {shown(repeated)} twice (a row would keep only the last one's value); "
+                         "keep one", path)
     row_number = 0
     try:
         with parquet:

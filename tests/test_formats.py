@@ -1072,3 +1072,14 @@ def test_a_model_folder_given_as_a_data_set_is_named_a_model(tmp_path):
     with pytest.raises(InputError, match=rf"^{model}: is a model folder \(config\.json\), not a data set: pass the "
                                          r"data file \(JSONL, Parquet\) or data-set folder meant"):
         as_tuples(model)
+
+
+def test_a_parquet_file_naming_a_column_twice_is_refused_not_read_as_its_last_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["usb"]), pa.array(["cable"]), pa.array(["E"]), pa.array(["x"])],
+                                        names=["query", "item_text", "esci_label", "query"]), path)
+    with pytest.raises(InputError, match=rf"^{path}: names the column 'query' twice"):
+        as_tuples(path)
