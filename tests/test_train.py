@@ -2604,3 +2604,21 @@ def test_data_sets_given_as_hub_ids_are_fetched_through_the_hub_and_cache_train_
     assert kind == "scores" and len(selection.train) == 12 and [q.query for q in selection.queries] == ["d"]
     assert {(name, split) for name, split, *_ in asked} == {("someone/scores", "train"), ("someone/so", "dev")}
     assert {(hub, cache_dir) for _, _, hub, cache_dir in asked} == {("modelscope", "/downloads")}
+
+
+@pytest.mark.parametrize("loss, records", [
+    ("margin_mse", [{"query": "q", "positive": "p", "negative": "n", "score": 1.0},
+                    {"query": " ", "positive": "p", "negative": "", "score": 1.0}]),
+    ("margin_mse", [{"query": "q", "positive": "p", "negatives": ["n"], "scores": [1.0, 0.0]},
+                    {"query": "\t", "positive": "p", "negatives": ["n", " "], "scores": [1.0, 0.0, 0.0]}]),
+    ("listwise_kl", [{"query": "q", "passages": ["p", "n"], "scores": [1.0, 0.0]},
+                     {"query": "", "passages": ["p", "  "], "scores": [1.0, 0.0]}]),
+])
+def test_blank_texts_in_triplets_ntuples_or_listwise_groups_are_trained_as_they_are_and_warned_of(
+        tmp_path, caplog, loss, records):
+    path = str(write_jsonl_records(tmp_path / "t.jsonl", records))
+    with caplog.at_level(logging.WARNING):
+        data = read_training_data(path, loss)
+    assert len(data.columns["query"]) == 2
+    assert (f"{path}: 1 blank query texts and 1 blank passages (the first in the record at {path}:2) are trained on "
+            "as they are") in caplog.text
