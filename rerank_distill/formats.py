@@ -20,6 +20,7 @@ keeps its reranking tasks (corpus, queries, qrels, top_ranked; on a hub or in a 
 from __future__ import annotations
 
 import ast
+import difflib
 import itertools
 import json
 import logging
@@ -614,7 +615,9 @@ def training_record_kind(record: dict) -> str | None:
         return "listwise"
     texts = [record[name] for name in ("positive", "negative") if name in record]
     of_lists = any(isinstance(text, list) for text in texts)
-    if "negatives" in record or ("scores" in record and "positive" in record and not of_lists):
+    # (an MTEB record with "negatives" for "negative" holds lists and no "scores": a misspelt field, no n-tuple)
+    if ("negatives" in record and ("scores" in record or not of_lists)) or (
+            "scores" in record and "positive" in record and not of_lists):
         return "ntuples"
     if "score" in record and texts and not of_lists:
         return "triplets"
@@ -731,6 +734,19 @@ def _is_id_column(name: str) -> bool:
     return name in ("id", "qid", "pid", "docid") or name.endswith(("_id", "-id"))
 
 
+def _misspelt_list_field(record: dict, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(field, name meant)`` where ``record`` holds texts under a near-spelling of one of the list fields
+    ``names`` that it lacks ("positives", "Negative", "negs"): the record is read without that list, and its
+    passages would be lost unsaid. Else None. (Close: difflib's ratio 0.85 or more, which takes a letter
+    missing, added or changed in a case, but not a name of its own such as "positive_ids" or "hard_negatives".)"""
+    lacking = [name for name in names if name not in record]
+    for field_name, value in record.items():
+        if field_name != "query" and isinstance(value, (str, list)):
+            if meant := difflib.get_close_matches(field_name, lacking, n=1, cutoff=0.85):
+                return field_name, meant[0]
+    return None
+
+
 def passage_of(record: dict, path: str, line: int) -> str:
     """The passage text of a one-pair row, from its passage field (one of PASSAGE_FIELDS).
     InputError where two such fields hold different texts: which one is the passage is not ours to guess.
@@ -828,6 +844,10 @@ def iter_ranking_queries(
                 raise InputError(f'{mixed} the {record_format} format\'s "{pos_name}" / "{neg_name}": use one pair of '
                                  "names, or name the pair to read with --input_format mteb or pos_neg", path, line)
             query = get_text(record, "query", path, line)
+            if (pos_name not in record or neg_name not in record) and (
+                    misspelt := _misspelt_list_field(record, (pos_name, neg_name))):
+                raise InputError(f'field "{misspelt[0]}" is not read: did you mean "{misspelt[1]}"? Its passages would '
+                                 "be lost; rename it", path, line)
             if record.get(pos_name) is None and record.get(neg_name) is None:  # (null: a Parquet row's missing list)
                 _refuse_another_format(record, path, line, record_format, first_location, label_column)
                 raise InputError(f'record has neither "{pos_name}" nor "{neg_name}"', path, line)

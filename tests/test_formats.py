@@ -1083,3 +1083,24 @@ def test_a_parquet_file_naming_a_column_twice_is_refused_not_read_as_its_last_co
                                         names=["query", "item_text", "esci_label", "query"]), path)
     with pytest.raises(InputError, match=rf"^{path}: names the column 'query' twice"):
         as_tuples(path)
+
+
+MTEB_RECORD, POS_NEG_RECORD = {"query": "r", "positive": ["a"], "negative": ["b"]}, {"query": "r", "pos": ["a"], "neg": ["b"]}
+
+
+@pytest.mark.parametrize("first, misspelt, meant", [
+    (MTEB_RECORD, {"query": "q", "positives": ["p"], "negative": ["n"]}, ("positives", "positive")),
+    (MTEB_RECORD, {"query": "q", "positive": ["p"], "negatives": ["n"]}, ("negatives", "negative")),  # lists: no n-tuple
+    (POS_NEG_RECORD, {"query": "q", "pos": ["p"], "negs": ["n"]}, ("negs", "neg")),
+])
+def test_a_misspelt_list_field_is_refused_not_read_as_a_query_without_those_passages(tmp_path, first, misspelt, meant):
+    source = write_jsonl_records(tmp_path / "d.jsonl", [first, misspelt])
+    with pytest.raises(InputError, match=re.escape(f'{source}:2: field "{meant[0]}" is not read: did you mean '
+                                                   f'"{meant[1]}"?')):
+        as_tuples(source)
+
+
+def test_fields_named_apart_from_the_candidate_lists_are_no_misspelling(tmp_path):
+    source = write_jsonl_records(tmp_path / "d.jsonl", [
+        {"query": "q", "positive": ["p"], "positive_ids": ["1"], "hard_negatives": ["h"]}])
+    assert as_tuples(source) == [("q", ["p"], [1.0])]
