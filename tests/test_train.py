@@ -2622,3 +2622,18 @@ def test_blank_texts_in_triplets_ntuples_or_listwise_groups_are_trained_as_they_
     assert len(data.columns["query"]) == 2
     assert (f"{path}: 1 blank query texts and 1 blank passages (the first in the record at {path}:2) are trained on "
             "as they are") in caplog.text
+
+
+@pytest.mark.parametrize("loss, record, again", [
+    ("margin_mse", {"query": "q", "positive": "p", "negative": "n", "score": 1.0}, {"score": 2.0}),
+    ("margin_mse", {"query": "q", "positive": "p", "negatives": ["n"], "scores": [1.0, 0.0]}, {"negatives": "n"}),
+    ("listwise_kl", {"query": "q", "passages": ["p", "n"], "scores": [1.0, 0.0]}, {}),
+])
+def test_records_repeating_an_earlier_ones_texts_are_trained_as_they_are_and_warned_of(tmp_path, caplog, loss, record,
+                                                                                        again):
+    other = {**record, "query": "r"}
+    path = str(write_jsonl_records(tmp_path / "t.jsonl", [record, other, {**record, **again}, record]))
+    with caplog.at_level(logging.WARNING):
+        data = read_training_data(path, loss)
+    assert len(data.columns["query"]) == 4
+    assert f"{path}: 2 records repeat the query and passages of an earlier one (the first at {path}:3)" in caplog.text
