@@ -1085,12 +1085,13 @@ def test_a_parquet_file_naming_a_column_twice_is_refused_not_read_as_its_last_co
         as_tuples(path)
 
 
-MTEB_RECORD, POS_NEG_RECORD = {"query": "r", "positive": ["a"], "negative": ["b"]}, {"query": "r", "pos": ["a"], "neg": ["b"]}
+MTEB_RECORD = {"query": "r", "positive": ["a"], "negative": ["b"]}
+POS_NEG_RECORD = {"query": "r", "pos": ["a"], "neg": ["b"]}
 
 
 @pytest.mark.parametrize("first, misspelt, meant", [
     (MTEB_RECORD, {"query": "q", "positives": ["p"], "negative": ["n"]}, ("positives", "positive")),
-    (MTEB_RECORD, {"query": "q", "positive": ["p"], "negatives": ["n"]}, ("negatives", "negative")),  # lists: no n-tuple
+    (MTEB_RECORD, {"query": "q", "positive": ["p"], "negatives": ["n"]}, ("negatives", "negative")),
     (POS_NEG_RECORD, {"query": "q", "pos": ["p"], "negs": ["n"]}, ("negs", "neg")),
 ])
 def test_a_misspelt_list_field_is_refused_not_read_as_a_query_without_those_passages(tmp_path, first, misspelt, meant):
