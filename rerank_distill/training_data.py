@@ -167,15 +167,18 @@ TEXT_FIELDS = {"triplets": ("query", "positive", "negative"), "ntuples": ("query
 def _warning_of_odd_records(rows: Iterable[tuple[str, int, dict]], kind: str,
                             source: str) -> Iterator[tuple[str, int, dict]]:
     """``rows`` of stage 2's records of ``kind`` as they are, with a warning once they are read of the
-    blank query and passage texts among them and of the records that repeat an earlier one's texts:
-    trained on as they are, but said, as every other reader says them (a file made by hand, or one
-    file joined to itself; create_triplets.py warns of the blank texts it pairs and writes no record
-    twice). A field of another type is left to the reader. (Plain loops, a record remembered by a
+    blank query and passage texts among them, of the records that list a passage twice (a triplet's
+    positive as its negative: a margin between a passage and itself) and of the records that repeat
+    an earlier one's texts: trained on as they are, but said, as every other reader says them (a file
+    made by hand, or one file joined to itself; create_triplets.py warns of the blank texts it pairs,
+    and writes no record twice nor pairs a text with itself). A field of another type is left to the
+    reader. (Plain loops, a record remembered by a
     hash of its texts and its line: 1.4 microseconds a triplet on a busy 2-core CPU, a fifth of the
     time reading it takes; a generic walk over every field took twice that.)"""
     fields = TEXT_FIELDS[kind]
     blank_queries = blank_passages = 0
     first = None
+    listing_twice = []  # (path, line) of the records that list a passage twice
     hashes, files, lines = array("q"), [], array("q")
     for row in rows:
         record = row[2]
@@ -198,11 +201,18 @@ def _warning_of_odd_records(rows: Iterable[tuple[str, int, dict]], kind: str,
         else:
             files.append(row[0])
             lines.append(row[1])
+            if len(set(texts[1:])) < len(texts) - 1:
+                listing_twice.append(row[:2])
         yield row
     if first:
         logger.warning("%s: %d blank query texts and %d blank passages (the first in the record at %s) are trained "
                        "on as they are: clean the data if they are mistakes", source, blank_queries, blank_passages,
                        first)
+    if listing_twice:
+        logger.warning("%s: %d records list a passage twice (the first at %s:%d): a positive paired with itself has "
+                       "the student match a margin between a passage and itself, and each copy in a group takes its "
+                       "own share of the softmax; trained on as they are", source, len(listing_twice),
+                       *listing_twice[0])
     _, first_of_each = np.unique(np.frombuffer(hashes, dtype=np.int64), return_index=True)
     if repeats := len(hashes) - len(first_of_each):
         again = np.ones(len(hashes), dtype=bool)
@@ -299,7 +309,6 @@ def _ntuples(records: Iterable[tuple[str, int, dict]], temperature: float) -> Tr
 def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> TrainingData:
     columns: dict[str, list] = {"query": [], "passages": [], "label": []}
     groups = []
-    repeating = []  # (path, line) of the groups that list a passage twice
     for path, line, record in rows:
         columns["query"].append(get_text(record, "query", path, line))
         passages = get_text_list(record, "passages", path, line)
@@ -309,14 +318,9 @@ def _listwise(rows: Iterable[tuple[str, int, dict]], temperature: float) -> Trai
         if len(scores) != len(passages):
             raise InputError(f'"scores" must hold one number per passage: {len(passages)} passages, '
                              f"{len(scores)} scores", path, line)
-        if len(set(passages)) < len(passages):
-            repeating.append((path, line))
         columns["passages"].append(passages)
         columns["label"].append(targets(scores, temperature, "scores", path, line))
         groups.append(scores)
-    if repeating:  # (create_triplets.py never writes one: a file made elsewhere)
-        logger.warning("%d listwise group(s) list a passage more than once (the first at %s:%d): each copy takes its "
-                       "own share of the teacher's softmax and the student's", len(repeating), *repeating[0])
     return TrainingData("listwise", columns, teacher_spread=rms(within_query_deviations(groups)))
 
 

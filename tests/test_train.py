@@ -1200,14 +1200,23 @@ def test_an_ntuple_needs_one_score_per_passage(tmp_path):
         read_training_data(str(empty), "margin_mse")
 
 
-def test_listwise_groups_that_list_a_passage_twice_are_counted_in_a_warning_and_kept(tmp_path, caplog):
-    path = write_jsonl_records(tmp_path / "l.jsonl", [{"query": "q", "passages": ["a", "b"], "scores": [1.0, 0.0]},
-                                                      {"query": "r", "passages": ["a", "b", "a"], "scores": [1.0, 0.0, 1.0]},
-                                                      {"query": "s", "passages": ["c", "c"], "scores": [2.0, 2.0]}])
+@pytest.mark.parametrize("loss, records", [
+    ("listwise_kl", [{"query": "q", "passages": ["a", "b"], "scores": [1.0, 0.0]},
+                     {"query": "r", "passages": ["a", "b", "a"], "scores": [1.0, 0.0, 1.0]},
+                     {"query": "s", "passages": ["c", "c"], "scores": [2.0, 2.0]}]),
+    ("margin_mse", [{"query": "q", "positive": "a", "negative": "b", "score": 1.0},
+                    {"query": "r", "positive": "a", "negative": "a", "score": 1.0},
+                    {"query": "s", "positive": "c", "negative": "c", "score": 0.5}]),
+    ("margin_mse", [{"query": "q", "positive": "a", "negatives": ["b", "c"], "scores": [1.0, 0.0, 0.0]},
+                    {"query": "r", "positive": "a", "negatives": ["b", "a"], "scores": [1.0, 0.0, 0.0]},
+                    {"query": "s", "positive": "a", "negatives": ["b", "b"], "scores": [1.0, 0.0, 0.0]}]),
+])
+def test_records_that_list_a_passage_twice_are_counted_in_a_warning_and_kept(tmp_path, caplog, loss, records):
+    path = write_jsonl_records(tmp_path / "l.jsonl", records)
     caplog.set_level(logging.WARNING)
-    data = read_training_data(str(path), "listwise_kl")
-    assert "2 listwise group(s) list a passage more than once (the first at " + f"{path}:2)" in caplog.text
-    assert data.columns["passages"] == [["a", "b"], ["a", "b", "a"], ["c", "c"]]
+    data = read_training_data(str(path), loss)
+    assert f"{path}: 2 records list a passage twice (the first at {path}:2)" in caplog.text
+    assert len(data.columns["query"]) == 3
 
 
 def test_a_listwise_group_of_one_passage_is_refused_at_its_line(tmp_path):
