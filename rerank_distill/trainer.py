@@ -107,7 +107,9 @@ def final_logged_loss(log_history: list[dict], share: float = 0.1) -> float | No
 
 def run_summary(trainer: DistillationTrainer, result, seconds: float, start_step: int, early_stopping: bool) -> dict:
     """What a finished ``trainer.train()`` did: steps, why it stopped, examples per second (all
-    processes'), losses, the checkpoint picked, and the padding behind the speed."""
+    processes'), losses, the checkpoint picked, and the padding behind the speed. ``steps`` is the
+    whole run's; a resumed run's train_loss, examples, seconds and padding are its own steps' only
+    (after ``start_step``), as the Trainer's training_loss is."""
     state, args = trainer.state, trainer.args
     stopped_by_time = trainer.time_budget is not None and trainer.time_budget.stopped_training
     examples_trained = trainer.examples_trained * args.world_size  # this process's count, scaled
