@@ -14,7 +14,7 @@ on held-out training queries with gold labels (--selection_data, or the training
 by eval loss; --early_stopping_patience N stops after N evaluations without a better one. Never the test set.
 Where fewer than 30 training queries would be held out, MAP would pick checkpoints by chance: every query
 trains and the last step is final (--selection_metric picks otherwise; a labelled dev file of its own as
---selection_data is always used).
+--selection_data is used whatever its size).
 --max_train_seconds S stops after S seconds, with the learning-rate schedule and the evaluations fitted to them.
 --output_dir gets the final model, its checkpoints, args.json and training_summary.json (what the run did).
 Several GPUs: torchrun --nproc_per_node N train.py ...; a large student: accelerate launch with

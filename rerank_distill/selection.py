@@ -288,6 +288,8 @@ def load_training_data(script, training, evaluate: bool, must_evaluate: bool) ->
         warn_unread(script, dict.fromkeys(("eval_share", "eval_max_queries"), f"no training query is held out ({why})"))
     if selection.eval is None:  # (--eval_strategy no, or --selection_metric last: nothing is evaluated)
         warn_unread(script, {"eval_data": f"nothing is evaluated (best checkpoint {selection.note})"})
+    if not evaluate or script.selection_metric in ("loss", "last"):  # (MAP picks no checkpoint: its lists go unread)
+        warn_unread(script, {"selection_data": f"best checkpoint {selection.note}"})
     if not len(selection.train):  # (the Trainer ran no step and saved the untouched student as the final model)
         raise InputError(f"no training row is left: the {len(selection.held_out)} held-out queries, with the lists "
                          "whose query is one of their passages, take every row; lower --eval_share, pass --eval_data "

@@ -828,6 +828,23 @@ def test_an_eval_data_that_nothing_evaluates_is_warned_about(triplets_file, tmp_
     assert f"--eval_data {dev} is not read: nothing is evaluated (best checkpoint {why}" in caplog.text
 
 
+@pytest.mark.parametrize(("selection_metric", "evaluate", "unread"), [
+    ("last", True, True), ("loss", True, True), ("auto", False, True), ("auto", True, False), ("map", True, False),
+])
+def test_selection_data_that_no_map_selection_reads_is_warned_about(scores_file, tmp_path, caplog, selection_metric,
+                                                                   evaluate, unread):
+    dev = write_jsonl_records(tmp_path / "dev.jsonl", [{"query": f"dev {q}", "passage": p, "score": s, "label": label}
+                                                       for q in "xy" for p, s, label in (("a", 1.0, 1), ("b", 0.0, 0))])
+    script = train.ScriptArguments("unused", str(scores_file), selection_data=str(dev), loss="mse",
+                                   selection_metric=selection_metric)
+    with caplog.at_level(logging.WARNING):
+        _, selection = load_training_data(script, SimpleNamespace(
+            per_device_train_batch_size=1, world_size=1, dataloader_drop_last=False, seed=0, disable_tqdm=True,
+            process_index=0, save_strategy="steps"), evaluate, False)
+    assert (f"--selection_data {dev} is not read: best checkpoint {selection.note}" in caplog.text) == unread
+    assert bool(selection.queries) == (not unread)
+
+
 def test_evaluation_flags_that_selection_metric_last_never_reads_are_warned_about(tiny_cross_encoder, triplets_file,
                                                                                   tmp_path, caplog):
     out = tmp_path / "model"
