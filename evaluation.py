@@ -39,29 +39,12 @@ from rerank_distill.formats import (
     teacher_scores_for,
 )
 from rerank_distill.jsonl import check_writable, sole_writer
-from rerank_distill.metrics import (
-    PROTOCOL_RULES,
-    evaluate_rankings,
-    per_query_metrics,
-    queries_changed,
-    scores_needed,
-    skip_reason,
-)
-from rerank_distill.report import (
-    AT_K,
-    METRICS,
-    change,
-    format_table,
-    graded_report,
-    is_graded,
-    share_of_teacher,
-    write_per_query,
-)
+from rerank_distill.metrics import evaluate_rankings, scores_needed, skip_reason
+from rerank_distill.report import AT_K, build_report, format_table, graded_report, is_graded, write_per_query
 from rerank_distill.scoring import label_words_to_read
 from rerank_distill.student import bfloat16_is_fast, check_rerankers, load_cross_encoder, score_ranking_queries
 
 logger = logging.getLogger("rerank_distill.evaluation")
-TIES = "averaged: each metric is its mean over every order of the tied passages"
 
 
 @dataclass
@@ -154,31 +137,6 @@ def check_report_paths(args: EvaluationArguments) -> None:
                                  f"{model}: the report could overwrite its files (config.json); write it elsewhere")
 
 
-def build_report(args: EvaluationArguments, queries: list, wanted: list[bool], models: dict[str, str],
-                 results: dict[str, dict]) -> tuple[dict, list[dict]]:
-    """The report (stage 4's JSON: protocol, counts, each model's metrics, the change and the
-    share of the teacher where there are those) and its per-query metrics."""
-    counts = ("queries_evaluated", "queries_skipped", "queries_skipped_by_reason", "queries_scored_zero")
-    report = {
-        "protocol": {"name": args.protocol, "rule": PROTOCOL_RULES[args.protocol], "at_k": AT_K, "ties": TIES},
-        "dataset": args.dataset_path,
-        "models": models,
-        "teacher_scores": args.teacher_scores,
-        "queries": len(queries),
-        "pairs": sum(len(query.passages) for query in queries),
-        "pairs_scored": sum(len(query.passages) for query, keep in zip(queries, wanted) if keep),
-        **{key: results["before"][key] for key in counts},
-        **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
-    }
-    per_query = per_query_metrics(results, AT_K)
-    if "after" in results:
-        report["change"] = change(report["before"], report["after"])
-        report["queries_changed"] = queries_changed(per_query)
-    if "teacher" in results:
-        report["share_of_teacher"] = share_of_teacher(report)
-    return report, per_query
-
-
 def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvaluationArguments,), __doc__, argv)
     check_minimums(args, batch_size=1, max_length=1)
@@ -226,7 +184,8 @@ def evaluate(args: EvaluationArguments, argv: list[str] | None) -> dict:
         scores["teacher"] = teacher.per_query
     results = {name: evaluate_rankings(zip(by_query, labels), args.protocol, AT_K) for name, by_query in scores.items()}
 
-    report, per_query = build_report(args, queries, wanted, models, results)
+    report, per_query = build_report(args.protocol, args.dataset_path, args.teacher_scores, queries, wanted,
+                                     models, results)
     if "teacher" in results and report["teacher"]["map"] < report["before"]["map"]:
         logger.warning("the teacher's MAP (%.4f) is below the student's before training (%.4f): distilled from "
                        "it, the student learns to rank worse; check the teacher (its model, --instruction)",

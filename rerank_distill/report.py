@@ -1,4 +1,4 @@
-"""Stage 4's report: the change from one model to the other, the table on the terminal, and the
+"""Stage 4's report: its JSON, the change from one model to the other, the table on the terminal, and the
 per-query lines that let a user find the queries a model lost."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import numpy as np
 
 from rerank_distill.formats import RankingQuery, TeacherRanking
 from rerank_distill.jsonl import AtomicWriter, dumps
-from rerank_distill.metrics import graded_summary, skip_reason
+from rerank_distill.metrics import PROTOCOL_RULES, graded_summary, per_query_metrics, queries_changed, skip_reason
 
 logger = logging.getLogger(__name__)
 
 AT_K = 10
 METRICS = ("map", f"mrr@{AT_K}", f"ndcg@{AT_K}")
+TIES = "averaged: each metric is its mean over every order of the tied passages"
 
 
 def change(before: dict, after: dict) -> dict:
@@ -62,6 +63,33 @@ def graded_report(queries: Sequence[RankingQuery], scores: dict[str, list], teac
         logger.warning("the data's grades %s are not among the teacher's label grades %s: its label accuracy "
                        "counts agreement on relevance (grade > 0) only", off_scale, teacher.label_grades)
     return graded_summary(grades, flat, *teacher_labels, by_relevance=binary or bool(off_scale))
+
+
+def build_report(protocol: str, dataset_path: str, teacher_scores: str | None, queries: Sequence[RankingQuery],
+                 wanted: Sequence[bool], models: dict[str, str], results: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """The report (stage 4's JSON: protocol, counts, each model's metrics, the change and the
+    share of the teacher where there are those) and its per-query metrics, from ``results``:
+    metrics.evaluate_rankings' of each model ("before", "after") and of the teacher; ``wanted``
+    says which queries the models scored."""
+    counts = ("queries_evaluated", "queries_skipped", "queries_skipped_by_reason", "queries_scored_zero")
+    report = {
+        "protocol": {"name": protocol, "rule": PROTOCOL_RULES[protocol], "at_k": AT_K, "ties": TIES},
+        "dataset": dataset_path,
+        "models": models,
+        "teacher_scores": teacher_scores,
+        "queries": len(queries),
+        "pairs": sum(len(query.passages) for query in queries),
+        "pairs_scored": sum(len(query.passages) for query, keep in zip(queries, wanted) if keep),
+        **{key: results["before"][key] for key in counts},
+        **{name: {metric: result[metric] for metric in METRICS} for name, result in results.items()},
+    }
+    per_query = per_query_metrics(results, AT_K)
+    if "after" in results:
+        report["change"] = change(report["before"], report["after"])
+        report["queries_changed"] = queries_changed(per_query)
+    if "teacher" in results:
+        report["share_of_teacher"] = share_of_teacher(report)
+    return report, per_query
 
 
 def format_table(report: dict) -> str:
