@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers.trainer_utils import IntervalStrategy
-
 from rerank_distill.cli import command_line, interruption_behind, run_main, write_json, write_run_args
 from rerank_distill.formats import INPUT_FORMATS
 from rerank_distill.losses import LOSSES, build_loss
@@ -40,8 +38,6 @@ from rerank_distill.replicas import stop_with_launcher
 from rerank_distill.run_folder import (
     PATH_SETTINGS,
     SUMMARY_FILE,
-    check_resumed_hold_out,
-    check_resumed_selection,
     claim_output_dir,
     clear_earlier_outputs,
     end_reached,
@@ -53,15 +49,11 @@ from rerank_distill.run_folder import (
 from rerank_distill.selection import (
     DEFAULT_EVAL_MAX_QUERIES,
     DEFAULT_EVAL_SHARE,
-    EVALUATION_FLAGS,
     MIN_SELECTION_QUERIES,
-    TRAINER_EVALUATION_FLAGS,
     SelectionEvaluator,
-    load_training_data,
-    small_selection_warning,
 )
 from rerank_distill.student import load_student
-from rerank_distill.samplers import BATCH_SAMPLERS
+from rerank_distill.samplers import set_batch_sampler
 from rerank_distill.trainer import (
     DistillationTrainer,
     EarlyStopping,
@@ -72,7 +64,7 @@ from rerank_distill.trainer import (
     summary_message,
     track_padding,
 )
-from rerank_distill.training import check_training_flags, parse_training_args, set_best_metric
+from rerank_distill.training import check_training_flags, load_data_and_selection, parse_training_args
 
 logger = logging.getLogger("train")
 
@@ -205,34 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train_student(script, training, passed: dict, argv: list[str]) -> dict:
     """Train as ``main``'s arguments say, in the --output_dir it claimed; returns the run's summary."""
-    if script.batch_grouping != "none" and "batch_sampler" not in passed:  # (before a resumed run's is compared)
-        training.batch_sampler = BATCH_SAMPLERS[script.batch_grouping]
-    elif script.batch_grouping != "none" and "batch_grouping" in passed:
-        logger.warning("--batch_grouping %s is not read: --batch_sampler %s chooses the batches", script.batch_grouping,
-                       passed["batch_sampler"])
+    set_batch_sampler(script.batch_grouping, training, passed)  # (before a resumed run's is compared)
     resume, resumed, digests = prepare_resume(script, training)
-    evaluate = training.eval_strategy != "no"
     budget = TimeBudget(script.max_train_seconds) if script.max_train_seconds is not None else None
 
     # Data first: a bad line fails in seconds, before any model download.
-    must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
-    if evaluate and training.save_strategy == "no" and script.selection_metric == "auto" and not must_evaluate:
-        evaluate = False  # no checkpoint to pick from: queries held out would only be lost to training
-    kind, selection = load_training_data(script, training, evaluate, must_evaluate)
-    if resume is not None:  # (a query held out by one half of the run, trained on by the other)
-        check_resumed_hold_out(resume, selection.held_out)
-    if training.eval_strategy != "no" and selection.metric == "last":
-        if unread := [f"--{name}" for name in TRAINER_EVALUATION_FLAGS if name in passed]:
-            logger.warning("%s %s not read: best checkpoint %s", ", ".join(unread), "are" if unread[1:] else "is",
-                           selection.note)
-        training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
-        evaluate = False
-    elif evaluate:
-        set_best_metric(training, passed, selection)
-        if resume is not None:
-            check_resumed_selection(resume, training)
-    if warning := small_selection_warning(selection):
-        logger.warning(warning)
+    kind, selection = load_data_and_selection(script, training, passed, resume)
     count = selection.counts()
     evaluated = ""
     if selection.eval is not None:

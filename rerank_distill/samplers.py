@@ -3,12 +3,15 @@ batches of similar length, or of one query's examples, reshuffled each epoch."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from rerank_distill.training_data import column_values
+
+logger = logging.getLogger(__name__)
 
 
 def example_lengths(dataset) -> list[int]:
@@ -122,3 +125,14 @@ class QueryGroupedBatchSampler(LengthGroupedBatchSampler):
 
 
 BATCH_SAMPLERS = {"length": LengthGroupedBatchSampler, "query": QueryGroupedBatchSampler}
+
+
+def set_batch_sampler(batch_grouping: str, training, passed: dict[str, str | None]) -> None:
+    """Set ``training.batch_sampler`` to the sampler train.py's --batch_grouping names, unless the
+    command line (``passed``) names one of its own with --batch_sampler, which wins (said where both
+    are given); "none" leaves sentence-transformers' random batches."""
+    if batch_grouping != "none" and "batch_sampler" not in passed:
+        training.batch_sampler = BATCH_SAMPLERS[batch_grouping]
+    elif batch_grouping != "none" and "batch_grouping" in passed:
+        logger.warning("--batch_grouping %s is not read: --batch_sampler %s chooses the batches", batch_grouping,
+                       passed["batch_sampler"])

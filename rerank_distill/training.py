@@ -1,6 +1,6 @@
 """train.py's command line: the training flags it adds unless the user passes them, their parsing
-with its own, the metric that picks the best checkpoint, and the flags it refuses before anything
-is read."""
+with its own, the flags it refuses before anything is read, and how the final model is picked
+(the evaluations, the metric, the queries held out for them)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ import math
 
 from huggingface_hub import constants
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+from transformers.trainer_utils import IntervalStrategy
 
 from rerank_distill.cli import check_minimums, parse_args
 from rerank_distill.errors import InputError
 from rerank_distill.losses import LOSSES
-from rerank_distill.selection import CheckpointSelection
+from rerank_distill.run_folder import check_resumed_hold_out, check_resumed_selection
+from rerank_distill.selection import (
+    EVALUATION_FLAGS,
+    TRAINER_EVALUATION_FLAGS,
+    CheckpointSelection,
+    load_training_data,
+    small_selection_warning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +143,34 @@ def default_training_values() -> dict[str, str]:
     flags = default_training_flags({})
     return {flag.removeprefix("--"): value + FOLLOWS_ITS_PAIR.get(flag.removeprefix("--"), "")
             for flag, value in zip(flags[::2], flags[1::2])}
+
+
+def load_data_and_selection(script, training, passed: dict[str, str | None],
+                            resume: str | None) -> tuple[str, CheckpointSelection]:
+    """Read train.py's data and settle how its final model is picked: the training data's kind and
+    its train / eval / selection split (selection.load_training_data), with ``training``'s flags
+    set to match (no evaluations where no checkpoint is picked from them, else the metric that
+    picks one) and checked against the run the checkpoint ``resume`` belongs to. ``passed``: the
+    flags given on the command line."""
+    evaluate = training.eval_strategy != "no"
+    must_evaluate = script.early_stopping_patience > 0 or bool(EVALUATION_FLAGS & passed.keys())
+    if evaluate and training.save_strategy == "no" and script.selection_metric == "auto" and not must_evaluate:
+        evaluate = False  # no checkpoint to pick from: queries held out would only be lost to training
+    kind, selection = load_training_data(script, training, evaluate, must_evaluate)
+    if resume is not None:  # (a query held out by one half of the run, trained on by the other)
+        check_resumed_hold_out(resume, selection.held_out)
+    if training.eval_strategy != "no" and selection.metric == "last":  # (evaluate may be False by now, the flag not)
+        if unread := [f"--{name}" for name in TRAINER_EVALUATION_FLAGS if name in passed]:
+            logger.warning("%s %s not read: best checkpoint %s", ", ".join(unread), "are" if unread[1:] else "is",
+                           selection.note)
+        training.eval_strategy, training.load_best_model_at_end = IntervalStrategy.NO, False
+    elif evaluate:
+        set_best_metric(training, passed, selection)
+        if resume is not None:
+            check_resumed_selection(resume, training)
+    if warning := small_selection_warning(selection):
+        logger.warning(warning)
+    return kind, selection
 
 
 def set_best_metric(training, passed: dict[str, str | None], selection: CheckpointSelection) -> None:
