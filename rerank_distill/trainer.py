@@ -446,7 +446,8 @@ class DistillationTrainer(CrossEncoderTrainer):
     - A resumed run does not evaluate again at its start under --eval_on_start (train).
     - Only an evaluation with a checkpoint can be the best (_determine_best_metric).
     - The evaluator's scores are float32 under --bf16 on every process: sentence-transformers has the
-      other torchrun processes score shares of its predict calls, outside its float32 context.
+      other torchrun processes score shares of its predict calls, outside its float32 context. So are
+      the model card's usage-example scores, which would otherwise differ from the saved model's.
     """
 
     data_collator_class = ClippingDataCollator
@@ -458,8 +459,9 @@ class DistillationTrainer(CrossEncoderTrainer):
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.add_callback(DivergenceCheck(self))
         self.add_callback(SignalledStop())
-        if self.evaluator is not None:  # the selection MAP in float32 on every torchrun process (predicts_in_float32)
-            predicts_in_float32(self.model)
+        # the selection MAP in float32 on every torchrun process (predicts_in_float32), and the model card's usage
+        # example scored as the saved float32 weights score it when loaded, not under --bf16's autocast
+        predicts_in_float32(self.model)
         self.examples_trained = 0
         self.time_budget = time_budget
         self.best_model_error: str | None = None

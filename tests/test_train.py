@@ -271,6 +271,23 @@ def test_under_bf16_training_steps_run_in_bf16_and_checkpoints_are_ranked_in_flo
         summary["best_metric"], abs=1e-6)
 
 
+def test_the_model_cards_example_scores_are_what_the_saved_model_gives_after_bf16_training(
+    tiny_cross_encoder, triplets_file, tmp_path
+):
+    # with no held-out evaluator, the card scored its usage example under the bf16 autocast that --bf16 wraps
+    # the model in: its printed scores were not those CrossEncoder(path).predict gives on the float32 weights
+    from sentence_transformers import CrossEncoder
+
+    out = tmp_path / "model"
+    run_train(tiny_cross_encoder, triplets_file, out, "--selection_metric", "last", "--save_strategy", "no",
+              "--max_steps", "2", "--bf16", "true")
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    pairs = eval(re.search(r"pairs = (\[.*?\n\])", card, re.S).group(1))
+    printed = [float(x) for x in re.search(r"print\(scores\)\n# \[(.*?)\]", card, re.S).group(1).split()]
+    assert printed == pytest.approx(CrossEncoder(str(out)).predict(pairs).tolist(), abs=1e-4)  # (printed to 4 places)
+
+
 def test_with_too_few_queries_to_select_by_every_query_trains_and_the_last_step_is_the_model(
     tiny_cross_encoder, triplets_file, scores_file, tmp_path, trained_queries
 ):
