@@ -19,6 +19,7 @@ import numpy as np
 
 from rerank_distill.cli import (
     beside_output,
+    check_finite,
     check_minimums,
     command_line,
     parse_args,
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_minimums(args, batch_size=1, max_length=1)
     if args.label_words is not None:  # checked before any file is read, as stage 1 checks them
         label_word_grades(args.label_words, args.label_grades)
+    check_finite(args)  # (--label_grades beside --label_words are checked above, with the words)
     check_report_paths(args)
     with sole_writer(Path(args.output_path)):  # one run at a time writes the report and its companions
         return evaluate(args, argv)

@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rerank_distill.cli import check_minimums, check_utf8_text, parse_args, run_main, warn_unread
+from rerank_distill.cli import check_finite, check_minimums, check_utf8_text, parse_args, run_main, warn_unread
 from rerank_distill.formats import INPUT_FORMATS, check_outside_data_set_folders, local_files
 from rerank_distill.hub import resolve_model
 from rerank_distill.jsonl import check_not_an_input, check_writable, no_empty_folders_left
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     stop_with_launcher()  # a replica of a --data_parallel_size run ends with the run that started it
     check_minimums(args, batch_size=1, max_length=1, chunk_size=1, tensor_parallel_size=1, data_parallel_size=1,
                    passages_as_queries=0, merge_shards=0)
+    check_finite(args)
     check_utf8_text(args, "instruction", "query_prompt", "label_words")
     check_writable(args.output_dir, "--output_dir", folder=True)
     check_outside_data_set_folders(args.output_dir, args.input_path, "--output_dir")

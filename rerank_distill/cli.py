@@ -10,6 +10,7 @@ import errno
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -125,6 +126,17 @@ def check_minimums(args: Any, **minimums: int) -> None:
         value = getattr(args, name)
         if value is not None and value < minimum:
             raise InputError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def check_finite(args: Any, shown: dict[str, str] | None = None) -> None:
+    """InputError for the first float flag of ``args`` (or list of floats) that is NaN or infinite,
+    named as ``shown`` names it (field name -> flag), else ``--name``. argparse's float() takes "nan"
+    and "inf"; a flag no teacher or model reads is only warned about, and args.json would hold NaN
+    or Infinity, which is no JSON."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise InputError(f"{(shown or {}).get(name, f'--{name}')} must be a finite number, got {value}")
 
 
 def check_utf8_text(args: Any, *names: str) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 from huggingface_hub import constants
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.trainer_utils import IntervalStrategy
 
-from rerank_distill.cli import check_minimums, parse_args
+from rerank_distill.cli import check_finite, check_minimums, parse_args
 from rerank_distill.errors import InputError
 from rerank_distill.losses import LOSSES
 from rerank_distill.run_folder import check_resumed_hold_out, check_resumed_selection
@@ -211,10 +210,7 @@ def check_training_flags(script, training) -> None:
     # --max_grad_norm nan turned clipping off, --weight_decay inf trained NaN weights, and args.json got
     # NaN or Infinity, which is no JSON
     for arguments in (script, training):
-        for name, value in vars(arguments).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                flag = "--warmup_steps (or --warmup_ratio)" if name == "warmup_steps" else f"--{name}"
-                raise InputError(f"{flag} must be a finite number, got {value}")
+        check_finite(arguments, shown={"warmup_steps": "--warmup_steps (or --warmup_ratio)"})
     # transformers reads max_steps <= 0 as unset, except 0 itself, which crashed its logging schedule;
     # no epochs with no steps saved the untouched student as if it were trained
     if training.max_steps == 0:

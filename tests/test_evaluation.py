@@ -364,6 +364,14 @@ def test_an_output_path_that_cannot_be_written_fails_before_any_scoring(ranking_
     assert not list((tmp_path / "a_folder").iterdir()) and not list(tmp_path.glob("*.tmp"))
 
 
+def test_label_grades_that_are_not_finite_are_refused_before_anything_is_written(ranking_file, tmp_path):
+    # without a label teacher they were never read, and the report's args.json got NaN, which is no JSON
+    with pytest.raises(InputError, match=r"^--label_grades must be a finite number, got \[nan, 1.0\]$"):
+        evaluation.main(["--model_before_path", str(tmp_path / "no-model-needed"), "--dataset_path", str(ranking_file),
+                         "--output_path", str(tmp_path / "report.json"), "--label_grades", "nan", "1"])
+    assert list(tmp_path.iterdir()) == [ranking_file]
+
+
 def test_launcher_passes_teacher_scores_only_when_set(tiny_cross_encoder, ranking_file, tmp_path):
     teacher = write_teacher_scores(tmp_path / "scores.jsonl", records_of(ranking_file), positive=5.0, negative=-5.0)
     output = tmp_path / "evaluation.json"

@@ -167,6 +167,16 @@ def test_grades_below_zero_are_counted_and_warned_about_before_a_teacher_loads(t
     assert f"2 pairs have a grade below 0 (the first at {source}:2)" in caplog.text
 
 
+@pytest.mark.parametrize("flags", [["--gpu_memory_utilization", "nan"], ["--label_grades", "3", "inf", "1", "0"]])
+def test_a_float_flag_that_is_not_finite_is_refused_before_anything_is_written(ranking_file, tmp_path, flags):
+    # unread by the teacher (or never checked), it was only warned about, and args.json got NaN or Infinity: no JSON
+    output = tmp_path / "o"
+    with pytest.raises(InputError, match=f"^{flags[0]} must be a finite number, got "):
+        generate_logits.main(["--teacher_type", "cross_encoder", "--model_path", str(tmp_path / "m"), "--input_path",
+                              str(ranking_file), "--output_dir", str(output), *flags])
+    assert not output.exists()
+
+
 def test_end_to_end_writes_one_line_per_pair_with_label(tiny_qwen3, ranking_file, tmp_path):
     summary = generate_logits.main([
         "--model_path", str(tiny_qwen3), "--input_path", str(ranking_file), "--output_dir", str(tmp_path / "scores"),
