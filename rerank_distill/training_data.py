@@ -172,9 +172,9 @@ def _warning_of_odd_records(rows: Iterable[tuple[str, int, dict]], kind: str,
     an earlier one's texts: trained on as they are, but said, as every other reader says them (a file
     made by hand, or one file joined to itself; create_triplets.py warns of the blank texts it pairs,
     and writes no record twice nor pairs a text with itself). A field of another type is left to the
-    reader. (Plain loops, a record remembered by a
-    hash of its texts and its line: 1.4 microseconds a triplet on a busy 2-core CPU, a fifth of the
-    time reading it takes; a generic walk over every field took twice that.)"""
+    reader. (Plain loops, a record remembered by a hash of its texts and its line: 1.4 microseconds
+    a triplet on a busy 2-core CPU, a fifth of the time reading it takes; a generic walk over every
+    field took twice that.)"""
     fields = TEXT_FIELDS[kind]
     blank_queries = blank_passages = 0
     first = None
