@@ -13,8 +13,9 @@ of --repetitions is reported, with the ratio to the evaluator:
   no scoring of queries whose metrics ignore scores (the evaluator skips those too);
 - "ours, predict's character sort": the same without the token-length batches;
 - "ours, batch N": other --batch_size values (--extra_batch_sizes);
-- "ours, --dtype bfloat16": opt-in bf16 autocast, where the device has bf16 units; it changes
-  scores slightly, so its metric differences are printed too.
+- "ours, --dtype bfloat16": opt-in bf16 autocast, where the device has bf16 units (or, with
+  --emulated_bfloat16, where it has none, to time what emulation costs); it changes scores
+  slightly, so its metric differences are printed too.
 
 It then checks that ours and the evaluator give the same metrics (to 1e-6) on the queries whose
 scores have no ties: with ties, the evaluator's MAP takes a tied block as one threshold and its MRR
@@ -86,6 +87,8 @@ def main() -> None:
     add("--batch_size", type=int, default=64, help="Batch size of the evaluator and of ours (the evaluator's default).")
     add("--extra_batch_sizes", type=int, nargs="*", default=[16, 32], help="More batch sizes to time for ours.")
     add("--no_bfloat16", action="store_true", help="Leave out the bf16 run even where the device has bf16 units.")
+    add("--emulated_bfloat16", action="store_true",
+        help="Time the bf16 run also where the device has no bf16 units (emulated there: what it costs).")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Where both paths run; default: cuda where present.")
     add("--output_json", default=None, help="Default: bench/results/evaluate_{device}.json")
     args = parser.parse_args()
@@ -123,7 +126,7 @@ def main() -> None:
         "ours, predict's character sort": lambda: ours(model, queries, args.batch_size, sort_by_tokens=False),
         **{f"ours, batch {size}": lambda size=size: ours(model, queries, size) for size in args.extra_batch_sizes},
     }
-    if not args.no_bfloat16 and bfloat16_is_fast(args.device):
+    if not args.no_bfloat16 and (bfloat16_is_fast(args.device) or args.emulated_bfloat16):
         paths[BF16] = lambda: ours(model, queries, args.batch_size, "bfloat16")
     # warm-up of both sides on two queries, so neither's first timed run pays one-off costs
     ours(model, queries[:2], args.batch_size)
