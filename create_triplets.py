@@ -205,10 +205,12 @@ def main(argv: list[str] | None = None) -> dict:
     # memory holds one query's candidates. Nothing appears under the final name until the whole
     # input has been read and validated (AtomicWriter), and one run at a time writes it (sole_writer).
     with sole_writer(Path(args.output_path)):
+        first_pass = scored_pairs()
         try:
             with AtomicWriter(args.output_path) as out:
-                summary = record_run(write_all(iter_query_groups(scored_pairs()), out), input_grouped=True)
+                summary = record_run(write_all(iter_query_groups(first_pass), out), input_grouped=True)
         except QueriesNotGrouped as error:
+            first_pass.close()  # its progress bar ends here, not after the second pass's, short of the total
             logger.info("%s: query %r (line %d of its file) appeared again after its lines had ended; the input is "
                         "not grouped by query, so it is regrouped through a temporary index: every line of one query "
                         "text, wherever it is, joins one list", inputs, error.query[:60], error.line)

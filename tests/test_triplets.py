@@ -780,6 +780,17 @@ def test_an_interleaved_file_gives_the_same_triplets_as_its_grouped_version(tmp_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["g.args.json", "g.jsonl", "i.args.json", "i.jsonl"]
 
 
+def test_a_regrouped_file_ends_with_a_progress_bar_of_every_pair_read(tmp_path, capsys):
+    interleaved, _ = interleaved_and_grouped(tmp_path)
+    Path(f"{interleaved}.run.json").write_text(json.dumps({"made_with": {"teachers": [{}]}, "counts": {"pairs": 9}}))
+
+    run(tmp_path, interleaved)
+
+    # the first pass stops at line 3 (q1 again); its bar, closed late, printed 3/9 after the second pass's 9/9
+    bars = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "reading scores" in line]
+    assert "9/9" in bars[-1]
+
+
 def test_a_query_that_reappears_stops_the_streaming_grouper():
     pairs = [ScoredPair("q1", "a", 1.0, line=1), ScoredPair("q2", "b", 1.0, line=2), ScoredPair("q1", "c", 1.0, line=3)]
 
