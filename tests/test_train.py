@@ -5,6 +5,7 @@ levers change no loss value."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -283,7 +284,7 @@ def test_the_model_cards_example_scores_are_what_the_saved_model_gives_after_bf1
               "--max_steps", "2", "--bf16", "true")
 
     card = (out / "README.md").read_text(encoding="utf-8")
-    pairs = eval(re.search(r"pairs = (\[.*?\n\])", card, re.S).group(1))
+    pairs = ast.literal_eval(re.search(r"pairs = (\[.*?\n\])", card, re.S).group(1))
     printed = [float(x) for x in re.search(r"print\(scores\)\n# \[(.*?)\]", card, re.S).group(1).split()]
     assert printed == pytest.approx(CrossEncoder(str(out)).predict(pairs).tolist(), abs=1e-4)  # (printed to 4 places)
 
